@@ -1,0 +1,64 @@
+// `atp bench`: prefill and decode speed of a model under a KV policy, against the machine's limits.
+#include <cblas.h>
+
+#include <iostream>
+
+#include "cli/common.h"
+#include "core/thread_pool.h"
+#include "eval/bench.h"
+
+namespace atp::cli {
+
+void AddBench(CLI::App& app, Runner* run) {
+  struct Opts {
+    CommonFlags f;
+    BenchOptions b;
+    bool roofline = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("bench", "prefill and decode tokens/s, KV bytes/token, roofline fraction");
+  AddModelFlags(cmd, &o->f);
+  cmd->add_option("--prompt-tokens", o->b.prompt_tokens, "prefill length")->capture_default_str();
+  cmd->add_option("--context", o->b.context, "tokens in the cache before timed decode steps")->capture_default_str();
+  cmd->add_option("--decode-tokens", o->b.decode_tokens, "timed decode steps per repeat")->capture_default_str();
+  cmd->add_option("--repeats", o->b.repeats, "repeats (medians are reported)")->capture_default_str();
+  cmd->add_flag("--roofline", o->roofline, "also measure memory bandwidth and sgemm throughput");
+  cmd->callback([o, run] {
+    *run = [o]() -> int {
+      auto l = Load(o->f, false);
+      if (!l.ok()) return Fail("bench", l.status());
+      // OpenBLAS keeps its own threads; give it the same count as our pool so prefill uses every core.
+      openblas_set_num_threads(ThreadPool::Global().size());
+      auto progress = [](const std::string& s) { std::cerr << "bench: " << s << "\n"; };
+      auto r = BenchModel(*l->model, *l->kv, o->b, progress);
+      if (!r.ok()) return Fail("bench", r.status());
+      nlohmann::json j = {{"model", o->f.model}, {"kv", l->kv->Describe()}, {"threads", ThreadPool::Global().size()},
+                          {"prompt_tokens", o->b.prompt_tokens}, {"context", o->b.context},
+                          {"prefill_tok_s", r->prefill_tok_s}, {"prefill_gflop_s", r->prefill_flop_s / 1e9},
+                          {"decode_tok_s", r->decode_tok_s}, {"decode_ms_per_token", r->decode_ms_per_token},
+                          {"kv_ms_per_token", r->attention_ms_per_token}, {"kv_bytes_per_token", r->kv_bytes_per_token},
+                          {"bytes_per_decode_token", r->bytes_per_decode_token}, {"roofline_fraction", nullptr}};
+      if (o->roofline) {
+        progress("measuring memory bandwidth");
+        double bw = MeasureReadBandwidth();
+        const ModelConfig& c = l->model->config();
+        progress("measuring sgemm throughput");
+        double sg = MeasureSgemm(o->b.prompt_tokens, c.intermediate_size, c.hidden_size);
+        double roof = bw / r->bytes_per_decode_token;
+        j["bandwidth_gb_s"] = bw / 1e9;
+        j["roofline_decode_tok_s"] = roof;
+        j["roofline_fraction"] = r->decode_tok_s / roof;
+        j["sgemm_gflop_s"] = sg / 1e9;
+        j["prefill_sgemm_fraction"] = r->prefill_flop_s / sg;
+      }
+      if (o->f.json) {
+        PrintJson(j);
+      } else {
+        std::cout << j.dump(2) << "\n";
+      }
+      return 0;
+    };
+  });
+}
+
+}  // namespace atp::cli

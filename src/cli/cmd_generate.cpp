@@ -1,0 +1,61 @@
+// `atp generate`: stream a continuation of a prompt.
+#include <chrono>
+#include <iostream>
+
+#include "cli/common.h"
+#include "engine/generate.h"
+
+namespace atp::cli {
+
+void AddGenerate(CLI::App& app, Runner* run) {
+  struct Opts {
+    CommonFlags f;
+    std::string prompt;
+    GenerateOptions g;
+    std::vector<std::string> stop;
+    bool no_bos = false;
+  };
+  auto o = std::make_shared<Opts>();
+  o->g.max_tokens = 128;
+  auto* cmd = app.add_subcommand("generate", "generate text from a prompt (streamed to stdout)");
+  AddModelFlags(cmd, &o->f);
+  cmd->add_option("-p,--prompt", o->prompt, "prompt text")->required();
+  cmd->add_option("-n,--max-tokens", o->g.max_tokens, "tokens to generate at most")->capture_default_str();
+  cmd->add_option("--temp", o->g.sampling.temperature, "temperature (0: greedy)")->capture_default_str();
+  cmd->add_option("--top-k", o->g.sampling.top_k, "top-k (0: off)")->capture_default_str();
+  cmd->add_option("--top-p", o->g.sampling.top_p, "top-p nucleus (1: off)")->capture_default_str();
+  cmd->add_option("--min-p", o->g.sampling.min_p, "min-p relative to the best token (0: off)")->capture_default_str();
+  cmd->add_option("--repeat-penalty", o->g.sampling.repetition_penalty, "repetition penalty (1: off)")->capture_default_str();
+  cmd->add_option("--seed", o->g.sampling.seed, "random seed")->capture_default_str();
+  cmd->add_option("--stop", o->stop, "stop string (repeatable)");
+  cmd->add_flag("--no-bos", o->no_bos, "do not add the tokenizer's special prefix (BOS)");
+  cmd->callback([o, run] {
+    *run = [o]() -> int {
+      auto l = Load(o->f, true);
+      if (!l.ok()) return Fail("generate", l.status());
+      std::vector<int32_t> ids = l->tokenizer->Encode(o->prompt, !o->no_bos);
+      o->g.stop = o->stop;
+      o->g.context = o->f.ctx;
+      const bool stream = !o->f.json;
+      auto r = Generate(*l->model, *l->tokenizer, *l->kv, ids, o->g, [&](const std::string& s) {
+        if (stream) std::cout << s << std::flush;
+      });
+      if (!r.ok()) return Fail("generate", r.status());
+      if (stream) std::cout << std::endl;
+      const double prefill_tps = r->prompt_ids.size() / std::max(r->prefill_seconds, 1e-9);
+      const double decode_tps = r->token_ids.size() > 1 ? (r->token_ids.size() - 1) / std::max(r->decode_seconds, 1e-9) : 0;
+      if (o->f.json) {
+        PrintJson({{"prompt_tokens", r->prompt_ids.size()}, {"completion_tokens", r->token_ids.size()},
+                   {"text", r->text}, {"token_ids", r->token_ids}, {"prefill_tok_s", prefill_tps},
+                   {"decode_tok_s", decode_tps}, {"finish_reason", r->finish_reason}, {"kv", l->kv->Describe()}});
+      } else {
+        std::cerr << "[" << r->prompt_ids.size() << " prompt tokens at " << int(prefill_tps) << " tok/s, "
+                  << r->token_ids.size() << " generated at " << int(decode_tps) << " tok/s, finish: " << r->finish_reason
+                  << "]\n";
+      }
+      return 0;
+    };
+  });
+}
+
+}  // namespace atp::cli

@@ -1,0 +1,39 @@
+#include "cli/common.h"
+
+#include <filesystem>
+#include <iostream>
+
+#include "core/thread_pool.h"
+
+namespace atp::cli {
+
+void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv) {
+  cmd->add_option("-m,--model", f->model, "model directory (Hugging Face layout)")->required();
+  if (with_kv) cmd->add_option("--kv", f->kv, "KV cache policy, e.g. dense, dense:dtype=bf16")->capture_default_str();
+  cmd->add_option("-t,--threads", f->threads, "worker threads (0: all cores)")->capture_default_str();
+  cmd->add_option("-c,--ctx", f->ctx, "context limit in tokens (0: the model's max_position_embeddings)")->capture_default_str();
+  cmd->add_flag("--json", f->json, "print one JSON object on stdout");
+}
+
+Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
+  if (f.threads < 0) return Status::InvalidArgument("--threads must be >= 0");
+  if (f.ctx < 0) return Status::InvalidArgument("--ctx must be >= 0");
+  ThreadPool::Configure(f.threads);
+  Loaded l;
+  ATP_ASSIGN_OR_RETURN(l.kv, ParseKvPolicy(f.kv, f.model));
+  ATP_ASSIGN_OR_RETURN(l.model, LlamaModel::Load(f.model));
+  const bool has_tok = std::filesystem::exists(f.model + "/tokenizer.json");
+  if (need_tokenizer || has_tok) {
+    ATP_ASSIGN_OR_RETURN(l.tokenizer, Tokenizer::LoadFromDir(f.model));
+  }
+  return l;
+}
+
+int Fail(const std::string& cmd, const Status& s) {
+  std::cerr << "atp " << cmd << ": " << s.ToString() << "\n";
+  return 1;
+}
+
+void PrintJson(const nlohmann::json& j) { std::cout << j.dump() << std::endl; }
+
+}  // namespace atp::cli

@@ -1,0 +1,46 @@
+// Shared pieces of the `atp` subcommands: loading a model directory, common flags, error exits.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "core/status.h"
+#include "kv/kv_policy.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+namespace atp::cli {
+
+// Flags every measuring command shares, spelled as DESIGN.md section 1 lists them.
+struct CommonFlags {
+  std::string model;
+  std::string kv = "dense";
+  int threads = 0;
+  int ctx = 0;
+  bool json = false;
+};
+void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv = true);
+
+struct Loaded {
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;  // null when the directory has none and it was optional
+  std::shared_ptr<KvPolicyFactory> kv;
+};
+// Configures threads, loads model, tokenizer (required or not) and the KV policy.
+Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer);
+
+// Prints "atp <cmd>: <message>" on stderr and returns the exit code 1.
+int Fail(const std::string& cmd, const Status& s);
+// Prints one JSON object on stdout (the only stdout output of --json runs).
+void PrintJson(const nlohmann::json& j);
+
+// Each subcommand registers its options and sets *run to the function that executes it.
+using Runner = std::function<int()>;
+void AddGenerate(CLI::App& app, Runner* run);
+void AddPerplexity(CLI::App& app, Runner* run);
+void AddInspect(CLI::App& app, Runner* run);
+void AddBench(CLI::App& app, Runner* run);
+void AddTestgen(CLI::App& app, Runner* run);
+
+}  // namespace atp::cli

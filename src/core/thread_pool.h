@@ -1,0 +1,38 @@
+// A fixed pool of worker threads for data-parallel loops (heads, output rows).
+// Thread-safety: one caller at a time runs ParallelFor on a given pool.
+#pragma once
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace atp {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads);  // threads <= 0: hardware concurrency
+  ~ThreadPool();
+  int size() const { return int(workers_.size()) + 1; }
+
+  // Calls fn(begin, end, thread_index) over [0, n) split into size() contiguous ranges;
+  // the calling thread takes range 0. Returns when all ranges are done.
+  void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
+
+  // The process-wide pool used by kernels; Configure() before first use to set its size.
+  static ThreadPool& Global();
+  static void Configure(int threads);
+
+ private:
+  void WorkerLoop(int index);
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable start_cv_, done_cv_;
+  const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
+  int64_t job_n_ = 0;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+};
+
+}  // namespace atp

@@ -1,0 +1,90 @@
+#include "engine/generate.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace atp {
+
+namespace {
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Length of the longest suffix of `text` that is a proper prefix of some stop string: text we must
+// hold back because the next token might complete a stop string.
+size_t HeldBack(const std::string& text, const std::vector<std::string>& stops) {
+  size_t hold = 0;
+  for (auto& s : stops)
+    for (size_t n = std::min(s.size() - 1, text.size()); n > hold; --n)
+      if (text.compare(text.size() - n, n, s, 0, n) == 0) {
+        hold = n;
+        break;
+      }
+  return hold;
+}
+}  // namespace
+
+Result<GenerateResult> Generate(LlamaModel& model, const Tokenizer& tok, const KvPolicyFactory& kv,
+                                const std::vector<int32_t>& prompt_ids, const GenerateOptions& opt,
+                                const std::function<void(const std::string&)>& on_text) {
+  ATP_RETURN_IF_ERROR(opt.sampling.Validate());
+  if (prompt_ids.empty()) return Status::InvalidArgument("prompt is empty");
+  if (opt.max_tokens < 0) return Status::InvalidArgument("max_tokens must be >= 0");
+  for (auto& s : opt.stop)
+    if (s.empty()) return Status::InvalidArgument("stop strings must not be empty");
+  const int ctx = opt.context > 0 ? opt.context : model.config().max_position;
+  if (int(prompt_ids.size()) >= ctx)
+    return Status::InvalidArgument("prompt of " + std::to_string(prompt_ids.size()) + " tokens does not fit the context of " +
+                                   std::to_string(ctx) + " tokens");
+
+  GenerateResult res;
+  res.prompt_ids = prompt_ids;
+  Sequence seq(model, kv);
+  Sampler sampler(opt.sampling);
+  std::vector<float> logits;
+  std::vector<int32_t> history = prompt_ids;
+  const int V = model.config().vocab_size;
+  const auto eos = tok.eos_ids();
+
+  double t0 = Now();
+  ATP_RETURN_IF_ERROR(RunChunk(model, seq, prompt_ids, false, &logits));
+  res.prefill_seconds = Now() - t0;
+
+  StreamDecoder dec(tok);
+  std::string pending;  // decoded text not yet passed to on_text (may start a stop string)
+  res.finish_reason = "length";
+  t0 = Now();
+  for (int i = 0; i < opt.max_tokens && seq.length() < ctx; ++i) {
+    int32_t id = sampler.Sample(std::span<const float>(logits.data(), size_t(V)), history);
+    if (opt.stop_at_eos && std::find(eos.begin(), eos.end(), id) != eos.end()) {
+      res.finish_reason = "stop";
+      break;
+    }
+    res.token_ids.push_back(id);
+    history.push_back(id);
+    pending += dec.Push(id);
+    size_t cut = std::string::npos;
+    for (auto& s : opt.stop) cut = std::min(cut, pending.find(s));
+    if (cut != std::string::npos) {
+      pending.resize(cut);
+      res.finish_reason = "stop";
+    }
+    size_t emit = res.finish_reason == "stop" ? pending.size() : pending.size() - HeldBack(pending, opt.stop);
+    if (emit) {
+      if (on_text) on_text(pending.substr(0, emit));
+      res.text += pending.substr(0, emit);
+      pending.erase(0, emit);
+    }
+    if (res.finish_reason == "stop") break;
+    if (i + 1 == opt.max_tokens || seq.length() + 1 > ctx) break;
+    ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(&id, 1), false, &logits));
+  }
+  if (res.finish_reason != "stop") {
+    pending += dec.Flush();
+    if (on_text && !pending.empty()) on_text(pending);
+    res.text += pending;
+  }
+  res.decode_seconds = Now() - t0;
+  res.kv_bytes = seq.kv_bytes();
+  return res;
+}
+
+}  // namespace atp

@@ -1,0 +1,26 @@
+#include "engine/sequence.h"
+
+namespace atp {
+
+Sequence::Sequence(const LlamaModel& model, const KvPolicyFactory& factory) {
+  for (int l = 0; l < model.config().num_layers; ++l) {
+    layers_.push_back(factory.Create(model.kv_shape(l)));
+    ptrs_.push_back(layers_.back().get());
+  }
+}
+
+size_t Sequence::kv_bytes() const {
+  size_t n = 0;
+  for (auto& l : layers_) n += l->Bytes();
+  return n;
+}
+
+Status RunChunk(LlamaModel& model, Sequence& seq, std::span<const int32_t> tokens, bool all_logits,
+                std::vector<float>* logits) {
+  ForwardItem item{seq.kv(), tokens, seq.length(), all_logits};
+  ATP_RETURN_IF_ERROR(model.Forward(std::span<const ForwardItem>(&item, 1), logits));
+  seq.Advance(int32_t(tokens.size()));
+  return Status::Ok();
+}
+
+}  // namespace atp

@@ -1,0 +1,31 @@
+// One sequence's state: its KV policy per layer and how many tokens it holds.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "kv/kv_policy.h"
+#include "model/llama.h"
+
+namespace atp {
+
+class Sequence {
+ public:
+  Sequence(const LlamaModel& model, const KvPolicyFactory& factory);
+
+  std::span<KvPolicy* const> kv() const { return ptrs_; }
+  int32_t length() const { return length_; }
+  void Advance(int32_t n) { length_ += n; }
+  size_t kv_bytes() const;  // sum of Bytes() over layers
+
+ private:
+  std::vector<std::unique_ptr<KvPolicy>> layers_;
+  std::vector<KvPolicy*> ptrs_;
+  int32_t length_ = 0;
+};
+
+// Runs `tokens` through the model as one chunk of `seq` (prefill or a decode step), advancing it.
+// logits: vocab floats for every token (all_logits) or the last one.
+Status RunChunk(LlamaModel& model, Sequence& seq, std::span<const int32_t> tokens, bool all_logits,
+                std::vector<float>* logits);
+
+}  // namespace atp

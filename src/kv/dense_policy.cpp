@@ -1,0 +1,58 @@
+#include "kv/dense_policy.h"
+
+#include "kv/attend.h"
+#include "kv/exact_rows.h"
+
+namespace atp {
+
+namespace {
+
+class DensePolicy : public KvPolicy {
+ public:
+  DensePolicy(const KvShape& shape, DType dtype) : shape_(shape), rows_(dtype, shape.kv_dim()) {}
+
+  Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
+    if (!positions.empty() && positions[0] != rows_.size())
+      return Status::InvalidArgument("dense: position " + std::to_string(positions[0]) + " appended after " +
+                                     std::to_string(rows_.size()) + " tokens");
+    rows_.Append(K, V, int64_t(positions.size()));
+    return Status::Ok();
+  }
+
+  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+    const int hd = shape_.head_dim;
+    AttendSegments(shape_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
+      const int64_t n = positions[size_t(t)] + 1;  // causal: keys 0..p
+      out->push_back({rows_.Keys(kvh, hd, 0, n), rows_.Values(kvh, hd, 0, n)});
+    });
+  }
+
+  size_t Bytes() const override { return rows_.Bytes(); }
+  int64_t Length() const override { return rows_.size(); }
+
+ private:
+  KvShape shape_;
+  ExactRows rows_;
+};
+
+class DenseFactory : public KvPolicyFactory {
+ public:
+  explicit DenseFactory(DType dtype) : dtype_(dtype) {}
+  std::unique_ptr<KvPolicy> Create(const KvShape& shape) const override {
+    return std::make_unique<DensePolicy>(shape, dtype_);
+  }
+  std::string Describe() const override { return "dense:dtype=" + std::string(DTypeName(dtype_)); }
+
+ private:
+  DType dtype_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<KvPolicyFactory>> MakeDenseFactory(const PolicySpec& spec) {
+  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"dtype", "storage type f32|f16|bf16, default f32"}}));
+  ATP_ASSIGN_OR_RETURN(DType dt, spec.Dtype("dtype", DType::kF32));
+  return std::shared_ptr<KvPolicyFactory>(std::make_shared<DenseFactory>(dt));
+}
+
+}  // namespace atp
