@@ -41,7 +41,7 @@ void AddPerplexity(CLI::App& app, Runner* run) {
                    {"kv_bytes_per_token_dense", r->kv_bytes_per_token_dense}});
       } else {
         std::cout << "perplexity " << r->ppl << " over " << r->scored_tokens << " scored tokens in " << r->windows
-                  << " windows (kv " << l->kv->Describe() << ", " << r->kv_bytes_per_token << " KV bytes/token; f16 dense "
+                  << " windows (kv " << l->kv->Describe() << ", " << r->kv_bytes_per_token << " KV bytes/token; dense "
                   << r->kv_bytes_per_token_dense << ")\n";
       }
       return 0;

@@ -50,7 +50,7 @@ Result<PerplexityResult> Perplexity(LlamaModel& model, const KvPolicyFactory& kv
   res.ppl = std::exp(res.nll);
   res.kv_bytes_per_token = bytes_per_tok / windows;
   const ModelConfig& c = model.config();
-  res.kv_bytes_per_token_dense = 2.0 * c.kv_dim() * 2.0 * c.num_layers;
+  res.kv_bytes_per_token_dense = 2.0 * c.kv_dim() * sizeof(float) * c.num_layers;
   return res;
 }
 

@@ -23,7 +23,7 @@ struct PerplexityResult {
   int64_t scored_tokens = 0;
   int windows = 0;
   double kv_bytes_per_token = 0;        // measured Bytes()/Length() at the end of each window, averaged
-  double kv_bytes_per_token_dense = 0;  // an f16 dense cache of the same model, for ratios
+  double kv_bytes_per_token_dense = 0;  // the `dense` policy (f32) of the same model, for ratios
 };
 
 // progress(window_done, windows_total) is called after each window; may be null.

@@ -12,10 +12,15 @@
 
 namespace atp {
 
-// Keys and values a query sees, paired row for row; optional per-row additive logit bias.
+// Keys and values a query sees, paired row for row. Rows may live in a reduced basis:
+// with q_map (head_dim x k_dim) scores are (q q_map) . k_j; with out_map (v_dim x head_dim) the
+// weighted sum of value rows is mapped back once, out += (sum_j a_j v_j) out_map.
 struct KvSegment {
   KvRows k, v;
-  const float* logit_bias = nullptr;  // k.count entries or null
+  const float* q_map = nullptr;   // null: k rows have head_dim elements
+  int k_dim = 0;                  // with q_map
+  const float* out_map = nullptr; // null: v rows have head_dim elements
+  int v_dim = 0;                  // with out_map
 };
 
 // Fills `out` with the segments that the query at row t (position positions[t]) sees for KV head kvh.

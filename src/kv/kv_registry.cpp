@@ -1,6 +1,7 @@
 // The table of policy names: the one place a new policy is registered.
 #include <functional>
 
+#include "kv/atp_policy.h"
 #include "kv/dense_policy.h"
 #include "kv/kv_policy.h"
 #include "kv/policy_spec.h"
@@ -17,6 +18,7 @@ struct Entry {
 const std::vector<Entry>& Registry() {
   static const std::vector<Entry> kEntries = {
       {"dense", [](const PolicySpec& s, const std::string&) { return MakeDenseFactory(s); }},
+      {"atp", [](const PolicySpec& s, const std::string&) { return MakeAtpFactory(s); }},
   };
   return kEntries;
 }

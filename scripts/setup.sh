@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs build and test dependencies (Debian packages, npm test oracles). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+PKGS="build-essential cmake pkg-config libopenblas-dev liblapacke-dev nlohmann-json3-dev libcpp-httplib-dev
+      libpcre2-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev nodejs npm
+      python3-numpy python3-torch"
+missing=$(for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
+fi
+if [ -f tests/js/package-lock.json ] && [ ! -d tests/js/node_modules ]; then
+  npm ci --prefix tests/js --no-audit --no-fund
+fi

@@ -1,0 +1,179 @@
+// Blocks of B tokens; once a block is complete its principal rows U_r^T K_b and U_r^T V_b are
+// computed from a thin SVD of the block's layer input (basis=input) or of its keys (basis=key).
+// A query at position i sees block b as principal rows iff (b+1)*B + W <= i, exactly otherwise;
+// exact rows are dropped once no future query can see them exactly.
+#include "kv/atp_policy.h"
+
+#include <algorithm>
+
+#include "kv/attend.h"
+#include "kv/exact_rows.h"
+#include "kv/linalg.h"
+
+namespace atp {
+
+namespace {
+
+struct AtpParams {
+  int block = 64;
+  int rank = 16;
+  double tau = 0;       // > 0: rank by energy fraction instead
+  int window = 64;      // exact window W, a multiple of block
+  bool key_basis = false;
+  DType dtype = DType::kF32;
+};
+
+class AtpPolicy : public KvPolicy {
+ public:
+  AtpPolicy(const KvShape& s, const AtpParams& p) : s_(s), p_(p), exact_(p.dtype, s.kv_dim()) {
+    for (int h = 0; h < s.n_kv_heads; ++h) principal_.emplace_back(p.dtype, s.head_dim);
+    block_rows_.resize(size_t(s.n_kv_heads));
+  }
+
+  Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) override {
+    if (positions.empty()) return Status::Ok();
+    if (positions[0] != length_)
+      return Status::InvalidArgument("atp: position " + std::to_string(positions[0]) + " appended after " +
+                                     std::to_string(length_) + " tokens");
+    // No query from positions[0] on sees blocks below this one exactly: drop their rows.
+    const int64_t drop_to = CompressedBlocks(positions[0]) * p_.block;
+    if (drop_to > exact_begin_) {
+      exact_.DropFront(drop_to - exact_begin_);
+      exact_begin_ = drop_to;
+    }
+    const int64_t T = int64_t(positions.size());
+    exact_.Append(K, V, T);
+    for (int64_t i = 0; i < T; ++i) {
+      if (!p_.key_basis) x_fill_.insert(x_fill_.end(), X + i * s_.d_model, X + (i + 1) * s_.d_model);
+      ++length_;
+      if (length_ % p_.block == 0) {
+        ATP_RETURN_IF_ERROR(CompressBlock(length_ / p_.block - 1));
+        x_fill_.clear();
+      }
+    }
+    return Status::Ok();
+  }
+
+  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+    const int hd = s_.head_dim;
+    AttendSegments(s_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
+      const int64_t p = positions[size_t(t)];
+      const int64_t nb = CompressedBlocks(p);
+      const int64_t np = nb > 0 ? block_rows_[size_t(kvh)][size_t(nb - 1)] : 0;
+      if (np > 0) out->push_back({principal_[size_t(kvh)].Keys(0, hd, 0, np), principal_[size_t(kvh)].Values(0, hd, 0, np)});
+      const int64_t first = nb * p_.block - exact_begin_;  // >= 0: Append only drops what positions[0] sees compressed
+      out->push_back({exact_.Keys(kvh, hd, first, p - nb * p_.block + 1), exact_.Values(kvh, hd, first, p - nb * p_.block + 1)});
+    });
+  }
+
+  size_t Bytes() const override {
+    size_t n = exact_.Bytes() + x_fill_.size() * sizeof(float);
+    for (size_t h = 0; h < principal_.size(); ++h)
+      n += principal_[h].Bytes() + block_rows_[h].size() * sizeof(int64_t);
+    return n;
+  }
+  int64_t Length() const override { return length_; }
+
+ private:
+  // Blocks a query at position p sees compressed: the b with (b+1)*B + W <= p.
+  int64_t CompressedBlocks(int64_t p) const { return p >= p_.window ? (p - p_.window) / p_.block : 0; }
+
+  Status CompressBlock(int64_t b) {
+    const int B = p_.block, hd = s_.head_dim, kvd = s_.kv_dim();
+    // The block's exact keys and values in f32: (B, kv_dim).
+    std::vector<float> kb(size_t(B) * size_t(kvd)), vb(size_t(B) * size_t(kvd));
+    const int64_t first = b * B - exact_begin_;
+    for (int h = 0; h < s_.n_kv_heads; ++h) {
+      KvRows kr = exact_.Keys(h, hd, first, B), vr = exact_.Values(h, hd, first, B);
+      for (int i = 0; i < B; ++i) {
+        ToF32(kr.dtype, static_cast<const uint8_t*>(kr.data) + size_t(i) * size_t(kr.stride) * DTypeSize(kr.dtype),
+              &kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], size_t(hd));
+        ToF32(vr.dtype, static_cast<const uint8_t*>(vr.data) + size_t(i) * size_t(vr.stride) * DTypeSize(vr.dtype),
+              &vb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], size_t(hd));
+      }
+    }
+    std::vector<float> U, S, Vt;
+    int k = 0, r = 0;
+    auto basis = [&](const float* A, int m, int n, int lda) -> Status {
+      std::vector<float> a(size_t(m) * size_t(n));
+      for (int i = 0; i < m; ++i) std::copy(A + size_t(i) * size_t(lda), A + size_t(i) * size_t(lda) + n, &a[size_t(i) * size_t(n)]);
+      ATP_RETURN_IF_ERROR(ThinSvd(a.data(), m, n, &U, &S, &Vt));
+      k = std::min(m, n);
+      r = ChooseRank(S, p_.rank, p_.tau);
+      FixColumnSigns(U.data(), m, k, r);
+      return Status::Ok();
+    };
+    if (!p_.key_basis) ATP_RETURN_IF_ERROR(basis(x_fill_.data(), B, s_.d_model, s_.d_model));
+    std::vector<float> pk, pv;
+    for (int h = 0; h < s_.n_kv_heads; ++h) {
+      if (p_.key_basis) ATP_RETURN_IF_ERROR(basis(kb.data() + size_t(h) * size_t(hd), B, hd, kvd));
+      // Principal rows U_r^T K_b and U_r^T V_b for this head: (r, hd) each.
+      pk.assign(size_t(r) * size_t(hd), 0.f);
+      pv.assign(size_t(r) * size_t(hd), 0.f);
+      for (int c = 0; c < r; ++c)
+        for (int i = 0; i < B; ++i) {
+          const float u = U[size_t(i) * size_t(k) + size_t(c)];
+          const float* kr = &kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)];
+          const float* vr = &vb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)];
+          for (int j = 0; j < hd; ++j) {
+            pk[size_t(c) * size_t(hd) + size_t(j)] += u * kr[j];
+            pv[size_t(c) * size_t(hd) + size_t(j)] += u * vr[j];
+          }
+        }
+      principal_[size_t(h)].Append(pk.data(), pv.data(), r);
+      block_rows_[size_t(h)].push_back(principal_[size_t(h)].size());
+    }
+    return Status::Ok();
+  }
+
+  KvShape s_;
+  AtpParams p_;
+  int64_t length_ = 0;
+  ExactRows exact_;                // positions [exact_begin_, length_), all KV heads
+  int64_t exact_begin_ = 0;
+  std::vector<float> x_fill_;      // (tokens of the filling block, d_model): the basis source
+  std::vector<ExactRows> principal_;              // per KV head: principal K/V rows, (rows, hd)
+  std::vector<std::vector<int64_t>> block_rows_;  // per KV head: principal rows after block b
+};
+
+class AtpFactory : public KvPolicyFactory {
+ public:
+  explicit AtpFactory(const AtpParams& p) : p_(p) {}
+  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<AtpPolicy>(s, p_); }
+  std::string Describe() const override {
+    std::string d = "atp:block=" + std::to_string(p_.block);
+    d += p_.tau > 0 ? ",tau=" + std::to_string(p_.tau) : ",rank=" + std::to_string(p_.rank);
+    d += ",window=" + std::to_string(p_.window) + ",basis=" + (p_.key_basis ? "key" : "input");
+    return d + ",dtype=" + std::string(DTypeName(p_.dtype));
+  }
+
+ private:
+  AtpParams p_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<KvPolicyFactory>> MakeAtpFactory(const PolicySpec& spec) {
+  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"block", "block size B in tokens, default 64"},
+                                      {"rank", "principal rows r per block, default 16"},
+                                      {"tau", "energy fraction in (0,1]; chooses r per block instead of rank"},
+                                      {"window", "exact window W in tokens, a multiple of block, default 64"},
+                                      {"basis", "input (the paper's, from the layer input) or key"},
+                                      {"dtype", "storage type f32|f16|bf16, default f32"}}));
+  AtpParams p;
+  ATP_ASSIGN_OR_RETURN(p.block, spec.Int("block", 64, 1, 1 << 16));
+  ATP_ASSIGN_OR_RETURN(p.rank, spec.Int("rank", 16, 1, 1 << 16));
+  ATP_ASSIGN_OR_RETURN(p.tau, spec.Float("tau", 0, 0, 1));
+  if (spec.Has("tau") && p.tau <= 0) return Status::InvalidArgument("kv policy 'atp': tau must be in (0, 1]");
+  if (spec.Has("tau") && spec.Has("rank")) return Status::InvalidArgument("kv policy 'atp': give rank or tau, not both");
+  ATP_ASSIGN_OR_RETURN(p.window, spec.Int("window", p.block, 0, 1 << 24));
+  if (p.window % p.block != 0)
+    return Status::InvalidArgument("kv policy 'atp': window=" + std::to_string(p.window) + " must be a multiple of block=" +
+                                   std::to_string(p.block));
+  ATP_ASSIGN_OR_RETURN(std::string basis, spec.Choice("basis", "input", {"input", "key"}));
+  p.key_basis = basis == "key";
+  ATP_ASSIGN_OR_RETURN(p.dtype, spec.Dtype("dtype", DType::kF32));
+  return std::shared_ptr<KvPolicyFactory>(std::make_shared<AtpFactory>(p));
+}
+
+}  // namespace atp
