@@ -17,9 +17,7 @@ Result<Bpe> Bpe::FromJson(const nlohmann::json& m, const std::string& path) {
   int32_t max_id = -1;
   bpe.vocab_.reserve(vocab->size());
   for (auto it = vocab->begin(); it != vocab->end(); ++it) {
-    if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > INT32_MAX)
-      return Status::Corruption(path + ".vocab[\"" + it.key() + "\"]: expected a non-negative id");
-    const int32_t id = it->get<int32_t>();
+    ATP_ASSIGN_OR_RETURN(const int32_t id, jf::TokenId(*it, path + ".vocab[\"" + it.key() + "\"]"));
     bpe.vocab_.emplace(it.key(), id);
     max_id = std::max(max_id, id);
   }
@@ -28,7 +26,8 @@ Result<Bpe> Bpe::FromJson(const nlohmann::json& m, const std::string& path) {
 
   for (const char* field : {"dropout", "continuing_subword_prefix", "end_of_word_suffix"}) {
     const auto* v = jf::Find(m, field);
-    const bool unset = !v || (v->is_string() && v->get<std::string>().empty()) || (v->is_number() && v->get<double>() == 0);
+    const bool unset =
+        !v || (v->is_string() && v->get<std::string>().empty()) || (v->is_number() && v->get<double>() == 0);
     if (!unset) return Status::Unsupported(jf::Join(path, field) + ": only null/empty is supported");
   }
   ATP_ASSIGN_OR_RETURN(bpe.byte_fallback_, jf::Bool(m, "byte_fallback", path, false));
@@ -37,7 +36,8 @@ Result<Bpe> Bpe::FromJson(const nlohmann::json& m, const std::string& path) {
   if (jf::Find(m, "unk_token")) {
     ATP_ASSIGN_OR_RETURN(std::string unk, jf::String(m, "unk_token", path));
     bpe.unk_id_ = bpe.TokenToId(unk);
-    if (bpe.unk_id_ < 0) return Status::Corruption(path + ".unk_token: '" + unk + "' is not in the vocabulary");
+    if (bpe.unk_id_ < 0)
+      return Status::Corruption(path + ".unk_token: '" + unk + "' is not in the vocabulary");
   }
   for (int b = 0; b < 256; ++b) {
     char name[8];
@@ -54,12 +54,14 @@ Result<Bpe> Bpe::FromJson(const nlohmann::json& m, const std::string& path) {
     if (e.is_string()) {
       const std::string& s = e.get_ref<const std::string&>();
       const size_t sp = s.find(' ');
-      if (sp == std::string::npos) return Status::Corruption(path + ".merges[" + std::to_string(i) + "]: expected \"left right\"");
+      if (sp == std::string::npos)
+        return Status::Corruption(path + ".merges[" + std::to_string(i) + "]: expected \"left right\"");
       left = s.substr(0, sp), right = s.substr(sp + 1);
     } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
       left = e[0].get<std::string>(), right = e[1].get<std::string>();
     } else {
-      return Status::Corruption(path + ".merges[" + std::to_string(i) + "]: expected \"left right\" or [left, right]");
+      return Status::Corruption(path + ".merges[" + std::to_string(i) +
+                                "]: expected \"left right\" or [left, right]");
     }
     const int32_t a = bpe.TokenToId(left), b = bpe.TokenToId(right), r = bpe.TokenToId(left + right);
     if (a < 0 || b < 0 || r < 0)
@@ -85,7 +87,8 @@ void Bpe::InitialSymbols(std::string_view word, std::vector<int32_t>& out) const
       out.push_back(id);
       continue;
     }
-    if (byte_fallback_ && std::all_of(ch.begin(), ch.end(), [&](char c) { return byte_ids_[uint8_t(c)] >= 0; })) {
+    if (byte_fallback_ &&
+        std::all_of(ch.begin(), ch.end(), [&](char c) { return byte_ids_[uint8_t(c)] >= 0; })) {
       for (char c : ch) out.push_back(byte_ids_[uint8_t(c)]);
       continue;
     }
@@ -106,7 +109,7 @@ void Bpe::Encode(std::string_view word, std::vector<int32_t>& ids) const {
   std::vector<int32_t> initial;
   InitialSymbols(word, initial);
   struct Symbol {
-    int32_t id;  // merging rewrites the left symbol's id and unlinks the right symbol
+    int32_t id;      // merging rewrites the left symbol's id and unlinks the right symbol
     int prev, next;  // neighbours in the list, -1 at the ends
   };
   const int n = int(initial.size());
@@ -120,18 +123,15 @@ void Bpe::Encode(std::string_view word, std::vector<int32_t>& ids) const {
     bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
   std::vector<Candidate> heap;
-  auto consider = [&](int pos) {  // queues the pair starting at pos, if it merges
-    if (pos < 0 || sym[size_t(pos)].next < 0) return;
+  auto queue = [&](int pos) {  // appends the pair starting at pos if it merges; true if it did
+    if (pos < 0 || sym[size_t(pos)].next < 0) return false;
     const int32_t l = sym[size_t(pos)].id, r = sym[size_t(sym[size_t(pos)].next)].id;
     auto it = merges_.find(PairKey(l, r));
-    if (it == merges_.end()) return;
+    if (it == merges_.end()) return false;
     heap.push_back({it->second.rank, pos, l, r, it->second.result});
-    std::push_heap(heap.begin(), heap.end(), std::greater<>());
+    return true;
   };
-  for (int i = 0; i + 1 < n; ++i) {
-    auto it = merges_.find(PairKey(sym[size_t(i)].id, sym[size_t(i + 1)].id));
-    if (it != merges_.end()) heap.push_back({it->second.rank, i, sym[size_t(i)].id, sym[size_t(i + 1)].id, it->second.result});
-  }
+  for (int i = 0; i + 1 < n; ++i) queue(i);
   std::make_heap(heap.begin(), heap.end(), std::greater<>());  // O(n), where n pushes cost O(n log n)
 
   while (!heap.empty()) {
@@ -147,8 +147,8 @@ void Bpe::Encode(std::string_view word, std::vector<int32_t>& ids) const {
     right.id = -1;
     left.next = right.next;
     if (right.next >= 0) sym[size_t(right.next)].prev = c.pos;
-    consider(left.prev);
-    consider(c.pos);
+    if (queue(left.prev)) std::push_heap(heap.begin(), heap.end(), std::greater<>());
+    if (queue(c.pos)) std::push_heap(heap.begin(), heap.end(), std::greater<>());
   }
   for (int i = n > 0 ? 0 : -1; i >= 0; i = sym[size_t(i)].next) ids.push_back(sym[size_t(i)].id);
 }

@@ -2,12 +2,11 @@
 // Dropout, continuing_subword_prefix and end_of_word_suffix are refused at load time.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/status.h"
 

@@ -1,5 +1,6 @@
-// Decoders as transformers.js applies them (the reference the tests compare with): bytes that are
-// not UTF-8 decode to U+FFFD per maximal subpart. No clean_up_tokenization_spaces: decoding stays lossless.
+// Decoders as transformers.js applies them (the reference the tests compare with): invalid UTF-8
+// becomes one U+FFFD per maximal subpart (Rust's ByteFallback writes one per byte). There is no
+// clean_up_tokenization_spaces: it would make decoding lossy, and streamed text would disagree.
 #include "tokenizer/decoder.h"
 
 #include "tokenizer/byte_level.h"
@@ -10,54 +11,53 @@
 namespace atp {
 namespace {
 
-// Runs of non-added pieces become one piece holding the bytes their characters stand for.
+// Replaces each run of pieces that to_bytes accepts (it appends their bytes and returns true) by
+// one piece: those bytes read as UTF-8. Other pieces pass through unchanged.
+template <class ToBytes>
+void CollapseByteRuns(std::vector<DecodePiece>& pieces, ToBytes to_bytes) {
+  std::vector<DecodePiece> out;
+  std::string bytes;
+  auto flush = [&] {
+    if (!bytes.empty()) out.push_back({utf8::Repair(bytes), false});
+    bytes.clear();
+  };
+  for (DecodePiece& p : pieces) {
+    if (to_bytes(p, bytes)) continue;
+    flush();
+    out.push_back(std::move(p));
+  }
+  flush();
+  pieces = std::move(out);
+}
+
+// Byte-level vocabularies: every non-added token is text in GPT-2's byte alphabet.
 class ByteLevel : public Decoder {
  public:
   void Apply(std::vector<DecodePiece>& pieces) const override {
-    std::vector<DecodePiece> out;
-    std::string bytes;
-    auto flush = [&] {
-      if (!bytes.empty()) out.push_back({utf8::Repair(bytes), false});
-      bytes.clear();
-    };
-    for (DecodePiece& p : pieces) {
-      if (p.added) {
-        flush();
-        out.push_back(std::move(p));
-        continue;
-      }
+    CollapseByteRuns(pieces, [](const DecodePiece& p, std::string& bytes) {
+      if (p.added) return false;
       for (size_t i = 0; i < p.text.size();) {
         const size_t start = i;
         const int b = byte_level::ByteOf(utf8::Next(p.text, &i));
-        if (b >= 0) bytes += char(b);
-        else bytes.append(p.text, start, i - start);  // not a mapped character: keep it as written
+        if (b >= 0)
+          bytes += char(b);
+        else
+          bytes.append(p.text, start, i - start);  // not a mapped character: keep it as written
       }
-    }
-    flush();
-    pieces = std::move(out);
+      return true;
+    });
   }
 };
 
-// SentencePiece's byte tokens "<0xAB>": each run becomes the text of its bytes.
+// SentencePiece's byte tokens "<0xAB>".
 class ByteFallback : public Decoder {
  public:
   void Apply(std::vector<DecodePiece>& pieces) const override {
-    std::vector<DecodePiece> out;
-    std::string bytes;
-    auto flush = [&] {
-      if (!bytes.empty()) out.push_back({utf8::Repair(bytes), false});
-      bytes.clear();
-    };
-    for (DecodePiece& p : pieces) {
-      if (int b = ByteToken(p.text); b >= 0) {
-        bytes += char(b);
-        continue;
-      }
-      flush();
-      out.push_back(std::move(p));
-    }
-    flush();
-    pieces = std::move(out);
+    CollapseByteRuns(pieces, [](const DecodePiece& p, std::string& bytes) {
+      const int b = ByteToken(p.text);
+      if (b >= 0) bytes += char(b);
+      return b >= 0;
+    });
   }
 
  private:
@@ -98,7 +98,8 @@ class Replace : public Decoder {
 // Removes up to `start` leading and `stop` trailing copies of `content` from each piece.
 class Strip : public Decoder {
  public:
-  Strip(std::string content, size_t start, size_t stop) : content_(std::move(content)), start_(start), stop_(stop) {}
+  Strip(std::string content, size_t start, size_t stop)
+      : content_(std::move(content)), start_(start), stop_(stop) {}
   void Apply(std::vector<DecodePiece>& pieces) const override {
     for (DecodePiece& p : pieces) {
       std::string_view t = p.text;
@@ -116,26 +117,18 @@ class Strip : public Decoder {
 // Replacement characters back to spaces; the space the pre-tokenizer prepended is dropped.
 class Metaspace : public Decoder {
  public:
-  Metaspace(std::string replacement, bool strip_first) : replacement_(std::move(replacement)), strip_first_(strip_first) {}
+  Metaspace(Regex replacement, bool strip_first)
+      : replacement_(std::move(replacement)), strip_first_(strip_first) {}
   void Apply(std::vector<DecodePiece>& pieces) const override {
     for (size_t i = 0; i < pieces.size(); ++i) {
-      std::string& t = pieces[i].text;
-      std::string out;
-      for (size_t k = 0; k < t.size();) {
-        if (t.compare(k, replacement_.size(), replacement_) == 0) {
-          out += ' ';
-          k += replacement_.size();
-        } else {
-          out += t[k++];
-        }
-      }
-      if (strip_first_ && i == 0 && out.starts_with(' ')) out.erase(0, 1);
-      t = std::move(out);
+      std::string t = replacement_.ReplaceAll(pieces[i].text, " ");
+      if (strip_first_ && i == 0 && t.starts_with(' ')) t.erase(0, 1);
+      pieces[i].text = std::move(t);
     }
   }
 
  private:
-  std::string replacement_;
+  Regex replacement_;  // the literal replacement character
   bool strip_first_;
 };
 
@@ -168,7 +161,8 @@ Result<std::unique_ptr<Decoder>> ParseMetaspace(const nlohmann::json& j, const s
   } else {
     ATP_ASSIGN_OR_RETURN(strip_first, jf::Bool(j, "add_prefix_space", path, true));
   }
-  return std::unique_ptr<Decoder>(new Metaspace(std::move(replacement), strip_first));
+  ATP_ASSIGN_OR_RETURN(Regex re, Regex::Compile(replacement, /*literal=*/true));
+  return std::unique_ptr<Decoder>(new Metaspace(std::move(re), strip_first));
 }
 
 }  // namespace

@@ -2,8 +2,6 @@
 // Invalid UTF-8 input is repaired to U+FFFD first (JavaScript and Rust strings cannot hold it either).
 #include "tokenizer/hf_tokenizer.h"
 
-#include <algorithm>
-
 #include "tokenizer/utf8.h"
 
 namespace atp {
@@ -28,7 +26,8 @@ HfTokenizer::HfTokenizer(Parts parts) : p_(std::move(parts)) {
   }
 }
 
-void HfTokenizer::SetSpecialIds(int32_t bos, std::vector<int32_t> eos, const std::vector<int32_t>& extra_special) {
+void HfTokenizer::SetSpecialIds(int32_t bos, std::vector<int32_t> eos,
+                                const std::vector<int32_t>& extra_special) {
   bos_ = bos;
   eos_ = std::move(eos);
   for (int32_t id : extra_special) is_special_[size_t(id)] = 1;
@@ -71,8 +70,10 @@ std::vector<int32_t> HfTokenizer::Encode(std::string_view text, bool add_special
   WordCache cache;
   if (add_special) ids = p_.post.prefix;
   for (const auto& seg : raw_split_.Split(text)) {
-    if (seg.id >= 0) ids.push_back(seg.id);
-    else EncodeSection(seg.text, seg.text.data() == text.data(), cache, ids);
+    if (seg.id >= 0)
+      ids.push_back(seg.id);
+    else
+      EncodeSection(seg.text, seg.text.data() == text.data(), cache, ids);
   }
   if (add_special) ids.insert(ids.end(), p_.post.suffix.begin(), p_.post.suffix.end());
   return ids;

@@ -22,9 +22,9 @@ class HfTokenizer : public Tokenizer {
   struct Parts {
     Bpe model;
     std::vector<AddedToken> added;
-    std::unique_ptr<Normalizer> normalizer;      // may be null
-    std::unique_ptr<PreTokenizer> pre_tokenizer; // may be null: the whole text is one word
-    std::unique_ptr<Decoder> decoder;            // may be null: tokens are joined with spaces
+    std::unique_ptr<Normalizer> normalizer;       // may be null
+    std::unique_ptr<PreTokenizer> pre_tokenizer;  // may be null: the whole text is one word
+    std::unique_ptr<Decoder> decoder;             // may be null: tokens are joined with spaces
     SpecialTemplate post;
   };
   explicit HfTokenizer(Parts parts);
@@ -47,7 +47,8 @@ class HfTokenizer : public Tokenizer {
   // that concurrent Encode calls need no lock; long texts repeat their words enough to pay for it.
   using WordCache = std::unordered_map<std::string, std::vector<int32_t>>;
   // Encodes text between added tokens (raw, not yet normalized).
-  void EncodeSection(std::string_view text, bool at_text_start, WordCache& cache, std::vector<int32_t>& ids) const;
+  void EncodeSection(std::string_view text, bool at_text_start, WordCache& cache,
+                     std::vector<int32_t>& ids) const;
 
   Parts p_;
   AddedTokenSplitter raw_split_;         // added tokens matched in the raw input

@@ -1,10 +1,9 @@
 // Typed reads of tokenizer.json / tokenizer_config.json fields whose errors name the field's path
 // ("pre_tokenizer.pretokenizers[1].type"). Absent and null mean the same, as in Hugging Face's readers.
 #pragma once
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 #include "core/status.h"
 
@@ -52,6 +51,14 @@ inline Result<const json*> Array(const json& obj, std::string_view key, const st
   ATP_ASSIGN_OR_RETURN(const json* v, Require(obj, key, path));
   if (!v->is_array()) return Status::Corruption(Join(path, key) + ": expected an array");
   return v;
+}
+
+// A token id. The bound only stops a corrupt id from sizing tables in gigabytes: the largest real
+// vocabularies hold about 256k tokens.
+inline Result<int32_t> TokenId(const json& v, const std::string& path) {
+  if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= (int64_t(1) << 24))
+    return Status::Corruption(path + ": expected a token id in [0, 2^24)");
+  return v.get<int32_t>();
 }
 
 // A component's "type", which selects its parser.

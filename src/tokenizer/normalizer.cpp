@@ -70,7 +70,8 @@ Result<std::unique_ptr<Normalizer>> ParseNormalizer(const nlohmann::json& j, con
     ATP_ASSIGN_OR_RETURN(const nlohmann::json* list, jf::Array(j, "normalizers", path));
     std::vector<std::unique_ptr<Normalizer>> steps;
     for (size_t i = 0; i < list->size(); ++i) {
-      ATP_ASSIGN_OR_RETURN(auto n, ParseNormalizer((*list)[i], path + ".normalizers[" + std::to_string(i) + "]"));
+      ATP_ASSIGN_OR_RETURN(auto n,
+                           ParseNormalizer((*list)[i], path + ".normalizers[" + std::to_string(i) + "]"));
       steps.push_back(std::move(n));
     }
     return std::unique_ptr<Normalizer>(new Sequence(std::move(steps)));

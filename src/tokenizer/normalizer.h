@@ -2,10 +2,9 @@
 // Other normalizers (NFKC, Lowercase, Precompiled charsmaps, ...) are refused at load time.
 #pragma once
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 #include "core/status.h"
 

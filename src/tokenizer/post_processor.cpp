@@ -18,7 +18,8 @@ Result<SpecialTemplate> ParseTemplate(const nlohmann::json& j, const std::string
     const auto& item = (*single)[i];
     if (const auto* seq = jf::Find(item, "Sequence")) {
       ATP_ASSIGN_OR_RETURN(std::string which, jf::String(*seq, "id", ipath + ".Sequence"));
-      if (which != "A") return Status::Unsupported(ipath + ".Sequence.id: single template uses '" + which + "'");
+      if (which != "A")
+        return Status::Unsupported(ipath + ".Sequence.id: single template uses '" + which + "'");
       seen_text = true;
       continue;
     }
@@ -27,10 +28,11 @@ Result<SpecialTemplate> ParseTemplate(const nlohmann::json& j, const std::string
     ATP_ASSIGN_OR_RETURN(std::string name, jf::String(*special, "id", ipath + ".SpecialToken"));
     std::vector<int32_t> ids;
     if (const auto* entry = table ? jf::Find(*table, name) : nullptr) {
-      ATP_ASSIGN_OR_RETURN(const nlohmann::json* list, jf::Array(*entry, "ids", path + ".special_tokens." + name));
+      ATP_ASSIGN_OR_RETURN(const nlohmann::json* list,
+                           jf::Array(*entry, "ids", path + ".special_tokens." + name));
       for (const auto& id : *list) {
-        if (!id.is_number_integer()) return Status::Corruption(path + ".special_tokens." + name + ".ids: expected integers");
-        ids.push_back(id.get<int32_t>());
+        ATP_ASSIGN_OR_RETURN(int32_t v, jf::TokenId(id, path + ".special_tokens." + name + ".ids"));
+        ids.push_back(v);
       }
     } else if (int32_t id = token_to_id(name); id >= 0) {
       ids.push_back(id);
@@ -54,7 +56,9 @@ Result<SpecialTemplate> ParsePostProcessor(const nlohmann::json& j, const std::s
     ATP_ASSIGN_OR_RETURN(const nlohmann::json* list, jf::Array(j, "processors", path));
     SpecialTemplate all;
     for (size_t i = 0; i < list->size(); ++i) {
-      ATP_ASSIGN_OR_RETURN(SpecialTemplate t, ParsePostProcessor((*list)[i], path + ".processors[" + std::to_string(i) + "]", token_to_id));
+      ATP_ASSIGN_OR_RETURN(
+          SpecialTemplate t,
+          ParsePostProcessor((*list)[i], path + ".processors[" + std::to_string(i) + "]", token_to_id));
       // Each processor wraps what the ones before it produced.
       all.prefix.insert(all.prefix.begin(), t.prefix.begin(), t.prefix.end());
       all.suffix.insert(all.suffix.end(), t.suffix.begin(), t.suffix.end());

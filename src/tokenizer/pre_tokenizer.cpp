@@ -2,6 +2,11 @@
 // Split's "invert" and "Contiguous" behaviour are refused: no supported model family uses them.
 #include "tokenizer/pre_tokenizer.h"
 
+#include <algorithm>
+#include <optional>
+#include <string_view>
+#include <utility>
+
 #include "tokenizer/byte_level.h"
 #include "tokenizer/json_fields.h"
 #include "tokenizer/regex.h"
@@ -52,11 +57,12 @@ void SplitPieces(const Regex& re, Behavior behavior, std::vector<std::string>& p
 
 class ByteLevel : public PreTokenizer {
  public:
-  ByteLevel(bool add_prefix_space, std::unique_ptr<Regex> re) : add_prefix_space_(add_prefix_space), re_(std::move(re)) {}
+  ByteLevel(bool add_prefix_space, std::optional<Regex> re)
+      : add_prefix_space_(add_prefix_space), re_(std::move(re)) {}
   void Apply(std::vector<std::string>& pieces, bool) const override {
     if (add_prefix_space_)
       for (std::string& p : pieces)
-        if (p.empty() || p[0] != ' ') p.insert(0, 1, ' ');
+        if (!p.starts_with(' ')) p.insert(0, 1, ' ');
     if (re_) SplitPieces(*re_, Behavior::kIsolated, pieces);
     for (std::string& p : pieces) {
       std::string mapped;
@@ -67,7 +73,7 @@ class ByteLevel : public PreTokenizer {
 
  private:
   bool add_prefix_space_;
-  std::unique_ptr<Regex> re_;  // null when use_regex is false
+  std::optional<Regex> re_;  // GPT-2's pattern, unless use_regex is false
 };
 
 class Split : public PreTokenizer {
@@ -85,26 +91,29 @@ class Split : public PreTokenizer {
 class Metaspace : public PreTokenizer {
  public:
   enum class Prepend { kAlways, kFirst, kNever };
-  Metaspace(std::string replacement, Prepend prepend, std::unique_ptr<Regex> splitter)
-      : replacement_(std::move(replacement)), prepend_(prepend), splitter_(std::move(splitter)) {}
+  Metaspace(std::string replacement, Regex space, Regex replacement_re, Prepend prepend, bool split)
+      : replacement_(std::move(replacement)),
+        space_(std::move(space)),
+        replacement_re_(std::move(replacement_re)),
+        prepend_(prepend),
+        split_(split) {}
   void Apply(std::vector<std::string>& pieces, bool at_text_start) const override {
     for (size_t i = 0; i < pieces.size(); ++i) {
-      std::string s;
-      for (char c : pieces[i]) {
-        if (c == ' ') s += replacement_;
-        else s += c;
-      }
-      const bool prepend = prepend_ == Prepend::kAlways || (prepend_ == Prepend::kFirst && at_text_start && i == 0);
+      std::string s = space_.ReplaceAll(pieces[i], replacement_);
+      const bool prepend =
+          prepend_ == Prepend::kAlways || (prepend_ == Prepend::kFirst && at_text_start && i == 0);
       if (prepend && !s.starts_with(replacement_)) s.insert(0, replacement_);
       pieces[i] = std::move(s);
     }
-    if (splitter_) SplitPieces(*splitter_, Behavior::kMergedWithNext, pieces);
+    if (split_) SplitPieces(replacement_re_, Behavior::kMergedWithNext, pieces);
   }
 
  private:
   std::string replacement_;
+  Regex space_;           // a literal " "
+  Regex replacement_re_;  // a literal replacement_
   Prepend prepend_;
-  std::unique_ptr<Regex> splitter_;  // finds replacement_; null when "split" is false
+  bool split_;
 };
 
 class Sequence : public PreTokenizer {
@@ -121,10 +130,9 @@ class Sequence : public PreTokenizer {
 Result<std::unique_ptr<PreTokenizer>> ParseByteLevel(const nlohmann::json& j, const std::string& path) {
   ATP_ASSIGN_OR_RETURN(bool prefix, jf::Bool(j, "add_prefix_space", path, true));
   ATP_ASSIGN_OR_RETURN(bool use_regex, jf::Bool(j, "use_regex", path, true));
-  std::unique_ptr<Regex> re;
+  std::optional<Regex> re;
   if (use_regex) {
-    ATP_ASSIGN_OR_RETURN(Regex r, Regex::Compile(kGpt2Pattern, false));
-    re = std::make_unique<Regex>(std::move(r));
+    ATP_ASSIGN_OR_RETURN(re, Regex::Compile(kGpt2Pattern, false));
   }
   return std::unique_ptr<PreTokenizer>(new ByteLevel(prefix, std::move(re)));
 }
@@ -135,13 +143,14 @@ Result<std::unique_ptr<PreTokenizer>> ParseSplit(const nlohmann::json& j, const 
   ATP_ASSIGN_OR_RETURN(bool invert, jf::Bool(j, "invert", path, false));
   if (invert) return Status::Unsupported(path + ".invert: true is not supported");
   ATP_ASSIGN_OR_RETURN(std::string b, jf::String(j, "behavior", path));
-  Behavior behavior;
-  if (b == "Isolated") behavior = Behavior::kIsolated;
-  else if (b == "Removed") behavior = Behavior::kRemoved;
-  else if (b == "MergedWithPrevious") behavior = Behavior::kMergedWithPrevious;
-  else if (b == "MergedWithNext") behavior = Behavior::kMergedWithNext;
-  else return Status::Unsupported(path + ".behavior: '" + b + "' is not supported");
-  return std::unique_ptr<PreTokenizer>(new Split(std::move(re), behavior));
+  static constexpr std::pair<std::string_view, Behavior> kBehaviors[] = {
+      {"Isolated", Behavior::kIsolated},
+      {"Removed", Behavior::kRemoved},
+      {"MergedWithPrevious", Behavior::kMergedWithPrevious},
+      {"MergedWithNext", Behavior::kMergedWithNext}};
+  for (const auto& [name, behavior] : kBehaviors)
+    if (b == name) return std::unique_ptr<PreTokenizer>(new Split(std::move(re), behavior));
+  return Status::Unsupported(path + ".behavior: '" + b + "' is not supported");
 }
 
 Result<std::unique_ptr<PreTokenizer>> ParseMetaspace(const nlohmann::json& j, const std::string& path) {
@@ -149,22 +158,25 @@ Result<std::unique_ptr<PreTokenizer>> ParseMetaspace(const nlohmann::json& j, co
   // Older files say add_prefix_space (true: always), newer ones prepend_scheme.
   Metaspace::Prepend prepend;
   if (const auto* scheme = jf::Find(j, "prepend_scheme")) {
-    const std::string s = scheme->is_string() ? scheme->get<std::string>() : "";
-    if (s == "always") prepend = Metaspace::Prepend::kAlways;
-    else if (s == "first") prepend = Metaspace::Prepend::kFirst;
-    else if (s == "never") prepend = Metaspace::Prepend::kNever;
-    else return Status::Corruption(path + ".prepend_scheme: expected always, first or never");
+    static constexpr std::pair<std::string_view, Metaspace::Prepend> kSchemes[] = {
+        {"always", Metaspace::Prepend::kAlways},
+        {"first", Metaspace::Prepend::kFirst},
+        {"never", Metaspace::Prepend::kNever}};
+    const auto* found = std::find_if(std::begin(kSchemes), std::end(kSchemes), [&](const auto& s) {
+      return scheme->is_string() && scheme->get<std::string>() == s.first;
+    });
+    if (found == std::end(kSchemes))
+      return Status::Corruption(path + ".prepend_scheme: expected always, first or never");
+    prepend = found->second;
   } else {
     ATP_ASSIGN_OR_RETURN(bool add, jf::Bool(j, "add_prefix_space", path, true));
     prepend = add ? Metaspace::Prepend::kAlways : Metaspace::Prepend::kNever;
   }
   ATP_ASSIGN_OR_RETURN(bool split, jf::Bool(j, "split", path, true));
-  std::unique_ptr<Regex> splitter;
-  if (split) {
-    ATP_ASSIGN_OR_RETURN(Regex r, Regex::Compile(replacement, /*literal=*/true));
-    splitter = std::make_unique<Regex>(std::move(r));
-  }
-  return std::unique_ptr<PreTokenizer>(new Metaspace(std::move(replacement), prepend, std::move(splitter)));
+  ATP_ASSIGN_OR_RETURN(Regex space, Regex::Compile(" ", /*literal=*/true));
+  ATP_ASSIGN_OR_RETURN(Regex replacement_re, Regex::Compile(replacement, /*literal=*/true));
+  return std::unique_ptr<PreTokenizer>(
+      new Metaspace(std::move(replacement), std::move(space), std::move(replacement_re), prepend, split));
 }
 
 }  // namespace
@@ -178,7 +190,8 @@ Result<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const nlohmann::json& j,
     ATP_ASSIGN_OR_RETURN(const nlohmann::json* list, jf::Array(j, "pretokenizers", path));
     std::vector<std::unique_ptr<PreTokenizer>> steps;
     for (size_t i = 0; i < list->size(); ++i) {
-      ATP_ASSIGN_OR_RETURN(auto p, ParsePreTokenizer((*list)[i], path + ".pretokenizers[" + std::to_string(i) + "]"));
+      ATP_ASSIGN_OR_RETURN(auto p,
+                           ParsePreTokenizer((*list)[i], path + ".pretokenizers[" + std::to_string(i) + "]"));
       steps.push_back(std::move(p));
     }
     return std::unique_ptr<PreTokenizer>(new Sequence(std::move(steps)));

@@ -2,10 +2,9 @@
 // Others (Whitespace, Digits, Punctuation, BertPreTokenizer, ...) are refused at load time.
 #pragma once
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/status.h"
 

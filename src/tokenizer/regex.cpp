@@ -46,11 +46,12 @@ Result<Regex> Regex::Compile(std::string_view pattern, bool literal) {
   PCRE2_SIZE err_offset = 0;
   // PCRE2 refuses UCP with LITERAL; character properties mean nothing to a literal anyway.
   const uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                   options, &err, &err_offset, nullptr);
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options,
+                                   &err, &err_offset, nullptr);
   if (!code)
-    return Status::InvalidArgument("bad regex at offset " + std::to_string(err_offset) + ": " +
-                                   Pcre2Error(err));
+    // Patterns come from tokenizer.json, written for Oniguruma: one PCRE2 cannot read is unsupported.
+    return Status::Unsupported("PCRE2 cannot compile the regex (offset " + std::to_string(err_offset) +
+                               "): " + Pcre2Error(err));
   auto c = std::make_shared<Code>();
   c->code = code;
   // A failed JIT compile (no JIT on this CPU) leaves the interpreter, which gives the same matches.

@@ -13,7 +13,8 @@ constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
 // decoding of a character whose remaining bytes are still to come.
 size_t CompletePrefix(std::string_view text) {
   size_t n = text.size();
-  while (n >= kReplacement.size() && text.substr(n - kReplacement.size(), kReplacement.size()) == kReplacement)
+  while (n >= kReplacement.size() &&
+         text.substr(n - kReplacement.size(), kReplacement.size()) == kReplacement)
     n -= kReplacement.size();
   return n;
 }

