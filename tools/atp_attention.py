@@ -24,14 +24,16 @@ def block_basis(xb, rank, method="svd"):
     method "eigh": eigenvectors of the B x B Gram matrix X X^T, the same left singular
     subspace; much faster batched on GPU, used for fine-tuning only."""
     dt = torch.float64 if xb.device.type == "cpu" else torch.float32
-    x = xb.to(dt)
-    if method == "svd":
-        U = torch.linalg.svd(x, full_matrices=False)[0]
-    elif method == "eigh":
-        evals, evecs = torch.linalg.eigh(x @ x.transpose(-1, -2))
-        U = evecs.flip(-1)  # eigh sorts ascending; SVD order is descending
-    else:
-        raise ValueError(f"unknown basis method {method!r}")
+    x = xb.detach().to(dt)
+    # autocast off: under bf16 autocast the Gram product would be bf16, which eigh rejects
+    with torch.autocast(device_type=xb.device.type, enabled=False):
+        if method == "svd":
+            U = torch.linalg.svd(x, full_matrices=False)[0]
+        elif method == "eigh":
+            evals, evecs = torch.linalg.eigh(x @ x.transpose(-1, -2))
+            U = evecs.flip(-1)  # eigh sorts ascending; SVD order is descending
+        else:
+            raise ValueError(f"unknown basis method {method!r}")
     U = U[..., :rank]
     sign = torch.where(U.sum(dim=-2, keepdim=True) >= 0, 1.0, -1.0).to(U.dtype)
     return (U * sign).detach()
@@ -78,7 +80,7 @@ def atp_attention(x, q, k, v, block, rank, window, method="svd"):
         return F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
     s = (q @ keys.transpose(-1, -2)) / math.sqrt(hd)
     s = s.masked_fill(~mask, float("-inf"))
-    return torch.softmax(s.float(), dim=-1).to(vals.dtype) @ vals
+    return torch.softmax(s.to(torch.promote_types(s.dtype, torch.float32)), dim=-1).to(vals.dtype) @ vals
 
 
 def make_attn(block, rank, window, method="svd"):

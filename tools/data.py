@@ -192,14 +192,16 @@ def _number(rng, digits):
     return str(rng.randrange(10 ** (digits - 1), 10 ** digits))
 
 
-def make_passkey(rng, filler, n_chars):
+def make_passkey(rng, filler, n_chars, n_questions=1):
     digits = 5 if rng.random() < 0.7 else rng.randint(3, 7)
     key = _number(rng, digits)
     fact = f"The pass key is {key}. Remember it. {key} is the pass key."
     before = int(n_chars * rng.random())
-    prompt = _join(filler.take(rng, before), fact, filler.take(rng, n_chars - before),
-                   "What is the pass key? The pass key is")
-    return prompt, key
+    text = _join(filler.take(rng, before), fact, filler.take(rng, n_chars - before))
+    q = "What is the pass key? The pass key is"
+    for k in range(n_questions - 1):  # extra questions: more answer tokens per document
+        text = _join(text, q, f"{key}.", filler.take(rng, rng.randint(0, 400)))
+    return _join(text, q), key
 
 
 def random_name(rng, filler_words):
@@ -234,15 +236,34 @@ def make_lookup(rng, filler, n_chars, filler_words, n_questions=1):
     return text, nums[qs[-1]]
 
 
-def make_retrieval(rng, filler, filler_words, max_chars):
-    n_chars = rng.randint(100, max_chars)
+def make_recall(rng, filler, n_chars, filler_words):
+    """Dense long-range copying: a list planted early is repeated in full at the end, so every
+    list item after the first is a copy target (the induction behaviour retrieval needs)."""
+    n = rng.randint(4, 16)
     if rng.random() < 0.5:
-        prompt, ans = make_passkey(rng, filler, n_chars)
-        kind = "passkey"
+        items = [_number(rng, rng.randint(2, 6)) for _ in range(n)]
     else:
+        items = [f"{random_name(rng, filler_words)} {_number(rng, 3)}" for _ in range(n)]
+    lst = ", ".join(items[:-1]) + " and " + items[-1]
+    before = int(n_chars * rng.random())
+    prompt = _join(filler.take(rng, before), f"The list is {lst}.", filler.take(rng, n_chars - before),
+                   "Repeat the list. The list is")
+    return prompt, lst
+
+
+def make_retrieval(rng, filler, filler_words, max_chars, single_question=False):
+    n_chars = rng.randint(100, max_chars)
+    u = rng.random()
+    if u < 0.35:
+        prompt, ans = make_passkey(rng, filler, n_chars, 1 if single_question else rng.choice([1, 1, 2, 3]))
+        kind = "passkey"
+    elif u < 0.8 or single_question:
         prompt, ans = make_lookup(rng, filler, n_chars, filler_words,
-                                  n_questions=rng.choice([1, 1, 2, 3]))
+                                  n_questions=1 if single_question else rng.randint(1, 12))
         kind = "lookup"
+    else:
+        prompt, ans = make_recall(rng, filler, n_chars, filler_words)
+        kind = "recall"
     if rng.random() < 0.15:  # evaluation prompts sometimes start mid-sentence (". Nils has ...")
         prompt = ". " + prompt
     return {"prompt": prompt, "answer": ans, "kind": kind}
@@ -296,7 +317,8 @@ def main():
     words = sorted({w for w in re.findall(r"\b[A-Z][a-z]{2,9}\b", filler.text)})
     rets, dev_rets = [], []
     for i in range(a.retrieval_docs + 200):
-        (dev_rets if i < 200 else rets).append(make_retrieval(rng, filler, words, a.retrieval_max_chars))
+        (dev_rets if i < 200 else rets).append(
+            make_retrieval(rng, filler, words, a.retrieval_max_chars, single_question=i < 200))
     with open(os.path.join(a.out, "dev_retrieval.jsonl"), "w") as f:
         for r in dev_rets:
             f.write(json.dumps(r) + "\n")

@@ -89,13 +89,15 @@ def retrieval(model, tok, cases, attn=None, n_new=8):
 
 def evaluate_dir(path, policy=None, valid=VALID, valid_ret=VALID_RET, device=None, max_cases=None,
                  method="svd"):
+    """Dense or ATP perplexity + retrieval of one checkpoint dir, fp32 weights."""
     device = device or pick_device()
     model = M.load_checkpoint(path, device=device).eval()
     tok = bpe.Tokenizer.from_file(path)
     attn = attn_for(policy, method)
     t0 = time.time()
     ids = tok.encode(open(valid, encoding="utf-8").read(), add_bos=True)
-    res = {"model": path, "kv": policy or "dense", "file": valid, "device": device}
+    res = {"model": path, "kv": policy or "dense", "file": valid, "device": device,
+           "atp_basis": method if attn else None}
     res.update(perplexity(model, ids, attn=attn))
     cases = [json.loads(l) for l in open(valid_ret)]
     if max_cases:
@@ -114,9 +116,11 @@ def main():
     ap.add_argument("--retrieval", default=VALID_RET)
     ap.add_argument("--max-cases", type=int, default=None)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--basis", choices=["svd", "eigh"], default="svd",
+                    help="ATP block basis: svd (the definition) or eigh of X X^T (same subspace, faster on GPU)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    res = evaluate_dir(a.model, a.kv, a.file, a.retrieval, a.device, a.max_cases)
+    res = evaluate_dir(a.model, a.kv, a.file, a.retrieval, a.device, a.max_cases, a.basis)
     if a.json:
         print(json.dumps(res))
     else:

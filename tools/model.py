@@ -96,7 +96,7 @@ def dense_attention(layer, x, q, k, v):
     s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     s = s.masked_fill(~mask, float("-inf"))
-    return torch.softmax(s.float(), dim=-1).to(v.dtype) @ v
+    return torch.softmax(s.to(torch.promote_types(s.dtype, torch.float32)), dim=-1).to(v.dtype) @ v
 
 
 class Attention(nn.Module):

@@ -56,7 +56,9 @@ def build_parser():
     ap.add_argument("--retrieval-frac", type=float, default=0.25)
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--select", choices=["last", "best"], default="last",
-                    help="save the last weights or those with the best dev prose loss")
+                    help="save the last weights, or (best) those with the lowest dev prose loss among "
+                         "evals whose dev retrieval accuracy is within 0.05 of the best seen: the "
+                         "small prose corpus overfits long before retrieval is learned")
     ap.add_argument("--dtype", choices=["bf16", "f32"], default="bf16", help="saved weight dtype")
     ap.add_argument("--kv", default="dense", help="attention used in training: dense | atp:block=,rank=,window=")
     ap.add_argument("--basis", choices=["svd", "eigh"], default="svd", help="ATP block basis method")
@@ -178,7 +180,7 @@ def train(a):
         print(json.dumps(rec), flush=True)
 
     t0 = time.time()
-    best = (float("inf"), None, -1)
+    snaps = []  # (step, dev_loss, dev_retrieval, state) for --select best
     step, progress, loss_ema = 0, 0.0, None
     while step < a.steps and progress < 1.0:
         elapsed = time.time() - t0
@@ -210,18 +212,23 @@ def train(a):
             dl, racc = evaluate(model, dev_x, cases, attn, device, autocast)
             log({"step": step, "dev_loss": dl, "dev_ppl": math.exp(dl), "dev_retrieval": racc,
                  "elapsed": round(time.time() - t0, 1)})
-            if a.select == "best" and dl < best[0]:
-                best = (dl, {k: v.detach().clone() for k, v in model.state_dict().items()}, step)
+            if a.select == "best":
+                snaps.append((step, dl, racc, {k: v.detach().clone() for k, v in model.state_dict().items()}))
             if last:
                 break
-    if a.select == "best" and best[1] is not None:
-        model.load_state_dict(best[1])
+    selected = step
+    if a.select == "best" and snaps:
+        top = max(r for _, _, r, _ in snaps)
+        selected, dl, racc, state = min((x for x in snaps if x[2] >= top - 0.05), key=lambda x: x[1])
+        model.load_state_dict(state)
+        print(f"selected step {selected}: dev_loss {dl:.4f}, dev_retrieval {racc:.2f}", flush=True)
+    logf.close()
     model.eval()
     cmd = "/usr/bin/python3 " + " ".join(shlex.quote(s) for s in sys.argv)
     M.save_checkpoint(model, a.out, a.dtype, tokenizer_dir=tok_dir)
     summary = {"command": cmd, "params": n_params, "steps": step, "seconds": round(time.time() - t0, 1),
                "tokens_seen": step * a.batch * a.ctx, "device": device,
-               "selected_step": best[2] if a.select == "best" else step,
+               "selected_step": selected,
                "torch": torch.__version__, "args": vars(a)}
     with open(os.path.join(a.out, "train_summary.json"), "w") as f:
         json.dump(summary, f, indent=1)

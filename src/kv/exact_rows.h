@@ -11,23 +11,24 @@ namespace atp {
 
 class ExactRows {
  public:
-  ExactRows(DType dtype, int kv_dim) : dtype_(dtype), kv_dim_(kv_dim) {}
-  // Appends n rows of K and V (n, kv_dim) f32, converted to the store's dtype.
+  // Rows of k_width key and v_width value elements (v_width 0: same as k_width).
+  ExactRows(DType dtype, int k_width, int v_width = 0) : dtype_(dtype), kw_(k_width), vw_(v_width ? v_width : k_width) {}
+  // Appends n rows of K (n, k_width) and V (n, v_width) f32, converted to the store's dtype.
   void Append(const float* K, const float* V, int64_t n);
   // Drops the first n rows (tokens that moved to a compressed form).
   void DropFront(int64_t n);
   int64_t size() const { return n_; }
-  size_t Bytes() const { return size_t(n_) * 2 * size_t(kv_dim_) * DTypeSize(dtype_); }
-  // Rows [begin, begin+count) of KV head h.
-  KvRows Keys(int h, int head_dim, int64_t begin, int64_t count) const { return View(k_, h, head_dim, begin, count); }
-  KvRows Values(int h, int head_dim, int64_t begin, int64_t count) const { return View(v_, h, head_dim, begin, count); }
+  size_t Bytes() const { return size_t(n_) * size_t(kw_ + vw_) * DTypeSize(dtype_); }
+  // Rows [begin, begin+count), elements from h*head_dim on (KV head h of a multi-head row).
+  KvRows Keys(int h, int head_dim, int64_t begin, int64_t count) const { return View(k_, kw_, h * head_dim, begin, count); }
+  KvRows Values(int h, int head_dim, int64_t begin, int64_t count) const { return View(v_, vw_, h * head_dim, begin, count); }
 
  private:
-  KvRows View(const std::vector<uint8_t>& buf, int h, int head_dim, int64_t begin, int64_t count) const;
+  KvRows View(const std::vector<uint8_t>& buf, int width, int offset, int64_t begin, int64_t count) const;
   DType dtype_;
-  int kv_dim_;
+  int kw_, vw_;
   int64_t n_ = 0;
-  std::vector<uint8_t> k_, v_;  // (n_, kv_dim_) each, in dtype_
+  std::vector<uint8_t> k_, v_;  // (n_, kw_) and (n_, vw_), in dtype_
 };
 
 }  // namespace atp

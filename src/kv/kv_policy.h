@@ -47,6 +47,8 @@ class KvPolicyFactory {
  public:
   virtual ~KvPolicyFactory() = default;
   virtual std::unique_ptr<KvPolicy> Create(const KvShape& shape) const = 0;
+  // Whether this policy can serve a layer of this shape (e.g. calibrated bases match the model).
+  virtual Status CheckShape(const KvShape& shape) const { return Status::Ok(); }
   // The canonical policy string, e.g. "dense:dtype=f32" (for reports).
   virtual std::string Describe() const = 0;
 };

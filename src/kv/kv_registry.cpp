@@ -4,6 +4,7 @@
 #include "kv/atp_policy.h"
 #include "kv/dense_policy.h"
 #include "kv/kv_policy.h"
+#include "kv/lowrank_policy.h"
 #include "kv/policy_spec.h"
 
 namespace atp {
@@ -19,6 +20,7 @@ const std::vector<Entry>& Registry() {
   static const std::vector<Entry> kEntries = {
       {"dense", [](const PolicySpec& s, const std::string&) { return MakeDenseFactory(s); }},
       {"atp", [](const PolicySpec& s, const std::string&) { return MakeAtpFactory(s); }},
+      {"lowrank", [](const PolicySpec& s, const std::string& dir) { return MakeLowRankFactory(s, dir); }},
   };
   return kEntries;
 }

@@ -75,6 +75,11 @@ Result<std::string> PolicySpec::Choice(const std::string& key, const std::string
   return Status::InvalidArgument("kv policy '" + name_ + "': " + key + "=" + it->second + " is not one of " + list);
 }
 
+Result<std::string> PolicySpec::String(const std::string& key, const std::string& def) const {
+  auto it = kv_.find(key);
+  return it == kv_.end() ? def : it->second;
+}
+
 Result<DType> PolicySpec::Dtype(const std::string& key, DType def) const {
   ATP_ASSIGN_OR_RETURN(std::string s, Choice(key, std::string(DTypeName(def)), {"f32", "f16", "bf16"}));
   DType t;

@@ -29,6 +29,7 @@ class PolicySpec {
   Result<int> Int(const std::string& key, int def, int lo, int hi) const;
   Result<double> Float(const std::string& key, double def, double lo, double hi) const;
   Result<std::string> Choice(const std::string& key, const std::string& def, const std::vector<std::string>& allowed) const;
+  Result<std::string> String(const std::string& key, const std::string& def) const;
   Result<DType> Dtype(const std::string& key, DType def) const;
 
  private:

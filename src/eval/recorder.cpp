@@ -1,0 +1,43 @@
+#include "eval/recorder.h"
+
+namespace atp {
+
+namespace {
+
+class RecordingPolicy : public KvPolicy {
+ public:
+  RecordingPolicy(std::unique_ptr<KvPolicy> inner, int layer, const RecordFn* fn) : inner_(std::move(inner)), layer_(layer), fn_(fn) {}
+  Status Append(std::span<const int32_t> pos, const float* X, const float* K, const float* V) override {
+    (*fn_)(layer_, int64_t(pos.size()), X, K, V);
+    return inner_->Append(pos, X, K, V);
+  }
+  void Attend(std::span<const int32_t> pos, const float* Q, float* O) override { inner_->Attend(pos, Q, O); }
+  size_t Bytes() const override { return inner_->Bytes(); }
+  int64_t Length() const override { return inner_->Length(); }
+
+ private:
+  std::unique_ptr<KvPolicy> inner_;
+  int layer_;
+  const RecordFn* fn_;
+};
+
+class RecordingFactory : public KvPolicyFactory {
+ public:
+  RecordingFactory(std::shared_ptr<KvPolicyFactory> inner, RecordFn fn) : inner_(std::move(inner)), fn_(std::move(fn)) {}
+  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override {
+    return std::make_unique<RecordingPolicy>(inner_->Create(s), s.layer, &fn_);
+  }
+  std::string Describe() const override { return inner_->Describe(); }
+
+ private:
+  std::shared_ptr<KvPolicyFactory> inner_;
+  RecordFn fn_;
+};
+
+}  // namespace
+
+std::shared_ptr<KvPolicyFactory> MakeRecordingFactory(std::shared_ptr<KvPolicyFactory> inner, RecordFn fn) {
+  return std::make_shared<RecordingFactory>(std::move(inner), std::move(fn));
+}
+
+}  // namespace atp

@@ -1,0 +1,250 @@
+#include "kv/lowrank_policy.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "kv/attend.h"
+#include "kv/exact_rows.h"
+#include "kv/linalg.h"
+#include "model/safetensors.h"
+
+namespace atp {
+
+Status WriteKvBasis(const std::string& path, const KvBasis& b) {
+  std::vector<TensorToWrite> t;
+  const int64_t H = b.kv_heads, d = b.head_dim;
+  for (int l = 0; l < b.layers; ++l) {
+    t.push_back({"layers." + std::to_string(l) + ".k_basis", DType::kF32, {H, d, d}, b.k[size_t(l)].data()});
+    t.push_back({"layers." + std::to_string(l) + ".v_basis", DType::kF32, {H, d, d}, b.v[size_t(l)].data()});
+  }
+  return WriteSafeTensors(path, t);
+}
+
+Result<KvBasis> ReadKvBasis(const std::string& path) {
+  ATP_ASSIGN_OR_RETURN(std::unique_ptr<SafeTensors> st, SafeTensors::Open(path));
+  KvBasis b;
+  for (int l = 0;; ++l) {
+    const TensorView* k = st->Find("layers." + std::to_string(l) + ".k_basis");
+    const TensorView* v = st->Find("layers." + std::to_string(l) + ".v_basis");
+    if (!k || !v) break;
+    if (k->dtype != DType::kF32 || k->shape.size() != 3 || k->shape[1] != k->shape[2] || v->shape != k->shape)
+      return Status::Corruption(path + ": layer " + std::to_string(l) + " bases must be F32 [kv_heads, head_dim, head_dim]");
+    if (l > 0 && (k->shape[0] != b.kv_heads || k->shape[1] != b.head_dim))
+      return Status::Corruption(path + ": layer " + std::to_string(l) + " basis shape differs from layer 0");
+    b.kv_heads = int(k->shape[0]);
+    b.head_dim = int(k->shape[1]);
+    b.k.emplace_back(static_cast<const float*>(k->data), static_cast<const float*>(k->data) + k->numel());
+    b.v.emplace_back(static_cast<const float*>(v->data), static_cast<const float*>(v->data) + v->numel());
+    b.layers = l + 1;
+  }
+  if (b.layers == 0) return Status::Corruption(path + ": no layers.N.k_basis / v_basis tensors");
+  return b;
+}
+
+namespace {
+
+struct LowRankParams {
+  int rk = 16, rv = 32;
+  bool online = false;
+  int block = 64;  // online mode
+  DType dtype = DType::kF32;
+  std::shared_ptr<const KvBasis> basis;  // calib mode
+};
+
+// One basis and the coefficients of the tokens expressed in it, for one KV head.
+struct BasisBlock {
+  std::vector<float> pk;   // (head_dim, rk): q_map
+  std::vector<float> pvt;  // (rv, head_dim): out_map = P_v^T
+  ExactRows coef;          // (tokens, rk) and (tokens, rv)
+  BasisBlock(DType dt, int rk, int rv) : coef(dt, rk, rv) {}
+};
+
+// Takes the first r columns of a (d x d) column-basis: (d x r) row-major.
+std::vector<float> FirstColumns(const float* M, int d, int r) {
+  std::vector<float> out(size_t(d) * size_t(r));
+  for (int i = 0; i < d; ++i)
+    for (int c = 0; c < r; ++c) out[size_t(i) * size_t(r) + size_t(c)] = M[size_t(i) * size_t(d) + size_t(c)];
+  return out;
+}
+std::vector<float> Transpose(const std::vector<float>& M, int rows, int cols) {
+  std::vector<float> t(M.size());
+  for (int i = 0; i < rows; ++i)
+    for (int c = 0; c < cols; ++c) t[size_t(c) * size_t(rows) + size_t(i)] = M[size_t(i) * size_t(cols) + size_t(c)];
+  return t;
+}
+// coef (n, r) = rows (n, d; stride) . P (d, r)
+void Project(const float* rows, int64_t n, int stride, const std::vector<float>& P, int d, int r, float* coef) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int c = 0; c < r; ++c) {
+      float s = 0;
+      for (int i = 0; i < d; ++i) s += rows[j * stride + i] * P[size_t(i) * size_t(r) + size_t(c)];
+      coef[j * r + c] = s;
+    }
+}
+
+class LowRankPolicy : public KvPolicy {
+ public:
+  LowRankPolicy(const KvShape& s, const LowRankParams& p) : s_(s), p_(p), exact_(p.dtype, s.kv_dim()) {
+    blocks_.resize(size_t(s.n_kv_heads));
+    if (!p.online) {
+      const int d = s.head_dim;
+      for (int h = 0; h < s.n_kv_heads; ++h) {
+        const float* kb = p.basis->k[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
+        const float* vb = p.basis->v[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
+        blocks_[size_t(h)].emplace_back(p.dtype, p.rk, p.rv);
+        blocks_[size_t(h)][0].pk = FirstColumns(kb, d, p.rk);
+        blocks_[size_t(h)][0].pvt = Transpose(FirstColumns(vb, d, p.rv), d, p.rv);
+      }
+    }
+  }
+
+  Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
+    if (positions.empty()) return Status::Ok();
+    if (positions[0] != length_)
+      return Status::InvalidArgument("lowrank: position " + std::to_string(positions[0]) + " appended after " +
+                                     std::to_string(length_) + " tokens");
+    const int64_t T = int64_t(positions.size());
+    const int d = s_.head_dim, kvd = s_.kv_dim();
+    if (!p_.online) {  // every token goes straight to coefficients in the calibrated basis
+      std::vector<float> c(size_t(T) * size_t(p_.rk)), e(size_t(T) * size_t(p_.rv));
+      for (int h = 0; h < s_.n_kv_heads; ++h) {
+        BasisBlock& bb = blocks_[size_t(h)][0];
+        Project(K + h * d, T, kvd, bb.pk, d, p_.rk, c.data());
+        Project(V + h * d, T, kvd, Transpose(bb.pvt, p_.rv, d), d, p_.rv, e.data());
+        bb.coef.Append(c.data(), e.data(), T);
+      }
+      length_ += T;
+      return Status::Ok();
+    }
+    // Online: tokens stay exact until their block completes; then the block also gets coefficients
+    // in its own basis. Queries see a block as coefficients only from position (b+1)*B on, so its
+    // exact rows are dropped once positions[0] reaches that point.
+    const int64_t drop_to = (positions[0] / p_.block) * p_.block;
+    if (drop_to > exact_begin_) {
+      exact_.DropFront(drop_to - exact_begin_);
+      exact_begin_ = drop_to;
+    }
+    exact_.Append(K, V, T);
+    length_ += T;
+    while (int64_t(blocks_[0].size()) < length_ / p_.block) ATP_RETURN_IF_ERROR(CompressBlock(int64_t(blocks_[0].size())));
+    return Status::Ok();
+  }
+
+  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+    const int d = s_.head_dim;
+    AttendSegments(s_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
+      const int64_t p = positions[size_t(t)];
+      if (!p_.online) {  // one basis; every token p' <= p is a coefficient row
+        const BasisBlock& bb = blocks_[size_t(kvh)][0];
+        out->push_back({bb.coef.Keys(0, 0, 0, p + 1), bb.coef.Values(0, 0, 0, p + 1), bb.pk.data(), p_.rk, bb.pvt.data(), p_.rv});
+        return;
+      }
+      const int64_t nb = p / p_.block;  // blocks b with (b+1)*B <= p
+      for (int64_t b = 0; b < nb; ++b) {
+        const BasisBlock& bb = blocks_[size_t(kvh)][size_t(b)];
+        out->push_back({bb.coef.Keys(0, 0, 0, p_.block), bb.coef.Values(0, 0, 0, p_.block), bb.pk.data(), p_.rk, bb.pvt.data(), p_.rv});
+      }
+      const int64_t first = nb * p_.block - exact_begin_;  // >= 0: Append only drops what positions[0] sees compressed
+      out->push_back({exact_.Keys(kvh, d, first, p - nb * p_.block + 1), exact_.Values(kvh, d, first, p - nb * p_.block + 1)});
+    });
+  }
+
+  size_t Bytes() const override {
+    size_t n = exact_.Bytes();
+    for (auto& head : blocks_)
+      for (auto& bb : head) {
+        n += bb.coef.Bytes();
+        if (p_.online) n += (bb.pk.size() + bb.pvt.size()) * sizeof(float);  // calibrated bases belong to the model
+      }
+    return n;
+  }
+  int64_t Length() const override { return length_; }
+
+ private:
+  // Online mode: SVD of each head's block keys and values gives the block's bases.
+  Status CompressBlock(int64_t b) {
+    const int B = p_.block, d = s_.head_dim;
+    std::vector<float> kb(size_t(B) * size_t(d)), vb(size_t(B) * size_t(d)), U, S, Vt;
+    for (int h = 0; h < s_.n_kv_heads; ++h) {
+      KvRows kr = exact_.Keys(h, d, b * B - exact_begin_, B), vr = exact_.Values(h, d, b * B - exact_begin_, B);
+      const size_t es = DTypeSize(kr.dtype);
+      for (int i = 0; i < B; ++i) {
+        ToF32(kr.dtype, static_cast<const uint8_t*>(kr.data) + size_t(i) * size_t(kr.stride) * es, &kb[size_t(i) * size_t(d)], size_t(d));
+        ToF32(vr.dtype, static_cast<const uint8_t*>(vr.data) + size_t(i) * size_t(vr.stride) * es, &vb[size_t(i) * size_t(d)], size_t(d));
+      }
+      BasisBlock bb(p_.dtype, p_.rk, p_.rv);
+      // Right singular vectors V (d x k): principal directions of the rows.
+      ATP_RETURN_IF_ERROR(ThinSvd(kb.data(), B, d, &U, &S, &Vt));
+      int k = std::min(B, d);
+      bb.pk = Transpose(std::vector<float>(Vt.begin(), Vt.begin() + size_t(std::min(p_.rk, k)) * size_t(d)), std::min(p_.rk, k), d);
+      bb.pk.resize(size_t(d) * size_t(p_.rk), 0.f);  // rank beyond min(B, d): zero columns
+      ATP_RETURN_IF_ERROR(ThinSvd(vb.data(), B, d, &U, &S, &Vt));
+      bb.pvt.assign(size_t(p_.rv) * size_t(d), 0.f);
+      std::copy(Vt.begin(), Vt.begin() + size_t(std::min(p_.rv, k)) * size_t(d), bb.pvt.begin());
+      std::vector<float> c(size_t(B) * size_t(p_.rk)), e(size_t(B) * size_t(p_.rv));
+      Project(kb.data(), B, d, bb.pk, d, p_.rk, c.data());
+      Project(vb.data(), B, d, Transpose(bb.pvt, p_.rv, d), d, p_.rv, e.data());
+      bb.coef.Append(c.data(), e.data(), B);
+      blocks_[size_t(h)].push_back(std::move(bb));
+    }
+    return Status::Ok();
+  }
+
+  KvShape s_;
+  LowRankParams p_;
+  int64_t length_ = 0;
+  std::vector<std::vector<BasisBlock>> blocks_;  // per KV head: bases in position order
+  ExactRows exact_;                              // online: positions [exact_begin_, length_), all heads
+  int64_t exact_begin_ = 0;
+};
+
+class LowRankFactory : public KvPolicyFactory {
+ public:
+  explicit LowRankFactory(const LowRankParams& p) : p_(p) {}
+  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<LowRankPolicy>(s, p_); }
+  Status CheckShape(const KvShape& s) const override {
+    if (p_.online) return Status::Ok();
+    if (s.layer >= p_.basis->layers || s.n_kv_heads != p_.basis->kv_heads || s.head_dim != p_.basis->head_dim)
+      return Status::InvalidArgument("kv policy 'lowrank': basis file does not match the model (layer " +
+                                     std::to_string(s.layer) + "; recalibrate with atp calibrate)");
+    return Status::Ok();
+  }
+  std::string Describe() const override {
+    std::string d = "lowrank:rk=" + std::to_string(p_.rk) + ",rv=" + std::to_string(p_.rv);
+    d += p_.online ? ",mode=online,block=" + std::to_string(p_.block) : ",mode=calib";
+    return d + ",dtype=" + std::string(DTypeName(p_.dtype));
+  }
+
+ private:
+  LowRankParams p_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& spec, const std::string& model_dir) {
+  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"rk", "key rank r_k, default 16"},
+                                      {"rv", "value rank r_v, default 32"},
+                                      {"mode", "calib (bases from atp calibrate) or online (per block)"},
+                                      {"block", "online mode: block size in tokens, default 64"},
+                                      {"file", "calib mode: basis file, default MODEL/kv_basis.safetensors"},
+                                      {"dtype", "coefficient storage f32|f16|bf16, default f32"}}));
+  LowRankParams p;
+  ATP_ASSIGN_OR_RETURN(p.rk, spec.Int("rk", 16, 1, 4096));
+  ATP_ASSIGN_OR_RETURN(p.rv, spec.Int("rv", 32, 1, 4096));
+  ATP_ASSIGN_OR_RETURN(std::string mode, spec.Choice("mode", "calib", {"calib", "online"}));
+  p.online = mode == "online";
+  ATP_ASSIGN_OR_RETURN(p.block, spec.Int("block", 64, 1, 1 << 16));
+  ATP_ASSIGN_OR_RETURN(p.dtype, spec.Dtype("dtype", DType::kF32));
+  if (!p.online) {
+    ATP_ASSIGN_OR_RETURN(std::string file, spec.String("file", model_dir + "/" + kKvBasisFile));
+    if (!std::filesystem::exists(file))
+      return Status::NotFound("kv policy 'lowrank': no basis file " + file + " (run `atp calibrate -m MODEL -f TEXT` first, or use mode=online)");
+    ATP_ASSIGN_OR_RETURN(KvBasis b, ReadKvBasis(file));
+    if (p.rk > b.head_dim || p.rv > b.head_dim)
+      return Status::InvalidArgument("kv policy 'lowrank': rk and rv must be <= head_dim " + std::to_string(b.head_dim));
+    p.basis = std::make_shared<const KvBasis>(std::move(b));
+  }
+  return std::shared_ptr<KvPolicyFactory>(std::make_shared<LowRankFactory>(p));
+}
+
+}  // namespace atp
