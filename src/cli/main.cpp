@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   atp::cli::AddInspect(app, &run);
   atp::cli::AddBench(app, &run);
   atp::cli::AddTestgen(app, &run);
+  atp::cli::AddCalibrate(app, &run);
+  atp::cli::AddAnalyze(app, &run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
