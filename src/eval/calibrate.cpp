@@ -1,6 +1,5 @@
 #include "eval/calibrate.h"
 
-#include "engine/sequence.h"
 #include "eval/recorder.h"
 #include "kv/linalg.h"
 
@@ -10,10 +9,6 @@ Result<KvBasis> Calibrate(LlamaModel& model, const std::vector<int32_t>& stream,
                           const std::function<void(int, int)>& progress) {
   const ModelConfig& c = model.config();
   const int L = c.num_layers, H = c.num_kv_heads, d = c.head_dim;
-  if (opt.window < 2 || opt.window > c.max_position) return Status::InvalidArgument("calibrate: window out of range");
-  int windows = int(stream.size() / size_t(opt.window));
-  if (opt.max_windows > 0) windows = std::min(windows, opt.max_windows);
-  if (windows == 0) return Status::InvalidArgument("calibrate: text shorter than one window of " + std::to_string(opt.window) + " tokens");
   // Second moments per (layer, head): (d x d) in double, summed over every recorded row.
   std::vector<std::vector<double>> gk(size_t(L * H), std::vector<double>(size_t(d * d))), gv = gk;
   auto record = [&](int layer, int64_t T, const float*, const float* K, const float* V) {
@@ -31,14 +26,11 @@ Result<KvBasis> Calibrate(LlamaModel& model, const std::vector<int32_t>& stream,
       }
     }
   };
-  ATP_ASSIGN_OR_RETURN(auto dense, ParseKvPolicy("dense"));
-  auto rec = MakeRecordingFactory(dense, record);
-  std::vector<float> logits;
-  for (int w = 0; w < windows; ++w) {
-    Sequence seq(model, *rec);
-    ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(stream.data() + size_t(w) * size_t(opt.window), size_t(opt.window)), false, &logits));
-    if (progress) progress(w + 1, windows);
-  }
+  auto run = RecordWindows(model, stream, opt.window, opt.max_windows, "calibrate", record, [&](int done, int total) {
+    if (progress) progress(done, total);
+    return Status::Ok();
+  });
+  if (!run.ok()) return run.status();
   KvBasis basis;
   basis.layers = L;
   basis.kv_heads = H;

@@ -1,5 +1,7 @@
 #include "eval/recorder.h"
 
+#include "engine/sequence.h"
+
 namespace atp {
 
 namespace {
@@ -38,6 +40,24 @@ class RecordingFactory : public KvPolicyFactory {
 
 std::shared_ptr<KvPolicyFactory> MakeRecordingFactory(std::shared_ptr<KvPolicyFactory> inner, RecordFn fn) {
   return std::make_shared<RecordingFactory>(std::move(inner), std::move(fn));
+}
+
+Result<int> RecordWindows(LlamaModel& model, const std::vector<int32_t>& stream, int window, int max_windows,
+                          const std::string& who, RecordFn fn, const std::function<Status(int, int)>& after_window) {
+  if (window < 2 || window > model.config().max_position) return Status::InvalidArgument(who + ": window out of range");
+  int windows = int(stream.size() / size_t(window));
+  if (max_windows > 0) windows = std::min(windows, max_windows);
+  if (windows == 0)
+    return Status::InvalidArgument(who + ": text shorter than one window of " + std::to_string(window) + " tokens");
+  ATP_ASSIGN_OR_RETURN(auto dense, ParseKvPolicy("dense"));
+  auto rec = MakeRecordingFactory(dense, std::move(fn));
+  std::vector<float> logits;
+  for (int w = 0; w < windows; ++w) {
+    Sequence seq(model, *rec);
+    ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(stream.data() + size_t(w) * size_t(window), size_t(window)), false, &logits));
+    ATP_RETURN_IF_ERROR(after_window(w + 1, windows));
+  }
+  return windows;
 }
 
 }  // namespace atp

@@ -1,6 +1,5 @@
 #include "eval/spectra.h"
 
-#include "engine/sequence.h"
 #include "eval/recorder.h"
 #include "kv/linalg.h"
 
@@ -27,10 +26,6 @@ Status AccumulateEnergy(const float* A, int m, int n, int lda, std::vector<doubl
 Result<std::vector<LayerSpectrum>> AnalyzeSpectra(LlamaModel& model, const std::vector<int32_t>& stream,
                                                   const SpectraOptions& opt, const std::function<void(int, int)>& progress) {
   const ModelConfig& c = model.config();
-  if (opt.window < 2 || opt.window > c.max_position) return Status::InvalidArgument("analyze: window out of range");
-  int windows = int(stream.size() / size_t(opt.window));
-  if (opt.max_windows > 0) windows = std::min(windows, opt.max_windows);
-  if (windows == 0) return Status::InvalidArgument("analyze: text shorter than one window of " + std::to_string(opt.window) + " tokens");
   std::vector<LayerSpectrum> out(size_t(c.num_layers));
   Status err;
   auto record = [&](int layer, int64_t T, const float* X, const float* K, const float*) {
@@ -39,15 +34,11 @@ Result<std::vector<LayerSpectrum>> AnalyzeSpectra(LlamaModel& model, const std::
     for (int h = 0; h < c.num_kv_heads && err.ok(); ++h)
       err = AccumulateEnergy(K + h * c.head_dim, int(T), c.head_dim, c.kv_dim(), &out[size_t(layer)].key_energy);
   };
-  ATP_ASSIGN_OR_RETURN(auto dense, ParseKvPolicy("dense"));
-  auto rec = MakeRecordingFactory(dense, record);
-  std::vector<float> logits;
-  for (int w = 0; w < windows; ++w) {
-    Sequence seq(model, *rec);
-    ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(stream.data() + size_t(w) * size_t(opt.window), size_t(opt.window)), false, &logits));
-    ATP_RETURN_IF_ERROR(err);
-    if (progress) progress(w + 1, windows);
-  }
+  ATP_ASSIGN_OR_RETURN(const int windows, RecordWindows(model, stream, opt.window, opt.max_windows, "analyze", record,
+                                                        [&](int done, int total) {
+                                                          if (err.ok() && progress) progress(done, total);
+                                                          return err;
+                                                        }));
   for (auto& l : out) {
     for (auto& e : l.input_energy) e /= windows;
     for (auto& e : l.key_energy) e /= double(windows) * c.num_kv_heads;
