@@ -1,4 +1,5 @@
 // `atp testgen`: write a random-weight checkpoint of a real model's shape (for speed work).
+#include <algorithm>
 #include <iostream>
 
 #include "cli/common.h"
@@ -19,10 +20,13 @@ void AddTestgen(CLI::App& app, Runner* run) {
   cmd->add_option("-o,--out", o->out, "output directory")->required();
   cmd->add_option("--type", o->dtype, "weight dtype f32|f16|bf16")->capture_default_str();
   cmd->add_option("--seed", o->seed, "random seed")->capture_default_str();
-  cmd->callback([o, run] {
-    *run = [o]() -> int {
+  cmd->callback([o, run, names] {
+    *run = [o, names]() -> int {
       DType dt;
       if (!ParseDType(o->dtype, &dt)) return Fail("testgen", Status::InvalidArgument("--type must be f32, f16 or bf16"));
+      const auto shapes = TestShapeNames();
+      if (std::find(shapes.begin(), shapes.end(), o->shape) == shapes.end())  // before any log line
+        return Fail("testgen", Status::InvalidArgument("unknown --shape '" + o->shape + "'; valid shapes: " + names));
       std::cerr << "testgen: writing " << o->shape << " (" << o->dtype << ", random weights) to " << o->out << "\n";
       Status s = WriteTestModel(o->shape, o->out, dt, o->seed);
       if (!s.ok()) return Fail("testgen", s);

@@ -2,11 +2,14 @@
 
 #include <cblas.h>
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <random>
+#include <thread>
 
 #include "core/thread_pool.h"
 #include "engine/sequence.h"
@@ -58,11 +61,23 @@ class TimedFactory : public KvPolicyFactory {
 }  // namespace
 
 double MeasureReadBandwidth(size_t bytes, int runs) {
+  auto rates = ReadBandwidthRuns(bytes, runs);
+  return rates.empty() ? 0 : *std::max_element(rates.begin(), rates.end());
+}
+
+std::vector<double> ReadBandwidthRuns(size_t bytes, int runs) {
   const size_t n = bytes / sizeof(float);
-  std::unique_ptr<float[]> buf(new float[n]);
+  // Anonymous memory on transparent huge pages, like the resident weights decode streams: the
+  // fastest reads this machine offers, so the roofline is the honest upper bound.
+  void* mem = ::mmap(nullptr, n * sizeof(float), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return {};
+  ::madvise(mem, n * sizeof(float), MADV_HUGEPAGE);
+  std::unique_ptr<float, std::function<void(float*)>> buf(static_cast<float*>(mem),
+                                                          [n](float* p) { ::munmap(p, n * sizeof(float)); });
+  float* const data = buf.get();
   ThreadPool& pool = ThreadPool::Global();
   pool.ParallelFor(int64_t(n), [&](int64_t b, int64_t e, int) {  // first touch by the reading thread
-    for (int64_t i = b; i < e; ++i) buf[size_t(i)] = float(i & 7);
+    for (int64_t i = b; i < e; ++i) data[size_t(i)] = float(i & 7);
   });
   std::vector<double> rates;
   std::vector<float> sinks(static_cast<size_t>(pool.size()));
@@ -72,15 +87,15 @@ double MeasureReadBandwidth(size_t bytes, int runs) {
 #if defined(__AVX512F__)
       __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
       for (int64_t i = b * 64; i < e * 64; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(&buf[size_t(i)]));
-        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(&buf[size_t(i + 16)]));
-        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(&buf[size_t(i + 32)]));
-        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(&buf[size_t(i + 48)]));
+        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(data + i));
+        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(data + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(data + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(data + i + 48));
       }
       sinks[size_t(th)] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 #else
       float s = 0;
-      for (int64_t i = b * 64; i < e * 64; ++i) s += buf[size_t(i)];
+      for (int64_t i = b * 64; i < e * 64; ++i) s += data[size_t(i)];
       sinks[size_t(th)] = s;
 #endif
     });
@@ -88,10 +103,14 @@ double MeasureReadBandwidth(size_t bytes, int runs) {
   }
   volatile float keep = sinks[0];  // the sums must not be optimized away
   (void)keep;
-  return Median(rates);
+  return rates;
 }
 
 double MeasureSgemm(int m, int n, int k, int runs) {
+  // The machine's sgemm: OpenBLAS threaded over every core of the pool, on one call of the full shape.
+  // (GemmRows runs OpenBLAS single-threaded per pool thread; restore that afterwards.)
+  const int saved_threads = openblas_get_num_threads();
+  openblas_set_num_threads(ThreadPool::Global().size());
   std::vector<float> a(size_t(m) * k, 0.5f), b(size_t(n) * k, 0.25f), c(size_t(m) * n);
   std::vector<double> rates;
   for (int r = 0; r < runs + 1; ++r) {
@@ -99,7 +118,11 @@ double MeasureSgemm(int m, int n, int k, int runs) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a.data(), k, b.data(), k, 0.0f, c.data(), n);
     if (r > 0) rates.push_back(2.0 * m * n * k / (Now() - t));  // the first run warms up
   }
-  return Median(rates);
+  openblas_set_num_threads(saved_threads);
+  // OpenBLAS's workers keep spinning (sched_yield) for a while after a threaded call; let them go
+  // idle so they do not steal cores from whatever is timed next.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  return *std::max_element(rates.begin(), rates.end());
 }
 
 Result<BenchResult> BenchModel(LlamaModel& model, const KvPolicyFactory& kv, const BenchOptions& opt,
@@ -119,28 +142,43 @@ Result<BenchResult> BenchModel(LlamaModel& model, const KvPolicyFactory& kv, con
   BenchResult res;
   std::vector<float> logits;
 
-  // Prefill: one chunk of prompt_tokens, median over repeats.
-  std::vector<double> times;
+  // Prefill: one chunk of prompt_tokens, median over repeats. With roofline, each run is paired with
+  // an sgemm measurement taken just before it (same shape class: the MLP's), and the reported
+  // fraction is the median of the per-run fractions: work and limit under the same machine load.
+  double per_tok = 0;  // matmul FLOPs per token: 2 per projection/MLP weight (the LM head runs on one row)
+  for (auto& L : model.weights().layers)
+    for (const TensorView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) per_tok += 2.0 * double(w->numel());
+  std::vector<double> times, sgemm_rates, prefill_fractions;
   for (int r = 0; r < opt.repeats; ++r) {
+    double sg = 0;
+    if (opt.roofline) {
+      if (progress) progress("measuring sgemm throughput");
+      sg = MeasureSgemm(opt.prompt_tokens, c.intermediate_size, c.hidden_size, 1);
+      sgemm_rates.push_back(sg);
+    }
     if (progress) progress("prefill " + std::to_string(opt.prompt_tokens) + " tokens, run " + std::to_string(r + 1));
     Sequence seq(model, kv);
     auto toks = random_tokens(opt.prompt_tokens);
     double t = Now();
     ATP_RETURN_IF_ERROR(RunChunk(model, seq, toks, false, &logits));
     times.push_back(Now() - t);
+    if (opt.roofline) prefill_fractions.push_back(per_tok * opt.prompt_tokens / times.back() / sg);
   }
   double tp = Median(times);
   res.prefill_tok_s = opt.prompt_tokens / tp;
-  // Matmul FLOPs per token: 2 per weight of the projections and MLP; the LM head runs on one row only.
-  double per_tok = 0;
-  for (auto& L : model.weights().layers)
-    for (const TensorView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) per_tok += 2.0 * double(w->numel());
   res.prefill_flop_s = per_tok * opt.prompt_tokens / tp;
 
-  // Decode: fill the cache to `context`, then time single-token steps.
+  // Decode: fill the cache to `context`, then time single-token steps. With roofline, the read
+  // bandwidth is measured just before and just after each run's steps, as the median of 5 passes
+  // over 512 MiB (the same statistic as the decode steps': a best-of would compare a short burst
+  // with a sustained rate); the mean of the two bounds that run.
   double attn = 0;
   TimedFactory timed(kv, &attn);
-  std::vector<double> steps, attn_steps;
+  std::vector<double> steps, attn_steps, bandwidths, decode_fractions;
+  auto bandwidth = [&] {
+    if (progress) progress("measuring memory bandwidth");
+    return Median(ReadBandwidthRuns(size_t(512) << 20, 5));
+  };
   for (int r = 0; r < opt.repeats; ++r) {
     if (progress) progress("decode at context " + std::to_string(opt.context) + ", run " + std::to_string(r + 1));
     Sequence seq(model, timed);
@@ -149,21 +187,35 @@ Result<BenchResult> BenchModel(LlamaModel& model, const KvPolicyFactory& kv, con
       int64_t n = std::min<int64_t>(1024, opt.context - b);
       ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(ctx.data() + b, size_t(n)), false, &logits));
     }
+    const double bw_before = opt.roofline ? bandwidth() : 0;
+    std::vector<double> run_steps;
     for (int i = 0; i < opt.decode_tokens; ++i) {
       int32_t t1 = tok(rng);
       attn = 0;
       double t = Now();
       ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(&t1, 1), false, &logits));
-      steps.push_back(Now() - t);
+      run_steps.push_back(Now() - t);
       attn_steps.push_back(attn);
     }
+    steps.insert(steps.end(), run_steps.begin(), run_steps.end());
     res.kv_bytes_per_token = double(seq.kv_bytes()) / seq.length();
     res.bytes_per_decode_token = double(model.weight_bytes()) + double(seq.kv_bytes());
+    if (opt.roofline) {
+      const double bw = 0.5 * (bw_before + bandwidth());
+      bandwidths.push_back(bw);
+      decode_fractions.push_back(res.bytes_per_decode_token / Median(run_steps) / bw);
+    }
   }
   double td = Median(steps);
   res.decode_tok_s = 1.0 / td;
   res.decode_ms_per_token = td * 1e3;
   res.attention_ms_per_token = Median(attn_steps) * 1e3;
+  if (opt.roofline) {
+    res.bandwidth_bytes_s = Median(bandwidths);
+    res.sgemm_flop_s = Median(sgemm_rates);
+    res.roofline_fraction = Median(decode_fractions);
+    res.prefill_sgemm_fraction = Median(prefill_fractions);
+  }
   return res;
 }
 

@@ -10,9 +10,13 @@
 
 namespace atp {
 
-// Read bandwidth (bytes/s) of all pool threads streaming a buffer much larger than the caches; median of runs.
-double MeasureReadBandwidth(size_t bytes = size_t(1) << 30, int runs = 5);
-// sgemm throughput (FLOP/s) at an (m x k) . (k x n) shape through OpenBLAS; median of runs.
+// Read bandwidth (bytes/s) of all pool threads streaming a buffer much larger than the caches (on
+// huge pages, like resident weights); the best of runs: a limit is what the machine can reach.
+double MeasureReadBandwidth(size_t bytes = size_t(512) << 20, int runs = 8);
+// The rate (bytes/s) of each of `runs` passes of the same measurement.
+std::vector<double> ReadBandwidthRuns(size_t bytes, int runs);
+// sgemm throughput (FLOP/s) at an (m x k) . (k x n) shape through OpenBLAS threaded over the pool's
+// cores; the best of runs, for the same reason.
 double MeasureSgemm(int m, int n, int k, int runs = 3);
 
 struct BenchOptions {
@@ -20,6 +24,11 @@ struct BenchOptions {
   int context = 512;         // tokens in the cache before the timed decode steps
   int decode_tokens = 16;    // timed decode steps
   int repeats = 3;           // median over repeats
+  // Also measure the machine's limits (read bandwidth, sgemm at the prefill's MLP shape) next to
+  // each timed run and report fractions run by run (their median): on a shared machine (other
+  // tenants on the same cores and memory) a limit measured minutes apart from the run it bounds
+  // varies by up to 2x and makes the fraction meaningless.
+  bool roofline = false;
 };
 
 struct BenchResult {
@@ -28,6 +37,11 @@ struct BenchResult {
   double attention_ms_per_token = 0;  // time inside the KV policies (Append + Attend) per decode token
   double kv_bytes_per_token = 0;      // Bytes()/Length() of the sequence after the decode steps
   double bytes_per_decode_token = 0;  // weights + KV read per decode token
+  // With roofline: medians over runs of the read bandwidth (bytes/s) and sgemm rate (FLOP/s)
+  // measured next to each run, and the medians of the per-run fractions decode bytes/s over
+  // bandwidth and prefill FLOP/s over sgemm FLOP/s.
+  double bandwidth_bytes_s = 0, sgemm_flop_s = 0;
+  double roofline_fraction = 0, prefill_sgemm_fraction = 0;
 };
 
 // progress: one line per phase on stderr when non-null.

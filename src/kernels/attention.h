@@ -21,4 +21,12 @@ void AttnScores(const float* q, int dim, const KvRows& k, float scale, float* sc
 // out[0..dim) += sum_j p[j] * v_j.
 void AttnAccumulate(const float* p, const KvRows& v, int dim, float* out);
 
+// The same for the `nq` query heads of a grouped-query group at once, which share k and v: each
+// block of rows is read from memory once for all of them (per-head calls read every row nq times).
+// q: (nq, dim) f32; scores[g * ld + j] = scale * dot(q_g, k_j); p likewise (nq rows, stride ld);
+// out: (nq, dim), out_g += sum_j p[g * ld + j] * v_j. Scores equal the per-head calls bit for bit;
+// sums differ from them only in f32 summation order.
+void AttnScoresGroup(const float* q, int nq, int dim, const KvRows& k, float scale, float* scores, int64_t ld);
+void AttnAccumulateGroup(const float* p, int64_t ld, int nq, const KvRows& v, int dim, float* out);
+
 }  // namespace atp

@@ -1,8 +1,11 @@
 // Y = X W^T for weights in their file dtype (f32/f16/bf16), accumulating in f32.
 // Few rows (decode) go through our own threaded AVX-512/AVX2 GEMV, which reads each weight once;
 // many rows (prefill) go through OpenBLAS sgemm on f32 panels converted on the fly.
+// Threads: both paths split output columns over ThreadPool::Global(); OpenBLAS is set to one thread
+// on first use (each pool thread runs its own sgemm), so its spinning threads never compete with the pool.
 #pragma once
 #include <cstdint>
+#include <span>
 
 #include "core/tensor.h"
 
@@ -13,6 +16,16 @@ constexpr int kGemvMaxRows = 8;
 
 // x: (n, in) f32 row-major; w: (out, in); y: (n, out). bias (out) f32 or null.
 void MatMul(const float* x, int64_t n, const TensorView& w, const float* bias, float* y);
+
+// Several products of the same x (the q/k/v projections, gate and up): y_i = x W_i^T (+ bias_i).
+// Same result as one MatMul per job; on the GEMV path all jobs share one pass of the thread pool
+// (one synchronization and one work queue instead of one per matrix).
+struct MatMulJob {
+  const TensorView* w;   // (out_i, in), every job the same `in`
+  const float* bias;     // (out_i) f32 or null
+  float* y;              // (n, out_i)
+};
+void MatMulShared(const float* x, int64_t n, std::span<const MatMulJob> jobs);
 
 // The two paths, exposed so tests can check each against a scalar reference.
 void GemvRows(const float* x, int64_t n, const TensorView& w, float* y);

@@ -24,6 +24,15 @@ Status GetInt(const json& j, const char* key, bool required, int* out) {
   return Status::Ok();
 }
 
+// Reads an optional string field; a present field of another JSON type is an error naming it.
+Status GetString(const json& j, const char* key, std::string* out) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return Status::Ok();
+  if (!it->is_string()) return Status::InvalidArgument(std::string("field '") + key + "' must be a string");
+  *out = it->get<std::string>();
+  return Status::Ok();
+}
+
 Status GetFloat(const json& j, const char* key, float* out) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return Status::Ok();
@@ -62,22 +71,31 @@ Status ParseRopeScaling(const json& j, RopeScaling* rs) {
   auto it = j.find("rope_scaling");
   if (it == j.end() || it->is_null()) return Status::Ok();
   if (!it->is_object()) return Status::InvalidArgument("field 'rope_scaling' must be an object");
-  std::string type = it->value("rope_type", it->value("type", std::string()));
+  std::string type;
+  ATP_RETURN_IF_ERROR(GetString(*it, "type", &type).WithContext("rope_scaling: "));
+  ATP_RETURN_IF_ERROR(GetString(*it, "rope_type", &type).WithContext("rope_scaling: "));
   if (type == "linear") rs->type = RopeScaling::Type::kLinear;
   else if (type == "llama3") rs->type = RopeScaling::Type::kLlama3;
   else if (type == "default" || type.empty()) return Status::Ok();
   else return Status::Unsupported("rope_scaling type '" + type + "' (supported: linear, llama3)");
-  ATP_RETURN_IF_ERROR(GetFloat(*it, "factor", &rs->factor));
-  ATP_RETURN_IF_ERROR(GetFloat(*it, "low_freq_factor", &rs->low_freq_factor));
-  ATP_RETURN_IF_ERROR(GetFloat(*it, "high_freq_factor", &rs->high_freq_factor));
-  ATP_RETURN_IF_ERROR(GetInt(*it, "original_max_position_embeddings", false, &rs->original_max_position));
+  ATP_RETURN_IF_ERROR(GetFloat(*it, "factor", &rs->factor).WithContext("rope_scaling: "));
+  ATP_RETURN_IF_ERROR(GetFloat(*it, "low_freq_factor", &rs->low_freq_factor).WithContext("rope_scaling: "));
+  ATP_RETURN_IF_ERROR(GetFloat(*it, "high_freq_factor", &rs->high_freq_factor).WithContext("rope_scaling: "));
+  ATP_RETURN_IF_ERROR(
+      GetInt(*it, "original_max_position_embeddings", false, &rs->original_max_position).WithContext("rope_scaling: "));
   if (!(rs->factor > 0)) return Status::InvalidArgument("rope_scaling.factor must be > 0");
+  if (rs->type == RopeScaling::Type::kLlama3) {
+    // The llama3 rule divides by (high - low) and by the wavelength bounds: they must be ordered and positive.
+    if (!(rs->low_freq_factor > 0) || !(rs->high_freq_factor > rs->low_freq_factor) || rs->original_max_position <= 0)
+      return Status::InvalidArgument(
+          "rope_scaling: llama3 needs 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0");
+  }
   return Status::Ok();
 }
 
 Status Parse(const json& j, ModelConfig* c) {
   if (!j.is_object()) return Status::InvalidArgument("top level must be a JSON object");
-  c->model_type = j.value("model_type", std::string());
+  ATP_RETURN_IF_ERROR(GetString(j, "model_type", &c->model_type));
   if (c->model_type != "llama" && c->model_type != "mistral" && c->model_type != "qwen2")
     return Status::Unsupported("unknown model_type '" + c->model_type + "' (supported: llama, mistral, qwen2)");
   ATP_RETURN_IF_ERROR(GetInt(j, "hidden_size", true, &c->hidden_size));
@@ -107,10 +125,12 @@ Status Parse(const json& j, ModelConfig* c) {
     if (v <= 0) return Status::InvalidArgument(std::string("field '") + name + "' must be > 0");
   }
   if (c->num_heads % c->num_kv_heads != 0)
-    return Status::InvalidArgument("num_attention_heads must be a multiple of num_key_value_heads");
+    return Status::InvalidArgument("num_attention_heads (" + std::to_string(c->num_heads) +
+                                   ") must be a multiple of num_key_value_heads (" + std::to_string(c->num_kv_heads) + ")");
   c->head_dim = c->hidden_size / c->num_heads;
   ATP_RETURN_IF_ERROR(GetInt(j, "head_dim", false, &c->head_dim));
-  if (c->head_dim <= 0 || c->head_dim % 2 != 0) return Status::InvalidArgument("head_dim must be even and > 0");
+  if (c->head_dim <= 0 || c->head_dim % 2 != 0)
+    return Status::InvalidArgument("head_dim must be even and > 0, got " + std::to_string(c->head_dim));
   if (!(c->rms_norm_eps > 0) || !(c->rope_theta > 0))
     return Status::InvalidArgument("rms_norm_eps and rope_theta must be > 0");
   return Status::Ok();

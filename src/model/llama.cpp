@@ -1,13 +1,18 @@
 #include "model/llama.h"
 
-#include <filesystem>
+#include <sys/mman.h>
 
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "core/thread_pool.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
 
 namespace atp {
 
-Result<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir) {
+Result<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir, const LoadOptions& opt) {
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->dir_ = dir;
   if (!std::filesystem::is_directory(dir)) return Status::NotFound(dir + ": not a model directory");
@@ -17,7 +22,50 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir) {
   if (!w.ok()) return w.status().WithContext(dir + ": ");
   m->w_ = std::move(w).value();
   m->inv_freq_ = m->cfg_.RopeInvFreq();
+  if (opt.resident_weights) ATP_RETURN_IF_ERROR(m->MakeResident().WithContext(dir + ": "));
   return m;
+}
+
+LlamaModel::~LlamaModel() {
+  if (resident_) ::munmap(resident_, resident_bytes_);
+}
+
+Status LlamaModel::MakeResident() {
+  // Every tensor a decode step reads; the input embedding only when it is also the LM head (untied,
+  // it is read one row per token and stays in the mapping).
+  std::vector<TensorView*> views = {&w_.lm_head, &w_.final_norm};
+  for (auto& L : w_.layers)
+    for (TensorView* t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.mlp_norm, &L.w_gate, &L.w_up, &L.w_down})
+      views.push_back(t);
+  const bool tied = w_.embed.data == w_.lm_head.data;
+  std::map<const void*, size_t> offset;  // source address -> offset in the arena (tied tensors copied once)
+  size_t total = 0;
+  for (TensorView* t : views) {
+    if (offset.count(t->data)) continue;
+    offset[t->data] = total;
+    total += (t->nbytes() + 63) & ~size_t(63);  // 64-byte aligned rows start
+  }
+  const size_t kHuge = size_t(2) << 20;
+  resident_bytes_ = (total + kHuge - 1) / kHuge * kHuge;
+  void* p = ::mmap(nullptr, resident_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    resident_bytes_ = 0;
+    return Status::ResourceExhausted("cannot allocate " + std::to_string(total) + " bytes for resident weights");
+  }
+  resident_ = p;
+  ::madvise(p, resident_bytes_, MADV_HUGEPAGE);  // best effort: without THP the copy still works
+  auto* base = static_cast<uint8_t*>(p);
+  std::vector<std::pair<const void*, size_t>> jobs(offset.begin(), offset.end());
+  std::map<const void*, size_t> bytes;
+  for (TensorView* t : views) bytes[t->data] = t->nbytes();
+  // Copy in parallel: each thread first-touches (and so places) the pages it writes.
+  ThreadPool::Global().ParallelFor(int64_t(jobs.size()), [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i)
+      std::memcpy(base + jobs[size_t(i)].second, jobs[size_t(i)].first, bytes.at(jobs[size_t(i)].first));
+  });
+  for (TensorView* t : views) t->data = base + offset[t->data];
+  if (tied) w_.embed.data = w_.lm_head.data;
+  return Status::Ok();
 }
 
 KvShape LlamaModel::kv_shape(int layer) const {
@@ -44,8 +92,11 @@ Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float
     N += int64_t(it.tokens.size());
     n_logit_rows += it.all_logits ? int64_t(it.tokens.size()) : 1;
   }
-  std::vector<int32_t> pos(static_cast<size_t>(N));
-  std::vector<float> x(static_cast<size_t>(N * d));  // (N, d) residual stream
+  Scratch& S = scratch_;
+  S.pos.resize(static_cast<size_t>(N));
+  S.x.resize(static_cast<size_t>(N * d));
+  std::vector<int32_t>& pos = S.pos;  // (N)
+  std::vector<float>& x = S.x;        // (N, d) residual stream
   {
     int64_t r = 0;
     const size_t row_bytes = size_t(d) * DTypeSize(w_.embed.dtype);
@@ -59,14 +110,17 @@ Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float
     }
   }
 
-  std::vector<float> xb(static_cast<size_t>(N * d));        // (N, d) normed input of a sub-block
-  std::vector<float> q(static_cast<size_t>(N * qd));        // (N, n_heads*hd)
-  std::vector<float> k(static_cast<size_t>(N * kvd));       // (N, n_kv*hd)
-  std::vector<float> v(static_cast<size_t>(N * kvd));       // (N, n_kv*hd)
-  std::vector<float> att(static_cast<size_t>(N * qd));      // (N, n_heads*hd) attention output
-  std::vector<float> gate(static_cast<size_t>(N * ffn));    // (N, ffn)
-  std::vector<float> up(static_cast<size_t>(N * ffn));      // (N, ffn)
-  std::vector<float> tmp(static_cast<size_t>(N * d));       // (N, d) projection output before the residual add
+  for (auto [buf, n] : {std::pair{&S.xb, N * d}, {&S.q, N * qd}, {&S.k, N * kvd}, {&S.v, N * kvd}, {&S.att, N * qd},
+                        {&S.gate, N * ffn}, {&S.up, N * ffn}, {&S.tmp, N * d}})
+    buf->resize(static_cast<size_t>(n));
+  std::vector<float>& xb = S.xb;      // (N, d) normed input of a sub-block
+  std::vector<float>& q = S.q;        // (N, n_heads*hd)
+  std::vector<float>& k = S.k;        // (N, n_kv*hd)
+  std::vector<float>& v = S.v;        // (N, n_kv*hd)
+  std::vector<float>& att = S.att;    // (N, n_heads*hd) attention output
+  std::vector<float>& gate = S.gate;  // (N, ffn)
+  std::vector<float>& up = S.up;      // (N, ffn)
+  std::vector<float>& tmp = S.tmp;    // (N, d) projection output before the residual add
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& L = w_.layers[size_t(l)];
@@ -74,9 +128,10 @@ Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float
 
     // Attention: x += Wo . attn(rope(Wq xb), rope(Wk xb), Wv xb)
     RmsNorm(x.data(), N, d, L.attn_norm, c.rms_norm_eps, xb.data());
-    MatMul(xb.data(), N, L.wq, bias ? w_.bias_q[size_t(l)].data() : nullptr, q.data());
-    MatMul(xb.data(), N, L.wk, bias ? w_.bias_k[size_t(l)].data() : nullptr, k.data());
-    MatMul(xb.data(), N, L.wv, bias ? w_.bias_v[size_t(l)].data() : nullptr, v.data());
+    const MatMulJob qkv[3] = {{&L.wq, bias ? w_.bias_q[size_t(l)].data() : nullptr, q.data()},
+                              {&L.wk, bias ? w_.bias_k[size_t(l)].data() : nullptr, k.data()},
+                              {&L.wv, bias ? w_.bias_v[size_t(l)].data() : nullptr, v.data()}};
+    MatMulShared(xb.data(), N, qkv);
     ApplyRope(q.data(), N, c.num_heads, c.head_dim, pos.data(), inv_freq_.data());
     ApplyRope(k.data(), N, c.num_kv_heads, c.head_dim, pos.data(), inv_freq_.data());
     int64_t r = 0;
@@ -92,15 +147,16 @@ Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float
 
     // MLP: x += Wdown (silu(Wgate xb) * Wup xb)
     RmsNorm(x.data(), N, d, L.mlp_norm, c.rms_norm_eps, xb.data());
-    MatMul(xb.data(), N, L.w_gate, nullptr, gate.data());
-    MatMul(xb.data(), N, L.w_up, nullptr, up.data());
+    const MatMulJob gate_up[2] = {{&L.w_gate, nullptr, gate.data()}, {&L.w_up, nullptr, up.data()}};
+    MatMulShared(xb.data(), N, gate_up);
     SiluMul(gate.data(), up.data(), N * ffn);
     MatMul(gate.data(), N, L.w_down, nullptr, tmp.data());
     AddInPlace(x.data(), tmp.data(), N * d);
   }
 
   // Final norm and LM head, only on the rows whose logits were asked for.
-  std::vector<float> sel(static_cast<size_t>(n_logit_rows * d));
+  S.sel.resize(static_cast<size_t>(n_logit_rows * d));
+  std::vector<float>& sel = S.sel;  // (n_logit_rows, d)
   {
     int64_t r = 0, s = 0;
     for (auto& it : items) {

@@ -1,0 +1,92 @@
+// Micro-benchmarks of the linear layers: the decode GEMV on bf16 weights at Llama-3.2-1B's MLP
+// shapes (bandwidth-bound: the counter is weight bytes streamed per second) and the prefill GEMM.
+// Run: ./build/atp_microbench --benchmark_filter=Gemv
+#include <benchmark/benchmark.h>
+#include <sys/mman.h>
+
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
+#include "eval/bench.h"
+#include "kernels/matmul.h"
+
+namespace atp {
+namespace {
+
+// Several copies of a weight matrix (so the set exceeds the caches) in anonymous memory on
+// transparent huge pages, as LlamaModel keeps resident weights.
+struct Weights {
+  void* mem = nullptr;
+  size_t bytes = 0;
+  std::vector<TensorView> views;
+  ~Weights() {
+    if (mem) ::munmap(mem, bytes);
+  }
+};
+
+void MakeBf16(int64_t out, int64_t in, int copies, Weights* w) {
+  const size_t one = size_t(out * in) * 2;
+  w->bytes = one * size_t(copies);
+  w->mem = ::mmap(nullptr, w->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ::madvise(w->mem, w->bytes, MADV_HUGEPAGE);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-0.02f, 0.02f);
+  auto* p = static_cast<uint16_t*>(w->mem);
+  for (size_t i = 0; i < w->bytes / 2; ++i) p[i] = F32ToBf16(u(rng));
+  for (int c = 0; c < copies; ++c) w->views.push_back(TensorView{DType::kBF16, {out, in}, p + size_t(c) * one / 2});
+}
+
+// The machine's read bandwidth as `atp bench --roofline` measures it, for comparison.
+void BM_ReadBandwidth(benchmark::State& st) {
+  double bw = 0;
+  for (auto _ : st) bw = MeasureReadBandwidth(size_t(256) << 20, 5);
+  st.counters["GB/s"] = bw / 1e9;
+}
+BENCHMARK(BM_ReadBandwidth)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+// args: out rows, in columns, rows of x (1 = one decode token), weight copies cycled through
+// (1: the matrix may sit in cache; 8: 256 MiB at 2048x8192, streamed from memory like decode).
+void BM_GemvBf16(benchmark::State& st) {
+  const int64_t out = st.range(0), in = st.range(1), n = st.range(2);
+  const int copies = int(st.range(3));
+  Weights w;
+  MakeBf16(out, in, copies, &w);
+  std::vector<float> x(size_t(n * in), 0.01f), y(size_t(n * out));
+  size_t i = 0;
+  for (auto _ : st) {
+    GemvRows(x.data(), n, w.views[i++ % w.views.size()], y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["weight_GB/s"] = benchmark::Counter(double(out * in * 2) * double(st.iterations()) / 1e9,
+                                                  benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_GemvBf16)
+    ->Args({8192, 2048, 1, 1})
+    ->Args({8192, 2048, 1, 8})
+    ->Args({2048, 8192, 1, 1})
+    ->Args({2048, 8192, 1, 8})
+    ->Args({2048, 8192, 4, 8})
+    ->ArgNames({"out", "in", "n", "copies"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// Prefill: n rows through OpenBLAS on f32 panels converted from bf16.
+void BM_GemmBf16(benchmark::State& st) {
+  const int64_t out = st.range(0), in = st.range(1), n = st.range(2);
+  Weights w;
+  MakeBf16(out, in, 1, &w);
+  std::vector<float> x(size_t(n * in), 0.01f), y(size_t(n * out));
+  for (auto _ : st) {
+    GemmRows(x.data(), n, w.views[0], y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * double(out * in * n) * double(st.iterations()) / 1e9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_GemmBf16)->Args({8192, 2048, 128})->Args({8192, 2048, 512})->ArgNames({"out", "in", "n"})
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace atp

@@ -1,0 +1,338 @@
+// The forward pass against an independent implementation: ref-5m's logits, greedy continuations
+// and perplexity as dumped by the PyTorch code that trained it (../shared/models/ref-5m/reference),
+// checked on the prefill (GEMM) and decode (GEMV) paths, on BF16/F16 copies and on a sharded copy.
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "engine/generate.h"
+#include "engine/sequence.h"
+#include "eval/perplexity.h"
+#include "kv/kv_policy.h"
+#include "model/llama.h"
+#include "model/safetensors.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
+
+namespace atp {
+namespace {
+
+using testing::kRefModel;
+using testing::kRefModelBf16;
+using testing::MaxAbsDiff;
+using testing::RefTensor;
+
+constexpr int kVocab = 4096;
+
+struct RefPrompt {
+  std::vector<int32_t> ids;     // with the leading BOS
+  std::vector<float> logits;    // (ids.size(), kVocab)
+};
+
+std::vector<RefPrompt> LoadRefPrompts() {
+  auto t = testing::ReadRefTensors(kRefModel + "/reference/logits.safetensors");
+  std::vector<RefPrompt> out;
+  for (int i = 0;; ++i) {
+    const std::string p = "prompt" + std::to_string(i);
+    if (!t.count(p + ".ids") || !t.count(p + ".logits")) break;
+    RefPrompt r;
+    r.ids = t[p + ".ids"].i32;
+    r.logits = t[p + ".logits"].f32;
+    EXPECT_EQ(r.logits.size(), r.ids.size() * kVocab) << p;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::unique_ptr<LlamaModel> LoadModel(const std::string& dir) {
+  auto m = LlamaModel::Load(dir);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  return m.ok() ? std::move(m).value() : nullptr;
+}
+
+std::shared_ptr<KvPolicyFactory> Dense() {
+  auto f = ParseKvPolicy("dense");
+  EXPECT_TRUE(f.ok()) << f.status().ToString();
+  return f.value();
+}
+
+// Logits of every position with the whole prompt as one chunk (prefill: GEMM for > 8 rows).
+std::vector<float> PrefillLogits(LlamaModel& m, const std::vector<int32_t>& ids) {
+  auto kv = Dense();
+  Sequence seq(m, *kv);
+  std::vector<float> logits;
+  Status s = RunChunk(m, seq, ids, /*all_logits=*/true, &logits);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return logits;
+}
+
+// Logits of every position feeding one token per forward call (decode: GEMV).
+std::vector<float> DecodeLogits(LlamaModel& m, const std::vector<int32_t>& ids) {
+  auto kv = Dense();
+  Sequence seq(m, *kv);
+  std::vector<float> all, step;
+  for (int32_t id : ids) {
+    Status s = RunChunk(m, seq, std::span<const int32_t>(&id, 1), false, &step);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    all.insert(all.end(), step.begin(), step.end());
+  }
+  return all;
+}
+
+// Per-row worst error, for a message that says where a mismatch starts.
+std::string WorstRow(const std::vector<float>& got, const std::vector<float>& want) {
+  double worst = -1;
+  size_t row = 0;
+  for (size_t r = 0; r * kVocab < want.size(); ++r) {
+    double d = MaxAbsDiff(&got[r * kVocab], &want[r * kVocab], kVocab);
+    if (d > worst) worst = d, row = r;
+  }
+  return "worst row " + std::to_string(row) + " max abs err " + std::to_string(worst);
+}
+
+// Both the reference and the engine compute in f32; they differ only in summation order
+// (OpenBLAS/AVX-512 blocking vs PyTorch's), which moves logits of magnitude ~10 by ~1e-5
+// (measured: 1.1e-5 on both the prefill and the decode path).
+// 1e-3 leaves two orders of magnitude of margin and still catches any real error (a wrong RoPE
+// pair, a missed norm weight or a GQA head mapped to the wrong KV head moves logits by > 0.1).
+constexpr double kF32Tol = 1e-3;
+
+TEST(RefModel, PrefillLogitsMatchReference) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto prompts = LoadRefPrompts();
+  ASSERT_EQ(prompts.size(), 3u);
+  auto m = LoadModel(kRefModel);
+  ASSERT_TRUE(m);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto got = PrefillLogits(*m, prompts[i].ids);
+    ASSERT_EQ(got.size(), prompts[i].logits.size());
+    EXPECT_LE(MaxAbsDiff(got.data(), prompts[i].logits.data(), got.size()), kF32Tol)
+        << "prompt " << i << " (" << prompts[i].ids.size() << " tokens): " << WorstRow(got, prompts[i].logits);
+  }
+}
+
+TEST(RefModel, DecodeLogitsMatchReference) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto prompts = LoadRefPrompts();
+  ASSERT_EQ(prompts.size(), 3u);
+  auto m = LoadModel(kRefModel);
+  ASSERT_TRUE(m);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto got = DecodeLogits(*m, prompts[i].ids);
+    ASSERT_EQ(got.size(), prompts[i].logits.size());
+    EXPECT_LE(MaxAbsDiff(got.data(), prompts[i].logits.data(), got.size()), kF32Tol)
+        << "prompt " << i << ": " << WorstRow(got, prompts[i].logits);
+  }
+}
+
+// Prefill in uneven chunks (start_pos > 0 with several rows) and a batch of two sequences in one
+// Forward call must give the same logits as the reference.
+TEST(RefModel, ChunkedPrefillAndBatchedForwardMatchReference) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto prompts = LoadRefPrompts();
+  ASSERT_EQ(prompts.size(), 3u);
+  auto m = LoadModel(kRefModel);
+  ASSERT_TRUE(m);
+  auto kv = Dense();
+  {
+    const auto& p = prompts[2];  // 45 tokens: chunks of 11 (GEMM), 3 (GEMV), 31 (GEMM)
+    Sequence seq(*m, *kv);
+    std::vector<float> all, part;
+    size_t b = 0;
+    for (size_t n : {11, 3, 31}) {
+      ASSERT_TRUE(RunChunk(*m, seq, std::span<const int32_t>(p.ids.data() + b, n), true, &part).ok());
+      all.insert(all.end(), part.begin(), part.end());
+      b += n;
+    }
+    ASSERT_EQ(b, p.ids.size());
+    EXPECT_LE(MaxAbsDiff(all.data(), p.logits.data(), all.size()), kF32Tol) << WorstRow(all, p.logits);
+  }
+  {
+    Sequence a(*m, *kv), b(*m, *kv);
+    ForwardItem items[2] = {{a.kv(), prompts[1].ids, 0, true}, {b.kv(), prompts[2].ids, 0, false}};
+    std::vector<float> logits;
+    ASSERT_TRUE(m->Forward(items, &logits).ok());
+    const size_t n1 = prompts[1].ids.size();
+    ASSERT_EQ(logits.size(), (n1 + 1) * kVocab);
+    EXPECT_LE(MaxAbsDiff(logits.data(), prompts[1].logits.data(), n1 * kVocab), kF32Tol);
+    const float* last2 = prompts[2].logits.data() + (prompts[2].ids.size() - 1) * kVocab;
+    EXPECT_LE(MaxAbsDiff(logits.data() + n1 * kVocab, last2, kVocab), kF32Tol);
+  }
+}
+
+TEST(RefModel, GreedyContinuationsMatchReference) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto m = LoadModel(kRefModel);
+  ASSERT_TRUE(m);
+  auto tok = Tokenizer::LoadFromDir(kRefModel);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  auto cases = nlohmann::json::parse(testing::Slurp(kRefModel + "/reference/greedy.json"));
+  ASSERT_GE(cases.size(), 3u);
+  auto kv = Dense();
+  for (auto& c : cases) {
+    GenerateOptions opt;
+    opt.sampling.temperature = 0;
+    opt.stop_at_eos = false;
+    const std::vector<int32_t> prompt = c["prompt_ids"], want = c["greedy_ids"];
+    opt.max_tokens = int(want.size());
+    auto r = Generate(*m, **tok, *kv, prompt, opt, nullptr);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r->token_ids, want) << "prompt: " << c["prompt"].get<std::string>();
+    EXPECT_EQ(r->finish_reason, "length");
+  }
+}
+
+// ppl of valid.txt under the protocol (C=384, S=128, 217 windows). Scoring each window's 128
+// tokens as one causal chunk equals decode steps up to summation order (checked by the logits
+// tests above). 0.1% of ppl is 1e-3 in mean NLL: far above f32 summation noise over 27776
+// tokens (~1e-6), far below any modelling error (one wrong window moves ppl by ~0.5%).
+TEST(RefModel, PerplexityMatchesReference) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto ref = nlohmann::json::parse(testing::Slurp(kRefModel + "/reference/perplexity.json"))["valid.txt"];
+  auto m = LoadModel(kRefModel);
+  ASSERT_TRUE(m);
+  auto tok = Tokenizer::LoadFromDir(kRefModel);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  std::vector<int32_t> stream = (*tok)->Encode(testing::Slurp(testing::kValidText), true);
+  PerplexityOptions opt;
+  opt.chunked = true;
+  ASSERT_EQ(opt.context, ref["context"].get<int>());
+  ASSERT_EQ(opt.scored, ref["scored_per_window"].get<int>());
+  auto r = Perplexity(*m, *Dense(), stream, opt, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->windows, ref["windows"].get<int>());
+  EXPECT_EQ(r->scored_tokens, ref["scored_tokens"].get<int64_t>());
+  const double want = ref["ppl"];
+  EXPECT_NEAR(r->ppl, want, 1e-3 * want);
+  EXPECT_DOUBLE_EQ(r->kv_bytes_per_token, r->kv_bytes_per_token_dense);  // dense f32: 2 * kv_dim * 4 * layers
+}
+
+// BF16 weights round each weight to 8 significant bits (relative error <= 2^-9); through 6 layers
+// this moves logits by up to 3.0e-2 on these prompts (measured). 5e-2 is the bound; it fails
+// if bf16 were decoded as f16 or a layer read the wrong tensor.
+TEST(RefModel, Bf16LogitsNearF32Reference) {
+  ATP_SKIP_WITHOUT_SHARED();
+  if (!std::filesystem::exists(kRefModelBf16 + "/model.safetensors")) GTEST_SKIP() << "no " << kRefModelBf16;
+  auto prompts = LoadRefPrompts();
+  auto m = LoadModel(kRefModelBf16);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->weights().layers[0].wq.dtype, DType::kBF16);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto pre = PrefillLogits(*m, prompts[i].ids);
+    EXPECT_LE(MaxAbsDiff(pre.data(), prompts[i].logits.data(), pre.size()), 5e-2) << "prefill, prompt " << i;
+    auto dec = DecodeLogits(*m, prompts[i].ids);
+    EXPECT_LE(MaxAbsDiff(dec.data(), prompts[i].logits.data(), dec.size()), 5e-2) << "decode, prompt " << i;
+  }
+}
+
+// Weights copied to resident huge-page memory (the default) and used in place in the file mapping
+// are the same bytes through the same kernels: bit-identical logits.
+TEST(RefModel, ResidentAndMappedWeightsGiveIdenticalLogits) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto prompts = LoadRefPrompts();
+  auto resident = LoadModel(kRefModel);
+  auto mapped = LlamaModel::Load(kRefModel, LoadOptions{.resident_weights = false});
+  ASSERT_TRUE(resident && mapped.ok()) << mapped.status().ToString();
+  // The mapped model's projections point into the file mapping, the resident one's elsewhere.
+  EXPECT_EQ((*mapped)->weights().layers[0].wq.data, (*mapped)->tensors().Find("model.layers.0.self_attn.q_proj.weight")->data);
+  EXPECT_NE(resident->weights().layers[0].wq.data, resident->tensors().Find("model.layers.0.self_attn.q_proj.weight")->data);
+  for (auto& p : prompts) {
+    EXPECT_EQ(PrefillLogits(*resident, p.ids), PrefillLogits(**mapped, p.ids));
+    EXPECT_EQ(DecodeLogits(*resident, p.ids), DecodeLogits(**mapped, p.ids));
+  }
+}
+
+// Writes ref-5m's tensors in `dtype` into dir, split over `shards` files (1: model.safetensors).
+void WriteCopy(const std::string& dir, DType dtype, int shards) {
+  auto st = SafeTensors::Open(kRefModel);
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  std::vector<std::vector<TensorToWrite>> parts(static_cast<size_t>(shards));
+  std::vector<std::vector<uint8_t>> bufs;
+  bufs.reserve((*st)->tensors().size());
+  nlohmann::json weight_map = nlohmann::json::object();
+  int i = 0;
+  for (auto& [name, t] : (*st)->tensors()) {
+    ASSERT_EQ(t.dtype, DType::kF32);
+    bufs.emplace_back(size_t(t.numel()) * DTypeSize(dtype));
+    FromF32(dtype, static_cast<const float*>(t.data), bufs.back().data(), size_t(t.numel()));
+    const int s = i++ % shards;
+    parts[size_t(s)].push_back({name, dtype, t.shape, bufs.back().data()});
+    weight_map[name] = "model-0000" + std::to_string(s + 1) + "-of-0000" + std::to_string(shards) + ".safetensors";
+  }
+  if (shards == 1) {
+    ASSERT_TRUE(WriteSafeTensors(dir + "/model.safetensors", parts[0]).ok());
+  } else {
+    for (int s = 0; s < shards; ++s) {
+      Status w = WriteSafeTensors(
+          dir + "/model-0000" + std::to_string(s + 1) + "-of-0000" + std::to_string(shards) + ".safetensors",
+          parts[size_t(s)]);
+      ASSERT_TRUE(w.ok()) << w.ToString();
+    }
+    nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", weight_map}};
+    testing::WriteString(dir + "/model.safetensors.index.json", index.dump(1));
+  }
+  std::filesystem::copy_file(kRefModel + "/config.json", dir + "/config.json");
+}
+
+TEST(RefModel, ShardedCopyGivesIdenticalLogits) {
+  ATP_SKIP_WITHOUT_SHARED();
+  testing::TempDir dir("sharded");
+  ASSERT_NO_FATAL_FAILURE(WriteCopy(dir.path(), DType::kF32, 2));
+  ASSERT_FALSE(std::filesystem::exists(dir / "model.safetensors"));
+  auto sharded = LoadModel(dir.path());
+  ASSERT_TRUE(sharded);
+  auto orig = LoadModel(kRefModel);
+  ASSERT_TRUE(orig);
+  EXPECT_EQ(sharded->tensors().tensors().size(), orig->tensors().tensors().size());
+  auto prompts = LoadRefPrompts();
+  // Same bytes, same kernels, same order of operations: bit-identical.
+  for (auto& p : prompts) EXPECT_EQ(PrefillLogits(*sharded, p.ids), PrefillLogits(*orig, p.ids));
+}
+
+// F16 keeps 11 significant bits (relative rounding error <= 2^-11, 8x finer than BF16) and ref-5m's
+// weights are far inside F16's range, so logits move ~8x less than with BF16: measured 4.1e-3
+// (BF16: 3.0e-2). 1e-2 keeps 2.4x margin, is 5x tighter than the BF16 bound, and fails if F16 were
+// decoded as BF16 or any layer's weights were misread.
+TEST(RefModel, F16CopyNearF32Reference) {
+  ATP_SKIP_WITHOUT_SHARED();
+  testing::TempDir dir("f16");
+  ASSERT_NO_FATAL_FAILURE(WriteCopy(dir.path(), DType::kF16, 1));
+  auto m = LoadModel(dir.path());
+  ASSERT_TRUE(m);
+  auto prompts = LoadRefPrompts();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto pre = PrefillLogits(*m, prompts[i].ids);
+    EXPECT_LE(MaxAbsDiff(pre.data(), prompts[i].logits.data(), pre.size()), 1e-2) << "prefill, prompt " << i;
+    auto dec = DecodeLogits(*m, prompts[i].ids);
+    EXPECT_LE(MaxAbsDiff(dec.data(), prompts[i].logits.data(), dec.size()), 1e-2) << "decode, prompt " << i;
+  }
+}
+
+// Changing tokens after position i never changes logits at positions <= i (and does change later ones).
+TEST(RefModel, Causality) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto prompts = LoadRefPrompts();
+  auto m = LoadModel(kRefModel);
+  ASSERT_TRUE(m);
+  const std::vector<int32_t> ids = prompts[2].ids;
+  const auto base = PrefillLogits(*m, ids);
+  for (size_t cut : {0, 9, 30, 43}) {
+    std::vector<int32_t> changed = ids;
+    for (size_t j = cut + 1; j < ids.size(); ++j) changed[j] = int32_t((ids[j] * 7 + 13) % 4092);
+    const auto got = PrefillLogits(*m, changed);
+    // Same row count, same kernels: rows <= cut see identical inputs. 1e-6 allows only reordering noise.
+    EXPECT_LE(MaxAbsDiff(got.data(), base.data(), (cut + 1) * kVocab), 1e-6) << "cut " << cut;
+    EXPECT_GT(MaxAbsDiff(got.data() + (cut + 1) * kVocab, base.data() + (cut + 1) * kVocab,
+                         (ids.size() - cut - 1) * kVocab),
+              1e-2)
+        << "changing tokens after " << cut << " should change later logits";
+  }
+}
+
+}  // namespace
+}  // namespace atp
