@@ -17,12 +17,13 @@ void VecMat(const float* x, const float* M, int rows, int cols, float* y) {
 }
 }  // namespace
 
-void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, const SegmentFn& segments) {
+void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, const SegmentFn& segments,
+                    const WeightsFn& weights) {
   const int group = shape.n_heads / shape.n_kv_heads;
   const int hd = shape.head_dim;
   const float scale = 1.0f / std::sqrt(float(hd));
   // One task per (token, KV head): the query heads of a group share the segment lookup.
-  ThreadPool::Global().ParallelFor(T * shape.n_kv_heads, [&](int64_t b, int64_t e, int) {
+  ThreadPool::Global().ParallelFor(T * shape.n_kv_heads, [&](int64_t b, int64_t e, int thread) {
     std::vector<KvSegment> segs;
     std::vector<float> scores, qr, orr;
     for (int64_t task = b; task < e; ++task) {
@@ -31,37 +32,64 @@ void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, c
       segs.clear();
       segments(t, kvh, &segs);
       int64_t n = 0;
-      for (auto& s : segs) n += s.k.count;
+      for (auto& s : segs) n += s.count();
       scores.resize(size_t(n));
       for (int g = 0; g < group; ++g) {
         const int h = kvh * group + g;
         const float* q = Q + (t * shape.n_heads + h) * hd;
         float* o = O + (t * shape.n_heads + h) * hd;
         int64_t off = 0;
+        const float* mapped = nullptr;  // the q_map that qr holds q mapped through (segments of one basis share it)
         for (auto& s : segs) {
+          const float* qq = q;
+          int qdim = hd;
           if (s.q_map) {
-            qr.resize(size_t(s.k_dim));
-            VecMat(q, s.q_map, hd, s.k_dim, qr.data());
-            AttnScores(qr.data(), s.k_dim, s.k, scale, scores.data() + off);
-          } else {
-            AttnScores(q, hd, s.k, scale, scores.data() + off);
+            if (s.q_map != mapped) {
+              qr.resize(size_t(s.k_dim));
+              VecMat(q, s.q_map, hd, s.k_dim, qr.data());
+              mapped = s.q_map;
+            }
+            qq = qr.data();
+            qdim = s.k_dim;
           }
-          off += s.k.count;
+          if (s.pk.layout != PackedLayout::kNone) PackedScores(qq, s.pk, scale, scores.data() + off);
+          else AttnScores(qq, qdim, s.k, scale, scores.data() + off);
+          off += s.count();
         }
         Softmax(scores.data(), n);
+        if (weights) weights(t, h, scores.data(), n, thread);
         std::memset(o, 0, sizeof(float) * size_t(hd));
         off = 0;
+        // Consecutive segments with the same out_map sum into orr, mapped back once per run.
+        const float* pending = nullptr;
+        int pending_dim = 0;
+        auto map_back = [&] {
+          if (!pending) return;
+          for (int c = 0; c < pending_dim; ++c)
+            for (int i = 0; i < hd; ++i) o[i] += orr[size_t(c)] * pending[size_t(c) * size_t(hd) + size_t(i)];
+          pending = nullptr;
+        };
         for (auto& s : segs) {
+          // Packed or plain value rows, summed into o directly or into orr for an out_map.
+          auto accumulate = [&](int dim, float* dst) {
+            if (s.pv.layout != PackedLayout::kNone) PackedAccumulate(scores.data() + off, s.pv, dst);
+            else AttnAccumulate(scores.data() + off, s.v, dim, dst);
+          };
           if (s.out_map) {
-            orr.assign(size_t(s.v_dim), 0.f);
-            AttnAccumulate(scores.data() + off, s.v, s.v_dim, orr.data());
-            for (int c = 0; c < s.v_dim; ++c)
-              for (int i = 0; i < hd; ++i) o[i] += orr[size_t(c)] * s.out_map[size_t(c) * size_t(hd) + size_t(i)];
+            if (s.out_map != pending) {
+              map_back();
+              orr.assign(size_t(s.v_dim), 0.f);
+              pending = s.out_map;
+              pending_dim = s.v_dim;
+            }
+            accumulate(s.v_dim, orr.data());
           } else {
-            AttnAccumulate(scores.data() + off, s.v, hd, o);
+            map_back();  // keep o's summation order: earlier segments first
+            accumulate(hd, o);
           }
-          off += s.k.count;
+          off += s.count();
         }
+        map_back();
       }
     }
   });

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/attention.h"
+#include "kernels/packed_attention.h"
 #include "kv/kv_policy.h"
 
 namespace atp {
@@ -21,12 +22,23 @@ struct KvSegment {
   int k_dim = 0;                  // with q_map
   const float* out_map = nullptr; // null: v rows have head_dim elements
   int v_dim = 0;                  // with out_map
+  // Packed rows (kernels/packed_attention.h): when a layout is not kNone it replaces k or v, and
+  // the kernels dequantize in registers. pk.dim / pv.dim play the role of k_dim / v_dim.
+  PackedRows pk{}, pv{};
+  int64_t count() const { return pk.layout != PackedLayout::kNone ? pk.count : k.count; }
 };
 
 // Fills `out` with the segments that the query at row t (position positions[t]) sees for KV head kvh.
 using SegmentFn = std::function<void(int64_t t, int kvh, std::vector<KvSegment>* out)>;
 
+// Optional feedback of attention weights (H2O, SnapKV): for query row t and query head h, the
+// softmax weights w[0..n) over the rows of that query's segments, in segment order. Called from
+// pool workers; `thread` is the worker index in [0, ThreadPool::Global().size()), so a caller can
+// keep one accumulator per worker without locks.
+using WeightsFn = std::function<void(int64_t t, int h, const float* w, int64_t n, int thread)>;
+
 // O (T, q_dim) = softmax(Q K^T / sqrt(head_dim)) V over the segments, threaded over (token, KV head).
-void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, const SegmentFn& segments);
+void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, const SegmentFn& segments,
+                    const WeightsFn& weights = nullptr);
 
 }  // namespace atp

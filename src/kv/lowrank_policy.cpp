@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "kv/attend.h"
+#include "kv/composite.h"
 #include "kv/exact_rows.h"
 #include "kv/linalg.h"
 #include "model/safetensors.h"
@@ -49,14 +50,16 @@ struct LowRankParams {
   int block = 64;  // online mode
   DType dtype = DType::kF32;
   std::shared_ptr<const KvBasis> basis;  // calib mode
+  std::shared_ptr<const RowCodec> codec;  // form of the coefficient rows: exact in dtype, or B of `lowrank+B`
+  bool default_codec = true;
 };
 
 // One basis and the coefficients of the tokens expressed in it, for one KV head.
 struct BasisBlock {
   std::vector<float> pk;   // (head_dim, rk): q_map
   std::vector<float> pvt;  // (rv, head_dim): out_map = P_v^T
-  ExactRows coef;          // (tokens, rk) and (tokens, rv)
-  BasisBlock(DType dt, int rk, int rv) : coef(dt, rk, rv) {}
+  std::unique_ptr<RowStore> coef;  // (tokens, rk) and (tokens, rv)
+  BasisBlock(const RowCodec& codec, int rk, int rv) : coef(codec.NewStore(rk, rv)) {}
 };
 
 // Takes the first r columns of a (d x d) column-basis: (d x r) row-major.
@@ -91,7 +94,7 @@ class LowRankPolicy : public KvPolicy {
       for (int h = 0; h < s.n_kv_heads; ++h) {
         const float* kb = p.basis->k[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
         const float* vb = p.basis->v[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
-        blocks_[size_t(h)].emplace_back(p.dtype, p.rk, p.rv);
+        blocks_[size_t(h)].emplace_back(*p.codec, p.rk, p.rv);
         blocks_[size_t(h)][0].pk = FirstColumns(kb, d, p.rk);
         blocks_[size_t(h)][0].pvt = Transpose(FirstColumns(vb, d, p.rv), d, p.rv);
       }
@@ -111,7 +114,7 @@ class LowRankPolicy : public KvPolicy {
         BasisBlock& bb = blocks_[size_t(h)][0];
         Project(K + h * d, T, kvd, bb.pk, d, p_.rk, c.data());
         Project(V + h * d, T, kvd, Transpose(bb.pvt, p_.rv, d), d, p_.rv, e.data());
-        bb.coef.Append(c.data(), e.data(), T);
+        bb.coef->Append(c.data(), p_.rk, e.data(), p_.rv, T);
       }
       length_ += T;
       return Status::Ok();
@@ -136,13 +139,13 @@ class LowRankPolicy : public KvPolicy {
       const int64_t p = positions[size_t(t)];
       if (!p_.online) {  // one basis; every token p' <= p is a coefficient row
         const BasisBlock& bb = blocks_[size_t(kvh)][0];
-        out->push_back({bb.coef.Keys(0, 0, 0, p + 1), bb.coef.Values(0, 0, 0, p + 1), bb.pk.data(), p_.rk, bb.pvt.data(), p_.rv});
+        Coefficients(bb, p + 1, out);
         return;
       }
       const int64_t nb = p / p_.block;  // blocks b with (b+1)*B <= p
       for (int64_t b = 0; b < nb; ++b) {
         const BasisBlock& bb = blocks_[size_t(kvh)][size_t(b)];
-        out->push_back({bb.coef.Keys(0, 0, 0, p_.block), bb.coef.Values(0, 0, 0, p_.block), bb.pk.data(), p_.rk, bb.pvt.data(), p_.rv});
+        Coefficients(bb, p_.block, out);
       }
       const int64_t first = nb * p_.block - exact_begin_;  // >= 0: Append only drops what positions[0] sees compressed
       out->push_back({exact_.Keys(kvh, d, first, p - nb * p_.block + 1), exact_.Values(kvh, d, first, p - nb * p_.block + 1)});
@@ -153,7 +156,7 @@ class LowRankPolicy : public KvPolicy {
     size_t n = exact_.Bytes();
     for (auto& head : blocks_)
       for (auto& bb : head) {
-        n += bb.coef.Bytes();
+        n += bb.coef->Bytes();
         if (p_.online) n += (bb.pk.size() + bb.pvt.size()) * sizeof(float);  // calibrated bases belong to the model
       }
     return n;
@@ -161,6 +164,19 @@ class LowRankPolicy : public KvPolicy {
   int64_t Length() const override { return length_; }
 
  private:
+  // Segments of a block's first n coefficient rows (in the codec's form), read through its bases.
+  void Coefficients(const BasisBlock& bb, int64_t n, std::vector<KvSegment>* out) const {
+    const size_t first = out->size();
+    bb.coef->View(0, n, n, out);
+    for (size_t i = first; i < out->size(); ++i) {
+      KvSegment& s = (*out)[i];
+      s.q_map = bb.pk.data();
+      s.k_dim = p_.rk;
+      s.out_map = bb.pvt.data();
+      s.v_dim = p_.rv;
+    }
+  }
+
   // Online mode: SVD of each head's block keys and values gives the block's bases.
   Status CompressBlock(int64_t b) {
     const int B = p_.block, d = s_.head_dim;
@@ -172,7 +188,7 @@ class LowRankPolicy : public KvPolicy {
         ToF32(kr.dtype, static_cast<const uint8_t*>(kr.data) + size_t(i) * size_t(kr.stride) * es, &kb[size_t(i) * size_t(d)], size_t(d));
         ToF32(vr.dtype, static_cast<const uint8_t*>(vr.data) + size_t(i) * size_t(vr.stride) * es, &vb[size_t(i) * size_t(d)], size_t(d));
       }
-      BasisBlock bb(p_.dtype, p_.rk, p_.rv);
+      BasisBlock bb(*p_.codec, p_.rk, p_.rv);
       // Right singular vectors V (d x k): principal directions of the rows.
       ATP_RETURN_IF_ERROR(ThinSvd(kb.data(), B, d, &U, &S, &Vt));
       int k = std::min(B, d);
@@ -184,7 +200,7 @@ class LowRankPolicy : public KvPolicy {
       std::vector<float> c(size_t(B) * size_t(p_.rk)), e(size_t(B) * size_t(p_.rv));
       Project(kb.data(), B, d, bb.pk, d, p_.rk, c.data());
       Project(vb.data(), B, d, Transpose(bb.pvt, p_.rv, d), d, p_.rv, e.data());
-      bb.coef.Append(c.data(), e.data(), B);
+      bb.coef->Append(c.data(), p_.rk, e.data(), p_.rv, B);
       blocks_[size_t(h)].push_back(std::move(bb));
     }
     return Status::Ok();
@@ -212,7 +228,7 @@ class LowRankFactory : public KvPolicyFactory {
   std::string Describe() const override {
     std::string d = "lowrank:rk=" + std::to_string(p_.rk) + ",rv=" + std::to_string(p_.rv);
     d += p_.online ? ",mode=online,block=" + std::to_string(p_.block) : ",mode=calib";
-    return d + ",dtype=" + std::string(DTypeName(p_.dtype));
+    return DescribeWithCodec(d + ",dtype=" + std::string(DTypeName(p_.dtype)), p_.default_codec ? nullptr : p_.codec.get());
   }
 
  private:
@@ -221,7 +237,8 @@ class LowRankFactory : public KvPolicyFactory {
 
 }  // namespace
 
-Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& spec, const std::string& model_dir) {
+Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& spec, const std::string& model_dir,
+                                                            std::shared_ptr<const RowCodec> codec) {
   ATP_RETURN_IF_ERROR(spec.CheckKeys({{"rk", "key rank r_k, default 16"},
                                       {"rv", "value rank r_v, default 32"},
                                       {"mode", "calib (bases from atp calibrate) or online (per block)"},
@@ -235,6 +252,10 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& sp
   p.online = mode == "online";
   ATP_ASSIGN_OR_RETURN(p.block, spec.Int("block", 64, 1, 1 << 16));
   ATP_ASSIGN_OR_RETURN(p.dtype, spec.Dtype("dtype", DType::kF32));
+  if (codec && p.online)  // a KIVI residual would count within each sealed block and never apply
+    return Status::InvalidArgument("kv policy 'lowrank': mode=online takes no codec after '+'; use mode=calib");
+  p.default_codec = codec == nullptr;
+  p.codec = codec ? std::move(codec) : MakeExactCodec(p.dtype);
   if (!p.online) {
     ATP_ASSIGN_OR_RETURN(std::string file, spec.String("file", model_dir + "/" + kKvBasisFile));
     if (!std::filesystem::exists(file))

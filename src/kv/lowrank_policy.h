@@ -24,6 +24,9 @@ struct KvBasis {
 Status WriteKvBasis(const std::string& path, const KvBasis& b);
 Result<KvBasis> ReadKvBasis(const std::string& path);
 
-Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& spec, const std::string& model_dir);
+class RowCodec;
+// `codec` (B of `lowrank+B`, calib mode only; null: exact rows in `dtype`) stores the coefficient rows.
+Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& spec, const std::string& model_dir,
+                                                            std::shared_ptr<const RowCodec> codec = nullptr);
 
 }  // namespace atp

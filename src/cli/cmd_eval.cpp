@@ -1,0 +1,159 @@
+// `atp eval`: a sweep of KV policies x budgets over perplexity, retrieval accuracy, KV bytes per
+// token and decode speed (eval/sweep.h), written as CSV, JSON and SVG plots into an output dir.
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "cli/common.h"
+#include "core/mapped_file.h"
+#include "core/thread_pool.h"
+#include "eval/sweep.h"
+
+namespace atp::cli {
+
+namespace {
+
+// The CPU model as lscpu prints it (first "model name" of /proc/cpuinfo).
+std::string MachineName() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
+    }
+  return "unknown";
+}
+
+// "[#####.....]  45%  eta 3m12s  <what>" redrawn in place on stderr.
+class ProgressBar {
+ public:
+  void Update(double frac, const std::string& what) {
+    const double now = Seconds();
+    if (frac < 1 && now - last_ < 0.2) return;  // at most 5 redraws a second
+    last_ = now;
+    drawn_ = true;
+    const int width = 30, filled = int(std::clamp(frac, 0.0, 1.0) * width);
+    std::string eta = "--";
+    if (frac > 0.01) {
+      const int s = int((now - start_) * (1 - frac) / frac);
+      eta = std::to_string(s / 60) + "m" + (s % 60 < 10 ? "0" : "") + std::to_string(s % 60) + "s";
+    }
+    std::string w = what.size() > 60 ? what.substr(0, 57) + "..." : what;
+    std::cerr << "\r[" << std::string(size_t(filled), '#') << std::string(size_t(width - filled), '.') << "] " << int(frac * 100)
+              << "%  eta " << eta << "  " << w << "\033[K" << std::flush;
+  }
+  void Done() {
+    if (drawn_) std::cerr << "\n";
+  }
+
+ private:
+  static double Seconds() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+  double start_ = Seconds(), last_ = -1;
+  bool drawn_ = false;
+};
+
+}  // namespace
+
+void AddEval(CLI::App& app, Runner* run) {
+  struct Opts {
+    CommonFlags f;
+    std::string file, retrieval, out = "eval-out", basis;
+    std::vector<std::string> policies, budgets;
+    SweepOptions s;
+    bool no_ppl = false, no_retrieval = false, no_speed = false;
+  };
+  auto o = std::make_shared<Opts>();
+  // Defaults sized so the full default sweep on ref-5m stays well under 15 minutes on 2 cores.
+  o->s.ppl.max_windows = 16;
+  o->s.retrieval.max_cases = 32;
+  o->s.speed.prompt_tokens = 1;
+  o->s.speed.context = 384;
+  o->s.speed.decode_tokens = 16;
+  o->s.speed.repeats = 5;
+  auto* cmd = app.add_subcommand("eval", "sweep KV policies x budgets: perplexity, retrieval accuracy, KV bytes, decode speed");
+  AddModelFlags(cmd, &o->f, false);
+  cmd->add_option("-f,--file", o->file, "evaluation text for perplexity (DESIGN.md 5)");
+  cmd->add_option("--retrieval", o->retrieval, "retrieval cases, JSON lines {prompt, answer, kind, prompt_tokens}");
+  cmd->add_option("-o,--out", o->out, "output directory for sweep.csv, sweep.json and the SVG plots")->capture_default_str();
+  cmd->add_option("--kv", o->policies, "policy to sweep (repeatable); '{b}' is replaced by each of --budgets; default: the built-in sweep");
+  cmd->add_option("--budgets", o->budgets, "values for '{b}' in --kv policies, e.g. 64,128,256")->delimiter(',');
+  cmd->add_option("--lowrank-basis", o->basis, "basis from `atp calibrate` (on text other than -f): adds lowrank entries to the default sweep");
+  cmd->add_option("--context", o->s.ppl.context, "prefilled context tokens C per perplexity window")->capture_default_str();
+  cmd->add_option("--scored", o->s.ppl.scored, "scored tokens S per window")->capture_default_str();
+  cmd->add_option("--max-windows", o->s.ppl.max_windows, "perplexity windows per policy (0: all)")->capture_default_str();
+  cmd->add_option("--max-cases", o->s.retrieval.max_cases, "retrieval cases per policy (0: all)")->capture_default_str();
+  cmd->add_option("--extra-tokens", o->s.retrieval.extra_tokens, "tokens generated beyond the answer's length")->capture_default_str();
+  cmd->add_option("--speed-context", o->s.speed.context, "tokens in the cache before timed decode steps")->capture_default_str();
+  cmd->add_option("--speed-tokens", o->s.speed.decode_tokens, "timed decode steps per repeat")->capture_default_str();
+  cmd->add_option("--speed-repeats", o->s.speed.repeats, "repeats (the median step is reported)")->capture_default_str();
+  cmd->add_flag("--no-perplexity", o->no_ppl, "skip perplexity");
+  cmd->add_flag("--no-retrieval", o->no_retrieval, "skip retrieval");
+  cmd->add_flag("--no-speed", o->no_speed, "skip decode speed");
+  cmd->callback([o, run] {
+    *run = [o]() -> int {
+      SweepOptions s = o->s;
+      s.run_ppl = !o->no_ppl;
+      s.run_retrieval = !o->no_retrieval && !o->retrieval.empty();
+      s.run_speed = !o->no_speed;
+      if (s.run_ppl && o->file.empty())
+        return Fail("eval", Status::InvalidArgument("-f/--file is required for perplexity (or pass --no-perplexity)"));
+      if (!o->no_retrieval && o->retrieval.empty()) std::cerr << "atp eval: no --retrieval file; retrieval skipped\n";
+      std::vector<SweepEntry> entries;
+      if (o->policies.empty()) {
+        entries = DefaultSweep(o->basis);
+        if (o->basis.empty()) std::cerr << "atp eval: no --lowrank-basis; lowrank entries left out of the default sweep\n";
+      } else {
+        auto e = SweepFromFlags(o->policies, o->budgets);
+        if (!e.ok()) return Fail("eval", e.status());
+        entries = *e;
+      }
+      auto l = Load(o->f, true);
+      if (!l.ok()) return Fail("eval", l.status());
+      std::vector<int32_t> stream;
+      if (s.run_ppl) {
+        auto text = ReadFile(o->file);
+        if (!text.ok()) return Fail("eval", text.status());
+        stream = l->tokenizer->Encode(*text, true);  // BOS + the whole file (the protocol's stream)
+      }
+      std::vector<RetrievalCase> cases;
+      if (s.run_retrieval) {
+        auto c = LoadRetrievalCases(o->retrieval);
+        if (!c.ok()) return Fail("eval", c.status());
+        cases = *c;
+      }
+      ProgressBar bar;
+      auto rows = RunSweep(*l->model, *l->tokenizer, o->f.model, entries, stream, cases, s,
+                           [&](double frac, const std::string& what) { bar.Update(frac, what); });
+      bar.Done();
+      if (!rows.ok()) return Fail("eval", rows.status());
+      const ModelConfig& c = l->model->config();
+      nlohmann::json meta = {{"model", o->f.model},
+                             {"file", s.run_ppl ? nlohmann::json(o->file) : nlohmann::json(nullptr)},
+                             {"retrieval_file", s.run_retrieval ? nlohmann::json(o->retrieval) : nlohmann::json(nullptr)},
+                             {"machine", MachineName()},
+                             {"threads", ThreadPool::Global().size()},
+                             {"context", s.ppl.context},
+                             {"scored_per_window", s.ppl.scored},
+                             {"max_windows", s.ppl.max_windows},
+                             {"max_cases", s.retrieval.max_cases},
+                             {"speed_context", s.speed.context},
+                             {"kv_bytes_per_token_dense", 2.0 * c.kv_dim() * sizeof(float) * c.num_layers}};
+      const std::string name = std::filesystem::path(o->f.model).lexically_normal().filename().string();
+      Status w = WriteSweep(o->out, *rows, meta, "KV compression on " + (name.empty() ? o->f.model : name));
+      if (!w.ok()) return Fail("eval", w);
+      if (o->f.json) {
+        meta["results"] = SweepRowsJson(*rows);
+        PrintJson(meta);
+      } else {
+        std::cout << SweepCsv(*rows);
+        std::cerr << "atp eval: wrote " << o->out << "/sweep.csv, sweep.json, quality_vs_bytes.svg, speed_vs_bytes.svg\n";
+      }
+      return 0;
+    };
+  });
+}
+
+}  // namespace atp::cli

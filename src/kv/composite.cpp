@@ -1,0 +1,144 @@
+#include "kv/composite.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace atp {
+
+void PlainRows::Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n) {
+  const size_t es = DTypeSize(dtype_);
+  k_.resize(size_t(n_ + n) * size_t(kw_) * es);
+  v_.resize(size_t(n_ + n) * size_t(vw_) * es);
+  for (int64_t i = 0; i < n; ++i) {
+    FromF32(dtype_, K + i * k_stride, k_.data() + size_t(n_ + i) * size_t(kw_) * es, size_t(kw_));
+    FromF32(dtype_, V + i * v_stride, v_.data() + size_t(n_ + i) * size_t(vw_) * es, size_t(vw_));
+  }
+  n_ += n;
+}
+
+void PlainRows::DropFront(int64_t n) {
+  const size_t es = DTypeSize(dtype_);
+  k_.erase(k_.begin(), k_.begin() + std::ptrdiff_t(size_t(n) * size_t(kw_) * es));
+  v_.erase(v_.begin(), v_.begin() + std::ptrdiff_t(size_t(n) * size_t(vw_) * es));
+  n_ -= n;
+}
+
+void PlainRows::Retain(const char* keep) {
+  const size_t es = DTypeSize(dtype_), kb = size_t(kw_) * es, vb = size_t(vw_) * es;
+  int64_t w = 0;
+  for (int64_t i = 0; i < n_; ++i) {
+    if (!keep[i]) continue;
+    if (w != i) {
+      std::memmove(k_.data() + size_t(w) * kb, k_.data() + size_t(i) * kb, kb);
+      std::memmove(v_.data() + size_t(w) * vb, v_.data() + size_t(i) * vb, vb);
+    }
+    ++w;
+  }
+  n_ = w;
+  k_.resize(size_t(n_) * kb);
+  v_.resize(size_t(n_) * vb);
+}
+
+void PlainRows::Row(int64_t i, float* k, float* v) const {
+  const size_t es = DTypeSize(dtype_);
+  ToF32(dtype_, k_.data() + size_t(i) * size_t(kw_) * es, k, size_t(kw_));
+  ToF32(dtype_, v_.data() + size_t(i) * size_t(vw_) * es, v, size_t(vw_));
+}
+
+KvRows PlainRows::View(const std::vector<uint8_t>& b, int w, int64_t begin, int64_t count) const {
+  KvRows r;
+  r.dtype = dtype_;
+  r.stride = w;
+  r.count = count;
+  r.data = b.data() + size_t(begin) * size_t(w) * DTypeSize(dtype_);
+  return r;
+}
+
+namespace {
+
+class ExactStore : public RowStore {
+ public:
+  ExactStore(DType dt, int kw, int vw) : rows_(dt, kw, vw) {}
+  void Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override { rows_.Append(K, ks, V, vs, n); }
+  void Retain(const std::vector<char>& keep) override { rows_.Retain(keep.data()); }
+  void View(int64_t begin, int64_t end, int64_t, std::vector<KvSegment>* out) const override {
+    if (end > begin) out->push_back({rows_.Keys(begin, end - begin), rows_.Values(begin, end - begin)});
+  }
+  int64_t size() const override { return rows_.size(); }
+  size_t Bytes() const override { return rows_.Bytes(); }
+
+ private:
+  PlainRows rows_;
+};
+
+class ExactCodec : public RowCodec {
+ public:
+  explicit ExactCodec(DType dt) : dt_(dt) {}
+  std::unique_ptr<RowStore> NewStore(int kw, int vw) const override { return std::make_unique<ExactStore>(dt_, kw, vw); }
+  std::string Describe() const override { return "dense:dtype=" + std::string(DTypeName(dt_)); }
+
+ private:
+  DType dt_;
+};
+
+class CodecPolicy : public KvPolicy {
+ public:
+  CodecPolicy(const KvShape& s, const RowCodec& codec) : s_(s) {
+    for (int h = 0; h < s.n_kv_heads; ++h) heads_.push_back(codec.NewStore(s.head_dim, s.head_dim));
+  }
+
+  Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
+    if (positions.empty()) return Status::Ok();
+    if (positions[0] != length_)
+      return Status::InvalidArgument("kv policy: position " + std::to_string(positions[0]) + " appended after " +
+                                     std::to_string(length_) + " tokens");
+    const int64_t T = int64_t(positions.size()), kvd = s_.kv_dim();
+    for (int h = 0; h < s_.n_kv_heads; ++h)
+      heads_[size_t(h)]->Append(K + h * s_.head_dim, kvd, V + h * s_.head_dim, kvd, T);
+    length_ += T;
+    return Status::Ok();
+  }
+
+  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+    AttendSegments(s_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
+      const int64_t n = positions[size_t(t)] + 1;  // causal: rows 0..p
+      heads_[size_t(kvh)]->View(0, n, n, out);
+    });
+  }
+
+  size_t Bytes() const override {
+    size_t n = 0;
+    for (auto& h : heads_) n += h->Bytes();
+    return n;
+  }
+  int64_t Length() const override { return length_; }
+
+ private:
+  KvShape s_;
+  int64_t length_ = 0;
+  std::vector<std::unique_ptr<RowStore>> heads_;  // per KV head: rows (tokens, head_dim)
+};
+
+class CodecPolicyFactory : public KvPolicyFactory {
+ public:
+  explicit CodecPolicyFactory(std::shared_ptr<const RowCodec> c) : codec_(std::move(c)) {}
+  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<CodecPolicy>(s, *codec_); }
+  std::string Describe() const override { return codec_->Describe(); }
+
+ private:
+  std::shared_ptr<const RowCodec> codec_;
+};
+
+}  // namespace
+
+std::shared_ptr<const RowCodec> MakeExactCodec(DType dtype) { return std::make_shared<ExactCodec>(dtype); }
+
+std::shared_ptr<KvPolicyFactory> MakeCodecPolicyFactory(std::shared_ptr<const RowCodec> codec) {
+  return std::make_shared<CodecPolicyFactory>(std::move(codec));
+}
+
+std::string DescribeWithCodec(const std::string& policy, const RowCodec* codec) {
+  return codec ? policy + "+" + codec->Describe() : policy;
+}
+
+}  // namespace atp

@@ -1,0 +1,78 @@
+// Row stores and row codecs: the storage layer under every policy that keeps whole rows (all
+// tokens, eviction survivors, low-rank coefficients). In `A+B`, policy A decides which rows exist
+// and which a query reads; codec B decides the form they are kept in (exact, KIVI, MX). A store
+// never chooses rows for a query: the policy passes the range and the query's horizon.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "kv/attend.h"
+#include "kv/kv_policy.h"
+
+namespace atp {
+
+// Rows of one KV head (or of any per-head row family) in append order, in some stored form.
+// Thread-safety: View() may run concurrently with other View() calls; the rest is exclusive.
+class RowStore {
+ public:
+  virtual ~RowStore() = default;
+  // Appends n rows: key row i at K + i*k_stride (k_width floats), value row i at V + i*v_stride
+  // (v_width floats). Contract: every query after this call has a horizon > size() before the call.
+  virtual void Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n) = 0;
+  // Keeps row i iff keep[i] != 0 (keep has size() entries), preserving order (eviction).
+  virtual void Retain(const std::vector<char>& keep) = 0;
+  // Adds to `out`, in row order, segments holding rows [begin, end) as read by a query whose
+  // newest visible row is horizon-1 (begin <= end <= horizon <= size()). Stores with an exact
+  // residual choose each row's form from the horizon alone, so prefill and decode agree.
+  virtual void View(int64_t begin, int64_t end, int64_t horizon, std::vector<KvSegment>* out) const = 0;
+  virtual int64_t size() const = 0;
+  virtual size_t Bytes() const = 0;  // data plus per-group metadata actually held
+};
+
+class RowCodec {
+ public:
+  virtual ~RowCodec() = default;
+  // A new, empty store for rows of k_width key and v_width value elements.
+  virtual std::unique_ptr<RowStore> NewStore(int k_width, int v_width) const = 0;
+  // The policy string that builds this codec again, e.g. "mx:fmt=fp8_e4m3".
+  virtual std::string Describe() const = 0;
+};
+
+// Exact rows in f32, f16 or bf16 (the codec of `dense:dtype=...` on the right of '+').
+std::shared_ptr<const RowCodec> MakeExactCodec(DType dtype);
+
+// Every token's K and V rows kept through `codec`, one store per KV head (`kivi`, `mx` alone).
+// Causal, and chunk-invariant when the codec's form depends only on the horizon (all ours do).
+std::shared_ptr<KvPolicyFactory> MakeCodecPolicyFactory(std::shared_ptr<const RowCodec> codec);
+
+// "A+B" canonical text: the policy's own description, then "+codec" unless the codec is the
+// plain f32 default (null).
+std::string DescribeWithCodec(const std::string& policy, const RowCodec* codec);
+
+// Exact rows of one dtype with arbitrary erasure: the plain store and KIVI's residual.
+class PlainRows {
+ public:
+  PlainRows(DType dtype, int k_width, int v_width) : dtype_(dtype), kw_(k_width), vw_(v_width) {}
+  void Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n);
+  void DropFront(int64_t n);
+  // Keeps row i iff keep[i] != 0, for keep[0 .. size()).
+  void Retain(const char* keep);
+  // Row i as f32 (k_width and v_width floats).
+  void Row(int64_t i, float* k, float* v) const;
+  KvRows Keys(int64_t begin, int64_t count) const { return View(k_, kw_, begin, count); }
+  KvRows Values(int64_t begin, int64_t count) const { return View(v_, vw_, begin, count); }
+  int64_t size() const { return n_; }
+  size_t Bytes() const { return size_t(n_) * size_t(kw_ + vw_) * DTypeSize(dtype_); }
+
+ private:
+  KvRows View(const std::vector<uint8_t>& b, int w, int64_t begin, int64_t count) const;
+  DType dtype_;
+  int kw_, vw_;
+  int64_t n_ = 0;
+  std::vector<uint8_t> k_, v_;  // (n_, kw_) and (n_, vw_) in dtype_
+};
+
+}  // namespace atp

@@ -1,0 +1,236 @@
+#include "kv/mx_codec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace atp {
+
+namespace {
+
+struct MiniSpec {
+  int ebits, mbits, bias;
+  double max_normal;
+};
+
+MiniSpec Spec(MxFormat f) {
+  switch (f) {
+    case MxFormat::kFp8E4M3: return {4, 3, 7, 448.0};
+    case MxFormat::kFp8E5M2: return {5, 2, 15, 57344.0};
+    case MxFormat::kFp6E2M3: return {2, 3, 1, 7.5};
+    case MxFormat::kFp6E3M2: return {3, 2, 3, 28.0};
+    case MxFormat::kFp4E2M1:
+    case MxFormat::kNvFp4: return {2, 1, 1, 6.0};
+    case MxFormat::kInt8: return {0, 0, 0, 127.0 / 64};
+  }
+  return {};
+}
+
+// Round to nearest even onto the grid of a small float format, saturating at max normal.
+uint32_t QuantizeMini(const MiniSpec& s, double x) {
+  const uint32_t sign = std::signbit(x) ? 1u << (s.ebits + s.mbits) : 0u;
+  double a = std::min(std::fabs(x), s.max_normal);
+  if (a == 0) return sign;
+  const int emin = 1 - s.bias;
+  const int e = std::max(std::ilogb(a), emin);
+  double r = std::nearbyint(std::ldexp(a, s.mbits - e));  // significand in units of the binade's quantum
+  if (r == 0) return sign;                                   // below half the smallest subnormal
+  int biased = e + s.bias;
+  if (r >= double(1u << (s.mbits + 1))) {                    // rounded up into the next binade
+    r /= 2;
+    ++biased;
+  }
+  if (r < double(1u << s.mbits)) return sign | uint32_t(r);  // subnormal (only at e == emin)
+  return sign | uint32_t(biased) << s.mbits | (uint32_t(r) - (1u << s.mbits));
+}
+
+void WriteCode(uint8_t* s, int64_t i, int w, uint32_t code) {
+  const int64_t bit = i * w, byte = bit >> 3;
+  const int sh = int(bit & 7);
+  s[byte] |= uint8_t(code << sh);
+  if (sh + w > 8) s[byte + 1] |= uint8_t(code >> (8 - sh));
+}
+
+bool AllFinite(const float* x, int n) {
+  for (int i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
+}
+
+void EncodeNvFp4(const float* x, int dim, uint8_t* out) {
+  float amax = 0;
+  for (int i = 0; i < dim; ++i)
+    if (std::isfinite(x[i])) amax = std::max(amax, std::fabs(x[i]));
+  // Row (tensor) scale: maps the row's largest magnitude to E4M3 max times E2M1 max.
+  const float rs = amax > 0 ? amax / (448.0f * 6.0f) : 1.0f;
+  std::memcpy(out, &rs, 4);
+  const int nb = (dim + 15) / 16;
+  uint8_t* el = out + 4 + nb;
+  const MiniSpec e2m1 = Spec(MxFormat::kFp4E2M1);
+  for (int b = 0; b < nb; ++b) {
+    const int lo = b * 16, n = std::min(16, dim - lo);
+    if (!AllFinite(x + lo, n)) {
+      out[4 + b] = 0x7F;  // E4M3 NaN: the whole block reads NaN
+      continue;
+    }
+    float bmax = 0;
+    for (int i = 0; i < n; ++i) bmax = std::max(bmax, std::fabs(x[lo + i]));
+    const uint8_t sb = E4M3Quantize(double(bmax) / (6.0 * double(rs)));
+    out[4 + b] = sb;
+    const double d = double(E4M3Value(sb)) * double(rs);
+    if (d == 0) continue;
+    for (int i = 0; i < n; ++i) WriteCode(el, lo + i, 4, QuantizeMini(e2m1, double(x[lo + i]) / d));
+  }
+}
+
+class MxStore : public RowStore {
+ public:
+  MxStore(MxFormat f, int kw, int vw) : f_(f), kw_(kw), vw_(vw), kb_(MxRowBytes(f, kw)), vb_(MxRowBytes(f, vw)) {}
+
+  void Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override {
+    k_.resize(size_t((n_ + n) * kb_));
+    v_.resize(size_t((n_ + n) * vb_));
+    for (int64_t i = 0; i < n; ++i) {
+      MxEncodeRow(f_, K + i * ks, kw_, &k_[size_t((n_ + i) * kb_)]);
+      MxEncodeRow(f_, V + i * vs, vw_, &v_[size_t((n_ + i) * vb_)]);
+    }
+    n_ += n;
+  }
+
+  void Retain(const std::vector<char>& keep) override {
+    int64_t w = 0;
+    for (int64_t i = 0; i < n_; ++i) {
+      if (!keep[size_t(i)]) continue;
+      if (w != i) {
+        std::memmove(&k_[size_t(w * kb_)], &k_[size_t(i * kb_)], size_t(kb_));
+        std::memmove(&v_[size_t(w * vb_)], &v_[size_t(i * vb_)], size_t(vb_));
+      }
+      ++w;
+    }
+    n_ = w;
+    k_.resize(size_t(n_ * kb_));
+    v_.resize(size_t(n_ * vb_));
+  }
+
+  void View(int64_t begin, int64_t end, int64_t, std::vector<KvSegment>* out) const override {
+    if (end <= begin) return;
+    KvSegment s;
+    s.pk = Rows(k_, kw_, kb_, begin, end - begin);
+    s.pv = Rows(v_, vw_, vb_, begin, end - begin);
+    out->push_back(s);
+  }
+
+  int64_t size() const override { return n_; }
+  size_t Bytes() const override { return size_t(n_ * (kb_ + vb_)); }
+
+ private:
+  PackedRows Rows(const std::vector<uint8_t>& buf, int dim, int64_t rb, int64_t begin, int64_t count) const {
+    PackedRows r;
+    r.layout = PackedLayout::kMx;
+    r.mx = f_;
+    r.dim = dim;
+    r.data = buf.data() + begin * rb;
+    r.stride = rb;
+    r.count = count;
+    return r;
+  }
+
+  MxFormat f_;
+  int kw_, vw_;
+  int64_t kb_, vb_;  // bytes per packed key / value row
+  int64_t n_ = 0;
+  std::vector<uint8_t> k_, v_;  // (n_, kb_) and (n_, vb_)
+};
+
+class MxCodec : public RowCodec {
+ public:
+  explicit MxCodec(MxFormat f) : f_(f) {}
+  std::unique_ptr<RowStore> NewStore(int kw, int vw) const override { return std::make_unique<MxStore>(f_, kw, vw); }
+  std::string Describe() const override { return std::string("mx:fmt=") + MxFormatName(f_); }
+
+ private:
+  MxFormat f_;
+};
+
+const MxFormat kAll[] = {MxFormat::kFp8E4M3, MxFormat::kFp8E5M2, MxFormat::kFp6E2M3, MxFormat::kFp6E3M2,
+                         MxFormat::kFp4E2M1, MxFormat::kInt8, MxFormat::kNvFp4};
+
+}  // namespace
+
+int MxEmax(MxFormat f) {
+  switch (f) {
+    case MxFormat::kFp8E4M3: return 8;
+    case MxFormat::kFp8E5M2: return 15;
+    case MxFormat::kFp6E2M3: return 2;
+    case MxFormat::kFp6E3M2: return 4;
+    case MxFormat::kFp4E2M1:
+    case MxFormat::kNvFp4: return 2;
+    case MxFormat::kInt8: return 0;
+  }
+  return 0;
+}
+
+float MxMaxNormal(MxFormat f) { return float(Spec(f).max_normal); }
+
+uint32_t MxQuantizeElement(MxFormat f, double x) {
+  if (f == MxFormat::kInt8) {  // two's complement, 6 fraction bits, symmetric saturation
+    const double q = std::clamp(std::nearbyint(x * 64), -127.0, 127.0);
+    return uint32_t(uint8_t(int8_t(q)));
+  }
+  return QuantizeMini(Spec(f), x);
+}
+
+uint8_t E4M3Quantize(double x) { return uint8_t(QuantizeMini(Spec(MxFormat::kFp8E4M3), x)); }
+
+void MxEncodeRow(MxFormat f, const float* x, int dim, uint8_t* out) {
+  std::memset(out, 0, size_t(MxRowBytes(f, dim)));
+  if (f == MxFormat::kNvFp4) return EncodeNvFp4(x, dim, out);
+  const int nb = (dim + 31) / 32, w = MxElementBits(f);
+  uint8_t* el = out + nb;
+  for (int b = 0; b < nb; ++b) {
+    const int lo = b * 32, n = std::min(32, dim - lo);
+    if (!AllFinite(x + lo, n)) {
+      out[b] = 0xFF;  // NaN scale: every element of the block reads NaN
+      continue;
+    }
+    float amax = 0;
+    for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[lo + i]));
+    // ilogb is exact floor(log2) for normal and subnormal inputs; an all-zero block takes X = -127.
+    const int X = amax == 0 ? -127 : std::clamp(std::ilogb(amax) - MxEmax(f), -127, 127);
+    out[b] = uint8_t(X + 127);
+    for (int i = 0; i < n; ++i) WriteCode(el, lo + i, w, MxQuantizeElement(f, std::ldexp(double(x[lo + i]), -X)));
+  }
+}
+
+const char* MxFormatName(MxFormat f) {
+  switch (f) {
+    case MxFormat::kFp8E4M3: return "fp8_e4m3";
+    case MxFormat::kFp8E5M2: return "fp8_e5m2";
+    case MxFormat::kFp6E2M3: return "fp6_e2m3";
+    case MxFormat::kFp6E3M2: return "fp6_e3m2";
+    case MxFormat::kFp4E2M1: return "fp4";
+    case MxFormat::kInt8: return "int8";
+    case MxFormat::kNvFp4: return "nvfp4";
+  }
+  return "?";
+}
+
+Result<MxFormat> ParseMxFormat(const std::string& name) {
+  std::string list;
+  for (MxFormat f : kAll) {
+    if (name == MxFormatName(f)) return f;
+    list += (list.empty() ? "" : ", ") + std::string(MxFormatName(f));
+  }
+  return Status::InvalidArgument("kv policy 'mx': fmt=" + name + " is not one of " + list);
+}
+
+std::shared_ptr<const RowCodec> MakeMxCodec(MxFormat f) { return std::make_shared<MxCodec>(f); }
+
+Result<std::shared_ptr<const RowCodec>> ParseMxCodec(const PolicySpec& spec) {
+  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"fmt", "element format fp8_e4m3|fp8_e5m2|fp6_e2m3|fp6_e3m2|fp4|int8|nvfp4, default fp8_e4m3"}}));
+  ATP_ASSIGN_OR_RETURN(std::string name, spec.String("fmt", "fp8_e4m3"));
+  ATP_ASSIGN_OR_RETURN(MxFormat f, ParseMxFormat(name));
+  return MakeMxCodec(f);
+}
+
+}  // namespace atp
