@@ -18,3 +18,6 @@ fi
 if [ -f tests/js/package-lock.json ] && [ ! -d tests/js/node_modules ]; then
   npm ci --prefix tests/js --no-audit --no-fund
 fi
+if [ -f tests/server_js/package-lock.json ] && [ ! -d tests/server_js/node_modules ]; then
+  npm ci --prefix tests/server_js --no-audit --no-fund
+fi

@@ -22,6 +22,8 @@ Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
   Loaded l;
   ATP_ASSIGN_OR_RETURN(l.kv, ParseKvPolicy(f.kv, f.model));
   ATP_ASSIGN_OR_RETURN(l.model, LlamaModel::Load(f.model));
+  for (int layer = 0; layer < l.model->config().num_layers; ++layer)
+    ATP_RETURN_IF_ERROR(l.kv->CheckShape(l.model->kv_shape(layer)));
   const bool has_tok = std::filesystem::exists(f.model + "/tokenizer.json");
   if (need_tokenizer || has_tok) {
     ATP_ASSIGN_OR_RETURN(l.tokenizer, Tokenizer::LoadFromDir(f.model));

@@ -42,7 +42,9 @@ void AddPerplexity(CLI::App& app, Runner* run);
 void AddInspect(CLI::App& app, Runner* run);
 void AddBench(CLI::App& app, Runner* run);
 void AddTestgen(CLI::App& app, Runner* run);
+void AddServe(CLI::App& app, Runner* run);
 void AddCalibrate(CLI::App& app, Runner* run);
 void AddAnalyze(CLI::App& app, Runner* run);
+void AddEval(CLI::App& app, Runner* run);
 
 }  // namespace atp::cli

@@ -1,0 +1,283 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+
+namespace atp {
+
+namespace {
+
+SchedulerOptions Normalize(SchedulerOptions o, const LlamaModel& model) {
+  if (o.context <= 0 || o.context > model.config().max_position) o.context = model.config().max_position;
+  o.max_batch_tokens = std::max(o.max_batch_tokens, 1);
+  // Every running sequence contributes a decode token to each step, so they must all fit one batch.
+  o.max_seqs = std::clamp(o.max_seqs, 1, o.max_batch_tokens);
+  o.max_queue = std::max(o.max_queue, 0);
+  return o;
+}
+
+std::string MiB(size_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB"; }
+
+}  // namespace
+
+struct Scheduler::Running {
+  Running(uint64_t id_, SeqRequest r, const LlamaModel& model)
+      : id(id_), req(std::move(r)), seq(model, *req.kv), sampler(req.sampling), history(req.prompt) {}
+  bool prefilling() const { return fed < req.prompt.size(); }
+
+  uint64_t id;
+  SeqRequest req;
+  Sequence seq;
+  Sampler sampler;
+  std::vector<int32_t> history;  // prompt then generated tokens, for the repetition penalty
+  size_t fed = 0;                // prompt tokens already run through the model
+  int generated = 0;
+  int32_t next = 0;              // the last sampled token: the input of the next decode step
+  bool done = false;
+};
+
+Scheduler::Scheduler(LlamaModel& model, std::vector<int32_t> eos_ids, SchedulerOptions opt)
+    : model_(model),
+      eos_(std::move(eos_ids)),
+      opt_(Normalize(opt, model)),
+      pool_(opt_.kv_memory, opt_.kv_page),
+      thread_([this] { Loop(); }) {}
+
+Scheduler::~Scheduler() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+const KvFootprint& Scheduler::Footprint(const KvPolicyFactory& kv) {
+  const std::string key = kv.Describe();
+  auto it = footprints_.find(key);
+  if (it == footprints_.end()) {
+    std::lock_guard<std::mutex> model_lk(model_mu_);
+    // The probe holds what one sequence of that length holds: beyond 4096 tokens BytesAt extends the
+    // last measured slope instead, so a long-context model is not probed at its full context.
+    it = footprints_.emplace(key, KvFootprint::Measure(model_, kv, std::min(opt_.context, 4096))).first;
+  }
+  return it->second;
+}
+
+size_t Scheduler::Prepare(const KvPolicyFactory& kv) {
+  std::lock_guard<std::mutex> lk(fp_mu_);
+  return Footprint(kv).BytesAt(opt_.context);
+}
+
+Result<uint64_t> Scheduler::Submit(SeqRequest r) {
+  if (!r.kv) return Status::InvalidArgument("no KV policy given");
+  if (r.prompt.empty()) return Status::InvalidArgument("prompt is empty");
+  if (r.max_tokens < 1) return Status::InvalidArgument("max_tokens must be >= 1");
+  if (int64_t(r.prompt.size()) >= opt_.context)
+    return Status::InvalidArgument("prompt of " + std::to_string(r.prompt.size()) +
+                                   " tokens does not fit the context of " + std::to_string(opt_.context) + " tokens");
+  ATP_RETURN_IF_ERROR(r.sampling.Validate());
+  const int total = int(std::min<int64_t>(opt_.context, int64_t(r.prompt.size()) + r.max_tokens));
+  size_t estimate;
+  {
+    std::lock_guard<std::mutex> lk(fp_mu_);
+    estimate = Footprint(*r.kv).BytesAt(total);
+  }
+  if (!pool_.Fits(estimate))
+    return Status::InvalidArgument("a sequence of " + std::to_string(total) + " tokens under kv policy " +
+                                   r.kv->Describe() + " needs " + MiB(estimate) + " of KV memory; the pool holds " +
+                                   MiB(pool_.capacity_bytes()));
+  std::lock_guard<std::mutex> lk(mu_);
+  if (draining_ || stop_) return Status::Unsupported("the server is shutting down");
+  if (int(queue_.size()) >= opt_.max_queue)
+    return Status::ResourceExhausted("the queue is full (" + std::to_string(queue_.size()) + " requests waiting)");
+  const uint64_t id = next_id_++;
+  queue_.push_back({id, std::move(r), estimate});
+  cv_.notify_all();
+  return id;
+}
+
+void Scheduler::Cancel(uint64_t id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  cancels_.insert(id);
+  cv_.notify_all();
+}
+
+bool Scheduler::Drain(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lk(mu_);
+  draining_ = true;
+  const auto idle = [&] { return queue_.empty() && running_count_ == 0; };
+  if (idle_cv_.wait_for(lk, timeout, idle)) return true;
+  cancel_all_ = true;
+  cv_.notify_all();
+  idle_cv_.wait(lk, idle);
+  return false;
+}
+
+Scheduler::Stats Scheduler::stats() const {
+  Stats s;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    s.queued = queue_.size();
+    s.running = running_count_;
+  }
+  s.kv = pool_.usage();
+  s.forward_passes = forward_passes_;
+  s.prompt_tokens = prompt_tokens_;
+  s.generated_tokens = generated_tokens_;
+  return s;
+}
+
+// Strict arrival order: a request that does not fit yet holds back those behind it, so a large
+// request cannot be starved by a stream of small ones.
+void Scheduler::Admit(std::vector<Waiting>* admitted) {
+  while (!queue_.empty() && running_.size() + admitted->size() < size_t(opt_.max_seqs)) {
+    Waiting& w = queue_.front();
+    if (!pool_.TryReserve(w.id, w.estimate)) break;
+    admitted->push_back(std::move(w));
+    queue_.pop_front();
+  }
+  running_count_ = running_.size() + admitted->size();
+}
+
+void Scheduler::Loop() {
+  while (true) {
+    std::vector<Waiting> admitted, dropped;
+    std::unordered_set<uint64_t> cancels;
+    bool cancel_all = false;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] { return stop_ || !queue_.empty() || !running_.empty() || !cancels_.empty() || cancel_all_; });
+      if (stop_) break;
+      cancels.swap(cancels_);
+      std::swap(cancel_all, cancel_all_);
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        if (cancel_all || cancels.count(it->id)) {
+          dropped.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      Admit(&admitted);
+    }
+    for (auto& w : dropped)
+      if (w.req.on_finish) w.req.on_finish("cancelled", Status::Ok());
+    for (auto& w : admitted) running_.push_back(std::make_unique<Running>(w.id, std::move(w.req), model_));
+    for (auto& r : running_)
+      if (cancel_all || cancels.count(r->id)) Finish(*r, "cancelled", Status::Ok());
+    for (int pass = 0; pass < 2; ++pass) {
+      std::erase_if(running_, [&](const std::unique_ptr<Running>& r) {
+        if (r->done) pool_.Release(r->id);
+        return r->done;
+      });
+      if (pass == 0 && !running_.empty()) Step();
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    running_count_ = running_.size();
+    if (queue_.empty() && running_.empty()) idle_cv_.notify_all();
+  }
+  // Stopped: whatever is left ends as cancelled.
+  std::deque<Waiting> left;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    left.swap(queue_);
+  }
+  for (auto& w : left)
+    if (w.req.on_finish) w.req.on_finish("cancelled", Status::Ok());
+  for (auto& r : running_) Finish(*r, "cancelled", Status::Ok());
+  for (auto& r : running_) pool_.Release(r->id);
+  running_.clear();
+  std::lock_guard<std::mutex> lk(mu_);
+  running_count_ = 0;
+  idle_cv_.notify_all();
+}
+
+void Scheduler::Step() {
+  // Decode steps first (one token each), then prompt chunks in admission order with what is left of
+  // the token budget: prefill never delays a running sequence's next token.
+  std::vector<ForwardItem> items;
+  std::vector<Running*> owners;
+  int budget = opt_.max_batch_tokens;
+  for (auto& r : running_)
+    if (!r->prefilling()) {
+      items.push_back({r->seq.kv(), std::span<const int32_t>(&r->next, 1), r->seq.length(), false});
+      owners.push_back(r.get());
+      --budget;
+    }
+  for (auto& r : running_) {
+    if (budget <= 0) break;
+    if (!r->prefilling()) continue;
+    const size_t n = std::min(r->req.prompt.size() - r->fed, size_t(budget));
+    items.push_back({r->seq.kv(), std::span<const int32_t>(r->req.prompt.data() + r->fed, n), r->seq.length(), false});
+    owners.push_back(r.get());
+    budget -= int(n);
+  }
+  Status st;
+  {
+    std::lock_guard<std::mutex> lk(model_mu_);
+    st = model_.Forward(items, &logits_);
+  }
+  ++forward_passes_;
+  if (!st.ok()) {
+    for (Running* r : owners) Finish(*r, "", st);
+    return;
+  }
+  const size_t V = size_t(model_.config().vocab_size);
+  for (size_t i = 0; i < items.size(); ++i) {
+    Running& r = *owners[i];
+    const auto n = int32_t(items[i].tokens.size());
+    r.seq.Advance(n);
+    if (r.prefilling()) {
+      r.fed += size_t(n);
+      prompt_tokens_ += uint64_t(n);
+    }
+    if (!r.prefilling()) Emit(r, std::span<const float>(logits_.data() + i * V, V));
+    pool_.Update(r.id, r.seq.kv_bytes());
+  }
+}
+
+// Mirrors Generate's order of checks, so that a request gives the same tokens batched or alone.
+void Scheduler::Emit(Running& r, std::span<const float> logits) {
+  const int32_t id = r.sampler.Sample(logits, r.history);
+  if (std::find(eos_.begin(), eos_.end(), id) != eos_.end()) {
+    Finish(r, "stop", Status::Ok());
+    return;
+  }
+  r.history.push_back(id);
+  ++r.generated;
+  ++generated_tokens_;
+  TokenEvent ev;
+  ev.id = id;
+  ev.time = std::chrono::steady_clock::now();
+  if (r.req.top_logprobs >= 0) {
+    // One log-sum-exp for the row, so a token's logprob is the same number wherever it is reported;
+    // taken at the largest logit, whose logprob is nearest 0 and so loses least in float.
+    const auto top = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    const float lse = logits[size_t(top)] - Sampler::LogProb(logits, top);
+    ev.logprob = logits[size_t(id)] - lse;
+    std::vector<int32_t> best(logits.size());
+    for (size_t j = 0; j < best.size(); ++j) best[j] = int32_t(j);
+    const size_t k = std::min(size_t(r.req.top_logprobs), best.size());
+    std::partial_sort(best.begin(), best.begin() + long(k), best.end(), [&](int32_t a, int32_t b) {
+      return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+    });
+    for (size_t j = 0; j < k; ++j) ev.top.emplace_back(best[j], logits[size_t(best[j])] - lse);
+  }
+  if (r.req.on_token && !r.req.on_token(ev)) {
+    Finish(r, "stop", Status::Ok());
+    return;
+  }
+  if (r.generated >= r.req.max_tokens || r.seq.length() + 1 > opt_.context) {
+    Finish(r, "length", Status::Ok());
+    return;
+  }
+  r.next = id;
+}
+
+void Scheduler::Finish(Running& r, const std::string& reason, const Status& error) {
+  if (r.done) return;
+  r.done = true;
+  if (r.req.on_finish) r.req.on_finish(reason, error);
+}
+
+}  // namespace atp

@@ -1,0 +1,120 @@
+// Continuous batching: one thread runs iteration-level scheduling over many sequences. Each step packs
+// one decode token of every running sequence and prompt chunks of those still prefilling (up to
+// max_batch_tokens) into a single LlamaModel::Forward, then samples each sequence's next token.
+// It deals in token ids only: text, stop strings and HTTP belong to its callers.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "engine/kv_pool.h"
+#include "engine/sampler.h"
+#include "engine/sequence.h"
+
+namespace atp {
+
+struct SchedulerOptions {
+  int context = 0;              // tokens per sequence (prompt + generated); 0: the model's maximum
+  int max_batch_tokens = 256;   // tokens per forward pass: decode steps plus prefill chunks
+  int max_seqs = 64;            // sequences running at once (at most max_batch_tokens)
+  int max_queue = 64;           // requests waiting for admission; more are refused
+  size_t kv_memory = size_t(1) << 30;  // KV pool budget in bytes
+  size_t kv_page = size_t(64) << 10;   // accounting granularity of the pool
+};
+
+struct TokenEvent {
+  int32_t id = 0;
+  float logprob = 0;                            // log-softmax of the raw logits at id (with logprobs)
+  std::vector<std::pair<int32_t, float>> top;   // the best tokens and their logprobs (with top_logprobs > 0)
+  std::chrono::steady_clock::time_point time;   // when it was sampled
+};
+
+struct SeqRequest {
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  int max_tokens = 16;
+  std::shared_ptr<const KvPolicyFactory> kv;
+  int top_logprobs = -1;  // -1: no logprobs; k >= 0: the sampled token's logprob and the k best
+  // Both run on the scheduler thread and must be quick. on_token sees every sampled token except
+  // EOS and returns false to end the sequence as "stop" (a stop string matched). on_finish is called
+  // exactly once, last, with "stop", "length" or "cancelled", or with an error Status.
+  std::function<bool(const TokenEvent&)> on_token;
+  std::function<void(const std::string& finish_reason, const Status& error)> on_finish;
+};
+
+class Scheduler {
+ public:
+  // eos_ids end a sequence ("stop"). Starts the scheduling thread.
+  Scheduler(LlamaModel& model, std::vector<int32_t> eos_ids, SchedulerOptions opt);
+  ~Scheduler();  // cancels what is left and joins the thread
+
+  // Measures a policy's KV footprint now (Submit does it on first use of a policy, under the lock that
+  // serializes the model's kernels). Returns the estimate for a full-context sequence.
+  size_t Prepare(const KvPolicyFactory& kv);
+
+  // Queues a request and returns its id. ResourceExhausted: the queue is full. InvalidArgument: the
+  // request can never fit the KV pool, or is malformed. Unsupported: the scheduler is draining.
+  Result<uint64_t> Submit(SeqRequest r);
+  // Ends a queued or running request as "cancelled"; unknown or finished ids are ignored.
+  void Cancel(uint64_t id);
+  // Refuses new requests and waits for queued and running ones to finish, up to `timeout`; those
+  // still unfinished then are cancelled. Returns whether all finished in time.
+  bool Drain(std::chrono::milliseconds timeout);
+
+  struct Stats {
+    size_t queued = 0, running = 0;
+    KvPool::Usage kv;
+    uint64_t forward_passes = 0, prompt_tokens = 0, generated_tokens = 0;
+  };
+  Stats stats() const;
+  const SchedulerOptions& options() const { return opt_; }
+
+ private:
+  struct Waiting {
+    uint64_t id;
+    SeqRequest req;
+    size_t estimate;  // KV bytes reserved on admission
+  };
+  struct Running;
+
+  void Loop();
+  void Admit(std::vector<Waiting>* admitted);  // under mu_
+  void Step();
+  void Emit(Running& r, std::span<const float> logits);  // samples the next token, or finishes r
+  void Finish(Running& r, const std::string& reason, const Status& error);
+  const KvFootprint& Footprint(const KvPolicyFactory& kv);  // under fp_mu_
+
+  LlamaModel& model_;
+  const std::vector<int32_t> eos_;
+  const SchedulerOptions opt_;
+  KvPool pool_;
+
+  std::mutex model_mu_;  // held around Forward and footprint probes: kernels take one caller at a time
+  std::mutex fp_mu_;
+  std::map<std::string, KvFootprint> footprints_;  // by policy Describe()
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_, idle_cv_;
+  std::deque<Waiting> queue_;
+  std::unordered_set<uint64_t> cancels_;
+  size_t running_count_ = 0;  // mirror of running_.size() for other threads
+  uint64_t next_id_ = 1;
+  bool draining_ = false, stop_ = false;
+  bool cancel_all_ = false;  // Drain ran out of time
+
+  std::vector<std::unique_ptr<Running>> running_;  // scheduler thread only
+  std::vector<float> logits_;
+  std::atomic<uint64_t> forward_passes_{0}, prompt_tokens_{0}, generated_tokens_{0};
+  std::thread thread_;
+};
+
+}  // namespace atp

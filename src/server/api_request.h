@@ -1,0 +1,44 @@
+// The request bodies of POST /v1/completions and /v1/chat/completions, parsed and checked: the OpenAI
+// fields this server honours, their types and ranges. Unknown fields are ignored; a known field of the
+// wrong type, a value out of range or an option it cannot honour (n > 1, echo, logit_bias) is an error.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/sampler.h"
+
+namespace atp {
+
+// An OpenAI-style error: {"error": {"message", "type", "param", "code": null}} with an HTTP status.
+struct ApiError {
+  int status = 400;
+  std::string message;
+  std::string param;  // the request field at fault; "" renders as null
+  std::string type = "invalid_request_error";
+  nlohmann::ordered_json ToJson() const;
+};
+
+struct ApiRequest {
+  bool chat = false;
+  std::string model;
+  std::string prompt;                  // completions: prompt text ("" when given as token ids)
+  std::vector<int32_t> prompt_ids;     // completions: a prompt given as token ids
+  nlohmann::ordered_json messages;     // chat: [{"role", "content" (a string)}, ...] plus other fields
+  SamplingParams sampling;             // OpenAI defaults: temperature 1, top_p 1; top_k, min_p off
+  bool seeded = false;                 // without a seed each request draws its own
+  std::optional<int> max_tokens;
+  std::vector<std::string> stop;
+  int logprobs = -1;                   // -1: none; else the number of alternatives per token
+  bool stream = false;
+  bool include_usage = false;          // stream_options.include_usage
+  std::optional<std::string> kv;       // extension: KV policy string for this request
+};
+
+// Parses a JSON body; on failure returns the error to send (the request is then not usable).
+std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiRequest* out);
+
+}  // namespace atp

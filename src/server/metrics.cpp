@@ -1,0 +1,76 @@
+#include "server/metrics.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+namespace atp {
+
+namespace {
+// Integers exactly (byte counts exceed six digits), other values to nine significant digits.
+std::string Num(double x) {
+  char buf[40];
+  if (x == std::floor(x) && std::fabs(x) < 1e15) std::snprintf(buf, sizeof buf, "%.0f", x);
+  else std::snprintf(buf, sizeof buf, "%.9g", x);
+  return buf;
+}
+void Metric(std::string* out, const std::string& name, const char* type, const std::string& help, double value) {
+  *out += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " + Num(value) + "\n";
+}
+}  // namespace
+
+Histogram::Histogram(std::vector<double> upper_bounds) : bounds_(std::move(upper_bounds)), counts_(bounds_.size() + 1) {}
+
+void Histogram::Observe(double x) {
+  std::lock_guard<std::mutex> lk(mu_);
+  const size_t b = size_t(std::lower_bound(bounds_.begin(), bounds_.end(), x) - bounds_.begin());
+  ++counts_[b];
+  sum_ += x;
+  ++count_;
+}
+
+void Histogram::Write(const std::string& name, const std::string& help, std::string* out) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  *out += "# HELP " + name + " " + help + "\n# TYPE " + name + " histogram\n";
+  uint64_t cum = 0;
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    cum += counts_[i];
+    const std::string le = i < bounds_.size() ? Num(bounds_[i]) : "+Inf";
+    *out += name + "_bucket{le=\"" + le + "\"} " + std::to_string(cum) + "\n";
+  }
+  *out += name + "_sum " + Num(sum_) + "\n" + name + "_count " + std::to_string(count_) + "\n";
+}
+
+ServerMetrics::ServerMetrics()
+    : ttft_({0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}),
+      itl_({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}) {}
+
+void ServerMetrics::CountRequest(const std::string& endpoint, int status) {
+  std::lock_guard<std::mutex> lk(mu_);
+  ++requests_[{endpoint, status}];
+}
+
+std::string ServerMetrics::Render(const Scheduler::Stats& s) const {
+  std::string out = "# HELP atp_requests_total Completion requests answered, by endpoint and HTTP status.\n"
+                    "# TYPE atp_requests_total counter\n";
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& [key, n] : requests_)
+      out += "atp_requests_total{endpoint=\"" + key.first + "\",code=\"" + std::to_string(key.second) + "\"} " +
+             std::to_string(n) + "\n";
+  }
+  Metric(&out, "atp_prompt_tokens_total", "counter", "Prompt tokens run through the model.", double(s.prompt_tokens));
+  Metric(&out, "atp_generated_tokens_total", "counter", "Tokens sampled.", double(s.generated_tokens));
+  Metric(&out, "atp_forward_passes_total", "counter", "Batched forward passes.", double(s.forward_passes));
+  Metric(&out, "atp_queue_depth", "gauge", "Requests waiting for admission.", double(s.queued));
+  Metric(&out, "atp_running_sequences", "gauge", "Sequences in the running batch.", double(s.running));
+  Metric(&out, "atp_kv_bytes_in_use", "gauge", "KV bytes held by running sequences (measured).", double(s.kv.used_bytes));
+  Metric(&out, "atp_kv_bytes_reserved", "gauge", "KV pool pages charged to running sequences, in bytes.",
+         double(s.kv.charged_bytes));
+  Metric(&out, "atp_kv_bytes_capacity", "gauge", "KV pool budget in bytes (--kv-memory).", double(s.kv.capacity_bytes));
+  ttft_.Write("atp_time_to_first_token_seconds", "From request arrival to its first sampled token.", &out);
+  itl_.Write("atp_inter_token_latency_seconds", "Between consecutive sampled tokens of a sequence.", &out);
+  return out;
+}
+
+}  // namespace atp

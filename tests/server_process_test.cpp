@@ -1,0 +1,105 @@
+// `atp serve` as a process: startup flags, and SIGTERM while a stream is in flight: the stream runs
+// to its end, new requests are refused, and the process exits 0.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "server_fixture.h"
+
+namespace atp::server_test {
+namespace {
+
+// Starts `atp serve ARGS` with stderr in `log`.
+pid_t StartServe(std::vector<std::string> args, const std::string& log) {
+  args.insert(args.begin(), {ATP_BINARY, "serve"});
+  const pid_t pid = fork();
+  if (pid == 0) {
+    FILE* f = std::freopen(log.c_str(), "w", stderr);
+    (void)f;
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+std::string ReadLog(const std::string& log) {
+  std::ifstream in(log);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The port the server announced on stderr, or 0.
+int WaitForPort(const std::string& log, double timeout_s) {
+  int port = 0;
+  WaitFor([&] {
+    std::smatch m;
+    const std::string text = ReadLog(log);
+    if (std::regex_search(text, m, std::regex("http://127\\.0\\.0\\.1:(\\d+)"))) port = std::stoi(m[1]);
+    return port != 0;
+  }, timeout_s);
+  return port;
+}
+
+// Exit status of `pid` within `timeout_s`; kills it and returns -1 when it hangs.
+int WaitExit(pid_t pid, double timeout_s) {
+  int st = 0;
+  if (!WaitFor([&] { return waitpid(pid, &st, WNOHANG) == pid; }, timeout_s)) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+std::string LogPath(const char* name) {
+  return (std::filesystem::temp_directory_path() / (std::string("atp_serve_") + name + "_" + std::to_string(getpid()) + ".log")).string();
+}
+
+TEST(ServeProcess, SigtermFinishesTheStreamInFlightAndExitsZero) {
+  ATP_REQUIRE_REF_MODEL();
+  const std::string log = LogPath("sigterm");
+  const pid_t pid = StartServe({"-m", kRefModel, "--port", "0", "-c", "1024", "--kv-memory", "64M"}, log);
+  const int port = WaitForPort(log, 30);
+  ASSERT_GT(port, 0) << ReadLog(log);
+  EXPECT_EQ(Http(port, "GET", "/v1/models")->Json()["data"][0]["max_model_len"], 1024);
+  HttpConnection a(port, "POST", "/v1/completions",
+                   R"({"prompt": "The", "max_tokens": 400, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}})");
+  ASSERT_TRUE(a.ReadUntil("data: ", 20));
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  ASSERT_TRUE(WaitFor([&] { return ReadLog(log).find("draining") != std::string::npos; }, 10)) << ReadLog(log);
+  auto late = Http(port, "POST", "/v1/completions", R"({"prompt": "The", "max_tokens": 2})");
+  EXPECT_TRUE(late->status() == 503 || late->status() == 0) << late->status();  // refused or not accepted
+  ASSERT_TRUE(a.ReadUntil("data: [DONE]", 60)) << a.body().substr(0, 300);
+  const auto events = SseEvents(a.body());
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events[events.size() - 2]["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(events.back()["usage"]["completion_tokens"], 400);
+  EXPECT_EQ(WaitExit(pid, 30), 0) << ReadLog(log);
+  EXPECT_NE(ReadLog(log).find("stopped"), std::string::npos);
+  std::filesystem::remove(log);
+}
+
+TEST(ServeProcess, BadFlagsExitNonZeroNamingTheFlag) {
+  ATP_REQUIRE_REF_MODEL();
+  for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{{"--kv", "nonsense"}, {"--kv-memory", "lots"}}) {
+    const std::string log = LogPath("badflag");
+    const pid_t pid = StartServe({"-m", kRefModel, "--port", "0", flag, value}, log);
+    EXPECT_EQ(WaitExit(pid, 30), 1) << flag;
+    const std::string text = ReadLog(log);
+    EXPECT_NE(text.find(flag == "--kv" ? "kv" : "--kv-memory"), std::string::npos) << text;
+    EXPECT_EQ(text.find("http://"), std::string::npos) << text;
+    std::filesystem::remove(log);
+  }
+}
+
+}  // namespace
+}  // namespace atp::server_test
