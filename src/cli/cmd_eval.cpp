@@ -84,6 +84,8 @@ void AddEval(CLI::App& app, Runner* run) {
   cmd->add_option("--context", o->s.ppl.context, "prefilled context tokens C per perplexity window")->capture_default_str();
   cmd->add_option("--scored", o->s.ppl.scored, "scored tokens S per window")->capture_default_str();
   cmd->add_option("--max-windows", o->s.ppl.max_windows, "perplexity windows per policy (0: all)")->capture_default_str();
+  cmd->add_flag("--chunked", o->s.ppl.chunked,
+                "score each window's S tokens as one causal chunk (faster; not for eviction policies, which evict between steps)");
   cmd->add_option("--max-cases", o->s.retrieval.max_cases, "retrieval cases per policy (0: all)")->capture_default_str();
   cmd->add_option("--extra-tokens", o->s.retrieval.extra_tokens, "tokens generated beyond the answer's length")->capture_default_str();
   cmd->add_option("--speed-context", o->s.speed.context, "tokens in the cache before timed decode steps")->capture_default_str();
