@@ -21,6 +21,8 @@ void AddBench(CLI::App& app, Runner* run) {
   cmd->add_option("--decode-tokens", o->b.decode_tokens, "timed decode steps per repeat")->capture_default_str();
   cmd->add_option("--repeats", o->b.repeats, "repeats (medians are reported)")->capture_default_str();
   cmd->add_flag("--roofline", o->roofline, "also measure memory bandwidth and sgemm throughput");
+  cmd->add_flag("--random-fill", o->b.random_fill,
+                "fill the decode cache with random rows appended to the policies instead of a model prefill (long contexts in seconds)");
   cmd->callback([o, run] {
     *run = [o]() -> int {
       auto l = Load(o->f, false);
@@ -31,6 +33,7 @@ void AddBench(CLI::App& app, Runner* run) {
       if (!r.ok()) return Fail("bench", r.status());
       nlohmann::json j = {{"model", o->f.model}, {"kv", l->kv->Describe()}, {"threads", ThreadPool::Global().size()},
                           {"prompt_tokens", o->b.prompt_tokens}, {"context", o->b.context},
+                          {"random_fill", o->b.random_fill},
                           {"prefill_tok_s", r->prefill_tok_s}, {"prefill_gflop_s", r->prefill_flop_s / 1e9},
                           {"decode_tok_s", r->decode_tok_s}, {"decode_ms_per_token", r->decode_ms_per_token},
                           {"kv_ms_per_token", r->attention_ms_per_token}, {"kv_bytes_per_token", r->kv_bytes_per_token},

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <thread>
 
@@ -125,6 +126,31 @@ double MeasureSgemm(int m, int n, int k, int runs) {
   return *std::max_element(rates.begin(), rates.end());
 }
 
+namespace {
+
+// BenchOptions::random_fill: `n` tokens of N(0,1) layer inputs and keys/values appended to every
+// layer's policy, in chunks of bounded memory, as if the model had prefilled them.
+Status FillRandom(const LlamaModel& model, Sequence& seq, int n, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int chunk = 1024;
+  for (int b = 0; b < n; b += chunk) {
+    const int t = std::min(chunk, n - b);
+    std::vector<int32_t> pos(static_cast<size_t>(t));
+    std::iota(pos.begin(), pos.end(), b);
+    for (size_t layer = 0; layer < seq.kv().size(); ++layer) {
+      const KvShape s = model.kv_shape(int(layer));
+      std::vector<float> x(size_t(t) * s.d_model), k(size_t(t) * s.kv_dim()), v(k.size());
+      for (auto* buf : {&x, &k, &v})
+        for (float& e : *buf) e = normal(rng);
+      ATP_RETURN_IF_ERROR(seq.kv()[layer]->Append(pos, x.data(), k.data(), v.data()));
+    }
+    seq.Advance(t);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<BenchResult> BenchModel(LlamaModel& model, const KvPolicyFactory& kv, const BenchOptions& opt,
                                const std::function<void(const std::string&)>& progress) {
   const ModelConfig& c = model.config();
@@ -182,10 +208,14 @@ Result<BenchResult> BenchModel(LlamaModel& model, const KvPolicyFactory& kv, con
   for (int r = 0; r < opt.repeats; ++r) {
     if (progress) progress("decode at context " + std::to_string(opt.context) + ", run " + std::to_string(r + 1));
     Sequence seq(model, timed);
-    auto ctx = random_tokens(opt.context);
-    for (int64_t b = 0; b < opt.context; b += 1024) {  // chunked: bounded activation memory
-      int64_t n = std::min<int64_t>(1024, opt.context - b);
-      ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(ctx.data() + b, size_t(n)), false, &logits));
+    if (opt.random_fill) {
+      ATP_RETURN_IF_ERROR(FillRandom(model, seq, opt.context, rng));
+    } else {
+      auto ctx = random_tokens(opt.context);
+      for (int64_t b = 0; b < opt.context; b += 1024) {  // chunked: bounded activation memory
+        int64_t n = std::min<int64_t>(1024, opt.context - b);
+        ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(ctx.data() + b, size_t(n)), false, &logits));
+      }
     }
     const double bw_before = opt.roofline ? bandwidth() : 0;
     std::vector<double> run_steps;

@@ -24,6 +24,12 @@ struct BenchOptions {
   int context = 512;         // tokens in the cache before the timed decode steps
   int decode_tokens = 16;    // timed decode steps
   int repeats = 3;           // median over repeats
+  // Fill the decode cache by appending random rows (X, K, V) straight to each layer's policy instead
+  // of running the model over `context` tokens. Decode time depends on what a representation holds
+  // and reads, not on the values, and filling through the model costs a full prefill (minutes per
+  // policy at 32k tokens of a 1B model on a few cores), which would bar long contexts from the
+  // benchmark. Policies that choose rows by attention (h2o, snapkv) see random scores then.
+  bool random_fill = false;
   // Also measure the machine's limits (read bandwidth, sgemm at the prefill's MLP shape) next to
   // each timed run and report fractions run by run (their median): on a shared machine (other
   // tenants on the same cores and memory) a limit measured minutes apart from the run it bounds
