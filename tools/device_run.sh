@@ -2,13 +2,16 @@
 # GPU jobs for the default model, run from the repo root on the device machine (the `run` tool),
 # with tools/data_cache/{train_data.npz,tokenizer,dev_retrieval.jsonl,eval} carried over.
 # Results go to $OUT (at most 8 files, 16 MiB each, come back): checkpoints are tarred and split.
-#   tools/device_run.sh smoke | main | all | final | atp
-#   (all = main, then the ATP fine-tunes; final = continue models/atp-12m, then the fine-tunes)
+#   tools/device_run.sh smoke | main | all | final | atp | big
+#   (all = main, then the ATP fine-tunes; final = continue models/atp-12m, then the fine-tunes;
+#    big = the larger, longer-context model of models/atp-40m on DATA=tools/data_cache/big)
 set -euo pipefail
 MODE=$1
 OUT=${OUT:-/tmp/out}
 PY=python3
 SHAPE=${SHAPE:-"--layers 8 --d-model 384 --heads 6 --kv-heads 2 --head-dim 64 --ffn 768"}
+BIG_SHAPE="--layers 12 --d-model 512 --heads 8 --kv-heads 2 --head-dim 64 --ffn 1536"
+CTX=${CTX:-1024}; BATCH=${BATCH:-32}   # tokens per step CTX x BATCH
 W=/tmp/work
 mkdir -p $W $OUT
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
@@ -20,27 +23,30 @@ pack() {  # tar a checkpoint dir into <16 MiB pieces (the per-file limit of what
   tar -C $W -cf - "$@" | split -b 15M -d - $OUT/$1.tar.
 }
 
-atp_finetunes() {
-  local BASE=$1 FSTEPS=${FSTEPS:-400} FBUDGET=${FBUDGET:-60}
-  set +e   # an ATP failure must not cost the default model's results
+atp_finetunes() {  # FTAG names the outputs; RET=0 evaluates perplexity only (seconds, not minutes)
+  local BASE=$1 FSTEPS=${FSTEPS:-400} FBUDGET=${FBUDGET:-60} TAG=${FTAG:-atp}
+  local EVRET="--retrieval $EV/valid_retrieval.jsonl"
+  if [ "${RET:-1}" = 0 ]; then EVRET=--no-retrieval; fi
+  set +e   # an ATP failure must not cost the base model's results
   for R in 16 8; do
     KV=atp:block=32,rank=$R,window=64
-    $PY tools/finetune_atp.py --init $BASE --data ${DATA:-tools/data_cache} --out $W/atp-r$R --kv $KV \
-        --basis eigh --steps $FSTEPS --time-budget $FBUDGET --ctx 1024 --batch 32 --lr 3e-4 \
+    $PY tools/finetune_atp.py --init $BASE --data ${DATA:-tools/data_cache} --out $W/$TAG-r$R --kv $KV \
+        --basis eigh --steps $FSTEPS --time-budget $FBUDGET --ctx $CTX --batch $BATCH --lr 3e-4 \
         --dropout 0.1 --retrieval-frac ${RFRAC:-0.5} --eval-every 100 2>&1 | grep -v '"loss"' | tail -6
-    pack atp-r$R
-    for MP in "$BASE $KV" "$W/atp-r$R $KV" "$W/atp-r$R dense"; do
+    pack $TAG-r$R
+    for MP in "$BASE $KV" "$W/$TAG-r$R $KV" "$W/$TAG-r$R dense"; do
       set -- $MP
       timeout ${ETIME:-70} $PY tools/evaluate.py -m $1 --kv $2 --basis eigh -f $EV/valid.txt \
-          --retrieval $EV/valid_retrieval.jsonl --json | tee -a $OUT/eval_atp.jsonl
+          $EVRET --json | tee -a $OUT/eval_$TAG.jsonl
     done
   done
 }
 
 case $MODE in
 smoke)
-  $PY tools/train.py --data ${DATA:-tools/data_cache} --out $W/smoke $SHAPE --ctx 1024 --batch 32 \
-      --steps 40 --warmup 10 --eval-every 40 2>&1 | tail -4
+  $PY tools/train.py --data ${DATA:-tools/data_cache} --out $W/smoke $SHAPE --ctx $CTX --batch $BATCH \
+      --steps ${STEPS:-40} --warmup 10 --eval-every 40 2>&1 | tail -4
+  if [ "${QUICK:-0}" = 1 ]; then exit 0; fi   # shape, data and throughput only
   $PY tools/evaluate.py -m $W/smoke --max-cases 20
   for B in eigh svd; do
     $PY tools/finetune_atp.py --init $W/smoke --data ${DATA:-tools/data_cache} --out $W/smoke-atp-$B \
@@ -71,6 +77,18 @@ final)
   ;;
 atp)
   atp_finetunes ${BASE:?}
+  ;;
+big)
+  # models/atp-40m: context 2048, prose + Debian docs/reference text, retrieval docs up to the
+  # full context
+  $PY tools/train.py --data ${DATA:-tools/data_cache/big} --out $W/big $BIG_SHAPE --ctx 2048 --batch 16 \
+      --steps ${STEPS:-20000} --time-budget ${BUDGET:-525} --lr 1e-3 --warmup 200 --dropout ${DROPOUT:-0.1} \
+      --retrieval-frac ${RFRAC:-0.4} --eval-every 500 --select best 2>&1 | grep -v '"loss"' | tail -30
+  pack big
+  $PY tools/evaluate.py -m $W/big -f $EV/valid.txt --no-retrieval --json | tee $OUT/eval_big.json
+  # Its ATP fine-tunes go in a later call: a call brings back about 64 MiB in all, and each 77 MB
+  # checkpoint is 5 pieces (the model card lists the calls that fetched them):
+  #   BASE=$W/big DATA=tools/data_cache/big CTX=2048 BATCH=16 FTAG=big-atp RET=0 FBUDGET=45 tools/device_run.sh atp
   ;;
 esac
 ls -la $OUT

@@ -89,7 +89,8 @@ def retrieval(model, tok, cases, attn=None, n_new=8):
 
 def evaluate_dir(path, policy=None, valid=VALID, valid_ret=VALID_RET, device=None, max_cases=None,
                  method="svd"):
-    """Dense or ATP perplexity + retrieval of one checkpoint dir, fp32 weights."""
+    """Dense or ATP perplexity + retrieval (skipped when valid_ret is None) of one checkpoint dir,
+    fp32 weights."""
     device = device or pick_device()
     model = M.load_checkpoint(path, device=device).eval()
     tok = bpe.Tokenizer.from_file(path)
@@ -99,11 +100,12 @@ def evaluate_dir(path, policy=None, valid=VALID, valid_ret=VALID_RET, device=Non
     res = {"model": path, "kv": policy or "dense", "file": valid, "device": device,
            "atp_basis": method if attn else None}
     res.update(perplexity(model, ids, attn=attn))
-    cases = [json.loads(l) for l in open(valid_ret)]
-    if max_cases:
-        cases = cases[:max_cases]
-    r, _ = retrieval(model, tok, cases, attn=attn)
-    res["retrieval"] = dict(r, file=valid_ret)
+    if valid_ret:
+        cases = [json.loads(l) for l in open(valid_ret)]
+        if max_cases:
+            cases = cases[:max_cases]
+        r, _ = retrieval(model, tok, cases, attn=attn)
+        res["retrieval"] = dict(r, file=valid_ret)
     res["seconds"] = round(time.time() - t0, 1)
     return res
 
@@ -115,18 +117,20 @@ def main():
     ap.add_argument("-f", "--file", default=VALID)
     ap.add_argument("--retrieval", default=VALID_RET)
     ap.add_argument("--max-cases", type=int, default=None)
+    ap.add_argument("--no-retrieval", action="store_true", help="perplexity only (seconds on a GPU)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--basis", choices=["svd", "eigh"], default="svd",
                     help="ATP block basis: svd (the definition) or eigh of X X^T (same subspace, faster on GPU)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    res = evaluate_dir(a.model, a.kv, a.file, a.retrieval, a.device, a.max_cases, a.basis)
+    res = evaluate_dir(a.model, a.kv, a.file, None if a.no_retrieval else a.retrieval, a.device,
+                       a.max_cases, a.basis)
     if a.json:
         print(json.dumps(res))
     else:
-        print(f"{a.model} kv={res['kv']}: ppl {res['ppl']:.2f} over {res['scored_tokens']} tokens; "
-              f"retrieval {res['retrieval']['correct']}/{res['retrieval']['cases']} "
-              f"{res['retrieval']['by_kind']}")
+        r = res.get("retrieval")
+        print(f"{a.model} kv={res['kv']}: ppl {res['ppl']:.2f} over {res['scored_tokens']} tokens"
+              + (f"; retrieval {r['correct']}/{r['cases']} {r['by_kind']}" if r else ""))
 
 
 if __name__ == "__main__":

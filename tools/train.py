@@ -12,7 +12,9 @@ Each batch row is either a random window of the prose stream, or (with --retriev
     /usr/bin/python3 tools/train.py --data tools/data_cache --out /tmp/m --layers 2 --d-model 64 --steps 50
 """
 import argparse
+import io
 import json
+import lzma
 import math
 import os
 import random
@@ -67,9 +69,18 @@ def build_parser():
     return ap
 
 
+def load_data(data_dir):
+    """DATA/train_data.npz, or DATA/train_data.npz.xz (what `data.py --xz` writes, small enough to
+    carry to the GPU machine)."""
+    path = os.path.join(data_dir, "train_data.npz")
+    if not os.path.exists(path) and os.path.exists(path + ".xz"):
+        with lzma.open(path + ".xz") as f:
+            return np.load(io.BytesIO(f.read()))
+    return np.load(path)
+
+
 class Batches:
-    def __init__(self, npz, ctx, batch, retrieval_frac, seed):
-        d = np.load(npz)
+    def __init__(self, d, ctx, batch, retrieval_frac, seed):
         self.prose = torch.from_numpy(d["prose_train"].astype(np.int64))
         self.dev = torch.from_numpy(d["prose_dev"].astype(np.int64))
         self.ret = torch.from_numpy(d["ret_tokens"].astype(np.int64))
@@ -158,7 +169,7 @@ def train(a):
     model.to(device).train()
     pol = atp_attention.parse_policy(a.kv)
     attn = None if pol is None else atp_attention.make_attn(pol["block"], pol["rank"], pol["window"], a.basis)
-    data = Batches(os.path.join(a.data, "train_data.npz"), a.ctx, a.batch, a.retrieval_frac, a.seed)
+    data = Batches(load_data(a.data), a.ctx, a.batch, a.retrieval_frac, a.seed)
     dev_x = data.dev_windows()
     cases = ret_dev_cases(tok, os.path.join(a.data, "dev_retrieval.jsonl"))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
