@@ -131,6 +131,10 @@ Status Parse(const json& j, ModelConfig* c) {
   ATP_RETURN_IF_ERROR(GetInt(j, "head_dim", false, &c->head_dim));
   if (c->head_dim <= 0 || c->head_dim % 2 != 0)
     return Status::InvalidArgument("head_dim must be even and > 0, got " + std::to_string(c->head_dim));
+  // q_dim() and kv_dim() are ints (kv_dim <= q_dim): the product must fit, with the same bound as one field.
+  if (int64_t(c->num_heads) * c->head_dim > (int64_t(1) << 30))
+    return Status::InvalidArgument("num_attention_heads * head_dim = " +
+                                   std::to_string(int64_t(c->num_heads) * c->head_dim) + " is out of range");
   if (!(c->rms_norm_eps > 0) || !(c->rope_theta > 0))
     return Status::InvalidArgument("rms_norm_eps and rope_theta must be > 0");
   return Status::Ok();

@@ -30,7 +30,9 @@ Status SafeTensors::ParseFile(std::shared_ptr<MappedFile> file, std::map<std::st
   const uint8_t* base = file->data() + 8 + hlen;
   for (auto& [name, info] : h.items()) {
     if (name == "__metadata__") continue;
-    auto bad = [&](const std::string& why) { return Status::Corruption(where + ": tensor '" + name + "': " + why); };
+    // A named reference: clang before 16 cannot capture a structured binding in a lambda.
+    const std::string& tensor = name;
+    auto bad = [&](const std::string& why) { return Status::Corruption(where + ": tensor '" + tensor + "': " + why); };
     if (!info.is_object()) return bad("entry is not an object");
     auto dt = info.find("dtype");
     auto sh = info.find("shape");

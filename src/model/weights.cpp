@@ -34,9 +34,10 @@ Result<ModelWeights> BindWeights(const ModelConfig& c, const SafeTensors& st) {
   } else {
     ATP_RETURN_IF_ERROR(Bind(st, "lm_head.weight", {V, d}, &w.lm_head));
   }
-  w.layers.resize(size_t(c.num_layers));
   for (int l = 0; l < c.num_layers; ++l) {
-    LayerWeights& L = w.layers[size_t(l)];
+    // One layer at a time: a config claiming more layers than the file holds (up to 2^30) fails on the
+    // first missing tensor instead of allocating for all of them first.
+    LayerWeights& L = w.layers.emplace_back();
     const std::string p = "model.layers." + std::to_string(l) + ".";
     ATP_RETURN_IF_ERROR(Bind(st, p + "input_layernorm.weight", {d}, &L.attn_norm));
     ATP_RETURN_IF_ERROR(Bind(st, p + "self_attn.q_proj.weight", {qd, d}, &L.wq));

@@ -161,8 +161,18 @@ void ParseStop(Fields& f, ApiRequest* r) {
 }  // namespace
 
 std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiRequest* out) {
-  const OJson j = OJson::parse(body, nullptr, false);
+  // Copying a JSON value (messages, stop) or rendering it in a chat template recurses once per level:
+  // a body of a few hundred KB of '[' would overflow a server thread's stack. Real requests nest a few levels.
+  constexpr int kMaxDepth = 64;
+  int depth = 0;
+  const auto track = [&depth](int d, OJson::parse_event_t, OJson&) {
+    depth = std::max(depth, d);
+    return true;
+  };
+  const OJson j = OJson::parse(body, track, false);
   if (j.is_discarded()) return ApiError{400, "the request body is not valid JSON", ""};
+  if (depth > kMaxDepth)
+    return ApiError{400, "the request body nests JSON deeper than " + std::to_string(kMaxDepth) + " levels", ""};
   if (!j.is_object()) return ApiError{400, "the request body must be a JSON object", ""};
   Fields f(j);
   ApiRequest r;

@@ -44,8 +44,10 @@ pcre2_match_context* ThreadMatchContext() {
 Result<Regex> Regex::Compile(std::string_view pattern, bool literal) {
   int err = 0;
   PCRE2_SIZE err_offset = 0;
-  // PCRE2 refuses UCP with LITERAL; character properties mean nothing to a literal anyway.
-  const uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
+  // PCRE2 refuses UCP with LITERAL; character properties mean nothing to a literal anyway. \C matches
+  // one byte even in UTF mode: its matches would split characters, and the next pattern would then run
+  // on invalid UTF-8 without PCRE2's check (undefined; a match could end past the subject).
+  const uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C);
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options,
                                    &err, &err_offset, nullptr);
   if (!code)

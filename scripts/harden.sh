@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Hardening stage, run by .ci/run after scripts/test.sh: the whole test suite built with ASan+UBSan
+# (GCC, build-asan/), then a short run of every libFuzzer target from its seeds (clang, build-fuzz/).
+#   scripts/harden.sh [asan] [fuzz]   both parts by default
+# FUZZ_SECONDS: run per target (default 30); JOBS: build and ctest parallelism (default 2).
+# Any sanitizer report, crash, leak or input slower than 10 s fails the stage; the fuzzers leave the
+# input in build-fuzz/artifacts/ and the log in build-fuzz/logs/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+JOBS=${JOBS:-2}
+PARTS=${*:-asan fuzz}
+# target: dictionaries (fuzz/dict/) it is fuzzed with
+TARGETS="safetensors:json,safetensors config:json,config tokenizer_json:json,tokenizer
+         tokenizer_encode:tokenizer_encode kv_policy:kv_policy api_request:json,api_request"
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+stage() { echo "== harden: $* ($(date -u +%T))"; }
+
+if [[ " $PARTS " == *" asan "* ]]; then
+  stage "test suite under ASan+UBSan"
+  # The CUDA backend stays out: nvcc code is not instrumented, and the sanitizers target the CPU paths.
+  cmake -S . -B build-asan -DATP_SANITIZE=ON -DATP_CUDA=OFF -DATP_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  cmake --build build-asan -j"$JOBS"
+  # python_tools runs Python only: nothing there is instrumented, and the release suite ran it already.
+  ctest --test-dir build-asan --output-on-failure -j"$JOBS" --timeout 1200 -E '^python_tools$'
+fi
+
+if [[ " $PARTS " == *" fuzz "* ]]; then
+  stage "fuzz targets: build"
+  cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DATP_FUZZ=ON -DATP_CUDA=OFF \
+        -DATP_BUILD_TESTS=OFF -DATP_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  names=""
+  for t in $TARGETS; do names="$names fuzz_${t%%:*}"; done
+  cmake --build build-fuzz -j"$JOBS" --target $names
+  python3 fuzz/make_seeds.py build-fuzz/seeds
+  mkdir -p build-fuzz/dict build-fuzz/artifacts build-fuzz/logs
+  for t in $TARGETS; do
+    name=${t%%:*}
+    dicts=${t#*:}
+    for d in ${dicts//,/ }; do cat "fuzz/dict/$d.dict"; done > "build-fuzz/dict/$name.dict"
+    mkdir -p "build-fuzz/corpus/$name"
+    stage "fuzz_$name for ${FUZZ_SECONDS}s"
+    # New inputs go to build-fuzz/corpus/NAME; the seeds directory is only read.
+    if ! "build-fuzz/fuzz/fuzz_$name" "build-fuzz/corpus/$name" "build-fuzz/seeds/$name" \
+         -dict="build-fuzz/dict/$name.dict" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 \
+         -print_final_stats=1 -artifact_prefix="build-fuzz/artifacts/fuzz_$name-" \
+         > "build-fuzz/logs/$name.log" 2>&1; then
+      tail -n 60 "build-fuzz/logs/$name.log"
+      echo "harden: fuzz_$name failed; reproduce with build-fuzz/fuzz/fuzz_$name build-fuzz/artifacts/fuzz_$name-*" >&2
+      exit 1
+    fi
+    grep -E '^#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb' "build-fuzz/logs/$name.log" || true
+  done
+fi
+stage "done"

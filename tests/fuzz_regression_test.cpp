@@ -1,0 +1,82 @@
+// Inputs that crashed, hung or tripped a sanitizer in the fuzz/ targets (or in reviewing them), kept
+// as they were found: each test fails on the code before its fix. docs/hardening.md lists them.
+#include <string>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "core/mapped_file.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "model/testgen.h"
+#include "model/weights.h"
+#include "server/api_request.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
+
+namespace atp {
+namespace {
+
+// fuzz_config: q_dim() = 65536 * 65536 overflowed int (UBSan: signed integer overflow).
+TEST(FuzzRegression, ConfigHeadProductOutOfRange) {
+  const std::string cfg =
+      R"({"model_type":"llama","hidden_size":256,"intermediate_size":688,"num_hidden_layers":6,)"
+      R"("num_attention_heads":65536,"num_key_value_heads":65536,"head_dim":65536,"vocab_size":4096})";
+  auto c = ParseModelConfig(cfg, "config.json");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("num_attention_heads * head_dim"), std::string::npos) << c.status().ToString();
+}
+
+// fuzz_config: a config claiming 2^30 layers made BindWeights allocate all of them (about 500 GB)
+// before finding that layer 2 is missing; it must fail on the missing tensor instead.
+TEST(FuzzRegression, ConfigClaimingMoreLayersThanTheFileHolds) {
+  testing::TempDir d("layers");
+  ASSERT_TRUE(WriteTestModel("tiny", d.path(), DType::kF32, 1).ok());
+  auto text = ReadFile(d / "config.json");
+  ASSERT_TRUE(text.ok());
+  nlohmann::json j = nlohmann::json::parse(*text);
+  const int layers = j["num_hidden_layers"];
+  j["num_hidden_layers"] = 1 << 30;
+  auto cfg = ParseModelConfig(j.dump(), "config.json");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  auto st = SafeTensors::Open(d.path());
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  auto w = BindWeights(*cfg, **st);
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(w.status().message().find("model.layers." + std::to_string(layers) + "."), std::string::npos)
+      << w.status().ToString();
+}
+
+// A 200 KB body of nested lists overflowed the stack: ParseApiRequest copies "stop" and each message,
+// and a JSON copy recurses once per level. (Found writing fuzz_api_request, whose inputs stay far
+// smaller by default; the same copy ran on a server thread.)
+TEST(FuzzRegression, RequestNestedTooDeeply) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  for (const auto& [body, chat] : {std::pair{R"({"prompt":"x","stop":)" + deep + "}", false},
+                                   {R"({"messages":[{"role":"user","content":"x","extra":)" + deep + "}]}", true}}) {
+    ApiRequest r;
+    auto err = ParseApiRequest(body, chat, &r);
+    ASSERT_TRUE(err);
+    EXPECT_EQ(err->status, 400);
+    EXPECT_NE(err->message.find("deeper than 64"), std::string::npos) << err->message;
+  }
+  ApiRequest r;  // the nesting real requests use still parses
+  EXPECT_FALSE(ParseApiRequest(R"({"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]})", true, &r));
+}
+
+// fuzz_tokenizer_json: a Split on \C cut "é" into its two bytes; the next Split then matched past
+// the end of the one-byte piece and substr threw std::out_of_range out of Encode (std::terminate).
+// \C is now refused when the tokenizer loads.
+TEST(FuzzRegression, TokenizerRegexSplittingCharactersIsRefused) {
+  const std::string tok = R"({"model":{"type":"BPE","vocab":{"a":0,"\u00e9":1},"merges":[]},)"
+                          R"("pre_tokenizer":{"type":"Sequence","pretokenizers":[)"
+                          R"({"type":"Split","pattern":{"Regex":"\\C"},"behavior":"Isolated"},)"
+                          R"({"type":"Split","pattern":{"Regex":"."},"behavior":"Removed"}]}})";
+  auto t = Tokenizer::LoadFromJson(tok, "", "tokenizer.json");
+  ASSERT_FALSE(t.ok()) << "loaded; Encode(\"\u00e9\") would have split the character";
+  EXPECT_EQ(t.status().code(), Status::Code::kUnsupported) << t.status().ToString();
+  EXPECT_NE(t.status().message().find("pretokenizers[0].pattern.Regex"), std::string::npos) << t.status().ToString();
+}
+
+}  // namespace
+}  // namespace atp
