@@ -18,7 +18,14 @@
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
+#include "kernels/simd.h"
+#if !defined(ATP_KERNELS_ONLY)  // the AVX2 build (atp_tests_avx2) links the kernels alone
 #include "kv/kv_policy.h"
+#endif
+
+#if defined(ATP_EXPECT_SIMD_WIDTH)
+static_assert(ATP_SIMD_WIDTH == ATP_EXPECT_SIMD_WIDTH, "this build must compile the kernels' vector paths at that width");
+#endif
 
 namespace atp {
 namespace {
@@ -329,6 +336,7 @@ TEST(Kernels, GroupedAttentionMatchesPerHeadCalls) {
         }
 }
 
+#if !defined(ATP_KERNELS_ONLY)
 // ---------------------------------------------------------------------------------------------
 // The dense KV policy against brute-force softmax attention with grouped-query heads.
 
@@ -434,6 +442,8 @@ TEST(DensePolicy, RejectsOutOfOrderAppend) {
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("position 3"), std::string::npos) << s.ToString();
 }
+
+#endif  // !ATP_KERNELS_ONLY
 
 }  // namespace
 }  // namespace atp

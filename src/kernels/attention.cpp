@@ -1,8 +1,8 @@
 #include "kernels/attention.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
+
+#include "kernels/simd.h"
 
 namespace atp {
 
@@ -14,45 +14,23 @@ inline float LoadScalar(const void* base, DType t, int64_t off) {
   return t == DType::kBF16 ? Bf16ToF32(h) : F16ToF32(h);
 }
 
-#if defined(__AVX512F__)
-// 16 elements at element offset `off` of rows stored as T, widened to f32 (T fixed at compile time).
-template <DType T>
-inline __m512 Load16(const void* base, int64_t off) {
-  if constexpr (T == DType::kF32) {
-    return _mm512_loadu_ps(static_cast<const float*>(base) + off);
-  } else {
-    __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + off));
-    if constexpr (T == DType::kBF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    else return _mm512_cvtph_ps(h);
-  }
-}
-
-inline __m256 Fold(__m512 v) {  // 16 lanes -> 8 partial sums
-  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
-// The horizontal sums of four vectors at once, as [sum(a), sum(b), sum(c), sum(d)].
-inline __m128 Sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  __m256 ab = _mm256_hadd_ps(Fold(a), Fold(b));
-  __m256 cd = _mm256_hadd_ps(Fold(c), Fold(d));
-  __m256 abcd = _mm256_hadd_ps(ab, cd);
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
-// Four keys per step: the query vector is loaded once per 16 columns and the four dot products
+#if defined(ATP_SIMD_WIDTH)
+// Four keys per step: the query vector is loaded once per kLanes columns and the four dot products
 // share one horizontal reduction.
 template <DType T>
-void ScoresAvx512(const float* q, int dim, const KvRows& k, float scale, float* scores) {
-  const int dv = dim & ~15;
+void ScoresSimd(const float* q, int dim, const KvRows& k, float scale, float* scores) {
+  using namespace simd;
+  const int dv = dim & ~(kLanes - 1);
   int64_t j = 0;
   for (; j + 4 <= k.count; j += 4) {
     const int64_t r0 = j * k.stride, r1 = r0 + k.stride, r2 = r1 + k.stride, r3 = r2 + k.stride;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int i = 0; i < dv; i += 16) {
-      const __m512 qv = _mm512_loadu_ps(q + i);
-      a0 = _mm512_fmadd_ps(qv, Load16<T>(k.data, r0 + i), a0);
-      a1 = _mm512_fmadd_ps(qv, Load16<T>(k.data, r1 + i), a1);
-      a2 = _mm512_fmadd_ps(qv, Load16<T>(k.data, r2 + i), a2);
-      a3 = _mm512_fmadd_ps(qv, Load16<T>(k.data, r3 + i), a3);
+    Vec a0 = Zero(), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < dv; i += kLanes) {
+      const Vec qv = Load(q + i);
+      a0 = Fma(qv, LoadAs<T>(k.data, r0 + i), a0);
+      a1 = Fma(qv, LoadAs<T>(k.data, r1 + i), a1);
+      a2 = Fma(qv, LoadAs<T>(k.data, r2 + i), a2);
+      a3 = Fma(qv, LoadAs<T>(k.data, r3 + i), a3);
     }
     float s[4];
     _mm_storeu_ps(s, Sum4(a0, a1, a2, a3));
@@ -63,41 +41,44 @@ void ScoresAvx512(const float* q, int dim, const KvRows& k, float scale, float* 
   }
   for (; j < k.count; ++j) {
     const int64_t row = j * k.stride;
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < dv; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), Load16<T>(k.data, row + i), acc);
-    float s = _mm512_reduce_add_ps(acc);
+    Vec acc = Zero();
+    for (int i = 0; i < dv; i += kLanes) acc = Fma(Load(q + i), LoadAs<T>(k.data, row + i), acc);
+    float s = ReduceAdd(acc);
     for (int i = dv; i < dim; ++i) s += q[i] * LoadScalar(k.data, T, row + i);
     scores[j] = s * scale;
   }
 }
 
-// Column tiles held in registers across all rows (out is read and written once per tile); two rows
-// per step into separate accumulators so consecutive FMAs do not wait on each other.
+// Column tiles of 4 vectors held in registers across all rows (out is read and written once per
+// tile); two rows per step into separate accumulators so consecutive FMAs do not wait on each other.
+// 8 accumulators: half the register file with AVX2, a quarter with AVX-512.
 template <DType T>
-int AccumulateAvx512(const float* p, const KvRows& v, int dim, float* out) {
+int AccumulateSimd(const float* p, const KvRows& v, int dim, float* out) {
+  using namespace simd;
+  constexpr int kTile = 4 * kLanes;
   int i = 0;
-  for (; i + 64 <= dim; i += 64) {
-    __m512 a[4], b[4];
-    for (int c = 0; c < 4; ++c) a[c] = _mm512_loadu_ps(out + i + 16 * c), b[c] = _mm512_setzero_ps();
+  for (; i + kTile <= dim; i += kTile) {
+    Vec a[4], b[4];
+    for (int c = 0; c < 4; ++c) a[c] = Load(out + i + kLanes * c), b[c] = Zero();
     int64_t j = 0;
     for (; j + 2 <= v.count; j += 2) {
-      const __m512 p0 = _mm512_set1_ps(p[j]), p1 = _mm512_set1_ps(p[j + 1]);
+      const Vec p0 = Set1(p[j]), p1 = Set1(p[j + 1]);
       const int64_t r0 = j * v.stride + i, r1 = r0 + v.stride;
       for (int c = 0; c < 4; ++c) {
-        a[c] = _mm512_fmadd_ps(p0, Load16<T>(v.data, r0 + 16 * c), a[c]);
-        b[c] = _mm512_fmadd_ps(p1, Load16<T>(v.data, r1 + 16 * c), b[c]);
+        a[c] = Fma(p0, LoadAs<T>(v.data, r0 + kLanes * c), a[c]);
+        b[c] = Fma(p1, LoadAs<T>(v.data, r1 + kLanes * c), b[c]);
       }
     }
     if (j < v.count) {
-      const __m512 p0 = _mm512_set1_ps(p[j]);
-      for (int c = 0; c < 4; ++c) a[c] = _mm512_fmadd_ps(p0, Load16<T>(v.data, j * v.stride + i + 16 * c), a[c]);
+      const Vec p0 = Set1(p[j]);
+      for (int c = 0; c < 4; ++c) a[c] = Fma(p0, LoadAs<T>(v.data, j * v.stride + i + kLanes * c), a[c]);
     }
-    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(out + i + 16 * c, _mm512_add_ps(a[c], b[c]));
+    for (int c = 0; c < 4; ++c) Store(out + i + kLanes * c, Add(a[c], b[c]));
   }
-  for (; i + 16 <= dim; i += 16) {
-    __m512 a = _mm512_loadu_ps(out + i);
-    for (int64_t j = 0; j < v.count; ++j) a = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), Load16<T>(v.data, j * v.stride + i), a);
-    _mm512_storeu_ps(out + i, a);
+  for (; i + kLanes <= dim; i += kLanes) {
+    Vec a = Load(out + i);
+    for (int64_t j = 0; j < v.count; ++j) a = Fma(Set1(p[j]), LoadAs<T>(v.data, j * v.stride + i), a);
+    Store(out + i, a);
   }
   return i;  // columns done
 }
@@ -106,11 +87,11 @@ int AccumulateAvx512(const float* p, const KvRows& v, int dim, float* out) {
 }  // namespace
 
 void AttnScores(const float* q, int dim, const KvRows& k, float scale, float* scores) {
-#if defined(__AVX512F__)
+#if defined(ATP_SIMD_WIDTH)
   switch (k.dtype) {
-    case DType::kF32: return ScoresAvx512<DType::kF32>(q, dim, k, scale, scores);
-    case DType::kBF16: return ScoresAvx512<DType::kBF16>(q, dim, k, scale, scores);
-    case DType::kF16: return ScoresAvx512<DType::kF16>(q, dim, k, scale, scores);
+    case DType::kF32: return ScoresSimd<DType::kF32>(q, dim, k, scale, scores);
+    case DType::kBF16: return ScoresSimd<DType::kBF16>(q, dim, k, scale, scores);
+    case DType::kF16: return ScoresSimd<DType::kF16>(q, dim, k, scale, scores);
   }
 #endif
   for (int64_t j = 0; j < k.count; ++j) {
@@ -123,11 +104,11 @@ void AttnScores(const float* q, int dim, const KvRows& k, float scale, float* sc
 
 void AttnAccumulate(const float* p, const KvRows& v, int dim, float* out) {
   int i = 0;
-#if defined(__AVX512F__)
+#if defined(ATP_SIMD_WIDTH)
   switch (v.dtype) {
-    case DType::kF32: i = AccumulateAvx512<DType::kF32>(p, v, dim, out); break;
-    case DType::kBF16: i = AccumulateAvx512<DType::kBF16>(p, v, dim, out); break;
-    case DType::kF16: i = AccumulateAvx512<DType::kF16>(p, v, dim, out); break;
+    case DType::kF32: i = AccumulateSimd<DType::kF32>(p, v, dim, out); break;
+    case DType::kBF16: i = AccumulateSimd<DType::kBF16>(p, v, dim, out); break;
+    case DType::kF16: i = AccumulateSimd<DType::kF16>(p, v, dim, out); break;
   }
 #endif
   for (; i < dim; ++i) {

@@ -1,7 +1,6 @@
 #include "kernels/matmul.h"
 
 #include <cblas.h>
-#include <immintrin.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,46 +8,11 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kernels/simd.h"
 
 namespace atp {
 
 namespace {
-
-// Loads 16 (AVX-512) or 8 (AVX2) weights of any dtype as f32 lanes.
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-using Vec = __m512;
-inline Vec LoadW(const float* p) { return _mm512_loadu_ps(p); }
-inline Vec LoadW(const uint16_t* p, DType t) {
-  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  if (t == DType::kBF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  return _mm512_cvtph_ps(h);
-}
-inline Vec LoadX(const float* p) { return _mm512_loadu_ps(p); }
-inline Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
-inline Vec Zero() { return _mm512_setzero_ps(); }
-inline float Sum(Vec v) { return _mm512_reduce_add_ps(v); }
-#else
-constexpr int kLanes = 8;
-using Vec = __m256;
-inline Vec LoadW(const float* p) { return _mm256_loadu_ps(p); }
-inline Vec LoadW(const uint16_t* p, DType t) {
-  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  if (t == DType::kBF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  return _mm256_cvtph_ps(h);
-}
-inline Vec LoadX(const float* p) { return _mm256_loadu_ps(p); }
-inline Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
-inline Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
-inline Vec Zero() { return _mm256_setzero_ps(); }
-inline float Sum(Vec v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_hadd_ps(s, s);
-  s = _mm_hadd_ps(s, s);
-  return _mm_cvtss_f32(s);
-}
-#endif
 
 inline float ScalarW(const void* w, DType t, int64_t i) {
   switch (t) {
@@ -64,33 +28,47 @@ inline float ScalarW(const void* w, DType t, int64_t i) {
 // FMA chains. One row at a time is deliberate: interleaving several weight rows (4 streams 4 KiB
 // apart) measured ~30% slower on the reference machine than one sequential stream per thread.
 // T: float (f32 weights) or uint16_t (f16/bf16).
+#if defined(ATP_SIMD_WIDTH)
+template <typename T>
+inline simd::Vec LoadW(const T* w, DType t) {
+  if constexpr (sizeof(T) == 4) return simd::Load(w);
+  else return t == DType::kBF16 ? simd::LoadBf16(w) : simd::LoadF16(w);
+}
+
 template <int R, int U, typename T>
 inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, int64_t out) {
+  using namespace simd;
   Vec acc[R][U];
   for (int r = 0; r < R; ++r)
     for (int u = 0; u < U; ++u) acc[r][u] = Zero();
   int64_t i = 0;
   for (; i + U * kLanes <= in; i += U * kLanes) {
     for (int u = 0; u < U; ++u) {
-      Vec wv;
-      if constexpr (sizeof(T) == 4) wv = LoadW(w + i + u * kLanes);
-      else wv = LoadW(w + i + u * kLanes, t);
-      for (int r = 0; r < R; ++r) acc[r][u] = Fma(wv, LoadX(x + r * in + i + u * kLanes), acc[r][u]);
+      const Vec wv = LoadW(w + i + u * kLanes, t);
+      for (int r = 0; r < R; ++r) acc[r][u] = Fma(wv, Load(x + r * in + i + u * kLanes), acc[r][u]);
     }
   }
   for (; i + kLanes <= in; i += kLanes) {
-    Vec wv;
-    if constexpr (sizeof(T) == 4) wv = LoadW(w + i);
-    else wv = LoadW(w + i, t);
-    for (int r = 0; r < R; ++r) acc[r][0] = Fma(wv, LoadX(x + r * in + i), acc[r][0]);
+    const Vec wv = LoadW(w + i, t);
+    for (int r = 0; r < R; ++r) acc[r][0] = Fma(wv, Load(x + r * in + i), acc[r][0]);
   }
   for (int r = 0; r < R; ++r) {
     for (int u = 1; u < U; ++u) acc[r][0] = Add(acc[r][0], acc[r][u]);
-    float s = Sum(acc[r][0]);
+    float s = ReduceAdd(acc[r][0]);
     for (int64_t j = i; j < in; ++j) s += ScalarW(w, t, j) * x[r * in + j];
     y[r * out] = s;
   }
 }
+#else
+template <int R, int U, typename T>
+inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, int64_t out) {
+  for (int r = 0; r < R; ++r) {
+    float s = 0;
+    for (int64_t j = 0; j < in; ++j) s += ScalarW(w, t, j) * x[r * in + j];
+    y[r * out] = s;
+  }
+}
+#endif
 
 // Output rows [b, e) for R rows of x (x: (R, in), y: (R, out) with row stride out).
 template <int R, typename T>

@@ -1,34 +1,38 @@
 #include "kernels/ops.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "kernels/simd.h"
+
 namespace atp {
 
 namespace {
-#if defined(__AVX512F__)
-// exp(x) for 16 lanes: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact r), Cephes'
-// degree-6 polynomial for exp(r), then scale by 2^n. Relative error ~2 ulp; inputs below -104
-// give 0 (as exp does in f32), above 88.7 give +inf.
-inline __m512 Exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.8f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
+// sum x[i]^2 in double: d can be 8192 and the reference sums in f32 with pairwise order. The vector
+// path converts kLanes / 2 floats at a time to double lanes; only the order of double additions changes.
+double SumSquares(const float* x, int64_t d) {
+  int64_t i = 0;
+  double ss = 0;
+#if ATP_SIMD_WIDTH == 16
+  __m512d acc = _mm512_setzero_pd();
+  for (; i + 8 <= d; i += 8) {
+    const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
+    acc = _mm512_fmadd_pd(v, v, acc);
+  }
+  ss = _mm512_reduce_add_pd(acc);
+#elif ATP_SIMD_WIDTH == 8
+  __m256d acc = _mm256_setzero_pd();
+  for (; i + 4 <= d; i += 4) {
+    const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
+    acc = _mm256_fmadd_pd(v, v, acc);
+  }
+  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(acc), _mm256_extractf128_pd(acc, 1));
+  ss = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
 #endif
+  for (; i < d; ++i) ss += double(x[i]) * x[i];
+  return ss;
+}
 }  // namespace
 
 void RmsNorm(const float* x, int64_t n, int64_t d, const TensorView& weight, float eps, float* out) {
@@ -37,8 +41,7 @@ void RmsNorm(const float* x, int64_t n, int64_t d, const TensorView& weight, flo
   ToF32(weight.dtype, weight.data, w.data(), size_t(d));
   for (int64_t r = 0; r < n; ++r) {
     const float* xr = x + r * d;
-    double ss = 0;  // double: d can be 8192 and the reference sums in f32 with pairwise order
-    for (int64_t i = 0; i < d; ++i) ss += double(xr[i]) * xr[i];
+    const double ss = SumSquares(xr, d);
     float inv = float(1.0 / std::sqrt(ss / double(d) + eps));
     float* o = out + r * d;
     for (int64_t i = 0; i < d; ++i) o[i] = xr[i] * inv * w[size_t(i)];
@@ -68,12 +71,13 @@ void ApplyRope(float* x, int64_t n, int heads, int head_dim, const int32_t* posi
 
 void SiluMul(float* gate, const float* up, int64_t n) {
   int64_t i = 0;
-#if defined(__AVX512F__)
-  const __m512 one = _mm512_set1_ps(1.0f);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 g = _mm512_loadu_ps(gate + i);
-    const __m512 e = Exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));  // exp(-g)
-    _mm512_storeu_ps(gate + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_loadu_ps(up + i)));
+#if defined(ATP_SIMD_WIDTH)
+  using namespace simd;
+  const Vec one = Set1(1.0f);
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec g = Load(gate + i);
+    const Vec e = Exp(Sub(Zero(), g));  // exp(-g)
+    Store(gate + i, Mul(Div(g, Add(one, e)), Load(up + i)));
   }
 #endif
   for (; i < n; ++i) {
@@ -86,25 +90,26 @@ void Softmax(float* x, int64_t n) {
   if (n <= 0) return;
   int64_t i = 0;
   float m = x[0];
-#if defined(__AVX512F__)
-  if (n >= 16) {
-    __m512 vm = _mm512_loadu_ps(x);
-    for (i = 16; i + 16 <= n; i += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(x + i));
-    m = _mm512_reduce_max_ps(vm);
+#if defined(ATP_SIMD_WIDTH)
+  using namespace simd;
+  if (n >= kLanes) {
+    Vec vm = Load(x);
+    for (i = kLanes; i + kLanes <= n; i += kLanes) vm = Max(vm, Load(x + i));
+    m = ReduceMax(vm);
   }
 #endif
   for (; i < n; ++i) m = std::max(m, x[i]);
   float s = 0;
   i = 0;
-#if defined(__AVX512F__)
-  const __m512 vmax = _mm512_set1_ps(m);
-  __m512 vs = _mm512_setzero_ps();  // 16 partial sums
-  for (; i + 16 <= n; i += 16) {
-    const __m512 e = Exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmax));
-    _mm512_storeu_ps(x + i, e);
-    vs = _mm512_add_ps(vs, e);
+#if defined(ATP_SIMD_WIDTH)
+  const Vec vmax = Set1(m);
+  Vec vs = Zero();  // kLanes partial sums
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec e = Exp(Sub(Load(x + i), vmax));
+    Store(x + i, e);
+    vs = Add(vs, e);
   }
-  s = _mm512_reduce_add_ps(vs);
+  s = ReduceAdd(vs);
 #endif
   for (; i < n; ++i) {
     x[i] = std::exp(x[i] - m);
@@ -112,8 +117,8 @@ void Softmax(float* x, int64_t n) {
   }
   const float inv = 1.0f / s;
   i = 0;
-#if defined(__AVX512F__)
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(inv)));
+#if defined(ATP_SIMD_WIDTH)
+  for (; i + kLanes <= n; i += kLanes) Store(x + i, Mul(Load(x + i), Set1(inv)));
 #endif
   for (; i < n; ++i) x[i] *= inv;
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "kernels/simd.h"
 
 namespace atp {
 
@@ -47,9 +48,10 @@ std::vector<float>& Scratch() {
   return s;
 }
 
-#if defined(__AVX512F__)
+#if ATP_SIMD_WIDTH == 16
+using IVec = __m512i;
 // 16 codes of w bits, elements i .. i+15 of a stream (i a multiple of 16), as int32 lanes.
-inline __m512i Codes16(const uint8_t* s, int64_t i, int w) {
+inline IVec Codes(const uint8_t* s, int64_t i, int w) {
   if (w == 8) return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
   if (w == 4) {
     uint64_t u;
@@ -81,6 +83,38 @@ inline __m512i Codes16(const uint8_t* s, int64_t i, int w) {
   return _mm512_load_si512(c);
 #endif
 }
+inline __m512 CodeValues(const uint8_t* s, int64_t i, int w) { return _mm512_cvtepi32_ps(Codes(s, i, w)); }
+#elif ATP_SIMD_WIDTH == 8
+using IVec = __m256i;
+// 8 codes of w bits, elements i .. i+7 of a stream (i a multiple of 8), as int32 lanes. Each width
+// reads exactly the w bytes that hold them, so the last codes of a row never read past it.
+inline IVec Codes(const uint8_t* s, int64_t i, int w) {
+  if (w == 8) return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s + i)));
+  if (w == 4) {
+    uint32_t u;
+    std::memcpy(&u, s + i / 2, 4);
+    const __m256i sh = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(u)), sh), _mm256_set1_epi32(15));
+  }
+  if (w == 2) {
+    uint16_t u;
+    std::memcpy(&u, s + i / 4, 2);
+    const __m256i sh = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(u), sh), _mm256_set1_epi32(3));
+  }
+  // w == 6: 8 elements in 6 bytes, four in each 3-byte half, so 32-bit shifts of each half suffice.
+  uint64_t u = 0;
+  std::memcpy(&u, s + i * 6 / 8, 6);
+  const int lo = int(u & 0xFFFFFF), hi = int(u >> 24);
+  const __m256i sh = _mm256_setr_epi32(0, 6, 12, 18, 0, 6, 12, 18);
+  return _mm256_and_si256(_mm256_srlv_epi32(_mm256_setr_epi32(lo, lo, lo, lo, hi, hi, hi, hi), sh), _mm256_set1_epi32(63));
+}
+inline __m256 CodeValues(const uint8_t* s, int64_t i, int w) { return _mm256_cvtepi32_ps(Codes(s, i, w)); }
+#endif
+
+#if defined(ATP_SIMD_WIDTH)
+using simd::kLanes;
+using simd::Vec;
 
 // A 16-entry table of an FP4 E2M1 code (sign in bit 3) and 32-entry magnitude tables of FP6.
 struct Luts {
@@ -100,19 +134,28 @@ const Luts& GetLuts() {
   return l;
 }
 
-// The lookup registers a format's decoder needs, loaded once per kernel call.
+// The lookup registers a format's decoder needs, loaded once per kernel call: FP4 takes the first
+// register (all 16 codes with AVX-512, the 8 magnitudes with AVX2), FP6 its 32 magnitudes.
+struct Tables {
+  Vec v[32 / kLanes];
+};
 template <MxFormat F>
-inline void LoadLuts(__m512* lo, __m512* hi) {
+inline Tables LoadTables() {
   const Luts& l = GetLuts();
-  if constexpr (F == MxFormat::kFp4E2M1 || F == MxFormat::kNvFp4) *lo = _mm512_load_ps(l.fp4);
-  if constexpr (F == MxFormat::kFp6E2M3) *lo = _mm512_load_ps(l.e2m3), *hi = _mm512_load_ps(l.e2m3 + 16);
-  if constexpr (F == MxFormat::kFp6E3M2) *lo = _mm512_load_ps(l.e3m2), *hi = _mm512_load_ps(l.e3m2 + 16);
+  Tables t{};
+  if constexpr (F == MxFormat::kFp4E2M1 || F == MxFormat::kNvFp4) t.v[0] = simd::Load(l.fp4);
+  for (int r = 0; r < 32 / kLanes; ++r) {
+    if constexpr (F == MxFormat::kFp6E2M3) t.v[r] = simd::Load(l.e2m3 + r * kLanes);
+    if constexpr (F == MxFormat::kFp6E3M2) t.v[r] = simd::Load(l.e3m2 + r * kLanes);
+  }
+  return t;
 }
 
-// Elements i .. i+15 of the element stream `el`, as f32 before the block scale (E4M3 comes out
-// divided by 2^8 and INT8 as the integer: kFold<F> restores both through the block scale).
+// Elements i .. i+kLanes-1 of the element stream `el`, as f32 before the block scale (E4M3 comes
+// out divided by 2^8 and INT8 as the integer: kFold<F> restores both through the block scale).
+#if ATP_SIMD_WIDTH == 16
 template <MxFormat F>
-inline __m512 Decode16(const uint8_t* el, int64_t i, __m512 lo, __m512 hi) {
+inline __m512 Decode(const uint8_t* el, int64_t i, const Tables& t) {
   if constexpr (F == MxFormat::kFp8E4M3) {
     // An E4M3 byte placed in an f16 (exponent field shifted into f16's, bias 15 instead of 7)
     // is its value times 2^-8, subnormals included.
@@ -126,19 +169,51 @@ inline __m512 Decode16(const uint8_t* el, int64_t i, __m512 lo, __m512 hi) {
   } else if constexpr (F == MxFormat::kInt8) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(el + i))));
   } else if constexpr (F == MxFormat::kFp4E2M1 || F == MxFormat::kNvFp4) {
-    return _mm512_permutexvar_ps(Codes16(el, i, 4), lo);
+    return _mm512_permutexvar_ps(Codes(el, i, 4), t.v[0]);
   } else {  // FP6: 5-bit magnitude through two table registers, sign from bit 5
-    __m512i c = Codes16(el, i, 6);
-    __m512 mag = _mm512_permutex2var_ps(lo, c, hi);
+    __m512i c = Codes(el, i, 6);
+    __m512 mag = _mm512_permutex2var_ps(t.v[0], c, t.v[1]);
     __m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(32)), 26);
     return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(mag), sign));
   }
 }
+#else
+// The same decoders on 8 lanes. AVX2's permutes index 8 entries, so FP4 looks up its magnitude (the
+// table's positive half) and takes the sign from bit 3, and FP6 selects among four 8-entry tables
+// with two levels of blends on index bits 3 and 4.
+template <MxFormat F>
+inline __m256 Decode(const uint8_t* el, int64_t i, const Tables& t) {
+  if constexpr (F == MxFormat::kFp8E4M3) {  // as an f16, see the AVX-512 decoder
+    __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(el + i)));
+    __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8),
+                             _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7F)), 7));
+    return _mm256_cvtph_ps(h);
+  } else if constexpr (F == MxFormat::kFp8E5M2) {
+    __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(el + i)));
+    return _mm256_cvtph_ps(_mm_slli_epi16(b, 8));
+  } else if constexpr (F == MxFormat::kInt8) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(el + i))));
+  } else if constexpr (F == MxFormat::kFp4E2M1 || F == MxFormat::kNvFp4) {
+    __m256i c = Codes(el, i, 4);
+    __m256 mag = _mm256_permutevar8x32_ps(t.v[0], c);  // uses index bits 0..2
+    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(8)), 28);
+    return _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(mag), sign));
+  } else {
+    __m256i c = Codes(el, i, 6);
+    const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(c, 28)), bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(c, 27));
+    __m256 m01 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t.v[0], c), _mm256_permutevar8x32_ps(t.v[1], c), bit3);
+    __m256 m23 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t.v[2], c), _mm256_permutevar8x32_ps(t.v[3], c), bit3);
+    __m256 mag = _mm256_blendv_ps(m01, m23, bit4);
+    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(32)), 26);
+    return _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(mag), sign));
+  }
+}
+#endif
 
 template <MxFormat F>
 constexpr float kFold = F == MxFormat::kFp8E4M3 ? 256.0f : F == MxFormat::kInt8 ? 1.0f / 64 : 1.0f;
 template <MxFormat F>
-constexpr int kBlock = F == MxFormat::kNvFp4 ? 16 : 32;
+constexpr int kBlock = F == MxFormat::kNvFp4 ? 16 : 32;  // a multiple of kLanes: no vector straddles two blocks
 
 // The f32 block scales of one row (kFold<F> included): nb values into sc.
 template <MxFormat F>
@@ -152,28 +227,29 @@ inline void RowScales(const uint8_t* row, int nb, float* sc) {
   }
 }
 
-inline __m256 Fold8(__m512 v) {  // 16 lanes -> 8 partial sums
-  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
-// [sum(a), sum(b), sum(c), sum(d)] with one shared reduction.
-inline __m128 Sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  __m256 ab = _mm256_hadd_ps(Fold8(a), Fold8(b));
-  __m256 cd = _mm256_hadd_ps(Fold8(c), Fold8(d));
-  __m256 abcd = _mm256_hadd_ps(ab, cd);
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
 constexpr int kMaxBlocks = 64;  // rows up to 1024 elements take the fast paths (KV head dims are <= 256)
 
-// MX scores, four rows per step: q is loaded once per 16 columns and the four dot products share
-// one horizontal reduction.
+// Calls fn(integral_constant<NT>, c0) for runs of NT register tiles covering columns
+// [0, tiles * kLanes): as many runs of 8 as fit, then 4, 2, 1. Eight accumulators still leave room
+// for the lookup tables in AVX2's 16 registers; with AVX-512, head dims 16..128 are a single run.
+template <typename Fn>
+void ForTileRuns(int tiles, Fn&& fn) {
+  int t = 0;
+  for (; t + 8 <= tiles; t += 8) fn(std::integral_constant<int, 8>{}, t * kLanes);
+  if (t + 4 <= tiles) fn(std::integral_constant<int, 4>{}, t * kLanes), t += 4;
+  if (t + 2 <= tiles) fn(std::integral_constant<int, 2>{}, t * kLanes), t += 2;
+  if (t + 1 <= tiles) fn(std::integral_constant<int, 1>{}, t * kLanes);
+}
+
+// MX scores, four rows per step: q is loaded once per kLanes columns and the four dot products
+// share one horizontal reduction.
 template <MxFormat F>
 void MxScores(const float* q, const PackedRows& k, float scale, float* scores) {
-  const int dim = k.dim, d16 = dim & ~15, nb = (dim + kBlock<F> - 1) / kBlock<F>;
+  using namespace simd;
+  const int dim = k.dim, dv = dim & ~(kLanes - 1), nb = (dim + kBlock<F> - 1) / kBlock<F>;
   const int64_t hdr = MxHeader(F, dim);
   const int w = MxElementBits(F);
-  __m512 lo = _mm512_setzero_ps(), hi = lo;
-  LoadLuts<F>(&lo, &hi);
+  const Tables lut = LoadTables<F>();
   float sc[4][kMaxBlocks];
   auto tail = [&](const uint8_t* row, const float* scl, int i) {
     return q[i] * scl[i / kBlock<F>] / kFold<F> * MxElementValue(F, ReadCode(row + hdr, i, w));
@@ -185,85 +261,66 @@ void MxScores(const float* q, const PackedRows& k, float scale, float* scores) {
       r[t] = k.data + (j + t) * k.stride;
       RowScales<F>(r[t], nb, sc[t]);
     }
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int i = 0; i < d16; i += 16) {
-      const __m512 qv = _mm512_loadu_ps(q + i);
+    Vec a0 = Zero(), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < dv; i += kLanes) {
+      const Vec qv = Load(q + i);
       const int b = i / kBlock<F>;
-      a0 = _mm512_fmadd_ps(_mm512_mul_ps(qv, _mm512_set1_ps(sc[0][b])), Decode16<F>(r[0] + hdr, i, lo, hi), a0);
-      a1 = _mm512_fmadd_ps(_mm512_mul_ps(qv, _mm512_set1_ps(sc[1][b])), Decode16<F>(r[1] + hdr, i, lo, hi), a1);
-      a2 = _mm512_fmadd_ps(_mm512_mul_ps(qv, _mm512_set1_ps(sc[2][b])), Decode16<F>(r[2] + hdr, i, lo, hi), a2);
-      a3 = _mm512_fmadd_ps(_mm512_mul_ps(qv, _mm512_set1_ps(sc[3][b])), Decode16<F>(r[3] + hdr, i, lo, hi), a3);
+      a0 = Fma(Mul(qv, Set1(sc[0][b])), Decode<F>(r[0] + hdr, i, lut), a0);
+      a1 = Fma(Mul(qv, Set1(sc[1][b])), Decode<F>(r[1] + hdr, i, lut), a1);
+      a2 = Fma(Mul(qv, Set1(sc[2][b])), Decode<F>(r[2] + hdr, i, lut), a2);
+      a3 = Fma(Mul(qv, Set1(sc[3][b])), Decode<F>(r[3] + hdr, i, lut), a3);
     }
     float s[4];
     _mm_storeu_ps(s, Sum4(a0, a1, a2, a3));
     for (int t = 0; t < 4; ++t) {
-      for (int i = d16; i < dim; ++i) s[t] += tail(r[t], sc[t], i);
+      for (int i = dv; i < dim; ++i) s[t] += tail(r[t], sc[t], i);
       scores[j + t] = s[t] * scale;
     }
   }
   for (; j < k.count; ++j) {
     const uint8_t* row = k.data + j * k.stride;
     RowScales<F>(row, nb, sc[0]);
-    __m512 a = _mm512_setzero_ps();
-    for (int i = 0; i < d16; i += 16)
-      a = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_loadu_ps(q + i), _mm512_set1_ps(sc[0][i / kBlock<F>])), Decode16<F>(row + hdr, i, lo, hi), a);
-    float s = _mm512_reduce_add_ps(a);
-    for (int i = d16; i < dim; ++i) s += tail(row, sc[0], i);
+    Vec a = Zero();
+    for (int i = 0; i < dv; i += kLanes)
+      a = Fma(Mul(Load(q + i), Set1(sc[0][i / kBlock<F>])), Decode<F>(row + hdr, i, lut), a);
+    float s = ReduceAdd(a);
+    for (int i = dv; i < dim; ++i) s += tail(row, sc[0], i);
     scores[j] = s * scale;
   }
 }
 
-// MX weighted sum, rows outer: NT column tiles stay in registers while each row is read once.
+// MX weighted sum of columns [c0, c0 + NT * kLanes), rows outer: the NT column tiles stay in
+// registers while each row is read once.
 template <MxFormat F, int NT>
-void MxAccumulateTiles(const float* p, const PackedRows& v, float* out) {
+void MxAccumulateTiles(const float* p, const PackedRows& v, int c0, float* out) {
+  using namespace simd;
   const int dim = v.dim, nb = (dim + kBlock<F> - 1) / kBlock<F>;
   const int64_t hdr = MxHeader(F, dim);
-  __m512 lo = _mm512_setzero_ps(), hi = lo;
-  LoadLuts<F>(&lo, &hi);
-  __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm512_loadu_ps(out + 16 * t);
+  const Tables lut = LoadTables<F>();
+  Vec acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = Load(out + c0 + kLanes * t);
   float sc[kMaxBlocks];
   for (int64_t j = 0; j < v.count; ++j) {
     const uint8_t* row = v.data + j * v.stride;
     RowScales<F>(row, nb, sc);
-    for (int t = 0; t < NT; ++t)
-      acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(p[j] * sc[16 * t / kBlock<F>]), Decode16<F>(row + hdr, 16 * t, lo, hi), acc[t]);
+    for (int t = 0; t < NT; ++t) {
+      const int c = c0 + kLanes * t;
+      acc[t] = Fma(Set1(p[j] * sc[c / kBlock<F>]), Decode<F>(row + hdr, c, lut), acc[t]);
+    }
   }
-  for (int t = 0; t < NT; ++t) _mm512_storeu_ps(out + 16 * t, acc[t]);
+  for (int t = 0; t < NT; ++t) Store(out + c0 + kLanes * t, acc[t]);
 }
 
 template <MxFormat F>
 void MxAccumulate(const float* p, const PackedRows& v, float* out) {
-  const int dim = v.dim, d16 = dim & ~15;
-  switch (d16 / 16) {
-    case 0: break;
-    case 1: MxAccumulateTiles<F, 1>(p, v, out); break;
-    case 2: MxAccumulateTiles<F, 2>(p, v, out); break;
-    case 4: MxAccumulateTiles<F, 4>(p, v, out); break;
-    case 8: MxAccumulateTiles<F, 8>(p, v, out); break;
-    default: {  // other widths: one register tile at a time over all rows
-      const int nb = (dim + kBlock<F> - 1) / kBlock<F>;
-      const int64_t hdr = MxHeader(F, dim);
-      __m512 lo = _mm512_setzero_ps(), hi = lo;
-      LoadLuts<F>(&lo, &hi);
-      float sc[kMaxBlocks];
-      for (int i = 0; i < d16; i += 16) {
-        __m512 a = _mm512_loadu_ps(out + i);
-        for (int64_t j = 0; j < v.count; ++j) {
-          const uint8_t* row = v.data + j * v.stride;
-          RowScales<F>(row, nb, sc);
-          a = _mm512_fmadd_ps(_mm512_set1_ps(p[j] * sc[i / kBlock<F>]), Decode16<F>(row + hdr, i, lo, hi), a);
-        }
-        _mm512_storeu_ps(out + i, a);
-      }
-    }
-  }
-  if (d16 < dim) {
+  const int dim = v.dim, dv = dim & ~(kLanes - 1);
+  ForTileRuns(dv / kLanes, [&](auto nt, int c0) { MxAccumulateTiles<F, decltype(nt)::value>(p, v, c0, out); });
+  if (dv < dim) {
     const int w = MxElementBits(F);
     const int64_t hdr = MxHeader(F, dim);
     for (int64_t j = 0; j < v.count; ++j) {
       const uint8_t* row = v.data + j * v.stride;
-      for (int i = d16; i < dim; ++i) out[i] += p[j] * MxBlockScale(F, row, dim, i) * MxElementValue(F, ReadCode(row + hdr, i, w));
+      for (int i = dv; i < dim; ++i) out[i] += p[j] * MxBlockScale(F, row, dim, i) * MxElementValue(F, ReadCode(row + hdr, i, w));
     }
   }
 }
@@ -283,38 +340,37 @@ void DispatchMx(MxFormat f, Fn&& fn) {
 
 // KIVI keys of one token group, four rows per step: dot((q*s), code) + q.z per row.
 void KiviChannelScores(const float* q, const PackedRows& k, float scale, float* scores) {
-  const int dim = k.dim, d16 = dim & ~15;
+  using namespace simd;
+  const int dim = k.dim, dv = dim & ~(kLanes - 1);
   std::vector<float>& qs = Scratch();
   qs.resize(size_t(dim));
-  __m512 qzv = _mm512_setzero_ps();
-  for (int c = 0; c < d16; c += 16) {
-    const __m512 qv = _mm512_loadu_ps(q + c);
-    const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(k.scale + c)));
-    const __m512 zv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(k.zero + c)));
-    _mm512_storeu_ps(&qs[size_t(c)], _mm512_mul_ps(qv, sv));
-    qzv = _mm512_fmadd_ps(qv, zv, qzv);
+  Vec qzv = Zero();
+  for (int c = 0; c < dv; c += kLanes) {
+    const Vec qv = Load(q + c);
+    Store(&qs[size_t(c)], Mul(qv, LoadF16(k.scale + c)));
+    qzv = Fma(qv, LoadF16(k.zero + c), qzv);
   }
-  float qz = _mm512_reduce_add_ps(qzv);
-  for (int c = d16; c < dim; ++c) {
+  float qz = ReduceAdd(qzv);
+  for (int c = dv; c < dim; ++c) {
     qs[size_t(c)] = q[c] * F16(k.scale[c]);
     qz += q[c] * F16(k.zero[c]);
   }
   auto tail = [&](const uint8_t* row) {
     float s = 0;
-    for (int i = d16; i < dim; ++i) s += qs[size_t(i)] * float(ReadCode(row, i, k.bits));
+    for (int i = dv; i < dim; ++i) s += qs[size_t(i)] * float(ReadCode(row, i, k.bits));
     return s;
   };
   int64_t j = 0;
   for (; j + 4 <= k.count; j += 4) {
     const uint8_t* r0 = k.data + j * k.stride;
     const uint8_t *r1 = r0 + k.stride, *r2 = r1 + k.stride, *r3 = r2 + k.stride;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int i = 0; i < d16; i += 16) {
-      const __m512 qv = _mm512_loadu_ps(&qs[size_t(i)]);
-      a0 = _mm512_fmadd_ps(qv, _mm512_cvtepi32_ps(Codes16(r0, i, k.bits)), a0);
-      a1 = _mm512_fmadd_ps(qv, _mm512_cvtepi32_ps(Codes16(r1, i, k.bits)), a1);
-      a2 = _mm512_fmadd_ps(qv, _mm512_cvtepi32_ps(Codes16(r2, i, k.bits)), a2);
-      a3 = _mm512_fmadd_ps(qv, _mm512_cvtepi32_ps(Codes16(r3, i, k.bits)), a3);
+    Vec a0 = Zero(), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < dv; i += kLanes) {
+      const Vec qv = Load(&qs[size_t(i)]);
+      a0 = Fma(qv, CodeValues(r0, i, k.bits), a0);
+      a1 = Fma(qv, CodeValues(r1, i, k.bits), a1);
+      a2 = Fma(qv, CodeValues(r2, i, k.bits), a2);
+      a3 = Fma(qv, CodeValues(r3, i, k.bits), a3);
     }
     float s[4];
     _mm_storeu_ps(s, Sum4(a0, a1, a2, a3));
@@ -323,39 +379,56 @@ void KiviChannelScores(const float* q, const PackedRows& k, float scale, float* 
   }
   for (; j < k.count; ++j) {
     const uint8_t* row = k.data + j * k.stride;
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < d16; i += 16)
-      acc = _mm512_fmadd_ps(_mm512_loadu_ps(&qs[size_t(i)]), _mm512_cvtepi32_ps(Codes16(row, i, k.bits)), acc);
-    scores[j] = (_mm512_reduce_add_ps(acc) + tail(row) + qz) * scale;
+    Vec acc = Zero();
+    for (int i = 0; i < dv; i += kLanes) acc = Fma(Load(&qs[size_t(i)]), CodeValues(row, i, k.bits), acc);
+    scores[j] = (ReduceAdd(acc) + tail(row) + qz) * scale;
   }
 }
 
-// KIVI values (own scale/zero per row and channel group; group % 16 == 0), rows outer with NT
-// tiles in registers: out += (p*s) code per tile, and sum_j p*z per group added once at the end.
+// KIVI values (own scale/zero per row and channel group; group % kLanes == 0), rows outer with NT
+// tiles of columns [c0, c0 + NT * kLanes) in registers: out += (p*s) code. The zero terms do not
+// depend on the column: with zsum non-null the same pass gathers zsum[g] = sum_j p*z for every group.
 template <int NT>
-void KiviTokenAccumulateTiles(const float* p, const PackedRows& v, float* out) {
-  const int dim = v.dim, ng = (dim + v.group - 1) / v.group, tiles_per_group = v.group / 16;
+void KiviTokenAccumulateTiles(const float* p, const PackedRows& v, int c0, float* out, float* zsum) {
+  using namespace simd;
+  const int dim = v.dim, ng = (dim + v.group - 1) / v.group;
   const int64_t code_off = 4 * ng;
-  __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm512_loadu_ps(out + 16 * t);
-  float zsum[kMaxBlocks] = {};
+  Vec acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = Load(out + c0 + kLanes * t);
   for (int64_t j = 0; j < v.count; ++j) {
     const uint8_t* row = v.data + j * v.stride;
     for (int t = 0; t < NT; ++t) {
-      const int g = t / tiles_per_group;
+      const int c = c0 + kLanes * t;
       uint16_t s;
-      std::memcpy(&s, row + 2 * g, 2);
-      acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(p[j] * F16(s)), _mm512_cvtepi32_ps(Codes16(row + code_off, 16 * t, v.bits)), acc[t]);
+      std::memcpy(&s, row + 2 * (c / v.group), 2);
+      acc[t] = Fma(Set1(p[j] * F16(s)), CodeValues(row + code_off, c, v.bits), acc[t]);
     }
-    for (int g = 0; g < ng; ++g) {
-      uint16_t z;
-      std::memcpy(&z, row + 2 * (ng + g), 2);
-      zsum[g] += p[j] * F16(z);
+    if (zsum) {
+      for (int g = 0; g < ng; ++g) {
+        uint16_t z;
+        std::memcpy(&z, row + 2 * (ng + g), 2);
+        zsum[g] += p[j] * F16(z);
+      }
     }
   }
-  for (int t = 0; t < NT; ++t)
-    _mm512_storeu_ps(out + 16 * t, _mm512_add_ps(acc[t], _mm512_set1_ps(zsum[t / tiles_per_group])));
-  for (int i = 16 * NT; i < dim; ++i) out[i] += zsum[i / v.group];  // the tail's zero terms; codes below
+  for (int t = 0; t < NT; ++t) Store(out + c0 + kLanes * t, acc[t]);
+}
+
+void KiviTokenAccumulate(const float* p, const PackedRows& v, float* out) {
+  const int dim = v.dim, dv = dim & ~(kLanes - 1), ng = (dim + v.group - 1) / v.group;
+  float zsum[kMaxBlocks] = {};
+  ForTileRuns(dv / kLanes, [&](auto nt, int c0) {
+    KiviTokenAccumulateTiles<decltype(nt)::value>(p, v, c0, out, c0 == 0 ? zsum : nullptr);
+  });
+  for (int i = 0; i < dim; ++i) out[i] += zsum[i / v.group];
+  for (int64_t j = 0; j < v.count && dv < dim; ++j) {  // tail columns: (p*s) code
+    const uint8_t* row = v.data + j * v.stride;
+    for (int i = dv; i < dim; ++i) {
+      uint16_t s;
+      std::memcpy(&s, row + 2 * (i / v.group), 2);
+      out[i] += p[j] * F16(s) * float(ReadCode(row + 4 * ng, i, v.bits));
+    }
+  }
 }
 #endif
 
@@ -476,7 +549,7 @@ void DecodePackedRow(const PackedRows& r, int64_t j, float* out) {
 }
 
 void PackedScores(const float* q, const PackedRows& k, float scale, float* scores) {
-#if defined(__AVX512F__)
+#if defined(ATP_SIMD_WIDTH)
   if (k.layout == PackedLayout::kKiviChannel) return KiviChannelScores(q, k, scale, scores);
   if (k.layout == PackedLayout::kMx && (k.dim + 15) / 16 <= kMaxBlocks)
     return DispatchMx(k.mx, [&](auto f) { MxScores<decltype(f)::value>(q, k, scale, scores); });
@@ -485,27 +558,10 @@ void PackedScores(const float* q, const PackedRows& k, float scale, float* score
 }
 
 void PackedAccumulate(const float* p, const PackedRows& v, float* out) {
-#if defined(__AVX512F__)
-  const int d16 = v.dim & ~15;
-  if (v.layout == PackedLayout::kKiviToken && v.group % 16 == 0 && (v.dim + v.group - 1) / v.group <= kMaxBlocks &&
-      (d16 == 16 || d16 == 32 || d16 == 64 || d16 == 128)) {
-    switch (d16 / 16) {
-      case 1: KiviTokenAccumulateTiles<1>(p, v, out); break;
-      case 2: KiviTokenAccumulateTiles<2>(p, v, out); break;
-      case 4: KiviTokenAccumulateTiles<4>(p, v, out); break;
-      default: KiviTokenAccumulateTiles<8>(p, v, out); break;
-    }
-    for (int64_t j = 0; j < v.count && d16 < v.dim; ++j) {  // tail columns: (p*s) code (zero terms added above)
-      const uint8_t* row = v.data + j * v.stride;
-      const int ng = (v.dim + v.group - 1) / v.group;
-      for (int i = d16; i < v.dim; ++i) {
-        uint16_t s;
-        std::memcpy(&s, row + 2 * (i / v.group), 2);
-        out[i] += p[j] * F16(s) * float(ReadCode(row + 4 * ng, i, v.bits));
-      }
-    }
-    return;
-  }
+#if defined(ATP_SIMD_WIDTH)
+  if (v.layout == PackedLayout::kKiviToken && v.group % kLanes == 0 && (v.dim + v.group - 1) / v.group <= kMaxBlocks &&
+      v.dim >= kLanes)
+    return KiviTokenAccumulate(p, v, out);
   if (v.layout == PackedLayout::kMx && (v.dim + 15) / 16 <= kMaxBlocks)
     return DispatchMx(v.mx, [&](auto f) { MxAccumulate<decltype(f)::value>(p, v, out); });
 #endif

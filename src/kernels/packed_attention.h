@@ -1,6 +1,6 @@
 // Attention kernels on packed KV rows, dequantizing in registers: KIVI integer codes (keys per
 // channel over a token group, values per token over channel groups) and OCP MX / NVFP4 blocks.
-// The scalar decoders below define each byte layout; the AVX-512 kernels must agree with them.
+// The scalar decoders below define each byte layout; the AVX-512 and AVX2 kernels must agree with them.
 // Encoding lives with the policies (kv/kivi_codec.h, kv/mx_codec.h); nothing here allocates.
 #pragma once
 #include <cstdint>
