@@ -143,6 +143,19 @@ TEST_F(CliTiny, BenchJson) {
   EXPECT_EQ(j.value("kv", ""), "dense:dtype=f32");
 }
 
+// --random-fill appends the context straight to the policies: each extra context token must add
+// one dense f32 row pair (2 * kv_dim 32 * 4 bytes * 2 layers) to the bytes a decode step reads.
+TEST_F(CliTiny, BenchRandomFillHoldsTheContext) {
+  auto bytes_read = [&](int context) {
+    json j = OneJsonObject(RunAtp("bench " + M() + " --random-fill --prompt-tokens 4 --context " +
+                                  std::to_string(context) + " --decode-tokens 3 --repeats 1 --json"));
+    EXPECT_TRUE(j.value("random_fill", false));
+    EXPECT_GT(j.value("decode_tok_s", 0.0), 0);
+    return j.value("bytes_per_decode_token", 0.0);
+  };
+  EXPECT_DOUBLE_EQ(bytes_read(200) - bytes_read(100), 100 * 2.0 * 32 * 4 * 2);
+}
+
 TEST(CliRef, PerplexityJson) {
   ATP_SKIP_WITHOUT_SHARED();
   json j = OneJsonObject(
