@@ -21,7 +21,7 @@ constexpr double kU = 1.0 / (1 << 24);  // f32 unit roundoff
 
 struct Packed {
   PackedRows rows;
-  std::vector<uint8_t> bytes;       // (count, stride) plus one byte of padding in front (unaligned rows)
+  std::vector<uint8_t> bytes;       // one byte of padding in front (unaligned rows), then count rows stride apart
   std::vector<uint16_t> scale, zero;  // kKiviChannel: (dim) f16 each
   // Per element, the magnitude of the terms a kernel may sum to form it (|z| + |s * code| for
   // KIVI, whose kernels split the two; |value| for MX): the scale of its rounding error.
@@ -44,9 +44,10 @@ Packed MakePacked(PackedLayout layout, MxFormat mx, int bits, int group, int dim
   r.stride = layout == PackedLayout::kMx          ? MxRowBytes(mx, dim)
              : layout == PackedLayout::kKiviToken ? KiviTokenRowBytes(bits, group, dim)
                                                   : KiviCodeBytes(bits, dim);
-  r.stride += 3;  // a gap of junk between rows
+  const int64_t row_bytes = r.stride;
+  r.stride += 3;  // a gap of junk between rows; none after the last, so a sanitizer sees any over-read
   std::uniform_int_distribution<int> byte(0, 255);
-  p.bytes.resize(size_t(1 + count * r.stride));
+  p.bytes.resize(size_t(1 + (count - 1) * r.stride + row_bytes));
   for (auto& b : p.bytes) b = uint8_t(byte(rng));
   uint8_t* base = p.bytes.data() + 1;
   r.data = base;
