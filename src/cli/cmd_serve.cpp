@@ -77,6 +77,8 @@ void AddServe(CLI::App& app, Runner* run) {
       sigaction(SIGINT, &sa, nullptr);
       sigaction(SIGTERM, &sa, nullptr);
 
+      // Requests build their own (CPU) policies from their kv strings; the GPU pass cannot drive them.
+      if (o->f.device != "cpu") return Fail("serve", Status::Unsupported("--device " + o->f.device + " is not supported by serve yet"));
       auto bytes = ParseBytes(o->kv_memory);
       if (!bytes.ok()) return Fail("serve", bytes.status());
       auto l = Load(o->f, true);

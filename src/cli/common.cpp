@@ -4,6 +4,9 @@
 #include <iostream>
 
 #include "core/thread_pool.h"
+#if defined(ATP_CUDA)
+#include "cuda/backend.h"
+#endif
 
 namespace atp::cli {
 
@@ -13,6 +16,11 @@ void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv) {
   cmd->add_option("-t,--threads", f->threads, "worker threads (0: all cores)")->capture_default_str();
   cmd->add_option("-c,--ctx", f->ctx, "context limit in tokens (0: the model's max_position_embeddings)")->capture_default_str();
   cmd->add_flag("--json", f->json, "print one JSON object on stdout");
+  // Only where --kv builds the policies: the GPU pass drives GPU policies, never a command's own.
+  if (with_kv)
+    cmd->add_option("--device", f->device, "where the forward pass and KV cache live: cpu, or cuda (GPU 0)")
+        ->check(CLI::IsMember({"cpu", "cuda"}))
+        ->capture_default_str();
 }
 
 Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
@@ -22,6 +30,16 @@ Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
   Loaded l;
   ATP_ASSIGN_OR_RETURN(l.kv, ParseKvPolicy(f.kv, f.model));
   ATP_ASSIGN_OR_RETURN(l.model, LlamaModel::Load(f.model));
+  if (f.device == "cuda") {
+#if defined(ATP_CUDA)
+    ATP_ASSIGN_OR_RETURN(l.kv, MakeCudaKvFactory(f.kv, f.model));
+    ATP_ASSIGN_OR_RETURN(auto backend, MakeCudaBackend(*l.model));
+    l.model->SetBackend(std::move(backend));
+#else
+    return Status::Unsupported("--device cuda: this atp was built without the CUDA backend (configure with a CUDA "
+                               "toolkit and -DATP_CUDA=ON)");
+#endif
+  }
   for (int layer = 0; layer < l.model->config().num_layers; ++layer)
     ATP_RETURN_IF_ERROR(l.kv->CheckShape(l.model->kv_shape(layer)));
   const bool has_tok = std::filesystem::exists(f.model + "/tokenizer.json");

@@ -81,6 +81,7 @@ size_t LlamaModel::weight_bytes() const {
 }
 
 Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float>* logits) {
+  if (backend_) return backend_->Forward(items, logits);
   const ModelConfig& c = cfg_;
   const int64_t d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.intermediate_size, V = c.vocab_size;
 

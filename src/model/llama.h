@@ -33,6 +33,14 @@ struct LoadOptions {
   bool resident_weights = true;
 };
 
+// A device that runs the whole forward pass in place of the CPU code (src/cuda). It reads the
+// model's config and weights; Forward has LlamaModel::Forward's contract.
+class ForwardBackend {
+ public:
+  virtual ~ForwardBackend() = default;
+  virtual Status Forward(std::span<const ForwardItem> items, std::vector<float>* logits) = 0;
+};
+
 class LlamaModel {
  public:
   // dir: a Hugging Face model directory (config.json + safetensors).
@@ -51,6 +59,9 @@ class LlamaModel {
   // Runs the batch; `logits` receives, item after item, vocab_size floats per requested row
   // (all tokens of an item with all_logits, else its last token).
   Status Forward(std::span<const ForwardItem> items, std::vector<float>* logits);
+  // From now on Forward runs on `b` (null: back to the CPU). Items must then carry KV policies
+  // that `b` can drive (for CUDA: from MakeCudaKvFactory).
+  void SetBackend(std::unique_ptr<ForwardBackend> b) { backend_ = std::move(b); }
 
  private:
   LlamaModel() = default;
@@ -59,6 +70,7 @@ class LlamaModel {
   std::unique_ptr<SafeTensors> st_;
   ModelWeights w_;
   std::vector<float> inv_freq_;  // (head_dim/2) RoPE inverse frequencies
+  std::unique_ptr<ForwardBackend> backend_;  // null: the CPU pass below
   // With resident_weights: the anonymous mapping the streamed tensors of w_ point into.
   void* resident_ = nullptr;
   size_t resident_bytes_ = 0;

@@ -1,0 +1,77 @@
+#!/bin/bash
+# The CUDA backend's checks and measurements on the GPU machine (the `run` tool's H100), in one call.
+#   bench/cuda_device.sh pack BUILD_DIR   (here) bundle the binaries built with -DATP_CUDA=ON
+#                                         -DATP_NATIVE=OFF, their shared libraries and ../shared's
+#                                         ref-5m into .cudacarry/ (excluded from git; name it in carry)
+#   bench/cuda_device.sh run [STEP...]    (there) tests, bench, attn, sdpa (default: all, in order),
+#                                         ncu_decode (on request);
+#                                         logs and JSON lines in $OUT. PREFILL=1024 bench: decode at
+#                                         every context after a 1024-token prefill only; BENCH_KV:
+#                                         the policies (default dense bf16, mx fp4, mx fp8, dense f32)
+# The GPU image has CUDA, cuBLAS and PyTorch but none of the Debian libraries atp links; they travel
+# as files, and OpenBLAS/LAPACKE (36 MB, never called on the GPU path) as an aborting stub.
+set -u
+mode=${1:-}
+carry=.cudacarry
+
+if [ "$mode" = pack ]; then
+  build=${2:?build dir}
+  rm -rf "$carry" && mkdir -p "$carry/stage/bin" "$carry/stage/lib" "$carry/shared/models" "$carry/shared/data"
+  cp "$build/atp" "$build/atp_tests" "$build/src/cuda/atp_cuda_attn" "$carry/stage/bin/" && strip "$carry"/stage/bin/*
+  for so in libopenblas.so.0 liblapacke.so.3; do
+    gcc -shared -fPIC -O1 -Wl,-soname,$so -o "$carry/stage/lib/$so" bench/cuda_blas_stub.c
+  done
+  # Everything else the binaries load, except the C/C++ runtime and CUDA (the GPU image's own).
+  ldd "$build/atp" "$build/atp_tests" | awk '/=> \//{print $3}' | sort -u |
+    grep -v -E 'lib(c|m|rt|dl|pthread|gcc_s|stdc\+\+|openblas|lapacke|lapack|blas|gfortran|quadmath|tmglib|cudart|cublas|cublasLt)\.so' |
+    xargs -I{} cp -L {} "$carry/stage/lib/"
+  tar -C "$carry/stage" -cJf "$carry/bundle.tar.xz" bin lib && rm -rf "$carry/stage"
+  cp -r ../shared/models/ref-5m "$carry/shared/models/" && cp ../shared/data/valid.txt "$carry/shared/data/"
+  du -sh "$carry"
+  exit 0
+fi
+
+[ "$mode" = run ] || { echo "usage: $0 pack BUILD_DIR | run [STEP...]" >&2; exit 2; }
+shift
+: "${OUT:?OUT (the folder that comes back) must be set}"
+mkdir -p /tmp/atp && tar -C /tmp/atp -xJf "$carry/bundle.tar.xz" || exit 1
+export LD_LIBRARY_PATH=/tmp/atp/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+atp=/tmp/atp/bin/atp
+# The tests find ../shared beside the source directory compiled in (/work/main).
+mkdir -p /work/main && { [ -e /work/shared ] || ln -s "$(readlink -f $carry/shared)" /work/shared; }
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv | tee "$OUT/gpu.txt"
+
+tests() {
+  timeout 300 /tmp/atp/bin/atp_tests --gtest_filter='Cuda*' 2>&1 | tee "$OUT/tests.log" |
+    grep -E '^\[cuda\]|OK|FAILED|PASSED|Failure|error|Expected|Which|worst' | head -60
+  echo "== generate on ref-5m (greedy; compare ../shared/models/ref-5m/reference/greedy.json)"
+  timeout 60 $atp generate -m $carry/shared/models/ref-5m --device cuda --temp 0 -n 24 -p "Once upon a time" --json 2>&1 |
+    tail -2 | tee "$OUT/generate.json"
+}
+bench_one() {  # kv context repeats prompt_tokens
+  timeout 150 $atp bench -m /tmp/l1b --device cuda --kv "$1" --prompt-tokens "$4" --context "$2" --decode-tokens 32 \
+    --repeats "$3" --json 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl"
+}
+# bench: prefill of the context length itself; decode_only: a 1024-token prefill (prefill unchanged).
+bench() {
+  [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
+  for kv in ${BENCH_KV:-dense:dtype=bf16 mx:fmt=fp4 mx:fmt=fp8_e4m3 dense:dtype=f32}; do
+    bench_one $kv 1024 3 1024; bench_one $kv 8192 2 ${PREFILL:-8192}; bench_one $kv 32768 1 ${PREFILL:-32768}
+  done
+}
+attn() { timeout 150 /tmp/atp/bin/atp_cuda_attn 2>&1 | tee "$OUT/attn.jsonl"; }
+sdpa() { timeout 120 python3 bench/cuda_sdpa.py 2>&1 | tee "$OUT/sdpa.jsonl"; }
+# Nsight Compute on the decode kernels at 32k: bf16 first, then (after 2 x 16 x 22 launches of each
+# of the two kernels for bf16 and fp8) fp4.
+ncu_decode() {
+  for skip in 0 1408; do
+    timeout 120 ncu --kernel-name regex:'DecodeKernel|CombineKernel' --launch-skip $skip --launch-count 2 \
+      --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active \
+      /tmp/atp/bin/atp_cuda_attn 32768 2>&1 | grep -E 'Kernel|duration|throughput|warps_active' | tee -a "$OUT/ncu.txt"
+  done
+}
+
+for step in ${@:-tests bench attn sdpa}; do
+  echo "== $step"
+  $step
+done

@@ -1,0 +1,564 @@
+// Kernels behind cuda/attention.h. Every kernel reads rows through Load8<F>, the one place that
+// knows a storage form, so decode and prefill share the dequantization (FlashInfer's split of data
+// from math, STYLE.md 6).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cuda/attention.h"
+
+namespace atp::cuda {
+
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kMaxGroup = 8;  // query heads per KV head that one block serves (decode: GM <= 8)
+
+int ElementBits(KvFormat f) {
+  switch (f) {
+    case KvFormat::kF32: return 32;
+    case KvFormat::kF16:
+    case KvFormat::kBF16: return 16;
+    case KvFormat::kMxFp8E4M3: return 8;
+    case KvFormat::kMxFp4: return 4;
+  }
+  return 0;
+}
+
+// 2^(e - 127) for an E8M0 byte, built from bits (exact, the subnormal 2^-127 included); 0xFF is NaN.
+__device__ __forceinline__ float E8M0(uint8_t e) {
+  if (e == 0xFF) return __int_as_float(0x7fc00000);
+  return e == 0 ? __int_as_float(0x00400000) : __int_as_float(int(e) << 23);
+}
+
+// Elements 8c .. 8c+7 of one row as stored: 32, 16, 8 or 4 bytes of elements (and the MX block
+// scale byte). Loading (LoadRaw8) and decoding (Decode8) are apart so that a loop can put many
+// rows' loads in flight before decoding any.
+template <KvFormat F>
+struct Raw8 {
+  uint4 u;  // f32: the first 4 elements in u and the next 4 in v; f16/bf16: all 8 in u
+  uint4 v;  // f32 only
+};
+template <>
+struct Raw8<KvFormat::kMxFp8E4M3> {
+  uint2 u;
+  uint8_t scale;
+};
+template <>
+struct Raw8<KvFormat::kMxFp4> {
+  uint32_t u;
+  uint8_t scale;
+};
+
+// Rows of a form kept in flight per lane by the decode loops: about 64 bytes each form.
+template <KvFormat F>
+constexpr int kRowsInFlight = F == KvFormat::kF32 ? 2 : F == KvFormat::kMxFp8E4M3 ? 8 : F == KvFormat::kMxFp4 ? 16 : 4;
+
+template <KvFormat F>
+__device__ __forceinline__ Raw8<F> LoadRaw8(const DeviceRows& r, int64_t j, int h, int c) {
+  const int64_t row = j * r.n_kv + h, first = row * r.dim + c * 8;  // element index
+  Raw8<F> raw;
+  if constexpr (F == KvFormat::kF32) {
+    raw.u = reinterpret_cast<const uint4*>(r.elems)[first / 4];
+    raw.v = reinterpret_cast<const uint4*>(r.elems)[first / 4 + 1];
+  } else if constexpr (F == KvFormat::kF16 || F == KvFormat::kBF16) {
+    raw.u = reinterpret_cast<const uint4*>(r.elems)[first / 8];
+  } else {
+    if constexpr (F == KvFormat::kMxFp8E4M3) {
+      raw.u = reinterpret_cast<const uint2*>(r.elems)[first / 8];
+    } else {  // kMxFp4: element i in bits [4i, 4i+4) of the row's little-endian stream
+      raw.u = reinterpret_cast<const uint32_t*>(r.elems)[first / 8];
+    }
+    raw.scale = r.scales[row * (r.dim / 32) + c / 4];
+  }
+  return raw;
+}
+
+template <KvFormat F>
+__device__ __forceinline__ void Decode8(const Raw8<F>& raw, float* o) {
+  if constexpr (F == KvFormat::kF32) {
+    const uint32_t w[8] = {raw.u.x, raw.u.y, raw.u.z, raw.u.w, raw.v.x, raw.v.y, raw.v.z, raw.v.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[i] = __uint_as_float(w[i]);
+  } else if constexpr (F == KvFormat::kF16 || F == KvFormat::kBF16) {
+    const uint32_t w[4] = {raw.u.x, raw.u.y, raw.u.z, raw.u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 f;
+      if constexpr (F == KvFormat::kF16) {
+        f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      } else {
+        f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
+      }
+      o[2 * i] = f.x, o[2 * i + 1] = f.y;
+    }
+  } else if constexpr (F == KvFormat::kMxFp8E4M3) {
+    const float sc = E8M0(raw.scale);
+    const uint32_t w[2] = {raw.u.x, raw.u.y};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // Hardware E4M3 -> f16 is exact (every E4M3 value is an f16 value; NaN stays NaN).
+      const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i / 2] >> (16 * (i % 2))), __NV_E4M3);
+      const float2 f = __half22float2(__half2(hr));
+      o[2 * i] = f.x * sc, o[2 * i + 1] = f.y * sc;
+    }
+  } else {
+    // E2M1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 doubled are the nibbles of 0xC8643210: no table
+    // in memory; the halving folds into the block scale.
+    const float sc = 0.5f * E8M0(raw.scale);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t code = (raw.u >> (4 * i)) & 15u;
+      const float mag = float((0xC8643210u >> (4 * (code & 7u))) & 15u);
+      o[i] = (code & 8u ? -mag : mag) * sc;
+    }
+  }
+}
+
+// Elements 8c .. 8c+7 of row (token j, KV head h) as f32.
+template <KvFormat F>
+__device__ __forceinline__ void Load8(const DeviceRows& r, int64_t j, int h, int c, float* o) {
+  Decode8<F>(LoadRaw8<F>(r, j, h, c), o);
+}
+
+// --- Storing rows --------------------------------------------------------------------------------
+
+template <typename T>
+__device__ T FromFloat(float x);
+template <>
+__device__ float FromFloat<float>(float x) { return x; }
+template <>
+__device__ __half FromFloat<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// blockIdx.y: 0 stores K into k, 1 stores V into v.
+template <typename T>
+__global__ void StoreExactKernel(T* k, T* v, const float* K, const float* V, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) (blockIdx.y ? v : k)[i] = FromFloat<T>((blockIdx.y ? V : K)[i]);
+}
+
+// kv/mx_codec.cpp's QuantizeMini for E4M3 (ebits 4, mbits 3, bias 7, max 448) and E2M1 (2, 1, 1,
+// 6), in double like the CPU so the codes agree bit for bit.
+template <int kEbits, int kMbits, int kBias>
+__device__ uint32_t QuantizeMini(double x, double max_normal) {
+  const uint32_t sign = signbit(x) ? 1u << (kEbits + kMbits) : 0u;
+  const double a = fmin(fabs(x), max_normal);
+  if (a == 0) return sign;
+  const int e = max(ilogb(a), 1 - kBias);
+  double r = nearbyint(ldexp(a, kMbits - e));
+  if (r == 0) return sign;
+  int biased = e + kBias;
+  if (r >= double(1u << (kMbits + 1))) {
+    r /= 2;
+    ++biased;
+  }
+  if (r < double(1u << kMbits)) return sign | uint32_t(r);
+  return sign | uint32_t(biased) << kMbits | (uint32_t(r) - (1u << kMbits));
+}
+
+// One warp per block of 32 elements of one (token, head) row; lane i encodes element i.
+// blockIdx.y: 0 stores K into k, 1 stores V into v.
+template <KvFormat F>
+__global__ void StoreMxKernel(DeviceRows k, DeviceRows v, int64_t start, const float* K, const float* V,
+                              int64_t n_blocks) {
+  const DeviceRows& dst = blockIdx.y ? v : k;
+  const float* src = blockIdx.y ? V : K;
+  const int64_t b = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (b >= n_blocks) return;  // whole warps exit together: n_blocks counts warps
+  const int lane = threadIdx.x % 32, per_row = dst.dim / 32;
+  const int64_t row = b / per_row;  // (token - start) * n_kv + head
+  const int blk = int(b % per_row);
+  const float x = src[row * dst.dim + blk * 32 + lane];
+  const int64_t out_row = start * dst.n_kv + row;
+  const bool finite = __all_sync(kFull, isfinite(x));
+  float amax = finite ? fabsf(x) : 0.f;
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFull, amax, o));
+  constexpr int kEmax = F == KvFormat::kMxFp8E4M3 ? 8 : 2;
+  const int X = amax == 0 ? -127 : min(max(ilogbf(amax) - kEmax, -127), 127);
+  if (lane == 0) dst.scales[out_row * per_row + blk] = finite ? uint8_t(X + 127) : uint8_t(0xFF);
+  uint32_t code = 0;  // a non-finite block keeps zero codes, like the CPU's memset row
+  if (finite) {
+    const double y = ldexp(double(x), -X);
+    code = F == KvFormat::kMxFp8E4M3 ? QuantizeMini<4, 3, 7>(y, 448.0) : QuantizeMini<2, 1, 1>(y, 6.0);
+  }
+  if constexpr (F == KvFormat::kMxFp8E4M3) {
+    dst.elems[out_row * dst.dim + blk * 32 + lane] = uint8_t(code);
+  } else {
+    const uint32_t next = __shfl_down_sync(kFull, code, 1);
+    if (lane % 2 == 0) dst.elems[(out_row * dst.dim + blk * 32 + lane) / 2] = uint8_t(code | next << 4);
+  }
+}
+
+// --- Decode: split-K over the sequence ---------------------------------------------------------
+
+constexpr int kDecodeThreads = 128;
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+
+struct Split {
+  int chunk = 0, splits = 0;
+};
+// About 8 blocks per SM (n_kv blocks per split), so that enough warps stream rows to cover
+// memory latency; chunks of 64..1024 rows.
+Split DecodeSplit(const AttnShape& a, int64_t len, int sm_count) {
+  const int64_t target = std::max(1, 8 * sm_count / a.n_kv);
+  int64_t chunk = (len + target - 1) / target;
+  chunk = std::clamp<int64_t>((chunk + 31) / 32 * 32, 64, 1024);
+  return {int(chunk), int((len + chunk - 1) / chunk)};
+}
+
+// Block (split, kv head): the G query heads of one KV head over rows [split*chunk, +chunk).
+// Lanes work in groups of hd/8, one row per group, each lane owning 8 elements of the row; the
+// same lane keeps the same 8 query elements in registers for the whole kernel. Writes, per head
+// and split, the running max m, the sum l of exp(s - m) and the unnormalized output (hd).
+// GM: the group size G rounded up to 1, 2, 4 or 8 (register arrays need a compile-time size;
+// lanes of heads g >= G compute on zeros and are never stored).
+template <KvFormat F, int GM>
+__global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DeviceRows K, DeviceRows V, const float* q, int n_heads,
+                                                               int len, int chunk, float scale, float* part) {
+  extern __shared__ float smem[];
+  const int hd = K.dim, G = n_heads / K.n_kv, kvh = blockIdx.y, split = blockIdx.x, splits = gridDim.x;
+  float* ss = smem;                       // (G, chunk) scores, then exp(s - m)
+  float* red = ss + G * chunk;            // (warps, G, hd) per-warp output sums
+  float* ml = red + kDecodeWarps * G * hd;  // (G, 2) max and sum per head
+  const int begin = split * chunk, n = max(0, min(len, begin + chunk) - begin);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lpr = hd / 8, rpw = 32 / lpr;
+  const int c = lane % lpr, sub = lane / lpr;
+
+  float qr[GM][8];
+#pragma unroll
+  for (int g = 0; g < GM; ++g)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) qr[g][e] = g < G ? q[(kvh * G + g) * hd + c * 8 + e] * scale : 0.f;
+
+  // U rows per lane group and step, loaded before any is decoded: ~64 bytes in flight per lane
+  // whatever the form (a bandwidth-bound loop must cover memory latency; packed rows are shorter).
+  constexpr int U = kRowsInFlight<F>;
+  const int step = kDecodeWarps * rpw;
+  for (int base = 0; base < n; base += U * step) {
+    Raw8<F> raw[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int jl = base + u * step + warp * rpw + sub;
+      if (jl < n) raw[u] = LoadRaw8<F>(K, begin + jl, kvh, c);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int jl = base + u * step + warp * rpw + sub;
+      float kv[8];
+      Decode8<F>(raw[u], kv);  // garbage past n: its scores stay in its own lane group, unstored
+      float dot[GM] = {};
+#pragma unroll
+      for (int g = 0; g < GM; ++g)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dot[g] += qr[g][e] * kv[e];
+#pragma unroll
+      for (int g = 0; g < GM; ++g)
+        for (int o = lpr / 2; o > 0; o >>= 1) dot[g] += __shfl_xor_sync(kFull, dot[g], o);
+      if (jl < n && c == 0)
+#pragma unroll
+        for (int g = 0; g < GM; ++g)  // unrolled: register arrays take constant indices only
+          if (g < G) ss[g * chunk + jl] = dot[g];
+    }
+  }
+  __syncthreads();
+
+  for (int g = warp; g < G; g += kDecodeWarps) {
+    float m = -INFINITY, l = 0;
+    for (int i = lane; i < n; i += 32) m = fmaxf(m, ss[g * chunk + i]);
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(kFull, m, o));
+    for (int i = lane; i < n; i += 32) {
+      const float p = expf(ss[g * chunk + i] - m);
+      ss[g * chunk + i] = p;
+      l += p;
+    }
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(kFull, l, o);
+    if (lane == 0) ml[2 * g] = m, ml[2 * g + 1] = l;
+  }
+  __syncthreads();
+
+  float acc[GM][8] = {};
+  for (int base = 0; base < n; base += U * step) {
+    Raw8<F> raw[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int jl = base + u * step + warp * rpw + sub;
+      if (jl < n) raw[u] = LoadRaw8<F>(V, begin + jl, kvh, c);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int jl = base + u * step + warp * rpw + sub;
+      if (jl >= n) continue;
+      float vv[8];
+      Decode8<F>(raw[u], vv);
+#pragma unroll
+      for (int g = 0; g < GM; ++g) {
+        const float p = g < G ? ss[g * chunk + jl] : 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] += p * vv[e];
+      }
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < GM; ++g)
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      for (int o = lpr; o < 32; o <<= 1) acc[g][e] += __shfl_xor_sync(kFull, acc[g][e], o);
+  if (sub == 0)
+#pragma unroll
+    for (int g = 0; g < GM; ++g)
+      if (g < G)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) red[(warp * G + g) * hd + c * 8 + e] = acc[g][e];
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * hd; i += kDecodeThreads) {
+    float s = 0;
+    for (int w = 0; w < kDecodeWarps; ++w) s += red[w * G * hd + i];
+    const int g = i / hd, d = i % hd;
+    float* P = part + (int64_t(kvh * G + g) * splits + split) * (hd + 2);
+    P[2 + d] = s;
+    if (d == 0) P[0] = ml[2 * g], P[1] = ml[2 * g + 1];
+  }
+}
+
+constexpr int kCombineThreads = 256;
+
+// Block-wide reduction with op; every thread gets the result. `red` holds one float per warp.
+template <typename Op>
+__device__ float BlockReduce(float v, Op op, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(kFull, v, o));
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float t = red[0];
+  for (int w = 1; w < int(blockDim.x / 32); ++w) t = op(t, red[w]);
+  __syncthreads();  // red is reused by the next reduction
+  return t;
+}
+
+// Block h merges head h's splits: the global max, each split's weight exp(m_s - M) (0 for an
+// empty split), then threads (d, j) sum the weighted outputs of splits j, j + nj, ... in parallel
+// (independent loads: the merge reads up to ~100 KB per head from L2 and must not wait on each).
+__global__ void __launch_bounds__(kCombineThreads) CombineKernel(const float* part, int splits, int hd, float* O) {
+  extern __shared__ float sw[];  // (splits) weights, then (nj, hd) partial outputs
+  __shared__ float red[kCombineThreads / 32];
+  const int h = blockIdx.x, stride = hd + 2;
+  const float* P = part + int64_t(h) * splits * stride;
+  float m = -INFINITY;
+  for (int s = threadIdx.x; s < splits; s += kCombineThreads) m = fmaxf(m, P[s * stride]);
+  const float M = BlockReduce(m, [](float a, float b) { return fmaxf(a, b); }, red);
+  float l = 0;
+  for (int s = threadIdx.x; s < splits; s += kCombineThreads) {
+    const float ms = P[s * stride];
+    const float w = ms == -INFINITY ? 0.f : expf(ms - M);
+    sw[s] = w;
+    l += w * P[s * stride + 1];
+  }
+  const float L = BlockReduce(l, [](float a, float b) { return a + b; }, red);  // its barrier publishes sw
+  const int d = threadIdx.x % hd, j = threadIdx.x / hd, nj = kCombineThreads / hd;
+  float o = 0;
+  for (int s = j; s < splits; s += nj) o += sw[s] * P[s * stride + 2 + d];
+  float* po = sw + splits;
+  po[j * hd + d] = o;
+  __syncthreads();
+  if (j == 0) {
+    for (int k = 1; k < nj; ++k) o += po[k * hd + d];
+    O[h * hd + d] = o / L;
+  }
+}
+
+// --- Prefill: tiled online softmax --------------------------------------------------------------
+
+constexpr int kPrefillThreads = 128;
+constexpr int kQv = kPrefillThreads / 2;  // query vectors (row, head) per block, two threads each
+constexpr int kBk = 32;                   // keys per tile
+constexpr int kMaxHalf = 64;              // head_dim / 2 accumulators per thread (head_dim <= 128)
+
+// Block (query tile, kv head): rows tile*BQ .. +BQ (BQ = 64 / G) with the G query heads of the
+// KV head. Thread pair (2 qv, 2 qv + 1) shares query vector qv: each scores half of every key
+// tile and owns half of the output dims; the pair exchanges max and sum by shuffles and
+// probabilities through shared memory.
+template <KvFormat F>
+__global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(DeviceRows K, DeviceRows V, const float* Q, float* O,
+                                                                 int T, int64_t start, int n_heads, float scale) {
+  extern __shared__ float smem[];
+  const int hd = K.dim, G = n_heads / K.n_kv, BQ = kQv / G, kvh = blockIdx.y, qstride = hd + 4, half_dim = hd / 2;
+  float* Qs = smem;                  // (kQv, hd + 4) scaled queries; the pad keeps rows on distinct banks
+  float* Ks = Qs + kQv * qstride;    // (kBk, hd)
+  float* Vs = Ks + kBk * hd;         // (kBk, hd)
+  float* Ps = Vs + kBk * hd;         // (kQv, kBk + 1) probabilities of the current tile
+  const int qv = threadIdx.x / 2, half = threadIdx.x % 2;
+  const int row0 = blockIdx.x * BQ;
+  const int row = row0 + qv / G, h = kvh * G + qv % G;
+  const bool valid = qv < BQ * G && row < T;
+  const int64_t p = start + row;  // this query's position: it sees keys 0..p
+
+  for (int i = threadIdx.x; i < kQv * hd; i += kPrefillThreads) {
+    const int v = i / hd, d = i % hd, r = row0 + v / G;
+    Qs[v * qstride + d] = (v < BQ * G && r < T) ? Q[int64_t(r) * n_heads * hd + (kvh * G + v % G) * hd + d] * scale : 0.f;
+  }
+  const int64_t kv_end = start + min(T, row0 + BQ);  // keys the block's last row sees
+  float m = -INFINITY, l = 0, acc[kMaxHalf] = {};
+  for (int64_t kt = 0; kt < kv_end; kt += kBk) {
+    __syncthreads();  // the previous tile is consumed (and, first time, Qs is written)
+    for (int i = threadIdx.x; i < kBk * (hd / 8); i += kPrefillThreads) {
+      const int jj = i / (hd / 8), c = i % (hd / 8);
+      float a[8] = {}, b[8] = {};
+      if (kt + jj < kv_end) {
+        Load8<F>(K, kt + jj, kvh, c, a);
+        Load8<F>(V, kt + jj, kvh, c, b);
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) Ks[jj * hd + c * 8 + e] = a[e], Vs[jj * hd + c * 8 + e] = b[e];
+    }
+    __syncthreads();
+
+    float s[kBk / 2] = {};
+    for (int d = 0; d < hd; d += 4) {
+      const float4 qq = *reinterpret_cast<const float4*>(&Qs[qv * qstride + d]);
+#pragma unroll
+      for (int i = 0; i < kBk / 2; ++i) {
+        const float4 kk = *reinterpret_cast<const float4*>(&Ks[(half * kBk / 2 + i) * hd + d]);
+        s[i] += qq.x * kk.x + qq.y * kk.y + qq.z * kk.z + qq.w * kk.w;
+      }
+    }
+    float tmax = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kBk / 2; ++i) {
+      if (!valid || kt + half * kBk / 2 + i > p) s[i] = -INFINITY;
+      tmax = fmaxf(tmax, s[i]);
+    }
+    tmax = fmaxf(tmax, __shfl_xor_sync(kFull, tmax, 1));
+    const float m_new = fmaxf(m, tmax);
+    // Until a row has seen a key (m_new = -inf) nothing accumulates; exp(-inf) = 0 covers m = -inf.
+    const float corr = m_new == -INFINITY ? 1.f : expf(m - m_new);
+    float ls = 0;
+#pragma unroll
+    for (int i = 0; i < kBk / 2; ++i) {
+      const float e = s[i] == -INFINITY ? 0.f : expf(s[i] - m_new);
+      Ps[qv * (kBk + 1) + half * kBk / 2 + i] = e;
+      ls += e;
+    }
+    ls += __shfl_xor_sync(kFull, ls, 1);
+    l = l * corr + ls;
+    m = m_new;
+#pragma unroll
+    for (int dd = 0; dd < kMaxHalf; ++dd) acc[dd] *= corr;
+    __syncwarp();  // the pair's probabilities are visible to both threads
+    for (int k = 0; k < kBk; ++k) {
+      const float pk = Ps[qv * (kBk + 1) + k];
+#pragma unroll
+      for (int dd = 0; dd < kMaxHalf; dd += 4) {
+        if (dd < half_dim) {
+          const float4 vv = *reinterpret_cast<const float4*>(&Vs[k * hd + half * half_dim + dd]);
+          acc[dd] += pk * vv.x, acc[dd + 1] += pk * vv.y, acc[dd + 2] += pk * vv.z, acc[dd + 3] += pk * vv.w;
+        }
+      }
+    }
+  }
+  if (!valid) return;
+  float* out = O + int64_t(row) * n_heads * hd + h * hd + half * half_dim;
+#pragma unroll
+  for (int dd = 0; dd < kMaxHalf; ++dd)
+    if (dd < half_dim) out[dd] = acc[dd] / l;
+}
+
+size_t DecodeSmem(const AttnShape& a, int chunk) {
+  const int G = a.n_heads / a.n_kv;
+  return sizeof(float) * (size_t(G) * chunk + size_t(kDecodeWarps) * G * a.head_dim + 2 * G);
+}
+size_t PrefillSmem(int hd) { return sizeof(float) * (size_t(kQv) * (hd + 4) + 2 * kBk * hd + kQv * (kBk + 1)); }
+
+template <KvFormat F>
+void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const float* Q, int64_t T, int64_t start,
+              float* O, float* ws, int sm_count, cudaStream_t s) {
+  // Opt in to more than 48 KB of dynamic shared memory once per kernel (Hopper allows 227 KB).
+  static const bool opted = [] {
+    for (auto* kernel : {DecodeKernel<F, 1>, DecodeKernel<F, 2>, DecodeKernel<F, 4>, DecodeKernel<F, 8>})
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
+    cudaFuncSetAttribute(PrefillKernel<F>, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
+    return true;
+  }();
+  (void)opted;
+  const float scale = 1.0f / std::sqrt(float(a.head_dim));
+  if (T == 1) {
+    const int64_t len = start + 1;
+    const Split sp = DecodeSplit(a, len, sm_count);
+    const int G = a.n_heads / a.n_kv;
+    auto* kernel = G == 1 ? DecodeKernel<F, 1> : G == 2 ? DecodeKernel<F, 2> : G <= 4 ? DecodeKernel<F, 4> : DecodeKernel<F, 8>;
+    kernel<<<dim3(unsigned(sp.splits), unsigned(a.n_kv)), kDecodeThreads, DecodeSmem(a, sp.chunk), s>>>(
+        k, v, Q, a.n_heads, int(len), sp.chunk, scale, ws);
+    CombineKernel<<<unsigned(a.n_heads), kCombineThreads, sizeof(float) * (sp.splits + kCombineThreads), s>>>(
+        ws, sp.splits, a.head_dim, O);
+    return;
+  }
+  const int BQ = kQv / (a.n_heads / a.n_kv);
+  PrefillKernel<F><<<dim3(unsigned((T + BQ - 1) / BQ), unsigned(a.n_kv)), kPrefillThreads, PrefillSmem(a.head_dim), s>>>(
+      k, v, Q, O, int(T), start, a.n_heads, scale);
+}
+
+}  // namespace
+
+bool IsMx(KvFormat f) { return f == KvFormat::kMxFp8E4M3 || f == KvFormat::kMxFp4; }
+
+int64_t TokenElemBytes(KvFormat f, int dim, int n_kv) { return int64_t(n_kv) * dim * ElementBits(f) / 8; }
+int64_t TokenScaleBytes(KvFormat f, int dim, int n_kv) { return IsMx(f) ? int64_t(n_kv) * (dim / 32) : 0; }
+
+void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const float* K, const float* V, int64_t n,
+             cudaStream_t s) {
+  if (n <= 0) return;
+  const int64_t count = n * k.n_kv * k.dim;  // elements of K (and of V)
+  const int64_t first = start * k.n_kv * k.dim;
+  const dim3 grid(unsigned((count + 255) / 256), 2);
+  switch (k.fmt) {
+    case KvFormat::kF32:
+      StoreExactKernel<<<grid, 256, 0, s>>>(reinterpret_cast<float*>(k.elems) + first,
+                                            reinterpret_cast<float*>(v.elems) + first, K, V, count);
+      break;
+    case KvFormat::kF16:
+      StoreExactKernel<<<grid, 256, 0, s>>>(reinterpret_cast<__half*>(k.elems) + first,
+                                            reinterpret_cast<__half*>(v.elems) + first, K, V, count);
+      break;
+    case KvFormat::kBF16:
+      StoreExactKernel<<<grid, 256, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(k.elems) + first,
+                                            reinterpret_cast<__nv_bfloat16*>(v.elems) + first, K, V, count);
+      break;
+    case KvFormat::kMxFp8E4M3:  // one warp per 32-element block: count / 32 warps
+      StoreMxKernel<KvFormat::kMxFp8E4M3><<<grid, 256, 0, s>>>(k, v, start, K, V, count / 32);
+      break;
+    case KvFormat::kMxFp4:
+      StoreMxKernel<KvFormat::kMxFp4><<<grid, 256, 0, s>>>(k, v, start, K, V, count / 32);
+      break;
+  }
+}
+
+Status CheckAttnShape(const AttnShape& a, KvFormat f) {
+  if (a.n_kv <= 0 || a.n_heads % a.n_kv != 0 || a.n_heads / a.n_kv > kMaxGroup)
+    return Status::Unsupported("cuda attention: " + std::to_string(a.n_heads) + " query heads over " +
+                               std::to_string(a.n_kv) + " KV heads (at most " + std::to_string(kMaxGroup) +
+                               " query heads per KV head)");
+  if (a.head_dim != 32 && a.head_dim != 64 && a.head_dim != 128)
+    return Status::Unsupported("cuda attention: head_dim " + std::to_string(a.head_dim) + " (supported: 32, 64, 128)");
+  return Status::Ok();
+}
+
+int64_t AttendWorkspaceFloats(const AttnShape& a, int64_t len, int sm_count) {
+  return int64_t(a.n_heads) * DecodeSplit(a, len, sm_count).splits * (a.head_dim + 2);
+}
+
+void Attend(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const float* Q, int64_t T, int64_t start,
+            float* O, float* ws, int sm_count, cudaStream_t s) {
+  if (T <= 0) return;
+  switch (k.fmt) {
+    case KvFormat::kF32: return AttendAs<KvFormat::kF32>(a, k, v, Q, T, start, O, ws, sm_count, s);
+    case KvFormat::kF16: return AttendAs<KvFormat::kF16>(a, k, v, Q, T, start, O, ws, sm_count, s);
+    case KvFormat::kBF16: return AttendAs<KvFormat::kBF16>(a, k, v, Q, T, start, O, ws, sm_count, s);
+    case KvFormat::kMxFp8E4M3: return AttendAs<KvFormat::kMxFp8E4M3>(a, k, v, Q, T, start, O, ws, sm_count, s);
+    case KvFormat::kMxFp4: return AttendAs<KvFormat::kMxFp4>(a, k, v, Q, T, start, O, ws, sm_count, s);
+  }
+}
+
+}  // namespace atp::cuda

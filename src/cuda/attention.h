@@ -1,0 +1,58 @@
+// GPU attention over KV rows in device memory, in every form the CUDA policies keep: exact
+// (f32/f16/bf16) or OCP MX blocks (fp8 E4M3, fp4 E2M1) dequantized in registers. One loader per
+// form feeds two kernels: split-K decode (one query row; the sequence split across blocks, then a
+// combine) and tiled prefill (FlashAttention-style online softmax over key tiles in shared memory,
+// f32 CUDA-core math: no tensor cores yet). Launchers only; nothing here allocates.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/status.h"
+
+namespace atp::cuda {
+
+enum class KvFormat : uint8_t { kF32, kF16, kBF16, kMxFp8E4M3, kMxFp4 };
+
+// One layer's key (or value) rows for all KV heads. Row (token j, KV head h) holds `dim` elements
+// at elems + (j * n_kv + h) * dim * bits / 8; MX rows also own dim / 32 E8M0 scale bytes at
+// scales + (j * n_kv + h) * dim / 32 (element i uses scale i / 32). Elements and scales are kept
+// apart (unlike the CPU's interleaved kMx rows, kernels/packed_attention.h) so that every lane's
+// element load is naturally aligned; the byte count is the same.
+struct DeviceRows {
+  KvFormat fmt = KvFormat::kF32;
+  uint8_t* elems = nullptr;
+  uint8_t* scales = nullptr;  // MX only
+  int dim = 0;
+  int n_kv = 0;
+};
+
+bool IsMx(KvFormat f);
+// Bytes of element data, and of scales, of one token (all KV heads).
+int64_t TokenElemBytes(KvFormat f, int dim, int n_kv);
+int64_t TokenScaleBytes(KvFormat f, int dim, int n_kv);
+
+// Stores tokens [start, start + n) of k and v (one launch for both) from K and V (n, n_kv * dim)
+// f32: exact forms round to nearest even; MX encodes exactly as kv/mx_codec.h's MxEncodeRow (bit
+// for bit: the same scale choice, round-to-nearest-even and saturation; a block with a NaN or Inf
+// gets scale 0xFF). k and v share form and geometry.
+void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const float* K, const float* V, int64_t n,
+             cudaStream_t s);
+
+struct AttnShape {
+  int n_heads = 0, n_kv = 0, head_dim = 0;
+};
+// Whether the kernels cover this shape (head_dim 32/64/128, at most 8 query heads per KV head).
+Status CheckAttnShape(const AttnShape& a, KvFormat f);
+
+// f32 elements of decode scratch for one query row over `len` rows on a GPU of sm_count SMs.
+int64_t AttendWorkspaceFloats(const AttnShape& a, int64_t len, int sm_count);
+
+// O (T, n_heads * head_dim) f32 = causal softmax(Q K^T / sqrt(head_dim)) V for queries Q
+// (T, n_heads * head_dim) f32 at positions start .. start + T - 1 over rows 0 .. start + T - 1 of
+// k and v (query head h reads KV head h / (n_heads / n_kv)). T == 1 runs split-K decode and needs
+// ws (AttendWorkspaceFloats); T > 1 runs the tiled prefill kernel.
+void Attend(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const float* Q, int64_t T, int64_t start,
+            float* O, float* ws, int sm_count, cudaStream_t s);
+
+}  // namespace atp::cuda

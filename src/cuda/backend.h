@@ -1,0 +1,31 @@
+// The CUDA backend (built with -DATP_CUDA=ON): the Llama forward pass on one NVIDIA GPU (cuBLAS bf16
+// projections, fused elementwise kernels, attention kernels per KV representation) and the KV
+// policies whose rows live in device memory. It refuses policies it has no kernels for instead of
+// falling back to the CPU. The CPU path is untouched: nothing here is used unless `--device cuda`.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "core/status.h"
+#include "kv/kv_policy.h"
+#include "model/llama.h"
+
+namespace atp {
+
+// Ok when a CUDA device is usable; otherwise why not (no driver, no device, ...).
+Status CudaDeviceStatus();
+
+// A forward pass on the GPU for `model` (device 0): uploads every weight as bf16 (norm weights and
+// biases f32) and keeps it for the backend's lifetime. The model must outlive the backend. Items
+// handed to Forward must carry policies from MakeCudaKvFactory (possibly wrapped, e.g. by the
+// bench's timing wrapper): the backend calls their Append/Attend with device pointers.
+Result<std::unique_ptr<ForwardBackend>> MakeCudaBackend(const LlamaModel& model);
+
+// KV policies in device memory for a policy string the CPU registry accepts, with the same
+// canonical Describe() and the same Bytes(). Supported: dense:dtype=f32|f16|bf16,
+// mx:fmt=fp8_e4m3|fp4 (head_dim a multiple of 32); others fail naming what is supported.
+// Their Append/Attend take device or host pointers (host buffers are staged through the device),
+// so the CPU tests can drive them through the plain KvPolicy interface.
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& spec, const std::string& model_dir = "");
+
+}  // namespace atp

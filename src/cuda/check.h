@@ -1,0 +1,66 @@
+// Error plumbing and device memory ownership shared by the CUDA backend's host code: CUDA and
+// cuBLAS return codes become Status, and DeviceArray owns one cudaMalloc'd buffer.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <string>
+#include <utility>
+
+#include "core/status.h"
+
+namespace atp::cuda {
+
+inline Status FromCuda(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return Status::Ok();
+  return Status::IOError(std::string("cuda: ") + what + ": " + cudaGetErrorString(e));
+}
+// The launch error of the last kernel (bad configuration, missing image for this GPU).
+inline Status LastLaunch(const char* what) { return FromCuda(cudaGetLastError(), what); }
+
+#define ATP_CUDA_RETURN(expr) ATP_RETURN_IF_ERROR(::atp::cuda::FromCuda((expr), #expr))
+
+// Owns count elements of T in device memory (uninitialized). Grow() keeps nothing: it is for
+// scratch whose contents are rewritten by every call.
+template <typename T>
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  ~DeviceArray() { Free(); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  DeviceArray(DeviceArray&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceArray& operator=(DeviceArray&& o) noexcept {
+    if (this != &o) {
+      Free();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+
+  // At least count elements; reallocates (contents lost) only when larger than held.
+  Status Grow(size_t count) {
+    if (count <= n_) return Status::Ok();
+    Free();
+    void* p = nullptr;
+    ATP_RETURN_IF_ERROR(FromCuda(cudaMalloc(&p, count * sizeof(T)), "cudaMalloc"));
+    p_ = static_cast<T*>(p);
+    n_ = count;
+    return Status::Ok();
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  void Free() {
+    // cudaFree synchronizes the device, so no queued kernel still reads the buffer.
+    if (p_) cudaFree(p_);
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+}  // namespace atp::cuda

@@ -1,0 +1,197 @@
+// The CUDA backend against the CPU path (compiled only with ATP_CUDA; every test skips, saying
+// why, on a machine without a usable GPU). Kernels: each GPU policy against the CPU policy of the
+// same string, row for row, through the plain KvPolicy interface (host buffers, staged by the
+// policy). Model: ref-5m's logits on the GPU against the PyTorch reference and the CPU pass.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/backend.h"
+#include "engine/sequence.h"
+#include "eval/perplexity.h"
+#include "kv/kv_policy.h"
+#include "model/llama.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
+
+namespace atp {
+namespace {
+
+#define ATP_SKIP_WITHOUT_GPU()                                                    \
+  do {                                                                            \
+    const Status gpu = CudaDeviceStatus();                                        \
+    if (!gpu.ok()) GTEST_SKIP() << "no CUDA GPU here (" << gpu.ToString() << ")"; \
+  } while (0)
+
+struct Case {
+  KvShape shape;
+  std::vector<int> chunks;  // appended and attended in chunks of these sizes (the last repeats)
+  int T;                    // tokens in all
+};
+
+// Runs one policy over random K, V, Q in chunks; returns every chunk's attention output (T, q_dim).
+std::vector<float> RunPolicy(KvPolicy& p, const Case& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0, 1);
+  const int qd = c.shape.q_dim(), kvd = c.shape.kv_dim();
+  std::vector<float> K(size_t(c.T) * kvd), V(K.size()), Q(size_t(c.T) * qd), O(Q.size(), NAN);
+  for (auto* v : {&K, &V, &Q})
+    for (auto& x : *v) x = nd(rng);
+  int pos = 0;
+  size_t i = 0;
+  while (pos < c.T) {
+    const int n = std::min(c.chunks[std::min(i++, c.chunks.size() - 1)], c.T - pos);
+    std::vector<int32_t> ps(static_cast<size_t>(n));
+    for (int j = 0; j < n; ++j) ps[size_t(j)] = pos + j;
+    EXPECT_TRUE(p.Append(ps, nullptr, &K[size_t(pos) * kvd], &V[size_t(pos) * kvd]).ok());
+    p.Attend(ps, &Q[size_t(pos) * qd], &O[size_t(pos) * qd]);
+    pos += n;
+  }
+  return O;
+}
+
+// Every GPU policy reads exactly the values its CPU twin reads (same rounding to f16/bf16, MX codes
+// bit for bit), so outputs differ only by f32 summation order and exp implementations: ~1e-6 on
+// outputs of magnitude ~1. 1e-4 keeps a wide margin, yet one MX code off by one quantum moves an
+// output by ~1e-2, and a wrong causal bound, GQA head or split merge by far more.
+TEST(CudaKv, PoliciesMatchCpuTwins) {
+  ATP_SKIP_WITHOUT_GPU();
+  const std::vector<Case> cases = {
+      {{0, 256, 4, 2, 64}, {77, 1, 1, 1, 40, 1}, 160},   // ref-5m's attention: prefill, decode, prefill again
+      {{0, 384, 6, 2, 64}, {33, 1}, 70},                 // atp-12m: 3 query heads per KV head
+      {{0, 2048, 32, 8, 64}, {1}, 40},                   // llama-3.2-1b's attention, decode only
+      {{0, 512, 8, 1, 128}, {300, 1}, 310},              // head_dim 128, 8 query heads per KV head
+      {{0, 256, 4, 2, 32}, {3000, 1, 1}, 3002},          // long: many decode splits, many prefill tiles
+  };
+  for (const std::string spec : {"dense", "dense:dtype=bf16", "dense:dtype=f16", "mx:fmt=fp8_e4m3", "mx:fmt=fp4"}) {
+    auto cpu = ParseKvPolicy(spec);
+    auto gpu = MakeCudaKvFactory(spec);
+    ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
+    EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
+    for (size_t ci = 0; ci < cases.size(); ++ci) {
+      const Case& c = cases[ci];
+      ASSERT_TRUE((*gpu)->CheckShape(c.shape).ok()) << spec << " case " << ci;
+      auto pc = (*cpu)->Create(c.shape);
+      auto pg = (*gpu)->Create(c.shape);
+      const auto want = RunPolicy(*pc, c, uint32_t(ci) + 7);
+      const auto got = RunPolicy(*pg, c, uint32_t(ci) + 7);
+      double worst = 0;
+      size_t at = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        const double d = std::isnan(got[i]) ? INFINITY : std::fabs(double(got[i]) - want[i]);
+        if (d > worst) worst = d, at = i;
+      }
+      EXPECT_LE(worst, 1e-4) << spec << " case " << ci << ": worst at token " << at / size_t(c.shape.q_dim())
+                             << " element " << at % size_t(c.shape.q_dim()) << " got " << got[at] << " want " << want[at];
+      EXPECT_EQ(pg->Bytes(), pc->Bytes()) << spec << " case " << ci;
+      EXPECT_EQ(pg->Length(), pc->Length());
+    }
+  }
+}
+
+TEST(CudaKv, RejectsPoliciesWithoutKernels) {
+  auto f = MakeCudaKvFactory("atp:block=64,rank=16,window=64");
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().ToString().find("no CUDA kernels"), std::string::npos) << f.status().ToString();
+  EXPECT_FALSE(MakeCudaKvFactory("nonsense").ok());
+}
+
+constexpr int kVocab = 4096;
+
+// ref-5m on the GPU: bf16 weights (as ref-5m-bf16 on the CPU, whose logits move by up to 3.0e-2
+// from the f32 reference, model_reference_test.cpp) plus bf16 rounding of the three GEMM inputs
+// per sub-block (normed x, attention output, silu(gate)*up: each also <= 2^-9 relative). Twice the
+// weight-only error and a margin gives 0.15; a wrong RoPE pair, norm or GQA mapping moves logits
+// by more than 1. Argmax must agree except where the reference's top two are closer than that.
+constexpr double kGpuTol = 0.15;
+
+void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double worst = 0, se = 0, sr = 0;
+  int argmax_diff = 0;
+  for (size_t r = 0; r * kVocab < want.size(); ++r) {
+    const float* g = &got[r * kVocab];
+    const float* w = &want[r * kVocab];
+    for (int i = 0; i < kVocab; ++i) {
+      worst = std::max(worst, std::isnan(g[i]) ? INFINITY : std::fabs(double(g[i]) - w[i]));
+      se += (double(g[i]) - w[i]) * (double(g[i]) - w[i]);
+      sr += double(w[i]) * w[i];
+    }
+    const int ag = int(std::max_element(g, g + kVocab) - g), aw = int(std::max_element(w, w + kVocab) - w);
+    if (ag != aw && w[aw] - w[ag] > kGpuTol) ++argmax_diff;
+  }
+  std::cerr << "[cuda] " << what << ": max abs err " << worst << ", relative L2 err " << std::sqrt(se / sr) << "\n";
+  EXPECT_LE(worst, kGpuTol) << what;
+  EXPECT_EQ(argmax_diff, 0) << what;
+}
+
+std::vector<float> Logits(LlamaModel& m, const KvPolicyFactory& kv, const std::vector<int32_t>& ids, bool decode) {
+  Sequence seq(m, kv);
+  std::vector<float> all, step;
+  if (!decode) {
+    EXPECT_TRUE(RunChunk(m, seq, ids, true, &all).ok());
+    return all;
+  }
+  for (int32_t id : ids) {
+    EXPECT_TRUE(RunChunk(m, seq, std::span<const int32_t>(&id, 1), false, &step).ok());
+    all.insert(all.end(), step.begin(), step.end());
+  }
+  return all;
+}
+
+TEST(CudaModel, RefModelLogitsMatchReferenceAndCpu) {
+  ATP_SKIP_WITHOUT_GPU();
+  ATP_SKIP_WITHOUT_SHARED();
+  auto t = testing::ReadRefTensors(testing::kRefModel + "/reference/logits.safetensors");
+  auto cpu_model = LlamaModel::Load(testing::kRefModel);
+  auto gpu_model = LlamaModel::Load(testing::kRefModel);
+  ASSERT_TRUE(cpu_model.ok() && gpu_model.ok());
+  auto backend = MakeCudaBackend(**gpu_model);
+  ASSERT_TRUE(backend.ok()) << backend.status().ToString();
+  (*gpu_model)->SetBackend(std::move(backend).value());
+  auto cpu_kv = ParseKvPolicy("dense");
+  for (const std::string spec : {"dense", "dense:dtype=bf16"}) {
+    auto gpu_kv = MakeCudaKvFactory(spec);
+    ASSERT_TRUE(gpu_kv.ok());
+    for (int i = 0; t.count("prompt" + std::to_string(i) + ".ids"); ++i) {
+      const std::string p = "prompt" + std::to_string(i);
+      const auto& ids = t[p + ".ids"].i32;
+      const auto& ref = t[p + ".logits"].f32;
+      ExpectNear(Logits(**gpu_model, **gpu_kv, ids, false), ref, spec + " prefill vs reference, " + p);
+      ExpectNear(Logits(**gpu_model, **gpu_kv, ids, true), Logits(**cpu_model, **cpu_kv, ids, true),
+                 spec + " decode vs CPU, " + p);
+    }
+  }
+}
+
+// The whole evaluation protocol on the GPU: perplexity within 1% of the reference's (bf16
+// rounding moves the mean log-likelihood by ~1e-3 nats; a wiring error moves it by far more).
+TEST(CudaModel, RefModelPerplexityNearReference) {
+  ATP_SKIP_WITHOUT_GPU();
+  ATP_SKIP_WITHOUT_SHARED();
+  auto m = LlamaModel::Load(testing::kRefModel);
+  ASSERT_TRUE(m.ok());
+  auto backend = MakeCudaBackend(**m);
+  ASSERT_TRUE(backend.ok()) << backend.status().ToString();
+  (*m)->SetBackend(std::move(backend).value());
+  auto ref = nlohmann::json::parse(testing::Slurp(testing::kRefModel + "/reference/perplexity.json"))["valid.txt"];
+  auto tok = Tokenizer::LoadFromDir(testing::kRefModel);
+  ASSERT_TRUE(tok.ok());
+  const auto stream = (*tok)->Encode(testing::Slurp(testing::kValidText), true);
+  auto kv = MakeCudaKvFactory("dense");
+  ASSERT_TRUE(kv.ok());
+  PerplexityOptions opt;
+  opt.chunked = true;
+  auto r = Perplexity(**m, **kv, stream, opt, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const double want = ref["ppl"];
+  std::cerr << "[cuda] perplexity " << r->ppl << " (reference " << want << ")\n";
+  EXPECT_NEAR(r->ppl, want, 1e-2 * want);
+}
+
+}  // namespace
+}  // namespace atp
