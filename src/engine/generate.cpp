@@ -3,23 +3,12 @@
 #include <algorithm>
 #include <chrono>
 
+#include "engine/text_stream.h"
+
 namespace atp {
 
 namespace {
 double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-// Length of the longest suffix of `text` that is a proper prefix of some stop string: text we must
-// hold back because the next token might complete a stop string.
-size_t HeldBack(const std::string& text, const std::vector<std::string>& stops) {
-  size_t hold = 0;
-  for (auto& s : stops)
-    for (size_t n = std::min(s.size() - 1, text.size()); n > hold; --n)
-      if (text.compare(text.size() - n, n, s, 0, n) == 0) {
-        hold = n;
-        break;
-      }
-  return hold;
-}
 }  // namespace
 
 Result<GenerateResult> Generate(LlamaModel& model, const Tokenizer& tok, const KvPolicyFactory& kv,
@@ -48,8 +37,7 @@ Result<GenerateResult> Generate(LlamaModel& model, const Tokenizer& tok, const K
   ATP_RETURN_IF_ERROR(RunChunk(model, seq, prompt_ids, false, &logits));
   res.prefill_seconds = Now() - t0;
 
-  StreamDecoder dec(tok);
-  std::string pending;  // decoded text not yet passed to on_text (may start a stop string)
+  TextStream stream(tok, opt.stop);
   res.finish_reason = "length";
   t0 = Now();
   for (int i = 0; i < opt.max_tokens && seq.length() < ctx; ++i) {
@@ -60,27 +48,21 @@ Result<GenerateResult> Generate(LlamaModel& model, const Tokenizer& tok, const K
     }
     res.token_ids.push_back(id);
     history.push_back(id);
-    pending += dec.Push(id);
-    size_t cut = std::string::npos;
-    for (auto& s : opt.stop) cut = std::min(cut, pending.find(s));
-    if (cut != std::string::npos) {
-      pending.resize(cut);
+    bool stopped = false;
+    const std::string text = stream.Push(id, &stopped);
+    if (on_text && !text.empty()) on_text(text);
+    res.text += text;
+    if (stopped) {
       res.finish_reason = "stop";
+      break;
     }
-    size_t emit = res.finish_reason == "stop" ? pending.size() : pending.size() - HeldBack(pending, opt.stop);
-    if (emit) {
-      if (on_text) on_text(pending.substr(0, emit));
-      res.text += pending.substr(0, emit);
-      pending.erase(0, emit);
-    }
-    if (res.finish_reason == "stop") break;
     if (i + 1 == opt.max_tokens || seq.length() + 1 > ctx) break;
     ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(&id, 1), false, &logits));
   }
   if (res.finish_reason != "stop") {
-    pending += dec.Flush();
-    if (on_text && !pending.empty()) on_text(pending);
-    res.text += pending;
+    const std::string rest = stream.Flush();
+    if (on_text && !rest.empty()) on_text(rest);
+    res.text += rest;
   }
   res.decode_seconds = Now() - t0;
   res.kv_bytes = seq.kv_bytes();

@@ -10,7 +10,7 @@
 
 #include "engine/scheduler.h"
 #include "server/metrics.h"
-#include "server/text_stream.h"
+#include "engine/text_stream.h"
 
 namespace atp {
 

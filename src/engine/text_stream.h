@@ -1,6 +1,6 @@
 // Generated token ids to final text: incremental detokenization that never splits a UTF-8 character,
-// and stop strings, holding back text that may be the start of one. Follows engine Generate's rules,
-// so a request's text is the same whether it ran alone or batched. Knows nothing of HTTP.
+// and stop strings, holding back text that may be the start of one. Generate and the server's
+// sessions both use it, so a request's text is the same whether it ran alone or batched.
 #pragma once
 #include <string>
 #include <vector>
