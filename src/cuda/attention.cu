@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
+#include <mma.h>
 
 #include <algorithm>
 #include <cmath>
@@ -370,65 +371,97 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const float* pa
   }
 }
 
-// --- Prefill: tiled online softmax --------------------------------------------------------------
+// --- Prefill: tiled online softmax on tensor cores ---------------------------------------------
 
-constexpr int kPrefillThreads = 128;
-constexpr int kQv = kPrefillThreads / 2;  // query vectors (row, head) per block, two threads each
-constexpr int kBk = 32;                   // keys per tile
-constexpr int kMaxHalf = 64;              // head_dim / 2 accumulators per thread (head_dim <= 128)
+constexpr int kPrefillThreads = 128;         // 4 warps
+constexpr int kQv = 64;                      // query vectors (row, head) per block, 16 per warp
+constexpr int kBk = 64;                      // keys per tile
+constexpr int kSs = kBk + 4, kPs = kBk + 8;  // row strides of the score (f32) and probability (bf16) tiles
 
-// Block (query tile, kv head): rows tile*BQ .. +BQ (BQ = 64 / G) with the G query heads of the
-// KV head. Thread pair (2 qv, 2 qv + 1) shares query vector qv: each scores half of every key
-// tile and owns half of the output dims; the pair exchanges max and sum by shuffles and
-// probabilities through shared memory.
-template <KvFormat F>
+// Shared-memory layout of the prefill kernel for head_dim HD (every array 32-byte aligned, as WMMA
+// loads need; row strides padded off multiples of 128 bytes against bank conflicts).
+template <int HD>
+struct PrefillSmem {
+  static constexpr int kQk = HD + 8, kO = HD + 4;  // row strides (elements) of Q/K/V (bf16) and O (f32)
+  static constexpr size_t kQ = 0, kK = kQ + 2 * kQv * kQk, kV = kK + 2 * kBk * kQk, kS = kV + 2 * kBk * kQk,
+                          kP = kS + 4 * kQv * kSs, kOut = kP + 2 * kQv * kPs, kBytes = kOut + 4 * kQv * kO;
+};
+
+// Block (query tile, KV head): query vectors qv = r * G + g for rows tile*BQ + r (BQ = 64 / G) and
+// the G query heads of the KV head; warp w owns qv 16w .. 16w+15. Per key tile: S = Q K^T and
+// O += P V on bf16 tensor cores (WMMA 16x16x16, f32 accumulation); the online softmax between them
+// runs on lane pairs (lanes 2i, 2i+1: row i of the warp, 32 keys each), with O kept in shared memory
+// so that rescaling it needs no fragment layout. Q is pre-scaled by 1/sqrt(hd); Q, K, V and P are
+// rounded to bf16 (as PyTorch's bf16 SDPA computes); decode stays f32.
+template <KvFormat F, int HD>
 __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(DeviceRows K, DeviceRows V, const float* Q, float* O,
                                                                  int T, int64_t start, int n_heads, float scale) {
-  extern __shared__ float smem[];
-  const int hd = K.dim, G = n_heads / K.n_kv, BQ = kQv / G, kvh = blockIdx.y, qstride = hd + 4, half_dim = hd / 2;
-  float* Qs = smem;                  // (kQv, hd + 4) scaled queries; the pad keeps rows on distinct banks
-  float* Ks = Qs + kQv * qstride;    // (kBk, hd)
-  float* Vs = Ks + kBk * hd;         // (kBk, hd)
-  float* Ps = Vs + kBk * hd;         // (kQv, kBk + 1) probabilities of the current tile
-  const int qv = threadIdx.x / 2, half = threadIdx.x % 2;
+  using namespace nvcuda;
+  using L = PrefillSmem<HD>;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  auto* Qs = reinterpret_cast<__nv_bfloat16*>(smem_raw + L::kQ);  // (kQv, kQk)
+  auto* Ks = reinterpret_cast<__nv_bfloat16*>(smem_raw + L::kK);  // (kBk, kQk)
+  auto* Vs = reinterpret_cast<__nv_bfloat16*>(smem_raw + L::kV);  // (kBk, kQk)
+  auto* Ss = reinterpret_cast<float*>(smem_raw + L::kS);          // (kQv, kSs) scores
+  auto* Ps = reinterpret_cast<__nv_bfloat16*>(smem_raw + L::kP);  // (kQv, kPs) probabilities
+  auto* Os = reinterpret_cast<float*>(smem_raw + L::kOut);        // (kQv, kO) unnormalized output
+  const int G = n_heads / K.n_kv, BQ = kQv / G, kvh = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = blockIdx.x * BQ;
-  const int row = row0 + qv / G, h = kvh * G + qv % G;
-  const bool valid = qv < BQ * G && row < T;
-  const int64_t p = start + row;  // this query's position: it sees keys 0..p
 
-  for (int i = threadIdx.x; i < kQv * hd; i += kPrefillThreads) {
-    const int v = i / hd, d = i % hd, r = row0 + v / G;
-    Qs[v * qstride + d] = (v < BQ * G && r < T) ? Q[int64_t(r) * n_heads * hd + (kvh * G + v % G) * hd + d] * scale : 0.f;
+  for (int i = threadIdx.x; i < kQv * HD; i += kPrefillThreads) {
+    const int v = i / HD, d = i % HD, r = row0 + v / G;
+    const float x = (v < BQ * G && r < T) ? Q[int64_t(r) * n_heads * HD + (kvh * G + v % G) * HD + d] * scale : 0.f;
+    Qs[v * L::kQk + d] = __float2bfloat16_rn(x);
+    Os[v * L::kO + d] = 0.f;
   }
-  const int64_t kv_end = start + min(T, row0 + BQ);  // keys the block's last row sees
-  float m = -INFINITY, l = 0, acc[kMaxHalf] = {};
+  // This lane's softmax row (block-local query vector) and half of each key tile.
+  const int qv = warp * 16 + lane / 2, half = lane % 2;
+  const bool valid = qv < BQ * G && row0 + qv / G < T;
+  const int64_t p = start + row0 + qv / G;  // its position: it sees keys 0..p
+  const int64_t kv_end = start + min(T, row0 + BQ);
+  float m = -INFINITY, l = 0;
+
   for (int64_t kt = 0; kt < kv_end; kt += kBk) {
-    __syncthreads();  // the previous tile is consumed (and, first time, Qs is written)
-    for (int i = threadIdx.x; i < kBk * (hd / 8); i += kPrefillThreads) {
-      const int jj = i / (hd / 8), c = i % (hd / 8);
+    __syncthreads();  // the previous tile is consumed (and, first time, Qs and Os are written)
+    for (int i = threadIdx.x; i < kBk * (HD / 8); i += kPrefillThreads) {
+      const int jj = i / (HD / 8), c = i % (HD / 8);
       float a[8] = {}, b[8] = {};
       if (kt + jj < kv_end) {
         Load8<F>(K, kt + jj, kvh, c, a);
         Load8<F>(V, kt + jj, kvh, c, b);
       }
 #pragma unroll
-      for (int e = 0; e < 8; ++e) Ks[jj * hd + c * 8 + e] = a[e], Vs[jj * hd + c * 8 + e] = b[e];
+      for (int e = 0; e < 8; ++e) {
+        Ks[jj * L::kQk + c * 8 + e] = __float2bfloat16_rn(a[e]);
+        Vs[jj * L::kQk + c * 8 + e] = __float2bfloat16_rn(b[e]);
+      }
     }
     __syncthreads();
 
-    float s[kBk / 2] = {};
-    for (int d = 0; d < hd; d += 4) {
-      const float4 qq = *reinterpret_cast<const float4*>(&Qs[qv * qstride + d]);
+    // S (16 x 64) of this warp = Q (16 x HD) K^T.
 #pragma unroll
-      for (int i = 0; i < kBk / 2; ++i) {
-        const float4 kk = *reinterpret_cast<const float4*>(&Ks[(half * kBk / 2 + i) * hd + d]);
-        s[i] += qq.x * kk.x + qq.y * kk.y + qq.z * kk.z + qq.w * kk.w;
+    for (int j = 0; j < kBk / 16; ++j) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+      for (int k = 0; k < HD / 16; ++k) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kb;  // K^T
+        wmma::load_matrix_sync(qa, Qs + warp * 16 * L::kQk + k * 16, L::kQk);
+        wmma::load_matrix_sync(kb, Ks + j * 16 * L::kQk + k * 16, L::kQk);
+        wmma::mma_sync(acc, qa, kb, acc);
       }
+      wmma::store_matrix_sync(Ss + warp * 16 * kSs + j * 16, acc, kSs, wmma::mem_row_major);
     }
+    __syncwarp();
+
+    // Online softmax of row qv over keys half*32 .. +32 of the tile.
+    float s[kBk / 2];
     float tmax = -INFINITY;
 #pragma unroll
     for (int i = 0; i < kBk / 2; ++i) {
-      if (!valid || kt + half * kBk / 2 + i > p) s[i] = -INFINITY;
+      const int64_t j = kt + half * (kBk / 2) + i;
+      s[i] = (valid && j <= p) ? Ss[qv * kSs + half * (kBk / 2) + i] : -INFINITY;
       tmax = fmaxf(tmax, s[i]);
     }
     tmax = fmaxf(tmax, __shfl_xor_sync(kFull, tmax, 1));
@@ -439,38 +472,44 @@ __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(DeviceRows K, D
 #pragma unroll
     for (int i = 0; i < kBk / 2; ++i) {
       const float e = s[i] == -INFINITY ? 0.f : expf(s[i] - m_new);
-      Ps[qv * (kBk + 1) + half * kBk / 2 + i] = e;
+      Ps[qv * kPs + half * (kBk / 2) + i] = __float2bfloat16_rn(e);
       ls += e;
     }
     ls += __shfl_xor_sync(kFull, ls, 1);
     l = l * corr + ls;
     m = m_new;
 #pragma unroll
-    for (int dd = 0; dd < kMaxHalf; ++dd) acc[dd] *= corr;
-    __syncwarp();  // the pair's probabilities are visible to both threads
-    for (int k = 0; k < kBk; ++k) {
-      const float pk = Ps[qv * (kBk + 1) + k];
+    for (int d = 0; d < HD / 2; ++d) Os[qv * L::kO + half * (HD / 2) + d] *= corr;
+    __syncwarp();
+
+    // O (16 x HD) of this warp += P (16 x 64) V (64 x HD).
 #pragma unroll
-      for (int dd = 0; dd < kMaxHalf; dd += 4) {
-        if (dd < half_dim) {
-          const float4 vv = *reinterpret_cast<const float4*>(&Vs[k * hd + half * half_dim + dd]);
-          acc[dd] += pk * vv.x, acc[dd + 1] += pk * vv.y, acc[dd + 2] += pk * vv.z, acc[dd + 3] += pk * vv.w;
-        }
+    for (int d = 0; d < HD / 16; ++d) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::load_matrix_sync(acc, Os + warp * 16 * L::kO + d * 16, L::kO, wmma::mem_row_major);
+#pragma unroll
+      for (int k = 0; k < kBk / 16; ++k) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vb;
+        wmma::load_matrix_sync(pa, Ps + warp * 16 * kPs + k * 16, kPs);
+        wmma::load_matrix_sync(vb, Vs + k * 16 * L::kQk + d * 16, L::kQk);
+        wmma::mma_sync(acc, pa, vb, acc);
       }
+      wmma::store_matrix_sync(Os + warp * 16 * L::kO + d * 16, acc, L::kO, wmma::mem_row_major);
     }
+    __syncwarp();
   }
   if (!valid) return;
-  float* out = O + int64_t(row) * n_heads * hd + h * hd + half * half_dim;
+  const int row = row0 + qv / G, h = kvh * G + qv % G;
+  float* out = O + int64_t(row) * n_heads * HD + h * HD + half * (HD / 2);
 #pragma unroll
-  for (int dd = 0; dd < kMaxHalf; ++dd)
-    if (dd < half_dim) out[dd] = acc[dd] / l;
+  for (int d = 0; d < HD / 2; ++d) out[d] = Os[qv * L::kO + half * (HD / 2) + d] / l;
 }
 
 size_t DecodeSmem(const AttnShape& a, int chunk) {
   const int G = a.n_heads / a.n_kv;
   return sizeof(float) * (size_t(G) * chunk + size_t(kDecodeWarps) * G * a.head_dim + 2 * G);
 }
-size_t PrefillSmem(int hd) { return sizeof(float) * (size_t(kQv) * (hd + 4) + 2 * kBk * hd + kQv * (kBk + 1)); }
 
 template <KvFormat F>
 void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const float* Q, int64_t T, int64_t start,
@@ -479,7 +518,8 @@ void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, cons
   static const bool opted = [] {
     for (auto* kernel : {DecodeKernel<F, 1>, DecodeKernel<F, 2>, DecodeKernel<F, 4>, DecodeKernel<F, 8>})
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
-    cudaFuncSetAttribute(PrefillKernel<F>, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
+    for (auto* kernel : {PrefillKernel<F, 32>, PrefillKernel<F, 64>, PrefillKernel<F, 128>})
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
     return true;
   }();
   (void)opted;
@@ -496,8 +536,18 @@ void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, cons
     return;
   }
   const int BQ = kQv / (a.n_heads / a.n_kv);
-  PrefillKernel<F><<<dim3(unsigned((T + BQ - 1) / BQ), unsigned(a.n_kv)), kPrefillThreads, PrefillSmem(a.head_dim), s>>>(
-      k, v, Q, O, int(T), start, a.n_heads, scale);
+  const dim3 grid(unsigned((T + BQ - 1) / BQ), unsigned(a.n_kv));
+  switch (a.head_dim) {  // CheckAttnShape admits exactly these
+    case 32:
+      PrefillKernel<F, 32><<<grid, kPrefillThreads, PrefillSmem<32>::kBytes, s>>>(k, v, Q, O, int(T), start, a.n_heads, scale);
+      break;
+    case 64:
+      PrefillKernel<F, 64><<<grid, kPrefillThreads, PrefillSmem<64>::kBytes, s>>>(k, v, Q, O, int(T), start, a.n_heads, scale);
+      break;
+    case 128:
+      PrefillKernel<F, 128><<<grid, kPrefillThreads, PrefillSmem<128>::kBytes, s>>>(k, v, Q, O, int(T), start, a.n_heads, scale);
+      break;
+  }
 }
 
 }  // namespace
