@@ -16,6 +16,8 @@ carry=.cudacarry
 
 if [ "$mode" = pack ]; then
   build=${2:?build dir}
+  exclude=$(git rev-parse --git-path info/exclude)  # keep the bundle out of git (and of the tree that travels)
+  mkdir -p "$(dirname "$exclude")" && { grep -qx "/$carry/" "$exclude" 2>/dev/null || echo "/$carry/" >>"$exclude"; }
   rm -rf "$carry" && mkdir -p "$carry/stage/bin" "$carry/stage/lib" "$carry/shared/models" "$carry/shared/data"
   cp "$build/atp" "$build/atp_tests" "$build/src/cuda/atp_cuda_attn" "$carry/stage/bin/" && strip "$carry"/stage/bin/*
   for so in libopenblas.so.0 liblapacke.so.3; do
