@@ -444,7 +444,7 @@ def main():
     ap.add_argument("--xz", action="store_true",
                     help="write train_data.npz.xz (an uncompressed npz, LZMA-compressed with a 256 MB window) "
                          "instead of train_data.npz: retrieval filler repeats training prose, which the long "
-                         "window stores as back-references, ~4x smaller than zlib")
+                         "window stores as back-references: atp-40m's arrays are 15.4 MB against 71.9 MB with zlib")
     ap.add_argument("--dev-frac", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=1234)
     a = ap.parse_args()
