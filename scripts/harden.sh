@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Hardening stage, run by .ci/run after scripts/test.sh: the whole test suite built with ASan+UBSan
-# (GCC, build-asan/), then a short run of every libFuzzer target from its seeds (clang, build-fuzz/).
-#   scripts/harden.sh [asan] [fuzz]   both parts by default
+# Hardening stage, run by .ci/run after scripts/test.sh. One clang build with ASan+UBSan (build-fuzz/,
+# -DATP_FUZZ=ON) serves both parts, so CI compiles the project once more, not twice:
+#   tests  the whole GoogleTest suite under the sanitizers
+#   fuzz   a short run of every libFuzzer target in fuzz/ from its seeds
+# scripts/harden.sh [tests] [fuzz] runs the parts named (both by default).
 # FUZZ_SECONDS: run per target (default 30); JOBS: build and ctest parallelism (default 2).
 # Any sanitizer report, crash, leak or input slower than 10 s fails the stage; the fuzzers leave the
 # input in build-fuzz/artifacts/ and the log in build-fuzz/logs/.
@@ -9,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 JOBS=${JOBS:-2}
-PARTS=${*:-asan fuzz}
+PARTS=${*:-tests fuzz}
 # target: dictionaries (fuzz/dict/) it is fuzzed with
 TARGETS="safetensors:json,safetensors config:json,config tokenizer_json:json,tokenizer
          tokenizer_encode:tokenizer_encode kv_policy:kv_policy api_request:json,api_request"
@@ -19,22 +21,19 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 stage() { echo "== harden: $* ($(date -u +%T))"; }
 
-if [[ " $PARTS " == *" asan "* ]]; then
+stage "build (clang, ASan+UBSan, libFuzzer)"
+# The CUDA backend stays out: nvcc code is not instrumented, and the sanitizers target the CPU paths.
+cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DATP_FUZZ=ON -DATP_CUDA=OFF \
+      -DATP_BUILD_TESTS=ON -DATP_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build-fuzz -j"$JOBS"
+
+if [[ " $PARTS " == *" tests "* ]]; then
   stage "test suite under ASan+UBSan"
-  # The CUDA backend stays out: nvcc code is not instrumented, and the sanitizers target the CPU paths.
-  cmake -S . -B build-asan -DATP_SANITIZE=ON -DATP_CUDA=OFF -DATP_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
-  cmake --build build-asan -j"$JOBS"
   # python_tools runs Python only: nothing there is instrumented, and the release suite ran it already.
-  ctest --test-dir build-asan --output-on-failure -j"$JOBS" --timeout 1200 -E '^python_tools$'
+  ctest --test-dir build-fuzz --output-on-failure -j"$JOBS" --timeout 1200 -E '^python_tools$'
 fi
 
 if [[ " $PARTS " == *" fuzz "* ]]; then
-  stage "fuzz targets: build"
-  cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DATP_FUZZ=ON -DATP_CUDA=OFF \
-        -DATP_BUILD_TESTS=OFF -DATP_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
-  names=""
-  for t in $TARGETS; do names="$names fuzz_${t%%:*}"; done
-  cmake --build build-fuzz -j"$JOBS" --target $names
   python3 fuzz/make_seeds.py build-fuzz/seeds
   mkdir -p build-fuzz/dict build-fuzz/artifacts build-fuzz/logs
   for t in $TARGETS; do
@@ -52,7 +51,7 @@ if [[ " $PARTS " == *" fuzz "* ]]; then
       echo "harden: fuzz_$name failed; reproduce with build-fuzz/fuzz/fuzz_$name build-fuzz/artifacts/fuzz_$name-*" >&2
       exit 1
     fi
-    grep -E '^#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb' "build-fuzz/logs/$name.log" || true
+    grep -E '^#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb' "build-fuzz/logs/$name.log" || true
   done
 fi
 stage "done"
