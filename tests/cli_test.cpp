@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -154,6 +155,33 @@ TEST_F(CliTiny, BenchRandomFillHoldsTheContext) {
     return j.value("bytes_per_decode_token", 0.0);
   };
   EXPECT_DOUBLE_EQ(bytes_read(200) - bytes_read(100), 100 * 2.0 * 32 * 4 * 2);
+}
+
+// Writes `text` to a file in the suite's directory and returns a shell redirect of stdin from it.
+std::string StdinFrom(const testing::TempDir& dir, const std::string& name, const std::string& text) {
+  const std::string path = dir / name;
+  std::ofstream(path) << text;
+  return " < '" + path + "'";
+}
+
+TEST_F(CliTiny, ChatTurnsResetAndContextOverflow) {
+  // Greedy, so a conversation restarted with /reset must give its first reply again, from the same prompt.
+  json j = OneJsonObject(RunAtp("chat " + M() + " --temp 0 -n 4 --json" +
+                                StdinFrom(*dir_, "chat1.txt", "hello\nagain\n/reset\nhello\n")));
+  ASSERT_EQ(j["turns"].size(), 3u) << j.dump();
+  const json& t = j["turns"];
+  EXPECT_EQ(t[0]["user"], "hello");
+  EXPECT_GT(t[1]["prompt_tokens"].get<int>(), t[0]["prompt_tokens"].get<int>() + 4) << "turn 2 sees turn 1";
+  EXPECT_EQ(t[2]["prompt_tokens"], t[0]["prompt_tokens"]);
+  EXPECT_EQ(t[2]["assistant"], t[0]["assistant"]);
+  // A message that cannot fit the context is reported and skipped; the conversation goes on.
+  const std::string big(400, 'x');
+  CmdResult r = RunAtp("chat " + M() + " --temp 0 -n 2 -c 64 --json" +
+                       StdinFrom(*dir_, "chat2.txt", big + "\nhi\n"));
+  json k = OneJsonObject(r);
+  EXPECT_NE(r.err.find("the context holds 64"), std::string::npos) << r.err;
+  ASSERT_EQ(k["turns"].size(), 1u) << k.dump();
+  EXPECT_EQ(k["turns"][0]["user"], "hi");
 }
 
 TEST(CliRef, PerplexityJson) {

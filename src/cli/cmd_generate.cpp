@@ -12,7 +12,6 @@ void AddGenerate(CLI::App& app, Runner* run) {
     CommonFlags f;
     std::string prompt;
     GenerateOptions g;
-    std::vector<std::string> stop;
     bool no_bos = false;
   };
   auto o = std::make_shared<Opts>();
@@ -20,21 +19,13 @@ void AddGenerate(CLI::App& app, Runner* run) {
   auto* cmd = app.add_subcommand("generate", "generate text from a prompt (streamed to stdout)");
   AddModelFlags(cmd, &o->f);
   cmd->add_option("-p,--prompt", o->prompt, "prompt text")->required();
-  cmd->add_option("-n,--max-tokens", o->g.max_tokens, "tokens to generate at most")->capture_default_str();
-  cmd->add_option("--temp", o->g.sampling.temperature, "temperature (0: greedy)")->capture_default_str();
-  cmd->add_option("--top-k", o->g.sampling.top_k, "top-k (0: off)")->capture_default_str();
-  cmd->add_option("--top-p", o->g.sampling.top_p, "top-p nucleus (1: off)")->capture_default_str();
-  cmd->add_option("--min-p", o->g.sampling.min_p, "min-p relative to the best token (0: off)")->capture_default_str();
-  cmd->add_option("--repeat-penalty", o->g.sampling.repetition_penalty, "repetition penalty (1: off)")->capture_default_str();
-  cmd->add_option("--seed", o->g.sampling.seed, "random seed")->capture_default_str();
-  cmd->add_option("--stop", o->stop, "stop string (repeatable)");
+  AddSamplingFlags(cmd, &o->g);
   cmd->add_flag("--no-bos", o->no_bos, "do not add the tokenizer's special prefix (BOS)");
   cmd->callback([o, run] {
     *run = [o]() -> int {
       auto l = Load(o->f, true);
       if (!l.ok()) return Fail("generate", l.status());
       std::vector<int32_t> ids = l->tokenizer->Encode(o->prompt, !o->no_bos);
-      o->g.stop = o->stop;
       o->g.context = o->f.ctx;
       const bool stream = !o->f.json;
       auto r = Generate(*l->model, *l->tokenizer, *l->kv, ids, o->g, [&](const std::string& s) {

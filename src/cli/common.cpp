@@ -23,6 +23,17 @@ void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv) {
         ->capture_default_str();
 }
 
+void AddSamplingFlags(CLI::App* cmd, GenerateOptions* g) {
+  cmd->add_option("-n,--max-tokens", g->max_tokens, "tokens to generate at most")->capture_default_str();
+  cmd->add_option("--temp", g->sampling.temperature, "temperature (0: greedy)")->capture_default_str();
+  cmd->add_option("--top-k", g->sampling.top_k, "top-k (0: off)")->capture_default_str();
+  cmd->add_option("--top-p", g->sampling.top_p, "top-p nucleus (1: off)")->capture_default_str();
+  cmd->add_option("--min-p", g->sampling.min_p, "min-p relative to the best token (0: off)")->capture_default_str();
+  cmd->add_option("--repeat-penalty", g->sampling.repetition_penalty, "repetition penalty (1: off)")->capture_default_str();
+  cmd->add_option("--seed", g->sampling.seed, "random seed")->capture_default_str();
+  cmd->add_option("--stop", g->stop, "stop string (repeatable)");
+}
+
 Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
   if (f.threads < 0) return Status::InvalidArgument("--threads must be >= 0");
   if (f.ctx < 0) return Status::InvalidArgument("--ctx must be >= 0");

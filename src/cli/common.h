@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/status.h"
+#include "engine/generate.h"
 #include "kv/kv_policy.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
@@ -22,6 +23,10 @@ struct CommonFlags {
   std::string device = "cpu";  // "cuda": the forward pass and KV policies on the GPU (src/cuda)
 };
 void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv = true);
+
+// -n, --temp, --top-k, --top-p, --min-p, --repeat-penalty, --seed, --stop: the sampling flags of
+// every command that generates, bound to *g.
+void AddSamplingFlags(CLI::App* cmd, GenerateOptions* g);
 
 struct Loaded {
   std::unique_ptr<LlamaModel> model;
@@ -47,5 +52,6 @@ void AddServe(CLI::App& app, Runner* run);
 void AddCalibrate(CLI::App& app, Runner* run);
 void AddAnalyze(CLI::App& app, Runner* run);
 void AddEval(CLI::App& app, Runner* run);
+void AddChat(CLI::App& app, Runner* run);
 
 }  // namespace atp::cli
