@@ -66,7 +66,10 @@ class AtpPolicy : public KvPolicy {
         x_fill_.clear();
         // Keep only block b's Q basis (the filling block's) and what InputBases computed ahead.
         std::erase_if(inputs_, [&](const auto& e) { return e->block < b || (e->block == b && !p_.proj_lowrank); });
-        if (in && p_.proj_lowrank) in->x = {}, in->u = {};
+        if (in && p_.proj_lowrank) {  // compressed: only the basis is still needed
+          in->x = {};
+          in->u = {};
+        }
       }
     }
     return Status::Ok();
@@ -79,20 +82,12 @@ class AtpPolicy : public KvPolicy {
     // Forget SVDs computed ahead by an earlier call that Append did not follow: X may differ now.
     const int64_t filling = length_ / p_.block;
     std::erase_if(inputs_, [&](const auto& e) { return e->block >= filling; });
-    const int B = p_.block, d = s_.d_model;
+    BlockInput* in = nullptr;
     for (size_t t = 0; t < positions.size(); ++t) {
-      const int64_t src = positions[t] / B - 1;  // the block before the token's own; block 0 has none
+      const int64_t src = positions[t] / p_.block - 1;  // the block before the token's own; block 0 has none
       if (src < 0) continue;
-      BlockInput* in = nullptr;
-      if (src < filling) {  // complete before this call: Append kept its basis
-        in = Find(src);
-        if (!in) return Status::InvalidArgument("atp: internal: no input basis kept for block " + std::to_string(src));
-      } else {  // completes inside this chunk: its rows are the filling ones (x_fill_) then X's
-        const int64_t from_fill = std::max<int64_t>(0, length_ - src * B);
-        std::vector<float> xs(x_fill_.begin(), x_fill_.begin() + from_fill * d);  // (B, d_model)
-        const float* first = X + (src * B + from_fill - length_) * d;
-        xs.insert(xs.end(), first, first + (B - from_fill) * d);
-        ATP_ASSIGN_OR_RETURN(in, Input(src, xs));
+      if (!in || in->block != src) {
+        ATP_ASSIGN_OR_RETURN(in, SourceBlock(src, X));
       }
       out[t] = &in->basis;
     }
@@ -157,6 +152,21 @@ class AtpPolicy : public KvPolicy {
     }
     inputs_.push_back(std::move(e));
     return inputs_.back().get();
+  }
+
+  // The input SVD of block src, for InputBases of a chunk whose layer input is X (from position length_ on).
+  Result<BlockInput*> SourceBlock(int64_t src, const float* X) {
+    const int64_t B = p_.block, d = s_.d_model;
+    if (src < length_ / B) {  // complete before this chunk: Append kept its basis
+      if (BlockInput* e = Find(src)) return e;
+      return Status::InvalidArgument("atp: internal: no input basis kept for block " + std::to_string(src));
+    }
+    // Completes inside this chunk: its rows are the filling ones (x_fill_), then X's.
+    const int64_t from_fill = std::max<int64_t>(0, length_ - src * B);
+    std::vector<float> xs(x_fill_.begin(), x_fill_.begin() + from_fill * d);  // (B, d_model)
+    const float* first = X + (src * B + from_fill - length_) * d;
+    xs.insert(xs.end(), first, first + (B - from_fill) * d);
+    return Input(src, xs);
   }
 
   // `in`: block b's input SVD (null with basis=key and proj=dense).
