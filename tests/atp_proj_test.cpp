@@ -173,7 +173,10 @@ TEST_F(AtpProj, QueriesMatchBruteForce) {
 
 TEST_F(AtpProj, FullRankEqualsDenseProjection) {
   const std::vector<int32_t> tokens = Tokens(200, 2);
-  // B = 64 >= d_model = 64 and r = 64: every basis spans the whole input space, V V^T = I.
+  // B = 64 >= d_model = 64 and r = 64: every basis spans the whole input space, V V^T = I. Repeated
+  // tokens make layer 0's blocks rank-deficient, so full-rank ATP depends on which null-space vectors
+  // the SVD picks: run alone (ctest), the first policy's SVDs come before any GEMM of the process, which
+  // also checks that LAPACK always runs on one OpenBLAS thread (its vectors change with the count).
   const auto lowrank = Logits(*Policy("atp:block=64,rank=64,window=64,proj=lowrank"), tokens, {200});
   const auto dense = Logits(*Policy("atp:block=64,rank=64,window=64"), tokens, {200});
   // 1e-4 of the largest logit: V V^T = I holds to f32 rounding (~1e-6) and the rank-64 route sums
