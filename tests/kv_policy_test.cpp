@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <numeric>
 #include <random>
 
 #include "kv/kv_policy.h"
@@ -169,6 +170,48 @@ TEST(AtpPolicy, BytesMatchHandCount) {
   std::vector<int32_t> pos{100};
   ASSERT_TRUE(p->Append(pos, in.X.data(), in.K.data(), in.V.data()).ok());
   EXPECT_EQ(p->Bytes(), want - 64 * kv_row + kv_row + kD * 4);
+  // proj=lowrank also keeps the newest complete block's Q basis V_r^T: (r, d) floats.
+  auto q = Make("atp:block=16,rank=4,window=32,proj=lowrank");
+  RunPolicy(*q, in, {100});
+  EXPECT_EQ(q->Bytes(), want + 4 * kD * 4);
+}
+
+// proj=lowrank: tokens of block 0 get no basis, those of block b the top right singular vectors of
+// block b-1's input, whatever an earlier InputBases call without its Append saw.
+TEST(AtpPolicy, InputBasesComeFromThePreviousBlock) {
+  Inputs in = RandomInputs(31, 10), other = RandomInputs(31, 11);
+  auto p = Make("atp:block=8,rank=3,window=8,proj=lowrank");
+  std::vector<int32_t> pos(30);
+  std::iota(pos.begin(), pos.end(), 0);
+  std::vector<InputBasis*> out(30);
+  ASSERT_TRUE(p->InputBases(pos, other.X.data(), out).ok());  // forgotten: Append never follows it
+  ASSERT_TRUE(p->InputBases(pos, in.X.data(), out).ok());
+  for (int t = 0; t < 8; ++t) EXPECT_EQ(out[size_t(t)], nullptr) << t;
+  for (int t = 8; t < 30; ++t) {
+    ASSERT_NE(out[size_t(t)], nullptr) << t;
+    EXPECT_EQ(out[size_t(t)], out[size_t(t / 8 * 8)]) << t;  // one basis per block
+    EXPECT_EQ(out[size_t(t)]->rank, 3);
+  }
+  // Block 2's basis (used by block 3) against the SVD of its 8 input rows: V_r V_r^T agrees.
+  std::vector<float> a(in.X.begin() + 16 * kD, in.X.begin() + 24 * kD), S(8), U(8 * 8), Vt(8 * kD), sup(7);
+  LAPACKE_sgesvd(LAPACK_ROW_MAJOR, 'S', 'S', 8, kD, a.data(), kD, S.data(), U.data(), 8, Vt.data(), kD, sup.data());
+  const std::vector<float> got = out[24]->vt;
+  ASSERT_TRUE(p->Append(pos, in.X.data(), in.K.data(), in.V.data()).ok());
+  std::vector<int32_t> next{30};
+  std::vector<InputBasis*> out30(1);
+  ASSERT_TRUE(p->InputBases(next, &in.X[30 * kD], out30).ok());
+  ASSERT_NE(out30[0], nullptr);
+  EXPECT_EQ(out30[0]->vt, got);  // kept by Append, unchanged
+  for (int i = 0; i < kD; ++i)
+    for (int j = 0; j < kD; ++j) {
+      double want = 0, have = 0;
+      for (int c = 0; c < 3; ++c) {
+        want += double(Vt[size_t(c * kD + i)]) * Vt[size_t(c * kD + j)];
+        have += double(got[size_t(c * kD + i)]) * got[size_t(c * kD + j)];
+      }
+      // 1e-5: two f32 SVD routes (sgesvd, sgesdd) of a random 8 x 24 block with separated singular values.
+      EXPECT_NEAR(have, want, 1e-5) << i << "," << j;
+    }
 }
 
 TEST(DensePolicy, BytesMatchHandCount) {
@@ -236,7 +279,8 @@ TEST(AllPolicies, CausalAndChunkInvariant) {
   std::string basis = WriteRandomBasis();
   for (std::string spec : std::vector<std::string>{"dense", "dense:dtype=bf16", "atp:block=16,rank=4,window=16", "atp:block=8,tau=0.9,window=0",
                            "atp:block=16,rank=4,window=32,basis=key", "lowrank:rk=4,rv=4,file=" + basis,
-                           "lowrank:rk=4,rv=8,mode=online,block=16"}) {
+                           "lowrank:rk=4,rv=8,mode=online,block=16",
+                           "atp:block=16,rank=4,window=16,proj=lowrank"}) {
     Inputs a = RandomInputs(90, 8), b = a;
     const int cut = 50;
     Inputs other = RandomInputs(90, 9);
@@ -263,6 +307,10 @@ TEST(PolicyParser, RejectsBadStringsListingKeys) {
   EXPECT_NE(unknown.status().message().find("dense"), std::string::npos);
   EXPECT_FALSE(ParseKvPolicy("atp:block=16,window=8").ok());   // window not a multiple of block
   EXPECT_FALSE(ParseKvPolicy("atp:rank=0").ok());
+  auto proj = ParseKvPolicy("atp:proj=sparse");
+  ASSERT_FALSE(proj.ok());
+  EXPECT_NE(proj.status().message().find("dense, lowrank"), std::string::npos) << proj.status().message();
+  EXPECT_NE(bad.status().message().find("proj"), std::string::npos);
   EXPECT_FALSE(ParseKvPolicy("atp:block=16,block=32").ok());
   EXPECT_FALSE(ParseKvPolicy("dense:dtype=f8").ok());
   EXPECT_FALSE(ParseKvPolicy("lowrank:rk=4,file=/nonexistent/basis.safetensors").ok());

@@ -24,13 +24,19 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Wraps a policy to time its Attend calls (the attention share of decode).
+// Wraps a policy to time its calls (the KV share of decode).
 class TimedPolicy : public KvPolicy {
  public:
   TimedPolicy(std::unique_ptr<KvPolicy> p, double* acc) : p_(std::move(p)), acc_(acc) {}
   Status Append(std::span<const int32_t> pos, const float* X, const float* K, const float* V) override {
     double t = Now();
     Status s = p_->Append(pos, X, K, V);
+    *acc_ += Now() - t;
+    return s;
+  }
+  Status InputBases(std::span<const int32_t> pos, const float* X, std::span<InputBasis*> out) override {
+    double t = Now();
+    Status s = p_->InputBases(pos, X, out);
     *acc_ += Now() - t;
     return s;
   }

@@ -13,6 +13,9 @@ class RecordingPolicy : public KvPolicy {
     (*fn_)(layer_, int64_t(pos.size()), X, K, V);
     return inner_->Append(pos, X, K, V);
   }
+  Status InputBases(std::span<const int32_t> pos, const float* X, std::span<InputBasis*> out) override {
+    return inner_->InputBases(pos, X, out);
+  }
   void Attend(std::span<const int32_t> pos, const float* Q, float* O) override { inner_->Attend(pos, Q, O); }
   size_t Bytes() const override { return inner_->Bytes(); }
   int64_t Length() const override { return inner_->Length(); }

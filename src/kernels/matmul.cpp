@@ -92,13 +92,6 @@ void GemvDispatch(int rows, const T* w, int64_t in, DType t, const float* x, flo
   }
 }
 
-// OpenBLAS would start its own threads and spin (sched_yield) between calls, fighting our pool
-// for the same cores. It runs single-threaded inside each pool thread instead: the pool owns the cores.
-void UseSingleThreadedBlas() {
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
-}
-
 // Rows [b, e) of y = x W^T for all n rows of x, in groups of kGemvMaxRows.
 void GemvSlice(const float* x, int64_t n, const TensorView& w, float* y, int64_t b, int64_t e) {
   const int64_t out = w.rows(), in = w.cols();
@@ -171,6 +164,13 @@ void AddBias(const float* bias, int64_t n, int64_t out, float* y) {
 }
 
 }  // namespace
+
+// OpenBLAS would start its own threads and spin (sched_yield) between calls, fighting our pool
+// for the same cores. It runs single-threaded inside each pool thread instead: the pool owns the cores.
+void UseSingleThreadedBlas() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
 
 void GemvRows(const float* x, int64_t n, const TensorView& w, float* y) {
   const MatMulJob job{&w, nullptr, y};

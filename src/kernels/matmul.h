@@ -27,6 +27,12 @@ struct MatMulJob {
 };
 void MatMulShared(const float* x, int64_t n, std::span<const MatMulJob> jobs);
 
+// Sets OpenBLAS to one thread, once; GEMM and every LAPACK caller (src/kv/linalg) call it first.
+// Its own threads would fight the pool for the cores, and LAPACK's results (e.g. the singular
+// vectors of a rank-deficient block) change with the thread count: a result must not depend on
+// whether the process happened to run a GEMM before.
+void UseSingleThreadedBlas();
+
 // The two paths, exposed so tests can check each against a scalar reference.
 void GemvRows(const float* x, int64_t n, const TensorView& w, float* y);
 void GemmRows(const float* x, int64_t n, const TensorView& w, float* y);

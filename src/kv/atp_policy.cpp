@@ -1,7 +1,8 @@
 // Blocks of B tokens; once a block is complete its principal rows U_r^T K_b and U_r^T V_b are
 // computed from a thin SVD of the block's layer input (basis=input) or of its keys (basis=key).
 // A query at position i sees block b as principal rows iff (b+1)*B + W <= i, exactly otherwise;
-// exact rows are dropped once no future query can see them exactly.
+// exact rows are dropped once no future query can see them exactly. With proj=lowrank the tokens of
+// block b get block b-1's top input directions V_r as their Q basis (InputBases; block 0 stays exact).
 #include "kv/atp_policy.h"
 
 #include <algorithm>
@@ -20,7 +21,18 @@ struct AtpParams {
   double tau = 0;       // > 0: rank by energy fraction instead
   int window = 64;      // exact window W, a multiple of block
   bool key_basis = false;
+  bool proj_lowrank = false;  // hand out Q bases (InputBases)
   DType dtype = DType::kF32;
+};
+
+// The thin SVD X_b = U S V^T of one complete block's layer input, kept while it is needed: U
+// compresses the block (basis=input), V_r^T is the Q basis of the next block's tokens (proj=lowrank).
+struct BlockInput {
+  int64_t block = 0;
+  int k = 0, r = 0;         // k = min(B, d_model) singular triplets, r of them kept
+  std::vector<float> x;     // (B, d_model) X_b: lets Append reuse an SVD InputBases computed ahead
+  std::vector<float> u;     // (B, k) U, the first r columns sign-fixed (basis=input)
+  InputBasis basis;         // V_r^T, rank r (proj=lowrank); sign-free: only V_r V_r^T matters
 };
 
 class AtpPolicy : public KvPolicy {
@@ -32,9 +44,7 @@ class AtpPolicy : public KvPolicy {
 
   Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) override {
     if (positions.empty()) return Status::Ok();
-    if (positions[0] != length_)
-      return Status::InvalidArgument("atp: position " + std::to_string(positions[0]) + " appended after " +
-                                     std::to_string(length_) + " tokens");
+    ATP_RETURN_IF_ERROR(CheckContinues(positions[0]));
     // No query from positions[0] on sees blocks below this one exactly: drop their rows.
     const int64_t drop_to = CompressedBlocks(positions[0]) * p_.block;
     if (drop_to > exact_begin_) {
@@ -44,12 +54,42 @@ class AtpPolicy : public KvPolicy {
     const int64_t T = int64_t(positions.size());
     exact_.Append(K, V, T);
     for (int64_t i = 0; i < T; ++i) {
-      if (!p_.key_basis) x_fill_.insert(x_fill_.end(), X + i * s_.d_model, X + (i + 1) * s_.d_model);
+      if (KeepsInput()) x_fill_.insert(x_fill_.end(), X + i * s_.d_model, X + (i + 1) * s_.d_model);
       ++length_;
       if (length_ % p_.block == 0) {
-        ATP_RETURN_IF_ERROR(CompressBlock(length_ / p_.block - 1));
+        const int64_t b = length_ / p_.block - 1;
+        BlockInput* in = nullptr;
+        if (KeepsInput()) {
+          ATP_ASSIGN_OR_RETURN(in, Input(b, x_fill_));
+        }
+        ATP_RETURN_IF_ERROR(CompressBlock(b, in));
         x_fill_.clear();
+        // Keep only block b's Q basis (the filling block's) and what InputBases computed ahead.
+        std::erase_if(inputs_, [&](const auto& e) { return e->block < b || (e->block == b && !p_.proj_lowrank); });
+        if (in && p_.proj_lowrank) {  // compressed: only the basis is still needed
+          in->x = {};
+          in->u = {};
+        }
       }
+    }
+    return Status::Ok();
+  }
+
+  Status InputBases(std::span<const int32_t> positions, const float* X, std::span<InputBasis*> out) override {
+    std::fill(out.begin(), out.end(), nullptr);
+    if (!p_.proj_lowrank || positions.empty()) return Status::Ok();
+    ATP_RETURN_IF_ERROR(CheckContinues(positions[0]));
+    // Forget SVDs computed ahead by an earlier call that Append did not follow: X may differ now.
+    const int64_t filling = length_ / p_.block;
+    std::erase_if(inputs_, [&](const auto& e) { return e->block >= filling; });
+    BlockInput* in = nullptr;
+    for (size_t t = 0; t < positions.size(); ++t) {
+      const int64_t src = positions[t] / p_.block - 1;  // the block before the token's own; block 0 has none
+      if (src < 0) continue;
+      if (!in || in->block != src) {
+        ATP_ASSIGN_OR_RETURN(in, SourceBlock(src, X));
+      }
+      out[t] = &in->basis;
     }
     return Status::Ok();
   }
@@ -68,6 +108,7 @@ class AtpPolicy : public KvPolicy {
 
   size_t Bytes() const override {
     size_t n = exact_.Bytes() + x_fill_.size() * sizeof(float);
+    for (const auto& e : inputs_) n += (e->x.size() + e->u.size() + e->basis.vt.size() + e->basis.projected.size()) * sizeof(float);
     for (size_t h = 0; h < principal_.size(); ++h)
       n += principal_[h].Bytes() + block_rows_[h].size() * sizeof(int64_t);
     return n;
@@ -78,7 +119,58 @@ class AtpPolicy : public KvPolicy {
   // Blocks a query at position p sees compressed: the b with (b+1)*B + W <= p.
   int64_t CompressedBlocks(int64_t p) const { return p >= p_.window ? (p - p_.window) / p_.block : 0; }
 
-  Status CompressBlock(int64_t b) {
+  Status CheckContinues(int64_t first) const {
+    if (first == length_) return Status::Ok();
+    return Status::InvalidArgument("atp: position " + std::to_string(first) + " appended after " + std::to_string(length_) + " tokens");
+  }
+
+  // The layer input is the basis source of compression (basis=input) and of Q bases (proj=lowrank).
+  bool KeepsInput() const { return !p_.key_basis || p_.proj_lowrank; }
+
+  BlockInput* Find(int64_t b) {
+    for (auto& e : inputs_)
+      if (e->block == b) return e.get();
+    return nullptr;
+  }
+
+  // Block b's input SVD for its rows xs (B, d_model): the one already computed from the same rows, or a new one.
+  Result<BlockInput*> Input(int64_t b, const std::vector<float>& xs) {
+    if (BlockInput* e = Find(b); e && e->x == xs) return e;
+    std::erase_if(inputs_, [&](const auto& e) { return e->block == b; });
+    auto e = std::make_unique<BlockInput>();
+    const int B = p_.block, d = s_.d_model;
+    std::vector<float> S, Vt;
+    ATP_RETURN_IF_ERROR(ThinSvd(xs.data(), B, d, &e->u, &S, &Vt));
+    e->block = b;
+    e->x = xs;
+    e->k = std::min(B, d);
+    e->r = ChooseRank(S, p_.rank, p_.tau);
+    FixColumnSigns(e->u.data(), B, e->k, e->r);
+    if (p_.proj_lowrank) {
+      e->basis.rank = e->r;
+      e->basis.vt.assign(Vt.begin(), Vt.begin() + int64_t(e->r) * d);
+    }
+    inputs_.push_back(std::move(e));
+    return inputs_.back().get();
+  }
+
+  // The input SVD of block src, for InputBases of a chunk whose layer input is X (from position length_ on).
+  Result<BlockInput*> SourceBlock(int64_t src, const float* X) {
+    const int64_t B = p_.block, d = s_.d_model;
+    if (src < length_ / B) {  // complete before this chunk: Append kept its basis
+      if (BlockInput* e = Find(src)) return e;
+      return Status::InvalidArgument("atp: internal: no input basis kept for block " + std::to_string(src));
+    }
+    // Completes inside this chunk: its rows are the filling ones (x_fill_), then X's.
+    const int64_t from_fill = std::max<int64_t>(0, length_ - src * B);
+    std::vector<float> xs(x_fill_.begin(), x_fill_.begin() + from_fill * d);  // (B, d_model)
+    const float* first = X + (src * B + from_fill - length_) * d;
+    xs.insert(xs.end(), first, first + (B - from_fill) * d);
+    return Input(src, xs);
+  }
+
+  // `in`: block b's input SVD (null with basis=key and proj=dense).
+  Status CompressBlock(int64_t b, const BlockInput* in) {
     const int B = p_.block, hd = s_.head_dim, kvd = s_.kv_dim();
     // The block's exact keys and values in f32: (B, kv_dim).
     std::vector<float> kb(size_t(B) * size_t(kvd)), vb(size_t(B) * size_t(kvd));
@@ -92,27 +184,25 @@ class AtpPolicy : public KvPolicy {
               &vb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], size_t(hd));
       }
     }
-    std::vector<float> U, S, Vt;
+    std::vector<float> key_u, S, Vt;
+    const std::vector<float>* U = nullptr;
     int k = 0, r = 0;
-    auto basis = [&](const float* A, int m, int n, int lda) -> Status {
-      std::vector<float> a(size_t(m) * size_t(n));
-      for (int i = 0; i < m; ++i) std::copy(A + size_t(i) * size_t(lda), A + size_t(i) * size_t(lda) + n, &a[size_t(i) * size_t(n)]);
-      ATP_RETURN_IF_ERROR(ThinSvd(a.data(), m, n, &U, &S, &Vt));
-      k = std::min(m, n);
-      r = ChooseRank(S, p_.rank, p_.tau);
-      FixColumnSigns(U.data(), m, k, r);
-      return Status::Ok();
-    };
-    if (!p_.key_basis) ATP_RETURN_IF_ERROR(basis(x_fill_.data(), B, s_.d_model, s_.d_model));
+    if (!p_.key_basis) U = &in->u, k = in->k, r = in->r;
     std::vector<float> pk, pv;
     for (int h = 0; h < s_.n_kv_heads; ++h) {
-      if (p_.key_basis) ATP_RETURN_IF_ERROR(basis(kb.data() + size_t(h) * size_t(hd), B, hd, kvd));
+      if (p_.key_basis) {  // this head's keys (B, hd)
+        std::vector<float> a(size_t(B) * size_t(hd));
+        for (int i = 0; i < B; ++i) std::copy_n(&kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], hd, &a[size_t(i) * size_t(hd)]);
+        ATP_RETURN_IF_ERROR(ThinSvd(a.data(), B, hd, &key_u, &S, &Vt));
+        U = &key_u, k = std::min(B, hd), r = ChooseRank(S, p_.rank, p_.tau);
+        FixColumnSigns(key_u.data(), B, k, r);
+      }
       // Principal rows U_r^T K_b and U_r^T V_b for this head: (r, hd) each.
       pk.assign(size_t(r) * size_t(hd), 0.f);
       pv.assign(size_t(r) * size_t(hd), 0.f);
       for (int c = 0; c < r; ++c)
         for (int i = 0; i < B; ++i) {
-          const float u = U[size_t(i) * size_t(k) + size_t(c)];
+          const float u = (*U)[size_t(i) * size_t(k) + size_t(c)];
           const float* kr = &kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)];
           const float* vr = &vb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)];
           for (int j = 0; j < hd; ++j) {
@@ -132,6 +222,7 @@ class AtpPolicy : public KvPolicy {
   ExactRows exact_;                // positions [exact_begin_, length_), all KV heads
   int64_t exact_begin_ = 0;
   std::vector<float> x_fill_;      // (tokens of the filling block, d_model): the basis source
+  std::vector<std::unique_ptr<BlockInput>> inputs_;  // the newest complete block's, and any computed ahead
   std::vector<ExactRows> principal_;              // per KV head: principal K/V rows, (rows, hd)
   std::vector<std::vector<int64_t>> block_rows_;  // per KV head: principal rows after block b
 };
@@ -144,6 +235,7 @@ class AtpFactory : public KvPolicyFactory {
     std::string d = "atp:block=" + std::to_string(p_.block);
     d += p_.tau > 0 ? ",tau=" + std::to_string(p_.tau) : ",rank=" + std::to_string(p_.rank);
     d += ",window=" + std::to_string(p_.window) + ",basis=" + (p_.key_basis ? "key" : "input");
+    d += std::string(",proj=") + (p_.proj_lowrank ? "lowrank" : "dense");
     return d + ",dtype=" + std::string(DTypeName(p_.dtype));
   }
 
@@ -159,6 +251,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeAtpFactory(const PolicySpec& spec) 
                                       {"tau", "energy fraction in (0,1]; chooses r per block instead of rank"},
                                       {"window", "exact window W in tokens, a multiple of block, default 64"},
                                       {"basis", "input (the paper's, from the layer input) or key"},
+                                      {"proj", "dense, or lowrank: Q of block b's tokens in rank r on block b-1's input basis"},
                                       {"dtype", "storage type f32|f16|bf16, default f32"}}));
   AtpParams p;
   ATP_ASSIGN_OR_RETURN(p.block, spec.Int("block", 64, 1, 1 << 16));
@@ -172,6 +265,8 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeAtpFactory(const PolicySpec& spec) 
                                    std::to_string(p.block));
   ATP_ASSIGN_OR_RETURN(std::string basis, spec.Choice("basis", "input", {"input", "key"}));
   p.key_basis = basis == "key";
+  ATP_ASSIGN_OR_RETURN(std::string proj, spec.Choice("proj", "dense", {"dense", "lowrank"}));
+  p.proj_lowrank = proj == "lowrank";
   ATP_ASSIGN_OR_RETURN(p.dtype, spec.Dtype("dtype", DType::kF32));
   return std::shared_ptr<KvPolicyFactory>(std::make_shared<AtpFactory>(p));
 }

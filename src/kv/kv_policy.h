@@ -1,7 +1,8 @@
 // The KvPolicy interface: what one sequence keeps of one layer's keys and values, and how its
-// queries attend to it. The forward pass only calls Append then Attend; a policy never reaches
+// queries attend to it. The forward pass calls InputBases, Append then Attend; a policy never reaches
 // into the model. Thread-safety: a policy belongs to one sequence; calls on it are serialized.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -23,9 +24,30 @@ struct KvShape {
   int kv_dim() const { return n_kv_heads * head_dim; }
 };
 
+// A basis for computing a token's Q projection in low rank (DESIGN.md section 4, atp proj=lowrank):
+// x W_q ~ (x V)(V^T W_q), V (d_model, rank) with orthonormal columns, the top input directions of
+// a block that lies wholly before the token's own block.
+struct InputBasis {
+  int rank = 0;
+  std::vector<float> vt;         // (rank, d_model) V^T, row-major
+  // The caller's cache of its weights pushed through V (W_q V), filled on first use so that every
+  // token sharing the basis reuses it; it lives and dies with the basis and the policy never reads it.
+  std::vector<float> projected;
+};
+
 class KvPolicy {
  public:
   virtual ~KvPolicy() = default;
+
+  // The input basis each new token must use (out[t], null: project exactly), given the new tokens'
+  // layer input X (T, d_model). Call it before Append with the same positions and X. Positions alone
+  // decide which basis applies, so any chunking of the work gives the same bases. The pointers stay
+  // valid until the next call of Append or InputBases. Default: every token exact.
+  virtual Status InputBases(std::span<const int32_t> positions, const float* X, std::span<InputBasis*> out) {
+    (void)positions, (void)X;
+    std::fill(out.begin(), out.end(), nullptr);
+    return Status::Ok();
+  }
 
   // New tokens at `positions` (ascending, continuing what was appended before):
   // X (T, d_model) the layer input after the input RMSNorm, K and V (T, kv_dim) post-RoPE.

@@ -4,9 +4,12 @@
 
 #include <algorithm>
 
+#include "kernels/matmul.h"
+
 namespace atp {
 
 Status ThinSvd(const float* A, int m, int n, std::vector<float>* U, std::vector<float>* S, std::vector<float>* Vt) {
+  UseSingleThreadedBlas();
   const int k = std::min(m, n);
   std::vector<float> a(A, A + size_t(m) * size_t(n));  // sgesdd destroys its input
   U->assign(size_t(m) * size_t(k), 0.f);
@@ -18,6 +21,7 @@ Status ThinSvd(const float* A, int m, int n, std::vector<float>* U, std::vector<
 }
 
 Status SymmetricEigen(const std::vector<float>& G, int n, std::vector<float>* vecs, std::vector<float>* vals) {
+  UseSingleThreadedBlas();
   std::vector<float> a = G;
   std::vector<float> w(static_cast<size_t>(n));
   int info = LAPACKE_ssyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, a.data(), n, w.data());

@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -68,6 +69,45 @@ Status LlamaModel::MakeResident() {
   return Status::Ok();
 }
 
+namespace {
+
+// q, k, v (rows, out) = xb W^T (+ bias) for every row of xb (N, d), except that a row whose policy
+// gave an input basis V (atp proj=lowrank, DESIGN.md section 4) gets its Q as (xb V)(W_q V)^T:
+// r*(d + q_dim) flops instead of d*q_dim, plus W_q V once per basis (cached in the basis). K and V
+// always see the exact input: the policy's keys, exact window and principal keys stay what they were.
+void ProjectQkv(const float* xb, int64_t N, int64_t d, std::span<InputBasis* const> basis, std::span<const MatMulJob, 3> qkv,
+                std::vector<float>* coef) {
+  if (std::none_of(basis.begin(), basis.end(), [](const InputBasis* b) { return b != nullptr; })) {
+    MatMulShared(xb, N, qkv);
+    return;
+  }
+  MatMulShared(xb, N, qkv.subspan<1>());
+  const MatMulJob& q = qkv[0];
+  const int64_t qd = q.w->rows();
+  for (int64_t a = 0, e = 0; a < N; a = e) {  // runs of rows [a, e) sharing one basis
+    for (e = a + 1; e < N && basis[size_t(e)] == basis[size_t(a)]; ++e) {
+    }
+    InputBasis* B = basis[size_t(a)];
+    if (!B) {
+      MatMul(xb + a * d, e - a, *q.w, q.bias, q.y + a * qd);
+      continue;
+    }
+    const int64_t r = B->rank;
+    if (B->projected.empty()) {
+      std::vector<float> t(size_t(r * qd));  // (r, q_dim) = V^T W_q^T
+      MatMul(B->vt.data(), r, *q.w, nullptr, t.data());
+      B->projected.resize(t.size());         // (q_dim, r) = W_q V
+      for (int64_t i = 0; i < r; ++i)
+        for (int64_t o = 0; o < qd; ++o) B->projected[size_t(o * r + i)] = t[size_t(i * qd + o)];
+    }
+    coef->resize(size_t((e - a) * r));  // (rows, r) = xb V
+    MatMul(xb + a * d, e - a, TensorView{DType::kF32, {r, d}, B->vt.data()}, nullptr, coef->data());
+    MatMul(coef->data(), e - a, TensorView{DType::kF32, {qd, r}, B->projected.data()}, q.bias, q.y + a * qd);
+  }
+}
+
+}  // namespace
+
 KvShape LlamaModel::kv_shape(int layer) const {
   return {layer, cfg_.hidden_size, cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim};
 }
@@ -122,6 +162,8 @@ Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float
   std::vector<float>& gate = S.gate;  // (N, ffn)
   std::vector<float>& up = S.up;      // (N, ffn)
   std::vector<float>& tmp = S.tmp;    // (N, d) projection output before the residual add
+  S.basis.resize(static_cast<size_t>(N));
+  std::vector<InputBasis*>& basis = S.basis;  // (N) each row's Q input basis, null: exact
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& L = w_.layers[size_t(l)];
@@ -129,13 +171,19 @@ Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float
 
     // Attention: x += Wo . attn(rope(Wq xb), rope(Wk xb), Wv xb)
     RmsNorm(x.data(), N, d, L.attn_norm, c.rms_norm_eps, xb.data());
+    int64_t r = 0;
+    for (auto& it : items) {  // the policies say which rows take a low-rank Q, and on which basis
+      std::span<const int32_t> p(pos.data() + r, it.tokens.size());
+      ATP_RETURN_IF_ERROR(it.kv[size_t(l)]->InputBases(p, &xb[size_t(r * d)], std::span(basis).subspan(size_t(r), p.size())));
+      r += int64_t(it.tokens.size());
+    }
     const MatMulJob qkv[3] = {{&L.wq, bias ? w_.bias_q[size_t(l)].data() : nullptr, q.data()},
                               {&L.wk, bias ? w_.bias_k[size_t(l)].data() : nullptr, k.data()},
                               {&L.wv, bias ? w_.bias_v[size_t(l)].data() : nullptr, v.data()}};
-    MatMulShared(xb.data(), N, qkv);
+    ProjectQkv(xb.data(), N, d, basis, qkv, &S.coef);
     ApplyRope(q.data(), N, c.num_heads, c.head_dim, pos.data(), inv_freq_.data());
     ApplyRope(k.data(), N, c.num_kv_heads, c.head_dim, pos.data(), inv_freq_.data());
-    int64_t r = 0;
+    r = 0;
     for (auto& it : items) {
       KvPolicy* kv = it.kv[size_t(l)];
       std::span<const int32_t> p(pos.data() + r, it.tokens.size());

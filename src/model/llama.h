@@ -85,6 +85,8 @@ class LlamaModel {
     std::vector<float> k, v;                       // (N, kv_dim)
     std::vector<float> gate, up;                   // (N, ffn)
     std::vector<float> sel;                        // (rows with logits, d) final-normed rows
+    std::vector<InputBasis*> basis;                // (N) each row's Q input basis (KvPolicy::InputBases)
+    std::vector<float> coef;                       // (rows of one basis, rank) xb V
   } scratch_;
 };
 
