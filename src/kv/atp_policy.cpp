@@ -140,7 +140,9 @@ class AtpPolicy : public KvPolicy {
     auto e = std::make_unique<BlockInput>();
     const int B = p_.block, d = s_.d_model;
     std::vector<float> S, Vt;
-    ATP_RETURN_IF_ERROR(ThinSvd(xs.data(), B, d, &e->u, &S, &Vt));
+    // proj=lowrank needs V's first r rows; with an energy threshold r is known only after the SVD.
+    const int vt_rows = !p_.proj_lowrank ? 0 : p_.tau > 0 ? std::min(B, d) : std::min({p_.rank, B, d});
+    ATP_RETURN_IF_ERROR(BlockSvd(xs.data(), B, d, &e->u, &S, vt_rows, &Vt));
     e->block = b;
     e->x = xs;
     e->k = std::min(B, d);
@@ -193,7 +195,7 @@ class AtpPolicy : public KvPolicy {
       if (p_.key_basis) {  // this head's keys (B, hd)
         std::vector<float> a(size_t(B) * size_t(hd));
         for (int i = 0; i < B; ++i) std::copy_n(&kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], hd, &a[size_t(i) * size_t(hd)]);
-        ATP_RETURN_IF_ERROR(ThinSvd(a.data(), B, hd, &key_u, &S, &Vt));
+        ATP_RETURN_IF_ERROR(BlockSvd(a.data(), B, hd, &key_u, &S, 0, &Vt));
         U = &key_u, k = std::min(B, hd), r = ChooseRank(S, p_.rank, p_.tau);
         FixColumnSigns(key_u.data(), B, k, r);
       }
