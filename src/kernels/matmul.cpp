@@ -115,11 +115,11 @@ inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, in
 
 template <int R, int B, DType Q>
 inline void DotRowBlocks(const uint8_t* w, int64_t in, const float* x, float* y, int64_t out) {
-  float s[R] = {}, blk[32];
-  for (int64_t b = 0; b < in / 32; ++b) {
-    ToF32(Q, w + DTypeBytes(Q, b * 32), blk, 32);
+  float s[R] = {}, blk[kQuantBlock];
+  for (int64_t b = 0; b < in / kQuantBlock; ++b) {
+    ToF32(Q, w + DTypeBytes(Q, b * kQuantBlock), blk, kQuantBlock);
     for (int r = 0; r < R; ++r)
-      for (int j = 0; j < 32; ++j) s[r] += blk[j] * x[r * in + b * 32 + j];
+      for (int j = 0; j < kQuantBlock; ++j) s[r] += blk[j] * x[r * in + b * kQuantBlock + j];
   }
   for (int r = 0; r < R; ++r) y[r * out] = s[r];
 }

@@ -114,10 +114,12 @@ inline Vec LoadBlock(const uint8_t* p, Vec* v) {
     for (int i = 0; i < 2; ++i)
       v[i] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * i))));
   } else {
+    // A 16-entry table lookup (vpermps reads the low 4 bits of each index) maps a nibble straight to
+    // q - 8 as f32: no mask, subtract or conversion.
+    const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
     const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
-    const __m512i eight = _mm512_set1_epi32(8);
-    v[0] = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0xf)), eight));
-    v[1] = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(c, 4), eight));
+    v[0] = _mm512_permutexvar_ps(c, table);
+    v[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), table);
   }
 #else
   if constexpr (T == DType::kQ8_0) {
