@@ -237,7 +237,7 @@ TEST(RefModel, ResidentAndMappedWeightsGiveIdenticalLogits) {
   ATP_SKIP_WITHOUT_SHARED();
   auto prompts = LoadRefPrompts();
   auto resident = LoadModel(kRefModel);
-  auto mapped = LlamaModel::Load(kRefModel, LoadOptions{.resident_weights = false});
+  auto mapped = LlamaModel::Load(kRefModel, [] { LoadOptions o; o.resident_weights = false; return o; }());
   ASSERT_TRUE(resident && mapped.ok()) << mapped.status().ToString();
   // The mapped model's projections point into the file mapping, the resident one's elsewhere.
   EXPECT_EQ((*mapped)->weights().layers[0].wq.data, (*mapped)->tensors().Find("model.layers.0.self_attn.q_proj.weight")->data);
