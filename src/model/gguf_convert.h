@@ -1,0 +1,17 @@
+// Safetensors model directory -> one GGUF file that runs alone: config as `{arch}.*` metadata, the
+// tokenizer as tokenizer.* metadata, weights in the chosen type (1-D tensors stay F32, as llama.cpp
+// keeps them) and llama-arch Q/K rows in llama.cpp's interleaved order.
+#pragma once
+#include <string>
+
+#include "core/status.h"
+#include "model/gguf.h"
+
+namespace atp {
+
+// "f32", "f16", "bf16" (and the quantized names once this build computes with them).
+bool ParseGgufOutType(const std::string& name, gguf::GgmlType* out);
+
+Status ConvertToGguf(const std::string& model_dir, const std::string& out_path, gguf::GgmlType type);
+
+}  // namespace atp
