@@ -160,7 +160,7 @@ std::vector<std::string> TokenizerTexts() {
   return {"Hello world", " leading space", "  two  spaces\tand\ttabs\n\nnewlines\r\n", "It's we'll THEY'RE",
           "12345678 3.14159 1,000,000", "Ünïcödé naïve café", "日本語のテキスト", "emoji 🙂🧪 and 🇩🇪",
           "<|begin_of_text|>special<|end_of_text|> <s> </s>", "code: for (int i = 0; i < n; ++i) { x += y; }",
-          "\xE2\x96\x81already\xE2\x96\x81marked", "a", ""};
+          "\xE2\x96\x81" "already" "\xE2\x96\x81" "marked", "a", ""};
 }
 
 // tokenizer.json -> GGUF metadata -> tokenizer.json for the three tokenizer families of tests/js:
