@@ -276,6 +276,43 @@ TEST(GgufCli, ConvertThenGenerateGreedyEqualsTheDirectory) {
   EXPECT_EQ(json::parse(inspect.out)["tokenizer"], true);
 }
 
+// GGUF -> directory -> GGUF: the directory loads like the GGUF (same logits: bf16 tensors kept as
+// bf16, Q/K rows restored) and the second GGUF carries the same metadata and tensor bytes.
+TEST(GgufCli, ConvertBackToADirectoryRoundTrips) {
+  ATP_SKIP_WITHOUT_SHARED();
+  testing::TempDir tmp("gguf_back");
+  const std::string dir = tmp / "dir", again = tmp / "again.gguf";
+  auto back = testing::RunAtp("convert -m '" + Converted("bf16") + "' -o '" + dir + "'");
+  ASSERT_EQ(back.exit_code, 0) << back.err;
+  auto c = testing::RunAtp("convert -m '" + dir + "' -o '" + again + "' --type bf16");
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  auto a = LlamaModel::Load(Converted("bf16")), b = LlamaModel::Load(dir);
+  ASSERT_TRUE(a.ok() && b.ok()) << b.status().ToString();
+  const auto ids = RefPromptIds()[0];
+  const auto la = AllLogits(**a, ids), lb = AllLogits(**b, ids);
+  EXPECT_EQ(MaxAbsDiff(la.data(), lb.data(), la.size()), 0.0);
+  auto g1 = gguf::GgufFile::Open(Converted("bf16")), g2 = gguf::GgufFile::Open(again);
+  ASSERT_TRUE(g1.ok() && g2.ok());
+  ASSERT_EQ((*g1)->tensors().size(), (*g2)->tensors().size());
+  for (const auto& t : (*g1)->tensors()) {
+    const gguf::TensorInfo* u = (*g2)->FindTensor(t.name);
+    ASSERT_NE(u, nullptr) << t.name;
+    EXPECT_EQ(u->type, t.type) << t.name;
+    ASSERT_EQ(u->nbytes, t.nbytes) << t.name;
+    EXPECT_EQ(std::memcmp(u->data, t.data, t.nbytes), 0) << t.name;
+  }
+  for (const auto& [key, v] : (*g1)->metadata()) {
+    if (key == "general.name") continue;  // the directory's name
+    const gguf::Value* w = (*g2)->Find(key);
+    ASSERT_NE(w, nullptr) << key;
+    EXPECT_EQ(w->type, v.type) << key;
+    EXPECT_EQ(w->items.size(), v.items.size()) << key;
+  }
+  auto twice = testing::RunAtp("convert -m '" + again + "' -o '" + (tmp / "d2") + "' --type f16");
+  EXPECT_NE(twice.exit_code, 0);
+  EXPECT_NE(twice.err.find("--type applies when writing GGUF"), std::string::npos) << twice.err;
+}
+
 TEST(GgufCli, ConvertAndLoadErrorsAreOneLine) {
   testing::TempDir tmp("gguf_cli_err");
   auto bad_type = testing::RunAtp("convert -m '" + tmp.path() + "' -o '" + (tmp / "x.gguf") + "' --type q3_k");

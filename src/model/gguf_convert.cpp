@@ -2,6 +2,8 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "model/config.h"
@@ -133,6 +135,68 @@ Status ConvertToGguf(const std::string& dir, const std::string& out_path, GgmlTy
                        }});
   }
   return gguf::WriteGguf(out_path, md, tensors);
+}
+
+namespace {
+
+nlohmann::json ConfigJson(const ModelConfig& c) {
+  nlohmann::json j = {{"architectures", {c.model_type == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"}},
+                      {"model_type", c.model_type},
+                      {"hidden_size", c.hidden_size},
+                      {"intermediate_size", c.intermediate_size},
+                      {"num_hidden_layers", c.num_layers},
+                      {"num_attention_heads", c.num_heads},
+                      {"num_key_value_heads", c.num_kv_heads},
+                      {"head_dim", c.head_dim},
+                      {"vocab_size", c.vocab_size},
+                      {"max_position_embeddings", c.max_position},
+                      {"rms_norm_eps", c.rms_norm_eps},
+                      {"rope_theta", c.rope_theta},
+                      {"tie_word_embeddings", c.tie_word_embeddings},
+                      {"attention_bias", c.attention_bias},
+                      {"hidden_act", "silu"}};
+  if (c.rope_scaling.type == RopeScaling::Type::kLinear)
+    j["rope_scaling"] = {{"type", "linear"}, {"factor", c.rope_scaling.factor}};
+  if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
+  if (c.eos_token_ids.size() == 1) j["eos_token_id"] = c.eos_token_ids[0];
+  if (c.eos_token_ids.size() > 1) j["eos_token_id"] = c.eos_token_ids;
+  return j;
+}
+
+Status WriteText(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << text;
+  if (!f.flush()) return Status::IOError(path + ": write failed");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ConvertFromGguf(const std::string& gguf_path, const std::string& out_dir) {
+  ATP_ASSIGN_OR_RETURN(std::shared_ptr<const gguf::GgufFile> g, gguf::GgufFile::Open(gguf_path));
+  ATP_ASSIGN_OR_RETURN(ModelConfig cfg, ConfigFromGguf(*g));
+  if (!cfg.rope_freq_factors.empty())
+    return Status::Unsupported(gguf_path + ": rope_freqs.weight (per-frequency RoPE factors) has no config.json form");
+  ATP_ASSIGN_OR_RETURN(std::unique_ptr<SafeTensors> st, TensorsFromGguf(g, cfg));
+  auto bound = BindWeights(cfg, *st);
+  if (!bound.ok()) return bound.status().WithContext(gguf_path + ": ");
+  std::vector<TensorToWrite> tensors;
+  for (const auto& [name, v] : st->tensors()) {
+    if (GgufToHfName(HfToGgufName(name)) != name)
+      return Status::Unsupported(gguf_path + ": tensor '" + name + "' has no Hugging Face name");
+    tensors.push_back({name, v.dtype, v.shape, v.data});
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(out_dir, ec);
+  if (ec) return Status::IOError(out_dir + ": " + ec.message());
+  ATP_RETURN_IF_ERROR(WriteText(out_dir + "/config.json", ConfigJson(cfg).dump(1) + "\n"));
+  ATP_RETURN_IF_ERROR(WriteSafeTensors(out_dir + "/model.safetensors", tensors));
+  if (GgufHasTokenizer(*g)) {
+    ATP_ASSIGN_OR_RETURN(TokenizerJsonTexts t, TokenizerJsonFromGguf(*g));
+    ATP_RETURN_IF_ERROR(WriteText(out_dir + "/tokenizer.json", t.tokenizer_json));
+    ATP_RETURN_IF_ERROR(WriteText(out_dir + "/tokenizer_config.json", t.tokenizer_config_json));
+  }
+  return Status::Ok();
 }
 
 }  // namespace atp
