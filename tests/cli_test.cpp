@@ -156,6 +156,24 @@ TEST_F(CliTiny, BenchRandomFillHoldsTheContext) {
   EXPECT_DOUBLE_EQ(bytes_read(200) - bytes_read(100), 100 * 2.0 * 32 * 4 * 2);
 }
 
+// --weights converts the matrices at load; a decode step then reads fewer bytes. The tiny shape's
+// matrices (LM head 300x64; per layer q 64x64, k and v 32x64, o 64x64, gate and up 160x64, down
+// 64x160) hold 105216 weights = 3288 blocks: 34 bytes each in q8_0, 18 in q4_0, 128 in f32; the
+// norms stay f32 and the KV bytes are the same for the same context.
+TEST_F(CliTiny, WeightsFlagQuantizesAtLoad) {
+  auto bytes_read = [&](const std::string& weights) {
+    json j = OneJsonObject(RunAtp("bench " + M() + weights + " --prompt-tokens 8 --context 8 --decode-tokens 2 --repeats 1 --json"));
+    EXPECT_GT(j.value("decode_tok_s", 0.0), 0);
+    return j.value("bytes_per_decode_token", 0.0);
+  };
+  const double f32 = bytes_read(""), q8 = bytes_read(" --weights q8_0"), q4 = bytes_read(" --weights q4_0");
+  EXPECT_DOUBLE_EQ(f32 - q8, 3288.0 * (128 - 34));
+  EXPECT_DOUBLE_EQ(q8 - q4, 3288.0 * (34 - 18));
+  json g = OneJsonObject(RunAtp("generate " + M() + " -p 'hello' -n 4 --temp 0 --weights q4_0 --json"));
+  EXPECT_EQ(g.value("completion_tokens", 0), 4);
+  ExpectOneLineError(RunAtp("generate " + M() + " -p hi --weights q5_0"), {"--weights", "q5_0"});
+}
+
 TEST(CliRef, PerplexityJson) {
   ATP_SKIP_WITHOUT_SHARED();
   json j = OneJsonObject(
@@ -219,6 +237,13 @@ TEST(CliErrors, MissingModelDirectoryIsNamed) {
   ExpectOneLineError(RunAtp("generate -m /nonexistent/model -p hi"), {"/nonexistent/model"});
   ExpectOneLineError(RunAtp("inspect -m /nonexistent/model --json"), {"/nonexistent/model"});
   ExpectOneLineError(RunAtp("bench -m /nonexistent/model --json"), {"/nonexistent/model"});
+}
+
+// Q8_0/Q4_0 have no safetensors dtype: testgen refuses them and names the way that works.
+TEST(CliErrors, TestgenRefusesBlockDTypes) {
+  testing::TempDir d("cli_q8");
+  ExpectOneLineError(RunAtp("testgen --shape tiny --type q8_0 -o '" + d.path() + "/m'"), {"--type", "--weights"});
+  EXPECT_FALSE(std::filesystem::exists(d / "m"));
 }
 
 TEST(CliErrors, UnknownTestgenShapeListsShapes) {

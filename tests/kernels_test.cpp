@@ -32,6 +32,17 @@ namespace {
 
 constexpr double kU = 1.0 / (1 << 24);  // f32 unit roundoff
 const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
+// Weights may also be ggml blocks. A block's weights d * q are exact in f32 (an 11-bit f16 scale
+// times an integer of at most 8 bits), so a kernel that dequantizes in registers differs from the
+// double reference on the decoded weights only by f32 summation: the same bound as the other dtypes.
+const DType kWeightDTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0};
+
+// Row widths for the matmul tests: vector tails for element dtypes; for block dtypes 1, 2, 3, 5 and
+// 9 blocks (odd counts leave a tail after the kernels' two-block steps).
+std::vector<int64_t> Widths(DType t) {
+  if (IsBlockDType(t)) return {32, 64, 96, 160, 288};
+  return {1, 7, 16, 17, 63, 100, 259};
+}
 
 std::vector<float> Random(size_t n, std::mt19937& rng, float lo = -1, float hi = 1) {
   std::uniform_real_distribution<float> u(lo, hi);
@@ -47,7 +58,27 @@ struct Stored {
   const void* data = nullptr;
   std::vector<float> decoded;
 };
+// Block dtypes: quantized by the library (its quantizers are tested in weight_quant_test.cpp),
+// decoded here by reading the bytes as ggml lays them out; `offset` is in bytes for them.
+Stored StoreBlocks(DType t, const std::vector<float>& v, size_t offset) {
+  Stored s;
+  s.bytes.assign(offset + DTypeBytes(t, int64_t(v.size())), 0);
+  uint8_t* p = s.bytes.data() + offset;
+  FromF32(t, v.data(), p, v.size());
+  s.decoded.resize(v.size());
+  const size_t bb = DTypeBytes(t, 32);
+  for (size_t i = 0; i < v.size(); ++i) {
+    const uint8_t* blk = p + i / 32 * bb;
+    const float d = F16ToF32(uint16_t(blk[0] | blk[1] << 8));
+    const size_t j = i % 32;
+    s.decoded[i] = t == DType::kQ8_0 ? d * float(int8_t(blk[2 + j])) : d * float(((blk[2 + j % 16] >> (j / 16 * 4)) & 0xf) - 8);
+  }
+  s.data = p;
+  return s;
+}
+
 Stored Store(DType t, const std::vector<float>& v, size_t offset = 1) {
+  if (IsBlockDType(t)) return StoreBlocks(t, v, offset);
   Stored s;
   const size_t es = DTypeSize(t);
   s.bytes.assign((v.size() + offset) * es, 0);
@@ -90,8 +121,8 @@ using MatFn = void (*)(const float*, int64_t, const TensorView&, float*);
 
 void CheckMatMul(const char* name, MatFn fn, bool with_bias) {
   std::mt19937 rng(42);
-  for (DType dt : kDTypes)
-    for (int64_t in : {1, 7, 16, 17, 63, 100, 259})
+  for (DType dt : kWeightDTypes)
+    for (int64_t in : Widths(dt))
       for (int64_t out : {1, 5, 33})
         for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 33}) {
           auto x = Random(size_t(n * in), rng);
@@ -121,10 +152,10 @@ TEST(Kernels, MatMulWithBiasMatchesScalar) { CheckMatMul("MatMul", nullptr, true
 // Several weights sharing x in one call (the fused q/k/v and gate/up products), with and without bias.
 TEST(Kernels, MatMulSharedMatchesScalar) {
   std::mt19937 rng(8);
-  for (DType dt : kDTypes)
-    for (int64_t in : {17, 64, 259})
+  for (DType dt : kWeightDTypes)
+    for (int64_t in : IsBlockDType(dt) ? std::vector<int64_t>{32, 288, 2048} : std::vector<int64_t>{17, 64, 259})
       for (int64_t n : {1, 3, 8, 9, 33}) {
-        const int64_t outs[3] = {5, 33, 700};  // 700 rows of 259: more than one 256 KiB chunk
+        const int64_t outs[3] = {5, 33, 700};  // 700 rows of 259 (f32) or 2048 (q4_0): more than one 256 KiB chunk
         auto x = Random(size_t(n * in), rng);
         std::vector<Stored> ws;
         std::vector<std::vector<float>> bias, ys;
@@ -149,13 +180,15 @@ TEST(Kernels, MatMulSharedMatchesScalar) {
       }
 }
 
-// More output rows than one converted f32 panel of 16-bit GemmRows holds (8 MiB / (in * 4) = 127
-// rows here; each of 2 threads gets 150), so the panel loop runs more than once per thread.
+// More output rows than one converted f32 panel of GemmRows holds (8 MiB / (in * 4) = 127 rows
+// here; each of 2 threads gets 150), so the panel loop runs more than once per thread, and a panel
+// of blocks starts mid-tensor.
 TEST(Kernels, GemmRowsSpansSeveralPanels) {
   std::mt19937 rng(5);
-  const int64_t n = 9, in = 16411, out = 300;
-  auto x = Random(size_t(n * in), rng);
-  for (DType dt : {DType::kBF16, DType::kF16}) {
+  const int64_t n = 9, out = 300;
+  for (DType dt : {DType::kBF16, DType::kF16, DType::kQ8_0, DType::kQ4_0}) {
+    const int64_t in = IsBlockDType(dt) ? 16416 : 16411;  // 513 blocks
+    auto x = Random(size_t(n * in), rng);
     Stored w = Store(dt, Random(size_t(out * in), rng));
     TensorView tv{dt, {out, in}, w.data};
     std::vector<float> y(size_t(n * out));

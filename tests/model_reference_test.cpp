@@ -1,6 +1,7 @@
 // The forward pass against an independent implementation: ref-5m's logits, greedy continuations
 // and perplexity as dumped by the PyTorch code that trained it (../shared/models/ref-5m/reference),
 // checked on the prefill (GEMM) and decode (GEMV) paths, on BF16/F16 copies and on a sharded copy.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <memory>
@@ -311,6 +312,110 @@ TEST(RefModel, F16CopyNearF32Reference) {
     auto dec = DecodeLogits(*m, prompts[i].ids);
     EXPECT_LE(MaxAbsDiff(dec.data(), prompts[i].logits.data(), dec.size()), 1e-2) << "decode, prompt " << i;
   }
+}
+
+// ref-5m with its matrices quantized at load (LoadOptions::weights_dtype), checking what was converted.
+std::unique_ptr<LlamaModel> LoadQuantized(DType t) {
+  auto m = LlamaModel::Load(kRefModel, LoadOptions{.weights_dtype = t});
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  if (!m.ok()) return nullptr;
+  const ModelWeights& w = (*m)->weights();
+  EXPECT_EQ(w.layers[0].wq.dtype, t);
+  EXPECT_EQ(w.layers[5].w_up.dtype, t);
+  EXPECT_EQ(w.embed.dtype, t);  // tied: the quantized table is also the LM head
+  EXPECT_EQ(w.embed.data, w.lm_head.data);
+  EXPECT_EQ(w.layers[0].w_down.dtype, DType::kF32);  // 688 columns are not whole blocks: kept
+  EXPECT_EQ(w.final_norm.dtype, DType::kF32);
+  return std::move(m).value();
+}
+
+// ref-5m quantized to Q8_0 at load (ggml's quantizer; the down projections stay f32, see
+// LoadQuantized). A weight moves by up to half a step, amax/254 of its 32-block, against BF16's
+// |w|/512: more than BF16 for the many weights well below their block's maximum. Measured max
+// |logit error| over the three prompts: 7.8e-2 (prefill and decode alike; BF16: 3.0e-2). 0.15 keeps
+// ~2x margin and fails for any misread block (a wrong nibble order or scale moves logits by > 1).
+constexpr double kQ8_0Tol = 0.15;
+
+TEST(RefModel, Q8_0WeightsNearF32Reference) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto m = LoadQuantized(DType::kQ8_0);
+  ASSERT_TRUE(m);
+  auto prompts = LoadRefPrompts();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto pre = PrefillLogits(*m, prompts[i].ids);
+    EXPECT_LE(MaxAbsDiff(pre.data(), prompts[i].logits.data(), pre.size()), kQ8_0Tol)
+        << "prefill, prompt " << i << ": " << WorstRow(pre, prompts[i].logits);
+    auto dec = DecodeLogits(*m, prompts[i].ids);
+    EXPECT_LE(MaxAbsDiff(dec.data(), prompts[i].logits.data(), dec.size()), kQ8_0Tol)
+        << "decode, prompt " << i << ": " << WorstRow(dec, prompts[i].logits);
+  }
+}
+
+// Greedy decoding with Q8_0 weights follows the f32 reference's continuation until a step where f32's
+// top two logits are within 2 * kQ8_0Tol: with every logit within kQ8_0Tol the argmax cannot change
+// anywhere else. Measured: two of the three continuations identical for all 32 tokens; "Once upon a
+// time" takes another word at the first step, where f32's margin is 0.020.
+TEST(RefModel, Q8_0GreedyFollowsF32UntilANearTie) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto m = LoadQuantized(DType::kQ8_0);
+  auto f32 = LoadModel(kRefModel);
+  ASSERT_TRUE(m && f32);
+  auto tok = Tokenizer::LoadFromDir(kRefModel);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  auto cases = nlohmann::json::parse(testing::Slurp(kRefModel + "/reference/greedy.json"));
+  auto kv = Dense();
+  int identical = 0;
+  for (auto& c : cases) {
+    GenerateOptions opt;
+    opt.sampling.temperature = 0;
+    opt.stop_at_eos = false;
+    const std::vector<int32_t> prompt = c["prompt_ids"], want = c["greedy_ids"];
+    opt.max_tokens = int(want.size());
+    auto r = Generate(*m, **tok, *kv, prompt, opt, nullptr);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_EQ(r->token_ids.size(), want.size());
+    size_t k = 0;
+    while (k < want.size() && r->token_ids[k] == want[k]) ++k;
+    if (k == want.size()) {
+      ++identical;
+      continue;
+    }
+    // f32's logits for step k, after the prefix both runs share.
+    std::vector<int32_t> ctx = prompt;
+    ctx.insert(ctx.end(), want.begin(), want.begin() + long(k));
+    auto lg = PrefillLogits(*f32, ctx);
+    std::vector<float> last(lg.end() - kVocab, lg.end());
+    std::partial_sort(last.begin(), last.begin() + 2, last.end(), std::greater<float>());
+    EXPECT_LE(last[0] - last[1], 2 * kQ8_0Tol)
+        << "q8_0 left the f32 continuation at step " << k << " where f32's margin is " << last[0] - last[1]
+        << ", prompt: " << c["prompt"].get<std::string>();
+  }
+  EXPECT_GE(identical, 1) << "no continuation identical to f32's";
+}
+
+// Perplexity on the first 20 windows of valid.txt (2560 scored tokens; the protocol of
+// PerplexityMatchesReference). Measured: f32 111.7473, q8_0 111.7468 (-0.0004%), q4_0 112.3484
+// (+0.54%; the f32 down projections spare it some loss). Margins: q8_0 within 0.2% and q4_0 within
+// 3% of f32, ~5x the measured q4_0 loss; a misread block moves perplexity by orders of magnitude.
+TEST(RefModel, QuantizedPerplexityNearF32) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto tok = Tokenizer::LoadFromDir(kRefModel);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  std::vector<int32_t> stream = (*tok)->Encode(testing::Slurp(testing::kValidText), true);
+  PerplexityOptions opt;
+  opt.chunked = true;
+  opt.max_windows = 20;
+  auto f32 = LoadModel(kRefModel);
+  auto q8 = LoadQuantized(DType::kQ8_0);
+  auto q4 = LoadQuantized(DType::kQ4_0);
+  ASSERT_TRUE(f32 && q8 && q4);
+  auto r32 = Perplexity(*f32, *Dense(), stream, opt, nullptr);
+  auto r8 = Perplexity(*q8, *Dense(), stream, opt, nullptr);
+  auto r4 = Perplexity(*q4, *Dense(), stream, opt, nullptr);
+  ASSERT_TRUE(r32.ok() && r8.ok() && r4.ok());
+  EXPECT_EQ(r4->windows, 20);
+  EXPECT_NEAR(r8->ppl, r32->ppl, 2e-3 * r32->ppl);
+  EXPECT_NEAR(r4->ppl, r32->ppl, 3e-2 * r32->ppl);
 }
 
 // Changing tokens after position i never changes logits at positions <= i (and does change later ones).

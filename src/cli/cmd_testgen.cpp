@@ -23,7 +23,9 @@ void AddTestgen(CLI::App& app, Runner* run) {
   cmd->callback([o, run, names] {
     *run = [o, names]() -> int {
       DType dt;
-      if (!ParseDType(o->dtype, &dt)) return Fail("testgen", Status::InvalidArgument("--type must be f32, f16 or bf16"));
+      // Q8_0/Q4_0 cannot go in safetensors; `--weights q8_0|q4_0` quantizes a checkpoint at load instead.
+      if (!ParseDType(o->dtype, &dt) || IsBlockDType(dt))
+        return Fail("testgen", Status::InvalidArgument("--type must be f32, f16 or bf16 (for q8_0/q4_0 load with --weights)"));
       const auto shapes = TestShapeNames();
       if (std::find(shapes.begin(), shapes.end(), o->shape) == shapes.end())  // before any log line
         return Fail("testgen", Status::InvalidArgument("unknown --shape '" + o->shape + "'; valid shapes: " + names));

@@ -17,6 +17,9 @@ void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv) {
   cmd->add_option("-t,--threads", f->threads, "worker threads (0: all cores)")->capture_default_str();
   cmd->add_option("-c,--ctx", f->ctx, "context limit in tokens (0: the model's max_position_embeddings)")->capture_default_str();
   cmd->add_flag("--json", f->json, "print one JSON object on stdout");
+  cmd->add_option("--weights", f->weights,
+                  "convert the weight matrices at load: f32|f16|bf16|q8_0|q4_0 (ggml's quantizers; default: as stored)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
   // Only where --kv builds the policies: the GPU pass drives GPU policies, never a command's own.
   if (with_kv)
     cmd->add_option("--device", f->device, "where the forward pass and KV cache live: cpu, or cuda (GPU 0)")
@@ -30,7 +33,13 @@ Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
   ThreadPool::Configure(f.threads);
   Loaded l;
   ATP_ASSIGN_OR_RETURN(l.kv, ParseKvPolicy(f.kv, f.model));
-  ATP_ASSIGN_OR_RETURN(l.model, LlamaModel::Load(f.model));
+  LoadOptions opt;
+  if (!f.weights.empty()) {
+    DType t;
+    if (!ParseDType(f.weights, &t)) return Status::InvalidArgument("--weights: unknown dtype '" + f.weights + "'");
+    opt.weights_dtype = t;
+  }
+  ATP_ASSIGN_OR_RETURN(l.model, LlamaModel::Load(f.model, opt));
   if (f.device == "cuda") {
 #if defined(ATP_CUDA)
     ATP_ASSIGN_OR_RETURN(l.kv, MakeCudaKvFactory(f.kv, f.model));

@@ -20,6 +20,7 @@ struct CommonFlags {
   int threads = 0;
   int ctx = 0;
   bool json = false;
+  std::string weights;          // "": the file's dtypes; else the matrices converted at load (LoadOptions)
   std::string device = "cpu";  // "cuda": the forward pass and KV policies on the GPU (src/cuda)
 };
 void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv = true);

@@ -1,5 +1,7 @@
-// Element types of weights and KV data, and scalar conversions between them.
-// Weights stay in their file dtype; every kernel accumulates in f32.
+// Element types of weights and KV data, and conversions between them and f32.
+// Weights stay in their file dtype; every kernel accumulates in f32. f32/f16/bf16 store single
+// elements; q8_0/q4_0 store blocks of 32 elements (ggml's layouts, see core/quant.h), so sizes of
+// those come from DTypeBytes(t, n) and DTypeSize refuses them.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -7,13 +9,28 @@
 #include <string>
 #include <string_view>
 
+#include "core/status.h"
+
 namespace atp {
 
-enum class DType { kF32, kF16, kBF16 };
+enum class DType { kF32, kF16, kBF16, kQ8_0, kQ4_0 };
 
+std::string_view DTypeName(DType t);                 // "f32", "f16", "bf16", "q8_0", "q4_0"
+// Accepts our names, safetensors' "F32"/"F16"/"BF16" and "Q8_0"/"Q4_0".
+bool ParseDType(std::string_view s, DType* out);
+
+// True for the block dtypes (q8_0, q4_0), which have no size per element.
+bool IsBlockDType(DType t);
+// Elements per storage block: 1 for f32/f16/bf16, 32 for q8_0/q4_0.
+int64_t DTypeBlockElems(DType t);
+// Bytes of one element of f32/f16/bf16. A block dtype has none: calling this with one is a bug and
+// aborts with a message naming DTypeBytes. Kept for the KV code, whose dtypes are never blocks.
 size_t DTypeSize(DType t);
-std::string_view DTypeName(DType t);                 // "f32", "f16", "bf16"
-bool ParseDType(std::string_view s, DType* out);     // accepts our names and safetensors' "F32"/"F16"/"BF16"
+// Ok when n >= 0 elements of t fill whole blocks, else InvalidArgument naming dtype, n and the block.
+// Check user input (tensor shapes) with this before DTypeBytes/ToF32/FromF32.
+Status CheckDTypeCount(DType t, int64_t n);
+// Bytes holding n elements of t. n must fill whole blocks (a bug otherwise: aborts with a message).
+size_t DTypeBytes(DType t, int64_t n);
 
 inline float Bf16ToF32(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;
@@ -32,9 +49,10 @@ inline uint16_t F32ToBf16(float f) {
 float F16ToF32(uint16_t h);
 uint16_t F32ToF16(float f);
 
-// Converts n elements of type t at src to f32 (vectorized where the CPU allows).
+// Converts n elements of type t at src to f32 (vectorized where the CPU allows). For a block dtype
+// src points at a block boundary and n fills whole blocks (aborts otherwise).
 void ToF32(DType t, const void* src, float* dst, size_t n);
-// Converts n f32 values to type t at dst.
+// Converts n f32 values to type t at dst (block dtypes: ggml's reference quantizers, whole blocks).
 void FromF32(DType t, const float* src, void* dst, size_t n);
 
 }  // namespace atp

@@ -18,7 +18,7 @@ struct TensorView {
     for (int64_t d : shape) n *= d;
     return n;
   }
-  size_t nbytes() const { return size_t(numel()) * DTypeSize(dtype); }
+  size_t nbytes() const { return DTypeBytes(dtype, numel()); }  // whole blocks: shapes are checked at load
   int64_t rows() const { return shape.empty() ? 1 : shape[0]; }
   int64_t cols() const { return shape.size() < 2 ? (shape.empty() ? 1 : shape[0]) : numel() / shape[0]; }
   std::string ShapeString() const {

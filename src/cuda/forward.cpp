@@ -172,16 +172,25 @@ class CudaForward : public ForwardBackend {
                       "gemm");
   }
 
-  // The tensors, stacked row-wise, converted to bf16 on the device (one staging copy each).
+  // The tensors, stacked row-wise, converted to bf16 on the device (one staging copy each). Q8_0/Q4_0
+  // tensors are dequantized to f32 on the host first: the GPU pass computes in bf16 either way.
   Status UploadBf16(std::initializer_list<const TensorView*> parts, DeviceArray<bf16>* dst) {
     size_t total = 0, bytes = 0;
-    for (auto* t : parts) total += size_t(t->numel()), bytes = std::max(bytes, t->nbytes());
+    for (auto* t : parts) total += size_t(t->numel()), bytes = std::max(bytes, DTypeBytes(DType::kF32, t->numel()));
     ATP_RETURN_IF_ERROR(dst->Grow(total));
     ATP_RETURN_IF_ERROR(staging_.Grow(bytes));
     size_t off = 0;
+    std::vector<float> dequantized;
     for (auto* t : parts) {
-      ATP_CUDA_RETURN(cudaMemcpy(staging_.get(), t->data, t->nbytes(), cudaMemcpyHostToDevice));
-      cuda::ToBf16(t->dtype, staging_.get(), t->numel(), dst->get() + off, nullptr);
+      DType dt = t->dtype;
+      const void* src = t->data;
+      if (IsBlockDType(dt)) {
+        dequantized.resize(size_t(t->numel()));
+        ToF32(dt, src, dequantized.data(), dequantized.size());
+        dt = DType::kF32, src = dequantized.data();
+      }
+      ATP_CUDA_RETURN(cudaMemcpy(staging_.get(), src, DTypeBytes(dt, t->numel()), cudaMemcpyHostToDevice));
+      cuda::ToBf16(dt, staging_.get(), t->numel(), dst->get() + off, nullptr);
       off += size_t(t->numel());
     }
     return cuda::LastLaunch("weight conversion");

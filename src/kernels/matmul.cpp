@@ -19,6 +19,8 @@ inline float ScalarW(const void* w, DType t, int64_t i) {
     case DType::kF32: return static_cast<const float*>(w)[i];
     case DType::kBF16: return Bf16ToF32(static_cast<const uint16_t*>(w)[i]);
     case DType::kF16: return F16ToF32(static_cast<const uint16_t*>(w)[i]);
+    case DType::kQ8_0:
+    case DType::kQ4_0: break;  // rows of blocks go through DotRowBlocks
   }
   return 0;
 }
@@ -59,6 +61,42 @@ inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, in
     y[r * out] = s;
   }
 }
+
+// The same for a row of Q8_0/Q4_0 blocks (in a multiple of 32): each block is dequantized in
+// registers (codes widened to f32 times the block scale) and used for all R rows; B blocks per step.
+// The activations stay f32. llama.cpp instead quantizes them to Q8 and takes integer dot products;
+// f32 activations are more exact (the only error is the weights' own), and decode is bound by the
+// weight bytes streamed, not by this arithmetic.
+template <int R, int B, DType Q>
+inline void DotRowBlocks(const uint8_t* w, int64_t in, const float* x, float* y, int64_t out) {
+  using namespace simd;
+  constexpr int V = kBlockVecs;
+  constexpr int64_t kBytes = Q == DType::kQ8_0 ? 34 : 18;
+  Vec acc[R][B * V];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < B * V; ++u) acc[r][u] = Zero();
+  const int64_t nb = in / 32;
+  int64_t b = 0;
+  for (; b + B <= nb; b += B) {
+    for (int k = 0; k < B; ++k) {
+      Vec wv[V];
+      LoadBlock<Q>(w + (b + k) * kBytes, wv);
+      for (int v = 0; v < V; ++v)
+        for (int r = 0; r < R; ++r)
+          acc[r][k * V + v] = Fma(wv[v], Load(x + r * in + (b + k) * 32 + v * kLanes), acc[r][k * V + v]);
+    }
+  }
+  for (; b < nb; ++b) {
+    Vec wv[V];
+    LoadBlock<Q>(w + b * kBytes, wv);
+    for (int v = 0; v < V; ++v)
+      for (int r = 0; r < R; ++r) acc[r][v] = Fma(wv[v], Load(x + r * in + b * 32 + v * kLanes), acc[r][v]);
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int u = 1; u < B * V; ++u) acc[r][0] = Add(acc[r][0], acc[r][u]);
+    y[r * out] = ReduceAdd(acc[r][0]);
+  }
+}
 #else
 template <int R, int U, typename T>
 inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, int64_t out) {
@@ -68,27 +106,50 @@ inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, in
     y[r * out] = s;
   }
 }
+
+template <int R, int B, DType Q>
+inline void DotRowBlocks(const uint8_t* w, int64_t in, const float* x, float* y, int64_t out) {
+  float s[R] = {}, blk[32];
+  for (int64_t b = 0; b < in / 32; ++b) {
+    ToF32(Q, w + DTypeBytes(Q, b * 32), blk, 32);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < 32; ++j) s[r] += blk[j] * x[r * in + b * 32 + j];
+  }
+  for (int r = 0; r < R; ++r) y[r * out] = s[r];
+}
 #endif
 
 // Output rows [b, e) for R rows of x (x: (R, in), y: (R, out) with row stride out).
-template <int R, typename T>
-void GemvRange(const T* w, int64_t in, DType t, const float* x, float* y, int64_t out, int64_t b, int64_t e) {
+template <int R>
+void GemvRange(const TensorView& w, const float* x, float* y, int64_t b, int64_t e) {
   constexpr int U = R == 1 ? 8 : R == 2 ? 4 : R <= 4 ? 2 : 1;  // 8 chains at R=1 measured ~3% faster than 4
-  for (int64_t o = b; o < e; ++o) DotRow<R, U>(w + o * in, in, t, x, y + o, out);
+  constexpr int B = R == 1 ? 2 : 1;                               // blocks per step: 2 or 4 vectors each
+  const int64_t out = w.rows(), in = w.cols();
+  const DType t = w.dtype;
+  const size_t row_bytes = DTypeBytes(t, in);
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  for (int64_t o = b; o < e; ++o) {
+    const uint8_t* row = base + size_t(o) * row_bytes;
+    switch (t) {
+      case DType::kF32: DotRow<R, U>(reinterpret_cast<const float*>(row), in, t, x, y + o, out); break;
+      case DType::kF16:
+      case DType::kBF16: DotRow<R, U>(reinterpret_cast<const uint16_t*>(row), in, t, x, y + o, out); break;
+      case DType::kQ8_0: DotRowBlocks<R, B, DType::kQ8_0>(row, in, x, y + o, out); break;
+      case DType::kQ4_0: DotRowBlocks<R, B, DType::kQ4_0>(row, in, x, y + o, out); break;
+    }
+  }
 }
 
-template <typename T>
-void GemvDispatch(int rows, const T* w, int64_t in, DType t, const float* x, float* y, int64_t out, int64_t b,
-                  int64_t e) {
+void GemvDispatch(int rows, const TensorView& w, const float* x, float* y, int64_t b, int64_t e) {
   switch (rows) {
-    case 1: return GemvRange<1>(w, in, t, x, y, out, b, e);
-    case 2: return GemvRange<2>(w, in, t, x, y, out, b, e);
-    case 3: return GemvRange<3>(w, in, t, x, y, out, b, e);
-    case 4: return GemvRange<4>(w, in, t, x, y, out, b, e);
-    case 5: return GemvRange<5>(w, in, t, x, y, out, b, e);
-    case 6: return GemvRange<6>(w, in, t, x, y, out, b, e);
-    case 7: return GemvRange<7>(w, in, t, x, y, out, b, e);
-    default: return GemvRange<8>(w, in, t, x, y, out, b, e);
+    case 1: return GemvRange<1>(w, x, y, b, e);
+    case 2: return GemvRange<2>(w, x, y, b, e);
+    case 3: return GemvRange<3>(w, x, y, b, e);
+    case 4: return GemvRange<4>(w, x, y, b, e);
+    case 5: return GemvRange<5>(w, x, y, b, e);
+    case 6: return GemvRange<6>(w, x, y, b, e);
+    case 7: return GemvRange<7>(w, x, y, b, e);
+    default: return GemvRange<8>(w, x, y, b, e);
   }
 }
 
@@ -104,10 +165,7 @@ void GemvSlice(const float* x, int64_t n, const TensorView& w, float* y, int64_t
   const int64_t out = w.rows(), in = w.cols();
   for (int64_t r0 = 0; r0 < n; r0 += kGemvMaxRows) {
     const int rows = int(std::min<int64_t>(kGemvMaxRows, n - r0));
-    if (w.dtype == DType::kF32)
-      GemvDispatch(rows, static_cast<const float*>(w.data), in, w.dtype, x + r0 * in, y + r0 * out, out, b, e);
-    else
-      GemvDispatch(rows, static_cast<const uint16_t*>(w.data), in, w.dtype, x + r0 * in, y + r0 * out, out, b, e);
+    GemvDispatch(rows, w, x + r0 * in, y + r0 * out, b, e);
   }
 }
 
@@ -122,7 +180,7 @@ void GemvJobs(const float* x, int64_t n, std::span<const MatMulJob> jobs) {
   std::vector<Span> spans;
   int64_t chunks = 0;
   for (const MatMulJob& j : jobs) {
-    const int64_t row_bytes = std::max<int64_t>(1, j.w->cols() * int64_t(DTypeSize(j.w->dtype)));
+    const int64_t row_bytes = std::max<int64_t>(1, int64_t(DTypeBytes(j.w->dtype, j.w->cols())));
     const int64_t rows = std::max<int64_t>(1, (int64_t(256) << 10) / row_bytes);
     spans.push_back({&j, rows, chunks});
     chunks += (j.w->rows() + rows - 1) / rows;
@@ -180,7 +238,6 @@ void GemvRows(const float* x, int64_t n, const TensorView& w, float* y) {
 void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
   UseSingleThreadedBlas();
   const int64_t out = w.rows(), in = w.cols();
-  const size_t es = DTypeSize(w.dtype);
   // Each pool thread owns a contiguous slice of output columns (weight rows) and runs a
   // single-threaded sgemm on it; x is shared read-only.
   ThreadPool::Global().ParallelFor(out, [&](int64_t b, int64_t e, int) {
@@ -189,7 +246,7 @@ void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
                   static_cast<const float*>(w.data) + b * in, int(in), 0.0f, y + b, int(out));
       return;
     }
-    // 16-bit weights: convert a panel of this slice's rows to f32 (about 8 MiB, in cache when
+    // f16/bf16/Q8_0/Q4_0 weights: convert a panel of this slice's rows to f32 (about 8 MiB, in cache when
     // sgemm reads it), then sgemm it into the matching columns of y. Each sgemm call repacks all
     // of x, so panels are made large enough that this costs a few percent at most.
     const int64_t panel = std::max<int64_t>(16, (int64_t(8) << 20) / (in * 4));
@@ -197,7 +254,7 @@ void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
     buf.resize(size_t(std::min(panel, e - b) * in));
     for (int64_t o0 = b; o0 < e; o0 += panel) {
       const int64_t rows = std::min(panel, e - o0);
-      ToF32(w.dtype, static_cast<const uint8_t*>(w.data) + size_t(o0 * in) * es, buf.data(), size_t(rows * in));
+      ToF32(w.dtype, static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, o0 * in), buf.data(), size_t(rows * in));
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(rows), int(in), 1.0f, x, int(in), buf.data(),
                   int(in), 0.0f, y + o0, int(out));
     }

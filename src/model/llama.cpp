@@ -30,7 +30,8 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir, con
   if (!w.ok()) return w.status().WithContext(dir + ": ");
   m->w_ = std::move(w).value();
   m->inv_freq_ = m->cfg_.RopeInvFreq();
-  if (opt.resident_weights) ATP_RETURN_IF_ERROR(m->MakeResident().WithContext(dir + ": "));
+  if (opt.resident_weights || opt.weights_dtype)
+    ATP_RETURN_IF_ERROR(m->MakeResident(opt.weights_dtype).WithContext(dir + ": "));
   return m;
 }
 
@@ -38,20 +39,29 @@ LlamaModel::~LlamaModel() {
   if (resident_) ::munmap(resident_, resident_bytes_);
 }
 
-Status LlamaModel::MakeResident() {
+Status LlamaModel::MakeResident(std::optional<DType> matrices) {
   // Every tensor a decode step reads; the input embedding only when it is also the LM head (untied,
-  // it is read one row per token and stays in the mapping).
+  // it is read one row per token and stays in the mapping) or when the matrices change dtype.
   std::vector<TensorView*> views = {&w_.lm_head, &w_.final_norm};
   for (auto& L : w_.layers)
     for (TensorView* t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.mlp_norm, &L.w_gate, &L.w_up, &L.w_down})
       views.push_back(t);
   const bool tied = w_.embed.data == w_.lm_head.data;
-  std::map<const void*, size_t> offset;  // source address -> offset in the arena (tied tensors copied once)
+  if (matrices && !tied) views.push_back(&w_.embed);
+  struct Copy {
+    TensorView from;
+    DType to;
+    size_t offset;  // in the arena
+  };
+  std::map<const void*, Copy> copies;  // by source address: tied tensors are copied once
   size_t total = 0;
   for (TensorView* t : views) {
-    if (offset.count(t->data)) continue;
-    offset[t->data] = total;
-    total += (t->nbytes() + 63) & ~size_t(63);  // 64-byte aligned rows start
+    if (copies.count(t->data)) continue;
+    // A matrix whose rows do not fill whole 32-element blocks keeps its dtype (see LoadOptions).
+    const bool convert = matrices && t->shape.size() == 2 && CheckDTypeCount(*matrices, t->cols()).ok();
+    const DType to = convert ? *matrices : t->dtype;
+    copies[t->data] = {*t, to, total};
+    total += (DTypeBytes(to, t->numel()) + 63) & ~size_t(63);  // 64-byte aligned rows start
   }
   const size_t kHuge = size_t(2) << 20;
   resident_bytes_ = (total + kHuge - 1) / kHuge * kHuge;
@@ -63,16 +73,32 @@ Status LlamaModel::MakeResident() {
   resident_ = p;
   ::madvise(p, resident_bytes_, MADV_HUGEPAGE);  // best effort: without THP the copy still works
   auto* base = static_cast<uint8_t*>(p);
-  std::vector<std::pair<const void*, size_t>> jobs(offset.begin(), offset.end());
-  std::map<const void*, size_t> bytes;
-  for (TensorView* t : views) bytes[t->data] = t->nbytes();
-  // Copy in parallel: each thread first-touches (and so places) the pages it writes.
+  std::vector<const Copy*> jobs;
+  for (auto& [src, c] : copies) jobs.push_back(&c);
+  // Copy (or convert) in parallel: each thread first-touches (and so places) the pages it writes.
   ThreadPool::Global().ParallelFor(int64_t(jobs.size()), [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b; i < e; ++i)
-      std::memcpy(base + jobs[size_t(i)].second, jobs[size_t(i)].first, bytes.at(jobs[size_t(i)].first));
+    std::vector<float> row;  // (cols) f32, a conversion's staging row
+    for (int64_t i = b; i < e; ++i) {
+      const Copy& c = *jobs[size_t(i)];
+      if (c.to == c.from.dtype) {
+        std::memcpy(base + c.offset, c.from.data, c.from.nbytes());
+        continue;
+      }
+      const int64_t cols = c.from.cols();
+      row.resize(size_t(cols));
+      for (int64_t r = 0; r < c.from.rows(); ++r) {
+        ToF32(c.from.dtype, static_cast<const uint8_t*>(c.from.data) + DTypeBytes(c.from.dtype, r * cols), row.data(),
+              size_t(cols));
+        FromF32(c.to, row.data(), base + c.offset + DTypeBytes(c.to, r * cols), size_t(cols));
+      }
+    }
   });
-  for (TensorView* t : views) t->data = base + offset[t->data];
-  if (tied) w_.embed.data = w_.lm_head.data;
+  for (TensorView* t : views) {
+    const Copy& c = copies.at(t->data);
+    t->data = base + c.offset;
+    t->dtype = c.to;
+  }
+  if (tied) w_.embed = w_.lm_head;
   return Status::Ok();
 }
 
@@ -108,7 +134,7 @@ Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float
   std::vector<float>& x = S.x;        // (N, d) residual stream
   {
     int64_t r = 0;
-    const size_t row_bytes = size_t(d) * DTypeSize(w_.embed.dtype);
+    const size_t row_bytes = DTypeBytes(w_.embed.dtype, d);  // a Q8_0/Q4_0 row is whole blocks (checked at bind)
     for (auto& it : items) {
       for (size_t i = 0; i < it.tokens.size(); ++i, ++r) {
         int32_t tok = it.tokens[i];

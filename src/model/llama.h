@@ -4,6 +4,7 @@
 // Thread-safety: Forward() uses per-model scratch; one call at a time per model.
 #pragma once
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -31,6 +32,13 @@ struct LoadOptions {
   // made decode ~3x faster. Costs one copy at load and the weights' size in resident memory.
   // false: use the weights in place in the read-only mapping (no copy; slower decode).
   bool resident_weights = true;
+  // Convert the matrices (embedding, projections, LM head) to this dtype at load, e.g. quantize a
+  // bf16 checkpoint to q8_0/q4_0 with ggml's reference quantizers (`--weights`); norms and biases
+  // keep their file dtype, and so does a matrix whose rows do not fill whole 32-element blocks when
+  // the target is q8_0/q4_0 (ref-5m's down projections, 688 columns: ggml's blocks cannot hold them;
+  // weights().layers[l].w_down.dtype says what happened). The converted weights live in resident
+  // memory whatever resident_weights says. Unset: the file's dtypes.
+  std::optional<DType> weights_dtype;
 };
 
 // A device that runs the whole forward pass in place of the CPU code (src/cuda). It reads the
@@ -74,7 +82,7 @@ class LlamaModel {
   // With resident_weights: the anonymous mapping the streamed tensors of w_ point into.
   void* resident_ = nullptr;
   size_t resident_bytes_ = 0;
-  Status MakeResident();
+  Status MakeResident(std::optional<DType> matrices);
 
   // Activations of the last Forward call, kept so decode steps allocate nothing; they grow to the
   // largest batch seen (N rows) and are overwritten by every call.

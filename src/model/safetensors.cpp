@@ -43,7 +43,8 @@ Status SafeTensors::ParseFile(std::shared_ptr<MappedFile> file, std::map<std::st
         !(*off)[1].is_number_unsigned())
       return bad("data_offsets must be two unsigned integers");
     TensorView v;
-    if (!ParseDType(dt->get<std::string>(), &v.dtype))
+    // Q8_0/Q4_0 are GGUF's block types, not safetensors dtypes: a header naming them is refused too.
+    if (!ParseDType(dt->get<std::string>(), &v.dtype) || IsBlockDType(v.dtype))
       return Status::Unsupported(where + ": tensor '" + name + "': dtype " + dt->get<std::string>() + " (supported: F32, F16, BF16)");
     uint64_t numel = 1;
     for (auto& d : *sh) {
@@ -124,6 +125,8 @@ Status WriteSafeTensors(const std::string& path, const std::vector<TensorToWrite
   json h = json::object();
   uint64_t off = 0;
   for (auto& t : tensors) {
+    if (IsBlockDType(t.dtype))
+      return Status::Unsupported(path + ": tensor '" + t.name + "': safetensors has no " + std::string(DTypeName(t.dtype)) + " dtype");
     uint64_t n = DTypeSize(t.dtype);
     for (auto d : t.shape) n *= uint64_t(d);
     std::string dt = t.dtype == DType::kF32 ? "F32" : t.dtype == DType::kF16 ? "F16" : "BF16";

@@ -12,6 +12,9 @@ Status Bind(const SafeTensors& st, const std::string& name, std::vector<int64_t>
   if (t->shape != shape)
     return Status::InvalidArgument("tensor '" + name + "' has shape " + t->ShapeString() + ", config implies " +
                                    want.ShapeString());
+  // A Q8_0/Q4_0 tensor stores each row as whole 32-element blocks; kernels index rows by that.
+  if (Status s = CheckDTypeCount(t->dtype, shape.back()); !s.ok())
+    return Status::InvalidArgument("tensor '" + name + "' " + want.ShapeString() + ": " + s.message());
   *out = *t;
   return Status::Ok();
 }
