@@ -102,7 +102,7 @@ def gguf_bytes(metadata, tensors):
 
 
 def small_gguf(model_dir, keep=300):
-    """A 1-layer, 8-wide llama/qwen2 GGUF whose tokenizer is the directory's cut to ids < keep, with
+    """A 1-layer, 32-wide llama/qwen2 GGUF (F32, F16, BF16, Q8_0 and Q4_0 tensors) whose tokenizer is the directory's cut to ids < keep, with
     its added tokens renumbered after them (ids stay below the tiny embedding's vocabulary)."""
     with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
         tok = json.load(f)
@@ -135,7 +135,7 @@ def small_gguf(model_dir, keep=300):
 
     pre = json.dumps(tok.get("pre_tokenizer"))
     arch = "qwen2" if "\\p{N}|" in pre else "llama"
-    n, d, ff = len(tokens), 8, 16
+    n, d, ff = len(tokens), 32, 16
     md = [("general.architecture", 8, arch), ("general.name", 8, os.path.basename(model_dir))]
     for key, v in (("context_length", 64), ("embedding_length", d), ("block_count", 1), ("feed_forward_length", ff),
                    ("attention.head_count", 2), ("attention.head_count_kv", 1), ("vocab_size", n)):
@@ -159,16 +159,21 @@ def small_gguf(model_dir, keep=300):
             count *= x
         return struct.pack("<%de" % count, *[((i * 7) % 13 - 6) / 16 for i in range(count)])
 
+    def blocks(rows, q4):  # ggml Q8_0 (34-byte) or Q4_0 (18-byte) blocks of one 32-element row each
+        return b"".join(struct.pack("<e", 0.01) + bytes((r * 5 + i) % 256 for i in range(16 if q4 else 32))
+                        for r in range(rows))
+
     ones = struct.pack("<%df" % d, *[1.0] * d)
-    tensors = [("token_embd.weight", [d, n], 1, f16(d, n)), ("output_norm.weight", [d], 0, ones),
+    kv = d // 2  # 2 heads of 16, 1 KV head
+    tensors = [("token_embd.weight", [d, n], 8, blocks(n, False)), ("output_norm.weight", [d], 0, ones),
                ("blk.0.attn_norm.weight", [d], 0, ones), ("blk.0.ffn_norm.weight", [d], 0, ones),
-               ("blk.0.attn_q.weight", [d, d], 1, f16(d, d)), ("blk.0.attn_k.weight", [d, 4], 1, f16(d, 4)),
-               ("blk.0.attn_v.weight", [d, 4], 1, f16(d, 4)), ("blk.0.attn_output.weight", [d, d], 1, f16(d, d)),
-               ("blk.0.ffn_gate.weight", [d, ff], 30, f16(d, ff)[: d * ff * 2]),
+               ("blk.0.attn_q.weight", [d, d], 1, f16(d, d)), ("blk.0.attn_k.weight", [d, kv], 8, blocks(kv, False)),
+               ("blk.0.attn_v.weight", [d, kv], 1, f16(d, kv)), ("blk.0.attn_output.weight", [d, d], 2, blocks(d, True)),
+               ("blk.0.ffn_gate.weight", [d, ff], 30, f16(d, ff)),
                ("blk.0.ffn_up.weight", [d, ff], 1, f16(d, ff)), ("blk.0.ffn_down.weight", [ff, d], 1, f16(ff, d))]
     if arch == "qwen2":
-        tensors += [("blk.0.attn_q.bias", [d], 0, ones), ("blk.0.attn_k.bias", [4], 0, ones[:16]),
-                    ("blk.0.attn_v.bias", [4], 0, ones[:16])]
+        tensors += [("blk.0.attn_q.bias", [d], 0, ones), ("blk.0.attn_k.bias", [kv], 0, ones[: kv * 4]),
+                    ("blk.0.attn_v.bias", [kv], 0, ones[: kv * 4])]
     return gguf_bytes(md, tensors)
 
 

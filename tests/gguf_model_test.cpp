@@ -4,6 +4,7 @@
 // `atp convert` + `atp generate -m x.gguf`; and @huggingface/gguf (JavaScript) parsing our output.
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -130,6 +131,37 @@ TEST(GgufModel, Bf16GgufNearF32Reference) {
     EXPECT_LE(d, 5e-2) << "prompt " << i;
     EXPECT_GT(d, 0.0) << "bf16 rounding must show: the weights really are bf16";
   }
+}
+
+// Q8_0/Q4_0 files quantize each matrix row with ggml's reference quantizers, exactly as loading the
+// directory with `--weights q8_0|q4_0` does (Q/K rows are permuted whole, so permuting before or
+// after quantizing gives the same blocks): the logits must be identical. w_down's 688-element rows
+// are not whole 32-blocks and keep the checkpoint's f32 in both.
+TEST(GgufModel, QuantizedGgufEqualsQuantizingAtLoad) {
+  ATP_SKIP_WITHOUT_SHARED();
+  for (auto [name, dtype] : {std::pair{"q8_0", DType::kQ8_0}, {"q4_0", DType::kQ4_0}}) {
+    auto gg = LlamaModel::Load(Converted(name));
+    LoadOptions opt;
+    opt.weights_dtype = dtype;
+    auto dir = LlamaModel::Load(kRefModel, opt);
+    ASSERT_TRUE(gg.ok() && dir.ok()) << gg.status().ToString();
+    EXPECT_EQ((*gg)->weights().layers[0].wq.dtype, dtype) << name;
+    EXPECT_EQ((*gg)->weights().embed.dtype, dtype) << name;
+    EXPECT_EQ((*gg)->weights().layers[0].w_down.dtype, DType::kF32) << name;
+    EXPECT_EQ((*dir)->weights().layers[0].w_down.dtype, DType::kF32) << name;
+    const auto ids = RefPromptIds()[1];
+    auto a = AllLogits(**gg, ids), b = AllLogits(**dir, ids);
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(MaxAbsDiff(a.data(), b.data(), a.size()), 0.0) << name;
+  }
+  auto g = gguf::GgufFile::Open(Converted("q4_0"));
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ((*g)->FindTensor("blk.0.attn_q.weight")->type, gguf::GgmlType::kQ4_0);
+  EXPECT_EQ((*g)->FindTensor("blk.0.ffn_down.weight")->type, gguf::GgmlType::kF32);
+  EXPECT_EQ((*g)->FindTensor("blk.0.attn_norm.weight")->type, gguf::GgmlType::kF32);
+  int64_t ftype = -1;
+  ASSERT_TRUE((*g)->GetInt("general.file_type", &ftype).ok());
+  EXPECT_EQ(ftype, 2);  // llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_0
 }
 
 // The tokenizer built from GGUF metadata against the reference dump's cases (ids from transformers).
@@ -317,7 +349,7 @@ TEST(GgufCli, ConvertAndLoadErrorsAreOneLine) {
   testing::TempDir tmp("gguf_cli_err");
   auto bad_type = testing::RunAtp("convert -m '" + tmp.path() + "' -o '" + (tmp / "x.gguf") + "' --type q3_k");
   EXPECT_NE(bad_type.exit_code, 0);
-  EXPECT_NE(bad_type.err.find("--type must be f32, f16 or bf16"), std::string::npos) << bad_type.err;
+  EXPECT_NE(bad_type.err.find("--type must be f32, f16, bf16, q8_0 or q4_0"), std::string::npos) << bad_type.err;
   auto no_dir = testing::RunAtp("convert -m /nonexistent/model -o '" + (tmp / "x.gguf") + "'");
   EXPECT_NE(no_dir.exit_code, 0);
   EXPECT_NE(no_dir.err.find("not a model directory"), std::string::npos) << no_dir.err;
@@ -338,7 +370,7 @@ TEST(GgufOracle, HuggingFaceGgufParsesOurFile) {
   if (std::system("node --version > /dev/null 2>&1") != 0) GTEST_SKIP() << "node is not installed";
   if (!fs::exists(kJsDir + "/node_modules/@huggingface/gguf"))
     GTEST_SKIP() << kJsDir << "/node_modules/@huggingface/gguf is missing: run npm ci --prefix tests/js";
-  const std::string path = Converted("bf16");
+  const std::string path = Converted("q8_0");  // F32 vectors and w_down, Q8_0 matrices
   testing::TempDir tmp("gguf_oracle");
   const std::string cmd = "node '" + kJsDir + "/gguf_oracle.mjs' '" + path + "' > '" + (tmp / "out.json") + "'";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
@@ -376,15 +408,18 @@ TEST(GgufOracle, HuggingFaceGgufParsesOurFile) {
   }
   EXPECT_GE(compared, 20u);
   ASSERT_EQ(js["tensors"].size(), (*g)->tensors().size());
+  std::set<gguf::GgmlType> types_seen;
   for (size_t i = 0; i < (*g)->tensors().size(); ++i) {
     const auto& ti = (*g)->tensors()[i];
     const json& t = js["tensors"][i];
     EXPECT_EQ(t["name"], ti.name);
+    types_seen.insert(ti.type);
     EXPECT_EQ(t["dtype"], int(ti.type)) << ti.name;
     EXPECT_EQ(t["offset"], std::to_string(ti.offset)) << ti.name;
     ASSERT_EQ(t["shape"].size(), ti.ne.size()) << ti.name;
     for (size_t d = 0; d < ti.ne.size(); ++d) EXPECT_EQ(t["shape"][d], std::to_string(ti.ne[d])) << ti.name;
   }
+  EXPECT_EQ(types_seen.size(), 2u);
   // The data section starts where our reader put it.
   const uint64_t data_offset = std::stoull(js["tensorDataOffset"].get<std::string>());
   const auto bytes = testing::Slurp(path);

@@ -40,15 +40,16 @@ void AddConvert(CLI::App& app, Runner* run) {
                                              "to a model directory");
   cmd->add_option("-m,--model", o->model, "model directory (Hugging Face layout) or .gguf file")->required();
   cmd->add_option("-o,--out", o->out, "output: a .gguf file for a directory, a directory for a .gguf file")->required();
-  auto* type_opt = cmd->add_option("--type", o->type, "GGUF weight matrices: f32|f16|bf16 (norms and biases stay f32; "
-                                                      "GGUF to directory keeps the file's types)")
+  auto* type_opt = cmd->add_option("--type", o->type, "GGUF weight matrices: f32|f16|bf16|q8_0|q4_0 (ggml's quantizers; norms and "
+                                                      "biases stay f32, matrices with rows of partial 32-blocks keep "
+                                                      "their type; GGUF to directory keeps the file's types)")
                        ->capture_default_str();
   cmd->callback([o, run, type_opt] {
     *run = [o, type_opt]() -> int {
       const bool from_gguf = gguf::IsGgufFile(o->model);
       gguf::GgmlType type;
       if (!ParseGgufOutType(o->type, &type))
-        return Fail("convert", Status::InvalidArgument("--type must be f32, f16 or bf16, got '" + o->type + "'"));
+        return Fail("convert", Status::InvalidArgument("--type must be f32, f16, bf16, q8_0 or q4_0, got '" + o->type + "'"));
       if (from_gguf && type_opt->count())
         return Fail("convert", Status::InvalidArgument("--type applies when writing GGUF; " + o->model +
                                                        " is GGUF and its tensors keep their types"));

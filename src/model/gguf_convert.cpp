@@ -32,8 +32,6 @@ uint32_t FileType(GgmlType t) {
   return 0;
 }
 
-DType FloatDType(GgmlType t) { return t == GgmlType::kF16 ? DType::kF16 : t == GgmlType::kBF16 ? DType::kBF16 : DType::kF32; }
-
 std::vector<std::pair<std::string, Value>> ConfigMetadata(const ModelConfig& c, const std::string& arch,
                                                           const std::string& name, GgmlType type) {
   const std::string p = arch + ".";
@@ -41,6 +39,7 @@ std::vector<std::pair<std::string, Value>> ConfigMetadata(const ModelConfig& c, 
       {"general.architecture", Value::Str(arch)},
       {"general.name", Value::Str(name)},
       {"general.file_type", Value::U32(FileType(type))},
+      {"general.quantization_version", Value::U32(2)},  // ggml's current block formats
       {p + "vocab_size", Value::U32(uint32_t(c.vocab_size))},
       {p + "context_length", Value::U32(uint32_t(c.max_position))},
       {p + "embedding_length", Value::U32(uint32_t(c.hidden_size))},
@@ -67,6 +66,8 @@ bool ParseGgufOutType(const std::string& name, gguf::GgmlType* out) {
   if (name == "f32") *out = GgmlType::kF32;
   else if (name == "f16") *out = GgmlType::kF16;
   else if (name == "bf16") *out = GgmlType::kBF16;
+  else if (name == "q8_0") *out = GgmlType::kQ8_0;
+  else if (name == "q4_0") *out = GgmlType::kQ4_0;
   else return false;
   return true;
 }
@@ -104,7 +105,11 @@ Status ConvertToGguf(const std::string& dir, const std::string& out_path, GgmlTy
     gguf::TensorToWrite t;
     t.name = gname;
     t.ne.assign(view.shape.rbegin(), view.shape.rend());
+    // Vectors stay F32. A matrix whose rows are not whole 32-element blocks cannot be Q8_0/Q4_0 and
+    // keeps the checkpoint's type (llama.cpp's converter writes F16 there; keeping it is lossless
+    // and is what `--weights q8_0` does at load, so both paths compute the same).
     t.type = view.shape.size() == 1 ? GgmlType::kF32 : type;
+    if (GgmlBlockElems(t.type) > 1 && view.cols() % GgmlBlockElems(t.type) != 0) t.type = GgmlOfDType(view.dtype);
     const bool qk = permute && (hf.find("q_proj.") != std::string::npos || hf.find("k_proj.") != std::string::npos);
     const TensorView v = view;
     const int head_dim = cfg.head_dim;
@@ -117,7 +122,7 @@ Status ConvertToGguf(const std::string& dir, const std::string& out_path, GgmlTy
                       size_t(v.cols()) * sizeof(float), head_dim, /*to_gguf=*/true);
         f.swap(p);
       }
-      FromF32(FloatDType(out), f.data(), dst, f.size());
+      FromF32(DTypeOfGgml(out), f.data(), dst, f.size());  // Q8_0/Q4_0: ggml's reference quantizers, row by row
       return Status::Ok();
     };
     tensors.push_back(std::move(t));
@@ -184,6 +189,9 @@ Status ConvertFromGguf(const std::string& gguf_path, const std::string& out_dir)
   for (const auto& [name, v] : st->tensors()) {
     if (GgufToHfName(HfToGgufName(name)) != name)
       return Status::Unsupported(gguf_path + ": tensor '" + name + "' has no Hugging Face name");
+    if (IsBlockDType(v.dtype))
+      return Status::Unsupported(gguf_path + ": tensor '" + name + "' is " + std::string(DTypeName(v.dtype)) +
+                                 ", which safetensors cannot hold (convert from an f32/f16/bf16 GGUF)");
     tensors.push_back({name, v.dtype, v.shape, v.data});
   }
   std::error_code ec;

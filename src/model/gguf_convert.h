@@ -9,7 +9,7 @@
 
 namespace atp {
 
-// "f32", "f16", "bf16" (and the quantized names once this build computes with them).
+// "f32", "f16", "bf16", "q8_0", "q4_0".
 bool ParseGgufOutType(const std::string& name, gguf::GgmlType* out);
 
 Status ConvertToGguf(const std::string& model_dir, const std::string& out_path, gguf::GgmlType type);

@@ -43,16 +43,29 @@ bool SplitLayer(std::string_view name, std::string_view prefix, std::string* lay
   return true;
 }
 
-bool DTypeOfGgml(gguf::GgmlType t, DType* out) {
+}  // namespace
+
+DType DTypeOfGgml(gguf::GgmlType t) {
   switch (t) {
-    case gguf::GgmlType::kF32: *out = DType::kF32; return true;
-    case gguf::GgmlType::kF16: *out = DType::kF16; return true;
-    case gguf::GgmlType::kBF16: *out = DType::kBF16; return true;
-    default: return false;
+    case gguf::GgmlType::kF32: return DType::kF32;
+    case gguf::GgmlType::kF16: return DType::kF16;
+    case gguf::GgmlType::kBF16: return DType::kBF16;
+    case gguf::GgmlType::kQ8_0: return DType::kQ8_0;
+    case gguf::GgmlType::kQ4_0: return DType::kQ4_0;
   }
+  return DType::kF32;  // unreachable: the reader admits only the five types
 }
 
-}  // namespace
+gguf::GgmlType GgmlOfDType(DType t) {
+  switch (t) {
+    case DType::kF32: return gguf::GgmlType::kF32;
+    case DType::kF16: return gguf::GgmlType::kF16;
+    case DType::kBF16: return gguf::GgmlType::kBF16;
+    case DType::kQ8_0: return gguf::GgmlType::kQ8_0;
+    case DType::kQ4_0: return gguf::GgmlType::kQ4_0;
+  }
+  return gguf::GgmlType::kF32;
+}
 
 std::string HfToGgufName(std::string_view hf) {
   for (auto [h, g] : kModelNames)
@@ -185,10 +198,7 @@ Result<std::unique_ptr<SafeTensors>> TensorsFromGguf(std::shared_ptr<const gguf:
   const bool permute = GgufArchPermutesQK(cfg.model_type);
   for (const gguf::TensorInfo& ti : g->tensors()) {
     TensorView v;
-    if (!DTypeOfGgml(ti.type, &v.dtype))
-      return Status::Unsupported(g->where() + ": tensor '" + ti.name + "' is " +
-                                 std::string(gguf::GgmlTypeName(ti.type)) +
-                                 ", which this build cannot compute with (supported: F32, F16, BF16)");
+    v.dtype = DTypeOfGgml(ti.type);
     v.shape.assign(ti.ne.rbegin(), ti.ne.rend());
     v.data = ti.data;
     std::string name = GgufToHfName(ti.name);
