@@ -40,6 +40,7 @@ struct Bytes {
   }
 };
 
+// The parsed tensors point into s: keep it alive while their data is read.
 Result<std::unique_ptr<GgufFile>> ParseBytes(const std::string& s) {
   return GgufFile::Parse(reinterpret_cast<const uint8_t*>(s.data()), s.size(), "t.gguf");
 }
@@ -68,7 +69,8 @@ std::string ValidFile() {
 }
 
 TEST(Gguf, ParsesAHandMadeFile) {
-  auto g = ParseBytes(ValidFile());
+  const std::string bytes = ValidFile();  // tensor views point into these bytes
+  auto g = ParseBytes(bytes);
   ASSERT_TRUE(g.ok()) << g.status().ToString();
   EXPECT_EQ((*g)->version(), 3u);
   std::string arch;
