@@ -345,6 +345,22 @@ TEST(GgufCli, ConvertBackToADirectoryRoundTrips) {
   EXPECT_NE(twice.err.find("--type applies when writing GGUF"), std::string::npos) << twice.err;
 }
 
+// A .gguf is a file, so files that commands keep beside a model go next to it:
+// `atp calibrate -m x.gguf` writes x.gguf.kv_basis.safetensors, where `--kv lowrank` looks by default.
+TEST(GgufCli, CalibrationFileSitsBesideTheGguf) {
+  ATP_SKIP_WITHOUT_SHARED();
+  testing::TempDir tmp("gguf_calib");
+  const std::string model = tmp / "m.gguf", text = tmp / "t.txt";
+  ASSERT_TRUE(ConvertToGguf(kRefModel, model, gguf::GgmlType::kF32).ok());
+  testing::WriteString(text, testing::Slurp(testing::kValidText).substr(0, 8000));
+  auto c = testing::RunAtp("calibrate -m '" + model + "' -f '" + text + "' --window 256 --max-windows 2");
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_TRUE(fs::exists(model + ".kv_basis.safetensors"));
+  auto p = testing::RunAtp("perplexity --json -m '" + model + "' -f '" + text + "' --kv lowrank:rk=8,rv=8");
+  ASSERT_EQ(p.exit_code, 0) << p.err;
+  EXPECT_GT(json::parse(p.out)["ppl"].get<double>(), 1.0);
+}
+
 TEST(GgufCli, ConvertAndLoadErrorsAreOneLine) {
   testing::TempDir tmp("gguf_cli_err");
   auto bad_type = testing::RunAtp("convert -m '" + tmp.path() + "' -o '" + (tmp / "x.gguf") + "' --type q3_k");
