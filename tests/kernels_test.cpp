@@ -34,7 +34,8 @@ constexpr double kU = 1.0 / (1 << 24);  // f32 unit roundoff
 const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 // Weights may also be ggml blocks. A block's weights d * q are exact in f32 (an 11-bit f16 scale
 // times an integer of at most 8 bits), so a kernel that dequantizes in registers differs from the
-// double reference on the decoded weights only by f32 summation: the same bound as the other dtypes.
+// double reference on the decoded weights only by f32 rounding of products, sums and (GEMV at one
+// row) one scale multiply per block: far fewer than the in + 1 roundings per term the bound allows.
 const DType kWeightDTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0};
 
 // Row widths for the matmul tests: vector tails for element dtypes; for block dtypes 1, 2, 3, 5 and

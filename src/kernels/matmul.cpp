@@ -7,6 +7,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/quant.h"
 #include "core/thread_pool.h"
 #include "kernels/simd.h"
 
@@ -62,36 +63,41 @@ inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, in
   }
 }
 
-// The same for a row of Q8_0/Q4_0 blocks (in a multiple of 32): each block is dequantized in
-// registers (codes widened to f32 times the block scale) and used for all R rows; B blocks per step.
+// The same for a row of Q8_0/Q4_0 blocks (in a multiple of 32): each block's codes are widened to
+// f32 in registers and used for all R rows; B blocks per step. One row of x (decode) sums codes * x
+// over a block and scales that partial sum once (one multiply per block instead of one per vector);
+// several rows scale the codes once and share them.
 // The activations stay f32. llama.cpp instead quantizes them to Q8 and takes integer dot products;
 // f32 activations are more exact (the only error is the weights' own), and decode is bound by the
-// weight bytes streamed, not by this arithmetic.
+// weight bytes streamed.
 template <int R, int B, DType Q>
 inline void DotRowBlocks(const uint8_t* w, int64_t in, const float* x, float* y, int64_t out) {
   using namespace simd;
   constexpr int V = kBlockVecs;
-  constexpr int64_t kBytes = Q == DType::kQ8_0 ? 34 : 18;
+  constexpr int64_t kBytes = Q == DType::kQ8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
   Vec acc[R][B * V];
   for (int r = 0; r < R; ++r)
     for (int u = 0; u < B * V; ++u) acc[r][u] = Zero();
-  const int64_t nb = in / 32;
-  int64_t b = 0;
-  for (; b + B <= nb; b += B) {
-    for (int k = 0; k < B; ++k) {
-      Vec wv[V];
-      LoadBlock<Q>(w + (b + k) * kBytes, wv);
-      for (int v = 0; v < V; ++v)
-        for (int r = 0; r < R; ++r)
-          acc[r][k * V + v] = Fma(wv[v], Load(x + r * in + (b + k) * 32 + v * kLanes), acc[r][k * V + v]);
+  auto block = [&](int64_t b, int k) {  // block b into accumulator set k
+    Vec c[V];
+    const Vec d = LoadBlock<Q>(w + b * kBytes, c);
+    const float* xb = x + b * kQuantBlock;
+    if constexpr (R == 1) {
+      Vec t = Mul(c[0], Load(xb));
+      for (int v = 1; v < V; ++v) t = Fma(c[v], Load(xb + v * kLanes), t);
+      acc[0][k] = Fma(d, t, acc[0][k]);
+    } else {
+      for (int v = 0; v < V; ++v) {
+        const Vec wv = Mul(d, c[v]);
+        for (int r = 0; r < R; ++r) acc[r][k * V + v] = Fma(wv, Load(xb + r * in + v * kLanes), acc[r][k * V + v]);
+      }
     }
-  }
-  for (; b < nb; ++b) {
-    Vec wv[V];
-    LoadBlock<Q>(w + b * kBytes, wv);
-    for (int v = 0; v < V; ++v)
-      for (int r = 0; r < R; ++r) acc[r][v] = Fma(wv[v], Load(x + r * in + b * 32 + v * kLanes), acc[r][v]);
-  }
+  };
+  const int64_t nb = in / kQuantBlock;
+  int64_t b = 0;
+  for (; b + B <= nb; b += B)
+    for (int k = 0; k < B; ++k) block(b + k, k);
+  for (; b < nb; ++b) block(b, 0);
   for (int r = 0; r < R; ++r) {
     for (int u = 1; u < B * V; ++u) acc[r][0] = Add(acc[r][0], acc[r][u]);
     y[r * out] = ReduceAdd(acc[r][0]);
@@ -109,11 +115,11 @@ inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, in
 
 template <int R, int B, DType Q>
 inline void DotRowBlocks(const uint8_t* w, int64_t in, const float* x, float* y, int64_t out) {
-  float s[R] = {}, blk[32];
-  for (int64_t b = 0; b < in / 32; ++b) {
-    ToF32(Q, w + DTypeBytes(Q, b * 32), blk, 32);
+  float s[R] = {}, blk[kQuantBlock];
+  for (int64_t b = 0; b < in / kQuantBlock; ++b) {
+    ToF32(Q, w + DTypeBytes(Q, b * kQuantBlock), blk, kQuantBlock);
     for (int r = 0; r < R; ++r)
-      for (int j = 0; j < 32; ++j) s[r] += blk[j] * x[r * in + b * 32 + j];
+      for (int j = 0; j < kQuantBlock; ++j) s[r] += blk[j] * x[r * in + b * kQuantBlock + j];
   }
   for (int r = 0; r < R; ++r) y[r * out] = s[r];
 }
@@ -123,7 +129,7 @@ inline void DotRowBlocks(const uint8_t* w, int64_t in, const float* x, float* y,
 template <int R>
 void GemvRange(const TensorView& w, const float* x, float* y, int64_t b, int64_t e) {
   constexpr int U = R == 1 ? 8 : R == 2 ? 4 : R <= 4 ? 2 : 1;  // 8 chains at R=1 measured ~3% faster than 4
-  constexpr int B = R == 1 ? 2 : 1;                               // blocks per step: 2 or 4 vectors each
+  constexpr int B = R == 1 ? 4 : 1;                               // blocks per step: 4 accumulation chains at R=1
   const int64_t out = w.rows(), in = w.cols();
   const DType t = w.dtype;
   const size_t row_bytes = DTypeBytes(t, in);
