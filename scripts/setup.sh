@@ -15,7 +15,8 @@ if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
 fi
-if [ -f tests/js/package-lock.json ] && [ ! -d tests/js/node_modules ]; then
+# Also when an older install lacks a package added since (the GGUF oracle).
+if [ -f tests/js/package-lock.json ] && [ ! -d tests/js/node_modules/@huggingface/gguf ]; then
   npm ci --prefix tests/js --no-audit --no-fund
 fi
 if [ -f tests/server_js/package-lock.json ] && [ ! -d tests/server_js/node_modules ]; then

@@ -17,7 +17,7 @@ void AddCalibrate(CLI::App& app, Runner* run) {
   auto* cmd = app.add_subcommand("calibrate", "compute lowrank KV bases from a calibration text (use text other than your evaluation text)");
   AddModelFlags(cmd, &o->f, false);
   cmd->add_option("-f,--file", o->file, "calibration text")->required();
-  cmd->add_option("-o,--out", o->out, "output file (default: MODEL/kv_basis.safetensors)");
+  cmd->add_option("-o,--out", o->out, "output file (default: MODEL/kv_basis.safetensors, or MODEL.kv_basis.safetensors for a .gguf)");
   cmd->add_option("--window", o->c.window, "tokens per forward window")->capture_default_str();
   cmd->add_option("--max-windows", o->c.max_windows, "windows to use (0: all)")->capture_default_str();
   cmd->callback([o, run] {
@@ -30,7 +30,7 @@ void AddCalibrate(CLI::App& app, Runner* run) {
         std::cerr << "\rcalibrate: window " << d << "/" << t << (d == t ? "\n" : "") << std::flush;
       });
       if (!b.ok()) return Fail("calibrate", b.status());
-      std::string out = o->out.empty() ? o->f.model + "/" + kKvBasisFile : o->out;
+      std::string out = o->out.empty() ? DefaultKvBasisPath(o->f.model) : o->out;
       Status s = WriteKvBasis(out, *b);
       if (!s.ok()) return Fail("calibrate", s);
       if (o->f.json) PrintJson({{"model", o->f.model}, {"file", o->file}, {"out", out}, {"layers", b->layers}});

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "core/thread_pool.h"
+#include "model/gguf_tokenizer.h"
 #if defined(ATP_CUDA)
 #include "cuda/backend.h"
 #endif
@@ -11,7 +12,7 @@
 namespace atp::cli {
 
 void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv) {
-  cmd->add_option("-m,--model", f->model, "model directory (Hugging Face layout)")->required();
+  cmd->add_option("-m,--model", f->model, "model directory (Hugging Face layout) or .gguf file")->required();
   if (with_kv) cmd->add_option("--kv", f->kv, "KV cache policy, e.g. dense, dense:dtype=bf16")->capture_default_str();
   cmd->add_option("-t,--threads", f->threads, "worker threads (0: all cores)")->capture_default_str();
   cmd->add_option("-c,--ctx", f->ctx, "context limit in tokens (0: the model's max_position_embeddings)")->capture_default_str();
@@ -62,11 +63,25 @@ Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
   }
   for (int layer = 0; layer < l.model->config().num_layers; ++layer)
     ATP_RETURN_IF_ERROR(l.kv->CheckShape(l.model->kv_shape(layer)));
+  if (gguf::IsGgufFile(f.model)) {
+    ATP_ASSIGN_OR_RETURN(std::unique_ptr<gguf::GgufFile> g, gguf::GgufFile::Open(f.model));
+    if (need_tokenizer || GgufHasTokenizer(*g)) {
+      ATP_ASSIGN_OR_RETURN(l.tokenizer, LoadGgufTokenizer(*g));
+    }
+    return l;
+  }
   const bool has_tok = std::filesystem::exists(f.model + "/tokenizer.json");
   if (need_tokenizer || has_tok) {
     ATP_ASSIGN_OR_RETURN(l.tokenizer, Tokenizer::LoadFromDir(f.model));
   }
   return l;
+}
+
+Result<ChatTemplate> LoadChatTemplate(const std::string& model) {
+  if (!gguf::IsGgufFile(model)) return ChatTemplate::LoadFromDir(model);
+  ATP_ASSIGN_OR_RETURN(std::unique_ptr<gguf::GgufFile> g, gguf::GgufFile::Open(model));
+  ATP_ASSIGN_OR_RETURN(TokenizerJsonTexts t, TokenizerJsonFromGguf(*g));
+  return ChatTemplate::FromTokenizerConfig(nlohmann::json::parse(t.tokenizer_config_json), model);
 }
 
 int Fail(const std::string& cmd, const Status& s) {

@@ -9,6 +9,7 @@
 #include "engine/generate.h"
 #include "kv/kv_policy.h"
 #include "model/llama.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace atp::cli {
@@ -37,6 +38,9 @@ struct Loaded {
 // Configures threads, loads model, tokenizer (required or not) and the KV policy.
 Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer);
 
+// The chat template of a model directory or .gguf file (ChatTemplate::LoadFromDir's rules).
+Result<ChatTemplate> LoadChatTemplate(const std::string& model);
+
 // Prints "atp <cmd>: <message>" on stderr and returns the exit code 1.
 int Fail(const std::string& cmd, const Status& s);
 // Prints one JSON object on stdout (the only stdout output of --json runs).
@@ -54,5 +58,6 @@ void AddCalibrate(CLI::App& app, Runner* run);
 void AddAnalyze(CLI::App& app, Runner* run);
 void AddEval(CLI::App& app, Runner* run);
 void AddChat(CLI::App& app, Runner* run);
+void AddConvert(CLI::App& app, Runner* run);
 
 }  // namespace atp::cli

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   atp::cli::AddAnalyze(app, &run);
   atp::cli::AddEval(app, &run);
   atp::cli::AddChat(app, &run);
+  atp::cli::AddConvert(app, &run);
   if (argc > 1 && argv[1][0] != '-') {  // CLI11 would only say "A subcommand is required"
     std::string names;
     bool known = false;

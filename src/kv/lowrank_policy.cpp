@@ -243,7 +243,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& sp
                                       {"rv", "value rank r_v, default 32"},
                                       {"mode", "calib (bases from atp calibrate) or online (per block)"},
                                       {"block", "online mode: block size in tokens, default 64"},
-                                      {"file", "calib mode: basis file, default MODEL/kv_basis.safetensors"},
+                                      {"file", "calib mode: basis file, default MODEL/kv_basis.safetensors (MODEL.kv_basis.safetensors for a .gguf)"},
                                       {"dtype", "coefficient storage f32|f16|bf16, default f32"}}));
   LowRankParams p;
   ATP_ASSIGN_OR_RETURN(p.rk, spec.Int("rk", 16, 1, 4096));
@@ -257,7 +257,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& sp
   p.default_codec = codec == nullptr;
   p.codec = codec ? std::move(codec) : MakeExactCodec(p.dtype);
   if (!p.online) {
-    ATP_ASSIGN_OR_RETURN(std::string file, spec.String("file", model_dir + "/" + kKvBasisFile));
+    ATP_ASSIGN_OR_RETURN(std::string file, spec.String("file", DefaultKvBasisPath(model_dir)));
     if (!std::filesystem::exists(file))
       return Status::NotFound("kv policy 'lowrank': no basis file " + file + " (run `atp calibrate -m MODEL -f TEXT` first, or use mode=online)");
     ATP_ASSIGN_OR_RETURN(KvBasis b, ReadKvBasis(file));
@@ -266,6 +266,12 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& sp
     p.basis = std::make_shared<const KvBasis>(std::move(b));
   }
   return std::shared_ptr<KvPolicyFactory>(std::make_shared<LowRankFactory>(p));
+}
+
+std::string DefaultKvBasisPath(const std::string& model) {
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(model, ec)) return model + "." + kKvBasisFile;
+  return model + "/" + kKvBasisFile;
 }
 
 }  // namespace atp

@@ -12,8 +12,10 @@
 
 namespace atp {
 
-// The calibration file written beside a model by `atp calibrate`.
+// The calibration file written beside a model by `atp calibrate`: MODEL/kv_basis.safetensors in a
+// model directory, MODEL.kv_basis.safetensors beside a single-file (.gguf) model.
 constexpr const char* kKvBasisFile = "kv_basis.safetensors";
+std::string DefaultKvBasisPath(const std::string& model);
 
 // Per layer and KV head: full orthonormal bases (head_dim x head_dim), principal direction i in
 // column i, most energetic first, for post-RoPE keys and for values.

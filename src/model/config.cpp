@@ -146,6 +146,8 @@ std::vector<float> ModelConfig::RopeInvFreq() const {
   int half = head_dim / 2;
   std::vector<float> inv(half);
   for (int i = 0; i < half; ++i) inv[i] = float(1.0 / std::pow(double(rope_theta), 2.0 * i / head_dim));
+  if (rope_freq_factors.size() == inv.size())
+    for (int i = 0; i < half; ++i) inv[i] /= rope_freq_factors[i];
   const RopeScaling& rs = rope_scaling;
   if (rs.type == RopeScaling::Type::kLinear) {
     for (float& f : inv) f /= rs.factor;

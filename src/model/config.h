@@ -31,6 +31,9 @@ struct ModelConfig {
   float rms_norm_eps = 1e-6f;
   float rope_theta = 10000.0f;
   RopeScaling rope_scaling;
+  // (head_dim/2) divisors of the inverse frequencies, from a GGUF file's rope_freqs tensor (llama.cpp's
+  // form of llama3 scaling); empty otherwise.
+  std::vector<float> rope_freq_factors;
   bool tie_word_embeddings = false;
   bool attention_bias = false;   // Qwen2: q/k/v biases
   int bos_token_id = -1;

@@ -10,15 +10,23 @@
 #include "core/thread_pool.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
+#include "model/gguf_model.h"
 
 namespace atp {
 
 Result<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir, const LoadOptions& opt) {
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->dir_ = dir;
-  if (!std::filesystem::is_directory(dir)) return Status::NotFound(dir + ": not a model directory");
-  ATP_ASSIGN_OR_RETURN(m->cfg_, LoadModelConfig(dir + "/config.json"));
-  ATP_ASSIGN_OR_RETURN(m->st_, SafeTensors::Open(dir));
+  if (gguf::IsGgufFile(dir)) {
+    ATP_ASSIGN_OR_RETURN(std::shared_ptr<const gguf::GgufFile> g, gguf::GgufFile::Open(dir));
+    ATP_ASSIGN_OR_RETURN(m->cfg_, ConfigFromGguf(*g));
+    ATP_ASSIGN_OR_RETURN(m->st_, TensorsFromGguf(g, m->cfg_));
+  } else {
+    if (!std::filesystem::is_directory(dir))
+      return Status::NotFound(dir + ": not a model directory or a .gguf file");
+    ATP_ASSIGN_OR_RETURN(m->cfg_, LoadModelConfig(dir + "/config.json"));
+    ATP_ASSIGN_OR_RETURN(m->st_, SafeTensors::Open(dir));
+  }
   auto w = BindWeights(m->cfg_, *m->st_);
   if (!w.ok()) return w.status().WithContext(dir + ": ");
   m->w_ = std::move(w).value();

@@ -51,7 +51,7 @@ class ForwardBackend {
 
 class LlamaModel {
  public:
-  // dir: a Hugging Face model directory (config.json + safetensors).
+  // dir: a Hugging Face model directory (config.json + safetensors) or a .gguf file.
   static Result<std::unique_ptr<LlamaModel>> Load(const std::string& dir, const LoadOptions& opt = LoadOptions());
   ~LlamaModel();
   LlamaModel(const LlamaModel&) = delete;  // owns the resident weight mapping

@@ -108,6 +108,14 @@ Result<std::unique_ptr<SafeTensors>> SafeTensors::Open(const std::string& path) 
   return st;
 }
 
+std::unique_ptr<SafeTensors> SafeTensors::FromViews(std::map<std::string, TensorView> views,
+                                                    std::vector<std::shared_ptr<const void>> owners) {
+  auto st = std::unique_ptr<SafeTensors>(new SafeTensors());
+  st->tensors_ = std::move(views);
+  st->owners_ = std::move(owners);
+  return st;
+}
+
 const TensorView* SafeTensors::Find(const std::string& name) const {
   auto it = tensors_.find(name);
   return it == tensors_.end() ? nullptr : &it->second;

@@ -1523,11 +1523,19 @@ Result<ChatTemplate> ChatTemplate::LoadFromDir(const std::string& dir) {
     cfg = nlohmann::json::parse(text, nullptr, false);
     if (cfg.is_discarded() || !cfg.is_object()) return Status::Corruption(cfg_path + ": invalid JSON");
   }
-  std::string source;
   const std::string jinja_path = dir + "/chat_template.jinja";
   if (std::filesystem::exists(jinja_path)) {
-    ATP_ASSIGN_OR_RETURN(source, ReadText(jinja_path));
-  } else if (auto it = cfg.find("chat_template"); it != cfg.end() && !it->is_null()) {
+    ATP_ASSIGN_OR_RETURN(std::string source, ReadText(jinja_path));
+    auto t = Parse(source, TokenText(cfg, "bos_token"), TokenText(cfg, "eos_token"));
+    if (!t.ok()) return t.status().WithContext(jinja_path + ": ");
+    return t;
+  }
+  return FromTokenizerConfig(cfg, cfg_path);
+}
+
+Result<ChatTemplate> ChatTemplate::FromTokenizerConfig(const nlohmann::json& cfg, const std::string& where) {
+  std::string source;
+  if (auto it = cfg.find("chat_template"); it != cfg.end() && !it->is_null()) {
     if (it->is_string()) {
       source = it->get<std::string>();
     } else if (it->is_array()) {
@@ -1535,14 +1543,14 @@ Result<ChatTemplate> ChatTemplate::LoadFromDir(const std::string& dir) {
         if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
             entry["template"].is_string())
           source = entry["template"];
-      if (source.empty()) return Status::Corruption(cfg_path + ": chat_template: no entry named \"default\"");
+      if (source.empty()) return Status::Corruption(where + ": chat_template: no entry named \"default\"");
     } else {
-      return Status::Corruption(cfg_path + ": chat_template: expected a string or a list");
+      return Status::Corruption(where + ": chat_template: expected a string or a list");
     }
   }
   const bool is_default = source.empty();
   auto t = Parse(is_default ? kDefaultSource : source, TokenText(cfg, "bos_token"), TokenText(cfg, "eos_token"));
-  if (!t.ok()) return t.status().WithContext(cfg_path + ": ");
+  if (!t.ok()) return t.status().WithContext(where + ": ");
   t->is_default_ = is_default;
   return t;
 }

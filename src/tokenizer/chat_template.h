@@ -27,6 +27,9 @@ class ChatTemplate {
   // dir/chat_template.jinja if present, else tokenizer_config.json's `chat_template` (a string, or the
   // entry named "default" of a list), else kDefaultSource; bos/eos from tokenizer_config.json.
   static Result<ChatTemplate> LoadFromDir(const std::string& dir);
+  // The template of a parsed tokenizer_config.json object (as LoadFromDir without the .jinja file);
+  // `where` names the source in errors.
+  static Result<ChatTemplate> FromTokenizerConfig(const nlohmann::json& cfg, const std::string& where);
 
   // messages: [{"role": ..., "content": ...}, ...]; further fields are visible to the template.
   // A template's raise_exception(msg) comes back as InvalidArgument(msg).
