@@ -166,6 +166,16 @@ TEST(RefModel, ChunkedPrefillAndBatchedForwardMatchReference) {
   }
 }
 
+// Greedy continuation of one case of reference/greedy.json, as many tokens as the reference holds.
+Result<GenerateResult> GreedyLikeReference(LlamaModel& m, const Tokenizer& tok, const nlohmann::json& c) {
+  GenerateOptions opt;
+  opt.sampling.temperature = 0;
+  opt.stop_at_eos = false;
+  const std::vector<int32_t> prompt = c["prompt_ids"];
+  opt.max_tokens = int(c["greedy_ids"].size());
+  return Generate(m, tok, *Dense(), prompt, opt, nullptr);
+}
+
 TEST(RefModel, GreedyContinuationsMatchReference) {
   ATP_SKIP_WITHOUT_SHARED();
   auto m = LoadModel(kRefModel);
@@ -174,14 +184,9 @@ TEST(RefModel, GreedyContinuationsMatchReference) {
   ASSERT_TRUE(tok.ok()) << tok.status().ToString();
   auto cases = nlohmann::json::parse(testing::Slurp(kRefModel + "/reference/greedy.json"));
   ASSERT_GE(cases.size(), 3u);
-  auto kv = Dense();
   for (auto& c : cases) {
-    GenerateOptions opt;
-    opt.sampling.temperature = 0;
-    opt.stop_at_eos = false;
-    const std::vector<int32_t> prompt = c["prompt_ids"], want = c["greedy_ids"];
-    opt.max_tokens = int(want.size());
-    auto r = Generate(*m, **tok, *kv, prompt, opt, nullptr);
+    const std::vector<int32_t> want = c["greedy_ids"];
+    auto r = GreedyLikeReference(*m, **tok, c);
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     EXPECT_EQ(r->token_ids, want) << "prompt: " << c["prompt"].get<std::string>();
     EXPECT_EQ(r->finish_reason, "length");
@@ -363,15 +368,10 @@ TEST(RefModel, Q8_0GreedyFollowsF32UntilANearTie) {
   auto tok = Tokenizer::LoadFromDir(kRefModel);
   ASSERT_TRUE(tok.ok()) << tok.status().ToString();
   auto cases = nlohmann::json::parse(testing::Slurp(kRefModel + "/reference/greedy.json"));
-  auto kv = Dense();
   int identical = 0;
   for (auto& c : cases) {
-    GenerateOptions opt;
-    opt.sampling.temperature = 0;
-    opt.stop_at_eos = false;
     const std::vector<int32_t> prompt = c["prompt_ids"], want = c["greedy_ids"];
-    opt.max_tokens = int(want.size());
-    auto r = Generate(*m, **tok, *kv, prompt, opt, nullptr);
+    auto r = GreedyLikeReference(*m, **tok, c);
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     ASSERT_EQ(r->token_ids.size(), want.size());
     size_t k = 0;
