@@ -8,11 +8,28 @@
 #                                         logs and JSON lines in $OUT. PREFILL=1024 bench: decode at
 #                                         every context after a 1024-token prefill only; BENCH_KV:
 #                                         the policies (default dense bf16, mx fp4, mx fp8, dense f32)
+#   bench/cuda_device.sh slim | unslim    (here) the `run` tool copies tracked files and refuses a tree over
+#                                         64 MiB; models/atp-40m's weights (77 MB) alone exceed it. slim
+#                                         drops them from the index (the file stays; git status shows a
+#                                         staged deletion: never commit in between), unslim restores it.
 # The GPU image has CUDA, cuBLAS and PyTorch but none of the Debian libraries atp links; they travel
 # as files, and OpenBLAS/LAPACKE (36 MB, never called on the GPU path) as an aborting stub.
 set -u
 mode=${1:-}
 carry=.cudacarry
+
+big=models/atp-40m/model.safetensors
+if [ "$mode" = slim ]; then
+  git rm -q --cached "$big" && echo "/$big" >>"$(git rev-parse --git-path info/exclude)"
+  git ls-files -z | xargs -0 du -cb | tail -1
+  exit 0
+fi
+if [ "$mode" = unslim ]; then
+  exclude=$(git rev-parse --git-path info/exclude)
+  grep -vx "/$big" "$exclude" >"$exclude.tmp"; mv "$exclude.tmp" "$exclude"
+  git add "$big" && git status --short
+  exit 0
+fi
 
 if [ "$mode" = pack ]; then
   build=${2:?build dir}
@@ -33,7 +50,7 @@ if [ "$mode" = pack ]; then
   exit 0
 fi
 
-[ "$mode" = run ] || { echo "usage: $0 pack BUILD_DIR | run [STEP...]" >&2; exit 2; }
+[ "$mode" = run ] || { echo "usage: $0 pack BUILD_DIR | slim | unslim | run [STEP...]" >&2; exit 2; }
 shift
 : "${OUT:?OUT (the folder that comes back) must be set}"
 mkdir -p /tmp/atp && tar -C /tmp/atp -xJf "$carry/bundle.tar.xz" || exit 1
