@@ -14,6 +14,7 @@
 #include "engine/sequence.h"
 #include "eval/perplexity.h"
 #include "kv/kv_policy.h"
+#include "kv/lowrank_policy.h"
 #include "model/llama.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
@@ -65,45 +66,98 @@ std::vector<float> RunPolicy(KvPolicy& p, const Case& c, uint32_t seed, std::vec
 // 5e-2 bounds that, while a wrong mask, tile or head moves outputs by ~1.
 constexpr double kDecodeTol = 1e-4, kPrefillTol = 5e-2;
 
-TEST(CudaKv, PoliciesMatchCpuTwins) {
-  ATP_SKIP_WITHOUT_GPU();
-  const std::vector<Case> cases = {
+const std::vector<Case>& Cases() {
+  static const std::vector<Case> cases = {
       {{0, 256, 4, 2, 64}, {77, 1, 1, 1, 40, 1}, 160},   // ref-5m's attention: prefill, decode, prefill again
       {{0, 384, 6, 2, 64}, {33, 1}, 70},                 // atp-12m: 3 query heads per KV head
       {{0, 2048, 32, 8, 64}, {1}, 40},                   // llama-3.2-1b's attention, decode only
       {{0, 512, 8, 1, 128}, {300, 1}, 310},              // head_dim 128, 8 query heads per KV head
       {{0, 256, 4, 2, 32}, {3000, 1, 1}, 3002},          // long: many decode splits, many prefill tiles
   };
+  return cases;
+}
+
+// The GPU policy against its CPU twin on case ci (seeded alike), prefill and decode outputs apart.
+void ExpectTwins(const std::string& spec, const KvPolicyFactory& cpu, const KvPolicyFactory& gpu, size_t ci) {
+  const Case& c = Cases()[ci];
+  ASSERT_TRUE(gpu.CheckShape(c.shape).ok()) << spec << " case " << ci;
+  auto pc = cpu.Create(c.shape);
+  auto pg = gpu.Create(c.shape);
+  std::vector<char> decode;
+  const auto want = RunPolicy(*pc, c, uint32_t(ci) + 7);
+  const auto got = RunPolicy(*pg, c, uint32_t(ci) + 7, &decode);
+  double worst[2] = {0, 0};  // prefill, decode
+  size_t at[2] = {0, 0};
+  const size_t qd = size_t(c.shape.q_dim());
+  for (size_t i = 0; i < want.size(); ++i) {
+    const int kind = decode[i / qd];
+    const double d = std::isnan(got[i]) ? INFINITY : std::fabs(double(got[i]) - want[i]);
+    if (d > worst[kind]) worst[kind] = d, at[kind] = i;
+  }
+  std::cerr << "[cuda] " << spec << " case " << ci << ": max abs err prefill " << worst[0] << ", decode " << worst[1]
+            << "\n";
+  for (int kind : {0, 1})
+    EXPECT_LE(worst[kind], kind ? kDecodeTol : kPrefillTol)
+        << spec << " case " << ci << (kind ? " decode" : " prefill") << ": worst at token " << at[kind] / qd
+        << " element " << at[kind] % qd << " got " << got[at[kind]] << " want " << want[at[kind]];
+  EXPECT_EQ(pg->Bytes(), pc->Bytes()) << spec << " case " << ci;
+  EXPECT_EQ(pg->Length(), pc->Length());
+}
+
+TEST(CudaKv, PoliciesMatchCpuTwins) {
+  ATP_SKIP_WITHOUT_GPU();
   for (const std::string spec : {"dense", "dense:dtype=bf16", "dense:dtype=f16", "mx:fmt=fp8_e4m3", "mx:fmt=fp4"}) {
     auto cpu = ParseKvPolicy(spec);
     auto gpu = MakeCudaKvFactory(spec);
     ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
     EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
-    for (size_t ci = 0; ci < cases.size(); ++ci) {
-      const Case& c = cases[ci];
-      ASSERT_TRUE((*gpu)->CheckShape(c.shape).ok()) << spec << " case " << ci;
-      auto pc = (*cpu)->Create(c.shape);
-      auto pg = (*gpu)->Create(c.shape);
-      std::vector<char> decode;
-      const auto want = RunPolicy(*pc, c, uint32_t(ci) + 7);
-      const auto got = RunPolicy(*pg, c, uint32_t(ci) + 7, &decode);
-      double worst[2] = {0, 0};  // prefill, decode
-      size_t at[2] = {0, 0};
-      const size_t qd = size_t(c.shape.q_dim());
-      for (size_t i = 0; i < want.size(); ++i) {
-        const int kind = decode[i / qd];
-        const double d = std::isnan(got[i]) ? INFINITY : std::fabs(double(got[i]) - want[i]);
-        if (d > worst[kind]) worst[kind] = d, at[kind] = i;
+    for (size_t ci = 0; ci < Cases().size(); ++ci) ExpectTwins(spec, **cpu, **gpu, ci);
+  }
+}
+
+// Calibrated lowrank at R = head_dim / 2 (32 of 64, 64 of 128) and R = head_dim (32): random orthonormal
+// bases (a Gaussian matrix orthonormalized) written as `atp calibrate` would. The GPU's
+// coefficient rows are the CPU's up to summation order in the projections (~1e-7), and its decode
+// reads them in f32, so the decode and prefill bounds above hold as for the dense forms.
+TEST(CudaKv, LowRankMatchesCpuTwin) {
+  ATP_SKIP_WITHOUT_GPU();
+  testing::TempDir dir("cuda_lowrank");
+  for (size_t ci = 0; ci < Cases().size(); ++ci) {
+    const KvShape& s = Cases()[ci].shape;
+    const int d = s.head_dim, r = d == 32 ? 32 : d / 2;
+    KvBasis b;
+    b.layers = 1, b.kv_heads = s.n_kv_heads, b.head_dim = d;
+    std::mt19937 rng(uint32_t(ci) + 3);
+    std::normal_distribution<float> nd;
+    for (auto* m : {&b.k, &b.v}) {
+      std::vector<float> layer;
+      for (int h = 0; h < s.n_kv_heads; ++h) {
+        // Columns of a Gaussian matrix, orthonormalized by modified Gram-Schmidt in double (no LAPACK:
+        // the device run carries none).
+        std::vector<double> a(size_t(d) * d);
+        for (auto& x : a) x = nd(rng);
+        for (int c = 0; c < d; ++c) {
+          for (int p = 0; p < c; ++p) {
+            double dot = 0;
+            for (int i = 0; i < d; ++i) dot += a[size_t(i) * d + p] * a[size_t(i) * d + c];
+            for (int i = 0; i < d; ++i) a[size_t(i) * d + c] -= dot * a[size_t(i) * d + p];
+          }
+          double norm = 0;
+          for (int i = 0; i < d; ++i) norm += a[size_t(i) * d + c] * a[size_t(i) * d + c];
+          for (int i = 0; i < d; ++i) a[size_t(i) * d + c] /= std::sqrt(norm);
+        }
+        layer.insert(layer.end(), a.begin(), a.end());
       }
-      std::cerr << "[cuda] " << spec << " case " << ci << ": max abs err prefill " << worst[0] << ", decode " << worst[1]
-                << "\n";
-      for (int kind : {0, 1})
-        EXPECT_LE(worst[kind], kind ? kDecodeTol : kPrefillTol)
-            << spec << " case " << ci << (kind ? " decode" : " prefill") << ": worst at token " << at[kind] / qd
-            << " element " << at[kind] % qd << " got " << got[at[kind]] << " want " << want[at[kind]];
-      EXPECT_EQ(pg->Bytes(), pc->Bytes()) << spec << " case " << ci;
-      EXPECT_EQ(pg->Length(), pc->Length());
+      m->push_back(layer);
     }
+    const std::string file = dir / ("basis" + std::to_string(ci) + ".safetensors");
+    ASSERT_TRUE(WriteKvBasis(file, b).ok());
+    const std::string spec = "lowrank:rk=" + std::to_string(r) + ",rv=" + std::to_string(r) + ",file=" + file;
+    auto cpu = ParseKvPolicy(spec);
+    auto gpu = MakeCudaKvFactory(spec);
+    ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
+    EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
+    ExpectTwins("lowrank r=" + std::to_string(r), **cpu, **gpu, ci);
   }
 }
 
@@ -111,6 +165,9 @@ TEST(CudaKv, RejectsPoliciesWithoutKernels) {
   auto f = MakeCudaKvFactory("atp:block=64,rank=16,window=64");
   ASSERT_FALSE(f.ok());
   EXPECT_NE(f.status().ToString().find("no CUDA kernels"), std::string::npos) << f.status().ToString();
+  auto online = MakeCudaKvFactory("lowrank:rk=32,rv=32,mode=online");
+  ASSERT_FALSE(online.ok());
+  EXPECT_NE(online.status().ToString().find("no CUDA kernels"), std::string::npos) << online.status().ToString();
   EXPECT_FALSE(MakeCudaKvFactory("nonsense").ok());
 }
 

@@ -1,12 +1,15 @@
 // KV policies whose rows live in GPU memory (cuda/backend.h): every token's K and V rows in one
-// form, dense or MX, the GPU twin of `dense` and of `mx` alone (kv/composite.h's codec policy).
-// They accept device or host pointers; host buffers are staged, which only tests should do.
+// form, dense or MX, the GPU twin of `dense` and of `mx` alone (kv/composite.h's codec policy); and
+// calibrated `lowrank`, whose coefficient rows are such rows of width r, between per-head changes of
+// basis. They accept device or host pointers; host buffers are staged, which only tests should do.
 #include <algorithm>
 #include <cmath>
 
 #include "cuda/attention.h"
 #include "cuda/backend.h"
 #include "cuda/check.h"
+#include "cuda/ops.h"
+#include "kv/lowrank_policy.h"
 #include "kv/policy_spec.h"
 
 namespace atp {
@@ -141,6 +144,101 @@ class CudaRowsPolicy : public KvPolicy {
   PointerKind kind_k_, kind_v_, kind_q_, kind_o_;
 };
 
+// `lowrank:rk=R,rv=R,mode=calib` (kv/lowrank_policy.h): each token keeps c = k P_k and e = v P_v (R per
+// KV head) as f32 rows of an inner rows policy of head_dim R; a query becomes q P_k, scaled by
+// sqrt(R / head_dim) because the inner kernels divide scores by sqrt(R) where the model means
+// sqrt(head_dim), and the output (sum_j a_j e_j) P_v^T is reconstructed once per query head.
+class CudaLowRankPolicy : public KvPolicy {
+ public:
+  // pk, pv: this layer's bases (n_kv, head_dim, R) row-major, uploaded at the first Append.
+  CudaLowRankPolicy(const KvShape& s, int r, std::vector<float> pk, std::vector<float> pv)
+      : s_(s), r_(r), pk_host_(std::move(pk)), pv_host_(std::move(pv)),
+        inner_({s.layer, s.d_model, s.n_heads, s.n_kv_heads, r}, KvFormat::kF32) {}
+
+  Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) override {
+    const int64_t T = int64_t(positions.size());
+    if (T == 0) return Status::Ok();
+    if (!pk_.get()) {
+      ATP_RETURN_IF_ERROR(pk_.Grow(pk_host_.size()));
+      ATP_RETURN_IF_ERROR(pv_.Grow(pv_host_.size()));
+      ATP_CUDA_RETURN(cudaMemcpy(pk_.get(), pk_host_.data(), pk_host_.size() * sizeof(float), cudaMemcpyHostToDevice));
+      ATP_CUDA_RETURN(cudaMemcpy(pv_.get(), pv_host_.data(), pv_host_.size() * sizeof(float), cudaMemcpyHostToDevice));
+    }
+    const size_t n = size_t(T) * size_t(s_.kv_dim()), nc = size_t(T) * size_t(s_.n_kv_heads) * size_t(r_);
+    const float* dk = Staged(K, n, &kind_k_, &stage_k_);
+    const float* dv = Staged(V, n, &kind_v_, &stage_v_);
+    if (!dk || !dv || !c_.Grow(nc).ok() || !e_.Grow(nc).ok())
+      return Status::ResourceExhausted("cuda lowrank policy: cannot stage appended rows");
+    const int hd = s_.head_dim;
+    cuda::ProjectHeads(dk, T, s_.n_kv_heads, hd, pk_.get(), 1, r_, r_, 1, 1.f, c_.get(), nullptr);
+    cuda::ProjectHeads(dv, T, s_.n_kv_heads, hd, pv_.get(), 1, r_, r_, 1, 1.f, e_.get(), nullptr);
+    ATP_RETURN_IF_ERROR(cuda::LastLaunch("lowrank append"));
+    return inner_.Append(positions, X, c_.get(), e_.get());
+  }
+
+  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+    const int64_t T = int64_t(positions.size());
+    if (T == 0) return;
+    const int hd = s_.head_dim, group = s_.n_heads / s_.n_kv_heads;
+    const size_t nq = size_t(T) * size_t(s_.q_dim()), nr = size_t(T) * size_t(s_.n_heads) * size_t(r_);
+    const bool host_out = !kind_o_.OnDevice(O);
+    const float* dq = Staged(Q, nq, &kind_q_, &stage_q_);
+    if (!dq || !qr_.Grow(nr).ok() || !or_.Grow(nr).ok() || (host_out && !stage_o_.Grow(nq).ok())) return;
+    cuda::ProjectHeads(dq, T, s_.n_heads, hd, pk_.get(), group, r_, r_, 1, std::sqrt(float(r_) / float(hd)), qr_.get(),
+                       nullptr);
+    inner_.Attend(positions, qr_.get(), or_.get());
+    float* o = host_out ? stage_o_.get() : O;
+    cuda::ProjectHeads(or_.get(), T, s_.n_heads, r_, pv_.get(), group, hd, 1, r_, 1.f, o, nullptr);
+    if (host_out) cudaMemcpy(O, o, nq * sizeof(float), cudaMemcpyDeviceToHost);
+  }
+
+  size_t Bytes() const override { return inner_.Bytes(); }  // calibrated bases belong to the model, as on the CPU
+  int64_t Length() const override { return inner_.Length(); }
+
+ private:
+  KvShape s_;
+  int r_;
+  std::vector<float> pk_host_, pv_host_;
+  DeviceArray<float> pk_, pv_;
+  CudaRowsPolicy inner_;
+  DeviceArray<float> c_, e_, qr_, or_;                        // coefficients, reduced queries and outputs
+  DeviceArray<float> stage_k_, stage_v_, stage_q_, stage_o_;  // host-pointer staging (tests)
+  PointerKind kind_k_, kind_v_, kind_q_, kind_o_;
+};
+
+class CudaLowRankFactory : public KvPolicyFactory {
+ public:
+  CudaLowRankFactory(std::shared_ptr<const KvBasis> basis, int r, std::string describe)
+      : basis_(std::move(basis)), r_(r), describe_(std::move(describe)) {}
+  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override {
+    return std::make_unique<CudaLowRankPolicy>(s, r_, Columns(basis_->k[size_t(s.layer)], s),
+                                               Columns(basis_->v[size_t(s.layer)], s));
+  }
+  Status CheckShape(const KvShape& s) const override {
+    if (s.layer >= basis_->layers || s.n_kv_heads != basis_->kv_heads || s.head_dim != basis_->head_dim)
+      return Status::InvalidArgument("cuda lowrank: the basis file does not match layer " + std::to_string(s.layer) +
+                                     " (" + std::to_string(s.n_kv_heads) + " KV heads x head_dim " +
+                                     std::to_string(s.head_dim) + ")");
+    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, r_}, KvFormat::kF32);
+  }
+  std::string Describe() const override { return describe_; }
+
+ private:
+  // The first r_ columns of each KV head's (head_dim x head_dim) basis: (n_kv, head_dim, r_).
+  std::vector<float> Columns(const std::vector<float>& full, const KvShape& s) const {
+    const size_t d = size_t(s.head_dim);
+    std::vector<float> out;
+    for (int h = 0; h < s.n_kv_heads; ++h) {
+      const auto head = FirstBasisColumns(full.data() + size_t(h) * d * d, int(d), r_);
+      out.insert(out.end(), head.begin(), head.end());
+    }
+    return out;
+  }
+  std::shared_ptr<const KvBasis> basis_;
+  int r_;
+  std::string describe_;
+};
+
 class CudaRowsFactory : public KvPolicyFactory {
  public:
   CudaRowsFactory(KvFormat f, std::string describe) : f_(f), describe_(std::move(describe)) {}
@@ -162,9 +260,22 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
   ATP_ASSIGN_OR_RETURN(auto cpu, ParseKvPolicy(spec, model_dir));
   const std::string canon = cpu->Describe();
   ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(canon));
-  Result<KvFormat> f = Status::Unsupported("kv policy '" + canon +
-                                           "' has no CUDA kernels yet; --device cuda supports dense:dtype=f32|f16|bf16 "
-                                           "and mx:fmt=fp8_e4m3|fp4");
+  const std::string supported =
+      "--device cuda supports dense:dtype=f32|f16|bf16, mx:fmt=fp8_e4m3|fp4 and lowrank:rk=R,rv=R (calibrated, "
+      "R = 32, 64 or 128, f32 coefficients)";
+  if (canon.rfind("lowrank:", 0) == 0) {
+    ATP_ASSIGN_OR_RETURN(PolicySpec given, PolicySpec::Parse(spec));
+    ATP_ASSIGN_OR_RETURN(int rk, ps.Int("rk", 16, 1, 4096));
+    ATP_ASSIGN_OR_RETURN(int rv, ps.Int("rv", 32, 1, 4096));
+    if (canon != "lowrank:rk=" + std::to_string(rk) + ",rv=" + std::to_string(rk) + ",mode=calib,dtype=f32" ||
+        rk != rv || (rk != 32 && rk != 64 && rk != 128))
+      return Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels; " + supported);
+    ATP_ASSIGN_OR_RETURN(std::string file, given.String("file", DefaultKvBasisPath(model_dir)));
+    ATP_ASSIGN_OR_RETURN(KvBasis b, ReadKvBasis(file));
+    return std::shared_ptr<KvPolicyFactory>(
+        std::make_shared<CudaLowRankFactory>(std::make_shared<const KvBasis>(std::move(b)), rk, canon));
+  }
+  Result<KvFormat> f = Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels yet; " + supported);
   if (ps.name() == "dense") {
     ATP_ASSIGN_OR_RETURN(DType dt, ps.Dtype("dtype", DType::kF32));
     f = dt == DType::kF32 ? KvFormat::kF32 : dt == DType::kF16 ? KvFormat::kF16 : KvFormat::kBF16;

@@ -141,6 +141,19 @@ __global__ void F32ToBf16Kernel(const float* x, int64_t n, bf16* y) {
   if (i < n) y[i] = __float2bfloat16_rn(x[i]);
 }
 
+// One block per (token, head) row, one thread per output element; in_dim <= head_dim (<= 128) terms.
+__global__ void ProjectHeadsKernel(const float* in, int heads, int in_dim, const float* P, int heads_per_basis,
+                                   int out_dim, int s_in, int s_out, float scale, float* out) {
+  const int64_t row = blockIdx.x;  // t * heads + h
+  const int h = int(row % heads), o = threadIdx.x;
+  if (o >= out_dim) return;
+  const float* x = in + row * in_dim;
+  const float* p = P + int64_t(h / heads_per_basis) * in_dim * out_dim + int64_t(o) * s_out;
+  float acc = 0.f;
+  for (int i = 0; i < in_dim; ++i) acc += x[i] * p[int64_t(i) * s_in];
+  out[row * out_dim + o] = scale * acc;
+}
+
 }  // namespace
 
 void ToBf16(DType t, const void* src, int64_t n, bf16* dst, cudaStream_t s) {
@@ -174,6 +187,13 @@ void SiluMulBf16(const float* gu, int64_t n, int ffn, bf16* h, cudaStream_t s) {
 
 void Gemv(const bf16* W, int64_t out, int64_t in, const GemvInput& x, float beta, float* y, cudaStream_t s) {
   if (out > 0) GemvKernel<<<unsigned((out + 7) / 8), 256, size_t(in) * sizeof(float), s>>>(W, out, int(in), x, beta, y);
+}
+
+void ProjectHeads(const float* in, int64_t n, int heads, int in_dim, const float* P, int heads_per_basis,
+                  int out_dim, int s_in, int s_out, float scale, float* out, cudaStream_t s) {
+  if (n > 0)
+    ProjectHeadsKernel<<<unsigned(n * heads), unsigned((out_dim + 31) / 32 * 32), 0, s>>>(
+        in, heads, in_dim, P, heads_per_basis, out_dim, s_in, s_out, scale, out);
 }
 
 void F32ToBf16(const float* x, int64_t n, bf16* y, cudaStream_t s) {

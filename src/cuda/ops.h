@@ -43,6 +43,13 @@ struct GemvInput {
 // flight per lane. in % 8 == 0 and in <= kGemvMaxIn (48 KB of f32 input per block).
 constexpr int64_t kGemvMaxIn = 12288;
 void Gemv(const bf16* W, int64_t out, int64_t in, const GemvInput& x, float beta, float* y, cudaStream_t s);
+// Per-head change of basis (the lowrank policy's maps): out (n, heads, out_dim) f32 with
+// out[t][h][o] = scale * sum_i in[t][h][i] * P[h / heads_per_basis][i * s_in + o * s_out] for
+// in (n, heads, in_dim) f32 and P (heads / heads_per_basis bases) f32: s_in = out_dim, s_out = 1
+// reads P (in_dim x out_dim) row-major (projection onto the first columns); s_in = 1, s_out = in_dim
+// reads it transposed (reconstruction). out_dim <= 1024 (one thread per output element of a row).
+void ProjectHeads(const float* in, int64_t n, int heads, int in_dim, const float* P, int heads_per_basis,
+                  int out_dim, int s_in, int s_out, float scale, float* out, cudaStream_t s);
 // y (n) bf16 = x (n) f32.
 void F32ToBf16(const float* x, int64_t n, bf16* y, cudaStream_t s);
 

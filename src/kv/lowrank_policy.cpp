@@ -62,13 +62,6 @@ struct BasisBlock {
   BasisBlock(const RowCodec& codec, int rk, int rv) : coef(codec.NewStore(rk, rv)) {}
 };
 
-// Takes the first r columns of a (d x d) column-basis: (d x r) row-major.
-std::vector<float> FirstColumns(const float* M, int d, int r) {
-  std::vector<float> out(size_t(d) * size_t(r));
-  for (int i = 0; i < d; ++i)
-    for (int c = 0; c < r; ++c) out[size_t(i) * size_t(r) + size_t(c)] = M[size_t(i) * size_t(d) + size_t(c)];
-  return out;
-}
 std::vector<float> Transpose(const std::vector<float>& M, int rows, int cols) {
   std::vector<float> t(M.size());
   for (int i = 0; i < rows; ++i)
@@ -95,8 +88,8 @@ class LowRankPolicy : public KvPolicy {
         const float* kb = p.basis->k[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
         const float* vb = p.basis->v[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
         blocks_[size_t(h)].emplace_back(*p.codec, p.rk, p.rv);
-        blocks_[size_t(h)][0].pk = FirstColumns(kb, d, p.rk);
-        blocks_[size_t(h)][0].pvt = Transpose(FirstColumns(vb, d, p.rv), d, p.rv);
+        blocks_[size_t(h)][0].pk = FirstBasisColumns(kb, d, p.rk);
+        blocks_[size_t(h)][0].pvt = Transpose(FirstBasisColumns(vb, d, p.rv), d, p.rv);
       }
     }
   }
@@ -266,6 +259,13 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& sp
     p.basis = std::make_shared<const KvBasis>(std::move(b));
   }
   return std::shared_ptr<KvPolicyFactory>(std::make_shared<LowRankFactory>(p));
+}
+
+std::vector<float> FirstBasisColumns(const float* M, int d, int r) {
+  std::vector<float> out(size_t(d) * size_t(r));
+  for (int i = 0; i < d; ++i)
+    for (int c = 0; c < r; ++c) out[size_t(i) * size_t(r) + size_t(c)] = M[size_t(i) * size_t(d) + size_t(c)];
+  return out;
 }
 
 std::string DefaultKvBasisPath(const std::string& model) {

@@ -23,6 +23,8 @@ struct KvBasis {
   int layers = 0, kv_heads = 0, head_dim = 0;
   std::vector<std::vector<float>> k, v;  // [layer] -> (kv_heads, head_dim, head_dim)
 };
+// The first r columns of one head's (d x d) basis M: (d x r) row-major.
+std::vector<float> FirstBasisColumns(const float* M, int d, int r);
 Status WriteKvBasis(const std::string& path, const KvBasis& b);
 Result<KvBasis> ReadKvBasis(const std::string& path);
 
