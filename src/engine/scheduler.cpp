@@ -33,6 +33,8 @@ struct Scheduler::Running {
   int generated = 0;
   int32_t next = 0;              // the last sampled token: the input of the next decode step
   bool done = false;
+  std::string finish_reason;     // set by Finish; on_finish hears them once r has left the pool
+  Status finish_error;
 };
 
 Scheduler::Scheduler(LlamaModel& model, std::vector<int32_t> eos_ids, SchedulerOptions opt)
@@ -165,15 +167,21 @@ void Scheduler::Loop() {
     for (auto& w : admitted) running_.push_back(std::make_unique<Running>(w.id, std::move(w.req), model_));
     for (auto& r : running_)
       if (cancel_all || cancels.count(r->id)) Finish(*r, "cancelled", Status::Ok());
+    std::vector<std::unique_ptr<Running>> finished;
     for (int pass = 0; pass < 2; ++pass) {
-      std::erase_if(running_, [&](const std::unique_ptr<Running>& r) {
-        if (r->done) pool_.Release(r->id);
-        return r->done;
-      });
+      for (auto& r : running_)
+        if (r->done) pool_.Release(r->id), finished.push_back(std::move(r));
+      std::erase(running_, nullptr);
       if (pass == 0 && !running_.empty()) Step();
     }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      running_count_ = running_.size();
+    }
+    // Finished sequences hear so only now, with their KV memory back in the pool and no longer counted
+    // as running: a client that reads /metrics right after its last byte sees its sequence gone.
+    for (auto& r : finished) Notify(*r);
     std::lock_guard<std::mutex> lk(mu_);
-    running_count_ = running_.size();
     if (queue_.empty() && running_.empty()) idle_cv_.notify_all();
   }
   // Stopped: whatever is left ends as cancelled.
@@ -186,9 +194,13 @@ void Scheduler::Loop() {
     if (w.req.on_finish) w.req.on_finish("cancelled", Status::Ok());
   for (auto& r : running_) Finish(*r, "cancelled", Status::Ok());
   for (auto& r : running_) pool_.Release(r->id);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    running_count_ = 0;
+  }
+  for (auto& r : running_) Notify(*r);
   running_.clear();
   std::lock_guard<std::mutex> lk(mu_);
-  running_count_ = 0;
   idle_cv_.notify_all();
 }
 
@@ -277,7 +289,12 @@ void Scheduler::Emit(Running& r, std::span<const float> logits) {
 void Scheduler::Finish(Running& r, const std::string& reason, const Status& error) {
   if (r.done) return;
   r.done = true;
-  if (r.req.on_finish) r.req.on_finish(reason, error);
+  r.finish_reason = reason;
+  r.finish_error = error;
+}
+
+void Scheduler::Notify(Running& r) {
+  if (r.req.on_finish) r.req.on_finish(r.finish_reason, r.finish_error);
 }
 
 }  // namespace atp

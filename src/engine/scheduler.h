@@ -90,7 +90,8 @@ class Scheduler {
   void Admit(std::vector<Waiting>* admitted);  // under mu_
   void Step();
   void Emit(Running& r, std::span<const float> logits);  // samples the next token, or finishes r
-  void Finish(Running& r, const std::string& reason, const Status& error);
+  void Finish(Running& r, const std::string& reason, const Status& error);  // marks r done
+  static void Notify(Running& r);  // on_finish, once r has left running_ and the pool
   const KvFootprint& Footprint(const KvPolicyFactory& kv);  // under fp_mu_
 
   LlamaModel& model_;
