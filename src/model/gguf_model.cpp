@@ -67,27 +67,26 @@ gguf::GgmlType GgmlOfDType(DType t) {
   return gguf::GgmlType::kF32;
 }
 
-std::string HfToGgufName(std::string_view hf) {
-  for (auto [h, g] : kModelNames)
-    if (hf == h) return std::string(g);
+namespace {
+
+// One direction of the two name tables: `to_gguf` maps Hugging Face names to GGUF's, else back.
+std::string MapTensorName(std::string_view name, bool to_gguf) {
+  const auto from = [&](const auto& pair) { return to_gguf ? pair.first : pair.second; };
+  const auto to = [&](const auto& pair) { return std::string(to_gguf ? pair.second : pair.first); };
+  for (const auto& n : kModelNames)
+    if (name == from(n)) return to(n);
   std::string layer;
   std::string_view rest;
-  if (SplitLayer(hf, "model.layers.", &layer, &rest))
-    for (auto [h, g] : kLayerNames)
-      if (rest == h) return "blk." + layer + "." + std::string(g);
+  if (SplitLayer(name, to_gguf ? "model.layers." : "blk.", &layer, &rest))
+    for (const auto& n : kLayerNames)
+      if (rest == from(n)) return (to_gguf ? "blk." : "model.layers.") + layer + "." + to(n);
   return "";
 }
 
-std::string GgufToHfName(std::string_view gg) {
-  for (auto [h, g] : kModelNames)
-    if (gg == g) return std::string(h);
-  std::string layer;
-  std::string_view rest;
-  if (SplitLayer(gg, "blk.", &layer, &rest))
-    for (auto [h, g] : kLayerNames)
-      if (rest == g) return "model.layers." + layer + "." + std::string(h);
-  return "";
-}
+}  // namespace
+
+std::string HfToGgufName(std::string_view hf) { return MapTensorName(hf, true); }
+std::string GgufToHfName(std::string_view gg) { return MapTensorName(gg, false); }
 
 bool GgufArchPermutesQK(std::string_view arch) { return arch == "llama" || arch == "mistral"; }
 
