@@ -61,7 +61,7 @@ void AddChat(CLI::App& app, Runner* run) {
     *run = [o]() -> int {
       auto l = Load(o->f, true);
       if (!l.ok()) return Fail("chat", l.status());
-      auto chat = LoadChatTemplate(o->f.model);
+      auto chat = LoadChatTemplate(o->f.model, *l);
       if (!chat.ok()) return Fail("chat", chat.status());
       if (chat->is_default())
         std::cerr << "atp chat: the model ships no chat template; using ChatML (" << o->f.model << ")\n";

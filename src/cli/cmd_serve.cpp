@@ -83,7 +83,7 @@ void AddServe(CLI::App& app, Runner* run) {
       if (!bytes.ok()) return Fail("serve", bytes.status());
       auto l = Load(o->f, true);
       if (!l.ok()) return Fail("serve", l.status());
-      auto chat = LoadChatTemplate(o->f.model);
+      auto chat = LoadChatTemplate(o->f.model, *l);
       if (!chat.ok()) return Fail("serve", chat.status());
       const bool default_template = chat->is_default();
       ServerOptions& s = o->s;

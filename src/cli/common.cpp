@@ -66,7 +66,7 @@ Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
   if (gguf::IsGgufFile(f.model)) {
     ATP_ASSIGN_OR_RETURN(std::unique_ptr<gguf::GgufFile> g, gguf::GgufFile::Open(f.model));
     if (need_tokenizer || GgufHasTokenizer(*g)) {
-      ATP_ASSIGN_OR_RETURN(l.tokenizer, LoadGgufTokenizer(*g));
+      ATP_ASSIGN_OR_RETURN(l.tokenizer, LoadGgufTokenizer(*g, &l.gguf_tokenizer_config));
     }
     return l;
   }
@@ -77,11 +77,9 @@ Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
   return l;
 }
 
-Result<ChatTemplate> LoadChatTemplate(const std::string& model) {
+Result<ChatTemplate> LoadChatTemplate(const std::string& model, const Loaded& l) {
   if (!gguf::IsGgufFile(model)) return ChatTemplate::LoadFromDir(model);
-  ATP_ASSIGN_OR_RETURN(std::unique_ptr<gguf::GgufFile> g, gguf::GgufFile::Open(model));
-  ATP_ASSIGN_OR_RETURN(TokenizerJsonTexts t, TokenizerJsonFromGguf(*g));
-  return ChatTemplate::FromTokenizerConfig(nlohmann::json::parse(t.tokenizer_config_json), model);
+  return ChatTemplate::FromTokenizerConfig(nlohmann::json::parse(l.gguf_tokenizer_config), model);
 }
 
 int Fail(const std::string& cmd, const Status& s) {

@@ -34,12 +34,15 @@ struct Loaded {
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;  // null when the directory has none and it was optional
   std::shared_ptr<KvPolicyFactory> kv;
+  // A .gguf's tokenizer_config.json text, derived with its tokenizer (empty for a directory).
+  std::string gguf_tokenizer_config;
 };
 // Configures threads, loads model, tokenizer (required or not) and the KV policy.
 Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer);
 
-// The chat template of a model directory or .gguf file (ChatTemplate::LoadFromDir's rules).
-Result<ChatTemplate> LoadChatTemplate(const std::string& model);
+// The chat template of a model directory or .gguf file (ChatTemplate::LoadFromDir's rules); l is what
+// Load returned for it with a tokenizer.
+Result<ChatTemplate> LoadChatTemplate(const std::string& model, const Loaded& l);
 
 // Prints "atp <cmd>: <message>" on stderr and returns the exit code 1.
 int Fail(const std::string& cmd, const Status& s);

@@ -365,9 +365,11 @@ Result<TokenizerJsonTexts> TokenizerJsonFromGguf(const gguf::GgufFile& g) {
 
 namespace atp {
 
-Result<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const gguf::GgufFile& g) {
+Result<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const gguf::GgufFile& g, std::string* config_json) {
   ATP_ASSIGN_OR_RETURN(TokenizerJsonTexts t, TokenizerJsonFromGguf(g));
-  return Tokenizer::LoadFromJson(t.tokenizer_json, t.tokenizer_config_json, g.where() + " (tokenizer metadata)");
+  auto tok = Tokenizer::LoadFromJson(t.tokenizer_json, t.tokenizer_config_json, g.where() + " (tokenizer metadata)");
+  if (tok.ok() && config_json) *config_json = std::move(t.tokenizer_config_json);
+  return tok;
 }
 
 }  // namespace atp

@@ -22,8 +22,9 @@ struct TokenizerJsonTexts {
 // NotFound when the file has no tokenizer.ggml.model; other errors name the metadata key at fault.
 Result<TokenizerJsonTexts> TokenizerJsonFromGguf(const gguf::GgufFile& g);
 bool GgufHasTokenizer(const gguf::GgufFile& g);
-// The tokenizer those texts describe, loaded by Tokenizer::LoadFromJson.
-Result<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const gguf::GgufFile& g);
+// The tokenizer those texts describe, loaded by Tokenizer::LoadFromJson. config_json (optional)
+// receives the tokenizer_config.json text (the chat template's source), so nothing derives it twice.
+Result<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const gguf::GgufFile& g, std::string* config_json = nullptr);
 
 // The tokenizer.* metadata for a tokenizer.json (+ config, may be empty) whose ids run below
 // vocab_size (the model's; missing ids become unused "[PAD<id>]" tokens).
