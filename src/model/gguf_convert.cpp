@@ -63,12 +63,9 @@ std::vector<std::pair<std::string, Value>> ConfigMetadata(const ModelConfig& c, 
 }  // namespace
 
 bool ParseGgufOutType(const std::string& name, gguf::GgmlType* out) {
-  if (name == "f32") *out = GgmlType::kF32;
-  else if (name == "f16") *out = GgmlType::kF16;
-  else if (name == "bf16") *out = GgmlType::kBF16;
-  else if (name == "q8_0") *out = GgmlType::kQ8_0;
-  else if (name == "q4_0") *out = GgmlType::kQ4_0;
-  else return false;
+  DType t;
+  if (!ParseDType(name, &t) || DTypeName(t) != name) return false;  // our lower-case names only
+  *out = GgmlOfDType(t);
   return true;
 }
 
