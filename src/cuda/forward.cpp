@@ -176,7 +176,10 @@ class CudaForward : public ForwardBackend {
   // tensors are dequantized to f32 on the host first: the GPU pass computes in bf16 either way.
   Status UploadBf16(std::initializer_list<const TensorView*> parts, DeviceArray<bf16>* dst) {
     size_t total = 0, bytes = 0;
-    for (auto* t : parts) total += size_t(t->numel()), bytes = std::max(bytes, DTypeBytes(DType::kF32, t->numel()));
+    for (auto* t : parts) {  // staging holds one tensor as uploaded: its own bytes, or f32 once dequantized
+      total += size_t(t->numel());
+      bytes = std::max(bytes, IsBlockDType(t->dtype) ? DTypeBytes(DType::kF32, t->numel()) : t->nbytes());
+    }
     ATP_RETURN_IF_ERROR(dst->Grow(total));
     ATP_RETURN_IF_ERROR(staging_.Grow(bytes));
     size_t off = 0;
