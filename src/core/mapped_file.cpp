@@ -46,4 +46,11 @@ Result<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
+Status WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << text;
+  if (!f.flush()) return Status::IOError(path + ": write failed");
+  return Status::Ok();
+}
+
 }  // namespace atp

@@ -29,5 +29,7 @@ class MappedFile {
 
 // Reads a whole (small) file into a string: configs, tokenizers, JSON.
 Result<std::string> ReadFile(const std::string& path);
+// Writes text as the whole content of path (created or truncated); IOError if any byte fails.
+Status WriteFile(const std::string& path, const std::string& text);
 
 }  // namespace atp

@@ -2,10 +2,10 @@
 
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "core/mapped_file.h"
 #include "model/config.h"
 #include "model/gguf_model.h"
 #include "model/gguf_tokenizer.h"
@@ -165,13 +165,6 @@ nlohmann::json ConfigJson(const ModelConfig& c) {
   return j;
 }
 
-Status WriteText(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << text;
-  if (!f.flush()) return Status::IOError(path + ": write failed");
-  return Status::Ok();
-}
-
 }  // namespace
 
 Status ConvertFromGguf(const std::string& gguf_path, const std::string& out_dir) {
@@ -194,12 +187,12 @@ Status ConvertFromGguf(const std::string& gguf_path, const std::string& out_dir)
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   if (ec) return Status::IOError(out_dir + ": " + ec.message());
-  ATP_RETURN_IF_ERROR(WriteText(out_dir + "/config.json", ConfigJson(cfg).dump(1) + "\n"));
+  ATP_RETURN_IF_ERROR(WriteFile(out_dir + "/config.json", ConfigJson(cfg).dump(1) + "\n"));
   ATP_RETURN_IF_ERROR(WriteSafeTensors(out_dir + "/model.safetensors", tensors));
   if (GgufHasTokenizer(*g)) {
     ATP_ASSIGN_OR_RETURN(TokenizerJsonTexts t, TokenizerJsonFromGguf(*g));
-    ATP_RETURN_IF_ERROR(WriteText(out_dir + "/tokenizer.json", t.tokenizer_json));
-    ATP_RETURN_IF_ERROR(WriteText(out_dir + "/tokenizer_config.json", t.tokenizer_config_json));
+    ATP_RETURN_IF_ERROR(WriteFile(out_dir + "/tokenizer.json", t.tokenizer_json));
+    ATP_RETURN_IF_ERROR(WriteFile(out_dir + "/tokenizer_config.json", t.tokenizer_config_json));
   }
   return Status::Ok();
 }

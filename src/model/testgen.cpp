@@ -2,9 +2,9 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/mapped_file.h"
 #include "core/thread_pool.h"
 #include "model/safetensors.h"
 
@@ -85,12 +85,6 @@ json ByteTokenizer(int bos, int eos) {
           {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
                      {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"vocab", vocab},
                      {"merges", json::array()}}}};
-}
-
-Status WriteText(const std::string& path, const std::string& text) {
-  std::ofstream f(path);
-  f << text;
-  return f ? Status::Ok() : Status::IOError(path + ": write failed");
 }
 
 }  // namespace
@@ -174,13 +168,13 @@ Status WriteTestModel(const std::string& shape, const std::string& dir, DType dt
     out.push_back({s.name, dtype, s.shape, dst});
   }
   ATP_RETURN_IF_ERROR(WriteSafeTensors(dir + "/model.safetensors", out));
-  ATP_RETURN_IF_ERROR(WriteText(dir + "/config.json", cfg.dump(1)));
+  ATP_RETURN_IF_ERROR(WriteFile(dir + "/config.json", cfg.dump(1)));
   int bos = cfg["bos_token_id"];
   int eos = cfg["eos_token_id"].is_array() ? cfg["eos_token_id"][0].get<int>() : cfg["eos_token_id"].get<int>();
-  ATP_RETURN_IF_ERROR(WriteText(dir + "/tokenizer.json", ByteTokenizer(bos, eos).dump()));
+  ATP_RETURN_IF_ERROR(WriteFile(dir + "/tokenizer.json", ByteTokenizer(bos, eos).dump()));
   json tc = {{"bos_token", "<|begin_of_text|>"}, {"eos_token", "<|end_of_text|>"}, {"add_bos_token", true},
              {"tokenizer_class", "PreTrainedTokenizerFast"}};
-  return WriteText(dir + "/tokenizer_config.json", tc.dump(1));
+  return WriteFile(dir + "/tokenizer_config.json", tc.dump(1));
 }
 
 }  // namespace atp
