@@ -173,13 +173,13 @@ int main(int argc, char** argv) {
 
       // Decode: the query at position L-1 over L rows, one call per layer.
       const double dec = TimeMs([&] {
-        for (int l = 0; l < kLayers; ++l) atp::cuda::Attend(shape, ks[size_t(l)], vs[size_t(l)], q, 1, L - 1, o, ws, sms, nullptr);
+        for (int l = 0; l < kLayers; ++l) atp::cuda::Attend(shape, ks[size_t(l)], vs[size_t(l)], {}, q, 1, L - 1, o, ws, sms, nullptr);
       }, 20) / kLayers;
       const double bytes = double(L) * 2 * (eb + sb);  // K and V of one layer
       std::printf("{\"what\":\"decode\",\"kv\":\"%s\",\"context\":%d,\"us_per_layer\":%.2f,\"kv_bytes_per_layer\":%.0f,"
                   "\"gb_s\":%.1f}\n", Name(f), L, dec * 1e3, bytes, bytes / dec / 1e6);
       // Prefill: L queries from position 0 over the same rows (causal), one layer.
-      const double pre = TimeMs([&] { atp::cuda::Attend(shape, ks[0], vs[0], q, L, 0, o, ws, sms, nullptr); }, 3);
+      const double pre = TimeMs([&] { atp::cuda::Attend(shape, ks[0], vs[0], {}, q, L, 0, o, ws, sms, nullptr); }, 3);
       const double flop = 4.0 * kHd * kHeads * (double(L) * (L + 1) / 2);  // QK^T and PV over the causal half
       std::printf("{\"what\":\"prefill\",\"kv\":\"%s\",\"context\":%d,\"ms_per_layer\":%.3f,\"tflop_s\":%.2f}\n", Name(f), L,
                   pre, flop / pre / 1e9);

@@ -13,7 +13,7 @@
 #                                         drops them from the index (the file stays; git status shows a
 #                                         staged deletion: never commit in between), unslim restores it.
 # The GPU image has CUDA, cuBLAS and PyTorch but none of the Debian libraries atp links; they travel
-# as files, and OpenBLAS/LAPACKE (36 MB, never called on the GPU path) as an aborting stub.
+# as files.
 set -u
 mode=${1:-}
 carry=.cudacarry
@@ -37,12 +37,10 @@ if [ "$mode" = pack ]; then
   mkdir -p "$(dirname "$exclude")" && { grep -qx "/$carry/" "$exclude" 2>/dev/null || echo "/$carry/" >>"$exclude"; }
   rm -rf "$carry" && mkdir -p "$carry/stage/bin" "$carry/stage/lib" "$carry/shared/models" "$carry/shared/data"
   cp "$build/atp" "$build/atp_tests" "$build/src/cuda/atp_cuda_attn" "$carry/stage/bin/" && strip "$carry"/stage/bin/*
-  for so in libopenblas.so.0 liblapacke.so.3; do
-    gcc -shared -fPIC -O1 -Wl,-soname,$so -o "$carry/stage/lib/$so" bench/cuda_blas_stub.c
-  done
-  # Everything else the binaries load, except the C/C++ runtime and CUDA (the GPU image's own).
+  # Everything the binaries load, except the C/C++ runtime and CUDA (the GPU image's own); OpenBLAS
+  # and LAPACK too (8 MB compressed): the CPU twins of the ATP tests run there.
   ldd "$build/atp" "$build/atp_tests" | awk '/=> \//{print $3}' | sort -u |
-    grep -v -E 'lib(c|m|rt|dl|pthread|gcc_s|stdc\+\+|openblas|lapacke|lapack|blas|gfortran|quadmath|tmglib|cudart|cublas|cublasLt)\.so' |
+    grep -v -E 'lib(c|m|rt|dl|pthread|gcc_s|stdc\+\+|cudart|cublas|cublasLt)\.so' |
     xargs -I{} cp -L {} "$carry/stage/lib/"
   tar -C "$carry/stage" -cJf "$carry/bundle.tar.xz" bin lib && rm -rf "$carry/stage"
   cp -r ../shared/models/ref-5m "$carry/shared/models/" && cp ../shared/data/valid.txt "$carry/shared/data/"

@@ -212,21 +212,33 @@ Split DecodeSplit(const AttnShape& a, int64_t len, int sm_count) {
   return {int(chunk), int((len + chunk - 1) / chunk)};
 }
 
-// Block (split, kv head): the G query heads of one KV head over rows [split*chunk, +chunk).
+// Block (split, kv head): the G query heads of one KV head over one chunk of rows of a range.
 // Lanes work in groups of hd/8, one row per group, each lane owning 8 elements of the row; the
 // same lane keeps the same 8 query elements in registers for the whole kernel. Writes, per head
 // and split, the running max m, the sum l of exp(s - m) and the unnormalized output (hd).
 // GM: the group size G rounded up to 1, 2, 4 or 8 (register arrays need a compile-time size;
 // lanes of heads g >= G compute on zeros and are never stored).
+// Rows [begin, end) of k and v that one query sees, cut into `splits` chunks.
+struct DecodeRange {
+  DeviceRows k, v;
+  int64_t begin = 0, end = 0;
+  int splits = 0;
+};
+
 template <KvFormat F, int GM>
-__global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DeviceRows K, DeviceRows V, const float* q, int n_heads,
-                                                               int len, int chunk, float scale, float* part) {
+__global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeRange ra, DecodeRange rb, const float* q,
+                                                               int n_heads, int chunk, float scale, float* part) {
   extern __shared__ float smem[];
+  // The first ra.splits blocks read range a (principal rows), the rest range b: the merge cannot tell.
+  const bool in_a = int(blockIdx.x) < ra.splits;
+  const DeviceRows K = in_a ? ra.k : rb.k, V = in_a ? ra.v : rb.v;
+  const int64_t begin = in_a ? ra.begin + int64_t(blockIdx.x) * chunk : rb.begin + int64_t(blockIdx.x - ra.splits) * chunk;
   const int hd = K.dim, G = n_heads / K.n_kv, kvh = blockIdx.y, split = blockIdx.x, splits = gridDim.x;
   float* ss = smem;                       // (G, chunk) scores, then exp(s - m)
   float* red = ss + G * chunk;            // (warps, G, hd) per-warp output sums
   float* ml = red + kDecodeWarps * G * hd;  // (G, 2) max and sum per head
-  const int begin = split * chunk, n = max(0, min(len, begin + chunk) - begin);
+  const int64_t end = in_a ? ra.end : rb.end;
+  const int n = end > begin ? int(end - begin < chunk ? end - begin : chunk) : 0;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lpr = hd / 8, rpw = 32 / lpr;
   const int c = lane % lpr, sub = lane / lpr;
 
@@ -371,6 +383,21 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const float* pa
   }
 }
 
+// --- Visibility ----------------------------------------------------------------------------------
+
+// Blocks a query at position p sees only through principal rows (kv/atp_policy.cpp's CompressedBlocks).
+__host__ __device__ __forceinline__ int64_t CompressedBlocks(const Visibility& v, int64_t p) {
+  return v.block > 0 && p >= v.window ? (p - v.window) / v.block : 0;
+}
+// The first position a query at p sees exactly, and the principal rows it sees.
+__host__ __device__ __forceinline__ int64_t SeenFrom(const Visibility& v, int64_t p) {
+  return CompressedBlocks(v, p) * v.block;
+}
+__device__ __forceinline__ int64_t PrincipalSeen(const Visibility& v, int64_t p) {
+  const int64_t nb = CompressedBlocks(v, p);
+  return nb > 0 ? v.pre_end[nb - 1] : 0;
+}
+
 // --- Prefill: tiled online softmax on tensor cores ---------------------------------------------
 
 constexpr int kPrefillThreads = 128;         // 4 warps
@@ -394,8 +421,8 @@ struct PrefillSmem {
 // so that rescaling it needs no fragment layout. Q is pre-scaled by 1/sqrt(hd); Q, K, V and P are
 // rounded to bf16 (as PyTorch's bf16 SDPA computes); decode stays f32.
 template <KvFormat F, int HD>
-__global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(DeviceRows K, DeviceRows V, const float* Q, float* O,
-                                                                 int T, int64_t start, int n_heads, float scale) {
+__global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(DeviceRows K, DeviceRows V, Visibility vis, const float* Q,
+                                                                 float* O, int T, int64_t start, int n_heads, float scale) {
   using namespace nvcuda;
   using L = PrefillSmem<HD>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -417,18 +444,27 @@ __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(DeviceRows K, D
   // This lane's softmax row (block-local query vector) and half of each key tile.
   const int qv = warp * 16 + lane / 2, half = lane % 2;
   const bool valid = qv < BQ * G && row0 + qv / G < T;
-  const int64_t p = start + row0 + qv / G;  // its position: it sees keys 0..p
-  const int64_t kv_end = start + min(T, row0 + BQ);
+  // Its position p: it sees principal rows [0, pre) and exact positions [lo, p] (Visibility).
+  const int64_t p = start + row0 + qv / G, lo = SeenFrom(vis, p), pre = valid ? PrincipalSeen(vis, p) : 0;
+  // The tile's queries together: principal rows [0, pre_hi), then positions [lo_lo, kv_end).
+  const int64_t kv_end = start + min(T, row0 + BQ), lo_lo = SeenFrom(vis, start + row0);
+  const int64_t pre_hi = PrincipalSeen(vis, kv_end - 1), pre_tiles = (pre_hi + kBk - 1) / kBk;
+  const int64_t tiles = pre_tiles + (kv_end - lo_lo + kBk - 1) / kBk;
   float m = -INFINITY, l = 0;
 
-  for (int64_t kt = 0; kt < kv_end; kt += kBk) {
+  for (int64_t t = 0; t < tiles; ++t) {
+    // Keys kt .. kt + kBk - 1 below `end`: principal row indices, or positions (row = position - first).
+    const bool principal = t < pre_tiles;
+    const int64_t kt = principal ? t * kBk : lo_lo + (t - pre_tiles) * kBk, end = principal ? pre_hi : kv_end;
+    const DeviceRows Kt = principal ? vis.pk : K, Vt = principal ? vis.pv : V;
+    const int64_t row_of_key = principal ? 0 : -vis.first;
     __syncthreads();  // the previous tile is consumed (and, first time, Qs and Os are written)
     for (int i = threadIdx.x; i < kBk * (HD / 8); i += kPrefillThreads) {
       const int jj = i / (HD / 8), c = i % (HD / 8);
       float a[8] = {}, b[8] = {};
-      if (kt + jj < kv_end) {
-        Load8<F>(K, kt + jj, kvh, c, a);
-        Load8<F>(V, kt + jj, kvh, c, b);
+      if (kt + jj < end) {
+        Load8<F>(Kt, kt + jj + row_of_key, kvh, c, a);
+        Load8<F>(Vt, kt + jj + row_of_key, kvh, c, b);
       }
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
@@ -461,7 +497,8 @@ __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(DeviceRows K, D
 #pragma unroll
     for (int i = 0; i < kBk / 2; ++i) {
       const int64_t j = kt + half * (kBk / 2) + i;
-      s[i] = (valid && j <= p) ? Ss[qv * kSs + half * (kBk / 2) + i] : -INFINITY;
+      const bool seen = principal ? j < pre : lo <= j && j <= p;
+      s[i] = (valid && seen) ? Ss[qv * kSs + half * (kBk / 2) + i] : -INFINITY;
       tmax = fmaxf(tmax, s[i]);
     }
     tmax = fmaxf(tmax, __shfl_xor_sync(kFull, tmax, 1));
@@ -512,8 +549,8 @@ size_t DecodeSmem(const AttnShape& a, int chunk) {
 }
 
 template <KvFormat F>
-void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const float* Q, int64_t T, int64_t start,
-              float* O, float* ws, int sm_count, cudaStream_t s) {
+void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const Visibility& vis, const float* Q,
+              int64_t T, int64_t start, float* O, float* ws, int sm_count, cudaStream_t s) {
   // Opt in to more than 48 KB of dynamic shared memory once per kernel (Hopper allows 227 KB).
   static const bool opted = [] {
     for (auto* kernel : {DecodeKernel<F, 1>, DecodeKernel<F, 2>, DecodeKernel<F, 4>, DecodeKernel<F, 8>})
@@ -525,29 +562,44 @@ void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, cons
   (void)opted;
   const float scale = 1.0f / std::sqrt(float(a.head_dim));
   if (T == 1) {
-    const int64_t len = start + 1;
-    const Split sp = DecodeSplit(a, len, sm_count);
-    const int G = a.n_heads / a.n_kv;
+    // Two ranges, split alike: the principal rows the query sees, then its exact rows.
+    const int64_t lo = SeenFrom(vis, start) - vis.first, hi = start - vis.first + 1;
+    const Split sp = DecodeSplit(a, vis.last_pre + hi - lo, sm_count);
+    const auto splits = [&](int64_t n) { return int((n + sp.chunk - 1) / sp.chunk); };
+    const DecodeRange pre{vis.pk, vis.pv, 0, vis.last_pre, splits(vis.last_pre)};
+    const DecodeRange exact{k, v, lo, hi, splits(hi - lo)};
+    const int G = a.n_heads / a.n_kv, total = pre.splits + exact.splits;
     auto* kernel = G == 1 ? DecodeKernel<F, 1> : G == 2 ? DecodeKernel<F, 2> : G <= 4 ? DecodeKernel<F, 4> : DecodeKernel<F, 8>;
-    kernel<<<dim3(unsigned(sp.splits), unsigned(a.n_kv)), kDecodeThreads, DecodeSmem(a, sp.chunk), s>>>(
-        k, v, Q, a.n_heads, int(len), sp.chunk, scale, ws);
-    CombineKernel<<<unsigned(a.n_heads), kCombineThreads, sizeof(float) * (sp.splits + kCombineThreads), s>>>(
-        ws, sp.splits, a.head_dim, O);
+    kernel<<<dim3(unsigned(total), unsigned(a.n_kv)), kDecodeThreads, DecodeSmem(a, sp.chunk), s>>>(
+        pre, exact, Q, a.n_heads, sp.chunk, scale, ws);
+    CombineKernel<<<unsigned(a.n_heads), kCombineThreads, sizeof(float) * (total + kCombineThreads), s>>>(
+        ws, total, a.head_dim, O);
     return;
   }
   const int BQ = kQv / (a.n_heads / a.n_kv);
   const dim3 grid(unsigned((T + BQ - 1) / BQ), unsigned(a.n_kv));
   switch (a.head_dim) {  // CheckAttnShape admits exactly these
     case 32:
-      PrefillKernel<F, 32><<<grid, kPrefillThreads, PrefillSmem<32>::kBytes, s>>>(k, v, Q, O, int(T), start, a.n_heads, scale);
+      PrefillKernel<F, 32><<<grid, kPrefillThreads, PrefillSmem<32>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
       break;
     case 64:
-      PrefillKernel<F, 64><<<grid, kPrefillThreads, PrefillSmem<64>::kBytes, s>>>(k, v, Q, O, int(T), start, a.n_heads, scale);
+      PrefillKernel<F, 64><<<grid, kPrefillThreads, PrefillSmem<64>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
       break;
     case 128:
-      PrefillKernel<F, 128><<<grid, kPrefillThreads, PrefillSmem<128>::kBytes, s>>>(k, v, Q, O, int(T), start, a.n_heads, scale);
+      PrefillKernel<F, 128><<<grid, kPrefillThreads, PrefillSmem<128>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
       break;
   }
+}
+
+// out (n, n_kv * dim) f32 = rows first .. first + n - 1; thread i decodes 8 elements.
+template <KvFormat F>
+__global__ void LoadRowsKernel(DeviceRows r, int64_t first, int64_t n, float* out) {
+  const int per_row = r.n_kv * r.dim / 8;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n * per_row) return;
+  const int64_t j = i / per_row;
+  const int h = int(i % per_row) / (r.dim / 8), c = int(i % per_row) % (r.dim / 8);
+  Load8<F>(r, first + j, h, c, out + i * 8);
 }
 
 }  // namespace
@@ -596,18 +648,32 @@ Status CheckAttnShape(const AttnShape& a, KvFormat f) {
 }
 
 int64_t AttendWorkspaceFloats(const AttnShape& a, int64_t len, int sm_count) {
-  return int64_t(a.n_heads) * DecodeSplit(a, len, sm_count).splits * (a.head_dim + 2);
+  // Two ranges cut by the same chunk take at most one split more than one range of their length.
+  return int64_t(a.n_heads) * (DecodeSplit(a, len, sm_count).splits + 1) * (a.head_dim + 2);
 }
 
-void Attend(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const float* Q, int64_t T, int64_t start,
-            float* O, float* ws, int sm_count, cudaStream_t s) {
+void Attend(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const Visibility& vis, const float* Q,
+            int64_t T, int64_t start, float* O, float* ws, int sm_count, cudaStream_t s) {
   if (T <= 0) return;
   switch (k.fmt) {
-    case KvFormat::kF32: return AttendAs<KvFormat::kF32>(a, k, v, Q, T, start, O, ws, sm_count, s);
-    case KvFormat::kF16: return AttendAs<KvFormat::kF16>(a, k, v, Q, T, start, O, ws, sm_count, s);
-    case KvFormat::kBF16: return AttendAs<KvFormat::kBF16>(a, k, v, Q, T, start, O, ws, sm_count, s);
-    case KvFormat::kMxFp8E4M3: return AttendAs<KvFormat::kMxFp8E4M3>(a, k, v, Q, T, start, O, ws, sm_count, s);
-    case KvFormat::kMxFp4: return AttendAs<KvFormat::kMxFp4>(a, k, v, Q, T, start, O, ws, sm_count, s);
+    case KvFormat::kF32: return AttendAs<KvFormat::kF32>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
+    case KvFormat::kF16: return AttendAs<KvFormat::kF16>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
+    case KvFormat::kBF16: return AttendAs<KvFormat::kBF16>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
+    case KvFormat::kMxFp8E4M3: return AttendAs<KvFormat::kMxFp8E4M3>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
+    case KvFormat::kMxFp4: return AttendAs<KvFormat::kMxFp4>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
+  }
+}
+
+void LoadRowsF32(const DeviceRows& r, int64_t first, int64_t n, float* out, cudaStream_t s) {
+  if (n <= 0) return;
+  const int64_t threads = n * r.n_kv * r.dim / 8;
+  const unsigned blocks = unsigned((threads + 255) / 256);
+  switch (r.fmt) {
+    case KvFormat::kF32: return LoadRowsKernel<KvFormat::kF32><<<blocks, 256, 0, s>>>(r, first, n, out);
+    case KvFormat::kF16: return LoadRowsKernel<KvFormat::kF16><<<blocks, 256, 0, s>>>(r, first, n, out);
+    case KvFormat::kBF16: return LoadRowsKernel<KvFormat::kBF16><<<blocks, 256, 0, s>>>(r, first, n, out);
+    case KvFormat::kMxFp8E4M3: return LoadRowsKernel<KvFormat::kMxFp8E4M3><<<blocks, 256, 0, s>>>(r, first, n, out);
+    case KvFormat::kMxFp4: return LoadRowsKernel<KvFormat::kMxFp4><<<blocks, 256, 0, s>>>(r, first, n, out);
   }
 }
 

@@ -2,7 +2,9 @@
 // (f32/f16/bf16) or OCP MX blocks (fp8 E4M3, fp4 E2M1) dequantized in registers. One loader per
 // form feeds two kernels: split-K decode (one query row, f32 math; the sequence split across
 // blocks, then a combine) and tiled prefill (FlashAttention-style online softmax over key tiles in
-// shared memory, bf16 tensor cores through WMMA). Launchers only; nothing here allocates.
+// shared memory, bf16 tensor cores through WMMA). Which rows a query sees is a Visibility, kept
+// apart from the kernels (FlashInfer's attention variants): plain causal, or ATP's principal rows
+// plus an exact window. Launchers only; nothing here allocates.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -39,21 +41,37 @@ int64_t TokenScaleBytes(KvFormat f, int dim, int n_kv);
 void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const float* K, const float* V, int64_t n,
              cudaStream_t s);
 
+// Which rows the query at position p sees, beyond plain causal attention over rows 0..p (the
+// default). Rows of k and v hold positions first, first + 1, ... (earlier ones were dropped). With
+// block > 0 (ATP, DESIGN.md section 4) the blocks b with (b + 1) * block + window <= p, nb(p) of
+// them, are seen only through principal rows 0 .. pre_end[nb(p) - 1] - 1 of pk and pv, and exact rows
+// from position nb(p) * block on. pk and pv share k's form and geometry.
+struct Visibility {
+  int64_t first = 0;
+  int block = 0, window = 0;
+  DeviceRows pk, pv;
+  const int32_t* pre_end = nullptr;  // device: principal rows standing for blocks 0..b, per block b
+  int64_t last_pre = 0;              // host: pre_end[nb(p) - 1] for the last query's p (0 when nb(p) = 0)
+};
+
+// Rows [first, first + n) of r (all KV heads) as f32: out (n, n_kv * dim), values as stored.
+void LoadRowsF32(const DeviceRows& r, int64_t first, int64_t n, float* out, cudaStream_t s);
+
 struct AttnShape {
   int n_heads = 0, n_kv = 0, head_dim = 0;
 };
 // Whether the kernels cover this shape (head_dim 32/64/128, at most 8 query heads per KV head).
 Status CheckAttnShape(const AttnShape& a, KvFormat f);
 
-// f32 elements of decode scratch for one query row over `len` rows on a GPU of sm_count SMs.
+// f32 elements of decode scratch for one query row seeing `len` rows on a GPU of sm_count SMs.
 int64_t AttendWorkspaceFloats(const AttnShape& a, int64_t len, int sm_count);
 
-// O (T, n_heads * head_dim) f32 = causal softmax(Q K^T / sqrt(head_dim)) V for queries Q
-// (T, n_heads * head_dim) f32 at positions start .. start + T - 1 over rows 0 .. start + T - 1 of
-// k and v (query head h reads KV head h / (n_heads / n_kv)). T == 1 runs split-K decode and needs
+// O (T, n_heads * head_dim) f32 = softmax(Q K^T / sqrt(head_dim)) V for queries Q
+// (T, n_heads * head_dim) f32 at positions start .. start + T - 1, each over the rows `vis` lets it
+// see (query head h reads KV head h / (n_heads / n_kv)). T == 1 runs split-K decode and needs
 // ws (AttendWorkspaceFloats); T > 1 runs the tiled prefill kernel, whose Q, K, V and probabilities
 // are rounded to bf16 (relative error ~4e-3 on outputs; decode reads every form exactly).
-void Attend(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const float* Q, int64_t T, int64_t start,
-            float* O, float* ws, int sm_count, cudaStream_t s);
+void Attend(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const Visibility& vis, const float* Q,
+            int64_t T, int64_t start, float* O, float* ws, int sm_count, cudaStream_t s);
 
 }  // namespace atp::cuda

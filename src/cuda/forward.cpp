@@ -89,9 +89,13 @@ class CudaForward : public ForwardBackend {
       for (int32_t r = it.all_logits ? 0 : n - 1; r < n; ++r) logit_rows.push_back(first + r);
     }
     const int64_t N = int64_t(tokens.size()), R = int64_t(logit_rows.size());
+    // X (the normed layer input, f32) is formed only for policies that read it (ATP's bases).
+    bool wants_x = false;
+    for (auto& it : items)
+      for (KvPolicy* kv : it.kv) wants_x = wants_x || kv->ReadsInput();
     // A single row (a decode step) takes the fused GEMV path: one launch per projection.
     const bool one_row = N == 1 && std::max({d, qd, ffn}) <= cuda::kGemvMaxIn && d % 8 == 0 && qd % 8 == 0 && ffn % 8 == 0;
-    for (auto [buf, n] : {std::pair{&x_, N * d}, {&qkv_, N * (qd + 2 * kvd)}, {&q_, N * qd}, {&k_, N * kvd},
+    for (auto [buf, n] : {std::pair{&x_, N * d}, {&xf_, wants_x ? N * d : 0}, {&qkv_, N * (qd + 2 * kvd)}, {&q_, N * qd}, {&k_, N * kvd},
                           {&v_, N * kvd}, {&att_, N * qd}, {&gu_, N * 2 * ffn}, {&logits_, R * V}})
       ATP_RETURN_IF_ERROR(buf->Grow(size_t(n)));
     for (auto [buf, n] : {std::pair{&xb_, N * d}, {&attb_, N * qd}, {&h_, N * ffn}, {&sel_, R * d}})
@@ -120,14 +124,14 @@ class CudaForward : public ForwardBackend {
         cuda::RmsNormBf16(x_.get(), nullptr, N, int(d), L.attn_norm.get(), eps, xb_.get(), s);
         ATP_RETURN_IF_ERROR(Gemm(L.wqkv.get(), qd + 2 * kvd, d, xb_.get(), N, qkv_.get(), 0.f));
       }
+      if (wants_x) cuda::RmsNormF32(x_.get(), N, int(d), L.attn_norm.get(), eps, xf_.get(), s);
       cuda::BiasRopeSplit(qkv_.get(), L.bqkv.get(), d_pos, inv_freq_.get(), N, c.num_heads, c.num_kv_heads,
                           c.head_dim, q_.get(), k_.get(), v_.get(), s);
       int64_t r = 0;
       for (auto& it : items) {
         KvPolicy* kv = it.kv[size_t(l)];
         std::span<const int32_t> p(pos.data() + r, it.tokens.size());
-        // X (the normed layer input) is not handed over: no GPU policy reads it (ATP would).
-        ATP_RETURN_IF_ERROR(kv->Append(p, nullptr, k_.get() + r * kvd, v_.get() + r * kvd));
+        ATP_RETURN_IF_ERROR(kv->Append(p, wants_x ? xf_.get() + r * d : nullptr, k_.get() + r * kvd, v_.get() + r * kvd));
         kv->Attend(p, q_.get() + r * qd, att_.get() + r * qd);
         r += int64_t(it.tokens.size());
       }
@@ -219,6 +223,7 @@ class CudaForward : public ForwardBackend {
   // Activations of the last call (N rows, R logit rows); grown, never shrunk.
   DeviceArray<int32_t> meta_;                 // (N) tokens, (N) positions, (R) logit rows
   DeviceArray<float> x_;                      // (N, d) residual stream
+  DeviceArray<float> xf_;                     // (N, d) normed input of attention, f32, for policies reading X
   DeviceArray<bf16> xb_;                      // (N, d) normed input of a sub-block
   DeviceArray<float> qkv_;                    // (N, qd + 2 kvd)
   DeviceArray<float> q_, k_, v_;              // (N, qd), (N, kvd), (N, kvd) post-RoPE

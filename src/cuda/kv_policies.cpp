@@ -1,13 +1,16 @@
 // KV policies whose rows live in GPU memory (cuda/backend.h): every token's K and V rows in one
 // form, dense or MX, the GPU twin of `dense` and of `mx` alone (kv/composite.h's codec policy); and
 // calibrated `lowrank`, whose coefficient rows are such rows of width r, between per-head changes of
-// basis. They accept device or host pointers; host buffers are staged, which only tests should do.
+// basis; `atp` lives in cuda/atp_policy.cpp. They accept device or host pointers; host buffers are
+// staged, which only tests should do.
 #include <algorithm>
 #include <cmath>
 
+#include "cuda/atp_policy.h"
 #include "cuda/attention.h"
 #include "cuda/backend.h"
 #include "cuda/check.h"
+#include "cuda/device_policy.h"
 #include "cuda/ops.h"
 #include "kv/lowrank_policy.h"
 #include "kv/policy_spec.h"
@@ -19,82 +22,10 @@ namespace {
 using cuda::DeviceArray;
 using cuda::DeviceRows;
 using cuda::KvFormat;
-
-// Whether p is device memory. The forward pass hands the same few device pointers every step, so
-// the last answer per call site is kept (a driver query costs about as much as a kernel launch).
-// A pointer value never changes kind while seen: device allocations come from their own range of
-// the unified address space, disjoint from host heap addresses.
-class PointerKind {
- public:
-  bool OnDevice(const void* p) {
-    if (p != last_) last_ = p, device_ = Query(p);
-    return device_;
-  }
-
- private:
-  static bool Query(const void* p);
-  const void* last_ = nullptr;
-  bool device_ = false;
-};
-
-bool PointerKind::Query(const void* p) {
-  cudaPointerAttributes attr{};
-  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-    cudaGetLastError();  // a plain host pointer may report an error on old drivers; it is not sticky
-    return false;
-  }
-  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
-}
-
-int SmCount() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
-    return std::max(v, 1);
-  }();
-  return n;
-}
-
-// f32 data at p, on the device: p itself, or a copy of n floats into `stage`.
-const float* Staged(const float* p, size_t n, PointerKind* kind, DeviceArray<float>* stage) {
-  if (kind->OnDevice(p)) return p;
-  if (!stage->Grow(n).ok()) return nullptr;
-  cudaMemcpy(stage->get(), p, n * sizeof(float), cudaMemcpyHostToDevice);
-  return stage->get();
-}
-
-// K or V rows of one layer, grown by doubling so that appends cost amortized O(1) copies.
-class RowBuffer {
- public:
-  RowBuffer(KvFormat f, int dim, int n_kv) : f_(f), dim_(dim), n_kv_(n_kv) {}
-  Status Reserve(int64_t tokens, int64_t keep) {
-    if (tokens <= cap_) return Status::Ok();
-    const int64_t cap = std::max<int64_t>(tokens, std::max<int64_t>(2 * cap_, 256));
-    const int64_t eb = cuda::TokenElemBytes(f_, dim_, n_kv_), sb = cuda::TokenScaleBytes(f_, dim_, n_kv_);
-    DeviceArray<uint8_t> next;
-    ATP_RETURN_IF_ERROR(next.Grow(size_t(cap * (eb + sb))));
-    if (keep > 0) {
-      ATP_CUDA_RETURN(cudaMemcpy(next.get(), buf_.get(), size_t(keep * eb), cudaMemcpyDeviceToDevice));
-      if (sb) ATP_CUDA_RETURN(cudaMemcpy(next.get() + cap * eb, buf_.get() + cap_ * eb, size_t(keep * sb),
-                                         cudaMemcpyDeviceToDevice));
-    }
-    buf_ = std::move(next);
-    cap_ = cap;
-    return Status::Ok();
-  }
-  DeviceRows rows() const {
-    const int64_t eb = cuda::TokenElemBytes(f_, dim_, n_kv_);
-    return {f_, buf_.get(), cuda::IsMx(f_) ? buf_.get() + cap_ * eb : nullptr, dim_, n_kv_};
-  }
-  int64_t TokenBytes() const { return cuda::TokenElemBytes(f_, dim_, n_kv_) + cuda::TokenScaleBytes(f_, dim_, n_kv_); }
-
- private:
-  KvFormat f_;
-  int dim_, n_kv_;
-  int64_t cap_ = 0;
-  DeviceArray<uint8_t> buf_;  // (cap_, elem bytes) then (cap_, scale bytes)
-};
+using cuda::PointerKind;
+using cuda::RowBuffer;
+using cuda::SmCount;
+using cuda::Staged;
 
 class CudaRowsPolicy : public KvPolicy {
  public:
@@ -128,12 +59,13 @@ class CudaRowsPolicy : public KvPolicy {
     const float* dq = Staged(Q, nq, &kind_q_, &stage_q_);
     if (host_out) (void)stage_o_.Grow(nq);
     (void)ws_.Grow(size_t(cuda::AttendWorkspaceFloats(a, start + T, SmCount())));
-    cuda::Attend(a, k_.rows(), v_.rows(), dq, T, start, host_out ? stage_o_.get() : O, ws_.get(), SmCount(), nullptr);
+    cuda::Attend(a, k_.rows(), v_.rows(), {}, dq, T, start, host_out ? stage_o_.get() : O, ws_.get(), SmCount(), nullptr);
     if (host_out) cudaMemcpy(O, stage_o_.get(), nq * sizeof(float), cudaMemcpyDeviceToHost);
   }
 
   size_t Bytes() const override { return size_t(len_ * (k_.TokenBytes() + v_.TokenBytes())); }
   int64_t Length() const override { return len_; }
+  bool ReadsInput() const override { return false; }
 
  private:
   KvShape shape_;
@@ -194,6 +126,7 @@ class CudaLowRankPolicy : public KvPolicy {
 
   size_t Bytes() const override { return inner_.Bytes(); }  // calibrated bases belong to the model, as on the CPU
   int64_t Length() const override { return inner_.Length(); }
+  bool ReadsInput() const override { return false; }
 
  private:
   KvShape s_;
@@ -261,8 +194,9 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
   const std::string canon = cpu->Describe();
   ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(canon));
   const std::string supported =
-      "--device cuda supports dense:dtype=f32|f16|bf16, mx:fmt=fp8_e4m3|fp4 and lowrank:rk=R,rv=R (calibrated, "
-      "R = 32, 64 or 128, f32 coefficients)";
+      "--device cuda supports dense:dtype=f32|f16|bf16, mx:fmt=fp8_e4m3|fp4, atp (basis=input, proj=dense, "
+      "block <= 64) and lowrank:rk=R,rv=R (calibrated, R = 32, 64 or 128, f32 coefficients)";
+  if (ps.name() == "atp") return MakeCudaAtpFactory(ps, canon);
   if (canon.rfind("lowrank:", 0) == 0) {
     ATP_ASSIGN_OR_RETURN(PolicySpec given, PolicySpec::Parse(spec));
     ATP_ASSIGN_OR_RETURN(int rk, ps.Int("rk", 16, 1, 4096));

@@ -44,7 +44,15 @@ __device__ float BlockSum(float v, float* red) {
   return t;
 }
 
-__global__ void RmsNormKernel(const float* x, const int32_t* rows, int d, const float* w, float eps, bf16* y) {
+template <typename T>
+__device__ T Store(float x);
+template <>
+__device__ float Store<float>(float x) { return x; }
+template <>
+__device__ bf16 Store<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+template <typename T>
+__global__ void RmsNormKernel(const float* x, const int32_t* rows, int d, const float* w, float eps, T* y) {
   __shared__ float red[32];
   const int64_t r = blockIdx.x;
   const float* xr = x + (rows ? int64_t(rows[r]) : r) * d;
@@ -53,7 +61,7 @@ __global__ void RmsNormKernel(const float* x, const int32_t* rows, int d, const 
   // f32 sums of d/256 squares per thread, then a tree: relative error ~1e-6, far under bf16's
   // 4e-3 rounding of the output (the CPU sums in double).
   const float inv = rsqrtf(BlockSum(ss, red) / float(d) + eps);
-  for (int i = threadIdx.x; i < d; i += blockDim.x) y[r * d + i] = __float2bfloat16_rn(xr[i] * inv * w[i]);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) y[r * d + i] = Store<T>(xr[i] * inv * w[i]);
 }
 
 // One block per row; thread i handles rotation pair i of every head (and the V copy).
@@ -174,6 +182,10 @@ void EmbedRows(const bf16* table, const int32_t* tokens, int64_t n, int d, float
 void RmsNormBf16(const float* x, const int32_t* rows, int64_t n, int d, const float* w, float eps, bf16* y,
                  cudaStream_t s) {
   if (n > 0) RmsNormKernel<<<unsigned(n), kThreads, 0, s>>>(x, rows, d, w, eps, y);
+}
+
+void RmsNormF32(const float* x, int64_t n, int d, const float* w, float eps, float* y, cudaStream_t s) {
+  if (n > 0) RmsNormKernel<<<unsigned(n), kThreads, 0, s>>>(x, static_cast<const int32_t*>(nullptr), d, w, eps, y);
 }
 
 void BiasRopeSplit(const float* qkv, const float* bias, const int32_t* pos, const float* inv_freq, int64_t n,

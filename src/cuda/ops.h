@@ -25,6 +25,8 @@ void RmsNormBf16(const float* x, const int32_t* rows, int64_t n, int d, const fl
 // v (n, kvd) copied.
 void BiasRopeSplit(const float* qkv, const float* bias, const int32_t* pos, const float* inv_freq, int64_t n,
                    int n_heads, int n_kv, int head_dim, float* q, float* k, float* v, cudaStream_t s);
+// The same in f32, rows 0..n-1: the layer input X handed to policies that read it (ReadsInput).
+void RmsNormF32(const float* x, int64_t n, int d, const float* w, float eps, float* y, cudaStream_t s);
 // h (n, ffn) bf16 = silu(gate) * up, from gu (n, 2*ffn) f32 holding gate | up per row.
 void SiluMulBf16(const float* gu, int64_t n, int ffn, bf16* h, cudaStream_t s);
 // The input of a one-row projection, formed on the fly from f32 activations and rounded to bf16

@@ -47,6 +47,7 @@ class TimedPolicy : public KvPolicy {
   }
   size_t Bytes() const override { return p_->Bytes(); }
   int64_t Length() const override { return p_->Length(); }
+  bool ReadsInput() const override { return p_->ReadsInput(); }
 
  private:
   std::unique_ptr<KvPolicy> p_;

@@ -58,6 +58,10 @@ class KvPolicy {
   // uses only what was appended for positions <= p. All `positions` must have been appended.
   virtual void Attend(std::span<const int32_t> positions, const float* Q, float* O) = 0;
 
+  // Whether Append reads X. A backend whose decode step never forms X on its own (the GPU's
+  // projections normalize their input in registers) forms it only for policies that say yes.
+  virtual bool ReadsInput() const { return true; }
+
   // Exact bytes held for this sequence and layer (data plus per-block metadata).
   virtual size_t Bytes() const = 0;
   // Number of tokens appended so far.

@@ -1,0 +1,216 @@
+// Kernels behind cuda/block_basis.h.
+#include <cmath>
+
+#include "cuda/block_basis.h"
+
+namespace atp::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kLd = kMaxBasisBlock + 1;  // row stride of the shared matrices (odd: no bank conflicts)
+constexpr int kXc = 64;                  // columns of X staged per step of the Gram product
+
+struct BasisSmem {
+  static constexpr size_t kA = 0, kV = kA + sizeof(double) * kMaxBasisBlock * kLd,
+                          kX = kV + sizeof(double) * kMaxBasisBlock * kLd,
+                          kRot = kX + sizeof(float) * kMaxBasisBlock * (kXc + 1),
+                          kBytes = kRot + sizeof(double) * kMaxBasisBlock + sizeof(int) * 2 * kMaxBasisBlock;
+};
+
+// Sum over the block; every thread gets the total. `red` holds one double per warp.
+__device__ double BlockSum(double v, double* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  double t = 0;
+  for (int w = 0; w < kThreads / 32; ++w) t += red[w];
+  __syncthreads();
+  return t;
+}
+
+// The players of round `round` of a round-robin over m + 1 players (0 fixed, 1..m on a circle,
+// m odd): pair i of m/2 + 1. Every pair of indices meets once in m rounds: one Jacobi sweep.
+__device__ void RoundPair(int round, int i, int m, int* p, int* q) {
+  const auto at = [&](int j) { return (j + round) % m + 1; };
+  if (i == 0) {
+    *p = 0, *q = at(0);
+  } else {
+    *p = at(i), *q = at(m - i);
+  }
+}
+
+// One thread block per matrix: G = X X^T in double, cyclic Jacobi until the off-diagonal mass is
+// below 1e-26 of the total mass (norm 1e-13; at most 40 sweeps), then columns sorted by
+// descending eigenvalue, signs fixed and the rank chosen exactly as kv/linalg.cpp does.
+__global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, const float* rest, int B, int d, int rank,
+                                                         double tau, float* U, int32_t* ranks) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  double* A = reinterpret_cast<double*>(smem + BasisSmem::kA);
+  double* V = reinterpret_cast<double*>(smem + BasisSmem::kV);
+  float* Xs = reinterpret_cast<float*>(smem + BasisSmem::kX);
+  double* cs = reinterpret_cast<double*>(smem + BasisSmem::kRot);  // (pairs) cos, then sin
+  int* pq = reinterpret_cast<int*>(cs + kMaxBasisBlock);           // (pairs) p, q
+  __shared__ double red[kThreads / 32];
+  const int z = blockIdx.x;
+  const float* X = first ? (z == 0 ? first : rest + int64_t(z - 1) * B * d) : rest + int64_t(z) * B * d;
+
+  // Gram in double: thread t accumulates entries t, t + kThreads, ... of the B x B matrix.
+  constexpr int kPer = kMaxBasisBlock * kMaxBasisBlock / kThreads;
+  double acc[kPer] = {};
+  for (int c0 = 0; c0 < d; c0 += kXc) {
+    const int w = min(kXc, d - c0);
+    __syncthreads();
+    for (int e = threadIdx.x; e < B * kXc; e += kThreads) {
+      const int i = e / kXc, c = e % kXc;
+      Xs[i * (kXc + 1) + c] = c < w ? X[int64_t(i) * d + c0 + c] : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int e = threadIdx.x + k * kThreads, i = e / kMaxBasisBlock, j = e % kMaxBasisBlock;
+      if (i < B && j < B)
+        for (int c = 0; c < w; ++c) acc[k] += double(Xs[i * (kXc + 1) + c]) * double(Xs[j * (kXc + 1) + c]);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int e = threadIdx.x + k * kThreads, i = e / kMaxBasisBlock, j = e % kMaxBasisBlock;
+    if (i < B && j < B) A[i * kLd + j] = acc[k], V[i * kLd + j] = i == j ? 1.0 : 0.0;
+  }
+  __syncthreads();
+
+  // An odd B gets a dummy player n - 1 = B that never rotates.
+  const int n = B + (B & 1), m = n - 1, pairs = n / 2;
+  for (int sweep = 0; sweep < 40; ++sweep) {
+    double off = 0, all = 0;
+    for (int e = threadIdx.x; e < B * B; e += kThreads) {
+      const double a = A[(e / B) * kLd + e % B];
+      all += a * a;
+      if (e / B != e % B) off += a * a;
+    }
+    off = BlockSum(off, red);
+    all = BlockSum(all, red);
+    if (!(off > 1e-26 * all)) break;  // off-diagonal norm <= 1e-13 of the whole; every thread gets the same verdict
+    for (int round = 0; round < m; ++round) {
+      if (threadIdx.x < pairs) {
+        int p, q;
+        RoundPair(round, threadIdx.x, m, &p, &q);
+        if (p > q) { const int t = p; p = q; q = t; }
+        double c = 1, s = 0;
+        if (q < B) {
+          const double apq = A[p * kLd + q];
+          if (apq != 0) {  // Numerical Recipes' rotation: A' = J^T A J zeroes A'[p][q]
+            const double theta = (A[q * kLd + q] - A[p * kLd + p]) / (2 * apq);
+            const double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1));
+            c = 1 / sqrt(t * t + 1), s = t * c;
+          }
+        }
+        cs[threadIdx.x] = c, cs[kMaxBasisBlock / 2 + threadIdx.x] = s;
+        pq[2 * threadIdx.x] = p, pq[2 * threadIdx.x + 1] = q;
+      }
+      __syncthreads();
+      // Rows p, q of A (J^T A); the pairs are disjoint, so all rotations of a round commute.
+      for (int e = threadIdx.x; e < pairs * B; e += kThreads) {
+        const int k = e / B, col = e % B, p = pq[2 * k], q = pq[2 * k + 1];
+        if (q >= B) continue;
+        const double c = cs[k], s = cs[kMaxBasisBlock / 2 + k], ap = A[p * kLd + col], aq = A[q * kLd + col];
+        A[p * kLd + col] = c * ap - s * aq, A[q * kLd + col] = s * ap + c * aq;
+      }
+      __syncthreads();
+      // Columns p, q of A (A J) and of V (V J).
+      for (int e = threadIdx.x; e < pairs * B; e += kThreads) {
+        const int k = e / B, row = e % B, p = pq[2 * k], q = pq[2 * k + 1];
+        if (q >= B) continue;
+        const double c = cs[k], s = cs[kMaxBasisBlock / 2 + k];
+        const double ap = A[row * kLd + p], aq = A[row * kLd + q], vp = V[row * kLd + p], vq = V[row * kLd + q];
+        A[row * kLd + p] = c * ap - s * aq, A[row * kLd + q] = s * ap + c * aq;
+        V[row * kLd + p] = c * vp - s * vq, V[row * kLd + q] = s * vp + c * vq;
+      }
+      __syncthreads();
+    }
+  }
+
+  // Order by descending eigenvalue (stable), then per column: float entries, sign by their sum.
+  int* order = pq;
+  if (threadIdx.x < B) {
+    const double me = A[threadIdx.x * kLd + threadIdx.x];
+    int before = 0;
+    for (int j = 0; j < B; ++j) {
+      const double o = A[j * kLd + j];
+      before += o > me || (o == me && j < int(threadIdx.x));
+    }
+    order[before] = threadIdx.x;
+  }
+  __syncthreads();
+  float* Uz = U + int64_t(z) * B * B;
+  if (threadIdx.x < B) {
+    const int c = threadIdx.x, src = order[c];
+    double sum = 0;
+    for (int i = 0; i < B; ++i) sum += double(float(V[i * kLd + src]));
+    const float sign = sum < 0 ? -1.f : 1.f;
+    for (int i = 0; i < B; ++i) Uz[i * B + c] = sign * float(V[i * kLd + src]);
+  }
+  if (threadIdx.x == 0) {
+    int r = min(max(rank, 1), B);
+    if (tau > 0) {
+      double total = 0, acc = 0;
+      for (int c = 0; c < B; ++c) {
+        const float s = float(sqrt(fmax(0.0, A[order[c] * kLd + order[c]])));
+        total += double(s) * s;
+      }
+      r = B;
+      for (int c = 0; c < B; ++c) {
+        const float s = float(sqrt(fmax(0.0, A[order[c] * kLd + order[c]])));
+        acc += double(s) * s;
+        if (acc >= tau * total) {
+          r = c + 1;
+          break;
+        }
+      }
+    }
+    ranks[z] = r;
+  }
+}
+
+// Block (z, c): principal row c of block z, if c < ranks[z]; threads over the row's width.
+__global__ void PrincipalKernel(const float* U, const int32_t* ranks, int B, const float* K, const float* V, int width,
+                                float* PK, float* PV) {
+  const int z = blockIdx.x, c = blockIdx.y;
+  if (c >= ranks[z]) return;
+  int64_t row = c;
+  for (int y = 0; y < z; ++y) row += ranks[y];
+  const float* u = U + int64_t(z) * B * B + c;
+  const float* k = K + int64_t(z) * B * width;
+  const float* v = V + int64_t(z) * B * width;
+  for (int j = threadIdx.x; j < width; j += blockDim.x) {
+    float pk = 0, pv = 0;
+    for (int i = 0; i < B; ++i) {
+      const float ui = u[int64_t(i) * B];
+      pk = __fadd_rn(pk, __fmul_rn(ui, k[int64_t(i) * width + j]));
+      pv = __fadd_rn(pv, __fmul_rn(ui, v[int64_t(i) * width + j]));
+    }
+    PK[row * width + j] = pk, PV[row * width + j] = pv;
+  }
+}
+
+}  // namespace
+
+void BlockBases(const float* first, const float* rest, int n, int B, int d, int rank, double tau, float* U,
+                int32_t* ranks, cudaStream_t s) {
+  if (n <= 0) return;
+  static const bool opted = [] {
+    cudaFuncSetAttribute(BasisKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(BasisSmem::kBytes));
+    return true;
+  }();
+  (void)opted;
+  BasisKernel<<<unsigned(n), kThreads, BasisSmem::kBytes, s>>>(first, rest, B, d, rank, tau, U, ranks);
+}
+
+void PrincipalRows(const float* U, const int32_t* ranks, int n, int B, int max_rank, const float* K, const float* V,
+                   int width, float* PK, float* PV, cudaStream_t s) {
+  if (n <= 0 || max_rank <= 0) return;
+  PrincipalKernel<<<dim3(unsigned(n), unsigned(max_rank)), 128, 0, s>>>(U, ranks, B, K, V, width, PK, PV);
+}
+
+}  // namespace atp::cuda

@@ -1,0 +1,57 @@
+// Pieces every GPU KV policy (cuda/backend.h's MakeCudaKvFactory) is built from: rows of one layer
+// in device memory, and the staging that lets tests drive a policy with host buffers.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "core/status.h"
+#include "cuda/attention.h"
+#include "cuda/check.h"
+
+namespace atp::cuda {
+
+// Whether p is device memory. The forward pass hands the same few device pointers every step, so
+// the last answer per call site is kept (a driver query costs about as much as a kernel launch).
+// A pointer value never changes kind while seen: device allocations come from their own range of
+// the unified address space, disjoint from host heap addresses.
+class PointerKind {
+ public:
+  bool OnDevice(const void* p) {
+    if (p != last_) last_ = p, device_ = Query(p);
+    return device_;
+  }
+
+ private:
+  static bool Query(const void* p);
+  const void* last_ = nullptr;
+  bool device_ = false;
+};
+
+// Multiprocessors of the current device (the decode kernels' split).
+int SmCount();
+
+// f32 data at p, on the device: p itself, or a copy of n floats into `stage` (null if that fails).
+const float* Staged(const float* p, size_t n, PointerKind* kind, DeviceArray<float>* stage);
+
+// K or V rows of one layer, grown by doubling so that appends cost amortized O(1) copies.
+class RowBuffer {
+ public:
+  RowBuffer(KvFormat f, int dim, int n_kv) : f_(f), dim_(dim), n_kv_(n_kv) {}
+  // Room for `tokens` rows, keeping the first `keep`.
+  Status Reserve(int64_t tokens, int64_t keep) { return tokens <= cap_ ? Status::Ok() : Move(std::max(2 * cap_, tokens), 0, keep); }
+  // Rows [from, from + keep) moved to the front of a new buffer with room for `tokens` rows (a
+  // policy dropping its oldest rows; the new buffer avoids an overlapping copy).
+  Status Compact(int64_t from, int64_t keep, int64_t tokens) { return Move(2 * tokens, from, keep); }
+  DeviceRows rows() const;
+  int64_t capacity() const { return cap_; }
+  int64_t TokenBytes() const { return TokenElemBytes(f_, dim_, n_kv_) + TokenScaleBytes(f_, dim_, n_kv_); }
+
+ private:
+  Status Move(int64_t cap, int64_t from, int64_t keep);
+  KvFormat f_;
+  int dim_, n_kv_;
+  int64_t cap_ = 0;
+  DeviceArray<uint8_t> buf_;  // (cap_, elem bytes) then (cap_, scale bytes)
+};
+
+}  // namespace atp::cuda
