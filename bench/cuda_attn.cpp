@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cuda/attention.h"
+#include "cuda/block_basis.h"
 #include "cuda/ops.h"
 
 namespace {
@@ -71,6 +72,54 @@ const char* Name(KvFormat f) {
     case KvFormat::kMxFp4: return "mx:fmt=fp4";
   }
   return "?";
+}
+
+// The same kernels under ATP's visibility (block 64, rank 16, window 64: r/B = 1/4): the query at
+// L-1 sees 16 principal rows per compressed block and its exact window, so decode reads about a
+// quarter of the rows. The principal rows are the layer's first rows (random values; only their
+// count matters for time). Then the block basis alone (cuda/block_basis.h: Gram + Jacobi), for
+// one block (a decode step's) and for 64 (a prefill's launch).
+void AtpRows(const atp::cuda::AttnShape& shape, const std::vector<DeviceRows>& ks, const std::vector<DeviceRows>& vs,
+             const float* q, float* o, int sms, int L) {
+  constexpr int kBlock = 64, kRank = 16, kWindow = 64, kDModel = 2048;
+  const int64_t nb = L - 1 >= kWindow ? (L - 1 - kWindow) / kBlock : 0;
+  std::vector<int32_t> ends(size_t(nb) + 1);
+  for (size_t b = 0; b < ends.size(); ++b) ends[b] = int32_t((b + 1) * kRank);
+  int32_t* d_ends;
+  CHECK(cudaMalloc(&d_ends, ends.size() * sizeof(int32_t)));
+  CHECK(cudaMemcpy(d_ends, ends.data(), ends.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  atp::cuda::Visibility vis;
+  vis.block = kBlock, vis.window = kWindow, vis.pre_end = d_ends, vis.last_pre = nb * kRank;
+  float* ws;  // sized for the rows this query sees: its two ranges may take more splits than L dense rows
+  CHECK(cudaMalloc(&ws, sizeof(float) * size_t(atp::cuda::AttendWorkspaceFloats(shape, vis.last_pre + L - nb * kBlock, sms))));
+  const double dec = TimeMs([&] {
+    for (int l = 0; l < kLayers; ++l) {
+      vis.pk = ks[size_t(l)], vis.pv = vs[size_t(l)];
+      atp::cuda::Attend(shape, ks[size_t(l)], vs[size_t(l)], vis, q, 1, L - 1, o, ws, sms, nullptr);
+    }
+  }, 20) / kLayers;
+  const double bytes = double(vis.last_pre + L - nb * kBlock) * 2 * atp::cuda::TokenElemBytes(KvFormat::kBF16, kHd, kKv);
+  std::printf("{\"what\":\"decode\",\"kv\":\"atp_b64_r16_bf16\",\"context\":%d,\"us_per_layer\":%.2f,"
+              "\"kv_bytes_per_layer\":%.0f,\"gb_s\":%.1f}\n", L, dec * 1e3, bytes, bytes / dec / 1e6);
+  vis.pk = ks[0], vis.pv = vs[0];
+  const double pre = TimeMs([&] { atp::cuda::Attend(shape, ks[0], vs[0], vis, q, L, 0, o, ws, sms, nullptr); }, 3);
+  std::printf("{\"what\":\"prefill\",\"kv\":\"atp_b64_r16_bf16\",\"context\":%d,\"ms_per_layer\":%.3f}\n", L, pre);
+  CHECK(cudaFree(d_ends));
+  CHECK(cudaFree(ws));
+  if (L != 32768) return;  // q holds enough Gaussian floats for 64 blocks only here
+  for (int n : {1, 64}) {
+    float *x, *u;
+    int32_t* ranks;
+    CHECK(cudaMalloc(&x, sizeof(float) * size_t(n) * kBlock * kDModel));
+    CHECK(cudaMalloc(&u, sizeof(float) * size_t(n) * kBlock * kBlock));
+    CHECK(cudaMalloc(&ranks, sizeof(int32_t) * size_t(n)));
+    CHECK(cudaMemcpy(x, q, sizeof(float) * size_t(n) * kBlock * kDModel, cudaMemcpyDeviceToDevice));  // Gaussian rows
+    const double ms = TimeMs([&] { atp::cuda::BlockBases(nullptr, x, n, kBlock, kDModel, kRank, 0, u, ranks, nullptr); }, 5);
+    std::printf("{\"what\":\"block_basis\",\"blocks\":%d,\"block\":%d,\"d_model\":%d,\"ms\":%.3f}\n", n, kBlock, kDModel, ms);
+    CHECK(cudaFree(x));
+    CHECK(cudaFree(u));
+    CHECK(cudaFree(ranks));
+  }
 }
 
 }  // namespace
@@ -183,6 +232,7 @@ int main(int argc, char** argv) {
       const double flop = 4.0 * kHd * kHeads * (double(L) * (L + 1) / 2);  // QK^T and PV over the causal half
       std::printf("{\"what\":\"prefill\",\"kv\":\"%s\",\"context\":%d,\"ms_per_layer\":%.3f,\"tflop_s\":%.2f}\n", Name(f), L,
                   pre, flop / pre / 1e9);
+      if (f == KvFormat::kBF16) AtpRows(shape, ks, vs, q, o, sms, L);
       std::fflush(stdout);
       for (auto* p : bufs) CHECK(cudaFree(p));
       CHECK(cudaFree(src));

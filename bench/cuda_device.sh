@@ -66,7 +66,7 @@ tests() {
     tail -2 | tee "$OUT/generate.json"
 }
 bench_one() {  # kv context repeats prompt_tokens
-  timeout 150 $atp bench -m /tmp/l1b --device cuda --kv "$1" --prompt-tokens "$4" --context "$2" --decode-tokens 32 \
+  timeout 150 $atp bench -m /tmp/l1b --device cuda --kv "$1" --prompt-tokens "$4" --context "$2" --decode-tokens ${DECODE:-32} \
     --repeats "$3" --json 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl"
 }
 # bench: prefill of the context length itself; decode_only: a 1024-token prefill (prefill unchanged).

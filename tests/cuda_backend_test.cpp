@@ -165,7 +165,8 @@ TEST(CudaKv, LowRankMatchesCpuTwin) {
 
 // ATP (basis=input) against the CPU policy of the same string: blocks completed inside long chunks
 // (case 4 compresses 93 blocks in one call: two basis launches), across chunk boundaries and by
-// decode steps; a fixed rank, an energy threshold (ranks from the data), and bf16 rows. The GPU's
+// decode steps (in the background; block=16 with window=16 has queries see such blocks 16 steps
+// later, in cases 0 and 2); a fixed rank, an energy threshold (ranks from the data), and bf16 rows. The GPU's
 // bases come from Jacobi rotations in double, the CPU's from LAPACK's dsyevd: the same singular
 // vectors to ~1e-13, the same floats after rounding (the CPU sums the principal rows in the same
 // order), so f32 decode holds kDecodeTol. With bf16 rows a principal element within ~1e-7 of a
@@ -173,8 +174,8 @@ TEST(CudaKv, LowRankMatchesCpuTwin) {
 // one term: 1e-2 bounds that and still fails on a wrong block, rank or window by ~1.
 TEST(CudaKv, AtpMatchesCpuTwin) {
   ATP_SKIP_WITHOUT_GPU();
-  for (const std::string spec : {"atp:block=32,rank=8,window=32", "atp:block=16,tau=0.9,window=0",
-                                 "atp:block=64,rank=16,window=64,dtype=bf16"}) {
+  for (const std::string spec : {"atp:block=32,rank=8,window=32", "atp:block=16,rank=4,window=16",
+                                 "atp:block=16,tau=0.9,window=0", "atp:block=64,rank=16,window=64,dtype=bf16"}) {
     auto cpu = ParseKvPolicy(spec);
     auto gpu = MakeCudaKvFactory(spec);
     ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();

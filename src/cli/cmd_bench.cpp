@@ -36,6 +36,7 @@ void AddBench(CLI::App& app, Runner* run) {
                           {"random_fill", o->b.random_fill},
                           {"prefill_tok_s", r->prefill_tok_s}, {"prefill_gflop_s", r->prefill_flop_s / 1e9},
                           {"decode_tok_s", r->decode_tok_s}, {"decode_ms_per_token", r->decode_ms_per_token},
+                          {"decode_ms_per_token_mean", r->decode_ms_per_token_mean},
                           {"kv_ms_per_token", r->attention_ms_per_token}, {"kv_bytes_per_token", r->kv_bytes_per_token},
                           {"bytes_per_decode_token", r->bytes_per_decode_token}, {"roofline_fraction", nullptr}};
       if (o->roofline) {

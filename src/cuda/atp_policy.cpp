@@ -4,7 +4,9 @@
 // cuda::Visibility, so the same decode and prefill kernels serve dense and ATP. Everything the CPU
 // policy keeps is kept here in the same amounts (Bytes() agrees): exact rows from the first
 // position some future query sees exactly, the filling block's X, principal rows and per-head
-// block ends. The work of a prefill's many blocks is batched: one basis launch per 64 blocks.
+// block ends. The work of a prefill's many blocks is batched: one basis launch per 64 blocks. A
+// block completed by a decode step is compressed on a low-priority side stream: no query needs it
+// before `window` more tokens (Jacobi takes ~1.5 ms on one SM), so decode steps do not wait for it.
 #include "cuda/atp_policy.h"
 
 #include <algorithm>
@@ -29,11 +31,32 @@ struct Params {
   KvFormat fmt = KvFormat::kF32;
 };
 
+// The stream all ATP policies compress on in the background, at the lowest priority, not ordered
+// with the legacy default stream the forward pass runs on (events order the two where needed).
+cudaStream_t SideStream() {
+  static const cudaStream_t s = [] {
+    int least = 0, greatest = 0;
+    cudaDeviceGetStreamPriorityRange(&least, &greatest);
+    cudaStream_t st = nullptr;
+    cudaStreamCreateWithPriority(&st, cudaStreamNonBlocking, least);
+    return st;
+  }();
+  return s;
+}
+
 class CudaAtpPolicy : public KvPolicy {
  public:
   CudaAtpPolicy(const KvShape& s, const Params& p)
       : s_(s), p_(p), k_(p.fmt, s.head_dim, s.n_kv_heads), v_(p.fmt, s.head_dim, s.n_kv_heads),
-        pk_(p.fmt, s.head_dim, s.n_kv_heads), pv_(p.fmt, s.head_dim, s.n_kv_heads) {}
+        pk_(p.fmt, s.head_dim, s.n_kv_heads), pv_(p.fmt, s.head_dim, s.n_kv_heads) {
+    cudaEventCreateWithFlags(&stored_, cudaEventDisableTiming);
+    cudaEventCreateWithFlags(&compressed_, cudaEventDisableTiming);
+  }
+  ~CudaAtpPolicy() override {
+    cudaEventSynchronize(compressed_);  // the side stream may still write into this policy's buffers
+    cudaEventDestroy(stored_);
+    cudaEventDestroy(compressed_);
+  }
 
   Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) override {
     const int64_t T = int64_t(positions.size());
@@ -51,6 +74,7 @@ class CudaAtpPolicy : public KvPolicy {
     // No query from positions[0] on sees the blocks below this one exactly (kv/atp_policy.cpp).
     exact_begin_ = std::max(exact_begin_, CompressedBlocks(positions[0]) * B);
     if (len_ + T - phys0_ > k_.capacity()) {  // full: move the rows still seen to the front
+      AwaitCompression();  // the old buffer is released after the forward's stream, so after this
       const int64_t keep = len_ - exact_begin_, from = exact_begin_ - phys0_;
       ATP_RETURN_IF_ERROR(k_.Compact(from, keep, keep + T));
       ATP_RETURN_IF_ERROR(v_.Compact(from, keep, keep + T));
@@ -59,7 +83,10 @@ class CudaAtpPolicy : public KvPolicy {
     cuda::StoreKv(k_.rows(), v_.rows(), len_ - phys0_, dk, dv, T, nullptr);
 
     // X of the blocks this chunk completes: the first may have begun in an earlier call (x_fill_).
+    // Both X buffers are allocated before any background work: an allocation may wait for the
+    // whole device, side stream included (measured: a decode step waited for 16 layers' bases).
     ATP_RETURN_IF_ERROR(x_fill_.Grow(size_t(B) * size_t(d)));
+    ATP_RETURN_IF_ERROR(x_fill_next_.Grow(size_t(B) * size_t(d)));
     const int64_t filled = len_ % B, complete = (filled + T) / B;
     const float* first = nullptr;
     const float* rest = dx;
@@ -68,13 +95,17 @@ class CudaAtpPolicy : public KvPolicy {
                                       cudaMemcpyDeviceToDevice, nullptr));
       first = x_fill_.get(), rest = dx + (B - filled) * d;
     }
+    // In the background only when the one block completed lies in x_fill_ (a decode step: the chunk's X,
+    // the forward's buffer, is rewritten by the next layer) and its ranks are known without reading them.
+    const bool background = complete == 1 && filled > 0 && p_.tau <= 0;
     for (int64_t done = 0; done < complete; done += kBlocksPerLaunch) {
       const int n = int(std::min<int64_t>(kBlocksPerLaunch, complete - done));
       const float* group_first = done == 0 ? first : nullptr;
       const float* group_rest = rest + (first && done > 0 ? done - 1 : done) * B * d;
-      ATP_RETURN_IF_ERROR(CompressBlocks(len_ / B + done, n, group_first, group_rest));
+      ATP_RETURN_IF_ERROR(CompressBlocks(len_ / B + done, n, group_first, group_rest, background));
     }
-    // The rows of the block still filling.
+    // The rows of the block still filling (into the other X buffer when x_fill_ is being compressed).
+    if (background) std::swap(x_fill_, x_fill_next_);
     const int64_t tail = (filled + T) % B, from = complete > 0 ? T - tail : 0, at = complete > 0 ? 0 : filled;
     if (tail > 0 && T - from > 0)
       ATP_CUDA_RETURN(cudaMemcpyAsync(x_fill_.get() + at * d, dx + from * d, size_t((T - from) * d) * sizeof(float),
@@ -90,6 +121,7 @@ class CudaAtpPolicy : public KvPolicy {
     const size_t nq = size_t(T) * size_t(s_.q_dim());
     const cuda::AttnShape a{s_.n_heads, s_.n_kv_heads, s_.head_dim};
     const int64_t nb = CompressedBlocks(last);
+    if (nb > 0 && pending_ && nb > pending_block_) AwaitCompression();  // a query sees that block now
     cuda::Visibility vis;
     vis.first = phys0_, vis.block = p_.block, vis.window = p_.window;
     vis.pk = pk_.rows(), vis.pv = pv_.rows(), vis.pre_end = pre_end_.get();
@@ -117,29 +149,74 @@ class CudaAtpPolicy : public KvPolicy {
  private:
   int64_t CompressedBlocks(int64_t p) const { return p >= p_.window ? (p - p_.window) / p_.block : 0; }
 
+  // The forward's stream waits (on the device) for the last background compression.
+  void AwaitCompression() {
+    if (pending_) cudaStreamWaitEvent(nullptr, compressed_, 0);
+    pending_ = false;
+  }
+
   // Blocks b0 .. b0 + n - 1 (complete, their exact rows stored): bases from their X, principal
-  // rows appended, block ends recorded.
-  Status CompressBlocks(int64_t b0, int n, const float* first, const float* rest) {
+  // rows appended, block ends recorded; on the side stream when `background` (block ends and
+  // capacity are settled here first, so that nothing but the kernels runs there).
+  Status CompressBlocks(int64_t b0, int n, const float* first, const float* rest, bool background) {
+    // The last background compression read the X buffer now filling, used the scratch and wrote
+    // principal rows: the forward's stream waits for it before touching those (long done by now:
+    // a block takes B decode steps).
+    AwaitCompression();
     const int B = p_.block, kvd = s_.kv_dim();
     const int max_rank = p_.tau > 0 ? B : std::clamp(p_.rank, 1, B);
     for (auto [buf, count] : {std::pair{&u_, size_t(n) * B * B}, {&kb_, size_t(n) * B * kvd}, {&vb_, size_t(n) * B * kvd},
                               {&ppk_, size_t(n) * max_rank * kvd}, {&ppv_, size_t(n) * max_rank * kvd}})
       ATP_RETURN_IF_ERROR(buf->Grow(count));
     ATP_RETURN_IF_ERROR(ranks_.Grow(size_t(n)));
-    cuda::BlockBases(first, rest, n, B, s_.d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), nullptr);
+    if (!background) return Compress(b0, n, first, rest, max_rank, nullptr);
+    // Principal rows of a fixed rank: row counts and capacity need no result of the kernels.
+    ATP_RETURN_IF_ERROR(Record(std::vector<int32_t>(size_t(n), max_rank)));
+    ATP_CUDA_RETURN(cudaEventRecord(stored_, nullptr));  // the block's K, V and X are in place
+    ATP_CUDA_RETURN(cudaStreamWaitEvent(SideStream(), stored_, 0));
+    const int64_t rows = int64_t(n) * max_rank;
+    Launch(b0, n, first, rest, max_rank, principal_ - rows, rows, true, SideStream());
+    ATP_CUDA_RETURN(cudaEventRecord(compressed_, SideStream()));
+    pending_ = true, pending_block_ = b0 + n - 1;
+    return cuda::LastLaunch("atp compress");
+  }
+
+  // The kernels of CompressBlocks on stream s: bases (unless computed already), the blocks' rows in
+  // f32, `rows` principal rows written from principal row `at` on.
+  void Launch(int64_t b0, int n, const float* first, const float* rest, int max_rank, int64_t at, int64_t rows,
+              bool bases, cudaStream_t s) {
+    const int B = p_.block, kvd = s_.kv_dim();
+    if (bases) cuda::BlockBases(first, rest, n, B, s_.d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
     // The block's rows as the CPU reads them back: f32 of the stored (rounded) values.
-    cuda::LoadRowsF32(k_.rows(), b0 * B - phys0_, int64_t(n) * B, kb_.get(), nullptr);
-    cuda::LoadRowsF32(v_.rows(), b0 * B - phys0_, int64_t(n) * B, vb_.get(), nullptr);
-    cuda::PrincipalRows(u_.get(), ranks_.get(), n, B, max_rank, kb_.get(), vb_.get(), kvd, ppk_.get(), ppv_.get(), nullptr);
+    cuda::LoadRowsF32(k_.rows(), b0 * B - phys0_, int64_t(n) * B, kb_.get(), s);
+    cuda::LoadRowsF32(v_.rows(), b0 * B - phys0_, int64_t(n) * B, vb_.get(), s);
+    cuda::PrincipalRows(u_.get(), ranks_.get(), n, B, max_rank, kb_.get(), vb_.get(), kvd, ppk_.get(), ppv_.get(), at,
+                        pre_end_.get() + (pre_end_host_.size() - size_t(n)), s);
+    cuda::StoreKv(pk_.rows(), pv_.rows(), at, ppk_.get(), ppv_.get(), rows, s);
+  }
+
+  // Compression on the forward's stream; ranks from the data (tau) are read back first.
+  Status Compress(int64_t b0, int n, const float* first, const float* rest, int max_rank, cudaStream_t s) {
     std::vector<int32_t> ranks(size_t(n), max_rank);
-    if (p_.tau > 0)  // the ranks came from the data: the host needs them for the row counts
+    if (p_.tau > 0) {  // the row counts depend on the bases: compute them, read the ranks, then the rows
+      cuda::BlockBases(first, rest, n, p_.block, s_.d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
       ATP_CUDA_RETURN(cudaMemcpy(ranks.data(), ranks_.get(), size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    }
+    const int64_t at = principal_;
+    ATP_RETURN_IF_ERROR(Record(ranks));
+    Launch(b0, n, first, rest, max_rank, at, principal_ - at, p_.tau <= 0, s);
+    return cuda::LastLaunch("atp compress");
+  }
+
+  // Appends n blocks of the given ranks to the bookkeeping: block ends (the host's; Launch writes the
+  // device's), room for their principal rows and ends. Growing a device buffer frees the old one,
+  // which waits for the whole device: it happens when a capacity doubles, not per block.
+  Status Record(const std::vector<int32_t>& ranks) {
     int64_t rows = 0;
     const size_t old = pre_end_host_.size();
     for (int32_t r : ranks) pre_end_host_.push_back(int32_t(principal_ + (rows += r)));
     ATP_RETURN_IF_ERROR(pk_.Reserve(principal_ + rows, principal_));
     ATP_RETURN_IF_ERROR(pv_.Reserve(principal_ + rows, principal_));
-    cuda::StoreKv(pk_.rows(), pv_.rows(), principal_, ppk_.get(), ppv_.get(), rows, nullptr);
     principal_ += rows;
     if (pre_end_.size() < pre_end_host_.size()) {  // grow by doubling, keeping the ends so far
       DeviceArray<int32_t> next;
@@ -147,9 +224,7 @@ class CudaAtpPolicy : public KvPolicy {
       if (old > 0) ATP_CUDA_RETURN(cudaMemcpy(next.get(), pre_end_.get(), old * sizeof(int32_t), cudaMemcpyDeviceToDevice));
       pre_end_ = std::move(next);
     }
-    ATP_CUDA_RETURN(cudaMemcpy(pre_end_.get() + old, pre_end_host_.data() + old, size_t(n) * sizeof(int32_t),
-                               cudaMemcpyHostToDevice));
-    return cuda::LastLaunch("atp compress");
+    return Status::Ok();
   }
 
   KvShape s_;
@@ -162,7 +237,11 @@ class CudaAtpPolicy : public KvPolicy {
   int64_t principal_ = 0;
   std::vector<int32_t> pre_end_host_;  // principal rows standing for blocks 0..b
   DeviceArray<int32_t> pre_end_;
-  DeviceArray<float> x_fill_;  // (B, d_model): X of the filling block
+  DeviceArray<float> x_fill_;       // (B, d_model): X of the filling block
+  DeviceArray<float> x_fill_next_;  // the other buffer: X of a block compressed in the background
+  cudaEvent_t stored_ = nullptr, compressed_ = nullptr;  // forward's stream -> side stream, and back
+  bool pending_ = false;            // a background compression the forward's stream has not waited for
+  int64_t pending_block_ = 0;       // its last block
   DeviceArray<float> u_, kb_, vb_, ppk_, ppv_, ws_;  // scratch of compression and decode
   DeviceArray<int32_t> ranks_;
   DeviceArray<float> stage_k_, stage_v_, stage_x_, stage_q_, stage_o_;  // host-pointer staging (tests)

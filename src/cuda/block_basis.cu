@@ -7,7 +7,7 @@ namespace atp::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 1024;
 constexpr int kLd = kMaxBasisBlock + 1;  // row stride of the shared matrices (odd: no bank conflicts)
 constexpr int kXc = 64;                  // columns of X staged per step of the Gram product
 
@@ -80,8 +80,12 @@ __global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, cons
   }
   __syncthreads();
 
-  // An odd B gets a dummy player n - 1 = B that never rotates.
+  // An odd B gets a dummy player B (a zero row and column) whose rotations are the identity.
   const int n = B + (B & 1), m = n - 1, pairs = n / 2;
+  if (threadIdx.x == 0 && (B & 1)) {
+    for (int j = 0; j < n; ++j) A[B * kLd + j] = A[j * kLd + B] = 0, V[B * kLd + j] = V[j * kLd + B] = j == B;
+  }
+  __syncthreads();
   for (int sweep = 0; sweep < 40; ++sweep) {
     double off = 0, all = 0;
     for (int e = threadIdx.x; e < B * B; e += kThreads) {
@@ -96,35 +100,33 @@ __global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, cons
       if (threadIdx.x < pairs) {
         int p, q;
         RoundPair(round, threadIdx.x, m, &p, &q);
-        if (p > q) { const int t = p; p = q; q = t; }
         double c = 1, s = 0;
-        if (q < B) {
-          const double apq = A[p * kLd + q];
-          if (apq != 0) {  // Numerical Recipes' rotation: A' = J^T A J zeroes A'[p][q]
-            const double theta = (A[q * kLd + q] - A[p * kLd + p]) / (2 * apq);
-            const double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1));
-            c = 1 / sqrt(t * t + 1), s = t * c;
-          }
+        const double apq = A[p * kLd + q];
+        if (p < B && q < B && apq != 0) {  // Numerical Recipes' rotation: A' = J^T A J zeroes A'[p][q]
+          // t = tan of the angle, the smaller root of t^2 + 2 theta t - 1 = 0 for theta = (aqq - app) / 2apq,
+          // written with one division; c = rsqrt(1 + t^2) keeps c^2 + s^2 = 1 to double precision.
+          const double h = A[q * kLd + q] - A[p * kLd + p], g = 2 * apq;
+          const double t = (h >= 0 ? g : -g) / (fabs(h) + sqrt(h * h + g * g));
+          c = rsqrt(t * t + 1), s = t * c;
         }
         cs[threadIdx.x] = c, cs[kMaxBasisBlock / 2 + threadIdx.x] = s;
         pq[2 * threadIdx.x] = p, pq[2 * threadIdx.x + 1] = q;
       }
       __syncthreads();
-      // Rows p, q of A (J^T A); the pairs are disjoint, so all rotations of a round commute.
-      for (int e = threadIdx.x; e < pairs * B; e += kThreads) {
-        const int k = e / B, col = e % B, p = pq[2 * k], q = pq[2 * k + 1];
-        if (q >= B) continue;
-        const double c = cs[k], s = cs[kMaxBasisBlock / 2 + k], ap = A[p * kLd + col], aq = A[q * kLd + col];
-        A[p * kLd + col] = c * ap - s * aq, A[q * kLd + col] = s * ap + c * aq;
+      // The pairs are disjoint, so A' = J^T A J splits into 2 x 2 blocks (rows of pair k, columns
+      // of pair l), each read and written by one thread: one pass, no barrier inside the round.
+      for (int e = threadIdx.x; e < pairs * pairs; e += kThreads) {
+        const int k = e / pairs, l = e % pairs, p = pq[2 * k], q = pq[2 * k + 1], u = pq[2 * l], w = pq[2 * l + 1];
+        const double ck = cs[k], sk = cs[kMaxBasisBlock / 2 + k], cl = cs[l], sl = cs[kMaxBasisBlock / 2 + l];
+        const double apu = A[p * kLd + u], apw = A[p * kLd + w], aqu = A[q * kLd + u], aqw = A[q * kLd + w];
+        const double bpu = ck * apu - sk * aqu, bpw = ck * apw - sk * aqw;  // J^T A: rows p, q
+        const double bqu = sk * apu + ck * aqu, bqw = sk * apw + ck * aqw;
+        A[p * kLd + u] = cl * bpu - sl * bpw, A[p * kLd + w] = sl * bpu + cl * bpw;  // (J^T A) J: columns u, w
+        A[q * kLd + u] = cl * bqu - sl * bqw, A[q * kLd + w] = sl * bqu + cl * bqw;
       }
-      __syncthreads();
-      // Columns p, q of A (A J) and of V (V J).
-      for (int e = threadIdx.x; e < pairs * B; e += kThreads) {
-        const int k = e / B, row = e % B, p = pq[2 * k], q = pq[2 * k + 1];
-        if (q >= B) continue;
-        const double c = cs[k], s = cs[kMaxBasisBlock / 2 + k];
-        const double ap = A[row * kLd + p], aq = A[row * kLd + q], vp = V[row * kLd + p], vq = V[row * kLd + q];
-        A[row * kLd + p] = c * ap - s * aq, A[row * kLd + q] = s * ap + c * aq;
+      for (int e = threadIdx.x; e < pairs * n; e += kThreads) {  // V J: columns p, q of every row
+        const int k = e / n, row = e % n, p = pq[2 * k], q = pq[2 * k + 1];
+        const double c = cs[k], s = cs[kMaxBasisBlock / 2 + k], vp = V[row * kLd + p], vq = V[row * kLd + q];
         V[row * kLd + p] = c * vp - s * vq, V[row * kLd + q] = s * vp + c * vq;
       }
       __syncthreads();
@@ -175,11 +177,12 @@ __global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, cons
 
 // Block (z, c): principal row c of block z, if c < ranks[z]; threads over the row's width.
 __global__ void PrincipalKernel(const float* U, const int32_t* ranks, int B, const float* K, const float* V, int width,
-                                float* PK, float* PV) {
+                                float* PK, float* PV, int64_t base, int32_t* ends) {
   const int z = blockIdx.x, c = blockIdx.y;
   if (c >= ranks[z]) return;
   int64_t row = c;
   for (int y = 0; y < z; ++y) row += ranks[y];
+  if (c == 0 && threadIdx.x == 0) ends[z] = int32_t(base + row + ranks[z]);
   const float* u = U + int64_t(z) * B * B + c;
   const float* k = K + int64_t(z) * B * width;
   const float* v = V + int64_t(z) * B * width;
@@ -208,9 +211,9 @@ void BlockBases(const float* first, const float* rest, int n, int B, int d, int 
 }
 
 void PrincipalRows(const float* U, const int32_t* ranks, int n, int B, int max_rank, const float* K, const float* V,
-                   int width, float* PK, float* PV, cudaStream_t s) {
+                   int width, float* PK, float* PV, int64_t base, int32_t* ends, cudaStream_t s) {
   if (n <= 0 || max_rank <= 0) return;
-  PrincipalKernel<<<dim3(unsigned(n), unsigned(max_rank)), 128, 0, s>>>(U, ranks, B, K, V, width, PK, PV);
+  PrincipalKernel<<<dim3(unsigned(n), unsigned(max_rank)), 128, 0, s>>>(U, ranks, B, K, V, width, PK, PV, base, ends);
 }
 
 }  // namespace atp::cuda

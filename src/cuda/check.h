@@ -21,7 +21,11 @@ inline Status LastLaunch(const char* what) { return FromCuda(cudaGetLastError(),
 #define ATP_CUDA_RETURN(expr) ATP_RETURN_IF_ERROR(::atp::cuda::FromCuda((expr), #expr))
 
 // Owns count elements of T in device memory (uninitialized). Grow() keeps nothing: it is for
-// scratch whose contents are rewritten by every call.
+// scratch whose contents are rewritten by every call. Allocation and release are stream-ordered on
+// the legacy default stream, which the forward pass and the policies run on: a buffer is released
+// after the work queued there, without waiting for the whole device (cudaFree would, and so would
+// stall a decode step behind ATP's background compression). Work on any other stream must be
+// ordered before a release by its owner (cuda/atp_policy.cpp does, with an event).
 template <typename T>
 class DeviceArray {
  public:
@@ -44,7 +48,7 @@ class DeviceArray {
     if (count <= n_) return Status::Ok();
     Free();
     void* p = nullptr;
-    ATP_RETURN_IF_ERROR(FromCuda(cudaMalloc(&p, count * sizeof(T)), "cudaMalloc"));
+    ATP_RETURN_IF_ERROR(FromCuda(cudaMallocAsync(&p, count * sizeof(T), nullptr), "cudaMallocAsync"));
     p_ = static_cast<T*>(p);
     n_ = count;
     return Status::Ok();
@@ -54,8 +58,7 @@ class DeviceArray {
 
  private:
   void Free() {
-    // cudaFree synchronizes the device, so no queued kernel still reads the buffer.
-    if (p_) cudaFree(p_);
+    if (p_) cudaFreeAsync(p_, nullptr);  // after every kernel queued on the legacy stream that reads it
     p_ = nullptr;
     n_ = 0;
   }

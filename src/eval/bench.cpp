@@ -246,6 +246,9 @@ Result<BenchResult> BenchModel(LlamaModel& model, const KvPolicyFactory& kv, con
   double td = Median(steps);
   res.decode_tok_s = 1.0 / td;
   res.decode_ms_per_token = td * 1e3;
+  double sum = 0;
+  for (double t : steps) sum += t;
+  res.decode_ms_per_token_mean = steps.empty() ? 0 : sum / double(steps.size()) * 1e3;
   res.attention_ms_per_token = Median(attn_steps) * 1e3;
   if (opt.roofline) {
     res.bandwidth_bytes_s = Median(bandwidths);

@@ -40,6 +40,7 @@ struct BenchOptions {
 struct BenchResult {
   double prefill_tok_s = 0, prefill_flop_s = 0;
   double decode_tok_s = 0, decode_ms_per_token = 0;
+  double decode_ms_per_token_mean = 0;  // includes the rare slow steps the median hides (ATP's block compressions)
   double attention_ms_per_token = 0;  // time inside the KV policies (Append + Attend) per decode token
   double kv_bytes_per_token = 0;      // Bytes()/Length() of the sequence after the decode steps
   double bytes_per_decode_token = 0;  // weights + KV read per decode token
