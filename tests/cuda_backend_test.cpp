@@ -185,8 +185,25 @@ TEST(CudaKv, AtpMatchesCpuTwin) {
   }
 }
 
+// KIVI against the CPU codec policy: groups packed inside long chunks and by decode steps, every
+// bit width, exact residual rows in f32 and bf16, and R = 0 (every complete group packed). The GPU
+// packs with the CPU encoders' arithmetic (the same f16 parameters and codes), so decode reads the
+// same values and holds kDecodeTol; a code off by one would move outputs by a quantum (~1e-1 at 2
+// bits).
+TEST(CudaKv, KiviMatchesCpuTwin) {
+  ATP_SKIP_WITHOUT_GPU();
+  for (const std::string spec : {"kivi", "kivi:bits=4,group=16,residual=32", "kivi:bits=8,group=32,residual=0,dtype=bf16"}) {
+    auto cpu = ParseKvPolicy(spec);
+    auto gpu = MakeCudaKvFactory(spec);
+    ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
+    EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
+    for (size_t ci = 0; ci < Cases().size(); ++ci) ExpectTwins(spec, **cpu, **gpu, ci);
+  }
+}
+
 TEST(CudaKv, RejectsPoliciesWithoutKernels) {
-  for (const char* spec : {"atp:block=64,rank=16,basis=key", "atp:block=128,rank=16", "atp:rank=16,proj=lowrank", "kivi"}) {
+  for (const char* spec : {"atp:block=64,rank=16,basis=key", "atp:block=128,rank=16", "atp:rank=16,proj=lowrank",
+                           "h2o:budget=64+kivi", "kivi:group=12"}) {
     auto f = MakeCudaKvFactory(spec);
     ASSERT_FALSE(f.ok()) << spec;
     EXPECT_NE(f.status().ToString().find("no CUDA kernels"), std::string::npos) << f.status().ToString();

@@ -47,8 +47,8 @@ cudaStream_t SideStream() {
 class CudaAtpPolicy : public KvPolicy {
  public:
   CudaAtpPolicy(const KvShape& s, const Params& p)
-      : s_(s), p_(p), k_(p.fmt, s.head_dim, s.n_kv_heads), v_(p.fmt, s.head_dim, s.n_kv_heads),
-        pk_(p.fmt, s.head_dim, s.n_kv_heads), pv_(p.fmt, s.head_dim, s.n_kv_heads) {
+      : s_(s), p_(p), exact_(p.fmt, s.head_dim, s.n_kv_heads), pk_(p.fmt, s.head_dim, s.n_kv_heads),
+        pv_(p.fmt, s.head_dim, s.n_kv_heads) {
     cudaEventCreateWithFlags(&stored_, cudaEventDisableTiming);
     cudaEventCreateWithFlags(&compressed_, cudaEventDisableTiming);
   }
@@ -71,16 +71,9 @@ class CudaAtpPolicy : public KvPolicy {
     const float* dx = Staged(X, size_t(T * d), &kind_x_, &stage_x_);
     if (!dk || !dv || !dx) return Status::ResourceExhausted("cuda atp policy: cannot stage appended rows");
 
-    // No query from positions[0] on sees the blocks below this one exactly (kv/atp_policy.cpp).
-    exact_begin_ = std::max(exact_begin_, CompressedBlocks(positions[0]) * B);
-    if (len_ + T - phys0_ > k_.capacity()) {  // full: move the rows still seen to the front
-      AwaitCompression();  // the old buffer is released after the forward's stream, so after this
-      const int64_t keep = len_ - exact_begin_, from = exact_begin_ - phys0_;
-      ATP_RETURN_IF_ERROR(k_.Compact(from, keep, keep + T));
-      ATP_RETURN_IF_ERROR(v_.Compact(from, keep, keep + T));
-      phys0_ = exact_begin_;
-    }
-    cuda::StoreKv(k_.rows(), v_.rows(), len_ - phys0_, dk, dv, T, nullptr);
+    // No query from positions[0] on sees the blocks below this one exactly (kv/atp_policy.cpp). A
+    // replaced buffer is released after the forward's stream: it waits for background readers first.
+    ATP_RETURN_IF_ERROR(exact_.Append(len_, CompressedBlocks(positions[0]) * B, dk, dv, T, [&] { AwaitCompression(); }));
 
     // X of the blocks this chunk completes: the first may have begun in an earlier call (x_fill_).
     // Both X buffers are allocated before any background work: an allocation may wait for the
@@ -115,33 +108,22 @@ class CudaAtpPolicy : public KvPolicy {
   }
 
   void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    const int64_t T = int64_t(positions.size());
-    if (T == 0) return;
-    const int64_t start = positions[0], last = start + T - 1;
-    const size_t nq = size_t(T) * size_t(s_.q_dim());
-    const cuda::AttnShape a{s_.n_heads, s_.n_kv_heads, s_.head_dim};
-    const int64_t nb = CompressedBlocks(last);
+    if (positions.empty()) return;
+    const int64_t last = positions.back(), nb = CompressedBlocks(last);
     if (nb > 0 && pending_ && nb > pending_block_) AwaitCompression();  // a query sees that block now
     cuda::Visibility vis;
-    vis.first = phys0_, vis.block = p_.block, vis.window = p_.window;
+    vis.first = exact_.first(), vis.block = p_.block, vis.window = p_.window;
     vis.pk = pk_.rows(), vis.pv = pv_.rows(), vis.pre_end = pre_end_.get();
     vis.last_pre = nb > 0 ? pre_end_host_[size_t(nb - 1)] : 0;
-    const bool host_out = !kind_o_.OnDevice(O);
-    const float* dq = Staged(Q, nq, &kind_q_, &stage_q_);
-    if (!dq || (host_out && !stage_o_.Grow(nq).ok())) return;
-    if (!ws_.Grow(size_t(cuda::AttendWorkspaceFloats(a, vis.last_pre + last - nb * p_.block + 1, cuda::SmCount()))).ok())
-      return;
-    float* o = host_out ? stage_o_.get() : O;
-    cuda::Attend(a, k_.rows(), v_.rows(), vis, dq, T, start, o, ws_.get(), cuda::SmCount(), nullptr);
-    if (host_out) cudaMemcpy(O, o, nq * sizeof(float), cudaMemcpyDeviceToHost);
+    attention_.Run(s_, exact_.k(), exact_.v(), vis, positions, vis.last_pre + last - nb * p_.block + 1, Q, O);
   }
 
   // As the CPU policy counts: exact rows, the filling block's X (f32), principal rows, and one
   // 8-byte block end per KV head and compressed block.
   size_t Bytes() const override {
-    const int64_t row = k_.TokenBytes() + v_.TokenBytes();
-    return size_t((len_ - exact_begin_) * row + (len_ % p_.block) * s_.d_model * int64_t(sizeof(float)) +
-                  principal_ * row + int64_t(pre_end_host_.size()) * s_.n_kv_heads * int64_t(sizeof(int64_t)));
+    const int64_t row = pk_.TokenBytes() + pv_.TokenBytes();
+    return size_t(exact_.Bytes(len_) + (len_ % p_.block) * s_.d_model * int64_t(sizeof(float)) + principal_ * row +
+                  int64_t(pre_end_host_.size()) * s_.n_kv_heads * int64_t(sizeof(int64_t)));
   }
   int64_t Length() const override { return len_; }
   bool ReadsInput() const override { return true; }
@@ -188,8 +170,8 @@ class CudaAtpPolicy : public KvPolicy {
     const int B = p_.block, kvd = s_.kv_dim();
     if (bases) cuda::BlockBases(first, rest, n, B, s_.d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
     // The block's rows as the CPU reads them back: f32 of the stored (rounded) values.
-    cuda::LoadRowsF32(k_.rows(), b0 * B - phys0_, int64_t(n) * B, kb_.get(), s);
-    cuda::LoadRowsF32(v_.rows(), b0 * B - phys0_, int64_t(n) * B, vb_.get(), s);
+    cuda::LoadRowsF32(exact_.k(), b0 * B - exact_.first(), int64_t(n) * B, kb_.get(), s);
+    cuda::LoadRowsF32(exact_.v(), b0 * B - exact_.first(), int64_t(n) * B, vb_.get(), s);
     cuda::PrincipalRows(u_.get(), ranks_.get(), n, B, max_rank, kb_.get(), vb_.get(), kvd, ppk_.get(), ppv_.get(), at,
                         pre_end_.get() + (pre_end_host_.size() - size_t(n)), s);
     cuda::StoreKv(pk_.rows(), pv_.rows(), at, ppk_.get(), ppv_.get(), rows, s);
@@ -230,9 +212,7 @@ class CudaAtpPolicy : public KvPolicy {
   KvShape s_;
   Params p_;
   int64_t len_ = 0;
-  int64_t exact_begin_ = 0;  // first position some future query sees exactly
-  int64_t phys0_ = 0;        // position of row 0 of k_ and v_ (<= exact_begin_)
-  cuda::RowBuffer k_, v_;    // exact rows
+  cuda::ExactTail exact_;    // from the first position some future query sees exactly
   cuda::RowBuffer pk_, pv_;  // principal rows, all KV heads per row (one U serves every head)
   int64_t principal_ = 0;
   std::vector<int32_t> pre_end_host_;  // principal rows standing for blocks 0..b
@@ -242,10 +222,11 @@ class CudaAtpPolicy : public KvPolicy {
   cudaEvent_t stored_ = nullptr, compressed_ = nullptr;  // forward's stream -> side stream, and back
   bool pending_ = false;            // a background compression the forward's stream has not waited for
   int64_t pending_block_ = 0;       // its last block
-  DeviceArray<float> u_, kb_, vb_, ppk_, ppv_, ws_;  // scratch of compression and decode
+  DeviceArray<float> u_, kb_, vb_, ppk_, ppv_;  // scratch of compression
   DeviceArray<int32_t> ranks_;
-  DeviceArray<float> stage_k_, stage_v_, stage_x_, stage_q_, stage_o_;  // host-pointer staging (tests)
-  cuda::PointerKind kind_k_, kind_v_, kind_x_, kind_q_, kind_o_;
+  cuda::StagedAttention attention_;
+  DeviceArray<float> stage_k_, stage_v_, stage_x_;  // host-pointer staging (tests)
+  cuda::PointerKind kind_k_, kind_v_, kind_x_;
 };
 
 class CudaAtpFactory : public KvPolicyFactory {

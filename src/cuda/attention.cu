@@ -25,8 +25,30 @@ int ElementBits(KvFormat f) {
     case KvFormat::kBF16: return 16;
     case KvFormat::kMxFp8E4M3: return 8;
     case KvFormat::kMxFp4: return 4;
+    case KvFormat::kKivi2: return 2;
+    case KvFormat::kKivi4: return 4;
+    case KvFormat::kKivi8: return 8;
   }
   return 0;
+}
+
+__host__ __device__ constexpr bool IsKiviF(KvFormat f) { return f == KvFormat::kKivi2 || f == KvFormat::kKivi4 || f == KvFormat::kKivi8; }
+__host__ __device__ constexpr int KiviBits(KvFormat f) { return f == KvFormat::kKivi2 ? 2 : f == KvFormat::kKivi4 ? 4 : 8; }
+
+// Calls fn with std::integral_constant<KvFormat, f>: one instantiation per form.
+template <typename Fn>
+void WithFormat(KvFormat f, Fn&& fn) {
+  using K = KvFormat;
+  switch (f) {
+    case K::kF32: return fn(std::integral_constant<K, K::kF32>{});
+    case K::kF16: return fn(std::integral_constant<K, K::kF16>{});
+    case K::kBF16: return fn(std::integral_constant<K, K::kBF16>{});
+    case K::kMxFp8E4M3: return fn(std::integral_constant<K, K::kMxFp8E4M3>{});
+    case K::kMxFp4: return fn(std::integral_constant<K, K::kMxFp4>{});
+    case K::kKivi2: return fn(std::integral_constant<K, K::kKivi2>{});
+    case K::kKivi4: return fn(std::integral_constant<K, K::kKivi4>{});
+    case K::kKivi8: return fn(std::integral_constant<K, K::kKivi8>{});
+  }
 }
 
 // 2^(e - 127) for an E8M0 byte, built from bits (exact, the subnormal 2^-127 included); 0xFF is NaN.
@@ -53,10 +75,39 @@ struct Raw8<KvFormat::kMxFp4> {
   uint32_t u;
   uint8_t scale;
 };
+// KIVI: 8 codes (2, 4 or 8 bytes) and the 8 elements' f16 scales and zeros (a value row's single
+// pair repeated).
+struct RawKivi {
+  uint2 u;
+  uint4 s, z;
+};
+template <>
+struct Raw8<KvFormat::kKivi2> : RawKivi {};
+template <>
+struct Raw8<KvFormat::kKivi4> : RawKivi {};
+template <>
+struct Raw8<KvFormat::kKivi8> : RawKivi {};
 
 // Rows of a form kept in flight per lane by the decode loops: about 64 bytes each form.
 template <KvFormat F>
 constexpr int kRowsInFlight = F == KvFormat::kF32 ? 2 : F == KvFormat::kMxFp8E4M3 ? 8 : F == KvFormat::kMxFp4 ? 16 : 4;
+
+// A KIVI row's 8 parameters of elements 8c .. 8c+7 (see DeviceRows).
+__device__ __forceinline__ void KiviParams8(const DeviceRows& r, int64_t j, int h, int c, uint4* s, uint4* z) {
+  const auto* p = reinterpret_cast<const uint16_t*>(r.scales);
+  if (r.channel_params) {
+    const int64_t base = ((j / r.group) * r.n_kv + h) * 2 * r.dim + c * 8;
+    *s = *reinterpret_cast<const uint4*>(p + base);
+    *z = *reinterpret_cast<const uint4*>(p + base + r.dim);
+  } else {
+    const int ng = r.dim / r.group;
+    const int64_t base = (j * r.n_kv + h) * 2 * ng + (c * 8) / r.group;
+    const uint32_t sc = p[base], ze = p[base + ng];
+    const uint32_t s2 = sc | sc << 16, z2 = ze | ze << 16;
+    *s = make_uint4(s2, s2, s2, s2);
+    *z = make_uint4(z2, z2, z2, z2);
+  }
+}
 
 template <KvFormat F>
 __device__ __forceinline__ Raw8<F> LoadRaw8(const DeviceRows& r, int64_t j, int h, int c) {
@@ -67,6 +118,15 @@ __device__ __forceinline__ Raw8<F> LoadRaw8(const DeviceRows& r, int64_t j, int 
     raw.v = reinterpret_cast<const uint4*>(r.elems)[first / 4 + 1];
   } else if constexpr (F == KvFormat::kF16 || F == KvFormat::kBF16) {
     raw.u = reinterpret_cast<const uint4*>(r.elems)[first / 8];
+  } else if constexpr (IsKiviF(F)) {  // element i in bits [b*i, b*i+b) of the row's little-endian stream
+    if constexpr (F == KvFormat::kKivi2) {
+      raw.u = make_uint2(reinterpret_cast<const uint16_t*>(r.elems)[first / 8], 0);
+    } else if constexpr (F == KvFormat::kKivi4) {
+      raw.u = make_uint2(reinterpret_cast<const uint32_t*>(r.elems)[first / 8], 0);
+    } else {
+      raw.u = reinterpret_cast<const uint2*>(r.elems)[first / 8];
+    }
+    KiviParams8(r, j, h, c, &raw.s, &raw.z);
   } else {
     if constexpr (F == KvFormat::kMxFp8E4M3) {
       raw.u = reinterpret_cast<const uint2*>(r.elems)[first / 8];
@@ -95,6 +155,17 @@ __device__ __forceinline__ void Decode8(const Raw8<F>& raw, float* o) {
         f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
       }
       o[2 * i] = f.x, o[2 * i + 1] = f.y;
+    }
+  } else if constexpr (IsKiviF(F)) {
+    constexpr int b = KiviBits(F);
+    const uint32_t s[4] = {raw.s.x, raw.s.y, raw.s.z, raw.s.w}, z[4] = {raw.z.x, raw.z.y, raw.z.z, raw.z.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t code = uint32_t((b == 8 ? (i < 4 ? raw.u.x >> (8 * i) : raw.u.y >> (8 * (i - 4))) : raw.u.x >> (b * i)) &
+                                     ((1u << b) - 1));
+      const float sc = __half2float(__ushort_as_half(uint16_t(s[i / 2] >> (16 * (i % 2)))));
+      const float ze = __half2float(__ushort_as_half(uint16_t(z[i / 2] >> (16 * (i % 2)))));
+      o[i] = ze + sc * float(code);
     }
   } else if constexpr (F == KvFormat::kMxFp8E4M3) {
     const float sc = E8M0(raw.scale);
@@ -195,6 +266,94 @@ __global__ void StoreMxKernel(DeviceRows k, DeviceRows v, int64_t start, const f
   }
 }
 
+// kv/kivi_codec.cpp's parameters and codes, bit for bit: zero = f16 of the minimum rounded down,
+// scale = f16 of range / (2^b - 1) rounded up; code = rint((x - zero) / scale) clamped.
+__device__ float F16Value(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ uint16_t F16RoundDown(float v) {
+  const uint16_t h = __half_as_ushort(__float2half_rn(v));
+  if (!(F16Value(h) > v)) return h;
+  return h == 0x0000 ? uint16_t(0x8001) : (h & 0x8000) ? uint16_t(h + 1) : uint16_t(h - 1);
+}
+__device__ uint16_t F16RoundUp(float v) {
+  const uint16_t h = __half_as_ushort(__float2half_rn(v));
+  if (!(F16Value(h) < v)) return h;
+  return h == 0x8000 ? uint16_t(0x0001) : (h & 0x8000) ? uint16_t(h - 1) : uint16_t(h + 1);
+}
+template <int kBits>
+__device__ void KiviParamsFor(float lo, float hi, uint16_t* scale, uint16_t* zero) {
+  if (!isfinite(lo) || !isfinite(hi)) {
+    *scale = *zero = 0x7E00;
+    return;
+  }
+  *zero = F16RoundDown(lo);
+  *scale = F16RoundUp((hi - F16Value(*zero)) / float((1 << kBits) - 1));
+}
+template <int kBits>
+__device__ uint64_t KiviCode(float x, uint16_t scale, uint16_t zero) {
+  const float s = F16Value(scale);
+  if (!(s > 0)) return 0;
+  return uint64_t(fminf(fmaxf(rintf((x - F16Value(zero)) / s), 0.f), float((1 << kBits) - 1)));
+}
+// The 8 codes of elements 8c .. 8c+7 of row (j, h): kBits bytes of the row's bit stream.
+template <int kBits>
+__device__ void WriteKivi8(const DeviceRows& r, int64_t j, int h, int c, uint64_t codes) {
+  uint8_t* dst = r.elems + ((j * r.n_kv + h) * r.dim + c * 8) * kBits / 8;
+  for (int b = 0; b < kBits; ++b) dst[b] = uint8_t(codes >> (8 * b));
+}
+
+// Thread (group z, head h, c): channels 8c .. 8c+7 of one key token group: range, then codes.
+template <KvFormat F, int kBits>
+__global__ void KiviPackKeysKernel(DeviceRows k, int64_t first, int groups, DeviceRows pk, int64_t to) {
+  const int per_group = k.n_kv * (k.dim / 8), G = pk.group;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(groups) * per_group) return;
+  const int z = int(i / per_group), h = int(i % per_group) / (k.dim / 8), c = int(i % per_group) % (k.dim / 8);
+  float lo[8], hi[8], x[8];
+  bool finite[8];  // per channel, as the CPU checks each channel's rows
+  for (int e = 0; e < 8; ++e) lo[e] = INFINITY, hi[e] = -INFINITY, finite[e] = true;
+  for (int j = 0; j < G; ++j) {
+    Load8<F>(k, first + int64_t(z) * G + j, h, c, x);
+    for (int e = 0; e < 8; ++e)
+      finite[e] = finite[e] && isfinite(x[e]), lo[e] = fminf(lo[e], x[e]), hi[e] = fmaxf(hi[e], x[e]);
+  }
+  uint16_t sc[8], ze[8];
+  for (int e = 0; e < 8; ++e) KiviParamsFor<kBits>(finite[e] ? lo[e] : NAN, hi[e], &sc[e], &ze[e]);
+  auto* params = reinterpret_cast<uint16_t*>(pk.scales) + ((to / G + z) * pk.n_kv + h) * 2 * pk.dim + c * 8;
+  for (int e = 0; e < 8; ++e) params[e] = sc[e], params[pk.dim + e] = ze[e];
+  for (int j = 0; j < G; ++j) {
+    Load8<F>(k, first + int64_t(z) * G + j, h, c, x);
+    uint64_t codes = 0;
+    for (int e = 0; e < 8; ++e) codes |= KiviCode<kBits>(x[e], sc[e], ze[e]) << (kBits * e);
+    WriteKivi8<kBits>(pk, to + int64_t(z) * G + j, h, c, codes);
+  }
+}
+
+// Thread (row, head, channel group): one value row's group of pv.group channels.
+template <KvFormat F, int kBits>
+__global__ void KiviPackValuesKernel(DeviceRows v, int64_t first, int groups, DeviceRows pv, int64_t to) {
+  const int G = pv.group, ng = v.dim / G, per_row = v.n_kv * ng;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(groups) * G * per_row) return;
+  const int64_t j = i / per_row;
+  const int h = int(i % per_row) / ng, g = int(i % per_row) % ng;
+  float lo = INFINITY, hi = -INFINITY, x[8];
+  bool finite = true;
+  for (int c = g * G / 8; c < (g + 1) * G / 8; ++c) {
+    Load8<F>(v, first + j, h, c, x);
+    for (int e = 0; e < 8; ++e) finite = finite && isfinite(x[e]), lo = fminf(lo, x[e]), hi = fmaxf(hi, x[e]);
+  }
+  uint16_t sc, ze;
+  KiviParamsFor<kBits>(finite ? lo : NAN, hi, &sc, &ze);
+  auto* params = reinterpret_cast<uint16_t*>(pv.scales) + ((to + j) * pv.n_kv + h) * 2 * ng;
+  params[g] = sc, params[ng + g] = ze;
+  for (int c = g * G / 8; c < (g + 1) * G / 8; ++c) {
+    Load8<F>(v, first + j, h, c, x);
+    uint64_t codes = 0;
+    for (int e = 0; e < 8; ++e) codes |= KiviCode<kBits>(x[e], sc, ze) << (kBits * e);
+    WriteKivi8<kBits>(pv, to + j, h, c, codes);
+  }
+}
+
 // --- Decode: split-K over the sequence ---------------------------------------------------------
 
 constexpr int kDecodeThreads = 128;
@@ -225,15 +384,18 @@ struct DecodeRange {
   int splits = 0;
 };
 
+// Writes partials to slots slot0 + blockIdx.x of `slots` per head (two launches of different forms
+// can fill one merge).
 template <KvFormat F, int GM>
 __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeRange ra, DecodeRange rb, const float* q,
-                                                               int n_heads, int chunk, float scale, float* part) {
+                                                               int n_heads, int chunk, float scale, float* part,
+                                                               int slot0, int slots) {
   extern __shared__ float smem[];
   // The first ra.splits blocks read range a (principal rows), the rest range b: the merge cannot tell.
   const bool in_a = int(blockIdx.x) < ra.splits;
   const DeviceRows K = in_a ? ra.k : rb.k, V = in_a ? ra.v : rb.v;
   const int64_t begin = in_a ? ra.begin + int64_t(blockIdx.x) * chunk : rb.begin + int64_t(blockIdx.x - ra.splits) * chunk;
-  const int hd = K.dim, G = n_heads / K.n_kv, kvh = blockIdx.y, split = blockIdx.x, splits = gridDim.x;
+  const int hd = K.dim, G = n_heads / K.n_kv, kvh = blockIdx.y, split = slot0 + blockIdx.x, splits = slots;
   float* ss = smem;                       // (G, chunk) scores, then exp(s - m)
   float* red = ss + G * chunk;            // (warps, G, hd) per-warp output sums
   float* ml = red + kDecodeWarps * G * hd;  // (G, 2) max and sum per head
@@ -395,7 +557,7 @@ __host__ __device__ __forceinline__ int64_t SeenFrom(const Visibility& v, int64_
 }
 __device__ __forceinline__ int64_t PrincipalSeen(const Visibility& v, int64_t p) {
   const int64_t nb = CompressedBlocks(v, p);
-  return nb > 0 ? v.pre_end[nb - 1] : 0;
+  return nb == 0 ? 0 : v.pre_end ? v.pre_end[nb - 1] : nb * v.rows_per_block;
 }
 
 // --- Prefill: tiled online softmax on tensor cores ---------------------------------------------
@@ -420,7 +582,8 @@ struct PrefillSmem {
 // runs on lane pairs (lanes 2i, 2i+1: row i of the warp, 32 keys each), with O kept in shared memory
 // so that rescaling it needs no fragment layout. Q is pre-scaled by 1/sqrt(hd); Q, K, V and P are
 // rounded to bf16 (as PyTorch's bf16 SDPA computes); decode stays f32.
-template <KvFormat F, int HD>
+// P: the form of the principal rows (F itself for ATP, a KIVI form for KIVI's packed groups).
+template <KvFormat F, KvFormat P, int HD>
 __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(DeviceRows K, DeviceRows V, Visibility vis, const float* Q,
                                                                  float* O, int T, int64_t start, int n_heads, float scale) {
   using namespace nvcuda;
@@ -462,7 +625,10 @@ __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(DeviceRows K, D
     for (int i = threadIdx.x; i < kBk * (HD / 8); i += kPrefillThreads) {
       const int jj = i / (HD / 8), c = i % (HD / 8);
       float a[8] = {}, b[8] = {};
-      if (kt + jj < end) {
+      if (kt + jj < end && principal) {
+        Load8<P>(Kt, kt + jj + row_of_key, kvh, c, a);
+        Load8<P>(Vt, kt + jj + row_of_key, kvh, c, b);
+      } else if (kt + jj < end) {
         Load8<F>(Kt, kt + jj + row_of_key, kvh, c, a);
         Load8<F>(Vt, kt + jj + row_of_key, kvh, c, b);
       }
@@ -548,30 +714,45 @@ size_t DecodeSmem(const AttnShape& a, int chunk) {
   return sizeof(float) * (size_t(G) * chunk + size_t(kDecodeWarps) * G * a.head_dim + 2 * G);
 }
 
-template <KvFormat F>
+// Dense and ATP (P = F), KIVI (P a KIVI form over exact rows of form F).
+template <KvFormat F, KvFormat P>
 void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const Visibility& vis, const float* Q,
               int64_t T, int64_t start, float* O, float* ws, int sm_count, cudaStream_t s) {
   // Opt in to more than 48 KB of dynamic shared memory once per kernel (Hopper allows 227 KB).
   static const bool opted = [] {
-    for (auto* kernel : {DecodeKernel<F, 1>, DecodeKernel<F, 2>, DecodeKernel<F, 4>, DecodeKernel<F, 8>})
+    for (auto* kernel : {DecodeKernel<F, 1>, DecodeKernel<F, 2>, DecodeKernel<F, 4>, DecodeKernel<F, 8>,
+                         DecodeKernel<P, 1>, DecodeKernel<P, 2>, DecodeKernel<P, 4>, DecodeKernel<P, 8>})
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
-    for (auto* kernel : {PrefillKernel<F, 32>, PrefillKernel<F, 64>, PrefillKernel<F, 128>})
+    for (auto* kernel : {PrefillKernel<F, P, 32>, PrefillKernel<F, P, 64>, PrefillKernel<F, P, 128>})
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
     return true;
   }();
   (void)opted;
   const float scale = 1.0f / std::sqrt(float(a.head_dim));
   if (T == 1) {
-    // Two ranges, split alike: the principal rows the query sees, then its exact rows.
+    // Two ranges, split alike: the principal rows the query sees, then its exact rows; one launch
+    // when both have one form, else one per form into the same merge.
     const int64_t lo = SeenFrom(vis, start) - vis.first, hi = start - vis.first + 1;
     const Split sp = DecodeSplit(a, vis.last_pre + hi - lo, sm_count);
     const auto splits = [&](int64_t n) { return int((n + sp.chunk - 1) / sp.chunk); };
     const DecodeRange pre{vis.pk, vis.pv, 0, vis.last_pre, splits(vis.last_pre)};
     const DecodeRange exact{k, v, lo, hi, splits(hi - lo)};
     const int G = a.n_heads / a.n_kv, total = pre.splits + exact.splits;
-    auto* kernel = G == 1 ? DecodeKernel<F, 1> : G == 2 ? DecodeKernel<F, 2> : G <= 4 ? DecodeKernel<F, 4> : DecodeKernel<F, 8>;
-    kernel<<<dim3(unsigned(total), unsigned(a.n_kv)), kDecodeThreads, DecodeSmem(a, sp.chunk), s>>>(
-        pre, exact, Q, a.n_heads, sp.chunk, scale, ws);
+    const auto launch = [&](auto kernel, const DecodeRange& ra, const DecodeRange& rb, int slot0) {
+      if (ra.splits + rb.splits > 0)
+        kernel<<<dim3(unsigned(ra.splits + rb.splits), unsigned(a.n_kv)), kDecodeThreads, DecodeSmem(a, sp.chunk), s>>>(
+            ra, rb, Q, a.n_heads, sp.chunk, scale, ws, slot0, total);
+    };
+    const auto pick = [&](auto f) {
+      constexpr KvFormat X = decltype(f)::value;
+      return G == 1 ? DecodeKernel<X, 1> : G == 2 ? DecodeKernel<X, 2> : G <= 4 ? DecodeKernel<X, 4> : DecodeKernel<X, 8>;
+    };
+    if constexpr (P == F) {
+      launch(pick(std::integral_constant<KvFormat, F>{}), pre, exact, 0);
+    } else {
+      launch(pick(std::integral_constant<KvFormat, P>{}), pre, DecodeRange{}, 0);
+      launch(pick(std::integral_constant<KvFormat, F>{}), DecodeRange{}, exact, pre.splits);
+    }
     CombineKernel<<<unsigned(a.n_heads), kCombineThreads, sizeof(float) * (total + kCombineThreads), s>>>(
         ws, total, a.head_dim, O);
     return;
@@ -580,13 +761,13 @@ void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, cons
   const dim3 grid(unsigned((T + BQ - 1) / BQ), unsigned(a.n_kv));
   switch (a.head_dim) {  // CheckAttnShape admits exactly these
     case 32:
-      PrefillKernel<F, 32><<<grid, kPrefillThreads, PrefillSmem<32>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
+      PrefillKernel<F, P, 32><<<grid, kPrefillThreads, PrefillSmem<32>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
       break;
     case 64:
-      PrefillKernel<F, 64><<<grid, kPrefillThreads, PrefillSmem<64>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
+      PrefillKernel<F, P, 64><<<grid, kPrefillThreads, PrefillSmem<64>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
       break;
     case 128:
-      PrefillKernel<F, 128><<<grid, kPrefillThreads, PrefillSmem<128>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
+      PrefillKernel<F, P, 128><<<grid, kPrefillThreads, PrefillSmem<128>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
       break;
   }
 }
@@ -605,6 +786,7 @@ __global__ void LoadRowsKernel(DeviceRows r, int64_t first, int64_t n, float* ou
 }  // namespace
 
 bool IsMx(KvFormat f) { return f == KvFormat::kMxFp8E4M3 || f == KvFormat::kMxFp4; }
+bool IsKivi(KvFormat f) { return IsKiviF(f); }
 
 int64_t TokenElemBytes(KvFormat f, int dim, int n_kv) { return int64_t(n_kv) * dim * ElementBits(f) / 8; }
 int64_t TokenScaleBytes(KvFormat f, int dim, int n_kv) { return IsMx(f) ? int64_t(n_kv) * (dim / 32) : 0; }
@@ -634,6 +816,8 @@ void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const floa
     case KvFormat::kMxFp4:
       StoreMxKernel<KvFormat::kMxFp4><<<grid, 256, 0, s>>>(k, v, start, K, V, count / 32);
       break;
+    default:  // KIVI rows are packed from exact ones (KiviPack), never stored directly
+      break;
   }
 }
 
@@ -655,26 +839,46 @@ int64_t AttendWorkspaceFloats(const AttnShape& a, int64_t len, int sm_count) {
 void Attend(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const Visibility& vis, const float* Q,
             int64_t T, int64_t start, float* O, float* ws, int sm_count, cudaStream_t s) {
   if (T <= 0) return;
-  switch (k.fmt) {
-    case KvFormat::kF32: return AttendAs<KvFormat::kF32>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
-    case KvFormat::kF16: return AttendAs<KvFormat::kF16>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
-    case KvFormat::kBF16: return AttendAs<KvFormat::kBF16>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
-    case KvFormat::kMxFp8E4M3: return AttendAs<KvFormat::kMxFp8E4M3>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
-    case KvFormat::kMxFp4: return AttendAs<KvFormat::kMxFp4>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
-  }
+  const bool packed = vis.block > 0 && IsKiviF(vis.pk.fmt);
+  WithFormat(k.fmt, [&](auto f) {
+    constexpr KvFormat F = decltype(f)::value;
+    if constexpr (!IsKiviF(F)) {
+      if (!packed) return AttendAs<F, F>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
+      if constexpr (F == KvFormat::kF32 || F == KvFormat::kF16 || F == KvFormat::kBF16) {
+        WithFormat(vis.pk.fmt, [&](auto pf) {
+          constexpr KvFormat P = decltype(pf)::value;
+          if constexpr (IsKiviF(P)) AttendAs<F, P>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
+        });
+      }
+    }
+  });
 }
 
 void LoadRowsF32(const DeviceRows& r, int64_t first, int64_t n, float* out, cudaStream_t s) {
   if (n <= 0) return;
   const int64_t threads = n * r.n_kv * r.dim / 8;
-  const unsigned blocks = unsigned((threads + 255) / 256);
-  switch (r.fmt) {
-    case KvFormat::kF32: return LoadRowsKernel<KvFormat::kF32><<<blocks, 256, 0, s>>>(r, first, n, out);
-    case KvFormat::kF16: return LoadRowsKernel<KvFormat::kF16><<<blocks, 256, 0, s>>>(r, first, n, out);
-    case KvFormat::kBF16: return LoadRowsKernel<KvFormat::kBF16><<<blocks, 256, 0, s>>>(r, first, n, out);
-    case KvFormat::kMxFp8E4M3: return LoadRowsKernel<KvFormat::kMxFp8E4M3><<<blocks, 256, 0, s>>>(r, first, n, out);
-    case KvFormat::kMxFp4: return LoadRowsKernel<KvFormat::kMxFp4><<<blocks, 256, 0, s>>>(r, first, n, out);
-  }
+  WithFormat(r.fmt, [&](auto f) {
+    LoadRowsKernel<decltype(f)::value><<<unsigned((threads + 255) / 256), 256, 0, s>>>(r, first, n, out);
+  });
+}
+
+void KiviPack(const DeviceRows& k, const DeviceRows& v, int64_t first, int groups, const DeviceRows& pk,
+              const DeviceRows& pv, int64_t to, cudaStream_t s) {
+  if (groups <= 0) return;
+  const int64_t keys = int64_t(groups) * k.n_kv * (k.dim / 8);
+  const int64_t values = int64_t(groups) * pk.group * k.n_kv * (k.dim / pk.group);
+  WithFormat(k.fmt, [&](auto f) {
+    constexpr KvFormat F = decltype(f)::value;
+    if constexpr (F == KvFormat::kF32 || F == KvFormat::kF16 || F == KvFormat::kBF16) {
+      WithFormat(pk.fmt, [&](auto pf) {
+        constexpr KvFormat P = decltype(pf)::value;
+        if constexpr (IsKiviF(P)) {
+          KiviPackKeysKernel<F, KiviBits(P)><<<unsigned((keys + 127) / 128), 128, 0, s>>>(k, first, groups, pk, to);
+          KiviPackValuesKernel<F, KiviBits(P)><<<unsigned((values + 127) / 128), 128, 0, s>>>(v, first, groups, pv, to);
+        }
+      });
+    }
+  });
 }
 
 }  // namespace atp::cuda

@@ -3,10 +3,13 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <functional>
+#include <span>
 
 #include "core/status.h"
 #include "cuda/attention.h"
 #include "cuda/check.h"
+#include "kv/kv_policy.h"
 
 namespace atp::cuda {
 
@@ -52,6 +55,39 @@ class RowBuffer {
   int dim_, n_kv_;
   int64_t cap_ = 0;
   DeviceArray<uint8_t> buf_;  // (cap_, elem bytes) then (cap_, scale bytes)
+};
+
+// The exact rows of a policy that stops needing its oldest ones (ATP's window, KIVI's residual):
+// positions [first(), len) in one buffer pair, where rows before the caller's keep_from are
+// dropped lazily, moved out only when the buffer is full.
+class ExactTail {
+ public:
+  ExactTail(KvFormat f, int dim, int n_kv) : k_(f, dim, n_kv), v_(f, dim, n_kv) {}
+  // Appends T rows (device K, V (T, n_kv * dim)) at position len, rows before keep_from no longer
+  // needed. before_move runs before a full buffer is replaced (a background reader must be done).
+  Status Append(int64_t len, int64_t keep_from, const float* K, const float* V, int64_t T,
+                const std::function<void()>& before_move);
+  DeviceRows k() const { return k_.rows(); }
+  DeviceRows v() const { return v_.rows(); }
+  int64_t first() const { return first_; }  // position of row 0
+  // Bytes of the rows still needed (the CPU twins count those): positions [keep_from, len).
+  int64_t Bytes(int64_t len) const { return (len - keep_from_) * (k_.TokenBytes() + v_.TokenBytes()); }
+
+ private:
+  RowBuffer k_, v_;
+  int64_t first_ = 0, keep_from_ = 0;
+};
+
+// The attention call of a GPU policy: host Q and O staged (tests), the decode workspace sized for
+// the rows the last query sees (`seen`), then cuda::Attend.
+class StagedAttention {
+ public:
+  void Run(const KvShape& s, const DeviceRows& k, const DeviceRows& v, const Visibility& vis,
+           std::span<const int32_t> positions, int64_t seen, const float* Q, float* O);
+
+ private:
+  PointerKind kind_q_, kind_o_;
+  DeviceArray<float> stage_q_, stage_o_, ws_;
 };
 
 }  // namespace atp::cuda

@@ -1,7 +1,7 @@
 // KV policies whose rows live in GPU memory (cuda/backend.h): every token's K and V rows in one
 // form, dense or MX, the GPU twin of `dense` and of `mx` alone (kv/composite.h's codec policy); and
 // calibrated `lowrank`, whose coefficient rows are such rows of width r, between per-head changes of
-// basis; `atp` lives in cuda/atp_policy.cpp. They accept device or host pointers; host buffers are
+// basis; `atp` and `kivi` live in cuda/atp_policy.cpp and cuda/kivi_policy.cpp. They accept device or host pointers; host buffers are
 // staged, which only tests should do.
 #include <algorithm>
 #include <cmath>
@@ -10,6 +10,7 @@
 #include "cuda/attention.h"
 #include "cuda/backend.h"
 #include "cuda/check.h"
+#include "cuda/kivi_policy.h"
 #include "cuda/device_policy.h"
 #include "cuda/ops.h"
 #include "kv/lowrank_policy.h"
@@ -51,16 +52,7 @@ class CudaRowsPolicy : public KvPolicy {
 
   // Positions must be contiguous (p0, p0 + 1, ...), as every ForwardItem's are.
   void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    if (positions.empty()) return;
-    const int64_t T = int64_t(positions.size()), start = positions[0];
-    const size_t nq = size_t(T) * size_t(shape_.q_dim());
-    const cuda::AttnShape a{shape_.n_heads, shape_.n_kv_heads, shape_.head_dim};
-    const bool host_out = !kind_o_.OnDevice(O);
-    const float* dq = Staged(Q, nq, &kind_q_, &stage_q_);
-    if (host_out) (void)stage_o_.Grow(nq);
-    (void)ws_.Grow(size_t(cuda::AttendWorkspaceFloats(a, start + T, SmCount())));
-    cuda::Attend(a, k_.rows(), v_.rows(), {}, dq, T, start, host_out ? stage_o_.get() : O, ws_.get(), SmCount(), nullptr);
-    if (host_out) cudaMemcpy(O, stage_o_.get(), nq * sizeof(float), cudaMemcpyDeviceToHost);
+    if (!positions.empty()) attention_.Run(shape_, k_.rows(), v_.rows(), {}, positions, positions.back() + 1, Q, O);
   }
 
   size_t Bytes() const override { return size_t(len_ * (k_.TokenBytes() + v_.TokenBytes())); }
@@ -71,9 +63,9 @@ class CudaRowsPolicy : public KvPolicy {
   KvShape shape_;
   int64_t len_ = 0;
   RowBuffer k_, v_;
-  DeviceArray<float> ws_;  // decode split partials
-  DeviceArray<float> stage_k_, stage_v_, stage_q_, stage_o_;  // host-pointer staging (tests)
-  PointerKind kind_k_, kind_v_, kind_q_, kind_o_;
+  cuda::StagedAttention attention_;
+  DeviceArray<float> stage_k_, stage_v_;  // host-pointer staging (tests)
+  PointerKind kind_k_, kind_v_;
 };
 
 // `lowrank:rk=R,rv=R,mode=calib` (kv/lowrank_policy.h): each token keeps c = k P_k and e = v P_v (R per
@@ -195,8 +187,9 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
   ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(canon));
   const std::string supported =
       "--device cuda supports dense:dtype=f32|f16|bf16, mx:fmt=fp8_e4m3|fp4, atp (basis=input, proj=dense, "
-      "block <= 64) and lowrank:rk=R,rv=R (calibrated, R = 32, 64 or 128, f32 coefficients)";
+      "block <= 64), kivi alone and lowrank:rk=R,rv=R (calibrated, R = 32, 64 or 128, f32 coefficients)";
   if (ps.name() == "atp") return MakeCudaAtpFactory(ps, canon);
+  if (ps.name() == "kivi" && canon.find('+') == std::string::npos) return MakeCudaKiviFactory(ps, canon);
   if (canon.rfind("lowrank:", 0) == 0) {
     ATP_ASSIGN_OR_RETURN(PolicySpec given, PolicySpec::Parse(spec));
     ATP_ASSIGN_OR_RETURN(int rk, ps.Int("rk", 16, 1, 4096));

@@ -1,0 +1,140 @@
+// KIVI with rows in device memory: every token's keys quantized per channel over token groups of
+// G, values per token over channel groups of G, b bits, f16 scales and zeros, the newest R rows
+// exact (kv/kivi_codec.h). A group is packed (cuda::KiviPack, the CPU encoders' codes bit for bit)
+// once G rows lie before the newest R, and a query sees packed groups and exact rows through
+// cuda::Visibility: block G, window R - 1, one packed row per position. Bytes() counts what the CPU
+// store holds: the exact rows still read, codes, per-group key and per-row value parameters.
+#include "cuda/kivi_policy.h"
+
+#include <algorithm>
+
+#include "cuda/device_policy.h"
+
+namespace atp {
+
+namespace {
+
+using cuda::DeviceArray;
+using cuda::KvFormat;
+
+struct Params {
+  int bits = 2, group = 32, residual = 128;
+  KvFormat exact = KvFormat::kF32;
+  KvFormat packed() const { return bits == 2 ? KvFormat::kKivi2 : bits == 4 ? KvFormat::kKivi4 : KvFormat::kKivi8; }
+};
+
+// A byte buffer that grows by doubling and keeps its first `keep` bytes.
+Status GrowKeeping(DeviceArray<uint8_t>* a, size_t bytes, size_t keep) {
+  if (bytes <= a->size()) return Status::Ok();
+  DeviceArray<uint8_t> next;
+  ATP_RETURN_IF_ERROR(next.Grow(std::max(bytes, 2 * a->size())));
+  if (keep > 0) ATP_CUDA_RETURN(cudaMemcpyAsync(next.get(), a->get(), keep, cudaMemcpyDeviceToDevice, nullptr));
+  *a = std::move(next);
+  return Status::Ok();
+}
+
+class CudaKiviPolicy : public KvPolicy {
+ public:
+  CudaKiviPolicy(const KvShape& s, const Params& p) : s_(s), p_(p), exact_(p.exact, s.head_dim, s.n_kv_heads) {}
+
+  Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
+    const int64_t T = int64_t(positions.size());
+    if (T == 0) return Status::Ok();
+    if (positions[0] != len_)
+      return Status::InvalidArgument("kivi: position " + std::to_string(positions[0]) + " appended after " +
+                                     std::to_string(len_) + " tokens");
+    const int64_t n = T * s_.kv_dim(), G = p_.group;
+    const float* dk = cuda::Staged(K, size_t(n), &kind_k_, &stage_k_);
+    const float* dv = cuda::Staged(V, size_t(n), &kind_v_, &stage_v_);
+    if (!dk || !dv) return Status::ResourceExhausted("cuda kivi policy: cannot stage appended rows");
+    // Rows of groups packed before this call are read packed by every later query.
+    ATP_RETURN_IF_ERROR(exact_.Append(len_, groups_ * G, dk, dv, T, [] {}));
+    len_ += T;
+    const int64_t want = len_ >= p_.residual ? (len_ - p_.residual) / G : 0;
+    if (want > groups_) {
+      const size_t rows = size_t(want * G), had = size_t(groups_ * G);
+      ATP_RETURN_IF_ERROR(GrowKeeping(&kcodes_, rows * CodeBytes(), had * CodeBytes()));
+      ATP_RETURN_IF_ERROR(GrowKeeping(&vcodes_, rows * CodeBytes(), had * CodeBytes()));
+      ATP_RETURN_IF_ERROR(GrowKeeping(&kparams_, size_t(want) * KeyParamBytes(), size_t(groups_) * KeyParamBytes()));
+      ATP_RETURN_IF_ERROR(GrowKeeping(&vparams_, rows * ValueParamBytes(), had * ValueParamBytes()));
+      cuda::KiviPack(exact_.k(), exact_.v(), groups_ * G - exact_.first(), int(want - groups_), Packed(true),
+                     Packed(false), groups_ * G, nullptr);
+      groups_ = want;
+    }
+    return cuda::LastLaunch("kivi append");
+  }
+
+  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+    if (positions.empty()) return;
+    cuda::Visibility vis;
+    vis.first = exact_.first(), vis.block = p_.group, vis.window = p_.residual - 1;
+    vis.pk = Packed(true), vis.pv = Packed(false), vis.rows_per_block = p_.group;
+    const int64_t last = positions.back();
+    vis.last_pre = last >= vis.window ? (last - vis.window) / p_.group * p_.group : 0;
+    attention_.Run(s_, exact_.k(), exact_.v(), vis, positions, last + 1, Q, O);
+  }
+
+  size_t Bytes() const override {
+    return size_t(exact_.Bytes(len_) + groups_ * (KeyParamBytes() + p_.group * (2 * CodeBytes() + ValueParamBytes())));
+  }
+  int64_t Length() const override { return len_; }
+  bool ReadsInput() const override { return false; }
+
+ private:
+  // Per token (all KV heads): codes of one row; f16 scale and zero per value channel group; per
+  // token group: f16 scale and zero per key channel.
+  int64_t CodeBytes() const { return int64_t(s_.kv_dim()) * p_.bits / 8; }
+  int64_t ValueParamBytes() const { return int64_t(s_.n_kv_heads) * (s_.head_dim / p_.group) * 4; }
+  int64_t KeyParamBytes() const { return int64_t(s_.kv_dim()) * 4; }
+
+  cuda::DeviceRows Packed(bool keys) const {
+    cuda::DeviceRows r;
+    r.fmt = p_.packed(), r.dim = s_.head_dim, r.n_kv = s_.n_kv_heads, r.group = p_.group, r.channel_params = keys;
+    r.elems = (keys ? kcodes_ : vcodes_).get(), r.scales = (keys ? kparams_ : vparams_).get();
+    return r;
+  }
+
+  KvShape s_;
+  Params p_;
+  int64_t len_ = 0, groups_ = 0;  // tokens, and token groups packed (positions [0, groups_ * G))
+  cuda::ExactTail exact_;         // from the first position not yet packed
+  DeviceArray<uint8_t> kcodes_, vcodes_, kparams_, vparams_;
+  cuda::StagedAttention attention_;
+  DeviceArray<float> stage_k_, stage_v_;  // host-pointer staging (tests)
+  cuda::PointerKind kind_k_, kind_v_;
+};
+
+class CudaKiviFactory : public KvPolicyFactory {
+ public:
+  CudaKiviFactory(const Params& p, std::string describe) : p_(p), describe_(std::move(describe)) {}
+  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<CudaKiviPolicy>(s, p_); }
+  Status CheckShape(const KvShape& s) const override {
+    if (p_.group % 8 != 0 || s.head_dim % p_.group != 0)
+      return Status::Unsupported("cuda kivi: group=" + std::to_string(p_.group) + " must be a multiple of 8 dividing head_dim " +
+                                 std::to_string(s.head_dim));
+    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p_.exact);
+  }
+  std::string Describe() const override { return describe_; }
+
+ private:
+  Params p_;
+  std::string describe_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKiviFactory(const PolicySpec& canon, const std::string& describe) {
+  Params p;
+  ATP_ASSIGN_OR_RETURN(std::string bits, canon.Choice("bits", "2", {"2", "4", "8"}));
+  p.bits = std::stoi(bits);
+  ATP_ASSIGN_OR_RETURN(p.group, canon.Int("group", 32, 1, 1 << 16));
+  if (p.group % 8 != 0)
+    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels; --device cuda supports kivi with group "
+                               "a multiple of 8 dividing head_dim");
+  ATP_ASSIGN_OR_RETURN(p.residual, canon.Int("residual", 128, 0, 1 << 24));
+  ATP_ASSIGN_OR_RETURN(DType dt, canon.Dtype("dtype", DType::kF32));
+  p.exact = dt == DType::kF32 ? KvFormat::kF32 : dt == DType::kF16 ? KvFormat::kF16 : KvFormat::kBF16;
+  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaKiviFactory>(p, describe));
+}
+
+}  // namespace atp
