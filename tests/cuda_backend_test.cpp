@@ -16,6 +16,7 @@
 #include "kv/kv_policy.h"
 #include "kv/lowrank_policy.h"
 #include "model/llama.h"
+#include "server_fixture.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -243,6 +244,22 @@ void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, c
   EXPECT_EQ(argmax_diff, 0) << what;
 }
 
+// ref-5m with the CUDA backend attached; null (the failure reported) when that fails.
+std::unique_ptr<LlamaModel> LoadOnGpu() {
+  auto m = LlamaModel::Load(testing::kRefModel);
+  if (!m.ok()) {
+    ADD_FAILURE() << m.status().ToString();
+    return nullptr;
+  }
+  auto backend = MakeCudaBackend(**m);
+  if (!backend.ok()) {
+    ADD_FAILURE() << backend.status().ToString();
+    return nullptr;
+  }
+  (*m)->SetBackend(std::move(backend).value());
+  return std::move(m).value();
+}
+
 std::vector<float> Logits(LlamaModel& m, const KvPolicyFactory& kv, const std::vector<int32_t>& ids, bool decode) {
   Sequence seq(m, kv);
   std::vector<float> all, step;
@@ -262,11 +279,8 @@ TEST(CudaModel, RefModelLogitsMatchReferenceAndCpu) {
   ATP_SKIP_WITHOUT_SHARED();
   auto t = testing::ReadRefTensors(testing::kRefModel + "/reference/logits.safetensors");
   auto cpu_model = LlamaModel::Load(testing::kRefModel);
-  auto gpu_model = LlamaModel::Load(testing::kRefModel);
-  ASSERT_TRUE(cpu_model.ok() && gpu_model.ok());
-  auto backend = MakeCudaBackend(**gpu_model);
-  ASSERT_TRUE(backend.ok()) << backend.status().ToString();
-  (*gpu_model)->SetBackend(std::move(backend).value());
+  auto gpu_model = LoadOnGpu();
+  ASSERT_TRUE(cpu_model.ok() && gpu_model);
   auto cpu_kv = ParseKvPolicy("dense");
   for (const std::string spec : {"dense", "dense:dtype=bf16"}) {
     auto gpu_kv = MakeCudaKvFactory(spec);
@@ -275,8 +289,8 @@ TEST(CudaModel, RefModelLogitsMatchReferenceAndCpu) {
       const std::string p = "prompt" + std::to_string(i);
       const auto& ids = t[p + ".ids"].i32;
       const auto& ref = t[p + ".logits"].f32;
-      ExpectNear(Logits(**gpu_model, **gpu_kv, ids, false), ref, spec + " prefill vs reference, " + p);
-      ExpectNear(Logits(**gpu_model, **gpu_kv, ids, true), Logits(**cpu_model, **cpu_kv, ids, true),
+      ExpectNear(Logits(*gpu_model, **gpu_kv, ids, false), ref, spec + " prefill vs reference, " + p);
+      ExpectNear(Logits(*gpu_model, **gpu_kv, ids, true), Logits(**cpu_model, **cpu_kv, ids, true),
                  spec + " decode vs CPU, " + p);
     }
   }
@@ -287,11 +301,8 @@ TEST(CudaModel, RefModelLogitsMatchReferenceAndCpu) {
 TEST(CudaModel, RefModelPerplexityNearReference) {
   ATP_SKIP_WITHOUT_GPU();
   ATP_SKIP_WITHOUT_SHARED();
-  auto m = LlamaModel::Load(testing::kRefModel);
-  ASSERT_TRUE(m.ok());
-  auto backend = MakeCudaBackend(**m);
-  ASSERT_TRUE(backend.ok()) << backend.status().ToString();
-  (*m)->SetBackend(std::move(backend).value());
+  auto m = LoadOnGpu();
+  ASSERT_TRUE(m);
   auto ref = nlohmann::json::parse(testing::Slurp(testing::kRefModel + "/reference/perplexity.json"))["valid.txt"];
   auto tok = Tokenizer::LoadFromDir(testing::kRefModel);
   ASSERT_TRUE(tok.ok());
@@ -300,7 +311,7 @@ TEST(CudaModel, RefModelPerplexityNearReference) {
   ASSERT_TRUE(kv.ok());
   PerplexityOptions opt;
   opt.chunked = true;
-  auto r = Perplexity(**m, **kv, stream, opt, nullptr);
+  auto r = Perplexity(*m, **kv, stream, opt, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   const double want = ref["ppl"];
   std::cerr << "[cuda] perplexity " << r->ppl << " (reference " << want << ")\n";
@@ -317,11 +328,8 @@ TEST(CudaModel, RefModelAtpPerplexityNearCpu) {
   ATP_SKIP_WITHOUT_GPU();
   ATP_SKIP_WITHOUT_SHARED();
   auto cpu_model = LlamaModel::Load(testing::kRefModel);
-  auto gpu_model = LlamaModel::Load(testing::kRefModel);
-  ASSERT_TRUE(cpu_model.ok() && gpu_model.ok());
-  auto backend = MakeCudaBackend(**gpu_model);
-  ASSERT_TRUE(backend.ok()) << backend.status().ToString();
-  (*gpu_model)->SetBackend(std::move(backend).value());
+  auto gpu_model = LoadOnGpu();
+  ASSERT_TRUE(cpu_model.ok() && gpu_model);
   auto tok = Tokenizer::LoadFromDir(testing::kRefModel);
   ASSERT_TRUE(tok.ok());
   const auto stream = (*tok)->Encode(testing::Slurp(testing::kValidText), true);
@@ -333,12 +341,51 @@ TEST(CudaModel, RefModelAtpPerplexityNearCpu) {
   opt.chunked = true;
   opt.max_windows = 24;
   auto want = Perplexity(**cpu_model, **cpu_kv, stream, opt, nullptr);
-  auto got = Perplexity(**gpu_model, **gpu_kv, stream, opt, nullptr);
+  auto got = Perplexity(*gpu_model, **gpu_kv, stream, opt, nullptr);
   ASSERT_TRUE(want.ok() && got.ok()) << got.status().ToString();
   std::cerr << "[cuda] " << spec << " perplexity " << got->ppl << " (CPU " << want->ppl << "), KV bytes/token "
             << got->kv_bytes_per_token << " (CPU " << want->kv_bytes_per_token << ")\n";
   EXPECT_NEAR(got->ppl, want->ppl, 1e-2 * want->ppl);
   EXPECT_EQ(got->kv_bytes_per_token, want->kv_bytes_per_token);
+}
+
+// `serve --device cuda`: the server builds each request's policies with the GPU's parser
+// (ServerOptions::parse_kv) and its scheduler drives them through the GPU pass, two requests at once
+// (dense and atp) batched into the same forward passes. Greedy completions of ref-5m match the CPU
+// server's: the GPU pass reproduces the reference's greedy ids (RefModelLogitsMatchReferenceAndCpu,
+// and `atp generate --device cuda` on 24 tokens); both prompts stay within ATP's exact window
+// (64 + 64 tokens), where atp is dense attention. A failed request, or a policy the GPU parser
+// rejected, changes the status or the text.
+TEST(CudaServe, GreedyCompletionsMatchCpuServer) {
+  ATP_SKIP_WITHOUT_GPU();
+  ATP_SKIP_WITHOUT_SHARED();
+  auto gpu_model = LoadOnGpu();
+  ASSERT_TRUE(gpu_model);
+  ServerOptions opt;
+  opt.parse_kv = MakeCudaKvFactory;
+  server_test::TestServer gpu(opt, gpu_model.get());
+  server_test::TestServer cpu;
+  const std::vector<std::string> reqs = {
+      R"({"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0})",
+      R"({"prompt": "And God said, Let there be light", "max_tokens": 16, "temperature": 0, "kv": "atp:block=64,rank=16,window=64"})"};
+  std::vector<std::string> got(reqs.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < reqs.size(); ++i)
+    clients.emplace_back([&, i] {
+      auto r = server_test::Http(gpu.port(), "POST", "/v1/completions", reqs[i]);
+      EXPECT_EQ(r->status(), 200) << r->body();
+      got[i] = server_test::CompletionText(r->body(), false);
+    });
+  for (auto& c : clients) c.join();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    auto want = server_test::Http(cpu.port(), "POST", "/v1/completions", reqs[i]);
+    ASSERT_EQ(want->status(), 200) << want->body();
+    EXPECT_EQ(got[i], server_test::CompletionText(want->body(), false)) << reqs[i];
+    std::cerr << "[cuda] serve: " << reqs[i] << " -> " << got[i].size() << " characters, as the CPU server\n";
+  }
+  auto bad = server_test::Http(gpu.port(), "POST", "/v1/completions", R"({"prompt": "x", "max_tokens": 2, "kv": "h2o+kivi"})");
+  EXPECT_EQ(bad->status(), 400) << bad->body();
+  EXPECT_NE(bad->body().find("no CUDA kernels"), std::string::npos) << bad->body();
 }
 
 }  // namespace

@@ -51,16 +51,17 @@ inline RefModel& Ref() {
   return m;
 }
 
-// An HttpServer over the reference model on 127.0.0.1:<free port>, serving on its own thread.
+// An HttpServer over the reference model (or `model`: another instance of it, e.g. on the GPU) on
+// 127.0.0.1:<free port>, serving on its own thread.
 class TestServer {
  public:
-  explicit TestServer(ServerOptions opt = {}) {
+  explicit TestServer(ServerOptions opt = {}, LlamaModel* model = nullptr) {
     opt.host = "127.0.0.1";
     opt.port = 0;
     if (opt.model_name.empty()) opt.model_name = "ref-5m";
     auto chat = ChatTemplate::LoadFromDir(kRefModel);
     EXPECT_TRUE(chat.ok()) << chat.status().ToString();
-    auto s = HttpServer::Create(*Ref().model, *Ref().tok, std::move(chat).value(), opt);
+    auto s = HttpServer::Create(model ? *model : *Ref().model, *Ref().tok, std::move(chat).value(), opt);
     EXPECT_TRUE(s.ok()) << s.status().ToString();
     server_ = std::move(s).value();
     auto port = server_->Bind();

@@ -10,6 +10,9 @@
 
 #include "cli/common.h"
 #include "server/http_server.h"
+#if defined(ATP_CUDA)
+#include "cuda/backend.h"
+#endif
 
 namespace atp::cli {
 
@@ -77,8 +80,6 @@ void AddServe(CLI::App& app, Runner* run) {
       sigaction(SIGINT, &sa, nullptr);
       sigaction(SIGTERM, &sa, nullptr);
 
-      // Requests build their own (CPU) policies from their kv strings; the GPU pass cannot drive them.
-      if (o->f.device != "cpu") return Fail("serve", Status::Unsupported("--device " + o->f.device + " is not supported by serve yet"));
       auto bytes = ParseBytes(o->kv_memory);
       if (!bytes.ok()) return Fail("serve", bytes.status());
       auto l = Load(o->f, true);
@@ -88,6 +89,10 @@ void AddServe(CLI::App& app, Runner* run) {
       const bool default_template = chat->is_default();
       ServerOptions& s = o->s;
       s.default_kv = o->f.kv;
+#if defined(ATP_CUDA)
+      // Requests build their own policies from their kv strings: on the GPU, its policies.
+      if (o->f.device == "cuda") s.parse_kv = MakeCudaKvFactory;
+#endif
       s.scheduler.context = o->f.ctx;
       s.scheduler.kv_memory = *bytes;
       s.shutdown_timeout = std::chrono::milliseconds(int64_t(o->shutdown_timeout * 1000));

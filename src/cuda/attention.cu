@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "cuda/attention.h"
+#include "cuda/convert.cuh"
 
 namespace atp::cuda {
 
@@ -197,15 +198,6 @@ __device__ __forceinline__ void Load8(const DeviceRows& r, int64_t j, int h, int
 }
 
 // --- Storing rows --------------------------------------------------------------------------------
-
-template <typename T>
-__device__ T FromFloat(float x);
-template <>
-__device__ float FromFloat<float>(float x) { return x; }
-template <>
-__device__ __half FromFloat<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 // blockIdx.y: 0 stores K into k, 1 stores V into v.
 template <typename T>

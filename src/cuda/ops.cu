@@ -2,6 +2,7 @@
 #include <cstdlib>
 #include <cuda_fp16.h>
 
+#include "cuda/convert.cuh"
 #include "cuda/ops.h"
 
 namespace atp::cuda {
@@ -11,19 +12,11 @@ namespace {
 constexpr int kThreads = 256;
 inline unsigned Blocks(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
 
-template <typename T>
-__device__ float Load(const T* p, int64_t i);
-template <>
-__device__ float Load<float>(const float* p, int64_t i) { return p[i]; }
-template <>
-__device__ float Load<__half>(const __half* p, int64_t i) { return __half2float(p[i]); }
-template <>
-__device__ float Load<bf16>(const bf16* p, int64_t i) { return __bfloat162float(p[i]); }
 
 template <typename T>
 __global__ void ToBf16Kernel(const T* src, int64_t n, bf16* dst) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) dst[i] = __float2bfloat16_rn(Load(src, i));
+  if (i < n) dst[i] = __float2bfloat16_rn(ToFloat(src[i]));
 }
 
 __global__ void EmbedKernel(const bf16* table, const int32_t* tokens, int d, float* x) {
@@ -45,13 +38,6 @@ __device__ float BlockSum(float v, float* red) {
 }
 
 template <typename T>
-__device__ T Store(float x);
-template <>
-__device__ float Store<float>(float x) { return x; }
-template <>
-__device__ bf16 Store<bf16>(float x) { return __float2bfloat16_rn(x); }
-
-template <typename T>
 __global__ void RmsNormKernel(const float* x, const int32_t* rows, int d, const float* w, float eps, T* y) {
   __shared__ float red[32];
   const int64_t r = blockIdx.x;
@@ -61,7 +47,7 @@ __global__ void RmsNormKernel(const float* x, const int32_t* rows, int d, const 
   // f32 sums of d/256 squares per thread, then a tree: relative error ~1e-6, far under bf16's
   // 4e-3 rounding of the output (the CPU sums in double).
   const float inv = rsqrtf(BlockSum(ss, red) / float(d) + eps);
-  for (int i = threadIdx.x; i < d; i += blockDim.x) y[r * d + i] = Store<T>(xr[i] * inv * w[i]);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) y[r * d + i] = FromFloat<T>(xr[i] * inv * w[i]);
 }
 
 // One block per row; thread i handles rotation pair i of every head (and the V copy).

@@ -106,7 +106,8 @@ void HttpServer::Reply(httplib::Response& res, const std::string& endpoint, cons
 Result<std::shared_ptr<const KvPolicyFactory>> HttpServer::Policy(const std::string& spec) {
   std::lock_guard<std::mutex> lk(policy_mu_);
   if (auto it = policies_.find(spec); it != policies_.end()) return it->second;
-  ATP_ASSIGN_OR_RETURN(std::shared_ptr<const KvPolicyFactory> f, ParseKvPolicy(spec, model_.dir()));
+  ATP_ASSIGN_OR_RETURN(std::shared_ptr<const KvPolicyFactory> f,
+                       opt_.parse_kv ? opt_.parse_kv(spec, model_.dir()) : ParseKvPolicy(spec, model_.dir()));
   for (int l = 0; l < model_.config().num_layers; ++l) ATP_RETURN_IF_ERROR(f->CheckShape(model_.kv_shape(l)));
   // Bounded, so that a client sending endless variants cannot grow it; beyond that, parse each time.
   if (policies_.size() < 64) policies_.emplace(spec, f);

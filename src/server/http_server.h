@@ -4,6 +4,7 @@
 #pragma once
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -33,6 +34,9 @@ struct ServerOptions {
   SchedulerOptions scheduler;
   size_t max_body_bytes = size_t(8) << 20;
   std::chrono::milliseconds shutdown_timeout{30000};  // for in-flight requests to finish
+  // How a request's kv string becomes policies: the CPU registry (ParseKvPolicy) when empty;
+  // `serve --device cuda` passes the GPU's (MakeCudaKvFactory), whose policies the model's backend drives.
+  std::function<Result<std::shared_ptr<KvPolicyFactory>>(const std::string& spec, const std::string& model_dir)> parse_kv;
 };
 
 class HttpServer {
