@@ -25,8 +25,8 @@ void BlockBases(const float* first, const float* rest, int n, int B, int d, int 
 // K_z, V_z (B, width) f32 (blocks back to back in K and V), row ranks[0] + .. + ranks[z-1] + c of
 // PK and PV (width) = sum_i U[i][c] K_z[i] (and V), summed in i order with separate roundings like
 // the CPU policy's loop, so both get the same floats from the same U. max_rank bounds ranks[z].
-// Also the blocks' ends for cuda::Visibility: ends[z] = base + ranks[0] + .. + ranks[z] (written
-// here, on the device, so that no host copy orders the stream against others).
+// Also the blocks' ends for cuda::Visibility: ends[z] = base + ranks[0] + .. + ranks[z], written on
+// the device, so a block needs no host-to-device copy (which would synchronize the host).
 void PrincipalRows(const float* U, const int32_t* ranks, int n, int B, int max_rank, const float* K, const float* V,
                    int width, float* PK, float* PV, int64_t base, int32_t* ends, cudaStream_t s);
 
