@@ -7,7 +7,8 @@
 #                                         ncu_decode (on request);
 #                                         logs and JSON lines in $OUT. PREFILL=1024 bench: decode at
 #                                         every context after a 1024-token prefill only; BENCH_KV:
-#                                         the policies (default dense bf16, mx fp4, mx fp8, dense f32)
+#                                         the policies (default dense bf16, mx fp4, mx fp8, dense f32);
+#                                         DECODE: decode steps per run (default 32)
 #   bench/cuda_device.sh slim | unslim    (here) the `run` tool copies tracked files and refuses a tree over
 #                                         64 MiB; models/atp-40m's weights (77 MB) alone exceed it. slim
 #                                         drops them from the index (the file stays; git status shows a
