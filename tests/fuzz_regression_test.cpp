@@ -12,6 +12,7 @@
 #include "model/weights.h"
 #include "server/api_request.h"
 #include "test_util.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace atp {
@@ -62,6 +63,25 @@ TEST(FuzzRegression, RequestNestedTooDeeply) {
   }
   ApiRequest r;  // the nesting real requests use still parses
   EXPECT_FALSE(ParseApiRequest(R"({"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]})", true, &r));
+}
+
+// fuzz_api_request: a content part whose "type" was an object made part.value("type", "") throw
+// nlohmann's type_error out of ParseApiRequest (std::terminate). The same pattern read a
+// tokenizer_config.json chat_template list entry's "name" (found in review): both compare the field
+// as JSON now, so a non-string is just not a match.
+TEST(FuzzRegression, NonStringFieldsWhereStringsAreCompared) {
+  ApiRequest r;
+  auto err = ParseApiRequest(R"({"messages":[{"role":"user","content":[{"type":{"prompt":[1]},"text":"there"}]}]})", true, &r);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(err->status, 400);
+  EXPECT_NE(err->message.find("only parts of type 'text'"), std::string::npos) << err->message;
+  const auto cfg = nlohmann::json::parse(
+      R"({"chat_template": [{"name": 7, "template": "bad"}, {"name": "default", "template": "{{ 'ok' }}"}]})");
+  auto t = ChatTemplate::FromTokenizerConfig(cfg, "tokenizer_config.json");
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  auto text = t->Render(nlohmann::ordered_json::array(), false);
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  EXPECT_EQ(*text, "ok");
 }
 
 // fuzz_tokenizer_json: a Split on \C cut "é" into its two bytes; the next Split then matched past

@@ -335,7 +335,8 @@ Result<std::vector<std::pair<std::string, Value>>> ToGguf(const std::string& tok
     if (it->is_string()) chat = it->get<std::string>();
     else if (it->is_array())
       for (const json& e : *it)
-        if (e.is_object() && e.value("name", "") == "default") chat = e.value("template", "");
+        if (e.is_object() && e.value("name", json()) == "default" && e.value("template", json()).is_string())
+          chat = e["template"];
     if (!chat.empty()) md.emplace_back("tokenizer.chat_template", Value::Str(chat));
   }
   return md;

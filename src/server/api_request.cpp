@@ -134,7 +134,8 @@ void ParseMessages(Fields& f, ApiRequest* r) {
     } else if (content.is_array()) {
       std::string text;
       for (const OJson& part : content) {
-        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+        // value(key, OJson()): a "type" that is not a string compares unequal instead of throwing.
+        if (!part.is_object() || part.value("type", OJson()) != "text" || !part.contains("text") || !part["text"].is_string())
           return f.Fail(at + ".content", at + ".content: only parts of type 'text' are supported");
         text += part["text"].get<std::string>();
       }

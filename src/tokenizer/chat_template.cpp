@@ -1540,7 +1540,7 @@ Result<ChatTemplate> ChatTemplate::FromTokenizerConfig(const nlohmann::json& cfg
       source = it->get<std::string>();
     } else if (it->is_array()) {
       for (auto& entry : *it)
-        if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
+        if (entry.is_object() && entry.value("name", nlohmann::json()) == "default" && entry.contains("template") &&
             entry["template"].is_string())
           source = entry["template"];
       if (source.empty()) return Status::Corruption(where + ": chat_template: no entry named \"default\"");
