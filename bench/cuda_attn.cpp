@@ -82,7 +82,7 @@ const char* Name(KvFormat f) {
 void AtpRows(const atp::cuda::AttnShape& shape, const std::vector<DeviceRows>& ks, const std::vector<DeviceRows>& vs,
              const float* q, float* o, int sms, int L) {
   constexpr int kBlock = 64, kRank = 16, kWindow = 64, kDModel = 2048;
-  const int64_t nb = L - 1 >= kWindow ? (L - 1 - kWindow) / kBlock : 0;
+  const int64_t nb = atp::cuda::CompressedBlocks(kBlock, kWindow, L - 1);
   std::vector<int32_t> ends(size_t(nb) + 1);
   for (size_t b = 0; b < ends.size(); ++b) ends[b] = int32_t((b + 1) * kRank);
   int32_t* d_ends;

@@ -21,7 +21,6 @@ namespace {
 
 using cuda::DeviceArray;
 using cuda::KvFormat;
-using cuda::Staged;
 
 constexpr int kBlocksPerLaunch = 64;  // bounds the f32 scratch of one basis launch
 
@@ -61,14 +60,12 @@ class CudaAtpPolicy : public KvPolicy {
   Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) override {
     const int64_t T = int64_t(positions.size());
     if (T == 0) return Status::Ok();
-    if (positions[0] != len_)
-      return Status::InvalidArgument("atp: position " + std::to_string(positions[0]) + " appended after " +
-                                     std::to_string(len_) + " tokens");
+    ATP_RETURN_IF_ERROR(cuda::CheckContinues("atp", positions[0], len_));
     if (!X) return Status::InvalidArgument("atp: the layer input X is needed (the paper's basis)");
     const int B = p_.block, d = s_.d_model, kvd = s_.kv_dim();
-    const float* dk = Staged(K, size_t(T * kvd), &kind_k_, &stage_k_);
-    const float* dv = Staged(V, size_t(T * kvd), &kind_v_, &stage_v_);
-    const float* dx = Staged(X, size_t(T * d), &kind_x_, &stage_x_);
+    const float* dk = k_in_.Get(K, size_t(T * kvd));
+    const float* dv = v_in_.Get(V, size_t(T * kvd));
+    const float* dx = x_in_.Get(X, size_t(T * d));
     if (!dk || !dv || !dx) return Status::ResourceExhausted("cuda atp policy: cannot stage appended rows");
 
     // No query from positions[0] on sees the blocks below this one exactly (kv/atp_policy.cpp). A
@@ -109,7 +106,7 @@ class CudaAtpPolicy : public KvPolicy {
   void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     if (positions.empty()) return;
     const int64_t last = positions.back(), nb = CompressedBlocks(last);
-    if (nb > 0 && pending_ && nb > pending_block_) AwaitCompression();  // a query sees that block now
+    if (pending_ && nb > pending_block_) AwaitCompression();  // a query sees that block compressed now
     cuda::Visibility vis;
     vis.first = exact_.first(), vis.block = p_.block, vis.window = p_.window;
     vis.pk = pk_.rows(), vis.pv = pv_.rows(), vis.pre_end = pre_end_.get();
@@ -128,7 +125,7 @@ class CudaAtpPolicy : public KvPolicy {
   bool ReadsInput() const override { return true; }
 
  private:
-  int64_t CompressedBlocks(int64_t p) const { return p >= p_.window ? (p - p_.window) / p_.block : 0; }
+  int64_t CompressedBlocks(int64_t p) const { return cuda::CompressedBlocks(p_.block, p_.window, p); }
 
   // The forward's stream waits (on the device) for the last background compression.
   void AwaitCompression() {
@@ -150,7 +147,7 @@ class CudaAtpPolicy : public KvPolicy {
                               {&ppk_, size_t(n) * max_rank * kvd}, {&ppv_, size_t(n) * max_rank * kvd}})
       ATP_RETURN_IF_ERROR(buf->Grow(count));
     ATP_RETURN_IF_ERROR(ranks_.Grow(size_t(n)));
-    if (!background) return Compress(b0, n, first, rest, max_rank, nullptr);
+    if (!background) return Compress(b0, n, first, rest, max_rank);
     // Principal rows of a fixed rank: row counts and capacity need no result of the kernels.
     ATP_RETURN_IF_ERROR(Record(std::vector<int32_t>(size_t(n), max_rank)));
     ATP_CUDA_RETURN(cudaEventRecord(stored_, nullptr));  // the block's K, V and X are in place
@@ -177,21 +174,20 @@ class CudaAtpPolicy : public KvPolicy {
   }
 
   // Compression on the forward's stream; ranks from the data (tau) are read back first.
-  Status Compress(int64_t b0, int n, const float* first, const float* rest, int max_rank, cudaStream_t s) {
+  Status Compress(int64_t b0, int n, const float* first, const float* rest, int max_rank) {
     std::vector<int32_t> ranks(size_t(n), max_rank);
     if (p_.tau > 0) {  // the row counts depend on the bases: compute them, read the ranks, then the rows
-      cuda::BlockBases(first, rest, n, p_.block, s_.d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
+      cuda::BlockBases(first, rest, n, p_.block, s_.d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), nullptr);
       ATP_CUDA_RETURN(cudaMemcpy(ranks.data(), ranks_.get(), size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost));
     }
     const int64_t at = principal_;
     ATP_RETURN_IF_ERROR(Record(ranks));
-    Launch(b0, n, first, rest, max_rank, at, principal_ - at, p_.tau <= 0, s);
+    Launch(b0, n, first, rest, max_rank, at, principal_ - at, p_.tau <= 0, nullptr);
     return cuda::LastLaunch("atp compress");
   }
 
   // Appends n blocks of the given ranks to the bookkeeping: block ends (the host's; Launch writes the
-  // device's), room for their principal rows and ends. Growing a device buffer frees the old one,
-  // which waits for the whole device: it happens when a capacity doubles, not per block.
+  // device's), room for their principal rows and ends (capacities double, so growth is rare).
   Status Record(const std::vector<int32_t>& ranks) {
     int64_t rows = 0;
     const size_t old = pre_end_host_.size();
@@ -224,8 +220,7 @@ class CudaAtpPolicy : public KvPolicy {
   DeviceArray<float> u_, kb_, vb_, ppk_, ppv_;  // scratch of compression
   DeviceArray<int32_t> ranks_;
   cuda::StagedAttention attention_;
-  DeviceArray<float> stage_k_, stage_v_, stage_x_;  // host-pointer staging (tests)
-  cuda::PointerKind kind_k_, kind_v_, kind_x_;
+  cuda::DeviceInput k_in_, v_in_, x_in_;
 };
 
 class CudaAtpFactory : public KvPolicyFactory {
@@ -259,7 +254,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& ca
   ATP_ASSIGN_OR_RETURN(p.tau, canon.Float("tau", 0, 0, 1));
   ATP_ASSIGN_OR_RETURN(p.window, canon.Int("window", p.block, 0, 1 << 24));
   ATP_ASSIGN_OR_RETURN(DType dt, canon.Dtype("dtype", DType::kF32));
-  p.fmt = dt == DType::kF32 ? KvFormat::kF32 : dt == DType::kF16 ? KvFormat::kF16 : KvFormat::kBF16;
+  p.fmt = cuda::ExactFormat(dt);
   return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaAtpFactory>(p, describe));
 }
 

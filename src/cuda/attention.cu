@@ -32,12 +32,6 @@ Split DecodeSplit(const AttnShape& a, int64_t len, int sm_count) {
   return {int(chunk), int((len + chunk - 1) / chunk)};
 }
 
-// Block (split, kv head): the G query heads of one KV head over one chunk of rows of a range.
-// Lanes work in groups of hd/8, one row per group, each lane owning 8 elements of the row; the
-// same lane keeps the same 8 query elements in registers for the whole kernel. Writes, per head
-// and split, the running max m, the sum l of exp(s - m) and the unnormalized output (hd).
-// GM: the group size G rounded up to 1, 2, 4 or 8 (register arrays need a compile-time size;
-// lanes of heads g >= G compute on zeros and are never stored).
 // Rows [begin, end) of k and v that one query sees, cut into `splits` chunks.
 struct DecodeRange {
   DeviceRows k, v;
@@ -45,8 +39,13 @@ struct DecodeRange {
   int splits = 0;
 };
 
-// Writes partials to slots slot0 + blockIdx.x of `slots` per head (two launches of different forms
-// can fill one merge).
+// Block (split, kv head): the G query heads of one KV head over one chunk of rows of a range.
+// Lanes work in groups of hd/8, one row per group, each lane owning 8 elements of the row; the
+// same lane keeps the same 8 query elements in registers for the whole kernel. Writes, per head
+// and split, the running max m, the sum l of exp(s - m) and the unnormalized output (hd), to slot
+// slot0 + blockIdx.x of `slots` (two launches of different forms can fill one merge).
+// GM: the group size G rounded up to 1, 2, 4 or 8 (register arrays need a compile-time size;
+// lanes of heads g >= G compute on zeros and are never stored).
 template <KvFormat F, int GM>
 __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeRange ra, DecodeRange rb, const float* q,
                                                                int n_heads, int chunk, float scale, float* part,
@@ -208,16 +207,12 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const float* pa
 
 // --- Visibility ----------------------------------------------------------------------------------
 
-// Blocks a query at position p sees only through principal rows (kv/atp_policy.cpp's CompressedBlocks).
-__host__ __device__ __forceinline__ int64_t CompressedBlocks(const Visibility& v, int64_t p) {
-  return v.block > 0 && p >= v.window ? (p - v.window) / v.block : 0;
-}
 // The first position a query at p sees exactly, and the principal rows it sees.
 __host__ __device__ __forceinline__ int64_t SeenFrom(const Visibility& v, int64_t p) {
-  return CompressedBlocks(v, p) * v.block;
+  return CompressedBlocks(v.block, v.window, p) * v.block;
 }
 __device__ __forceinline__ int64_t PrincipalSeen(const Visibility& v, int64_t p) {
-  const int64_t nb = CompressedBlocks(v, p);
+  const int64_t nb = CompressedBlocks(v.block, v.window, p);
   return nb == 0 ? 0 : v.pre_end ? v.pre_end[nb - 1] : nb * v.rows_per_block;
 }
 

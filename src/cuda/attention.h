@@ -36,7 +36,6 @@ struct DeviceRows {
 };
 
 bool IsMx(KvFormat f);
-bool IsKivi(KvFormat f);
 // Bytes of element data, and of scales, of one token (all KV heads).
 int64_t TokenElemBytes(KvFormat f, int dim, int n_kv);
 int64_t TokenScaleBytes(KvFormat f, int dim, int n_kv);
@@ -63,6 +62,12 @@ struct Visibility {
   int rows_per_block = 0;            // when pre_end is null: pre_end[b] = (b + 1) * rows_per_block
   int64_t last_pre = 0;              // host: pre_end[nb(p) - 1] for the last query's p (0 when nb(p) = 0)
 };
+
+// nb(p): the blocks a query at position p sees only through principal rows (the CPU's
+// kv/atp_policy.cpp CompressedBlocks); the kernels and the policies that fill a Visibility share it.
+inline __host__ __device__ int64_t CompressedBlocks(int block, int window, int64_t p) {
+  return block > 0 && p >= window ? (p - window) / block : 0;
+}
 
 // Rows [first, first + n) of r (all KV heads) as f32: out (n, n_kv * dim), values as stored.
 void LoadRowsF32(const DeviceRows& r, int64_t first, int64_t n, float* out, cudaStream_t s);

@@ -1,6 +1,7 @@
 #include "cuda/device_policy.h"
 
 #include <algorithm>
+#include <string>
 
 namespace atp::cuda {
 
@@ -23,11 +24,30 @@ int SmCount() {
   return n;
 }
 
-const float* Staged(const float* p, size_t n, PointerKind* kind, DeviceArray<float>* stage) {
-  if (kind->OnDevice(p)) return p;
-  if (!stage->Grow(n).ok()) return nullptr;
-  cudaMemcpy(stage->get(), p, n * sizeof(float), cudaMemcpyHostToDevice);
-  return stage->get();
+const float* DeviceInput::Get(const float* p, size_t n) {
+  if (kind_.OnDevice(p)) return p;
+  if (!stage_.Grow(n).ok()) return nullptr;
+  cudaMemcpy(stage_.get(), p, n * sizeof(float), cudaMemcpyHostToDevice);
+  return stage_.get();
+}
+
+float* DeviceOutput::Get(float* p, size_t n) {
+  if (kind_.OnDevice(p)) return p;
+  return stage_.Grow(n).ok() ? stage_.get() : nullptr;
+}
+
+void DeviceOutput::Finish(float* p, size_t n) {
+  if (!kind_.OnDevice(p)) cudaMemcpy(p, stage_.get(), n * sizeof(float), cudaMemcpyDeviceToHost);
+}
+
+KvFormat ExactFormat(DType dt) {
+  return dt == DType::kF32 ? KvFormat::kF32 : dt == DType::kF16 ? KvFormat::kF16 : KvFormat::kBF16;
+}
+
+Status CheckContinues(const char* policy, int64_t first, int64_t len) {
+  if (first == len) return Status::Ok();
+  return Status::InvalidArgument(std::string(policy) + ": position " + std::to_string(first) + " appended after " +
+                                 std::to_string(len) + " tokens");
 }
 
 Status RowBuffer::Move(int64_t cap, int64_t from, int64_t keep) {
@@ -65,13 +85,11 @@ void StagedAttention::Run(const KvShape& s, const DeviceRows& k, const DeviceRow
   if (T == 0) return;
   const size_t nq = size_t(T) * size_t(s.q_dim());
   const AttnShape a{s.n_heads, s.n_kv_heads, s.head_dim};
-  const bool host_out = !kind_o_.OnDevice(O);
-  const float* dq = Staged(Q, nq, &kind_q_, &stage_q_);
-  if (!dq || (host_out && !stage_o_.Grow(nq).ok())) return;
-  if (!ws_.Grow(size_t(AttendWorkspaceFloats(a, seen, SmCount()))).ok()) return;
-  float* o = host_out ? stage_o_.get() : O;
+  const float* dq = q_.Get(Q, nq);
+  float* o = o_.Get(O, nq);
+  if (!dq || !o || !ws_.Grow(size_t(AttendWorkspaceFloats(a, seen, SmCount()))).ok()) return;
   Attend(a, k, v, vis, dq, T, positions[0], o, ws_.get(), SmCount(), nullptr);
-  if (host_out) cudaMemcpy(O, o, nq * sizeof(float), cudaMemcpyDeviceToHost);
+  o_.Finish(O, nq);
 }
 
 DeviceRows RowBuffer::rows() const {

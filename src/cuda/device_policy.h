@@ -6,6 +6,7 @@
 #include <functional>
 #include <span>
 
+#include "core/dtype.h"
 #include "core/status.h"
 #include "cuda/attention.h"
 #include "cuda/check.h"
@@ -33,8 +34,36 @@ class PointerKind {
 // Multiprocessors of the current device (the decode kernels' split).
 int SmCount();
 
-// f32 data at p, on the device: p itself, or a copy of n floats into `stage` (null if that fails).
-const float* Staged(const float* p, size_t n, PointerKind* kind, DeviceArray<float>* stage);
+// One f32 input of a policy call (K, V, X, Q) as device memory: the caller's pointer, or a copy of
+// a host buffer (tests drive policies through the plain KvPolicy interface; the forward pass hands
+// device pointers and pays one cached pointer query).
+class DeviceInput {
+ public:
+  // n floats at p on the device; null if staging them fails.
+  const float* Get(const float* p, size_t n);
+
+ private:
+  PointerKind kind_;
+  DeviceArray<float> stage_;
+};
+
+// One f32 output (O): Get gives where to write n floats (null if staging fails); Finish copies a
+// staged result back to the caller's host buffer.
+class DeviceOutput {
+ public:
+  float* Get(float* p, size_t n);
+  void Finish(float* p, size_t n);
+
+ private:
+  PointerKind kind_;
+  DeviceArray<float> stage_;
+};
+
+// The element form of exact rows in dtype f32, f16 or bf16 (the dtypes policy strings allow).
+KvFormat ExactFormat(DType dt);
+
+// Ok when appended positions continue at `len`, as KvPolicy::Append requires; `policy` names it.
+Status CheckContinues(const char* policy, int64_t first, int64_t len);
 
 // K or V rows of one layer, grown by doubling so that appends cost amortized O(1) copies.
 class RowBuffer {
@@ -86,8 +115,9 @@ class StagedAttention {
            std::span<const int32_t> positions, int64_t seen, const float* Q, float* O);
 
  private:
-  PointerKind kind_q_, kind_o_;
-  DeviceArray<float> stage_q_, stage_o_, ws_;
+  DeviceInput q_;
+  DeviceOutput o_;
+  DeviceArray<float> ws_;
 };
 
 }  // namespace atp::cuda

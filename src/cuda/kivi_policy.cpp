@@ -40,12 +40,10 @@ class CudaKiviPolicy : public KvPolicy {
   Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
     const int64_t T = int64_t(positions.size());
     if (T == 0) return Status::Ok();
-    if (positions[0] != len_)
-      return Status::InvalidArgument("kivi: position " + std::to_string(positions[0]) + " appended after " +
-                                     std::to_string(len_) + " tokens");
+    ATP_RETURN_IF_ERROR(cuda::CheckContinues("kivi", positions[0], len_));
     const int64_t n = T * s_.kv_dim(), G = p_.group;
-    const float* dk = cuda::Staged(K, size_t(n), &kind_k_, &stage_k_);
-    const float* dv = cuda::Staged(V, size_t(n), &kind_v_, &stage_v_);
+    const float* dk = k_in_.Get(K, size_t(n));
+    const float* dv = v_in_.Get(V, size_t(n));
     if (!dk || !dv) return Status::ResourceExhausted("cuda kivi policy: cannot stage appended rows");
     // Rows of groups packed before this call are read packed by every later query.
     ATP_RETURN_IF_ERROR(exact_.Append(len_, groups_ * G, dk, dv, T, [] {}));
@@ -70,7 +68,7 @@ class CudaKiviPolicy : public KvPolicy {
     vis.first = exact_.first(), vis.block = p_.group, vis.window = p_.residual - 1;
     vis.pk = Packed(true), vis.pv = Packed(false), vis.rows_per_block = p_.group;
     const int64_t last = positions.back();
-    vis.last_pre = last >= vis.window ? (last - vis.window) / p_.group * p_.group : 0;
+    vis.last_pre = cuda::CompressedBlocks(vis.block, vis.window, last) * vis.rows_per_block;
     attention_.Run(s_, exact_.k(), exact_.v(), vis, positions, last + 1, Q, O);
   }
 
@@ -100,8 +98,7 @@ class CudaKiviPolicy : public KvPolicy {
   cuda::ExactTail exact_;         // from the first position not yet packed
   DeviceArray<uint8_t> kcodes_, vcodes_, kparams_, vparams_;
   cuda::StagedAttention attention_;
-  DeviceArray<float> stage_k_, stage_v_;  // host-pointer staging (tests)
-  cuda::PointerKind kind_k_, kind_v_;
+  cuda::DeviceInput k_in_, v_in_;
 };
 
 class CudaKiviFactory : public KvPolicyFactory {
@@ -133,7 +130,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKiviFactory(const PolicySpec& c
                                "a multiple of 8 dividing head_dim");
   ATP_ASSIGN_OR_RETURN(p.residual, canon.Int("residual", 128, 0, 1 << 24));
   ATP_ASSIGN_OR_RETURN(DType dt, canon.Dtype("dtype", DType::kF32));
-  p.exact = dt == DType::kF32 ? KvFormat::kF32 : dt == DType::kF16 ? KvFormat::kF16 : KvFormat::kBF16;
+  p.exact = cuda::ExactFormat(dt);
   return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaKiviFactory>(p, describe));
 }
 

@@ -1,8 +1,8 @@
 // KV policies whose rows live in GPU memory (cuda/backend.h): every token's K and V rows in one
 // form, dense or MX, the GPU twin of `dense` and of `mx` alone (kv/composite.h's codec policy); and
 // calibrated `lowrank`, whose coefficient rows are such rows of width r, between per-head changes of
-// basis; `atp` and `kivi` live in cuda/atp_policy.cpp and cuda/kivi_policy.cpp. They accept device or host pointers; host buffers are
-// staged, which only tests should do.
+// basis; `atp` and `kivi` live in cuda/atp_policy.cpp and cuda/kivi_policy.cpp. They accept device
+// or host pointers; host buffers are staged, which only tests should do.
 #include <algorithm>
 #include <cmath>
 
@@ -21,12 +21,11 @@ namespace atp {
 namespace {
 
 using cuda::DeviceArray;
+using cuda::DeviceInput;
+using cuda::DeviceOutput;
 using cuda::DeviceRows;
 using cuda::KvFormat;
-using cuda::PointerKind;
 using cuda::RowBuffer;
-using cuda::SmCount;
-using cuda::Staged;
 
 class CudaRowsPolicy : public KvPolicy {
  public:
@@ -35,14 +34,12 @@ class CudaRowsPolicy : public KvPolicy {
 
   Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
     if (positions.empty()) return Status::Ok();
-    if (positions[0] != len_)
-      return Status::InvalidArgument("kv policy: position " + std::to_string(positions[0]) + " appended after " +
-                                     std::to_string(len_) + " tokens");
+    ATP_RETURN_IF_ERROR(cuda::CheckContinues("kv policy", positions[0], len_));
     const int64_t T = int64_t(positions.size()), n = T * shape_.kv_dim();
     ATP_RETURN_IF_ERROR(k_.Reserve(len_ + T, len_));
     ATP_RETURN_IF_ERROR(v_.Reserve(len_ + T, len_));
-    const float* dk = Staged(K, size_t(n), &kind_k_, &stage_k_);
-    const float* dv = Staged(V, size_t(n), &kind_v_, &stage_v_);
+    const float* dk = k_in_.Get(K, size_t(n));
+    const float* dv = v_in_.Get(V, size_t(n));
     if (!dk || !dv) return Status::ResourceExhausted("cuda kv policy: cannot stage appended rows");
     cuda::StoreKv(k_.rows(), v_.rows(), len_, dk, dv, T, nullptr);
     ATP_RETURN_IF_ERROR(cuda::LastLaunch("kv append"));
@@ -64,8 +61,7 @@ class CudaRowsPolicy : public KvPolicy {
   int64_t len_ = 0;
   RowBuffer k_, v_;
   cuda::StagedAttention attention_;
-  DeviceArray<float> stage_k_, stage_v_;  // host-pointer staging (tests)
-  PointerKind kind_k_, kind_v_;
+  DeviceInput k_in_, v_in_;
 };
 
 // `lowrank:rk=R,rv=R,mode=calib` (kv/lowrank_policy.h): each token keeps c = k P_k and e = v P_v (R per
@@ -89,8 +85,8 @@ class CudaLowRankPolicy : public KvPolicy {
       ATP_CUDA_RETURN(cudaMemcpy(pv_.get(), pv_host_.data(), pv_host_.size() * sizeof(float), cudaMemcpyHostToDevice));
     }
     const size_t n = size_t(T) * size_t(s_.kv_dim()), nc = size_t(T) * size_t(s_.n_kv_heads) * size_t(r_);
-    const float* dk = Staged(K, n, &kind_k_, &stage_k_);
-    const float* dv = Staged(V, n, &kind_v_, &stage_v_);
+    const float* dk = k_in_.Get(K, n);
+    const float* dv = v_in_.Get(V, n);
     if (!dk || !dv || !c_.Grow(nc).ok() || !e_.Grow(nc).ok())
       return Status::ResourceExhausted("cuda lowrank policy: cannot stage appended rows");
     const int hd = s_.head_dim;
@@ -105,15 +101,14 @@ class CudaLowRankPolicy : public KvPolicy {
     if (T == 0) return;
     const int hd = s_.head_dim, group = s_.n_heads / s_.n_kv_heads;
     const size_t nq = size_t(T) * size_t(s_.q_dim()), nr = size_t(T) * size_t(s_.n_heads) * size_t(r_);
-    const bool host_out = !kind_o_.OnDevice(O);
-    const float* dq = Staged(Q, nq, &kind_q_, &stage_q_);
-    if (!dq || !qr_.Grow(nr).ok() || !or_.Grow(nr).ok() || (host_out && !stage_o_.Grow(nq).ok())) return;
+    const float* dq = q_in_.Get(Q, nq);
+    float* o = o_out_.Get(O, nq);
+    if (!dq || !o || !qr_.Grow(nr).ok() || !or_.Grow(nr).ok()) return;
     cuda::ProjectHeads(dq, T, s_.n_heads, hd, pk_.get(), group, r_, r_, 1, std::sqrt(float(r_) / float(hd)), qr_.get(),
                        nullptr);
     inner_.Attend(positions, qr_.get(), or_.get());
-    float* o = host_out ? stage_o_.get() : O;
     cuda::ProjectHeads(or_.get(), T, s_.n_heads, r_, pv_.get(), group, hd, 1, r_, 1.f, o, nullptr);
-    if (host_out) cudaMemcpy(O, o, nq * sizeof(float), cudaMemcpyDeviceToHost);
+    o_out_.Finish(O, nq);
   }
 
   size_t Bytes() const override { return inner_.Bytes(); }  // calibrated bases belong to the model, as on the CPU
@@ -126,9 +121,9 @@ class CudaLowRankPolicy : public KvPolicy {
   std::vector<float> pk_host_, pv_host_;
   DeviceArray<float> pk_, pv_;
   CudaRowsPolicy inner_;
-  DeviceArray<float> c_, e_, qr_, or_;                        // coefficients, reduced queries and outputs
-  DeviceArray<float> stage_k_, stage_v_, stage_q_, stage_o_;  // host-pointer staging (tests)
-  PointerKind kind_k_, kind_v_, kind_q_, kind_o_;
+  DeviceArray<float> c_, e_, qr_, or_;  // coefficients, reduced queries and outputs
+  DeviceInput k_in_, v_in_, q_in_;
+  DeviceOutput o_out_;
 };
 
 class CudaLowRankFactory : public KvPolicyFactory {
@@ -205,7 +200,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
   Result<KvFormat> f = Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels yet; " + supported);
   if (ps.name() == "dense") {
     ATP_ASSIGN_OR_RETURN(DType dt, ps.Dtype("dtype", DType::kF32));
-    f = dt == DType::kF32 ? KvFormat::kF32 : dt == DType::kF16 ? KvFormat::kF16 : KvFormat::kBF16;
+    f = cuda::ExactFormat(dt);
   } else if (canon == "mx:fmt=fp8_e4m3") {
     f = KvFormat::kMxFp8E4M3;
   } else if (canon == "mx:fmt=fp4") {

@@ -173,7 +173,6 @@ __global__ void LoadRowsKernel(DeviceRows r, int64_t first, int64_t n, float* ou
 }  // namespace
 
 bool IsMx(KvFormat f) { return f == KvFormat::kMxFp8E4M3 || f == KvFormat::kMxFp4; }
-bool IsKivi(KvFormat f) { return IsKiviF(f); }
 
 int64_t TokenElemBytes(KvFormat f, int dim, int n_kv) { return int64_t(n_kv) * dim * ElementBits(f) / 8; }
 int64_t TokenScaleBytes(KvFormat f, int dim, int n_kv) { return IsMx(f) ? int64_t(n_kv) * (dim / 32) : 0; }

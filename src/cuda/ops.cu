@@ -12,7 +12,6 @@ namespace {
 constexpr int kThreads = 256;
 inline unsigned Blocks(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
 
-
 template <typename T>
 __global__ void ToBf16Kernel(const T* src, int64_t n, bf16* dst) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
