@@ -8,9 +8,10 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <sstream>
+
+#include "core/mapped_file.h"
 
 namespace atp {
 namespace jinja {
@@ -1505,27 +1506,19 @@ std::string TokenText(const nlohmann::json& cfg, const char* key) {
   return "";
 }
 
-Result<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::IOError(path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 
 Result<ChatTemplate> ChatTemplate::LoadFromDir(const std::string& dir) {
   nlohmann::json cfg = nlohmann::json::object();
   const std::string cfg_path = dir + "/tokenizer_config.json";
   if (std::filesystem::exists(cfg_path)) {
-    ATP_ASSIGN_OR_RETURN(std::string text, ReadText(cfg_path));
+    ATP_ASSIGN_OR_RETURN(std::string text, ReadFile(cfg_path));
     cfg = nlohmann::json::parse(text, nullptr, false);
     if (cfg.is_discarded() || !cfg.is_object()) return Status::Corruption(cfg_path + ": invalid JSON");
   }
   const std::string jinja_path = dir + "/chat_template.jinja";
   if (std::filesystem::exists(jinja_path)) {
-    ATP_ASSIGN_OR_RETURN(std::string source, ReadText(jinja_path));
+    ATP_ASSIGN_OR_RETURN(std::string source, ReadFile(jinja_path));
     auto t = Parse(source, TokenText(cfg, "bos_token"), TokenText(cfg, "eos_token"));
     if (!t.ok()) return t.status().WithContext(jinja_path + ": ");
     return t;
