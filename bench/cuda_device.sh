@@ -89,6 +89,17 @@ ncu_decode() {
   done
 }
 
+# Nsight Compute's kernel durations over decode steps of dense bf16 at 1k (launches 3000.. of a
+# 64-step bench, mid-decode; no cache flush, clocks as they run), summed per step and kernel name.
+ncu_steps() {
+  [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
+  timeout 300 ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
+    --launch-skip ${NCU_SKIP:-3000} --launch-count ${NCU_COUNT:-400} $atp bench -m /tmp/l1b --device cuda \
+    --kv ${NCU_KV:-dense:dtype=bf16} --prompt-tokens 1024 --context 1024 --decode-tokens 64 --repeats 1 --json \
+    >/tmp/ncu.csv 2>/tmp/ncu.err; tail -2 /tmp/ncu.err
+  cp /tmp/ncu.csv "$OUT/" && python3 bench/ncu_steps.py /tmp/ncu.csv | tee "$OUT/ncu_steps.txt"
+}
+
 for step in ${@:-tests bench attn sdpa}; do
   echo "== $step"
   $step

@@ -7,6 +7,7 @@
 
 #include "cuda/attention.h"
 #include "cuda/kv_rows.cuh"
+#include "cuda/pdl.cuh"
 
 namespace atp::cuda {
 
@@ -180,6 +181,7 @@ __device__ float BlockReduce(float v, Op op, float* red) {
 __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const float* part, int splits, int hd, float* O) {
   extern __shared__ float sw[];  // (splits) weights, then (nj, hd) partial outputs
   __shared__ float red[kCombineThreads / 32];
+  LetNextStart();  // the next projection may start loading its weights (cuda/pdl.cuh)
   const int h = blockIdx.x, stride = hd + 2;
   const float* P = part + int64_t(h) * splits * stride;
   float m = -INFINITY;

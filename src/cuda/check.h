@@ -18,6 +18,17 @@ inline Status FromCuda(cudaError_t e, const char* what) {
 // The launch error of the last kernel (bad configuration, missing image for this GPU).
 inline Status LastLaunch(const char* what) { return FromCuda(cudaGetLastError(), what); }
 
+// Multiprocessors of the current device (decode splits and persistent grids are sized by it).
+inline int SmCount() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
+    return v > 0 ? v : 1;
+  }();
+  return n;
+}
+
 #define ATP_CUDA_RETURN(expr) ATP_RETURN_IF_ERROR(::atp::cuda::FromCuda((expr), #expr))
 
 // Owns count elements of T in device memory (uninitialized). Grow() keeps nothing: it is for

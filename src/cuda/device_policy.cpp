@@ -14,16 +14,6 @@ bool PointerKind::Query(const void* p) {
   return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
 }
 
-int SmCount() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
-    return std::max(v, 1);
-  }();
-  return n;
-}
-
 const float* DeviceInput::Get(const float* p, size_t n) {
   if (kind_.OnDevice(p)) return p;
   if (!stage_.Grow(n).ok()) return nullptr;

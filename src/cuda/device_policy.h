@@ -31,9 +31,6 @@ class PointerKind {
   bool device_ = false;
 };
 
-// Multiprocessors of the current device (the decode kernels' split).
-int SmCount();
-
 // One f32 input of a policy call (K, V, X, Q) as device memory: the caller's pointer, or a copy of
 // a host buffer (tests drive policies through the plain KvPolicy interface; the forward pass hands
 // device pointers and pays one cached pointer query).

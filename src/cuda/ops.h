@@ -40,9 +40,10 @@ struct GemvInput {
   const float* norm_w = nullptr;
   float eps = 0;
 };
-// y (out) f32 = W (out, in) bf16 . input (in) + beta * y: a decode step's projection. Each block
-// forms the input in shared memory, then each warp streams one row of W with 16-byte loads, four in
-// flight per lane. in % 8 == 0 and in <= kGemvMaxIn (48 KB of f32 input per block).
+// y (out) f32 = W (out, in) bf16 . input (in) + beta * y: a decode step's projection. A persistent
+// grid: each block forms the input in shared memory while its first loads of W are in flight, then
+// each warp streams its rows of W with 16-byte loads, two batches of 8 per lane in flight.
+// in % 8 == 0, in <= kGemvMaxIn (48 KB of f32 input per block), x 16-byte aligned.
 constexpr int64_t kGemvMaxIn = 12288;
 void Gemv(const bf16* W, int64_t out, int64_t in, const GemvInput& x, float beta, float* y, cudaStream_t s);
 // Per-head change of basis (the lowrank policy's maps): out (n, heads, out_dim) f32 with
