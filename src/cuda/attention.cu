@@ -52,6 +52,8 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeRange ra, D
                                                                int n_heads, int chunk, float scale, float* part,
                                                                int slot0, int slots) {
   extern __shared__ float smem[];
+  LetNextStart();
+  WaitForPrevious();
   // The first ra.splits blocks read range a (principal rows), the rest range b: the merge cannot tell.
   const bool in_a = int(blockIdx.x) < ra.splits;
   const DeviceRows K = in_a ? ra.k : rb.k, V = in_a ? ra.v : rb.v;
@@ -182,6 +184,7 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const float* pa
   extern __shared__ float sw[];  // (splits) weights, then (nj, hd) partial outputs
   __shared__ float red[kCombineThreads / 32];
   LetNextStart();  // the next projection may start loading its weights (cuda/pdl.cuh)
+  WaitForPrevious();
   const int h = blockIdx.x, stride = hd + 2;
   const float* P = part + int64_t(h) * splits * stride;
   float m = -INFINITY;
@@ -398,8 +401,8 @@ void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, cons
     const int G = a.n_heads / a.n_kv, total = pre.splits + exact.splits;
     const auto launch = [&](auto kernel, const DecodeRange& ra, const DecodeRange& rb, int slot0) {
       if (ra.splits + rb.splits > 0)
-        kernel<<<dim3(unsigned(ra.splits + rb.splits), unsigned(a.n_kv)), kDecodeThreads, DecodeSmem(a, sp.chunk), s>>>(
-            ra, rb, Q, a.n_heads, sp.chunk, scale, ws, slot0, total);
+        LaunchAfter(kernel, dim3(unsigned(ra.splits + rb.splits), unsigned(a.n_kv)), dim3(kDecodeThreads),
+                    DecodeSmem(a, sp.chunk), s, ra, rb, Q, a.n_heads, sp.chunk, scale, ws, slot0, total);
     };
     const auto pick = [&](auto f) {
       constexpr KvFormat X = decltype(f)::value;
@@ -411,8 +414,8 @@ void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, cons
       launch(pick(std::integral_constant<KvFormat, P>{}), pre, DecodeRange{}, 0);
       launch(pick(std::integral_constant<KvFormat, F>{}), DecodeRange{}, exact, pre.splits);
     }
-    CombineKernel<<<unsigned(a.n_heads), kCombineThreads, sizeof(float) * (total + kCombineThreads), s>>>(
-        ws, total, a.head_dim, O);
+    LaunchAfter(CombineKernel, dim3(unsigned(a.n_heads)), dim3(kCombineThreads), sizeof(float) * (total + kCombineThreads),
+                s, ws, total, a.head_dim, O);
     return;
   }
   const int BQ = kQv / (a.n_heads / a.n_kv);

@@ -5,6 +5,7 @@
 #include "cuda/attention.h"
 #include "cuda/convert.cuh"
 #include "cuda/kv_rows.cuh"
+#include "cuda/pdl.cuh"
 
 namespace atp::cuda {
 
@@ -15,6 +16,8 @@ constexpr unsigned kFull = 0xffffffffu;
 // blockIdx.y: 0 stores K into k, 1 stores V into v.
 template <typename T>
 __global__ void StoreExactKernel(T* k, T* v, const float* K, const float* V, int64_t n) {
+  LetNextStart();
+  WaitForPrevious();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) (blockIdx.y ? v : k)[i] = FromFloat<T>((blockIdx.y ? V : K)[i]);
 }
@@ -43,6 +46,8 @@ __device__ uint32_t QuantizeMini(double x, double max_normal) {
 template <KvFormat F>
 __global__ void StoreMxKernel(DeviceRows k, DeviceRows v, int64_t start, const float* K, const float* V,
                               int64_t n_blocks) {
+  LetNextStart();
+  WaitForPrevious();
   const DeviceRows& dst = blockIdx.y ? v : k;
   const float* src = blockIdx.y ? V : K;
   const int64_t b = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
@@ -185,22 +190,23 @@ void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const floa
   const dim3 grid(unsigned((count + 255) / 256), 2);
   switch (k.fmt) {
     case KvFormat::kF32:
-      StoreExactKernel<<<grid, 256, 0, s>>>(reinterpret_cast<float*>(k.elems) + first,
-                                            reinterpret_cast<float*>(v.elems) + first, K, V, count);
+      LaunchAfter(StoreExactKernel<float>, grid, dim3(256), 0, s, reinterpret_cast<float*>(k.elems) + first,
+                  reinterpret_cast<float*>(v.elems) + first, K, V, count);
       break;
     case KvFormat::kF16:
-      StoreExactKernel<<<grid, 256, 0, s>>>(reinterpret_cast<__half*>(k.elems) + first,
-                                            reinterpret_cast<__half*>(v.elems) + first, K, V, count);
+      LaunchAfter(StoreExactKernel<__half>, grid, dim3(256), 0, s, reinterpret_cast<__half*>(k.elems) + first,
+                  reinterpret_cast<__half*>(v.elems) + first, K, V, count);
       break;
     case KvFormat::kBF16:
-      StoreExactKernel<<<grid, 256, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(k.elems) + first,
-                                            reinterpret_cast<__nv_bfloat16*>(v.elems) + first, K, V, count);
+      LaunchAfter(StoreExactKernel<__nv_bfloat16>, grid, dim3(256), 0, s,
+                  reinterpret_cast<__nv_bfloat16*>(k.elems) + first, reinterpret_cast<__nv_bfloat16*>(v.elems) + first,
+                  K, V, count);
       break;
     case KvFormat::kMxFp8E4M3:  // one warp per 32-element block: count / 32 warps
-      StoreMxKernel<KvFormat::kMxFp8E4M3><<<grid, 256, 0, s>>>(k, v, start, K, V, count / 32);
+      LaunchAfter(StoreMxKernel<KvFormat::kMxFp8E4M3>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
       break;
     case KvFormat::kMxFp4:
-      StoreMxKernel<KvFormat::kMxFp4><<<grid, 256, 0, s>>>(k, v, start, K, V, count / 32);
+      LaunchAfter(StoreMxKernel<KvFormat::kMxFp4>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
       break;
     default:  // KIVI rows are packed from exact ones (KiviPack), never stored directly
       break;

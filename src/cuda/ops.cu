@@ -61,6 +61,8 @@ __global__ void RmsNormKernel(const float* x, const int32_t* rows, int d, const 
 __global__ void BiasRopeSplitKernel(const float* __restrict__ qkv, const float* __restrict__ bias,
                                     const int32_t* __restrict__ pos, const float* __restrict__ inv_freq, int n_heads,
                                     int n_kv, int hd, float* __restrict__ q, float* __restrict__ k, float* __restrict__ v) {
+  LetNextStart();
+  WaitForPrevious();
   const int64_t r = blockIdx.x;
   const int qd = n_heads * hd, kvd = n_kv * hd, width = qd + 2 * kvd, half = hd / 2;
   const int j = int(blockIdx.y) * blockDim.x + threadIdx.x, pairs = (n_heads + n_kv) * half;
@@ -249,8 +251,8 @@ void BiasRopeSplit(const float* qkv, const float* bias, const int32_t* pos, cons
                    int n_heads, int n_kv, int head_dim, float* q, float* k, float* v, cudaStream_t s) {
   const int items = (n_heads + n_kv) * (head_dim / 2) + n_kv * head_dim;
   if (n > 0)
-    BiasRopeSplitKernel<<<dim3(unsigned(n), unsigned(Blocks(items))), kThreads, 0, s>>>(qkv, bias, pos, inv_freq, n_heads,
-                                                                                        n_kv, head_dim, q, k, v);
+    LaunchAfter(BiasRopeSplitKernel, dim3(unsigned(n), unsigned(Blocks(items))), dim3(kThreads), 0, s, qkv, bias, pos,
+                inv_freq, n_heads, n_kv, head_dim, q, k, v);
 }
 
 void SiluMulBf16(const float* gu, int64_t n, int ffn, bf16* h, cudaStream_t s) {
