@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
 
 #include "cuda/attention.h"
 #include "cuda/kv_rows.cuh"
@@ -24,10 +26,12 @@ constexpr int kDecodeWarps = kDecodeThreads / 32;
 struct Split {
   int chunk = 0, splits = 0;
 };
-// About 8 blocks per SM (n_kv blocks per split), so that enough warps stream rows to cover
-// memory latency; chunks of 64..1024 rows.
-Split DecodeSplit(const AttnShape& a, int64_t len, int sm_count) {
-  const int64_t target = std::max(1, 8 * sm_count / a.n_kv);
+// As many blocks (n_kv per split) as `slots`, the blocks the GPU holds at once, so that the grid
+// runs in one wave: with ~8 per SM where registers allow 6, the last 30% of the blocks ran as a
+// second wave after the first (1.3 waves at 32k on the H200, 51 us per layer). Chunks of 64..1024
+// rows; short sequences get fewer blocks.
+Split DecodeSplit(const AttnShape& a, int64_t len, int64_t slots) {
+  const int64_t target = std::max<int64_t>(1, slots / a.n_kv);
   int64_t chunk = (len + target - 1) / target;
   chunk = std::clamp<int64_t>((chunk + 31) / 32 * 32, 64, 1024);
   return {int(chunk), int((len + chunk - 1) / chunk)};
@@ -375,6 +379,26 @@ size_t DecodeSmem(const AttnShape& a, int chunk) {
   return sizeof(float) * (size_t(G) * chunk + size_t(kDecodeWarps) * G * a.head_dim + 2 * G);
 }
 
+constexpr int kMaxResident = 2048 / kDecodeThreads;
+// Blocks of a decode kernel one SM holds at once (registers; shared memory at the longest chunk),
+// asked once per kernel and shape.
+template <typename Kernel>
+int Resident(Kernel kernel, const AttnShape& a) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, size_t>, int> known;
+  const size_t smem = DecodeSmem(a, 1024);
+  std::lock_guard<std::mutex> lock(mu);
+  auto [it, fresh] = known.try_emplace({reinterpret_cast<const void*>(kernel), smem}, 1);
+  if (fresh) {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kDecodeThreads, smem) == cudaSuccess && n > 0)
+      it->second = std::min(n, kMaxResident);
+    else
+      cudaGetLastError();
+  }
+  return it->second;
+}
+
 // Dense and ATP (P = F), KIVI (P a KIVI form over exact rows of form F).
 template <KvFormat F, KvFormat P>
 void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const Visibility& vis, const float* Q,
@@ -394,19 +418,22 @@ void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, cons
     // Two ranges, split alike: the principal rows the query sees, then its exact rows; one launch
     // when both have one form, else one per form into the same merge.
     const int64_t lo = SeenFrom(vis, start) - vis.first, hi = start - vis.first + 1;
-    const Split sp = DecodeSplit(a, vis.last_pre + hi - lo, sm_count);
+    const int G = a.n_heads / a.n_kv;
+    // The kernel for group size G (register arrays need compile-time sizes).
+    const auto pick = [&](auto f) {
+      constexpr KvFormat X = decltype(f)::value;
+      return G == 1 ? DecodeKernel<X, 1> : G == 2 ? DecodeKernel<X, 2> : G <= 4 ? DecodeKernel<X, 4> : DecodeKernel<X, 8>;
+    };
+    const int64_t slots = int64_t(sm_count) * Resident(pick(std::integral_constant<KvFormat, F>{}), a);
+    const Split sp = DecodeSplit(a, vis.last_pre + hi - lo, slots);
     const auto splits = [&](int64_t n) { return int((n + sp.chunk - 1) / sp.chunk); };
     const DecodeRange pre{vis.pk, vis.pv, 0, vis.last_pre, splits(vis.last_pre)};
     const DecodeRange exact{k, v, lo, hi, splits(hi - lo)};
-    const int G = a.n_heads / a.n_kv, total = pre.splits + exact.splits;
+    const int total = pre.splits + exact.splits;
     const auto launch = [&](auto kernel, const DecodeRange& ra, const DecodeRange& rb, int slot0) {
       if (ra.splits + rb.splits > 0)
         LaunchAfter(kernel, dim3(unsigned(ra.splits + rb.splits), unsigned(a.n_kv)), dim3(kDecodeThreads),
                     DecodeSmem(a, sp.chunk), s, ra, rb, Q, a.n_heads, sp.chunk, scale, ws, slot0, total);
-    };
-    const auto pick = [&](auto f) {
-      constexpr KvFormat X = decltype(f)::value;
-      return G == 1 ? DecodeKernel<X, 1> : G == 2 ? DecodeKernel<X, 2> : G <= 4 ? DecodeKernel<X, 4> : DecodeKernel<X, 8>;
     };
     if constexpr (P == F) {
       launch(pick(std::integral_constant<KvFormat, F>{}), pre, exact, 0);
@@ -447,7 +474,8 @@ Status CheckAttnShape(const AttnShape& a, KvFormat f) {
 
 int64_t AttendWorkspaceFloats(const AttnShape& a, int64_t len, int sm_count) {
   // Two ranges cut by the same chunk take at most one split more than one range of their length.
-  return int64_t(a.n_heads) * (DecodeSplit(a, len, sm_count).splits + 1) * (a.head_dim + 2);
+  // Sized for the most blocks an SM can hold (threads), which no kernel's Resident exceeds.
+  return int64_t(a.n_heads) * (DecodeSplit(a, len, int64_t(sm_count) * kMaxResident).splits + 1) * (a.head_dim + 2);
 }
 
 void Attend(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const Visibility& vis, const float* Q,
