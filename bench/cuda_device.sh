@@ -99,6 +99,16 @@ ncu_steps() {
     >/tmp/ncu.csv 2>/tmp/ncu.err; tail -2 /tmp/ncu.err
   cp /tmp/ncu.csv "$OUT/" && python3 bench/ncu_steps.py /tmp/ncu.csv | tee "$OUT/ncu_steps.txt"
 }
+# Nsight Compute sections for NCU_COUNT launches of NCU_KERNEL (default: the four projections of one
+# layer in decode step 20: qkv, o, gate|up, down) in a bench at context NCU_CONTEXT.
+ncu_sections() {
+  [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
+  timeout 300 ncu --cache-control none --kernel-name regex:${NCU_KERNEL:-GemvKernel} --launch-skip ${NCU_SKIP:-1300} \
+    --launch-count ${NCU_COUNT:-4} --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+    --section MemoryWorkloadAnalysis $atp bench -m /tmp/l1b --device cuda --kv dense:dtype=bf16 --prompt-tokens ${NCU_CONTEXT:-1024} \
+    --context ${NCU_CONTEXT:-1024} --decode-tokens 64 --repeats 1 --json >"$OUT/ncu_sections.txt" 2>&1
+  grep -E "Gemv|Decode|Duration|Throughput|Occupancy|Registers|Stall|Active Warps|Block Limit|Waves|Bandwidth|Hit" "$OUT/ncu_sections.txt" | head -150
+}
 
 for step in ${@:-tests bench attn sdpa}; do
   echo "== $step"
