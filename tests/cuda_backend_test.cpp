@@ -202,9 +202,24 @@ TEST(CudaKv, KiviMatchesCpuTwin) {
   }
 }
 
+// StreamingLLM against the CPU eviction policy: sinks and window touching and apart, a window of
+// one row, no sinks, rows dropped inside long chunks (case 4: 3000 tokens through budget 64) and by
+// decode steps, exact and MX rows. Both read the same rows in f32, so decode holds kDecodeTol.
+TEST(CudaKv, StreamingMatchesCpuTwin) {
+  ATP_SKIP_WITHOUT_GPU();
+  for (const std::string spec : {"streaming:budget=64,sinks=4", "streaming:budget=40,sinks=0", "streaming:budget=2,sinks=1",
+                                 "streaming:budget=300+dense:dtype=bf16", "streaming:budget=48,sinks=8+mx:fmt=fp8_e4m3"}) {
+    auto cpu = ParseKvPolicy(spec);
+    auto gpu = MakeCudaKvFactory(spec);
+    ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
+    EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
+    for (size_t ci = 0; ci < Cases().size(); ++ci) ExpectTwins(spec, **cpu, **gpu, ci);
+  }
+}
+
 TEST(CudaKv, RejectsPoliciesWithoutKernels) {
   for (const char* spec : {"atp:block=64,rank=16,basis=key", "atp:block=128,rank=16", "atp:rank=16,proj=lowrank",
-                           "h2o:budget=64+kivi", "kivi:group=12"}) {
+                           "h2o:budget=64+kivi", "kivi:group=12", "streaming:budget=64+kivi", "mx:fmt=fp6_e2m3"}) {
     auto f = MakeCudaKvFactory(spec);
     ASSERT_FALSE(f.ok()) << spec;
     EXPECT_NE(f.status().ToString().find("no CUDA kernels"), std::string::npos) << f.status().ToString();

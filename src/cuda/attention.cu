@@ -222,7 +222,8 @@ __host__ __device__ __forceinline__ int64_t SeenFrom(const Visibility& v, int64_
 }
 __device__ __forceinline__ int64_t PrincipalSeen(const Visibility& v, int64_t p) {
   const int64_t nb = CompressedBlocks(v.block, v.window, p);
-  return nb == 0 ? 0 : v.pre_end ? v.pre_end[nb - 1] : nb * v.rows_per_block;
+  const int64_t n = nb == 0 ? 0 : v.pre_end ? v.pre_end[nb - 1] : nb * v.rows_per_block;
+  return v.max_pre >= 0 && n > v.max_pre ? v.max_pre : n;
 }
 
 // --- Prefill: tiled online softmax on tensor cores ---------------------------------------------

@@ -53,13 +53,15 @@ void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const floa
 // principal rows 0 .. pre_end[nb(p) - 1] - 1 of pk and pv, and exact rows from position
 // nb(p) * block on: ATP's principal rows (DESIGN.md section 4; k's form), or KIVI's packed token
 // groups (block = group, window = residual - 1, one packed row per position: pre_end null and
-// rows_per_block = group).
+// rows_per_block = group), or StreamingLLM's sinks and window (block 1, window W - 1, one row per
+// position, max_pre = the sinks).
 struct Visibility {
   int64_t first = 0;
   int block = 0, window = 0;
   DeviceRows pk, pv;
   const int32_t* pre_end = nullptr;  // device: principal rows standing for blocks 0..b, per block b
   int rows_per_block = 0;            // when pre_end is null: pre_end[b] = (b + 1) * rows_per_block
+  int64_t max_pre = -1;              // >= 0: at most this many principal rows (StreamingLLM's sinks)
   int64_t last_pre = 0;              // host: pre_end[nb(p) - 1] for the last query's p (0 when nb(p) = 0)
 };
 

@@ -1,7 +1,8 @@
 // KV policies whose rows live in GPU memory (cuda/backend.h): every token's K and V rows in one
 // form, dense or MX, the GPU twin of `dense` and of `mx` alone (kv/composite.h's codec policy); and
 // calibrated `lowrank`, whose coefficient rows are such rows of width r, between per-head changes of
-// basis; `atp` and `kivi` live in cuda/atp_policy.cpp and cuda/kivi_policy.cpp. They accept device
+// basis; `atp`, `kivi` and `streaming` live in cuda/atp_policy.cpp, cuda/kivi_policy.cpp and
+// cuda/streaming_policy.cpp. They accept device
 // or host pointers; host buffers are staged, which only tests should do.
 #include <algorithm>
 #include <cmath>
@@ -13,6 +14,7 @@
 #include "cuda/kivi_policy.h"
 #include "cuda/device_policy.h"
 #include "cuda/ops.h"
+#include "cuda/streaming_policy.h"
 #include "kv/lowrank_policy.h"
 #include "kv/policy_spec.h"
 
@@ -173,18 +175,38 @@ class CudaRowsFactory : public KvPolicyFactory {
   std::string describe_;
 };
 
+// The GPU form of rows kept by a codec alone ("dense:dtype=...", "mx:fmt=fp8_e4m3|fp4"), or an error
+// naming `whole` (the policy string) and what is supported.
+Result<KvFormat> RowsFormat(const std::string& codec, const std::string& whole, const std::string& supported) {
+  ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(codec));
+  if (ps.name() == "dense") {
+    ATP_ASSIGN_OR_RETURN(DType dt, ps.Dtype("dtype", DType::kF32));
+    return cuda::ExactFormat(dt);
+  }
+  if (codec == "mx:fmt=fp8_e4m3") return KvFormat::kMxFp8E4M3;
+  if (codec == "mx:fmt=fp4") return KvFormat::kMxFp4;
+  return Status::Unsupported("kv policy '" + whole + "' has no CUDA kernels yet; " + supported);
+}
+
 }  // namespace
 
 Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& spec, const std::string& model_dir) {
   // The CPU registry validates the string and gives its canonical form; the GPU reads that form.
   ATP_ASSIGN_OR_RETURN(auto cpu, ParseKvPolicy(spec, model_dir));
   const std::string canon = cpu->Describe();
-  ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(canon));
+  const size_t plus = canon.find('+');
+  const std::string policy = canon.substr(0, plus), codec = plus == std::string::npos ? "" : canon.substr(plus + 1);
+  ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(policy));
   const std::string supported =
       "--device cuda supports dense:dtype=f32|f16|bf16, mx:fmt=fp8_e4m3|fp4, atp (basis=input, proj=dense, "
-      "block <= 64), kivi alone and lowrank:rk=R,rv=R (calibrated, R = 32, 64 or 128, f32 coefficients)";
+      "block <= 64), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 32, 64 or 128, f32 coefficients) and "
+      "streaming alone or +dense:dtype=... or +mx:fmt=fp8_e4m3|fp4";
   if (ps.name() == "atp") return MakeCudaAtpFactory(ps, canon);
-  if (ps.name() == "kivi" && canon.find('+') == std::string::npos) return MakeCudaKiviFactory(ps, canon);
+  if (ps.name() == "kivi" && codec.empty()) return MakeCudaKiviFactory(ps, canon);
+  if (ps.name() == "streaming") {
+    ATP_ASSIGN_OR_RETURN(KvFormat rows, RowsFormat(codec.empty() ? "dense:dtype=f32" : codec, canon, supported));
+    return MakeCudaStreamingFactory(ps, rows, canon);
+  }
   if (canon.rfind("lowrank:", 0) == 0) {
     ATP_ASSIGN_OR_RETURN(PolicySpec given, PolicySpec::Parse(spec));
     ATP_ASSIGN_OR_RETURN(int rk, ps.Int("rk", 16, 1, 4096));
@@ -197,17 +219,10 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
     return std::shared_ptr<KvPolicyFactory>(
         std::make_shared<CudaLowRankFactory>(std::make_shared<const KvBasis>(std::move(b)), rk, canon));
   }
-  Result<KvFormat> f = Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels yet; " + supported);
-  if (ps.name() == "dense") {
-    ATP_ASSIGN_OR_RETURN(DType dt, ps.Dtype("dtype", DType::kF32));
-    f = cuda::ExactFormat(dt);
-  } else if (canon == "mx:fmt=fp8_e4m3") {
-    f = KvFormat::kMxFp8E4M3;
-  } else if (canon == "mx:fmt=fp4") {
-    f = KvFormat::kMxFp4;
-  }
-  if (!f.ok()) return f.status();
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaRowsFactory>(f.value(), canon));
+  if (!codec.empty() || (ps.name() != "dense" && ps.name() != "mx"))
+    return Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels yet; " + supported);
+  ATP_ASSIGN_OR_RETURN(KvFormat rows, RowsFormat(canon, canon, supported));
+  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaRowsFactory>(rows, canon));
 }
 
 Status CudaDeviceStatus() {

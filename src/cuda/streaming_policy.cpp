@@ -1,0 +1,103 @@
+// StreamingLLM with rows in device memory: a query at p reads the S sink positions [0, S) and the
+// newest W = budget - S positions <= p. The sinks are copied to a buffer of their own as they
+// arrive; every position lives in an ExactTail that drops what no later query reads. A query sees
+// both through cuda::Visibility: blocks of one row, window W - 1 (exact rows from p - W + 1 on), the
+// sinks as principal rows capped at S. Chunk-invariant like the CPU policy, which reads the same
+// rows in the same two segments.
+#include "cuda/streaming_policy.h"
+
+#include <algorithm>
+
+#include "cuda/device_policy.h"
+
+namespace atp {
+
+namespace {
+
+using cuda::KvFormat;
+
+class CudaStreamingPolicy : public KvPolicy {
+ public:
+  CudaStreamingPolicy(const KvShape& s, int budget, int sinks, KvFormat f)
+      : s_(s), sinks_(sinks), window_(budget - sinks), tail_(f, s.head_dim, s.n_kv_heads),
+        sink_k_(f, s.head_dim, s.n_kv_heads), sink_v_(f, s.head_dim, s.n_kv_heads) {}
+
+  Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
+    const int64_t T = int64_t(positions.size());
+    if (T == 0) return Status::Ok();
+    ATP_RETURN_IF_ERROR(cuda::CheckContinues("streaming", positions[0], len_));
+    const int64_t n = T * s_.kv_dim();
+    const float* dk = k_in_.Get(K, size_t(n));
+    const float* dv = v_in_.Get(V, size_t(n));
+    if (!dk || !dv) return Status::ResourceExhausted("cuda streaming policy: cannot stage appended rows");
+    if (len_ < sinks_) {
+      ATP_RETURN_IF_ERROR(sink_k_.Reserve(sinks_, len_));
+      ATP_RETURN_IF_ERROR(sink_v_.Reserve(sinks_, len_));
+      cuda::StoreKv(sink_k_.rows(), sink_v_.rows(), len_, dk, dv, std::min<int64_t>(T, sinks_ - len_), nullptr);
+    }
+    // The chunk's first query (at len_) reads exact rows from len_ - W + 1 on, later ones from later.
+    keep_from_ = std::max<int64_t>(0, len_ - window_ + 1);
+    ATP_RETURN_IF_ERROR(tail_.Append(len_, keep_from_, dk, dv, T, [] {}));
+    len_ += T;
+    return Status::Ok();
+  }
+
+  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+    if (positions.empty()) return;
+    cuda::Visibility vis;
+    vis.first = tail_.first(), vis.block = 1, vis.window = window_ - 1, vis.max_pre = sinks_;
+    vis.pk = sink_k_.rows(), vis.pv = sink_v_.rows(), vis.rows_per_block = 1;
+    const int64_t last = positions.back();
+    vis.last_pre = std::min<int64_t>(cuda::CompressedBlocks(vis.block, vis.window, last), sinks_);
+    attention_.Run(s_, tail_.k(), tail_.v(), vis, positions, vis.last_pre + std::min<int64_t>(last + 1, window_), Q, O);
+  }
+
+  // What the CPU policy holds: the rows it keeps (sinks, and positions from keep_from_ on) and a
+  // position per row and KV head (this policy derives positions from the length instead, so it
+  // holds those 4 bytes per row and KV head less).
+  size_t Bytes() const override {
+    const int64_t sinks_apart = std::min<int64_t>(keep_from_, sinks_), rows = len_ - keep_from_ + sinks_apart;
+    return size_t(tail_.Bytes(len_) + sinks_apart * (sink_k_.TokenBytes() + sink_v_.TokenBytes()) +
+                  rows * 4 * s_.n_kv_heads);
+  }
+  int64_t Length() const override { return len_; }
+  bool ReadsInput() const override { return false; }
+
+ private:
+  KvShape s_;
+  int64_t sinks_, window_;
+  int64_t len_ = 0, keep_from_ = 0;
+  cuda::ExactTail tail_;
+  cuda::RowBuffer sink_k_, sink_v_;  // positions [0, min(len_, S))
+  cuda::StagedAttention attention_;
+  cuda::DeviceInput k_in_, v_in_;
+};
+
+class CudaStreamingFactory : public KvPolicyFactory {
+ public:
+  CudaStreamingFactory(int budget, int sinks, KvFormat f, std::string describe)
+      : budget_(budget), sinks_(sinks), f_(f), describe_(std::move(describe)) {}
+  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override {
+    return std::make_unique<CudaStreamingPolicy>(s, budget_, sinks_, f_);
+  }
+  Status CheckShape(const KvShape& s) const override {
+    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, f_);
+  }
+  std::string Describe() const override { return describe_; }
+
+ private:
+  int budget_, sinks_;
+  KvFormat f_;
+  std::string describe_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaStreamingFactory(const PolicySpec& policy, KvFormat rows,
+                                                                  const std::string& describe) {
+  ATP_ASSIGN_OR_RETURN(int budget, policy.Int("budget", 256, 1, 1 << 24));
+  ATP_ASSIGN_OR_RETURN(int sinks, policy.Int("sinks", 4, 0, budget - 1));
+  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaStreamingFactory>(budget, sinks, rows, describe));
+}
+
+}  // namespace atp
