@@ -61,7 +61,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_ver
 
 tests() {
   timeout 300 /tmp/atp/bin/atp_tests --gtest_filter='Cuda*' 2>&1 | tee "$OUT/tests.log" |
-    grep -E '^\[cuda\]|OK|FAILED|PASSED|Failure|error|Expected|Which|worst' | head -60
+    grep -E 'OK \]|FAILED|PASSED|Failure|error|Expected|Which|worst' | head -60
   echo "== generate on ref-5m (greedy; compare ../shared/models/ref-5m/reference/greedy.json)"
   timeout 60 $atp generate -m $carry/shared/models/ref-5m --device cuda --temp 0 -n 24 -p "Once upon a time" --json 2>&1 |
     tail -2 | tee "$OUT/generate.json"

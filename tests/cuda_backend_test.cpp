@@ -110,7 +110,8 @@ void ExpectTwins(const std::string& spec, const KvPolicyFactory& cpu, const KvPo
 
 TEST(CudaKv, PoliciesMatchCpuTwins) {
   ATP_SKIP_WITHOUT_GPU();
-  for (const std::string spec : {"dense", "dense:dtype=bf16", "dense:dtype=f16", "mx:fmt=fp8_e4m3", "mx:fmt=fp4"}) {
+  for (const std::string spec : {"dense", "dense:dtype=bf16", "dense:dtype=f16", "mx:fmt=fp8_e4m3", "mx:fmt=fp8_e5m2",
+                                 "mx:fmt=int8", "mx:fmt=fp4"}) {
     auto cpu = ParseKvPolicy(spec);
     auto gpu = MakeCudaKvFactory(spec);
     ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();

@@ -19,7 +19,9 @@ inline int ElementBits(KvFormat f) {
     case KvFormat::kF32: return 32;
     case KvFormat::kF16:
     case KvFormat::kBF16: return 16;
-    case KvFormat::kMxFp8E4M3: return 8;
+    case KvFormat::kMxFp8E4M3:
+    case KvFormat::kMxFp8E5M2:
+    case KvFormat::kMxInt8: return 8;
     case KvFormat::kMxFp4: return 4;
     case KvFormat::kKivi2: return 2;
     case KvFormat::kKivi4: return 4;
@@ -40,6 +42,8 @@ void WithFormat(KvFormat f, Fn&& fn) {
     case K::kF16: return fn(std::integral_constant<K, K::kF16>{});
     case K::kBF16: return fn(std::integral_constant<K, K::kBF16>{});
     case K::kMxFp8E4M3: return fn(std::integral_constant<K, K::kMxFp8E4M3>{});
+    case K::kMxFp8E5M2: return fn(std::integral_constant<K, K::kMxFp8E5M2>{});
+    case K::kMxInt8: return fn(std::integral_constant<K, K::kMxInt8>{});
     case K::kMxFp4: return fn(std::integral_constant<K, K::kMxFp4>{});
     case K::kKivi2: return fn(std::integral_constant<K, K::kKivi2>{});
     case K::kKivi4: return fn(std::integral_constant<K, K::kKivi4>{});
@@ -61,11 +65,17 @@ struct Raw8 {
   uint4 u;  // f32: the first 4 elements in u and the next 4 in v; f16/bf16: all 8 in u
   uint4 v;  // f32 only
 };
-template <>
-struct Raw8<KvFormat::kMxFp8E4M3> {
+// MX forms with 8-bit elements: the 8 codes and the block's scale byte.
+struct RawMx8 {
   uint2 u;
   uint8_t scale;
 };
+template <>
+struct Raw8<KvFormat::kMxFp8E4M3> : RawMx8 {};
+template <>
+struct Raw8<KvFormat::kMxFp8E5M2> : RawMx8 {};
+template <>
+struct Raw8<KvFormat::kMxInt8> : RawMx8 {};
 template <>
 struct Raw8<KvFormat::kMxFp4> {
   uint32_t u;
@@ -86,7 +96,7 @@ struct Raw8<KvFormat::kKivi8> : RawKivi {};
 
 // Rows of a form kept in flight per lane by the decode loops: about 64 bytes each form.
 template <KvFormat F>
-constexpr int kRowsInFlight = F == KvFormat::kF32 ? 2 : F == KvFormat::kMxFp8E4M3 ? 8 : F == KvFormat::kMxFp4 ? 16 : 4;
+constexpr int kRowsInFlight = F == KvFormat::kF32 ? 2 : std::is_base_of_v<RawMx8, Raw8<F>> ? 8 : F == KvFormat::kMxFp4 ? 16 : 4;
 
 // A KIVI row's 8 parameters of elements 8c .. 8c+7 (see DeviceRows).
 __device__ inline void KiviParams8(const DeviceRows& r, int64_t j, int h, int c, uint4* s, uint4* z) {
@@ -124,7 +134,7 @@ __device__ __forceinline__ Raw8<F> LoadRaw8(const DeviceRows& r, int64_t j, int 
     }
     KiviParams8(r, j, h, c, &raw.s, &raw.z);
   } else {
-    if constexpr (F == KvFormat::kMxFp8E4M3) {
+    if constexpr (std::is_base_of_v<RawMx8, Raw8<F>>) {
       raw.u = reinterpret_cast<const uint2*>(r.elems)[first / 8];
     } else {  // kMxFp4: element i in bits [4i, 4i+4) of the row's little-endian stream
       raw.u = reinterpret_cast<const uint32_t*>(r.elems)[first / 8];
@@ -163,13 +173,20 @@ __device__ __forceinline__ void Decode8(const Raw8<F>& raw, float* o) {
       const float ze = __half2float(__ushort_as_half(uint16_t(z[i / 2] >> (16 * (i % 2)))));
       o[i] = ze + sc * float(code);
     }
-  } else if constexpr (F == KvFormat::kMxFp8E4M3) {
-    const float sc = E8M0(raw.scale);
+  } else if constexpr (F == KvFormat::kMxInt8) {
+    // Two's complement with 6 fraction bits: the 1/64 folds into the power-of-two scale (exact).
+    const float sc = E8M0(raw.scale) * (1.f / 64);
     const uint32_t w[2] = {raw.u.x, raw.u.y};
 #pragma unroll
+    for (int i = 0; i < 8; ++i) o[i] = float(int8_t(uint8_t(w[i / 4] >> (8 * (i % 4))))) * sc;
+  } else if constexpr (std::is_base_of_v<RawMx8, Raw8<F>>) {
+    const float sc = E8M0(raw.scale);
+    const uint32_t w[2] = {raw.u.x, raw.u.y};
+    constexpr __nv_fp8_interpretation_t kind = F == KvFormat::kMxFp8E5M2 ? __NV_E5M2 : __NV_E4M3;
+#pragma unroll
     for (int i = 0; i < 4; ++i) {
-      // Hardware E4M3 -> f16 is exact (every E4M3 value is an f16 value; NaN stays NaN).
-      const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i / 2] >> (16 * (i % 2))), __NV_E4M3);
+      // Hardware E4M3/E5M2 -> f16 is exact (every such value is an f16 value; NaN stays NaN).
+      const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i / 2] >> (16 * (i % 2))), kind);
       const float2 f = __half22float2(__half2(hr));
       o[2 * i] = f.x * sc, o[2 * i + 1] = f.y * sc;
     }

@@ -22,8 +22,8 @@ __global__ void StoreExactKernel(T* k, T* v, const float* K, const float* V, int
   if (i < n) (blockIdx.y ? v : k)[i] = FromFloat<T>((blockIdx.y ? V : K)[i]);
 }
 
-// kv/mx_codec.cpp's QuantizeMini for E4M3 (ebits 4, mbits 3, bias 7, max 448) and E2M1 (2, 1, 1,
-// 6), in double like the CPU so the codes agree bit for bit.
+// kv/mx_codec.cpp's QuantizeMini for E4M3 (ebits 4, mbits 3, bias 7, max 448), E5M2 (5, 2, 15,
+// 57344) and E2M1 (2, 1, 1, 6), in double like the CPU so the codes agree bit for bit.
 template <int kEbits, int kMbits, int kBias>
 __device__ uint32_t QuantizeMini(double x, double max_normal) {
   const uint32_t sign = signbit(x) ? 1u << (kEbits + kMbits) : 0u;
@@ -60,15 +60,18 @@ __global__ void StoreMxKernel(DeviceRows k, DeviceRows v, int64_t start, const f
   const bool finite = __all_sync(kFull, isfinite(x));
   float amax = finite ? fabsf(x) : 0.f;
   for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFull, amax, o));
-  constexpr int kEmax = F == KvFormat::kMxFp8E4M3 ? 8 : 2;
+  constexpr int kEmax = F == KvFormat::kMxFp8E4M3 ? 8 : F == KvFormat::kMxFp8E5M2 ? 15 : F == KvFormat::kMxInt8 ? 0 : 2;
   const int X = amax == 0 ? -127 : min(max(ilogbf(amax) - kEmax, -127), 127);
   if (lane == 0) dst.scales[out_row * per_row + blk] = finite ? uint8_t(X + 127) : uint8_t(0xFF);
   uint32_t code = 0;  // a non-finite block keeps zero codes, like the CPU's memset row
   if (finite) {
     const double y = ldexp(double(x), -X);
-    code = F == KvFormat::kMxFp8E4M3 ? QuantizeMini<4, 3, 7>(y, 448.0) : QuantizeMini<2, 1, 1>(y, 6.0);
+    if constexpr (F == KvFormat::kMxFp8E4M3) code = QuantizeMini<4, 3, 7>(y, 448.0);
+    if constexpr (F == KvFormat::kMxFp8E5M2) code = QuantizeMini<5, 2, 15>(y, 57344.0);
+    if constexpr (F == KvFormat::kMxInt8) code = uint8_t(int8_t(fmin(fmax(nearbyint(y * 64), -127.0), 127.0)));
+    if constexpr (F == KvFormat::kMxFp4) code = QuantizeMini<2, 1, 1>(y, 6.0);
   }
-  if constexpr (F == KvFormat::kMxFp8E4M3) {
+  if constexpr (F != KvFormat::kMxFp4) {
     dst.elems[out_row * dst.dim + blk * 32 + lane] = uint8_t(code);
   } else {
     const uint32_t next = __shfl_down_sync(kFull, code, 1);
@@ -177,7 +180,9 @@ __global__ void LoadRowsKernel(DeviceRows r, int64_t first, int64_t n, float* ou
 
 }  // namespace
 
-bool IsMx(KvFormat f) { return f == KvFormat::kMxFp8E4M3 || f == KvFormat::kMxFp4; }
+bool IsMx(KvFormat f) {
+  return f == KvFormat::kMxFp8E4M3 || f == KvFormat::kMxFp8E5M2 || f == KvFormat::kMxInt8 || f == KvFormat::kMxFp4;
+}
 
 int64_t TokenElemBytes(KvFormat f, int dim, int n_kv) { return int64_t(n_kv) * dim * ElementBits(f) / 8; }
 int64_t TokenScaleBytes(KvFormat f, int dim, int n_kv) { return IsMx(f) ? int64_t(n_kv) * (dim / 32) : 0; }
@@ -204,6 +209,12 @@ void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const floa
       break;
     case KvFormat::kMxFp8E4M3:  // one warp per 32-element block: count / 32 warps
       LaunchAfter(StoreMxKernel<KvFormat::kMxFp8E4M3>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
+      break;
+    case KvFormat::kMxFp8E5M2:
+      LaunchAfter(StoreMxKernel<KvFormat::kMxFp8E5M2>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
+      break;
+    case KvFormat::kMxInt8:
+      LaunchAfter(StoreMxKernel<KvFormat::kMxInt8>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
       break;
     case KvFormat::kMxFp4:
       LaunchAfter(StoreMxKernel<KvFormat::kMxFp4>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
