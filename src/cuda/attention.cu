@@ -425,7 +425,9 @@ void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, cons
       constexpr KvFormat X = decltype(f)::value;
       return G == 1 ? DecodeKernel<X, 1> : G == 2 ? DecodeKernel<X, 2> : G <= 4 ? DecodeKernel<X, 4> : DecodeKernel<X, 8>;
     };
-    const int64_t slots = int64_t(sm_count) * Resident(pick(std::integral_constant<KvFormat, F>{}), a);
+    // KIVI's packed rows take a kernel of their own, with more registers: the grid fits the tighter.
+    const int64_t slots = int64_t(sm_count) * std::min(Resident(pick(std::integral_constant<KvFormat, F>{}), a),
+                                                       Resident(pick(std::integral_constant<KvFormat, P>{}), a));
     const Split sp = DecodeSplit(a, vis.last_pre + hi - lo, slots);
     const auto splits = [&](int64_t n) { return int((n + sp.chunk - 1) / sp.chunk); };
     const DecodeRange pre{vis.pk, vis.pv, 0, vis.last_pre, splits(vis.last_pre)};
