@@ -1,9 +1,10 @@
 // The Llama forward pass on the GPU, step for step the CPU pass of model/llama.cpp: projections
 // through cuBLAS with bf16 operands and f32 accumulation (tensor cores), the residual add folded
 // into the Wo and Wdown GEMMs (beta = 1), attention handed to each item's KV policies with device
-// pointers. A decode step (one row) is bound by launches, not by cuBLAS: it runs fused GEMVs that
-// form their input (RMSNorm, SiLU-gate, bf16 rounding) themselves. Everything runs on the legacy
-// default stream; only the two host copies per call (positions in, logits out) synchronize.
+// pointers. A decode step (one row) runs our persistent GEMV instead (cuda/ops.h), which forms its
+// input (RMSNorm, SiLU-gate, bf16 rounding) itself and starts streaming weights before the kernel
+// before it has ended (cuda/pdl.cuh). Everything runs on the legacy default stream; only the two
+// host copies per call (positions in, logits out) synchronize.
 #include <cublas_v2.h>
 
 #include <algorithm>
