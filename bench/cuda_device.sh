@@ -4,7 +4,7 @@
 #                                         -DATP_NATIVE=OFF, their shared libraries and ../shared's
 #                                         ref-5m into .cudacarry/ (excluded from git; name it in carry)
 #   bench/cuda_device.sh run [STEP...]    (there) tests, bench, attn, sdpa (default: all, in order),
-#                                         ncu_decode (on request);
+#                                         ncu_decode, ncu_steps, ncu_sections, eval_cuda (on request);
 #                                         logs and JSON lines in $OUT. PREFILL=1024 bench: decode at
 #                                         every context after a 1024-token prefill only; BENCH_KV:
 #                                         the policies (default dense bf16, mx fp4, mx fp8, dense f32);
@@ -76,6 +76,12 @@ bench() {
   for kv in ${BENCH_KV:-dense:dtype=bf16 mx:fmt=fp4 mx:fmt=fp8_e4m3 dense:dtype=f32}; do
     bench_one $kv 1024 3 1024; bench_one $kv 8192 2 ${PREFILL:-8192}; bench_one $kv 32768 1 ${PREFILL:-32768}
   done
+}
+# The default `atp eval` sweep on ref-5m through the GPU (the entries it has kernels for), briefly.
+eval_cuda() {
+  timeout 300 $atp eval -m $carry/shared/models/ref-5m --device cuda -f $carry/shared/data/valid.txt --max-windows 4 \
+    --no-retrieval -o /tmp/eval-cuda --json 2>"$OUT/eval_cuda.err" >"$OUT/eval_cuda.json"
+  tail -3 "$OUT/eval_cuda.err"; cp /tmp/eval-cuda/sweep.csv "$OUT/" && cat "$OUT/sweep.csv"
 }
 attn() { timeout 150 /tmp/atp/bin/atp_cuda_attn 2>&1 | tee "$OUT/attn.jsonl"; }
 sdpa() { timeout 120 python3 bench/cuda_sdpa.py 2>&1 | tee "$OUT/sdpa.jsonl"; }

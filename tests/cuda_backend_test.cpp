@@ -13,6 +13,7 @@
 #include "cuda/backend.h"
 #include "engine/sequence.h"
 #include "eval/perplexity.h"
+#include "eval/sweep.h"
 #include "kv/kv_policy.h"
 #include "kv/lowrank_policy.h"
 #include "model/llama.h"
@@ -108,16 +109,23 @@ void ExpectTwins(const std::string& spec, const KvPolicyFactory& cpu, const KvPo
   EXPECT_EQ(pg->Length(), pc->Length());
 }
 
-TEST(CudaKv, PoliciesMatchCpuTwins) {
-  ATP_SKIP_WITHOUT_GPU();
-  for (const std::string spec : {"dense", "dense:dtype=bf16", "dense:dtype=f16", "mx:fmt=fp8_e4m3", "mx:fmt=fp8_e5m2",
-                                 "mx:fmt=int8", "mx:fmt=fp4"}) {
+// Each spec's GPU policy against the CPU policy of the same string on every case: the same canonical
+// Describe(), then ExpectTwins. tol(spec) bounds decode.
+void ExpectSpecsMatchCpu(std::initializer_list<std::string> specs,
+                         double (*tol)(const std::string&) = [](const std::string&) { return kDecodeTol; }) {
+  for (const std::string& spec : specs) {
     auto cpu = ParseKvPolicy(spec);
     auto gpu = MakeCudaKvFactory(spec);
     ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
     EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
-    for (size_t ci = 0; ci < Cases().size(); ++ci) ExpectTwins(spec, **cpu, **gpu, ci);
+    for (size_t ci = 0; ci < Cases().size(); ++ci) ExpectTwins(spec, **cpu, **gpu, ci, tol(spec));
   }
+}
+
+TEST(CudaKv, PoliciesMatchCpuTwins) {
+  ATP_SKIP_WITHOUT_GPU();
+  ExpectSpecsMatchCpu(
+      {"dense", "dense:dtype=bf16", "dense:dtype=f16", "mx:fmt=fp8_e4m3", "mx:fmt=fp8_e5m2", "mx:fmt=int8", "mx:fmt=fp4"});
 }
 
 // Calibrated lowrank at R = head_dim / 2 (32 of 64, 64 of 128) and R = head_dim (32): random orthonormal
@@ -176,15 +184,9 @@ TEST(CudaKv, LowRankMatchesCpuTwin) {
 // one term: 1e-2 bounds that and still fails on a wrong block, rank or window by ~1.
 TEST(CudaKv, AtpMatchesCpuTwin) {
   ATP_SKIP_WITHOUT_GPU();
-  for (const std::string spec : {"atp:block=32,rank=8,window=32", "atp:block=16,rank=4,window=16",
-                                 "atp:block=16,tau=0.9,window=0", "atp:block=64,rank=16,window=64,dtype=bf16"}) {
-    auto cpu = ParseKvPolicy(spec);
-    auto gpu = MakeCudaKvFactory(spec);
-    ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
-    EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
-    const double tol = spec.find("bf16") != std::string::npos ? 1e-2 : kDecodeTol;
-    for (size_t ci = 0; ci < Cases().size(); ++ci) ExpectTwins(spec, **cpu, **gpu, ci, tol);
-  }
+  ExpectSpecsMatchCpu({"atp:block=32,rank=8,window=32", "atp:block=16,rank=4,window=16", "atp:block=16,tau=0.9,window=0",
+                       "atp:block=64,rank=16,window=64,dtype=bf16"},
+                      [](const std::string& spec) { return spec.find("bf16") != std::string::npos ? 1e-2 : kDecodeTol; });
 }
 
 // KIVI against the CPU codec policy: groups packed inside long chunks and by decode steps, every
@@ -194,13 +196,7 @@ TEST(CudaKv, AtpMatchesCpuTwin) {
 // bits).
 TEST(CudaKv, KiviMatchesCpuTwin) {
   ATP_SKIP_WITHOUT_GPU();
-  for (const std::string spec : {"kivi", "kivi:bits=4,group=16,residual=32", "kivi:bits=8,group=32,residual=0,dtype=bf16"}) {
-    auto cpu = ParseKvPolicy(spec);
-    auto gpu = MakeCudaKvFactory(spec);
-    ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
-    EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
-    for (size_t ci = 0; ci < Cases().size(); ++ci) ExpectTwins(spec, **cpu, **gpu, ci);
-  }
+  ExpectSpecsMatchCpu({"kivi", "kivi:bits=4,group=16,residual=32", "kivi:bits=8,group=32,residual=0,dtype=bf16"});
 }
 
 // StreamingLLM against the CPU eviction policy: sinks and window touching and apart, a window of
@@ -208,14 +204,8 @@ TEST(CudaKv, KiviMatchesCpuTwin) {
 // decode steps, exact and MX rows. Both read the same rows in f32, so decode holds kDecodeTol.
 TEST(CudaKv, StreamingMatchesCpuTwin) {
   ATP_SKIP_WITHOUT_GPU();
-  for (const std::string spec : {"streaming:budget=64,sinks=4", "streaming:budget=40,sinks=0", "streaming:budget=2,sinks=1",
-                                 "streaming:budget=300+dense:dtype=bf16", "streaming:budget=48,sinks=8+mx:fmt=fp8_e4m3"}) {
-    auto cpu = ParseKvPolicy(spec);
-    auto gpu = MakeCudaKvFactory(spec);
-    ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
-    EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
-    for (size_t ci = 0; ci < Cases().size(); ++ci) ExpectTwins(spec, **cpu, **gpu, ci);
-  }
+  ExpectSpecsMatchCpu({"streaming:budget=64,sinks=4", "streaming:budget=40,sinks=0", "streaming:budget=2,sinks=1",
+                       "streaming:budget=300+dense:dtype=bf16", "streaming:budget=48,sinks=8+mx:fmt=fp8_e4m3"});
 }
 
 TEST(CudaKv, RejectsPoliciesWithoutKernels) {
@@ -363,6 +353,39 @@ TEST(CudaModel, RefModelAtpPerplexityNearCpu) {
             << got->kv_bytes_per_token << " (CPU " << want->kv_bytes_per_token << ")\n";
   EXPECT_NEAR(got->ppl, want->ppl, 1e-2 * want->ppl);
   EXPECT_EQ(got->kv_bytes_per_token, want->kv_bytes_per_token);
+}
+
+// `eval --device cuda`: the sweep builds its policies with the GPU's parser (SweepOptions::parse_kv)
+// and runs them through the GPU pass; each entry's perplexity is the CPU sweep's within 1% (as
+// RefModelAtpPerplexityNearCpu: bf16 weights and operands), its KV bytes per token equal. Streaming
+// drops rows before the windows end (budget 64 < 384 + 128 tokens), scored token by token.
+TEST(CudaEval, SweepOnGpuMatchesCpu) {
+  ATP_SKIP_WITHOUT_GPU();
+  ATP_SKIP_WITHOUT_SHARED();
+  auto cpu_model = LlamaModel::Load(testing::kRefModel);
+  auto gpu_model = LoadOnGpu();
+  ASSERT_TRUE(cpu_model.ok() && gpu_model);
+  auto tok = Tokenizer::LoadFromDir(testing::kRefModel);
+  ASSERT_TRUE(tok.ok());
+  const auto stream = (*tok)->Encode(testing::Slurp(testing::kValidText), true);
+  auto entries = SweepFromFlags({"dense", "atp:block=64,rank=32,window=64", "streaming:budget=64,sinks=4+dense:dtype=bf16"}, {});
+  ASSERT_TRUE(entries.ok());
+  SweepOptions opt;
+  opt.ppl.max_windows = 3;
+  opt.run_retrieval = opt.run_speed = false;
+  auto want = RunSweep(**cpu_model, **tok, testing::kRefModel, *entries, stream, {}, opt, nullptr);
+  opt.parse_kv = MakeCudaKvFactory;
+  auto got = RunSweep(*gpu_model, **tok, testing::kRefModel, *entries, stream, {}, opt, nullptr);
+  ASSERT_TRUE(want.ok() && got.ok()) << got.status().ToString();
+  ASSERT_EQ(got->size(), want->size());
+  for (size_t i = 0; i < got->size(); ++i) {
+    const SweepRow &g = (*got)[i], &w = (*want)[i];
+    std::cerr << "[cuda] eval " << g.kv << ": ppl " << g.ppl << " (CPU " << w.ppl << "), KV bytes/token "
+              << g.kv_bytes_per_token << " (CPU " << w.kv_bytes_per_token << ")\n";
+    EXPECT_EQ(g.kv, w.kv);
+    EXPECT_NEAR(g.ppl, w.ppl, 1e-2 * w.ppl) << g.kv;
+    EXPECT_EQ(g.kv_bytes_per_token, w.kv_bytes_per_token) << g.kv;
+  }
 }
 
 // `serve --device cuda`: the server builds each request's policies with the GPU's parser

@@ -10,6 +10,9 @@
 #include "core/mapped_file.h"
 #include "core/thread_pool.h"
 #include "eval/sweep.h"
+#if defined(ATP_CUDA)
+#include "cuda/backend.h"
+#endif
 
 namespace atp::cli {
 
@@ -94,6 +97,9 @@ void AddEval(CLI::App& app, Runner* run) {
   cmd->add_flag("--no-perplexity", o->no_ppl, "skip perplexity");
   cmd->add_flag("--no-retrieval", o->no_retrieval, "skip retrieval");
   cmd->add_flag("--no-speed", o->no_speed, "skip decode speed");
+  cmd->add_option("--device", o->f.device, "where the forward pass and KV caches live: cpu, or cuda (GPU 0)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   cmd->callback([o, run] {
     *run = [o]() -> int {
       SweepOptions s = o->s;
@@ -103,10 +109,25 @@ void AddEval(CLI::App& app, Runner* run) {
       if (s.run_ppl && o->file.empty())
         return Fail("eval", Status::InvalidArgument("-f/--file is required for perplexity (or pass --no-perplexity)"));
       if (!o->no_retrieval && o->retrieval.empty()) std::cerr << "atp eval: no --retrieval file; retrieval skipped\n";
+#if defined(ATP_CUDA)
+      if (o->f.device == "cuda") s.parse_kv = MakeCudaKvFactory;
+#endif
       std::vector<SweepEntry> entries;
       if (o->policies.empty()) {
         entries = DefaultSweep(o->basis);
         if (o->basis.empty()) std::cerr << "atp eval: no --lowrank-basis; lowrank entries left out of the default sweep\n";
+        if (o->f.device == "cuda") {  // the GPU has kernels for part of the default sweep: run that part
+          std::vector<SweepEntry> kept;
+          std::string left;
+          for (auto& e : entries) {
+            if (s.parse_kv(e.policy, o->f.model).ok())
+              kept.push_back(e);
+            else
+              left += (left.empty() ? "" : ", ") + e.policy;
+          }
+          if (!left.empty()) std::cerr << "atp eval: --device cuda has no kernels for " << left << "; left out\n";
+          entries = std::move(kept);
+        }
       } else {
         auto e = SweepFromFlags(o->policies, o->budgets);
         if (!e.ok()) return Fail("eval", e.status());
@@ -136,6 +157,7 @@ void AddEval(CLI::App& app, Runner* run) {
                              {"file", s.run_ppl ? nlohmann::json(o->file) : nlohmann::json(nullptr)},
                              {"retrieval_file", s.run_retrieval ? nlohmann::json(o->retrieval) : nlohmann::json(nullptr)},
                              {"machine", MachineName()},
+                             {"device", o->f.device},
                              {"threads", ThreadPool::Global().size()},
                              {"context", s.ppl.context},
                              {"scored_per_window", s.ppl.scored},

@@ -121,7 +121,7 @@ Result<std::vector<SweepRow>> RunSweep(LlamaModel& model, const Tokenizer& tok, 
   // Every policy string is checked before anything runs.
   std::vector<std::shared_ptr<KvPolicyFactory>> factories;
   for (auto& e : entries) {
-    auto f = ParseKvPolicy(e.policy, model_dir);
+    auto f = opt.parse_kv(e.policy, model_dir);
     if (!f.ok()) return f.status();
     for (int l = 0; l < model.config().num_layers; ++l) ATP_RETURN_IF_ERROR(f.value()->CheckShape(model.kv_shape(l)));
     factories.push_back(f.value());

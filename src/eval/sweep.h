@@ -12,6 +12,7 @@
 #include "eval/bench.h"
 #include "eval/perplexity.h"
 #include "eval/retrieval.h"
+#include "kv/kv_policy.h"
 
 namespace atp {
 
@@ -40,6 +41,7 @@ struct SweepOptions {
   RetrievalOptions retrieval;  // retrieval.max_cases bounds the time
   BenchOptions speed;          // decode speed: median single-token step after speed.context tokens
   bool run_ppl = true, run_retrieval = true, run_speed = true;
+  KvPolicyParser parse_kv = [](const std::string& spec, const std::string& dir) { return ParseKvPolicy(spec, dir); };
 };
 
 // One entry's results; NaN (empty in CSV, null in JSON) where a part did not run.

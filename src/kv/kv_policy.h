@@ -4,6 +4,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -82,5 +83,10 @@ class KvPolicyFactory {
 // Parses a policy string such as "dense", "dense:dtype=bf16" or "A+B". Errors list valid names and keys.
 // `model_dir` lets policies find files stored beside the model (calibrated bases); may be empty.
 Result<std::shared_ptr<KvPolicyFactory>> ParseKvPolicy(const std::string& spec, const std::string& model_dir = "");
+
+// Where a command gets its policies from a string: ParseKvPolicy, or a backend's own parser (the GPU's
+// MakeCudaKvFactory, whose policies only its forward pass can drive).
+using KvPolicyParser =
+    std::function<Result<std::shared_ptr<KvPolicyFactory>>(const std::string& spec, const std::string& model_dir)>;
 
 }  // namespace atp

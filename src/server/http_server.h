@@ -36,7 +36,7 @@ struct ServerOptions {
   std::chrono::milliseconds shutdown_timeout{30000};  // for in-flight requests to finish
   // How a request's kv string becomes policies: the CPU registry (ParseKvPolicy) when empty;
   // `serve --device cuda` passes the GPU's (MakeCudaKvFactory), whose policies the model's backend drives.
-  std::function<Result<std::shared_ptr<KvPolicyFactory>>(const std::string& spec, const std::string& model_dir)> parse_kv;
+  KvPolicyParser parse_kv;
 };
 
 class HttpServer {
