@@ -9,26 +9,27 @@
 #                                         every context after a 1024-token prefill only; BENCH_KV:
 #                                         the policies (default dense bf16, mx fp4, mx fp8, dense f32);
 #                                         DECODE: decode steps per run (default 32)
-#   bench/cuda_device.sh slim | unslim    (here) the `run` tool copies tracked files and refuses a tree over
-#                                         64 MiB; models/atp-40m's weights (77 MB) alone exceed it. slim
-#                                         drops them from the index (the file stays; git status shows a
-#                                         staged deletion: never commit in between), unslim restores it.
+#   bench/cuda_device.sh slim | unslim    (here) the `run` tool copies tracked files and refuses a tree
+#                                         and carry over 64 MiB; models/atp-40m's weights (77 MB) alone
+#                                         exceed it. slim drops the embedded models' weights from the index
+#                                         (the files stay; git status shows staged deletions: commit only
+#                                         named paths in between), unslim restores them.
 # The GPU image has CUDA, cuBLAS and PyTorch but none of the Debian libraries atp links; they travel
 # as files.
 set -u
 mode=${1:-}
 carry=.cudacarry
 
-big=models/atp-40m/model.safetensors
+big="models/atp-40m/model.safetensors models/atp-12m/model.safetensors"  # not needed there
 if [ "$mode" = slim ]; then
-  git rm -q --cached "$big" && echo "/$big" >>"$(git rev-parse --git-path info/exclude)"
+  for f in $big; do git rm -q --cached "$f" && echo "/$f" >>"$(git rev-parse --git-path info/exclude)"; done
   git ls-files -z | xargs -0 du -cb | tail -1
   exit 0
 fi
 if [ "$mode" = unslim ]; then
   exclude=$(git rev-parse --git-path info/exclude)
-  grep -vx "/$big" "$exclude" >"$exclude.tmp"; mv "$exclude.tmp" "$exclude"
-  git add "$big" && git status --short
+  for f in $big; do grep -vx "/$f" "$exclude" >"$exclude.tmp"; mv "$exclude.tmp" "$exclude"; git add "$f"; done
+  git status --short
   exit 0
 fi
 

@@ -1,5 +1,5 @@
 // GPU attention over KV rows in device memory, in every form the CUDA policies keep: exact
-// (f32/f16/bf16), OCP MX blocks (fp8 E4M3 and E5M2, int8, fp4 E2M1) or KIVI codes, dequantized in registers. One loader per
+// (f32/f16/bf16), OCP MX blocks (fp8 E4M3 and E5M2, int8, fp6 E2M3 and E3M2, fp4 E2M1) or KIVI codes, dequantized in registers. One loader per
 // form feeds two kernels: split-K decode (one query row, f32 math; the sequence split across
 // blocks, then a combine) and tiled prefill (FlashAttention-style online softmax over key tiles in
 // shared memory, bf16 tensor cores through WMMA). Which rows a query sees is a Visibility, kept
@@ -14,7 +14,11 @@
 
 namespace atp::cuda {
 
-enum class KvFormat : uint8_t { kF32, kF16, kBF16, kMxFp8E4M3, kMxFp8E5M2, kMxInt8, kMxFp4, kKivi2, kKivi4, kKivi8 };
+enum class KvFormat : uint8_t {
+  kF32, kF16, kBF16,
+  kMxFp8E4M3, kMxFp8E5M2, kMxInt8, kMxFp6E2M3, kMxFp6E3M2, kMxFp4,
+  kKivi2, kKivi4, kKivi8
+};
 
 // One layer's key (or value) rows for all KV heads. Row (token j, KV head h) holds `dim` elements
 // at elems + (j * n_kv + h) * dim * bits / 8; MX rows also own dim / 32 E8M0 scale bytes at

@@ -186,6 +186,8 @@ Result<KvFormat> RowsFormat(const std::string& codec, const std::string& whole, 
   if (codec == "mx:fmt=fp8_e4m3") return KvFormat::kMxFp8E4M3;
   if (codec == "mx:fmt=fp8_e5m2") return KvFormat::kMxFp8E5M2;
   if (codec == "mx:fmt=int8") return KvFormat::kMxInt8;
+  if (codec == "mx:fmt=fp6_e2m3") return KvFormat::kMxFp6E2M3;
+  if (codec == "mx:fmt=fp6_e3m2") return KvFormat::kMxFp6E3M2;
   if (codec == "mx:fmt=fp4") return KvFormat::kMxFp4;
   return Status::Unsupported("kv policy '" + whole + "' has no CUDA kernels yet; " + supported);
 }
@@ -200,7 +202,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
   const std::string policy = canon.substr(0, plus), codec = plus == std::string::npos ? "" : canon.substr(plus + 1);
   ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(policy));
   const std::string supported =
-      "--device cuda supports dense:dtype=f32|f16|bf16, mx:fmt=fp8_e4m3|fp8_e5m2|int8|fp4, atp (basis=input, proj=dense, "
+      "--device cuda supports dense:dtype=f32|f16|bf16, mx (every format but nvfp4), atp (basis=input, proj=dense, "
       "block <= 64), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 32, 64 or 128, f32 coefficients) and "
       "streaming alone or +dense:dtype=... or +mx:fmt=...";
   if (ps.name() == "atp") return MakeCudaAtpFactory(ps, canon);

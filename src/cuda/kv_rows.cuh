@@ -22,6 +22,8 @@ inline int ElementBits(KvFormat f) {
     case KvFormat::kMxFp8E4M3:
     case KvFormat::kMxFp8E5M2:
     case KvFormat::kMxInt8: return 8;
+    case KvFormat::kMxFp6E2M3:
+    case KvFormat::kMxFp6E3M2: return 6;
     case KvFormat::kMxFp4: return 4;
     case KvFormat::kKivi2: return 2;
     case KvFormat::kKivi4: return 4;
@@ -44,6 +46,8 @@ void WithFormat(KvFormat f, Fn&& fn) {
     case K::kMxFp8E4M3: return fn(std::integral_constant<K, K::kMxFp8E4M3>{});
     case K::kMxFp8E5M2: return fn(std::integral_constant<K, K::kMxFp8E5M2>{});
     case K::kMxInt8: return fn(std::integral_constant<K, K::kMxInt8>{});
+    case K::kMxFp6E2M3: return fn(std::integral_constant<K, K::kMxFp6E2M3>{});
+    case K::kMxFp6E3M2: return fn(std::integral_constant<K, K::kMxFp6E3M2>{});
     case K::kMxFp4: return fn(std::integral_constant<K, K::kMxFp4>{});
     case K::kKivi2: return fn(std::integral_constant<K, K::kKivi2>{});
     case K::kKivi4: return fn(std::integral_constant<K, K::kKivi4>{});
@@ -76,6 +80,11 @@ template <>
 struct Raw8<KvFormat::kMxFp8E5M2> : RawMx8 {};
 template <>
 struct Raw8<KvFormat::kMxInt8> : RawMx8 {};
+// FP6: the 8 codes' 48 bits in the low bits of u.
+template <>
+struct Raw8<KvFormat::kMxFp6E2M3> : RawMx8 {};
+template <>
+struct Raw8<KvFormat::kMxFp6E3M2> : RawMx8 {};
 template <>
 struct Raw8<KvFormat::kMxFp4> {
   uint32_t u;
@@ -97,6 +106,7 @@ struct Raw8<KvFormat::kKivi8> : RawKivi {};
 // Rows of a form kept in flight per lane by the decode loops: about 64 bytes each form.
 template <KvFormat F>
 constexpr int kRowsInFlight = F == KvFormat::kF32 ? 2 : std::is_base_of_v<RawMx8, Raw8<F>> ? 8 : F == KvFormat::kMxFp4 ? 16 : 4;
+__host__ __device__ constexpr bool IsFp6(KvFormat f) { return f == KvFormat::kMxFp6E2M3 || f == KvFormat::kMxFp6E3M2; }
 
 // A KIVI row's 8 parameters of elements 8c .. 8c+7 (see DeviceRows).
 __device__ inline void KiviParams8(const DeviceRows& r, int64_t j, int h, int c, uint4* s, uint4* z) {
@@ -134,7 +144,10 @@ __device__ __forceinline__ Raw8<F> LoadRaw8(const DeviceRows& r, int64_t j, int 
     }
     KiviParams8(r, j, h, c, &raw.s, &raw.z);
   } else {
-    if constexpr (std::is_base_of_v<RawMx8, Raw8<F>>) {
+    if constexpr (IsFp6(F)) {  // element i in bits [6i, 6i+6): 6 bytes from byte 6 * (first / 8), 2-aligned
+      const uint16_t* p = reinterpret_cast<const uint16_t*>(r.elems) + first / 8 * 3;
+      raw.u = make_uint2(uint32_t(p[0]) | uint32_t(p[1]) << 16, p[2]);
+    } else if constexpr (std::is_base_of_v<RawMx8, Raw8<F>>) {
       raw.u = reinterpret_cast<const uint2*>(r.elems)[first / 8];
     } else {  // kMxFp4: element i in bits [4i, 4i+4) of the row's little-endian stream
       raw.u = reinterpret_cast<const uint32_t*>(r.elems)[first / 8];
@@ -172,6 +185,18 @@ __device__ __forceinline__ void Decode8(const Raw8<F>& raw, float* o) {
       const float sc = __half2float(__ushort_as_half(uint16_t(s[i / 2] >> (16 * (i % 2)))));
       const float ze = __half2float(__ushort_as_half(uint16_t(z[i / 2] >> (16 * (i % 2)))));
       o[i] = ze + sc * float(code);
+    }
+  } else if constexpr (IsFp6(F)) {
+    // E2M3 (bias 1) or E3M2 (bias 3), no Inf or NaN codes: magnitude = significand * 2^(e - bias - m),
+    // with the implicit bit for e > 0 and e = 1 for subnormals; powers of two built from bits (exact).
+    constexpr int kM = F == KvFormat::kMxFp6E2M3 ? 3 : 2, kBias = F == KvFormat::kMxFp6E2M3 ? 1 : 3;
+    const float sc = E8M0(raw.scale);
+    const uint64_t bits = uint64_t(raw.u.x) | uint64_t(raw.u.y) << 32;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t code = uint32_t(bits >> (6 * i)) & 63u, e = (code & 31u) >> kM, m = code & ((1u << kM) - 1);
+      const float mag = float(e ? m | 1u << kM : m) * __int_as_float(int(127 + (e ? e : 1) - kBias - kM) << 23);
+      o[i] = (code & 32u ? -mag : mag) * sc;
     }
   } else if constexpr (F == KvFormat::kMxInt8) {
     // Two's complement with 6 fraction bits: the 1/64 folds into the power-of-two scale (exact).

@@ -23,7 +23,7 @@ __global__ void StoreExactKernel(T* k, T* v, const float* K, const float* V, int
 }
 
 // kv/mx_codec.cpp's QuantizeMini for E4M3 (ebits 4, mbits 3, bias 7, max 448), E5M2 (5, 2, 15,
-// 57344) and E2M1 (2, 1, 1, 6), in double like the CPU so the codes agree bit for bit.
+// 57344), E2M3 (2, 3, 1, 7.5), E3M2 (3, 2, 3, 28) and E2M1 (2, 1, 1, 6), in double like the CPU so the codes agree bit for bit.
 template <int kEbits, int kMbits, int kBias>
 __device__ uint32_t QuantizeMini(double x, double max_normal) {
   const uint32_t sign = signbit(x) ? 1u << (kEbits + kMbits) : 0u;
@@ -60,7 +60,8 @@ __global__ void StoreMxKernel(DeviceRows k, DeviceRows v, int64_t start, const f
   const bool finite = __all_sync(kFull, isfinite(x));
   float amax = finite ? fabsf(x) : 0.f;
   for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFull, amax, o));
-  constexpr int kEmax = F == KvFormat::kMxFp8E4M3 ? 8 : F == KvFormat::kMxFp8E5M2 ? 15 : F == KvFormat::kMxInt8 ? 0 : 2;
+  constexpr int kEmax = F == KvFormat::kMxFp8E4M3 ? 8 : F == KvFormat::kMxFp8E5M2 ? 15 : F == KvFormat::kMxInt8 ? 0
+                        : F == KvFormat::kMxFp6E3M2 ? 4 : 2;  // E2M3 and E2M1: 2
   const int X = amax == 0 ? -127 : min(max(ilogbf(amax) - kEmax, -127), 127);
   if (lane == 0) dst.scales[out_row * per_row + blk] = finite ? uint8_t(X + 127) : uint8_t(0xFF);
   uint32_t code = 0;  // a non-finite block keeps zero codes, like the CPU's memset row
@@ -69,13 +70,21 @@ __global__ void StoreMxKernel(DeviceRows k, DeviceRows v, int64_t start, const f
     if constexpr (F == KvFormat::kMxFp8E4M3) code = QuantizeMini<4, 3, 7>(y, 448.0);
     if constexpr (F == KvFormat::kMxFp8E5M2) code = QuantizeMini<5, 2, 15>(y, 57344.0);
     if constexpr (F == KvFormat::kMxInt8) code = uint8_t(int8_t(fmin(fmax(nearbyint(y * 64), -127.0), 127.0)));
+    if constexpr (F == KvFormat::kMxFp6E2M3) code = QuantizeMini<2, 3, 1>(y, 7.5);
+    if constexpr (F == KvFormat::kMxFp6E3M2) code = QuantizeMini<3, 2, 3>(y, 28.0);
     if constexpr (F == KvFormat::kMxFp4) code = QuantizeMini<2, 1, 1>(y, 6.0);
   }
-  if constexpr (F != KvFormat::kMxFp4) {
-    dst.elems[out_row * dst.dim + blk * 32 + lane] = uint8_t(code);
-  } else {
+  const int64_t at = out_row * dst.dim + blk * 32 + lane;  // element index
+  if constexpr (F == KvFormat::kMxFp4) {
     const uint32_t next = __shfl_down_sync(kFull, code, 1);
-    if (lane % 2 == 0) dst.elems[(out_row * dst.dim + blk * 32 + lane) / 2] = uint8_t(code | next << 4);
+    if (lane % 2 == 0) dst.elems[at / 2] = uint8_t(code | next << 4);
+  } else if constexpr (IsFp6(F)) {  // lanes 4k .. 4k+3: 24 bits, three bytes from byte 6 * at / 8
+    uint32_t v = code;
+    for (int i = 1; i < 4; ++i) v |= __shfl_down_sync(kFull, code, i) << (6 * i);
+    if (lane % 4 == 0)
+      for (int i = 0; i < 3; ++i) dst.elems[at * 6 / 8 + i] = uint8_t(v >> (8 * i));
+  } else {
+    dst.elems[at] = uint8_t(code);
   }
 }
 
@@ -181,7 +190,8 @@ __global__ void LoadRowsKernel(DeviceRows r, int64_t first, int64_t n, float* ou
 }  // namespace
 
 bool IsMx(KvFormat f) {
-  return f == KvFormat::kMxFp8E4M3 || f == KvFormat::kMxFp8E5M2 || f == KvFormat::kMxInt8 || f == KvFormat::kMxFp4;
+  return f == KvFormat::kMxFp8E4M3 || f == KvFormat::kMxFp8E5M2 || f == KvFormat::kMxInt8 || IsFp6(f) ||
+         f == KvFormat::kMxFp4;
 }
 
 int64_t TokenElemBytes(KvFormat f, int dim, int n_kv) { return int64_t(n_kv) * dim * ElementBits(f) / 8; }
@@ -215,6 +225,12 @@ void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const floa
       break;
     case KvFormat::kMxInt8:
       LaunchAfter(StoreMxKernel<KvFormat::kMxInt8>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
+      break;
+    case KvFormat::kMxFp6E2M3:
+      LaunchAfter(StoreMxKernel<KvFormat::kMxFp6E2M3>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
+      break;
+    case KvFormat::kMxFp6E3M2:
+      LaunchAfter(StoreMxKernel<KvFormat::kMxFp6E3M2>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
       break;
     case KvFormat::kMxFp4:
       LaunchAfter(StoreMxKernel<KvFormat::kMxFp4>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
