@@ -126,7 +126,7 @@ TEST(CudaKv, PoliciesMatchCpuTwins) {
   ATP_SKIP_WITHOUT_GPU();
   ExpectSpecsMatchCpu(
       {"dense", "dense:dtype=bf16", "dense:dtype=f16", "mx:fmt=fp8_e4m3", "mx:fmt=fp8_e5m2", "mx:fmt=int8", "mx:fmt=fp6_e2m3",
-       "mx:fmt=fp6_e3m2", "mx:fmt=fp4"});
+       "mx:fmt=fp6_e3m2", "mx:fmt=fp4", "mx:fmt=nvfp4"});
 }
 
 // Calibrated lowrank at R = head_dim / 2 (32 of 64, 64 of 128) and R = head_dim (32): random orthonormal
@@ -211,7 +211,7 @@ TEST(CudaKv, StreamingMatchesCpuTwin) {
 
 TEST(CudaKv, RejectsPoliciesWithoutKernels) {
   for (const char* spec : {"atp:block=64,rank=16,basis=key", "atp:block=128,rank=16", "atp:rank=16,proj=lowrank",
-                           "h2o:budget=64+kivi", "kivi:group=12", "streaming:budget=64+kivi", "mx:fmt=nvfp4"}) {
+                           "h2o:budget=64+kivi", "kivi:group=12", "streaming:budget=64+kivi", "snapkv:budget=64"}) {
     auto f = MakeCudaKvFactory(spec);
     ASSERT_FALSE(f.ok()) << spec;
     EXPECT_NE(f.status().ToString().find("no CUDA kernels"), std::string::npos) << f.status().ToString();

@@ -1,5 +1,5 @@
 // GPU attention over KV rows in device memory, in every form the CUDA policies keep: exact
-// (f32/f16/bf16), OCP MX blocks (fp8 E4M3 and E5M2, int8, fp6 E2M3 and E3M2, fp4 E2M1) or KIVI codes, dequantized in registers. One loader per
+// (f32/f16/bf16), OCP MX blocks (fp8 E4M3 and E5M2, int8, fp6 E2M3 and E3M2, fp4 E2M1) and NVFP4 or KIVI codes, dequantized in registers. One loader per
 // form feeds two kernels: split-K decode (one query row, f32 math; the sequence split across
 // blocks, then a combine) and tiled prefill (FlashAttention-style online softmax over key tiles in
 // shared memory, bf16 tensor cores through WMMA). Which rows a query sees is a Visibility, kept
@@ -16,7 +16,7 @@ namespace atp::cuda {
 
 enum class KvFormat : uint8_t {
   kF32, kF16, kBF16,
-  kMxFp8E4M3, kMxFp8E5M2, kMxInt8, kMxFp6E2M3, kMxFp6E3M2, kMxFp4,
+  kMxFp8E4M3, kMxFp8E5M2, kMxInt8, kMxFp6E2M3, kMxFp6E3M2, kMxFp4, kNvFp4,
   kKivi2, kKivi4, kKivi8
 };
 
@@ -24,7 +24,9 @@ enum class KvFormat : uint8_t {
 // at elems + (j * n_kv + h) * dim * bits / 8; MX rows also own dim / 32 E8M0 scale bytes at
 // scales + (j * n_kv + h) * dim / 32 (element i uses scale i / 32). Elements and scales are kept
 // apart (unlike the CPU's interleaved kMx rows, kernels/packed_attention.h) so that every lane's
-// element load is naturally aligned; the byte count is the same.
+// element load is naturally aligned; the byte count is the same. NVFP4 rows own 4 + dim / 16 scale
+// bytes at scales + (j * n_kv + h) * (4 + dim / 16): the row's f32 scale, then one E4M3 scale per 16
+// elements (kv/mx_codec.h).
 // KIVI rows (kv/kivi_codec.h) hold b-bit codes, element = zero + scale * code with f16 scale and
 // zero: keys per channel and token group (channel_params: dim scales then dim zeros at
 // scales + ((j / group) * n_kv + h) * dim * 4 bytes), values per row and channel group (ng = dim /

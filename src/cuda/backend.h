@@ -23,7 +23,7 @@ Result<std::unique_ptr<ForwardBackend>> MakeCudaBackend(const LlamaModel& model)
 
 // KV policies in device memory for a policy string the CPU registry accepts, with the same
 // canonical Describe() and the same Bytes(). Supported: dense:dtype=f32|f16|bf16,
-// mx:fmt=fp8_e4m3|fp8_e5m2|int8|fp6_e2m3|fp6_e3m2|fp4, for head_dim 32, 64 or 128 and at most 8 query heads per KV head (CheckShape);
+// mx (every format, nvfp4 included), for head_dim 32, 64 or 128 and at most 8 query heads per KV head (CheckShape);
 // atp with basis=input, proj=dense and block <= 64 (cuda/atp_policy.h); kivi alone (cuda/kivi_policy.h);
 // calibrated lowrank:rk=R,rv=R with R = 32, 64 or 128 and f32 coefficients; streaming alone or
 // with those dense or MX rows (cuda/streaming_policy.h); other policies fail naming what is supported.

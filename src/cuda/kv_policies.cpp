@@ -189,6 +189,7 @@ Result<KvFormat> RowsFormat(const std::string& codec, const std::string& whole, 
   if (codec == "mx:fmt=fp6_e2m3") return KvFormat::kMxFp6E2M3;
   if (codec == "mx:fmt=fp6_e3m2") return KvFormat::kMxFp6E3M2;
   if (codec == "mx:fmt=fp4") return KvFormat::kMxFp4;
+  if (codec == "mx:fmt=nvfp4") return KvFormat::kNvFp4;
   return Status::Unsupported("kv policy '" + whole + "' has no CUDA kernels yet; " + supported);
 }
 
@@ -202,7 +203,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
   const std::string policy = canon.substr(0, plus), codec = plus == std::string::npos ? "" : canon.substr(plus + 1);
   ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(policy));
   const std::string supported =
-      "--device cuda supports dense:dtype=f32|f16|bf16, mx (every format but nvfp4), atp (basis=input, proj=dense, "
+      "--device cuda supports dense:dtype=f32|f16|bf16, mx (every format), atp (basis=input, proj=dense, "
       "block <= 64), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 32, 64 or 128, f32 coefficients) and "
       "streaming alone or +dense:dtype=... or +mx:fmt=...";
   if (ps.name() == "atp") return MakeCudaAtpFactory(ps, canon);

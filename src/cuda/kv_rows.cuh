@@ -24,7 +24,8 @@ inline int ElementBits(KvFormat f) {
     case KvFormat::kMxInt8: return 8;
     case KvFormat::kMxFp6E2M3:
     case KvFormat::kMxFp6E3M2: return 6;
-    case KvFormat::kMxFp4: return 4;
+    case KvFormat::kMxFp4:
+    case KvFormat::kNvFp4: return 4;
     case KvFormat::kKivi2: return 2;
     case KvFormat::kKivi4: return 4;
     case KvFormat::kKivi8: return 8;
@@ -49,6 +50,7 @@ void WithFormat(KvFormat f, Fn&& fn) {
     case K::kMxFp6E2M3: return fn(std::integral_constant<K, K::kMxFp6E2M3>{});
     case K::kMxFp6E3M2: return fn(std::integral_constant<K, K::kMxFp6E3M2>{});
     case K::kMxFp4: return fn(std::integral_constant<K, K::kMxFp4>{});
+    case K::kNvFp4: return fn(std::integral_constant<K, K::kNvFp4>{});
     case K::kKivi2: return fn(std::integral_constant<K, K::kKivi2>{});
     case K::kKivi4: return fn(std::integral_constant<K, K::kKivi4>{});
     case K::kKivi8: return fn(std::integral_constant<K, K::kKivi8>{});
@@ -59,6 +61,11 @@ void WithFormat(KvFormat f, Fn&& fn) {
 __device__ inline float E8M0(uint8_t e) {
   if (e == 0xFF) return __int_as_float(0x7fc00000);
   return e == 0 ? __int_as_float(0x00400000) : __int_as_float(int(e) << 23);
+}
+
+// An E4M3 byte's value (hardware conversion, exact; 0x7F and 0xFF are NaN).
+__device__ inline float E4M3(uint8_t b) {
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t(b), __NV_E4M3)));
 }
 
 // Elements 8c .. 8c+7 of one row as stored: 32, 16, 8 or 4 bytes of elements (and the MX block
@@ -90,6 +97,12 @@ struct Raw8<KvFormat::kMxFp4> {
   uint32_t u;
   uint8_t scale;
 };
+template <>
+struct Raw8<KvFormat::kNvFp4> {
+  uint32_t u;
+  uint8_t scale;   // E4M3, of the 16-element block
+  float row_scale;
+};
 // KIVI: 8 codes (2, 4 or 8 bytes) and the 8 elements' f16 scales and zeros (a value row's single
 // pair repeated).
 struct RawKivi {
@@ -105,7 +118,10 @@ struct Raw8<KvFormat::kKivi8> : RawKivi {};
 
 // Rows of a form kept in flight per lane by the decode loops: about 64 bytes each form.
 template <KvFormat F>
-constexpr int kRowsInFlight = F == KvFormat::kF32 ? 2 : std::is_base_of_v<RawMx8, Raw8<F>> ? 8 : F == KvFormat::kMxFp4 ? 16 : 4;
+constexpr int kRowsInFlight = F == KvFormat::kF32                        ? 2
+                              : std::is_base_of_v<RawMx8, Raw8<F>>      ? 8
+                              : F == KvFormat::kMxFp4 || F == KvFormat::kNvFp4 ? 16
+                                                                        : 4;
 __host__ __device__ constexpr bool IsFp6(KvFormat f) { return f == KvFormat::kMxFp6E2M3 || f == KvFormat::kMxFp6E3M2; }
 
 // A KIVI row's 8 parameters of elements 8c .. 8c+7 (see DeviceRows).
@@ -149,10 +165,17 @@ __device__ __forceinline__ Raw8<F> LoadRaw8(const DeviceRows& r, int64_t j, int 
       raw.u = make_uint2(uint32_t(p[0]) | uint32_t(p[1]) << 16, p[2]);
     } else if constexpr (std::is_base_of_v<RawMx8, Raw8<F>>) {
       raw.u = reinterpret_cast<const uint2*>(r.elems)[first / 8];
-    } else {  // kMxFp4: element i in bits [4i, 4i+4) of the row's little-endian stream
+    } else {  // kMxFp4, kNvFp4: element i in bits [4i, 4i+4) of the row's little-endian stream
       raw.u = reinterpret_cast<const uint32_t*>(r.elems)[first / 8];
     }
-    raw.scale = r.scales[row * (r.dim / 32) + c / 4];
+    if constexpr (F == KvFormat::kNvFp4) {  // rows of 4 + dim/16 bytes: the f32 scale is 2-byte aligned
+      const uint8_t* s = r.scales + row * (4 + r.dim / 16);
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(s);
+      raw.row_scale = __uint_as_float(uint32_t(h[0]) | uint32_t(h[1]) << 16);
+      raw.scale = s[4 + c / 2];
+    } else {
+      raw.scale = r.scales[row * (r.dim / 32) + c / 4];
+    }
   }
   return raw;
 }
@@ -217,8 +240,14 @@ __device__ __forceinline__ void Decode8(const Raw8<F>& raw, float* o) {
     }
   } else {
     // E2M1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 doubled are the nibbles of 0xC8643210: no table
-    // in memory; the halving folds into the block scale.
-    const float sc = 0.5f * E8M0(raw.scale);
+    // in memory; the halving folds into the block scale (exactly: a power of two). NVFP4's scale is
+    // the CPU's row scale times the E4M3 block scale, in that order.
+    float sc;
+    if constexpr (F == KvFormat::kNvFp4) {
+      sc = 0.5f * (raw.row_scale * E4M3(raw.scale));
+    } else {
+      sc = 0.5f * E8M0(raw.scale);
+    }
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const uint32_t code = (raw.u >> (4 * i)) & 15u;

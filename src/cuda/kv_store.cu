@@ -88,6 +88,63 @@ __global__ void StoreMxKernel(DeviceRows k, DeviceRows v, int64_t start, const f
   }
 }
 
+// kv/mx_codec.cpp's EncodeNvFp4, bit for bit: one warp per (token, head) row; lane l holds elements
+// l * kPer .. l * kPer + kPer - 1 (kPer = dim / 32), so a 16-element block is 16 / kPer neighbouring
+// lanes. The row scale maps the largest finite magnitude to E4M3 max times E2M1 max; a block with a
+// NaN or Inf gets the E4M3 NaN scale 0x7F and zero codes. blockIdx.y: 0 stores K into k, 1 V into v.
+template <int kPer>
+__global__ void StoreNvFp4Kernel(DeviceRows k, DeviceRows v, int64_t start, const float* K, const float* V,
+                                 int64_t rows) {
+  LetNextStart();
+  WaitForPrevious();
+  const DeviceRows& dst = blockIdx.y ? v : k;
+  const float* src = blockIdx.y ? V : K;
+  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (row >= rows) return;  // whole warps exit together
+  const int lane = threadIdx.x % 32;
+  constexpr int kLanes = 16 / kPer;  // lanes per block
+  float x[kPer], amax = 0, bmax = 0;
+  int finite = 1;
+#pragma unroll
+  for (int t = 0; t < kPer; ++t) {
+    x[t] = src[row * 32 * kPer + lane * kPer + t];
+    if (isfinite(x[t])) amax = fmaxf(amax, fabsf(x[t]));
+    else finite = 0;
+    bmax = fmaxf(bmax, fabsf(x[t]));
+  }
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFull, amax, o));
+  for (int o = 1; o < kLanes; o <<= 1) {
+    bmax = fmaxf(bmax, __shfl_xor_sync(kFull, bmax, o));
+    finite &= __shfl_xor_sync(kFull, finite, o);
+  }
+  const float rs = amax > 0 ? amax / (448.0f * 6.0f) : 1.0f;
+  uint8_t sb = 0x7F;
+  uint32_t codes = 0;
+  if (finite) {
+    sb = uint8_t(QuantizeMini<4, 3, 7>(double(bmax) / (6.0 * double(rs)), 448.0));
+    const double d = double(E4M3(sb)) * double(rs);
+    if (d != 0)
+#pragma unroll
+      for (int t = 0; t < kPer; ++t) codes |= QuantizeMini<2, 1, 1>(double(x[t]) / d, 6.0) << (4 * t);
+  }
+  const int64_t out_row = start * dst.n_kv + row;
+  uint8_t* s = dst.scales + out_row * (4 + 2 * kPer);  // 4 + dim / 16 bytes
+  if (lane == 0) {
+    const uint32_t b = __float_as_uint(rs);
+    reinterpret_cast<uint16_t*>(s)[0] = uint16_t(b), reinterpret_cast<uint16_t*>(s)[1] = uint16_t(b >> 16);
+  }
+  if (lane % kLanes == 0) s[4 + lane / kLanes] = sb;
+  uint8_t* e = dst.elems + out_row * 16 * kPer;  // dim / 2 bytes of codes
+  if constexpr (kPer == 1) {
+    const uint32_t next = __shfl_down_sync(kFull, codes, 1);
+    if (lane % 2 == 0) e[lane / 2] = uint8_t(codes | next << 4);
+  } else if constexpr (kPer == 2) {
+    e[lane] = uint8_t(codes);
+  } else {
+    reinterpret_cast<uint16_t*>(e)[lane] = uint16_t(codes);
+  }
+}
+
 // kv/kivi_codec.cpp's parameters and codes, bit for bit: zero = f16 of the minimum rounded down,
 // scale = f16 of range / (2^b - 1) rounded up; code = rint((x - zero) / scale) clamped.
 __device__ float F16Value(uint16_t h) { return __half2float(__ushort_as_half(h)); }
@@ -191,11 +248,14 @@ __global__ void LoadRowsKernel(DeviceRows r, int64_t first, int64_t n, float* ou
 
 bool IsMx(KvFormat f) {
   return f == KvFormat::kMxFp8E4M3 || f == KvFormat::kMxFp8E5M2 || f == KvFormat::kMxInt8 || IsFp6(f) ||
-         f == KvFormat::kMxFp4;
+         f == KvFormat::kMxFp4 || f == KvFormat::kNvFp4;
 }
 
 int64_t TokenElemBytes(KvFormat f, int dim, int n_kv) { return int64_t(n_kv) * dim * ElementBits(f) / 8; }
-int64_t TokenScaleBytes(KvFormat f, int dim, int n_kv) { return IsMx(f) ? int64_t(n_kv) * (dim / 32) : 0; }
+int64_t TokenScaleBytes(KvFormat f, int dim, int n_kv) {
+  if (f == KvFormat::kNvFp4) return int64_t(n_kv) * (4 + dim / 16);
+  return IsMx(f) ? int64_t(n_kv) * (dim / 32) : 0;
+}
 
 void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const float* K, const float* V, int64_t n,
              cudaStream_t s) {
@@ -234,6 +294,15 @@ void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const floa
       break;
     case KvFormat::kMxFp4:
       LaunchAfter(StoreMxKernel<KvFormat::kMxFp4>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
+      break;
+    case KvFormat::kNvFp4: {  // one warp per row of head_dim 32, 64 or 128 (CheckAttnShape)
+      const int64_t rows = n * k.n_kv;
+      const dim3 g(unsigned((rows * 32 + 255) / 256), 2);
+      if (k.dim == 32) LaunchAfter(StoreNvFp4Kernel<1>, g, dim3(256), 0, s, k, v, start, K, V, rows);
+      if (k.dim == 64) LaunchAfter(StoreNvFp4Kernel<2>, g, dim3(256), 0, s, k, v, start, K, V, rows);
+      if (k.dim == 128) LaunchAfter(StoreNvFp4Kernel<4>, g, dim3(256), 0, s, k, v, start, K, V, rows);
+      break;
+    }
       break;
     default:  // KIVI rows are packed from exact ones (KiviPack), never stored directly
       break;
