@@ -129,7 +129,8 @@ TEST(CudaKv, PoliciesMatchCpuTwins) {
        "mx:fmt=fp6_e3m2", "mx:fmt=fp4", "mx:fmt=nvfp4"});
 }
 
-// Calibrated lowrank at R = head_dim / 2 (32 of 64, 64 of 128) and R = head_dim (32): random orthonormal
+// Calibrated lowrank at R = head_dim / 2 (32 of 64, 64 of 128), R = head_dim (32) and R = 16 (a
+// quarter of 64, an eighth of 128; rows of width 16 take their own prefill tiles): random orthonormal
 // bases (a Gaussian matrix orthonormalized) written as `atp calibrate` would. The GPU's
 // coefficient rows are the CPU's up to summation order in the projections (~1e-7), and its decode
 // reads them in f32, so the decode and prefill bounds above hold as for the dense forms.
@@ -138,7 +139,7 @@ TEST(CudaKv, LowRankMatchesCpuTwin) {
   testing::TempDir dir("cuda_lowrank");
   for (size_t ci = 0; ci < Cases().size(); ++ci) {
     const KvShape& s = Cases()[ci].shape;
-    const int d = s.head_dim, r = d == 32 ? 32 : d / 2;
+    const int d = s.head_dim;
     KvBasis b;
     b.layers = 1, b.kv_heads = s.n_kv_heads, b.head_dim = d;
     std::mt19937 rng(uint32_t(ci) + 3);
@@ -165,12 +166,14 @@ TEST(CudaKv, LowRankMatchesCpuTwin) {
     }
     const std::string file = dir / ("basis" + std::to_string(ci) + ".safetensors");
     ASSERT_TRUE(WriteKvBasis(file, b).ok());
-    const std::string spec = "lowrank:rk=" + std::to_string(r) + ",rv=" + std::to_string(r) + ",file=" + file;
-    auto cpu = ParseKvPolicy(spec);
-    auto gpu = MakeCudaKvFactory(spec);
-    ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
-    EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
-    ExpectTwins("lowrank r=" + std::to_string(r), **cpu, **gpu, ci);
+    for (int r : {d == 32 ? 32 : d / 2, 16}) {
+      const std::string spec = "lowrank:rk=" + std::to_string(r) + ",rv=" + std::to_string(r) + ",file=" + file;
+      auto cpu = ParseKvPolicy(spec);
+      auto gpu = MakeCudaKvFactory(spec);
+      ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
+      EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
+      ExpectTwins("lowrank r=" + std::to_string(r), **cpu, **gpu, ci);
+    }
   }
 }
 

@@ -409,7 +409,7 @@ void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, cons
     for (auto* kernel : {DecodeKernel<F, 1>, DecodeKernel<F, 2>, DecodeKernel<F, 4>, DecodeKernel<F, 8>,
                          DecodeKernel<P, 1>, DecodeKernel<P, 2>, DecodeKernel<P, 4>, DecodeKernel<P, 8>})
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
-    for (auto* kernel : {PrefillKernel<F, P, 32>, PrefillKernel<F, P, 64>, PrefillKernel<F, P, 128>})
+    for (auto* kernel : {PrefillKernel<F, P, 16>, PrefillKernel<F, P, 32>, PrefillKernel<F, P, 64>, PrefillKernel<F, P, 128>})
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
     return true;
   }();
@@ -450,16 +450,16 @@ void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, cons
   }
   const int BQ = kQv / (a.n_heads / a.n_kv);
   const dim3 grid(unsigned((T + BQ - 1) / BQ), unsigned(a.n_kv));
+  const auto prefill = [&](auto hd) {
+    constexpr int HD = decltype(hd)::value;
+    PrefillKernel<F, P, HD><<<grid, kPrefillThreads, PrefillSmem<HD>::kBytes, s>>>(k, v, vis, Q, O, int(T), start,
+                                                                                   a.n_heads, scale);
+  };
   switch (a.head_dim) {  // CheckAttnShape admits exactly these
-    case 32:
-      PrefillKernel<F, P, 32><<<grid, kPrefillThreads, PrefillSmem<32>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
-      break;
-    case 64:
-      PrefillKernel<F, P, 64><<<grid, kPrefillThreads, PrefillSmem<64>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
-      break;
-    case 128:
-      PrefillKernel<F, P, 128><<<grid, kPrefillThreads, PrefillSmem<128>::kBytes, s>>>(k, v, vis, Q, O, int(T), start, a.n_heads, scale);
-      break;
+    case 16: return prefill(std::integral_constant<int, 16>{});
+    case 32: return prefill(std::integral_constant<int, 32>{});
+    case 64: return prefill(std::integral_constant<int, 64>{});
+    case 128: return prefill(std::integral_constant<int, 128>{});
   }
 }
 
@@ -470,8 +470,11 @@ Status CheckAttnShape(const AttnShape& a, KvFormat f) {
     return Status::Unsupported("cuda attention: " + std::to_string(a.n_heads) + " query heads over " +
                                std::to_string(a.n_kv) + " KV heads (at most " + std::to_string(kMaxGroup) +
                                " query heads per KV head)");
-  if (a.head_dim != 32 && a.head_dim != 64 && a.head_dim != 128)
-    return Status::Unsupported("cuda attention: head_dim " + std::to_string(a.head_dim) + " (supported: 32, 64, 128)");
+  // 16 serves lowrank's rank-16 coefficient rows (exact forms: MX blocks hold 32 elements).
+  const bool exact = f == KvFormat::kF32 || f == KvFormat::kF16 || f == KvFormat::kBF16;
+  if (a.head_dim != 32 && a.head_dim != 64 && a.head_dim != 128 && !(a.head_dim == 16 && exact))
+    return Status::Unsupported("cuda attention: head_dim " + std::to_string(a.head_dim) +
+                               " (supported: 32, 64, 128, and 16 for f32/f16/bf16 rows)");
   return Status::Ok();
 }
 

@@ -25,7 +25,7 @@ Result<std::unique_ptr<ForwardBackend>> MakeCudaBackend(const LlamaModel& model)
 // canonical Describe() and the same Bytes(). Supported: dense:dtype=f32|f16|bf16,
 // mx (every format, nvfp4 included), for head_dim 32, 64 or 128 and at most 8 query heads per KV head (CheckShape);
 // atp with basis=input, proj=dense and block <= 64 (cuda/atp_policy.h); kivi alone (cuda/kivi_policy.h);
-// calibrated lowrank:rk=R,rv=R with R = 32, 64 or 128 and f32 coefficients; streaming alone or
+// calibrated lowrank:rk=R,rv=R with R = 16, 32, 64 or 128 and f32 coefficients; streaming alone or
 // with those dense or MX rows (cuda/streaming_policy.h); other policies fail naming what is supported.
 // Their Append/Attend take device or host pointers (host buffers are staged through the device),
 // so the CPU tests can drive them through the plain KvPolicy interface.

@@ -204,7 +204,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
   ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(policy));
   const std::string supported =
       "--device cuda supports dense:dtype=f32|f16|bf16, mx (every format), atp (basis=input, proj=dense, "
-      "block <= 64), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 32, 64 or 128, f32 coefficients) and "
+      "block <= 64), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 16, 32, 64 or 128, f32 coefficients) and "
       "streaming alone or +dense:dtype=... or +mx:fmt=...";
   if (ps.name() == "atp") return MakeCudaAtpFactory(ps, canon);
   if (ps.name() == "kivi" && codec.empty()) return MakeCudaKiviFactory(ps, canon);
@@ -217,7 +217,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
     ATP_ASSIGN_OR_RETURN(int rk, ps.Int("rk", 16, 1, 4096));
     ATP_ASSIGN_OR_RETURN(int rv, ps.Int("rv", 32, 1, 4096));
     if (canon != "lowrank:rk=" + std::to_string(rk) + ",rv=" + std::to_string(rk) + ",mode=calib,dtype=f32" ||
-        rk != rv || (rk != 32 && rk != 64 && rk != 128))
+        rk != rv || (rk != 16 && rk != 32 && rk != 64 && rk != 128))
       return Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels; " + supported);
     ATP_ASSIGN_OR_RETURN(std::string file, given.String("file", DefaultKvBasisPath(model_dir)));
     ATP_ASSIGN_OR_RETURN(KvBasis b, ReadKvBasis(file));
