@@ -74,6 +74,8 @@ bench_one() {  # kv context repeats prompt_tokens
 # bench: prefill of the context length itself; decode_only: a 1024-token prefill (prefill unchanged).
 bench() {
   [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
+  # lowrank reads /tmp/l1b/kv_basis.safetensors: random orthonormal bases (its speed does not depend on them)
+  [ -f /tmp/l1b/kv_basis.safetensors ] || python3 bench/random_kv_basis.py /tmp/l1b
   for kv in ${BENCH_KV:-dense:dtype=bf16 mx:fmt=fp4 mx:fmt=fp8_e4m3 dense:dtype=f32}; do
     bench_one $kv 1024 3 1024; bench_one $kv 8192 2 ${PREFILL:-8192}; bench_one $kv 32768 1 ${PREFILL:-32768}
   done
