@@ -328,6 +328,30 @@ TEST(CudaModel, RefModelPerplexityNearReference) {
   EXPECT_NEAR(r->ppl, want, 1e-2 * want);
 }
 
+// ref-5m on the CPU and on the GPU, its tokenizer and valid.txt's token stream (BOS first), for the
+// tests that set a GPU result beside the CPU pass's; `ok` false (the failure reported) otherwise.
+struct RefPair {
+  std::unique_ptr<LlamaModel> cpu, gpu;
+  std::unique_ptr<Tokenizer> tok;
+  std::vector<int32_t> stream;
+  bool ok = false;
+};
+RefPair LoadRefPair() {
+  RefPair r;
+  auto cpu = LlamaModel::Load(testing::kRefModel);
+  auto tok = Tokenizer::LoadFromDir(testing::kRefModel);
+  if (!cpu.ok() || !tok.ok()) {
+    ADD_FAILURE() << (cpu.ok() ? tok.status() : cpu.status()).ToString();
+    return r;
+  }
+  r.cpu = std::move(cpu).value();
+  r.tok = std::move(tok).value();
+  r.gpu = LoadOnGpu();
+  r.stream = r.tok->Encode(testing::Slurp(testing::kValidText), true);
+  r.ok = r.gpu != nullptr;
+  return r;
+}
+
 // ATP through the whole model: the GPU pass hands its f32 layer input X to the policy (ReadsInput)
 // and the policy's perplexity on 24 windows (C=384 + S=128, chunked: prefill and compression of 6
 // blocks, then a 128-token chunk) agrees with the CPU pass's within 1%, as dense does with the
@@ -337,12 +361,8 @@ TEST(CudaModel, RefModelPerplexityNearReference) {
 TEST(CudaModel, RefModelAtpPerplexityNearCpu) {
   ATP_SKIP_WITHOUT_GPU();
   ATP_SKIP_WITHOUT_SHARED();
-  auto cpu_model = LlamaModel::Load(testing::kRefModel);
-  auto gpu_model = LoadOnGpu();
-  ASSERT_TRUE(cpu_model.ok() && gpu_model);
-  auto tok = Tokenizer::LoadFromDir(testing::kRefModel);
-  ASSERT_TRUE(tok.ok());
-  const auto stream = (*tok)->Encode(testing::Slurp(testing::kValidText), true);
+  const RefPair ref = LoadRefPair();
+  ASSERT_TRUE(ref.ok);
   const std::string spec = "atp:block=64,rank=32,window=64";
   auto cpu_kv = ParseKvPolicy(spec);
   auto gpu_kv = MakeCudaKvFactory(spec);
@@ -350,8 +370,8 @@ TEST(CudaModel, RefModelAtpPerplexityNearCpu) {
   PerplexityOptions opt;
   opt.chunked = true;
   opt.max_windows = 24;
-  auto want = Perplexity(**cpu_model, **cpu_kv, stream, opt, nullptr);
-  auto got = Perplexity(*gpu_model, **gpu_kv, stream, opt, nullptr);
+  auto want = Perplexity(*ref.cpu, **cpu_kv, ref.stream, opt, nullptr);
+  auto got = Perplexity(*ref.gpu, **gpu_kv, ref.stream, opt, nullptr);
   ASSERT_TRUE(want.ok() && got.ok()) << got.status().ToString();
   std::cerr << "[cuda] " << spec << " perplexity " << got->ppl << " (CPU " << want->ppl << "), KV bytes/token "
             << got->kv_bytes_per_token << " (CPU " << want->kv_bytes_per_token << ")\n";
@@ -366,20 +386,16 @@ TEST(CudaModel, RefModelAtpPerplexityNearCpu) {
 TEST(CudaEval, SweepOnGpuMatchesCpu) {
   ATP_SKIP_WITHOUT_GPU();
   ATP_SKIP_WITHOUT_SHARED();
-  auto cpu_model = LlamaModel::Load(testing::kRefModel);
-  auto gpu_model = LoadOnGpu();
-  ASSERT_TRUE(cpu_model.ok() && gpu_model);
-  auto tok = Tokenizer::LoadFromDir(testing::kRefModel);
-  ASSERT_TRUE(tok.ok());
-  const auto stream = (*tok)->Encode(testing::Slurp(testing::kValidText), true);
+  const RefPair ref = LoadRefPair();
+  ASSERT_TRUE(ref.ok);
   auto entries = SweepFromFlags({"dense", "atp:block=64,rank=32,window=64", "streaming:budget=64,sinks=4+dense:dtype=bf16"}, {});
   ASSERT_TRUE(entries.ok());
   SweepOptions opt;
   opt.ppl.max_windows = 3;
   opt.run_retrieval = opt.run_speed = false;
-  auto want = RunSweep(**cpu_model, **tok, testing::kRefModel, *entries, stream, {}, opt, nullptr);
+  auto want = RunSweep(*ref.cpu, *ref.tok, testing::kRefModel, *entries, ref.stream, {}, opt, nullptr);
   opt.parse_kv = MakeCudaKvFactory;
-  auto got = RunSweep(*gpu_model, **tok, testing::kRefModel, *entries, stream, {}, opt, nullptr);
+  auto got = RunSweep(*ref.gpu, *ref.tok, testing::kRefModel, *entries, ref.stream, {}, opt, nullptr);
   ASSERT_TRUE(want.ok() && got.ok()) << got.status().ToString();
   ASSERT_EQ(got->size(), want->size());
   for (size_t i = 0; i < got->size(); ++i) {

@@ -471,8 +471,7 @@ Status CheckAttnShape(const AttnShape& a, KvFormat f) {
                                std::to_string(a.n_kv) + " KV heads (at most " + std::to_string(kMaxGroup) +
                                " query heads per KV head)");
   // 16 serves lowrank's rank-16 coefficient rows (exact forms: MX blocks hold 32 elements).
-  const bool exact = f == KvFormat::kF32 || f == KvFormat::kF16 || f == KvFormat::kBF16;
-  if (a.head_dim != 32 && a.head_dim != 64 && a.head_dim != 128 && !(a.head_dim == 16 && exact))
+  if (a.head_dim != 32 && a.head_dim != 64 && a.head_dim != 128 && !(a.head_dim == 16 && IsExact(f)))
     return Status::Unsupported("cuda attention: head_dim " + std::to_string(a.head_dim) +
                                " (supported: 32, 64, 128, and 16 for f32/f16/bf16 rows)");
   return Status::Ok();
@@ -492,7 +491,7 @@ void Attend(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const 
     constexpr KvFormat F = decltype(f)::value;
     if constexpr (!IsKiviF(F)) {
       if (!packed) return AttendAs<F, F>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
-      if constexpr (F == KvFormat::kF32 || F == KvFormat::kF16 || F == KvFormat::kBF16) {
+      if constexpr (IsExact(F)) {
         WithFormat(vis.pk.fmt, [&](auto pf) {
           constexpr KvFormat P = decltype(pf)::value;
           if constexpr (IsKiviF(P)) AttendAs<F, P>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);

@@ -33,6 +33,15 @@ inline int ElementBits(KvFormat f) {
   return 0;
 }
 
+__host__ __device__ constexpr bool IsExact(KvFormat f) {
+  return f == KvFormat::kF32 || f == KvFormat::kF16 || f == KvFormat::kBF16;
+}
+// OCP MX forms: blocks of 32 elements under an E8M0 scale (NVFP4, the other MX-like form, is not one).
+__host__ __device__ constexpr bool IsMxE8M0(KvFormat f) {
+  return f == KvFormat::kMxFp8E4M3 || f == KvFormat::kMxFp8E5M2 || f == KvFormat::kMxInt8 ||
+         f == KvFormat::kMxFp6E2M3 || f == KvFormat::kMxFp6E3M2 || f == KvFormat::kMxFp4;
+}
+__host__ __device__ constexpr bool IsFp6(KvFormat f) { return f == KvFormat::kMxFp6E2M3 || f == KvFormat::kMxFp6E3M2; }
 __host__ __device__ constexpr bool IsKiviF(KvFormat f) { return f == KvFormat::kKivi2 || f == KvFormat::kKivi4 || f == KvFormat::kKivi8; }
 __host__ __device__ constexpr int KiviBits(KvFormat f) { return f == KvFormat::kKivi2 ? 2 : f == KvFormat::kKivi4 ? 4 : 8; }
 
@@ -76,7 +85,7 @@ struct Raw8 {
   uint4 u;  // f32: the first 4 elements in u and the next 4 in v; f16/bf16: all 8 in u
   uint4 v;  // f32 only
 };
-// MX forms with 8-bit elements: the 8 codes and the block's scale byte.
+// MX forms with 8-bit and 6-bit elements: the 8 codes (64 or 48 bits) and the block's scale byte.
 struct RawMx8 {
   uint2 u;
   uint8_t scale;
@@ -87,7 +96,6 @@ template <>
 struct Raw8<KvFormat::kMxFp8E5M2> : RawMx8 {};
 template <>
 struct Raw8<KvFormat::kMxInt8> : RawMx8 {};
-// FP6: the 8 codes' 48 bits in the low bits of u.
 template <>
 struct Raw8<KvFormat::kMxFp6E2M3> : RawMx8 {};
 template <>
@@ -122,7 +130,6 @@ constexpr int kRowsInFlight = F == KvFormat::kF32                        ? 2
                               : std::is_base_of_v<RawMx8, Raw8<F>>      ? 8
                               : F == KvFormat::kMxFp4 || F == KvFormat::kNvFp4 ? 16
                                                                         : 4;
-__host__ __device__ constexpr bool IsFp6(KvFormat f) { return f == KvFormat::kMxFp6E2M3 || f == KvFormat::kMxFp6E3M2; }
 
 // A KIVI row's 8 parameters of elements 8c .. 8c+7 (see DeviceRows).
 __device__ inline void KiviParams8(const DeviceRows& r, int64_t j, int h, int c, uint4* s, uint4* z) {

@@ -23,7 +23,8 @@ __global__ void StoreExactKernel(T* k, T* v, const float* K, const float* V, int
 }
 
 // kv/mx_codec.cpp's QuantizeMini for E4M3 (ebits 4, mbits 3, bias 7, max 448), E5M2 (5, 2, 15,
-// 57344), E2M3 (2, 3, 1, 7.5), E3M2 (3, 2, 3, 28) and E2M1 (2, 1, 1, 6), in double like the CPU so the codes agree bit for bit.
+// 57344), E2M3 (2, 3, 1, 7.5), E3M2 (3, 2, 3, 28) and E2M1 (2, 1, 1, 6), in double like the CPU so
+// the codes agree bit for bit.
 template <int kEbits, int kMbits, int kBias>
 __device__ uint32_t QuantizeMini(double x, double max_normal) {
   const uint32_t sign = signbit(x) ? 1u << (kEbits + kMbits) : 0u;
@@ -246,10 +247,7 @@ __global__ void LoadRowsKernel(DeviceRows r, int64_t first, int64_t n, float* ou
 
 }  // namespace
 
-bool IsMx(KvFormat f) {
-  return f == KvFormat::kMxFp8E4M3 || f == KvFormat::kMxFp8E5M2 || f == KvFormat::kMxInt8 || IsFp6(f) ||
-         f == KvFormat::kMxFp4 || f == KvFormat::kNvFp4;
-}
+bool IsMx(KvFormat f) { return IsMxE8M0(f) || f == KvFormat::kNvFp4; }
 
 int64_t TokenElemBytes(KvFormat f, int dim, int n_kv) { return int64_t(n_kv) * dim * ElementBits(f) / 8; }
 int64_t TokenScaleBytes(KvFormat f, int dim, int n_kv) {
@@ -277,24 +275,6 @@ void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const floa
                   reinterpret_cast<__nv_bfloat16*>(k.elems) + first, reinterpret_cast<__nv_bfloat16*>(v.elems) + first,
                   K, V, count);
       break;
-    case KvFormat::kMxFp8E4M3:  // one warp per 32-element block: count / 32 warps
-      LaunchAfter(StoreMxKernel<KvFormat::kMxFp8E4M3>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
-      break;
-    case KvFormat::kMxFp8E5M2:
-      LaunchAfter(StoreMxKernel<KvFormat::kMxFp8E5M2>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
-      break;
-    case KvFormat::kMxInt8:
-      LaunchAfter(StoreMxKernel<KvFormat::kMxInt8>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
-      break;
-    case KvFormat::kMxFp6E2M3:
-      LaunchAfter(StoreMxKernel<KvFormat::kMxFp6E2M3>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
-      break;
-    case KvFormat::kMxFp6E3M2:
-      LaunchAfter(StoreMxKernel<KvFormat::kMxFp6E3M2>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
-      break;
-    case KvFormat::kMxFp4:
-      LaunchAfter(StoreMxKernel<KvFormat::kMxFp4>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
-      break;
     case KvFormat::kNvFp4: {  // one warp per row of head_dim 32, 64 or 128 (CheckAttnShape)
       const int64_t rows = n * k.n_kv;
       const dim3 g(unsigned((rows * 32 + 255) / 256), 2);
@@ -303,8 +283,13 @@ void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const floa
       if (k.dim == 128) LaunchAfter(StoreNvFp4Kernel<4>, g, dim3(256), 0, s, k, v, start, K, V, rows);
       break;
     }
-      break;
-    default:  // KIVI rows are packed from exact ones (KiviPack), never stored directly
+    default:  // the E8M0 MX forms, one warp per 32-element block: count / 32 warps; KIVI rows are
+              // packed from exact ones (KiviPack), never stored directly
+      WithFormat(k.fmt, [&](auto f) {
+        constexpr KvFormat F = decltype(f)::value;
+        if constexpr (IsMxE8M0(F))
+          LaunchAfter(StoreMxKernel<F>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
+      });
       break;
   }
 }
@@ -324,7 +309,7 @@ void KiviPack(const DeviceRows& k, const DeviceRows& v, int64_t first, int group
   const int64_t values = int64_t(groups) * pk.group * k.n_kv * (k.dim / pk.group);
   WithFormat(k.fmt, [&](auto f) {
     constexpr KvFormat F = decltype(f)::value;
-    if constexpr (F == KvFormat::kF32 || F == KvFormat::kF16 || F == KvFormat::kBF16) {
+    if constexpr (IsExact(F)) {
       WithFormat(pk.fmt, [&](auto pf) {
         constexpr KvFormat P = decltype(pf)::value;
         if constexpr (IsKiviF(P)) {
