@@ -59,6 +59,7 @@ class TestServer {
     opt.host = "127.0.0.1";
     opt.port = 0;
     if (opt.model_name.empty()) opt.model_name = "ref-5m";
+    opt.log_format = LogFormat::kOff;  // the access log has a test of its own (server_process_test)
     auto chat = ChatTemplate::LoadFromDir(kRefModel);
     EXPECT_TRUE(chat.ok()) << chat.status().ToString();
     auto s = HttpServer::Create(model ? *model : *Ref().model, *Ref().tok, std::move(chat).value(), opt);

@@ -101,5 +101,36 @@ TEST(ServeProcess, BadFlagsExitNonZeroNamingTheFlag) {
   }
 }
 
+// Finding 2: a second `atp serve` on a port in use started silently and shared it (SO_REUSEPORT);
+// --port 70000 listened elsewhere. Both now exit non-zero naming the cause. The first server also
+// writes the access log: one line per request.
+TEST(ServeProcess, PortInUseOrOutOfRangeExitsNonZeroAndRequestsAreLogged) {
+  ATP_REQUIRE_REF_MODEL();
+  const std::string log = LogPath("first");
+  const pid_t first = StartServe({"-m", kRefModel, "--port", "0", "--kv-memory", "64M"}, log);
+  const int port = WaitForPort(log, 30);
+  ASSERT_GT(port, 0) << ReadLog(log);
+  const std::string log2 = LogPath("second");
+  EXPECT_EQ(WaitExit(StartServe({"-m", kRefModel, "--port", std::to_string(port)}, log2), 30), 1);
+  EXPECT_NE(ReadLog(log2).find("cannot listen on 127.0.0.1:" + std::to_string(port) + ": Address already in use"),
+            std::string::npos) << ReadLog(log2);
+  EXPECT_NE(WaitExit(StartServe({"-m", kRefModel, "--port", "70000"}, log2), 30), 0);
+  EXPECT_NE(ReadLog(log2).find("--port"), std::string::npos) << ReadLog(log2);
+  EXPECT_EQ(ReadLog(log2).find("http://"), std::string::npos) << ReadLog(log2);
+
+  auto r = Http(port, "POST", "/v1/completions", R"({"prompt": "The", "max_tokens": 3})");
+  ASSERT_EQ(r->status(), 200);
+  EXPECT_EQ(Http(port, "GET", "/nowhere")->status(), 404);
+  ASSERT_EQ(kill(first, SIGTERM), 0);
+  EXPECT_EQ(WaitExit(first, 30), 0) << ReadLog(log);
+  const std::string text = ReadLog(log);
+  EXPECT_TRUE(std::regex_search(text, std::regex("atp serve: req-\\d+ POST /v1/completions 200 client=127\\.0\\.0\\.1 "
+                                                 "prompt=\\d+ completion=3 ttft=[0-9.]+s total=[0-9.]+s\n")))
+      << text;
+  EXPECT_TRUE(std::regex_search(text, std::regex("req-\\d+ GET /nowhere 404 client=127\\.0\\.0\\.1 total="))) << text;
+  std::filesystem::remove(log);
+  std::filesystem::remove(log2);
+}
+
 }  // namespace
 }  // namespace atp::server_test

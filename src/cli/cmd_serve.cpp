@@ -7,8 +7,10 @@
 #include <filesystem>
 #include <iostream>
 #include <thread>
+#include <vector>
 
 #include "cli/common.h"
+#include "kv/lowrank_policy.h"
 #include "server/http_server.h"
 #if defined(ATP_CUDA)
 #include "cuda/backend.h"
@@ -56,13 +58,18 @@ void AddServe(CLI::App& app, Runner* run) {
     ServerOptions s;
     std::string kv_memory = "1G";
     double shutdown_timeout = 30;
+    double request_timeout = 10;
+    std::vector<std::string> kv_bases;
+    std::string log_format = "text";
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
   AddModelFlags(cmd, &o->f);
   cmd->remove_option(cmd->get_option("--json"));
   cmd->add_option("--host", o->s.host, "address to listen on")->capture_default_str();
-  cmd->add_option("--port", o->s.port, "port to listen on (0: any free port)")->capture_default_str();
+  cmd->add_option("--port", o->s.port, "port to listen on (0: any free port)")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
   cmd->add_option("--kv-memory", o->kv_memory, "KV cache budget, e.g. 512M, 4G")->capture_default_str();
   cmd->add_option("--max-batch-tokens", o->s.scheduler.max_batch_tokens, "tokens per forward pass (decode + prefill chunks)")
       ->capture_default_str();
@@ -70,6 +77,23 @@ void AddServe(CLI::App& app, Runner* run) {
   cmd->add_option("--max-queue", o->s.scheduler.max_queue, "requests waiting for admission before 429")->capture_default_str();
   cmd->add_option("--name", o->s.model_name, "model id reported by /v1/models (default: the directory name)");
   cmd->add_option("--shutdown-timeout", o->shutdown_timeout, "seconds in-flight requests get on SIGTERM/SIGINT")
+      ->capture_default_str();
+  cmd->add_option("--max-connections", o->s.gate.max_connections, "connections open at once; more are answered 503")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--max-connections-per-client", o->s.gate.max_per_client,
+                  "connections open at once from one client address; more are answered 503")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--request-timeout", o->request_timeout,
+                  "seconds a connection gets to deliver a whole request (also the keep-alive idle limit)")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  cmd->add_option("--kv-basis", o->kv_bases,
+                  "NAME=PATH: a lowrank basis file requests may select with kv \"lowrank:...,basis=NAME\" "
+                  "(requests never name paths; repeatable)");
+  cmd->add_option("--log-format", o->log_format, "access log on stderr, a line per request: text, json or off")
+      ->check(CLI::IsMember({"text", "json", "off"}))
       ->capture_default_str();
   cmd->callback([o, run] {
     *run = [o]() -> int {
@@ -96,6 +120,13 @@ void AddServe(CLI::App& app, Runner* run) {
       s.scheduler.context = o->f.ctx;
       s.scheduler.kv_memory = *bytes;
       s.shutdown_timeout = std::chrono::milliseconds(int64_t(o->shutdown_timeout * 1000));
+      s.gate.request_timeout = std::chrono::milliseconds(int64_t(o->request_timeout * 1000));
+      s.log_format = o->log_format == "json" ? LogFormat::kJson : o->log_format == "off" ? LogFormat::kOff : LogFormat::kText;
+      for (const std::string& b : o->kv_bases)
+        if (Status st = AddKvBasis(b, &s.kv_bases); !st.ok()) return Fail("serve", st);
+      // The model's own calibrated basis (`atp calibrate`'s default output) is registered as "model".
+      if (const std::string own = DefaultKvBasisPath(o->f.model); !s.kv_bases.count("model") && std::filesystem::is_regular_file(own))
+        (void)AddKvBasis("model=" + own, &s.kv_bases);
       if (s.model_name.empty()) s.model_name = std::filesystem::path(o->f.model).lexically_normal().filename();
       if (s.model_name.empty()) s.model_name = std::filesystem::path(o->f.model).parent_path().filename();
       auto server = HttpServer::Create(*l->model, *l->tokenizer, std::move(chat).value(), s);

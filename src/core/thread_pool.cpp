@@ -27,7 +27,8 @@ static void RangeOf(int64_t n, int parts, int i, int64_t* b, int64_t* e) {
 void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
   if (n <= 0) return;
   int parts = size();
-  if (parts == 1 || n == 1) {
+  std::unique_lock<std::mutex> caller(caller_mu_, std::defer_lock);
+  if (parts == 1 || n == 1 || !caller.try_lock()) {
     fn(0, n, 0);
     return;
   }

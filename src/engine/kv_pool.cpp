@@ -46,9 +46,25 @@ KvPool::Usage KvPool::usage() const {
 KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory& factory, int max_len, int step) {
   KvFootprint f;
   f.step_ = std::max(step, 1);
-  const int layers = model.config().num_layers;
+  // One probe per distinct layer shape, counted for each layer of that shape: the probe rows are the
+  // same for every layer, so layers of one shape hold the same bytes, and a model of 16 equal layers
+  // costs one layer's appends.
   std::vector<std::unique_ptr<KvPolicy>> probe;
-  for (int l = 0; l < layers; ++l) probe.push_back(factory.Create(model.kv_shape(l)));
+  std::vector<size_t> weight;
+  std::vector<KvShape> shapes;
+  for (int l = 0; l < model.config().num_layers; ++l) {
+    const KvShape s = model.kv_shape(l);
+    size_t i = 0;
+    while (i < shapes.size() && !(shapes[i].d_model == s.d_model && shapes[i].n_heads == s.n_heads &&
+                                  shapes[i].n_kv_heads == s.n_kv_heads && shapes[i].head_dim == s.head_dim))
+      ++i;
+    if (i == shapes.size()) {
+      shapes.push_back(s);
+      probe.push_back(factory.Create(s));
+      weight.push_back(0);
+    }
+    ++weight[i];
+  }
   const KvShape s = model.kv_shape(0);
   std::mt19937 rng(1234);
   std::normal_distribution<float> normal(0.f, 1.f);
@@ -63,11 +79,11 @@ KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory&
   for (int start = 0; start < std::max(max_len, 1); start += f.step_) {
     std::iota(pos.begin(), pos.end(), start);
     size_t bytes = 0;
-    for (auto& p : probe) {
+    for (size_t i = 0; i < probe.size(); ++i) {
       // A probe row the policy refuses would leave the estimate short; the pool then charges what
       // real sequences measure, so the error is only dropped here.
-      (void)p->Append(pos, X.data(), K.data(), V.data());
-      bytes += p->Bytes();
+      (void)probe[i]->Append(pos, X.data(), K.data(), V.data());
+      bytes += weight[i] * probe[i]->Bytes();
     }
     f.bytes_.push_back(bytes);
   }

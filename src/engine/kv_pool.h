@@ -59,8 +59,8 @@ class KvPool {
 // show their largest form). Compression that depends on length (blocks, windows) is captured per step.
 class KvFootprint {
  public:
-  // Measures every `step` tokens up to `max_len`. Runs the policy's Append: call it where the model's
-  // kernels are not in use by another thread.
+  // Measures every `step` tokens up to `max_len`. Safe beside a running forward pass: it touches no
+  // model state, and its kernels run on the calling thread while the pool's workers are busy.
   static KvFootprint Measure(const LlamaModel& model, const KvPolicyFactory& factory, int max_len, int step = 64);
   // Bytes at `len` tokens: linear between measured points, rounded up.
   size_t BytesAt(int len) const;

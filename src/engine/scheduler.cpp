@@ -53,22 +53,33 @@ Scheduler::~Scheduler() {
   thread_.join();
 }
 
-const KvFootprint& Scheduler::Footprint(const KvPolicyFactory& kv) {
+std::shared_ptr<const KvFootprint> Scheduler::Footprint(const KvPolicyFactory& kv) {
   const std::string key = kv.Describe();
-  auto it = footprints_.find(key);
-  if (it == footprints_.end()) {
-    std::lock_guard<std::mutex> model_lk(model_mu_);
-    // The probe holds what one sequence of that length holds: beyond 4096 tokens BytesAt extends the
-    // last measured slope instead, so a long-context model is not probed at its full context.
-    it = footprints_.emplace(key, KvFootprint::Measure(model_, kv, std::min(opt_.context, 4096))).first;
+  {
+    std::lock_guard<std::mutex> lk(fp_mu_);
+    if (auto it = footprints_.find(key); it != footprints_.end()) {
+      it->second.last_use = ++fp_clock_;
+      return it->second.f;
+    }
   }
-  return it->second;
+  // Measured without any lock, beside the running forward passes (KvFootprint::Measure says why that is
+  // safe): a request with a new policy string waits for its own probe, nobody else does. The probe
+  // holds what one sequence of that length holds: beyond 4096 tokens BytesAt extends the last measured
+  // slope instead, so a long-context model is not probed at its full context.
+  auto f = std::make_shared<const KvFootprint>(KvFootprint::Measure(model_, kv, std::min(opt_.context, 4096)));
+  std::lock_guard<std::mutex> lk(fp_mu_);
+  // Bounded: a client sending endless policy variants evicts the least recently used, not memory.
+  if (footprints_.size() >= kMaxFootprints) {
+    auto oldest = footprints_.begin();
+    for (auto it = footprints_.begin(); it != footprints_.end(); ++it)
+      if (it->second.last_use < oldest->second.last_use) oldest = it;
+    footprints_.erase(oldest);
+  }
+  footprints_[key] = {f, ++fp_clock_};
+  return f;
 }
 
-size_t Scheduler::Prepare(const KvPolicyFactory& kv) {
-  std::lock_guard<std::mutex> lk(fp_mu_);
-  return Footprint(kv).BytesAt(opt_.context);
-}
+size_t Scheduler::Prepare(const KvPolicyFactory& kv) { return Footprint(kv)->BytesAt(opt_.context); }
 
 Result<uint64_t> Scheduler::Submit(SeqRequest r) {
   if (!r.kv) return Status::InvalidArgument("no KV policy given");
@@ -79,11 +90,7 @@ Result<uint64_t> Scheduler::Submit(SeqRequest r) {
                                    " tokens does not fit the context of " + std::to_string(opt_.context) + " tokens");
   ATP_RETURN_IF_ERROR(r.sampling.Validate());
   const int total = int(std::min<int64_t>(opt_.context, int64_t(r.prompt.size()) + r.max_tokens));
-  size_t estimate;
-  {
-    std::lock_guard<std::mutex> lk(fp_mu_);
-    estimate = Footprint(*r.kv).BytesAt(total);
-  }
+  const size_t estimate = Footprint(*r.kv)->BytesAt(total);
   if (!pool_.Fits(estimate))
     return Status::InvalidArgument("a sequence of " + std::to_string(total) + " tokens under kv policy " +
                                    r.kv->Describe() + " needs " + MiB(estimate) + " of KV memory; the pool holds " +
@@ -123,6 +130,10 @@ Scheduler::Stats Scheduler::stats() const {
     s.running = running_count_;
   }
   s.kv = pool_.usage();
+  {
+    std::lock_guard<std::mutex> lk(fp_mu_);
+    s.footprints = footprints_.size();
+  }
   s.forward_passes = forward_passes_;
   s.prompt_tokens = prompt_tokens_;
   s.generated_tokens = generated_tokens_;
@@ -225,10 +236,7 @@ void Scheduler::Step() {
     budget -= int(n);
   }
   Status st;
-  {
-    std::lock_guard<std::mutex> lk(model_mu_);
-    st = model_.Forward(items, &logits_);
-  }
+  st = model_.Forward(items, &logits_);
   ++forward_passes_;
   if (!st.ok()) {
     for (Running* r : owners) Finish(*r, "", st);

@@ -70,10 +70,13 @@ class Scheduler {
   // still unfinished then are cancelled. Returns whether all finished in time.
   bool Drain(std::chrono::milliseconds timeout);
 
+  // Policies whose measured KV footprint is kept; beyond it the least recently used is measured again.
+  static constexpr size_t kMaxFootprints = 64;
   struct Stats {
     size_t queued = 0, running = 0;
     KvPool::Usage kv;
     uint64_t forward_passes = 0, prompt_tokens = 0, generated_tokens = 0;
+    size_t footprints = 0;  // policies whose KV footprint is cached (at most kMaxFootprints)
   };
   Stats stats() const;
   const SchedulerOptions& options() const { return opt_; }
@@ -92,16 +95,20 @@ class Scheduler {
   void Emit(Running& r, std::span<const float> logits);  // samples the next token, or finishes r
   void Finish(Running& r, const std::string& reason, const Status& error);  // marks r done
   static void Notify(Running& r);  // on_finish, once r has left running_ and the pool
-  const KvFootprint& Footprint(const KvPolicyFactory& kv);  // under fp_mu_
+  std::shared_ptr<const KvFootprint> Footprint(const KvPolicyFactory& kv);  // cached, measured when new
 
   LlamaModel& model_;
   const std::vector<int32_t> eos_;
   const SchedulerOptions opt_;
   KvPool pool_;
 
-  std::mutex model_mu_;  // held around Forward and footprint probes: kernels take one caller at a time
-  std::mutex fp_mu_;
-  std::map<std::string, KvFootprint> footprints_;  // by policy Describe()
+  struct CachedFootprint {
+    std::shared_ptr<const KvFootprint> f;
+    uint64_t last_use = 0;
+  };
+  mutable std::mutex fp_mu_;
+  std::map<std::string, CachedFootprint> footprints_;  // by policy Describe(), at most kMaxFootprints
+  uint64_t fp_clock_ = 0;
 
   mutable std::mutex mu_;
   std::condition_variable cv_, idle_cv_;

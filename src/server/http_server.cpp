@@ -1,13 +1,15 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
-#include <sys/socket.h>
 
 #include <csignal>
+#include <cstdio>
 #include <random>
 
 #include "server/api_response.h"
+#include "server/kv_request.h"
 #include "server/peer_probe.h"
+#include "server/request_log.h"
 #include "server/session.h"
 
 namespace atp {
@@ -16,12 +18,35 @@ using json = nlohmann::ordered_json;
 using namespace std::chrono_literals;
 
 namespace {
-// cpp-httplib 0.11 listens with a backlog of 5 (compiled into Debian's library): a burst of clients
-// overflows it and gets connections reset. Listening again on the bound socket raises the backlog.
-class WideBacklogServer : public httplib::Server {
- public:
-  bool Widen() { return ::listen(svr_sock_, SOMAXCONN) == 0; }
+// cpp-httplib serving connections that ConnectionGate accepts. The library keeps the function that runs
+// one connection (process_and_close_socket) private; an explicit instantiation may name a private
+// member ([temp.spec.general]/6), which reaches it without patching the library. It is virtual and not
+// overridden here, so the call runs the library's own implementation.
+using ProcessFn = bool (httplib::Server::*)(socket_t);
+ProcessFn ProcessAndClose();
+template <ProcessFn F>
+struct ExposeProcess {
+  friend ProcessFn ProcessAndClose() { return F; }
 };
+template struct ExposeProcess<&httplib::Server::process_and_close_socket>;
+
+class GatedServer : public httplib::Server {
+ public:
+  // Its keep-alive loops run while svr_sock_ holds a socket: the gate's listening one until shutdown.
+  void Adopt(int fd) { svr_sock_ = fd; }
+  void Release() { svr_sock_ = INVALID_SOCKET; }
+  void Process(int fd) { (this->*ProcessAndClose())(fd); }
+};
+GatedServer& Gated(httplib::Server& s) { return static_cast<GatedServer&>(s); }
+
+// The request a connection's thread is serving, from its arrival until the access log line.
+struct InFlight {
+  Session::Clock::time_point arrival;
+  std::string id;
+  int prompt_tokens = -1;
+  std::vector<std::shared_ptr<const Session>> sessions;  // its sequences (n of them)
+};
+thread_local InFlight tl_request;
 }  // namespace
 
 // Holds the count of requests in flight; a streaming response keeps it until its last byte is written.
@@ -44,7 +69,7 @@ class HttpServer::Active {
 };
 
 HttpServer::HttpServer(LlamaModel& model, const Tokenizer& tok, ChatTemplate chat, ServerOptions opt)
-    : model_(model), tok_(tok), chat_(std::move(chat)), opt_(std::move(opt)), http_(std::make_unique<WideBacklogServer>()) {
+    : model_(model), tok_(tok), chat_(std::move(chat)), opt_(std::move(opt)), http_(std::make_unique<GatedServer>()) {
   // A client that hangs up must cost a failed write, not the process (cpp-httplib sends without MSG_NOSIGNAL).
   std::signal(SIGPIPE, SIG_IGN);
   scheduler_ = std::make_unique<Scheduler>(model_, tok_.eos_ids(), opt_.scheduler);
@@ -55,7 +80,7 @@ HttpServer::~HttpServer() { Shutdown(); }
 Result<std::unique_ptr<HttpServer>> HttpServer::Create(LlamaModel& model, const Tokenizer& tok, ChatTemplate chat,
                                                        ServerOptions opt) {
   std::unique_ptr<HttpServer> s(new HttpServer(model, tok, std::move(chat), std::move(opt)));
-  auto kv = s->Policy(s->opt_.default_kv);
+  auto kv = s->Policy(s->opt_.default_kv, /*from_request=*/false);
   if (!kv.ok()) return kv.status().WithContext("--kv: ");
   // Measured now rather than on the first request, which would wait for it.
   s->scheduler_->Prepare(**kv);
@@ -64,22 +89,17 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Create(LlamaModel& model, const 
 }
 
 Result<int> HttpServer::Bind() {
-  if (opt_.port == 0) {
-    port_ = http_->bind_to_any_port(opt_.host);
-    if (port_ <= 0) return Status::IOError("cannot listen on " + opt_.host);
-  } else {
-    if (!http_->bind_to_port(opt_.host, opt_.port))
-      return Status::IOError("cannot listen on " + opt_.host + ":" + std::to_string(opt_.port));
-    port_ = opt_.port;
-  }
-  if (!static_cast<WideBacklogServer&>(*http_).Widen()) return Status::IOError("listen: cannot raise the backlog");
+  ATP_ASSIGN_OR_RETURN(gate_, ConnectionGate::Listen(opt_.host, opt_.port, opt_.gate));
+  Gated(*http_).Adopt(gate_->fd());
+  port_ = gate_->port();
   return port_;
 }
 
 Status HttpServer::Serve() {
+  if (!gate_) return Status::InvalidArgument("Serve() before Bind()");
   if (draining_) return Status::Ok();  // shut down before it started
-  const bool ok = http_->listen_after_bind();
-  return ok || draining_ ? Status::Ok() : Status::IOError("accepting connections failed");
+  gate_->Run([this](int fd) { Gated(*http_).Process(fd); });
+  return Status::Ok();
 }
 
 void HttpServer::Shutdown() {
@@ -91,8 +111,9 @@ void HttpServer::Shutdown() {
     std::unique_lock<std::mutex> lk(active_mu_);
     active_cv_.wait_until(lk, deadline + 5s, [&] { return active_ == 0; });
     lk.unlock();
-    // Stopping earlier would cut streams short: cpp-httplib ends chunked responses once stopped.
-    http_->stop();
+    // Stopping earlier would cut streams short. Keep-alive loops end after their current request.
+    Gated(*http_).Release();
+    if (gate_) gate_->Stop();
   });
 }
 
@@ -103,14 +124,20 @@ void HttpServer::Reply(httplib::Response& res, const std::string& endpoint, cons
   metrics_.CountRequest(endpoint, e.status);
 }
 
-Result<std::shared_ptr<const KvPolicyFactory>> HttpServer::Policy(const std::string& spec) {
-  std::lock_guard<std::mutex> lk(policy_mu_);
-  if (auto it = policies_.find(spec); it != policies_.end()) return it->second;
+Result<std::shared_ptr<const KvPolicyFactory>> HttpServer::Policy(const std::string& spec, bool from_request) {
+  ATP_ASSIGN_OR_RETURN(const std::string resolved,
+                       from_request ? ResolveRequestKv(spec, opt_.kv_bases) : Result<std::string>(spec));
+  {
+    std::lock_guard<std::mutex> lk(policy_mu_);
+    if (auto it = policies_.find(resolved); it != policies_.end()) return it->second;
+  }
+  // Parsed outside the lock: a policy that reads a basis file must not hold up other requests.
   ATP_ASSIGN_OR_RETURN(std::shared_ptr<const KvPolicyFactory> f,
-                       opt_.parse_kv ? opt_.parse_kv(spec, model_.dir()) : ParseKvPolicy(spec, model_.dir()));
+                       opt_.parse_kv ? opt_.parse_kv(resolved, model_.dir()) : ParseKvPolicy(resolved, model_.dir()));
   for (int l = 0; l < model_.config().num_layers; ++l) ATP_RETURN_IF_ERROR(f->CheckShape(model_.kv_shape(l)));
+  std::lock_guard<std::mutex> lk(policy_mu_);
   // Bounded, so that a client sending endless variants cannot grow it; beyond that, parse each time.
-  if (policies_.size() < 64) policies_.emplace(spec, f);
+  if (policies_.size() < 64) policies_.emplace(resolved, f);
   return f;
 }
 
@@ -144,7 +171,7 @@ std::optional<ApiError> HttpServer::Prepare(const ApiRequest& a, SeqRequest* out
   out->sampling = a.sampling;
   if (!a.seeded) out->sampling.seed = std::random_device()() * 0x9E3779B97F4A7C15ull + std::random_device()();
   out->top_logprobs = a.logprobs;
-  auto kv = Policy(a.kv.value_or(opt_.default_kv));
+  auto kv = a.kv ? Policy(*a.kv, /*from_request=*/true) : Policy(opt_.default_kv, false);
   if (!kv.ok()) return ApiError{400, kv.status().message(), "kv"};
   out->kv = *kv;
   return std::nullopt;
@@ -159,7 +186,9 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
   if (auto err = ParseApiRequest(req.body, chat, &a)) return Reply(res, endpoint, *err);
   SeqRequest sr;
   if (auto err = Prepare(a, &sr)) return Reply(res, endpoint, *err);
+  tl_request.prompt_tokens = int(sr.prompt.size());
   auto session = std::make_shared<Session>(tok_, a.stop, metrics_, arrival);
+  tl_request.sessions.push_back(session);
   sr.on_token = [session](const TokenEvent& ev) { return session->OnToken(ev); };
   sr.on_finish = [session](const std::string& reason, const Status& error) { session->OnFinish(reason, error); };
   auto builder = std::make_shared<ResponseBuilder>(a, tok_, opt_.model_name, sr.prompt.size());
@@ -221,32 +250,62 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
       });
 }
 
+httplib::Server::Handler HttpServer::Read(httplib::Server::Handler h) {
+  return [this, h = std::move(h)](const httplib::Request& q, httplib::Response& r) {
+    Arrived(r);
+    h(q, r);
+  };
+}
+
+void HttpServer::Arrived(httplib::Response& r) {
+  ConnectionGate::RequestRead();
+  tl_request = InFlight{Session::Clock::now(), "req-" + std::to_string(++requests_), -1, {}};
+  r.set_header("X-Request-Id", tl_request.id);
+}
+
+void HttpServer::Log(const httplib::Request& q, const httplib::Response& r) {
+  ConnectionGate::ResponseWritten();
+  if (opt_.log_format == LogFormat::kOff || tl_request.id.empty()) return;
+  RequestRecord rec{tl_request.id, q.method, q.path, q.remote_addr, r.status, tl_request.prompt_tokens};
+  for (auto& s : tl_request.sessions) {
+    rec.completion_tokens = std::max(rec.completion_tokens, 0) + s->tokens();
+    if (s->ttft() >= 0 && (rec.ttft_s < 0 || s->ttft() < rec.ttft_s)) rec.ttft_s = s->ttft();
+  }
+  rec.total_s = std::chrono::duration<double>(Session::Clock::now() - tl_request.arrival).count();
+  tl_request = InFlight();
+  const std::string line = FormatLogLine(rec, opt_.log_format) + "\n";
+  std::lock_guard<std::mutex> lk(log_mu_);
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
 void HttpServer::Routes() {
-  const int threads = opt_.scheduler.max_seqs + opt_.scheduler.max_queue + 16;
-  // A thread per connection: running and queued requests each hold one while they wait.
-  http_->new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
+  // ConnectionGate gives each connection a thread of its own; the library's pool stays unused.
   http_->set_payload_max_length(opt_.max_body_bytes);
   http_->set_tcp_nodelay(true);  // stream chunks are small; Nagle would hold them back
   http_->set_keep_alive_max_count(1000);
 
-  http_->Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, false); });
+  http_->set_keep_alive_timeout(std::max<time_t>(1, std::chrono::duration_cast<std::chrono::seconds>(opt_.gate.request_timeout).count()));
+  http_->set_logger([this](const httplib::Request& q, const httplib::Response& r) { Log(q, r); });
+
+  http_->Post("/v1/completions", Read([this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, false); }));
   http_->Post("/v1/chat/completions",
-              [this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, true); });
-  http_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& r) {
+              Read([this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, true); }));
+  http_->Get("/v1/models", Read([this](const httplib::Request&, httplib::Response& r) {
     json m = {{"id", opt_.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "atp"},
               {"max_model_len", scheduler_->options().context}};
     r.set_content(json{{"object", "list"}, {"data", json::array({m})}}.dump(), "application/json");
-  });
-  http_->Get("/health", [this](const httplib::Request&, httplib::Response& r) {
+  }));
+  http_->Get("/health", Read([this](const httplib::Request&, httplib::Response& r) {
     r.status = draining_ ? 503 : 200;
     r.set_content(json{{"status", draining_ ? "draining" : "ok"}}.dump(), "application/json");
-  });
-  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
+  }));
+  http_->Get("/metrics", Read([this](const httplib::Request&, httplib::Response& r) {
     r.set_content(metrics_.Render(scheduler_->stats()), "text/plain; version=0.0.4");
-  });
+  }));
   // cpp-httplib calls this for every status >= 400, our own replies included: fill only empty bodies.
   http_->set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request&, httplib::Response& r) {
     if (!r.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    if (tl_request.id.empty()) Arrived(r);  // refused before any handler ran (404, 413, ...)
     ApiError e{r.status, "HTTP " + std::to_string(r.status), ""};
     if (r.status == 413) e = {400, "the request body exceeds " + std::to_string(opt_.max_body_bytes) + " bytes", ""};
     if (r.status == 404) e = {404, "no such endpoint", ""};

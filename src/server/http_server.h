@@ -14,7 +14,10 @@
 
 #include "engine/scheduler.h"
 #include "server/api_request.h"
+#include "server/connection_gate.h"
+#include "server/kv_request.h"
 #include "server/metrics.h"
+#include "server/request_log.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -33,10 +36,13 @@ struct ServerOptions {
   std::string default_kv = "dense";   // policy of requests without a "kv" field
   SchedulerOptions scheduler;
   size_t max_body_bytes = size_t(8) << 20;
+  GateOptions gate;
+  LogFormat log_format = LogFormat::kText;  // the access log on stderr                   // connection caps and the deadline for reading a request
   std::chrono::milliseconds shutdown_timeout{30000};  // for in-flight requests to finish
   // How a request's kv string becomes policies: the CPU registry (ParseKvPolicy) when empty;
   // `serve --device cuda` passes the GPU's (MakeCudaKvFactory), whose policies the model's backend drives.
   KvPolicyParser parse_kv;
+  KvBases kv_bases;  // basis files requests may select by name (basis=NAME), registered at start-up
 };
 
 class HttpServer {
@@ -46,7 +52,7 @@ class HttpServer {
                                                     ServerOptions opt);
   ~HttpServer();
 
-  // Listens on host:port and returns the port.
+  // Listens on host:port and returns the port (errors name the address and the reason).
   Result<int> Bind();
   // Serves until Shutdown() has finished (Ok), or until listening fails.
   Status Serve();
@@ -64,14 +70,23 @@ class HttpServer {
   void HandleCompletion(const httplib::Request& req, httplib::Response& res, bool chat);
   // Tokenized prompt, policy and limits of a parsed request, or the error to answer with.
   std::optional<ApiError> Prepare(const ApiRequest& a, SeqRequest* out);
-  Result<std::shared_ptr<const KvPolicyFactory>> Policy(const std::string& spec);
+  // The factory of a policy string, cached by string. A request's string (from_request) may not name
+  // files: it goes through ResolveRequestKv first.
+  Result<std::shared_ptr<const KvPolicyFactory>> Policy(const std::string& spec, bool from_request);
   void Reply(httplib::Response& res, const std::string& endpoint, const ApiError& e);
+  // A route's handler runs once the whole request has arrived: the gate's read deadline stops there,
+  // and the request gets its id and arrival time for the access log.
+  std::function<void(const httplib::Request&, httplib::Response&)> Read(
+      std::function<void(const httplib::Request&, httplib::Response&)> h);
+  void Arrived(httplib::Response& r);
+  void Log(const httplib::Request& q, const httplib::Response& r);  // after the response's last byte
 
   LlamaModel& model_;
   const Tokenizer& tok_;
   const ChatTemplate chat_;
   const ServerOptions opt_;
   std::unique_ptr<httplib::Server> http_;
+  std::unique_ptr<ConnectionGate> gate_;  // from Bind()
   std::unique_ptr<Scheduler> scheduler_;
   ServerMetrics metrics_;
   int port_ = 0;
@@ -79,6 +94,8 @@ class HttpServer {
   std::mutex policy_mu_;
   std::map<std::string, std::shared_ptr<const KvPolicyFactory>> policies_;  // by request string
 
+  std::atomic<uint64_t> requests_{0};
+  std::mutex log_mu_;  // one whole line at a time on stderr
   std::atomic<bool> draining_{false};
   std::mutex active_mu_;
   std::condition_variable active_cv_;

@@ -7,8 +7,12 @@ Session::Session(const Tokenizer& tok, std::vector<std::string> stop, ServerMetr
 
 bool Session::OnToken(const TokenEvent& ev) {
   const auto since = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
-  if (tokens_++ == 0) metrics_.ObserveFirstToken(since(arrival_, ev.time));
-  else metrics_.ObserveInterToken(since(last_token_, ev.time));
+  if (tokens_++ == 0) {
+    ttft_ = since(arrival_, ev.time);
+    metrics_.ObserveFirstToken(ttft_);
+  } else {
+    metrics_.ObserveInterToken(since(last_token_, ev.time));
+  }
   last_token_ = ev.time;
   Piece p;
   p.text = text_.Push(ev.id, &stopped_);

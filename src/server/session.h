@@ -2,6 +2,7 @@
 // SeqRequest callbacks (turned into text here, stop strings included), and the HTTP handler thread
 // waits for them. Shared by both through a shared_ptr, so either may leave first.
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -39,6 +40,10 @@ class Session {
   // all of it.
   Update Wait(std::chrono::milliseconds timeout, bool until_finished = false);
   bool finished() const;
+  // For the request log, from any thread: tokens generated so far, and the seconds from arrival to
+  // the first of them (negative before it).
+  int tokens() const { return tokens_.load(); }
+  double ttft() const { return ttft_.load(); }
 
  private:
   TextStream text_;
@@ -46,7 +51,8 @@ class Session {
   const Clock::time_point arrival_;
   Clock::time_point last_token_;
   bool stopped_ = false;  // a stop string matched (scheduler thread only)
-  int tokens_ = 0;        // (scheduler thread only)
+  std::atomic<int> tokens_{0};      // written by the scheduler thread only
+  std::atomic<double> ttft_{-1.0};  // likewise
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
