@@ -89,10 +89,10 @@ std::vector<Outcome> RunBatched(Scheduler& sched, const std::vector<SeqRequest>&
   return out;
 }
 
-void ExpectBatchedEqualsAlone(float temperature) {
+void ExpectBatchedEqualsAlone(float temperature, const std::string& policy = "dense") {
   LlamaModel& m = *Ref().model;
   const Tokenizer& tok = *Ref().tok;
-  std::shared_ptr<const KvPolicyFactory> kv = ParseKvPolicy("dense").value();
+  std::shared_ptr<const KvPolicyFactory> kv = ParseKvPolicy(policy).value();
   const auto prompts = Prompts(16);
   std::vector<SeqRequest> reqs;
   std::vector<GenerateResult> alone;
@@ -130,6 +130,15 @@ TEST(Scheduler, BatchedGreedyEqualsGenerateAlone) {
 TEST(Scheduler, BatchedSeededSamplingEqualsGenerateAlone) {
   ATP_REQUIRE_REF_MODEL();
   ExpectBatchedEqualsAlone(0.8f);
+}
+
+// h2o and snapkv evict by the attention of each call's queries: a prompt split into chunks by the
+// batch budget (or by what else runs) used to end with other rows kept, hence other tokens. Their
+// prompts now go in one piece, and the output is what the request gets alone.
+TEST(Scheduler, AttentionEvictionGivesTheSameTokensBatchedAsAlone) {
+  ATP_REQUIRE_REF_MODEL();
+  ExpectBatchedEqualsAlone(0.0f, "snapkv:budget=12,window=4");
+  ExpectBatchedEqualsAlone(0.0f, "h2o:budget=12,recent=4");
 }
 
 TEST(Scheduler, KvBudgetBoundsTheRunningBatch) {

@@ -227,10 +227,19 @@ void Scheduler::Step() {
       owners.push_back(r.get());
       --budget;
     }
+  bool prefill_taken = false;
   for (auto& r : running_) {
     if (budget <= 0) break;
     if (!r->prefilling()) continue;
-    const size_t n = std::min(r->req.prompt.size() - r->fed, size_t(budget));
+    size_t n = std::min(r->req.prompt.size() - r->fed, size_t(budget));
+    if (r->req.kv->NeedsWholePrompt() && n < r->req.prompt.size() - r->fed) {
+      // Its prompt goes in one piece, as the step's first prompt chunk even where that exceeds the
+      // token budget (the budget is a throughput knob; a prompt waiting for a step with room could wait
+      // as long as sequences keep decoding). Later prompts wait for the next step.
+      if (prefill_taken) break;
+      n = r->req.prompt.size() - r->fed;
+    }
+    prefill_taken = true;
     items.push_back({r->seq.kv(), std::span<const int32_t>(r->req.prompt.data() + r->fed, n), r->seq.length(), false});
     owners.push_back(r.get());
     budget -= int(n);

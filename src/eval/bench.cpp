@@ -61,6 +61,7 @@ class TimedFactory : public KvPolicyFactory {
     return std::make_unique<TimedPolicy>(f_.Create(s), acc_);
   }
   std::string Describe() const override { return f_.Describe(); }
+  bool NeedsWholePrompt() const override { return f_.NeedsWholePrompt(); }
 
  private:
   const KvPolicyFactory& f_;

@@ -33,6 +33,7 @@ class RecordingFactory : public KvPolicyFactory {
     return std::make_unique<RecordingPolicy>(inner_->Create(s), s.layer, &fn_);
   }
   std::string Describe() const override { return inner_->Describe(); }
+  bool NeedsWholePrompt() const override { return inner_->NeedsWholePrompt(); }
 
  private:
   std::shared_ptr<KvPolicyFactory> inner_;

@@ -166,6 +166,7 @@ class EvictFactory : public KvPolicyFactory {
  public:
   explicit EvictFactory(const EvictParams& p) : p_(p) {}
   std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<EvictPolicy>(s, p_); }
+  bool NeedsWholePrompt() const override { return p_.kind != Kind::kStreaming; }
   std::string Describe() const override {
     std::string d;
     switch (p_.kind) {

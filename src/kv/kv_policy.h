@@ -78,6 +78,11 @@ class KvPolicyFactory {
   virtual Status CheckShape(const KvShape& shape) const { return Status::Ok(); }
   // The canonical policy string, e.g. "dense:dtype=f32" (for reports).
   virtual std::string Describe() const = 0;
+  // Whether a prompt must reach Append/Attend in one call. Most policies decide by positions alone, so
+  // any split of a prompt gives the same state; h2o and snapkv evict by the attention of each call's
+  // queries, so their state depends on the split. Whoever feeds prompts (the scheduler) honours this,
+  // and such a request's output then never depends on what else runs beside it.
+  virtual bool NeedsWholePrompt() const { return false; }
 };
 
 // Parses a policy string such as "dense", "dense:dtype=bf16" or "A+B". Errors list valid names and keys.
