@@ -88,6 +88,23 @@ TEST(ServeProcess, SigtermFinishesTheStreamInFlightAndExitsZero) {
   std::filesystem::remove(log);
 }
 
+// Issue 15, finding 9: a second signal while draining exits at once instead of waiting for the stream.
+TEST(ServeProcess, SecondSignalExitsWithoutDraining) {
+  ATP_REQUIRE_REF_MODEL();
+  const std::string log = LogPath("second_signal");
+  const pid_t pid = StartServe({"-m", kRefModel, "--port", "0", "-c", "2048", "--kv-memory", "64M", "--shutdown-timeout", "60"}, log);
+  const int port = WaitForPort(log, 30);
+  ASSERT_GT(port, 0) << ReadLog(log);
+  HttpConnection a(port, "POST", "/v1/completions", R"({"prompt": "The", "max_tokens": 2000, "temperature": 0, "stream": true})");
+  ASSERT_TRUE(a.ReadUntil("data: ", 20));
+  ASSERT_EQ(kill(pid, SIGINT), 0);
+  ASSERT_TRUE(WaitFor([&] { return ReadLog(log).find("draining") != std::string::npos; }, 10)) << ReadLog(log);
+  ASSERT_EQ(kill(pid, SIGINT), 0);
+  EXPECT_EQ(WaitExit(pid, 5), 128 + SIGINT) << ReadLog(log);
+  EXPECT_NE(ReadLog(log).find("second signal"), std::string::npos) << ReadLog(log);
+  std::filesystem::remove(log);
+}
+
 TEST(ServeProcess, BadFlagsExitNonZeroNamingTheFlag) {
   ATP_REQUIRE_REF_MODEL();
   for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{{"--kv", "nonsense"}, {"--kv-memory", "lots"}}) {

@@ -1,8 +1,10 @@
 // `atp serve`: the OpenAI-compatible HTTP server (src/server) over one model, until SIGTERM or SIGINT,
-// which stop new requests, let in-flight ones finish (up to --shutdown-timeout) and exit 0.
+// which stop new requests, let in-flight ones finish (up to --shutdown-timeout) and exit 0. A second
+// signal while draining exits at once, with 128 + the signal's number.
 #include <unistd.h>
 
 #include <cerrno>
+#include <atomic>
 #include <csignal>
 #include <filesystem>
 #include <iostream>
@@ -21,7 +23,13 @@ namespace {
 // The signal handler only writes to this pipe; a plain thread reads it and shuts the server down.
 // (Blocking the signals instead would not do: OpenBLAS starts its threads before main.)
 int g_wake[2] = {-1, -1};
-void OnSignal(int) {
+std::atomic<int> g_signals{0};
+void OnSignal(int sig) {
+  if (g_signals.fetch_add(1) > 0) {  // the second: no more waiting (write and _exit are async-signal-safe)
+    static const char msg[] = "atp serve: second signal, exiting without draining\n";
+    (void)!write(STDERR_FILENO, msg, sizeof msg - 1);
+    _exit(128 + sig);
+  }
   const char c = 's';
   (void)!write(g_wake[1], &c, 1);
 }
@@ -116,7 +124,7 @@ void AddServe(CLI::App& app, Runner* run) {
         while (read(g_wake[0], &c, 1) < 0 && errno == EINTR) {
         }
         if (c != 's') return;
-        std::cerr << "atp serve: draining (up to " << o->shutdown_timeout << " s)" << std::endl;
+        std::cerr << "atp serve: draining (up to " << o->shutdown_timeout << " s; a second signal exits at once)" << std::endl;
         (*server)->Shutdown();
       });
       const Status st = (*server)->Serve();
