@@ -127,7 +127,12 @@ void ParseMessages(Fields& f, ApiRequest* r) {
     if (!msg.is_object()) return f.Fail(at, at + " must be an object");
     if (!msg.contains("role") || !msg["role"].is_string() || msg["role"].get<std::string>().empty())
       return f.Fail(at + ".role", at + ".role must be a non-empty string");
+    const std::string role = msg["role"].get<std::string>();
+    if (role != "system" && role != "user" && role != "assistant" && role != "tool" && role != "developer")
+      return f.Fail(at + ".role", at + ".role '" + role + "' is not one of system, user, assistant, tool, developer");
     OJson out = msg;
+    // OpenAI's newer name for system instructions; chat templates predate it and know only "system".
+    if (role == "developer") out["role"] = "system";
     const OJson content = msg.value("content", OJson());
     if (content.is_null()) {
       out["content"] = "";
@@ -157,6 +162,13 @@ void ParseStop(Fields& f, ApiRequest* r) {
     if (x.get<std::string>().empty()) return f.Fail("stop", "'stop' strings must not be empty");
     r->stop.push_back(x.get<std::string>());
   }
+}
+
+// Only {"type": "text"} (plain text, the default) can be honoured: no JSON mode, no schemas.
+void ParseResponseFormat(Fields& f) {
+  const OJson* rf = f.Typed("response_format", &OJson::is_object, "an object");
+  if (rf && rf->value("type", OJson()) != "text")
+    f.Fail("response_format", "'response_format' must be {\"type\": \"text\"}: JSON mode and schemas are not supported");
 }
 
 }  // namespace
@@ -212,7 +224,7 @@ std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiR
   } else if (auto lp = f.Integer("logprobs", 0, 5)) {
     r.logprobs = int(*lp);
   }
-  if (auto n = f.Integer("n", 1, 128); n && *n != 1) f.Fail("n", "'n' must be 1: this server returns one choice per request");
+  if (auto n = f.Integer("n", 1, kMaxChoices)) r.n = int(*n);
   if (!chat)
     if (auto b = f.Integer("best_of", 1, 128); b && *b != 1) f.Fail("best_of", "'best_of' must be 1");
   if (!chat && f.Bool("echo").value_or(false)) f.Fail("echo", "'echo' is not supported");
@@ -221,6 +233,7 @@ std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiR
     f.Fail("logit_bias", "'logit_bias' is not supported");
   if (const OJson* t = f.Typed("tools", &OJson::is_array, "a list"); t && !t->empty())
     f.Fail("tools", "'tools' is not supported");
+  ParseResponseFormat(f);
   r.stream = f.Bool("stream").value_or(false);
   if (const OJson* so = f.Typed("stream_options", &OJson::is_object, "an object")) {
     Fields sf(*so);

@@ -1,6 +1,7 @@
 // The request bodies of POST /v1/completions and /v1/chat/completions, parsed and checked: the OpenAI
 // fields this server honours, their types and ranges. Unknown fields are ignored; a known field of the
-// wrong type, a value out of range or an option it cannot honour (n > 1, echo, logit_bias) is an error.
+// wrong type, a value out of range or an option it cannot honour (echo, logit_bias, a response_format
+// other than text) is an error.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -22,14 +23,19 @@ struct ApiError {
   nlohmann::ordered_json ToJson() const;
 };
 
+// The most choices (`n`) one request may ask for: each is a sequence of its own in the scheduler.
+constexpr int kMaxChoices = 16;
+
 struct ApiRequest {
   bool chat = false;
   std::string model;
   std::string prompt;                  // completions: prompt text ("" when given as token ids)
   std::vector<int32_t> prompt_ids;     // completions: a prompt given as token ids
-  nlohmann::ordered_json messages;     // chat: [{"role", "content" (a string)}, ...] plus other fields
+  nlohmann::ordered_json messages;     // chat: [{"role", "content" (a string)}, ...] plus other fields;
+                                       // roles system, user, assistant, tool ("developer" becomes "system")
   SamplingParams sampling;             // OpenAI defaults: temperature 1, top_p 1; top_k, min_p off
   bool seeded = false;                 // without a seed each request draws its own
+  int n = 1;                           // choices, 1..kMaxChoices; choice i samples with seed + i
   std::optional<int> max_tokens;
   std::vector<std::string> stop;
   int logprobs = -1;                   // -1: none; else the number of alternatives per token

@@ -159,11 +159,9 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
   if (auto err = ParseApiRequest(req.body, chat, &a)) return Reply(res, endpoint, *err);
   SeqRequest sr;
   if (auto err = Prepare(a, &sr)) return Reply(res, endpoint, *err);
-  auto session = std::make_shared<Session>(tok_, a.stop, metrics_, arrival);
-  sr.on_token = [session](const TokenEvent& ev) { return session->OnToken(ev); };
-  sr.on_finish = [session](const std::string& reason, const Status& error) { session->OnFinish(reason, error); };
+  auto session = std::make_shared<Session>(tok_, a.stop, a.n, metrics_, arrival);
   auto builder = std::make_shared<ResponseBuilder>(a, tok_, opt_.model_name, sr.prompt.size());
-  auto id = scheduler_->Submit(std::move(sr));
+  auto id = SubmitChoices(a, sr, session);
   if (!id.ok()) {
     switch (id.status().code()) {
       case Status::Code::kResourceExhausted:
@@ -172,11 +170,11 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
       default: return Reply(res, endpoint, {400, id.status().message(), a.chat ? "messages" : "prompt"});
     }
   }
-  const uint64_t seq = *id;
+  const std::vector<uint64_t> seqs = *id;
   auto probe = std::make_shared<PeerProbe>(req.remote_addr, req.remote_port, port_);
   const auto failure = [](const Session::Update& u) -> std::optional<ApiError> {
     if (!u.error.ok()) return ApiError{500, u.error.message(), "", "server_error"};
-    if (u.finish_reason == "cancelled")
+    if (u.cancelled)
       return ApiError{503, "the request was cancelled: the server is shutting down", "", "server_error"};
     return std::nullopt;
   };
@@ -188,10 +186,10 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
       if (u.finished) {
         if (auto err = failure(u)) return Reply(res, endpoint, *err);
         metrics_.CountRequest(endpoint, 200);
-        return res.set_content(ResponseBuilder::Dump(builder->Body(u.finish_reason)), "application/json");
+        return res.set_content(ResponseBuilder::Dump(builder->Body()), "application/json");
       }
       if (probe->Gone()) {
-        scheduler_->Cancel(seq);
+        Cancel(seqs);
         return metrics_.CountRequest(endpoint, 499);  // nginx's "client closed request"
       }
     }
@@ -201,23 +199,23 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, session, builder, probe, seq, failure](size_t, httplib::DataSink& sink) {
+      [this, session, builder, probe, seqs, failure](size_t, httplib::DataSink& sink) {
         Session::Update u = session->Wait(100ms);
         std::string out = builder->Chunk(u.pieces);
         if (u.finished) {
           if (auto err = failure(u)) out += "data: " + ResponseBuilder::Dump(err->ToJson()) + "\n\ndata: [DONE]\n\n";
-          else out += builder->Final(u.finish_reason);
+          else out += builder->Final();
         }
         if (!out.empty() && !sink.write(out.data(), out.size())) {
-          scheduler_->Cancel(seq);  // the client went away mid-stream
+          Cancel(seqs);  // the client went away mid-stream
           return false;
         }
         if (u.finished) sink.done();
-        else if (out.empty() && probe->Gone()) return scheduler_->Cancel(seq), false;
+        else if (out.empty() && probe->Gone()) return Cancel(seqs), false;
         return true;
       },
-      [this, session, seq, active](bool) {
-        if (!session->finished()) scheduler_->Cancel(seq);
+      [this, session, seqs, active](bool) {
+        if (!session->finished()) Cancel(seqs);
       });
 }
 

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "engine/scheduler.h"
 #include "server/api_request.h"
@@ -25,6 +26,8 @@ struct Response;
 }  // namespace httplib
 
 namespace atp {
+
+class Session;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
@@ -64,6 +67,10 @@ class HttpServer {
   void HandleCompletion(const httplib::Request& req, httplib::Response& res, bool chat);
   // Tokenized prompt, policy and limits of a parsed request, or the error to answer with.
   std::optional<ApiError> Prepare(const ApiRequest& a, SeqRequest* out);
+  // Submits one sequence per choice of `a` (choice i samples with seed + i) reporting to `session`;
+  // on failure cancels those already submitted.
+  Result<std::vector<uint64_t>> SubmitChoices(const ApiRequest& a, const SeqRequest& sr, const std::shared_ptr<Session>& session);
+  void Cancel(const std::vector<uint64_t>& seqs);
   Result<std::shared_ptr<const KvPolicyFactory>> Policy(const std::string& spec);
   void Reply(httplib::Response& res, const std::string& endpoint, const ApiError& e);
 
