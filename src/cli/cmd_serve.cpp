@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <thread>
@@ -64,6 +65,7 @@ void AddServe(CLI::App& app, Runner* run) {
     ServerOptions s;
     std::string kv_memory = "1G";
     double shutdown_timeout = 30;
+    std::vector<std::string> names;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
@@ -76,7 +78,12 @@ void AddServe(CLI::App& app, Runner* run) {
       ->capture_default_str();
   cmd->add_option("--max-seqs", o->s.scheduler.max_seqs, "sequences running at once")->capture_default_str();
   cmd->add_option("--max-queue", o->s.scheduler.max_queue, "requests waiting for admission before 429")->capture_default_str();
-  cmd->add_option("--name", o->s.model_name, "model id reported by /v1/models (default: the directory name)");
+  cmd->add_option("--name", o->names,
+                  "model id reported by /v1/models (default: the directory name); more names, comma-separated or "
+                  "repeated, are aliases that requests may use")
+      ->delimiter(',');
+  cmd->add_option("--api-key", o->s.api_key,
+                  "require 'Authorization: Bearer KEY' on /v1/* and /(de)tokenize (default: $ATP_API_KEY; none: open)");
   cmd->add_option("--shutdown-timeout", o->shutdown_timeout, "seconds in-flight requests get on SIGTERM/SIGINT")
       ->capture_default_str();
   cmd->callback([o, run] {
@@ -104,6 +111,12 @@ void AddServe(CLI::App& app, Runner* run) {
       s.scheduler.context = o->f.ctx;
       s.scheduler.kv_memory = *bytes;
       s.shutdown_timeout = std::chrono::milliseconds(int64_t(o->shutdown_timeout * 1000));
+      for (const std::string& name : o->names) {
+        if (name.empty()) return Fail("serve", Status::InvalidArgument("--name: an empty model name"));
+        (s.model_name.empty() ? s.model_name : s.model_aliases.emplace_back()) = name;
+      }
+      if (s.api_key.empty())
+        if (const char* key = std::getenv("ATP_API_KEY")) s.api_key = key;
       if (s.model_name.empty()) s.model_name = std::filesystem::path(o->f.model).lexically_normal().filename();
       if (s.model_name.empty()) s.model_name = std::filesystem::path(o->f.model).parent_path().filename();
       auto server = HttpServer::Create(*l->model, *l->tokenizer, std::move(chat).value(), s);
@@ -114,7 +127,8 @@ void AddServe(CLI::App& app, Runner* run) {
       std::cerr << "atp serve: http://" << s.host << ":" << *port << " model " << s.model_name << ", kv " << s.default_kv
                 << ", context " << so.context << ", kv-memory " << (*bytes >> 20) << " MiB, max-batch-tokens "
                 << so.max_batch_tokens << ", max-seqs " << so.max_seqs << ", max-queue " << so.max_queue
-                << (default_template ? ", default chat template" : "") << std::endl;
+                << (default_template ? ", default chat template" : "") << (s.api_key.empty() ? "" : ", API key required")
+                << std::endl;
       const size_t full = (*server)->scheduler().Prepare(*l->kv);
       std::cerr << "atp serve: a full-context sequence holds " << (full >> 10) << " KiB of KV under " << l->kv->Describe()
                 << ": at least " << *bytes / std::max<size_t>(full, 1) << " fit in --kv-memory" << std::endl;

@@ -9,7 +9,7 @@ namespace atp {
 nlohmann::ordered_json ApiError::ToJson() const {
   return {{"error",
            {{"message", message}, {"type", type}, {"param", param.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(param)},
-            {"code", nullptr}}}};
+            {"code", code.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(code)}}}};
 }
 
 namespace {
@@ -171,9 +171,8 @@ void ParseResponseFormat(Fields& f) {
     f.Fail("response_format", "'response_format' must be {\"type\": \"text\"}: JSON mode and schemas are not supported");
 }
 
-}  // namespace
-
-std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiRequest* out) {
+// The body as a JSON object, or the error to send.
+std::optional<ApiError> ParseObject(const std::string& body, OJson* j) {
   // Copying a JSON value (messages, stop) or rendering it in a chat template recurses once per level:
   // a body of a few hundred KB of '[' would overflow a server thread's stack. Real requests nest a few levels.
   constexpr int kMaxDepth = 64;
@@ -182,11 +181,19 @@ std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiR
     depth = std::max(depth, d);
     return true;
   };
-  const OJson j = OJson::parse(body, track, false);
-  if (j.is_discarded()) return ApiError{400, "the request body is not valid JSON", ""};
+  *j = OJson::parse(body, track, false);
+  if (j->is_discarded()) return ApiError{400, "the request body is not valid JSON", ""};
   if (depth > kMaxDepth)
     return ApiError{400, "the request body nests JSON deeper than " + std::to_string(kMaxDepth) + " levels", ""};
-  if (!j.is_object()) return ApiError{400, "the request body must be a JSON object", ""};
+  if (!j->is_object()) return ApiError{400, "the request body must be a JSON object", ""};
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiRequest* out) {
+  OJson j;
+  if (auto err = ParseObject(body, &j)) return err;
   Fields f(j);
   ApiRequest r;
   r.chat = chat;
@@ -245,6 +252,48 @@ std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiR
     if (kv->empty()) f.Fail("kv", "'kv' must not be empty");
     r.kv = *kv;
   }
+  if (f.error) return f.error;
+  *out = std::move(r);
+  return std::nullopt;
+}
+
+std::optional<ApiError> ParseTokenizeRequest(const std::string& body, TokenizeRequest* out) {
+  OJson j;
+  if (auto err = ParseObject(body, &j)) return err;
+  Fields f(j);
+  TokenizeRequest r;
+  r.model = f.String("model").value_or("");
+  if (auto content = f.String("content")) {
+    r.text = *content;
+    r.add_special = f.Bool("add_special").value_or(false);
+  } else if (auto prompt = f.String("prompt")) {
+    r.text = *prompt;
+    r.add_special = f.Bool("add_special_tokens").value_or(true);
+  } else if (!f.error) {
+    f.Fail("content", "'content' (or 'prompt') is required: the text to tokenize");
+  }
+  if (f.error) return f.error;
+  *out = std::move(r);
+  return std::nullopt;
+}
+
+std::optional<ApiError> ParseDetokenizeRequest(const std::string& body, DetokenizeRequest* out) {
+  OJson j;
+  if (auto err = ParseObject(body, &j)) return err;
+  Fields f(j);
+  DetokenizeRequest r;
+  r.model = f.String("model").value_or("");
+  const OJson* t = f.Get("tokens");
+  if (!t) f.Fail("tokens", "'tokens' is required: a list of token ids");
+  else if (!t->is_array()) f.Fail("tokens", "'tokens' must be a list of token ids");
+  else
+    for (const OJson& x : *t) {
+      if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > INT32_MAX) {
+        f.Fail("tokens", "'tokens' must hold non-negative integer token ids");
+        break;
+      }
+      r.tokens.push_back(int32_t(x.get<int64_t>()));
+    }
   if (f.error) return f.error;
   *out = std::move(r);
   return std::nullopt;

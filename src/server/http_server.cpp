@@ -115,6 +115,7 @@ Result<std::shared_ptr<const KvPolicyFactory>> HttpServer::Policy(const std::str
 }
 
 std::optional<ApiError> HttpServer::Prepare(const ApiRequest& a, SeqRequest* out) {
+  if (auto err = CheckModel(a.model)) return err;
   const int ctx = scheduler_->options().context;
   const std::string where = a.chat ? "messages" : "prompt";
   if (a.chat) {
@@ -227,14 +228,12 @@ void HttpServer::Routes() {
   http_->set_tcp_nodelay(true);  // stream chunks are small; Nagle would hold them back
   http_->set_keep_alive_max_count(1000);
 
-  http_->Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, false); });
-  http_->Post("/v1/chat/completions",
-              [this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, true); });
-  http_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& r) {
-    json m = {{"id", opt_.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "atp"},
-              {"max_model_len", scheduler_->options().context}};
-    r.set_content(json{{"object", "list"}, {"data", json::array({m})}}.dump(), "application/json");
-  });
+  Post("/v1/completions", "completions", [this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, false); });
+  Post("/v1/chat/completions", "chat", [this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, true); });
+  Post("/tokenize", "tokenize", [this](const httplib::Request& q, httplib::Response& r) { HandleTokenize(q, r); });
+  Post("/detokenize", "detokenize", [this](const httplib::Request& q, httplib::Response& r) { HandleDetokenize(q, r); });
+  Get("/v1/models", "models", true, [this](const httplib::Request& q, httplib::Response& r) { HandleModels(q, r); });
+  Get(R"(/v1/models/(.+))", "models", true, [this](const httplib::Request& q, httplib::Response& r) { HandleModels(q, r); });
   http_->Get("/health", [this](const httplib::Request&, httplib::Response& r) {
     r.status = draining_ ? 503 : 200;
     r.set_content(json{{"status", draining_ ? "draining" : "ok"}}.dump(), "application/json");
