@@ -1,5 +1,6 @@
 // libFuzzer target: a POST body through ParseApiRequest as both /v1/completions and
-// /v1/chat/completions, its error rendered as the server sends it, and an accepted chat request's
+// /v1/chat/completions and through the /tokenize and /detokenize parsers, errors rendered as the
+// server sends them, and an accepted chat request's
 // messages rendered by the chat templates the server would use (the default one and, when the npm
 // tokenizer packages are present, Llama-3's and Qwen3's).
 #include <cstdint>
@@ -42,5 +43,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!chat) continue;
     for (const atp::ChatTemplate& t : g_templates) t.Render(r.messages, /*add_generation_prompt=*/true);
   }
+  atp::TokenizeRequest t;
+  if (auto err = atp::ParseTokenizeRequest(body, &t)) atp::ResponseBuilder::Dump(err->ToJson());
+  atp::DetokenizeRequest d;
+  if (auto err = atp::ParseDetokenizeRequest(body, &d)) atp::ResponseBuilder::Dump(err->ToJson());
   return 0;
 }

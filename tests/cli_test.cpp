@@ -184,6 +184,41 @@ TEST_F(CliTiny, ChatTurnsResetAndContextOverflow) {
   EXPECT_EQ(k["turns"][0]["user"], "hi");
 }
 
+// Issue 15, finding 10: without --seed, generate and chat draw a seed per run and report it; --seed repeats a run.
+TEST_F(CliTiny, GenerateAndChatDrawAndReportASeedUnlessGiven) {
+  const std::string cmd = "generate " + M() + " -p 'hello' -n 8 --temp 1.5 --json";
+  const json a = OneJsonObject(RunAtp(cmd)), b = OneJsonObject(RunAtp(cmd));
+  ASSERT_TRUE(a.contains("seed") && b.contains("seed")) << a.dump();
+  EXPECT_NE(a["seed"], b["seed"]);
+  EXPECT_NE(a["token_ids"], b["token_ids"]) << "two unseeded runs sampled the same tokens";
+  const json c = OneJsonObject(RunAtp(cmd + " --seed " + std::to_string(a["seed"].get<uint64_t>())));
+  EXPECT_EQ(c["seed"], a["seed"]);
+  EXPECT_EQ(c["token_ids"], a["token_ids"]);
+  CmdResult r = RunAtp("generate " + M() + " -p hi -n 2 --seed 42");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("seed 42]"), std::string::npos) << r.err;
+  const json chat = OneJsonObject(RunAtp("chat " + M() + " -n 2 --json" + StdinFrom(*dir_, "chat_seed.txt", "hello\n")));
+  EXPECT_TRUE(chat["seed"].is_number_unsigned()) << chat.dump();
+  EXPECT_EQ(OneJsonObject(RunAtp("chat " + M() + " -n 2 --seed 7 --json" + StdinFrom(*dir_, "chat_seed.txt", "hello\n")))["seed"], 7);
+}
+
+// Issue 15, finding 10: generate reads its prompt from -f FILE, or from stdin with -p - or -f -.
+TEST_F(CliTiny, GeneratePromptFromFileOrStdin) {
+  const std::string file = *dir_ / "prompt.txt";
+  std::ofstream(file) << "hello";
+  const std::string flags = " -n 4 --temp 0 --json";
+  const json want = OneJsonObject(RunAtp("generate " + M() + " -p 'hello'" + flags));
+  for (const std::string& from : {" -f '" + file + "'", " -f -" + StdinFrom(*dir_, "stdin1.txt", "hello"),
+                                  " -p -" + StdinFrom(*dir_, "stdin2.txt", "hello")}) {
+    const json j = OneJsonObject(RunAtp("generate " + M() + from + flags));
+    EXPECT_EQ(j["prompt_tokens"], want["prompt_tokens"]) << from;
+    EXPECT_EQ(j["token_ids"], want["token_ids"]) << from;
+  }
+  ExpectOneLineError(RunAtp("generate " + M() + " -f /nonexistent/prompt.txt"), {"/nonexistent/prompt.txt"});
+  ExpectOneLineError(RunAtp("generate " + M() + " -n 2"), {"no prompt", "-f FILE"});
+  ExpectOneLineError(RunAtp("generate " + M() + " -p hi -f '" + file + "'"), {"--file"});
+}
+
 // --weights converts the matrices at load; a decode step then reads fewer bytes. The tiny shape's
 // matrices (LM head 300x64; per layer q 64x64, k and v 32x64, o 64x64, gate and up 160x64, down
 // 64x160) hold 105216 weights = 3288 blocks: 34 bytes each in q8_0, 18 in q4_0, 128 in f32; the

@@ -176,7 +176,7 @@ TEST(ServerApi, InvalidRequestsGet400WithAnErrorObject) {
       {C, R"({"prompt": "hi", "top_p": 1.5})", "top_p"},
       {C, R"({"prompt": "hi", "top_k": -3})", "top_k"},
       {C, R"({"prompt": "hi", "seed": "x"})", "seed"},
-      {C, R"({"prompt": "hi", "n": 2})", "n"},
+      {C, R"({"prompt": "hi", "n": 17})", "n"},
       {C, R"({"prompt": "hi", "stop": [1]})", "stop"},
       {C, R"({"prompt": "hi", "stop": ""})", "stop"},
       {C, R"({"prompt": "hi", "logprobs": 9})", "logprobs"},

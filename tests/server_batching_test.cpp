@@ -75,7 +75,7 @@ TEST(ServerBatching, LoadOf200RequestsFrom32Clients) {
   TestServer s(opt);
   constexpr int kRequests = 200, kClients = 32;
   const std::vector<std::string> bad = {"{\"prompt\": ", R"({"prompt": "x", "temperature": 7})",
-                                        R"({"prompt": "x", "n": 3})", R"({"messages": [{"role": 1}]})"};
+                                        R"({"prompt": "x", "n": 17})", R"({"messages": [{"role": 1}]})"};
   std::atomic<int> next{0}, ok{0}, rejected{0};
   std::mutex mu;
   std::vector<std::string> problems;

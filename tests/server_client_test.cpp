@@ -1,5 +1,6 @@
 // Real clients against the server: the official OpenAI npm package (tests/server_js/client.mjs drives
-// models, completions, chat, streaming, the kv field and a 400) and curl. Each skips, saying why, when
+// models, completions, chat, streaming, n choices, the kv field, an API key and the errors 400, 401
+// and 404) and curl. Each skips, saying why, when
 // node, tests/server_js/node_modules (npm ci --prefix tests/server_js) or curl is missing.
 #include <cstdio>
 
@@ -29,9 +30,11 @@ TEST(ServerClients, OpenAiNodeClient) {
   if (!OnPath("node")) GTEST_SKIP() << "node is not installed";
   if (!std::filesystem::exists(kJsDir + "/node_modules/openai"))
     GTEST_SKIP() << "no " << kJsDir << "/node_modules: run npm ci --prefix tests/server_js";
-  TestServer s;
+  ServerOptions opt;
+  opt.api_key = "sk-atp-client-test";
+  TestServer s(opt);
   std::string out;
-  const int rc = Shell("node " + kJsDir + "/client.mjs http://127.0.0.1:" + std::to_string(s.port()) + "/v1", &out);
+  const int rc = Shell("node " + kJsDir + "/client.mjs http://127.0.0.1:" + std::to_string(s.port()) + "/v1 " + opt.api_key, &out);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("ok"), std::string::npos) << out;
 }

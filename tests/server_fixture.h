@@ -86,7 +86,14 @@ class TestServer {
 // A request sent on its own connection; the response is read as it arrives.
 class HttpConnection {
  public:
-  HttpConnection(int port, const std::string& method, const std::string& path, const std::string& body) {
+  // `headers`: more header lines, each ending in "\r\n".
+  HttpConnection(int port, const std::string& method, const std::string& path, const std::string& body,
+                 const std::string& headers = "")
+      : HttpConnection(port, method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" +
+                                 headers + "Content-Length: " + std::to_string(body.size()) +
+                                 "\r\nConnection: close\r\n\r\n" + body) {}
+  // Sends `request` as it is: request line, headers and body.
+  HttpConnection(int port, const std::string& request) {
     fd_ = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -96,10 +103,8 @@ class HttpConnection {
       ADD_FAILURE() << "connect to port " << port << " failed";
       return;
     }
-    const std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" +
-                            "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
-    for (size_t sent = 0; sent < req.size();) {
-      const ssize_t n = send(fd_, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
+    for (size_t sent = 0; sent < request.size();) {
+      const ssize_t n = send(fd_, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
       if (n <= 0) break;  // the server may answer (413) and close before reading everything
       sent += size_t(n);
     }
@@ -128,6 +133,8 @@ class HttpConnection {
   }
 
   int status() const { return raw_.size() > 12 ? std::atoi(raw_.c_str() + 9) : 0; }
+  // The response's status line and headers.
+  std::string head() const { return raw_.substr(0, raw_.find("\r\n\r\n")); }
   // The body, with chunked transfer coding removed.
   std::string body() const {
     const size_t h = raw_.find("\r\n\r\n");
@@ -165,8 +172,9 @@ class HttpConnection {
 
 // One request, answer read to the end.
 inline std::unique_ptr<HttpConnection> Http(int port, const std::string& method, const std::string& path,
-                                            const std::string& body = "", double timeout_s = 60) {
-  auto c = std::make_unique<HttpConnection>(port, method, path, body);
+                                            const std::string& body = "", double timeout_s = 60,
+                                            const std::string& headers = "") {
+  auto c = std::make_unique<HttpConnection>(port, method, path, body, headers);
   c->ReadAll(timeout_s);
   return c;
 }

@@ -14,13 +14,14 @@
 namespace atp::server_test {
 namespace {
 
-// Starts `atp serve ARGS` with stderr in `log`.
-pid_t StartServe(std::vector<std::string> args, const std::string& log) {
+// Starts `atp serve ARGS` with stderr in `log` and `env` ("NAME=VALUE") added to its environment.
+pid_t StartServe(std::vector<std::string> args, const std::string& log, std::vector<std::string> env = {}) {
   args.insert(args.begin(), {ATP_BINARY, "serve"});
   const pid_t pid = fork();
   if (pid == 0) {
     FILE* f = std::freopen(log.c_str(), "w", stderr);
     (void)f;
+    for (std::string& e : env) putenv(e.data());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -86,6 +87,50 @@ TEST(ServeProcess, SigtermFinishesTheStreamInFlightAndExitsZero) {
   EXPECT_EQ(WaitExit(pid, 30), 0) << ReadLog(log);
   EXPECT_NE(ReadLog(log).find("stopped"), std::string::npos);
   std::filesystem::remove(log);
+}
+
+// Issue 15, finding 9: a second signal while draining exits at once instead of waiting for the stream.
+TEST(ServeProcess, SecondSignalExitsWithoutDraining) {
+  ATP_REQUIRE_REF_MODEL();
+  const std::string log = LogPath("second_signal");
+  const pid_t pid = StartServe({"-m", kRefModel, "--port", "0", "-c", "2048", "--kv-memory", "64M", "--shutdown-timeout", "60"}, log);
+  const int port = WaitForPort(log, 30);
+  ASSERT_GT(port, 0) << ReadLog(log);
+  HttpConnection a(port, "POST", "/v1/completions", R"({"prompt": "The", "max_tokens": 2000, "temperature": 0, "stream": true})");
+  ASSERT_TRUE(a.ReadUntil("data: ", 20));
+  ASSERT_EQ(kill(pid, SIGINT), 0);
+  ASSERT_TRUE(WaitFor([&] { return ReadLog(log).find("draining") != std::string::npos; }, 10)) << ReadLog(log);
+  ASSERT_EQ(kill(pid, SIGINT), 0);
+  EXPECT_EQ(WaitExit(pid, 5), 128 + SIGINT) << ReadLog(log);
+  EXPECT_NE(ReadLog(log).find("second signal"), std::string::npos) << ReadLog(log);
+  std::filesystem::remove(log);
+}
+
+// Issue 15, findings 1 and 2: --api-key, else $ATP_API_KEY; --name lists aliases (comma-separated or repeated).
+TEST(ServeProcess, ApiKeyFromFlagOrEnvironmentAndNameAliases) {
+  ATP_REQUIRE_REF_MODEL();
+  for (const bool flag : {false, true}) {
+    const std::string log = LogPath("api_key");
+    std::vector<std::string> args = {"-m", kRefModel, "--port", "0", "--kv-memory", "64M", "--name", "first,second", "--name", "third"};
+    if (flag) args.insert(args.end(), {"--api-key", "from-flag"});
+    const pid_t pid = StartServe(args, log, {"ATP_API_KEY=from-env"});
+    const int port = WaitForPort(log, 30);
+    ASSERT_GT(port, 0) << ReadLog(log);
+    EXPECT_NE(ReadLog(log).find("API key required"), std::string::npos) << ReadLog(log);
+    const std::string key = flag ? "from-flag" : "from-env", other = flag ? "from-env" : "from-flag";
+    EXPECT_EQ(Http(port, "GET", "/v1/models")->status(), 401);
+    EXPECT_EQ(Http(port, "GET", "/v1/models", "", 60, "Authorization: Bearer " + other + "\r\n")->status(), 401);
+    auto models = Http(port, "GET", "/v1/models", "", 60, "Authorization: Bearer " + key + "\r\n");
+    ASSERT_EQ(models->status(), 200) << models->body();
+    const json data = models->Json()["data"];
+    ASSERT_EQ(data.size(), 3u) << data.dump();
+    EXPECT_EQ(data[0]["id"], "first");
+    EXPECT_EQ(data[1]["id"], "second");
+    EXPECT_EQ(data[2]["id"], "third");
+    ASSERT_EQ(kill(pid, SIGTERM), 0);
+    EXPECT_EQ(WaitExit(pid, 30), 0) << ReadLog(log);
+    std::filesystem::remove(log);
+  }
 }
 
 TEST(ServeProcess, BadFlagsExitNonZeroNamingTheFlag) {

@@ -57,8 +57,9 @@ void AddChat(CLI::App& app, Runner* run) {
   AddModelFlags(cmd, &o->f);
   AddSamplingFlags(cmd, &o->g);
   cmd->add_option("--system", o->system, "system message opening the conversation");
-  cmd->callback([o, run] {
-    *run = [o]() -> int {
+  cmd->callback([o, run, cmd] {
+    const uint64_t seed = ResolveSeed(cmd, &o->g);
+    *run = [o, seed]() -> int {
       auto l = Load(o->f, true);
       if (!l.ok()) return Fail("chat", l.status());
       auto chat = LoadChatTemplate(o->f.model, *l);
@@ -101,12 +102,12 @@ void AddChat(CLI::App& app, Runner* run) {
         if (!r.ok()) return Fail("chat", r.status());
         if (stream) std::cout << std::endl;
         std::cerr << "[" << ids->size() << " prompt tokens, " << r->token_ids.size()
-                  << " generated, finish: " << r->finish_reason << "]\n";
+                  << " generated, finish: " << r->finish_reason << ", seed " << seed << "]\n";
         msgs.push_back({{"role", "assistant"}, {"content", r->text}});
         turns.push_back({{"user", line}, {"assistant", r->text}, {"prompt_tokens", ids->size()},
                          {"completion_tokens", r->token_ids.size()}, {"finish_reason", r->finish_reason}});
       }
-      if (o->f.json) PrintJson({{"turns", turns}, {"kv", l->kv->Describe()}});
+      if (o->f.json) PrintJson({{"turns", turns}, {"kv", l->kv->Describe()}, {"seed", seed}});
       return 0;
     };
   });

@@ -1,11 +1,15 @@
 // `atp serve`: the OpenAI-compatible HTTP server (src/server) over one model, until SIGTERM or SIGINT,
-// which stop new requests, let in-flight ones finish (up to --shutdown-timeout) and exit 0.
+// which stop new requests, let in-flight ones finish (up to --shutdown-timeout) and exit 0. A second
+// signal while draining exits at once, with 128 + the signal's number.
 #include <unistd.h>
 
 #include <cerrno>
+#include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -23,7 +27,13 @@ namespace {
 // The signal handler only writes to this pipe; a plain thread reads it and shuts the server down.
 // (Blocking the signals instead would not do: OpenBLAS starts its threads before main.)
 int g_wake[2] = {-1, -1};
-void OnSignal(int) {
+std::atomic<int> g_signals{0};
+void OnSignal(int sig) {
+  if (g_signals.fetch_add(1) > 0) {  // the second: no more waiting (write and _exit are async-signal-safe)
+    static const char msg[] = "atp serve: second signal, exiting without draining\n";
+    (void)!write(STDERR_FILENO, msg, sizeof msg - 1);
+    _exit(128 + sig);
+  }
   const char c = 's';
   (void)!write(g_wake[1], &c, 1);
 }
@@ -61,6 +71,7 @@ void AddServe(CLI::App& app, Runner* run) {
     double request_timeout = 10;
     std::vector<std::string> kv_bases;
     std::string log_format = "text";
+    std::vector<std::string> names;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
@@ -75,7 +86,12 @@ void AddServe(CLI::App& app, Runner* run) {
       ->capture_default_str();
   cmd->add_option("--max-seqs", o->s.scheduler.max_seqs, "sequences running at once")->capture_default_str();
   cmd->add_option("--max-queue", o->s.scheduler.max_queue, "requests waiting for admission before 429")->capture_default_str();
-  cmd->add_option("--name", o->s.model_name, "model id reported by /v1/models (default: the directory name)");
+  cmd->add_option("--name", o->names,
+                  "model id reported by /v1/models (default: the directory name); more names, comma-separated or "
+                  "repeated, are aliases that requests may use")
+      ->delimiter(',');
+  cmd->add_option("--api-key", o->s.api_key,
+                  "require 'Authorization: Bearer KEY' on /v1/* and /(de)tokenize (default: $ATP_API_KEY; none: open)");
   cmd->add_option("--shutdown-timeout", o->shutdown_timeout, "seconds in-flight requests get on SIGTERM/SIGINT")
       ->capture_default_str();
   cmd->add_option("--max-connections", o->s.gate.max_connections, "connections open at once; more are answered 503")
@@ -127,6 +143,12 @@ void AddServe(CLI::App& app, Runner* run) {
       // The model's own calibrated basis (`atp calibrate`'s default output) is registered as "model".
       if (const std::string own = DefaultKvBasisPath(o->f.model); !s.kv_bases.count("model") && std::filesystem::is_regular_file(own))
         (void)AddKvBasis("model=" + own, &s.kv_bases);
+      for (const std::string& name : o->names) {
+        if (name.empty()) return Fail("serve", Status::InvalidArgument("--name: an empty model name"));
+        (s.model_name.empty() ? s.model_name : s.model_aliases.emplace_back()) = name;
+      }
+      if (s.api_key.empty())
+        if (const char* key = std::getenv("ATP_API_KEY")) s.api_key = key;
       if (s.model_name.empty()) s.model_name = std::filesystem::path(o->f.model).lexically_normal().filename();
       if (s.model_name.empty()) s.model_name = std::filesystem::path(o->f.model).parent_path().filename();
       auto server = HttpServer::Create(*l->model, *l->tokenizer, std::move(chat).value(), s);
@@ -134,10 +156,14 @@ void AddServe(CLI::App& app, Runner* run) {
       auto port = (*server)->Bind();
       if (!port.ok()) return Fail("serve", port.status());
       const auto& so = (*server)->scheduler().options();
-      std::cerr << "atp serve: http://" << s.host << ":" << *port << " model " << s.model_name << ", kv " << s.default_kv
-                << ", context " << so.context << ", kv-memory " << (*bytes >> 20) << " MiB, max-batch-tokens "
-                << so.max_batch_tokens << ", max-seqs " << so.max_seqs << ", max-queue " << so.max_queue
-                << (default_template ? ", default chat template" : "") << std::endl;
+      // One write: whoever watches stderr for the address (a supervisor, the tests) reads the whole line.
+      std::ostringstream banner;
+      banner << "atp serve: http://" << s.host << ":" << *port << " model " << s.model_name << ", kv " << s.default_kv
+             << ", context " << so.context << ", kv-memory " << (*bytes >> 20) << " MiB, max-batch-tokens "
+             << so.max_batch_tokens << ", max-seqs " << so.max_seqs << ", max-queue " << so.max_queue
+             << (default_template ? ", default chat template" : "") << (s.api_key.empty() ? "" : ", API key required")
+             << "\n";
+      std::cerr << banner.str() << std::flush;
       const size_t full = (*server)->scheduler().Prepare(*l->kv);
       std::cerr << "atp serve: a full-context sequence holds " << (full >> 10) << " KiB of KV under " << l->kv->Describe()
                 << ": at least " << *bytes / std::max<size_t>(full, 1) << " fit in --kv-memory" << std::endl;
@@ -147,7 +173,7 @@ void AddServe(CLI::App& app, Runner* run) {
         while (read(g_wake[0], &c, 1) < 0 && errno == EINTR) {
         }
         if (c != 's') return;
-        std::cerr << "atp serve: draining (up to " << o->shutdown_timeout << " s)" << std::endl;
+        std::cerr << "atp serve: draining (up to " << o->shutdown_timeout << " s; a second signal exits at once)" << std::endl;
         (*server)->Shutdown();
       });
       const Status st = (*server)->Serve();

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <iostream>
+#include <random>
 
 #include "core/thread_pool.h"
 #include "model/gguf_tokenizer.h"
@@ -34,8 +35,13 @@ void AddSamplingFlags(CLI::App* cmd, GenerateOptions* g) {
   cmd->add_option("--top-p", g->sampling.top_p, "top-p nucleus (1: off)")->capture_default_str();
   cmd->add_option("--min-p", g->sampling.min_p, "min-p relative to the best token (0: off)")->capture_default_str();
   cmd->add_option("--repeat-penalty", g->sampling.repetition_penalty, "repetition penalty (1: off)")->capture_default_str();
-  cmd->add_option("--seed", g->sampling.seed, "random seed")->capture_default_str();
+  cmd->add_option("--seed", g->sampling.seed, "random seed (default: drawn at random and reported)");
   cmd->add_option("--stop", g->stop, "stop string (repeatable)");
+}
+
+uint64_t ResolveSeed(const CLI::App* cmd, GenerateOptions* g) {
+  if (cmd->count("--seed") == 0) g->sampling.seed = (uint64_t(std::random_device()()) << 32) | std::random_device()();
+  return g->sampling.seed;
 }
 
 Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {

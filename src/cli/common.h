@@ -29,6 +29,9 @@ void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv = true);
 // -n, --temp, --top-k, --top-p, --min-p, --repeat-penalty, --seed, --stop: the sampling flags of
 // every command that generates, bound to *g.
 void AddSamplingFlags(CLI::App* cmd, GenerateOptions* g);
+// After parsing: without --seed on `cmd`, g's seed is drawn from std::random_device, so that runs differ.
+// Returns the seed, for the command to report.
+uint64_t ResolveSeed(const CLI::App* cmd, GenerateOptions* g);
 
 struct Loaded {
   std::unique_ptr<LlamaModel> model;

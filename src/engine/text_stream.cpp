@@ -26,12 +26,14 @@ std::string TextStream::Push(int32_t id, bool* stopped) {
   const size_t emit = *stopped ? cut : pending_.size() - HeldBack(pending_, stop_);
   std::string out = pending_.substr(0, emit);
   pending_.erase(0, *stopped ? std::string::npos : emit);
+  emitted_ += out.size();
   return out;
 }
 
 std::string TextStream::Flush() {
   std::string out = std::move(pending_) + dec_.Flush();
   pending_.clear();
+  emitted_ += out.size();
   return out;
 }
 

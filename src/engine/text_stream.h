@@ -19,10 +19,16 @@ class TextStream {
   // What is still held back, at the end of a sequence that did not end on a stop string.
   std::string Flush();
 
+  // Bytes of text made final so far (returned by Push and Flush).
+  size_t emitted() const { return emitted_; }
+  // Where the next token's text will begin: emitted() plus the text held back.
+  size_t offset() const { return emitted_ + pending_.size(); }
+
  private:
   StreamDecoder dec_;
   std::vector<std::string> stop_;
   std::string pending_;  // decoded but not yet final (may begin a stop string)
+  size_t emitted_ = 0;
 };
 
 }  // namespace atp

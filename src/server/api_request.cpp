@@ -9,7 +9,7 @@ namespace atp {
 nlohmann::ordered_json ApiError::ToJson() const {
   return {{"error",
            {{"message", message}, {"type", type}, {"param", param.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(param)},
-            {"code", nullptr}}}};
+            {"code", code.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(code)}}}};
 }
 
 namespace {
@@ -127,7 +127,12 @@ void ParseMessages(Fields& f, ApiRequest* r) {
     if (!msg.is_object()) return f.Fail(at, at + " must be an object");
     if (!msg.contains("role") || !msg["role"].is_string() || msg["role"].get<std::string>().empty())
       return f.Fail(at + ".role", at + ".role must be a non-empty string");
+    const std::string role = msg["role"].get<std::string>();
+    if (role != "system" && role != "user" && role != "assistant" && role != "tool" && role != "developer")
+      return f.Fail(at + ".role", at + ".role '" + role + "' is not one of system, user, assistant, tool, developer");
     OJson out = msg;
+    // OpenAI's newer name for system instructions; chat templates predate it and know only "system".
+    if (role == "developer") out["role"] = "system";
     const OJson content = msg.value("content", OJson());
     if (content.is_null()) {
       out["content"] = "";
@@ -159,9 +164,15 @@ void ParseStop(Fields& f, ApiRequest* r) {
   }
 }
 
-}  // namespace
+// Only {"type": "text"} (plain text, the default) can be honoured: no JSON mode, no schemas.
+void ParseResponseFormat(Fields& f) {
+  const OJson* rf = f.Typed("response_format", &OJson::is_object, "an object");
+  if (rf && rf->value("type", OJson()) != "text")
+    f.Fail("response_format", "'response_format' must be {\"type\": \"text\"}: JSON mode and schemas are not supported");
+}
 
-std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiRequest* out) {
+// The body as a JSON object, or the error to send.
+std::optional<ApiError> ParseObject(const std::string& body, OJson* j) {
   // Copying a JSON value (messages, stop) or rendering it in a chat template recurses once per level:
   // a body of a few hundred KB of '[' would overflow a server thread's stack. Real requests nest a few levels.
   constexpr int kMaxDepth = 64;
@@ -170,11 +181,19 @@ std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiR
     depth = std::max(depth, d);
     return true;
   };
-  const OJson j = OJson::parse(body, track, false);
-  if (j.is_discarded()) return ApiError{400, "the request body is not valid JSON", ""};
+  *j = OJson::parse(body, track, false);
+  if (j->is_discarded()) return ApiError{400, "the request body is not valid JSON", ""};
   if (depth > kMaxDepth)
     return ApiError{400, "the request body nests JSON deeper than " + std::to_string(kMaxDepth) + " levels", ""};
-  if (!j.is_object()) return ApiError{400, "the request body must be a JSON object", ""};
+  if (!j->is_object()) return ApiError{400, "the request body must be a JSON object", ""};
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiRequest* out) {
+  OJson j;
+  if (auto err = ParseObject(body, &j)) return err;
   Fields f(j);
   ApiRequest r;
   r.chat = chat;
@@ -212,7 +231,7 @@ std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiR
   } else if (auto lp = f.Integer("logprobs", 0, 5)) {
     r.logprobs = int(*lp);
   }
-  if (auto n = f.Integer("n", 1, 128); n && *n != 1) f.Fail("n", "'n' must be 1: this server returns one choice per request");
+  if (auto n = f.Integer("n", 1, kMaxChoices)) r.n = int(*n);
   if (!chat)
     if (auto b = f.Integer("best_of", 1, 128); b && *b != 1) f.Fail("best_of", "'best_of' must be 1");
   if (!chat && f.Bool("echo").value_or(false)) f.Fail("echo", "'echo' is not supported");
@@ -221,6 +240,7 @@ std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiR
     f.Fail("logit_bias", "'logit_bias' is not supported");
   if (const OJson* t = f.Typed("tools", &OJson::is_array, "a list"); t && !t->empty())
     f.Fail("tools", "'tools' is not supported");
+  ParseResponseFormat(f);
   r.stream = f.Bool("stream").value_or(false);
   if (const OJson* so = f.Typed("stream_options", &OJson::is_object, "an object")) {
     Fields sf(*so);
@@ -232,6 +252,48 @@ std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiR
     if (kv->empty()) f.Fail("kv", "'kv' must not be empty");
     r.kv = *kv;
   }
+  if (f.error) return f.error;
+  *out = std::move(r);
+  return std::nullopt;
+}
+
+std::optional<ApiError> ParseTokenizeRequest(const std::string& body, TokenizeRequest* out) {
+  OJson j;
+  if (auto err = ParseObject(body, &j)) return err;
+  Fields f(j);
+  TokenizeRequest r;
+  r.model = f.String("model").value_or("");
+  if (auto content = f.String("content")) {
+    r.text = *content;
+    r.add_special = f.Bool("add_special").value_or(false);
+  } else if (auto prompt = f.String("prompt")) {
+    r.text = *prompt;
+    r.add_special = f.Bool("add_special_tokens").value_or(true);
+  } else if (!f.error) {
+    f.Fail("content", "'content' (or 'prompt') is required: the text to tokenize");
+  }
+  if (f.error) return f.error;
+  *out = std::move(r);
+  return std::nullopt;
+}
+
+std::optional<ApiError> ParseDetokenizeRequest(const std::string& body, DetokenizeRequest* out) {
+  OJson j;
+  if (auto err = ParseObject(body, &j)) return err;
+  Fields f(j);
+  DetokenizeRequest r;
+  r.model = f.String("model").value_or("");
+  const OJson* t = f.Get("tokens");
+  if (!t) f.Fail("tokens", "'tokens' is required: a list of token ids");
+  else if (!t->is_array()) f.Fail("tokens", "'tokens' must be a list of token ids");
+  else
+    for (const OJson& x : *t) {
+      if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > INT32_MAX) {
+        f.Fail("tokens", "'tokens' must hold non-negative integer token ids");
+        break;
+      }
+      r.tokens.push_back(int32_t(x.get<int64_t>()));
+    }
   if (f.error) return f.error;
   *out = std::move(r);
   return std::nullopt;

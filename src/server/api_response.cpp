@@ -32,7 +32,8 @@ ResponseBuilder::ResponseBuilder(const ApiRequest& req, const Tokenizer& tok, st
       id_(NewId(req.chat)),
       model_(std::move(model)),
       created_(UnixNow()),
-      prompt_tokens_(prompt_tokens) {}
+      prompt_tokens_(prompt_tokens),
+      choices_(size_t(req.n)) {}
 
 std::string ResponseBuilder::Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
@@ -46,105 +47,122 @@ json ResponseBuilder::Usage() const {
           {"total_tokens", prompt_tokens_ + completion_tokens_}};
 }
 
-json ResponseBuilder::Logprobs(const std::vector<Session::Piece>& pieces) {
-  const bool any = std::any_of(pieces.begin(), pieces.end(), [](const Session::Piece& p) { return p.has_token; });
+json ResponseBuilder::Logprobs(const std::vector<const Session::Piece*>& pieces, ChoiceState& c) const {
+  const bool any = std::any_of(pieces.begin(), pieces.end(), [](const Session::Piece* p) { return !p->tokens.empty(); });
   if (logprobs_ < 0 || !any) return nullptr;
   const auto text_of = [&](int32_t id) { return tok_.Decode(std::span<const int32_t>(&id, 1)); };
   const auto bytes_of = [](const std::string& s) {
     json b = json::array();
-    for (unsigned char c : s) b.push_back(int(c));
+    for (unsigned char ch : s) b.push_back(int(ch));
     return b;
   };
   json out = chat_ ? json{{"content", json::array()}}
                    : json{{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
                           {"text_offset", json::array()}};
-  for (auto& p : pieces) {
-    if (!p.has_token) continue;
-    const std::string t = text_of(p.token.id);
-    if (chat_) {
-      json top = json::array();
-      for (auto& [id, lp] : p.token.top) {
-        const std::string s = text_of(id);
-        top.push_back({{"token", s}, {"logprob", lp}, {"bytes", bytes_of(s)}});
+  for (const Session::Piece* p : pieces) {
+    for (const TokenEvent& token : p->tokens) {
+      const std::string t = text_of(token.id);
+      if (chat_) {
+        json top = json::array();
+        for (auto& [id, lp] : token.top) {
+          const std::string s = text_of(id);
+          top.push_back({{"token", s}, {"logprob", lp}, {"bytes", bytes_of(s)}});
+        }
+        out["content"].push_back({{"token", t}, {"logprob", token.logprob}, {"bytes", bytes_of(t)}, {"top_logprobs", top}});
+      } else {
+        json top = json::object();
+        for (auto& [id, lp] : token.top) top[text_of(id)] = lp;
+        out["tokens"].push_back(t);
+        out["token_logprobs"].push_back(token.logprob);
+        out["top_logprobs"].push_back(logprobs_ > 0 ? top : json());
+        out["text_offset"].push_back(c.text_offset);
+        c.text_offset += t.size();
       }
-      out["content"].push_back({{"token", t}, {"logprob", p.token.logprob}, {"bytes", bytes_of(t)}, {"top_logprobs", top}});
-    } else {
-      json top = json::object();
-      for (auto& [id, lp] : p.token.top) top[text_of(id)] = lp;
-      out["tokens"].push_back(t);
-      out["token_logprobs"].push_back(p.token.logprob);
-      out["top_logprobs"].push_back(logprobs_ > 0 ? top : json());
-      out["text_offset"].push_back(text_offset_);
-      text_offset_ += t.size();
     }
   }
   return out;
 }
 
-json ResponseBuilder::Choice(const std::string& text, json logprobs, const json& finish_reason) {
-  json c = {{"index", 0}};
+json ResponseBuilder::Delta(int index, const std::string& text, json logprobs, const json& finish_reason,
+                            ChoiceState& c) const {
+  json out = {{"index", index}};
   if (chat_) {
     json delta = json::object();
-    if (!role_sent_) delta["role"] = "assistant";
-    if (!text.empty() || !role_sent_) delta["content"] = text;
-    role_sent_ = true;
-    c["delta"] = delta;
+    if (!c.role_sent) delta["role"] = "assistant";
+    if (!text.empty() || !c.role_sent) delta["content"] = text;
+    c.role_sent = true;
+    out["delta"] = delta;
   } else {
-    c["text"] = text;
+    out["text"] = text;
   }
-  c["logprobs"] = std::move(logprobs);
-  c["finish_reason"] = finish_reason;
-  return c;
+  out["logprobs"] = std::move(logprobs);
+  out["finish_reason"] = finish_reason;
+  return out;
+}
+
+std::string ResponseBuilder::Event(json choice) const {
+  json chunk = Envelope(chat_ ? "chat.completion.chunk" : "text_completion");
+  chunk["choices"] = json::array({std::move(choice)});
+  return "data: " + Dump(chunk) + "\n\n";
 }
 
 void ResponseBuilder::Add(const std::vector<Session::Piece>& pieces) {
-  for (auto& p : pieces) {
-    text_ += p.text;
-    completion_tokens_ += p.has_token ? 1 : 0;
+  for (const Session::Piece& p : pieces) {
+    ChoiceState& c = choices_[size_t(p.choice)];
+    c.text += p.text;
+    completion_tokens_ += size_t(p.generated);
+    if (p.last) c.finish_reason = p.finish_reason;
+    json lp = Logprobs({&p}, c);
+    if (lp.is_null()) continue;
+    if (c.logprobs.is_null()) c.logprobs = std::move(lp);
+    else
+      for (auto& [key, list] : lp.items())
+        for (auto& x : list) c.logprobs[key].push_back(x);
   }
-  json lp = Logprobs(pieces);
-  if (lp.is_null()) return;
-  if (logprobs_acc_.is_null()) {
-    logprobs_acc_ = std::move(lp);
-    return;
-  }
-  for (auto& [key, list] : lp.items())
-    for (auto& x : list) logprobs_acc_[key].push_back(x);
 }
 
-json ResponseBuilder::Body(const std::string& finish_reason) const {
+json ResponseBuilder::Body() const {
   json body = Envelope(chat_ ? "chat.completion" : "text_completion");
-  json choice = {{"index", 0}};
-  if (chat_) choice["message"] = {{"role", "assistant"}, {"content", text_}};
-  else choice["text"] = text_;
-  choice["logprobs"] = logprobs_acc_;
-  choice["finish_reason"] = finish_reason;
-  body["choices"] = json::array({choice});
+  body["choices"] = json::array();
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    const ChoiceState& c = choices_[i];
+    json choice = {{"index", i}};
+    if (chat_) choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+    else choice["text"] = c.text;
+    choice["logprobs"] = c.logprobs;
+    choice["finish_reason"] = c.finish_reason;
+    body["choices"].push_back(std::move(choice));
+  }
   body["usage"] = Usage();
   return body;
 }
 
 std::string ResponseBuilder::Chunk(const std::vector<Session::Piece>& pieces) {
-  std::string text;
-  size_t tokens = 0;
-  for (auto& p : pieces) {
-    text += p.text;
-    tokens += p.has_token ? 1 : 0;
+  std::string out;
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    ChoiceState& c = choices_[i];
+    std::vector<const Session::Piece*> mine;
+    std::string text;
+    const Session::Piece* last = nullptr;
+    for (const Session::Piece& p : pieces) {
+      if (size_t(p.choice) != i) continue;
+      mine.push_back(&p);
+      text += p.text;
+      completion_tokens_ += size_t(p.generated);
+      if (p.last) last = &p;
+    }
+    json lp = Logprobs(mine, c);
+    // A chat stream opens each choice with its role, even before any text; otherwise an event needs text or logprobs.
+    if (!text.empty() || !lp.is_null() || (chat_ && !c.role_sent)) out += Event(Delta(int(i), text, std::move(lp), nullptr, c));
+    // A choice that was cancelled or failed gets no finish event: the request's error follows instead.
+    if (last && (last->finish_reason == "stop" || last->finish_reason == "length"))
+      out += Event(Delta(int(i), "", nullptr, last->finish_reason, c));
   }
-  completion_tokens_ += tokens;
-  json lp = Logprobs(pieces);
-  // A token whose text is held back still sends its logprobs; with neither, there is nothing to send.
-  const bool role_pending = chat_ && !role_sent_;
-  if (text.empty() && lp.is_null() && !role_pending) return "";
-  json chunk = Envelope(chat_ ? "chat.completion.chunk" : "text_completion");
-  chunk["choices"] = json::array({Choice(text, std::move(lp), nullptr)});
-  return "data: " + Dump(chunk) + "\n\n";
+  return out;
 }
 
-std::string ResponseBuilder::Final(const std::string& finish_reason) {
-  json chunk = Envelope(chat_ ? "chat.completion.chunk" : "text_completion");
-  chunk["choices"] = json::array({Choice("", nullptr, finish_reason)});
-  std::string out = "data: " + Dump(chunk) + "\n\n";
+std::string ResponseBuilder::Final() const {
+  std::string out;
   if (include_usage_) {
     json usage = Envelope(chat_ ? "chat.completion.chunk" : "text_completion");
     usage["choices"] = json::array();

@@ -142,6 +142,7 @@ Result<std::shared_ptr<const KvPolicyFactory>> HttpServer::Policy(const std::str
 }
 
 std::optional<ApiError> HttpServer::Prepare(const ApiRequest& a, SeqRequest* out) {
+  if (auto err = CheckModel(a.model)) return err;
   const int ctx = scheduler_->options().context;
   const std::string where = a.chat ? "messages" : "prompt";
   if (a.chat) {
@@ -187,12 +188,10 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
   SeqRequest sr;
   if (auto err = Prepare(a, &sr)) return Reply(res, endpoint, *err);
   tl_request.prompt_tokens = int(sr.prompt.size());
-  auto session = std::make_shared<Session>(tok_, a.stop, metrics_, arrival);
+  auto session = std::make_shared<Session>(tok_, a.stop, a.n, metrics_, arrival);
   tl_request.sessions.push_back(session);
-  sr.on_token = [session](const TokenEvent& ev) { return session->OnToken(ev); };
-  sr.on_finish = [session](const std::string& reason, const Status& error) { session->OnFinish(reason, error); };
   auto builder = std::make_shared<ResponseBuilder>(a, tok_, opt_.model_name, sr.prompt.size());
-  auto id = scheduler_->Submit(std::move(sr));
+  auto id = SubmitChoices(a, sr, session);
   if (!id.ok()) {
     switch (id.status().code()) {
       case Status::Code::kResourceExhausted:
@@ -201,11 +200,11 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
       default: return Reply(res, endpoint, {400, id.status().message(), a.chat ? "messages" : "prompt"});
     }
   }
-  const uint64_t seq = *id;
+  const std::vector<uint64_t> seqs = *id;
   auto probe = std::make_shared<PeerProbe>(req.remote_addr, req.remote_port, port_);
   const auto failure = [](const Session::Update& u) -> std::optional<ApiError> {
     if (!u.error.ok()) return ApiError{500, u.error.message(), "", "server_error"};
-    if (u.finish_reason == "cancelled")
+    if (u.cancelled)
       return ApiError{503, "the request was cancelled: the server is shutting down", "", "server_error"};
     return std::nullopt;
   };
@@ -217,10 +216,10 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
       if (u.finished) {
         if (auto err = failure(u)) return Reply(res, endpoint, *err);
         metrics_.CountRequest(endpoint, 200);
-        return res.set_content(ResponseBuilder::Dump(builder->Body(u.finish_reason)), "application/json");
+        return res.set_content(ResponseBuilder::Dump(builder->Body()), "application/json");
       }
       if (probe->Gone()) {
-        scheduler_->Cancel(seq);
+        Cancel(seqs);
         return metrics_.CountRequest(endpoint, 499);  // nginx's "client closed request"
       }
     }
@@ -230,31 +229,24 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, session, builder, probe, seq, failure](size_t, httplib::DataSink& sink) {
+      [this, session, builder, probe, seqs, failure](size_t, httplib::DataSink& sink) {
         Session::Update u = session->Wait(100ms);
         std::string out = builder->Chunk(u.pieces);
         if (u.finished) {
           if (auto err = failure(u)) out += "data: " + ResponseBuilder::Dump(err->ToJson()) + "\n\ndata: [DONE]\n\n";
-          else out += builder->Final(u.finish_reason);
+          else out += builder->Final();
         }
         if (!out.empty() && !sink.write(out.data(), out.size())) {
-          scheduler_->Cancel(seq);  // the client went away mid-stream
+          Cancel(seqs);  // the client went away mid-stream
           return false;
         }
         if (u.finished) sink.done();
-        else if (out.empty() && probe->Gone()) return scheduler_->Cancel(seq), false;
+        else if (out.empty() && probe->Gone()) return Cancel(seqs), false;
         return true;
       },
-      [this, session, seq, active](bool) {
-        if (!session->finished()) scheduler_->Cancel(seq);
+      [this, session, seqs, active](bool) {
+        if (!session->finished()) Cancel(seqs);
       });
-}
-
-httplib::Server::Handler HttpServer::Read(httplib::Server::Handler h) {
-  return [this, h = std::move(h)](const httplib::Request& q, httplib::Response& r) {
-    Arrived(r);
-    h(q, r);
-  };
 }
 
 void HttpServer::Arrived(httplib::Response& r) {
@@ -287,21 +279,19 @@ void HttpServer::Routes() {
   http_->set_keep_alive_timeout(std::max<time_t>(1, std::chrono::duration_cast<std::chrono::seconds>(opt_.gate.request_timeout).count()));
   http_->set_logger([this](const httplib::Request& q, const httplib::Response& r) { Log(q, r); });
 
-  http_->Post("/v1/completions", Read([this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, false); }));
-  http_->Post("/v1/chat/completions",
-              Read([this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, true); }));
-  http_->Get("/v1/models", Read([this](const httplib::Request&, httplib::Response& r) {
-    json m = {{"id", opt_.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "atp"},
-              {"max_model_len", scheduler_->options().context}};
-    r.set_content(json{{"object", "list"}, {"data", json::array({m})}}.dump(), "application/json");
-  }));
-  http_->Get("/health", Read([this](const httplib::Request&, httplib::Response& r) {
+  Post("/v1/completions", "completions", [this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, false); });
+  Post("/v1/chat/completions", "chat", [this](const httplib::Request& q, httplib::Response& r) { HandleCompletion(q, r, true); });
+  Post("/tokenize", "tokenize", [this](const httplib::Request& q, httplib::Response& r) { HandleTokenize(q, r); });
+  Post("/detokenize", "detokenize", [this](const httplib::Request& q, httplib::Response& r) { HandleDetokenize(q, r); });
+  Get("/v1/models", "models", true, [this](const httplib::Request& q, httplib::Response& r) { HandleModels(q, r); });
+  Get(R"(/v1/models/(.+))", "models", true, [this](const httplib::Request& q, httplib::Response& r) { HandleModels(q, r); });
+  Get("/health", "health", false, [this](const httplib::Request&, httplib::Response& r) {
     r.status = draining_ ? 503 : 200;
     r.set_content(json{{"status", draining_ ? "draining" : "ok"}}.dump(), "application/json");
-  }));
-  http_->Get("/metrics", Read([this](const httplib::Request&, httplib::Response& r) {
+  });
+  Get("/metrics", "metrics", false, [this](const httplib::Request&, httplib::Response& r) {
     r.set_content(metrics_.Render(scheduler_->stats()), "text/plain; version=0.0.4");
-  }));
+  });
   // cpp-httplib calls this for every status >= 400, our own replies included: fill only empty bodies.
   http_->set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request&, httplib::Response& r) {
     if (!r.body.empty()) return httplib::Server::HandlerResponse::Unhandled;

@@ -1,6 +1,7 @@
-// The HTTP front of `atp serve`: OpenAI-compatible completion endpoints, /v1/models, /health and
-// /metrics on cpp-httplib, over one Scheduler. Every request is validated before it reaches the engine.
-// Shutdown drains (new requests get 503) before it stops listening. No TLS, no authentication.
+// The HTTP front of `atp serve`: OpenAI-compatible completion endpoints, /v1/models, /tokenize,
+// /detokenize, /health and /metrics on cpp-httplib, over one Scheduler. Every request is validated
+// before it reaches the engine. With an API key, every endpoint but /health and /metrics needs it.
+// Shutdown drains (new requests get 503) before it stops listening. No TLS.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "engine/scheduler.h"
 #include "server/api_request.h"
@@ -23,16 +25,21 @@
 
 namespace httplib {
 class Server;
+class ContentReader;
 struct Request;
 struct Response;
 }  // namespace httplib
 
 namespace atp {
 
+class Session;
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;                    // 0: any free port (Bind() returns it)
-  std::string model_name;             // the id /v1/models reports
+  std::string model_name;             // the id /v1/models reports first and responses carry
+  std::vector<std::string> model_aliases;  // more names a request's "model" may give (/v1/models lists them)
+  std::string api_key;                // "": open; else requests need "Authorization: Bearer <api_key>"
   std::string default_kv = "dense";   // policy of requests without a "kv" field
   SchedulerOptions scheduler;
   size_t max_body_bytes = size_t(8) << 20;
@@ -67,6 +74,25 @@ class HttpServer {
   class Active;  // counts a request from arrival until its response is written
 
   void Routes();
+  using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
+  // Route registration: `guarded` routes need the API key (when one is set). POST routes read their
+  // body themselves (ReadBody), whatever its Content-Type, before the key is checked.
+  void Get(const std::string& pattern, const std::string& endpoint, bool guarded, Handler h);
+  void Post(const std::string& pattern, const std::string& endpoint, Handler h);
+  // Replies 401 and returns false unless the request carries the API key (or none is set).
+  bool Authorized(const httplib::Request& req, httplib::Response& res, const std::string& endpoint);
+  // The raw body, at most max_body_bytes, or the error to answer with.
+  std::optional<ApiError> ReadBody(const httplib::Request& req, httplib::Response& res,
+                                   const httplib::ContentReader& reader, std::string* body) const;
+  // 404 model_not_found unless `model` is empty or one of the served names.
+  std::optional<ApiError> CheckModel(const std::string& model) const;
+  void HandleModels(const httplib::Request& req, httplib::Response& res);
+  void HandleTokenize(const httplib::Request& req, httplib::Response& res);
+  void HandleDetokenize(const httplib::Request& req, httplib::Response& res);
+  // Submits one sequence per choice of `a` (choice i samples with seed + i) reporting to `session`;
+  // on failure cancels those already submitted.
+  Result<std::vector<uint64_t>> SubmitChoices(const ApiRequest& a, const SeqRequest& sr, const std::shared_ptr<Session>& session);
+  void Cancel(const std::vector<uint64_t>& seqs);
   void HandleCompletion(const httplib::Request& req, httplib::Response& res, bool chat);
   // Tokenized prompt, policy and limits of a parsed request, or the error to answer with.
   std::optional<ApiError> Prepare(const ApiRequest& a, SeqRequest* out);
@@ -74,10 +100,8 @@ class HttpServer {
   // files: it goes through ResolveRequestKv first.
   Result<std::shared_ptr<const KvPolicyFactory>> Policy(const std::string& spec, bool from_request);
   void Reply(httplib::Response& res, const std::string& endpoint, const ApiError& e);
-  // A route's handler runs once the whole request has arrived: the gate's read deadline stops there,
-  // and the request gets its id and arrival time for the access log.
-  std::function<void(const httplib::Request&, httplib::Response&)> Read(
-      std::function<void(const httplib::Request&, httplib::Response&)> h);
+  // The whole request has arrived (the Get/Post wrappers call it before the route's handler): the gate's
+  // read deadline stops here, and the request gets its id and arrival time for the access log.
   void Arrived(httplib::Response& r);
   void Log(const httplib::Request& q, const httplib::Response& r);  // after the response's last byte
 

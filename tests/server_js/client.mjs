@@ -1,9 +1,11 @@
 // Drives `atp serve` with the official OpenAI client (tests/server_client_test.cpp runs it):
-// models, completions and chat, whole and streamed, the `kv` extension field, and a 400 error.
-// Usage: node client.mjs http://127.0.0.1:PORT/v1 ; prints "ok" and exits 0 when every check holds.
+// models (list and retrieve), completions and chat, whole and streamed, n choices, the `kv` extension
+// field, and the errors the client maps to its classes: 400, 401 (wrong key), 404 (unknown model).
+// Usage: node client.mjs http://127.0.0.1:PORT/v1 API_KEY ; prints "ok" and exits 0 when every check holds.
 import OpenAI from 'openai';
 
-const client = new OpenAI({ baseURL: process.argv[2], apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+const options = { baseURL: process.argv[2], maxRetries: 0, timeout: 60000 };
+const client = new OpenAI({ ...options, apiKey: process.argv[3] });
 const model = 'ref-5m';
 const check = (cond, what) => {
   if (!cond) {
@@ -14,6 +16,34 @@ const check = (cond, what) => {
 
 const models = await client.models.list();
 check(models.data.length === 1 && models.data[0].id === model, `models.list: ${JSON.stringify(models.data)}`);
+const card = await client.models.retrieve(model);
+check(card.id === model && card.object === 'model', `models.retrieve: ${JSON.stringify(card)}`);
+
+// The error classes the client raises for what the server answers.
+const expectError = async (what, call, cls, status, code) => {
+  try {
+    await call();
+    check(false, `${what} succeeded`);
+  } catch (e) {
+    check(e instanceof cls, `${what}: expected ${cls.name}, got ${e}`);
+    check(e.status === status && e.code === code, `${what}: ${e.status} ${JSON.stringify(e.error)}`);
+  }
+};
+const wrongKey = new OpenAI({ ...options, apiKey: 'wrong-key' });
+await expectError('a wrong API key', () => wrongKey.models.list(), OpenAI.AuthenticationError, 401, 'invalid_api_key');
+await expectError('a wrong API key', () => wrongKey.completions.create({ model, prompt: 'x', max_tokens: 1 }),
+  OpenAI.AuthenticationError, 401, 'invalid_api_key');
+await expectError('an unknown model', () => client.completions.create({ model: 'gpt-x', prompt: 'x', max_tokens: 1 }),
+  OpenAI.NotFoundError, 404, 'model_not_found');
+await expectError('retrieving an unknown model', () => client.models.retrieve('gpt-x'), OpenAI.NotFoundError, 404, 'model_not_found');
+
+const three = await client.chat.completions.create({
+  model, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 5, temperature: 1, seed: 3, n: 3, logprobs: true,
+});
+check(three.choices.length === 3 && three.choices.every((c, i) => c.index === i && c.message.role === 'assistant'),
+  `n=3: ${JSON.stringify(three.choices)}`);
+const tokens = three.choices.reduce((sum, c) => sum + c.logprobs.content.length, 0);
+check(three.usage.completion_tokens === tokens, `n=3 usage ${JSON.stringify(three.usage)} for ${tokens} tokens`);
 
 const c = await client.completions.create({ model, prompt: 'In the beginning', max_tokens: 8, temperature: 0 });
 check(c.object === 'text_completion' && c.choices[0].text.length > 0, `completion: ${JSON.stringify(c)}`);
