@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 PKGS="build-essential cmake pkg-config libopenblas-dev liblapacke-dev nlohmann-json3-dev libcpp-httplib-dev
       libpcre2-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
-      python3-numpy python3-torch clang libclang-rt-14-dev"
+      python3-numpy python3-torch clang libclang-rt-14-dev librsvg2-bin"
 missing=$(for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 # Node.js may come from elsewhere (e.g. NodeSource, whose nodejs bundles npm and conflicts with
 # Debian's npm package): install Debian's only when the commands are absent.

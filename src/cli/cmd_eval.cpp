@@ -2,13 +2,12 @@
 // token and decode speed (eval/sweep.h), written as CSV, JSON and SVG plots into an output dir.
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
-#include <fstream>
 #include <iostream>
 
 #include "cli/common.h"
 #include "core/mapped_file.h"
 #include "core/thread_pool.h"
+#include "eval/report.h"
 #include "eval/sweep.h"
 #if defined(ATP_CUDA)
 #include "cuda/backend.h"
@@ -17,18 +16,6 @@
 namespace atp::cli {
 
 namespace {
-
-// The CPU model as lscpu prints it (first "model name" of /proc/cpuinfo).
-std::string MachineName() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
-    }
-  return "unknown";
-}
 
 // "[#####.....]  45%  eta 3m12s  <what>" redrawn in place on stderr.
 class ProgressBar {
@@ -63,7 +50,7 @@ class ProgressBar {
 void AddEval(CLI::App& app, Runner* run) {
   struct Opts {
     CommonFlags f;
-    std::string file, retrieval, out = "eval-out", basis;
+    std::string file, retrieval, out = "eval-out", basis, replot;
     std::vector<std::string> policies, budgets;
     SweepOptions s;
     bool no_ppl = false, no_retrieval = false, no_speed = false;
@@ -78,6 +65,8 @@ void AddEval(CLI::App& app, Runner* run) {
   o->s.speed.repeats = 5;
   auto* cmd = app.add_subcommand("eval", "sweep KV policies x budgets: perplexity, retrieval accuracy, KV bytes, decode speed");
   AddModelFlags(cmd, &o->f, false);
+  cmd->get_option("--model")->required(false);  // not with --replot (checked when run)
+  cmd->add_option("--replot", o->replot, "redraw the SVG plots of an earlier sweep from DIR/sweep.json (runs nothing)");
   cmd->add_option("-f,--file", o->file, "evaluation text for perplexity (DESIGN.md 5)");
   cmd->add_option("--retrieval", o->retrieval, "retrieval cases, JSON lines {prompt, answer, kind, prompt_tokens}");
   cmd->add_option("-o,--out", o->out, "output directory for sweep.csv, sweep.json and the SVG plots")->capture_default_str();
@@ -102,6 +91,23 @@ void AddEval(CLI::App& app, Runner* run) {
       ->capture_default_str();
   cmd->callback([o, run] {
     *run = [o]() -> int {
+      if (!o->replot.empty()) {
+        const std::string path = o->replot + "/sweep.json";
+        auto text = ReadFile(path);
+        if (!text.ok()) return Fail("eval", text.status());
+        const nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
+        if (j.is_discarded() || !j.is_object() || !j.contains("results"))
+          return Fail("eval", Status::InvalidArgument(path + ": not a sweep.json (an object with \"results\")"));
+        auto rows = SweepRowsFromJson(j["results"]);
+        if (!rows.ok()) return Fail("eval", rows.status().WithContext(path + ": "));
+        nlohmann::json meta = j;
+        meta.erase("results");
+        Status w = WriteSweepPlots(o->replot, *rows, meta);
+        if (!w.ok()) return Fail("eval", w);
+        std::cerr << "atp eval: redrew the plots in " << o->replot << "\n";
+        return 0;
+      }
+      if (o->f.model.empty()) return Fail("eval", Status::InvalidArgument("-m/--model is required (unless --replot)"));
       SweepOptions s = o->s;
       s.run_ppl = !o->no_ppl;
       s.run_retrieval = !o->no_retrieval && !o->retrieval.empty();
@@ -156,17 +162,18 @@ void AddEval(CLI::App& app, Runner* run) {
       nlohmann::json meta = {{"model", o->f.model},
                              {"file", s.run_ppl ? nlohmann::json(o->file) : nlohmann::json(nullptr)},
                              {"retrieval_file", s.run_retrieval ? nlohmann::json(o->retrieval) : nlohmann::json(nullptr)},
-                             {"machine", MachineName()},
+                             {"machine", CpuModelName()},
+                             {"host", HostName()},
                              {"device", o->f.device},
                              {"threads", ThreadPool::Global().size()},
                              {"context", s.ppl.context},
                              {"scored_per_window", s.ppl.scored},
+                             {"chunked", s.ppl.chunked},
                              {"max_windows", s.ppl.max_windows},
                              {"max_cases", s.retrieval.max_cases},
                              {"speed_context", s.speed.context},
                              {"kv_bytes_per_token_dense", 2.0 * c.kv_dim() * sizeof(float) * c.num_layers}};
-      const std::string name = std::filesystem::path(o->f.model).lexically_normal().filename().string();
-      Status w = WriteSweep(o->out, *rows, meta, "KV compression on " + (name.empty() ? o->f.model : name));
+      Status w = WriteSweep(o->out, *rows, meta);
       if (!w.ok()) return Fail("eval", w);
       if (o->f.json) {
         meta["results"] = SweepRowsJson(*rows);
