@@ -255,7 +255,7 @@ TEST(SvgPlot, EvalAndAnalyzeFiguresAreReadable) {
       "eval -m '" + testing::kRefModel + "' -f '" + testing::kValidText + "' --retrieval '" + testing::kShared +
       "/data/valid_retrieval.jsonl' -o '" + out.path() + "' --kv dense --kv dense:dtype=bf16 --kv mx:fmt=fp8_e4m3 --kv mx:fmt=fp4"
       " --kv 'snapkv:budget={b}' --kv 'streaming:budget={b}' --kv 'atp:block=16,rank={b},window=16' --budgets 4,8,16"
-      " --context 48 --scored 8 --max-windows 1 --max-cases 2 --speed-context 32 --speed-tokens 2 --speed-repeats 1 -t 2");
+      " --window-context 48 --scored 8 --max-windows 1 --max-cases 2 --decode-context 32 --decode-tokens 2 --decode-repeats 1 -t 2");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const char* f : {"quality_vs_bytes.svg", "speed_vs_bytes.svg"}) {
     const std::string svg = testing::Slurp(out / f);

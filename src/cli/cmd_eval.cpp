@@ -67,22 +67,23 @@ void AddEval(CLI::App& app, Runner* run) {
   AddModelFlags(cmd, &o->f, false);
   cmd->get_option("--model")->required(false);  // not with --replot (checked when run)
   cmd->add_option("--replot", o->replot, "redraw the SVG plots of an earlier sweep from DIR/sweep.json (runs nothing)");
-  cmd->add_option("-f,--file", o->file, "evaluation text for perplexity (DESIGN.md 5)");
+  cmd->add_option("-f,--file", o->file, "evaluation text for perplexity (protocol: docs/evaluation.md)");
   cmd->add_option("--retrieval", o->retrieval, "retrieval cases, JSON lines {prompt, answer, kind, prompt_tokens}");
   cmd->add_option("-o,--out", o->out, "output directory for sweep.csv, sweep.json and the SVG plots")->capture_default_str();
   cmd->add_option("--kv", o->policies, "policy to sweep (repeatable); '{b}' is replaced by each of --budgets; default: the built-in sweep");
   cmd->add_option("--budgets", o->budgets, "values for '{b}' in --kv policies, e.g. 64,128,256")->delimiter(',');
   cmd->add_option("--lowrank-basis", o->basis, "basis from `atp calibrate` (on text other than -f): adds lowrank entries to the default sweep");
-  cmd->add_option("--context", o->s.ppl.context, "prefilled context tokens C per perplexity window")->capture_default_str();
+  cmd->add_option("--window-context", o->s.ppl.context, "prefilled context tokens C per perplexity window")->capture_default_str();
   cmd->add_option("--scored", o->s.ppl.scored, "scored tokens S per window")->capture_default_str();
   cmd->add_option("--max-windows", o->s.ppl.max_windows, "perplexity windows per policy (0: all)")->capture_default_str();
   cmd->add_flag("--chunked", o->s.ppl.chunked,
                 "score each window's S tokens as one causal chunk (faster; not for eviction policies, which evict between steps)");
   cmd->add_option("--max-cases", o->s.retrieval.max_cases, "retrieval cases per policy (0: all)")->capture_default_str();
   cmd->add_option("--extra-tokens", o->s.retrieval.extra_tokens, "tokens generated beyond the answer's length")->capture_default_str();
-  cmd->add_option("--speed-context", o->s.speed.context, "tokens in the cache before timed decode steps")->capture_default_str();
-  cmd->add_option("--speed-tokens", o->s.speed.decode_tokens, "timed decode steps per repeat")->capture_default_str();
-  cmd->add_option("--speed-repeats", o->s.speed.repeats, "repeats (the median step is reported)")->capture_default_str();
+  cmd->add_option("--decode-context", o->s.speed.context, "decode speed: tokens in the cache before the timed decode steps")
+      ->capture_default_str();
+  cmd->add_option("--decode-tokens", o->s.speed.decode_tokens, "decode speed: timed decode steps per repeat")->capture_default_str();
+  cmd->add_option("--decode-repeats", o->s.speed.repeats, "decode speed: repeats (the median step is reported)")->capture_default_str();
   cmd->add_flag("--no-perplexity", o->no_ppl, "skip perplexity");
   cmd->add_flag("--no-retrieval", o->no_retrieval, "skip retrieval");
   cmd->add_flag("--no-speed", o->no_speed, "skip decode speed");
