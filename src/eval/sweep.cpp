@@ -172,18 +172,24 @@ bool HasData(const PlotPanel& p) {
 // "KV compression on MODEL" and what was measured where, from a sweep's meta (keys cmd_eval writes;
 // absent ones are left out).
 PlotFigure Header(const std::vector<SweepRow>& rows, const nlohmann::json& meta) {
-  auto str = [&](const char* k) { return meta.contains(k) && meta[k].is_string() ? meta[k].get<std::string>() : std::string(); };
-  auto num = [&](const char* k) { return meta.contains(k) && meta[k].is_number() ? std::to_string(meta[k].get<int64_t>()) : std::string(); };
+  auto str = [&](const char* k) {
+    return meta.contains(k) && meta[k].is_string() ? meta[k].get<std::string>() : std::string();
+  };
+  auto num = [&](const char* k) {
+    return meta.contains(k) && meta[k].is_number() ? std::to_string(meta[k].get<int64_t>()) : std::string();
+  };
   PlotFigure f;
   f.title = "KV compression on " + ShortName(str("model"));
   int windows = 0, cases = 0;
   for (auto& r : rows) windows = std::max(windows, r.windows), cases = std::max(cases, r.cases);
   std::string line;
-  if (!str("file").empty() && windows > 0)
-    line = "perplexity: " + ShortName(str("file")) + ", " + std::to_string(windows) + (windows == 1 ? " window of " : " windows of ") + num("context") + " context + " +
-           num("scored_per_window") + " scored tokens" +
-           (!meta.contains("chunked") ? "" : meta["chunked"] == true ? " (chunked)" : " (decode steps)");
-  if (!str("retrieval_file").empty() && cases > 0) line += (line.empty() ? "" : "; ") + ("retrieval: " + ShortName(str("retrieval_file")) + ", " + std::to_string(cases) + " cases");
+  if (!str("file").empty() && windows > 0) {
+    const std::string how = !meta.contains("chunked") ? "" : meta["chunked"] == true ? " (chunked)" : " (decode steps)";
+    line = "perplexity: " + ShortName(str("file")) + ", " + std::to_string(windows) + (windows == 1 ? " window of " : " windows of ") +
+           num("context") + " context + " + num("scored_per_window") + " scored tokens" + how;
+  }
+  if (!str("retrieval_file").empty() && cases > 0)
+    line += (line.empty() ? "" : "; ") + ("retrieval: " + ShortName(str("retrieval_file")) + ", " + std::to_string(cases) + " cases");
   if (!line.empty()) f.subtitle.push_back(line);
   line = "machine: " + (str("machine").empty() ? "unknown CPU" : str("machine"));
   if (!str("host").empty()) line += " (host " + str("host") + ")";
