@@ -189,6 +189,7 @@ TEST(SvgPlot, SyntheticFigureIsReadable) {
     q.series.push_back({"family " + std::to_string(i), {800.0 + 500 * i}, {44.0 + 0.2 * i}, {"x"}, false});
   PlotPanel s{"Spectrum", "rank r (log scale)", "energy", {}, true};
   s.y_min = 0, s.y_max = 1;
+  s.y_guides = {{0.9, "90%"}, {0.99, "99%"}, {1.5, "out of range: not drawn"}};
   PlotSeries line{"layer 0", {}, {}, {}, true};
   for (int r = 1; r <= 128; ++r) line.x.push_back(r), line.y.push_back(1 - std::exp(-r / 20.0));
   s.series.push_back(line);
@@ -202,6 +203,7 @@ TEST(SvgPlot, SyntheticFigureIsReadable) {
   for (auto& t : g.strings) EXPECT_NE(t, "150") << "the y axis should not stretch to the outliers";
   EXPECT_TRUE(has("fp4") && has("nvfp4") && has("f32")) << "format points are labelled";
   EXPECT_TRUE(has("Pareto frontier") && has("off scale (value shown)"));
+  EXPECT_TRUE(has("90%") && has("99%") && !has("out of range: not drawn"));
   // Nice log ticks: 1, 2, 3 or 5 x 10^k; never "-0".
   for (const char* t : {"1000", "2000", "5000", "1", "10", "100"}) EXPECT_TRUE(has(t)) << t;
   for (auto& t : g.strings) EXPECT_NE(t, "-0");
@@ -284,7 +286,7 @@ TEST(SvgPlot, CommittedFiguresAreReadable) {
   for (auto& e : std::filesystem::recursive_directory_iterator(ATP_SOURCE_DIR "/docs")) {
     if (e.path().extension() != ".svg") continue;
     ExpectReadable(testing::Slurp(e.path().string()), e.path().string());
-    const std::string copy = d / ("f" + std::to_string(n++) + ".svg");
+    const std::string copy = d / (std::to_string(n++) + ".svg");
     std::filesystem::copy_file(e.path(), copy);
     ExpectRenders(copy);
   }

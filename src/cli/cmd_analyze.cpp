@@ -41,6 +41,7 @@ void AddAnalyze(CLI::App& app, Runner* run) {
       PlotPanel pk{"Post-RoPE keys, per KV head", px.x_label, px.y_label, {}, true};
       px.y_min = pk.y_min = 0;
       px.y_max = pk.y_max = 1;
+      px.y_guides = pk.y_guides = {{0.9, "90%"}, {0.99, "99%"}};  // the energies the rank table reports
       for (size_t i = 0; i < r->size(); ++i) {
         const LayerSpectrum& s = (*r)[i];
         layers.push_back({{"layer", i}, {"input_energy", s.input_energy}, {"key_energy", s.key_energy},

@@ -405,6 +405,13 @@ std::string RenderSvg(const PlotFigure& fig) {
     const double yl_x = ox + 10 + kAxisSize * kAscent, yl_y = top + kPlotH / 2;
     svg.Text(yl_x, yl_y, P.y_label, kAxisSize, 'm', " transform=\"rotate(-90," + F(yl_x) + "," + F(yl_y) + ")\"");
 
+    std::vector<std::pair<double, std::string>> guides;  // (screen y, label) of the guides in range
+    for (auto& [gy, text] : P.y_guides) {
+      const double f = R.ya.Frac(gy);
+      if (f < 0 || f > 1) continue;
+      guides.push_back({bottom - f * kPlotH, text});
+      svg.Line(x0, guides.back().first, x1, guides.back().first, "stroke=\"#888\" stroke-dasharray=\"1.5,2.5\"");
+    }
     if (P.better != 0) {
       std::vector<Pt> f;
       for (auto& q : Frontier(R.series, P.better)) f.push_back({X(q.x), bottom - R.ya.Frac(q.y) * kPlotH});
@@ -432,6 +439,7 @@ std::string RenderSvg(const PlotFigure& fig) {
         labels.AddObstacle({X(p.x) - ext, Y(p) - ext, X(p.x) + ext, Y(p) + ext});
       }
     }
+    for (auto& [gy, text] : guides) labels.Place(text, x0 + 3 - (kMarkerR + 2), gy, "#555");  // at the left edge
     // Labels: none where every point has the same value (they would only stack on one line),
     // except off-scale values. Off-scale values first (they carry a number the axis cannot show), then the
     // points of marker-only series (their names live only in the labels), then the rest.

@@ -6,6 +6,7 @@
 #pragma once
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace atp {
@@ -28,6 +29,8 @@ struct PlotPanel {
   // beyond it are drawn as arrows at the panel's edge, labelled with their value.
   bool clip_outliers = false;
   double y_min = NAN, y_max = NAN;  // fixed y range ends where finite (e.g. 0 and 1 for fractions)
+  // Dotted horizontal reference lines {y, label}, labelled at the panel's left edge (e.g. {0.9, "90%"}).
+  std::vector<std::pair<double, std::string>> y_guides = {};
 };
 
 struct PlotFigure {
