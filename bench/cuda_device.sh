@@ -68,7 +68,7 @@ tests() {
     tail -2 | tee "$OUT/generate.json"
 }
 bench_one() {  # kv context repeats prompt_tokens
-  timeout 150 $atp bench -m /tmp/l1b --device cuda --kv "$1" --prompt-tokens "$4" --context "$2" --decode-tokens ${DECODE:-32} \
+  timeout 150 $atp bench -m /tmp/l1b --device cuda --kv "$1" --prompt-tokens "$4" --decode-context "$2" --decode-tokens ${DECODE:-32} \
     --repeats "$3" --json 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl"
 }
 # bench: prefill of the context length itself; decode_only: a 1024-token prefill (prefill unchanged).
@@ -104,7 +104,7 @@ ncu_steps() {
   [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
   timeout 300 ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
     --launch-skip ${NCU_SKIP:-3000} --launch-count ${NCU_COUNT:-400} $atp bench -m /tmp/l1b --device cuda \
-    --kv ${NCU_KV:-dense:dtype=bf16} --prompt-tokens 1024 --context 1024 --decode-tokens 64 --repeats 1 --json \
+    --kv ${NCU_KV:-dense:dtype=bf16} --prompt-tokens 1024 --decode-context 1024 --decode-tokens 64 --repeats 1 --json \
     >/tmp/ncu.csv 2>/tmp/ncu.err; tail -2 /tmp/ncu.err
   cp /tmp/ncu.csv "$OUT/" && python3 bench/ncu_steps.py /tmp/ncu.csv | tee "$OUT/ncu_steps.txt"
 }
@@ -115,7 +115,7 @@ ncu_sections() {
   timeout 300 ncu --cache-control none --kernel-name regex:${NCU_KERNEL:-GemvKernel} --launch-skip ${NCU_SKIP:-1300} \
     --launch-count ${NCU_COUNT:-4} --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis $atp bench -m /tmp/l1b --device cuda --kv dense:dtype=bf16 --prompt-tokens ${NCU_CONTEXT:-1024} \
-    --context ${NCU_CONTEXT:-1024} --decode-tokens 64 --repeats 1 --json >"$OUT/ncu_sections.txt" 2>&1
+    --decode-context ${NCU_CONTEXT:-1024} --decode-tokens 64 --repeats 1 --json >"$OUT/ncu_sections.txt" 2>&1
   grep -E "Gemv|Decode|Duration|Throughput|Occupancy|Registers|Stall|Active Warps|Block Limit|Waves|Bandwidth|Hit" "$OUT/ncu_sections.txt" | head -150
 }
 

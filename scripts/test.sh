@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds (Release) and runs the whole test suite.
+# Installs the test dependencies (scripts/setup.sh --test), builds everything (Release: atp, the
+# test suite, the micro-benchmarks, and the CUDA backend where a CUDA toolkit is found) and runs
+# the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+./scripts/setup.sh --test
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DATP_BUILD_TESTS=ON -DATP_BUILD_BENCH=ON -DATP_CUDA=ON
 cmake --build build -j2
 ctest --test-dir build --output-on-failure -j2 --timeout 600

@@ -78,7 +78,18 @@ TEST(Cli, HelpOnEverySubcommand) {
     CmdResult r = RunAtp(s + " --help");
     EXPECT_EQ(r.exit_code, 0) << s << " --help: " << r.err;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << s << " --help printed: " << r.out;
+    // Help cites only documents a clone has (docs/), and no flag is spelled --context: it meant the
+    // perplexity window's context in one command and the decode context in another (-c/--ctx is the limit).
+    EXPECT_EQ(r.out.find("DESIGN.md"), std::string::npos) << s << " --help: " << r.out;
+    EXPECT_EQ(r.out.find("--context "), std::string::npos) << s << " --help: " << r.out;
   }
+}
+
+TEST(Cli, Version) {
+  CmdResult r = RunAtp("--version");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("atp 0.1.0", 0), 0u) << r.out;  // the CMake project version, then `git describe` if known
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
 }
 
 class CliTiny : public ::testing::Test {
@@ -132,7 +143,7 @@ TEST_F(CliTiny, InspectJson) {
 
 TEST_F(CliTiny, BenchJson) {
   json j = OneJsonObject(RunAtp("bench " + M() +
-                                " --prompt-tokens 16 --context 16 --decode-tokens 2 --repeats 1 --roofline --json"));
+                                " --prompt-tokens 16 --decode-context 16 --decode-tokens 2 --repeats 1 --roofline --json"));
   ExpectFields(j, {"prefill_tok_s", "decode_tok_s", "context", "threads", "kv", "kv_bytes_per_token", "roofline_fraction"});
   EXPECT_EQ(j.value("context", 0), 16);
   EXPECT_GT(j.value("prefill_tok_s", 0.0), 0);
@@ -148,13 +159,42 @@ TEST_F(CliTiny, BenchJson) {
 // one dense f32 row pair (2 * kv_dim 32 * 4 bytes * 2 layers) to the bytes a decode step reads.
 TEST_F(CliTiny, BenchRandomFillHoldsTheContext) {
   auto bytes_read = [&](int context) {
-    json j = OneJsonObject(RunAtp("bench " + M() + " --random-fill --prompt-tokens 4 --context " +
+    json j = OneJsonObject(RunAtp("bench " + M() + " --random-fill --prompt-tokens 4 --decode-context " +
                                   std::to_string(context) + " --decode-tokens 3 --repeats 1 --json"));
     EXPECT_TRUE(j.value("random_fill", false));
     EXPECT_GT(j.value("decode_tok_s", 0.0), 0);
     return j.value("bytes_per_decode_token", 0.0);
   };
   EXPECT_DOUBLE_EQ(bytes_read(200) - bytes_read(100), 100 * 2.0 * 32 * 4 * 2);
+}
+
+// Without --json, bench prints lines for people; JSON only with --json.
+TEST_F(CliTiny, BenchPrintsATableWithoutJson) {
+  CmdResult r = RunAtp("bench " + M() + " --prompt-tokens 8 --decode-context 8 --decode-tokens 2 --repeats 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.find('{'), std::string::npos) << r.out;
+  for (const char* s : {"prefill  8 tokens", "decode   after 8 tokens", "tok/s", "ms/token", "512 KV bytes/token"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << " not in:\n" << r.out;
+}
+
+// calibrate writes NAME.kv_basis.safetensors into the current directory, not into the model's
+// directory unless --into-model asks (where `--kv lowrank` without file= looks).
+TEST_F(CliTiny, CalibrateWritesIntoTheCurrentDirectory) {
+  testing::TempDir cwd("calib_cwd");
+  const std::string text = cwd / "calib.txt";
+  std::string words;
+  for (int i = 0; i < 200; ++i) words += "word" + std::to_string(i % 37) + " ";
+  testing::WriteString(text, words);
+  const std::string model_basis = dir_->path() + "/kv_basis.safetensors";
+  const std::string run = "cd '" + cwd.path() + "' && '" + ATP_BINARY + "' calibrate " + M() + " -f '" + text +
+                          "' --window 32 --max-windows 1 2>/dev/null";
+  ASSERT_EQ(std::system(run.c_str()), 0);
+  const std::string name = std::filesystem::path(dir_->path()).filename().string();
+  EXPECT_TRUE(std::filesystem::exists(cwd / (name + ".kv_basis.safetensors")));
+  EXPECT_FALSE(std::filesystem::exists(model_basis));
+  ASSERT_EQ(std::system((run + " --into-model").c_str()), 0);
+  EXPECT_TRUE(std::filesystem::exists(model_basis));
+  std::filesystem::remove(model_basis);
 }
 
 // Writes `text` to a file in the suite's directory and returns a shell redirect of stdin from it.
@@ -225,7 +265,7 @@ TEST_F(CliTiny, GeneratePromptFromFileOrStdin) {
 // norms stay f32 and the KV bytes are the same for the same context.
 TEST_F(CliTiny, WeightsFlagQuantizesAtLoad) {
   auto bytes_read = [&](const std::string& weights) {
-    json j = OneJsonObject(RunAtp("bench " + M() + weights + " --prompt-tokens 8 --context 8 --decode-tokens 2 --repeats 1 --json"));
+    json j = OneJsonObject(RunAtp("bench " + M() + weights + " --prompt-tokens 8 --decode-context 8 --decode-tokens 2 --repeats 1 --json"));
     EXPECT_GT(j.value("decode_tok_s", 0.0), 0);
     return j.value("bytes_per_decode_token", 0.0);
   };

@@ -50,8 +50,8 @@ TEST(EvalCli, TinySweepWritesCsvJsonAndPlots) {
   TempDir out("eval_out");
   const std::string args = "eval -m '" + testing::kRefModel + "' -f '" + testing::kValidText + "' --retrieval '" +
                            testing::kShared + "/data/valid_retrieval.jsonl' -o '" + out.path() +
-                           "' --kv dense --kv 'snapkv:budget={b}' --budgets 24 --context 48 --scored 8 --max-windows 1"
-                           " --max-cases 2 --speed-context 32 --speed-tokens 2 --speed-repeats 1 -t 2 --json";
+                           "' --kv dense --kv 'snapkv:budget={b}' --budgets 24 --window-context 48 --scored 8 --max-windows 1"
+                           " --max-cases 2 --decode-context 32 --decode-tokens 2 --decode-repeats 1 -t 2 --json";
   testing::CmdResult r = RunAtp(args);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // stdout: exactly one JSON object, the same as sweep.json.

@@ -346,14 +346,14 @@ TEST(GgufCli, ConvertBackToADirectoryRoundTrips) {
 }
 
 // A .gguf is a file, so files that commands keep beside a model go next to it:
-// `atp calibrate -m x.gguf` writes x.gguf.kv_basis.safetensors, where `--kv lowrank` looks by default.
+// `atp calibrate -m x.gguf --into-model` writes x.gguf.kv_basis.safetensors, where `--kv lowrank` looks by default.
 TEST(GgufCli, CalibrationFileSitsBesideTheGguf) {
   ATP_SKIP_WITHOUT_SHARED();
   testing::TempDir tmp("gguf_calib");
   const std::string model = tmp / "m.gguf", text = tmp / "t.txt";
   ASSERT_TRUE(ConvertToGguf(kRefModel, model, gguf::GgmlType::kF32).ok());
   testing::WriteString(text, testing::Slurp(testing::kValidText).substr(0, 8000));
-  auto c = testing::RunAtp("calibrate -m '" + model + "' -f '" + text + "' --window 256 --max-windows 2");
+  auto c = testing::RunAtp("calibrate -m '" + model + "' -f '" + text + "' --window 256 --max-windows 2 --into-model");
   ASSERT_EQ(c.exit_code, 0) << c.err;
   EXPECT_TRUE(fs::exists(model + ".kv_basis.safetensors"));
   auto p = testing::RunAtp("perplexity --json -m '" + model + "' -f '" + text + "' --kv lowrank:rk=8,rv=8");

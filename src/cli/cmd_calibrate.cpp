@@ -4,6 +4,7 @@
 #include "cli/common.h"
 #include "core/mapped_file.h"
 #include "eval/calibrate.h"
+#include "eval/report.h"
 
 namespace atp::cli {
 
@@ -11,13 +12,19 @@ void AddCalibrate(CLI::App& app, Runner* run) {
   struct Opts {
     CommonFlags f;
     std::string file, out;
+    bool into_model = false;
     CalibrateOptions c;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("calibrate", "compute lowrank KV bases from a calibration text (use text other than your evaluation text)");
   AddModelFlags(cmd, &o->f, false);
   cmd->add_option("-f,--file", o->file, "calibration text")->required();
-  cmd->add_option("-o,--out", o->out, "output file (default: MODEL/kv_basis.safetensors, or MODEL.kv_basis.safetensors for a .gguf)");
+  auto* out = cmd->add_option("-o,--out", o->out,
+                              "output file (default: NAME.kv_basis.safetensors in the current directory, NAME the "
+                              "model's directory or file name)");
+  cmd->add_flag("--into-model", o->into_model,
+                "write MODEL/kv_basis.safetensors (MODEL.kv_basis.safetensors for a .gguf), where `--kv lowrank` without file= looks")
+      ->excludes(out);
   cmd->add_option("--window", o->c.window, "tokens per forward window")->capture_default_str();
   cmd->add_option("--max-windows", o->c.max_windows, "windows to use (0: all)")->capture_default_str();
   cmd->callback([o, run] {
@@ -30,11 +37,13 @@ void AddCalibrate(CLI::App& app, Runner* run) {
         std::cerr << "\rcalibrate: window " << d << "/" << t << (d == t ? "\n" : "") << std::flush;
       });
       if (!b.ok()) return Fail("calibrate", b.status());
-      std::string out = o->out.empty() ? DefaultKvBasisPath(o->f.model) : o->out;
+      const std::string out = o->into_model       ? DefaultKvBasisPath(o->f.model)
+                              : !o->out.empty() ? o->out
+                                                : ShortName(o->f.model) + ".kv_basis.safetensors";
       Status s = WriteKvBasis(out, *b);
       if (!s.ok()) return Fail("calibrate", s);
       if (o->f.json) PrintJson({{"model", o->f.model}, {"file", o->file}, {"out", out}, {"layers", b->layers}});
-      else std::cerr << "calibrate: wrote " << out << "\n";
+      else std::cerr << "calibrate: wrote " << out << (o->into_model ? "" : " (use it as --kv lowrank:...,file=" + out + ")") << "\n";
       return 0;
     };
   });

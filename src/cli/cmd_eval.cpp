@@ -2,13 +2,12 @@
 // token and decode speed (eval/sweep.h), written as CSV, JSON and SVG plots into an output dir.
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
-#include <fstream>
 #include <iostream>
 
 #include "cli/common.h"
 #include "core/mapped_file.h"
 #include "core/thread_pool.h"
+#include "eval/report.h"
 #include "eval/sweep.h"
 #if defined(ATP_CUDA)
 #include "cuda/backend.h"
@@ -17,18 +16,6 @@
 namespace atp::cli {
 
 namespace {
-
-// The CPU model as lscpu prints it (first "model name" of /proc/cpuinfo).
-std::string MachineName() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
-    }
-  return "unknown";
-}
 
 // "[#####.....]  45%  eta 3m12s  <what>" redrawn in place on stderr.
 class ProgressBar {
@@ -63,7 +50,7 @@ class ProgressBar {
 void AddEval(CLI::App& app, Runner* run) {
   struct Opts {
     CommonFlags f;
-    std::string file, retrieval, out = "eval-out", basis;
+    std::string file, retrieval, out = "eval-out", basis, replot;
     std::vector<std::string> policies, budgets;
     SweepOptions s;
     bool no_ppl = false, no_retrieval = false, no_speed = false;
@@ -78,22 +65,25 @@ void AddEval(CLI::App& app, Runner* run) {
   o->s.speed.repeats = 5;
   auto* cmd = app.add_subcommand("eval", "sweep KV policies x budgets: perplexity, retrieval accuracy, KV bytes, decode speed");
   AddModelFlags(cmd, &o->f, false);
-  cmd->add_option("-f,--file", o->file, "evaluation text for perplexity (DESIGN.md 5)");
+  cmd->get_option("--model")->required(false);  // not with --replot (checked when run)
+  cmd->add_option("--replot", o->replot, "redraw the SVG plots of an earlier sweep from DIR/sweep.json (runs nothing)");
+  cmd->add_option("-f,--file", o->file, "evaluation text for perplexity (protocol: docs/evaluation.md)");
   cmd->add_option("--retrieval", o->retrieval, "retrieval cases, JSON lines {prompt, answer, kind, prompt_tokens}");
   cmd->add_option("-o,--out", o->out, "output directory for sweep.csv, sweep.json and the SVG plots")->capture_default_str();
   cmd->add_option("--kv", o->policies, "policy to sweep (repeatable); '{b}' is replaced by each of --budgets; default: the built-in sweep");
   cmd->add_option("--budgets", o->budgets, "values for '{b}' in --kv policies, e.g. 64,128,256")->delimiter(',');
   cmd->add_option("--lowrank-basis", o->basis, "basis from `atp calibrate` (on text other than -f): adds lowrank entries to the default sweep");
-  cmd->add_option("--context", o->s.ppl.context, "prefilled context tokens C per perplexity window")->capture_default_str();
+  cmd->add_option("--window-context", o->s.ppl.context, "prefilled context tokens C per perplexity window")->capture_default_str();
   cmd->add_option("--scored", o->s.ppl.scored, "scored tokens S per window")->capture_default_str();
   cmd->add_option("--max-windows", o->s.ppl.max_windows, "perplexity windows per policy (0: all)")->capture_default_str();
   cmd->add_flag("--chunked", o->s.ppl.chunked,
                 "score each window's S tokens as one causal chunk (faster; not for eviction policies, which evict between steps)");
   cmd->add_option("--max-cases", o->s.retrieval.max_cases, "retrieval cases per policy (0: all)")->capture_default_str();
   cmd->add_option("--extra-tokens", o->s.retrieval.extra_tokens, "tokens generated beyond the answer's length")->capture_default_str();
-  cmd->add_option("--speed-context", o->s.speed.context, "tokens in the cache before timed decode steps")->capture_default_str();
-  cmd->add_option("--speed-tokens", o->s.speed.decode_tokens, "timed decode steps per repeat")->capture_default_str();
-  cmd->add_option("--speed-repeats", o->s.speed.repeats, "repeats (the median step is reported)")->capture_default_str();
+  cmd->add_option("--decode-context", o->s.speed.context, "decode speed: tokens in the cache before the timed decode steps")
+      ->capture_default_str();
+  cmd->add_option("--decode-tokens", o->s.speed.decode_tokens, "decode speed: timed decode steps per repeat")->capture_default_str();
+  cmd->add_option("--decode-repeats", o->s.speed.repeats, "decode speed: repeats (the median step is reported)")->capture_default_str();
   cmd->add_flag("--no-perplexity", o->no_ppl, "skip perplexity");
   cmd->add_flag("--no-retrieval", o->no_retrieval, "skip retrieval");
   cmd->add_flag("--no-speed", o->no_speed, "skip decode speed");
@@ -102,6 +92,23 @@ void AddEval(CLI::App& app, Runner* run) {
       ->capture_default_str();
   cmd->callback([o, run] {
     *run = [o]() -> int {
+      if (!o->replot.empty()) {
+        const std::string path = o->replot + "/sweep.json";
+        auto text = ReadFile(path);
+        if (!text.ok()) return Fail("eval", text.status());
+        const nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
+        if (j.is_discarded() || !j.is_object() || !j.contains("results"))
+          return Fail("eval", Status::InvalidArgument(path + ": not a sweep.json (an object with \"results\")"));
+        auto rows = SweepRowsFromJson(j["results"]);
+        if (!rows.ok()) return Fail("eval", rows.status().WithContext(path + ": "));
+        nlohmann::json meta = j;
+        meta.erase("results");
+        Status w = WriteSweepPlots(o->replot, *rows, meta);
+        if (!w.ok()) return Fail("eval", w);
+        std::cerr << "atp eval: redrew the plots in " << o->replot << "\n";
+        return 0;
+      }
+      if (o->f.model.empty()) return Fail("eval", Status::InvalidArgument("-m/--model is required (unless --replot)"));
       SweepOptions s = o->s;
       s.run_ppl = !o->no_ppl;
       s.run_retrieval = !o->no_retrieval && !o->retrieval.empty();
@@ -156,17 +163,18 @@ void AddEval(CLI::App& app, Runner* run) {
       nlohmann::json meta = {{"model", o->f.model},
                              {"file", s.run_ppl ? nlohmann::json(o->file) : nlohmann::json(nullptr)},
                              {"retrieval_file", s.run_retrieval ? nlohmann::json(o->retrieval) : nlohmann::json(nullptr)},
-                             {"machine", MachineName()},
+                             {"machine", CpuModelName()},
+                             {"host", HostName()},
                              {"device", o->f.device},
                              {"threads", ThreadPool::Global().size()},
                              {"context", s.ppl.context},
                              {"scored_per_window", s.ppl.scored},
+                             {"chunked", s.ppl.chunked},
                              {"max_windows", s.ppl.max_windows},
                              {"max_cases", s.retrieval.max_cases},
                              {"speed_context", s.speed.context},
                              {"kv_bytes_per_token_dense", 2.0 * c.kv_dim() * sizeof(float) * c.num_layers}};
-      const std::string name = std::filesystem::path(o->f.model).lexically_normal().filename().string();
-      Status w = WriteSweep(o->out, *rows, meta, "KV compression on " + (name.empty() ? o->f.model : name));
+      Status w = WriteSweep(o->out, *rows, meta);
       if (!w.ok()) return Fail("eval", w);
       if (o->f.json) {
         meta["results"] = SweepRowsJson(*rows);

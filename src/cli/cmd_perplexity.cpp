@@ -14,10 +14,10 @@ void AddPerplexity(CLI::App& app, Runner* run) {
     PerplexityOptions p;
   };
   auto o = std::make_shared<Opts>();
-  auto* cmd = app.add_subcommand("perplexity", "perplexity of a text under the evaluation protocol (DESIGN.md 5)");
+  auto* cmd = app.add_subcommand("perplexity", "perplexity of a text under the evaluation protocol (docs/evaluation.md)");
   AddModelFlags(cmd, &o->f);
   cmd->add_option("-f,--file", o->file, "text file")->required();
-  cmd->add_option("--context", o->p.context, "prefilled context tokens C per window")->capture_default_str();
+  cmd->add_option("--window-context", o->p.context, "prefilled context tokens C per window")->capture_default_str();
   cmd->add_option("--scored", o->p.scored, "scored tokens S per window")->capture_default_str();
   cmd->add_option("--max-windows", o->p.max_windows, "stop after this many windows (0: all)")->capture_default_str();
   cmd->add_flag("--chunked", o->p.chunked, "score each window's S tokens as one causal chunk, not S decode steps");

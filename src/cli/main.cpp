@@ -3,11 +3,13 @@
 #include <iostream>
 #include <string>
 
+#include "atp_version.h"
 #include "cli/common.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"atp: Llama-family inference with pluggable, measured KV-cache policies"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", "atp " ATP_VERSION);
   atp::cli::Runner run;
   atp::cli::AddGenerate(app, &run);
   atp::cli::AddPerplexity(app, &run);

@@ -71,11 +71,18 @@ Result<std::vector<SweepRow>> RunSweep(LlamaModel& model, const Tokenizer& tok, 
 const std::vector<std::string>& SweepColumns();
 std::string SweepCsv(const std::vector<SweepRow>& rows);
 nlohmann::json SweepRowsJson(const std::vector<SweepRow>& rows);
+// Rows back from SweepRowsJson's array (null numbers: NaN), to redraw a sweep's plots.
+Result<std::vector<SweepRow>> SweepRowsFromJson(const nlohmann::json& results);
 // {file name, SVG}: "quality_vs_bytes.svg" (perplexity and retrieval accuracy against KV bytes per
-// token) and "speed_vs_bytes.svg" (decode tokens/s against KV bytes per token).
-std::vector<std::pair<std::string, std::string>> SweepPlots(const std::vector<SweepRow>& rows, const std::string& title);
+// token, with the Pareto frontier; panels without data left out) and "speed_vs_bytes.svg" (decode
+// tokens/s against KV bytes per token), each only when it has data. Titles come from the meta that
+// cmd_eval writes into sweep.json (model, text, windows, retrieval file, machine, host, threads).
+// Within a method, the numeric parameter that varies most is drawn as a line labelled by its values;
+// methods without one (formats, dtypes) as labelled points.
+std::vector<std::pair<std::string, std::string>> SweepPlots(const std::vector<SweepRow>& rows, const nlohmann::json& meta);
+// Writes SweepPlots into dir and removes the plot files it did not write (no stale plot of an earlier sweep).
+Status WriteSweepPlots(const std::string& dir, const std::vector<SweepRow>& rows, const nlohmann::json& meta);
 // Writes sweep.csv, sweep.json ({meta..., "results": rows}) and the plots into dir (created).
-Status WriteSweep(const std::string& dir, const std::vector<SweepRow>& rows, const nlohmann::json& meta,
-                  const std::string& title);
+Status WriteSweep(const std::string& dir, const std::vector<SweepRow>& rows, const nlohmann::json& meta);
 
 }  // namespace atp

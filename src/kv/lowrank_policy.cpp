@@ -252,7 +252,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& sp
   if (!p.online) {
     ATP_ASSIGN_OR_RETURN(std::string file, spec.String("file", DefaultKvBasisPath(model_dir)));
     if (!std::filesystem::exists(file))
-      return Status::NotFound("kv policy 'lowrank': no basis file " + file + " (run `atp calibrate -m MODEL -f TEXT` first, or use mode=online)");
+      return Status::NotFound("kv policy 'lowrank': no basis file " + file + " (run `atp calibrate -m MODEL -f TEXT --into-model` first, pass file=BASIS, or use mode=online)");
     ATP_ASSIGN_OR_RETURN(KvBasis b, ReadKvBasis(file));
     if (p.rk > b.head_dim || p.rv > b.head_dim)
       return Status::InvalidArgument("kv policy 'lowrank': rk and rv must be <= head_dim " + std::to_string(b.head_dim));
