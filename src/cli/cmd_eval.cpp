@@ -9,9 +9,6 @@
 #include "core/thread_pool.h"
 #include "eval/report.h"
 #include "eval/sweep.h"
-#if defined(ATP_CUDA)
-#include "cuda/backend.h"
-#endif
 
 namespace atp::cli {
 
@@ -116,9 +113,7 @@ void AddEval(CLI::App& app, Runner* run) {
       if (s.run_ppl && o->file.empty())
         return Fail("eval", Status::InvalidArgument("-f/--file is required for perplexity (or pass --no-perplexity)"));
       if (!o->no_retrieval && o->retrieval.empty()) std::cerr << "atp eval: no --retrieval file; retrieval skipped\n";
-#if defined(ATP_CUDA)
-      if (o->f.device == "cuda") s.parse_kv = MakeCudaKvFactory;
-#endif
+      s.parse_kv = KvParserFor(o->f.device);
       std::vector<SweepEntry> entries;
       if (o->policies.empty()) {
         entries = DefaultSweep(o->basis);

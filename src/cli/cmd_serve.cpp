@@ -16,9 +16,6 @@
 #include "cli/common.h"
 #include "kv/lowrank_policy.h"
 #include "server/http_server.h"
-#if defined(ATP_CUDA)
-#include "cuda/backend.h"
-#endif
 
 namespace atp::cli {
 
@@ -129,10 +126,8 @@ void AddServe(CLI::App& app, Runner* run) {
       const bool default_template = chat->is_default();
       ServerOptions& s = o->s;
       s.default_kv = o->f.kv;
-#if defined(ATP_CUDA)
       // Requests build their own policies from their kv strings: on the GPU, its policies.
-      if (o->f.device == "cuda") s.parse_kv = MakeCudaKvFactory;
-#endif
+      s.parse_kv = KvParserFor(o->f.device);
       s.scheduler.context = o->f.ctx;
       s.scheduler.kv_memory = *bytes;
       s.shutdown_timeout = std::chrono::milliseconds(int64_t(o->shutdown_timeout * 1000));

@@ -44,6 +44,22 @@ uint64_t ResolveSeed(const CLI::App* cmd, GenerateOptions* g) {
   return g->sampling.seed;
 }
 
+namespace {
+const char kNoCuda[] =
+    "--device cuda: this atp was built without the CUDA backend (configure with a CUDA toolkit and -DATP_CUDA=ON)";
+}  // namespace
+
+KvPolicyParser KvParserFor(const std::string& device) {
+  if (device != "cuda") return [](const std::string& spec, const std::string& dir) { return ParseKvPolicy(spec, dir); };
+#if defined(ATP_CUDA)
+  return MakeCudaKvFactory;
+#else
+  return [](const std::string&, const std::string&) -> Result<std::shared_ptr<KvPolicyFactory>> {
+    return Status::Unsupported(kNoCuda);
+  };
+#endif
+}
+
 Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
   if (f.threads < 0) return Status::InvalidArgument("--threads must be >= 0");
   if (f.ctx < 0) return Status::InvalidArgument("--ctx must be >= 0");
@@ -59,12 +75,11 @@ Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
   ATP_ASSIGN_OR_RETURN(l.model, LlamaModel::Load(f.model, opt));
   if (f.device == "cuda") {
 #if defined(ATP_CUDA)
-    ATP_ASSIGN_OR_RETURN(l.kv, MakeCudaKvFactory(f.kv, f.model));
+    ATP_ASSIGN_OR_RETURN(l.kv, KvParserFor(f.device)(f.kv, f.model));
     ATP_ASSIGN_OR_RETURN(auto backend, MakeCudaBackend(*l.model));
     l.model->SetBackend(std::move(backend));
 #else
-    return Status::Unsupported("--device cuda: this atp was built without the CUDA backend (configure with a CUDA "
-                               "toolkit and -DATP_CUDA=ON)");
+    return Status::Unsupported(kNoCuda);
 #endif
   }
   for (int layer = 0; layer < l.model->config().num_layers; ++layer)

@@ -40,7 +40,13 @@ struct Loaded {
   // A .gguf's tokenizer_config.json text, derived with its tokenizer (empty for a directory).
   std::string gguf_tokenizer_config;
 };
-// Configures threads, loads model, tokenizer (required or not) and the KV policy.
+// How `--device` turns policy strings into policies: the CPU registry (ParseKvPolicy) or the GPU's
+// (MakeCudaKvFactory). The one place, with Load, that knows which backends this build has: a build
+// without CUDA answers "cuda" with a parser that fails saying so.
+KvPolicyParser KvParserFor(const std::string& device);
+
+// Configures threads, loads model, tokenizer (required or not) and the KV policy; with --device cuda
+// the model runs on the GPU backend.
 Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer);
 
 // The chat template of a model directory or .gguf file (ChatTemplate::LoadFromDir's rules); l is what
