@@ -7,6 +7,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/kquant.h"
 #include "core/quant.h"
 #include "core/thread_pool.h"
 #include "kernels/simd.h"
@@ -20,8 +21,7 @@ inline float ScalarW(const void* w, DType t, int64_t i) {
     case DType::kF32: return static_cast<const float*>(w)[i];
     case DType::kBF16: return Bf16ToF32(static_cast<const uint16_t*>(w)[i]);
     case DType::kF16: return F16ToF32(static_cast<const uint16_t*>(w)[i]);
-    case DType::kQ8_0:
-    case DType::kQ4_0: break;  // rows of blocks go through DotRowBlocks
+    default: break;  // rows of blocks go through DotRowBlocks / DotRowDequant
   }
   return 0;
 }
@@ -103,6 +103,28 @@ inline void DotRowBlocks(const uint8_t* w, int64_t in, const float* x, float* y,
     y[r * out] = ReduceAdd(acc[r][0]);
   }
 }
+// Any other block dtype (Q4_1, Q5_x, IQ4_NL, the k-quants): each block is dequantized to f32 by its
+// reference dequantizer (core/kquant.h, the bit-exact form) into a buffer on the stack and used for
+// all R rows. The weights still stream once; the dequantization is the cost over DotRowBlocks.
+template <int R>
+inline void DotRowDequant(const uint8_t* w, int64_t in, const BlockCodec& c, const float* x, float* y, int64_t out) {
+  using namespace simd;
+  alignas(64) float buf[kSuperBlock];
+  Vec acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Zero();
+  for (int64_t b = 0; b < in / c.elems; ++b) {
+    c.to_f32(w + b * int64_t(c.bytes), buf, c.elems);
+    const float* xb = x + b * c.elems;
+    for (int64_t v = 0; v < c.elems; v += 2 * kLanes) {  // elems is a multiple of 32 >= 2 * kLanes
+      const Vec w0 = Load(buf + v), w1 = Load(buf + v + kLanes);
+      for (int r = 0; r < R; ++r) {
+        acc[r][0] = Fma(w0, Load(xb + r * in + v), acc[r][0]);
+        acc[r][1] = Fma(w1, Load(xb + r * in + v + kLanes), acc[r][1]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) y[r * out] = ReduceAdd(Add(acc[r][0], acc[r][1]));
+}
 #else
 template <int R, int U, typename T>
 inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, int64_t out) {
@@ -123,6 +145,17 @@ inline void DotRowBlocks(const uint8_t* w, int64_t in, const float* x, float* y,
   }
   for (int r = 0; r < R; ++r) y[r * out] = s[r];
 }
+
+template <int R>
+inline void DotRowDequant(const uint8_t* w, int64_t in, const BlockCodec& c, const float* x, float* y, int64_t out) {
+  float s[R] = {}, buf[kSuperBlock];
+  for (int64_t b = 0; b < in / c.elems; ++b) {
+    c.to_f32(w + b * int64_t(c.bytes), buf, c.elems);
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = 0; j < c.elems; ++j) s[r] += buf[j] * x[r * in + b * c.elems + j];
+  }
+  for (int r = 0; r < R; ++r) y[r * out] = s[r];
+}
 #endif
 
 // Output rows [b, e) for R rows of x (x: (R, in), y: (R, out) with row stride out).
@@ -134,6 +167,7 @@ void GemvRange(const TensorView& w, const float* x, float* y, int64_t b, int64_t
   const DType t = w.dtype;
   const size_t row_bytes = DTypeBytes(t, in);
   const auto* base = static_cast<const uint8_t*>(w.data);
+  const BlockCodec* codec = FindBlockCodec(t);
   for (int64_t o = b; o < e; ++o) {
     const uint8_t* row = base + size_t(o) * row_bytes;
     switch (t) {
@@ -142,6 +176,7 @@ void GemvRange(const TensorView& w, const float* x, float* y, int64_t b, int64_t
       case DType::kBF16: DotRow<R, U>(reinterpret_cast<const uint16_t*>(row), in, t, x, y + o, out); break;
       case DType::kQ8_0: DotRowBlocks<R, B, DType::kQ8_0>(row, in, x, y + o, out); break;
       case DType::kQ4_0: DotRowBlocks<R, B, DType::kQ4_0>(row, in, x, y + o, out); break;
+      default: DotRowDequant<R>(row, in, *codec, x, y + o, out); break;
     }
   }
 }
@@ -252,7 +287,7 @@ void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
                   static_cast<const float*>(w.data) + b * in, int(in), 0.0f, y + b, int(out));
       return;
     }
-    // f16/bf16/Q8_0/Q4_0 weights: convert a panel of this slice's rows to f32 (about 8 MiB, in cache when
+    // f16/bf16/block weights: convert a panel of this slice's rows to f32 (about 8 MiB, in cache when
     // sgemm reads it), then sgemm it into the matching columns of y. Each sgemm call repacks all
     // of x, so panels are made large enough that this costs a few percent at most.
     const int64_t panel = std::max<int64_t>(16, (int64_t(8) << 20) / (in * 4));

@@ -45,28 +45,6 @@ bool SplitLayer(std::string_view name, std::string_view prefix, std::string* lay
 
 }  // namespace
 
-DType DTypeOfGgml(gguf::GgmlType t) {
-  switch (t) {
-    case gguf::GgmlType::kF32: return DType::kF32;
-    case gguf::GgmlType::kF16: return DType::kF16;
-    case gguf::GgmlType::kBF16: return DType::kBF16;
-    case gguf::GgmlType::kQ8_0: return DType::kQ8_0;
-    case gguf::GgmlType::kQ4_0: return DType::kQ4_0;
-  }
-  return DType::kF32;  // unreachable: the reader admits only the five types
-}
-
-gguf::GgmlType GgmlOfDType(DType t) {
-  switch (t) {
-    case DType::kF32: return gguf::GgmlType::kF32;
-    case DType::kF16: return gguf::GgmlType::kF16;
-    case DType::kBF16: return gguf::GgmlType::kBF16;
-    case DType::kQ8_0: return gguf::GgmlType::kQ8_0;
-    case DType::kQ4_0: return gguf::GgmlType::kQ4_0;
-  }
-  return gguf::GgmlType::kF32;
-}
-
 namespace {
 
 // One direction of the two name tables: `to_gguf` maps Hugging Face names to GGUF's, else back.
