@@ -1,5 +1,7 @@
 #include "core/kquant.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -450,33 +452,35 @@ void QuantQ3_K(const float* x, uint8_t* b) {
   Pack2Bit(low, qs);
 }
 
-// Q4_K/Q5_K's 6-bit scale and min of sub-block s (ggml's get_scale_min_k4).
-void ScaleMinK4(const uint8_t* q, int s, int* sc, int* m) {
-  if (s < 4) {
-    *sc = q[s] & 63;
-    *m = q[s + 4] & 63;
-  } else {
-    *sc = (q[s + 4] & 0xf) | (q[s - 4] >> 6) << 4;
-    *m = (q[s + 4] >> 4) | (q[s] >> 6) << 4;
-  }
+// 8 codes (int32 lanes) -> scale * code - min as ggml computes it: a product, then a difference,
+// each rounded once (no fused multiply-add).
+inline void StoreScaled8(float* y, __m256i code, __m256 scale, __m256 min) {
+  _mm256_storeu_ps(y, _mm256_sub_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(code)), min));
 }
+inline __m256i Bytes8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
 
-// Q4_K (kBits 4) and Q5_K (kBits 5) share everything but the fifth bit.
+// Q4_K (kBits 4) and Q5_K (kBits 5) share everything but the fifth bit. Vectorized (the prefill
+// panels and the GEMV both run through here); the floats are those of the scalar reading
+// y = (d * scale) * q - dmin * min.
 template <int kBits>
 void DequantQK(const uint8_t* b, float* y) {
   const float d = H(b), min = H(b + 2);
   const uint8_t* scales = b + 4;
   const uint8_t* qh = b + 16;
   const uint8_t* qs = b + (kBits == 4 ? 16 : 48);
+  const __m256i low4 = _mm256_set1_epi32(0xf);
   for (int s = 0; s < 8; ++s) {
     int sc, m;
     ScaleMinK4(scales, s, &sc, &m);
-    const float ds = d * float(sc), ms = min * float(m);
+    const __m256 ds = _mm256_set1_ps(d * float(sc)), ms = _mm256_set1_ps(min * float(m));
     const uint8_t* q = qs + 32 * (s / 2);
-    for (int l = 0; l < 32; ++l) {
-      int v = s % 2 == 0 ? q[l] & 0xf : q[l] >> 4;
-      if (kBits == 5) v += (qh[l] >> s & 1) << 4;
-      y[32 * s + l] = ds * float(v) - ms;
+    for (int l = 0; l < 32; l += 8) {
+      __m256i v = _mm256_and_si256(_mm256_srli_epi32(Bytes8(q + l), 4 * (s % 2)), low4);
+      if (kBits == 5) {
+        const __m256i hb = _mm256_and_si256(_mm256_srli_epi32(Bytes8(qh + l), s), _mm256_set1_epi32(1));
+        v = _mm256_or_si256(v, _mm256_slli_epi32(hb, 4));
+      }
+      StoreScaled8(y + 32 * s + l, v, ds, ms);
     }
   }
 }
@@ -530,16 +534,22 @@ void QuantQK(const float* x, uint8_t* b) {
     }
 }
 
+// Vectorized; the floats are those of the scalar reading y = (d * scale) * (code - 32).
 void DequantQ6_K(const uint8_t* b, float* y) {
   const uint8_t *ql = b, *qh = b + 128;
   const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
   const float d = H(b + 208);
-  for (int e = 0; e < 256; ++e) {
-    const int h = e / 128, k = e % 128 / 32, l = e % 32;
-    const uint8_t low = ql[64 * h + l + 32 * (k % 2)];
-    const int code = (k < 2 ? low & 0xf : low >> 4) | (qh[32 * h + l] >> (2 * k) & 3) << 4;
-    y[e] = d * float(sc[8 * h + 2 * k + l / 16]) * float(code - 32);
-  }
+  const __m256i low4 = _mm256_set1_epi32(0xf), two = _mm256_set1_epi32(3), bias = _mm256_set1_epi32(32);
+  const __m256 zero = _mm256_setzero_ps();
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < 32; l += 8) {
+        const __m256i lo = _mm256_and_si256(_mm256_srli_epi32(Bytes8(ql + 64 * h + l + 32 * (k % 2)), k < 2 ? 0 : 4), low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(Bytes8(qh + 32 * h + l), 2 * k), two);
+        const __m256i code = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), bias);
+        const __m256 scale = _mm256_set1_ps(d * float(sc[8 * h + 2 * k + l / 16]));
+        StoreScaled8(y + 128 * h + 32 * k + l, code, scale, zero);  // - 0: exact, keeps one helper
+      }
 }
 
 void QuantQ6_K(const float* x, uint8_t* b) {

@@ -70,4 +70,16 @@ struct BlockCodec {
 // The codec of every block dtype (Q8_0 and Q4_0 included, from core/quant.h); null for f32/f16/bf16.
 const BlockCodec* FindBlockCodec(DType t);
 
+// Q4_K/Q5_K: the 6-bit scale and min of sub-block s < 8 from the block's 12 scale bytes (ggml's
+// get_scale_min_k4; layout above). Inline: the GEMV kernels read it once per sub-block.
+inline void ScaleMinK4(const uint8_t* q, int s, int* sc, int* m) {
+  if (s < 4) {
+    *sc = q[s] & 63;
+    *m = q[s + 4] & 63;
+  } else {
+    *sc = (q[s + 4] & 0xf) | (q[s - 4] >> 6) << 4;
+    *m = (q[s + 4] >> 4) | (q[s] >> 6) << 4;
+  }
+}
+
 }  // namespace atp
