@@ -5,6 +5,7 @@
 // cannot depend on rounding order. A few elements are also checked against numbers worked out by
 // hand. Quantization: all-zero and non-finite blocks, small hand-worked inputs, and the round-trip
 // error on random rows against each format's uniform-quantization noise.
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -349,6 +350,15 @@ TEST(KQuant, NonFiniteInputPoisonsOnlyItsBlock) {
       }
     }
   }
+}
+
+// Q4_1/Q5_1 of a block spanning -FLT_MAX..FLT_MAX: the range overflows f32 and the block is
+// poisoned like a non-finite one (ggml's float-to-int casts are undefined there).
+TEST(KQuant, RangeBeyondF32PoisonsQ4_1AndQ5_1) {
+  std::vector<float> x(32, 0.f);
+  x[3] = FLT_MAX, x[9] = -FLT_MAX;
+  for (DType t : {DType::kQ4_1, DType::kQ5_1})
+    for (float v : RoundTrip(t, x)) EXPECT_TRUE(std::isnan(v)) << DTypeName(t);
 }
 
 // Inputs whose quantization is worked out by hand.

@@ -78,6 +78,11 @@ void QuantMinBlock(const float* x, uint8_t* b) {
   float min = FLT_MAX, max = -FLT_MAX;
   for (int j = 0; j < 32; ++j) min = std::min(min, x[j]), max = std::max(max, x[j]);
   const float d = (max - min) / ((1 << kBits) - 1), id = Inverse(d);
+  if (!std::isfinite(d)) {  // a range beyond f32 (|x| near FLT_MAX): ggml's casts are undefined there
+    std::memset(b, 0, kBits == 4 ? 20 : 24);
+    PutH(b, NAN);
+    return;
+  }
   PutH(b, d);
   PutH(b + 2, min);
   uint8_t q[32];

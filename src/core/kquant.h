@@ -59,7 +59,8 @@ inline constexpr int8_t kIq4NlValues[16] = {-127, -104, -83, -65, -49, -35, -22,
 // (callers check with CheckDTypeCount; the functions abort otherwise).
 // to_f32 is ggml's dequantize_row_*. from_f32 is ggml's reference quantizer; a block holding a
 // non-finite value is written as zeros with a NaN scale, so it decodes to NaN everywhere instead of
-// plausible numbers (ggml's result is undefined there), as core/quant.h does for Q8_0/Q4_0.
+// plausible numbers (ggml's result is undefined there), as core/quant.h does for Q8_0/Q4_0; so is
+// a Q4_1/Q5_1 block whose range max - min overflows f32.
 struct BlockCodec {
   int64_t elems;  // per block
   size_t bytes;   // per block
