@@ -46,6 +46,20 @@ int NearestInt(float v) {
 // and its infinite inverse would turn codes into NaN; see InverseScale in core/quant.cpp.
 float Inverse(float d) { return std::isnormal(d) ? 1 / d : 0; }
 
+// 8 codes (int32 lanes) -> scale * code - min as ggml computes it: a product, then a difference,
+// each rounded once (no fused multiply-add).
+inline void StoreScaled8(float* y, __m256i code, __m256 scale, __m256 min) {
+  _mm256_storeu_ps(y, _mm256_sub_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(code)), min));
+}
+inline __m256i Bytes8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+
+// The IQ4 table value of 8 codes (0..15) as f32: two 8-entry permutes, picked by bit 3.
+inline __m256 Iq4Values8(__m256i code) {
+  const __m256 lo = _mm256_setr_ps(-127, -104, -83, -65, -49, -35, -22, -10), hi = _mm256_setr_ps(1, 13, 25, 38, 53, 69, 89, 113);
+  const __m256 upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(code, _mm256_set1_epi32(7)));
+  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, code), _mm256_permutevar8x32_ps(hi, code), upper);
+}
+
 // ---- 32-element blocks --------------------------------------------------------------------------
 
 // Low nibbles of qs give elements 0..15, high nibbles 16..31 (Q4_1, Q5_x, IQ4_NL).
@@ -67,10 +81,16 @@ void DequantQ5_1(const uint8_t* b, float* y) {
   std::memcpy(&qh, b + 4, 4);
   for (int j = 0; j < 32; ++j) y[j] = float(Nibble(b + 8, j) | int(qh >> j & 1) << 4) * d + m;
 }
-void DequantIq4Nl(const uint8_t* b, float* y) {
-  const float d = H(b);
-  for (int j = 0; j < 32; ++j) y[j] = d * float(kIq4NlValues[Nibble(b + 2, j)]);
+// IQ4 codes of 32 elements at qs (low nibbles first) times `scale`: y = scale * value, as ggml.
+void Iq4Group(const uint8_t* qs, float scale, float* y) {
+  const __m256 sc = _mm256_set1_ps(scale);
+  const __m256i low4 = _mm256_set1_epi32(0xf);
+  for (int j = 0; j < 32; j += 8) {
+    const __m256i code = _mm256_and_si256(_mm256_srli_epi32(Bytes8(qs + j % 16), j < 16 ? 0 : 4), low4);
+    _mm256_storeu_ps(y + j, _mm256_mul_ps(sc, Iq4Values8(code)));
+  }
 }
+void DequantIq4Nl(const uint8_t* b, float* y) { Iq4Group(b + 2, H(b), y); }
 
 // Q4_1 / Q5_1: d = (max - min) / (2^bits - 1), q = trunc((x - min) / d + 0.5) (Q4_1 clipped at 15).
 template <int kBits>
@@ -358,16 +378,19 @@ void Pack2Bit(const uint8_t* L, uint8_t* qs) {
       qs[32 * h + l] = uint8_t(e[0] | e[32] << 2 | e[64] << 4 | e[96] << 6);
     }
 }
-int Code2Bit(const uint8_t* qs, int e) { return qs[32 * (e / 128) + e % 32] >> (2 * (e % 128 / 32)) & 3; }
 
+// Vectorized; y = (d * scale) * q - dmin * min as ggml computes it.
 void DequantQ2_K(const uint8_t* b, float* y) {
   const uint8_t *scales = b, *qs = b + 16;
   const float d = H(b + 80), min = H(b + 82);
-  for (int e = 0; e < 256; ++e) {
-    const int s = 8 * (e / 128) + 2 * (e % 128 / 32) + e % 32 / 16;
-    const float dl = d * float(scales[s] & 0xf), ml = min * float(scales[s] >> 4);
-    y[e] = dl * float(Code2Bit(qs, e)) - ml;
-  }
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 32; l += 8) {
+        const int s = 8 * h + 2 * j + l / 16;
+        const __m256 dl = _mm256_set1_ps(d * float(scales[s] & 0xf)), ml = _mm256_set1_ps(min * float(scales[s] >> 4));
+        const __m256i code = _mm256_and_si256(_mm256_srli_epi32(Bytes8(qs + 32 * h + l), 2 * j), _mm256_set1_epi32(3));
+        StoreScaled8(y + 128 * h + 32 * j + l, code, dl, ml);
+      }
 }
 
 void QuantQ2_K(const float* x, uint8_t* b) {
@@ -410,15 +433,20 @@ int Q3Scale(const uint8_t* sc, int s) {
   return low | (sc[8 + s % 4] >> (2 * (s / 4)) & 3) << 4;
 }
 
+// Vectorized; y = (d * (scale - 32)) * q as ggml computes it.
 void DequantQ3_K(const uint8_t* b, float* y) {
   const uint8_t *hmask = b, *qs = b + 32, *sc = b + 96;
   const float d_all = H(b + 108);
-  for (int e = 0; e < 256; ++e) {
-    const int h = e / 128, j = e % 128 / 32, l = e % 32;
-    const float dl = d_all * float(Q3Scale(sc, 8 * h + 2 * j + l / 16) - 32);
-    const int high = hmask[l] >> (4 * h + j) & 1;
-    y[e] = dl * float(Code2Bit(qs, e) - (high ? 0 : 4));
-  }
+  const __m256i three = _mm256_set1_epi32(3), one = _mm256_set1_epi32(1), four = _mm256_set1_epi32(4);
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 32; l += 8) {
+        const __m256 dl = _mm256_set1_ps(d_all * float(Q3Scale(sc, 8 * h + 2 * j + l / 16) - 32));
+        const __m256i low = _mm256_and_si256(_mm256_srli_epi32(Bytes8(qs + 32 * h + l), 2 * j), three);
+        const __m256i high = _mm256_and_si256(_mm256_srli_epi32(Bytes8(hmask + l), 4 * h + j), one);
+        const __m256i code = _mm256_sub_epi32(_mm256_add_epi32(low, _mm256_slli_epi32(high, 2)), four);
+        StoreScaled8(y + 128 * h + 32 * j + l, code, dl, _mm256_setzero_ps());  // - 0: exact
+      }
 }
 
 void QuantQ3_K(const float* x, uint8_t* b) {
@@ -456,13 +484,6 @@ void QuantQ3_K(const float* x, uint8_t* b) {
   }
   Pack2Bit(low, qs);
 }
-
-// 8 codes (int32 lanes) -> scale * code - min as ggml computes it: a product, then a difference,
-// each rounded once (no fused multiply-add).
-inline void StoreScaled8(float* y, __m256i code, __m256 scale, __m256 min) {
-  _mm256_storeu_ps(y, _mm256_sub_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(code)), min));
-}
-inline __m256i Bytes8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
 
 // Q4_K (kBits 4) and Q5_K (kBits 5) share everything but the fifth bit. Vectorized (the prefill
 // panels and the GEMV both run through here); the floats are those of the scalar reading
@@ -591,11 +612,10 @@ void DequantIq4Xs(const uint8_t* b, float* y) {
   const float d = H(b);
   uint16_t sh;
   std::memcpy(&sh, b + 2, 2);
-  const uint8_t *sl = b + 4, *qs = b + 8;
+  const uint8_t* sl = b + 4;
   for (int s = 0; s < 8; ++s) {
     const int ls = (sl[s / 2] >> (4 * (s % 2)) & 0xf) | (sh >> (2 * s) & 3) << 4;
-    const float dl = d * float(ls - 32);
-    for (int j = 0; j < 32; ++j) y[32 * s + j] = dl * float(kIq4NlValues[Nibble(qs + 16 * s, j)]);
+    Iq4Group(b + 8 + 16 * s, d * float(ls - 32), y + 32 * s);
   }
 }
 
