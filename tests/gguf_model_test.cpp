@@ -94,6 +94,37 @@ TEST(GgufModel, ConfigFromMetadataEqualsConfigJson) {
   EXPECT_EQ((*g)->FindTensor("output_norm.weight")->type, gguf::GgmlType::kF32);
 }
 
+// Per-layer head counts and FFN widths (arrays in the metadata): equal values read as one number,
+// differing ones are refused naming the key and two layers.
+TEST(GgufModel, PerLayerArraysOfEqualValuesReadAndOthersAreRefused) {
+  testing::TempDir tmp("gguf_layers");
+  using gguf::Value;
+  using gguf::ValueType;
+  auto config = [&](const Value& heads) {
+    const std::vector<std::pair<std::string, Value>> md = {
+        {"general.architecture", Value::Str("llama")},      {"llama.embedding_length", Value::U32(64)},
+        {"llama.feed_forward_length", Value::U32(128)},     {"llama.block_count", Value::U32(3)},
+        {"llama.attention.head_count", heads},              {"llama.vocab_size", Value::U32(32)},
+        {"llama.attention.head_count_kv", Value::Array(ValueType::kI32, {Value::I32(2), Value::I32(2), Value::I32(2)})}};
+    EXPECT_TRUE(gguf::WriteGguf(tmp / "c.gguf", md, {}).ok());
+    auto g = gguf::GgufFile::Open(tmp / "c.gguf");
+    EXPECT_TRUE(g.ok());
+    return ConfigFromGguf(**g);
+  };
+  auto same = config(Value::Array(ValueType::kU32, {Value::U32(4), Value::U32(4), Value::U32(4)}));
+  ASSERT_TRUE(same.ok()) << same.status().ToString();
+  EXPECT_EQ(same->num_heads, 4);
+  EXPECT_EQ(same->num_kv_heads, 2);
+  auto differ = config(Value::Array(ValueType::kU32, {Value::U32(4), Value::U32(4), Value::U32(8)}));
+  ASSERT_FALSE(differ.ok());
+  EXPECT_NE(differ.status().ToString().find("llama.attention.head_count: per-layer values differ (layer 0: 4, layer 2: 8)"),
+            std::string::npos)
+      << differ.status().ToString();
+  auto strings = config(Value::Array(ValueType::kString, {Value::Str("4")}));
+  ASSERT_FALSE(strings.ok());
+  EXPECT_NE(strings.status().ToString().find("must hold integers"), std::string::npos) << strings.status().ToString();
+}
+
 // F32 weights are copied bit for bit (Q/K rows only reordered and restored), so the forward pass
 // is the same computation on the same bytes: logits must be identical, not merely close.
 TEST(GgufModel, F32GgufGivesTheSafetensorsLogitsExactly) {

@@ -96,6 +96,30 @@ Result<ModelConfig> ConfigFromGguf(const gguf::GgufFile& g) {
     s = g.GetInt(key, &v, required);
     if (s.ok() && g.Find(key)) j[field] = v;
   };
+  // Head counts and FFN widths may be per-layer arrays (llama.cpp writes them for models whose layers
+  // differ): one value when every layer has it, else refused naming two layers that differ.
+  auto get_layer_int = [&](const std::string& key, const char* field, bool required) {
+    const gguf::Value* v = g.Find(key);
+    if (!s.ok() || !v || v->type != gguf::ValueType::kArray) return get_int(key, field, required);
+    int64_t first = 0, x = 0;
+    if (v->items.empty() || !v->items[0].AsInt(&first)) {
+      s = Status::InvalidArgument(key + ": a per-layer array must hold integers, one per layer");
+      return;
+    }
+    for (size_t i = 1; i < v->items.size(); ++i) {
+      if (!v->items[i].AsInt(&x)) {
+        s = Status::InvalidArgument(key + ": a per-layer array must hold integers, one per layer");
+        return;
+      }
+      if (x != first) {
+        s = Status::Unsupported(key + ": per-layer values differ (layer 0: " + std::to_string(first) + ", layer " +
+                                std::to_string(i) + ": " + std::to_string(x) +
+                                "); atp runs models whose layers all have the same shape");
+        return;
+      }
+    }
+    j[field] = first;
+  };
   auto get_float = [&](const std::string& key, const char* field) {
     double v = 0;
     if (!s.ok()) return;
@@ -103,10 +127,10 @@ Result<ModelConfig> ConfigFromGguf(const gguf::GgufFile& g) {
     if (s.ok() && g.Find(key)) j[field] = v;
   };
   get_int(p + "embedding_length", "hidden_size", true);
-  get_int(p + "feed_forward_length", "intermediate_size", true);
+  get_layer_int(p + "feed_forward_length", "intermediate_size", true);
   get_int(p + "block_count", "num_hidden_layers", true);
-  get_int(p + "attention.head_count", "num_attention_heads", true);
-  get_int(p + "attention.head_count_kv", "num_key_value_heads", false);
+  get_layer_int(p + "attention.head_count", "num_attention_heads", true);
+  get_layer_int(p + "attention.head_count_kv", "num_key_value_heads", false);
   get_int(p + "context_length", "max_position_embeddings", false);
   get_int(p + "attention.key_length", "head_dim", false);
   get_int(p + "vocab_size", "vocab_size", false);
