@@ -55,7 +55,10 @@ inline __m256i Bytes8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_
 
 // The IQ4 table value of 8 codes (0..15) as f32: two 8-entry permutes, picked by bit 3.
 inline __m256 Iq4Values8(__m256i code) {
-  const __m256 lo = _mm256_setr_ps(-127, -104, -83, -65, -49, -35, -22, -10), hi = _mm256_setr_ps(1, 13, 25, 38, 53, 69, 89, 113);
+  auto half = [](int from) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(kIq4NlValues + from))));
+  };
+  const __m256 lo = half(0), hi = half(8);
   const __m256 upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(code, _mm256_set1_epi32(7)));
   return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, code), _mm256_permutevar8x32_ps(hi, code), upper);
 }
@@ -135,8 +138,8 @@ void QuantQ5_0(const float* x, uint8_t* b) {
   std::memcpy(b + 2, &qh, 4);
 }
 
-// ggml's best_index_int8: the index of the table value nearest v (ties to the upper one... as ggml:
-// the lower one wins only when strictly nearer).
+// ggml's best_index_int8: the index of the table value nearest v; on a tie the upper one (the lower
+// wins only when strictly nearer).
 int BestIndex(float v) {
   const int8_t* t = kIq4NlValues;
   if (v <= t[0]) return 0;
