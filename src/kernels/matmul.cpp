@@ -103,6 +103,7 @@ inline void DotRowBlocks(const uint8_t* w, int64_t in, const float* x, float* y,
     y[r * out] = ReduceAdd(acc[r][0]);
   }
 }
+
 // Integer lanes for unpacking codes: kLanes bytes widened to int32, shifts by a runtime count, masks.
 #if ATP_SIMD_WIDTH == 16
 using IVec = __m512i;
