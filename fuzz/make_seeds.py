@@ -177,10 +177,20 @@ def small_gguf(model_dir, keep=300):
     return gguf_bytes(md, tensors)
 
 
+def block_types_gguf():
+    """One 256-element row in each of llama.cpp's other block types (ggml type, bytes per 256 elements:
+    Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS), so the fuzzer starts from every
+    dequantizer; no metadata beyond the architecture."""
+    types = [(3, 160), (6, 176), (7, 192), (20, 144), (10, 84), (11, 110), (12, 144), (13, 176), (14, 210), (23, 136)]
+    tensors = [("t%d.weight" % t, [256], t, bytes((i * 37 + t) % 256 for i in range(size))) for t, size in types]
+    return gguf_bytes([("general.architecture", 8, "llama")], tensors)
+
+
 def main(out):
     if os.path.isdir(out):
         shutil.rmtree(out)
     shutil.copytree(os.path.join(HERE, "corpus"), out)
+    write(out, "gguf", "block_types.gguf", block_types_gguf())
     for d in model_dirs():
         tag = os.path.basename(d if not d.endswith("models") else os.path.dirname(d))
         if os.path.exists(os.path.join(d, "config.json")):

@@ -2,6 +2,7 @@
 // exactly, BF16 within the BF16 tolerance; the tokenizer read from GGUF metadata encodes like
 // tokenizer.json (ref-5m's reference cases, and the Llama-2/Llama-3/Qwen3 tokenizers of tests/js);
 // `atp convert` + `atp generate -m x.gguf`; and @huggingface/gguf (JavaScript) parsing our output.
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <set>
@@ -38,10 +39,10 @@ const std::string& Converted(const std::string& type) {
   static testing::TempDir dir("gguf_model");
   static std::map<std::string, std::string> done;
   if (!done.count(type)) {
-    gguf::GgmlType t;
-    EXPECT_TRUE(ParseGgufOutType(type, &t));
+    GgufWeightFormat f;
+    EXPECT_TRUE(ParseGgufWeightFormat(type, &f));
     const std::string path = dir / ("ref-5m-" + type + ".gguf");
-    Status s = ConvertToGguf(kRefModel, path, t);
+    Status s = ConvertToGguf(kRefModel, path, f);
     EXPECT_TRUE(s.ok()) << s.ToString();
     done[type] = path;
   }
@@ -93,6 +94,37 @@ TEST(GgufModel, ConfigFromMetadataEqualsConfigJson) {
   EXPECT_EQ((*g)->FindTensor("output_norm.weight")->type, gguf::GgmlType::kF32);
 }
 
+// Per-layer head counts and FFN widths (arrays in the metadata): equal values read as one number,
+// differing ones are refused naming the key and two layers.
+TEST(GgufModel, PerLayerArraysOfEqualValuesReadAndOthersAreRefused) {
+  testing::TempDir tmp("gguf_layers");
+  using gguf::Value;
+  using gguf::ValueType;
+  auto config = [&](const Value& heads) {
+    const std::vector<std::pair<std::string, Value>> md = {
+        {"general.architecture", Value::Str("llama")},      {"llama.embedding_length", Value::U32(64)},
+        {"llama.feed_forward_length", Value::U32(128)},     {"llama.block_count", Value::U32(3)},
+        {"llama.attention.head_count", heads},              {"llama.vocab_size", Value::U32(32)},
+        {"llama.attention.head_count_kv", Value::Array(ValueType::kI32, {Value::I32(2), Value::I32(2), Value::I32(2)})}};
+    EXPECT_TRUE(gguf::WriteGguf(tmp / "c.gguf", md, {}).ok());
+    auto g = gguf::GgufFile::Open(tmp / "c.gguf");
+    EXPECT_TRUE(g.ok());
+    return ConfigFromGguf(**g);
+  };
+  auto same = config(Value::Array(ValueType::kU32, {Value::U32(4), Value::U32(4), Value::U32(4)}));
+  ASSERT_TRUE(same.ok()) << same.status().ToString();
+  EXPECT_EQ(same->num_heads, 4);
+  EXPECT_EQ(same->num_kv_heads, 2);
+  auto differ = config(Value::Array(ValueType::kU32, {Value::U32(4), Value::U32(4), Value::U32(8)}));
+  ASSERT_FALSE(differ.ok());
+  EXPECT_NE(differ.status().ToString().find("llama.attention.head_count: per-layer values differ (layer 0: 4, layer 2: 8)"),
+            std::string::npos)
+      << differ.status().ToString();
+  auto strings = config(Value::Array(ValueType::kString, {Value::Str("4")}));
+  ASSERT_FALSE(strings.ok());
+  EXPECT_NE(strings.status().ToString().find("must hold integers"), std::string::npos) << strings.status().ToString();
+}
+
 // F32 weights are copied bit for bit (Q/K rows only reordered and restored), so the forward pass
 // is the same computation on the same bytes: logits must be identical, not merely close.
 TEST(GgufModel, F32GgufGivesTheSafetensorsLogitsExactly) {
@@ -139,7 +171,8 @@ TEST(GgufModel, Bf16GgufNearF32Reference) {
 // are not whole 32-blocks and keep the checkpoint's f32 in both.
 TEST(GgufModel, QuantizedGgufEqualsQuantizingAtLoad) {
   ATP_SKIP_WITHOUT_SHARED();
-  for (auto [name, dtype] : {std::pair{"q8_0", DType::kQ8_0}, {"q4_0", DType::kQ4_0}}) {
+  for (auto [name, dtype] : {std::pair{"q8_0", DType::kQ8_0}, {"q4_0", DType::kQ4_0}, {"q4_k", DType::kQ4_K},
+                             {"q6_k", DType::kQ6_K}}) {
     auto gg = LlamaModel::Load(Converted(name));
     LoadOptions opt;
     opt.weights_dtype = dtype;
@@ -165,6 +198,37 @@ TEST(GgufModel, QuantizedGgufEqualsQuantizingAtLoad) {
 }
 
 // The tokenizer built from GGUF metadata against the reference dump's cases (ids from transformers).
+// llama.cpp's Q4_K_M mix on ref-5m (6 layers, tied embeddings, down projections of 688 columns):
+// the embedding/LM head is Q6_K, attn_v is Q6_K in layers 2 and 5 (use_more_bits for n = 6: i >= 5
+// or i % 3 == 2), the other matrices Q4_K, and the down projections, which fit neither a 256- nor a
+// 32-element block, keep their f32; the file loads and generates.
+TEST(GgufModel, Q4_K_MixFollowsLlamaCppRulesAndRuns) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto g = gguf::GgufFile::Open(Converted("q4_k_m"));
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  auto type = [&](const std::string& n) { return (*g)->FindTensor(n)->type; };
+  EXPECT_EQ(type("token_embd.weight"), gguf::GgmlType::kQ6_K);
+  for (int i = 0; i < 6; ++i) {
+    const std::string b = "blk." + std::to_string(i) + ".";
+    EXPECT_EQ(type(b + "attn_v.weight"), i == 2 || i == 5 ? gguf::GgmlType::kQ6_K : gguf::GgmlType::kQ4_K) << i;
+    EXPECT_EQ(type(b + "attn_q.weight"), gguf::GgmlType::kQ4_K) << i;
+    EXPECT_EQ(type(b + "ffn_up.weight"), gguf::GgmlType::kQ4_K) << i;
+    EXPECT_EQ(type(b + "ffn_down.weight"), gguf::GgmlType::kF32) << i;
+    EXPECT_EQ(type(b + "attn_norm.weight"), gguf::GgmlType::kF32) << i;
+  }
+  int64_t ftype = -1;
+  ASSERT_TRUE((*g)->GetInt("general.file_type", &ftype).ok());
+  EXPECT_EQ(ftype, 15);  // LLAMA_FTYPE_MOSTLY_Q4_K_M
+  auto m = LlamaModel::Load(Converted("q4_k_m"));
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  const auto logits = AllLogits(**m, RefPromptIds()[1]);
+  ASSERT_FALSE(logits.empty());
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+  auto gen = testing::RunAtp("generate -m '" + Converted("q4_k_m") + "' --temp 0 -n 16 -p 'Once upon a time'");
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  EXPECT_FALSE(gen.out.empty());
+}
+
 TEST(GgufModel, TokenizerFromMetadataEncodesTheReferenceCases) {
   ATP_SKIP_WITHOUT_SHARED();
   auto g = gguf::GgufFile::Open(Converted("f16"));
@@ -351,7 +415,7 @@ TEST(GgufCli, CalibrationFileSitsBesideTheGguf) {
   ATP_SKIP_WITHOUT_SHARED();
   testing::TempDir tmp("gguf_calib");
   const std::string model = tmp / "m.gguf", text = tmp / "t.txt";
-  ASSERT_TRUE(ConvertToGguf(kRefModel, model, gguf::GgmlType::kF32).ok());
+  ASSERT_TRUE(ConvertToGguf(kRefModel, model, GgufWeightFormat{"f32", gguf::GgmlType::kF32, false, 0}).ok());
   testing::WriteString(text, testing::Slurp(testing::kValidText).substr(0, 8000));
   auto c = testing::RunAtp("calibrate -m '" + model + "' -f '" + text + "' --window 256 --max-windows 2 --into-model");
   ASSERT_EQ(c.exit_code, 0) << c.err;
@@ -363,9 +427,11 @@ TEST(GgufCli, CalibrationFileSitsBesideTheGguf) {
 
 TEST(GgufCli, ConvertAndLoadErrorsAreOneLine) {
   testing::TempDir tmp("gguf_cli_err");
-  auto bad_type = testing::RunAtp("convert -m '" + tmp.path() + "' -o '" + (tmp / "x.gguf") + "' --type q3_k");
+  auto bad_type = testing::RunAtp("convert -m '" + tmp.path() + "' -o '" + (tmp / "x.gguf") + "' --type q4_k_s");
   EXPECT_NE(bad_type.exit_code, 0);
-  EXPECT_NE(bad_type.err.find("--type must be f32, f16, bf16, q8_0 or q4_0"), std::string::npos) << bad_type.err;
+  EXPECT_NE(bad_type.err.find("--type must be one of f32, f16, bf16, q8_0, q4_0, q4_1"), std::string::npos)
+      << bad_type.err;
+  EXPECT_NE(bad_type.err.find("q4_k_m, q5_k_m, got 'q4_k_s'"), std::string::npos) << bad_type.err;
   auto no_dir = testing::RunAtp("convert -m /nonexistent/model -o '" + (tmp / "x.gguf") + "'");
   EXPECT_NE(no_dir.exit_code, 0);
   EXPECT_NE(no_dir.err.find("not a model directory"), std::string::npos) << no_dir.err;

@@ -199,7 +199,9 @@ TEST(Gguf, MalformedHeadersNameTheProblem) {
   // Tensor "a": name at 109 (8 + 1), n_dims at 118, ne[0] at 122, type at 130, offset at 134.
   ExpectError(ParseBytes(with(118, uint32_t(5))).status(), "5 dimensions");
   ExpectError(ParseBytes(with(122, uint64_t(0))).status(), "is zero or makes the tensor absurdly large");
-  ExpectError(ParseBytes(with(130, uint32_t(12))).status(), "unsupported ggml type 12");
+  // A ggml type this engine does not read is refused by number and name.
+  ExpectError(ParseBytes(with(130, uint32_t(16))).status(), "unsupported ggml type 16 (IQ2_XXS)");
+  ExpectError(ParseBytes(with(130, uint32_t(99))).status(), "unsupported ggml type 99 (unknown)");
   ExpectError(ParseBytes(with(134, uint64_t(64))).status(), "beyond end of file");
   ExpectError(ParseBytes(with(134, uint64_t(4))).status(), "not a multiple of the alignment");
   ExpectError(ParseBytes(with(134, ~uint64_t(0) - 31)).status(), "beyond end of file");
@@ -207,6 +209,7 @@ TEST(Gguf, MalformedHeadersNameTheProblem) {
   ExpectError(ParseBytes(with(150, 'a')).status(), "duplicate tensor name 'a'");
   // Q8_0 rows must be whole 32-element blocks: "a" has 4 elements.
   ExpectError(ParseBytes(with(130, uint32_t(8))).status(), "not whole blocks");
+  ExpectError(ParseBytes(with(130, uint32_t(12))).status(), "Q4_K rows of 4 elements are not whole blocks of 256");
 }
 
 TEST(Gguf, MalformedMetadataNamesTheProblem) {

@@ -36,11 +36,16 @@ const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 // times an integer of at most 8 bits), so a kernel that dequantizes in registers differs from the
 // double reference on the decoded weights only by f32 rounding of products, sums and (GEMV at one
 // row) one scale multiply per block: far fewer than the in + 1 roundings per term the bound allows.
-const DType kWeightDTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0};
+// The other block dtypes (core/kquant.h) run through one generic path that dequantizes a block at a
+// time: its f32 weights are exactly the library's decoding, so the same bound applies.
+const DType kWeightDTypes[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ8_0, DType::kQ4_0,
+                               DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kIQ4_NL, DType::kQ2_K,
+                               DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kIQ4_XS};
 
 // Row widths for the matmul tests: vector tails for element dtypes; for block dtypes 1, 2, 3, 5 and
-// 9 blocks (odd counts leave a tail after the kernels' two-block steps).
+// 9 blocks (odd counts leave a tail after the kernels' two-block steps); 1, 2 and 3 super-blocks.
 std::vector<int64_t> Widths(DType t) {
+  if (DTypeBlockElems(t) == 256) return {256, 512, 768};
   if (IsBlockDType(t)) return {32, 64, 96, 160, 288};
   return {1, 7, 16, 17, 63, 100, 259};
 }
@@ -59,14 +64,21 @@ struct Stored {
   const void* data = nullptr;
   std::vector<float> decoded;
 };
-// Block dtypes: quantized by the library (its quantizers are tested in weight_quant_test.cpp),
-// decoded here by reading the bytes as ggml lays them out; `offset` is in bytes for them.
+// Block dtypes: quantized by the library (its quantizers are tested in weight_quant_test.cpp and
+// kquant_test.cpp); Q8_0/Q4_0 decoded here by reading the bytes as ggml lays them out, the others by
+// the library's reference dequantizer (bit-exact against the layout in kquant_test.cpp); `offset` is
+// in bytes for them.
 Stored StoreBlocks(DType t, const std::vector<float>& v, size_t offset) {
   Stored s;
   s.bytes.assign(offset + DTypeBytes(t, int64_t(v.size())), 0);
   uint8_t* p = s.bytes.data() + offset;
   FromF32(t, v.data(), p, v.size());
   s.decoded.resize(v.size());
+  s.data = p;
+  if (t != DType::kQ8_0 && t != DType::kQ4_0) {
+    ToF32(t, p, s.decoded.data(), v.size());
+    return s;
+  }
   const size_t bb = DTypeBytes(t, 32);
   for (size_t i = 0; i < v.size(); ++i) {
     const uint8_t* blk = p + i / 32 * bb;
@@ -74,7 +86,6 @@ Stored StoreBlocks(DType t, const std::vector<float>& v, size_t offset) {
     const size_t j = i % 32;
     s.decoded[i] = t == DType::kQ8_0 ? d * float(int8_t(blk[2 + j])) : d * float(((blk[2 + j % 16] >> (j / 16 * 4)) & 0xf) - 8);
   }
-  s.data = p;
   return s;
 }
 
@@ -153,8 +164,11 @@ TEST(Kernels, MatMulWithBiasMatchesScalar) { CheckMatMul("MatMul", nullptr, true
 // Several weights sharing x in one call (the fused q/k/v and gate/up products), with and without bias.
 TEST(Kernels, MatMulSharedMatchesScalar) {
   std::mt19937 rng(8);
-  for (DType dt : kWeightDTypes)
-    for (int64_t in : IsBlockDType(dt) ? std::vector<int64_t>{32, 288, 2048} : std::vector<int64_t>{17, 64, 259})
+  // The generic block path once for a 32- and a 256-element block (the others share it).
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ5_1, DType::kQ4_K})
+    for (int64_t in : DTypeBlockElems(dt) == 256 ? std::vector<int64_t>{256, 2048}
+                      : IsBlockDType(dt)         ? std::vector<int64_t>{32, 288, 2048}
+                                                 : std::vector<int64_t>{17, 64, 259})
       for (int64_t n : {1, 3, 8, 9, 33}) {
         const int64_t outs[3] = {5, 33, 700};  // 700 rows of 259 (f32) or 2048 (q4_0): more than one 256 KiB chunk
         auto x = Random(size_t(n * in), rng);
@@ -187,8 +201,8 @@ TEST(Kernels, MatMulSharedMatchesScalar) {
 TEST(Kernels, GemmRowsSpansSeveralPanels) {
   std::mt19937 rng(5);
   const int64_t n = 9, out = 300;
-  for (DType dt : {DType::kBF16, DType::kF16, DType::kQ8_0, DType::kQ4_0}) {
-    const int64_t in = IsBlockDType(dt) ? 16416 : 16411;  // 513 blocks
+  for (DType dt : {DType::kBF16, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+    const int64_t in = DTypeBlockElems(dt) == 256 ? 16640 : IsBlockDType(dt) ? 16416 : 16411;  // 65 / 513 blocks
     auto x = Random(size_t(n * in), rng);
     Stored w = Store(dt, Random(size_t(out * in), rng));
     TensorView tv{dt, {out, in}, w.data};

@@ -418,6 +418,34 @@ TEST(RefModel, QuantizedPerplexityNearF32) {
   EXPECT_NEAR(r4->ppl, r32->ppl, 3e-2 * r32->ppl);
 }
 
+// Three k-quants quantized at load, on the first 10 windows (1280 scored tokens; all six formats take
+// 30 s, too long for the suite). Measured against f32 119.6236: q6_k 119.5990 (-0.02%), q4_k
+// 119.9606 (+0.28%), q2_k 125.2007 (+4.7%); the f32 down projections (688 columns) are spared. On 20
+// windows q5_k, iq4_xs and q3_k measured +0.07%, +0.72%, +1.08% (docs/results.md section 11 has
+// atp-40m). Margins ~5x each measured loss (at least 0.3%), while a misread scale or code moves
+// perplexity by orders of magnitude.
+TEST(RefModel, KQuantPerplexityNearF32) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto tok = Tokenizer::LoadFromDir(kRefModel);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  std::vector<int32_t> stream = (*tok)->Encode(testing::Slurp(testing::kValidText), true);
+  PerplexityOptions opt;
+  opt.chunked = true;
+  opt.max_windows = 10;
+  auto f32 = LoadModel(kRefModel);
+  ASSERT_TRUE(f32);
+  auto r32 = Perplexity(*f32, *Dense(), stream, opt, nullptr);
+  ASSERT_TRUE(r32.ok());
+  const std::pair<DType, double> margins[] = {{DType::kQ6_K, 3e-3}, {DType::kQ4_K, 1.5e-2}, {DType::kQ2_K, 0.25}};
+  for (auto [dtype, margin] : margins) {
+    auto m = LoadQuantized(dtype);
+    ASSERT_TRUE(m) << DTypeName(dtype);
+    auto r = Perplexity(*m, *Dense(), stream, opt, nullptr);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_NEAR(r->ppl, r32->ppl, margin * r32->ppl) << DTypeName(dtype);
+  }
+}
+
 // Changing tokens after position i never changes logits at positions <= i (and does change later ones).
 TEST(RefModel, Causality) {
   ATP_SKIP_WITHOUT_SHARED();

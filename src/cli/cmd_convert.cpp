@@ -40,21 +40,26 @@ void AddConvert(CLI::App& app, Runner* run) {
                                              "to a model directory");
   cmd->add_option("-m,--model", o->model, "model directory (Hugging Face layout) or .gguf file")->required();
   cmd->add_option("-o,--out", o->out, "output: a .gguf file for a directory, a directory for a .gguf file")->required();
-  auto* type_opt = cmd->add_option("--type", o->type, "GGUF weight matrices: f32|f16|bf16|q8_0|q4_0 (ggml's quantizers; norms and "
-                                                      "biases stay f32, matrices with rows of partial 32-blocks keep "
-                                                      "their type; GGUF to directory keeps the file's types)")
+  auto* type_opt = cmd->add_option("--type", o->type, "GGUF weight format: " + GgufWeightFormatNames() +
+                                                          " (ggml's reference quantizers; q4_k_m/q5_k_m: llama.cpp's "
+                                                          "per-tensor mixes; norms and biases stay f32; a matrix whose "
+                                                          "rows are not whole blocks takes llama.cpp's fallback type, "
+                                                          "else keeps its own; GGUF to directory keeps the file's types)")
                        ->capture_default_str();
   cmd->callback([o, run, type_opt] {
     *run = [o, type_opt]() -> int {
       const bool from_gguf = gguf::IsGgufFile(o->model);
-      gguf::GgmlType type;
-      if (!ParseGgufOutType(o->type, &type))
-        return Fail("convert", Status::InvalidArgument("--type must be f32, f16, bf16, q8_0 or q4_0, got '" + o->type + "'"));
+      GgufWeightFormat format;
+      if (!ParseGgufWeightFormat(o->type, &format))
+        return Fail("convert", Status::InvalidArgument("--type must be one of " + GgufWeightFormatNames() + ", got '" +
+                                                       o->type + "'"));
       if (from_gguf && type_opt->count())
         return Fail("convert", Status::InvalidArgument("--type applies when writing GGUF; " + o->model +
                                                        " is GGUF and its tensors keep their types"));
       std::cerr << "convert: " << o->model << " -> " << o->out << (from_gguf ? "" : " (" + o->type + ")") << "\n";
-      Status s = from_gguf ? ConvertFromGguf(o->model, o->out) : ConvertToGguf(o->model, o->out, type);
+      std::vector<std::string> fallbacks;
+      Status s = from_gguf ? ConvertFromGguf(o->model, o->out) : ConvertToGguf(o->model, o->out, format, &fallbacks);
+      for (const std::string& f : fallbacks) std::cerr << "convert: " << f << "\n";
       if (s.ok()) s = from_gguf ? CheckReadBack(o->out, o->model) : CheckReadBack(o->model, o->out);
       if (!s.ok()) {
         if (!from_gguf) {

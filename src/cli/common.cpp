@@ -19,8 +19,11 @@ void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv) {
   cmd->add_option("-c,--ctx", f->ctx, "context limit in tokens (0: the model's max_position_embeddings)")->capture_default_str();
   cmd->add_flag("--json", f->json, "print one JSON object on stdout");
   cmd->add_option("--weights", f->weights,
-                  "convert the weight matrices at load: f32|f16|bf16|q8_0|q4_0 (ggml's quantizers; default: as stored)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
+                  "convert the weight matrices at load: f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|iq4_nl|q2_k|q3_k|q4_k|"
+                  "q5_k|q6_k|iq4_xs (ggml's reference quantizers; a matrix whose rows are not whole blocks keeps its "
+                  "type; default: as stored)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q2_k", "q3_k",
+                             "q4_k", "q5_k", "q6_k", "iq4_xs"}));
   // Only where --kv builds the policies: the GPU pass drives GPU policies, never a command's own.
   if (with_kv)
     cmd->add_option("--device", f->device, "where the forward pass and KV cache live: cpu, or cuda (GPU 0)")

@@ -2,56 +2,67 @@
 
 #include <immintrin.h>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
-#include "core/quant.h"
+#include "core/kquant.h"
 
 namespace atp {
 
 namespace {
 
 [[noreturn]] void Die(const char* what, DType t, int64_t n) {
-  std::fprintf(stderr, "atp: %s(%s, n=%lld): %s\n", what, DTypeName(t).data(), (long long)n,
-               IsBlockDType(t) ? "n must be a multiple of the 32-element block (check with CheckDTypeCount)"
-                               : "invalid element count");
+  if (IsBlockDType(t))
+    std::fprintf(stderr, "atp: %s(%s, n=%lld): n must be a multiple of the %lld-element block (check with CheckDTypeCount)\n",
+                 what, DTypeName(t).data(), (long long)n, (long long)DTypeBlockElems(t));
+  else
+    std::fprintf(stderr, "atp: %s(%s, n=%lld): invalid element count\n", what, DTypeName(t).data(), (long long)n);
   std::abort();
 }
+
+constexpr std::pair<DType, std::string_view> kNames[] = {
+    {DType::kF32, "f32"},   {DType::kF16, "f16"},     {DType::kBF16, "bf16"}, {DType::kQ8_0, "q8_0"},
+    {DType::kQ4_0, "q4_0"}, {DType::kQ4_1, "q4_1"},   {DType::kQ5_0, "q5_0"}, {DType::kQ5_1, "q5_1"},
+    {DType::kIQ4_NL, "iq4_nl"}, {DType::kQ2_K, "q2_k"}, {DType::kQ3_K, "q3_k"}, {DType::kQ4_K, "q4_k"},
+    {DType::kQ5_K, "q5_k"}, {DType::kQ6_K, "q6_k"},   {DType::kIQ4_XS, "iq4_xs"},
+};
 
 }  // namespace
 
 std::string_view DTypeName(DType t) {
-  switch (t) {
-    case DType::kF32: return "f32";
-    case DType::kF16: return "f16";
-    case DType::kBF16: return "bf16";
-    case DType::kQ8_0: return "q8_0";
-    case DType::kQ4_0: return "q4_0";
-  }
+  for (const auto& [d, name] : kNames)
+    if (d == t) return name;
   return "?";
 }
 
 bool ParseDType(std::string_view s, DType* out) {
-  if (s == "f32" || s == "F32") *out = DType::kF32;
-  else if (s == "f16" || s == "F16") *out = DType::kF16;
-  else if (s == "bf16" || s == "BF16") *out = DType::kBF16;
-  else if (s == "q8_0" || s == "Q8_0") *out = DType::kQ8_0;
-  else if (s == "q4_0" || s == "Q4_0") *out = DType::kQ4_0;
-  else return false;
-  return true;
+  std::string lower(s);
+  for (char& c : lower) c = char(std::tolower(static_cast<unsigned char>(c)));
+  // Only all-lower or all-upper spellings ("q4_k", "Q4_K"), as the names appear in our flags and in
+  // safetensors/ggml listings.
+  std::string upper(lower);
+  for (char& c : upper) c = char(std::toupper(static_cast<unsigned char>(c)));
+  if (s != lower && s != upper) return false;
+  for (const auto& [d, name] : kNames)
+    if (name == lower) return *out = d, true;
+  return false;
 }
 
-bool IsBlockDType(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0; }
+bool IsBlockDType(DType t) { return FindBlockCodec(t) != nullptr; }
 
-int64_t DTypeBlockElems(DType t) { return IsBlockDType(t) ? kQuantBlock : 1; }
+int64_t DTypeBlockElems(DType t) {
+  const BlockCodec* c = FindBlockCodec(t);
+  return c ? c->elems : 1;
+}
 
 size_t DTypeSize(DType t) {
   switch (t) {
     case DType::kF32: return 4;
     case DType::kF16:
     case DType::kBF16: return 2;
-    case DType::kQ8_0:
-    case DType::kQ4_0: break;
+    default: break;
   }
   std::fprintf(stderr, "atp: DTypeSize(%s): a block dtype has no size per element; use DTypeBytes(t, n)\n",
                DTypeName(t).data());
@@ -68,11 +79,8 @@ Status CheckDTypeCount(DType t, int64_t n) {
 
 size_t DTypeBytes(DType t, int64_t n) {
   if (!CheckDTypeCount(t, n).ok()) Die("DTypeBytes", t, n);
-  switch (t) {
-    case DType::kQ8_0: return size_t(n / kQuantBlock) * sizeof(BlockQ8_0);
-    case DType::kQ4_0: return size_t(n / kQuantBlock) * sizeof(BlockQ4_0);
-    default: return size_t(n) * DTypeSize(t);
-  }
+  const BlockCodec* c = FindBlockCodec(t);
+  return c ? size_t(n / c->elems) * c->bytes : size_t(n) * DTypeSize(t);
 }
 
 float F16ToF32(uint16_t h) { return _cvtsh_ss(h); }
@@ -101,8 +109,7 @@ void ToF32(DType t, const void* src, float* dst, size_t n) {
       for (; i < n; ++i) dst[i] = F16ToF32(s[i]);
       return;
     }
-    case DType::kQ8_0: return DequantizeRowQ8_0(src, dst, int64_t(n));
-    case DType::kQ4_0: return DequantizeRowQ4_0(src, dst, int64_t(n));
+    default: return FindBlockCodec(t)->to_f32(src, dst, int64_t(n));
   }
 }
 
@@ -121,8 +128,7 @@ void FromF32(DType t, const float* src, void* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) d[i] = F32ToF16(src[i]);
       return;
     }
-    case DType::kQ8_0: return QuantizeRowQ8_0(src, dst, int64_t(n));
-    case DType::kQ4_0: return QuantizeRowQ4_0(src, dst, int64_t(n));
+    default: return FindBlockCodec(t)->from_f32(src, dst, int64_t(n));
   }
 }
 

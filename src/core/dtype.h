@@ -1,7 +1,8 @@
 // Element types of weights and KV data, and conversions between them and f32.
 // Weights stay in their file dtype; every kernel accumulates in f32. f32/f16/bf16 store single
-// elements; q8_0/q4_0 store blocks of 32 elements (ggml's layouts, see core/quant.h), so sizes of
-// those come from DTypeBytes(t, n) and DTypeSize refuses them.
+// elements; the others store ggml's blocks (q8_0/q4_0: core/quant.h; q4_1, q5_0, q5_1, iq4_nl of 32
+// elements and the k-quants q2_k..q6_k, iq4_xs of 256: core/kquant.h), so sizes of those come from
+// DTypeBytes(t, n) and DTypeSize refuses them.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -13,15 +14,16 @@
 
 namespace atp {
 
-enum class DType { kF32, kF16, kBF16, kQ8_0, kQ4_0 };
+enum class DType { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kIQ4_NL, kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kIQ4_XS };
 
-std::string_view DTypeName(DType t);                 // "f32", "f16", "bf16", "q8_0", "q4_0"
-// Accepts our names, safetensors' "F32"/"F16"/"BF16" and "Q8_0"/"Q4_0".
+// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q2_k", ..., "q6_k", "iq4_xs".
+std::string_view DTypeName(DType t);
+// Accepts our names and their upper-case forms (safetensors' "F32"/"F16"/"BF16", ggml's "Q4_K").
 bool ParseDType(std::string_view s, DType* out);
 
-// True for the block dtypes (q8_0, q4_0), which have no size per element.
+// True for the block dtypes (all but f32/f16/bf16), which have no size per element.
 bool IsBlockDType(DType t);
-// Elements per storage block: 1 for f32/f16/bf16, 32 for q8_0/q4_0.
+// Elements per storage block: 1 for f32/f16/bf16, 32 for q8_0/q4_0/q4_1/q5_0/q5_1/iq4_nl, 256 for the k-quants.
 int64_t DTypeBlockElems(DType t);
 // Bytes of one element of f32/f16/bf16. A block dtype has none: calling this with one is a bug and
 // aborts with a message naming DTypeBytes. Kept for the KV code, whose dtypes are never blocks.

@@ -93,8 +93,7 @@ void AttnScores(const float* q, int dim, const KvRows& k, float scale, float* sc
     case DType::kF32: return ScoresSimd<DType::kF32>(q, dim, k, scale, scores);
     case DType::kBF16: return ScoresSimd<DType::kBF16>(q, dim, k, scale, scores);
     case DType::kF16: return ScoresSimd<DType::kF16>(q, dim, k, scale, scores);
-    case DType::kQ8_0:
-    case DType::kQ4_0: std::abort();  // a bug: KV rows are element dtypes (kv/policy_spec.cpp refuses blocks)
+    default: std::abort();  // a bug: KV rows are element dtypes (kv/policy_spec.cpp refuses blocks)
   }
 #endif
   for (int64_t j = 0; j < k.count; ++j) {
@@ -112,8 +111,7 @@ void AttnAccumulate(const float* p, const KvRows& v, int dim, float* out) {
     case DType::kF32: i = AccumulateSimd<DType::kF32>(p, v, dim, out); break;
     case DType::kBF16: i = AccumulateSimd<DType::kBF16>(p, v, dim, out); break;
     case DType::kF16: i = AccumulateSimd<DType::kF16>(p, v, dim, out); break;
-    case DType::kQ8_0:
-    case DType::kQ4_0: std::abort();  // a bug, as in AttnScores
+    default: std::abort();  // a bug, as in AttnScores
   }
 #endif
   for (; i < dim; ++i) {

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/kquant.h"
 #include "core/quant.h"
 #include "core/thread_pool.h"
 #include "kernels/simd.h"
@@ -20,8 +21,7 @@ inline float ScalarW(const void* w, DType t, int64_t i) {
     case DType::kF32: return static_cast<const float*>(w)[i];
     case DType::kBF16: return Bf16ToF32(static_cast<const uint16_t*>(w)[i]);
     case DType::kF16: return F16ToF32(static_cast<const uint16_t*>(w)[i]);
-    case DType::kQ8_0:
-    case DType::kQ4_0: break;  // rows of blocks go through DotRowBlocks
+    default: break;  // rows of blocks go through DotRowBlocks / DotRowDequant
   }
   return 0;
 }
@@ -103,6 +103,96 @@ inline void DotRowBlocks(const uint8_t* w, int64_t in, const float* x, float* y,
     y[r * out] = ReduceAdd(acc[r][0]);
   }
 }
+
+// Integer lanes for unpacking codes: kLanes bytes widened to int32, shifts by a runtime count, masks.
+#if ATP_SIMD_WIDTH == 16
+using IVec = __m512i;
+inline IVec LoadU8(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline IVec Bits(IVec v, int shift, int mask) {
+  return _mm512_and_si512(_mm512_srl_epi32(v, _mm_cvtsi32_si128(shift)), _mm512_set1_epi32(mask));
+}
+inline IVec ShlOr(IVec lo, IVec hi, int shift) { return _mm512_or_si512(lo, _mm512_sll_epi32(hi, _mm_cvtsi32_si128(shift))); }
+inline simd::Vec ToF32Lanes(IVec v, int minus) { return _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(minus))); }
+#else
+using IVec = __m256i;
+inline IVec LoadU8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+inline IVec Bits(IVec v, int shift, int mask) {
+  return _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi32(mask));
+}
+inline IVec ShlOr(IVec lo, IVec hi, int shift) { return _mm256_or_si256(lo, _mm256_sll_epi32(hi, _mm_cvtsi32_si128(shift))); }
+inline simd::Vec ToF32Lanes(IVec v, int minus) { return _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(minus))); }
+#endif
+
+// The k-quants of llama.cpp's Q4_K_M/Q5_K_M files (Q4_K, Q5_K, Q6_K; layouts in core/kquant.h):
+// kLanes codes at a time unpacked in registers to the weights (scale * code - min, the library's
+// dequantization up to the rounding of a fused multiply-add) and used for all R rows; two
+// accumulation chains per row.
+template <int R, DType Q>
+inline void DotRowK(const uint8_t* w, int64_t in, const float* x, float* y, int64_t out) {
+  using namespace simd;
+  constexpr int64_t kBytes = Q == DType::kQ4_K ? 144 : Q == DType::kQ5_K ? 176 : 210;
+  Vec acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Zero();
+  int u = 0;
+  auto use = [&](Vec wv, const float* xs) {
+    for (int r = 0; r < R; ++r) acc[r][u] = Fma(wv, Load(xs + r * in), acc[r][u]);
+    u ^= 1;
+  };
+  auto half = [](const uint8_t* p) { return _cvtsh_ss(uint16_t(p[0] | p[1] << 8)); };  // inline, as LoadBlock
+  for (int64_t b = 0; b < in / kSuperBlock; ++b) {
+    const uint8_t* p = w + b * kBytes;
+    const float* xb = x + b * kSuperBlock;
+    if constexpr (Q == DType::kQ6_K) {
+      const float d = half(p + 208);
+      const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
+      for (int h = 0; h < 2; ++h)
+        for (int k = 0; k < 4; ++k)
+          for (int l = 0; l < 32; l += kLanes) {
+            const IVec lo = Bits(LoadU8(p + 64 * h + l + 32 * (k % 2)), k < 2 ? 0 : 4, 0xf);
+            const IVec hi = Bits(LoadU8(p + 128 + 32 * h + l), 2 * k, 3);
+            const Vec code = ToF32Lanes(ShlOr(lo, hi, 4), 32);
+            use(Mul(Set1(d * float(sc[8 * h + 2 * k + l / 16])), code), xb + 128 * h + 32 * k + l);
+          }
+    } else {
+      const float d = half(p), dmin = half(p + 2);
+      const uint8_t* qs = p + (Q == DType::kQ4_K ? 16 : 48);
+      for (int s = 0; s < 8; ++s) {
+        int sc, m;
+        ScaleMinK4(p + 4, s, &sc, &m);
+        const Vec ds = Set1(d * float(sc)), ms = Set1(dmin * float(m));
+        for (int l = 0; l < 32; l += kLanes) {
+          IVec v = Bits(LoadU8(qs + 32 * (s / 2) + l), 4 * (s % 2), 0xf);
+          if constexpr (Q == DType::kQ5_K) v = ShlOr(v, Bits(LoadU8(p + 16 + l), s, 1), 4);
+          use(Sub(Mul(ds, ToF32Lanes(v, 0)), ms), xb + 32 * s + l);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) y[r * out] = ReduceAdd(Add(acc[r][0], acc[r][1]));
+}
+
+// Any other block dtype (Q4_1, Q5_x, IQ4_NL, Q2_K, Q3_K, IQ4_XS): each block is dequantized to f32 by its
+// reference dequantizer (core/kquant.h, the bit-exact form) into a buffer on the stack and used for
+// all R rows. The weights still stream once; the dequantization is the cost over DotRowBlocks.
+template <int R>
+inline void DotRowDequant(const uint8_t* w, int64_t in, const BlockCodec& c, const float* x, float* y, int64_t out) {
+  using namespace simd;
+  alignas(64) float buf[kSuperBlock];
+  Vec acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Zero();
+  for (int64_t b = 0; b < in / c.elems; ++b) {
+    c.to_f32(w + b * int64_t(c.bytes), buf, c.elems);
+    const float* xb = x + b * c.elems;
+    for (int64_t v = 0; v < c.elems; v += 2 * kLanes) {  // elems is a multiple of 32 >= 2 * kLanes
+      const Vec w0 = Load(buf + v), w1 = Load(buf + v + kLanes);
+      for (int r = 0; r < R; ++r) {
+        acc[r][0] = Fma(w0, Load(xb + r * in + v), acc[r][0]);
+        acc[r][1] = Fma(w1, Load(xb + r * in + v + kLanes), acc[r][1]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) y[r * out] = ReduceAdd(Add(acc[r][0], acc[r][1]));
+}
 #else
 template <int R, int U, typename T>
 inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, int64_t out) {
@@ -123,6 +213,17 @@ inline void DotRowBlocks(const uint8_t* w, int64_t in, const float* x, float* y,
   }
   for (int r = 0; r < R; ++r) y[r * out] = s[r];
 }
+
+template <int R>
+inline void DotRowDequant(const uint8_t* w, int64_t in, const BlockCodec& c, const float* x, float* y, int64_t out) {
+  float s[R] = {}, buf[kSuperBlock];
+  for (int64_t b = 0; b < in / c.elems; ++b) {
+    c.to_f32(w + b * int64_t(c.bytes), buf, c.elems);
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = 0; j < c.elems; ++j) s[r] += buf[j] * x[r * in + b * c.elems + j];
+  }
+  for (int r = 0; r < R; ++r) y[r * out] = s[r];
+}
 #endif
 
 // Output rows [b, e) for R rows of x (x: (R, in), y: (R, out) with row stride out).
@@ -134,6 +235,7 @@ void GemvRange(const TensorView& w, const float* x, float* y, int64_t b, int64_t
   const DType t = w.dtype;
   const size_t row_bytes = DTypeBytes(t, in);
   const auto* base = static_cast<const uint8_t*>(w.data);
+  const BlockCodec* codec = FindBlockCodec(t);
   for (int64_t o = b; o < e; ++o) {
     const uint8_t* row = base + size_t(o) * row_bytes;
     switch (t) {
@@ -142,6 +244,12 @@ void GemvRange(const TensorView& w, const float* x, float* y, int64_t b, int64_t
       case DType::kBF16: DotRow<R, U>(reinterpret_cast<const uint16_t*>(row), in, t, x, y + o, out); break;
       case DType::kQ8_0: DotRowBlocks<R, B, DType::kQ8_0>(row, in, x, y + o, out); break;
       case DType::kQ4_0: DotRowBlocks<R, B, DType::kQ4_0>(row, in, x, y + o, out); break;
+#if defined(ATP_SIMD_WIDTH)
+      case DType::kQ4_K: DotRowK<R, DType::kQ4_K>(row, in, x, y + o, out); break;
+      case DType::kQ5_K: DotRowK<R, DType::kQ5_K>(row, in, x, y + o, out); break;
+      case DType::kQ6_K: DotRowK<R, DType::kQ6_K>(row, in, x, y + o, out); break;
+#endif
+      default: DotRowDequant<R>(row, in, *codec, x, y + o, out); break;
     }
   }
 }
@@ -252,7 +360,7 @@ void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
                   static_cast<const float*>(w.data) + b * in, int(in), 0.0f, y + b, int(out));
       return;
     }
-    // f16/bf16/Q8_0/Q4_0 weights: convert a panel of this slice's rows to f32 (about 8 MiB, in cache when
+    // f16/bf16/block weights: convert a panel of this slice's rows to f32 (about 8 MiB, in cache when
     // sgemm reads it), then sgemm it into the matching columns of y. Each sgemm call repacks all
     // of x, so panels are made large enough that this costs a few percent at most.
     const int64_t panel = std::max<int64_t>(16, (int64_t(8) << 20) / (in * 4));

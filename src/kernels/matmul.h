@@ -1,4 +1,4 @@
-// Y = X W^T for weights in their file dtype (f32/f16/bf16/q8_0/q4_0), accumulating in f32.
+// Y = X W^T for weights in their file dtype (f32/f16/bf16 or any block dtype of core/dtype.h), accumulating in f32.
 // Few rows (decode) go through our own threaded AVX-512/AVX2 GEMV, which reads each weight once;
 // many rows (prefill) go through OpenBLAS sgemm on f32 panels converted on the fly.
 // Threads: both paths split output columns over ThreadPool::Global(); OpenBLAS is set to one thread
@@ -14,7 +14,7 @@ namespace atp {
 // Rows of X at or below this count take the GEMV path.
 constexpr int kGemvMaxRows = 8;
 
-// x: (n, in) f32 row-major; w: (out, in), in a multiple of 32 for q8_0/q4_0; y: (n, out). bias (out) f32 or null.
+// x: (n, in) f32 row-major; w: (out, in), in a multiple of the block (32 or 256) for block dtypes; y: (n, out). bias (out) f32 or null.
 void MatMul(const float* x, int64_t n, const TensorView& w, const float* bias, float* y);
 
 // Several products of the same x (the q/k/v projections, gate and up): y_i = x W_i^T (+ bias_i).

@@ -130,9 +130,46 @@ Status ReadValue(Cursor& c, ValueType t, const std::string& what, int depth, uin
   return Status::Corruption(what + ": unknown value type " + std::to_string(uint32_t(t)));
 }
 
-bool KnownGgmlType(uint32_t t) {
-  return t == uint32_t(GgmlType::kF32) || t == uint32_t(GgmlType::kF16) || t == uint32_t(GgmlType::kBF16) ||
-         t == uint32_t(GgmlType::kQ8_0) || t == uint32_t(GgmlType::kQ4_0);
+struct TypeRow {
+  GgmlType type;
+  std::string_view name;
+  DType dtype;
+};
+constexpr TypeRow kTypes[] = {
+    {GgmlType::kF32, "F32", DType::kF32},         {GgmlType::kF16, "F16", DType::kF16},
+    {GgmlType::kQ4_0, "Q4_0", DType::kQ4_0},      {GgmlType::kQ4_1, "Q4_1", DType::kQ4_1},
+    {GgmlType::kQ5_0, "Q5_0", DType::kQ5_0},      {GgmlType::kQ5_1, "Q5_1", DType::kQ5_1},
+    {GgmlType::kQ8_0, "Q8_0", DType::kQ8_0},      {GgmlType::kQ2_K, "Q2_K", DType::kQ2_K},
+    {GgmlType::kQ3_K, "Q3_K", DType::kQ3_K},      {GgmlType::kQ4_K, "Q4_K", DType::kQ4_K},
+    {GgmlType::kQ5_K, "Q5_K", DType::kQ5_K},      {GgmlType::kQ6_K, "Q6_K", DType::kQ6_K},
+    {GgmlType::kIQ4_NL, "IQ4_NL", DType::kIQ4_NL}, {GgmlType::kIQ4_XS, "IQ4_XS", DType::kIQ4_XS},
+    {GgmlType::kBF16, "BF16", DType::kBF16},
+};
+// ggml's other types, named in the refusal (their numbers are never reused).
+constexpr std::pair<uint32_t, std::string_view> kRefused[] = {
+    {4, "Q4_2 (removed from ggml)"}, {5, "Q4_3 (removed from ggml)"}, {9, "Q8_1"}, {15, "Q8_K"},
+    {16, "IQ2_XXS"}, {17, "IQ2_XS"}, {18, "IQ3_XXS"}, {19, "IQ1_S"}, {21, "IQ3_S"}, {22, "IQ2_S"},
+    {24, "I8"}, {25, "I16"}, {26, "I32"}, {27, "I64"}, {28, "F64"}, {29, "IQ1_M"},
+    {31, "Q4_0_4_4 (removed from GGUF)"}, {32, "Q4_0_4_8 (removed from GGUF)"}, {33, "Q4_0_8_8 (removed from GGUF)"},
+    {34, "TQ1_0"}, {35, "TQ2_0"}, {36, "IQ4_NL_4_4 (removed from GGUF)"}, {37, "IQ4_NL_4_8 (removed from GGUF)"},
+    {38, "IQ4_NL_8_8 (removed from GGUF)"}, {39, "MXFP4"}, {40, "NVFP4"}, {41, "Q1_0"}, {42, "Q2_0"},
+};
+
+const TypeRow* FindType(uint32_t t) {
+  for (const TypeRow& r : kTypes)
+    if (uint32_t(r.type) == t) return &r;
+  return nullptr;
+}
+
+// "unsupported ggml type 16 (IQ2_XXS); supported: F32, F16, ..." for a type outside kTypes.
+Status RefuseType(const std::string& what, uint32_t t) {
+  std::string name = "unknown";
+  for (const auto& [n, s] : kRefused)
+    if (n == t) name = s;
+  std::string supported;
+  for (const TypeRow& r : kTypes) supported += (supported.empty() ? "" : ", ") + std::string(r.name);
+  return Status::Unsupported(what + ": unsupported ggml type " + std::to_string(t) + " (" + name + "); supported: " +
+                             supported);
 }
 
 }  // namespace
@@ -144,26 +181,26 @@ std::string_view ValueTypeName(ValueType t) {
 }
 
 std::string_view GgmlTypeName(GgmlType t) {
-  switch (t) {
-    case GgmlType::kF32: return "F32";
-    case GgmlType::kF16: return "F16";
-    case GgmlType::kBF16: return "BF16";
-    case GgmlType::kQ8_0: return "Q8_0";
-    case GgmlType::kQ4_0: return "Q4_0";
-  }
-  return "unknown";
+  const TypeRow* r = FindType(uint32_t(t));
+  return r ? r->name : "unknown";
 }
 
-int64_t GgmlBlockElems(GgmlType t) { return t == GgmlType::kQ8_0 || t == GgmlType::kQ4_0 ? 32 : 1; }
+DType DTypeOfGgml(GgmlType t) {
+  const TypeRow* r = FindType(uint32_t(t));
+  return r ? r->dtype : DType::kF32;  // every GgmlType value has a row
+}
+
+GgmlType GgmlOfDType(DType t) {
+  for (const TypeRow& r : kTypes)
+    if (r.dtype == t) return r.type;
+  return GgmlType::kF32;  // every DType has a row
+}
+
+int64_t GgmlBlockElems(GgmlType t) { return DTypeBlockElems(DTypeOfGgml(t)); }
 
 int64_t GgmlBlockBytes(GgmlType t) {
-  switch (t) {
-    case GgmlType::kF32: return 4;
-    case GgmlType::kF16: case GgmlType::kBF16: return 2;
-    case GgmlType::kQ8_0: return 34;
-    case GgmlType::kQ4_0: return 18;
-  }
-  return 0;
+  const DType d = DTypeOfGgml(t);
+  return int64_t(DTypeBytes(d, DTypeBlockElems(d)));
 }
 
 bool Value::is_integer() const {
@@ -267,9 +304,7 @@ Result<std::unique_ptr<GgufFile>> GgufFile::Parse(const uint8_t* data, size_t si
     }
     uint32_t type;
     if (!c.Read(&type) || !c.Read(&ti.offset)) return fail(Truncated(what + " type and offset", c.pos()));
-    if (!KnownGgmlType(type))
-      return fail(Status::Unsupported(what + ": unsupported ggml type " + std::to_string(type) +
-                                      " (supported: F32, F16, BF16, Q8_0, Q4_0)"));
+    if (!FindType(type)) return fail(RefuseType(what, type));
     ti.type = GgmlType(type);
     const uint64_t be = uint64_t(GgmlBlockElems(ti.type));
     if (uint64_t(ti.ne[0]) % be != 0)

@@ -1,6 +1,6 @@
 // GGUF (versions 2 and 3) reader: header, metadata key/values of every type and tensor infos, parsed
 // from bytes (a memory map or a fuzzer's buffer). Every count, length, offset and extent is checked
-// against the bytes available before it is used; tensor types beyond F32/F16/BF16/Q8_0/Q4_0 are refused.
+// against the bytes available before it is used; tensor types other than GgmlType's are refused by name.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/mapped_file.h"
 #include "core/status.h"
 
@@ -22,12 +23,17 @@ enum class ValueType : uint32_t {
 };
 std::string_view ValueTypeName(ValueType t);
 
-// Tensor element types this engine knows (ggml numbering). Q8_0/Q4_0 are blocks of 32 elements:
-// Q8_0 = f16 scale + 32 int8 (34 bytes), Q4_0 = f16 scale + 16 bytes of nibbles (18 bytes).
-enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kBF16 = 30 };
-std::string_view GgmlTypeName(GgmlType t);
-int64_t GgmlBlockElems(GgmlType t);   // elements per block (1 for the float types)
-int64_t GgmlBlockBytes(GgmlType t);   // bytes per block
+// Tensor element types this engine reads (ggml numbering), each stored as it is in the DType of the
+// same name (block layouts: core/quant.h, core/kquant.h). Other ggml types are refused by name.
+enum class GgmlType : uint32_t {
+  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kQ2_K = 10, kQ3_K = 11,
+  kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kIQ4_NL = 20, kIQ4_XS = 23, kBF16 = 30,
+};
+std::string_view GgmlTypeName(GgmlType t);  // ggml's name: "F32", "Q4_K", "IQ4_XS", ...
+DType DTypeOfGgml(GgmlType t);              // the engine dtype holding its bytes as they are
+GgmlType GgmlOfDType(DType t);              // and back (every DType is a ggml type)
+int64_t GgmlBlockElems(GgmlType t);         // elements per block (1 for the float types)
+int64_t GgmlBlockBytes(GgmlType t);         // bytes per block
 
 // One metadata value. Scalars use exactly one of u/i/f (bool in u); arrays hold items of `elem`.
 struct Value {

@@ -20,25 +20,13 @@ namespace {
 using gguf::GgmlType;
 using gguf::Value;
 
-// llama.cpp's general.file_type (llama_ftype) for a file whose matrices are all of one type.
-uint32_t FileType(GgmlType t) {
-  switch (t) {
-    case GgmlType::kF32: return 0;
-    case GgmlType::kF16: return 1;
-    case GgmlType::kQ4_0: return 2;
-    case GgmlType::kQ8_0: return 7;
-    case GgmlType::kBF16: return 32;
-  }
-  return 0;
-}
-
 std::vector<std::pair<std::string, Value>> ConfigMetadata(const ModelConfig& c, const std::string& arch,
-                                                          const std::string& name, GgmlType type) {
+                                                          const std::string& name, uint32_t file_type) {
   const std::string p = arch + ".";
   std::vector<std::pair<std::string, Value>> md = {
       {"general.architecture", Value::Str(arch)},
       {"general.name", Value::Str(name)},
-      {"general.file_type", Value::U32(FileType(type))},
+      {"general.file_type", Value::U32(file_type)},
       {"general.quantization_version", Value::U32(2)},  // ggml's current block formats
       {p + "vocab_size", Value::U32(uint32_t(c.vocab_size))},
       {p + "context_length", Value::U32(uint32_t(c.max_position))},
@@ -62,14 +50,8 @@ std::vector<std::pair<std::string, Value>> ConfigMetadata(const ModelConfig& c, 
 
 }  // namespace
 
-bool ParseGgufOutType(const std::string& name, gguf::GgmlType* out) {
-  DType t;
-  if (!ParseDType(name, &t) || DTypeName(t) != name) return false;  // our lower-case names only
-  *out = GgmlOfDType(t);
-  return true;
-}
-
-Status ConvertToGguf(const std::string& dir, const std::string& out_path, GgmlType type) {
+Status ConvertToGguf(const std::string& dir, const std::string& out_path, const GgufWeightFormat& format,
+                     std::vector<std::string>* log) {
   if (!std::filesystem::is_directory(dir)) return Status::NotFound(dir + ": not a model directory");
   ATP_ASSIGN_OR_RETURN(ModelConfig cfg, LoadModelConfig(dir + "/config.json"));
   ATP_ASSIGN_OR_RETURN(std::unique_ptr<SafeTensors> st, SafeTensors::Open(dir));
@@ -79,7 +61,7 @@ Status ConvertToGguf(const std::string& dir, const std::string& out_path, GgmlTy
   const std::string arch = cfg.model_type == "qwen2" ? "qwen2" : "llama";
   std::string name = std::filesystem::path(dir).filename().string();
   if (name.empty()) name = std::filesystem::path(dir).parent_path().filename().string();
-  auto md = ConfigMetadata(cfg, arch, name, type);
+  auto md = ConfigMetadata(cfg, arch, name, format.file_type);
 
   const std::string tok_path = dir + "/tokenizer.json", tok_cfg_path = dir + "/tokenizer_config.json";
   if (std::filesystem::exists(tok_path)) {
@@ -95,6 +77,8 @@ Status ConvertToGguf(const std::string& dir, const std::string& out_path, GgmlTy
 
   std::vector<gguf::TensorToWrite> tensors;
   const bool permute = GgufArchPermutesQK(arch);
+  bool has_output = false;
+  for (const auto& [hf, view] : st->tensors()) has_output |= HfToGgufName(hf) == "output.weight";
   for (const auto& [hf, view] : st->tensors()) {
     if (hf.ends_with("rotary_emb.inv_freq")) continue;  // a buffer some checkpoints keep; RoPE is recomputed
     const std::string gname = HfToGgufName(hf);
@@ -102,11 +86,14 @@ Status ConvertToGguf(const std::string& dir, const std::string& out_path, GgmlTy
     gguf::TensorToWrite t;
     t.name = gname;
     t.ne.assign(view.shape.rbegin(), view.shape.rend());
-    // Vectors stay F32. A matrix whose rows are not whole 32-element blocks cannot be Q8_0/Q4_0 and
-    // keeps the checkpoint's type (llama.cpp's converter writes F16 there; keeping it is lossless
-    // and is what `--weights q8_0` does at load, so both paths compute the same).
-    t.type = view.shape.size() == 1 ? GgmlType::kF32 : type;
-    if (GgmlBlockElems(t.type) > 1 && view.cols() % GgmlBlockElems(t.type) != 0) t.type = GgmlOfDType(view.dtype);
+    // Vectors stay F32; matrices get the format's type for their name and row length.
+    if (view.shape.size() == 1) {
+      t.type = GgmlType::kF32;
+    } else {
+      TensorTypeChoice c = ChooseTensorType(format, gname, view.cols(), view.dtype, cfg.num_layers, has_output);
+      t.type = c.type;
+      if (log && !c.fallback.empty()) log->push_back(std::move(c.fallback));
+    }
     const bool qk = permute && (hf.find("q_proj.") != std::string::npos || hf.find("k_proj.") != std::string::npos);
     const TensorView v = view;
     const int head_dim = cfg.head_dim;
@@ -119,7 +106,7 @@ Status ConvertToGguf(const std::string& dir, const std::string& out_path, GgmlTy
                       size_t(v.cols()) * sizeof(float), head_dim, /*to_gguf=*/true);
         f.swap(p);
       }
-      FromF32(DTypeOfGgml(out), f.data(), dst, f.size());  // Q8_0/Q4_0: ggml's reference quantizers, row by row
+      FromF32(DTypeOfGgml(out), f.data(), dst, f.size());  // blocks: ggml's reference quantizers
       return Status::Ok();
     };
     tensors.push_back(std::move(t));

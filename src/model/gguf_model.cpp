@@ -45,28 +45,6 @@ bool SplitLayer(std::string_view name, std::string_view prefix, std::string* lay
 
 }  // namespace
 
-DType DTypeOfGgml(gguf::GgmlType t) {
-  switch (t) {
-    case gguf::GgmlType::kF32: return DType::kF32;
-    case gguf::GgmlType::kF16: return DType::kF16;
-    case gguf::GgmlType::kBF16: return DType::kBF16;
-    case gguf::GgmlType::kQ8_0: return DType::kQ8_0;
-    case gguf::GgmlType::kQ4_0: return DType::kQ4_0;
-  }
-  return DType::kF32;  // unreachable: the reader admits only the five types
-}
-
-gguf::GgmlType GgmlOfDType(DType t) {
-  switch (t) {
-    case DType::kF32: return gguf::GgmlType::kF32;
-    case DType::kF16: return gguf::GgmlType::kF16;
-    case DType::kBF16: return gguf::GgmlType::kBF16;
-    case DType::kQ8_0: return gguf::GgmlType::kQ8_0;
-    case DType::kQ4_0: return gguf::GgmlType::kQ4_0;
-  }
-  return gguf::GgmlType::kF32;
-}
-
 namespace {
 
 // One direction of the two name tables: `to_gguf` maps Hugging Face names to GGUF's, else back.
@@ -118,6 +96,30 @@ Result<ModelConfig> ConfigFromGguf(const gguf::GgufFile& g) {
     s = g.GetInt(key, &v, required);
     if (s.ok() && g.Find(key)) j[field] = v;
   };
+  // Head counts and FFN widths may be per-layer arrays (llama.cpp writes them for models whose layers
+  // differ): one value when every layer has it, else refused naming two layers that differ.
+  auto get_layer_int = [&](const std::string& key, const char* field, bool required) {
+    const gguf::Value* v = g.Find(key);
+    if (!s.ok() || !v || v->type != gguf::ValueType::kArray) return get_int(key, field, required);
+    int64_t first = 0, x = 0;
+    if (v->items.empty() || !v->items[0].AsInt(&first)) {
+      s = Status::InvalidArgument(key + ": a per-layer array must hold integers, one per layer");
+      return;
+    }
+    for (size_t i = 1; i < v->items.size(); ++i) {
+      if (!v->items[i].AsInt(&x)) {
+        s = Status::InvalidArgument(key + ": a per-layer array must hold integers, one per layer");
+        return;
+      }
+      if (x != first) {
+        s = Status::Unsupported(key + ": per-layer values differ (layer 0: " + std::to_string(first) + ", layer " +
+                                std::to_string(i) + ": " + std::to_string(x) +
+                                "); atp runs models whose layers all have the same shape");
+        return;
+      }
+    }
+    j[field] = first;
+  };
   auto get_float = [&](const std::string& key, const char* field) {
     double v = 0;
     if (!s.ok()) return;
@@ -125,10 +127,10 @@ Result<ModelConfig> ConfigFromGguf(const gguf::GgufFile& g) {
     if (s.ok() && g.Find(key)) j[field] = v;
   };
   get_int(p + "embedding_length", "hidden_size", true);
-  get_int(p + "feed_forward_length", "intermediate_size", true);
+  get_layer_int(p + "feed_forward_length", "intermediate_size", true);
   get_int(p + "block_count", "num_hidden_layers", true);
-  get_int(p + "attention.head_count", "num_attention_heads", true);
-  get_int(p + "attention.head_count_kv", "num_key_value_heads", false);
+  get_layer_int(p + "attention.head_count", "num_attention_heads", true);
+  get_layer_int(p + "attention.head_count_kv", "num_key_value_heads", false);
   get_int(p + "context_length", "max_position_embeddings", false);
   get_int(p + "attention.key_length", "head_dim", false);
   get_int(p + "vocab_size", "vocab_size", false);

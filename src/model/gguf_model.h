@@ -24,9 +24,9 @@ Result<ModelConfig> ConfigFromGguf(const gguf::GgufFile& g);
 Result<std::unique_ptr<SafeTensors>> TensorsFromGguf(std::shared_ptr<const gguf::GgufFile> g,
                                                      const ModelConfig& cfg);
 
-// The engine dtype of a ggml tensor type and back (all five types have both).
-DType DTypeOfGgml(gguf::GgmlType t);
-gguf::GgmlType GgmlOfDType(DType t);
+// The engine dtype of a ggml tensor type and back (model/gguf.h).
+using gguf::DTypeOfGgml;
+using gguf::GgmlOfDType;
 
 // "model.layers.3.mlp.up_proj.weight" <-> "blk.3.ffn_up.weight"; "" when the name has no counterpart.
 std::string HfToGgufName(std::string_view hf);

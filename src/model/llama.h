@@ -33,9 +33,9 @@ struct LoadOptions {
   // false: use the weights in place in the read-only mapping (no copy; slower decode).
   bool resident_weights = true;
   // Convert the matrices (embedding, projections, LM head) to this dtype at load, e.g. quantize a
-  // bf16 checkpoint to q8_0/q4_0 with ggml's reference quantizers (`--weights`); norms and biases
-  // keep their file dtype, and so does a matrix whose rows do not fill whole 32-element blocks when
-  // the target is q8_0/q4_0 (ref-5m's down projections, 688 columns: ggml's blocks cannot hold them;
+  // bf16 checkpoint to q8_0/q4_k/... with ggml's reference quantizers (`--weights`); norms and biases
+  // keep their file dtype, and so does a matrix whose rows do not fill whole blocks of the target
+  // (32 or 256 elements: ref-5m's down projections, 688 columns, fit neither;
   // weights().layers[l].w_down.dtype says what happened). The converted weights live in resident
   // memory whatever resident_weights says. Unset: the file's dtypes.
   std::optional<DType> weights_dtype;
