@@ -97,8 +97,7 @@ TEST(ChatTemplateLimits, WorkAndSizeAreBounded) {
   EXPECT_ERROR_HAS("{{ ('a' * 1000000) | replace('a', 'b' * 1000) }}", "a string would pass 67108864 bytes");
   EXPECT_ERROR_HAS("{{ range(100000) | join('x' * 100000) }}", "a string would pass 67108864 bytes");
   EXPECT_ERROR_HAS("{{ [[[1]]] | tojson(indent=10**9) }}", "tojson: indentation would pass");
-  EXPECT_ERROR_HAS("{{ ('a' * 1000000) in ('a' * 10000000) }}", "rendering exceeds its work limit");
-  EXPECT_ERROR_HAS("{% for i in range(2000000) %}{{ 'x' }}{% endfor %}", "rendering exceeds its work limit");
+  EXPECT_ERROR_HAS("{{ ('a' * 200000) in ('a' * 2000000) }}", "rendering exceeds its work limit");  // O(n*m) search
 }
 
 // 64-bit integers: what Python makes a big integer is an error, never a wrapped or undefined value.

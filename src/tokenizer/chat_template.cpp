@@ -1045,8 +1045,13 @@ Json IntOfString(std::string s, int line) {
   return ToInt(Value(Json(d)), line, "int");
 }
 
+// Python's str.replace (count < 0: all), its result's size checked before it is built.
 std::string Replace(const std::string& s, const std::string& from, const std::string& to, int64_t count, int line) {
   if (from.empty()) return s;
+  uint64_t hits = 0;
+  for (size_t q = 0; int64_t(hits) != count && (q = s.find(from, q)) != std::string::npos; q += from.size()) ++hits;
+  if (to.size() > from.size() && s.size() + hits * (to.size() - from.size()) > kMaxStringBytes)
+    Fail(line, "a string would pass " + std::to_string(kMaxStringBytes) + " bytes");
   std::string out;
   size_t p = 0;
   for (size_t q; count != 0 && (q = s.find(from, p)) != std::string::npos; p = q + from.size(), --count) {
@@ -1529,6 +1534,19 @@ class Renderer {
     return Value(Json(std::pow(p, q)));
   }
 
+  // str.join and the join filter: the items (or their attribute `attr`) as strings, `sep` between them;
+  // the separators' total size is checked before anything is built.
+  std::string Join(const std::vector<Value>& items, const std::string& sep, const Value& attr, int line) {
+    if (!items.empty() && sep.size() > kMaxStringBytes / items.size())
+      Fail(line, "a string would pass " + std::to_string(kMaxStringBytes) + " bytes");
+    std::string r;
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (i) Append(&r, sep, line);
+      Append(&r, Str(attr.undefined ? items[i] : Attr(items[i], Str(attr, line), line), line), line);
+    }
+    return r;
+  }
+
   std::vector<Value> Args(const Expr& e) {
     std::vector<Value> args;
     for (size_t i = 1; i < e.kids.size(); ++i) args.push_back(Eval(*e.kids[i]));
@@ -1648,16 +1666,7 @@ class Renderer {
         ChargeSearch(s.size(), from.size(), e.line);
         return Value(Json(Replace(s, from, str_arg(1), args.size() > 2 ? ToInt(args[2], e.line, "count") : -1, e.line)));
       }
-      if (m == "join") {
-        std::string r;
-        bool first = true;
-        for (auto& x : Items(arg(0), e.line)) {
-          if (!first) Append(&r, s, e.line);
-          Append(&r, Str(x, e.line), e.line);
-          first = false;
-        }
-        return Value(Json(r));
-      }
+      if (m == "join") return Value(Json(Join(Items(arg(0), e.line), s, Value::Undefined(), e.line)));
     }
     if (j.is_object()) {
       if (m == "items" || m == "keys" || m == "values") {
@@ -1715,14 +1724,7 @@ class Renderer {
     if (f == "join") {
       const std::string sep = args.empty() ? "" : Str(args[0], e.line);
       const Value attr = Kwarg(e, "attribute", args, 1, Value::Undefined());
-      std::string r;
-      bool first = true;
-      for (auto& x : Items(v, e.line)) {
-        if (!first) Append(&r, sep, e.line);
-        Append(&r, Str(attr.undefined ? x : Attr(x, Str(attr, e.line), e.line), e.line), e.line);
-        first = false;
-      }
-      return Value(Json(r));
+      return Value(Json(Join(Items(v, e.line), sep, attr, e.line)));
     }
     if (f == "list") {
       Json a = Json::array();
