@@ -98,6 +98,14 @@ TEST(ChatTemplateLimits, WorkAndSizeAreBounded) {
   EXPECT_ERROR_HAS("{{ range(100000) | join('x' * 100000) }}", "a string would pass 67108864 bytes");
   EXPECT_ERROR_HAS("{{ [[[1]]] | tojson(indent=10**9) }}", "tojson: indentation would pass");
   EXPECT_ERROR_HAS("{{ ('a' * 200000) in ('a' * 2000000) }}", "rendering exceeds its work limit");  // O(n*m) search
+  // Iterating a 20 MB string would build 20M one-character strings: charged before they are built.
+  EXPECT_ERROR_HAS("{% for c in 'ab' * 10000000 %}{% endfor %}", "rendering exceeds its work limit");
+  // A name looked up from inside 120 nested loops searches 121 scopes each time.
+  std::string nested = "{% set x = 1 %}";
+  for (int i = 0; i < 120; ++i) nested += "{% for a in [1] %}";
+  nested += "{% for i in range(1000000) %}{{ x }}{% endfor %}";
+  for (int i = 0; i < 120; ++i) nested += "{% endfor %}";
+  EXPECT_ERROR_HAS(nested, "rendering exceeds its work limit");
 }
 
 // 64-bit integers: what Python makes a big integer is an error, never a wrapped or undefined value.

@@ -17,6 +17,7 @@
 #include <limits>
 #include <map>
 #include <sstream>
+#include <string_view>
 
 #include "core/mapped_file.h"
 
@@ -980,19 +981,12 @@ void Dump(const Json& j, int64_t indent, int depth, int line, std::string* out) 
   }
 }
 
-// UTF-8 code point boundaries, so that string indexing and slicing count characters as Python does.
-std::vector<std::string> Chars(const std::string& s) {
-  std::vector<std::string> out;
-  for (size_t i = 0; i < s.size();) {
-    size_t n = 1;
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0xF0) n = 4;
-    else if (c >= 0xE0) n = 3;
-    else if (c >= 0xC0) n = 2;
-    out.push_back(s.substr(i, n));
-    i += n;
-  }
-  return out;
+// UTF-8 code points, so that string length, indexing and slicing count characters as Python does.
+size_t CharLength(unsigned char lead) { return lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1; }
+size_t CountChars(const std::string& s) {
+  size_t n = 0;
+  for (size_t i = 0; i < s.size(); i += CharLength(static_cast<unsigned char>(s[i]))) ++n;
+  return n;
 }
 
 int64_t ToInt(const Value& v, int line, const char* what) {
@@ -1131,6 +1125,20 @@ class Renderer {
     return Flow::kNormal;
   }
 
+  // The code points of s, as views into it; charged for the scan and the table before it is built.
+  std::vector<std::string_view> Chars(const std::string& s, int line) {
+    const size_t n = CountChars(s);
+    Charge(Units(s.size()) + Units(n * sizeof(std::string_view)) + 1, line);
+    std::vector<std::string_view> out;
+    out.reserve(n);
+    for (size_t i = 0; i < s.size();) {
+      const size_t k = std::min(CharLength(static_cast<unsigned char>(s[i])), s.size() - i);
+      out.emplace_back(s.data() + i, k);
+      i += k;
+    }
+    return out;
+  }
+
   // str(value), charged like a copy when it prints a container (its repr visits every node).
   std::string Str(const Value& v, int line) {
     if (v.data().is_structured()) Charge(Measure(v.data(), line), line);
@@ -1172,7 +1180,7 @@ class Renderer {
 
   void Assign(const Node& n, const Value& v) {
     if (n.attr_target) {
-      Value* ns = Lookup(n.targets[0]);
+      Value* ns = Lookup(n.targets[0], n.line);
       if (!ns || !ns->ns) Fail(n.line, "'" + n.targets[0] + "' is not a namespace");
       // The member is a copy (and one more level of nesting): charged, its depth checked.
       Charge(Measure(v.data(), n.line) + ns->ns->size(), n.line);
@@ -1194,11 +1202,19 @@ class Renderer {
     for (size_t i = 0; i < names.size(); ++i) scopes_.back()[names[i]] = Value::Part(v, j[i]);
   }
 
-  Value* Lookup(const std::string& name) {
+  // The innermost binding of name. Each nested loop adds a scope to search: charged one unit per 4
+  // scopes searched (a name looked up from the 128th loop down searches them all).
+  Value* Lookup(const std::string& name, int line) {
+    size_t searched = 0;
     for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it) {
+      ++searched;
       auto f = it->find(name);
-      if (f != it->end()) return &f->second;
+      if (f != it->end()) {
+        Charge(searched / 4, line);
+        return &f->second;
+      }
     }
+    Charge(searched / 4, line);
     return nullptr;
   }
 
@@ -1213,10 +1229,9 @@ class Renderer {
       Charge(j.size(), line);
       for (auto& [k, x] : j.items()) items.emplace_back(Json(k));
     } else if (j.is_string()) {
-      Charge(2 * Units(j.get_ref<const std::string&>().size()) + 1, line);
-      std::vector<std::string> chars = Chars(j.get<std::string>());
-      Charge(chars.size(), line);
-      for (auto& c : chars) items.emplace_back(Json(std::move(c)));
+      const std::vector<std::string_view> chars = Chars(j.get_ref<const std::string&>(), line);
+      Charge(chars.size(), line);  // a string value per character
+      for (auto c : chars) items.emplace_back(Json(std::string(c)));
     } else {
       Fail(line, "'" + TypeName(v) + "' is not iterable");
     }
@@ -1288,7 +1303,7 @@ class Renderer {
         return v;
       }
       case Expr::kName: {
-        Value* v = Lookup(e.name);
+        Value* v = Lookup(e.name, e.line);
         return v ? *v : Value::Undefined();
       }
       case Expr::kList:
@@ -1370,16 +1385,13 @@ class Renderer {
       return Attr(obj, k.get<std::string>(), line);
     }
     if ((j.is_array() || j.is_string()) && k.is_number_integer()) {
-      std::vector<std::string> chars;
-      if (j.is_string()) {
-        Charge(2 * Units(j.get_ref<const std::string&>().size()) + 1, line);
-        chars = Chars(j.get<std::string>());
-      }
+      std::vector<std::string_view> chars;
+      if (j.is_string()) chars = Chars(j.get_ref<const std::string&>(), line);
       const int64_t n = j.is_array() ? int64_t(j.size()) : int64_t(chars.size());
       int64_t i = k.get<int64_t>();
       if (i < 0) i += n;
       if (i < 0 || i >= n) return Value::Undefined();
-      return j.is_array() ? Value::Part(obj, j[size_t(i)]) : Value(Json(chars[size_t(i)]));
+      return j.is_array() ? Value::Part(obj, j[size_t(i)]) : Value(Json(std::string(chars[size_t(i)])));
     }
     if (obj.undefined) return Value::Undefined();
     Fail(line, "cannot index " + TypeName(obj) + " with " + TypeName(key));
@@ -1390,11 +1402,8 @@ class Renderer {
     Value obj = Eval(*e.kids[0]);
     const Json& j = obj.data();
     if (!j.is_array() && !j.is_string()) Fail(e.line, "cannot slice " + TypeName(obj));
-    std::vector<std::string> chars;
-    if (j.is_string()) {
-      Charge(2 * Units(j.get_ref<const std::string&>().size()) + 1, e.line);
-      chars = Chars(j.get<std::string>());
-    }
+    std::vector<std::string_view> chars;
+    if (j.is_string()) chars = Chars(j.get_ref<const std::string&>(), e.line);
     const int64_t n = j.is_array() ? int64_t(j.size()) : int64_t(chars.size());
     const int64_t step = e.kids[3] ? ToInt(Eval(*e.kids[3]), e.line, "slice step") : 1;
     if (step == 0) Fail(e.line, "slice step cannot be zero");
@@ -1570,7 +1579,7 @@ class Renderer {
       if (!j.is_string()) Fail(e.line, "argument " + std::to_string(i + 1) + " must be a string");
       return j.get<std::string>();
     };
-    if (callee.kind == Expr::kName && !Lookup(callee.name)) {
+    if (callee.kind == Expr::kName && !Lookup(callee.name, e.line)) {
       const std::string& f = callee.name;
       if (f == "raise_exception") throw Error{args.empty() ? "raise_exception" : Str(args[0], e.line), true};
       if (f == "namespace" || f == "dict") {
@@ -1706,7 +1715,7 @@ class Renderer {
     }
     if (f == "title" || f == "capitalize") return Value(Json(Title(need_str(), f == "capitalize")));
     if (f == "length" || f == "count") {
-      if (j.is_string()) return Value(Json(int64_t(Chars(j.get<std::string>()).size())));
+      if (j.is_string()) return Value(Json(int64_t(CountChars(j.get_ref<const std::string&>()))));
       if (j.is_array() || j.is_object()) return Value(Json(int64_t(j.size())));
       if (v.undefined) return Value(Json(0));
       Fail(e.line, "object of type '" + TypeName(v) + "' has no length");
@@ -1733,7 +1742,7 @@ class Renderer {
     }
     if (f == "reverse") {
       if (j.is_string()) {
-        std::vector<std::string> c = Chars(j.get<std::string>());
+        const std::vector<std::string_view> c = Chars(j.get_ref<const std::string&>(), e.line);
         std::string r;
         for (auto it = c.rbegin(); it != c.rend(); ++it) r += *it;
         return Value(Json(r));
