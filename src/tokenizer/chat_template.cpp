@@ -1,15 +1,23 @@
 // A small Jinja interpreter for chat templates: lexer (with Jinja's whitespace rules), recursive-descent
 // parser into a tree, and a tree-walking renderer whose values are JSON values. It implements what
 // chat templates use and stops with a line-numbered error on anything else, never guessing.
+//
+// A template comes with a model file and the messages with a request, so both are untrusted: parsing
+// and rendering are bounded (the limits below), integers that do not fit 64 bits are errors rather
+// than Python's big integers, and every failure comes back as a Status, never as an exception.
 #include "tokenizer/chat_template.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <sstream>
+#include <string_view>
 
 #include "core/mapped_file.h"
 
@@ -18,12 +26,34 @@ namespace jinja {
 
 using Json = nlohmann::ordered_json;
 
+// Limits. They are deterministic (no clocks), so a template renders or fails the same way everywhere.
+// Real templates stay far inside them: nesting of about 10, a few thousand work units per message.
+//  - kMaxNesting: parser recursion (brackets, unary operators, blocks inside blocks) and the depth of
+//    an expression tree (a chain `a ~ b ~ c ...` is as deep as it is long), since evaluating and freeing
+//    a tree recurse once per level.
+//  - kMaxValueDepth: lists/dicts inside one another, in the messages passed in and in every value a
+//    template builds (printing, comparing and copying a value recurse once per level).
+//  - kMaxWork: what one Render may do, in units of one executed node, one evaluated expression, one
+//    JSON node built, copied or compared, or 256 bytes of string built or scanned (a step costs about
+//    as much as copying that many bytes). 2^21 units take well under a second; the real Llama-3,
+//    Qwen3, Gemma-3 and DeepSeek-V3 templates render 10,000 short messages, or 4,000 messages of 4 KB
+//    (16 MB), inside them. A loop over range(10**9) is refused, one that runs long stops here.
+//  - kMaxStringBytes: any one string, the rendered prompt included, checked before it is built.
+constexpr int kMaxNesting = 128;
+constexpr int kMaxValueDepth = 128;
+constexpr uint64_t kMaxWork = uint64_t(1) << 21;
+constexpr uint64_t kBytesPerUnit = 256;
+constexpr size_t kMaxStringBytes = size_t(64) << 20;
+
 // Thrown inside this file only; Parse and Render turn it into a Status.
 struct Error {
   std::string message;
   bool raised = false;  // from the template's raise_exception(): the message is the template's own
 };
 [[noreturn]] void Fail(int line, const std::string& m) { throw Error{"line " + std::to_string(line) + ": " + m}; }
+
+// A piece of the template quoted in an error, cut to a readable length.
+std::string Quote(const std::string& s) { return s.size() <= 40 ? s : s.substr(0, 40) + "..."; }
 
 // ---------------------------------------------------------------------------------------------
 // Lexer: text runs and the tokens inside {{ }} and {% %}; comments dropped. Whitespace control
@@ -67,6 +97,23 @@ void AppendUtf8(uint32_t cp, std::string* out) {
     *out += char(0x80 | ((cp >> 6) & 0x3F));
     *out += char(0x80 | (cp & 0x3F));
   }
+}
+
+// The source as Jinja's lexer sees it: every line break ("\r\n", "\r", "\n") made "\n", and one break
+// at the very end dropped (keep_trailing_newline is off in transformers' environment).
+std::string NormalizeNewlines(const std::string& src) {
+  std::string out;
+  out.reserve(src.size());
+  for (size_t i = 0; i < src.size(); ++i) {
+    if (src[i] != '\r') {
+      out += src[i];
+      continue;
+    }
+    out += '\n';
+    if (i + 1 < src.size() && src[i + 1] == '\n') ++i;
+  }
+  if (!out.empty() && out.back() == '\n') out.pop_back();
+  return out;
 }
 
 class Lexer {
@@ -128,23 +175,33 @@ class Lexer {
   }
 
  private:
-  int Line(size_t pos) { return 1 + int(std::count(s_.begin(), s_.begin() + std::min(pos, s_.size()), '\n')); }
+  // Line of a position; counts on from the last position asked about (positions mostly grow), so lexing
+  // stays linear in the template's length.
+  int Line(size_t pos) {
+    pos = std::min(pos, s_.size());
+    if (pos < line_pos_) line_pos_ = 0, line_ = 1;
+    line_ += int(std::count(s_.begin() + long(line_pos_), s_.begin() + long(pos), '\n'));
+    line_pos_ = pos;
+    return line_;
+  }
 
   void Text(const std::string& t, size_t end) {
     if (!t.empty()) toks_.push_back({Tok::kText, t, 0, 0, Line(end)});
   }
 
   // Lexes expression tokens up to `close`; returns the whitespace sign before it ('-', '+' or 0).
+  // Inside brackets the closing tag is not recognized, as in Jinja: {{ {'k': {}} }} closes at the end.
   char Inside(const std::string& close) {
+    int open = 0;  // brackets open here
     while (true) {
       while (p_ < s_.size() && IsSpace(s_[p_])) ++p_;
       if (p_ >= s_.size()) Fail(Line(p_), "missing '" + close + "'");
-      if ((s_[p_] == '-' || s_[p_] == '+') && s_.compare(p_ + 1, 2, close) == 0) {
+      if (open == 0 && (s_[p_] == '-' || s_[p_] == '+') && s_.compare(p_ + 1, 2, close) == 0) {
         const char sign = s_[p_];
         p_ += 3;
         return sign;
       }
-      if (s_.compare(p_, 2, close) == 0) {
+      if (open == 0 && s_.compare(p_, 2, close) == 0) {
         p_ += 2;
         return 0;
       }
@@ -159,15 +216,32 @@ class Lexer {
         size_t e = p_;
         while (e < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[e])) || s_[e] == '_')) ++e;
         bool is_float = false;
-        if (e + 1 < s_.size() && s_[e] == '.' && std::isdigit(static_cast<unsigned char>(s_[e + 1]))) {
+        const auto digit = [&](size_t k) { return k < s_.size() && std::isdigit(static_cast<unsigned char>(s_[k])); };
+        if (e < s_.size() && s_[e] == '.' && digit(e + 1)) {
           is_float = true;
-          for (++e; e < s_.size() && std::isdigit(static_cast<unsigned char>(s_[e])); ++e) {
+          for (++e; digit(e) || (s_[e] == '_' && digit(e + 1)); ++e) {
+          }
+        }
+        if (e < s_.size() && (s_[e] == 'e' || s_[e] == 'E')) {  // an exponent: 1e5, 2.5E-3
+          const size_t d = e + 1 + (e + 1 < s_.size() && (s_[e + 1] == '+' || s_[e + 1] == '-'));
+          if (digit(d)) {
+            is_float = true;
+            for (e = d; digit(e) || (s_[e] == '_' && digit(e + 1)); ++e) {
+            }
           }
         }
         std::string num = s_.substr(p_, e - p_);
         num.erase(std::remove(num.begin(), num.end(), '_'), num.end());
-        if (is_float) toks_.push_back({Tok::kFloat, num, 0, std::stod(num), line});
-        else toks_.push_back({Tok::kInt, num, std::stoll(num), 0, line});
+        if (is_float) {
+          // strtod, like Python's float(), gives inf or 0 past the double range ("C" locale: atp sets none).
+          toks_.push_back({Tok::kFloat, num, 0, std::strtod(num.c_str(), nullptr), line});
+        } else {
+          int64_t v = 0;
+          const auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), v);
+          if (ec != std::errc() || end != num.data() + num.size())
+            Fail(line, "integer literal " + Quote(num) + " does not fit 64 bits");
+          toks_.push_back({Tok::kInt, num, v, 0, line});
+        }
         p_ = e;
       } else if (c == '\'' || c == '"') {
         toks_.push_back({Tok::kString, String(c), 0, 0, line});
@@ -182,12 +256,16 @@ class Lexer {
           }
         if (!op) Fail(line, std::string("unexpected character '") + c + "'");
         toks_.push_back({Tok::kOp, op, 0, 0, line});
+        if (std::strchr("([{", op[0]) && !op[1]) ++open;
+        if (std::strchr(")]}", op[0]) && !op[1] && open > 0) --open;
         p_ += std::strlen(op);
       }
     }
   }
 
-  // A quoted string literal with Python escapes; p_ is at the opening quote.
+  // A quoted string literal with Python's escapes (Jinja decodes literals with "unicode-escape"); p_ is
+  // at the opening quote. An escape Python refuses is an error here too; so is a surrogate code point,
+  // which has no UTF-8 form. \N{name} is not supported.
   std::string String(char quote) {
     const int line = Line(p_);
     std::string out;
@@ -201,18 +279,34 @@ class Lexer {
         case 'n': out += '\n'; break;
         case 't': out += '\t'; break;
         case 'r': out += '\r'; break;
-        case '0': out += '\0'; break;
+        case 'a': out += '\a'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'v': out += '\v'; break;
         case 'x':
         case 'u':
         case 'U': {
           const size_t n = e == 'x' ? 2 : e == 'u' ? 4 : 8;
-          if (p_ + n >= s_.size()) Fail(line, "truncated escape in string");
-          AppendUtf8(uint32_t(std::stoul(s_.substr(p_ + 1, n), nullptr, 16)), &out);
+          uint32_t cp = 0;
+          const char* digits = s_.data() + p_ + 1;
+          const auto [end, ec] = std::from_chars(digits, digits + std::min(n, s_.size() - p_ - 1), cp, 16);
+          if (ec != std::errc() || end != digits + n)
+            Fail(line, std::string("invalid \\") + e + " escape in string: expected " + std::to_string(n) + " hex digits");
+          if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            Fail(line, std::string("\\") + e + " escape in string is not a Unicode scalar value");
+          AppendUtf8(cp, &out);
           p_ += n;
           break;
         }
         case '\n': break;  // line continuation
         default:
+          if (e >= '0' && e <= '7') {  // octal, up to three digits
+            uint32_t cp = 0;
+            for (int k = 0; k < 3 && p_ < s_.size() && s_[p_] >= '0' && s_[p_] <= '7'; ++k, ++p_) cp = cp * 8 + uint32_t(s_[p_] - '0');
+            --p_;
+            AppendUtf8(cp, &out);
+            break;
+          }
           if (e != '\\' && e != '\'' && e != '"') out += '\\';
           out += e;
       }
@@ -224,6 +318,8 @@ class Lexer {
 
   const std::string& s_;
   size_t p_ = 0;
+  size_t line_pos_ = 0;
+  int line_ = 1;
   std::vector<Tok> toks_;
 };
 
@@ -236,12 +332,13 @@ struct Expr {
   enum Kind { kLiteral, kName, kList, kTuple, kDict, kAttr, kIndex, kSlice, kCall, kFilter, kTest, kNeg, kNot,
               kBinary, kCompare, kAnd, kOr, kCond } kind;
   int line = 0;
-  Json literal;
+  std::shared_ptr<const Json> literal;  // shared by every evaluation: a long string literal is not copied
   std::string name;                 // variable, attribute, filter, test or operator
   std::vector<ExprP> kids;          // operands; for calls/filters/tests: kids[0] is the subject
   std::vector<std::string> ops;     // kCompare: the operators between kids
   std::vector<std::pair<std::string, ExprP>> kwargs;
   bool negated = false;             // kTest: "is not"
+  int depth = 1;                    // of the tree under this node (kMaxNesting)
 };
 
 struct Node;
@@ -263,6 +360,10 @@ struct Node {
 
 struct jinja::Program {
   Body body;
+  // Whether the source names loop.previtem or loop.nextitem: only then does a loop copy its neighbours
+  // into `loop` on every iteration. (An attribute is named in the source; a key built at run time,
+  // loop['prev' ~ 'item'], would find nothing.)
+  bool loop_neighbours = false;
 };
 
 namespace jinja {
@@ -343,6 +444,7 @@ class Parser {
   }
 
   NodeP ParseTag(const std::string& tag, int line) {
+    Nest nest(this, line);
     auto n = std::make_unique<Node>();
     n->line = line;
     std::string end;
@@ -424,7 +526,7 @@ class Parser {
     e->name = op;
     e->kids.push_back(std::move(a));
     e->kids.push_back(std::move(b));
-    return e;
+    return Done(std::move(e));
   }
 
   // Precedence, lowest first, as Jinja2's parser: conditional, or, and, not, comparisons, + -,
@@ -432,6 +534,7 @@ class Parser {
   ExprP ParseExpr() { return ParseCond(true); }
 
   ExprP ParseCond(bool allow_cond) {
+    Nest nest(this, Peek().line);
     ExprP e = ParseOr();
     while (allow_cond && IsName("if")) {
       ++i_;
@@ -439,7 +542,7 @@ class Parser {
       c->kids.push_back(std::move(e));
       c->kids.push_back(ParseOr());
       c->kids.push_back(AcceptName("else") ? ParseCond(true) : nullptr);
-      e = std::move(c);
+      e = Done(std::move(c));
     }
     return e;
   }
@@ -455,9 +558,10 @@ class Parser {
   }
   ExprP ParseNot() {
     if (IsName("not")) {
+      Nest nest(this, Peek().line);
       auto e = Make(Expr::kNot, Next().line);
       e->kids.push_back(ParseNot());
-      return e;
+      return Done(std::move(e));
     }
     return ParseCompare();
   }
@@ -482,7 +586,7 @@ class Parser {
       cmp->ops.push_back(op);
       cmp->kids.push_back(ParseMath1());
     }
-    return cmp->ops.empty() ? std::move(cmp->kids[0]) : std::move(cmp);
+    return cmp->ops.empty() ? std::move(cmp->kids[0]) : Done(std::move(cmp));
   }
   ExprP ParseMath1() {
     ExprP e = ParseConcat();
@@ -513,12 +617,13 @@ class Parser {
   ExprP ParseUnary(bool with_filter) {
     ExprP e;
     if (IsOp("-") || IsOp("+")) {
+      Nest nest(this, Peek().line);
       const Tok& t = Next();
       e = ParseUnary(false);
       if (t.s == "-") {
         auto n = Make(Expr::kNeg, t.line);
         n->kids.push_back(std::move(e));
-        e = std::move(n);
+        e = Done(std::move(n));
       }
     } else {
       e = ParsePostfix(ParsePrimary());
@@ -534,7 +639,7 @@ class Parser {
                                                            {"False", false}, {"none", nullptr}, {"None", nullptr}};
         auto it = kConst.find(t.s);
         auto e = Make(it != kConst.end() ? Expr::kLiteral : Expr::kName, t.line);
-        if (it != kConst.end()) e->literal = it->second;
+        if (it != kConst.end()) e->literal = std::make_shared<const Json>(it->second);
         else e->name = t.s;
         return e;
       }
@@ -542,17 +647,17 @@ class Parser {
         auto e = Make(Expr::kLiteral, t.line);
         std::string s = t.s;
         while (Peek().kind == Tok::kString) s += Next().s;  // adjacent literals concatenate
-        e->literal = s;
+        e->literal = std::make_shared<const Json>(std::move(s));
         return e;
       }
       case Tok::kInt: {
         auto e = Make(Expr::kLiteral, t.line);
-        e->literal = t.i;
+        e->literal = std::make_shared<const Json>(t.i);
         return e;
       }
       case Tok::kFloat: {
         auto e = Make(Expr::kLiteral, t.line);
-        e->literal = t.f;
+        e->literal = std::make_shared<const Json>(t.f);
         return e;
       }
       case Tok::kOp:
@@ -567,7 +672,7 @@ class Parser {
           tup->kids.push_back(std::move(e));
           while (AcceptOp(",") && !IsOp(")")) tup->kids.push_back(ParseExpr());
           ExpectOp(")");
-          return tup;
+          return Done(std::move(tup));
         }
         if (t.s == "[") {
           auto e = Make(Expr::kList, t.line);
@@ -578,7 +683,7 @@ class Parser {
               break;
             }
           }
-          return e;
+          return Done(std::move(e));
         }
         if (t.s == "{") {
           auto e = Make(Expr::kDict, t.line);
@@ -591,7 +696,7 @@ class Parser {
               break;
             }
           }
-          return e;
+          return Done(std::move(e));
         }
         break;
       default:
@@ -607,7 +712,7 @@ class Parser {
         auto a = Make(Expr::kAttr, e->line);
         a->kids.push_back(std::move(e));
         a->name = Peek().kind == Tok::kInt ? Next().s : ExpectName();
-        e = std::move(a);
+        e = Done(std::move(a));
       } else if (AcceptOp("[")) {
         e = ParseSubscript(std::move(e));
       } else if (IsOp("(")) {
@@ -631,7 +736,7 @@ class Parser {
     auto e = Make(colons ? Expr::kSlice : Expr::kIndex, obj->line);
     e->kids.push_back(std::move(obj));
     for (int k = 0; k < (colons ? 3 : 1); ++k) e->kids.push_back(std::move(parts[k]));
-    return e;
+    return Done(std::move(e));
   }
 
   // kCall (subject: the callee), kFilter or kTest (subject: the filtered value), with "(args)" if present.
@@ -639,7 +744,7 @@ class Parser {
     auto e = Make(kind, subject->line);
     e->name = name;
     e->kids.push_back(std::move(subject));
-    if (!AcceptOp("(")) return e;
+    if (!AcceptOp("(")) return Done(std::move(e));
     while (!AcceptOp(")")) {
       if (Peek().kind == Tok::kName && IsOp("=", 1)) {
         std::string key = Next().s;
@@ -654,7 +759,7 @@ class Parser {
         break;
       }
     }
-    return e;
+    return Done(std::move(e));
   }
 
   ExprP ParseFilters(ExprP e) {
@@ -675,7 +780,7 @@ class Parser {
           test->name = name;
           test->kids.push_back(std::move(e));
           test->kids.push_back(ParsePostfix(ParsePrimary()));
-          e = std::move(test);
+          e = Done(std::move(test));
         } else {
           e = ParseCall(Expr::kTest, name, std::move(e));
         }
@@ -686,16 +791,44 @@ class Parser {
     }
   }
 
+  // Counts parser recursion: every nested expression, unary operator and block tag holds one.
+  class Nest {
+   public:
+    Nest(Parser* p, int line) : p_(p) {
+      if (++p_->nesting_ > kMaxNesting) Fail(line, "nested deeper than " + std::to_string(kMaxNesting) + " levels");
+    }
+    ~Nest() { --p_->nesting_; }
+    Nest(const Nest&) = delete;
+    Nest& operator=(const Nest&) = delete;
+
+   private:
+    Parser* p_;
+  };
+
+  // A finished expression node: its depth from its operands', refused past kMaxNesting (loops build
+  // left-deep trees, e.g. for `a ~ b ~ c`, without recursing in the parser).
+  static ExprP Done(ExprP e) {
+    for (auto& k : e->kids)
+      if (k) e->depth = std::max(e->depth, k->depth + 1);
+    for (auto& [name, k] : e->kwargs) e->depth = std::max(e->depth, k->depth + 1);
+    if (e->depth > kMaxNesting)
+      Fail(e->line, "expression nested deeper than " + std::to_string(kMaxNesting) + " levels");
+    return e;
+  }
+
   std::vector<Tok> t_;
   size_t i_ = 0;
+  int nesting_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------
 // Values: JSON data, plus Jinja's undefined and namespace() objects (shared, so `set ns.x` is seen
-// through every reference).
+// through every reference). Data other than a namespace's is immutable and shared: looking a variable
+// up, indexing or iterating hands out pointers into the same JSON instead of copies, so a template's
+// cost does not grow with how often it names `messages`.
 
 struct Value {
-  Json j;
+  std::shared_ptr<const Json> p;  // null: None (or undefined)
   bool undefined = false;
   std::shared_ptr<Json> ns;
 
@@ -705,8 +838,19 @@ struct Value {
     return v;
   }
   Value() = default;
-  Value(Json data) : j(std::move(data)) {}  // NOLINT: implicit by design
-  const Json& data() const { return ns ? *ns : j; }
+  Value(Json data) : p(std::make_shared<const Json>(std::move(data))) {}  // NOLINT: implicit by design
+  // A part of `parent` (an element, a member): shares its storage, except inside a namespace, whose
+  // members a later `set ns.x` may replace or move.
+  static Value Part(const Value& parent, const Json& part) {
+    if (parent.ns) return Value(part);
+    Value v;
+    v.p = std::shared_ptr<const Json>(parent.p, &part);
+    return v;
+  }
+  const Json& data() const {
+    static const Json kNone;
+    return ns ? *ns : p ? *p : kNone;
+  }
 };
 
 bool Truthy(const Value& v) {
@@ -759,6 +903,13 @@ std::string PyRepr(const Json& j) {
   return ToStr(Value(j));
 }
 
+// Python's str() of a float: inf, -inf and nan by name (JSON has no spelling for them).
+std::string FloatStr(double d) {
+  if (std::isnan(d)) return "nan";
+  if (std::isinf(d)) return d > 0 ? "inf" : "-inf";
+  return Json(d).dump();
+}
+
 // str(value) as Python prints it: True/False/None, 1.0 for floats, repr for containers.
 std::string ToStr(const Value& v) {
   if (v.undefined) return "";
@@ -769,6 +920,7 @@ std::string ToStr(const Value& v) {
     case Json::value_t::string: return j.get<std::string>();
     case Json::value_t::array:
     case Json::value_t::object: return PyRepr(j);
+    case Json::value_t::number_float: return FloatStr(j.get<double>());
     default: return j.dump();
   }
 }
@@ -786,54 +938,66 @@ std::string TypeName(const Value& v) {
   return "dict";
 }
 
-// json.dumps as transformers' tojson calls it: ", " and ": " separators (",", ": " with indent),
-// non-ASCII kept, keys in their order.
-void Dump(const Json& j, int indent, int depth, std::string* out) {
-  const std::string nl = indent > 0 ? "\n" + std::string(size_t(indent * (depth + 1)), ' ') : "";
-  const std::string end_nl = indent > 0 ? "\n" + std::string(size_t(indent * depth), ' ') : "";
-  const std::string sep = indent > 0 ? "," : ", ";
+// Appends `piece` unless the result would pass kMaxStringBytes.
+void Append(std::string* s, const std::string& piece, int line) {
+  if (s->size() + piece.size() > kMaxStringBytes)
+    Fail(line, "a string would pass " + std::to_string(kMaxStringBytes) + " bytes");
+  *s += piece;
+}
+
+// json.dumps as transformers' tojson calls it: ", " and ": " separators without indent, "," and ": "
+// with one (indent 0 included: newlines, no spaces), non-ASCII kept, keys in their order; inf and nan
+// spelled as Python's json spells them. Stops at kMaxStringBytes.
+void Dump(const Json& j, int64_t indent, int depth, int line, std::string* out) {
+  const bool pretty = indent >= 0;
+  if (pretty && indent * (depth + 1) > int64_t(kMaxStringBytes))
+    Fail(line, "tojson: indentation would pass " + std::to_string(kMaxStringBytes) + " bytes");
+  const std::string nl = pretty ? "\n" + std::string(size_t(indent * (depth + 1)), ' ') : "";
+  const std::string end_nl = pretty ? "\n" + std::string(size_t(indent * depth), ' ') : "";
+  const std::string sep = pretty ? "," : ", ";
   if (j.is_array()) {
-    if (j.empty()) return void(*out += "[]");
-    *out += "[";
+    if (j.empty()) return Append(out, "[]", line);
+    Append(out, "[", line);
     for (size_t i = 0; i < j.size(); ++i) {
-      *out += (i ? sep : "") + nl;
-      Dump(j[i], indent, depth + 1, out);
+      Append(out, (i ? sep : "") + nl, line);
+      Dump(j[i], indent, depth + 1, line, out);
     }
-    *out += end_nl + "]";
+    Append(out, end_nl + "]", line);
   } else if (j.is_object()) {
-    if (j.empty()) return void(*out += "{}");
-    *out += "{";
+    if (j.empty()) return Append(out, "{}", line);
+    Append(out, "{", line);
     bool first = true;
     for (auto& [k, x] : j.items()) {
-      *out += (first ? "" : sep) + nl + Json(k).dump() + ": ";
-      Dump(x, indent, depth + 1, out);
+      Append(out, (first ? "" : sep) + nl + Json(k).dump(-1, ' ', false, Json::error_handler_t::replace) + ": ", line);
+      Dump(x, indent, depth + 1, line, out);
       first = false;
     }
-    *out += end_nl + "}";
+    Append(out, end_nl + "}", line);
+  } else if (j.is_number_float() && !std::isfinite(j.get<double>())) {
+    const double d = j.get<double>();
+    Append(out, std::isnan(d) ? "NaN" : d > 0 ? "Infinity" : "-Infinity", line);
   } else {
-    *out += j.dump(-1, ' ', false, Json::error_handler_t::replace);
+    Append(out, j.dump(-1, ' ', false, Json::error_handler_t::replace), line);
   }
 }
 
-// UTF-8 code point boundaries, so that string indexing and slicing count characters as Python does.
-std::vector<std::string> Chars(const std::string& s) {
-  std::vector<std::string> out;
-  for (size_t i = 0; i < s.size();) {
-    size_t n = 1;
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0xF0) n = 4;
-    else if (c >= 0xE0) n = 3;
-    else if (c >= 0xC0) n = 2;
-    out.push_back(s.substr(i, n));
-    i += n;
-  }
-  return out;
+// UTF-8 code points, so that string length, indexing and slicing count characters as Python does.
+size_t CharLength(unsigned char lead) { return lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1; }
+size_t CountChars(const std::string& s) {
+  size_t n = 0;
+  for (size_t i = 0; i < s.size(); i += CharLength(static_cast<unsigned char>(s[i]))) ++n;
+  return n;
 }
 
 int64_t ToInt(const Value& v, int line, const char* what) {
   const Json& j = v.data();
   if (!j.is_number()) Fail(line, std::string(what) + " must be a number, not " + TypeName(v));
-  return j.is_number_float() ? int64_t(j.get<double>()) : j.get<int64_t>();
+  if (!j.is_number_float()) return j.get<int64_t>();
+  const double d = j.get<double>();
+  // int64_t(d) is undefined outside this range (2^63 is exactly representable).
+  if (!(d > -9223372036854775808.0 && d < 9223372036854775808.0))
+    Fail(line, std::string(what) + " " + FloatStr(d) + " does not fit 64 bits");
+  return int64_t(d);
 }
 
 std::string Strip(const std::string& s, const std::string& chars, bool left, bool right) {
@@ -858,27 +1022,100 @@ std::string Title(const std::string& s, bool first_only) {
   return out;
 }
 
-std::string Replace(std::string s, const std::string& from, const std::string& to, int64_t count) {
+// Python's int(str) (surrounding whitespace and digit-group underscores allowed), else int(float(str)),
+// else 0, as Jinja's int filter falls back.
+Json IntOfString(std::string s, int line) {
+  s = Strip(s, "", true, true);
+  std::string digits = s;
+  digits.erase(std::remove(digits.begin(), digits.end(), '_'), digits.end());
+  const char* b = digits.data() + (!digits.empty() && digits[0] == '+');
+  int64_t v = 0;
+  const auto [end, ec] = std::from_chars(b, digits.data() + digits.size(), v);
+  if (ec == std::errc::result_out_of_range) Fail(line, "int: " + Quote(s) + " does not fit 64 bits");
+  if (ec == std::errc() && end == digits.data() + digits.size() && !digits.empty()) return v;
+  char* fend = nullptr;
+  const double d = std::strtod(s.c_str(), &fend);
+  if (s.empty() || fend != s.c_str() + s.size() || !std::isfinite(d)) return 0;
+  return ToInt(Value(Json(d)), line, "int");
+}
+
+// Python's str.replace (count < 0: all), its result's size checked before it is built.
+std::string Replace(const std::string& s, const std::string& from, const std::string& to, int64_t count, int line) {
   if (from.empty()) return s;
-  for (size_t p = 0; count != 0 && (p = s.find(from, p)) != std::string::npos; p += to.size(), --count)
-    s.replace(p, from.size(), to);
-  return s;
+  uint64_t hits = 0;
+  for (size_t q = 0; int64_t(hits) != count && (q = s.find(from, q)) != std::string::npos; q += from.size()) ++hits;
+  if (to.size() > from.size() && s.size() + hits * (to.size() - from.size()) > kMaxStringBytes)
+    Fail(line, "a string would pass " + std::to_string(kMaxStringBytes) + " bytes");
+  std::string out;
+  size_t p = 0;
+  for (size_t q; count != 0 && (q = s.find(from, p)) != std::string::npos; p = q + from.size(), --count) {
+    Append(&out, s.substr(p, q - p), line);
+    Append(&out, to, line);
+  }
+  Append(&out, s.substr(p), line);
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Renderer.
+// Renderer. Every step, and every value it builds, is charged to a work budget (kMaxWork); strings
+// are checked against kMaxStringBytes before they are built.
 
 class Renderer {
  public:
-  explicit Renderer(std::map<std::string, Value> globals) { scopes_.push_back(std::move(globals)); }
+  Renderer(std::map<std::string, Value> globals, bool loop_neighbours) : loop_neighbours_(loop_neighbours) {
+    scopes_.push_back(std::move(globals));
+  }
 
   std::string Run(const Body& body) {
     Exec(body);
     return std::move(out_);
   }
 
+  // Charges a value handed in from outside (the messages) and refuses one nested too deeply.
+  void Admit(const Json& j) { Charge(Measure(j, 0), 0); }
+
  private:
   enum class Flow { kNormal, kBreak, kContinue };
+
+  void Charge(uint64_t units, int line) {
+    work_ += units;
+    if (work_ > kMaxWork)
+      Fail(line, "rendering exceeds its work limit (" + std::to_string(kMaxWork) + " units: steps, value nodes, " +
+                     std::to_string(kBytesPerUnit) + "-byte pieces of string)");
+  }
+  static uint64_t Units(size_t bytes) { return bytes / kBytesPerUnit; }
+  // Searching a string of n bytes for one of m bytes (std::string::find is O(n*m) at worst).
+  void ChargeSearch(size_t n, size_t m, int line) { Charge((Units(n) + 1) * (Units(m) + 1), line); }
+
+  // The work units of building, copying or comparing j: one per node, one per kBytesPerUnit of string.
+  // Stops counting once past the budget (Charge then fails). line 0: the value came with the messages.
+  uint64_t Measure(const Json& j, int line) const {
+    uint64_t n = 0;
+    MeasureInto(j, 1, line, &n);
+    return n;
+  }
+  void MeasureInto(const Json& j, int depth, int line, uint64_t* n) const {
+    if (depth > kMaxValueDepth) {
+      const std::string m = "nested deeper than " + std::to_string(kMaxValueDepth) + " levels";
+      if (line == 0) throw Error{"messages: " + m};
+      Fail(line, "a value " + m);
+    }
+    ++*n;
+    if (j.is_string()) {
+      *n += Units(j.get_ref<const std::string&>().size());
+    } else if (j.is_object()) {
+      for (auto& [k, x] : j.items()) {
+        if (work_ + *n > kMaxWork) return;
+        *n += Units(k.size());
+        MeasureInto(x, depth + 1, line, n);
+      }
+    } else if (j.is_array()) {
+      for (auto& x : j) {
+        if (work_ + *n > kMaxWork) return;
+        MeasureInto(x, depth + 1, line, n);
+      }
+    }
+  }
 
   Flow Exec(const Body& body) {
     for (auto& n : body) {
@@ -888,10 +1125,36 @@ class Renderer {
     return Flow::kNormal;
   }
 
+  // The code points of s, as views into it; charged for the scan and the table before it is built.
+  std::vector<std::string_view> Chars(const std::string& s, int line) {
+    const size_t n = CountChars(s);
+    Charge(Units(s.size()) + Units(n * sizeof(std::string_view)) + 1, line);
+    std::vector<std::string_view> out;
+    out.reserve(n);
+    for (size_t i = 0; i < s.size();) {
+      const size_t k = std::min(CharLength(static_cast<unsigned char>(s[i])), s.size() - i);
+      out.emplace_back(s.data() + i, k);
+      i += k;
+    }
+    return out;
+  }
+
+  // str(value), charged like a copy when it prints a container (its repr visits every node).
+  std::string Str(const Value& v, int line) {
+    if (v.data().is_structured()) Charge(Measure(v.data(), line), line);
+    return ToStr(v);
+  }
+
+  void Output(const std::string& s, int line) {
+    Charge(Units(s.size()), line);
+    Append(&out_, s, line);
+  }
+
   Flow Exec(const Node& n) {
+    Charge(1, n.line);
     switch (n.kind) {
-      case Node::kText: out_ += n.text; break;
-      case Node::kOutput: out_ += ToStr(Eval(*n.expr)); break;
+      case Node::kText: Output(n.text, n.line); break;
+      case Node::kOutput: Output(Str(Eval(*n.expr), n.line), n.line); break;
       case Node::kIf:
         for (auto& [cond, body] : n.branches)
           if (!cond || Truthy(Eval(*cond))) return Exec(body);
@@ -917,8 +1180,10 @@ class Renderer {
 
   void Assign(const Node& n, const Value& v) {
     if (n.attr_target) {
-      Value* ns = Lookup(n.targets[0]);
+      Value* ns = Lookup(n.targets[0], n.line);
       if (!ns || !ns->ns) Fail(n.line, "'" + n.targets[0] + "' is not a namespace");
+      // The member is a copy (and one more level of nesting): charged, its depth checked.
+      Charge(Measure(v.data(), n.line) + ns->ns->size(), n.line);
       (*ns->ns)[n.targets[1]] = v.data();
       return;
     }
@@ -934,14 +1199,22 @@ class Renderer {
     const Json& j = v.data();
     if (!j.is_array() || j.size() != names.size())
       Fail(line, "cannot unpack " + TypeName(v) + " into " + std::to_string(names.size()) + " names");
-    for (size_t i = 0; i < names.size(); ++i) scopes_.back()[names[i]] = Value(j[i]);
+    for (size_t i = 0; i < names.size(); ++i) scopes_.back()[names[i]] = Value::Part(v, j[i]);
   }
 
-  Value* Lookup(const std::string& name) {
+  // The innermost binding of name. Each nested loop adds a scope to search: charged one unit per 4
+  // scopes searched (a name looked up from the 128th loop down searches them all).
+  Value* Lookup(const std::string& name, int line) {
+    size_t searched = 0;
     for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it) {
+      ++searched;
       auto f = it->find(name);
-      if (f != it->end()) return &f->second;
+      if (f != it->end()) {
+        Charge(searched / 4, line);
+        return &f->second;
+      }
     }
+    Charge(searched / 4, line);
     return nullptr;
   }
 
@@ -950,11 +1223,15 @@ class Renderer {
     if (v.undefined) return items;
     const Json& j = v.data();
     if (j.is_array()) {
-      for (auto& x : j) items.emplace_back(x);
+      Charge(j.size(), line);
+      for (auto& x : j) items.push_back(Value::Part(v, x));
     } else if (j.is_object()) {
+      Charge(j.size(), line);
       for (auto& [k, x] : j.items()) items.emplace_back(Json(k));
     } else if (j.is_string()) {
-      for (auto& c : Chars(j.get<std::string>())) items.emplace_back(Json(c));
+      const std::vector<std::string_view> chars = Chars(j.get_ref<const std::string&>(), line);
+      Charge(chars.size(), line);  // a string value per character
+      for (auto c : chars) items.emplace_back(Json(std::string(c)));
     } else {
       Fail(line, "'" + TypeName(v) + "' is not iterable");
     }
@@ -977,10 +1254,20 @@ class Renderer {
     const int64_t len = int64_t(items.size());
     for (int64_t i = 0; i < len; ++i) {
       Bind(n.targets, items[size_t(i)], n.line);
-      Json loop = {{"index", i + 1},       {"index0", i},        {"revindex", len - i}, {"revindex0", len - i - 1},
-                   {"first", i == 0},      {"last", i == len - 1}, {"length", len}};
-      loop["previtem"] = i > 0 ? items[size_t(i - 1)].data() : Json();
-      loop["nextitem"] = i + 1 < len ? items[size_t(i + 1)].data() : Json();
+      Json loop = Json::object();
+      auto& fields = loop.get_ref<Json::object_t&>();
+      fields.reserve(9);
+      fields.emplace_back("index", i + 1);
+      fields.emplace_back("index0", i);
+      fields.emplace_back("revindex", len - i);
+      fields.emplace_back("revindex0", len - i - 1);
+      fields.emplace_back("first", i == 0);
+      fields.emplace_back("last", i == len - 1);
+      fields.emplace_back("length", len);
+      // As in Jinja, previtem is undefined on the first iteration and nextitem on the last.
+      if (loop_neighbours_ && i > 0) fields.emplace_back("previtem", items[size_t(i - 1)].data());
+      if (loop_neighbours_ && i + 1 < len) fields.emplace_back("nextitem", items[size_t(i + 1)].data());
+      Charge(Measure(loop, n.line), n.line);  // built afresh each iteration
       scopes_.back()["loop"] = Value(std::move(loop));
       if (Exec(n.body) == Flow::kBreak) break;
     }
@@ -990,11 +1277,33 @@ class Renderer {
     return Flow::kNormal;
   }
 
+  // Every evaluation is a step; a value built afresh (a literal container, an operator's, a call's or
+  // a filter's result) is charged for its size and checked for its depth.
   Value Eval(const Expr& e) {
+    Charge(1, e.line);
+    Value v = EvalNode(e);
     switch (e.kind) {
-      case Expr::kLiteral: return Value(e.literal);
+      case Expr::kList:
+      case Expr::kTuple:
+      case Expr::kDict:
+      case Expr::kSlice:
+      case Expr::kCall:
+      case Expr::kFilter:
+      case Expr::kBinary: Charge(Measure(v.data(), e.line), e.line); break;
+      default: break;
+    }
+    return v;
+  }
+
+  Value EvalNode(const Expr& e) {
+    switch (e.kind) {
+      case Expr::kLiteral: {
+        Value v;
+        v.p = e.literal;
+        return v;
+      }
       case Expr::kName: {
-        Value* v = Lookup(e.name);
+        Value* v = Lookup(e.name, e.line);
         return v ? *v : Value::Undefined();
       }
       case Expr::kList:
@@ -1004,11 +1313,13 @@ class Renderer {
         return Value(std::move(a));
       }
       case Expr::kDict: {
+        // ordered_json finds keys by a linear scan: n keys cost n^2/2.
+        Charge(uint64_t(e.kids.size()) * e.kids.size() / 8, e.line);
         Json o = Json::object();
-        for (size_t i = 0; i + 1 < e.kids.size(); i += 2) o[ToStr(Eval(*e.kids[i]))] = Eval(*e.kids[i + 1]).data();
+        for (size_t i = 0; i + 1 < e.kids.size(); i += 2) o[Str(Eval(*e.kids[i]), e.line)] = Eval(*e.kids[i + 1]).data();
         return Value(std::move(o));
       }
-      case Expr::kAttr: return Attr(Eval(*e.kids[0]), e.name);
+      case Expr::kAttr: return Attr(Eval(*e.kids[0]), e.name, e.line);
       case Expr::kIndex: return Index(Eval(*e.kids[0]), Eval(*e.kids[1]), e.line);
       case Expr::kSlice: return Slice(e);
       case Expr::kCall: return Call(e);
@@ -1017,7 +1328,11 @@ class Renderer {
       case Expr::kNeg: {
         Value v = Eval(*e.kids[0]);
         const Json& j = v.data();
-        if (j.is_number_integer()) return Value(Json(-j.get<int64_t>()));
+        if (j.is_number_integer()) {
+          const int64_t i = j.get<int64_t>();
+          if (i == std::numeric_limits<int64_t>::min()) Fail(e.line, "integer overflow in unary -");
+          return Value(Json(-i));
+        }
         if (j.is_number()) return Value(Json(-j.get<double>()));
         Fail(e.line, "bad operand type for unary -: " + TypeName(v));
       }
@@ -1047,31 +1362,36 @@ class Renderer {
     Fail(e.line, "bad expression");
   }
 
-  static Value Attr(const Value& obj, const std::string& name) {
+  // obj.name, or obj.0 on a list. Objects find keys by a linear scan: charged by their size.
+  Value Attr(const Value& obj, const std::string& name, int line) {
     const Json& j = obj.data();
-    if (j.is_object() && j.contains(name)) return Value(j[name]);
-    if (j.is_array() && !name.empty() && std::isdigit(static_cast<unsigned char>(name[0]))) {
-      const size_t i = std::stoul(name);
-      if (i < j.size()) return Value(j[i]);
+    if (j.is_object()) {
+      Charge(j.size(), line);
+      auto it = j.find(name);
+      return it != j.end() ? Value::Part(obj, *it) : Value::Undefined();
     }
+    size_t i = 0;
+    if (j.is_array() && std::from_chars(name.data(), name.data() + name.size(), i).ptr == name.data() + name.size() &&
+        !name.empty() && i < j.size())
+      return Value::Part(obj, j[i]);
     return Value::Undefined();
   }
 
-  static Value Index(const Value& obj, const Value& key, int line) {
+  Value Index(const Value& obj, const Value& key, int line) {
     const Json& j = obj.data();
     const Json& k = key.data();
     if (j.is_object()) {
       if (!k.is_string()) return Value::Undefined();
-      return j.contains(k.get<std::string>()) ? Value(j[k.get<std::string>()]) : Value::Undefined();
+      return Attr(obj, k.get<std::string>(), line);
     }
     if ((j.is_array() || j.is_string()) && k.is_number_integer()) {
-      std::vector<std::string> chars;
-      if (j.is_string()) chars = Chars(j.get<std::string>());
+      std::vector<std::string_view> chars;
+      if (j.is_string()) chars = Chars(j.get_ref<const std::string&>(), line);
       const int64_t n = j.is_array() ? int64_t(j.size()) : int64_t(chars.size());
       int64_t i = k.get<int64_t>();
       if (i < 0) i += n;
       if (i < 0 || i >= n) return Value::Undefined();
-      return j.is_array() ? Value(j[size_t(i)]) : Value(Json(chars[size_t(i)]));
+      return j.is_array() ? Value::Part(obj, j[size_t(i)]) : Value(Json(std::string(chars[size_t(i)])));
     }
     if (obj.undefined) return Value::Undefined();
     Fail(line, "cannot index " + TypeName(obj) + " with " + TypeName(key));
@@ -1082,83 +1402,136 @@ class Renderer {
     Value obj = Eval(*e.kids[0]);
     const Json& j = obj.data();
     if (!j.is_array() && !j.is_string()) Fail(e.line, "cannot slice " + TypeName(obj));
-    std::vector<std::string> chars;
-    if (j.is_string()) chars = Chars(j.get<std::string>());
+    std::vector<std::string_view> chars;
+    if (j.is_string()) chars = Chars(j.get_ref<const std::string&>(), e.line);
     const int64_t n = j.is_array() ? int64_t(j.size()) : int64_t(chars.size());
     const int64_t step = e.kids[3] ? ToInt(Eval(*e.kids[3]), e.line, "slice step") : 1;
     if (step == 0) Fail(e.line, "slice step cannot be zero");
     const auto bound = [&](const ExprP& x, int64_t def) {
       if (!x) return def;
       int64_t v = ToInt(Eval(*x), e.line, "slice index");
-      if (v < 0) v += n;
+      if (v < 0) v = v < -n ? -n - 1 : v + n;  // (v + n without overflow; below -n it clamps anyway)
       return step > 0 ? std::clamp<int64_t>(v, 0, n) : std::clamp<int64_t>(v, -1, n - 1);
     };
     const int64_t start = bound(e.kids[1], step > 0 ? 0 : n - 1), stop = bound(e.kids[2], step > 0 ? n : -1);
     Json arr = Json::array();
     std::string str;
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+    // __int128: start + step may pass int64 on the last step.
+    for (__int128 i = start; step > 0 ? i < stop : i > stop; i += step) {
       if (j.is_array()) arr.push_back(j[size_t(i)]);
       else str += chars[size_t(i)];
     }
     return j.is_array() ? Value(std::move(arr)) : Value(Json(str));
   }
 
-  static bool Contains(const Value& container, const Value& item, int line) {
+  // Python's == on values: containers compare element by element (charged by the left one's size).
+  bool Equal(const Value& a, const Value& b, int line) {
+    if (a.undefined || b.undefined) return a.undefined && b.undefined;
+    const Json &x = a.data(), &y = b.data();
+    if (x.is_string() && y.is_string())
+      Charge(Units(std::min(x.get_ref<const std::string&>().size(), y.get_ref<const std::string&>().size())), line);
+    else if (x.is_structured() && x.type() == y.type())
+      Charge(Measure(x, line), line);
+    return x == y;
+  }
+
+  bool Contains(const Value& container, const Value& item, int line) {
     const Json& c = container.data();
     const Json& x = item.data();
     if (c.is_string()) {
       if (!x.is_string()) Fail(line, "'in <string>' requires a string");
+      ChargeSearch(c.get_ref<const std::string&>().size(), x.get_ref<const std::string&>().size(), line);
       return c.get<std::string>().find(x.get<std::string>()) != std::string::npos;
     }
-    if (c.is_array()) return std::find(c.begin(), c.end(), x) != c.end();
-    if (c.is_object()) return x.is_string() && c.contains(x.get<std::string>());
+    if (c.is_array()) {
+      Charge(c.size(), line);
+      for (auto& y : c)
+        if (Equal(item, Value::Part(container, y), line)) return true;
+      return false;
+    }
+    if (c.is_object()) {
+      Charge(c.size(), line);
+      return x.is_string() && c.contains(x.get<std::string>());
+    }
     if (container.undefined) return false;
     Fail(line, "argument of type '" + TypeName(container) + "' is not iterable");
   }
 
-  static bool Compare(const std::string& op, const Value& a, const Value& b, int line) {
+  bool Compare(const std::string& op, const Value& a, const Value& b, int line) {
     if (op == "in") return Contains(b, a, line);
     if (op == "not in") return !Contains(b, a, line);
-    if (op == "==" || op == "!=") {
-      const bool eq = (a.undefined || b.undefined) ? (a.undefined && b.undefined) : a.data() == b.data();
-      return (op == "==") == eq;
-    }
+    if (op == "==" || op == "!=") return (op == "==") == Equal(a, b, line);
     const Json &x = a.data(), &y = b.data();
     if (!((x.is_number() && y.is_number()) || (x.is_string() && y.is_string())))
       Fail(line, "'" + op + "' not supported between " + TypeName(a) + " and " + TypeName(b));
+    if (x.is_string())
+      Charge(Units(std::min(x.get_ref<const std::string&>().size(), y.get_ref<const std::string&>().size())), line);
     if (op == "<") return x < y;
     if (op == ">") return y < x;
     if (op == "<=") return !(y < x);
     return !(x < y);
   }
 
-  static Value Arith(const std::string& op, const Value& a, const Value& b, int line) {
-    if (op == "~") return Value(Json(ToStr(a) + ToStr(b)));
+  // Integer arithmetic is 64-bit: a result Python would make a big integer is an error here.
+  Value Arith(const std::string& op, const Value& a, const Value& b, int line) {
+    const auto overflow = [&]() { Fail(line, "integer overflow in " + op + " (integers are 64-bit here)"); };
+    if (op == "~") {
+      std::string r = Str(a, line);
+      Append(&r, Str(b, line), line);
+      return Value(Json(std::move(r)));
+    }
     const Json &x = a.data(), &y = b.data();
-    if (op == "+" && x.is_string() && y.is_string()) return Value(Json(x.get<std::string>() + y.get<std::string>()));
+    if (op == "+" && x.is_string() && y.is_string()) {
+      std::string r = x.get<std::string>();
+      Append(&r, y.get<std::string>(), line);
+      return Value(Json(std::move(r)));
+    }
     if (op == "+" && x.is_array() && y.is_array()) {
       Json r = x;
       for (auto& v : y) r.push_back(v);
       return Value(std::move(r));
     }
     if (op == "*" && x.is_string() && y.is_number_integer()) {
+      const std::string& s = x.get_ref<const std::string&>();
+      const int64_t times = y.get<int64_t>();
+      if (times > 0 && !s.empty() && uint64_t(times) > kMaxStringBytes / s.size())
+        Fail(line, "a string would pass " + std::to_string(kMaxStringBytes) + " bytes");
       std::string r;
-      for (int64_t i = 0; i < y.get<int64_t>(); ++i) r += x.get<std::string>();
+      for (int64_t i = 0; i < times; ++i) r += s;
       return Value(Json(r));
     }
     if (!x.is_number() || !y.is_number() || x.is_boolean() || y.is_boolean())
       Fail(line, "unsupported operand types for " + op + ": " + TypeName(a) + " and " + TypeName(b));
     const bool ints = x.is_number_integer() && y.is_number_integer();
     const double p = x.get<double>(), q = y.get<double>();
-    if (ints && op != "/" && op != "**") {
+    if (ints && op != "/") {
       const int64_t i = x.get<int64_t>(), k = y.get<int64_t>();
-      if ((op == "//" || op == "%") && k == 0) Fail(line, "integer division or modulo by zero");
-      if (op == "+") return Value(Json(i + k));
-      if (op == "-") return Value(Json(i - k));
-      if (op == "*") return Value(Json(i * k));
-      const int64_t fl = i / k - ((i % k != 0) && ((i < 0) != (k < 0)));  // floor division
-      if (op == "//") return Value(Json(fl));
-      return Value(Json(i - fl * k));
+      int64_t r = 0;
+      if (op == "**" && k >= 0) {  // exact, by squaring (pow() in doubles loses digits past 2^53)
+        int64_t base = i, r2 = 1;
+        for (int64_t e = k; e > 0; e >>= 1) {
+          if ((e & 1) && __builtin_mul_overflow(r2, base, &r2)) overflow();
+          if (e > 1 && __builtin_mul_overflow(base, base, &base)) overflow();
+        }
+        return Value(Json(r2));
+      }
+      if (op == "+" || op == "-" || op == "*") {
+        if (op == "+" ? __builtin_add_overflow(i, k, &r)
+                      : op == "-" ? __builtin_sub_overflow(i, k, &r) : __builtin_mul_overflow(i, k, &r))
+          overflow();
+        return Value(Json(r));
+      }
+      if (op == "//" || op == "%") {
+        if (k == 0) Fail(line, "integer division or modulo by zero");
+        if (k == -1) {  // INT64_MIN / -1 overflows (and traps on x86)
+          if (op == "%") return Value(Json(0));
+          if (i == std::numeric_limits<int64_t>::min()) overflow();
+          return Value(Json(-i));
+        }
+        const int64_t fl = i / k - ((i % k != 0) && ((i < 0) != (k < 0)));  // floor division
+        if (op == "//") return Value(Json(fl));
+        return Value(Json(i - fl * k));
+      }
     }
     if ((op == "/" || op == "//" || op == "%") && q == 0) Fail(line, "division by zero");
     if (op == "+") return Value(Json(p + q));
@@ -1167,8 +1540,20 @@ class Renderer {
     if (op == "/") return Value(Json(p / q));
     if (op == "//") return Value(Json(std::floor(p / q)));
     if (op == "%") return Value(Json(p - std::floor(p / q) * q));
-    if (ints && y.get<int64_t>() >= 0) return Value(Json(int64_t(std::llround(std::pow(p, q)))));
     return Value(Json(std::pow(p, q)));
+  }
+
+  // str.join and the join filter: the items (or their attribute `attr`) as strings, `sep` between them;
+  // the separators' total size is checked before anything is built.
+  std::string Join(const std::vector<Value>& items, const std::string& sep, const Value& attr, int line) {
+    if (!items.empty() && sep.size() > kMaxStringBytes / items.size())
+      Fail(line, "a string would pass " + std::to_string(kMaxStringBytes) + " bytes");
+    std::string r;
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (i) Append(&r, sep, line);
+      Append(&r, Str(attr.undefined ? items[i] : Attr(items[i], Str(attr, line), line), line), line);
+    }
+    return r;
   }
 
   std::vector<Value> Args(const Expr& e) {
@@ -1194,10 +1579,11 @@ class Renderer {
       if (!j.is_string()) Fail(e.line, "argument " + std::to_string(i + 1) + " must be a string");
       return j.get<std::string>();
     };
-    if (callee.kind == Expr::kName && !Lookup(callee.name)) {
+    if (callee.kind == Expr::kName && !Lookup(callee.name, e.line)) {
       const std::string& f = callee.name;
-      if (f == "raise_exception") throw Error{args.empty() ? "raise_exception" : ToStr(args[0]), true};
+      if (f == "raise_exception") throw Error{args.empty() ? "raise_exception" : Str(args[0], e.line), true};
       if (f == "namespace" || f == "dict") {
+        Charge(uint64_t(e.kwargs.size()) * e.kwargs.size() / 2, e.line);  // linear key lookups, as for {...}
         Json o = Json::object();
         if (!args.empty() && args[0].data().is_object()) o = args[0].data();
         for (auto& [k, x] : e.kwargs) o[k] = Eval(*x).data();
@@ -1212,8 +1598,13 @@ class Renderer {
         else start = ToInt(arg(0), e.line, "range start"), stop = ToInt(arg(1), e.line, "range stop");
         if (args.size() > 2) step = ToInt(arg(2), e.line, "range step");
         if (step == 0) Fail(e.line, "range step cannot be zero");
+        const __int128 span = step > 0 ? __int128(stop) - start : __int128(start) - stop;
+        const __int128 abs_step = step > 0 ? __int128(step) : -__int128(step);
+        const __int128 len = span <= 0 ? 0 : (span + abs_step - 1) / abs_step;
+        if (len > __int128(kMaxWork)) Fail(e.line, "range of more than " + std::to_string(kMaxWork) + " items");
+        Charge(uint64_t(len), e.line);
         Json r = Json::array();
-        for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) r.push_back(i);
+        for (__int128 i = 0; i < len; ++i) r.push_back(int64_t(start + i * step));
         return Value(std::move(r));
       }
       if (f == "strftime_now") {
@@ -1231,9 +1622,11 @@ class Renderer {
     const std::string& m = callee.name;
     const Json& j = obj.data();
     if (j.is_string()) {
-      const std::string s = j.get<std::string>();
+      const std::string& s = j.get_ref<const std::string&>();
+      Charge(Units(s.size()), e.line);  // every method reads the string once at least
       if (m == "strip" || m == "lstrip" || m == "rstrip") {
         const std::string chars = args.empty() || args[0].data().is_null() ? "" : str_arg(0);
+        ChargeSearch(s.size(), chars.size(), e.line);
         return Value(Json(Strip(s, chars, m != "rstrip", m != "lstrip")));
       }
       if (m == "upper" || m == "lower") {
@@ -1245,7 +1638,11 @@ class Renderer {
       if (m == "startswith" || m == "endswith") {
         std::vector<std::string> opts;
         if (arg(0).data().is_array()) {
-          for (auto& x : arg(0).data()) opts.push_back(x.get<std::string>());
+          Charge(arg(0).data().size(), e.line);
+          for (auto& x : arg(0).data()) {
+            if (!x.is_string()) Fail(e.line, m + ": the prefixes must be strings");
+            opts.push_back(x.get<std::string>());
+          }
         } else {
           opts.push_back(str_arg(0));
         }
@@ -1266,20 +1663,19 @@ class Renderer {
         }
         const std::string sep = str_arg(0);
         if (sep.empty()) Fail(e.line, "empty separator");
+        ChargeSearch(s.size(), sep.size(), e.line);
         size_t p = 0;
         for (size_t q; max != 0 && (q = s.find(sep, p)) != std::string::npos; p = q + sep.size(), --max)
           parts.push_back(s.substr(p, q - p));
         parts.push_back(s.substr(p));
         return Value(std::move(parts));
       }
-      if (m == "replace")
-        return Value(Json(Replace(s, str_arg(0), str_arg(1), args.size() > 2 ? ToInt(args[2], e.line, "count") : -1)));
-      if (m == "join") {
-        std::string r;
-        bool first = true;
-        for (auto& x : Items(arg(0), e.line)) r += (first ? "" : s) + ToStr(x), first = false;
-        return Value(Json(r));
+      if (m == "replace") {
+        const std::string from = str_arg(0);
+        ChargeSearch(s.size(), from.size(), e.line);
+        return Value(Json(Replace(s, from, str_arg(1), args.size() > 2 ? ToInt(args[2], e.line, "count") : -1, e.line)));
       }
+      if (m == "join") return Value(Json(Join(Items(arg(0), e.line), s, Value::Undefined(), e.line)));
     }
     if (j.is_object()) {
       if (m == "items" || m == "keys" || m == "values") {
@@ -1291,8 +1687,8 @@ class Renderer {
         return Value(std::move(r));
       }
       if (m == "get") {
-        const std::string k = str_arg(0);
-        return j.contains(k) ? Value(j[k]) : (args.size() > 1 ? args[1] : Value(Json()));
+        const Value v = Attr(obj, str_arg(0), e.line);
+        return !v.undefined ? v : (args.size() > 1 ? args[1] : Value(Json()));
       }
     }
     Fail(e.line, "'" + TypeName(obj) + "' has no method '" + m + "'");
@@ -1303,14 +1699,14 @@ class Renderer {
     std::vector<Value> args = Args(e);
     const std::string& f = e.name;
     const Json& j = v.data();
-    const auto need_str = [&]() -> std::string {
-      if (v.undefined) return "";
-      if (!j.is_string()) Fail(e.line, "filter '" + f + "' needs a string, not " + TypeName(v));
-      return j.get<std::string>();
-    };
+    if (j.is_string()) Charge(Units(j.get_ref<const std::string&>().size()), e.line);  // read once at least
+    // Jinja's string filters work on str(value) (an undefined value is "").
+    const auto need_str = [&]() { return Str(v, e.line); };
     if (f == "trim") {
       const Value chars = Kwarg(e, "chars", args, 0, Value(Json()));
-      return Value(Json(Strip(need_str(), chars.data().is_string() ? chars.data().get<std::string>() : "", true, true)));
+      const std::string set = chars.data().is_string() ? chars.data().get<std::string>() : "";
+      ChargeSearch(j.is_string() ? j.get_ref<const std::string&>().size() : 0, set.size(), e.line);
+      return Value(Json(Strip(need_str(), set, true, true)));
     }
     if (f == "upper" || f == "lower") {
       std::string r = need_str();
@@ -1319,7 +1715,7 @@ class Renderer {
     }
     if (f == "title" || f == "capitalize") return Value(Json(Title(need_str(), f == "capitalize")));
     if (f == "length" || f == "count") {
-      if (j.is_string()) return Value(Json(int64_t(Chars(j.get<std::string>()).size())));
+      if (j.is_string()) return Value(Json(int64_t(CountChars(j.get_ref<const std::string&>()))));
       if (j.is_array() || j.is_object()) return Value(Json(int64_t(j.size())));
       if (v.undefined) return Value(Json(0));
       Fail(e.line, "object of type '" + TypeName(v) + "' has no length");
@@ -1335,15 +1731,9 @@ class Renderer {
       return f == "first" ? items.front() : items.back();
     }
     if (f == "join") {
-      const std::string sep = args.empty() ? "" : ToStr(args[0]);
+      const std::string sep = args.empty() ? "" : Str(args[0], e.line);
       const Value attr = Kwarg(e, "attribute", args, 1, Value::Undefined());
-      std::string r;
-      bool first = true;
-      for (auto& x : Items(v, e.line)) {
-        r += (first ? "" : sep) + ToStr(attr.undefined ? x : Attr(x, ToStr(attr)));
-        first = false;
-      }
-      return Value(Json(r));
+      return Value(Json(Join(Items(v, e.line), sep, attr, e.line)));
     }
     if (f == "list") {
       Json a = Json::array();
@@ -1352,48 +1742,54 @@ class Renderer {
     }
     if (f == "reverse") {
       if (j.is_string()) {
-        std::vector<std::string> c = Chars(j.get<std::string>());
+        const std::vector<std::string_view> c = Chars(j.get_ref<const std::string&>(), e.line);
         std::string r;
         for (auto it = c.rbegin(); it != c.rend(); ++it) r += *it;
         return Value(Json(r));
       }
       Json a = Json::array();
-      for (auto& x : Items(v, e.line)) a.insert(a.begin(), x.data());
+      for (auto& x : Items(v, e.line)) a.push_back(x.data());
+      std::reverse(a.begin(), a.end());
       return Value(std::move(a));
     }
-    if (f == "string") return Value(Json(ToStr(v)));
+    if (f == "string") return Value(Json(Str(v, e.line)));
     if (f == "safe") return v;
     if (f == "int") {
-      if (j.is_string()) {
-        try {
-          return Value(Json(int64_t(std::stoll(j.get<std::string>()))));
-        } catch (const std::exception&) {
-          return Value(Json(0));
-        }
-      }
+      if (j.is_string()) return Value(IntOfString(j.get<std::string>(), e.line));
       return Value(Json(j.is_number() ? ToInt(v, e.line, "int") : 0));
     }
     if (f == "float") {
       if (j.is_number()) return Value(Json(j.get<double>()));
-      try {
-        return Value(Json(j.is_string() ? std::stod(j.get<std::string>()) : 0.0));
-      } catch (const std::exception&) {
-        return Value(Json(0.0));
-      }
+      if (!j.is_string()) return Value(Json(0.0));
+      const std::string s = Strip(j.get<std::string>(), "", true, true);
+      char* end = nullptr;
+      const double d = std::strtod(s.c_str(), &end);
+      return Value(Json(!s.empty() && end == s.c_str() + s.size() ? d : 0.0));
     }
     if (f == "abs") {
-      if (j.is_number_integer()) return Value(Json(std::abs(j.get<int64_t>())));
+      if (j.is_number_integer()) {
+        const int64_t i = j.get<int64_t>();
+        if (i == std::numeric_limits<int64_t>::min()) Fail(e.line, "integer overflow in abs");
+        return Value(Json(i < 0 ? -i : i));
+      }
       if (j.is_number()) return Value(Json(std::fabs(j.get<double>())));
       Fail(e.line, "bad operand type for abs(): " + TypeName(v));
     }
     if (f == "replace") {
       if (args.size() < 2) Fail(e.line, "replace needs two arguments");
-      return Value(Json(Replace(need_str(), ToStr(args[0]), ToStr(args[1]), args.size() > 2 ? ToInt(args[2], e.line, "count") : -1)));
+      const std::string s = need_str(), from = Str(args[0], e.line);
+      ChargeSearch(s.size(), from.size(), e.line);
+      return Value(Json(Replace(s, from, Str(args[1], e.line), args.size() > 2 ? ToInt(args[2], e.line, "count") : -1, e.line)));
     }
     if (f == "tojson") {
       const Value indent = Kwarg(e, "indent", args, 0, Value(Json()));
+      Charge(Measure(j, e.line), e.line);
       std::string out;
-      Dump(j, indent.data().is_number() ? int(ToInt(indent, e.line, "indent")) : 0, 0, &out);
+      // No indent: compact. A negative one, as in Python, breaks lines without indenting.
+      const int64_t n = indent.data().is_number() ? std::max<int64_t>(ToInt(indent, e.line, "indent"), 0) : -1;
+      if (n > int64_t(kMaxStringBytes))
+        Fail(e.line, "tojson: indentation would pass " + std::to_string(kMaxStringBytes) + " bytes");
+      Dump(j, n, 0, e.line, &out);
       return Value(Json(out));
     }
     if (f == "items") {
@@ -1410,8 +1806,8 @@ class Renderer {
       const size_t t = attr ? 1 : 0;
       Json a = Json::array();
       for (auto& x : Items(v, e.line)) {
-        const Value subject = attr ? Attr(x, ToStr(args.empty() ? Value() : args[0])) : x;
-        const bool pass = args.size() > t ? RunTest(ToStr(args[t]), subject, {args.begin() + long(t) + 1, args.end()}, e.line)
+        const Value subject = attr ? Attr(x, Str(args.empty() ? Value() : args[0], e.line), e.line) : x;
+        const bool pass = args.size() > t ? RunTest(Str(args[t], e.line), subject, {args.begin() + long(t) + 1, args.end()}, e.line)
                                           : Truthy(subject);
         if (pass == keep) a.push_back(x.data());
       }
@@ -1421,7 +1817,7 @@ class Renderer {
       const Value attr = Kwarg(e, "attribute", {}, 0, Value::Undefined());
       if (attr.undefined) Fail(e.line, "map: only map(attribute=...) is supported");
       Json a = Json::array();
-      for (auto& x : Items(v, e.line)) a.push_back(Attr(x, ToStr(attr)).data());
+      for (auto& x : Items(v, e.line)) a.push_back(Attr(x, Str(attr, e.line), e.line).data());
       return Value(std::move(a));
     }
     Fail(e.line, "unknown filter '" + f + "'");
@@ -1432,7 +1828,7 @@ class Renderer {
     return RunTest(e.name, v, Args(e), e.line);
   }
 
-  static bool RunTest(const std::string& t, const Value& v, const std::vector<Value>& args, int line) {
+  bool RunTest(const std::string& t, const Value& v, const std::vector<Value>& args, int line) {
     const Json& j = v.data();
     if (t == "defined") return !v.undefined;
     if (t == "undefined") return v.undefined;
@@ -1450,6 +1846,7 @@ class Renderer {
     if (t == "even" || t == "odd") return j.is_number_integer() && (j.get<int64_t>() % 2 == 0) == (t == "even");
     if (t == "lower" || t == "upper") {
       if (!j.is_string()) return false;
+      Charge(Units(j.get_ref<const std::string&>().size()), line);
       for (char c : j.get<std::string>())
         if (t == "lower" ? std::isupper(static_cast<unsigned char>(c)) : std::islower(static_cast<unsigned char>(c))) return false;
       return true;
@@ -1457,7 +1854,7 @@ class Renderer {
     if (args.empty()) Fail(line, "unknown test '" + t + "' or missing argument");
     if (t == "divisibleby") {
       const int64_t d = ToInt(args[0], line, "divisibleby");
-      return d != 0 && j.is_number_integer() && j.get<int64_t>() % d == 0;
+      return d != 0 && j.is_number_integer() && (d == -1 || j.get<int64_t>() % d == 0);
     }
     if (t == "equalto" || t == "eq" || t == "==") return Compare("==", v, args[0], line);
     if (t == "ne" || t == "!=") return Compare("!=", v, args[0], line);
@@ -1472,6 +1869,8 @@ class Renderer {
   std::vector<std::map<std::string, Value>> scopes_;
   std::string out_;
   int loops_ = 0;
+  uint64_t work_ = 0;
+  const bool loop_neighbours_;
 };
 
 }  // namespace jinja
@@ -1485,10 +1884,14 @@ Result<ChatTemplate> ChatTemplate::Parse(const std::string& source, const std::s
   ChatTemplate t;
   try {
     auto p = std::make_shared<jinja::Program>();
-    p->body = jinja::Parser(jinja::Lexer(source).Run()).Run();
+    const std::string normalized = jinja::NormalizeNewlines(source);
+    p->body = jinja::Parser(jinja::Lexer(normalized).Run()).Run();
+    p->loop_neighbours = source.find("previtem") != std::string::npos || source.find("nextitem") != std::string::npos;
     t.program_ = std::move(p);
   } catch (const jinja::Error& e) {
     return Status::InvalidArgument("chat template: " + e.message);
+  } catch (const std::exception& e) {  // a bug here (the parser throws only Error), but never a crash
+    return Status::InvalidArgument(std::string("chat template: ") + e.what());
   }
   t.bos_ = bos_token;
   t.eos_ = eos_token;
@@ -1511,13 +1914,14 @@ std::string TokenText(const nlohmann::json& cfg, const char* key) {
 Result<ChatTemplate> ChatTemplate::LoadFromDir(const std::string& dir) {
   nlohmann::json cfg = nlohmann::json::object();
   const std::string cfg_path = dir + "/tokenizer_config.json";
-  if (std::filesystem::exists(cfg_path)) {
+  std::error_code ec;  // (the throwing overload of exists() fails on e.g. an unreadable directory)
+  if (std::filesystem::exists(cfg_path, ec)) {
     ATP_ASSIGN_OR_RETURN(std::string text, ReadFile(cfg_path));
     cfg = nlohmann::json::parse(text, nullptr, false);
     if (cfg.is_discarded() || !cfg.is_object()) return Status::Corruption(cfg_path + ": invalid JSON");
   }
   const std::string jinja_path = dir + "/chat_template.jinja";
-  if (std::filesystem::exists(jinja_path)) {
+  if (std::filesystem::exists(jinja_path, ec)) {
     ATP_ASSIGN_OR_RETURN(std::string source, ReadFile(jinja_path));
     auto t = Parse(source, TokenText(cfg, "bos_token"), TokenText(cfg, "eos_token"));
     if (!t.ok()) return t.status().WithContext(jinja_path + ": ");
@@ -1550,17 +1954,22 @@ Result<ChatTemplate> ChatTemplate::FromTokenizerConfig(const nlohmann::json& cfg
 
 Result<std::string> ChatTemplate::Render(const nlohmann::ordered_json& messages, bool add_generation_prompt) const {
   using jinja::Value;
+  // The messages are shared, not copied: a pointer that owns nothing, valid for this call.
+  Value messages_value;
+  messages_value.p = std::shared_ptr<const jinja::Json>(std::shared_ptr<void>(), &messages);
   // The variables transformers' apply_chat_template passes (tools and documents are None without tools).
   std::map<std::string, Value> globals = {
-      {"messages", Value(messages)},     {"add_generation_prompt", Value(add_generation_prompt)},
+      {"messages", messages_value},      {"add_generation_prompt", Value(add_generation_prompt)},
       {"bos_token", Value(bos_)},         {"eos_token", Value(eos_)},
       {"tools", Value(nullptr)},          {"documents", Value(nullptr)},
   };
   try {
-    return jinja::Renderer(std::move(globals)).Run(program_->body);
+    jinja::Renderer renderer(std::move(globals), program_->loop_neighbours);
+    renderer.Admit(messages);
+    return renderer.Run(program_->body);
   } catch (const jinja::Error& e) {
     return Status::InvalidArgument(e.raised ? e.message : "chat template: " + e.message);
-  } catch (const nlohmann::json::exception& e) {
+  } catch (const std::exception& e) {  // a bug here (the renderer throws only Error), but never a crash
     return Status::InvalidArgument(std::string("chat template: ") + e.what());
   }
 }

@@ -1,6 +1,8 @@
 // Chat templates: the Jinja subset that Hugging Face tokenizer_config.json templates use (Llama-3,
 // Qwen2, Mistral and the like), rendered the way transformers does (trim_blocks, lstrip_blocks, loop
 // controls, tools=None). Refuses macros, call/filter blocks, includes and Python beyond a few str/dict methods.
+// Templates and messages are untrusted input: Parse and Render never throw, and bound their nesting,
+// work and string sizes (the limits are stated in chat_template.cpp); going past one is an error.
 #pragma once
 #include <memory>
 #include <string>
