@@ -248,10 +248,10 @@ def cmd_render(args):
 # ---------------------------------------------------------------- check
 
 
-def compare(where, want, got):
-    """Mismatch messages for the figures of one row (fields absent or null in either are not compared)."""
+def compare(where, want, got, fields=EXACT_FIELDS + ("ppl",)):
+    """Mismatch messages for `fields` of one row (fields absent or null in either are not compared)."""
     errors = []
-    for field in EXACT_FIELDS + ("ppl",):
+    for field in fields:
         a, b = want.get(field), got.get(field)
         if a is None or b is None:
             continue
@@ -291,7 +291,7 @@ def cmd_check(args):
                 if r["policy"] not in committed:
                     errors.append("%s not in the committed JSON" % where)
                     continue
-                errors += compare(where, committed[r["policy"]], r)
+                errors += compare(where, committed[r["policy"]], r, ci["fields"])
                 checked += 1
     for e in errors:
         print("results.py: MISMATCH " + e, file=sys.stderr)
