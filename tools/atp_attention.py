@@ -1,4 +1,4 @@
-"""Blockwise causal ATP attention (docs/DESIGN.md section 4), as a differentiable PyTorch function.
+"""Blockwise causal ATP attention (docs/docs/design.md section 4), as a differentiable PyTorch function.
 
 Positions are grouped in blocks of B. A query at position i sees block b *compressed* iff
 (b+1)*B + W <= i, otherwise it sees that block's exact keys j <= i. Compressing a block:

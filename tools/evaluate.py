@@ -1,4 +1,4 @@
-"""PyTorch reference evaluation under docs/DESIGN.md section 5.
+"""PyTorch reference evaluation under docs/docs/design.md section 5.
 
 Perplexity: token stream = <|begin_of_text|> + the whole file encoded as one text; window k is
 tokens [512k, 512k+512) (full windows only); the first C=384 are context, the last S=128 are

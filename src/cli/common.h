@@ -14,7 +14,7 @@
 
 namespace atp::cli {
 
-// Flags every measuring command shares, spelled as DESIGN.md section 1 lists them.
+// Flags every measuring command shares, spelled as docs/design.md section 1 lists them.
 struct CommonFlags {
   std::string model;
   std::string kv = "dense";

@@ -1,4 +1,4 @@
-// The `atp` command: one binary, one subcommand per job (DESIGN.md section 1).
+// The `atp` command: one binary, one subcommand per job (docs/design.md section 1).
 #include <algorithm>
 #include <iostream>
 #include <string>
@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    // --help exits 0 through CLI11; any other usage error is one line on stderr (DESIGN.md section 7).
+    // --help exits 0 through CLI11; any other usage error is one line on stderr (docs/design.md section 7).
     if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
     std::string msg = e.what();
     std::replace(msg.begin(), msg.end(), '\n', ' ');

@@ -57,7 +57,7 @@ void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const floa
 // default). Rows of k and v hold positions first, first + 1, ... (earlier ones were dropped). With
 // block > 0 the blocks b with (b + 1) * block + window <= p, nb(p) of them, are seen only through
 // principal rows 0 .. pre_end[nb(p) - 1] - 1 of pk and pv, and exact rows from position
-// nb(p) * block on: ATP's principal rows (DESIGN.md section 4; k's form), or KIVI's packed token
+// nb(p) * block on: ATP's principal rows (docs/design.md section 4; k's form), or KIVI's packed token
 // groups (block = group, window = residual - 1, one packed row per position: pre_end null and
 // rows_per_block = group), or StreamingLLM's sinks and window (block 1, window W - 1, one row per
 // position, max_pre = the sinks).

@@ -1,4 +1,4 @@
-// Perplexity under the evaluation protocol (DESIGN.md section 5): the token stream is BOS + the
+// Perplexity under the evaluation protocol (docs/design.md section 5): the token stream is BOS + the
 // whole file; window k covers [k*(C+S), (k+1)*(C+S)); the first C tokens are prefilled through the
 // policy, the next S are scored one decode step at a time. Only scored tokens count.
 #pragma once

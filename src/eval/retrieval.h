@@ -1,4 +1,4 @@
-// Retrieval accuracy (DESIGN.md section 5): a fact is planted early in a long prompt and asked for
+// Retrieval accuracy (docs/design.md section 5): a fact is planted early in a long prompt and asked for
 // at the end; the model answers greedily after the prompt (encoded with BOS), and a case counts as
 // correct when the generated text, stripped of surrounding whitespace, starts with the answer.
 #pragma once

@@ -1,4 +1,4 @@
-// `atp`: attention on top principal keys, made causal for decoders (DESIGN.md section 4).
+// `atp`: attention on top principal keys, made causal for decoders (docs/design.md section 4).
 #pragma once
 #include <memory>
 

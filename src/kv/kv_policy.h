@@ -25,7 +25,7 @@ struct KvShape {
   int kv_dim() const { return n_kv_heads * head_dim; }
 };
 
-// A basis for computing a token's Q projection in low rank (DESIGN.md section 4, atp proj=lowrank):
+// A basis for computing a token's Q projection in low rank (docs/design.md section 4, atp proj=lowrank):
 // x W_q ~ (x V)(V^T W_q), V (d_model, rank) with orthonormal columns, the top input directions of
 // a block that lies wholly before the token's own block.
 struct InputBasis {

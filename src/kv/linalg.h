@@ -1,5 +1,5 @@
 // Small dense linear algebra for the low-rank policies, through LAPACK (LAPACKE): thin SVD,
-// symmetric eigendecomposition, and the rank and sign conventions DESIGN.md section 4 fixes.
+// symmetric eigendecomposition, and the rank and sign conventions docs/design.md section 4 fixes.
 #pragma once
 #include <vector>
 

@@ -106,7 +106,7 @@ Status LlamaModel::MakeResident(std::optional<DType> matrices) {
 namespace {
 
 // q, k, v (rows, out) = xb W^T (+ bias) for every row of xb (N, d), except that a row whose policy
-// gave an input basis V (atp proj=lowrank, DESIGN.md section 4) gets its Q as (xb V)(W_q V)^T:
+// gave an input basis V (atp proj=lowrank, docs/design.md section 4) gets its Q as (xb V)(W_q V)^T:
 // r*(d + q_dim) flops instead of d*q_dim, plus W_q V once per basis (cached in the basis). K and V
 // always see the exact input: the policy's keys, exact window and principal keys stay what they were.
 void ProjectQkv(const float* xb, int64_t N, int64_t d, std::span<InputBasis* const> basis, std::span<const MatMulJob, 3> qkv,

@@ -1,4 +1,4 @@
-"""ATP attention (docs/DESIGN.md section 4) against dense attention and a per-query reference."""
+"""ATP attention (docs/docs/design.md section 4) against dense attention and a per-query reference."""
 import math
 import os
 import unittest
