@@ -26,7 +26,7 @@ namespace atp {
 
 struct GateOptions {
   int max_connections = 1024;  // open at once, all clients
-  int max_per_client = 64;     // open at once from one address
+  int max_per_client = 256;    // open at once from one address (a benchmark client or a proxy opens many)
   std::chrono::milliseconds request_timeout{10000};  // to read one whole request (headers and body)
 };
 
