@@ -44,7 +44,7 @@ struct InFlight {
   Session::Clock::time_point arrival;
   std::string id;
   int prompt_tokens = -1;
-  std::vector<std::shared_ptr<const Session>> sessions;  // its sequences (n of them)
+  std::shared_ptr<const Session> session;  // a completion's, all n choices; null for other requests
 };
 thread_local InFlight tl_request;
 }  // namespace
@@ -189,7 +189,7 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
   if (auto err = Prepare(a, &sr)) return Reply(res, endpoint, *err);
   tl_request.prompt_tokens = int(sr.prompt.size());
   auto session = std::make_shared<Session>(tok_, a.stop, a.n, metrics_, arrival);
-  tl_request.sessions.push_back(session);
+  tl_request.session = session;
   auto builder = std::make_shared<ResponseBuilder>(a, tok_, opt_.model_name, sr.prompt.size());
   auto id = SubmitChoices(a, sr, session);
   if (!id.ok()) {
@@ -251,7 +251,7 @@ void HttpServer::HandleCompletion(const httplib::Request& req, httplib::Response
 
 void HttpServer::Arrived(httplib::Response& r) {
   ConnectionGate::RequestRead();
-  tl_request = InFlight{Session::Clock::now(), "req-" + std::to_string(++requests_), -1, {}};
+  tl_request = InFlight{Session::Clock::now(), "req-" + std::to_string(++requests_), -1, nullptr};
   r.set_header("X-Request-Id", tl_request.id);
 }
 
@@ -259,9 +259,9 @@ void HttpServer::Log(const httplib::Request& q, const httplib::Response& r) {
   ConnectionGate::ResponseWritten();
   if (opt_.log_format == LogFormat::kOff || tl_request.id.empty()) return;
   RequestRecord rec{tl_request.id, q.method, q.path, q.remote_addr, r.status, tl_request.prompt_tokens};
-  for (auto& s : tl_request.sessions) {
-    rec.completion_tokens = std::max(rec.completion_tokens, 0) + s->tokens();
-    if (s->ttft() >= 0 && (rec.ttft_s < 0 || s->ttft() < rec.ttft_s)) rec.ttft_s = s->ttft();
+  if (const auto& s = tl_request.session) {
+    rec.completion_tokens = s->tokens();
+    rec.ttft_s = s->ttft();
   }
   rec.total_s = std::chrono::duration<double>(Session::Clock::now() - tl_request.arrival).count();
   tl_request = InFlight();
