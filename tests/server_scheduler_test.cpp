@@ -1,12 +1,20 @@
 // The scheduler and KV pool without HTTP: batching gives each request exactly what engine Generate
 // gives it alone, admission keeps to the KV budget, and Submit refuses what cannot be served.
 #include <atomic>
+#include <filesystem>
+#include <functional>
+#include <cstdio>
+#include <fstream>
 #include <future>
+#include <map>
+#include <random>
 
 #include <gtest/gtest.h>
 
 #include "engine/generate.h"
 #include "engine/scheduler.h"
+#include "test_util.h"
+#include <nlohmann/json.hpp>
 #include "server_fixture.h"
 
 namespace atp::server_test {
@@ -19,18 +27,37 @@ TEST(KvPool, ChargesTheLargerOfReservationAndUse) {
   EXPECT_TRUE(pool.TryReserve(1, 4 * 4096));       // 4 pages
   EXPECT_TRUE(pool.TryReserve(2, 3 * 4096 + 1));   // rounds up to 4
   EXPECT_FALSE(pool.TryReserve(3, 3 * 4096));      // 8 + 3 > 10
+  EXPECT_EQ(pool.usage().sequences, 2u);           // a refused new id leaves no entry
   EXPECT_EQ(pool.usage().charged_bytes, 8u * 4096);
+  EXPECT_EQ(pool.usage().pages_used(), 8u);
+  EXPECT_EQ(pool.usage().pages(), 10u);
   pool.Update(1, 100);                             // under its reservation: still 4 pages
   EXPECT_EQ(pool.usage().charged_bytes, 8u * 4096);
   EXPECT_EQ(pool.usage().used_bytes, 100u);
   pool.Update(1, 7 * 4096);                        // outgrew the estimate: charged what it holds
   EXPECT_EQ(pool.usage().charged_bytes, 11u * 4096);
   EXPECT_FALSE(pool.TryReserve(3, 1));             // over budget: nobody else gets in
+  EXPECT_TRUE(pool.TryReserve(1, 5 * 4096));       // within what it is charged already: no growth
   pool.Release(1);
   EXPECT_EQ(pool.usage().charged_bytes, 4u * 4096);
   EXPECT_EQ(pool.usage().used_bytes, 0u);
   EXPECT_TRUE(pool.TryReserve(3, 6 * 4096));
   EXPECT_EQ(pool.usage().sequences, 2u);
+}
+
+// A reservation grows step by step while pages are free, never shrinks, and keep_free holds pages back.
+TEST(KvPool, ReservationsGrowWhilePagesAreFree) {
+  KvPool pool(10 * 4096, 4096);
+  EXPECT_TRUE(pool.TryReserve(1, 2 * 4096));
+  EXPECT_TRUE(pool.TryReserve(1, 5 * 4096));       // grows to 5
+  EXPECT_TRUE(pool.TryReserve(1, 3 * 4096));       // never shrinks
+  EXPECT_EQ(pool.usage().pages_used(), 5u);
+  EXPECT_FALSE(pool.TryReserve(2, 4 * 4096, 2));   // 5 + 4 leaves 1 free, 2 asked
+  EXPECT_TRUE(pool.TryReserve(2, 3 * 4096, 2));    // leaves 2
+  EXPECT_FALSE(pool.TryReserve(1, 8 * 4096));      // 8 + 3 > 10: unchanged
+  EXPECT_EQ(pool.usage().pages_used(), 8u);
+  EXPECT_TRUE(pool.TryReserve(1, 7 * 4096));
+  EXPECT_EQ(pool.usage().pages_used(), 10u);
 }
 
 TEST(KvFootprint, DenseIsExactAndLinear) {
@@ -68,13 +95,15 @@ struct Outcome {
   Status error;
 };
 
-// Submits all requests at once and waits for every one to finish.
-std::vector<Outcome> RunBatched(Scheduler& sched, const std::vector<SeqRequest>& reqs) {
+// Submits all requests at once and waits for every one to finish; `observe` runs at every token.
+std::vector<Outcome> RunBatched(Scheduler& sched, const std::vector<SeqRequest>& reqs,
+                                const std::function<void()>& observe = {}) {
   std::vector<Outcome> out(reqs.size());
   std::vector<std::promise<void>> done(reqs.size());
   for (size_t i = 0; i < reqs.size(); ++i) {
     SeqRequest r = reqs[i];
-    r.on_token = [&out, i](const TokenEvent& ev) {
+    r.on_token = [&out, &observe, i](const TokenEvent& ev) {
+      if (observe) observe();
       out[i].tokens.push_back(ev.id);
       return true;
     };
@@ -141,46 +170,151 @@ TEST(Scheduler, AttentionEvictionGivesTheSameTokensBatchedAsAlone) {
   ExpectBatchedEqualsAlone(0.0f, "h2o:budget=12,recent=4");
 }
 
-TEST(Scheduler, KvBudgetBoundsTheRunningBatch) {
-  ATP_REQUIRE_REF_MODEL();
+// Requests whose combined worst case is several times the pool: admitted by what their prompts hold,
+// preempted when the pages run out, recomputed, and each still gets the tokens it gets alone. The pool
+// is never charged beyond its budget.
+void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n, size_t kv_memory,
+                                 size_t min_preemptions) {
   LlamaModel& m = *Ref().model;
-  std::shared_ptr<const KvPolicyFactory> kv = ParseKvPolicy("dense").value();
-  const size_t per_token = size_t(m.config().num_layers) * 2 * size_t(m.config().kv_dim()) * sizeof(float);
+  const Tokenizer& tok = *Ref().tok;
+  const auto prompts = Prompts(n);
+  std::vector<SeqRequest> reqs;
+  std::vector<GenerateResult> alone;
+  for (int i = 0; i < n; ++i) {
+    SeqRequest r;
+    r.prompt = prompts[size_t(i)];
+    r.sampling = SamplingParams{i % 2 ? 0.8f : 0.0f, 40, 0.95f, 0.0f, 1.0f, uint64_t(77 + i)};
+    r.max_tokens = 24 + (i * 7) % 17;
+    r.kv = ParseKvPolicy(policies[size_t(i) % policies.size()]).value();
+    GenerateOptions g;
+    g.sampling = r.sampling;
+    g.max_tokens = r.max_tokens;
+    auto res = Generate(m, tok, *r.kv, r.prompt, g, nullptr);
+    ASSERT_TRUE(res.ok()) << res.status().ToString();
+    alone.push_back(std::move(res).value());
+    reqs.push_back(std::move(r));
+  }
   SchedulerOptions opt;
   opt.kv_page = 4096;
-  opt.kv_memory = 2 * 100 * per_token + 4096;  // two sequences of 100 tokens
-  Scheduler sched(m, Ref().tok->eos_ids(), opt);
-  std::atomic<size_t> most{0};
-  std::atomic<bool> over{false};
-  std::vector<SeqRequest> reqs(6);
+  opt.kv_memory = kv_memory;
+  opt.max_seqs = n;
+  opt.max_queue = n;
+  opt.max_batch_tokens = 64;
+  Scheduler sched(m, tok.eos_ids(), opt);
+  size_t worst = 0;  // what admission by worst case would have reserved
+  std::map<std::string, KvFootprint> footprints;
   for (auto& r : reqs) {
-    r.prompt = Prompts(1)[0];
-    r.prompt.resize(20, 100);
-    r.max_tokens = 80;
-    r.sampling.temperature = 0;
-    r.kv = kv;
+    auto it = footprints.try_emplace(r.kv->Describe(), KvFootprint::Measure(m, *r.kv, 256)).first;
+    worst += it->second.BytesAt(int(r.prompt.size()) + r.max_tokens);
   }
-  std::vector<Outcome> out(reqs.size());
-  std::vector<std::promise<void>> done(reqs.size());
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    reqs[i].on_token = [&](const TokenEvent&) {
-      const auto s = sched.stats();
-      most = std::max(most.load(), s.running);
-      if (s.kv.charged_bytes > s.kv.capacity_bytes || s.kv.used_bytes > s.kv.capacity_bytes) over = true;
-      return true;
-    };
-    reqs[i].on_finish = [&, i](const std::string& reason, const Status&) {
-      out[i].finish = reason;
-      done[i].set_value();
-    };
-    ASSERT_TRUE(sched.Submit(reqs[i]).ok());
+  ASSERT_GT(worst, 2 * kv_memory) << "the test must overcommit the pool";
+  std::atomic<bool> over{false};
+  std::atomic<size_t> most{0};
+  const auto batched = RunBatched(sched, reqs, [&] {
+    const auto s = sched.stats();
+    most = std::max(most.load(), s.running);
+    if (s.kv.charged_bytes > s.kv.capacity_bytes) over = true;
+  });
+  for (int i = 0; i < n; ++i) {
+    ASSERT_TRUE(batched[size_t(i)].error.ok()) << batched[size_t(i)].error.ToString();
+    EXPECT_EQ(batched[size_t(i)].tokens, alone[size_t(i)].token_ids) << "request " << i << " under " << reqs[size_t(i)].kv->Describe();
+    EXPECT_EQ(batched[size_t(i)].finish, alone[size_t(i)].finish_reason) << "request " << i;
   }
-  for (auto& d : done) d.get_future().wait();
-  EXPECT_EQ(most.load(), 2u);
+  const auto s = sched.stats();
   EXPECT_FALSE(over.load());
-  for (auto& o : out) EXPECT_TRUE(o.finish == "length" || o.finish == "stop") << o.finish;
-  // The pool is released right after the last on_finish.
-  EXPECT_TRUE(WaitFor([&] { return sched.stats().kv.charged_bytes == 0; }, 5));
+  EXPECT_GE(s.preemptions, min_preemptions);
+  EXPECT_GT(s.recomputed_tokens, 0u);
+  EXPECT_GT(most.load(), 1u) << "nothing ran side by side";
+  EXPECT_TRUE(WaitFor([&] { return sched.stats().kv.charged_bytes == 0 && sched.stats().preempted == 0; }, 5));
+}
+
+TEST(Scheduler, PreemptedSequencesGetTheirTokensAlone) {
+  ATP_REQUIRE_REF_MODEL();
+  const LlamaModel& m = *Ref().model;
+  const size_t per_token = size_t(m.config().num_layers) * 2 * size_t(m.config().kv_dim()) * sizeof(float);
+  // Room for 150 tokens: the prompts (2-60 tokens) are admitted, and their growth preempts the youngest.
+  ExpectPreemptionKeepsTokens({"dense"}, 8, 150 * per_token, 1);
+}
+
+// The check: 64 sequences of mixed policies (chunk-invariant ones, and h2o/snapkv whose prompts
+// go whole and whose recomputed tokens go one per step) in a pool a fraction of their worst case.
+TEST(Scheduler, SixtyFourMixedSequencesInAnOvercommittedPool) {
+  ATP_REQUIRE_REF_MODEL();
+  const LlamaModel& m = *Ref().model;
+  const size_t per_token = size_t(m.config().num_layers) * 2 * size_t(m.config().kv_dim()) * sizeof(float);
+  ExpectPreemptionKeepsTokens({"dense", "dense:dtype=bf16", "kivi:bits=4,group=16,residual=16",
+                               "atp:block=16,rank=4,window=16", "h2o:budget=24,recent=8", "mx:fmt=fp8_e4m3"},
+                              64, 6 * 64 * per_token, 4);
+}
+
+// Capacity is the bytes ratio: in a fixed pool, as many 4k-token sequences run at once under a policy,
+// relative to dense f32, as the inverse of its bytes per sequence at that length (within 10%: pages, the
+// admission watermark and the footprint estimate may each round against a policy). The bytes are those
+// of a real 4k-token sequence fed in the scheduler's chunks, not the scheduler's estimate. The reference
+// model with its position limit raised to 8k (RoPE needs no table); the run stops after the first steps
+// that follow the last submission, once admission alone has decided how many run.
+TEST(Scheduler, SequencesRunningAtOnceFollowTheBytesRatio) {
+  ATP_REQUIRE_REF_MODEL();
+  testing::TempDir dir("capacity");
+  for (const char* f : {"model.safetensors", "tokenizer.json", "tokenizer_config.json"})
+    std::filesystem::create_symlink(kRefModel + "/" + f, dir.path() + "/" + f);
+  {
+    std::ifstream in(kRefModel + "/config.json");
+    nlohmann::json cfg = nlohmann::json::parse(in);
+    cfg["max_position_embeddings"] = 8192;
+    std::ofstream(dir.path() + "/config.json") << cfg.dump();
+  }
+  auto loaded = LlamaModel::Load(dir.path());
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  LlamaModel& m = **loaded;
+  constexpr int kLen = 4096, kChunk = 512;
+  std::vector<int32_t> prompt(kLen);
+  std::mt19937 rng(5);
+  for (auto& t : prompt) t = int32_t(rng() % 4000);
+  struct Row {
+    std::string policy;
+    size_t bytes = 0;    // of one real sequence of kLen tokens
+    size_t running = 0;  // at once in the pool
+  };
+  std::vector<Row> rows = {{"dense"}, {"mx:fmt=fp8_e4m3"}, {"kivi:bits=2"}, {"atp:block=64,rank=16,window=64"}};
+  for (Row& row : rows) {
+    std::shared_ptr<const KvPolicyFactory> kv = ParseKvPolicy(row.policy).value();
+    {
+      Sequence seq(m, *kv);
+      std::vector<float> logits;
+      ASSERT_TRUE(RunChunk(m, seq, prompt, false, &logits).ok());  // Update makes the chunking irrelevant
+      row.bytes = seq.kv_bytes();
+    }
+    SchedulerOptions opt;
+    opt.context = 8192;
+    opt.kv_page = 16384;
+    opt.kv_memory = 16 * rows[0].bytes;  // 16 dense sequences
+    opt.max_batch_tokens = kChunk;
+    opt.max_seqs = opt.max_queue = 512;
+    Scheduler sched(m, {}, opt);
+    const int n = int(opt.kv_memory / row.bytes * 5 / 4) + 4;  // more than fit
+    for (int i = 0; i < n; ++i) {
+      SeqRequest r;
+      r.prompt = prompt;
+      r.max_tokens = 1;
+      r.kv = kv;
+      ASSERT_TRUE(sched.Submit(std::move(r)).ok());
+    }
+    // Each loop of the scheduler admits, then steps; a prompt takes 8 steps, so none has finished yet.
+    const uint64_t passes = sched.stats().forward_passes;
+    ASSERT_TRUE(WaitFor([&] { return sched.stats().forward_passes >= passes + 2; }, 60));
+    row.running = sched.stats().running;
+    sched.Drain(std::chrono::milliseconds(0));
+    EXPECT_LT(row.running, size_t(n)) << row.policy << ": the pool, not the number of requests, must be the limit";
+  }
+  for (const Row& row : rows) {
+    const double want = double(rows[0].bytes) / double(row.bytes);
+    const double got = double(row.running) / double(rows[0].running);
+    EXPECT_NEAR(got / want, 1.0, 0.10) << row.policy << ": " << row.running << " at once vs " << rows[0].running
+                                       << " dense; bytes ratio " << want;
+    std::printf("%-34s %9zu bytes/seq  %4zu at once  x%.2f (bytes ratio x%.2f)\n", row.policy.c_str(), row.bytes,
+                row.running, got, want);
+  }
 }
 
 TEST(Scheduler, SubmitRefusesWhatCannotBeServed) {

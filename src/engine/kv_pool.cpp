@@ -10,12 +10,18 @@ namespace atp {
 KvPool::KvPool(size_t capacity_bytes, size_t page_bytes)
     : page_bytes_(std::max<size_t>(page_bytes, 1)), capacity_pages_(capacity_bytes / page_bytes_) {}
 
-bool KvPool::TryReserve(uint64_t id, size_t estimate_bytes) {
+bool KvPool::TryReserve(uint64_t id, size_t bytes, size_t keep_free) {
   std::lock_guard<std::mutex> lk(mu_);
-  const size_t pages = Pages(estimate_bytes);
-  if (charged_pages_ + pages > capacity_pages_) return false;
-  seqs_[id] = Charge{pages, 0};
-  charged_pages_ += pages;
+  Charge& c = seqs_[id];  // a new id starts with nothing reserved and nothing used
+  Charge grown = c;
+  grown.reserved_pages = std::max(c.reserved_pages, Pages(bytes));
+  const size_t after = charged_pages_ - c.pages(page_bytes_) + grown.pages(page_bytes_);
+  if (after > charged_pages_ && after + keep_free > capacity_pages_) {
+    if (c.reserved_pages == 0 && c.used_bytes == 0) seqs_.erase(id);
+    return false;
+  }
+  c = grown;
+  charged_pages_ = after;
   return true;
 }
 
@@ -40,12 +46,12 @@ void KvPool::Release(uint64_t id) {
 
 KvPool::Usage KvPool::usage() const {
   std::lock_guard<std::mutex> lk(mu_);
-  return {capacity_pages_ * page_bytes_, charged_pages_ * page_bytes_, used_bytes_, seqs_.size()};
+  return {capacity_pages_ * page_bytes_, charged_pages_ * page_bytes_, used_bytes_, seqs_.size(), page_bytes_};
 }
 
-KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory& factory, int max_len, int step) {
+KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory& factory, int max_len) {
   KvFootprint f;
-  f.step_ = std::max(step, 1);
+  constexpr int kRows = 64;  // distinct random rows, appended again and again
   // One probe per distinct layer shape, counted for each layer of that shape: the probe rows are the
   // same for every layer, so layers of one shape hold the same bytes, and a model of 16 equal layers
   // costs one layer's appends.
@@ -68,21 +74,22 @@ KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory&
   const KvShape s = model.kv_shape(0);
   std::mt19937 rng(1234);
   std::normal_distribution<float> normal(0.f, 1.f);
-  std::vector<float> X(size_t(f.step_) * size_t(s.d_model));  // (step, d_model)
-  std::vector<float> K(size_t(f.step_) * size_t(s.kv_dim()));  // (step, kv_dim)
-  std::vector<float> V(K.size());                              // (step, kv_dim)
+  std::vector<float> X(size_t(kRows) * size_t(s.d_model));  // (kRows, d_model)
+  std::vector<float> K(size_t(kRows) * size_t(s.kv_dim()));  // (kRows, kv_dim)
+  std::vector<float> V(K.size());                            // (kRows, kv_dim)
   // One random chunk, appended again and again: each block is still full rank, and drawing
   // fresh numbers for every layer and step would cost more than the appends on a large model.
   for (auto* buf : {&X, &K, &V})
     for (float& x : *buf) x = normal(rng);
-  std::vector<int32_t> pos(size_t(f.step_));
-  for (int start = 0; start < std::max(max_len, 1); start += f.step_) {
-    std::iota(pos.begin(), pos.end(), start);
+  for (int32_t pos = 0; pos < std::max(max_len, 1); ++pos) {
+    const size_t row = size_t(pos % kRows);
     size_t bytes = 0;
     for (size_t i = 0; i < probe.size(); ++i) {
       // A probe row the policy refuses would leave the estimate short; the pool then charges what
       // real sequences measure, so the error is only dropped here.
-      (void)probe[i]->Append(pos, X.data(), K.data(), V.data());
+      (void)probe[i]->Append(std::span<const int32_t>(&pos, 1), &X[row * size_t(s.d_model)], &K[row * size_t(s.kv_dim())],
+                             &V[row * size_t(s.kv_dim())]);
+      (void)probe[i]->Update();  // as the forward pass ends each step: the compact state
       bytes += weight[i] * probe[i]->Bytes();
     }
     f.bytes_.push_back(bytes);
@@ -91,14 +98,13 @@ KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory&
 }
 
 size_t KvFootprint::BytesAt(int len) const {
-  if (bytes_.empty() || len <= step_) return bytes_.empty() ? 0 : bytes_[0];
-  const size_t i = size_t(len / step_) - 1;  // point at or below len
-  const double frac = double(len % step_) / step_;
-  if (i + 1 < bytes_.size()) return size_t(std::ceil(bytes_[i] + frac * (double(bytes_[i + 1]) - double(bytes_[i]))));
-  // Past the measured range: extend the last segment's slope.
+  if (bytes_.empty()) return 0;
   const size_t n = bytes_.size();
-  const double slope = n > 1 ? (double(bytes_[n - 1]) - double(bytes_[n - 2])) / step_ : double(bytes_[0]) / step_;
-  return size_t(std::ceil(double(bytes_[n - 1]) + slope * (len - int(n) * step_)));
+  if (len <= int(n)) return bytes_[size_t(std::max(len, 1)) - 1];
+  // Past the measured range: extend the slope of the last 64 lengths (or of all, when fewer).
+  const size_t back = std::min<size_t>(64, n - 1);
+  const double slope = back ? (double(bytes_[n - 1]) - double(bytes_[n - 1 - back])) / double(back) : double(bytes_[0]);
+  return size_t(std::ceil(double(bytes_[n - 1]) + std::max(slope, 0.0) * double(len - int(n))));
 }
 
 }  // namespace atp

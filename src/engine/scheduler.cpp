@@ -20,16 +20,27 @@ std::string MiB(size_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >>
 }  // namespace
 
 struct Scheduler::Running {
-  Running(uint64_t id_, SeqRequest r, const LlamaModel& model)
-      : id(id_), req(std::move(r)), seq(model, *req.kv), sampler(req.sampling), history(req.prompt) {}
-  bool prefilling() const { return fed < req.prompt.size(); }
+  Running(Waiting w, const LlamaModel& model)
+      : id(w.id),
+        req(std::move(w.req)),
+        footprint(std::move(w.footprint)),
+        seq(model, *req.kv),
+        sampler(req.sampling),
+        history(req.prompt),
+        prefill_to(req.prompt.size()) {}
+  bool prefilling() const { return fed < prefill_to; }
 
   uint64_t id;
   SeqRequest req;
+  std::shared_ptr<const KvFootprint> footprint;
   Sequence seq;
   Sampler sampler;
   std::vector<int32_t> history;  // prompt then generated tokens, for the repetition penalty
-  size_t fed = 0;                // prompt tokens already run through the model
+  // Prefill runs history[0, prefill_to) through the model: the prompt, or after a preemption everything
+  // the sequence had in its KV. fed counts the tokens of it already run.
+  size_t prefill_to = 0, fed = 0;
+  bool resumed = false;          // recomputing after a preemption: the end of prefill samples nothing
+  size_t computed = 0;           // most tokens its KV ever held: those below are run again after a preemption
   int generated = 0;
   int32_t next = 0;              // the last sampled token: the input of the next decode step
   bool done = false;
@@ -90,7 +101,10 @@ Result<uint64_t> Scheduler::Submit(SeqRequest r) {
                                    " tokens does not fit the context of " + std::to_string(opt_.context) + " tokens");
   ATP_RETURN_IF_ERROR(r.sampling.Validate());
   const int total = int(std::min<int64_t>(opt_.context, int64_t(r.prompt.size()) + r.max_tokens));
-  const size_t estimate = Footprint(*r.kv)->BytesAt(total);
+  auto footprint = Footprint(*r.kv);
+  // Admission charges only the prompt, but a sequence that could not run to its end alone in the whole
+  // pool would be preempted for ever.
+  const size_t estimate = footprint->BytesAt(total);
   if (!pool_.Fits(estimate))
     return Status::InvalidArgument("a sequence of " + std::to_string(total) + " tokens under kv policy " +
                                    r.kv->Describe() + " needs " + MiB(estimate) + " of KV memory; the pool holds " +
@@ -100,7 +114,7 @@ Result<uint64_t> Scheduler::Submit(SeqRequest r) {
   if (int(queue_.size()) >= opt_.max_queue)
     return Status::ResourceExhausted("the queue is full (" + std::to_string(queue_.size()) + " requests waiting)");
   const uint64_t id = next_id_++;
-  queue_.push_back({id, std::move(r), estimate});
+  queue_.push_back({id, std::move(r), std::move(footprint)});
   cv_.notify_all();
   return id;
 }
@@ -128,6 +142,7 @@ Scheduler::Stats Scheduler::stats() const {
     std::lock_guard<std::mutex> lk(mu_);
     s.queued = queue_.size();
     s.running = running_count_;
+    s.preempted = preempted_count_;
   }
   s.kv = pool_.usage();
   {
@@ -137,19 +152,52 @@ Scheduler::Stats Scheduler::stats() const {
   s.forward_passes = forward_passes_;
   s.prompt_tokens = prompt_tokens_;
   s.generated_tokens = generated_tokens_;
+  s.preemptions = preemptions_;
+  s.recomputed_tokens = recomputed_tokens_;
   return s;
 }
 
-// Strict arrival order: a request that does not fit yet holds back those behind it, so a large
-// request cannot be starved by a stream of small ones.
+// Strict arrival order, preempted sequences first: a request that does not fit yet holds back those
+// behind it, so a large request cannot be starved by a stream of small ones. A sequence is admitted
+// when the pages its prefill needs are free, leaving the watermark for the running ones to grow into
+// (the first sequence needs no watermark: nobody else grows).
 void Scheduler::Admit(std::vector<Waiting>* admitted) {
-  while (!queue_.empty() && running_.size() + admitted->size() < size_t(opt_.max_seqs)) {
+  const size_t watermark = pool_.usage().pages() * size_t(std::max(opt_.admit_watermark_permille, 0)) / 1000;
+  const auto room = [&] { return running_.size() + admitted->size() < size_t(opt_.max_seqs); };
+  const auto keep_free = [&] { return running_.empty() && admitted->empty() ? 0 : watermark; };
+  while (!preempted_.empty() && room()) {
+    Running& r = *preempted_.front();
+    if (!Reserve(r, int(r.prefill_to), keep_free())) break;
+    running_.push_back(std::move(preempted_.front()));
+    preempted_.pop_front();
+  }
+  while (preempted_.empty() && !queue_.empty() && room()) {
     Waiting& w = queue_.front();
-    if (!pool_.TryReserve(w.id, w.estimate)) break;
+    if (!pool_.TryReserve(w.id, w.footprint->BytesAt(int(w.req.prompt.size())), keep_free())) break;
     admitted->push_back(std::move(w));
     queue_.pop_front();
   }
   running_count_ = running_.size() + admitted->size();
+  preempted_count_ = preempted_.size();
+}
+
+bool Scheduler::Reserve(Running& r, int tokens, size_t keep_free) {
+  return pool_.TryReserve(r.id, r.footprint->BytesAt(tokens), keep_free);
+}
+
+// Recompute, not swap: the KV is dropped and rebuilt from the tokens, which every policy can do. The
+// sampler keeps its state, so a seeded request continues with the random numbers it would have drawn.
+void Scheduler::Preempt(Running& r) {
+  pool_.Release(r.id);
+  r.computed = std::max(r.computed, size_t(r.seq.length()));
+  r.seq = Sequence(model_, *r.req.kv);
+  if (r.generated > 0) {
+    // Its KV held everything but the last sampled token, which the next decode step feeds.
+    r.prefill_to = r.history.size() - 1;
+    r.resumed = true;
+  }
+  r.fed = 0;
+  ++preemptions_;
 }
 
 void Scheduler::Loop() {
@@ -159,7 +207,9 @@ void Scheduler::Loop() {
     bool cancel_all = false;
     {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return stop_ || !queue_.empty() || !running_.empty() || !cancels_.empty() || cancel_all_; });
+      cv_.wait(lk, [&] {
+        return stop_ || !queue_.empty() || !running_.empty() || !preempted_.empty() || !cancels_.empty() || cancel_all_;
+      });
       if (stop_) break;
       cancels.swap(cancels_);
       std::swap(cancel_all, cancel_all_);
@@ -175,10 +225,13 @@ void Scheduler::Loop() {
     }
     for (auto& w : dropped)
       if (w.req.on_finish) w.req.on_finish("cancelled", Status::Ok());
-    for (auto& w : admitted) running_.push_back(std::make_unique<Running>(w.id, std::move(w.req), model_));
+    for (auto& w : admitted) running_.push_back(std::make_unique<Running>(std::move(w), model_));
     for (auto& r : running_)
       if (cancel_all || cancels.count(r->id)) Finish(*r, "cancelled", Status::Ok());
     std::vector<std::unique_ptr<Running>> finished;
+    for (auto& r : preempted_)
+      if (cancel_all || cancels.count(r->id)) Finish(*r, "cancelled", Status::Ok()), finished.push_back(std::move(r));
+    std::erase(preempted_, nullptr);
     for (int pass = 0; pass < 2; ++pass) {
       for (auto& r : running_)
         if (r->done) pool_.Release(r->id), finished.push_back(std::move(r));
@@ -188,12 +241,13 @@ void Scheduler::Loop() {
     {
       std::lock_guard<std::mutex> lk(mu_);
       running_count_ = running_.size();
+      preempted_count_ = preempted_.size();
     }
     // Finished sequences hear so only now, with their KV memory back in the pool and no longer counted
     // as running: a client that reads /metrics right after its last byte sees its sequence gone.
     for (auto& r : finished) Notify(*r);
     std::lock_guard<std::mutex> lk(mu_);
-    if (queue_.empty() && running_.empty()) idle_cv_.notify_all();
+    if (queue_.empty() && running_.empty() && preempted_.empty()) idle_cv_.notify_all();
   }
   // Stopped: whatever is left ends as cancelled.
   std::deque<Waiting> left;
@@ -203,11 +257,14 @@ void Scheduler::Loop() {
   }
   for (auto& w : left)
     if (w.req.on_finish) w.req.on_finish("cancelled", Status::Ok());
+  for (auto& r : preempted_) running_.push_back(std::move(r));
+  preempted_.clear();
   for (auto& r : running_) Finish(*r, "cancelled", Status::Ok());
   for (auto& r : running_) pool_.Release(r->id);
   {
     std::lock_guard<std::mutex> lk(mu_);
     running_count_ = 0;
+    preempted_count_ = 0;
   }
   for (auto& r : running_) Notify(*r);
   running_.clear();
@@ -217,35 +274,62 @@ void Scheduler::Loop() {
 
 void Scheduler::Step() {
   // Decode steps first (one token each), then prompt chunks in admission order with what is left of
-  // the token budget: prefill never delays a running sequence's next token.
+  // the token budget: prefill never delays a running sequence's next token. Each item's pages are
+  // reserved before the pass; where they are not free, the most recently admitted sequence gives its up.
   std::vector<ForwardItem> items;
   std::vector<Running*> owners;
-  int budget = opt_.max_batch_tokens;
-  for (auto& r : running_)
-    if (!r->prefilling()) {
-      items.push_back({r->seq.kv(), std::span<const int32_t>(&r->next, 1), r->seq.length(), false});
-      owners.push_back(r.get());
-      --budget;
+  const auto take = [&](Running& r, std::span<const int32_t> tokens) {
+    while (!Reserve(r, r.seq.length() + int(tokens.size()), 0)) {
+      Running* victim = nullptr;
+      size_t live = 0;
+      for (auto& p : running_)
+        if (!p->done) victim = p.get(), ++live;  // the most recently admitted
+      if (live == 1) {
+        // Alone and still short: only a policy whose footprint is not monotone in length gets here.
+        Finish(r, "", Status::ResourceExhausted("KV memory: the sequence outgrew the whole pool (--kv-memory)"));
+        return false;
+      }
+      const auto it = std::find(owners.begin(), owners.end(), victim);
+      if (it != owners.end()) items.erase(items.begin() + (it - owners.begin())), owners.erase(it);
+      Preempt(*victim);
+      auto owner = std::find_if(running_.begin(), running_.end(), [&](auto& p) { return p.get() == victim; });
+      preempted_.push_front(std::move(*owner));
+      running_.erase(owner);
+      if (victim == &r) return false;
     }
+    items.push_back({r.seq.kv(), tokens, r.seq.length(), false});
+    owners.push_back(&r);
+    return true;
+  };
+  int budget = opt_.max_batch_tokens;
+  // Indexes, not iterators: take() may preempt, which removes from running_.
+  for (size_t i = 0; i < running_.size(); ++i) {
+    Running& r = *running_[i];
+    if (!r.prefilling() && !r.done && take(r, std::span<const int32_t>(&r.next, 1))) --budget;
+  }
   bool prefill_taken = false;
-  for (auto& r : running_) {
-    if (budget <= 0) break;
-    if (!r->prefilling()) continue;
-    size_t n = std::min(r->req.prompt.size() - r->fed, size_t(budget));
-    if (r->req.kv->NeedsWholePrompt() && n < r->req.prompt.size() - r->fed) {
+  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+    Running& r = *running_[i];
+    if (!r.prefilling() || r.done) continue;
+    size_t n = std::min(r.prefill_to - r.fed, size_t(budget));
+    if (r.req.kv->NeedsWholePrompt()) {
       // Its prompt goes in one piece, as the step's first prompt chunk even where that exceeds the
       // token budget (the budget is a throughput knob; a prompt waiting for a step with room could wait
-      // as long as sequences keep decoding). Later prompts wait for the next step.
-      if (prefill_taken) break;
-      n = r->req.prompt.size() - r->fed;
+      // as long as sequences keep decoding). Later prompts wait for the next step. Generated tokens
+      // being recomputed go one per step, as they went when they were sampled.
+      if (r.fed < r.req.prompt.size()) {
+        if (prefill_taken && n < r.req.prompt.size()) break;
+        n = r.req.prompt.size();
+      } else {
+        n = 1;
+      }
     }
+    if (!take(r, std::span<const int32_t>(r.history.data() + r.fed, n))) continue;
     prefill_taken = true;
-    items.push_back({r->seq.kv(), std::span<const int32_t>(r->req.prompt.data() + r->fed, n), r->seq.length(), false});
-    owners.push_back(r.get());
     budget -= int(n);
   }
-  Status st;
-  st = model_.Forward(items, &logits_);
+  if (items.empty()) return;
+  Status st = model_.Forward(items, &logits_);
   ++forward_passes_;
   if (!st.ok()) {
     for (Running* r : owners) Finish(*r, "", st);
@@ -255,10 +339,17 @@ void Scheduler::Step() {
   for (size_t i = 0; i < items.size(); ++i) {
     Running& r = *owners[i];
     const auto n = int32_t(items[i].tokens.size());
+    const size_t again = std::min<size_t>(size_t(n), r.computed - std::min(r.computed, size_t(r.seq.length())));
     r.seq.Advance(n);
+    recomputed_tokens_ += again;
     if (r.prefilling()) {
       r.fed += size_t(n);
-      prompt_tokens_ += uint64_t(n);
+      prompt_tokens_ += uint64_t(n) - again;
+      if (!r.prefilling() && r.resumed) {
+        r.resumed = false;  // its next token was sampled before the preemption
+        pool_.Update(r.id, r.seq.kv_bytes());
+        continue;
+      }
     }
     if (!r.prefilling()) Emit(r, std::span<const float>(logits_.data() + i * V, V));
     pool_.Update(r.id, r.seq.kv_bytes());

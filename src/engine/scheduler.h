@@ -2,6 +2,13 @@
 // one decode token of every running sequence and prompt chunks of those still prefilling (up to
 // max_batch_tokens) into a single LlamaModel::Forward, then samples each sequence's next token.
 // It deals in token ids only: text, stop strings and HTTP belong to its callers.
+//
+// KV memory (engine/kv_pool.h): a request is admitted when the pages its prompt needs are free, and each
+// step first reserves the pages its tokens will need. When they are not there, the most recently
+// admitted sequence is preempted: its KV is dropped and it waits, ahead of new requests, to be
+// recomputed (its prompt and the tokens it had generated are run through the model again, without
+// sampling, then it goes on). A sequence thus costs what it holds, not its worst case, and a request's
+// tokens are the same whether or not it was preempted.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -29,6 +36,9 @@ struct SchedulerOptions {
   int max_queue = 64;           // requests waiting for admission; more are refused
   size_t kv_memory = size_t(1) << 30;  // KV pool budget in bytes
   size_t kv_page = size_t(64) << 10;   // accounting granularity of the pool
+  // Pages (in thousandths of the pool) that admitting a new sequence must leave free, so that the
+  // running ones can grow for a few steps before someone is preempted (vLLM's watermark, 1%).
+  int admit_watermark_permille = 10;
 };
 
 struct TokenEvent {
@@ -74,8 +84,12 @@ class Scheduler {
   static constexpr size_t kMaxFootprints = 64;
   struct Stats {
     size_t queued = 0, running = 0;
+    size_t preempted = 0;  // sequences waiting to be recomputed after a preemption
     KvPool::Usage kv;
     uint64_t forward_passes = 0, prompt_tokens = 0, generated_tokens = 0;
+    // Totals since start: preemptions, and tokens run through the model again after one (prompt_tokens
+    // counts each prompt token once).
+    uint64_t preemptions = 0, recomputed_tokens = 0;
     size_t footprints = 0;  // policies whose KV footprint is cached (at most kMaxFootprints)
   };
   Stats stats() const;
@@ -85,12 +99,14 @@ class Scheduler {
   struct Waiting {
     uint64_t id;
     SeqRequest req;
-    size_t estimate;  // KV bytes reserved on admission
+    std::shared_ptr<const KvFootprint> footprint;  // of req.kv
   };
   struct Running;
 
   void Loop();
-  void Admit(std::vector<Waiting>* admitted);  // under mu_
+  void Admit(std::vector<Waiting>* admitted);  // under mu_; resumes preempted_ first
+  bool Reserve(Running& r, int tokens, size_t keep_free);  // the pool's pages for r holding `tokens`
+  void Preempt(Running& r);                                // drops r's KV; it waits in preempted_
   void Step();
   void Emit(Running& r, std::span<const float> logits);  // samples the next token, or finishes r
   void Finish(Running& r, const std::string& reason, const Status& error);  // marks r done
@@ -119,9 +135,12 @@ class Scheduler {
   bool draining_ = false, stop_ = false;
   bool cancel_all_ = false;  // Drain ran out of time
 
-  std::vector<std::unique_ptr<Running>> running_;  // scheduler thread only
+  std::vector<std::unique_ptr<Running>> running_;  // scheduler thread only, in admission order
+  std::deque<std::unique_ptr<Running>> preempted_;  // scheduler thread only, oldest admission first
+  size_t preempted_count_ = 0;  // mirror of preempted_.size() for other threads, under mu_
   std::vector<float> logits_;
   std::atomic<uint64_t> forward_passes_{0}, prompt_tokens_{0}, generated_tokens_{0};
+  std::atomic<uint64_t> preemptions_{0}, recomputed_tokens_{0};
   std::thread thread_;
 };
 

@@ -45,6 +45,12 @@ class TimedPolicy : public KvPolicy {
     p_->Attend(pos, Q, O);
     *acc_ += Now() - t;
   }
+  Status Update() override {
+    double t = Now();
+    Status s = p_->Update();
+    *acc_ += Now() - t;
+    return s;
+  }
   size_t Bytes() const override { return p_->Bytes(); }
   int64_t Length() const override { return p_->Length(); }
   bool ReadsInput() const override { return p_->ReadsInput(); }
@@ -151,6 +157,7 @@ Status FillRandom(const LlamaModel& model, Sequence& seq, int n, std::mt19937& r
       for (auto* buf : {&x, &k, &v})
         for (float& e : *buf) e = normal(rng);
       ATP_RETURN_IF_ERROR(seq.kv()[layer]->Append(pos, x.data(), k.data(), v.data()));
+      ATP_RETURN_IF_ERROR(seq.kv()[layer]->Update());
     }
     seq.Advance(t);
   }

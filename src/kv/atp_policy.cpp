@@ -45,12 +45,7 @@ class AtpPolicy : public KvPolicy {
   Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) override {
     if (positions.empty()) return Status::Ok();
     ATP_RETURN_IF_ERROR(CheckContinues(positions[0]));
-    // No query from positions[0] on sees blocks below this one exactly: drop their rows.
-    const int64_t drop_to = CompressedBlocks(positions[0]) * p_.block;
-    if (drop_to > exact_begin_) {
-      exact_.DropFront(drop_to - exact_begin_);
-      exact_begin_ = drop_to;
-    }
+    DropUnread(positions[0]);
     const int64_t T = int64_t(positions.size());
     exact_.Append(K, V, T);
     for (int64_t i = 0; i < T; ++i) {
@@ -115,9 +110,23 @@ class AtpPolicy : public KvPolicy {
   }
   int64_t Length() const override { return length_; }
 
+  Status Update() override {
+    DropUnread(length_);
+    return Status::Ok();
+  }
+
  private:
   // Blocks a query at position p sees compressed: the b with (b+1)*B + W <= p.
   int64_t CompressedBlocks(int64_t p) const { return p >= p_.window ? (p - p_.window) / p_.block : 0; }
+
+  // No query from position `next` on sees blocks below its first uncompressed one exactly: drop their rows.
+  void DropUnread(int64_t next) {
+    const int64_t drop_to = CompressedBlocks(next) * p_.block;
+    if (drop_to > exact_begin_) {
+      exact_.DropFront(drop_to - exact_begin_);
+      exact_begin_ = drop_to;
+    }
+  }
 
   Status CheckContinues(int64_t first) const {
     if (first == length_) return Status::Ok();

@@ -22,6 +22,8 @@ class RowStore {
   // Appends n rows: key row i at K + i*k_stride (k_width floats), value row i at V + i*v_stride
   // (v_width floats). Contract: every query after this call has a horizon > size() before the call.
   virtual void Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n) = 0;
+  // Drops copies that no query at position size() or later reads (KvPolicy::Update). Default: none.
+  virtual void Trim() {}
   // Keeps row i iff keep[i] != 0 (keep has size() entries), preserving order (eviction).
   virtual void Retain(const std::vector<char>& keep) = 0;
   // Adds to `out`, in row order, segments holding rows [begin, end) as read by a query whose

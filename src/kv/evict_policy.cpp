@@ -34,19 +34,7 @@ class EvictPolicy : public KvPolicy {
     if (positions[0] != length_)
       return Status::InvalidArgument("kv policy: position " + std::to_string(positions[0]) + " appended after " +
                                      std::to_string(length_) + " tokens");
-    if (p_.kind == Kind::kStreaming) {
-      // No query from positions[0] on reads a non-sink position older than positions[0] - window + 1.
-      const int64_t lo = int64_t(positions[0]) - (p_.budget - p_.sinks) + 1;
-      for (auto& h : heads_) {
-        std::vector<char> keep(h.pos.size());
-        bool any = false;
-        for (size_t i = 0; i < h.pos.size(); ++i) {
-          keep[i] = h.pos[i] < p_.sinks || h.pos[i] >= lo;
-          any |= !keep[i];
-        }
-        if (any) Retain(h, keep);
-      }
-    }
+    DropUnread(positions[0]);
     const int64_t T = int64_t(positions.size()), kvd = s_.kv_dim();
     for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh) {
       Head& h = heads_[size_t(kvh)];
@@ -126,12 +114,33 @@ class EvictPolicy : public KvPolicy {
   }
   int64_t Length() const override { return length_; }
 
+  Status Update() override {
+    DropUnread(length_);
+    for (auto& h : heads_) h.rows->Trim();
+    return Status::Ok();
+  }
+
  private:
   struct Head {
     std::unique_ptr<RowStore> rows;  // retained rows, ascending positions
     std::vector<int32_t> pos;        // position of each row
     std::vector<float> score;        // h2o: accumulated attention of each row
   };
+
+  // Streaming: no query from position `next` on reads a non-sink position older than next - window + 1.
+  void DropUnread(int64_t next) {
+    if (p_.kind != Kind::kStreaming) return;
+    const int64_t lo = next - (p_.budget - p_.sinks) + 1;
+    for (auto& h : heads_) {
+      std::vector<char> keep(h.pos.size());
+      bool any = false;
+      for (size_t i = 0; i < h.pos.size(); ++i) {
+        keep[i] = h.pos[i] < p_.sinks || h.pos[i] >= lo;
+        any |= !keep[i];
+      }
+      if (any) Retain(h, keep);
+    }
+  }
 
   void Retain(Head& h, const std::vector<char>& keep) {
     h.rows->Retain(keep);

@@ -40,13 +40,17 @@ class KiviStore : public RowStore {
       : p_(p), kw_(kw), vw_(vw), kcb_(KiviCodeBytes(p.bits, kw)), vrb_(KiviTokenRowBytes(p.bits, p.group, vw)),
         exact_(p.dtype, kw, vw) {}
 
-  void Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override {
+  void Trim() override {
     // No later query has a horizon below size_ + 1: exact copies of rows it reads packed can go.
     const int64_t keep_from = cum_[size_t(PackedGroups(size_ + 1))];
     if (keep_from > e0_) {
       exact_.DropFront(keep_from - e0_);
       e0_ = keep_from;
     }
+  }
+
+  void Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override {
+    Trim();
     exact_.Append(K, ks, V, vs, n);
     size_ += n;
     // Quantize a group only once some query may read it packed: G rows older than the newest R.

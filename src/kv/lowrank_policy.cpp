@@ -115,11 +115,7 @@ class LowRankPolicy : public KvPolicy {
     // Online: tokens stay exact until their block completes; then the block also gets coefficients
     // in its own basis. Queries see a block as coefficients only from position (b+1)*B on, so its
     // exact rows are dropped once positions[0] reaches that point.
-    const int64_t drop_to = (positions[0] / p_.block) * p_.block;
-    if (drop_to > exact_begin_) {
-      exact_.DropFront(drop_to - exact_begin_);
-      exact_begin_ = drop_to;
-    }
+    DropUnread(positions[0]);
     exact_.Append(K, V, T);
     length_ += T;
     while (int64_t(blocks_[0].size()) < length_ / p_.block) ATP_RETURN_IF_ERROR(CompressBlock(int64_t(blocks_[0].size())));
@@ -156,7 +152,21 @@ class LowRankPolicy : public KvPolicy {
   }
   int64_t Length() const override { return length_; }
 
+  Status Update() override {
+    if (p_.online) DropUnread(length_);
+    return Status::Ok();
+  }
+
  private:
+  // Exact rows of the blocks that queries from position `next` on see as coefficients only.
+  void DropUnread(int64_t next) {
+    const int64_t drop_to = (next / p_.block) * p_.block;
+    if (drop_to > exact_begin_) {
+      exact_.DropFront(drop_to - exact_begin_);
+      exact_begin_ = drop_to;
+    }
+  }
+
   // Segments of a block's first n coefficient rows (in the codec's form), read through its bases.
   void Coefficients(const BasisBlock& bb, int64_t n, std::vector<KvSegment>* out) const {
     const size_t first = out->size();

@@ -65,9 +65,18 @@ std::string ServerMetrics::Render(const Scheduler::Stats& s) const {
   Metric(&out, "atp_queue_depth", "gauge", "Requests waiting for admission.", double(s.queued));
   Metric(&out, "atp_running_sequences", "gauge", "Sequences in the running batch.", double(s.running));
   Metric(&out, "atp_kv_bytes_in_use", "gauge", "KV bytes held by running sequences (measured).", double(s.kv.used_bytes));
-  Metric(&out, "atp_kv_bytes_reserved", "gauge", "KV pool pages charged to running sequences, in bytes.",
+  Metric(&out, "atp_kv_bytes_reserved", "gauge", "KV pool pages charged to running sequences (what they hold and the step about to run), in bytes.",
          double(s.kv.charged_bytes));
   Metric(&out, "atp_kv_bytes_capacity", "gauge", "KV pool budget in bytes (--kv-memory).", double(s.kv.capacity_bytes));
+  Metric(&out, "atp_kv_pages_used", "gauge", "KV pool pages charged to running sequences.", double(s.kv.pages_used()));
+  Metric(&out, "atp_kv_pages_free", "gauge", "KV pool pages not charged to anyone.",
+         double(s.kv.pages() - std::min(s.kv.pages(), s.kv.pages_used())));
+  Metric(&out, "atp_preempted_sequences", "gauge", "Sequences preempted for KV memory, waiting to be recomputed.",
+         double(s.preempted));
+  Metric(&out, "atp_preemptions_total", "counter", "Sequences preempted because the KV pool ran out of pages.",
+         double(s.preemptions));
+  Metric(&out, "atp_recomputed_tokens_total", "counter", "Tokens run through the model again after a preemption.",
+         double(s.recomputed_tokens));
   ttft_.Write("atp_time_to_first_token_seconds", "From request arrival to its first sampled token.", &out);
   itl_.Write("atp_inter_token_latency_seconds", "Between consecutive sampled tokens of a sequence.", &out);
   return out;
