@@ -30,7 +30,8 @@ Result<KvBasis> ReadKvBasis(const std::string& path) {
     const TensorView* k = st->Find("layers." + std::to_string(l) + ".k_basis");
     const TensorView* v = st->Find("layers." + std::to_string(l) + ".v_basis");
     if (!k || !v) break;
-    if (k->dtype != DType::kF32 || k->shape.size() != 3 || k->shape[1] != k->shape[2] || v->shape != k->shape)
+    if (k->dtype != DType::kF32 || v->dtype != DType::kF32 || k->shape.size() != 3 || k->shape[1] != k->shape[2] ||
+        v->shape != k->shape)
       return Status::Corruption(path + ": layer " + std::to_string(l) + " bases must be F32 [kv_heads, head_dim, head_dim]");
     if (l > 0 && (k->shape[0] != b.kv_heads || k->shape[1] != b.head_dim))
       return Status::Corruption(path + ": layer " + std::to_string(l) + " basis shape differs from layer 0");
