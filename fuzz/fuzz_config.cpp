@@ -4,9 +4,9 @@
 #include <memory>
 #include <string>
 
+#include "format/safetensors.h"
 #include "fuzz_util.h"
 #include "model/config.h"
-#include "model/safetensors.h"
 #include "model/weights.h"
 
 namespace {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "model/gguf.h"
+#include "format/gguf.h"
 #include "model/gguf_model.h"
 #include "model/gguf_tokenizer.h"
 #include "model/weights.h"

@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "format/safetensors.h"
 #include "fuzz_util.h"
-#include "model/safetensors.h"
 
 namespace {
 

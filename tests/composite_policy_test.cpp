@@ -7,8 +7,8 @@
 
 #include <filesystem>
 
+#include "format/basis_file.h"
 #include "kernels/packed_attention.h"
-#include "kv/lowrank_policy.h"
 #include "kv_test_util.h"
 
 namespace atp {

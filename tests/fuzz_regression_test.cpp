@@ -6,8 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/mapped_file.h"
+#include "format/safetensors.h"
 #include "model/config.h"
-#include "model/safetensors.h"
 #include "model/testgen.h"
 #include "model/weights.h"
 #include "server/api_request.h"

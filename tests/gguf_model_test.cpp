@@ -13,13 +13,13 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/sequence.h"
+#include "format/gguf.h"
+#include "format/gguf_writer.h"
 #include "kv/kv_policy.h"
 #include "model/config.h"
-#include "model/gguf.h"
 #include "model/gguf_convert.h"
 #include "model/gguf_model.h"
 #include "model/gguf_tokenizer.h"
-#include "model/gguf_writer.h"
 #include "model/llama.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"

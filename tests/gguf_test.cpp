@@ -8,9 +8,9 @@
 
 #include <gtest/gtest.h>
 
-#include "model/gguf.h"
+#include "format/gguf.h"
+#include "format/gguf_writer.h"
 #include "model/gguf_model.h"
-#include "model/gguf_writer.h"
 #include "test_util.h"
 
 namespace atp {

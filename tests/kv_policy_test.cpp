@@ -9,9 +9,9 @@
 #include <numeric>
 #include <random>
 
+#include "format/basis_file.h"
+#include "format/safetensors.h"
 #include "kv/kv_policy.h"
-#include "kv/lowrank_policy.h"
-#include "model/safetensors.h"
 
 namespace atp {
 namespace {

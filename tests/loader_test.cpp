@@ -10,10 +10,10 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/generate.h"
+#include "format/safetensors.h"
 #include "kv/kv_policy.h"
 #include "model/config.h"
 #include "model/llama.h"
-#include "model/safetensors.h"
 #include "model/testgen.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"

@@ -14,9 +14,9 @@
 #include "engine/generate.h"
 #include "engine/sequence.h"
 #include "eval/perplexity.h"
+#include "format/safetensors.h"
 #include "kv/kv_policy.h"
 #include "model/llama.h"
-#include "model/safetensors.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 

@@ -8,7 +8,7 @@
 #include <atomic>
 
 #include "core/thread_pool.h"
-#include "kv/lowrank_policy.h"
+#include "format/basis_file.h"
 #include "server/kv_request.h"
 #include "server_fixture.h"
 

@@ -5,6 +5,7 @@
 #include "core/mapped_file.h"
 #include "eval/calibrate.h"
 #include "eval/report.h"
+#include "format/basis_file.h"
 
 namespace atp::cli {
 

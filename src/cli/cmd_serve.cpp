@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "cli/common.h"
-#include "kv/lowrank_policy.h"
+#include "format/basis_file.h"
 #include "server/http_server.h"
 
 namespace atp::cli {

@@ -4,7 +4,7 @@
 #include <functional>
 #include <vector>
 
-#include "kv/lowrank_policy.h"
+#include "format/basis_file.h"
 #include "model/llama.h"
 
 namespace atp {

@@ -6,11 +6,11 @@
 #include <vector>
 
 #include "core/mapped_file.h"
+#include "format/gguf_writer.h"
+#include "format/safetensors.h"
 #include "model/config.h"
 #include "model/gguf_model.h"
 #include "model/gguf_tokenizer.h"
-#include "model/gguf_writer.h"
-#include "model/safetensors.h"
 #include "model/weights.h"
 
 namespace atp {

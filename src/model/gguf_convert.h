@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "core/status.h"
-#include "model/gguf.h"
+#include "format/gguf.h"
 #include "model/quant_mix.h"
 
 namespace atp {

@@ -8,9 +8,9 @@
 #include <string_view>
 
 #include "core/status.h"
+#include "format/gguf.h"
+#include "format/safetensors.h"
 #include "model/config.h"
-#include "model/gguf.h"
-#include "model/safetensors.h"
 
 namespace atp {
 
@@ -24,7 +24,7 @@ Result<ModelConfig> ConfigFromGguf(const gguf::GgufFile& g);
 Result<std::unique_ptr<SafeTensors>> TensorsFromGguf(std::shared_ptr<const gguf::GgufFile> g,
                                                      const ModelConfig& cfg);
 
-// The engine dtype of a ggml tensor type and back (model/gguf.h).
+// The engine dtype of a ggml tensor type and back (format/gguf.h).
 using gguf::DTypeOfGgml;
 using gguf::GgmlOfDType;
 

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/status.h"
-#include "model/gguf.h"
+#include "format/gguf.h"
 #include "tokenizer/tokenizer.h"
 
 namespace atp {

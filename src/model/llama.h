@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "core/status.h"
+#include "format/safetensors.h"
 #include "kv/kv_policy.h"
 #include "model/config.h"
-#include "model/safetensors.h"
 #include "model/weights.h"
 
 namespace atp {

@@ -18,7 +18,7 @@
 #include <string>
 #include <string_view>
 
-#include "model/gguf.h"
+#include "format/gguf.h"
 
 namespace atp {
 

@@ -6,7 +6,7 @@
 
 #include "core/mapped_file.h"
 #include "core/thread_pool.h"
-#include "model/safetensors.h"
+#include "format/safetensors.h"
 
 namespace atp {
 

@@ -6,8 +6,8 @@
 
 #include "core/status.h"
 #include "core/tensor.h"
+#include "format/safetensors.h"
 #include "model/config.h"
-#include "model/safetensors.h"
 
 namespace atp {
 

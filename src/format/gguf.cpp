@@ -1,6 +1,6 @@
 // GGUF parsing. A Cursor reads little-endian fields and refuses to step past the end; every length or
 // count is compared with the bytes left before anything of that size is allocated or read.
-#include "model/gguf.h"
+#include "format/gguf.h"
 
 #include <sys/stat.h>
 
