@@ -351,6 +351,16 @@ TEST(SvgPlot, ServingFiguresAreReadable) {
   }
 }
 
+// The committed report of a real run (docs/results/serving-atp40m) redraws readably with today's code.
+TEST(SvgPlot, CommittedServingReportRedraws) {
+  const std::string path = ATP_SOURCE_DIR "/docs/results/serving-atp40m/serving.json";
+  const nlohmann::json report = nlohmann::json::parse(testing::Slurp(path), nullptr, false);
+  ASSERT_FALSE(report.is_discarded()) << path;
+  auto plots = ServingPlots(report);
+  ASSERT_TRUE(plots.ok()) << plots.status().ToString();
+  for (auto& [name, svg] : *plots) ExpectReadable(svg, name + " of " + path);
+}
+
 // `atp plot serving` writes the same three files beside the JSON (or into -o), and a malformed report
 // is one line naming the file and the field.
 TEST(SvgPlot, PlotServingCommand) {
