@@ -11,6 +11,8 @@ namespace atp {
 
 namespace {
 
+constexpr double kMaxConcurrency = 1 << 20;  // clients; bounds the log2 axis's ticks
+
 struct Level {
   double concurrency, tok_s, ttft_p50, ttft_p99, itl_p50, itl_p99;
   int64_t requests;
@@ -37,8 +39,9 @@ Result<std::vector<Policy>> Policies(const nlohmann::json& report) {
       const nlohmann::json& l = p["levels"][k];
       const std::string at = where + ".levels[" + std::to_string(k) + "]";
       if (!l.is_object()) return Status::InvalidArgument(at + ": not an object");
-      if (!l.contains("concurrency") || !l["concurrency"].is_number() || !(l["concurrency"].get<double>() >= 1))
-        return Status::InvalidArgument(at + ": 'concurrency' missing or not a number >= 1");
+      if (!l.contains("concurrency") || !l["concurrency"].is_number() || !(l["concurrency"].get<double>() >= 1) ||
+          !(l["concurrency"].get<double>() <= kMaxConcurrency))
+        return Status::InvalidArgument(at + ": 'concurrency' missing or not a number from 1 to 2^20");
       double v[5];
       const char* keys[5] = {"tok_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms"};
       for (int f = 0; f < 5; ++f) {
@@ -60,8 +63,13 @@ Result<std::vector<Policy>> Policies(const nlohmann::json& report) {
 std::string Str(const nlohmann::json& j, const char* k) {
   return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string();
 }
+// A count as the report gives it ("229"); any JSON number is accepted, so it is printed through a
+// double (a cast of 1e30 to an integer would be undefined).
 std::string Int(const nlohmann::json& j, const char* k) {
-  return j.contains(k) && j[k].is_number() ? std::to_string(j[k].get<int64_t>()) : std::string();
+  if (!j.contains(k) || !j[k].is_number()) return "";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.15g", j[k].get<double>());
+  return b;
 }
 std::string Fixed1(double v) {
   char b[32];
@@ -118,7 +126,7 @@ PlotPanel Panel(const std::vector<Policy>& policies, const std::string& title, c
     }
     p.series.push_back(std::move(s));
   }
-  for (double c = 1; c <= max_c * 1.0001; c *= 2) p.x_ticks.push_back(c);
+  for (double c = 1; c <= max_c; c *= 2) p.x_ticks.push_back(c);  // at most 21: max_c <= 2^20
   return p;
 }
 
