@@ -11,9 +11,9 @@ is reported and makes the run exit non-zero.
       --kv dense --kv dense:dtype=bf16 --kv atp:block=64,rank=16,window=64 --json out.json --plot plots/
 
 The JSON also names the machine, its load average before and after, the checkout's commit (`-dirty`
-with uncommitted changes to src/), `atp --version` and the prompt's length in tokens. `--plot DIR` then draws it with `atp plot serving JSON -o DIR`
-(throughput, TTFT and inter-token latency against concurrency, one series per policy; the same
-command redraws a saved JSON).
+with uncommitted changes to src/), `atp --version` and the prompt's length in tokens. `--plot DIR`
+then draws it with `atp plot serving JSON -o DIR` (throughput, TTFT and inter-token latency against
+concurrency, one series per policy; the same command redraws a saved JSON).
 """
 import argparse
 import http.client
