@@ -8,18 +8,27 @@ client side. Standard library only. It does not tune the server or retry failure
 is reported and makes the run exit non-zero.
 
   bench/server_bench.py --atp build/atp -m ../shared/models/ref-5m \
-      --kv dense --kv dense:dtype=bf16 --kv atp:block=64,rank=16,window=64 --json out.json
+      --kv dense --kv dense:dtype=bf16 --kv atp:block=64,rank=16,window=64 --json out.json --plot plots/
+
+The JSON also names the machine, its load average before and after, the checkout's commit (`-dirty`
+with uncommitted changes to src/), `atp --version` and the prompt's length in tokens. `--plot DIR`
+then draws it with `atp plot serving JSON -o DIR` (throughput, TTFT and inter-token latency against
+concurrency, one series per policy; the same command redraws a saved JSON).
 """
 import argparse
 import http.client
 import json
 import os
+import platform
 import re
 import statistics
 import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from results import engine_commit  # noqa: E402 - the commit as docs/results/*.json name it
 
 PASSAGE = (
     "And the LORD spake unto Moses, saying, Speak unto the children of Israel, that they bring me an offering: of "
@@ -66,6 +75,28 @@ class Server:
         self.proc.terminate()
         self.proc.wait(timeout=120)
         self.log.close()
+
+
+def post_json(port, path, body):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        r = c.getresponse()
+        return json.loads(r.read()) if r.status == 200 else None
+    finally:
+        c.close()
+
+
+def machine():
+    """The CPU model as /proc/cpuinfo names it (what `atp eval` and `atp analyze` put in their titles)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def stream_request(port, prompt, max_tokens):
@@ -179,15 +210,29 @@ def main():
     ap.add_argument("--capacity-prompt-words", type=int, default=700, help="long prompts, where compression shows")
     ap.add_argument("--server-arg", action="append", default=[], help="extra flag for atp serve (repeatable)")
     ap.add_argument("--json", help="also write all figures to this file")
+    ap.add_argument("--plot", metavar="DIR", help="draw the figures into DIR with `atp plot serving` "
+                    "(the JSON goes to --json, else DIR/serving.json)")
     args = ap.parse_args()
+    if args.plot and not args.json:
+        os.makedirs(args.plot, exist_ok=True)
+        args.json = os.path.join(args.plot, "serving.json")
     words = (PASSAGE * 40).split()
     prompt = " ".join(words[: args.prompt_words])
+    version = subprocess.run([args.atp, "--version"], capture_output=True, text=True).stdout.strip()
     report = {"model": args.model, "prompt_words": args.prompt_words, "max_tokens": args.max_tokens,
-              "capacity_prompt_words": args.capacity_prompt_words, "cpus": os.cpu_count(), "policies": []}
+              "concurrency": [int(x) for x in args.concurrency.split(",")], "requests": args.requests,
+              "repeat": args.repeat, "capacity_prompt_words": args.capacity_prompt_words,
+              "server_args": args.server_arg, "cpus": os.cpu_count(), "machine": machine(), "host": platform.node(),
+              "atp_version": version, "commit": engine_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "load_average": {"before": list(os.getloadavg())}, "policies": []}
     failed = False
     for kv in args.kv or ["dense"]:
         srv = Server(args.atp, args.model, kv, args.server_arg)
         try:
+            if "prompt_tokens" not in report:  # as the server counts them, BOS included
+                tok = post_json(srv.port, "/tokenize", {"prompt": prompt, "add_special_tokens": True})
+                if tok:
+                    report["prompt_tokens"] = tok["count"]
             stream_request(srv.port, prompt, 8)  # warm-up
             levels = []
             for c in [int(x) for x in args.concurrency.split(",")]:
@@ -209,9 +254,12 @@ def main():
         print(f"{kv:40s} --kv-memory {cap['kv_memory']}: {cap['peak_running']} sequences at once "
               f"({cap['reserved_mib_per_seq']:.2f} MiB reserved each)", flush=True)
         report["policies"].append({"kv": kv, "levels": levels, "capacity": cap})
+    report["load_average"]["after"] = list(os.getloadavg())
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
+    if args.plot:
+        failed |= subprocess.run([args.atp, "plot", "serving", args.json, "-o", args.plot]).returncode != 0
     sys.exit(1 if failed else 0)
 
 

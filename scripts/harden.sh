@@ -15,7 +15,7 @@ PARTS=${*:-tests fuzz}
 # target: dictionaries (fuzz/dict/) it is fuzzed with
 TARGETS="safetensors:json,safetensors config:json,config tokenizer_json:json,tokenizer
          tokenizer_encode:tokenizer_encode kv_policy:kv_policy api_request:json,api_request gguf:gguf
-         chat_template:chat_template,json"
+         chat_template:chat_template,json serving_report:json"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/mapped_file.h"
+#include "eval/serving_plot.h"
 #include "format/safetensors.h"
 #include "model/config.h"
 #include "model/testgen.h"
@@ -96,6 +97,22 @@ TEST(FuzzRegression, TokenizerRegexSplittingCharactersIsRefused) {
   ASSERT_FALSE(t.ok()) << "loaded; Encode(\"\u00e9\") would have split the character";
   EXPECT_EQ(t.status().code(), Status::Code::kUnsupported) << t.status().ToString();
   EXPECT_NE(t.status().message().find("pretokenizers[0].pattern.Regex"), std::string::npos) << t.status().ToString();
+}
+
+// 11 (docs/hardening.md): numbers a server_bench.py report may hold that `atp plot serving` did not
+// survive: a count of 1e30 cast to an integer (undefined; it printed -9223372036854775808), and a
+// concurrency near DBL_MAX, whose tick loop ran forever.
+TEST(FuzzRegression, ServingReportHugeNumbers) {
+  nlohmann::json policy = {{"kv", "dense"}, {"levels", nlohmann::json::array({{{"concurrency", 1}, {"tok_s", 42.5}}})}};
+  nlohmann::json report = {{"prompt_tokens", 1e30}, {"policies", nlohmann::json::array({policy})}};
+  auto plots = ServingPlots(report);
+  ASSERT_TRUE(plots.ok()) << plots.status().ToString();
+  EXPECT_NE((*plots)[0].second.find("1e+30-token prompt"), std::string::npos) << (*plots)[0].second;
+  report["policies"][0]["levels"][0]["concurrency"] = 1.7e308;
+  auto bad = ServingPlots(report);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("'concurrency' missing or not a number from 1 to 2^20"), std::string::npos)
+      << bad.status().ToString();
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
-// The report figures checked as a reader would: each SVG (synthetic, and the ones `atp eval` and
-// `atp analyze` write for ref-5m) renders to PNG with rsvg-convert, and its geometry, read back from
+// The report figures checked as a reader would: each SVG (synthetic, the ones `atp eval` and
+// `atp analyze` write for ref-5m, and `atp plot serving`'s of a server_bench.py report) renders to PNG with rsvg-convert, and its geometry, read back from
 // the SVG text, holds up: every text box, marker and line point inside the canvas, no two text boxes
 // overlapping, no text over a marker. Text boxes are estimated independently of the renderer's
 // layout: width 0.6 x font-size per character, ascent 0.8 and descent 0.25 of the font size
@@ -8,6 +8,7 @@
 
 #include <regex>
 
+#include "eval/serving_plot.h"
 #include "eval/svg_plot.h"
 #include "eval/sweep.h"
 #include "test_util.h"
@@ -291,6 +292,105 @@ TEST(SvgPlot, CommittedFiguresAreReadable) {
     ExpectRenders(copy);
   }
   EXPECT_GE(n, 5);
+}
+
+// A server_bench.py report as the script writes it: four policies (long names) at concurrency 1-8,
+// one level without successful requests (nulls), latencies spanning two orders of magnitude.
+nlohmann::json ServingReport() {
+  nlohmann::json policies = nlohmann::json::array();
+  const char* kv[] = {"dense", "mx:fmt=fp8_e4m3", "kivi:bits=4", "atp:block=64,rank=16,window=64"};
+  for (int p = 0; p < 4; ++p) {
+    nlohmann::json levels = nlohmann::json::array();
+    for (int c : {1, 2, 4, 8}) {
+      const double tok_s = 100.0 * (1 + 0.1 * p) * std::min(c, 3), ttft = 40.0 * c * (1 + 0.2 * p);
+      levels.push_back({{"concurrency", c}, {"requests", std::max(8, 3 * c)}, {"repeats", 3}, {"errors", nlohmann::json::array()},
+                        {"tok_s", tok_s}, {"wall_s", 2.5}, {"tokens", 256}, {"ttft_p50_ms", ttft}, {"ttft_p99_ms", 3 * ttft},
+                        {"itl_p50_ms", 1000.0 * c / tok_s}, {"itl_p99_ms", 25.0 * c}});
+    }
+    if (p == 2) levels[3]["tok_s"] = levels[3]["ttft_p50_ms"] = levels[3]["itl_p99_ms"] = nullptr;
+    policies.push_back({{"kv", kv[p]}, {"levels", levels}, {"capacity", {{"peak_running", 7}}}});
+  }
+  return {{"model", "../shared/models/atp-40m"}, {"prompt_words", 48}, {"prompt_tokens", 61}, {"max_tokens", 32},
+          {"repeat", 3}, {"cpus", 2}, {"machine", "AMD EPYC 7B13"}, {"host", "h1"},
+          {"load_average", {{"before", {1.62, 1.5, 1.8}}, {"after", {2.4, 1.9, 1.9}}}}, {"commit", "abc1234"},
+          {"date", "2026-12-06"}, {"policies", policies}};
+}
+
+// The serving figures: one series per policy, concurrency on a log2 axis (ticks 1, 2, 4, 8 and no
+// others), titles naming model, context, machine and the run's parameters; readable and renderable.
+TEST(SvgPlot, ServingFiguresAreReadable) {
+  SKIP_WITHOUT_RSVG();
+  auto plots = ServingPlots(ServingReport());
+  ASSERT_TRUE(plots.ok()) << plots.status().ToString();
+  ASSERT_EQ(plots->size(), 3u);
+  TempDir d("plot_serving");
+  const char* names[] = {"throughput_vs_concurrency.svg", "ttft_vs_concurrency.svg", "itl_vs_concurrency.svg"};
+  for (size_t i = 0; i < 3; ++i) {
+    auto& [name, svg] = (*plots)[i];
+    EXPECT_EQ(name, names[i]);
+    ExpectReadable(svg, name);
+    const Geometry g = Parse(svg);
+    auto has = [&](const std::string& t) { return std::find(g.strings.begin(), g.strings.end(), t) != g.strings.end(); };
+    for (const char* t : {"dense", "mx:fmt=fp8_e4m3", "kivi:bits=4", "atp:block=64,rank=16,window=64", "concurrent clients (log2 scale)"})
+      EXPECT_TRUE(has(t)) << name << ": '" << t << "' missing\n" << svg;
+    EXPECT_FALSE(has("Pareto frontier")) << name;
+    if (i == 0) {  // throughput's y ticks are 0, 100, ..., 400: every small number is an x tick
+      for (const char* t : {"1", "2", "4", "8"}) EXPECT_TRUE(has(t)) << "x tick " << t << " missing\n" << svg;
+      for (const char* t : {"3", "5", "10"}) EXPECT_FALSE(has(t)) << "x tick " << t << " is not a power of 2\n" << svg;
+    }
+    std::string all;
+    for (auto& t : g.strings) all += t + "\n";
+    for (const char* t : {"atp serve on atp-40m", "61-token prompt (48 words) + 32 generated tokens", "8-24 requests per level",
+                          "median of 3 runs", "AMD EPYC 7B13 (host h1), 2 CPUs, load average 1.6 before / 2.4 after",
+                          "commit abc1234, 2026-12-06"})
+      EXPECT_NE(all.find(t), std::string::npos) << name << ": '" << t << "' missing\n" << all;
+    // One line per policy per panel (two panels for the latencies); kivi's level 8 is null: its line stops at 4.
+    EXPECT_EQ(g.polylines, i == 0 ? 4 : 8) << name;
+    testing::WriteString(d / name, svg);
+    ExpectRenders(d / name);
+  }
+}
+
+// The committed report of a real run (docs/results/serving-atp40m) redraws readably with today's code.
+TEST(SvgPlot, CommittedServingReportRedraws) {
+  const std::string path = ATP_SOURCE_DIR "/docs/results/serving-atp40m/serving.json";
+  const nlohmann::json report = nlohmann::json::parse(testing::Slurp(path), nullptr, false);
+  ASSERT_FALSE(report.is_discarded()) << path;
+  auto plots = ServingPlots(report);
+  ASSERT_TRUE(plots.ok()) << plots.status().ToString();
+  for (auto& [name, svg] : *plots) ExpectReadable(svg, name + " of " + path);
+}
+
+// `atp plot serving` writes the same three files beside the JSON (or into -o), and a malformed report
+// is one line naming the file and the field.
+TEST(SvgPlot, PlotServingCommand) {
+  TempDir d("plot_serving_cli");
+  testing::WriteString(d / "serving.json", ServingReport().dump(1));
+  testing::CmdResult r = RunAtp("plot serving '" + (d / "serving.json") + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto plots = ServingPlots(ServingReport());
+  ASSERT_TRUE(plots.ok());
+  for (auto& [name, svg] : *plots) EXPECT_EQ(testing::Slurp(d / name), svg) << name;
+  r = RunAtp("plot serving '" + (d / "serving.json") + "' -o '" + (d / "out") + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(d.path() + "/out/itl_vs_concurrency.svg"));
+  nlohmann::json bad = ServingReport();
+  bad["policies"][1]["levels"][2]["ttft_p99_ms"] = "slow";
+  testing::WriteString(d / "bad.json", bad.dump());
+  r = RunAtp("plot serving '" + (d / "bad.json") + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("bad.json: serving results: policies[1].levels[2]: 'ttft_p99_ms' is not a number"), std::string::npos) << r.err;
+  bad = ServingReport();
+  bad["policies"][0]["levels"][0].erase("concurrency");
+  testing::WriteString(d / "bad.json", bad.dump());
+  r = RunAtp("plot serving '" + (d / "bad.json") + "'");
+  EXPECT_NE(r.err.find("policies[0].levels[0]: 'concurrency' missing"), std::string::npos) << r.err;
+  testing::WriteString(d / "bad.json", "{\"results\": []}");
+  r = RunAtp("plot serving '" + (d / "bad.json") + "'");
+  EXPECT_NE(r.err.find("non-empty \"policies\" array"), std::string::npos) << r.err;
+  r = RunAtp("plot");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("subcommand"), std::string::npos) << r.err;
 }
 
 TEST(SvgPlot, ReplotErrorsNameTheFile) {

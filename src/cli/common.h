@@ -71,5 +71,6 @@ void AddAnalyze(CLI::App& app, Runner* run);
 void AddEval(CLI::App& app, Runner* run);
 void AddChat(CLI::App& app, Runner* run);
 void AddConvert(CLI::App& app, Runner* run);
+void AddPlot(CLI::App& app, Runner* run);
 
 }  // namespace atp::cli

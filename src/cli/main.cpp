@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   atp::cli::AddEval(app, &run);
   atp::cli::AddChat(app, &run);
   atp::cli::AddConvert(app, &run);
+  atp::cli::AddPlot(app, &run);
   if (argc > 1 && argv[1][0] != '-') {  // CLI11 would only say "A subcommand is required"
     std::string names;
     bool known = false;

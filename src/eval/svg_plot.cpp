@@ -188,6 +188,7 @@ struct Prepared {
   std::vector<double> xticks, yticks;
   double left = 0, width = 0;  // left margin (tick labels, y label) and the whole panel width
   bool any_off = false;
+  bool minor_x = true;  // unlabelled minor ticks at 1..9 x 10^k on a log axis (not with PlotPanel::x_ticks)
 };
 
 Prepared Prepare(const PlotPanel& p) {
@@ -239,7 +240,13 @@ Prepared Prepare(const PlotPanel& p) {
       r.any_off |= pt.off != 0;
     }
   // Ticks, thinned until their labels stand apart.
-  r.xticks = r.xa.Ticks();
+  if (p.x_ticks.empty()) {
+    r.xticks = r.xa.Ticks();
+  } else {
+    r.minor_x = false;
+    for (double t : p.x_ticks)
+      if ((!p.log_x || t > 0) && r.xa.Frac(t) >= -1e-9 && r.xa.Frac(t) <= 1 + 1e-9) r.xticks.push_back(t);
+  }
   auto crowded = [&](const std::vector<double>& t) {
     for (size_t i = 0; i + 1 < t.size(); ++i) {
       const double gap = (r.xa.Frac(t[i + 1]) - r.xa.Frac(t[i])) * kPlotW;
@@ -387,7 +394,7 @@ std::string RenderSvg(const PlotFigure& fig) {
       svg.Line(x0, ty, x1, ty, "stroke=\"#e4e4e4\"");
       svg.Text(x0 - 6, ty + 0.35 * kTickSize, Value(t), kTickSize, 'e');
     }
-    if (R.xa.log)  // unlabelled minor ticks at 1..9 x 10^k
+    if (R.xa.log && R.minor_x)  // unlabelled minor ticks at 1..9 x 10^k
       for (int d = int(std::floor(R.xa.lo)); d <= int(std::ceil(R.xa.hi)); ++d)
         for (int m = 1; m <= 9; ++m) {
           const double v = m * std::pow(10, d), f = R.xa.Frac(v);

@@ -31,6 +31,9 @@ struct PlotPanel {
   double y_min = NAN, y_max = NAN;  // fixed y range ends where finite (e.g. 0 and 1 for fractions)
   // Dotted horizontal reference lines {y, label}, labelled at the panel's left edge (e.g. {0.9, "90%"}).
   std::vector<std::pair<double, std::string>> y_guides = {};
+  // Where not empty, the x ticks (those in range) instead of the automatic ones, with no minor ticks:
+  // e.g. {1, 2, 4, 8, 16} on a log axis of client concurrency makes it a log2 axis.
+  std::vector<double> x_ticks = {};
 };
 
 struct PlotFigure {
