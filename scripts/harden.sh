@@ -4,12 +4,13 @@
 #   tests  the whole GoogleTest suite under the sanitizers
 #   fuzz   a short run of every libFuzzer target in fuzz/ from its seeds
 # scripts/harden.sh [tests] [fuzz] runs the parts named (both by default).
-# FUZZ_SECONDS: run per target (default 30); JOBS: build and ctest parallelism (default 2).
+# FUZZ_SECONDS: run per target (default 20: ten targets, and all of CI should stay under 20 minutes);
+# JOBS: build and ctest parallelism (default 2).
 # Any sanitizer report, crash, leak or input slower than 10 s fails the stage; the fuzzers leave the
 # input in build-fuzz/artifacts/ and the log in build-fuzz/logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 JOBS=${JOBS:-2}
 PARTS=${*:-tests fuzz}
 # target: dictionaries (fuzz/dict/) it is fuzzed with
@@ -33,7 +34,10 @@ if [[ " $PARTS " == *" tests "* ]]; then
   # python_tools runs Python only: nothing there is instrumented, and the release suite ran it already.
   # results_check compares docs/results.md's figures, committed from the gcc Release build: a clang
   # RelWithDebInfo build may sum in another order, and under ASan it would run several times slower.
-  ctest --test-dir build-fuzz --output-on-failure -j"$JOBS" --timeout 1200 -E '^(python_tools|results_check)$'
+  # The capacity test prefills 4k-token prompts on the reference model (arithmetic of the pool, whose code
+  # the other Scheduler tests run under the sanitizers too): minutes under ASan for nothing new.
+  ctest --test-dir build-fuzz --output-on-failure -j"$JOBS" --timeout 1200 \
+        -E '^(python_tools|results_check|Scheduler\.SequencesRunningAtOnceFollowTheBytesRatio)$'
 fi
 
 if [[ " $PARTS " == *" fuzz "* ]]; then
