@@ -43,7 +43,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (int i = 0; i < n; ++i) ps[size_t(i)] = pos + i;
     const size_t kvd = size_t(kKV) * kHd;
     if (!p->Append(ps, &in.X[size_t(pos) * kD], &in.K[size_t(pos) * kvd], &in.V[size_t(pos) * kvd]).ok()) return 0;
-    p->Attend(ps, &in.Q[size_t(pos) * kH * kHd], &O[size_t(pos) * kH * kHd]);
+    if (!p->Attend(ps, &in.Q[size_t(pos) * kH * kHd], &O[size_t(pos) * kH * kHd]).ok()) return 0;
     pos += n;
   }
   p->Bytes();

@@ -74,9 +74,9 @@ class Spy : public KvPolicy {
     X_->insert(X_->end(), X, X + pos.size() * size_t(d_));
     return inner_->Append(pos, X, K, V);
   }
-  void Attend(std::span<const int32_t> pos, const float* Q, float* O) override {
+  Status Attend(std::span<const int32_t> pos, const float* Q, float* O) override {
     Q_->insert(Q_->end(), Q, Q + pos.size() * size_t(qd_));
-    inner_->Attend(pos, Q, O);
+    return inner_->Attend(pos, Q, O);
   }
   size_t Bytes() const override { return inner_->Bytes(); }
   int64_t Length() const override { return inner_->Length(); }

@@ -54,7 +54,7 @@ std::vector<float> RunPolicy(KvPolicy& p, const Case& c, uint32_t seed, std::vec
     std::vector<int32_t> ps(static_cast<size_t>(n));
     for (int j = 0; j < n; ++j) ps[size_t(j)] = pos + j;
     EXPECT_TRUE(p.Append(ps, &X[size_t(pos) * size_t(c.shape.d_model)], &K[size_t(pos) * kvd], &V[size_t(pos) * kvd]).ok());
-    p.Attend(ps, &Q[size_t(pos) * qd], &O[size_t(pos) * qd]);
+    EXPECT_TRUE(p.Attend(ps, &Q[size_t(pos) * qd], &O[size_t(pos) * qd]).ok());
     if (decode) decode->insert(decode->end(), size_t(n), n == 1);
     pos += n;
   }

@@ -447,7 +447,7 @@ TEST(DensePolicy, AttendMatchesBruteForceWithGqa) {
     for (auto [b, e] : {std::pair<int64_t, int64_t>{0, 7}, {7, 13}}) {
       auto pos = Iota(b, e);
       ASSERT_TRUE(kv->Append(pos, nullptr, &c.K[size_t(b * kvd)], &c.V[size_t(b * kvd)]).ok());
-      kv->Attend(pos, &c.Q[size_t(b * qd)], &O[size_t(b * qd)]);
+      ASSERT_TRUE(kv->Attend(pos, &c.Q[size_t(b * qd)], &O[size_t(b * qd)]).ok());
     }
     EXPECT_EQ(kv->Length(), c.T);
     EXPECT_EQ(kv->Bytes(), size_t(c.T) * 2 * size_t(kvd) * DTypeSize(dt)) << spec;
@@ -472,8 +472,8 @@ TEST(DensePolicy, AttendIsCausal) {
   auto ka = (*f)->Create(a.shape), kb = (*f)->Create(b.shape);
   ASSERT_TRUE(ka->Append(pos, nullptr, a.K.data(), a.V.data()).ok());
   ASSERT_TRUE(kb->Append(pos, nullptr, b.K.data(), b.V.data()).ok());
-  ka->Attend(pos, a.Q.data(), Oa.data());
-  kb->Attend(pos, b.Q.data(), Ob.data());
+  ASSERT_TRUE(ka->Attend(pos, a.Q.data(), Oa.data()).ok());
+  ASSERT_TRUE(kb->Attend(pos, b.Q.data(), Ob.data()).ok());
   for (int64_t i = 0; i < (cut + 1) * qd; ++i) ASSERT_EQ(Oa[size_t(i)], Ob[size_t(i)]) << "query row " << i / qd;
   double later = 0;
   for (size_t i = size_t((cut + 1) * qd); i < Oa.size(); ++i) later = std::max(later, double(std::abs(Oa[i] - Ob[i])));

@@ -47,7 +47,7 @@ std::vector<float> RunPolicy(KvPolicy& p, const Inputs& in, std::vector<int> chu
     std::vector<int32_t> ps(static_cast<size_t>(n));
     for (int i = 0; i < n; ++i) ps[size_t(i)] = pos + i;
     EXPECT_TRUE(p.Append(ps, &in.X[size_t(pos * kD)], &in.K[size_t(pos * kKV * kHd)], &in.V[size_t(pos * kKV * kHd)]).ok());
-    p.Attend(ps, &in.Q[size_t(pos * kH * kHd)], &O[size_t(pos * kH * kHd)]);
+    EXPECT_TRUE(p.Attend(ps, &in.Q[size_t(pos * kH * kHd)], &O[size_t(pos * kH * kHd)]).ok());
     pos += n;
   }
   return O;
@@ -341,7 +341,7 @@ TEST(AtpPolicy, MatchesPyTorchReference) {
       std::vector<int32_t> pos(25);
       for (int i = 0; i < 25; ++i) pos[size_t(i)] = t + i;
       ASSERT_TRUE(p->Append(pos, &X[size_t(t * 64)], &K[size_t(t * kv_dim)], &V[size_t(t * kv_dim)]).ok());
-      p->Attend(pos, &Q[size_t(t * q_dim)], &O[size_t(t * q_dim)]);
+      ASSERT_TRUE(p->Attend(pos, &Q[size_t(t * q_dim)], &O[size_t(t * q_dim)]).ok());
     }
     // 1e-4: the reference is float64; the engine's f32 SVD and sums differ by ~1e-6 relative, and
     // the file's conditioning note shows singular gaps and column sums far from degenerate.

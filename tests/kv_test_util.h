@@ -48,7 +48,7 @@ inline std::vector<float> RunChunks(KvPolicy& p, const Inputs& in, const std::ve
     std::vector<int32_t> ps(static_cast<size_t>(n));
     for (int i = 0; i < n; ++i) ps[size_t(i)] = pos + i;
     EXPECT_TRUE(p.Append(ps, &in.X[size_t(pos) * kD], &in.K[size_t(pos) * kKvd], &in.V[size_t(pos) * kKvd]).ok());
-    p.Attend(ps, &in.Q[size_t(pos) * kQd], &O[size_t(pos) * kQd]);
+    EXPECT_TRUE(p.Attend(ps, &in.Q[size_t(pos) * kQd], &O[size_t(pos) * kQd]).ok());
     pos += n;
   }
   return O;

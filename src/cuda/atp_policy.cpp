@@ -103,15 +103,15 @@ class CudaAtpPolicy : public KvPolicy {
     return cuda::LastLaunch("atp append");
   }
 
-  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    if (positions.empty()) return;
+  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+    if (positions.empty()) return Status::Ok();
     const int64_t last = positions.back(), nb = CompressedBlocks(last);
     if (pending_ && nb > pending_block_) AwaitCompression();  // a query sees that block compressed now
     cuda::Visibility vis;
     vis.first = exact_.first(), vis.block = p_.block, vis.window = p_.window;
     vis.pk = pk_.rows(), vis.pv = pv_.rows(), vis.pre_end = pre_end_.get();
     vis.last_pre = nb > 0 ? pre_end_host_[size_t(nb - 1)] : 0;
-    attention_.Run(s_, exact_.k(), exact_.v(), vis, positions, vis.last_pre + last - nb * p_.block + 1, Q, O);
+    return attention_.Run(s_, exact_.k(), exact_.v(), vis, positions, vis.last_pre + last - nb * p_.block + 1, Q, O);
   }
 
   // As the CPU policy counts: exact rows, the filling block's X (f32), principal rows, and one

@@ -69,17 +69,20 @@ Status ExactTail::Append(int64_t len, int64_t keep_from, const float* K, const f
   return LastLaunch("kv append");
 }
 
-void StagedAttention::Run(const KvShape& s, const DeviceRows& k, const DeviceRows& v, const Visibility& vis,
-                          std::span<const int32_t> positions, int64_t seen, const float* Q, float* O) {
+Status StagedAttention::Run(const KvShape& s, const DeviceRows& k, const DeviceRows& v, const Visibility& vis,
+                            std::span<const int32_t> positions, int64_t seen, const float* Q, float* O) {
   const int64_t T = int64_t(positions.size());
-  if (T == 0) return;
+  if (T == 0) return Status::Ok();
   const size_t nq = size_t(T) * size_t(s.q_dim());
   const AttnShape a{s.n_heads, s.n_kv_heads, s.head_dim};
   const float* dq = q_.Get(Q, nq);
   float* o = o_.Get(O, nq);
-  if (!dq || !o || !ws_.Grow(size_t(AttendWorkspaceFloats(a, seen, SmCount()))).ok()) return;
+  if (!dq || !o) return Status::ResourceExhausted("GPU attention: staging the queries or the output failed");
+  ATP_RETURN_IF_ERROR(ws_.Grow(size_t(AttendWorkspaceFloats(a, seen, SmCount()))));
   Attend(a, k, v, vis, dq, T, positions[0], o, ws_.get(), SmCount(), nullptr);
+  ATP_RETURN_IF_ERROR(LastLaunch("attention"));
   o_.Finish(O, nq);
+  return Status::Ok();
 }
 
 DeviceRows RowBuffer::rows() const {

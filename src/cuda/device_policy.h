@@ -105,11 +105,12 @@ class ExactTail {
 };
 
 // The attention call of a GPU policy: host Q and O staged (tests), the decode workspace sized for
-// the rows the last query sees (`seen`), then cuda::Attend.
+// the rows the last query sees (`seen`), then cuda::Attend. An error when staging, the workspace or the
+// launch fails (O is then not written).
 class StagedAttention {
  public:
-  void Run(const KvShape& s, const DeviceRows& k, const DeviceRows& v, const Visibility& vis,
-           std::span<const int32_t> positions, int64_t seen, const float* Q, float* O);
+  Status Run(const KvShape& s, const DeviceRows& k, const DeviceRows& v, const Visibility& vis,
+             std::span<const int32_t> positions, int64_t seen, const float* Q, float* O);
 
  private:
   DeviceInput q_;

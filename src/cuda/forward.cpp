@@ -133,7 +133,7 @@ class CudaForward : public ForwardBackend {
         KvPolicy* kv = it.kv[size_t(l)];
         std::span<const int32_t> p(pos.data() + r, it.tokens.size());
         ATP_RETURN_IF_ERROR(kv->Append(p, wants_x ? xf_.get() + r * d : nullptr, k_.get() + r * kvd, v_.get() + r * kvd));
-        kv->Attend(p, q_.get() + r * qd, att_.get() + r * qd);
+        ATP_RETURN_IF_ERROR(kv->Attend(p, q_.get() + r * qd, att_.get() + r * qd));
         ATP_RETURN_IF_ERROR(kv->Update());
         r += int64_t(it.tokens.size());
       }

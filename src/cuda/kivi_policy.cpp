@@ -62,14 +62,14 @@ class CudaKiviPolicy : public KvPolicy {
     return cuda::LastLaunch("kivi append");
   }
 
-  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    if (positions.empty()) return;
+  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+    if (positions.empty()) return Status::Ok();
     cuda::Visibility vis;
     vis.first = exact_.first(), vis.block = p_.group, vis.window = p_.residual - 1;
     vis.pk = Packed(true), vis.pv = Packed(false), vis.rows_per_block = p_.group;
     const int64_t last = positions.back();
     vis.last_pre = cuda::CompressedBlocks(vis.block, vis.window, last) * vis.rows_per_block;
-    attention_.Run(s_, exact_.k(), exact_.v(), vis, positions, last + 1, Q, O);
+    return attention_.Run(s_, exact_.k(), exact_.v(), vis, positions, last + 1, Q, O);
   }
 
   size_t Bytes() const override {

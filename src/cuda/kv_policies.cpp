@@ -50,8 +50,9 @@ class CudaRowsPolicy : public KvPolicy {
   }
 
   // Positions must be contiguous (p0, p0 + 1, ...), as every ForwardItem's are.
-  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    if (!positions.empty()) attention_.Run(shape_, k_.rows(), v_.rows(), {}, positions, positions.back() + 1, Q, O);
+  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+    if (positions.empty()) return Status::Ok();
+    return attention_.Run(shape_, k_.rows(), v_.rows(), {}, positions, positions.back() + 1, Q, O);
   }
 
   size_t Bytes() const override { return size_t(len_ * (k_.TokenBytes() + v_.TokenBytes())); }
@@ -98,19 +99,23 @@ class CudaLowRankPolicy : public KvPolicy {
     return inner_.Append(positions, X, c_.get(), e_.get());
   }
 
-  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     const int64_t T = int64_t(positions.size());
-    if (T == 0) return;
+    if (T == 0) return Status::Ok();
     const int hd = s_.head_dim, group = s_.n_heads / s_.n_kv_heads;
     const size_t nq = size_t(T) * size_t(s_.q_dim()), nr = size_t(T) * size_t(s_.n_heads) * size_t(r_);
     const float* dq = q_in_.Get(Q, nq);
     float* o = o_out_.Get(O, nq);
-    if (!dq || !o || !qr_.Grow(nr).ok() || !or_.Grow(nr).ok()) return;
+    if (!dq || !o) return Status::ResourceExhausted("GPU lowrank attention: staging the queries or the output failed");
+    ATP_RETURN_IF_ERROR(qr_.Grow(nr));
+    ATP_RETURN_IF_ERROR(or_.Grow(nr));
     cuda::ProjectHeads(dq, T, s_.n_heads, hd, pk_.get(), group, r_, r_, 1, std::sqrt(float(r_) / float(hd)), qr_.get(),
                        nullptr);
-    inner_.Attend(positions, qr_.get(), or_.get());
+    ATP_RETURN_IF_ERROR(inner_.Attend(positions, qr_.get(), or_.get()));
     cuda::ProjectHeads(or_.get(), T, s_.n_heads, r_, pv_.get(), group, hd, 1, r_, 1.f, o, nullptr);
+    ATP_RETURN_IF_ERROR(cuda::LastLaunch("lowrank attention"));
     o_out_.Finish(O, nq);
+    return Status::Ok();
   }
 
   size_t Bytes() const override { return inner_.Bytes(); }  // calibrated bases belong to the model, as on the CPU

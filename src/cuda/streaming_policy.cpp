@@ -42,14 +42,15 @@ class CudaStreamingPolicy : public KvPolicy {
     return Status::Ok();
   }
 
-  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    if (positions.empty()) return;
+  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+    if (positions.empty()) return Status::Ok();
     cuda::Visibility vis;
     vis.first = tail_.first(), vis.block = 1, vis.window = window_ - 1, vis.max_pre = sinks_;
     vis.pk = sink_k_.rows(), vis.pv = sink_v_.rows(), vis.rows_per_block = 1;
     const int64_t last = positions.back();
     vis.last_pre = std::min<int64_t>(cuda::CompressedBlocks(vis.block, vis.window, last), sinks_);
-    attention_.Run(s_, tail_.k(), tail_.v(), vis, positions, vis.last_pre + std::min<int64_t>(last + 1, window_), Q, O);
+    return attention_.Run(s_, tail_.k(), tail_.v(), vis, positions, vis.last_pre + std::min<int64_t>(last + 1, window_), Q,
+                          O);
   }
 
   // What the CPU policy holds: the rows it keeps (sinks, and positions from keep_from_ on) and a

@@ -40,10 +40,11 @@ class TimedPolicy : public KvPolicy {
     *acc_ += Now() - t;
     return s;
   }
-  void Attend(std::span<const int32_t> pos, const float* Q, float* O) override {
+  Status Attend(std::span<const int32_t> pos, const float* Q, float* O) override {
     double t = Now();
-    p_->Attend(pos, Q, O);
+    Status s = p_->Attend(pos, Q, O);
     *acc_ += Now() - t;
+    return s;
   }
   Status Update() override {
     double t = Now();

@@ -16,7 +16,7 @@ class RecordingPolicy : public KvPolicy {
   Status InputBases(std::span<const int32_t> pos, const float* X, std::span<InputBasis*> out) override {
     return inner_->InputBases(pos, X, out);
   }
-  void Attend(std::span<const int32_t> pos, const float* Q, float* O) override { inner_->Attend(pos, Q, O); }
+  Status Attend(std::span<const int32_t> pos, const float* Q, float* O) override { return inner_->Attend(pos, Q, O); }
   Status Update() override { return inner_->Update(); }
   size_t Bytes() const override { return inner_->Bytes(); }
   int64_t Length() const override { return inner_->Length(); }

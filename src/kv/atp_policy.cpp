@@ -89,7 +89,7 @@ class AtpPolicy : public KvPolicy {
     return Status::Ok();
   }
 
-  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     const int hd = s_.head_dim;
     AttendSegments(s_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const int64_t p = positions[size_t(t)];
@@ -99,6 +99,7 @@ class AtpPolicy : public KvPolicy {
       const int64_t first = nb * p_.block - exact_begin_;  // >= 0: Append only drops what positions[0] sees compressed
       out->push_back({exact_.Keys(kvh, hd, first, p - nb * p_.block + 1), exact_.Values(kvh, hd, first, p - nb * p_.block + 1)});
     });
+    return Status::Ok();
   }
 
   size_t Bytes() const override {

@@ -104,11 +104,12 @@ class CodecPolicy : public KvPolicy {
     return Status::Ok();
   }
 
-  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     AttendSegments(s_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const int64_t n = positions[size_t(t)] + 1;  // causal: rows 0..p
       heads_[size_t(kvh)]->View(0, n, n, out);
     });
+    return Status::Ok();
   }
 
   size_t Bytes() const override {

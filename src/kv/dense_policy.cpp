@@ -19,12 +19,13 @@ class DensePolicy : public KvPolicy {
     return Status::Ok();
   }
 
-  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     const int hd = shape_.head_dim;
     AttendSegments(shape_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const int64_t n = positions[size_t(t)] + 1;  // causal: keys 0..p
       out->push_back({rows_.Keys(kvh, hd, 0, n), rows_.Values(kvh, hd, 0, n)});
     });
+    return Status::Ok();
   }
 
   size_t Bytes() const override { return rows_.Bytes(); }

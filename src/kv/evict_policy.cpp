@@ -46,9 +46,9 @@ class EvictPolicy : public KvPolicy {
     return Status::Ok();
   }
 
-  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     const int64_t T = int64_t(positions.size());
-    if (T == 0) return;
+    if (T == 0) return Status::Ok();
     const int group = s_.n_heads / s_.n_kv_heads;
     auto segments = [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const Head& h = heads_[size_t(kvh)];
@@ -69,7 +69,7 @@ class EvictPolicy : public KvPolicy {
     const int64_t obs_from = snap ? T - std::min<int64_t>(p_.window, T) : T;
     if (p_.kind == Kind::kStreaming || (p_.kind == Kind::kSnapKv && !snap)) {
       AttendSegments(s_, T, Q, O, segments);
-      return;
+      return Status::Ok();
     }
     int64_t rows_max = 0;
     for (auto& h : heads_) rows_max = std::max<int64_t>(rows_max, int64_t(h.pos.size()));
@@ -105,6 +105,7 @@ class EvictPolicy : public KvPolicy {
         EvictLowest(h, pooled, older, n - p_.budget);  // keeps the budget - w best-voted older rows
       }
     }
+    return Status::Ok();
   }
 
   size_t Bytes() const override {

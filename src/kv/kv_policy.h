@@ -56,8 +56,9 @@ class KvPolicy {
   virtual Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) = 0;
 
   // O (T, q_dim) = attention of post-RoPE queries Q (T, q_dim), causal: a query at position p
-  // uses only what was appended for positions <= p. All `positions` must have been appended.
-  virtual void Attend(std::span<const int32_t> positions, const float* Q, float* O) = 0;
+  // uses only what was appended for positions <= p. All `positions` must have been appended. An error
+  // (a device allocation or launch that failed) leaves O undefined: the caller must not use it.
+  virtual Status Attend(std::span<const int32_t> positions, const float* Q, float* O) = 0;
 
   // Called after the step's Attend: drops what no later query reads (exact copies of rows that are now
   // held compressed, rows gone out of a window). A policy may keep them until its next Append instead,

@@ -90,7 +90,7 @@ class LowRankPolicy : public KvPolicy {
     return Status::Ok();
   }
 
-  void Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
+  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     const int d = s_.head_dim;
     AttendSegments(s_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const int64_t p = positions[size_t(t)];
@@ -107,6 +107,7 @@ class LowRankPolicy : public KvPolicy {
       const int64_t first = nb * p_.block - exact_begin_;  // >= 0: Append only drops what positions[0] sees compressed
       out->push_back({exact_.Keys(kvh, d, first, p - nb * p_.block + 1), exact_.Values(kvh, d, first, p - nb * p_.block + 1)});
     });
+    return Status::Ok();
   }
 
   size_t Bytes() const override {

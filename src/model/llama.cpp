@@ -222,7 +222,7 @@ Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float
       KvPolicy* kv = it.kv[size_t(l)];
       std::span<const int32_t> p(pos.data() + r, it.tokens.size());
       ATP_RETURN_IF_ERROR(kv->Append(p, &xb[size_t(r * d)], &k[size_t(r * kvd)], &v[size_t(r * kvd)]));
-      kv->Attend(p, &q[size_t(r * qd)], &att[size_t(r * qd)]);
+      ATP_RETURN_IF_ERROR(kv->Attend(p, &q[size_t(r * qd)], &att[size_t(r * qd)]));
       ATP_RETURN_IF_ERROR(kv->Update());
       r += int64_t(it.tokens.size());
     }
