@@ -77,30 +77,43 @@ Weights MakeWeights(DType t, int64_t rows, int64_t in, bool random_bytes, std::m
 
 TEST(Q8Dot, ActivationQuantizationWithinBound) {
   std::mt19937 rng(1);
-  auto x = RandomFloats(32 * 64, rng, 3);
+  const int64_t in = 32 * 8;
+  auto x = RandomFloats(size_t(3 * in), rng, 3);
   for (int j = 0; j < 32; ++j) x[size_t(32 + j)] = 0;  // an all-zero block
   x[100] = 1e30f;                                        // a block with one huge value
-  std::vector<BlockQ8A> q(x.size() / 32);
-  QuantizeRowQ8A(x.data(), int64_t(x.size()), q.data());
-  for (size_t b = 0; b < q.size(); ++b) {
+  x[in + 70] = NAN;                                      // non-finite values in row 1
+  x[2 * in + 5] = -INFINITY;
+  Q8Buffer buf;
+  const Q8Rows q = buf.Quantize(x.data(), 3, in);
+  ASSERT_EQ(q.blocks, in / 32);
+  for (int64_t b = 0; b < 3 * q.blocks; ++b) {
+    const float* xb = x.data() + 32 * b;
+    const int8_t* qb = q.q + 32 * b;
     float amax = 0;
+    bool finite = true;
     int sum[2] = {0, 0};
     for (int j = 0; j < 32; ++j) {
-      amax = std::max(amax, std::abs(x[b * 32 + size_t(j)]));
-      sum[j / 16] += q[b].q[j];
+      amax = std::max(amax, std::abs(xb[j]));
+      finite = finite && std::isfinite(xb[j]);
+      sum[j / 16] += qb[j];
     }
-    EXPECT_EQ(q[b].d, amax / 127) << "block " << b;
+    if (!finite) {
+      EXPECT_TRUE(std::isnan(q.d[b])) << "block " << b;
+      continue;
+    }
+    EXPECT_EQ(q.d[b], amax / 127) << "block " << b;
     for (int j = 0; j < 32; ++j)
-      ASSERT_LE(std::abs(double(x[b * 32 + size_t(j)]) - double(q[b].d) * q[b].q[j]), double(q[b].d) * (0.5 + 1.0 / 65536))
+      ASSERT_LE(std::abs(double(xb[j]) - double(q.d[b]) * qb[j]), double(q.d[b]) * (0.5 + 1.0 / 65536))
           << "block " << b << " element " << j;
-    EXPECT_EQ(q[b].s[0], q[b].d * float(sum[0]));
-    EXPECT_EQ(q[b].s[1], q[b].d * float(sum[1]));
-    EXPECT_EQ(q[b].sum, q[b].d * float(sum[0] + sum[1]));
+    EXPECT_EQ(q.half[2 * b], q.d[b] * float(sum[0]));
+    EXPECT_EQ(q.half[2 * b + 1], q.d[b] * float(sum[1]));
+    EXPECT_EQ(q.sum[b], q.d[b] * float(sum[0] + sum[1]));
   }
-  EXPECT_EQ(q[1].d, 0.0f);
-  x[5] = NAN;
-  QuantizeRowQ8A(x.data(), 32, q.data());
-  EXPECT_TRUE(std::isnan(q[0].d));
+  EXPECT_EQ(q.d[1], 0.0f);
+  EXPECT_TRUE(std::isnan(q.d[q.blocks + 2]) && std::isnan(q.d[2 * q.blocks]));
+  const Q8Rows r1 = q.From(1);
+  EXPECT_EQ(r1.q, q.q + 32 * q.blocks);
+  EXPECT_EQ(r1.half, q.half + 2 * q.blocks);
 }
 
 TEST(Q8Dot, TermsReproduceTheDequantizer) {
@@ -133,11 +146,11 @@ struct Expected {
   double dot = 0, act_err = 0, mag = 0;
   double deq = 0;  // the decomposition's weights against the f32 dequantized ones, times |x^|
 };
-Expected Expect(DType t, const uint8_t* row, const float* wrow, int64_t in, const float* x, const BlockQ8A* xq) {
+Expected Expect(DType t, const uint8_t* row, const float* wrow, int64_t in, const float* x, const Q8Rows& xq) {
   Expected e;
   for (int64_t i = 0; i < in; ++i) {
     e.dot += double(wrow[i]) * x[i];
-    e.act_err += std::abs(double(wrow[i])) * xq[i / 32].d * (0.5 + 1.0 / 65536);
+    e.act_err += std::abs(double(wrow[i])) * xq.d[i / 32] * (0.5 + 1.0 / 65536);
   }
   const int64_t elems = DTypeBlockElems(t);
   const size_t bb = DTypeBytes(t, elems);
@@ -146,13 +159,15 @@ Expected Expect(DType t, const uint8_t* row, const float* wrow, int64_t in, cons
     DecodeQ8Terms(t, row + size_t(b) * bb, &terms);
     for (int k = 0; k < terms.chunks; ++k) {
       const Q8Chunk& c = terms.c[k];
-      const BlockQ8A& a = xq[b * terms.chunks + k];
+      const int64_t i = b * terms.chunks + k;
       for (int j = 0; j < 32; ++j) {
-        const double sv = std::abs(double(terms.a) * c.scale[j / 16] * c.v[j]), xj = std::abs(double(a.d) * a.q[j]);
+        const double sv = std::abs(double(terms.a) * c.scale[j / 16] * c.v[j]), xj = std::abs(double(xq.d[i]) * xq.q[32 * i + j]);
         e.mag += sv * xj;
         e.deq += 3 * kU * (sv + std::abs(double(terms.b) * c.min[j / 16])) * xj;
       }
-      for (int h = 0; h < 2; ++h) e.mag += std::abs(double(terms.b) * c.min[h] * a.s[h]);
+      // The min term per half, and per chunk (a kernel may use the chunk's sum instead of its halves).
+      for (int h = 0; h < 2; ++h) e.mag += std::abs(double(terms.b) * c.min[h] * xq.half[2 * i + h]);
+      e.mag += std::abs(double(terms.b) * c.min[0] * xq.sum[i]);
     }
   }
   return e;
@@ -167,18 +182,16 @@ TEST(Q8Dot, ReferenceWithinActivationErrorOfExactDot) {
         const Weights w = MakeWeights(t, out, in, random_bytes, rng);
         for (int rows = 1; rows <= 8; ++rows) {
           const auto x = RandomFloats(size_t(rows * in), rng);
-          std::vector<BlockQ8A> xq(size_t(rows * in / 32));
-          for (int r = 0; r < rows; ++r) QuantizeRowQ8A(x.data() + r * in, in, xq.data() + r * (in / 32));
+          Q8Buffer buf;
+          const Q8Rows xq = buf.Quantize(x.data(), rows, in);
           const size_t row_bytes = DTypeBytes(t, in);
           std::vector<float> y(size_t(rows * out)), y_fast(size_t(rows * out));
-          for (int64_t o = 0; o < out; ++o) {
-            DotRowQ8Ref(t, w.data + size_t(o) * row_bytes, in, xq.data(), rows, y.data() + o, out);
-            DotRowQ8(t, w.data + size_t(o) * row_bytes, in, xq.data(), rows, y_fast.data() + o, out);
-          }
+          DotRowQ8Ref(t, w.data, out, in, xq, rows, y.data(), out);
+          DotRowQ8(t, w.data, out, in, xq, rows, y_fast.data(), out);
           for (int r = 0; r < rows; ++r)
             for (int64_t o = 0; o < out; ++o) {
               const Expected e = Expect(t, w.data + size_t(o) * row_bytes, w.w.data() + o * in, in, x.data() + r * in,
-                                        xq.data() + r * (in / 32));
+                                        xq.From(r));
               const double round = 2 * double(in / 32 + 8) * kU * e.mag;
               const float got = y[size_t(r * out + o)], fast = y_fast[size_t(r * out + o)];
               const std::string where = std::string(DTypeName(t)) + (random_bytes ? " random bytes" : " quantized") +

@@ -107,10 +107,9 @@ inline void DotRowDequant(const uint8_t* w, int64_t in, const BlockCodec& c, con
 }
 #endif
 
-// Output rows [b, e) for R rows of x (x: (R, in), y: (R, out) with row stride out); xq: the same rows
-// as 8-bit activation blocks (kernels/q8_dot.h) where HasQ8Dot(w.dtype), else null.
+// Output rows [b, e) for R rows of x (x: (R, in), y: (R, out) with row stride out).
 template <int R>
-void GemvRange(const TensorView& w, const float* x, const BlockQ8A* xq, float* y, int64_t b, int64_t e) {
+void GemvRange(const TensorView& w, const float* x, float* y, int64_t b, int64_t e) {
   constexpr int U = R == 1 ? 8 : R == 2 ? 4 : R <= 4 ? 2 : 1;  // 8 chains at R=1 measured ~3% faster than 4
   const int64_t out = w.rows(), in = w.cols();
   const DType t = w.dtype;
@@ -123,35 +122,37 @@ void GemvRange(const TensorView& w, const float* x, const BlockQ8A* xq, float* y
       case DType::kF32: DotRow<R, U>(reinterpret_cast<const float*>(row), in, t, x, y + o, out); break;
       case DType::kF16:
       case DType::kBF16: DotRow<R, U>(reinterpret_cast<const uint16_t*>(row), in, t, x, y + o, out); break;
-      default:
-        if (xq) DotRowQ8(t, row, in, xq, R, y + o, out);
-        else DotRowDequant<R>(row, in, *codec, x, y + o, out);
-        break;
+      default: DotRowDequant<R>(row, in, *codec, x, y + o, out); break;
     }
   }
 }
 
-void GemvDispatch(int rows, const TensorView& w, const float* x, const BlockQ8A* xq, float* y, int64_t b, int64_t e) {
+void GemvDispatch(int rows, const TensorView& w, const float* x, float* y, int64_t b, int64_t e) {
   switch (rows) {
-    case 1: return GemvRange<1>(w, x, xq, y, b, e);
-    case 2: return GemvRange<2>(w, x, xq, y, b, e);
-    case 3: return GemvRange<3>(w, x, xq, y, b, e);
-    case 4: return GemvRange<4>(w, x, xq, y, b, e);
-    case 5: return GemvRange<5>(w, x, xq, y, b, e);
-    case 6: return GemvRange<6>(w, x, xq, y, b, e);
-    case 7: return GemvRange<7>(w, x, xq, y, b, e);
-    default: return GemvRange<8>(w, x, xq, y, b, e);
+    case 1: return GemvRange<1>(w, x, y, b, e);
+    case 2: return GemvRange<2>(w, x, y, b, e);
+    case 3: return GemvRange<3>(w, x, y, b, e);
+    case 4: return GemvRange<4>(w, x, y, b, e);
+    case 5: return GemvRange<5>(w, x, y, b, e);
+    case 6: return GemvRange<6>(w, x, y, b, e);
+    case 7: return GemvRange<7>(w, x, y, b, e);
+    default: return GemvRange<8>(w, x, y, b, e);
   }
 }
 
-// Rows [b, e) of y = x W^T for all n rows of x, in groups of kGemvMaxRows; xq: x's rows as 8-bit
-// activation blocks, or null (used only for weights with HasQ8Dot).
-void GemvSlice(const float* x, const BlockQ8A* xq, int64_t n, const TensorView& w, float* y, int64_t b, int64_t e) {
+// Rows [b, e) of y = x W^T for all n rows of x, in groups of kGemvMaxRows. Weights with an integer
+// kernel (HasQ8Dot) read xq, x's rows as 8-bit blocks (kernels/q8_dot.h); the others x.
+void GemvSlice(const float* x, const Q8Rows& xq, int64_t n, const TensorView& w, float* y, int64_t b, int64_t e) {
   const int64_t out = w.rows(), in = w.cols();
-  const bool q8 = xq && HasQ8Dot(w.dtype);
+  const bool q8 = HasQ8Dot(w.dtype);
+  const size_t row_bytes = DTypeBytes(w.dtype, in);
   for (int64_t r0 = 0; r0 < n; r0 += kGemvMaxRows) {
     const int rows = int(std::min<int64_t>(kGemvMaxRows, n - r0));
-    GemvDispatch(rows, w, x + r0 * in, q8 ? xq + r0 * (in / 32) : nullptr, y + r0 * out, b, e);
+    if (q8)
+      DotRowQ8(w.dtype, static_cast<const uint8_t*>(w.data) + size_t(b) * row_bytes, e - b, in, xq.From(r0), rows,
+               y + r0 * out + b, out);
+    else
+      GemvDispatch(rows, w, x + r0 * in, y + r0 * out, b, e);
   }
 }
 
@@ -164,12 +165,10 @@ void GemvSlice(const float* x, const BlockQ8A* xq, int64_t n, const TensorView& 
 // jobs and threads (n * in values; every job has the same `in`).
 void GemvJobs(const float* x, int64_t n, std::span<const MatMulJob> jobs) {
   ThreadPool& pool = ThreadPool::Global();
-  std::vector<BlockQ8A> xq;
-  if (std::any_of(jobs.begin(), jobs.end(), [](const MatMulJob& j) { return HasQ8Dot(j.w->dtype); })) {
-    const int64_t in = jobs[0].w->cols();
-    xq.resize(size_t(n * in / 32));
-    for (int64_t r = 0; r < n; ++r) QuantizeRowQ8A(x + r * in, in, xq.data() + r * (in / 32));
-  }
+  static thread_local Q8Buffer q8;  // the calling thread's; reused across calls
+  Q8Rows xq;
+  if (std::any_of(jobs.begin(), jobs.end(), [](const MatMulJob& j) { return HasQ8Dot(j.w->dtype); }))
+    xq = q8.Quantize(x, n, jobs[0].w->cols());
   struct Span { const MatMulJob* job; int64_t chunk_rows, first_chunk; };
   std::vector<Span> spans;
   int64_t chunks = 0;
@@ -184,7 +183,7 @@ void GemvJobs(const float* x, int64_t n, std::span<const MatMulJob> jobs) {
     while (spans[s].first_chunk > c) --s;
     const Span& sp = spans[s];
     const int64_t b = (c - sp.first_chunk) * sp.chunk_rows;
-    GemvSlice(x, xq.empty() ? nullptr : xq.data(), n, *sp.job->w, sp.job->y, b, std::min(sp.job->w->rows(), b + sp.chunk_rows));
+    GemvSlice(x, xq, n, *sp.job->w, sp.job->y, b, std::min(sp.job->w->rows(), b + sp.chunk_rows));
   };
   const int P = pool.size();
   if (chunks <= 1 || P == 1) {

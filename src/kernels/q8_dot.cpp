@@ -6,34 +6,86 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 
 #include "core/kquant.h"
 
 namespace atp {
 
-void QuantizeRowQ8A(const float* x, int64_t in, BlockQ8A* dst) {
-  if (in % 32 != 0) std::abort();  // callers pass whole weight blocks' worth of columns
-  for (int64_t b = 0; b < in / 32; ++b) {
-    const float* xb = x + b * 32;
-    BlockQ8A& o = dst[b];
-    float amax = 0;
-    bool finite = true;
-    for (int j = 0; j < 32; ++j) {
-      finite = finite && std::abs(xb[j]) <= FLT_MAX;
-      amax = std::max(amax, std::abs(xb[j]));
-    }
-    o.d = finite ? amax / 127 : NAN;
-    const float id = finite && amax > 0 ? 127 / amax : 0;
-    int sum[2] = {0, 0};
-    for (int j = 0; j < 32; ++j) {
-      const int q = int(std::lrint(xb[j] * id));
-      o.q[j] = int8_t(q);
-      sum[j / 16] += q;
-    }
-    o.sum = o.d * float(sum[0] + sum[1]);
-    o.s[0] = o.d * float(sum[0]);
-    o.s[1] = o.d * float(sum[1]);
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define ATP_Q8_AVX2 1
+#endif
+
+namespace {
+
+// One block of 32 values: codes to q, returns d; sums of the two halves' codes to sum.
+float QuantizeBlock(const float* x, int8_t* q, int sum[2]) {
+#if defined(ATP_Q8_AVX2)
+  __m256 v[4];
+  __m256 amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(x + 8 * i);
+    const __m256 a = _mm256_andnot_ps(sign, v[i]);
+    amax = _mm256_max_ps(amax, a);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, _mm256_set1_ps(FLT_MAX), _CMP_NLE_UQ));  // inf or NaN
   }
+  if (_mm256_movemask_ps(bad)) {
+    std::memset(q, 0, 32);
+    sum[0] = sum[1] = 0;
+    return NAN;
+  }
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  const float am = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  const __m256 id = _mm256_set1_ps(am > 0 ? 127 / am : 0);
+  __m256i c[4];
+  for (int i = 0; i < 4; ++i) c[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], id));  // rounds to nearest even, as lrint
+  for (int h = 0; h < 2; ++h) {
+    __m256i s = _mm256_add_epi32(c[2 * h], c[2 * h + 1]);
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    sum[h] = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1)));
+  }
+  // Narrow to bytes: the packs interleave 128-bit lanes, the final permute puts the 4-byte groups back in order.
+  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  return am / 127;
+#else
+  float amax = 0;
+  bool finite = true;
+  for (int j = 0; j < 32; ++j) {
+    finite = finite && std::abs(x[j]) <= FLT_MAX;
+    amax = std::max(amax, std::abs(x[j]));
+  }
+  const float id = finite && amax > 0 ? 127 / amax : 0;
+  sum[0] = sum[1] = 0;
+  for (int j = 0; j < 32; ++j) {
+    q[j] = int8_t(std::lrint(x[j] * id));
+    sum[j / 16] += q[j];
+  }
+  return finite ? amax / 127 : NAN;
+#endif
+}
+
+}  // namespace
+
+Q8Rows Q8Buffer::Quantize(const float* x, int64_t n, int64_t in) {
+  if (in % 32 != 0) std::abort();  // callers pass whole weight blocks' worth of columns
+  const int64_t nb = n * (in / 32);
+  q_.resize(size_t(nb * 32));
+  d_.resize(size_t(nb));
+  sum_.resize(size_t(nb));
+  half_.resize(size_t(2 * nb));
+  for (int64_t i = 0; i < nb; ++i) {
+    int s[2];
+    const float d = QuantizeBlock(x + 32 * i, q_.data() + 32 * i, s);
+    d_[size_t(i)] = d;
+    sum_[size_t(i)] = d * float(s[0] + s[1]);
+    half_[size_t(2 * i)] = d * float(s[0]);
+    half_[size_t(2 * i + 1)] = d * float(s[1]);
+  }
+  return {in / 32, q_.data(), d_.data(), sum_.data(), half_.data()};
 }
 
 bool HasQ8Dot(DType t) {
@@ -93,19 +145,19 @@ void DecodeQ8Terms(DType t, const uint8_t* p, Q8Terms* o) {
       return;
     }
     case DType::kQ6_K: {
-      o->a = Half(p + 208);
+      o->a = o->b = Half(p + 208);
       const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
       for (int h = 0; h < 2; ++h)
         for (int k = 0; k < 4; ++k) {  // elements 128 h + 32 k + l: chunk 4 h + k, sub-blocks 8 h + 2 k (+1)
           Q8Chunk& c = o->c[4 * h + k];
           for (int i = 0; i < 2; ++i) {
             c.scale[i] = sc[8 * h + 2 * k + i];
-            c.min[i] = 0;
+            c.min[i] = 32 * c.scale[i];  // the offset: d * scale * (q - 32) = a * scale * q - b * 32 * scale
           }
           for (int l = 0; l < 32; ++l) {
             const int lo = (p[64 * h + l + 32 * (k % 2)] >> (k < 2 ? 0 : 4)) & 0xf;
             const int hi = (p[128 + 32 * h + l] >> (2 * k)) & 3;
-            c.v[l] = int8_t((lo | hi << 4) - 32);
+            c.v[l] = int8_t(lo | hi << 4);
           }
         }
       return;
@@ -114,43 +166,45 @@ void DecodeQ8Terms(DType t, const uint8_t* p, Q8Terms* o) {
   }
 }
 
-void DotRowQ8Ref(DType t, const uint8_t* w, int64_t in, const BlockQ8A* x, int rows, float* y, int64_t out) {
-  const int64_t elems = DTypeBlockElems(t), nb = in / elems, xs = in / 32;
-  const size_t bytes = DTypeBytes(t, elems);
+void DotRowQ8Ref(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
+  const int64_t elems = DTypeBlockElems(t), nb = in / elems;
+  const size_t bytes = DTypeBytes(t, elems), row_bytes = DTypeBytes(t, in);
   Q8Terms terms;
-  float acc[8] = {};
-  for (int64_t b = 0; b < nb; ++b) {
-    DecodeQ8Terms(t, w + size_t(b) * bytes, &terms);
-    for (int r = 0; r < rows; ++r) {
-      float sb = 0, mb = 0;  // sum over chunks of d * integer dot, and of the min terms
-      for (int k = 0; k < terms.chunks; ++k) {
-        const Q8Chunk& c = terms.c[k];
-        const BlockQ8A& xb = x[r * xs + b * terms.chunks + k];
-        int64_t dot = 0;
-        for (int h = 0; h < 2; ++h) {
-          int64_t half = 0;
-          for (int j = 16 * h; j < 16 * h + 16; ++j) half += int64_t(c.v[j]) * xb.q[j];
-          dot += c.scale[h] * half;
+  for (int64_t o = 0; o < n_out; ++o) {
+    float acc[8] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      DecodeQ8Terms(t, w + size_t(o) * row_bytes + size_t(b) * bytes, &terms);
+      for (int r = 0; r < rows; ++r) {
+        float sb = 0, mb = 0;  // sum over chunks of d * integer dot, and of the min terms
+        for (int k = 0; k < terms.chunks; ++k) {
+          const Q8Chunk& c = terms.c[k];
+          const int64_t i = r * x.blocks + b * terms.chunks + k;  // the activation block
+          int64_t dot = 0;
+          for (int h = 0; h < 2; ++h) {
+            int64_t half = 0;
+            for (int j = 16 * h; j < 16 * h + 16; ++j) half += int64_t(c.v[j]) * x.q[32 * i + j];
+            dot += c.scale[h] * half;
+          }
+          sb += float(dot) * x.d[i];
+          mb += float(c.min[0]) * x.half[2 * i] + float(c.min[1]) * x.half[2 * i + 1];
         }
-        sb += float(dot) * xb.d;
-        mb += float(c.min[0]) * xb.s[0] + float(c.min[1]) * xb.s[1];
+        acc[r] += terms.a * sb - terms.b * mb;
       }
-      acc[r] += terms.a * sb - terms.b * mb;
     }
+    for (int r = 0; r < rows; ++r) y[r * out + o] = acc[r];
   }
-  for (int r = 0; r < rows; ++r) y[r * out] = acc[r];
 }
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#if defined(ATP_Q8_AVX2)
 namespace {
 
 // The AVX2 kernels: per chunk, 8 int32 lanes of partial integer dots (exact: maddubs pairs stay below
 // 2^15 for codes |v| <= 128 against |q| <= 127, and every lane below 2^24, so its conversion to f32
-// is exact too), scaled by the activation block's d into f32 accumulators.
+// is exact too), scaled by the activation block's d into f32 accumulators. The integers are those of
+// DecodeQ8Terms.
 
 inline float HalfInline(const uint8_t* p) { return _cvtsh_ss(uint16_t(p[0] | p[1] << 8)); }  // no call: keeps the accumulators in registers
-inline __m256i LoadQ(const BlockQ8A& b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.q)); }
-inline __m256i Load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline __m256i Load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 inline float Sum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -168,7 +222,7 @@ inline __m256i Nibbles(const uint8_t* p) {
 
 // Q8_0 / Q4_0: one chunk per block, two accumulation chains per row at one row.
 template <int R, DType T>
-void Dot32(const uint8_t* w, int64_t in, const BlockQ8A* x, float* y, int64_t out) {
+void Dot32(const uint8_t* w, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int K = R == 1 ? 2 : 1;
   constexpr size_t kBytes = T == DType::kQ8_0 ? 34 : 18;
   const int64_t nb = in / 32;
@@ -181,9 +235,9 @@ void Dot32(const uint8_t* w, int64_t in, const BlockQ8A* x, float* y, int64_t ou
     const float d = HalfInline(p);
     const __m256i v = T == DType::kQ8_0 ? Load32(p + 2) : _mm256_sub_epi8(Nibbles(p + 2), _mm256_set1_epi8(8));
     for (int r = 0; r < R; ++r) {
-      const BlockQ8A& xb = x[r * nb + b];
-      const __m256i s = _mm256_madd_epi16(MulSigned(v, LoadQ(xb)), ones);
-      acc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * xb.d), acc[r][k]);
+      const int64_t i = r * x.blocks + b;
+      const __m256i s = _mm256_madd_epi16(MulSigned(v, Load32(x.q + 32 * i)), ones);
+      acc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * x.d[i]), acc[r][k]);
     }
   };
   int64_t b = 0;
@@ -196,58 +250,75 @@ void Dot32(const uint8_t* w, int64_t in, const BlockQ8A* x, float* y, int64_t ou
   }
 }
 
-// Q4_K / Q5_K / Q6_K super-blocks: per chunk the integer dot (times the sub-block scale, as int16
-// multipliers in madd) scaled by the activation d into a per-block accumulator, which is scaled by
-// the block's d once; Q4_K/Q5_K's mins go to a scalar per row (min * d_x * sum q per chunk), Q6_K's
-// offset 32 is subtracted in the integers (maddubs of 32 with q).
+// Q4_K/Q5_K: the 8 six-bit scales (bytes 0..7) and mins (bytes 8..15) from a block's 12 scale bytes
+// (layout in core/kquant.h), four sub-blocks at a time in 32-bit words.
+inline __m128i ScalesMinsK4(const uint8_t* p) {
+  uint32_t a, b, c;
+  std::memcpy(&a, p, 4);
+  std::memcpy(&b, p + 4, 4);
+  std::memcpy(&c, p + 8, 4);
+  const uint32_t six = 0x3f3f3f3f, four = 0x0f0f0f0f, two = 0x03030303;
+  return _mm_setr_epi32(int(a & six), int((c & four) | ((a >> 6) & two) << 4),  // scales 0..3, 4..7
+                        int(b & six), int(((c >> 4) & four) | ((b >> 6) & two) << 4));  // mins 0..3, 4..7
+}
+
+// Q4_K / Q5_K / Q6_K super-blocks: per chunk the integer dot times the sub-block scales (int16
+// multipliers in madd, picked from a register by a byte shuffle), scaled by the activation d into a
+// per-block accumulator that is scaled by the block's d once. The min terms of all 8 chunks (Q6_K:
+// its offset 32, as min 32 * scale per half) are one vector of mins against the activation sums.
 template <int R, DType T>
-void DotK(const uint8_t* w, int64_t in, const BlockQ8A* x, float* y, int64_t out) {
+void DotK(const uint8_t* w, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int K = R == 1 ? 2 : 1;
   constexpr size_t kBytes = T == DType::kQ4_K ? 144 : T == DType::kQ5_K ? 176 : 210;
-  const int64_t nb = in / kSuperBlock, xs = in / 32;
+  const int64_t nb = in / kSuperBlock;
   const __m256i low = _mm256_set1_epi8(0xf);
-  __m256 acc[R];
-  float mins[R][K];
-  for (int r = 0; r < R; ++r) {
-    acc[r] = _mm256_setzero_ps();
-    for (int k = 0; k < K; ++k) mins[r][k] = 0;
-  }
+  __m256 acc[R], mins[R];
+  for (int r = 0; r < R; ++r) acc[r] = mins[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* p = w + size_t(b) * kBytes;
-    const BlockQ8A* xb = x + b * 8;
     __m256 sb[R][K];
     for (int r = 0; r < R; ++r)
       for (int k = 0; k < K; ++k) sb[r][k] = _mm256_setzero_ps();
-    // Chunk k's codes u (as unsigned bytes) and the int16 multipliers of its 16 pair sums.
-    auto use = [&](int k, __m256i u, __m256i scale, float m) {
+    // Chunk k's codes u (unsigned bytes) and the int16 multipliers of its 16 pair sums.
+    auto use = [&](int k, __m256i u, __m256i scale) {
       for (int r = 0; r < R; ++r) {
-        const BlockQ8A& a = xb[r * xs + k];
-        const __m256i q = LoadQ(a);
-        __m256i p16 = _mm256_maddubs_epi16(u, q);
-        if constexpr (T == DType::kQ6_K) p16 = _mm256_sub_epi16(p16, _mm256_maddubs_epi16(_mm256_set1_epi8(32), q));
-        const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, scale));
-        sb[r][k % K] = _mm256_fmadd_ps(s, _mm256_set1_ps(a.d), sb[r][k % K]);
-        if constexpr (T != DType::kQ6_K) mins[r][k % K] += m * a.sum;
+        const int64_t i = r * x.blocks + 8 * b + k;
+        const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, Load32(x.q + 32 * i)), scale));
+        sb[r][k % K] = _mm256_fmadd_ps(s, _mm256_broadcast_ss(x.d + i), sb[r][k % K]);
       }
     };
     float d;
     if constexpr (T == DType::kQ6_K) {
       d = HalfInline(p + 208);
-      const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
+      const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192));  // 16 int8 scales
+      // Offsets: -32 * d * scale_s * (d_x * sum of half s), s < 16, as two vectors of 8 halves.
+      const __m256 m32 = _mm256_set1_ps(32 * d);
+      const __m256 m0 = _mm256_mul_ps(m32, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
+      const __m256 m1 = _mm256_mul_ps(m32, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))));
+      for (int r = 0; r < R; ++r) {
+        const float* h = x.half + 2 * (r * x.blocks + 8 * b);
+        mins[r] = _mm256_fmadd_ps(m1, _mm256_loadu_ps(h + 8), _mm256_fmadd_ps(m0, _mm256_loadu_ps(h), mins[r]));
+      }
       for (int h = 0; h < 2; ++h) {
+        const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
         const __m256i ql0 = Load32(p + 64 * h), ql1 = Load32(p + 64 * h + 32), qh = Load32(p + 128 + 32 * h);
         for (int k = 0; k < 4; ++k) {
           const __m256i ql = k % 2 ? ql1 : ql0;
           const __m256i lo = _mm256_and_si256(k < 2 ? ql : _mm256_srli_epi16(ql, 4), low);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), _mm256_set1_epi8(3));
-          const int s = 8 * h + 2 * k;
-          const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
-          use(4 * h + k, _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), scale, 0);
+          // Words 2k (first 16 elements) and 2k + 1 (last 16) of this half's scales.
+          const __m256i pick = _mm256_set_m128i(_mm_set1_epi16(int16_t((4 * k + 3) << 8 | (4 * k + 2))),
+                                                _mm_set1_epi16(int16_t((4 * k + 1) << 8 | 4 * k)));
+          use(4 * h + k, _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_shuffle_epi8(s16, pick));
         }
       }
     } else {
       d = HalfInline(p);
-      const float dmin = HalfInline(p + 2);
+      const __m128i sm = ScalesMinsK4(p + 4);
+      const __m256 m = _mm256_mul_ps(_mm256_set1_ps(HalfInline(p + 2)),
+                                     _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8))));
+      for (int r = 0; r < R; ++r) mins[r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.sum + r * x.blocks + 8 * b), mins[r]);
+      const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
       const uint8_t* qs = p + (T == DType::kQ4_K ? 16 : 48);
       __m256i qh;
       if constexpr (T == DType::kQ5_K) qh = Load32(p + 16);
@@ -258,9 +329,7 @@ void DotK(const uint8_t* w, int64_t in, const BlockQ8A* x, float* y, int64_t out
           __m256i u = _mm256_and_si256(i ? _mm256_srli_epi16(v, 4) : v, low);
           if constexpr (T == DType::kQ5_K)
             u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, k), _mm256_set1_epi8(1)), 4));
-          int sc, m;
-          ScaleMinK4(p + 4, k, &sc, &m);
-          use(k, u, _mm256_set1_epi16(int16_t(sc)), dmin * float(m));
+          use(k, u, _mm256_shuffle_epi8(s16, _mm256_set1_epi16(int16_t((2 * k + 1) << 8 | 2 * k))));
         }
       }
     }
@@ -269,42 +338,42 @@ void DotK(const uint8_t* w, int64_t in, const BlockQ8A* x, float* y, int64_t out
       acc[r] = _mm256_fmadd_ps(sb[r][0], _mm256_set1_ps(d), acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    float m = 0;
-    for (int k = 0; k < K; ++k) m += mins[r][k];
-    y[r * out] = Sum8(acc[r]) - m;
-  }
+  for (int r = 0; r < R; ++r) y[r * out] = Sum8(_mm256_sub_ps(acc[r], mins[r]));
 }
 
 template <int R>
-void DotRows(DType t, const uint8_t* w, int64_t in, const BlockQ8A* x, float* y, int64_t out) {
+void DotRows(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+  const size_t rb = DTypeBytes(t, in);
+  auto each = [&](auto kernel) {
+    for (int64_t o = 0; o < n_out; ++o) kernel(w + size_t(o) * rb, in, x, y + o, out);
+  };
   switch (t) {
-    case DType::kQ8_0: return Dot32<R, DType::kQ8_0>(w, in, x, y, out);
-    case DType::kQ4_0: return Dot32<R, DType::kQ4_0>(w, in, x, y, out);
-    case DType::kQ4_K: return DotK<R, DType::kQ4_K>(w, in, x, y, out);
-    case DType::kQ5_K: return DotK<R, DType::kQ5_K>(w, in, x, y, out);
-    case DType::kQ6_K: return DotK<R, DType::kQ6_K>(w, in, x, y, out);
+    case DType::kQ8_0: return each(Dot32<R, DType::kQ8_0>);
+    case DType::kQ4_0: return each(Dot32<R, DType::kQ4_0>);
+    case DType::kQ4_K: return each(DotK<R, DType::kQ4_K>);
+    case DType::kQ5_K: return each(DotK<R, DType::kQ5_K>);
+    case DType::kQ6_K: return each(DotK<R, DType::kQ6_K>);
     default: std::abort();  // HasQ8Dot(t) is the caller's contract
   }
 }
 
 }  // namespace
 
-void DotRowQ8(DType t, const uint8_t* w, int64_t in, const BlockQ8A* x, int rows, float* y, int64_t out) {
+void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
   switch (rows) {
-    case 1: return DotRows<1>(t, w, in, x, y, out);
-    case 2: return DotRows<2>(t, w, in, x, y, out);
-    case 3: return DotRows<3>(t, w, in, x, y, out);
-    case 4: return DotRows<4>(t, w, in, x, y, out);
-    case 5: return DotRows<5>(t, w, in, x, y, out);
-    case 6: return DotRows<6>(t, w, in, x, y, out);
-    case 7: return DotRows<7>(t, w, in, x, y, out);
-    default: return DotRows<8>(t, w, in, x, y, out);
+    case 1: return DotRows<1>(t, w, n_out, in, x, y, out);
+    case 2: return DotRows<2>(t, w, n_out, in, x, y, out);
+    case 3: return DotRows<3>(t, w, n_out, in, x, y, out);
+    case 4: return DotRows<4>(t, w, n_out, in, x, y, out);
+    case 5: return DotRows<5>(t, w, n_out, in, x, y, out);
+    case 6: return DotRows<6>(t, w, n_out, in, x, y, out);
+    case 7: return DotRows<7>(t, w, n_out, in, x, y, out);
+    default: return DotRows<8>(t, w, n_out, in, x, y, out);
   }
 }
 #else
-void DotRowQ8(DType t, const uint8_t* w, int64_t in, const BlockQ8A* x, int rows, float* y, int64_t out) {
-  DotRowQ8Ref(t, w, in, x, rows, y, out);
+void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
+  DotRowQ8Ref(t, w, n_out, in, x, rows, y, out);
 }
 #endif
 

@@ -13,26 +13,39 @@
 // the same per-chunk integers from the packed bytes in registers.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "core/dtype.h"
 
 namespace atp {
 
-// 32 activations x as x ~ d * q: d = amax / 127 (0 for an all-zero block), q = round(x * (1/d)) in
-// [-127, 127]; sum = d * (sum of all 32 q) and s[h] = d * (sum of q over half h), each rounded once
-// to f32, for the weight types with a min. |x - d * q| <= d * (1/2 + 2^-16) (x * (1/d) rounds once,
-// at |x/d| <= 127).
-struct BlockQ8A {
-  int8_t q[32];
-  float d;
-  float sum;
-  float s[2];
+// Rows of activations quantized in blocks of 32, x ~ d * q: d = amax / 127 (0 for an all-zero block),
+// q = round(x * (1/d)) in [-127, 127], so |x - d * q| <= d * (1/2 + 2^-16) (x * (1/d) rounds once,
+// at |x/d| <= 127). A block with a non-finite value gets d = NaN, so products stay NaN rather than
+// plausible numbers. Stored as arrays (a k-quant kernel loads a super-block's 8 sums as one vector);
+// block b of row r is index r * blocks + b.
+struct Q8Rows {
+  int64_t blocks = 0;            // per row: in / 32
+  const int8_t* q = nullptr;     // 32 codes per block
+  const float* d = nullptr;      // per block
+  const float* sum = nullptr;    // per block: d * (sum of its 32 codes), rounded once
+  const float* half = nullptr;   // 2 per block: d * (sum of codes 0..15, 16..31), rounded once
+  Q8Rows From(int64_t row) const {  // the rows from `row` on
+    const int64_t i = row * blocks;
+    return {blocks, q + 32 * i, d + i, sum + i, half + 2 * i};
+  }
 };
-static_assert(sizeof(BlockQ8A) == 48, "three activation blocks per 144 bytes");
 
-// One row of `in` f32 values (a multiple of 32) -> in / 32 blocks. Non-finite input gives d = NaN,
-// so the products stay NaN rather than plausible numbers.
-void QuantizeRowQ8A(const float* x, int64_t in, BlockQ8A* dst);
+// Holds quantized rows; Quantize's view stays valid until the next call.
+class Q8Buffer {
+ public:
+  // n rows of `in` f32 values (in a multiple of 32: aborts otherwise).
+  Q8Rows Quantize(const float* x, int64_t n, int64_t in);
+
+ private:
+  std::vector<int8_t> q_;
+  std::vector<float> d_, sum_, half_;
+};
 
 // True for the weight dtypes DotRowQ8 takes (all blocks but IQ4_NL, Q2_K, Q3_K, IQ4_XS, Q4_1,
 // Q5_0, Q5_1 for now: those keep matmul's f32 path).
@@ -40,7 +53,7 @@ bool HasQ8Dot(DType t);
 
 // The integer decomposition of one weight block (layouts in core/quant.h and core/kquant.h).
 struct Q8Chunk {
-  int8_t v[32];        // codes with any per-element offset applied (Q4_0: q - 8, Q6_K: q - 32)
+  int8_t v[32];        // codes: signed for Q8_0 and Q4_0 (q - 8), else unsigned with the offset or min in `min`
   int32_t scale[2];    // per half of 16
   int32_t min[2];      // per half of 16
 };
@@ -52,12 +65,13 @@ struct Q8Terms {
 // block points at one block of t (HasQ8Dot(t)); reads DTypeBytes(t, DTypeBlockElems(t)) bytes.
 void DecodeQ8Terms(DType t, const uint8_t* block, Q8Terms* out);
 
-// y[r * out] = dot(weight row w, activation row r) for r < rows (1..8): w holds `in` elements of t
-// (HasQ8Dot(t), in a multiple of the block); activation row r is x[r * in / 32 ...].
+// y[r * out + o] = dot(weight row o, activation row r) for o < n_out, r < rows (1..8): weight row o
+// starts at w + o * DTypeBytes(t, in) and holds `in` elements of t (HasQ8Dot(t), in a multiple of the
+// block); x holds the `rows` activation rows.
 // Per chunk both functions form the same integers; they differ only in the order of the float
-// additions (DotRowQ8 sums 8 lanes, and per chunk or block), so their results agree to within f32
+// additions (DotRowQ8 sums 8 lanes, per chunk or block), so their results agree to within f32
 // summation error over the chunks' terms.
-void DotRowQ8(DType t, const uint8_t* w, int64_t in, const BlockQ8A* x, int rows, float* y, int64_t out);
-void DotRowQ8Ref(DType t, const uint8_t* w, int64_t in, const BlockQ8A* x, int rows, float* y, int64_t out);
+void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out);
+void DotRowQ8Ref(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out);
 
 }  // namespace atp
