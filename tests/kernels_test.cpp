@@ -33,17 +33,14 @@ namespace {
 
 constexpr double kU = 1.0 / (1 << 24);  // f32 unit roundoff
 const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
-// Weights may also be ggml blocks. A block's weights d * q are exact in f32 (an 11-bit f16 scale
-// times an integer of at most 8 bits), so a kernel that dequantizes in registers differs from the
-// double reference on the decoded weights only by f32 rounding of products, sums and (GEMV at one
-// row) one scale multiply per block: far fewer than the in + 1 roundings per term the bound allows.
-// The other block dtypes (core/kquant.h) run through one generic path that dequantizes a block at a
-// time: its f32 weights are exactly the library's decoding, so the same bound applies.
-// On the GEMV path (few rows of x) the dtypes with an integer kernel (HasQ8Dot: Q8_0, Q4_0, Q4_K,
-// Q5_K, Q6_K) see x quantized to 8-bit blocks, which adds the activations' own error: element i of x
-// is replaced by x^ with |x - x^| <= d_i * (1/2 + 2^-16), d_i = amax / 127 of its 32-block
-// (kernels/q8_dot.h), so the product moves by at most sum_i |w_i| d_i (1/2 + 2^-16). RefMatMul adds
-// that term (and, in the rounding term, |x^| <= |x| + d_i / 2) when told the path quantizes x.
+// Weights may also be ggml blocks. On the GEMM path (prefill) a block is dequantized to f32 by the
+// library's bit-exact dequantizer, so the bound above applies to the decoded weights. On the GEMV path
+// (few rows of x) every block dtype takes the integer kernels (kernels/q8_dot.h, tested term by term in
+// q8_dot_avx2_test.cpp), which see x quantized to 8-bit blocks: element i of x is replaced by x^ with
+// |x - x^| <= d_i * (1/2 + 2^-16), d_i = amax / 127 of its 32-block, so the product moves by at most
+// sum_i |w_i| d_i (1/2 + 2^-16). RefMatMul adds that term (and, in the rounding term,
+// |x^| <= |x| + d_i / 2) when told the path quantizes x; the kernels' own rounding (the f32 product of
+// a block's scales, a sum per 32 elements) stays well inside the in + 1 roundings per term allowed.
 const DType kWeightDTypes[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ8_0, DType::kQ4_0,
                                DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kIQ4_NL, DType::kQ2_K,
                                DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kIQ4_XS};

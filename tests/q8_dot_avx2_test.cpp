@@ -30,7 +30,22 @@ namespace atp {
 namespace {
 
 constexpr double kU = 1.0 / (1 << 24);
-const DType kQ8Types[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+const DType kQ8Types[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kIQ4_NL,
+                          DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kIQ4_XS};
+
+// Byte offsets of a block's f16 fields (scales and mins), per core/quant.h and core/kquant.h.
+std::vector<int> F16Fields(DType t) {
+  switch (t) {
+    case DType::kQ4_1:
+    case DType::kQ5_1:
+    case DType::kQ4_K:
+    case DType::kQ5_K: return {0, 2};
+    case DType::kQ2_K: return {80, 82};
+    case DType::kQ3_K: return {108};
+    case DType::kQ6_K: return {208};
+    default: return {0};
+  }
+}
 
 std::vector<float> RandomFloats(size_t n, std::mt19937& rng, float scale = 1) {
   std::normal_distribution<float> g(0, scale);
@@ -59,9 +74,7 @@ Weights MakeWeights(DType t, int64_t rows, int64_t in, bool random_bytes, std::m
     for (size_t i = 0; i < total; ++i) p[i] = uint8_t(rng());
     const int64_t elems = DTypeBlockElems(t);
     const size_t bb = DTypeBytes(t, elems);
-    std::vector<int> scale_at = t == DType::kQ6_K ? std::vector<int>{208}
-                                : elems == 256    ? std::vector<int>{0, 2}
-                                                  : std::vector<int>{0};
+    const std::vector<int> scale_at = F16Fields(t);
     std::uniform_real_distribution<float> e(-12, -6);
     for (size_t b = 0; b < total / bb; ++b)
       for (int at : scale_at) {

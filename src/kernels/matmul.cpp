@@ -4,10 +4,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <mutex>
 #include <vector>
 
-#include "core/kquant.h"
 #include "core/thread_pool.h"
 #include "kernels/q8_dot.h"
 #include "kernels/simd.h"
@@ -21,7 +21,7 @@ inline float ScalarW(const void* w, DType t, int64_t i) {
     case DType::kF32: return static_cast<const float*>(w)[i];
     case DType::kBF16: return Bf16ToF32(static_cast<const uint16_t*>(w)[i]);
     case DType::kF16: return F16ToF32(static_cast<const uint16_t*>(w)[i]);
-    default: break;  // rows of blocks go through DotRowQ8 / DotRowDequant
+    default: break;  // rows of blocks go through DotRowQ8
   }
   return 0;
 }
@@ -62,29 +62,6 @@ inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, in
     y[r * out] = s;
   }
 }
-
-// The block dtypes without an integer kernel (kernels/q8_dot.h: Q4_1, Q5_x, IQ4_NL, Q2_K, Q3_K, IQ4_XS): each block is dequantized to f32 by its
-// reference dequantizer (core/kquant.h, the bit-exact form) into a buffer on the stack and used for
-// all R rows, with f32 activations. The weights still stream once; the dequantization is the cost.
-template <int R>
-inline void DotRowDequant(const uint8_t* w, int64_t in, const BlockCodec& c, const float* x, float* y, int64_t out) {
-  using namespace simd;
-  alignas(64) float buf[kSuperBlock];
-  Vec acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Zero();
-  for (int64_t b = 0; b < in / c.elems; ++b) {
-    c.to_f32(w + b * int64_t(c.bytes), buf, c.elems);
-    const float* xb = x + b * c.elems;
-    for (int64_t v = 0; v < c.elems; v += 2 * kLanes) {  // elems is a multiple of 32 >= 2 * kLanes
-      const Vec w0 = Load(buf + v), w1 = Load(buf + v + kLanes);
-      for (int r = 0; r < R; ++r) {
-        acc[r][0] = Fma(w0, Load(xb + r * in + v), acc[r][0]);
-        acc[r][1] = Fma(w1, Load(xb + r * in + v + kLanes), acc[r][1]);
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r) y[r * out] = ReduceAdd(Add(acc[r][0], acc[r][1]));
-}
 #else
 template <int R, int U, typename T>
 inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, int64_t out) {
@@ -93,17 +70,6 @@ inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, in
     for (int64_t j = 0; j < in; ++j) s += ScalarW(w, t, j) * x[r * in + j];
     y[r * out] = s;
   }
-}
-
-template <int R>
-inline void DotRowDequant(const uint8_t* w, int64_t in, const BlockCodec& c, const float* x, float* y, int64_t out) {
-  float s[R] = {}, buf[kSuperBlock];
-  for (int64_t b = 0; b < in / c.elems; ++b) {
-    c.to_f32(w + b * int64_t(c.bytes), buf, c.elems);
-    for (int r = 0; r < R; ++r)
-      for (int64_t j = 0; j < c.elems; ++j) s[r] += buf[j] * x[r * in + b * c.elems + j];
-  }
-  for (int r = 0; r < R; ++r) y[r * out] = s[r];
 }
 #endif
 
@@ -115,14 +81,13 @@ void GemvRange(const TensorView& w, const float* x, float* y, int64_t b, int64_t
   const DType t = w.dtype;
   const size_t row_bytes = DTypeBytes(t, in);
   const auto* base = static_cast<const uint8_t*>(w.data);
-  const BlockCodec* codec = FindBlockCodec(t);
   for (int64_t o = b; o < e; ++o) {
     const uint8_t* row = base + size_t(o) * row_bytes;
     switch (t) {
       case DType::kF32: DotRow<R, U>(reinterpret_cast<const float*>(row), in, t, x, y + o, out); break;
       case DType::kF16:
       case DType::kBF16: DotRow<R, U>(reinterpret_cast<const uint16_t*>(row), in, t, x, y + o, out); break;
-      default: DotRowDequant<R>(row, in, *codec, x, y + o, out); break;
+      default: std::abort();  // block dtypes go through DotRowQ8 (GemvSlice)
     }
   }
 }

@@ -88,16 +88,7 @@ Q8Rows Q8Buffer::Quantize(const float* x, int64_t n, int64_t in) {
   return {in / 32, q_.data(), d_.data(), sum_.data(), half_.data()};
 }
 
-bool HasQ8Dot(DType t) {
-  switch (t) {
-    case DType::kQ8_0:
-    case DType::kQ4_0:
-    case DType::kQ4_K:
-    case DType::kQ5_K:
-    case DType::kQ6_K: return true;
-    default: return false;
-  }
-}
+bool HasQ8Dot(DType t) { return IsBlockDType(t); }
 
 namespace {
 
@@ -109,21 +100,46 @@ void Uniform(Q8Chunk* c, int32_t scale, int32_t min) {
   c->min[0] = c->min[1] = min;
 }
 
+// Q3_K's scale s of 16, signed 6-bit (stored + 32; layout in core/kquant.h).
+int Q3Scale(const uint8_t* sc, int s) {
+  const int low = s < 8 ? sc[s] & 0xf : sc[s - 8] >> 4;
+  const int high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+  return (low | high << 4) - 32;
+}
+
 }  // namespace
 
 // Each case reads the layout as core/quant.h and core/kquant.h describe it (element by element; the
 // AVX2 kernels below read the same bytes 32 at a time).
 void DecodeQ8Terms(DType t, const uint8_t* p, Q8Terms* o) {
   o->b = 0;
-  o->chunks = DTypeBlockElems(t) / 32;
+  o->chunks = int(DTypeBlockElems(t) / 32);
+  Q8Chunk* c = o->c;
+  // 32-element blocks: element j < 16 is the low nibble of qs[j], j + 16 its high nibble.
+  auto nibble = [](const uint8_t* qs, int j) { return (qs[j % 16] >> (4 * (j / 16))) & 0xf; };
   switch (t) {
     case DType::kQ8_0:
-    case DType::kQ4_0: {
+    case DType::kQ4_0:
+    case DType::kIQ4_NL:
       o->a = Half(p);
-      Q8Chunk& c = o->c[0];
-      Uniform(&c, 1, 0);
+      Uniform(c, 1, 0);
       for (int j = 0; j < 32; ++j)
-        c.v[j] = t == DType::kQ8_0 ? int8_t(p[2 + j]) : int8_t(((p[2 + j % 16] >> (4 * (j / 16))) & 0xf) - 8);
+        c->v[j] = t == DType::kQ8_0 ? int8_t(p[2 + j]) : t == DType::kQ4_0 ? int8_t(nibble(p + 2, j) - 8) : kIq4NlValues[nibble(p + 2, j)];
+      return;
+    case DType::kQ4_1:
+    case DType::kQ5_1:
+    case DType::kQ5_0: {  // Q5_x: bit j of the 32-bit qh is bit 4 of element j
+      const bool has_min = t != DType::kQ5_0;
+      o->a = Half(p);
+      o->b = has_min ? -Half(p + 2) : 0;  // x = d q + m
+      const uint8_t* qh = p + (has_min ? 4 : 2);
+      const uint8_t* qs = t == DType::kQ4_1 ? p + 4 : qh + 4;
+      Uniform(c, 1, has_min ? 1 : 0);
+      for (int j = 0; j < 32; ++j) {
+        int q = nibble(qs, j);
+        if (t != DType::kQ4_1) q |= ((qh[j / 8] >> (j % 8)) & 1) << 4;
+        c->v[j] = int8_t(has_min ? q : q - 16);
+      }
       return;
     }
     case DType::kQ4_K:
@@ -132,37 +148,61 @@ void DecodeQ8Terms(DType t, const uint8_t* p, Q8Terms* o) {
       o->b = Half(p + 2);
       const uint8_t* qs = p + (t == DType::kQ4_K ? 16 : 48);
       for (int k = 0; k < 8; ++k) {  // sub-block k: elements 32 k + l, nibble k % 2 of qs[32 (k / 2) + l]
-        Q8Chunk& c = o->c[k];
         int sc, m;
         ScaleMinK4(p + 4, k, &sc, &m);
-        Uniform(&c, sc, m);
+        Uniform(c + k, sc, m);
         for (int l = 0; l < 32; ++l) {
           int q = (qs[32 * (k / 2) + l] >> (4 * (k % 2))) & 0xf;
           if (t == DType::kQ5_K) q |= ((p[16 + l] >> k) & 1) << 4;  // bit k of qh[l]
-          c.v[l] = int8_t(q);
+          c[k].v[l] = int8_t(q);
         }
       }
       return;
     }
+    case DType::kIQ4_XS: {
+      o->a = Half(p);
+      const int sh = p[2] | p[3] << 8;
+      for (int k = 0; k < 8; ++k) {  // sub-block k: codes qs[16 k..] as IQ4_NL
+        const int ls = ((p[4 + k / 2] >> (4 * (k % 2))) & 0xf) | ((sh >> (2 * k)) & 3) << 4;
+        Uniform(c + k, ls - 32, 0);
+        for (int j = 0; j < 32; ++j) c[k].v[j] = kIq4NlValues[nibble(p + 8 + 16 * k, j)];
+      }
+      return;
+    }
+    case DType::kQ2_K:
+    case DType::kQ3_K:
     case DType::kQ6_K: {
-      o->a = o->b = Half(p + 208);
-      const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
+      // Element 128 h + 32 k + l: chunk 4 h + k, its halves sub-blocks 8 h + 2 k and 8 h + 2 k + 1.
+      // Offsets are mins: Q6_K's d * scale * (q - 32) = a * scale * q - b * 32 * scale, Q3_K's 4 likewise.
+      o->a = Half(p + (t == DType::kQ2_K ? 80 : t == DType::kQ3_K ? 108 : 208));
+      o->b = t == DType::kQ2_K ? Half(p + 82) : o->a;
       for (int h = 0; h < 2; ++h)
-        for (int k = 0; k < 4; ++k) {  // elements 128 h + 32 k + l: chunk 4 h + k, sub-blocks 8 h + 2 k (+1)
-          Q8Chunk& c = o->c[4 * h + k];
+        for (int k = 0; k < 4; ++k) {
+          Q8Chunk& ck = c[4 * h + k];
           for (int i = 0; i < 2; ++i) {
-            c.scale[i] = sc[8 * h + 2 * k + i];
-            c.min[i] = 32 * c.scale[i];  // the offset: d * scale * (q - 32) = a * scale * q - b * 32 * scale
+            const int s = 8 * h + 2 * k + i;
+            if (t == DType::kQ2_K) {
+              ck.scale[i] = p[s] & 0xf;
+              ck.min[i] = p[s] >> 4;
+            } else {
+              ck.scale[i] = t == DType::kQ3_K ? Q3Scale(p + 96, s) : int8_t(p[192 + s]);
+              ck.min[i] = (t == DType::kQ3_K ? 4 : 32) * ck.scale[i];
+            }
           }
           for (int l = 0; l < 32; ++l) {
-            const int lo = (p[64 * h + l + 32 * (k % 2)] >> (k < 2 ? 0 : 4)) & 0xf;
-            const int hi = (p[128 + 32 * h + l] >> (2 * k)) & 3;
-            c.v[l] = int8_t(lo | hi << 4);
+            if (t == DType::kQ6_K) {
+              const int lo = (p[64 * h + l + 32 * (k % 2)] >> (k < 2 ? 0 : 4)) & 0xf;
+              const int hi = (p[128 + 32 * h + l] >> (2 * k)) & 3;
+              ck.v[l] = int8_t(lo | hi << 4);
+            } else {
+              const int low2 = (p[(t == DType::kQ2_K ? 16 : 32) + 32 * h + l] >> (2 * k)) & 3;
+              ck.v[l] = int8_t(t == DType::kQ2_K ? low2 : low2 | ((p[l] >> (4 * h + k)) & 1) << 2);  // Q3_K: bit 2 from hmask[l]
+            }
           }
         }
       return;
     }
-    default: std::abort();  // HasQ8Dot(t) is the caller's contract
+    default: std::abort();  // f32/f16/bf16 have no blocks: HasQ8Dot(t) is the caller's contract
   }
 }
 
@@ -210,9 +250,6 @@ inline float Sum8(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
-// Signed codes v times activation codes q, as 16 int16 pair sums: maddubs takes unsigned x signed,
-// so |v| goes unsigned and v's sign moves onto q.
-inline __m256i MulSigned(__m256i v, __m256i q) { return _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(q, v)); }
 // 16 nibbles of 16 bytes -> 32 bytes: element j < 16 the low nibble of byte j, j + 16 its high nibble.
 inline __m256i Nibbles(const uint8_t* p) {
   const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
@@ -220,24 +257,64 @@ inline __m256i Nibbles(const uint8_t* p) {
   return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
 }
 
-// Q8_0 / Q4_0: one chunk per block, two accumulation chains per row at one row.
+// Chunk codes times activation codes as 16 int16 pair sums: unsigned codes straight into maddubs
+// (unsigned x signed), signed ones with |v| unsigned and v's sign moved onto q.
+template <bool Signed>
+inline __m256i Mul(__m256i v, __m256i q) {
+  if constexpr (Signed) return _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(q, v));
+  else return _mm256_maddubs_epi16(v, q);
+}
+// Bit j of the 32-bit word at p as byte j: 0x10 where set, else 0 (Q5_0/Q5_1's fifth bits).
+inline __m256i FifthBits(const uint8_t* p) {
+  uint32_t h;
+  std::memcpy(&h, p, 4);
+  const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(int(h)),  // byte j / 8 of h into byte j
+                                            _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));  // bit j % 8 in byte j
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10));
+}
+// IQ4_NL/IQ4_XS: 32 nibbles to their code values by a 16-entry byte shuffle.
+inline __m256i Iq4Values(__m256i nibbles) {
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4NlValues)));
+  return _mm256_shuffle_epi8(table, nibbles);
+}
+
+// The 32-element blocks' codes (signed where kSigned32, else unsigned), scale d and min m (x = d v + m).
+template <DType T>
+constexpr bool kSigned32 = T != DType::kQ4_1 && T != DType::kQ5_1;
+template <DType T>
+inline __m256i Codes32(const uint8_t* p, float* d, float* m) {
+  *d = HalfInline(p);
+  *m = T == DType::kQ4_1 || T == DType::kQ5_1 ? HalfInline(p + 2) : 0;
+  if constexpr (T == DType::kQ8_0) return Load32(p + 2);
+  if constexpr (T == DType::kQ4_0) return _mm256_sub_epi8(Nibbles(p + 2), _mm256_set1_epi8(8));
+  if constexpr (T == DType::kIQ4_NL) return Iq4Values(Nibbles(p + 2));
+  if constexpr (T == DType::kQ4_1) return Nibbles(p + 4);
+  if constexpr (T == DType::kQ5_0) return _mm256_sub_epi8(_mm256_or_si256(Nibbles(p + 6), FifthBits(p + 2)), _mm256_set1_epi8(16));
+  return _mm256_or_si256(Nibbles(p + 8), FifthBits(p + 4));  // Q5_1
+}
+
+// 32-element blocks: one chunk per block, two accumulation chains per row at one row; Q4_1/Q5_1's
+// min m adds m * (d_x * sum q) per block.
 template <int R, DType T>
 void Dot32(const uint8_t* w, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int K = R == 1 ? 2 : 1;
-  constexpr size_t kBytes = T == DType::kQ8_0 ? 34 : 18;
+  constexpr bool kMin = T == DType::kQ4_1 || T == DType::kQ5_1;
+  const size_t bytes = DTypeBytes(T, 32);
   const int64_t nb = in / 32;
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R][K];
+  float mins[R] = {};
   for (int r = 0; r < R; ++r)
     for (int k = 0; k < K; ++k) acc[r][k] = _mm256_setzero_ps();
   auto block = [&](int64_t b, int k) {
-    const uint8_t* p = w + size_t(b) * kBytes;
-    const float d = HalfInline(p);
-    const __m256i v = T == DType::kQ8_0 ? Load32(p + 2) : _mm256_sub_epi8(Nibbles(p + 2), _mm256_set1_epi8(8));
+    float d, m;
+    const __m256i v = Codes32<T>(w + size_t(b) * bytes, &d, &m);
     for (int r = 0; r < R; ++r) {
       const int64_t i = r * x.blocks + b;
-      const __m256i s = _mm256_madd_epi16(MulSigned(v, Load32(x.q + 32 * i)), ones);
+      const __m256i s = _mm256_madd_epi16(Mul<kSigned32<T>>(v, Load32(x.q + 32 * i)), ones);
       acc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * x.d[i]), acc[r][k]);
+      if constexpr (kMin) mins[r] += m * x.sum[i];
     }
   };
   int64_t b = 0;
@@ -246,7 +323,7 @@ void Dot32(const uint8_t* w, int64_t in, const Q8Rows& x, float* y, int64_t out)
   for (; b < nb; ++b) block(b, 0);
   for (int r = 0; r < R; ++r) {
     for (int k = 1; k < K; ++k) acc[r][0] = _mm256_add_ps(acc[r][0], acc[r][k]);
-    y[r * out] = Sum8(acc[r][0]);
+    y[r * out] = Sum8(acc[r][0]) + mins[r];
   }
 }
 
@@ -261,63 +338,71 @@ inline __m128i ScalesMinsK4(const uint8_t* p) {
   return _mm_setr_epi32(int(a & six), int((c & four) | ((a >> 6) & two) << 4),  // scales 0..3, 4..7
                         int(b & six), int(((c >> 4) & four) | ((b >> 6) & two) << 4));  // mins 0..3, 4..7
 }
+// Q3_K: its 16 signed scales as bytes, from the 12 scale bytes: low nibbles of bytes 0..7 (scales
+// 0..7) and their high nibbles (8..15), plus 2 high bits of scale s at bits 2 (s / 4) of byte 8 + s % 4.
+inline __m128i ScalesQ3(const uint8_t* p) {
+  const __m128i lo = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), f = _mm_set1_epi8(0xf);
+  const __m128i low4 = _mm_unpacklo_epi64(_mm_and_si128(lo, f), _mm_and_si128(_mm_srli_epi16(lo, 4), f));
+  uint32_t h;
+  std::memcpy(&h, p + 8, 4);
+  const uint32_t two = 0x03030303;
+  const __m128i high2 = _mm_setr_epi32(int(h & two), int((h >> 2) & two), int((h >> 4) & two), int((h >> 6) & two));
+  return _mm_sub_epi8(_mm_or_si128(low4, _mm_slli_epi16(high2, 4)), _mm_set1_epi8(32));
+}
+// Q2_K/Q3_K/Q6_K: sub-block scales of half h (8 int16 per 128-bit lane) and, for chunk k of that
+// half, its two halves' scales picked into the 16 pair sums' multipliers (words 2k and 2k + 1).
+inline __m256i HalfScales(__m128i sc16x8) { return _mm256_broadcastsi128_si256(sc16x8); }
+inline __m256i Pick(__m256i s16, int k) {
+  return _mm256_shuffle_epi8(s16, _mm256_set_m128i(_mm_set1_epi16(int16_t((4 * k + 3) << 8 | (4 * k + 2))),
+                                                   _mm_set1_epi16(int16_t((4 * k + 1) << 8 | 4 * k))));
+}
 
-// Q4_K / Q5_K / Q6_K super-blocks: per chunk the integer dot times the sub-block scales (int16
-// multipliers in madd, picked from a register by a byte shuffle), scaled by the activation d into a
-// per-block accumulator that is scaled by the block's d once. The min terms of all 8 chunks (Q6_K:
-// its offset 32, as min 32 * scale per half) are one vector of mins against the activation sums.
+// Super-blocks (k-quants, IQ4_XS): per chunk the integer dot times the sub-block scales (int16
+// multipliers in madd), scaled by the activation d into a per-block accumulator that is scaled by
+// the block's d once. The min terms of all 8 chunks are one or two vectors of mins against the
+// activation sums (per chunk for Q4_K/Q5_K, per half for Q2_K, and for Q3_K/Q6_K whose offsets
+// 4 and 32 are mins of 4 * scale and 32 * scale).
 template <int R, DType T>
 void DotK(const uint8_t* w, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int K = R == 1 ? 2 : 1;
-  constexpr size_t kBytes = T == DType::kQ4_K ? 144 : T == DType::kQ5_K ? 176 : 210;
+  const size_t bytes = DTypeBytes(T, kSuperBlock);
   const int64_t nb = in / kSuperBlock;
-  const __m256i low = _mm256_set1_epi8(0xf);
+  const __m256i low = _mm256_set1_epi8(0xf), three = _mm256_set1_epi8(3);
   __m256 acc[R], mins[R];
   for (int r = 0; r < R; ++r) acc[r] = mins[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* p = w + size_t(b) * kBytes;
+    const uint8_t* p = w + size_t(b) * bytes;
     __m256 sb[R][K];
     for (int r = 0; r < R; ++r)
       for (int k = 0; k < K; ++k) sb[r][k] = _mm256_setzero_ps();
-    // Chunk k's codes u (unsigned bytes) and the int16 multipliers of its 16 pair sums.
-    auto use = [&](int k, __m256i u, __m256i scale) {
+    // Chunk k's codes v and the int16 multipliers of its 16 pair sums.
+    auto use = [&](int k, __m256i v, __m256i scale) {
       for (int r = 0; r < R; ++r) {
         const int64_t i = r * x.blocks + 8 * b + k;
-        const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, Load32(x.q + 32 * i)), scale));
+        const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(Mul<T == DType::kIQ4_XS>(v, Load32(x.q + 32 * i)), scale));
         sb[r][k % K] = _mm256_fmadd_ps(s, _mm256_broadcast_ss(x.d + i), sb[r][k % K]);
       }
     };
-    float d;
-    if constexpr (T == DType::kQ6_K) {
-      d = HalfInline(p + 208);
-      const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192));  // 16 int8 scales
-      // Offsets: -32 * d * scale_s * (d_x * sum of half s), s < 16, as two vectors of 8 halves.
-      const __m256 m32 = _mm256_set1_ps(32 * d);
-      const __m256 m0 = _mm256_mul_ps(m32, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
-      const __m256 m1 = _mm256_mul_ps(m32, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))));
+    // Min terms: m[c] * (d_x * sum q) over the 8 chunks, or m0/m1 against the 16 halves.
+    auto chunk_mins = [&](__m256 m) {
+      for (int r = 0; r < R; ++r) mins[r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.sum + r * x.blocks + 8 * b), mins[r]);
+    };
+    auto half_mins = [&](__m128i m8, float scale) {  // m8: 16 unsigned or signed bytes per kind
+      const bool is_signed = T != DType::kQ2_K;
+      const __m256i a = is_signed ? _mm256_cvtepi8_epi32(m8) : _mm256_cvtepu8_epi32(m8);
+      const __m256i c = is_signed ? _mm256_cvtepi8_epi32(_mm_srli_si128(m8, 8)) : _mm256_cvtepu8_epi32(_mm_srli_si128(m8, 8));
+      const __m256 m0 = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(a));
+      const __m256 m1 = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(c));
       for (int r = 0; r < R; ++r) {
         const float* h = x.half + 2 * (r * x.blocks + 8 * b);
         mins[r] = _mm256_fmadd_ps(m1, _mm256_loadu_ps(h + 8), _mm256_fmadd_ps(m0, _mm256_loadu_ps(h), mins[r]));
       }
-      for (int h = 0; h < 2; ++h) {
-        const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
-        const __m256i ql0 = Load32(p + 64 * h), ql1 = Load32(p + 64 * h + 32), qh = Load32(p + 128 + 32 * h);
-        for (int k = 0; k < 4; ++k) {
-          const __m256i ql = k % 2 ? ql1 : ql0;
-          const __m256i lo = _mm256_and_si256(k < 2 ? ql : _mm256_srli_epi16(ql, 4), low);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), _mm256_set1_epi8(3));
-          // Words 2k (first 16 elements) and 2k + 1 (last 16) of this half's scales.
-          const __m256i pick = _mm256_set_m128i(_mm_set1_epi16(int16_t((4 * k + 3) << 8 | (4 * k + 2))),
-                                                _mm_set1_epi16(int16_t((4 * k + 1) << 8 | 4 * k)));
-          use(4 * h + k, _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_shuffle_epi8(s16, pick));
-        }
-      }
-    } else {
+    };
+    float d;
+    if constexpr (T == DType::kQ4_K || T == DType::kQ5_K) {
       d = HalfInline(p);
       const __m128i sm = ScalesMinsK4(p + 4);
-      const __m256 m = _mm256_mul_ps(_mm256_set1_ps(HalfInline(p + 2)),
-                                     _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8))));
-      for (int r = 0; r < R; ++r) mins[r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.sum + r * x.blocks + 8 * b), mins[r]);
+      chunk_mins(_mm256_mul_ps(_mm256_set1_ps(HalfInline(p + 2)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))));
       const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
       const uint8_t* qs = p + (T == DType::kQ4_K ? 16 : 48);
       __m256i qh;
@@ -330,6 +415,51 @@ void DotK(const uint8_t* w, int64_t in, const Q8Rows& x, float* y, int64_t out) 
           if constexpr (T == DType::kQ5_K)
             u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, k), _mm256_set1_epi8(1)), 4));
           use(k, u, _mm256_shuffle_epi8(s16, _mm256_set1_epi16(int16_t((2 * k + 1) << 8 | 2 * k))));
+        }
+      }
+    } else if constexpr (T == DType::kIQ4_XS) {
+      d = HalfInline(p);
+      const int sh = p[2] | p[3] << 8;
+      for (int k = 0; k < 8; ++k) {
+        const int ls = ((p[4 + k / 2] >> (4 * (k % 2))) & 0xf) | ((sh >> (2 * k)) & 3) << 4;
+        use(k, Iq4Values(Nibbles(p + 8 + 16 * k)), _mm256_set1_epi16(int16_t(ls - 32)));
+      }
+    } else if constexpr (T == DType::kQ2_K) {
+      d = HalfInline(p + 80);
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const __m128i sc = _mm_and_si128(raw, _mm_set1_epi8(0xf));
+      half_mins(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0xf)), HalfInline(p + 82));
+      for (int h = 0; h < 2; ++h) {
+        const __m256i s16 = HalfScales(_mm_cvtepu8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
+        const __m256i qs = Load32(p + 16 + 32 * h);
+        for (int k = 0; k < 4; ++k) use(4 * h + k, _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), three), Pick(s16, k));
+      }
+    } else if constexpr (T == DType::kQ3_K) {
+      d = HalfInline(p + 108);
+      const __m128i sc = ScalesQ3(p + 96);
+      half_mins(sc, 4 * d);
+      const __m256i hm = Load32(p);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i s16 = HalfScales(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
+        const __m256i qs = Load32(p + 32 + 32 * h);
+        for (int k = 0; k < 4; ++k) {
+          const __m256i low2 = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), three);
+          const __m256i bit2 = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + k), _mm256_set1_epi8(1));
+          use(4 * h + k, _mm256_or_si256(low2, _mm256_slli_epi16(bit2, 2)), Pick(s16, k));
+        }
+      }
+    } else {  // Q6_K
+      d = HalfInline(p + 208);
+      const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192));  // 16 int8 scales
+      half_mins(sc, 32 * d);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i s16 = HalfScales(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
+        const __m256i ql0 = Load32(p + 64 * h), ql1 = Load32(p + 64 * h + 32), qh = Load32(p + 128 + 32 * h);
+        for (int k = 0; k < 4; ++k) {
+          const __m256i ql = k % 2 ? ql1 : ql0;
+          const __m256i lo = _mm256_and_si256(k < 2 ? ql : _mm256_srli_epi16(ql, 4), low);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), three);
+          use(4 * h + k, _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), Pick(s16, k));
         }
       }
     }
@@ -350,9 +480,16 @@ void DotRows(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows&
   switch (t) {
     case DType::kQ8_0: return each(Dot32<R, DType::kQ8_0>);
     case DType::kQ4_0: return each(Dot32<R, DType::kQ4_0>);
+    case DType::kQ4_1: return each(Dot32<R, DType::kQ4_1>);
+    case DType::kQ5_0: return each(Dot32<R, DType::kQ5_0>);
+    case DType::kQ5_1: return each(Dot32<R, DType::kQ5_1>);
+    case DType::kIQ4_NL: return each(Dot32<R, DType::kIQ4_NL>);
+    case DType::kQ2_K: return each(DotK<R, DType::kQ2_K>);
+    case DType::kQ3_K: return each(DotK<R, DType::kQ3_K>);
     case DType::kQ4_K: return each(DotK<R, DType::kQ4_K>);
     case DType::kQ5_K: return each(DotK<R, DType::kQ5_K>);
     case DType::kQ6_K: return each(DotK<R, DType::kQ6_K>);
+    case DType::kIQ4_XS: return each(DotK<R, DType::kIQ4_XS>);
     default: std::abort();  // HasQ8Dot(t) is the caller's contract
   }
 }

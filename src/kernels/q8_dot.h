@@ -47,13 +47,13 @@ class Q8Buffer {
   std::vector<float> d_, sum_, half_;
 };
 
-// True for the weight dtypes DotRowQ8 takes (all blocks but IQ4_NL, Q2_K, Q3_K, IQ4_XS, Q4_1,
-// Q5_0, Q5_1 for now: those keep matmul's f32 path).
+// True for the weight dtypes DotRowQ8 takes: every block dtype (not f32/f16/bf16).
 bool HasQ8Dot(DType t);
 
 // The integer decomposition of one weight block (layouts in core/quant.h and core/kquant.h).
 struct Q8Chunk {
-  int8_t v[32];        // codes: signed for Q8_0 and Q4_0 (q - 8), else unsigned with the offset or min in `min`
+  int8_t v[32];        // codes: signed for Q8_0, Q4_0 (q - 8), Q5_0 (q - 16) and the IQ4 tables, else
+                       // unsigned with the offset (Q3_K's 4, Q6_K's 32) or min in `min`
   int32_t scale[2];    // per half of 16
   int32_t min[2];      // per half of 16
 };
