@@ -119,27 +119,23 @@ void DecodeQ8Terms(DType t, const uint8_t* p, Q8Terms* o) {
   auto nibble = [](const uint8_t* qs, int j) { return (qs[j % 16] >> (4 * (j / 16))) & 0xf; };
   switch (t) {
     case DType::kQ8_0:
-    case DType::kQ4_0:
     case DType::kIQ4_NL:
       o->a = Half(p);
       Uniform(c, 1, 0);
-      for (int j = 0; j < 32; ++j)
-        c->v[j] = t == DType::kQ8_0 ? int8_t(p[2 + j]) : t == DType::kQ4_0 ? int8_t(nibble(p + 2, j) - 8) : kIq4NlValues[nibble(p + 2, j)];
+      for (int j = 0; j < 32; ++j) c->v[j] = t == DType::kQ8_0 ? int8_t(p[2 + j]) : kIq4NlValues[nibble(p + 2, j)];
       return;
+    case DType::kQ4_0:
     case DType::kQ4_1:
-    case DType::kQ5_1:
-    case DType::kQ5_0: {  // Q5_x: bit j of the 32-bit qh is bit 4 of element j
-      const bool has_min = t != DType::kQ5_0;
+    case DType::kQ5_0:
+    case DType::kQ5_1: {  // Q5_x: bit j of the 32-bit qh is bit 4 of element j
+      // Q4_1/Q5_1: x = d q + m, so b = -m with min 1; Q4_0/Q5_0: x = d (q - 8) (or 16): b = d, min 8 (16).
+      const bool has_min = t == DType::kQ4_1 || t == DType::kQ5_1, five = t == DType::kQ5_0 || t == DType::kQ5_1;
       o->a = Half(p);
-      o->b = has_min ? -Half(p + 2) : 0;  // x = d q + m
+      o->b = has_min ? -Half(p + 2) : o->a;
       const uint8_t* qh = p + (has_min ? 4 : 2);
-      const uint8_t* qs = t == DType::kQ4_1 ? p + 4 : qh + 4;
-      Uniform(c, 1, has_min ? 1 : 0);
-      for (int j = 0; j < 32; ++j) {
-        int q = nibble(qs, j);
-        if (t != DType::kQ4_1) q |= ((qh[j / 8] >> (j % 8)) & 1) << 4;
-        c->v[j] = int8_t(has_min ? q : q - 16);
-      }
+      const uint8_t* qs = five ? qh + 4 : qh;
+      Uniform(c, 1, has_min ? 1 : five ? 16 : 8);
+      for (int j = 0; j < 32; ++j) c->v[j] = int8_t(nibble(qs, j) | (five ? ((qh[j / 8] >> (j % 8)) & 1) << 4 : 0));
       return;
     }
     case DType::kQ4_K:
@@ -279,27 +275,28 @@ inline __m256i Iq4Values(__m256i nibbles) {
   return _mm256_shuffle_epi8(table, nibbles);
 }
 
-// The 32-element blocks' codes (signed where kSigned32, else unsigned), scale d and min m (x = d v + m).
+// The 32-element blocks' codes (signed for Q8_0 and IQ4_NL, else unsigned), scale d and the term m
+// of x = d v + m (Q4_1/Q5_1 their min, Q4_0/Q5_0 their offset -8 d or -16 d, as DecodeQ8Terms).
 template <DType T>
-constexpr bool kSigned32 = T != DType::kQ4_1 && T != DType::kQ5_1;
+constexpr bool kSigned32 = T == DType::kQ8_0 || T == DType::kIQ4_NL;
 template <DType T>
 inline __m256i Codes32(const uint8_t* p, float* d, float* m) {
   *d = HalfInline(p);
-  *m = T == DType::kQ4_1 || T == DType::kQ5_1 ? HalfInline(p + 2) : 0;
+  *m = T == DType::kQ4_1 || T == DType::kQ5_1 ? HalfInline(p + 2) : T == DType::kQ4_0 ? -8 * *d : -16 * *d;
   if constexpr (T == DType::kQ8_0) return Load32(p + 2);
-  if constexpr (T == DType::kQ4_0) return _mm256_sub_epi8(Nibbles(p + 2), _mm256_set1_epi8(8));
+  if constexpr (T == DType::kQ4_0) return Nibbles(p + 2);
   if constexpr (T == DType::kIQ4_NL) return Iq4Values(Nibbles(p + 2));
   if constexpr (T == DType::kQ4_1) return Nibbles(p + 4);
-  if constexpr (T == DType::kQ5_0) return _mm256_sub_epi8(_mm256_or_si256(Nibbles(p + 6), FifthBits(p + 2)), _mm256_set1_epi8(16));
+  if constexpr (T == DType::kQ5_0) return _mm256_or_si256(Nibbles(p + 6), FifthBits(p + 2));
   return _mm256_or_si256(Nibbles(p + 8), FifthBits(p + 4));  // Q5_1
 }
 
-// 32-element blocks: one chunk per block, two accumulation chains per row at one row; Q4_1/Q5_1's
-// min m adds m * (d_x * sum q) per block.
+// 32-element blocks: one chunk per block, two accumulation chains per row at one row; the term m of
+// the unsigned types adds m * (d_x * sum q) per block.
 template <int R, DType T>
 void Dot32(const uint8_t* w, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int K = R == 1 ? 2 : 1;
-  constexpr bool kMin = T == DType::kQ4_1 || T == DType::kQ5_1;
+  constexpr bool kMin = !kSigned32<T>;
   const size_t bytes = DTypeBytes(T, 32);
   const int64_t nb = in / 32;
   const __m256i ones = _mm256_set1_epi16(1);

@@ -52,8 +52,8 @@ bool HasQ8Dot(DType t);
 
 // The integer decomposition of one weight block (layouts in core/quant.h and core/kquant.h).
 struct Q8Chunk {
-  int8_t v[32];        // codes: signed for Q8_0, Q4_0 (q - 8), Q5_0 (q - 16) and the IQ4 tables, else
-                       // unsigned with the offset (Q3_K's 4, Q6_K's 32) or min in `min`
+  int8_t v[32];        // codes: signed for Q8_0 and the IQ4 tables, else unsigned with the offset
+                       // (Q4_0's 8, Q5_0's 16, Q3_K's 4, Q6_K's 32) or min in `min`
   int32_t scale[2];    // per half of 16
   int32_t min[2];      // per half of 16
 };
