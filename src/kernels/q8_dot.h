@@ -4,13 +4,13 @@
 // maddubs/madd) on its packed codes, with one float operation per 32 elements. Only the GEMV path
 // (few activation rows, kernels/matmul.cpp) uses this; prefill keeps f32 activations.
 //
-// Every supported weight block is described by one decomposition (Q8Terms below): per 32-element
-// chunk, signed integer codes v, per 16-element half an integer scale and an integer min, and per
+// Every block dtype is described by one decomposition (Q8Terms below): per 32-element
+// chunk, integer codes v, per 16-element half an integer scale and an integer min, and per
 // block two floats a, b, so that weight element j of chunk k is  a * scale[j/16] * v[j] - b * min[j/16].
 // The dot with an activation block (d, q) is then  a * d * sum(scale * v * q) - b * sum(min * d * sum(q))
 // over halves: integers exact, floats only per chunk. DotRowQ8Ref evaluates exactly that from
 // DecodeQ8Terms (the test oracle, and the kernel without AVX2); DotRowQ8's AVX2 kernels compute
-// the same per-chunk integers from the packed bytes in registers.
+// the same per-chunk integers from the packed bytes in registers (AVX-512 machines run them too).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -20,7 +20,7 @@
 namespace atp {
 
 // Rows of activations quantized in blocks of 32, x ~ d * q: d = amax / 127 (0 for an all-zero block),
-// q = round(x * (1/d)) in [-127, 127], so |x - d * q| <= d * (1/2 + 2^-16) (x * (1/d) rounds once,
+// q = round-to-nearest-even(x * (1/d)) in [-127, 127], so |x - d * q| <= d * (1/2 + 2^-16) (x * (1/d) rounds once,
 // at |x/d| <= 127). A block with a non-finite value gets d = NaN, so products stay NaN rather than
 // plausible numbers. Stored as arrays (a k-quant kernel loads a super-block's 8 sums as one vector);
 // block b of row r is index r * blocks + b.
