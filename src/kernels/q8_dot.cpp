@@ -293,11 +293,11 @@ inline __m256i Codes32(const uint8_t* p, float* d, float* m) {
 
 // 32-element blocks: one chunk per block, two accumulation chains per row at one row; the term m of
 // the unsigned types adds m * (d_x * sum q) per block.
+// bytes: of one block (DTypeBytes is out of line, so the caller computes it once per matrix).
 template <int R, DType T>
-void Dot32(const uint8_t* w, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+void Dot32(const uint8_t* w, size_t bytes, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int K = R == 1 ? 2 : 1;
   constexpr bool kMin = !kSigned32<T>;
-  const size_t bytes = DTypeBytes(T, 32);
   const int64_t nb = in / 32;
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R][K];
@@ -360,9 +360,8 @@ inline __m256i Pick(__m256i s16, int k) {
 // activation sums (per chunk for Q4_K/Q5_K, per half for Q2_K, and for Q3_K/Q6_K whose offsets
 // 4 and 32 are mins of 4 * scale and 32 * scale).
 template <int R, DType T>
-void DotK(const uint8_t* w, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+void DotK(const uint8_t* w, size_t bytes, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int K = R == 1 ? 2 : 1;
-  const size_t bytes = DTypeBytes(T, kSuperBlock);
   const int64_t nb = in / kSuperBlock;
   const __m256i low = _mm256_set1_epi8(0xf), three = _mm256_set1_epi8(3);
   __m256 acc[R], mins[R];
@@ -470,9 +469,9 @@ void DotK(const uint8_t* w, int64_t in, const Q8Rows& x, float* y, int64_t out) 
 
 template <int R>
 void DotRows(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, float* y, int64_t out) {
-  const size_t rb = DTypeBytes(t, in);
+  const size_t rb = DTypeBytes(t, in), bytes = DTypeBytes(t, DTypeBlockElems(t));
   auto each = [&](auto kernel) {
-    for (int64_t o = 0; o < n_out; ++o) kernel(w + size_t(o) * rb, in, x, y + o, out);
+    for (int64_t o = 0; o < n_out; ++o) kernel(w + size_t(o) * rb, bytes, in, x, y + o, out);
   };
   switch (t) {
     case DType::kQ8_0: return each(Dot32<R, DType::kQ8_0>);
