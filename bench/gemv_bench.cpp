@@ -1,10 +1,12 @@
-// Micro-benchmarks of the linear layers: the decode GEMV on bf16 weights at Llama-3.2-1B's MLP
-// shapes (bandwidth-bound: the counter is weight bytes streamed per second) and the prefill GEMM.
+// Micro-benchmarks of the linear layers: the decode GEMV on bf16 and block weights at Llama-3.2-1B's
+// MLP shapes (bandwidth-bound: the counter is weight bytes streamed per second) and the prefill GEMM.
 // Run: ./build/atp_microbench --benchmark_filter=Gemv
 #include <benchmark/benchmark.h>
 #include <sys/mman.h>
 
+#include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
@@ -26,16 +28,23 @@ struct Weights {
   }
 };
 
-void MakeBf16(int64_t out, int64_t in, int copies, Weights* w) {
-  const size_t one = size_t(out * in) * 2;
+// Weights of dtype t (bf16 or a block dtype, quantized by the library) from uniform random values;
+// the copies are byte copies of the first.
+void MakeWeights(DType t, int64_t out, int64_t in, int copies, Weights* w) {
+  const size_t one = DTypeBytes(t, out * in);
   w->bytes = one * size_t(copies);
   w->mem = ::mmap(nullptr, w->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ::madvise(w->mem, w->bytes, MADV_HUGEPAGE);
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(-0.02f, 0.02f);
-  auto* p = static_cast<uint16_t*>(w->mem);
-  for (size_t i = 0; i < w->bytes / 2; ++i) p[i] = F32ToBf16(u(rng));
-  for (int c = 0; c < copies; ++c) w->views.push_back(TensorView{DType::kBF16, {out, in}, p + size_t(c) * one / 2});
+  std::vector<float> v(size_t(out * in));
+  for (float& x : v) x = u(rng);
+  auto* p = static_cast<uint8_t*>(w->mem);
+  FromF32(t, v.data(), p, v.size());
+  for (int c = 0; c < copies; ++c) {
+    if (c > 0) std::memcpy(p + size_t(c) * one, p, one);
+    w->views.push_back(TensorView{t, {out, in}, p + size_t(c) * one});
+  }
 }
 
 // The machine's read bandwidth as `atp bench --roofline` measures it, for comparison.
@@ -52,7 +61,7 @@ void BM_GemvBf16(benchmark::State& st) {
   const int64_t out = st.range(0), in = st.range(1), n = st.range(2);
   const int copies = int(st.range(3));
   Weights w;
-  MakeBf16(out, in, copies, &w);
+  MakeWeights(DType::kBF16, out, in, copies, &w);
   std::vector<float> x(size_t(n * in), 0.01f), y(size_t(n * out));
   size_t i = 0;
   for (auto _ : st) {
@@ -72,11 +81,39 @@ BENCHMARK(BM_GemvBf16)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+// The same for block weights, which the GEMV multiplies with x quantized to 8-bit blocks in integer
+// arithmetic (kernels/q8_dot.h). args: dtype (as DType's enum value), out, in, rows of x, copies.
+void BM_GemvBlocks(benchmark::State& st) {
+  const DType t = DType(st.range(0));
+  const int64_t out = st.range(1), in = st.range(2), n = st.range(3);
+  Weights w;
+  MakeWeights(t, out, in, int(st.range(4)), &w);
+  std::vector<float> x(size_t(n * in)), y(size_t(n * out));
+  std::mt19937 rng(2);
+  std::normal_distribution<float> g(0, 1);
+  for (float& v : x) v = g(rng);
+  size_t i = 0;
+  for (auto _ : st) {
+    GemvRows(x.data(), n, w.views[i++ % w.views.size()], y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.SetLabel(std::string(DTypeName(t)));
+  st.counters["weight_GB/s"] = benchmark::Counter(double(DTypeBytes(t, out * in)) * double(st.iterations()) / 1e9,
+                                                  benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_GemvBlocks)
+    ->ArgsProduct({{int(DType::kQ8_0), int(DType::kQ4_0), int(DType::kQ4_K), int(DType::kQ5_K), int(DType::kQ6_K),
+                    int(DType::kQ2_K), int(DType::kIQ4_XS)},
+                   {8192}, {2048}, {1}, {1, 8}})
+    ->ArgNames({"dtype", "out", "in", "n", "copies"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
 // Prefill: n rows through OpenBLAS on f32 panels converted from bf16.
 void BM_GemmBf16(benchmark::State& st) {
   const int64_t out = st.range(0), in = st.range(1), n = st.range(2);
   Weights w;
-  MakeBf16(out, in, 1, &w);
+  MakeWeights(DType::kBF16, out, in, 1, &w);
   std::vector<float> x(size_t(n * in), 0.01f), y(size_t(n * out));
   for (auto _ : st) {
     GemmRows(x.data(), n, w.views[0], y.data());

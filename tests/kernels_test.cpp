@@ -18,6 +18,7 @@
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
+#include "kernels/q8_dot.h"
 #include "kernels/simd.h"
 #if !defined(ATP_KERNELS_ONLY)  // the AVX2 build (atp_tests_avx2) links the kernels alone
 #include "kv/kv_policy.h"
@@ -32,12 +33,14 @@ namespace {
 
 constexpr double kU = 1.0 / (1 << 24);  // f32 unit roundoff
 const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
-// Weights may also be ggml blocks. A block's weights d * q are exact in f32 (an 11-bit f16 scale
-// times an integer of at most 8 bits), so a kernel that dequantizes in registers differs from the
-// double reference on the decoded weights only by f32 rounding of products, sums and (GEMV at one
-// row) one scale multiply per block: far fewer than the in + 1 roundings per term the bound allows.
-// The other block dtypes (core/kquant.h) run through one generic path that dequantizes a block at a
-// time: its f32 weights are exactly the library's decoding, so the same bound applies.
+// Weights may also be ggml blocks. On the GEMM path (prefill) a block is dequantized to f32 by the
+// library's bit-exact dequantizer, so the bound above applies to the decoded weights. On the GEMV path
+// (few rows of x) every block dtype takes the integer kernels (kernels/q8_dot.h, tested term by term in
+// q8_dot_avx2_test.cpp), which see x quantized to 8-bit blocks: element i of x is replaced by x^ with
+// |x - x^| <= d_i * (1/2 + 2^-16), d_i = amax / 127 of its 32-block, so the product moves by at most
+// sum_i |w_i| d_i (1/2 + 2^-16). RefMatMul adds that term (and, in the rounding term,
+// |x^| <= |x| + d_i / 2) when told the path quantizes x; the kernels' own rounding (the f32 product of
+// a block's scales, a sum per 32 elements) stays well inside the in + 1 roundings per term allowed.
 const DType kWeightDTypes[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ8_0, DType::kQ4_0,
                                DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kIQ4_NL, DType::kQ2_K,
                                DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kIQ4_XS};
@@ -110,22 +113,32 @@ Stored Store(DType t, const std::vector<float>& v, size_t offset = 1) {
   return s;
 }
 
-// y = x W^T (+ bias) in double, and the bound on a correct f32 result's error.
+// y = x W^T (+ bias) in double, and the bound on a correct f32 result's error; q8x: the kernel
+// quantizes x to 8-bit blocks (see kWeightDTypes).
 void RefMatMul(const std::vector<float>& x, int64_t n, const std::vector<float>& w, int64_t out, int64_t in,
-               const float* bias, std::vector<double>* y, std::vector<double>* tol) {
+               const float* bias, std::vector<double>* y, std::vector<double>* tol, bool q8x = false) {
   y->assign(size_t(n * out), 0);
   tol->assign(size_t(n * out), 0);
+  std::vector<double> dx(size_t(n * in), 0);  // per element, its activation block's d (0 if x stays f32)
+  if (q8x)
+    for (size_t b = 0; b < dx.size(); b += 32) {
+      double amax = 0;
+      for (size_t j = b; j < b + 32; ++j) amax = std::max(amax, double(std::abs(x[j])));
+      for (size_t j = b; j < b + 32; ++j) dx[j] = amax / 127 * (1 + kU);
+    }
   for (int64_t r = 0; r < n; ++r)
     for (int64_t o = 0; o < out; ++o) {
-      double s = 0, a = 0;
+      double s = 0, a = 0, e = 0;
       for (int64_t i = 0; i < in; ++i) {
-        double p = double(x[size_t(r * in + i)]) * w[size_t(o * in + i)];
+        const double wi = w[size_t(o * in + i)], di = dx[size_t(r * in + i)];
+        double p = double(x[size_t(r * in + i)]) * wi;
         s += p;
-        a += std::abs(p);
+        a += std::abs(p) + std::abs(wi) * di / 2;
+        e += std::abs(wi) * di * (0.5 + 1.0 / 65536);
       }
       if (bias) s += bias[o], a += std::abs(bias[o]);
       (*y)[size_t(r * out + o)] = s;
-      (*tol)[size_t(r * out + o)] = 2 * double(in + 1) * kU * a + 1e-30;
+      (*tol)[size_t(r * out + o)] = 2 * double(in + 1) * kU * a + e + 1e-30;
     }
 }
 
@@ -145,7 +158,8 @@ void CheckMatMul(const char* name, MatFn fn, bool with_bias) {
           if (fn) fn(x.data(), n, tv, y.data());
           else MatMul(x.data(), n, tv, with_bias ? bias.data() : nullptr, y.data());
           std::vector<double> ref, tol;
-          RefMatMul(x, n, w.decoded, out, in, with_bias ? bias.data() : nullptr, &ref, &tol);
+          const bool q8x = HasQ8Dot(dt) && (fn == GemvRows || (!fn && n <= kGemvMaxRows));
+          RefMatMul(x, n, w.decoded, out, in, with_bias ? bias.data() : nullptr, &ref, &tol, q8x);
           int bad = 0;
           for (size_t i = 0; i < y.size() && bad < 3; ++i)
             if (!(std::abs(y[i] - ref[i]) <= tol[i])) {
@@ -187,7 +201,8 @@ TEST(Kernels, MatMulSharedMatchesScalar) {
         MatMulShared(x.data(), n, jobs);
         for (int j = 0; j < 3; ++j) {
           std::vector<double> ref, tol;
-          RefMatMul(x, n, ws[size_t(j)].decoded, outs[j], in, j == 1 ? nullptr : bias[size_t(j)].data(), &ref, &tol);
+          RefMatMul(x, n, ws[size_t(j)].decoded, outs[j], in, j == 1 ? nullptr : bias[size_t(j)].data(), &ref, &tol,
+                    n <= kGemvMaxRows && HasQ8Dot(dt));
           for (size_t i = 0; i < ref.size(); ++i)
             ASSERT_LE(std::abs(ys[size_t(j)][i] - ref[i]), tol[i])
                 << DTypeName(dt) << " job " << j << " n=" << n << " in=" << in << " at " << i;

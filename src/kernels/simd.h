@@ -102,43 +102,6 @@ inline Vec LoadAs(const void* base, int64_t off) {
   else return LoadF16(static_cast<const uint16_t*>(base) + off);
 }
 
-// One Q8_0 / Q4_0 block (core/quant.h) at p: its 32 codes widened to f32 in registers as
-// 32 / kLanes vectors (elements in order; Q4_0's already minus 8), and its scale as the result.
-// The element values are scale * codes; callers choose where to multiply.
-constexpr int kBlockVecs = 32 / kLanes;
-template <DType T>
-inline Vec LoadBlock(const uint8_t* p, Vec* v) {
-  const uint8_t* q = p + 2;
-#if ATP_SIMD_WIDTH == 16
-  if constexpr (T == DType::kQ8_0) {
-    for (int i = 0; i < 2; ++i)
-      v[i] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * i))));
-  } else {
-    // A 16-entry table lookup (vpermps reads the low 4 bits of each index) maps a nibble straight to
-    // q - 8 as f32: no mask, subtract or conversion.
-    const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-    const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
-    v[0] = _mm512_permutexvar_ps(c, table);
-    v[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), table);
-  }
-#else
-  if constexpr (T == DType::kQ8_0) {
-    for (int i = 0; i < 4; ++i)
-      v[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * i))));
-  } else {
-    const __m256i eight = _mm256_set1_epi32(8), low = _mm256_set1_epi32(0xf);
-    for (int i = 0; i < 2; ++i) {
-      const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * i)));
-      v[i] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(c, low), eight));
-      v[i + 2] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(c, 4), eight));
-    }
-  }
-#endif
-  // The scale converted inline (F16ToF32 is out of line: a call per block would spill every
-  // accumulator, since all vector registers are caller-saved; measured 2-3x slower).
-  return Set1(_cvtsh_ss(uint16_t(p[0] | p[1] << 8)));
-}
-
 // The horizontal sums of four vectors at once, as [sum(a), sum(b), sum(c), sum(d)]: one shared
 // reduction instead of four.
 inline __m128 Sum4(Vec a, Vec b, Vec c, Vec d) {

@@ -1,0 +1,513 @@
+#include "kernels/q8_dot.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/kquant.h"
+
+namespace atp {
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define ATP_Q8_AVX2 1
+#endif
+
+namespace {
+
+// One block of 32 values: codes to q, returns d; sums of the two halves' codes to sum.
+float QuantizeBlock(const float* x, int8_t* q, int sum[2]) {
+#if defined(ATP_Q8_AVX2)
+  __m256 v[4];
+  __m256 amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(x + 8 * i);
+    const __m256 a = _mm256_andnot_ps(sign, v[i]);
+    amax = _mm256_max_ps(amax, a);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, _mm256_set1_ps(FLT_MAX), _CMP_NLE_UQ));  // inf or NaN
+  }
+  if (_mm256_movemask_ps(bad)) {
+    std::memset(q, 0, 32);
+    sum[0] = sum[1] = 0;
+    return NAN;
+  }
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  const float am = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  const __m256 id = _mm256_set1_ps(am > 0 ? 127 / am : 0);
+  __m256i c[4];
+  for (int i = 0; i < 4; ++i) c[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], id));  // rounds to nearest even, as lrint
+  for (int h = 0; h < 2; ++h) {
+    __m256i s = _mm256_add_epi32(c[2 * h], c[2 * h + 1]);
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    sum[h] = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1)));
+  }
+  // Narrow to bytes: the packs interleave 128-bit lanes, the final permute puts the 4-byte groups back in order.
+  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  return am / 127;
+#else
+  float amax = 0;
+  bool finite = true;
+  for (int j = 0; j < 32; ++j) {
+    finite = finite && std::abs(x[j]) <= FLT_MAX;
+    amax = std::max(amax, std::abs(x[j]));
+  }
+  const float id = finite && amax > 0 ? 127 / amax : 0;
+  sum[0] = sum[1] = 0;
+  for (int j = 0; j < 32; ++j) {
+    q[j] = int8_t(std::lrint(x[j] * id));
+    sum[j / 16] += q[j];
+  }
+  return finite ? amax / 127 : NAN;
+#endif
+}
+
+}  // namespace
+
+Q8Rows Q8Buffer::Quantize(const float* x, int64_t n, int64_t in) {
+  if (in % 32 != 0) std::abort();  // callers pass whole weight blocks' worth of columns
+  const int64_t nb = n * (in / 32);
+  q_.resize(size_t(nb * 32));
+  d_.resize(size_t(nb));
+  sum_.resize(size_t(nb));
+  half_.resize(size_t(2 * nb));
+  for (int64_t i = 0; i < nb; ++i) {
+    int s[2];
+    const float d = QuantizeBlock(x + 32 * i, q_.data() + 32 * i, s);
+    d_[size_t(i)] = d;
+    sum_[size_t(i)] = d * float(s[0] + s[1]);
+    half_[size_t(2 * i)] = d * float(s[0]);
+    half_[size_t(2 * i + 1)] = d * float(s[1]);
+  }
+  return {in / 32, q_.data(), d_.data(), sum_.data(), half_.data()};
+}
+
+bool HasQ8Dot(DType t) { return IsBlockDType(t); }
+
+namespace {
+
+float Half(const uint8_t* p) { return F16ToF32(uint16_t(p[0] | p[1] << 8)); }
+
+// Element j of a chunk in halves of 16: the same integer scale (and min) for both halves.
+void Uniform(Q8Chunk* c, int32_t scale, int32_t min) {
+  c->scale[0] = c->scale[1] = scale;
+  c->min[0] = c->min[1] = min;
+}
+
+// Q3_K's scale s of 16, signed 6-bit (stored + 32; layout in core/kquant.h).
+int Q3Scale(const uint8_t* sc, int s) {
+  const int low = s < 8 ? sc[s] & 0xf : sc[s - 8] >> 4;
+  const int high = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+  return (low | high << 4) - 32;
+}
+
+}  // namespace
+
+// Each case reads the layout as core/quant.h and core/kquant.h describe it (element by element; the
+// AVX2 kernels below read the same bytes 32 at a time).
+void DecodeQ8Terms(DType t, const uint8_t* p, Q8Terms* o) {
+  o->b = 0;
+  o->chunks = int(DTypeBlockElems(t) / 32);
+  Q8Chunk* c = o->c;
+  // 32-element blocks: element j < 16 is the low nibble of qs[j], j + 16 its high nibble.
+  auto nibble = [](const uint8_t* qs, int j) { return (qs[j % 16] >> (4 * (j / 16))) & 0xf; };
+  switch (t) {
+    case DType::kQ8_0:
+    case DType::kIQ4_NL:
+      o->a = Half(p);
+      Uniform(c, 1, 0);
+      for (int j = 0; j < 32; ++j) c->v[j] = t == DType::kQ8_0 ? int8_t(p[2 + j]) : kIq4NlValues[nibble(p + 2, j)];
+      return;
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1: {  // Q5_x: bit j of the 32-bit qh is bit 4 of element j
+      // Q4_1/Q5_1: x = d q + m, so b = -m with min 1; Q4_0/Q5_0: x = d (q - 8) (or 16): b = d, min 8 (16).
+      const bool has_min = t == DType::kQ4_1 || t == DType::kQ5_1, five = t == DType::kQ5_0 || t == DType::kQ5_1;
+      o->a = Half(p);
+      o->b = has_min ? -Half(p + 2) : o->a;
+      const uint8_t* qh = p + (has_min ? 4 : 2);
+      const uint8_t* qs = five ? qh + 4 : qh;
+      Uniform(c, 1, has_min ? 1 : five ? 16 : 8);
+      for (int j = 0; j < 32; ++j) c->v[j] = int8_t(nibble(qs, j) | (five ? ((qh[j / 8] >> (j % 8)) & 1) << 4 : 0));
+      return;
+    }
+    case DType::kQ4_K:
+    case DType::kQ5_K: {
+      o->a = Half(p);
+      o->b = Half(p + 2);
+      const uint8_t* qs = p + (t == DType::kQ4_K ? 16 : 48);
+      for (int k = 0; k < 8; ++k) {  // sub-block k: elements 32 k + l, nibble k % 2 of qs[32 (k / 2) + l]
+        int sc, m;
+        ScaleMinK4(p + 4, k, &sc, &m);
+        Uniform(c + k, sc, m);
+        for (int l = 0; l < 32; ++l) {
+          int q = (qs[32 * (k / 2) + l] >> (4 * (k % 2))) & 0xf;
+          if (t == DType::kQ5_K) q |= ((p[16 + l] >> k) & 1) << 4;  // bit k of qh[l]
+          c[k].v[l] = int8_t(q);
+        }
+      }
+      return;
+    }
+    case DType::kIQ4_XS: {
+      o->a = Half(p);
+      const int sh = p[2] | p[3] << 8;
+      for (int k = 0; k < 8; ++k) {  // sub-block k: codes qs[16 k..] as IQ4_NL
+        const int ls = ((p[4 + k / 2] >> (4 * (k % 2))) & 0xf) | ((sh >> (2 * k)) & 3) << 4;
+        Uniform(c + k, ls - 32, 0);
+        for (int j = 0; j < 32; ++j) c[k].v[j] = kIq4NlValues[nibble(p + 8 + 16 * k, j)];
+      }
+      return;
+    }
+    case DType::kQ2_K:
+    case DType::kQ3_K:
+    case DType::kQ6_K: {
+      // Element 128 h + 32 k + l: chunk 4 h + k, its halves sub-blocks 8 h + 2 k and 8 h + 2 k + 1.
+      // Offsets are mins: Q6_K's d * scale * (q - 32) = a * scale * q - b * 32 * scale, Q3_K's 4 likewise.
+      o->a = Half(p + (t == DType::kQ2_K ? 80 : t == DType::kQ3_K ? 108 : 208));
+      o->b = t == DType::kQ2_K ? Half(p + 82) : o->a;
+      for (int h = 0; h < 2; ++h)
+        for (int k = 0; k < 4; ++k) {
+          Q8Chunk& ck = c[4 * h + k];
+          for (int i = 0; i < 2; ++i) {
+            const int s = 8 * h + 2 * k + i;
+            if (t == DType::kQ2_K) {
+              ck.scale[i] = p[s] & 0xf;
+              ck.min[i] = p[s] >> 4;
+            } else {
+              ck.scale[i] = t == DType::kQ3_K ? Q3Scale(p + 96, s) : int8_t(p[192 + s]);
+              ck.min[i] = (t == DType::kQ3_K ? 4 : 32) * ck.scale[i];
+            }
+          }
+          for (int l = 0; l < 32; ++l) {
+            if (t == DType::kQ6_K) {
+              const int lo = (p[64 * h + l + 32 * (k % 2)] >> (k < 2 ? 0 : 4)) & 0xf;
+              const int hi = (p[128 + 32 * h + l] >> (2 * k)) & 3;
+              ck.v[l] = int8_t(lo | hi << 4);
+            } else {
+              const int low2 = (p[(t == DType::kQ2_K ? 16 : 32) + 32 * h + l] >> (2 * k)) & 3;
+              ck.v[l] = int8_t(t == DType::kQ2_K ? low2 : low2 | ((p[l] >> (4 * h + k)) & 1) << 2);  // Q3_K: bit 2 from hmask[l]
+            }
+          }
+        }
+      return;
+    }
+    default: std::abort();  // f32/f16/bf16 have no blocks: HasQ8Dot(t) is the caller's contract
+  }
+}
+
+void DotRowQ8Ref(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
+  const int64_t elems = DTypeBlockElems(t), nb = in / elems;
+  const size_t bytes = DTypeBytes(t, elems), row_bytes = DTypeBytes(t, in);
+  Q8Terms terms;
+  for (int64_t o = 0; o < n_out; ++o) {
+    float acc[8] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      DecodeQ8Terms(t, w + size_t(o) * row_bytes + size_t(b) * bytes, &terms);
+      for (int r = 0; r < rows; ++r) {
+        float sb = 0, mb = 0;  // sum over chunks of d * integer dot, and of the min terms
+        for (int k = 0; k < terms.chunks; ++k) {
+          const Q8Chunk& c = terms.c[k];
+          const int64_t i = r * x.blocks + b * terms.chunks + k;  // the activation block
+          int64_t dot = 0;
+          for (int h = 0; h < 2; ++h) {
+            int64_t half = 0;
+            for (int j = 16 * h; j < 16 * h + 16; ++j) half += int64_t(c.v[j]) * x.q[32 * i + j];
+            dot += c.scale[h] * half;
+          }
+          sb += float(dot) * x.d[i];
+          mb += float(c.min[0]) * x.half[2 * i] + float(c.min[1]) * x.half[2 * i + 1];
+        }
+        acc[r] += terms.a * sb - terms.b * mb;
+      }
+    }
+    for (int r = 0; r < rows; ++r) y[r * out + o] = acc[r];
+  }
+}
+
+#if defined(ATP_Q8_AVX2)
+namespace {
+
+// The AVX2 kernels: per chunk, 8 int32 lanes of partial integer dots (exact: maddubs pairs stay below
+// 2^15 for codes |v| <= 128 against |q| <= 127, and every lane below 2^24, so its conversion to f32
+// is exact too), scaled by the activation block's d into f32 accumulators. The integers are those of
+// DecodeQ8Terms.
+
+inline float HalfInline(const uint8_t* p) { return _cvtsh_ss(uint16_t(p[0] | p[1] << 8)); }  // no call: keeps the accumulators in registers
+inline __m256i Load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline float Sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+// 16 nibbles of 16 bytes -> 32 bytes: element j < 16 the low nibble of byte j, j + 16 its high nibble.
+inline __m256i Nibbles(const uint8_t* p) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i m = _mm_set1_epi8(0xf);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+
+// Chunk codes times activation codes as 16 int16 pair sums: unsigned codes straight into maddubs
+// (unsigned x signed), signed ones with |v| unsigned and v's sign moved onto q.
+template <bool Signed>
+inline __m256i Mul(__m256i v, __m256i q) {
+  if constexpr (Signed) return _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(q, v));
+  else return _mm256_maddubs_epi16(v, q);
+}
+// Bit j of the 32-bit word at p as byte j: 0x10 where set, else 0 (Q5_0/Q5_1's fifth bits).
+inline __m256i FifthBits(const uint8_t* p) {
+  uint32_t h;
+  std::memcpy(&h, p, 4);
+  const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(int(h)),  // byte j / 8 of h into byte j
+                                            _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));  // bit j % 8 in byte j
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10));
+}
+// IQ4_NL/IQ4_XS: 32 nibbles to their code values by a 16-entry byte shuffle.
+inline __m256i Iq4Values(__m256i nibbles) {
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4NlValues)));
+  return _mm256_shuffle_epi8(table, nibbles);
+}
+
+// The 32-element blocks' codes (signed for Q8_0 and IQ4_NL, else unsigned), scale d and the term m
+// of x = d v + m (Q4_1/Q5_1 their min, Q4_0/Q5_0 their offset -8 d or -16 d, as DecodeQ8Terms).
+template <DType T>
+constexpr bool kSigned32 = T == DType::kQ8_0 || T == DType::kIQ4_NL;
+template <DType T>
+inline __m256i Codes32(const uint8_t* p, float* d, float* m) {
+  *d = HalfInline(p);
+  *m = T == DType::kQ4_1 || T == DType::kQ5_1 ? HalfInline(p + 2) : T == DType::kQ4_0 ? -8 * *d : -16 * *d;
+  if constexpr (T == DType::kQ8_0) return Load32(p + 2);
+  if constexpr (T == DType::kQ4_0) return Nibbles(p + 2);
+  if constexpr (T == DType::kIQ4_NL) return Iq4Values(Nibbles(p + 2));
+  if constexpr (T == DType::kQ4_1) return Nibbles(p + 4);
+  if constexpr (T == DType::kQ5_0) return _mm256_or_si256(Nibbles(p + 6), FifthBits(p + 2));
+  return _mm256_or_si256(Nibbles(p + 8), FifthBits(p + 4));  // Q5_1
+}
+
+// 32-element blocks: one chunk per block, two accumulation chains per row at one row; the term m of
+// the unsigned types adds m * (d_x * sum q) per block.
+// bytes: of one block (DTypeBytes is out of line, so the caller computes it once per matrix).
+template <int R, DType T>
+void Dot32(const uint8_t* w, size_t bytes, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+  constexpr int K = R == 1 ? 2 : 1;
+  constexpr bool kMin = !kSigned32<T>;
+  const int64_t nb = in / 32;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R][K];
+  float mins[R] = {};
+  for (int r = 0; r < R; ++r)
+    for (int k = 0; k < K; ++k) acc[r][k] = _mm256_setzero_ps();
+  auto block = [&](int64_t b, int k) {
+    float d, m;
+    const __m256i v = Codes32<T>(w + size_t(b) * bytes, &d, &m);
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = r * x.blocks + b;
+      const __m256i s = _mm256_madd_epi16(Mul<kSigned32<T>>(v, Load32(x.q + 32 * i)), ones);
+      acc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * x.d[i]), acc[r][k]);
+      if constexpr (kMin) mins[r] += m * x.sum[i];
+    }
+  };
+  int64_t b = 0;
+  for (; b + K <= nb; b += K)
+    for (int k = 0; k < K; ++k) block(b + k, k);
+  for (; b < nb; ++b) block(b, 0);
+  for (int r = 0; r < R; ++r) {
+    for (int k = 1; k < K; ++k) acc[r][0] = _mm256_add_ps(acc[r][0], acc[r][k]);
+    y[r * out] = Sum8(acc[r][0]) + mins[r];
+  }
+}
+
+// Q4_K/Q5_K: the 8 six-bit scales (bytes 0..7) and mins (bytes 8..15) from a block's 12 scale bytes
+// (layout in core/kquant.h), four sub-blocks at a time in 32-bit words.
+inline __m128i ScalesMinsK4(const uint8_t* p) {
+  uint32_t a, b, c;
+  std::memcpy(&a, p, 4);
+  std::memcpy(&b, p + 4, 4);
+  std::memcpy(&c, p + 8, 4);
+  const uint32_t six = 0x3f3f3f3f, four = 0x0f0f0f0f, two = 0x03030303;
+  return _mm_setr_epi32(int(a & six), int((c & four) | ((a >> 6) & two) << 4),  // scales 0..3, 4..7
+                        int(b & six), int(((c >> 4) & four) | ((b >> 6) & two) << 4));  // mins 0..3, 4..7
+}
+// Q3_K: its 16 signed scales as bytes, from the 12 scale bytes: low nibbles of bytes 0..7 (scales
+// 0..7) and their high nibbles (8..15), plus 2 high bits of scale s at bits 2 (s / 4) of byte 8 + s % 4.
+inline __m128i ScalesQ3(const uint8_t* p) {
+  const __m128i lo = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), f = _mm_set1_epi8(0xf);
+  const __m128i low4 = _mm_unpacklo_epi64(_mm_and_si128(lo, f), _mm_and_si128(_mm_srli_epi16(lo, 4), f));
+  uint32_t h;
+  std::memcpy(&h, p + 8, 4);
+  const uint32_t two = 0x03030303;
+  const __m128i high2 = _mm_setr_epi32(int(h & two), int((h >> 2) & two), int((h >> 4) & two), int((h >> 6) & two));
+  return _mm_sub_epi8(_mm_or_si128(low4, _mm_slli_epi16(high2, 4)), _mm_set1_epi8(32));
+}
+// Q2_K/Q3_K/Q6_K: sub-block scales of half h (8 int16 per 128-bit lane) and, for chunk k of that
+// half, its two halves' scales picked into the 16 pair sums' multipliers (words 2k and 2k + 1).
+inline __m256i HalfScales(__m128i sc16x8) { return _mm256_broadcastsi128_si256(sc16x8); }
+inline __m256i Pick(__m256i s16, int k) {
+  return _mm256_shuffle_epi8(s16, _mm256_set_m128i(_mm_set1_epi16(int16_t((4 * k + 3) << 8 | (4 * k + 2))),
+                                                   _mm_set1_epi16(int16_t((4 * k + 1) << 8 | 4 * k))));
+}
+
+// Super-blocks (k-quants, IQ4_XS): per chunk the integer dot times the sub-block scales (int16
+// multipliers in madd), scaled by the activation d into a per-block accumulator that is scaled by
+// the block's d once. The min terms of all 8 chunks are one or two vectors of mins against the
+// activation sums (per chunk for Q4_K/Q5_K, per half for Q2_K, and for Q3_K/Q6_K whose offsets
+// 4 and 32 are mins of 4 * scale and 32 * scale).
+template <int R, DType T>
+void DotK(const uint8_t* w, size_t bytes, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+  constexpr int K = R == 1 ? 2 : 1;
+  const int64_t nb = in / kSuperBlock;
+  const __m256i low = _mm256_set1_epi8(0xf), three = _mm256_set1_epi8(3);
+  __m256 acc[R], mins[R];
+  for (int r = 0; r < R; ++r) acc[r] = mins[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = w + size_t(b) * bytes;
+    __m256 sb[R][K];
+    for (int r = 0; r < R; ++r)
+      for (int k = 0; k < K; ++k) sb[r][k] = _mm256_setzero_ps();
+    // Chunk k's codes v and the int16 multipliers of its 16 pair sums.
+    auto use = [&](int k, __m256i v, __m256i scale) {
+      for (int r = 0; r < R; ++r) {
+        const int64_t i = r * x.blocks + 8 * b + k;
+        const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(Mul<T == DType::kIQ4_XS>(v, Load32(x.q + 32 * i)), scale));
+        sb[r][k % K] = _mm256_fmadd_ps(s, _mm256_broadcast_ss(x.d + i), sb[r][k % K]);
+      }
+    };
+    // Min terms: m[c] * (d_x * sum q) over the 8 chunks, or m0/m1 against the 16 halves.
+    auto chunk_mins = [&](__m256 m) {
+      for (int r = 0; r < R; ++r) mins[r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.sum + r * x.blocks + 8 * b), mins[r]);
+    };
+    auto half_mins = [&](__m128i m8, float scale) {  // m8: 16 unsigned or signed bytes per kind
+      const bool is_signed = T != DType::kQ2_K;
+      const __m256i a = is_signed ? _mm256_cvtepi8_epi32(m8) : _mm256_cvtepu8_epi32(m8);
+      const __m256i c = is_signed ? _mm256_cvtepi8_epi32(_mm_srli_si128(m8, 8)) : _mm256_cvtepu8_epi32(_mm_srli_si128(m8, 8));
+      const __m256 m0 = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(a));
+      const __m256 m1 = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(c));
+      for (int r = 0; r < R; ++r) {
+        const float* h = x.half + 2 * (r * x.blocks + 8 * b);
+        mins[r] = _mm256_fmadd_ps(m1, _mm256_loadu_ps(h + 8), _mm256_fmadd_ps(m0, _mm256_loadu_ps(h), mins[r]));
+      }
+    };
+    float d;
+    if constexpr (T == DType::kQ4_K || T == DType::kQ5_K) {
+      d = HalfInline(p);
+      const __m128i sm = ScalesMinsK4(p + 4);
+      chunk_mins(_mm256_mul_ps(_mm256_set1_ps(HalfInline(p + 2)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))));
+      const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+      const uint8_t* qs = p + (T == DType::kQ4_K ? 16 : 48);
+      __m256i qh;
+      if constexpr (T == DType::kQ5_K) qh = Load32(p + 16);
+      for (int c = 0; c < 4; ++c) {
+        const __m256i v = Load32(qs + 32 * c);
+        for (int i = 0; i < 2; ++i) {
+          const int k = 2 * c + i;
+          __m256i u = _mm256_and_si256(i ? _mm256_srli_epi16(v, 4) : v, low);
+          if constexpr (T == DType::kQ5_K)
+            u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, k), _mm256_set1_epi8(1)), 4));
+          use(k, u, _mm256_shuffle_epi8(s16, _mm256_set1_epi16(int16_t((2 * k + 1) << 8 | 2 * k))));
+        }
+      }
+    } else if constexpr (T == DType::kIQ4_XS) {
+      d = HalfInline(p);
+      const int sh = p[2] | p[3] << 8;
+      for (int k = 0; k < 8; ++k) {
+        const int ls = ((p[4 + k / 2] >> (4 * (k % 2))) & 0xf) | ((sh >> (2 * k)) & 3) << 4;
+        use(k, Iq4Values(Nibbles(p + 8 + 16 * k)), _mm256_set1_epi16(int16_t(ls - 32)));
+      }
+    } else if constexpr (T == DType::kQ2_K) {
+      d = HalfInline(p + 80);
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const __m128i sc = _mm_and_si128(raw, _mm_set1_epi8(0xf));
+      half_mins(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0xf)), HalfInline(p + 82));
+      for (int h = 0; h < 2; ++h) {
+        const __m256i s16 = HalfScales(_mm_cvtepu8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
+        const __m256i qs = Load32(p + 16 + 32 * h);
+        for (int k = 0; k < 4; ++k) use(4 * h + k, _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), three), Pick(s16, k));
+      }
+    } else if constexpr (T == DType::kQ3_K) {
+      d = HalfInline(p + 108);
+      const __m128i sc = ScalesQ3(p + 96);
+      half_mins(sc, 4 * d);
+      const __m256i hm = Load32(p);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i s16 = HalfScales(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
+        const __m256i qs = Load32(p + 32 + 32 * h);
+        for (int k = 0; k < 4; ++k) {
+          const __m256i low2 = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), three);
+          const __m256i bit2 = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + k), _mm256_set1_epi8(1));
+          use(4 * h + k, _mm256_or_si256(low2, _mm256_slli_epi16(bit2, 2)), Pick(s16, k));
+        }
+      }
+    } else {  // Q6_K
+      d = HalfInline(p + 208);
+      const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192));  // 16 int8 scales
+      half_mins(sc, 32 * d);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i s16 = HalfScales(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
+        const __m256i ql0 = Load32(p + 64 * h), ql1 = Load32(p + 64 * h + 32), qh = Load32(p + 128 + 32 * h);
+        for (int k = 0; k < 4; ++k) {
+          const __m256i ql = k % 2 ? ql1 : ql0;
+          const __m256i lo = _mm256_and_si256(k < 2 ? ql : _mm256_srli_epi16(ql, 4), low);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), three);
+          use(4 * h + k, _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), Pick(s16, k));
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int k = 1; k < K; ++k) sb[r][0] = _mm256_add_ps(sb[r][0], sb[r][k]);
+      acc[r] = _mm256_fmadd_ps(sb[r][0], _mm256_set1_ps(d), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) y[r * out] = Sum8(_mm256_sub_ps(acc[r], mins[r]));
+}
+
+template <int R>
+void DotRows(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+  const size_t rb = DTypeBytes(t, in), bytes = DTypeBytes(t, DTypeBlockElems(t));
+  auto each = [&](auto kernel) {
+    for (int64_t o = 0; o < n_out; ++o) kernel(w + size_t(o) * rb, bytes, in, x, y + o, out);
+  };
+  switch (t) {
+    case DType::kQ8_0: return each(Dot32<R, DType::kQ8_0>);
+    case DType::kQ4_0: return each(Dot32<R, DType::kQ4_0>);
+    case DType::kQ4_1: return each(Dot32<R, DType::kQ4_1>);
+    case DType::kQ5_0: return each(Dot32<R, DType::kQ5_0>);
+    case DType::kQ5_1: return each(Dot32<R, DType::kQ5_1>);
+    case DType::kIQ4_NL: return each(Dot32<R, DType::kIQ4_NL>);
+    case DType::kQ2_K: return each(DotK<R, DType::kQ2_K>);
+    case DType::kQ3_K: return each(DotK<R, DType::kQ3_K>);
+    case DType::kQ4_K: return each(DotK<R, DType::kQ4_K>);
+    case DType::kQ5_K: return each(DotK<R, DType::kQ5_K>);
+    case DType::kQ6_K: return each(DotK<R, DType::kQ6_K>);
+    case DType::kIQ4_XS: return each(DotK<R, DType::kIQ4_XS>);
+    default: std::abort();  // HasQ8Dot(t) is the caller's contract
+  }
+}
+
+}  // namespace
+
+void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
+  switch (rows) {
+    case 1: return DotRows<1>(t, w, n_out, in, x, y, out);
+    case 2: return DotRows<2>(t, w, n_out, in, x, y, out);
+    case 3: return DotRows<3>(t, w, n_out, in, x, y, out);
+    case 4: return DotRows<4>(t, w, n_out, in, x, y, out);
+    case 5: return DotRows<5>(t, w, n_out, in, x, y, out);
+    case 6: return DotRows<6>(t, w, n_out, in, x, y, out);
+    case 7: return DotRows<7>(t, w, n_out, in, x, y, out);
+    default: return DotRows<8>(t, w, n_out, in, x, y, out);
+  }
+}
+#else
+void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
+  DotRowQ8Ref(t, w, n_out, in, x, rows, y, out);
+}
+#endif
+
+}  // namespace atp
