@@ -122,6 +122,10 @@ class CudaAtpPolicy : public KvPolicy {
                   int64_t(pre_end_host_.size()) * s_.n_kv_heads * int64_t(sizeof(int64_t)));
   }
   int64_t Length() const override { return len_; }
+  Status Update() override {  // as the CPU policy: no later query reads compressed blocks' exact rows
+    exact_.Release(CompressedBlocks(len_) * p_.block);
+    return Status::Ok();
+  }
   bool ReadsInput() const override { return true; }
 
  private:

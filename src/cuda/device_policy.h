@@ -93,6 +93,9 @@ class ExactTail {
   // needed. before_move runs before a full buffer is replaced (a background reader must be done).
   Status Append(int64_t len, int64_t keep_from, const float* K, const float* V, int64_t T,
                 const std::function<void()>& before_move);
+  // Rows before keep_from are no longer needed (KvPolicy::Update): out of Bytes() now, out of the
+  // buffer at the next move.
+  void Release(int64_t keep_from) { keep_from_ = std::max(keep_from_, keep_from); }
   DeviceRows k() const { return k_.rows(); }
   DeviceRows v() const { return v_.rows(); }
   int64_t first() const { return first_; }  // position of row 0

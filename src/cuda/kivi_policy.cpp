@@ -76,6 +76,10 @@ class CudaKiviPolicy : public KvPolicy {
     return size_t(exact_.Bytes(len_) + groups_ * (KeyParamBytes() + p_.group * (2 * CodeBytes() + ValueParamBytes())));
   }
   int64_t Length() const override { return len_; }
+  Status Update() override {  // as the CPU policy: every later query reads the packed groups packed
+    exact_.Release(groups_ * p_.group);
+    return Status::Ok();
+  }
   bool ReadsInput() const override { return false; }
 
  private:

@@ -62,6 +62,11 @@ class CudaStreamingPolicy : public KvPolicy {
                   rows * 4 * s_.n_kv_heads);
   }
   int64_t Length() const override { return len_; }
+  Status Update() override {  // as the CPU policy: the next query (at len_) reads from len_ - W + 1 on
+    keep_from_ = std::max<int64_t>(keep_from_, len_ - window_ + 1);
+    tail_.Release(keep_from_);
+    return Status::Ok();
+  }
   bool ReadsInput() const override { return false; }
 
  private:
