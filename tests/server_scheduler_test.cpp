@@ -83,7 +83,8 @@ std::vector<std::vector<int32_t>> Prompts(int n) {
   const std::vector<int32_t> ids = Ref().tok->Encode(text, true);
   std::vector<std::vector<int32_t>> out;
   for (int i = 0; i < n; ++i) {
-    const size_t len = 2 + size_t(i * 7) % (ids.size() - 2);
+    // At most ids.size() - 3 tokens from offset i % 3 <= 2: the slice stays inside ids for any n.
+    const size_t len = 2 + size_t(i * 7) % (ids.size() - 4);
     out.emplace_back(ids.begin() + long(i % 3), ids.begin() + long(i % 3 + len));
   }
   return out;
