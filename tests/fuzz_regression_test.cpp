@@ -8,6 +8,7 @@
 #include "core/mapped_file.h"
 #include "eval/serving_plot.h"
 #include "format/safetensors.h"
+#include "kv/kv_policy.h"
 #include "model/config.h"
 #include "model/testgen.h"
 #include "model/weights.h"
@@ -113,6 +114,18 @@ TEST(FuzzRegression, ServingReportHugeNumbers) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("'concurrency' missing or not a number from 1 to 2^20"), std::string::npos)
       << bad.status().ToString();
+}
+
+// fuzz_kv_policy (2026-12-06): online lowrank with rv=366 and block=1 padded every one-token block's basis
+// to 366 zero columns that each query multiplied: 15 s for 70 tokens under ASan. A rank beyond head_dim is
+// now refused by CheckShape, which every user of a policy string calls before creating layers.
+TEST(FuzzRegression, LowRankRankBeyondHeadDimIsRefused) {
+  auto f = ParseKvPolicy("lowrank:rk=7,rv=366,mode=online,block=1");
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  const Status st = (*f)->CheckShape(KvShape{0, 32, 4, 2, 64});
+  EXPECT_EQ(st.code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(st.message().find("rk and rv must be <= head_dim 64"), std::string::npos) << st.ToString();
+  EXPECT_TRUE(ParseKvPolicy("lowrank:rk=7,rv=64,mode=online,block=1").value()->CheckShape(KvShape{0, 32, 4, 2, 64}).ok());
 }
 
 }  // namespace

@@ -191,6 +191,10 @@ class LowRankFactory : public KvPolicyFactory {
   explicit LowRankFactory(const LowRankParams& p) : p_(p) {}
   std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<LowRankPolicy>(s, p_); }
   Status CheckShape(const KvShape& s) const override {
+    // A rank beyond head_dim only adds zero columns that every query still multiplies (fuzz_kv_policy
+    // found rv=366 with block=1 running for seconds).
+    if (p_.rk > s.head_dim || p_.rv > s.head_dim)
+      return Status::InvalidArgument("kv policy 'lowrank': rk and rv must be <= head_dim " + std::to_string(s.head_dim));
     if (p_.online) return Status::Ok();
     if (s.layer >= p_.basis->layers || s.n_kv_heads != p_.basis->kv_heads || s.head_dim != p_.basis->head_dim)
       return Status::InvalidArgument("kv policy 'lowrank': basis file does not match the model (layer " +
