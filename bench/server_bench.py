@@ -206,7 +206,7 @@ def main():
     ap.add_argument("--prompt-words", type=int, default=96)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--capacity-kv-memory", default="64M", help="--kv-memory of the capacity run")
-    ap.add_argument("--capacity-requests", type=int, default=96, help="sent at once in the capacity run")
+    ap.add_argument("--capacity-requests", type=int, default=96, help="sent at once in the capacity run (0: no capacity run)")
     ap.add_argument("--capacity-prompt-words", type=int, default=700, help="long prompts, where compression shows")
     ap.add_argument("--server-arg", action="append", default=[], help="extra flag for atp serve (repeatable)")
     ap.add_argument("--json", help="also write all figures to this file")
@@ -249,10 +249,12 @@ def main():
                       f"{'  ERRORS ' + str(lv['errors'][:3]) if lv['errors'] else ''}", flush=True)
         finally:
             srv.stop()
-        cap = capacity(args, kv, " ".join(words[: args.capacity_prompt_words]))
-        failed |= bool(cap["errors"])
-        print(f"{kv:40s} --kv-memory {cap['kv_memory']}: {cap['peak_running']} sequences at once "
-              f"({cap['reserved_mib_per_seq']:.2f} MiB reserved each)", flush=True)
+        cap = None
+        if args.capacity_requests > 0:
+            cap = capacity(args, kv, " ".join(words[: args.capacity_prompt_words]))
+            failed |= bool(cap["errors"])
+            print(f"{kv:40s} --kv-memory {cap['kv_memory']}: {cap['peak_running']} sequences at once "
+                  f"({cap['reserved_mib_per_seq']:.2f} MiB reserved each)", flush=True)
         report["policies"].append({"kv": kv, "levels": levels, "capacity": cap})
     report["load_average"]["after"] = list(os.getloadavg())
     if args.json:
