@@ -99,13 +99,13 @@ TEST(CudaDecodeBatch, KernelsMatchAloneAndAttend) {
       ASSERT_EQ(cudaMemcpy(q.get(), hq.data(), hq.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
       for (size_t i = 0; i < kLengths.size(); ++i) {
         const int64_t L = kLengths[i];
-        const int64_t bytes = L * (cuda::TokenElemBytes(f, a.head_dim, a.n_kv) + cuda::TokenScaleBytes(f, a.head_dim, a.n_kv));
+        const int64_t eb = cuda::TokenElemBytes(f, a.head_dim, a.n_kv);
+        const int64_t bytes = L * (eb + cuda::TokenScaleBytes(f, a.head_dim, a.n_kv));
         cuda::DeviceRows rows[2];
         for (auto& r : rows) {
           bufs.emplace_back();
           ASSERT_TRUE(bufs.back().Grow(size_t(bytes)).ok());
-          r = {f, bufs.back().get(), cuda::IsMx(f) ? bufs.back().get() + L * cuda::TokenElemBytes(f, a.head_dim, a.n_kv) : nullptr,
-               a.head_dim, a.n_kv};
+          r = {f, bufs.back().get(), cuda::IsMx(f) ? bufs.back().get() + L * eb : nullptr, a.head_dim, a.n_kv};
         }
         auto src = Upload(Gaussian(size_t(L) * kvd * 2, uint32_t(i) + 11));
         cuda::StoreKv(rows[0], rows[1], 0, src.get(), src.get() + L * kvd, L, nullptr);
@@ -127,7 +127,8 @@ TEST(CudaDecodeBatch, KernelsMatchAloneAndAttend) {
         RunBatch(alone[0]);
         const auto got = Download(queries[i].o, size_t(qd));
         EXPECT_EQ(std::memcmp(got.data(), &batched[i * qd], size_t(qd) * 4), 0)
-            << what << ": length " << kLengths[i] << " alone at chunk " << batches[0].chunk << " differs from the batch";
+            << what << ": length " << kLengths[i] << " alone at chunk " << batches[0].chunk
+            << " differs from the batch";
 
         ASSERT_TRUE(ws.Grow(size_t(cuda::AttendWorkspaceFloats(a, kLengths[i], cuda::SmCount()))).ok());
         cuda::Attend(a, queries[i].k, queries[i].v, {}, queries[i].q, 1, queries[i].pos, queries[i].o, ws.get(),
@@ -215,7 +216,8 @@ TEST(CudaDecodeBatch, PlannedPoliciesMatchPerItemTwins) {
       std::vector<ForwardItem> items;
       std::vector<int64_t> rows;
       for (size_t i = 0; i < N; ++i) {
-        items.push_back({std::span<KvPolicy* const>(&seqs[i].kv, 1), std::span<const int32_t>(&tokens[i], 1), seqs[i].pos});
+        items.push_back(
+            {std::span<KvPolicy* const>(&seqs[i].kv, 1), std::span<const int32_t>(&tokens[i], 1), seqs[i].pos});
         rows.push_back(int64_t(i));
       }
       ASSERT_TRUE(batch.Plan(items, rows, {dk.get(), dv.get(), dx.get(), dq.get(), dout.get(), kvd, d, qd},
@@ -236,7 +238,8 @@ TEST(CudaDecodeBatch, PlannedPoliciesMatchPerItemTwins) {
     for (size_t i = 0; i < N; ++i) {
       const std::vector<float> g(got.begin() + long(i * qd), got.begin() + long((i + 1) * qd));
       const std::vector<float> w(want.begin() + long(i * qd), want.begin() + long((i + 1) * qd));
-      const std::string what = seqs[i].spec + " at position " + std::to_string(seqs[i].pos) + ", step " + std::to_string(step);
+      const std::string what =
+          seqs[i].spec + " at position " + std::to_string(seqs[i].pos) + ", step " + std::to_string(step);
       if (step < steps) {
         const double diff = MaxAbsDiff(g, w);
         worst = std::max(worst, diff);
@@ -291,8 +294,9 @@ TEST(CudaModel, BatchedDecodeMatchesPerItemAndAlone) {
   const int V = model.config().vocab_size, steps = 12;
   constexpr double kPathTol = 0.05, kGpuTol = 0.15;
   const std::vector<std::pair<std::string, int>> seq_specs = {
-      {"dense", 1}, {"dense", 63}, {"dense:dtype=bf16", 64}, {"mx:fmt=fp8_e4m3", 65}, {"atp:block=16,rank=8,window=16", 300},
-      {"kivi:bits=4,group=16,residual=32", 200}, {"streaming:budget=64,sinks=4", 150}, {"dense", 1000}};
+      {"dense", 1}, {"dense", 63}, {"dense:dtype=bf16", 64}, {"mx:fmt=fp8_e4m3", 65},
+      {"atp:block=16,rank=8,window=16", 300}, {"kivi:bits=4,group=16,residual=32", 200},
+      {"streaming:budget=64,sinks=4", 150}, {"dense", 1000}};
   struct Run3 {
     std::unique_ptr<Sequence> batched, per_item, alone;
     std::vector<std::unique_ptr<KvPolicy>> wrappers;

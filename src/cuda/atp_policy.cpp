@@ -86,7 +86,8 @@ class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
   Status PlanDecode(int32_t pos, std::vector<cuda::RowStore>* stores, cuda::DecodeQuery* query) override {
     ATP_RETURN_IF_ERROR(cuda::CheckContinues("atp", pos, len_));
     const int B = p_.block;
-    ATP_ASSIGN_OR_RETURN(const int64_t row, exact_.Room(len_, CompressedBlocks(pos) * B, 1, [&] { AwaitCompression(); }));
+    ATP_ASSIGN_OR_RETURN(const int64_t row,
+                         exact_.Room(len_, CompressedBlocks(pos) * B, 1, [&] { AwaitCompression(); }));
     stores->push_back({exact_.k(), exact_.v(), row, 1});
     ATP_RETURN_IF_ERROR(GrowInput());
     if (B > 1) {

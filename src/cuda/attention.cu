@@ -465,9 +465,11 @@ KvFormat PrincipalForm(const DeviceRows& k, const Visibility& vis) {
 }
 
 // Blocks the GPU holds at once for a batch of forms F and P: KIVI's packed rows take a kernel of
-// their own, with more registers, so the grid fits the tighter.
+// their own, with more registers, so the grid fits the tighter. (After the opt-in: without it a
+// kernel asking for more than 48 KB, G = 8 at head_dim 128, would count as fitting once per SM.)
 template <KvFormat F, KvFormat P>
 int64_t DecodeSlots(const AttnShape& a, int sm_count) {
+  OptIn<F, P>();
   const int G = a.n_heads / a.n_kv;
   return int64_t(sm_count) * std::min(Resident(DecodeKernelFor<F>(G), a), Resident(DecodeKernelFor<P>(G), a));
 }

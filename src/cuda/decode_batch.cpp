@@ -65,7 +65,8 @@ Status BatchedDecode::Plan(std::span<const ForwardItem> items, std::span<const i
       ATP_RETURN_IF_ERROR(planners[i][size_t(l)]->PlanDecode(items[i].start_pos, &stores, &q));
       for (const RowStore& s : stores) {
         if (s.input && !x) return Status::InvalidArgument("batched decode: a policy stores X, which was not formed");
-        jobs.push_back({s.k, s.v, s.row, s.n, s.input ? x : rows.k + r * rows.kvd, s.input ? nullptr : rows.v + r * rows.kvd});
+        jobs.push_back(
+            {s.k, s.v, s.row, s.n, s.input ? x : rows.k + r * rows.kvd, s.input ? nullptr : rows.v + r * rows.kvd});
       }
       q.q = rows.q + r * rows.qd, q.o = rows.o + r * rows.qd;
       queries.push_back(q);

@@ -118,9 +118,8 @@ class CudaForward : public ForwardBackend {
     // Decode items whose policies plan their steps run each layer's attention batched (cuda/decode_batch.h).
     std::vector<int64_t> first_row;
     for (int64_t r = 0; auto& it : items) first_row.push_back(std::exchange(r, r + int64_t(it.tokens.size())));
-    ATP_RETURN_IF_ERROR(decode_.Plan(items, first_row,
-                                     {k_.get(), v_.get(), wants_x ? xf_.get() : nullptr, q_.get(), att_.get(), kvd, d, qd},
-                                     {c.num_heads, c.num_kv_heads, c.head_dim}, c.num_layers));
+    const cuda::BatchedDecode::Rows rows{k_.get(), v_.get(), wants_x ? xf_.get() : nullptr, q_.get(), att_.get(), kvd, d, qd};
+    ATP_RETURN_IF_ERROR(decode_.Plan(items, first_row, rows, {c.num_heads, c.num_kv_heads, c.head_dim}, c.num_layers));
 
     const cudaStream_t s = nullptr;
     const bf16* lm_head = lm_head_.get() ? lm_head_.get() : embed_.get();

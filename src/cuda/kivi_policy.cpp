@@ -108,8 +108,8 @@ class CudaKiviPolicy : public KvPolicy, public cuda::DecodePlanner {
   void Pack() {
     const int64_t want = GroupsAt(len_), G = p_.group;
     if (want <= groups_) return;
-    cuda::KiviPack(exact_.k(), exact_.v(), groups_ * G - exact_.first(), int(want - groups_), Packed(true), Packed(false),
-                   groups_ * G, nullptr);
+    cuda::KiviPack(exact_.k(), exact_.v(), groups_ * G - exact_.first(), int(want - groups_), Packed(true),
+                   Packed(false), groups_ * G, nullptr);
     groups_ = want;
   }
 
