@@ -82,6 +82,90 @@ void RunBatch(const cuda::DecodeBatch& b) {
   ASSERT_TRUE(cuda::LastLaunch("decode batch").ok());
 }
 
+// The plan alone (host code: it needs no GPU, whose occupancy it reads as one block per SM when
+// there is none): queries of three storage forms, dense rows and ATP-, KIVI- and streaming-style
+// visibility, become one batch per form in first-seen order; each task's splits cover its principal
+// and exact rows in chunks of the batch's chunk (a multiple of 32 in [64, 1024]); the work list holds
+// every (task, split) once, principal ones first; partial results do not overlap and fill ws_floats.
+TEST(CudaDecodePlan, TasksAndWorkCoverEveryChunkOnce) {
+  const cuda::AttnShape a{32, 8, 64};
+  cuda::DeviceRows f32{cuda::KvFormat::kF32}, bf16{cuda::KvFormat::kBF16}, kivi{cuda::KvFormat::kKivi2};
+  for (auto* r : {&f32, &bf16, &kivi}) r->dim = 64, r->n_kv = 8;
+  std::vector<cuda::DecodeQuery> qs;
+  for (int L : kLengths) {
+    cuda::DecodeQuery dense;  // rows 0 .. L - 1
+    dense.k = dense.v = f32, dense.pos = L - 1;
+    cuda::DecodeQuery atp = dense;  // blocks of 16 seen through 4 rows each past a window of 16
+    atp.vis.block = 16, atp.vis.window = 16, atp.vis.pk = atp.vis.pv = f32;
+    atp.vis.last_pre = cuda::CompressedBlocks(16, 16, L - 1) * 4;
+    atp.vis.first = cuda::CompressedBlocks(16, 16, L - 1) * 16 / 2;  // older exact rows dropped
+    cuda::DecodeQuery packed = atp;  // KIVI: packed groups of 32, residual 32
+    packed.vis.block = 32, packed.vis.window = 31, packed.vis.rows_per_block = 32;
+    packed.vis.pk = packed.vis.pv = kivi;
+    packed.vis.last_pre = cuda::CompressedBlocks(32, 31, L - 1) * 32, packed.vis.first = 0;
+    cuda::DecodeQuery half = dense;
+    half.k = half.v = bf16;
+    for (const auto& q : {dense, packed, atp, half}) qs.push_back(q);
+  }
+  for (int forced : {0, 96}) {
+    const auto batches = cuda::PlanDecodeBatches(a, qs.data(), qs.size(), 132, forced);
+    ASSERT_EQ(batches.size(), 3u);
+    EXPECT_EQ(batches[0].f, cuda::KvFormat::kF32);
+    EXPECT_EQ(batches[0].p, cuda::KvFormat::kF32);
+    EXPECT_EQ(batches[1].p, cuda::KvFormat::kKivi2);
+    EXPECT_EQ(batches[2].f, cuda::KvFormat::kBF16);
+    EXPECT_EQ(batches[0].tasks.size(), 2 * kLengths.size());  // dense and ATP-style share a form
+    for (const cuda::DecodeBatch& b : batches) {
+      const int c = b.chunk;
+      EXPECT_TRUE(forced ? c == forced : c % 32 == 0 && c >= 64 && c <= 1024) << c;
+      std::vector<std::vector<int>> seen(b.tasks.size());
+      for (size_t w = 0; w < b.work.size(); ++w) {
+        const cuda::DecodeWork& u = b.work[w];
+        ASSERT_LT(size_t(u.task), b.tasks.size());
+        EXPECT_EQ(u.split < b.tasks[size_t(u.task)].pre_splits, int(w) < b.work_pre) << "principal chunks first";
+        seen[size_t(u.task)].push_back(u.split);
+      }
+      int64_t part = 0;
+      for (size_t t = 0; t < b.tasks.size(); ++t) {
+        const cuda::DecodeTask& task = b.tasks[t];
+        const int64_t pre = (task.pre_rows + c - 1) / c, exact = (task.end - task.begin + c - 1) / c;
+        EXPECT_GE(task.end, task.begin);
+        EXPECT_EQ(task.pre_splits, pre);
+        EXPECT_EQ(task.splits, pre + exact);
+        EXPECT_LE(task.splits, b.max_splits);
+        std::sort(seen[t].begin(), seen[t].end());
+        std::vector<int> all(size_t(task.splits));
+        for (int i = 0; i < task.splits; ++i) all[size_t(i)] = i;
+        EXPECT_EQ(seen[t], all) << "task " << t;
+        EXPECT_EQ(task.part, part);
+        part += int64_t(a.n_heads) * task.splits * (a.head_dim + 2);
+      }
+      EXPECT_EQ(b.ws_floats, part);
+      if (forced) continue;
+      // One wave: the blocks fit 132 SMs at the most an SM holds (16 of 128 threads), unless the
+      // chunk is the longest; and a chunk 32 rows shorter would not fit at the least (one per SM).
+      const auto blocks_at = [&](int chunk) {
+        int64_t n = 0;
+        for (const cuda::DecodeTask& t : b.tasks)
+          n += (t.pre_rows + chunk - 1) / chunk + (t.end - t.begin + chunk - 1) / chunk;
+        return n * a.n_kv;
+      };
+      EXPECT_TRUE(c == 1024 || blocks_at(c) <= 132 * 16) << c;
+      if (c > 64) EXPECT_GT(blocks_at(c - 32), 132) << c;
+    }
+    // Rows seen: the dense query at L - 1 reads rows [0, L); the ATP-style one its principal rows
+    // and positions from the last compressed block's end, as row indices past `first`.
+    const cuda::DecodeTask& dense = batches[0].tasks[0];
+    EXPECT_EQ(dense.begin, 0);
+    EXPECT_EQ(dense.end, 1);
+    const cuda::DecodeTask& atp = batches[0].tasks[1 + 2 * (kLengths.size() - 1)];  // L = 5000
+    const int64_t nb = cuda::CompressedBlocks(16, 16, 4999);
+    EXPECT_EQ(atp.pre_rows, nb * 4);
+    EXPECT_EQ(atp.begin, nb * 16 - nb * 16 / 2);
+    EXPECT_EQ(atp.end, 5000 - nb * 16 / 2);
+  }
+}
+
 // The kernels alone: sequences of kLengths rows in one form, their queries batched (one launch, the
 // chunk sized for the batch) against each query alone at the batch's chunk (bit for bit: the same
 // kernel does the same arithmetic) and against Attend (the per-item path, its own chunk: kTol).
