@@ -43,7 +43,7 @@ cudaStream_t SideStream() {
   return s;
 }
 
-class CudaAtpPolicy : public KvPolicy {
+class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
  public:
   CudaAtpPolicy(const KvShape& s, const Params& p)
       : s_(s), p_(p), exact_(p.fmt, s.head_dim, s.n_kv_heads), pk_(p.fmt, s.head_dim, s.n_kv_heads),
@@ -62,7 +62,7 @@ class CudaAtpPolicy : public KvPolicy {
     if (T == 0) return Status::Ok();
     ATP_RETURN_IF_ERROR(cuda::CheckContinues("atp", positions[0], len_));
     if (!X) return Status::InvalidArgument("atp: the layer input X is needed (the paper's basis)");
-    const int B = p_.block, d = s_.d_model, kvd = s_.kv_dim();
+    const int d = s_.d_model, kvd = s_.kv_dim();
     const float* dk = k_in_.Get(K, size_t(T * kvd));
     const float* dv = v_in_.Get(V, size_t(T * kvd));
     const float* dx = x_in_.Get(X, size_t(T * d));
@@ -70,48 +70,37 @@ class CudaAtpPolicy : public KvPolicy {
 
     // No query from positions[0] on sees the blocks below this one exactly (kv/atp_policy.cpp). A
     // replaced buffer is released after the forward's stream: it waits for background readers first.
-    ATP_RETURN_IF_ERROR(exact_.Append(len_, CompressedBlocks(positions[0]) * B, dk, dv, T, [&] { AwaitCompression(); }));
-
-    // X of the blocks this chunk completes: the first may have begun in an earlier call (x_fill_).
-    // Both X buffers (one filling, one read by a background compression) are allocated up front.
-    ATP_RETURN_IF_ERROR(x_fill_.Grow(size_t(B) * size_t(d)));
-    ATP_RETURN_IF_ERROR(x_fill_next_.Grow(size_t(B) * size_t(d)));
-    const int64_t filled = len_ % B, complete = (filled + T) / B;
-    const float* first = nullptr;
-    const float* rest = dx;
-    if (complete > 0 && filled > 0) {
-      ATP_CUDA_RETURN(cudaMemcpyAsync(x_fill_.get() + filled * d, dx, size_t((B - filled) * d) * sizeof(float),
-                                      cudaMemcpyDeviceToDevice, nullptr));
-      first = x_fill_.get(), rest = dx + (B - filled) * d;
-    }
-    // In the background only when the one block completed lies in x_fill_ (a decode step: the chunk's X,
-    // the forward's buffer, is rewritten by the next layer) and its ranks are known without reading them.
-    const bool background = complete == 1 && filled > 0 && p_.tau <= 0;
-    for (int64_t done = 0; done < complete; done += kBlocksPerLaunch) {
-      const int n = int(std::min<int64_t>(kBlocksPerLaunch, complete - done));
-      const float* group_first = done == 0 ? first : nullptr;
-      const float* group_rest = rest + (first && done > 0 ? done - 1 : done) * B * d;
-      ATP_RETURN_IF_ERROR(CompressBlocks(len_ / B + done, n, group_first, group_rest, background));
-    }
-    // The rows of the block still filling (into the other X buffer when x_fill_ is being compressed).
-    if (background) std::swap(x_fill_, x_fill_next_);
-    const int64_t tail = (filled + T) % B, from = complete > 0 ? T - tail : 0, at = complete > 0 ? 0 : filled;
-    if (tail > 0 && T - from > 0)
-      ATP_CUDA_RETURN(cudaMemcpyAsync(x_fill_.get() + at * d, dx + from * d, size_t((T - from) * d) * sizeof(float),
-                                      cudaMemcpyDeviceToDevice, nullptr));
-    len_ += T;
-    return cuda::LastLaunch("atp append");
+    ATP_RETURN_IF_ERROR(
+        exact_.Append(len_, CompressedBlocks(positions[0]) * p_.block, dk, dv, T, [&] { AwaitCompression(); }));
+    ATP_RETURN_IF_ERROR(GrowInput());
+    return TakeInput(dx, T, false);
   }
 
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     if (positions.empty()) return Status::Ok();
-    const int64_t last = positions.back(), nb = CompressedBlocks(last);
-    if (pending_ && nb > pending_block_) AwaitCompression();  // a query sees that block compressed now
-    cuda::Visibility vis;
-    vis.first = exact_.first(), vis.block = p_.block, vis.window = p_.window;
-    vis.pk = pk_.rows(), vis.pv = pv_.rows(), vis.pre_end = pre_end_.get();
-    vis.last_pre = nb > 0 ? pre_end_host_[size_t(nb - 1)] : 0;
-    return attention_.Run(s_, exact_.k(), exact_.v(), vis, positions, vis.last_pre + last - nb * p_.block + 1, Q, O);
+    return attention_.Run(s_, View(positions.back()), positions, Q, O);
+  }
+
+  // As Append of one token: its K and V rows, and its X into the filling block's buffer (B > 1),
+  // stored by the caller; room for the principal rows of the block it may complete reserved here.
+  Status PlanDecode(int32_t pos, std::vector<cuda::RowStore>* stores, cuda::DecodeQuery* query) override {
+    ATP_RETURN_IF_ERROR(cuda::CheckContinues("atp", pos, len_));
+    const int B = p_.block;
+    ATP_ASSIGN_OR_RETURN(const int64_t row,
+                         exact_.Room(len_, CompressedBlocks(pos) * B, 1, [&] { AwaitCompression(); }));
+    stores->push_back({exact_.k(), exact_.v(), row, 1});
+    ATP_RETURN_IF_ERROR(GrowInput());
+    if (B > 1) {
+      const cuda::DeviceRows x{KvFormat::kF32, reinterpret_cast<uint8_t*>(x_fill_.get()), nullptr, s_.d_model, 1};
+      stores->push_back({x, {}, len_ % B, 1, true});
+    }
+    if ((len_ + 1) % B == 0) ATP_RETURN_IF_ERROR(Reserve(MaxRank(), 1));
+    *query = View(pos);
+    return Status::Ok();
+  }
+  Status FinishDecode(const float* X) override {
+    if (!X) return Status::InvalidArgument("atp: the layer input X is needed (the paper's basis)");
+    return TakeInput(X, 1, p_.block > 1);
   }
 
   // As the CPU policy counts: exact rows, the filling block's X (f32), principal rows, and one
@@ -130,6 +119,61 @@ class CudaAtpPolicy : public KvPolicy {
 
  private:
   int64_t CompressedBlocks(int64_t p) const { return cuda::CompressedBlocks(p_.block, p_.window, p); }
+  int MaxRank() const { return p_.tau > 0 ? p_.block : std::clamp(p_.rank, 1, p_.block); }
+
+  // Both X buffers (one filling, one read by a background compression), allocated up front.
+  Status GrowInput() {
+    ATP_RETURN_IF_ERROR(x_fill_.Grow(size_t(p_.block) * size_t(s_.d_model)));
+    return x_fill_next_.Grow(size_t(p_.block) * size_t(s_.d_model));
+  }
+
+  // The second half of appending T tokens (their exact rows stored): their layer input dx (T,
+  // d_model, device) into the filling block, and the blocks they complete compressed. x_stored: one
+  // token whose X row the caller already stored into x_fill_ (PlanDecode).
+  Status TakeInput(const float* dx, int64_t T, bool x_stored) {
+    const int B = p_.block, d = s_.d_model;
+    // X of the blocks this chunk completes: the first may have begun in an earlier call (x_fill_).
+    const int64_t filled = len_ % B, complete = (filled + T) / B;
+    const float* first = nullptr;
+    const float* rest = dx;
+    if (complete > 0 && filled > 0) {
+      if (!x_stored)
+        ATP_CUDA_RETURN(cudaMemcpyAsync(x_fill_.get() + filled * d, dx, size_t((B - filled) * d) * sizeof(float),
+                                        cudaMemcpyDeviceToDevice, nullptr));
+      first = x_fill_.get(), rest = dx + (B - filled) * d;
+    }
+    // In the background only when the one block completed lies in x_fill_ (a decode step: the chunk's X,
+    // the forward's buffer, is rewritten by the next layer) and its ranks are known without reading them.
+    const bool background = complete == 1 && filled > 0 && p_.tau <= 0;
+    for (int64_t done = 0; done < complete; done += kBlocksPerLaunch) {
+      const int n = int(std::min<int64_t>(kBlocksPerLaunch, complete - done));
+      const float* group_first = done == 0 ? first : nullptr;
+      const float* group_rest = rest + (first && done > 0 ? done - 1 : done) * B * d;
+      ATP_RETURN_IF_ERROR(CompressBlocks(len_ / B + done, n, group_first, group_rest, background));
+    }
+    // The rows of the block still filling (into the other X buffer when x_fill_ is being compressed).
+    if (background) std::swap(x_fill_, x_fill_next_);
+    const int64_t tail = (filled + T) % B, from = complete > 0 ? T - tail : 0, at = complete > 0 ? 0 : filled;
+    if (tail > 0 && T - from > 0 && !x_stored)
+      ATP_CUDA_RETURN(cudaMemcpyAsync(x_fill_.get() + at * d, dx + from * d, size_t((T - from) * d) * sizeof(float),
+                                      cudaMemcpyDeviceToDevice, nullptr));
+    len_ += T;
+    return cuda::LastLaunch("atp append");
+  }
+
+  // What a query at `last` sees: the principal rows of its compressed blocks, then exact rows
+  // (waiting on the device for a background compression of a block it sees compressed).
+  cuda::DecodeQuery View(int64_t last) {
+    const int64_t nb = CompressedBlocks(last);
+    if (pending_ && nb > pending_block_) AwaitCompression();
+    cuda::DecodeQuery q;
+    q.k = exact_.k(), q.v = exact_.v(), q.pos = last;
+    cuda::Visibility& vis = q.vis;
+    vis.first = exact_.first(), vis.block = p_.block, vis.window = p_.window;
+    vis.pk = pk_.rows(), vis.pv = pv_.rows(), vis.pre_end = pre_end_.get();
+    vis.last_pre = nb > 0 ? pre_end_host_[size_t(nb - 1)] : 0;
+    return q;
+  }
 
   // The forward's stream waits (on the device) for the last background compression.
   void AwaitCompression() {
@@ -146,7 +190,7 @@ class CudaAtpPolicy : public KvPolicy {
     // a block takes B decode steps).
     AwaitCompression();
     const int B = p_.block, kvd = s_.kv_dim();
-    const int max_rank = p_.tau > 0 ? B : std::clamp(p_.rank, 1, B);
+    const int max_rank = MaxRank();
     for (auto [buf, count] : {std::pair{&u_, size_t(n) * B * B}, {&kb_, size_t(n) * B * kvd}, {&vb_, size_t(n) * B * kvd},
                               {&ppk_, size_t(n) * max_rank * kvd}, {&ppv_, size_t(n) * max_rank * kvd}})
       ATP_RETURN_IF_ERROR(buf->Grow(count));
@@ -190,21 +234,30 @@ class CudaAtpPolicy : public KvPolicy {
     return cuda::LastLaunch("atp compress");
   }
 
-  // Appends n blocks of the given ranks to the bookkeeping: block ends (the host's; Launch writes the
-  // device's), room for their principal rows and ends (capacities double, so growth is rare).
-  Status Record(const std::vector<int32_t>& ranks) {
-    int64_t rows = 0;
-    const size_t old = pre_end_host_.size();
-    for (int32_t r : ranks) pre_end_host_.push_back(int32_t(principal_ + (rows += r)));
+  // Room for `rows` more principal rows and `blocks` more block ends (capacities double, so growth
+  // is rare; PlanDecode reserves ahead so that a step's compression moves no buffer its attention reads).
+  Status Reserve(int64_t rows, size_t blocks) {
     ATP_RETURN_IF_ERROR(pk_.Reserve(principal_ + rows, principal_));
     ATP_RETURN_IF_ERROR(pv_.Reserve(principal_ + rows, principal_));
-    principal_ += rows;
-    if (pre_end_.size() < pre_end_host_.size()) {  // grow by doubling, keeping the ends so far
+    const size_t old = pre_end_host_.size();
+    if (pre_end_.size() < old + blocks) {  // grow by doubling, keeping the ends so far
       DeviceArray<int32_t> next;
-      ATP_RETURN_IF_ERROR(next.Grow(std::max<size_t>(2 * pre_end_host_.size(), 256)));
+      ATP_RETURN_IF_ERROR(next.Grow(std::max<size_t>(2 * (old + blocks), 256)));
       if (old > 0) ATP_CUDA_RETURN(cudaMemcpy(next.get(), pre_end_.get(), old * sizeof(int32_t), cudaMemcpyDeviceToDevice));
       pre_end_ = std::move(next);
     }
+    return Status::Ok();
+  }
+
+  // Appends n blocks of the given ranks to the bookkeeping: block ends (the host's; Launch writes the
+  // device's) and room for their principal rows and ends.
+  Status Record(const std::vector<int32_t>& ranks) {
+    int64_t rows = 0;
+    for (int32_t r : ranks) rows += r;
+    ATP_RETURN_IF_ERROR(Reserve(rows, ranks.size()));
+    rows = 0;
+    for (int32_t r : ranks) pre_end_host_.push_back(int32_t(principal_ + (rows += r)));
+    principal_ += rows;
     return Status::Ok();
   }
 

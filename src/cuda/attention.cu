@@ -23,50 +23,65 @@ constexpr int kMaxGroup = 8;  // query heads per KV head that one block serves (
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeWarps = kDecodeThreads / 32;
 
-struct Split {
-  int chunk = 0, splits = 0;
-};
-// As many blocks (n_kv per split) as `slots`, the blocks the GPU holds at once, so that the grid
-// runs in one wave: with ~8 per SM where registers allow 6, the last 30% of the blocks ran as a
-// second wave after the first (1.3 waves at 32k on the H200, 51 us per layer). Chunks of 64..1024
-// rows; short sequences get fewer blocks.
-Split DecodeSplit(const AttnShape& a, int64_t len, int64_t slots) {
+// The decode chunk: the smallest multiple of 32 in [64, 1024] at which `splits(chunk)` splits (of
+// n_kv blocks each) fit `slots`, the blocks the GPU holds at once, so that the grid runs in one wave:
+// with ~8 per SM where registers allow 6, the last 30% of the blocks ran as a second wave after the
+// first (1.3 waves at 32k on the H200, 51 us per layer); 1024 when none fits. Short sequences get
+// fewer blocks. splits(c) does not grow with c, so a bisection finds it; for one range of len rows
+// it is ceil(len / (slots / n_kv)) rounded up to 32, clamped.
+template <typename Splits>
+int DecodeChunk(const AttnShape& a, int64_t slots, Splits splits) {
   const int64_t target = std::max<int64_t>(1, slots / a.n_kv);
-  int64_t chunk = (len + target - 1) / target;
-  chunk = std::clamp<int64_t>((chunk + 31) / 32 * 32, 64, 1024);
-  return {int(chunk), int((len + chunk - 1) / chunk)};
+  int lo = 2, hi = 32;  // in units of 32 rows; hi always fits (by definition)
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (splits(32 * mid) <= target) hi = mid;
+    else lo = mid + 1;
+  }
+  return 32 * lo;
 }
 
-// Rows [begin, end) of k and v that one query sees, cut into `splits` chunks.
-struct DecodeRange {
-  DeviceRows k, v;
-  int64_t begin = 0, end = 0;
-  int splits = 0;
+int64_t SplitsOf(int64_t rows, int chunk) { return rows > 0 ? (rows + chunk - 1) / chunk : 0; }
+
+// Where a decode block's work comes from: the batch's tasks and work list in device memory, or (the
+// batch of one, Attend's T == 1, with no descriptor upload) one task by value, block b doing split
+// slot0 + b.
+struct DecodeArgs {
+  const DecodeTask* tasks = nullptr;
+  const DecodeWork* work = nullptr;
+  DecodeTask one;
+  int slot0 = 0;
 };
 
-// Block (split, kv head): the G query heads of one KV head over one chunk of rows of a range.
+// Block (work unit, kv head): the G query heads of one KV head over one chunk of rows of a task.
 // Lanes work in groups of hd/8, one row per group, each lane owning 8 elements of the row; the
 // same lane keeps the same 8 query elements in registers for the whole kernel. Writes, per head
-// and split, the running max m, the sum l of exp(s - m) and the unnormalized output (hd), to slot
-// slot0 + blockIdx.x of `slots` (two launches of different forms can fill one merge).
+// and split, the running max m, the sum l of exp(s - m) and the unnormalized output (hd), to the
+// task's partial results (two launches of different forms can fill one task's merge).
 // GM: the group size G rounded up to 1, 2, 4 or 8 (register arrays need a compile-time size;
 // lanes of heads g >= G compute on zeros and are never stored).
 template <KvFormat F, int GM>
-__global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeRange ra, DecodeRange rb, const float* q,
-                                                               int n_heads, int chunk, float scale, float* part,
-                                                               int slot0, int slots) {
+__global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeArgs args, int n_heads, int chunk, float scale,
+                                                               float* part) {
   extern __shared__ float smem[];
   LetNextStart();
   WaitForPrevious();
-  // The first ra.splits blocks read range a (principal rows), the rest range b: the merge cannot tell.
-  const bool in_a = int(blockIdx.x) < ra.splits;
-  const DeviceRows K = in_a ? ra.k : rb.k, V = in_a ? ra.v : rb.v;
-  const int64_t begin = in_a ? ra.begin + int64_t(blockIdx.x) * chunk : rb.begin + int64_t(blockIdx.x - ra.splits) * chunk;
-  const int hd = K.dim, G = n_heads / K.n_kv, kvh = blockIdx.y, split = slot0 + blockIdx.x, splits = slots;
+  DecodeWork w{0, args.slot0 + int(blockIdx.x)};
+  DecodeTask t;  // copied field by field as used (a select of the two addresses would spill args)
+  if (args.work) w = args.work[blockIdx.x];
+  if (args.tasks) t = args.tasks[w.task];
+  else t = args.one;
+  // A task's first pre_splits splits read its principal rows, the rest its exact rows: the merge
+  // cannot tell.
+  const bool pre = w.split < t.pre_splits;
+  const DeviceRows K = pre ? t.pk : t.k, V = pre ? t.pv : t.v;
+  const int64_t begin = pre ? int64_t(w.split) * chunk : t.begin + int64_t(w.split - t.pre_splits) * chunk;
+  const int64_t end = pre ? t.pre_rows : t.end;
+  const int hd = K.dim, G = n_heads / K.n_kv, kvh = blockIdx.y, split = w.split, splits = t.splits;
+  const float* q = t.q;
   float* ss = smem;                       // (G, chunk) scores, then exp(s - m)
   float* red = ss + G * chunk;            // (warps, G, hd) per-warp output sums
   float* ml = red + kDecodeWarps * G * hd;  // (G, 2) max and sum per head
-  const int64_t end = in_a ? ra.end : rb.end;
   const int n = end > begin ? int(end - begin < chunk ? end - begin : chunk) : 0;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lpr = hd / 8, rpw = 32 / lpr;
   const int c = lane % lpr, sub = lane / lpr;
@@ -161,7 +176,7 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeRange ra, D
     float s = 0;
     for (int w = 0; w < kDecodeWarps; ++w) s += red[w * G * hd + i];
     const int g = i / hd, d = i % hd;
-    float* P = part + (int64_t(kvh * G + g) * splits + split) * (hd + 2);
+    float* P = part + t.part + (int64_t(kvh * G + g) * splits + split) * (hd + 2);
     P[2 + d] = s;
     if (d == 0) P[0] = ml[2 * g], P[1] = ml[2 * g + 1];
   }
@@ -181,16 +196,21 @@ __device__ float BlockReduce(float v, Op op, float* red) {
   return t;
 }
 
-// Block h merges head h's splits: the global max, each split's weight exp(m_s - M) (0 for an
-// empty split), then threads (d, j) sum the weighted outputs of splits j, j + nj, ... in parallel
-// (independent loads: the merge reads up to ~100 KB per head from L2 and must not wait on each).
-__global__ void __launch_bounds__(kCombineThreads) CombineKernel(const float* part, int splits, int hd, float* O) {
+// Block (h, task) merges head h's splits of a task: the global max, each split's weight
+// exp(m_s - M) (0 for an empty split), then threads (d, j) sum the weighted outputs of splits j,
+// j + nj, ... in parallel (independent loads: the merge reads up to ~100 KB per head from L2 and
+// must not wait on each).
+__global__ void __launch_bounds__(kCombineThreads) CombineKernel(DecodeArgs args, int hd, const float* part) {
   extern __shared__ float sw[];  // (splits) weights, then (nj, hd) partial outputs
   __shared__ float red[kCombineThreads / 32];
   LetNextStart();  // the next projection may start loading its weights (cuda/pdl.cuh)
   WaitForPrevious();
-  const int h = blockIdx.x, stride = hd + 2;
-  const float* P = part + int64_t(h) * splits * stride;
+  DecodeTask t;
+  if (args.tasks) t = args.tasks[blockIdx.y];
+  else t = args.one;
+  const int h = blockIdx.x, stride = hd + 2, splits = t.splits;
+  float* O = t.o;
+  const float* P = part + t.part + int64_t(h) * splits * stride;
   float m = -INFINITY;
   for (int s = threadIdx.x; s < splits; s += kCombineThreads) m = fmaxf(m, P[s * stride]);
   const float M = BlockReduce(m, [](float a, float b) { return fmaxf(a, b); }, red);
@@ -400,11 +420,17 @@ int Resident(Kernel kernel, const AttnShape& a) {
   return it->second;
 }
 
-// Dense and ATP (P = F), KIVI (P a KIVI form over exact rows of form F).
+// The decode kernel of form X for group size G (register arrays need compile-time sizes).
+template <KvFormat X>
+auto DecodeKernelFor(int G) {
+  return G == 1 ? DecodeKernel<X, 1> : G == 2 ? DecodeKernel<X, 2> : G <= 4 ? DecodeKernel<X, 4> : DecodeKernel<X, 8>;
+}
+
+// Dense, ATP and streaming read rows of one form (P = F); KIVI reads packed groups of a KIVI form P
+// and exact rows of form F. Opts in to more than 48 KB of dynamic shared memory once per kernel
+// (Hopper allows 227 KB).
 template <KvFormat F, KvFormat P>
-void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const Visibility& vis, const float* Q,
-              int64_t T, int64_t start, float* O, float* ws, int sm_count, cudaStream_t s) {
-  // Opt in to more than 48 KB of dynamic shared memory once per kernel (Hopper allows 227 KB).
+void OptIn() {
   static const bool opted = [] {
     for (auto* kernel : {DecodeKernel<F, 1>, DecodeKernel<F, 2>, DecodeKernel<F, 4>, DecodeKernel<F, 8>,
                          DecodeKernel<P, 1>, DecodeKernel<P, 2>, DecodeKernel<P, 4>, DecodeKernel<P, 8>})
@@ -414,40 +440,100 @@ void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, cons
     return true;
   }();
   (void)opted;
-  const float scale = 1.0f / std::sqrt(float(a.head_dim));
-  if (T == 1) {
-    // Two ranges, split alike: the principal rows the query sees, then its exact rows; one launch
-    // when both have one form, else one per form into the same merge.
-    const int64_t lo = SeenFrom(vis, start) - vis.first, hi = start - vis.first + 1;
-    const int G = a.n_heads / a.n_kv;
-    // The kernel for group size G (register arrays need compile-time sizes).
-    const auto pick = [&](auto f) {
-      constexpr KvFormat X = decltype(f)::value;
-      return G == 1 ? DecodeKernel<X, 1> : G == 2 ? DecodeKernel<X, 2> : G <= 4 ? DecodeKernel<X, 4> : DecodeKernel<X, 8>;
-    };
-    // KIVI's packed rows take a kernel of their own, with more registers: the grid fits the tighter.
-    const int64_t slots = int64_t(sm_count) * std::min(Resident(pick(std::integral_constant<KvFormat, F>{}), a),
-                                                       Resident(pick(std::integral_constant<KvFormat, P>{}), a));
-    const Split sp = DecodeSplit(a, vis.last_pre + hi - lo, slots);
-    const auto splits = [&](int64_t n) { return int((n + sp.chunk - 1) / sp.chunk); };
-    const DecodeRange pre{vis.pk, vis.pv, 0, vis.last_pre, splits(vis.last_pre)};
-    const DecodeRange exact{k, v, lo, hi, splits(hi - lo)};
-    const int total = pre.splits + exact.splits;
-    const auto launch = [&](auto kernel, const DecodeRange& ra, const DecodeRange& rb, int slot0) {
-      if (ra.splits + rb.splits > 0)
-        LaunchAfter(kernel, dim3(unsigned(ra.splits + rb.splits), unsigned(a.n_kv)), dim3(kDecodeThreads),
-                    DecodeSmem(a, sp.chunk), s, ra, rb, Q, a.n_heads, sp.chunk, scale, ws, slot0, total);
-    };
-    if constexpr (P == F) {
-      launch(pick(std::integral_constant<KvFormat, F>{}), pre, exact, 0);
-    } else {
-      launch(pick(std::integral_constant<KvFormat, P>{}), pre, DecodeRange{}, 0);
-      launch(pick(std::integral_constant<KvFormat, F>{}), DecodeRange{}, exact, pre.splits);
+}
+
+// Calls fn(F, P) (std::integral_constant<KvFormat, ...> each) for exact rows of form f and principal
+// rows of form p: p == f, or a KIVI p over exact f; other pairs have no kernels and call nothing.
+template <typename Fn>
+void WithForms(KvFormat f, KvFormat p, Fn&& fn) {
+  WithFormat(f, [&](auto ff) {
+    constexpr KvFormat F = decltype(ff)::value;
+    if constexpr (!IsKiviF(F)) {
+      if (p == F) return fn(ff, ff);
+      if constexpr (IsExact(F)) {
+        WithFormat(p, [&](auto pf) {
+          if constexpr (IsKiviF(decltype(pf)::value)) fn(ff, pf);
+        });
+      }
     }
-    LaunchAfter(CombineKernel, dim3(unsigned(a.n_heads)), dim3(kCombineThreads), sizeof(float) * (total + kCombineThreads),
-                s, ws, total, a.head_dim, O);
+  });
+}
+
+// The form of the principal rows a query reads: KIVI's packed groups, else the exact rows' own.
+KvFormat PrincipalForm(const DeviceRows& k, const Visibility& vis) {
+  return vis.block > 0 && IsKiviF(vis.pk.fmt) ? vis.pk.fmt : k.fmt;
+}
+
+// Blocks the GPU holds at once for a batch of forms F and P: KIVI's packed rows take a kernel of
+// their own, with more registers, so the grid fits the tighter. (After the opt-in: without it a
+// kernel asking for more than 48 KB, G = 8 at head_dim 128, would count as fitting once per SM.)
+template <KvFormat F, KvFormat P>
+int64_t DecodeSlots(const AttnShape& a, int sm_count) {
+  OptIn<F, P>();
+  const int G = a.n_heads / a.n_kv;
+  return int64_t(sm_count) * std::min(Resident(DecodeKernelFor<F>(G), a), Resident(DecodeKernelFor<P>(G), a));
+}
+
+// A query's two ranges: principal rows [0, pre) and exact rows [lo, hi) (row indices of k, v).
+struct QueryRanges {
+  int64_t pre, lo, hi;
+};
+QueryRanges RangesOf(const DecodeQuery& q) {
+  return {q.vis.last_pre, SeenFrom(q.vis, q.pos) - q.vis.first, q.pos - q.vis.first + 1};
+}
+int64_t SplitsOf(const QueryRanges& r, int chunk) { return SplitsOf(r.pre, chunk) + SplitsOf(r.hi - r.lo, chunk); }
+
+// The task of query q cut in chunks, its partial results from workspace float `part` on.
+DecodeTask TaskOf(const DecodeQuery& q, int chunk, int64_t part) {
+  const QueryRanges r = RangesOf(q);
+  DecodeTask t;
+  t.pk = q.vis.pk, t.pv = q.vis.pv, t.k = q.k, t.v = q.v;
+  t.pre_rows = r.pre, t.begin = r.lo, t.end = r.hi, t.part = part;
+  t.pre_splits = int(SplitsOf(r.pre, chunk)), t.splits = int(SplitsOf(r, chunk));
+  t.q = q.q, t.o = q.o;
+  return t;
+}
+
+// Decode blocks, then the combine of n_tasks tasks: with P == F one launch of `pre_blocks +
+// exact_blocks` blocks from `pre`; else pre_blocks of form P from `pre` and exact_blocks of form F
+// from `exact`, both into the same partial results.
+template <KvFormat F, KvFormat P>
+void LaunchDecode(const AttnShape& a, int chunk, const DecodeArgs& pre, int pre_blocks, const DecodeArgs& exact,
+                  int exact_blocks, const DecodeArgs& combine, int n_tasks, int max_splits, float* ws, cudaStream_t s) {
+  OptIn<F, P>();
+  const float scale = 1.0f / std::sqrt(float(a.head_dim));
+  const int G = a.n_heads / a.n_kv;
+  const auto launch = [&](auto kernel, const DecodeArgs& args, int blocks) {
+    if (blocks > 0)
+      LaunchAfter(kernel, dim3(unsigned(blocks), unsigned(a.n_kv)), dim3(kDecodeThreads), DecodeSmem(a, chunk), s, args,
+                  a.n_heads, chunk, scale, ws);
+  };
+  if constexpr (P == F) {
+    launch(DecodeKernelFor<F>(G), pre, pre_blocks + exact_blocks);
+  } else {
+    launch(DecodeKernelFor<P>(G), pre, pre_blocks);
+    launch(DecodeKernelFor<F>(G), exact, exact_blocks);
+  }
+  LaunchAfter(CombineKernel, dim3(unsigned(a.n_heads), unsigned(n_tasks)), dim3(kCombineThreads),
+              sizeof(float) * (max_splits + kCombineThreads), s, combine, a.head_dim, ws);
+}
+
+template <KvFormat F, KvFormat P>
+void AttendAs(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const Visibility& vis, const float* Q,
+              int64_t T, int64_t start, float* O, float* ws, int sm_count, cudaStream_t s) {
+  OptIn<F, P>();
+  if (T == 1) {  // the batch of one, its task passed by value: no descriptor to upload
+    const DecodeQuery q{k, v, vis, start, Q, O};
+    const QueryRanges r = RangesOf(q);
+    const int chunk = DecodeChunk(a, DecodeSlots<F, P>(a, sm_count), [&](int c) { return SplitsOf(r, c); });
+    DecodeArgs pre, exact;
+    pre.one = exact.one = TaskOf(q, chunk, 0);
+    exact.slot0 = pre.one.pre_splits;
+    LaunchDecode<F, P>(a, chunk, pre, pre.one.pre_splits, exact, pre.one.splits - pre.one.pre_splits, pre, 1,
+                       pre.one.splits, ws, s);
     return;
   }
+  const float scale = 1.0f / std::sqrt(float(a.head_dim));
   const int BQ = kQv / (a.n_heads / a.n_kv);
   const dim3 grid(unsigned((T + BQ - 1) / BQ), unsigned(a.n_kv));
   const auto prefill = [&](auto hd) {
@@ -478,26 +564,77 @@ Status CheckAttnShape(const AttnShape& a, KvFormat f) {
 }
 
 int64_t AttendWorkspaceFloats(const AttnShape& a, int64_t len, int sm_count) {
-  // Two ranges cut by the same chunk take at most one split more than one range of their length.
-  // Sized for the most blocks an SM can hold (threads), which no kernel's Resident exceeds.
-  return int64_t(a.n_heads) * (DecodeSplit(a, len, int64_t(sm_count) * kMaxResident).splits + 1) * (a.head_dim + 2);
+  // Two ranges cut by the chunk Attend picks take at most one split more than one range of their
+  // length at the chunk one range would get (Attend's is no shorter). Sized for the most blocks an SM
+  // can hold (threads), which no kernel's Resident exceeds.
+  const int chunk = DecodeChunk(a, int64_t(sm_count) * kMaxResident, [&](int c) { return SplitsOf(len, c); });
+  return int64_t(a.n_heads) * (SplitsOf(len, chunk) + 1) * (a.head_dim + 2);
 }
 
 void Attend(const AttnShape& a, const DeviceRows& k, const DeviceRows& v, const Visibility& vis, const float* Q,
             int64_t T, int64_t start, float* O, float* ws, int sm_count, cudaStream_t s) {
   if (T <= 0) return;
-  const bool packed = vis.block > 0 && IsKiviF(vis.pk.fmt);
-  WithFormat(k.fmt, [&](auto f) {
-    constexpr KvFormat F = decltype(f)::value;
-    if constexpr (!IsKiviF(F)) {
-      if (!packed) return AttendAs<F, F>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
-      if constexpr (IsExact(F)) {
-        WithFormat(vis.pk.fmt, [&](auto pf) {
-          constexpr KvFormat P = decltype(pf)::value;
-          if constexpr (IsKiviF(P)) AttendAs<F, P>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
-        });
-      }
+  WithForms(k.fmt, PrincipalForm(k, vis), [&](auto f, auto p) {
+    AttendAs<decltype(f)::value, decltype(p)::value>(a, k, v, vis, Q, T, start, O, ws, sm_count, s);
+  });
+}
+
+std::vector<DecodeBatch> PlanDecodeBatches(const AttnShape& a, const DecodeQuery* queries, size_t n, int sm_count,
+                                           int chunk_override) {
+  std::vector<DecodeBatch> out;
+  std::vector<std::vector<const DecodeQuery*>> members;
+  for (size_t i = 0; i < n; ++i) {
+    const KvFormat f = queries[i].k.fmt, p = PrincipalForm(queries[i].k, queries[i].vis);
+    size_t b = 0;
+    while (b < out.size() && !(out[b].f == f && out[b].p == p)) ++b;
+    if (b == out.size()) {
+      DecodeBatch batch;
+      batch.a = a, batch.f = f, batch.p = p;
+      out.push_back(std::move(batch));
+      members.emplace_back();
     }
+    members[b].push_back(&queries[i]);
+  }
+  for (size_t b = 0; b < out.size(); ++b) {
+    DecodeBatch& batch = out[b];
+    std::vector<QueryRanges> ranges;
+    for (const DecodeQuery* q : members[b]) ranges.push_back(RangesOf(*q));
+    int64_t slots = 0;
+    WithForms(batch.f, batch.p, [&](auto f, auto p) {
+      slots = DecodeSlots<decltype(f)::value, decltype(p)::value>(a, sm_count);
+    });
+    batch.chunk = chunk_override > 0 ? chunk_override : DecodeChunk(a, slots, [&](int c) {
+      int64_t total = 0;
+      for (const QueryRanges& r : ranges) total += SplitsOf(r, c);
+      return total;
+    });
+    for (const DecodeQuery* q : members[b]) {
+      batch.tasks.push_back(TaskOf(*q, batch.chunk, batch.ws_floats));
+      batch.ws_floats += int64_t(a.n_heads) * batch.tasks.back().splits * (a.head_dim + 2);
+      batch.max_splits = std::max(batch.max_splits, batch.tasks.back().splits);
+    }
+    // Principal chunks first (a launch of form p when it differs from f), then exact ones.
+    for (int exact = 0; exact < 2; ++exact) {
+      for (size_t t = 0; t < batch.tasks.size(); ++t) {
+        const DecodeTask& task = batch.tasks[t];
+        for (int sp = exact ? task.pre_splits : 0; sp < (exact ? task.splits : task.pre_splits); ++sp)
+          batch.work.push_back({int32_t(t), sp});
+      }
+      if (!exact) batch.work_pre = int(batch.work.size());
+    }
+  }
+  return out;
+}
+
+void RunDecodeBatch(const DecodeBatch& b, const DecodeTask* tasks, const DecodeWork* work, float* ws, cudaStream_t s) {
+  if (b.tasks.empty()) return;
+  DecodeArgs pre, exact;
+  pre.tasks = exact.tasks = tasks;
+  pre.work = work, exact.work = work + b.work_pre;
+  WithForms(b.f, b.p, [&](auto f, auto p) {
+    LaunchDecode<decltype(f)::value, decltype(p)::value>(b.a, b.chunk, pre, b.work_pre, exact,
+                                                         int(b.work.size()) - b.work_pre, pre, int(b.tasks.size()),
+                                                         b.max_splits, ws, s);
   });
 }
 

@@ -18,7 +18,11 @@ Status CudaDeviceStatus();
 // A forward pass on the GPU for `model` (device 0): uploads every weight as bf16 (norm weights and
 // biases f32) and keeps it for the backend's lifetime. The model must outlive the backend. Items
 // handed to Forward must carry policies from MakeCudaKvFactory (possibly wrapped, e.g. by the
-// bench's timing wrapper): the backend calls their Append/Attend with device pointers.
+// bench's timing wrapper): the backend calls their Append/Attend/Update with device pointers, except
+// for decode items (one token) whose every policy is a cuda::DecodePlanner (cuda/device_policy.h:
+// dense, mx, atp, kivi, streaming; not lowrank, not a wrapper): those it plans when the step starts
+// and runs per layer in batched launches across sequences (cuda/decode_batch.h), with the same
+// results up to the attention's summation order.
 Result<std::unique_ptr<ForwardBackend>> MakeCudaBackend(const LlamaModel& model);
 
 // KV policies in device memory for a policy string the CPU registry accepts, with the same

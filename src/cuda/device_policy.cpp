@@ -55,8 +55,12 @@ Status RowBuffer::Move(int64_t cap, int64_t from, int64_t keep) {
   return Status::Ok();
 }
 
-Status ExactTail::Append(int64_t len, int64_t keep_from, const float* K, const float* V, int64_t T,
-                         const std::function<void()>& before_move) {
+Status StoreRows(const std::vector<RowStore>& stores, const float* K, const float* V, const float* X) {
+  for (const RowStore& r : stores) StoreKv(r.k, r.v, r.row, r.input ? X : K, r.input ? nullptr : V, r.n, nullptr);
+  return LastLaunch("kv append");
+}
+
+Result<int64_t> ExactTail::Room(int64_t len, int64_t keep_from, int64_t T, const std::function<void()>& before_move) {
   keep_from_ = std::max(keep_from_, keep_from);
   if (len + T - first_ > k_.capacity()) {  // full: move the rows still needed to the front
     before_move();
@@ -65,12 +69,18 @@ Status ExactTail::Append(int64_t len, int64_t keep_from, const float* K, const f
     ATP_RETURN_IF_ERROR(v_.Compact(from, keep, keep + T));
     first_ = keep_from_;
   }
-  StoreKv(k_.rows(), v_.rows(), len - first_, K, V, T, nullptr);
+  return len - first_;
+}
+
+Status ExactTail::Append(int64_t len, int64_t keep_from, const float* K, const float* V, int64_t T,
+                         const std::function<void()>& before_move) {
+  ATP_ASSIGN_OR_RETURN(const int64_t row, Room(len, keep_from, T, before_move));
+  StoreKv(k_.rows(), v_.rows(), row, K, V, T, nullptr);
   return LastLaunch("kv append");
 }
 
-Status StagedAttention::Run(const KvShape& s, const DeviceRows& k, const DeviceRows& v, const Visibility& vis,
-                            std::span<const int32_t> positions, int64_t seen, const float* Q, float* O) {
+Status StagedAttention::Run(const KvShape& s, const DecodeQuery& view, std::span<const int32_t> positions,
+                            const float* Q, float* O) {
   const int64_t T = int64_t(positions.size());
   if (T == 0) return Status::Ok();
   const size_t nq = size_t(T) * size_t(s.q_dim());
@@ -78,8 +88,8 @@ Status StagedAttention::Run(const KvShape& s, const DeviceRows& k, const DeviceR
   const float* dq = q_.Get(Q, nq);
   float* o = o_.Get(O, nq);
   if (!dq || !o) return Status::ResourceExhausted("GPU attention: staging the queries or the output failed");
-  ATP_RETURN_IF_ERROR(ws_.Grow(size_t(AttendWorkspaceFloats(a, seen, SmCount()))));
-  Attend(a, k, v, vis, dq, T, positions[0], o, ws_.get(), SmCount(), nullptr);
+  ATP_RETURN_IF_ERROR(ws_.Grow(size_t(AttendWorkspaceFloats(a, RowsSeen(view), SmCount()))));
+  Attend(a, view.k, view.v, view.vis, dq, T, positions[0], o, ws_.get(), SmCount(), nullptr);
   ATP_RETURN_IF_ERROR(LastLaunch("attention"));
   o_.Finish(O, nq);
   return Status::Ok();

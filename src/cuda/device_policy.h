@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <vector>
 
 #include "core/dtype.h"
 #include "core/status.h"
@@ -83,6 +84,45 @@ class RowBuffer {
   DeviceArray<uint8_t> buf_;  // (cap_, elem bytes) then (cap_, scale bytes)
 };
 
+// Where a policy stores new tokens: rows row .. row + n - 1 of k and v from the first n of the
+// step's K and V rows (n_kv * dim f32 per token), or, with `input`, of k alone from the tokens' layer
+// input X (d_model f32 per token; ATP keeps the filling block's X as such rows, v empty).
+struct RowStore {
+  DeviceRows k, v;
+  int64_t row = 0, n = 0;
+  bool input = false;
+};
+
+// The stores one after another from device K, V and X (a policy's own Append: one StoreKv each).
+Status StoreRows(const std::vector<RowStore>& stores, const float* K, const float* V, const float* X);
+
+// A GPU policy whose one-token steps the forward pass batches with other sequences' (FlashInfer's
+// plan/run, cuda/decode_batch.h): the policy describes the step as data and the forward pass runs
+// every planned item of a layer in a few launches. Policies without it keep Append/Attend per item.
+// Both paths leave the same state and give the same output (up to the attention's summation order,
+// cuda/attention.h's RunDecodeBatch).
+class DecodePlanner {
+ public:
+  virtual ~DecodePlanner() = default;
+  // Plans appending the token at position pos (= Length()) and attending its query: makes room and
+  // settles every buffer the step writes or its attention reads, so that the rows and pointers given
+  // stay valid through FinishDecode and the step's attention. Adds where the token's rows go to
+  // `stores` (source row 0 of the step's K and V, or X) and sets query->k, v, vis and pos: what the
+  // query sees once those rows are stored and FinishDecode ran (the caller sets q and o). Launches
+  // nothing that reads the new rows; the forward pass plans every layer before the step runs.
+  virtual Status PlanDecode(int32_t pos, std::vector<RowStore>* stores, DecodeQuery* query) = 0;
+  // After the planned stores ran (legacy stream), before the attention: the rest of the append (KIVI
+  // packs a group the token completes, ATP compresses a block). X: the token's layer input (device,
+  // d_model f32), null unless the policy ReadsInput(). Length() counts the token from here on.
+  virtual Status FinishDecode(const float* X) = 0;
+};
+
+// Rows a query sees through `view` (principal rows, then its exact rows): the decode workspace's size.
+inline int64_t RowsSeen(const DecodeQuery& view) {
+  const Visibility& v = view.vis;
+  return v.last_pre + view.pos + 1 - CompressedBlocks(v.block, v.window, view.pos) * v.block;
+}
+
 // The exact rows of a policy that stops needing its oldest ones (ATP's window, KIVI's residual):
 // positions [first(), len) in one buffer pair, where rows before the caller's keep_from are
 // dropped lazily, moved out only when the buffer is full.
@@ -93,6 +133,8 @@ class ExactTail {
   // needed. before_move runs before a full buffer is replaced (a background reader must be done).
   Status Append(int64_t len, int64_t keep_from, const float* K, const float* V, int64_t T,
                 const std::function<void()>& before_move);
+  // Append's first half: room for T rows at position len, and the row index they go to.
+  Result<int64_t> Room(int64_t len, int64_t keep_from, int64_t T, const std::function<void()>& before_move);
   // Rows before keep_from are no longer needed (KvPolicy::Update): out of Bytes() now, out of the
   // buffer at the next move.
   void Release(int64_t keep_from) { keep_from_ = std::max(keep_from_, keep_from); }
@@ -108,12 +150,11 @@ class ExactTail {
 };
 
 // The attention call of a GPU policy: host Q and O staged (tests), the decode workspace sized for
-// the rows the last query sees (`seen`), then cuda::Attend. An error when staging, the workspace or the
-// launch fails (O is then not written).
+// the rows the last query sees (`view`: its rows, visibility and position positions.back()), then
+// cuda::Attend. An error when staging, the workspace or the launch fails (O is then not written).
 class StagedAttention {
  public:
-  Status Run(const KvShape& s, const DeviceRows& k, const DeviceRows& v, const Visibility& vis,
-             std::span<const int32_t> positions, int64_t seen, const float* Q, float* O);
+  Status Run(const KvShape& s, const DecodeQuery& view, std::span<const int32_t> positions, const float* Q, float* O);
 
  private:
   DeviceInput q_;

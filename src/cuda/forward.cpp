@@ -1,17 +1,21 @@
 // The Llama forward pass on the GPU, step for step the CPU pass of model/llama.cpp: projections
 // through cuBLAS with bf16 operands and f32 accumulation (tensor cores), the residual add folded
 // into the Wo and Wdown GEMMs (beta = 1), attention handed to each item's KV policies with device
-// pointers. A decode step (one row) runs our persistent GEMV instead (cuda/ops.h), which forms its
-// input (RMSNorm, SiLU-gate, bf16 rounding) itself and starts streaming weights before the kernel
-// before it has ended (cuda/pdl.cuh). Everything runs on the legacy default stream; only the two
-// host copies per call (positions in, logits out) synchronize.
+// pointers (decode items whose policies plan their steps: each layer's KV stores and attention batched
+// across sequences, cuda/decode_batch.h). A decode step (one row) runs our persistent GEMV instead
+// (cuda/ops.h), which forms its input (RMSNorm, SiLU-gate, bf16 rounding) itself and starts streaming
+// weights before the kernel before it has ended (cuda/pdl.cuh). Everything runs on the legacy
+// default stream; only the host copies per call (positions in, the batched decode's descriptors in,
+// logits out) synchronize.
 #include <cublas_v2.h>
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "cuda/backend.h"
 #include "cuda/check.h"
+#include "cuda/decode_batch.h"
 #include "cuda/ops.h"
 
 namespace atp {
@@ -111,6 +115,12 @@ class CudaForward : public ForwardBackend {
     const int32_t* d_pos = d_tokens + N;        // (N)
     const int32_t* d_rows = d_pos + N;          // (R)
 
+    // Decode items whose policies plan their steps run each layer's attention batched (cuda/decode_batch.h).
+    std::vector<int64_t> first_row;
+    for (int64_t r = 0; auto& it : items) first_row.push_back(std::exchange(r, r + int64_t(it.tokens.size())));
+    const cuda::BatchedDecode::Rows rows{k_.get(), v_.get(), wants_x ? xf_.get() : nullptr, q_.get(), att_.get(), kvd, d, qd};
+    ATP_RETURN_IF_ERROR(decode_.Plan(items, first_row, rows, {c.num_heads, c.num_kv_heads, c.head_dim}, c.num_layers));
+
     const cudaStream_t s = nullptr;
     const bf16* lm_head = lm_head_.get() ? lm_head_.get() : embed_.get();
     const float eps = c.rms_norm_eps;
@@ -128,14 +138,15 @@ class CudaForward : public ForwardBackend {
       if (wants_x) cuda::RmsNormF32(x_.get(), N, int(d), L.attn_norm.get(), eps, xf_.get(), s);
       cuda::BiasRopeSplit(qkv_.get(), L.bqkv.get(), d_pos, inv_freq_.get(), N, c.num_heads, c.num_kv_heads,
                           c.head_dim, q_.get(), k_.get(), v_.get(), s);
-      int64_t r = 0;
-      for (auto& it : items) {
-        KvPolicy* kv = it.kv[size_t(l)];
-        std::span<const int32_t> p(pos.data() + r, it.tokens.size());
+      ATP_RETURN_IF_ERROR(decode_.RunLayer(l));
+      for (size_t i = 0; i < items.size(); ++i) {
+        if (decode_.Batched(i)) continue;
+        KvPolicy* kv = items[i].kv[size_t(l)];
+        const int64_t r = first_row[i];
+        std::span<const int32_t> p(pos.data() + r, items[i].tokens.size());
         ATP_RETURN_IF_ERROR(kv->Append(p, wants_x ? xf_.get() + r * d : nullptr, k_.get() + r * kvd, v_.get() + r * kvd));
         ATP_RETURN_IF_ERROR(kv->Attend(p, q_.get() + r * qd, att_.get() + r * qd));
         ATP_RETURN_IF_ERROR(kv->Update());
-        r += int64_t(it.tokens.size());
       }
       if (one_row) {
         cuda::Gemv(L.wo.get(), d, qd, {In::kF32, att_.get()}, 1.f, x_.get(), s);
@@ -235,6 +246,7 @@ class CudaForward : public ForwardBackend {
   DeviceArray<bf16> h_;                       // (N, ffn) silu(gate) * up
   DeviceArray<bf16> sel_;                     // (R, d) final-normed logit rows
   DeviceArray<float> logits_;                 // (R, vocab)
+  cuda::BatchedDecode decode_;                // the step's batched decode items
 };
 
 }  // namespace

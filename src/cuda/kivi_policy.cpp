@@ -33,7 +33,7 @@ Status GrowKeeping(DeviceArray<uint8_t>* a, size_t bytes, size_t keep) {
   return Status::Ok();
 }
 
-class CudaKiviPolicy : public KvPolicy {
+class CudaKiviPolicy : public KvPolicy, public cuda::DecodePlanner {
  public:
   CudaKiviPolicy(const KvShape& s, const Params& p) : s_(s), p_(p), exact_(p.exact, s.head_dim, s.n_kv_heads) {}
 
@@ -41,35 +41,36 @@ class CudaKiviPolicy : public KvPolicy {
     const int64_t T = int64_t(positions.size());
     if (T == 0) return Status::Ok();
     ATP_RETURN_IF_ERROR(cuda::CheckContinues("kivi", positions[0], len_));
-    const int64_t n = T * s_.kv_dim(), G = p_.group;
+    const int64_t n = T * s_.kv_dim();
     const float* dk = k_in_.Get(K, size_t(n));
     const float* dv = v_in_.Get(V, size_t(n));
     if (!dk || !dv) return Status::ResourceExhausted("cuda kivi policy: cannot stage appended rows");
     // Rows of groups packed before this call are read packed by every later query.
-    ATP_RETURN_IF_ERROR(exact_.Append(len_, groups_ * G, dk, dv, T, [] {}));
+    ATP_RETURN_IF_ERROR(exact_.Append(len_, groups_ * p_.group, dk, dv, T, [] {}));
+    ATP_RETURN_IF_ERROR(ReservePacked(len_ + T));
     len_ += T;
-    const int64_t want = len_ >= p_.residual ? (len_ - p_.residual) / G : 0;
-    if (want > groups_) {
-      const size_t rows = size_t(want * G), had = size_t(groups_ * G);
-      ATP_RETURN_IF_ERROR(GrowKeeping(&kcodes_, rows * CodeBytes(), had * CodeBytes()));
-      ATP_RETURN_IF_ERROR(GrowKeeping(&vcodes_, rows * CodeBytes(), had * CodeBytes()));
-      ATP_RETURN_IF_ERROR(GrowKeeping(&kparams_, size_t(want) * KeyParamBytes(), size_t(groups_) * KeyParamBytes()));
-      ATP_RETURN_IF_ERROR(GrowKeeping(&vparams_, rows * ValueParamBytes(), had * ValueParamBytes()));
-      cuda::KiviPack(exact_.k(), exact_.v(), groups_ * G - exact_.first(), int(want - groups_), Packed(true),
-                     Packed(false), groups_ * G, nullptr);
-      groups_ = want;
-    }
+    Pack();
     return cuda::LastLaunch("kivi append");
   }
 
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     if (positions.empty()) return Status::Ok();
-    cuda::Visibility vis;
-    vis.first = exact_.first(), vis.block = p_.group, vis.window = p_.residual - 1;
-    vis.pk = Packed(true), vis.pv = Packed(false), vis.rows_per_block = p_.group;
-    const int64_t last = positions.back();
-    vis.last_pre = cuda::CompressedBlocks(vis.block, vis.window, last) * vis.rows_per_block;
-    return attention_.Run(s_, exact_.k(), exact_.v(), vis, positions, last + 1, Q, O);
+    return attention_.Run(s_, View(positions.back()), positions, Q, O);
+  }
+
+  // As Append of one token, its rows stored by the caller between the two halves.
+  Status PlanDecode(int32_t pos, std::vector<cuda::RowStore>* stores, cuda::DecodeQuery* query) override {
+    ATP_RETURN_IF_ERROR(cuda::CheckContinues("kivi", pos, len_));
+    ATP_ASSIGN_OR_RETURN(const int64_t row, exact_.Room(len_, groups_ * p_.group, 1, [] {}));
+    stores->push_back({exact_.k(), exact_.v(), row, 1});
+    ATP_RETURN_IF_ERROR(ReservePacked(len_ + 1));
+    *query = View(pos);
+    return Status::Ok();
+  }
+  Status FinishDecode(const float*) override {
+    ++len_;
+    Pack();
+    return cuda::LastLaunch("kivi append");
   }
 
   size_t Bytes() const override {
@@ -88,6 +89,40 @@ class CudaKiviPolicy : public KvPolicy {
   int64_t CodeBytes() const { return int64_t(s_.kv_dim()) * p_.bits / 8; }
   int64_t ValueParamBytes() const { return int64_t(s_.n_kv_heads) * (s_.head_dim / p_.group) * 4; }
   int64_t KeyParamBytes() const { return int64_t(s_.kv_dim()) * 4; }
+
+  // Token groups packed once len tokens are in: those before the newest R rows.
+  int64_t GroupsAt(int64_t len) const { return len >= p_.residual ? (len - p_.residual) / p_.group : 0; }
+
+  // Room for the groups packed at len tokens (the packed ones kept), so that Pack moves no buffer.
+  Status ReservePacked(int64_t len) {
+    const int64_t want = GroupsAt(len);
+    if (want <= groups_) return Status::Ok();
+    const size_t rows = size_t(want * p_.group), had = size_t(groups_ * p_.group);
+    ATP_RETURN_IF_ERROR(GrowKeeping(&kcodes_, rows * CodeBytes(), had * CodeBytes()));
+    ATP_RETURN_IF_ERROR(GrowKeeping(&vcodes_, rows * CodeBytes(), had * CodeBytes()));
+    ATP_RETURN_IF_ERROR(GrowKeeping(&kparams_, size_t(want) * KeyParamBytes(), size_t(groups_) * KeyParamBytes()));
+    return GrowKeeping(&vparams_, rows * ValueParamBytes(), had * ValueParamBytes());
+  }
+
+  // Packs the groups complete at len_ (their exact rows stored, room reserved).
+  void Pack() {
+    const int64_t want = GroupsAt(len_), G = p_.group;
+    if (want <= groups_) return;
+    cuda::KiviPack(exact_.k(), exact_.v(), groups_ * G - exact_.first(), int(want - groups_), Packed(true),
+                   Packed(false), groups_ * G, nullptr);
+    groups_ = want;
+  }
+
+  // What a query at `last` sees: packed groups, then exact rows (block G, window R - 1).
+  cuda::DecodeQuery View(int64_t last) const {
+    cuda::DecodeQuery q;
+    q.k = exact_.k(), q.v = exact_.v(), q.pos = last;
+    cuda::Visibility& vis = q.vis;
+    vis.first = exact_.first(), vis.block = p_.group, vis.window = p_.residual - 1;
+    vis.pk = Packed(true), vis.pv = Packed(false), vis.rows_per_block = p_.group;
+    vis.last_pre = cuda::CompressedBlocks(vis.block, vis.window, last) * vis.rows_per_block;
+    return q;
+  }
 
   cuda::DeviceRows Packed(bool keys) const {
     cuda::DeviceRows r;

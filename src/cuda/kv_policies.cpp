@@ -3,7 +3,9 @@
 // calibrated `lowrank`, whose coefficient rows are such rows of width r, between per-head changes of
 // basis; `atp`, `kivi` and `streaming` live in cuda/atp_policy.cpp, cuda/kivi_policy.cpp and
 // cuda/streaming_policy.cpp. They accept device
-// or host pointers; host buffers are staged, which only tests should do.
+// or host pointers; host buffers are staged, which only tests should do. The rows policy (like atp,
+// kivi and streaming) also plans its decode steps for the forward pass to batch (cuda::DecodePlanner);
+// lowrank does not (its queries and outputs change basis per item) and runs per item.
 #include <algorithm>
 #include <cmath>
 
@@ -29,22 +31,20 @@ using cuda::DeviceRows;
 using cuda::KvFormat;
 using cuda::RowBuffer;
 
-class CudaRowsPolicy : public KvPolicy {
+class CudaRowsPolicy : public KvPolicy, public cuda::DecodePlanner {
  public:
   CudaRowsPolicy(const KvShape& s, KvFormat f)
       : shape_(s), k_(f, s.head_dim, s.n_kv_heads), v_(f, s.head_dim, s.n_kv_heads) {}
 
   Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
     if (positions.empty()) return Status::Ok();
-    ATP_RETURN_IF_ERROR(cuda::CheckContinues("kv policy", positions[0], len_));
     const int64_t T = int64_t(positions.size()), n = T * shape_.kv_dim();
-    ATP_RETURN_IF_ERROR(k_.Reserve(len_ + T, len_));
-    ATP_RETURN_IF_ERROR(v_.Reserve(len_ + T, len_));
+    std::vector<cuda::RowStore> stores;
+    ATP_RETURN_IF_ERROR(Reserve(positions[0], T, &stores));
     const float* dk = k_in_.Get(K, size_t(n));
     const float* dv = v_in_.Get(V, size_t(n));
     if (!dk || !dv) return Status::ResourceExhausted("cuda kv policy: cannot stage appended rows");
-    cuda::StoreKv(k_.rows(), v_.rows(), len_, dk, dv, T, nullptr);
-    ATP_RETURN_IF_ERROR(cuda::LastLaunch("kv append"));
+    ATP_RETURN_IF_ERROR(cuda::StoreRows(stores, dk, dv, nullptr));
     len_ += T;
     return Status::Ok();
   }
@@ -52,7 +52,17 @@ class CudaRowsPolicy : public KvPolicy {
   // Positions must be contiguous (p0, p0 + 1, ...), as every ForwardItem's are.
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     if (positions.empty()) return Status::Ok();
-    return attention_.Run(shape_, k_.rows(), v_.rows(), {}, positions, positions.back() + 1, Q, O);
+    return attention_.Run(shape_, View(positions.back()), positions, Q, O);
+  }
+
+  Status PlanDecode(int32_t pos, std::vector<cuda::RowStore>* stores, cuda::DecodeQuery* query) override {
+    ATP_RETURN_IF_ERROR(Reserve(pos, 1, stores));
+    *query = View(pos);
+    return Status::Ok();
+  }
+  Status FinishDecode(const float*) override {
+    ++len_;
+    return Status::Ok();
   }
 
   size_t Bytes() const override { return size_t(len_ * (k_.TokenBytes() + v_.TokenBytes())); }
@@ -60,6 +70,21 @@ class CudaRowsPolicy : public KvPolicy {
   bool ReadsInput() const override { return false; }
 
  private:
+  // Room for T tokens from position pos (= len_), stored at rows pos .. pos + T - 1.
+  Status Reserve(int32_t pos, int64_t T, std::vector<cuda::RowStore>* stores) {
+    ATP_RETURN_IF_ERROR(cuda::CheckContinues("kv policy", pos, len_));
+    ATP_RETURN_IF_ERROR(k_.Reserve(len_ + T, len_));
+    ATP_RETURN_IF_ERROR(v_.Reserve(len_ + T, len_));
+    stores->push_back({k_.rows(), v_.rows(), len_, T});
+    return Status::Ok();
+  }
+  // What a query at `last` sees: every row up to it.
+  cuda::DecodeQuery View(int64_t last) const {
+    cuda::DecodeQuery q;
+    q.k = k_.rows(), q.v = v_.rows(), q.pos = last;
+    return q;
+  }
+
   KvShape shape_;
   int64_t len_ = 0;
   RowBuffer k_, v_;

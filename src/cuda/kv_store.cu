@@ -1,5 +1,6 @@
 // Kernels behind cuda/attention.h's StoreKv, KiviPack and LoadRowsF32: rows written in every form
 // (exact, MX, KIVI codes) and read back as f32.
+#include <algorithm>
 #include <cmath>
 
 #include "cuda/attention.h"
@@ -13,13 +14,29 @@ namespace {
 
 constexpr unsigned kFull = 0xffffffffu;
 
-// blockIdx.y: 0 stores K into k, 1 stores V into v.
+// Where a store kernel's jobs come from: a batch in device memory (blocks with blockIdx.y = i do job
+// i), or StoreKv's one job by value. blockIdx.z: 0 stores K into k, 1 stores V into v (nothing when
+// v.elems is null). Every kernel below serves both.
+struct StoreArgs {
+  const StoreJob* jobs = nullptr;
+  StoreJob one;
+};
+__device__ __forceinline__ StoreJob JobOf(const StoreArgs& a) {
+  StoreJob j;  // copied field by field as used (a select of the two addresses would spill args)
+  if (a.jobs) j = a.jobs[blockIdx.y];
+  else j = a.one;
+  return j;
+}
+
 template <typename T>
-__global__ void StoreExactKernel(T* k, T* v, const float* K, const float* V, int64_t n) {
+__global__ void StoreExactKernel(StoreArgs args) {
   LetNextStart();
   WaitForPrevious();
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) (blockIdx.y ? v : k)[i] = FromFloat<T>((blockIdx.y ? V : K)[i]);
+  const StoreJob j = JobOf(args);
+  const DeviceRows& dst = blockIdx.z ? j.v : j.k;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, per_token = int64_t(dst.n_kv) * dst.dim;
+  if (dst.elems && i < j.n * per_token)
+    reinterpret_cast<T*>(dst.elems)[j.row * per_token + i] = FromFloat<T>((blockIdx.z ? j.V : j.K)[i]);
 }
 
 // kv/mx_codec.cpp's QuantizeMini for E4M3 (ebits 4, mbits 3, bias 7, max 448), E5M2 (5, 2, 15,
@@ -43,16 +60,16 @@ __device__ uint32_t QuantizeMini(double x, double max_normal) {
 }
 
 // One warp per block of 32 elements of one (token, head) row; lane i encodes element i.
-// blockIdx.y: 0 stores K into k, 1 stores V into v.
 template <KvFormat F>
-__global__ void StoreMxKernel(DeviceRows k, DeviceRows v, int64_t start, const float* K, const float* V,
-                              int64_t n_blocks) {
+__global__ void StoreMxKernel(StoreArgs args) {
   LetNextStart();
   WaitForPrevious();
-  const DeviceRows& dst = blockIdx.y ? v : k;
-  const float* src = blockIdx.y ? V : K;
+  const StoreJob j = JobOf(args);
+  const DeviceRows& dst = blockIdx.z ? j.v : j.k;
+  const float* src = blockIdx.z ? j.V : j.K;
+  const int64_t start = j.row, n_blocks = j.n * dst.n_kv * (dst.dim / 32);
   const int64_t b = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  if (b >= n_blocks) return;  // whole warps exit together: n_blocks counts warps
+  if (!dst.elems || b >= n_blocks) return;  // whole warps exit together: n_blocks counts warps
   const int lane = threadIdx.x % 32, per_row = dst.dim / 32;
   const int64_t row = b / per_row;  // (token - start) * n_kv + head
   const int blk = int(b % per_row);
@@ -92,16 +109,17 @@ __global__ void StoreMxKernel(DeviceRows k, DeviceRows v, int64_t start, const f
 // kv/mx_codec.cpp's EncodeNvFp4, bit for bit: one warp per (token, head) row; lane l holds elements
 // l * kPer .. l * kPer + kPer - 1 (kPer = dim / 32), so a 16-element block is 16 / kPer neighbouring
 // lanes. The row scale maps the largest finite magnitude to E4M3 max times E2M1 max; a block with a
-// NaN or Inf gets the E4M3 NaN scale 0x7F and zero codes. blockIdx.y: 0 stores K into k, 1 V into v.
+// NaN or Inf gets the E4M3 NaN scale 0x7F and zero codes.
 template <int kPer>
-__global__ void StoreNvFp4Kernel(DeviceRows k, DeviceRows v, int64_t start, const float* K, const float* V,
-                                 int64_t rows) {
+__global__ void StoreNvFp4Kernel(StoreArgs args) {
   LetNextStart();
   WaitForPrevious();
-  const DeviceRows& dst = blockIdx.y ? v : k;
-  const float* src = blockIdx.y ? V : K;
+  const StoreJob j = JobOf(args);
+  const DeviceRows& dst = blockIdx.z ? j.v : j.k;
+  const float* src = blockIdx.z ? j.V : j.K;
+  const int64_t start = j.row, rows = j.n * dst.n_kv;
   const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  if (row >= rows) return;  // whole warps exit together
+  if (!dst.elems || row >= rows) return;  // whole warps exit together
   const int lane = threadIdx.x % 32;
   constexpr int kLanes = 16 / kPer;  // lanes per block
   float x[kPer], amax = 0, bmax = 0;
@@ -245,6 +263,30 @@ __global__ void LoadRowsKernel(DeviceRows r, int64_t first, int64_t n, float* ou
   Load8<F>(r, first + j, h, c, out + i * 8);
 }
 
+// Launches the store kernel of form f over grid (x, n_jobs, 2) blocks of 256 threads, x covering
+// max_elems elements of one job (dim: NVFP4's row width; its kernel is compiled per width).
+void LaunchStore(KvFormat f, int dim, const StoreArgs& args, int n_jobs, int64_t max_elems, cudaStream_t s) {
+  const auto grid = [&](int64_t threads) { return dim3(unsigned((threads + 255) / 256), unsigned(n_jobs), 2); };
+  switch (f) {
+    case KvFormat::kF32: return LaunchAfter(StoreExactKernel<float>, grid(max_elems), dim3(256), 0, s, args);
+    case KvFormat::kF16: return LaunchAfter(StoreExactKernel<__half>, grid(max_elems), dim3(256), 0, s, args);
+    case KvFormat::kBF16: return LaunchAfter(StoreExactKernel<__nv_bfloat16>, grid(max_elems), dim3(256), 0, s, args);
+    case KvFormat::kNvFp4: {  // one warp per row of head_dim 32, 64 or 128 (CheckAttnShape)
+      const dim3 g = grid(max_elems / dim * 32);
+      if (dim == 32) LaunchAfter(StoreNvFp4Kernel<1>, g, dim3(256), 0, s, args);
+      if (dim == 64) LaunchAfter(StoreNvFp4Kernel<2>, g, dim3(256), 0, s, args);
+      if (dim == 128) LaunchAfter(StoreNvFp4Kernel<4>, g, dim3(256), 0, s, args);
+      return;
+    }
+    default:  // the E8M0 MX forms, one warp per 32-element block; KIVI rows are packed from exact
+              // ones (KiviPack), never stored directly
+      WithFormat(f, [&](auto ff) {
+        constexpr KvFormat F = decltype(ff)::value;
+        if constexpr (IsMxE8M0(F)) LaunchAfter(StoreMxKernel<F>, grid(max_elems), dim3(256), 0, s, args);
+      });
+  }
+}
+
 }  // namespace
 
 bool IsMx(KvFormat f) { return IsMxE8M0(f) || f == KvFormat::kNvFp4; }
@@ -258,39 +300,17 @@ int64_t TokenScaleBytes(KvFormat f, int dim, int n_kv) {
 void StoreKv(const DeviceRows& k, const DeviceRows& v, int64_t start, const float* K, const float* V, int64_t n,
              cudaStream_t s) {
   if (n <= 0) return;
-  const int64_t count = n * k.n_kv * k.dim;  // elements of K (and of V)
-  const int64_t first = start * k.n_kv * k.dim;
-  const dim3 grid(unsigned((count + 255) / 256), 2);
-  switch (k.fmt) {
-    case KvFormat::kF32:
-      LaunchAfter(StoreExactKernel<float>, grid, dim3(256), 0, s, reinterpret_cast<float*>(k.elems) + first,
-                  reinterpret_cast<float*>(v.elems) + first, K, V, count);
-      break;
-    case KvFormat::kF16:
-      LaunchAfter(StoreExactKernel<__half>, grid, dim3(256), 0, s, reinterpret_cast<__half*>(k.elems) + first,
-                  reinterpret_cast<__half*>(v.elems) + first, K, V, count);
-      break;
-    case KvFormat::kBF16:
-      LaunchAfter(StoreExactKernel<__nv_bfloat16>, grid, dim3(256), 0, s,
-                  reinterpret_cast<__nv_bfloat16*>(k.elems) + first, reinterpret_cast<__nv_bfloat16*>(v.elems) + first,
-                  K, V, count);
-      break;
-    case KvFormat::kNvFp4: {  // one warp per row of head_dim 32, 64 or 128 (CheckAttnShape)
-      const int64_t rows = n * k.n_kv;
-      const dim3 g(unsigned((rows * 32 + 255) / 256), 2);
-      if (k.dim == 32) LaunchAfter(StoreNvFp4Kernel<1>, g, dim3(256), 0, s, k, v, start, K, V, rows);
-      if (k.dim == 64) LaunchAfter(StoreNvFp4Kernel<2>, g, dim3(256), 0, s, k, v, start, K, V, rows);
-      if (k.dim == 128) LaunchAfter(StoreNvFp4Kernel<4>, g, dim3(256), 0, s, k, v, start, K, V, rows);
-      break;
-    }
-    default:  // the E8M0 MX forms, one warp per 32-element block: count / 32 warps; KIVI rows are
-              // packed from exact ones (KiviPack), never stored directly
-      WithFormat(k.fmt, [&](auto f) {
-        constexpr KvFormat F = decltype(f)::value;
-        if constexpr (IsMxE8M0(F))
-          LaunchAfter(StoreMxKernel<F>, grid, dim3(256), 0, s, k, v, start, K, V, count / 32);
-      });
-      break;
+  StoreArgs args;
+  args.one = StoreJob{k, v, start, n, K, V};
+  LaunchStore(k.fmt, k.dim, args, 1, n * k.n_kv * k.dim, s);
+}
+
+void StoreKvBatch(KvFormat f, int dim, const StoreJob* jobs, int n_jobs, int64_t max_elems, cudaStream_t s) {
+  constexpr int kMaxGridY = 65535;
+  for (int first = 0; first < n_jobs; first += kMaxGridY) {
+    StoreArgs args;
+    args.jobs = jobs + first;
+    LaunchStore(f, dim, args, std::min(kMaxGridY, n_jobs - first), max_elems, s);
   }
 }
 

@@ -16,7 +16,7 @@ namespace {
 
 using cuda::KvFormat;
 
-class CudaStreamingPolicy : public KvPolicy {
+class CudaStreamingPolicy : public KvPolicy, public cuda::DecodePlanner {
  public:
   CudaStreamingPolicy(const KvShape& s, int budget, int sinks, KvFormat f)
       : s_(s), sinks_(sinks), window_(budget - sinks), tail_(f, s.head_dim, s.n_kv_heads),
@@ -25,32 +25,30 @@ class CudaStreamingPolicy : public KvPolicy {
   Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
     const int64_t T = int64_t(positions.size());
     if (T == 0) return Status::Ok();
-    ATP_RETURN_IF_ERROR(cuda::CheckContinues("streaming", positions[0], len_));
     const int64_t n = T * s_.kv_dim();
+    std::vector<cuda::RowStore> stores;
+    ATP_RETURN_IF_ERROR(Reserve(positions[0], T, &stores));
     const float* dk = k_in_.Get(K, size_t(n));
     const float* dv = v_in_.Get(V, size_t(n));
     if (!dk || !dv) return Status::ResourceExhausted("cuda streaming policy: cannot stage appended rows");
-    if (len_ < sinks_) {
-      ATP_RETURN_IF_ERROR(sink_k_.Reserve(sinks_, len_));
-      ATP_RETURN_IF_ERROR(sink_v_.Reserve(sinks_, len_));
-      cuda::StoreKv(sink_k_.rows(), sink_v_.rows(), len_, dk, dv, std::min<int64_t>(T, sinks_ - len_), nullptr);
-    }
-    // The chunk's first query (at len_) reads exact rows from len_ - W + 1 on, later ones from later.
-    keep_from_ = std::max<int64_t>(0, len_ - window_ + 1);
-    ATP_RETURN_IF_ERROR(tail_.Append(len_, keep_from_, dk, dv, T, [] {}));
+    ATP_RETURN_IF_ERROR(cuda::StoreRows(stores, dk, dv, nullptr));
     len_ += T;
     return Status::Ok();
   }
 
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     if (positions.empty()) return Status::Ok();
-    cuda::Visibility vis;
-    vis.first = tail_.first(), vis.block = 1, vis.window = window_ - 1, vis.max_pre = sinks_;
-    vis.pk = sink_k_.rows(), vis.pv = sink_v_.rows(), vis.rows_per_block = 1;
-    const int64_t last = positions.back();
-    vis.last_pre = std::min<int64_t>(cuda::CompressedBlocks(vis.block, vis.window, last), sinks_);
-    return attention_.Run(s_, tail_.k(), tail_.v(), vis, positions, vis.last_pre + std::min<int64_t>(last + 1, window_), Q,
-                          O);
+    return attention_.Run(s_, View(positions.back()), positions, Q, O);
+  }
+
+  Status PlanDecode(int32_t pos, std::vector<cuda::RowStore>* stores, cuda::DecodeQuery* query) override {
+    ATP_RETURN_IF_ERROR(Reserve(pos, 1, stores));
+    *query = View(pos);
+    return Status::Ok();
+  }
+  Status FinishDecode(const float*) override {
+    ++len_;
+    return Status::Ok();
   }
 
   // What the CPU policy holds: the rows it keeps (sinks, and positions from keep_from_ on) and a
@@ -70,6 +68,33 @@ class CudaStreamingPolicy : public KvPolicy {
   bool ReadsInput() const override { return false; }
 
  private:
+  // Room for T tokens from position pos (= len_): the sinks among them go to the sink rows too.
+  Status Reserve(int32_t pos, int64_t T, std::vector<cuda::RowStore>* stores) {
+    ATP_RETURN_IF_ERROR(cuda::CheckContinues("streaming", pos, len_));
+    if (len_ < sinks_) {
+      ATP_RETURN_IF_ERROR(sink_k_.Reserve(sinks_, len_));
+      ATP_RETURN_IF_ERROR(sink_v_.Reserve(sinks_, len_));
+      stores->push_back({sink_k_.rows(), sink_v_.rows(), len_, std::min<int64_t>(T, sinks_ - len_)});
+    }
+    // The chunk's first query (at len_) reads exact rows from len_ - W + 1 on, later ones from later.
+    keep_from_ = std::max<int64_t>(0, len_ - window_ + 1);
+    ATP_ASSIGN_OR_RETURN(const int64_t row, tail_.Room(len_, keep_from_, T, [] {}));
+    stores->push_back({tail_.k(), tail_.v(), row, T});
+    return Status::Ok();
+  }
+
+  // What a query at `last` sees: the sinks as principal rows capped at S, then its window (blocks of
+  // one row, window W - 1).
+  cuda::DecodeQuery View(int64_t last) const {
+    cuda::DecodeQuery q;
+    q.k = tail_.k(), q.v = tail_.v(), q.pos = last;
+    cuda::Visibility& vis = q.vis;
+    vis.first = tail_.first(), vis.block = 1, vis.window = window_ - 1, vis.max_pre = sinks_;
+    vis.pk = sink_k_.rows(), vis.pv = sink_v_.rows(), vis.rows_per_block = 1;
+    vis.last_pre = std::min<int64_t>(cuda::CompressedBlocks(vis.block, vis.window, last), sinks_);
+    return q;
+  }
+
   KvShape s_;
   int64_t sinks_, window_;
   int64_t len_ = 0, keep_from_ = 0;
