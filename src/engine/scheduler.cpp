@@ -152,6 +152,8 @@ Scheduler::Stats Scheduler::stats() const {
   s.generated_tokens = generated_tokens_;
   s.preemptions = preemptions_;
   s.recomputed_tokens = recomputed_tokens_;
+  s.forward_seconds = double(forward_ns_) * 1e-9;
+  s.sample_seconds = double(sample_ns_) * 1e-9;
   return s;
 }
 
@@ -328,7 +330,12 @@ void Scheduler::Step() {
     budget -= int(n);
   }
   if (items.empty()) return;
+  const auto nanos_since = [](std::chrono::steady_clock::time_point t) {
+    return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t).count());
+  };
+  auto t0 = std::chrono::steady_clock::now();
   Status st = model_.Forward(items, nullptr);  // the logits stay with the model for ChooseTokens
+  forward_ns_ += nanos_since(t0);
   ++forward_passes_;
   if (!st.ok()) {
     for (Running* r : owners) Finish(*r, "", st);
@@ -345,7 +352,11 @@ void Scheduler::Step() {
     queries_.push_back({int32_t(i), r.req.sampling, r.history, uint64_t(r.generated), r.req.top_logprobs});
   }
   choices_.clear();
-  if (!queries_.empty()) st = model_.ChooseTokens(queries_, &choices_);
+  if (!queries_.empty()) {
+    t0 = std::chrono::steady_clock::now();
+    st = model_.ChooseTokens(queries_, &choices_);
+    sample_ns_ += nanos_since(t0);
+  }
   if (!st.ok()) {
     for (size_t i = 0; i < items.size(); ++i)
       if (emits[i]) Finish(*owners[i], "", st);

@@ -91,6 +91,8 @@ class Scheduler {
     // Totals since start: preemptions, and tokens run through the model again after one (prompt_tokens
     // counts each prompt token once).
     uint64_t preemptions = 0, recomputed_tokens = 0;
+    // Seconds the scheduler thread spent in the model's forward passes and in choosing tokens.
+    double forward_seconds = 0, sample_seconds = 0;
     size_t footprints = 0;  // policies whose KV footprint is cached (at most kMaxFootprints)
   };
   Stats stats() const;
@@ -142,6 +144,7 @@ class Scheduler {
   std::vector<TokenQuery> queries_;  // scratch of Step
   std::vector<TokenChoice> choices_;
   std::atomic<uint64_t> forward_passes_{0}, prompt_tokens_{0}, generated_tokens_{0};
+  std::atomic<uint64_t> forward_ns_{0}, sample_ns_{0};
   std::atomic<uint64_t> preemptions_{0}, recomputed_tokens_{0};
   std::thread thread_;
 };
