@@ -276,8 +276,11 @@ TEST(Sampler, OrderKeyOrdersLikeFloats) {
       EXPECT_EQ(sampling::OrderKey(a) < sampling::OrderKey(b), a < b) << a << " " << b;
       EXPECT_EQ(sampling::OrderKey(a) == sampling::OrderKey(b), a == b) << a << " " << b;
     }
-  for (float a : xs)
-    if (a != 0) EXPECT_EQ(sampling::FromOrderKey(sampling::OrderKey(a)), a);
+  for (float a : xs) {
+    if (a != 0) {
+      EXPECT_EQ(sampling::FromOrderKey(sampling::OrderKey(a)), a);
+    }
+  }
 }
 
 TEST(Sampler, QueryCheckNamesTheProblem) {

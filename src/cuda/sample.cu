@@ -199,7 +199,7 @@ __device__ int32_t Draw(int V, const Row& l, int32_t top, const SampleQuery& q, 
     if (!top_k.Keeps(OrderKey(x), i)) continue;
     const float w = sampling::Weight(x, mx, inv_temp);
     s[0] += w;
-    if (w >= q.min_p) s[1] += w, n[1] += 1;
+    if (w >= q.min_p && w > 0) s[1] += w, n[1] += 1;  // counted as SelectCut counts: positive weights
   }
   BlockSum(s, n, sh);
   auto kept_weight = [&](int i, uint32_t* key) {
