@@ -23,6 +23,9 @@ import sys
 # - core: status, dtypes, tensors, mmap, threads; includes nothing of ours.
 # - kernels (CPU math), tokenizer (text <-> ids) and format (safetensors, GGUF, basis files: bytes on
 #   disk <-> named tensors and metadata) each need only core, and nothing above may be needed by them.
+#   So does sampling (token choice: SamplingParams, the rules in sampling/rules.h, the host's
+#   implementation): model's backends answer token queries with it, and both engine (which asks) and
+#   cuda (whose kernels compile the same rules) sit above model, so it goes below both.
 # - kv: the KvPolicy interface and the policies; kernels for attention, format for basis files.
 # - model: config, weights, the Llama forward pass; hands each layer's attention to a kv policy.
 # - engine (sequences, sampler, scheduler, KV pool) drives model and kv; cuda is a backend of model
@@ -33,7 +36,7 @@ import sys
 # - cli: the `atp` command over everything.
 LEVELS = [
     ["core"],
-    ["kernels", "tokenizer", "format"],
+    ["kernels", "tokenizer", "format", "sampling"],
     ["kv"],
     ["model"],
     ["engine", "cuda"],

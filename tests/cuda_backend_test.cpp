@@ -11,24 +11,21 @@
 #include <vector>
 
 #include "cuda/backend.h"
+#include "cuda_test_util.h"
 #include "engine/sequence.h"
 #include "eval/perplexity.h"
 #include "eval/sweep.h"
 #include "format/basis_file.h"
 #include "kv/kv_policy.h"
 #include "model/llama.h"
+#include "sampling/choose.h"
+#include "sampling/rules.h"
 #include "server_fixture.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
 namespace atp {
 namespace {
-
-#define ATP_SKIP_WITHOUT_GPU()                                                    \
-  do {                                                                            \
-    const Status gpu = CudaDeviceStatus();                                        \
-    if (!gpu.ok()) GTEST_SKIP() << "no CUDA GPU here (" << gpu.ToString() << ")"; \
-  } while (0)
 
 struct Case {
   KvShape shape;
@@ -304,6 +301,62 @@ TEST(CudaModel, RefModelLogitsMatchReferenceAndCpu) {
                  spec + " decode vs CPU, " + p);
     }
   }
+}
+
+// Forward then ChooseTokens on the GPU (only ids and logprobs come back) over ref-5m, teacher-forced
+// on a reference prompt: at every step the device's greedy id and top-5 logprobs equal the host
+// chooser's on the same logits (copied back for the comparison), the greedy id is the CPU pass's
+// argmax wherever the CPU's top two are more than kGpuTol apart, and a forward pass that keeps its
+// logits on the device (null vector) gives the same choices. A query for a row the pass did not
+// produce is refused.
+TEST(CudaModel, ForwardThenChooseTokensMatchesCpu) {
+  ATP_SKIP_WITHOUT_GPU();
+  ATP_SKIP_WITHOUT_SHARED();
+  auto t = testing::ReadRefTensors(testing::kRefModel + "/reference/logits.safetensors");
+  auto cpu_model = LlamaModel::Load(testing::kRefModel);
+  auto gpu = LoadOnGpu();
+  ASSERT_TRUE(cpu_model.ok() && gpu);
+  LlamaModel& cpu = **cpu_model;
+  auto cpu_kv = ParseKvPolicy("dense");
+  auto gpu_kv = MakeCudaKvFactory("dense");
+  ASSERT_TRUE(cpu_kv.ok() && gpu_kv.ok());
+  const auto& ids = t["prompt0.ids"].i32;
+  Sequence cs(cpu, **cpu_kv), gs(*gpu, **gpu_kv), gs_kept(*gpu, **gpu_kv);
+  HostChooser host;
+  std::vector<float> cl, gl;
+  std::vector<TokenChoice> got, kept;
+  int compared = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::span<const int32_t> tok(&ids[i], 1), hist(ids.data(), i + 1);
+    const TokenQuery q{0, SamplingParams{0, 0, 1, 0, 1.1f, 0}, hist, uint64_t(i), 5};
+    ASSERT_TRUE(RunChunk(cpu, cs, tok, false, &cl).ok());
+    ASSERT_TRUE(RunChunk(*gpu, gs, tok, false, &gl).ok());
+    ASSERT_TRUE(gpu->ChooseTokens(std::span(&q, 1), &got).ok());
+    ASSERT_TRUE(RunChunk(*gpu, gs_kept, tok, false, nullptr).ok());
+    ASSERT_TRUE(gpu->ChooseTokens(std::span(&q, 1), &kept).ok());
+    const TokenChoice want = host.Choose(gl, q);
+    EXPECT_EQ(got[0].id, want.id) << "step " << i;
+    EXPECT_NEAR(got[0].logprob, want.logprob, 1e-5) << "step " << i;
+    ASSERT_EQ(got[0].top.size(), want.top.size());
+    for (size_t j = 0; j < want.top.size(); ++j) {
+      EXPECT_EQ(got[0].top[j].first, want.top[j].first) << "step " << i << " rank " << j;
+      EXPECT_NEAR(got[0].top[j].second, want.top[j].second, 1e-5) << "step " << i << " rank " << j;
+    }
+    EXPECT_EQ(kept[0].id, got[0].id) << "step " << i;
+    // The CPU's choice, where its top two penalized logits are further apart than the GPU's error.
+    std::vector<float> pen = cl;
+    for (int32_t h : hist) pen[size_t(h)] = sampling::Penalize(cl[size_t(h)], q.params.repetition_penalty);
+    std::partial_sort(pen.begin(), pen.begin() + 2, pen.end(), std::greater<float>());
+    if (pen[0] - pen[1] > kGpuTol) {
+      EXPECT_EQ(got[0].id, host.Choose(cl, q).id) << "step " << i;
+      ++compared;
+    }
+  }
+  std::cerr << "[cuda] forward + choose: " << ids.size() << " steps equal to the host chooser, " << compared
+            << " greedy ids equal to the CPU pass's (top two further apart than " << kGpuTol << ")\n";
+  const TokenQuery bad{1, SamplingParams{}, {}, 0, -1};
+  const Status st = gpu->ChooseTokens(std::span(&bad, 1), &got);
+  EXPECT_EQ(st.code(), Status::Code::kInvalidArgument) << st.ToString();
 }
 
 // The whole evaluation protocol on the GPU: perplexity within 1% of the reference's (bf16

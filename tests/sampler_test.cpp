@@ -1,6 +1,8 @@
-// The sampler on crafted distributions: greedy is argmax, filters never let a token outside the
-// allowed set through, seeds reproduce, the repetition penalty pushes repeated tokens down, and
-// bad parameters are refused by name.
+// The host's token choice (sampling/choose.h) on crafted distributions: greedy is argmax, filters never
+// let a token outside the allowed set through, seeds reproduce, the repetition penalty pushes repeated
+// tokens down, and bad parameters are refused by name. Then against a brute-force reference of the
+// rules of sampling/rules.h (sort everything, apply the filters, inverse CDF at the draw) over random
+// logits, ties included, and every mix of parameters; and the counter-based draw itself.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -10,7 +12,9 @@
 
 #include <gtest/gtest.h>
 
-#include "engine/sampler.h"
+#include "sampling/choose.h"
+#include "sampling/rules.h"
+#include "sampling_reference.h"
 
 namespace atp {
 namespace {
@@ -42,19 +46,24 @@ std::vector<float> RandomLogits(int n, uint32_t seed) {
 
 int32_t Argmax(const std::vector<float>& l) { return int32_t(std::max_element(l.begin(), l.end()) - l.begin()); }
 
+// The token that draw number `draw` of p's seed picks.
+int32_t Pick(const SamplingParams& p, const std::vector<float>& l, std::span<const int32_t> history = {},
+             uint64_t draw = 0) {
+  HostChooser c;
+  return c.Choose(l, TokenQuery{0, p, history, draw, -1}).id;
+}
+
 TEST(Sampler, GreedyIsArgmax) {
   for (uint32_t seed = 0; seed < 20; ++seed) {
     auto l = RandomLogits(1000, seed);
-    Sampler s(Plain(0));
-    EXPECT_EQ(s.Sample(l, {}), Argmax(l)) << "seed " << seed;
+    EXPECT_EQ(Pick(Plain(0), l), Argmax(l)) << "seed " << seed;
   }
   // Ties go to the lowest id; the other filters are ignored at temperature 0.
   std::vector<float> tie = {0, 5, 1, 5, 5};
   SamplingParams p = Plain(0);
   p.top_k = 1;
   p.top_p = 0.1f;
-  Sampler s(p);
-  EXPECT_EQ(s.Sample(tie, {}), 1);
+  EXPECT_EQ(Pick(p, tie), 1);
 }
 
 TEST(Sampler, TopK1IsGreedyAtAnyTemperature) {
@@ -63,15 +72,14 @@ TEST(Sampler, TopK1IsGreedyAtAnyTemperature) {
     SamplingParams p = Plain(temp);
     p.top_k = 1;
     p.seed = 9;
-    Sampler s(p);
-    for (int i = 0; i < 200; ++i) ASSERT_EQ(s.Sample(l, {}), Argmax(l)) << "temperature " << temp;
+    for (int i = 0; i < 200; ++i) ASSERT_EQ(Pick(p, l, {}, uint64_t(i)), Argmax(l)) << "temperature " << temp;
   }
 }
 
+// Draws 0..n-1 of p's seed: a sequence's first n tokens, were the logits the same at every step.
 std::vector<int32_t> Draw(const SamplingParams& p, const std::vector<float>& l, int n) {
-  Sampler s(p);
   std::vector<int32_t> out;
-  for (int i = 0; i < n; ++i) out.push_back(s.Sample(l, {}));
+  for (int i = 0; i < n; ++i) out.push_back(Pick(p, l, {}, uint64_t(i)));
   return out;
 }
 
@@ -143,26 +151,27 @@ TEST(Sampler, TemperatureSharpensAndFlattens) {
 TEST(Sampler, RepetitionPenaltyLowersRepeatedTokens) {
   SamplingParams p = Plain(0);
   p.repetition_penalty = 1.5f;
-  Sampler s(p);
   // Positive logits are divided: 2.0 / 1.5 = 1.33 < 1.5.
   std::vector<float> pos = {2.0f, 1.5f, 0.1f};
-  EXPECT_EQ(s.Sample(pos, {}), 0);
-  const int32_t hist0[] = {0, 0, 2};
-  EXPECT_EQ(s.Sample(pos, hist0), 1);
+  EXPECT_EQ(Pick(p, pos), 0);
+  const int32_t hist0[] = {0, 0, 2};  // token 0 twice: penalized once
+  EXPECT_EQ(Pick(p, pos, hist0), 1);
+  // Seven times in the history is still once: 2.0 / 1.5 = 1.33 > 1.2 (seven times would be 0.12).
+  const int32_t hist7[] = {0, 0, 0, 0, 0, 0, 0};
+  EXPECT_EQ(Pick(p, std::vector<float>{2.0f, 1.2f}, hist7), 0);
   // Negative logits are multiplied: -1.0 * 1.5 = -1.5 < -1.2.
   std::vector<float> neg = {-1.0f, -1.2f, -9.f};
-  EXPECT_EQ(s.Sample(neg, hist0), 1);
+  EXPECT_EQ(Pick(p, neg, hist0), 1);
   // Under sampling, the repeated token's frequency drops.
-  SamplingParams q = Plain(1);
-  q.seed = 3;
-  q.repetition_penalty = 2.0f;
-  Sampler with(q);
-  q.repetition_penalty = 1.0f;
-  Sampler without(q);
+  SamplingParams with = Plain(1);
+  with.seed = 3;
+  with.repetition_penalty = 2.0f;
+  SamplingParams without = with;
+  without.repetition_penalty = 1.0f;
   auto l = FromProbs(kProbs);
   const int32_t hist[] = {0};
   int a = 0, b = 0;
-  for (int i = 0; i < 3000; ++i) a += with.Sample(l, hist) == 0, b += without.Sample(l, hist) == 0;
+  for (int i = 0; i < 3000; ++i) a += Pick(with, l, hist, uint64_t(i)) == 0, b += Pick(without, l, hist, uint64_t(i)) == 0;
   EXPECT_LT(a, b - 300) << "penalized " << a << " vs unpenalized " << b;
 }
 
@@ -171,7 +180,121 @@ TEST(Sampler, LogProbIsLogSoftmax) {
   double mx = *std::max_element(l.begin(), l.end()), z = 0;
   for (float v : l) z += std::exp(double(v) - mx);
   for (int32_t id : {0, 17, 299, Argmax(l)})
-    EXPECT_NEAR(Sampler::LogProb(l, id), double(l[size_t(id)]) - mx - std::log(z), 1e-5);
+    EXPECT_NEAR(LogProb(l, id), double(l[size_t(id)]) - mx - std::log(z), 1e-5);
+}
+
+TEST(Sampler, HostChoiceMatchesBruteForceReference) {
+  std::mt19937 rng(2024);
+  int compared = 0, ambiguous_rows = 0;
+  HostChooser chooser;
+  for (int32_t V : {1, 2, 7, 64, 301}) {
+    for (int trial = 0; trial < 12; ++trial) {
+      // Half the rows are quantized to quarters, so that ties straddle the cuts.
+      std::vector<float> raw = RandomLogits(V, rng());
+      if (trial % 2)
+        for (auto& x : raw) x = std::round(x * 4) / 4;
+      std::vector<int32_t> hist;
+      for (int i = 0; i < V / 3; ++i) hist.push_back(int32_t(rng() % uint32_t(V)));
+      for (float temp : {0.0f, 0.3f, 1.0f, 2.5f})
+        for (int top_k : {0, 1, 3, V / 2, V, V + 5})
+          for (float top_p : {1.0f, 0.9f, 0.5f, 0.05f})
+            for (float min_p : {0.0f, 0.05f, 0.4f})
+              for (float penalty : {1.0f, 1.3f, 0.7f}) {
+                SamplingParams p{temp, top_k, top_p, min_p, penalty, rng()};
+                const uint64_t draw = rng() % 1000;
+                // The reference sums Z in rank order, the host in its own: they may part only where
+                // a running sum is within rounding of its threshold.
+                const testing::ReferenceChoice want = testing::ChooseByReference(raw, p, hist, draw);
+                if (want.margin < 1e-12) {
+                  ++ambiguous_rows;
+                  continue;
+                }
+                const TokenChoice got = chooser.Choose(raw, TokenQuery{0, p, hist, draw, -1});
+                ++compared;
+                if (want.id >= 0) {
+                  ASSERT_EQ(got.id, want.id) << "V " << V << " trial " << trial << " temperature " << temp << " top_k " << top_k
+                                          << " top_p " << top_p << " min_p " << min_p << " penalty " << penalty;
+                }
+              }
+    }
+  }
+  std::cerr << "[sampler] " << compared << " choices equal to the reference; " << ambiguous_rows
+            << " skipped with a decision within 1e-12 of its threshold\n";
+  EXPECT_LT(ambiguous_rows, compared / 100);
+}
+
+TEST(Sampler, LogprobsAreOfRawLogitsWithTopInRankOrder) {
+  std::vector<float> l = RandomLogits(500, 5);
+  l[7] = l[9] = l[Argmax(l)];  // ties at the top: lowest id first
+  double mx = *std::max_element(l.begin(), l.end()), z = 0;
+  for (float v : l) z += std::exp(double(v) - mx);
+  SamplingParams p = Plain(0.7f);
+  p.repetition_penalty = 3;  // changes the choice, never the logprobs
+  const int32_t hist[] = {7, 9, 100};
+  HostChooser c;
+  for (int n : {0, 1, 5, 20}) {
+    const TokenChoice got = c.Choose(l, TokenQuery{0, p, hist, 3, n});
+    EXPECT_NEAR(got.logprob, double(l[size_t(got.id)]) - mx - std::log(z), 1e-5);
+    std::vector<int32_t> order(l.size());
+    for (size_t i = 0; i < l.size(); ++i) order[i] = int32_t(i);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return l[size_t(a)] > l[size_t(b)]; });
+    ASSERT_EQ(got.top.size(), size_t(n));
+    for (int j = 0; j < n; ++j) {
+      EXPECT_EQ(got.top[size_t(j)].first, order[size_t(j)]) << j;
+      EXPECT_NEAR(got.top[size_t(j)].second, double(l[size_t(order[size_t(j)])]) - mx - std::log(z), 1e-5);
+    }
+  }
+  // Without logprobs asked for, none come back.
+  EXPECT_TRUE(c.Choose(l, TokenQuery{0, p, hist, 3, -1}).top.empty());
+}
+
+// The draw is a pure function of (seed, draw index): uniform over (0, 1], different across seeds and
+// indexes, and computed without the draws before it (what keeps a preempted sequence's tokens).
+TEST(Sampler, CounterBasedDrawIsUniform) {
+  const int n = 100000, bins = 20;
+  std::vector<int> h(bins, 0);
+  double lo = 1, hi = 0;
+  for (int i = 0; i < n; ++i) {
+    const double u = sampling::Uniform(uint64_t(i / 1000), uint64_t(i % 1000));  // 100 seeds x 1000 draws
+    lo = std::min(lo, u), hi = std::max(hi, u);
+    ++h[size_t(std::min(int(u * bins), bins - 1))];
+  }
+  EXPECT_GT(lo, 0.0);
+  EXPECT_LE(hi, 1.0);
+  double chi2 = 0;
+  for (int c : h) chi2 += (c - double(n) / bins) * (c - double(n) / bins) / (double(n) / bins);
+  EXPECT_LT(chi2, 43.8) << "chi-square with 19 degrees of freedom beyond its 0.001 quantile";
+  EXPECT_EQ(sampling::Uniform(7, 123), sampling::Uniform(7, 123));
+  EXPECT_NE(sampling::Uniform(7, 123), sampling::Uniform(8, 123));
+  EXPECT_NE(sampling::Uniform(7, 123), sampling::Uniform(7, 124));
+}
+
+TEST(Sampler, OrderKeyOrdersLikeFloats) {
+  const float xs[] = {-INFINITY, -1e30f, -2.5f, -1e-40f, -0.0f, 0.0f, 1e-40f, 1.0f, 3.5f, 1e30f, INFINITY};
+  for (float a : xs)
+    for (float b : xs) {
+      EXPECT_EQ(sampling::OrderKey(a) < sampling::OrderKey(b), a < b) << a << " " << b;
+      EXPECT_EQ(sampling::OrderKey(a) == sampling::OrderKey(b), a == b) << a << " " << b;
+    }
+  for (float a : xs) {
+    if (a != 0) {
+      EXPECT_EQ(sampling::FromOrderKey(sampling::OrderKey(a)), a);
+    }
+  }
+}
+
+TEST(Sampler, QueryCheckNamesTheProblem) {
+  TokenQuery q;
+  q.params = Plain(1);
+  EXPECT_TRUE(q.Check(1).ok());
+  q.row = 1;
+  EXPECT_NE(q.Check(1).message().find("row 1"), std::string::npos);
+  q.row = 0;
+  q.top_logprobs = kMaxTopLogprobs + 1;
+  EXPECT_NE(q.Check(1).message().find("top_logprobs"), std::string::npos);
+  q.top_logprobs = -1;
+  q.params.top_p = 2;
+  EXPECT_NE(q.Check(1).message().find("top_p"), std::string::npos);
 }
 
 TEST(Sampler, ValidateRejectsBadParameters) {

@@ -119,6 +119,15 @@ TEST(ServerBatching, LoadOf200RequestsFrom32Clients) {
   const std::string m = Http(s.port(), "GET", "/metrics")->body();
   EXPECT_NE(m.find("atp_running_sequences 0"), std::string::npos);
   EXPECT_NE(m.find("atp_kv_bytes_reserved 0"), std::string::npos);
+  // Where a step's time went: both counters ran.
+  const auto counter = [&](const std::string& name) {
+    const size_t at = m.find("\n" + name + " ");
+    return at == std::string::npos ? -1.0 : std::stod(m.substr(at + name.size() + 2));
+  };
+  const double fwd = counter("atp_step_forward_seconds_total"), smp = counter("atp_step_sample_seconds_total");
+  EXPECT_GT(fwd, 0.0);
+  EXPECT_GT(smp, 0.0);
+  std::cerr << "[ load ] step seconds: forward " << fwd << ", sample " << smp << "\n";
   std::cerr << "[ load ] " << kRequests << " requests from " << kClients << " clients in " << secs << " s\n";
 }
 

@@ -6,7 +6,8 @@
 // (cuda/ops.h), which forms its input (RMSNorm, SiLU-gate, bf16 rounding) itself and starts streaming
 // weights before the kernel before it has ended (cuda/pdl.cuh). Everything runs on the legacy
 // default stream; only the host copies per call (positions in, the batched decode's descriptors in,
-// logits out) synchronize.
+// logits out) synchronize. Without a logits vector the logits stay on the device and ChooseTokens
+// picks tokens there (cuda/sample.h): queries in, ids and the logprobs asked for out, one copy each way.
 #include <cublas_v2.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "cuda/check.h"
 #include "cuda/decode_batch.h"
 #include "cuda/ops.h"
+#include "cuda/sample.h"
 
 namespace atp {
 
@@ -173,8 +175,61 @@ class CudaForward : public ForwardBackend {
       ATP_RETURN_IF_ERROR(Gemm(lm_head, V, d, sel_.get(), R, logits_.get(), 0.f));
     }
     ATP_RETURN_IF_ERROR(cuda::LastLaunch("forward"));
+    if (!logits) {
+      // Waits for the pass, so that it is timed as the forward pass (the scheduler's step metrics) and
+      // its errors surface here rather than in the next copy.
+      ATP_CUDA_RETURN(cudaStreamSynchronize(s));
+      return Status::Ok();
+    }
     logits->resize(size_t(R * V));
     ATP_CUDA_RETURN(cudaMemcpy(logits->data(), logits_.get(), size_t(R * V) * sizeof(float), cudaMemcpyDeviceToHost));
+    return Status::Ok();
+  }
+
+  Status ChooseTokens(std::span<const TokenQuery> queries, std::vector<TokenChoice>* out) override {
+    static_assert(cuda::kSampleMaxTop == kMaxTopLogprobs, "the kernel's result holds every top logprob asked for");
+    const int V = m_.config().vocab_size;
+    const int n = int(queries.size());
+    out->resize(queries.size());
+    if (n == 0) return Status::Ok();
+    // The queries, then the histories of those with a repetition penalty, in one host-to-device copy.
+    std::vector<cuda::SampleQuery> qs(static_cast<size_t>(n));
+    std::vector<int32_t> hist;
+    for (int i = 0; i < n; ++i) {
+      const TokenQuery& t = queries[size_t(i)];
+      const SamplingParams& p = t.params;
+      cuda::SampleQuery& d = qs[size_t(i)];
+      d = {t.row, p.top_k, p.temperature, p.top_p, p.min_p, p.repetition_penalty, t.top_logprobs, int32_t(hist.size()), 0,
+           p.seed, t.draw};
+      if (p.repetition_penalty != 1.0f) {
+        if (hist.size() + t.history.size() > size_t(INT32_MAX))
+          return Status::InvalidArgument("choose tokens: histories beyond 2^31 tokens in one step");
+        d.hist_len = int32_t(t.history.size());
+        hist.insert(hist.end(), t.history.begin(), t.history.end());
+      }
+    }
+    const size_t q_bytes = qs.size() * sizeof(cuda::SampleQuery), bytes = q_bytes + hist.size() * sizeof(int32_t);
+    staging_in_.resize(bytes);
+    std::memcpy(staging_in_.data(), qs.data(), q_bytes);
+    if (!hist.empty()) std::memcpy(staging_in_.data() + q_bytes, hist.data(), hist.size() * sizeof(int32_t));
+    ATP_RETURN_IF_ERROR(sample_in_.Grow(bytes));
+    ATP_RETURN_IF_ERROR(sample_out_.Grow(size_t(n)));
+    ATP_RETURN_IF_ERROR(seen_.Grow(size_t(n * cuda::SampleSeenWords(V))));
+    ATP_CUDA_RETURN(cudaMemcpy(sample_in_.get(), staging_in_.data(), bytes, cudaMemcpyHostToDevice));
+    const auto* d_queries = reinterpret_cast<const cuda::SampleQuery*>(sample_in_.get());
+    const auto* d_hist = reinterpret_cast<const int32_t*>(sample_in_.get() + q_bytes);
+    cuda::ChooseTokens(logits_.get(), V, d_queries, n, d_hist, seen_.get(), sample_out_.get(), nullptr);
+    ATP_RETURN_IF_ERROR(cuda::LastLaunch("choose tokens"));
+    results_.resize(size_t(n));
+    ATP_CUDA_RETURN(cudaMemcpy(results_.data(), sample_out_.get(), size_t(n) * sizeof(cuda::SampleResult), cudaMemcpyDeviceToHost));
+    for (int i = 0; i < n; ++i) {
+      const cuda::SampleResult& r = results_[size_t(i)];
+      TokenChoice& c = (*out)[size_t(i)];
+      c.id = r.id;
+      c.logprob = queries[size_t(i)].top_logprobs >= 0 ? r.logprob : 0.f;
+      c.top.clear();
+      for (int j = 0; j < std::min(queries[size_t(i)].top_logprobs, V); ++j) c.top.emplace_back(r.top_ids[j], r.top_logprobs[j]);
+    }
     return Status::Ok();
   }
 
@@ -247,6 +302,13 @@ class CudaForward : public ForwardBackend {
   DeviceArray<bf16> sel_;                     // (R, d) final-normed logit rows
   DeviceArray<float> logits_;                 // (R, vocab)
   cuda::BatchedDecode decode_;                // the step's batched decode items
+
+  // Token choice over logits_ (ChooseTokens): queries | histories in, one result per query out.
+  std::vector<uint8_t> staging_in_;
+  DeviceArray<uint8_t> sample_in_;
+  DeviceArray<uint32_t> seen_;                // (queries, SampleSeenWords) history bitmaps
+  DeviceArray<cuda::SampleResult> sample_out_;
+  std::vector<cuda::SampleResult> results_;
 };
 
 }  // namespace

@@ -27,21 +27,22 @@ Result<GenerateResult> Generate(LlamaModel& model, const Tokenizer& tok, const K
   GenerateResult res;
   res.prompt_ids = prompt_ids;
   Sequence seq(model, kv);
-  Sampler sampler(opt.sampling);
-  std::vector<float> logits;
   std::vector<int32_t> history = prompt_ids;
-  const int V = model.config().vocab_size;
+  std::vector<TokenChoice> choice;
   const auto eos = tok.eos_ids();
 
   double t0 = Now();
-  ATP_RETURN_IF_ERROR(RunChunk(model, seq, prompt_ids, false, &logits));
+  ATP_RETURN_IF_ERROR(RunChunk(model, seq, prompt_ids, false, nullptr));
   res.prefill_seconds = Now() - t0;
 
   TextStream stream(tok, opt.stop);
   res.finish_reason = "length";
   t0 = Now();
   for (int i = 0; i < opt.max_tokens && seq.length() < ctx; ++i) {
-    int32_t id = sampler.Sample(std::span<const float>(logits.data(), size_t(V)), history);
+    // Draw i of the seed's stream, as the scheduler numbers them: a request gives the same tokens here.
+    const TokenQuery q{0, opt.sampling, history, uint64_t(i), -1};
+    ATP_RETURN_IF_ERROR(model.ChooseTokens(std::span<const TokenQuery>(&q, 1), &choice));
+    int32_t id = choice[0].id;
     if (opt.stop_at_eos && std::find(eos.begin(), eos.end(), id) != eos.end()) {
       res.finish_reason = "stop";
       break;
@@ -57,7 +58,7 @@ Result<GenerateResult> Generate(LlamaModel& model, const Tokenizer& tok, const K
       break;
     }
     if (i + 1 == opt.max_tokens || seq.length() + 1 > ctx) break;
-    ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(&id, 1), false, &logits));
+    ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(&id, 1), false, nullptr));
   }
   if (res.finish_reason != "stop") {
     const std::string rest = stream.Flush();

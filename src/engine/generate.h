@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/sampler.h"
+#include "sampling/params.h"
 #include "engine/sequence.h"
 #include "tokenizer/tokenizer.h"
 

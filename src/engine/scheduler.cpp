@@ -25,7 +25,6 @@ struct Scheduler::Running {
         req(std::move(w.req)),
         footprint(std::move(w.footprint)),
         seq(model, *req.kv),
-        sampler(req.sampling),
         history(req.prompt),
         prefill_to(req.prompt.size()) {}
   bool prefilling() const { return fed < prefill_to; }
@@ -34,14 +33,13 @@ struct Scheduler::Running {
   SeqRequest req;
   std::shared_ptr<const KvFootprint> footprint;
   Sequence seq;
-  Sampler sampler;
   std::vector<int32_t> history;  // prompt then generated tokens, for the repetition penalty
   // Prefill runs history[0, prefill_to) through the model: the prompt, or after a preemption everything
   // the sequence had in its KV. fed counts the tokens of it already run.
   size_t prefill_to = 0, fed = 0;
   bool resumed = false;          // recomputing after a preemption: the end of prefill samples nothing
   size_t computed = 0;           // most tokens its KV ever held: those below are run again after a preemption
-  int generated = 0;
+  int generated = 0;             // also the index of its next draw (sampling/rules.h)
   int32_t next = 0;              // the last sampled token: the input of the next decode step
   bool done = false;
   std::string finish_reason;     // set by Finish; on_finish hears them once r has left the pool
@@ -154,6 +152,8 @@ Scheduler::Stats Scheduler::stats() const {
   s.generated_tokens = generated_tokens_;
   s.preemptions = preemptions_;
   s.recomputed_tokens = recomputed_tokens_;
+  s.forward_seconds = double(forward_ns_) * 1e-9;
+  s.sample_seconds = double(sample_ns_) * 1e-9;
   return s;
 }
 
@@ -185,8 +185,9 @@ bool Scheduler::Reserve(Running& r, int tokens, size_t keep_free) {
   return pool_.TryReserve(r.id, r.footprint->BytesAt(tokens), keep_free);
 }
 
-// Recompute, not swap: the KV is dropped and rebuilt from the tokens, which every policy can do. The
-// sampler keeps its state, so a seeded request continues with the random numbers it would have drawn.
+// Recompute, not swap: the KV is dropped and rebuilt from the tokens, which every policy can do. A
+// draw is numbered by the tokens generated before it (TokenQuery::draw), which the preemption keeps, so
+// a seeded request continues with the random numbers it would have drawn.
 void Scheduler::Preempt(Running& r) {
   pool_.Release(r.id);
   r.computed = std::max(r.computed, size_t(r.seq.length()));
@@ -329,13 +330,38 @@ void Scheduler::Step() {
     budget -= int(n);
   }
   if (items.empty()) return;
-  Status st = model_.Forward(items, &logits_);
+  const auto nanos_since = [](std::chrono::steady_clock::time_point t) {
+    return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t).count());
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  Status st = model_.Forward(items, nullptr);  // the logits stay with the model for ChooseTokens
+  forward_ns_ += nanos_since(t0);
   ++forward_passes_;
   if (!st.ok()) {
     for (Running* r : owners) Finish(*r, "", st);
     return;
   }
-  const size_t V = size_t(model_.config().vocab_size);
+  // Which items sample a token this step: the decode steps and the last chunk of a prompt, but not the
+  // end of a recomputation (its next token was sampled before the preemption).
+  std::vector<char> emits(items.size(), 0);
+  queries_.clear();
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Running& r = *owners[i];
+    if (r.prefilling() && (r.fed + items[i].tokens.size() < r.prefill_to || r.resumed)) continue;
+    emits[i] = 1;
+    queries_.push_back({int32_t(i), r.req.sampling, r.history, uint64_t(r.generated), r.req.top_logprobs});
+  }
+  choices_.clear();
+  if (!queries_.empty()) {
+    t0 = std::chrono::steady_clock::now();
+    st = model_.ChooseTokens(queries_, &choices_);
+    sample_ns_ += nanos_since(t0);
+  }
+  if (!st.ok()) {
+    for (size_t i = 0; i < items.size(); ++i)
+      if (emits[i]) Finish(*owners[i], "", st);
+  }
+  size_t next_choice = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     Running& r = *owners[i];
     const auto n = int32_t(items[i].tokens.size());
@@ -351,14 +377,14 @@ void Scheduler::Step() {
         continue;
       }
     }
-    if (!r.prefilling()) Emit(r, std::span<const float>(logits_.data() + i * V, V));
+    if (emits[i] && st.ok()) Emit(r, choices_[next_choice++]);
     pool_.Update(r.id, r.seq.kv_bytes());
   }
 }
 
 // Mirrors Generate's order of checks, so that a request gives the same tokens batched or alone.
-void Scheduler::Emit(Running& r, std::span<const float> logits) {
-  const int32_t id = r.sampler.Sample(logits, r.history);
+void Scheduler::Emit(Running& r, const TokenChoice& c) {
+  const int32_t id = c.id;
   if (std::find(eos_.begin(), eos_.end(), id) != eos_.end()) {
     Finish(r, "stop", Status::Ok());
     return;
@@ -369,20 +395,8 @@ void Scheduler::Emit(Running& r, std::span<const float> logits) {
   TokenEvent ev;
   ev.id = id;
   ev.time = std::chrono::steady_clock::now();
-  if (r.req.top_logprobs >= 0) {
-    // One log-sum-exp for the row, so a token's logprob is the same number wherever it is reported;
-    // taken at the largest logit, whose logprob is nearest 0 and so loses least in float.
-    const auto top = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    const float lse = logits[size_t(top)] - Sampler::LogProb(logits, top);
-    ev.logprob = logits[size_t(id)] - lse;
-    std::vector<int32_t> best(logits.size());
-    for (size_t j = 0; j < best.size(); ++j) best[j] = int32_t(j);
-    const size_t k = std::min(size_t(r.req.top_logprobs), best.size());
-    std::partial_sort(best.begin(), best.begin() + long(k), best.end(), [&](int32_t a, int32_t b) {
-      return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
-    });
-    for (size_t j = 0; j < k; ++j) ev.top.emplace_back(best[j], logits[size_t(best[j])] - lse);
-  }
+  ev.logprob = c.logprob;
+  ev.top = c.top;
   if (r.req.on_token && !r.req.on_token(ev)) {
     Finish(r, "stop", Status::Ok());
     return;

@@ -1,6 +1,7 @@
 // Continuous batching: one thread runs iteration-level scheduling over many sequences. Each step packs
 // one decode token of every running sequence and prompt chunks of those still prefilling (up to
-// max_batch_tokens) into a single LlamaModel::Forward, then samples each sequence's next token.
+// max_batch_tokens) into a single LlamaModel::Forward, then has the model choose each sequence's next
+// token where the logits are (LlamaModel::ChooseTokens: on a GPU only ids and logprobs come back).
 // It deals in token ids only: text, stop strings and HTTP belong to its callers.
 //
 // KV memory (engine/kv_pool.h): a request is admitted when the pages its prompt needs are free, and each
@@ -24,7 +25,7 @@
 #include <vector>
 
 #include "engine/kv_pool.h"
-#include "engine/sampler.h"
+#include "sampling/params.h"
 #include "engine/sequence.h"
 
 namespace atp {
@@ -90,6 +91,8 @@ class Scheduler {
     // Totals since start: preemptions, and tokens run through the model again after one (prompt_tokens
     // counts each prompt token once).
     uint64_t preemptions = 0, recomputed_tokens = 0;
+    // Seconds the scheduler thread spent in the model's forward passes and in choosing tokens.
+    double forward_seconds = 0, sample_seconds = 0;
     size_t footprints = 0;  // policies whose KV footprint is cached (at most kMaxFootprints)
   };
   Stats stats() const;
@@ -108,7 +111,7 @@ class Scheduler {
   bool Reserve(Running& r, int tokens, size_t keep_free);  // the pool's pages for r holding `tokens`
   void Preempt(Running& r);                                // drops r's KV; it waits in preempted_
   void Step();
-  void Emit(Running& r, std::span<const float> logits);  // samples the next token, or finishes r
+  void Emit(Running& r, const TokenChoice& c);  // takes the chosen token, or finishes r
   void Finish(Running& r, const std::string& reason, const Status& error);  // marks r done
   static void Notify(Running& r);  // on_finish, once r has left running_ and the pool
   std::shared_ptr<const KvFootprint> Footprint(const KvPolicyFactory& kv);  // cached, measured when new
@@ -138,8 +141,10 @@ class Scheduler {
   std::vector<std::unique_ptr<Running>> running_;  // scheduler thread only, in admission order
   std::deque<std::unique_ptr<Running>> preempted_;  // scheduler thread only, oldest admission first
   size_t preempted_count_ = 0;  // mirror of preempted_.size() for other threads, under mu_
-  std::vector<float> logits_;
+  std::vector<TokenQuery> queries_;  // scratch of Step
+  std::vector<TokenChoice> choices_;
   std::atomic<uint64_t> forward_passes_{0}, prompt_tokens_{0}, generated_tokens_{0};
+  std::atomic<uint64_t> forward_ns_{0}, sample_ns_{0};
   std::atomic<uint64_t> preemptions_{0}, recomputed_tokens_{0};
   std::thread thread_;
 };

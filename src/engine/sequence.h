@@ -24,7 +24,8 @@ class Sequence {
 };
 
 // Runs `tokens` through the model as one chunk of `seq` (prefill or a decode step), advancing it.
-// logits: vocab floats for every token (all_logits) or the last one.
+// logits: vocab floats for every token (all_logits) or the last one; null: left with the model for
+// LlamaModel::ChooseTokens (row 0, or row i for token i with all_logits).
 Status RunChunk(LlamaModel& model, Sequence& seq, std::span<const int32_t> tokens, bool all_logits,
                 std::vector<float>* logits);
 

@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include "engine/sampler.h"
 #include "engine/sequence.h"
+#include "sampling/choose.h"
 
 namespace atp {
 
@@ -29,7 +29,7 @@ Result<PerplexityResult> Perplexity(LlamaModel& model, const KvPolicyFactory& kv
     Sequence seq(model, kv);
     ATP_RETURN_IF_ERROR(RunChunk(model, seq, std::span<const int32_t>(win, size_t(opt.context)), false, &logits));
     // logits now predict win[C]; each step feeds the token just scored.
-    auto score = [&](const float* l, int32_t target) { nll -= Sampler::LogProb(std::span<const float>(l, size_t(V)), target); };
+    auto score = [&](const float* l, int32_t target) { nll -= LogProb(std::span<const float>(l, size_t(V)), target); };
     score(logits.data(), win[opt.context]);
     if (opt.chunked) {
       if (opt.scored > 1) {

@@ -154,8 +154,25 @@ size_t LlamaModel::weight_bytes() const {
   return n;
 }
 
+Status LlamaModel::ChooseTokens(std::span<const TokenQuery> queries, std::vector<TokenChoice>* out) {
+  for (const TokenQuery& q : queries) ATP_RETURN_IF_ERROR(q.Check(logit_rows_));
+  if (backend_) return backend_->ChooseTokens(queries, out);
+  const size_t V = size_t(cfg_.vocab_size);
+  out->resize(queries.size());
+  for (size_t i = 0; i < queries.size(); ++i)
+    (*out)[i] = chooser_.Choose(std::span<const float>(scratch_.logits.data() + size_t(queries[i].row) * V, V), queries[i]);
+  return Status::Ok();
+}
+
 Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float>* logits) {
-  if (backend_) return backend_->Forward(items, logits);
+  logit_rows_ = 0;  // until this call has succeeded
+  if (backend_) {
+    int64_t rows = 0;
+    for (auto& it : items) rows += it.all_logits ? int64_t(it.tokens.size()) : 1;
+    ATP_RETURN_IF_ERROR(backend_->Forward(items, logits));
+    logit_rows_ = rows;
+    return Status::Ok();
+  }
   const ModelConfig& c = cfg_;
   const int64_t d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.intermediate_size, V = c.vocab_size;
 
@@ -252,8 +269,10 @@ Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float
       r += n;
     }
   }
-  logits->resize(size_t(n_logit_rows * V));
-  MatMul(sel.data(), n_logit_rows, w_.lm_head, nullptr, logits->data());
+  S.logits.resize(size_t(n_logit_rows * V));
+  MatMul(sel.data(), n_logit_rows, w_.lm_head, nullptr, S.logits.data());
+  if (logits) logits->assign(S.logits.begin(), S.logits.end());
+  logit_rows_ = n_logit_rows;
   return Status::Ok();
 }
 

@@ -14,6 +14,8 @@
 #include "kv/kv_policy.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "sampling/choose.h"
+#include "sampling/params.h"
 
 namespace atp {
 
@@ -42,11 +44,13 @@ struct LoadOptions {
 };
 
 // A device that runs the whole forward pass in place of the CPU code (src/cuda). It reads the
-// model's config and weights; Forward has LlamaModel::Forward's contract.
+// model's config and weights; Forward and ChooseTokens have LlamaModel's contracts (the queries
+// arrive checked against the rows of the last Forward).
 class ForwardBackend {
  public:
   virtual ~ForwardBackend() = default;
   virtual Status Forward(std::span<const ForwardItem> items, std::vector<float>* logits) = 0;
+  virtual Status ChooseTokens(std::span<const TokenQuery> queries, std::vector<TokenChoice>* out) = 0;
 };
 
 class LlamaModel {
@@ -65,8 +69,13 @@ class LlamaModel {
   size_t weight_bytes() const;  // bytes of all weights read by one decode step
 
   // Runs the batch; `logits` receives, item after item, vocab_size floats per requested row
-  // (all tokens of an item with all_logits, else its last token).
+  // (all tokens of an item with all_logits, else its last token). With logits null they stay where
+  // they were computed (on a GPU: not copied back), for ChooseTokens only.
   Status Forward(std::span<const ForwardItem> items, std::vector<float>* logits);
+  // The next token of rows of the last Forward's logits, by the rules of sampling/rules.h: out gets one
+  // choice per query, in order. Where the logits are (host or device), so that only the chosen ids
+  // and the logprobs asked for travel. InvalidArgument for a query TokenQuery::Check refuses.
+  Status ChooseTokens(std::span<const TokenQuery> queries, std::vector<TokenChoice>* out);
   // From now on Forward runs on `b` (null: back to the CPU). Items must then carry KV policies
   // that `b` can drive (for CUDA: from MakeCudaKvFactory).
   void SetBackend(std::unique_ptr<ForwardBackend> b) { backend_ = std::move(b); }
@@ -79,6 +88,8 @@ class LlamaModel {
   ModelWeights w_;
   std::vector<float> inv_freq_;  // (head_dim/2) RoPE inverse frequencies
   std::unique_ptr<ForwardBackend> backend_;  // null: the CPU pass below
+  int64_t logit_rows_ = 0;                   // rows of the last Forward's logits
+  HostChooser chooser_;
   // With resident_weights: the anonymous mapping the streamed tensors of w_ point into.
   void* resident_ = nullptr;
   size_t resident_bytes_ = 0;
@@ -95,6 +106,7 @@ class LlamaModel {
     std::vector<float> sel;                        // (rows with logits, d) final-normed rows
     std::vector<InputBasis*> basis;                // (N) each row's Q input basis (KvPolicy::InputBases)
     std::vector<float> coef;                       // (rows of one basis, rank) xb V
+    std::vector<float> logits;                     // (rows with logits, vocab) of the last call
   } scratch_;
 };
 

@@ -77,6 +77,11 @@ std::string ServerMetrics::Render(const Scheduler::Stats& s) const {
          double(s.preemptions));
   Metric(&out, "atp_recomputed_tokens_total", "counter", "Tokens run through the model again after a preemption.",
          double(s.recomputed_tokens));
+  Metric(&out, "atp_step_forward_seconds_total", "counter",
+         "Seconds the scheduler spent in the model's forward passes (logits computed, not copied).", s.forward_seconds);
+  Metric(&out, "atp_step_sample_seconds_total", "counter",
+         "Seconds the scheduler spent choosing tokens from the logits (sampling, logprobs, the copy back).",
+         s.sample_seconds);
   ttft_.Write("atp_time_to_first_token_seconds", "From request arrival to its first sampled token.", &out);
   itl_.Write("atp_inter_token_latency_seconds", "Between consecutive sampled tokens of a sequence.", &out);
   return out;
