@@ -175,9 +175,12 @@ TEST(Evict, BytesMatchHandCount) {
   auto s1 = Make("streaming:budget=16,sinks=2");
   RunChunks(*s1, in, {40});
   EXPECT_EQ(s1->Bytes(), size_t(kKV * 40) * (row + 4));
-  // h2o evicts after each Attend: budget rows, each with a position and an accumulated score.
+  // h2o evicts at Update (or the next Append) by the attention Attend recorded: after the last
+  // Attend one row over budget, then budget rows, each with a position and an accumulated score.
   auto h = Make("h2o:budget=12");
   RunChunks(*h, in, {20, 1});
+  EXPECT_EQ(h->Bytes(), size_t(kKV * 13) * (row + 8));
+  ASSERT_TRUE(h->Update().ok());
   EXPECT_EQ(h->Bytes(), size_t(kKV * 12) * (row + 8));
   // snapkv: budget rows after the 30-token prompt, then one more per decode step (10 steps).
   auto k = Make("snapkv:budget=12,window=4");

@@ -34,6 +34,7 @@ class EvictPolicy : public KvPolicy {
     if (positions[0] != length_)
       return Status::InvalidArgument("kv policy: position " + std::to_string(positions[0]) + " appended after " +
                                      std::to_string(length_) + " tokens");
+    ApplyVotes();
     DropUnread(positions[0]);
     const int64_t T = int64_t(positions.size()), kvd = s_.kv_dim();
     for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh) {
@@ -49,6 +50,7 @@ class EvictPolicy : public KvPolicy {
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     const int64_t T = int64_t(positions.size());
     if (T == 0) return Status::Ok();
+    ApplyVotes();  // a caller that attends twice without Update sees the first call's eviction, as it always did
     const int group = s_.n_heads / s_.n_kv_heads;
     auto segments = [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const Head& h = heads_[size_t(kvh)];
@@ -81,28 +83,16 @@ class EvictPolicy : public KvPolicy {
       float* a = &acc[(size_t(thread) * size_t(s_.n_kv_heads) + size_t(head / group)) * size_t(rows_max)];
       for (int64_t j = 0; j < n; ++j) a[j] += w[j];
     });
+    // Kept until Update (or the next Append) evicts by them: Attend changes nothing a query reads.
+    votes_.assign(size_t(s_.n_kv_heads), {});
+    votes_window_ = T - obs_from;
     for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh) {
-      Head& h = heads_[size_t(kvh)];
-      const int64_t n = int64_t(h.pos.size());
-      std::vector<float> votes(size_t(n), 0.f);
+      const int64_t n = int64_t(heads_[size_t(kvh)].pos.size());
+      std::vector<float>& votes = votes_[size_t(kvh)];
+      votes.assign(size_t(n), 0.f);
       for (int th = 0; th < threads; ++th) {
         const float* a = &acc[(size_t(th) * size_t(s_.n_kv_heads) + size_t(kvh)) * size_t(rows_max)];
         for (int64_t j = 0; j < n; ++j) votes[size_t(j)] += a[j];
-      }
-      if (p_.kind == Kind::kH2o) {
-        for (int64_t j = 0; j < n; ++j) h.score[size_t(j)] += votes[size_t(j)];
-        if (n > p_.budget) EvictLowest(h, h.score, n - p_.recent, n - p_.budget);
-      } else if (n > p_.budget) {
-        const int64_t w = T - obs_from, older = n - w;  // the chunk's last w rows are the window
-        std::vector<float> pooled(static_cast<size_t>(older));
-        const int left = (p_.pool - 1) / 2, right = p_.pool / 2;
-        for (int64_t j = 0; j < older; ++j) {
-          float m = votes[size_t(j)];
-          for (int64_t i = std::max<int64_t>(0, j - left); i <= std::min<int64_t>(older - 1, j + right); ++i)
-            m = std::max(m, votes[size_t(i)]);
-          pooled[size_t(j)] = m;
-        }
-        EvictLowest(h, pooled, older, n - p_.budget);  // keeps the budget - w best-voted older rows
       }
     }
     return Status::Ok();
@@ -116,6 +106,7 @@ class EvictPolicy : public KvPolicy {
   int64_t Length() const override { return length_; }
 
   Status Update() override {
+    ApplyVotes();
     DropUnread(length_);
     for (auto& h : heads_) h.rows->Trim();
     return Status::Ok();
@@ -127,6 +118,33 @@ class EvictPolicy : public KvPolicy {
     std::vector<int32_t> pos;        // position of each row
     std::vector<float> score;        // h2o: accumulated attention of each row
   };
+
+  // H2O and SnapKV: the attention the last Attend gave each row decides what goes (H2O: the
+  // accumulated score beyond the recent rows; SnapKV: the observation window's votes, max-pooled).
+  void ApplyVotes() {
+    if (votes_.empty()) return;
+    for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh) {
+      Head& h = heads_[size_t(kvh)];
+      const std::vector<float>& votes = votes_[size_t(kvh)];
+      const int64_t n = int64_t(h.pos.size());
+      if (p_.kind == Kind::kH2o) {
+        for (int64_t j = 0; j < n; ++j) h.score[size_t(j)] += votes[size_t(j)];
+        if (n > p_.budget) EvictLowest(h, h.score, n - p_.recent, n - p_.budget);
+      } else if (n > p_.budget) {
+        const int64_t older = n - votes_window_;  // the chunk's last rows are the window
+        std::vector<float> pooled(static_cast<size_t>(older));
+        const int left = (p_.pool - 1) / 2, right = p_.pool / 2;
+        for (int64_t j = 0; j < older; ++j) {
+          float m = votes[size_t(j)];
+          for (int64_t i = std::max<int64_t>(0, j - left); i <= std::min<int64_t>(older - 1, j + right); ++i)
+            m = std::max(m, votes[size_t(i)]);
+          pooled[size_t(j)] = m;
+        }
+        EvictLowest(h, pooled, older, n - p_.budget);  // keeps the budget - w best-voted older rows
+      }
+    }
+    votes_.clear();
+  }
 
   // Streaming: no query from position `next` on reads a non-sink position older than next - window + 1.
   void DropUnread(int64_t next) {
@@ -170,6 +188,8 @@ class EvictPolicy : public KvPolicy {
   EvictParams p_;
   int64_t length_ = 0;
   std::vector<Head> heads_;  // per KV head
+  std::vector<std::vector<float>> votes_;  // per KV head: the last Attend's attention per row; empty once applied
+  int64_t votes_window_ = 0;               // snapkv: rows of that chunk's observation window
 };
 
 class EvictFactory : public KvPolicyFactory {

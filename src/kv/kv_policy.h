@@ -61,10 +61,13 @@ class KvPolicy {
   virtual Status Attend(std::span<const int32_t> positions, const float* Q, float* O) = 0;
 
   // Called after the step's Attend: drops what no later query reads (exact copies of rows that are now
-  // held compressed, rows gone out of a window). A policy may keep them until its next Append instead,
-  // since the queries of a chunk read rows a later query sees only compressed; Update lets the forward
-  // pass end every step with the compact state, so that what Bytes() reports between steps depends on
-  // the length alone and not on how the tokens were chunked. Default: nothing to drop.
+  // held compressed, rows gone out of a window, rows H2O or SnapKV evict by the attention the step's
+  // queries gave them: Attend only records it, so that it never changes what it reads while reading,
+  // and a batched backend may run every sequence's Attend before any Update). A policy may keep them
+  // until its next Append instead, since the queries of a chunk read rows a later query sees only
+  // compressed; Update lets the forward pass end every step with the compact state, so that what
+  // Bytes() reports between steps depends on the length alone and not on how the tokens were chunked.
+  // Default: nothing to drop.
   virtual Status Update() { return Status::Ok(); }
 
   // Whether Append reads X. A backend whose decode step never forms X on its own (the GPU's
