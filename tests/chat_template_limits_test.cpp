@@ -12,12 +12,12 @@ namespace {
 
 using OJson = nlohmann::ordered_json;
 
-OJson Conversation() {
+OJson ShortConversation() {
   return OJson::parse(R"([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])");
 }
 
 // The error of parsing `source`, or of rendering it when it parses ("" when both succeed).
-std::string Error(const std::string& source, const OJson& messages = Conversation()) {
+std::string Error(const std::string& source, const OJson& messages = ShortConversation()) {
   auto t = ChatTemplate::Parse(source, "<s>", "</s>");
   if (!t.ok()) return t.status().message();
   auto r = t->Render(messages, true);
@@ -28,7 +28,7 @@ std::string Rendered(const std::string& source) {
   auto t = ChatTemplate::Parse(source, "<s>", "</s>");
   EXPECT_TRUE(t.ok()) << t.status().ToString();
   if (!t.ok()) return "";
-  auto r = t->Render(Conversation(), true);
+  auto r = t->Render(ShortConversation(), true);
   EXPECT_TRUE(r.ok()) << r.status().ToString();
   return r.ok() ? *r : "";
 }

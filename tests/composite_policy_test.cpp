@@ -123,32 +123,8 @@ TEST(Composite, NoEvictionEqualsTheCodecAlone) {
   }
 }
 
-// A random orthonormal basis per KV head (QR of a Gaussian matrix) for calibrated lowrank.
-std::string WriteRandomBasis() {
-  const std::string path = (std::filesystem::temp_directory_path() / "atp_composite_test_basis.safetensors").string();
-  KvBasis b;
-  b.layers = 1;
-  b.kv_heads = kKV;
-  b.head_dim = kHd;
-  std::mt19937 rng(17);
-  std::normal_distribution<float> n(0, 1);
-  for (auto* dst : {&b.k, &b.v}) {
-    std::vector<float> all;
-    for (int h = 0; h < kKV; ++h) {
-      std::vector<float> a(size_t(kHd * kHd)), tau(static_cast<size_t>(kHd));
-      for (auto& x : a) x = n(rng);
-      LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, kHd, kHd, a.data(), kHd, tau.data());
-      LAPACKE_sorgqr(LAPACK_ROW_MAJOR, kHd, kHd, kHd, a.data(), kHd, tau.data());
-      all.insert(all.end(), a.begin(), a.end());
-    }
-    dst->push_back(all);
-  }
-  EXPECT_TRUE(WriteKvBasis(path, b).ok());
-  return path;
-}
-
 TEST(Composite, LowRankCoefficientsThroughACodec) {
-  const std::string basis = WriteRandomBasis();
+  const std::string basis = WriteRandomBasis("atp_composite_test_basis.safetensors", kKV, kHd, 17);
   Inputs in = RandomInputs(96, 16);
   auto d = Make("dense");
   const std::vector<float> want = RunChunks(*d, in, {96});

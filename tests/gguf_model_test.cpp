@@ -32,7 +32,7 @@ using nlohmann::json;
 using testing::kRefModel;
 using testing::MaxAbsDiff;
 
-const std::string kJsDir = ATP_SOURCE_DIR "/tests/js";
+using testing::kJsDir;
 
 // ref-5m converted once per test binary run (each conversion takes well under a second).
 const std::string& Converted(const std::string& type) {

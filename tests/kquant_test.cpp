@@ -16,6 +16,7 @@
 
 #include "core/dtype.h"
 #include "core/kquant.h"
+#include "numeric_test_util.h"
 
 namespace atp {
 namespace {
@@ -312,11 +313,7 @@ TEST(KQuant, SizesNamesAndGgmlBlockCounts) {
 
 // ---- quantizers ----
 
-std::vector<uint8_t> Quantize(DType t, const std::vector<float>& x) {
-  std::vector<uint8_t> b(DTypeBytes(t, int64_t(x.size())));
-  FromF32(t, x.data(), b.data(), x.size());
-  return b;
-}
+using testing::Quantize;
 std::vector<float> RoundTrip(DType t, const std::vector<float>& x) {
   const auto b = Quantize(t, x);
   std::vector<float> y(x.size());

@@ -12,6 +12,7 @@
 #include "format/basis_file.h"
 #include "format/safetensors.h"
 #include "kv/kv_policy.h"
+#include "kv_test_util.h"
 
 namespace atp {
 namespace {
@@ -223,33 +224,9 @@ TEST(DensePolicy, BytesMatchHandCount) {
   }
 }
 
-// Writes a random orthonormal basis file (QR of a random matrix) for the calibrated lowrank mode.
-std::string WriteRandomBasis() {
-  std::string path = (std::filesystem::temp_directory_path() / "atp_kv_policy_test_basis.safetensors").string();
-  KvBasis b;
-  b.layers = 1;
-  b.kv_heads = kKV;
-  b.head_dim = kHd;
-  std::mt19937 rng(7);
-  std::normal_distribution<float> n(0, 1);
-  for (auto* dst : {&b.k, &b.v}) {
-    std::vector<float> all;
-    for (int h = 0; h < kKV; ++h) {
-      std::vector<float> a(size_t(kHd * kHd)), tau(static_cast<size_t>(kHd));
-      for (auto& x : a) x = n(rng);
-      LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, kHd, kHd, a.data(), kHd, tau.data());
-      LAPACKE_sorgqr(LAPACK_ROW_MAJOR, kHd, kHd, kHd, a.data(), kHd, tau.data());
-      all.insert(all.end(), a.begin(), a.end());
-    }
-    dst->push_back(all);
-  }
-  EXPECT_TRUE(WriteKvBasis(path, b).ok());
-  return path;
-}
-
 TEST(LowRankPolicy, FullRankEqualsDense) {
   Inputs in = RandomInputs(80, 5);
-  std::string file = WriteRandomBasis();
+  std::string file = kvtest::WriteRandomBasis("atp_kv_policy_test_basis.safetensors", kKV, kHd, 7);
   auto d = Make("dense");
   std::vector<float> want = RunPolicy(*d, in, {80});
   auto p = Make("lowrank:rk=8,rv=8,file=" + file);
@@ -261,7 +238,7 @@ TEST(LowRankPolicy, FullRankEqualsDense) {
 
 TEST(LowRankPolicy, BytesMatchHandCount) {
   Inputs in = RandomInputs(40, 6);
-  auto p = Make("lowrank:rk=2,rv=4,file=" + WriteRandomBasis());
+  auto p = Make("lowrank:rk=2,rv=4,file=" + kvtest::WriteRandomBasis("atp_kv_policy_test_basis.safetensors", kKV, kHd, 7));
   RunPolicy(*p, in, {40});
   EXPECT_EQ(p->Bytes(), size_t(40 * kKV * (2 + 4) * 4));
   auto o = Make("lowrank:rk=2,rv=4,mode=online,block=16");
@@ -276,7 +253,7 @@ TEST(LowRankPolicy, BytesMatchHandCount) {
 
 // Every policy: outputs at positions <= i never depend on tokens after i, and chunking changes nothing.
 TEST(AllPolicies, CausalAndChunkInvariant) {
-  std::string basis = WriteRandomBasis();
+  std::string basis = kvtest::WriteRandomBasis("atp_kv_policy_test_basis.safetensors", kKV, kHd, 7);
   for (std::string spec : std::vector<std::string>{"dense", "dense:dtype=bf16", "atp:block=16,rank=4,window=16", "atp:block=8,tau=0.9,window=0",
                            "atp:block=16,rank=4,window=32,basis=key", "lowrank:rk=4,rv=4,file=" + basis,
                            "lowrank:rk=4,rv=8,mode=online,block=16",

@@ -2,13 +2,16 @@
 // policy over a sequence in chunks, a double-precision attention reference and a causality check.
 #pragma once
 #include <gtest/gtest.h>
+#include <lapacke.h>
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "format/basis_file.h"
 #include "kv/kv_policy.h"
 
 namespace atp::kvtest {
@@ -104,6 +107,31 @@ inline void ExpectCausal(const std::string& spec, const std::vector<int>& chunks
   const long keep = long(size_t(cut + 1) * kQd);
   EXPECT_EQ(std::vector<float>(oa.begin(), oa.begin() + keep), std::vector<float>(ob.begin(), ob.begin() + keep)) << spec;
   EXPECT_NE(oa, ob) << spec << ": later tokens changed nothing (vacuous)";
+}
+
+// Writes a calibrated-lowrank basis file `name` in the temp directory: one layer, a random orthonormal
+// basis per KV head (QR of a Gaussian matrix) for keys and for values. Returns its path.
+inline std::string WriteRandomBasis(const std::string& name, int kv_heads, int head_dim, uint32_t seed) {
+  const std::string path = (std::filesystem::temp_directory_path() / name).string();
+  KvBasis b;
+  b.layers = 1;
+  b.kv_heads = kv_heads;
+  b.head_dim = head_dim;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0, 1);
+  for (auto* dst : {&b.k, &b.v}) {
+    std::vector<float> all;
+    for (int h = 0; h < kv_heads; ++h) {
+      std::vector<float> a(size_t(head_dim * head_dim)), tau(static_cast<size_t>(head_dim));
+      for (auto& x : a) x = n(rng);
+      LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, head_dim, head_dim, a.data(), head_dim, tau.data());
+      LAPACKE_sorgqr(LAPACK_ROW_MAJOR, head_dim, head_dim, head_dim, a.data(), head_dim, tau.data());
+      all.insert(all.end(), a.begin(), a.end());
+    }
+    dst->push_back(all);
+  }
+  EXPECT_TRUE(WriteKvBasis(path, b).ok());
+  return path;
 }
 
 }  // namespace atp::kvtest

@@ -12,12 +12,13 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "numeric_test_util.h"
 #include "kernels/packed_attention.h"
 
 namespace atp {
 namespace {
 
-constexpr double kU = 1.0 / (1 << 24);  // f32 unit roundoff
+using testing::kF32UnitRoundoff;
 
 struct Packed {
   PackedRows rows;
@@ -134,10 +135,10 @@ void Check(const Packed& pk, const std::string& what, std::mt19937& rng) {
       want_o[size_t(i)] += double(p[size_t(j)]) * dec[size_t(i)];
       bound_o[size_t(i)] += double(p[size_t(j)]) * m;
     }
-    ASSERT_NEAR(got_s[size_t(j)], s * 0.125, 4 * (dim + 4) * kU * a * 0.125 + 1e-30) << what << " score of row " << j;
+    ASSERT_NEAR(got_s[size_t(j)], s * 0.125, 4 * (dim + 4) * kF32UnitRoundoff * a * 0.125 + 1e-30) << what << " score of row " << j;
   }
   for (int i = 0; i < dim; ++i)
-    ASSERT_NEAR(got_o[size_t(i)], want_o[size_t(i)], 4 * double(n + 4) * kU * bound_o[size_t(i)] + 1e-30)
+    ASSERT_NEAR(got_o[size_t(i)], want_o[size_t(i)], 4 * double(n + 4) * kF32UnitRoundoff * bound_o[size_t(i)] + 1e-30)
         << what << " output column " << i;
 }
 

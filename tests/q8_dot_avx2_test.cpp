@@ -24,12 +24,13 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "numeric_test_util.h"
 #include "kernels/q8_dot.h"
 
 namespace atp {
 namespace {
 
-constexpr double kU = 1.0 / (1 << 24);
+using testing::kF32UnitRoundoff;
 const DType kQ8Types[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kIQ4_NL,
                           DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kIQ4_XS};
 
@@ -145,7 +146,7 @@ TEST(Q8Dot, TermsReproduceTheDequantizer) {
             const Q8Chunk& c = terms.c[k];
             const double sv = double(terms.a) * c.scale[j / 16] * c.v[j], bm = double(terms.b) * c.min[j / 16];
             const double want = w.w[b * size_t(terms.chunks * 32) + size_t(32 * k + j)];
-            ASSERT_LE(std::abs(sv - bm - want), 3 * kU * (std::abs(sv) + std::abs(bm)))
+            ASSERT_LE(std::abs(sv - bm - want), 3 * kF32UnitRoundoff * (std::abs(sv) + std::abs(bm)))
                 << DTypeName(t) << (random_bytes ? " random bytes" : " quantized") << " block " << b << " chunk " << k
                 << " element " << j;
           }
@@ -176,7 +177,7 @@ Expected Expect(DType t, const uint8_t* row, const float* wrow, int64_t in, cons
       for (int j = 0; j < 32; ++j) {
         const double sv = std::abs(double(terms.a) * c.scale[j / 16] * c.v[j]), xj = std::abs(double(xq.d[i]) * xq.q[32 * i + j]);
         e.mag += sv * xj;
-        e.deq += 3 * kU * (sv + std::abs(double(terms.b) * c.min[j / 16])) * xj;
+        e.deq += 3 * kF32UnitRoundoff * (sv + std::abs(double(terms.b) * c.min[j / 16])) * xj;
       }
       // The min term per half, and per chunk (a kernel may use the chunk's sum instead of its halves).
       for (int h = 0; h < 2; ++h) e.mag += std::abs(double(terms.b) * c.min[h] * xq.half[2 * i + h]);
@@ -205,7 +206,7 @@ TEST(Q8Dot, ReferenceWithinActivationErrorOfExactDot) {
             for (int64_t o = 0; o < out; ++o) {
               const Expected e = Expect(t, w.data + size_t(o) * row_bytes, w.w.data() + o * in, in, x.data() + r * in,
                                         xq.From(r));
-              const double round = 2 * double(in / 32 + 8) * kU * e.mag;
+              const double round = 2 * double(in / 32 + 8) * kF32UnitRoundoff * e.mag;
               const float got = y[size_t(r * out + o)], fast = y_fast[size_t(r * out + o)];
               const std::string where = std::string(DTypeName(t)) + (random_bytes ? " random bytes" : " quantized") +
                                         " in=" + std::to_string(in) + " rows=" + std::to_string(rows) +

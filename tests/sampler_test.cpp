@@ -98,7 +98,7 @@ const std::vector<double> kProbs = {0.5, 0.3, 0.1, 0.05, 0.005, 0.005, 0.005, 0.
                                     0.005, 0.005, 0.005, 0.005, 0.005};
 
 // Counts of each token over n draws.
-std::map<int32_t, int> Histogram(const SamplingParams& p, int n) {
+std::map<int32_t, int> DrawCounts(const SamplingParams& p, int n) {
   std::map<int32_t, int> h;
   for (int32_t t : Draw(p, FromProbs(kProbs), n)) ++h[t];
   return h;
@@ -109,12 +109,12 @@ TEST(Sampler, TopPKeepsSmallestPrefixReachingP) {
   p.top_p = 0.75f;  // 0.5 < 0.75 <= 0.5 + 0.3: tokens {0, 1}
   p.seed = 5;
   const int n = 4000;
-  auto h = Histogram(p, n);
+  auto h = DrawCounts(p, n);
   for (auto [tok, count] : h) EXPECT_TRUE(tok == 0 || tok == 1) << "token " << tok << " drawn " << count << " times";
   // Renormalized: 0.5/0.8 = 0.625. Binomial sd at n=4000 is 0.008; 0.04 is five sd.
   EXPECT_NEAR(double(h[0]) / n, 0.625, 0.04);
   p.top_p = 0.93f;  // 0.9 < 0.93 <= 0.95: tokens {0,1,2,3} (kept off the 0.95 knife edge)
-  h = Histogram(p, n);
+  h = DrawCounts(p, n);
   for (auto [tok, count] : h) EXPECT_LE(tok, 3) << "token " << tok;
   EXPECT_GT(h[3], 0);
 }
@@ -124,7 +124,7 @@ TEST(Sampler, MinPDropsTokensBelowFractionOfBest) {
   p.min_p = 0.15f;  // threshold 0.075: tokens {0, 1, 2}
   p.seed = 6;
   const int n = 4000;
-  auto h = Histogram(p, n);
+  auto h = DrawCounts(p, n);
   for (auto [tok, count] : h) EXPECT_LE(tok, 2) << "token " << tok << " drawn " << count << " times";
   EXPECT_NEAR(double(h[2]) / n, 0.1 / 0.9, 0.03);
 }
@@ -133,7 +133,7 @@ TEST(Sampler, TopKKeepsKBest) {
   SamplingParams p = Plain(1);
   p.top_k = 3;
   p.seed = 7;
-  auto h = Histogram(p, 3000);
+  auto h = DrawCounts(p, 3000);
   for (auto [tok, count] : h) EXPECT_LE(tok, 2) << "token " << tok;
   EXPECT_EQ(h.size(), 3u);
 }
@@ -141,10 +141,10 @@ TEST(Sampler, TopKKeepsKBest) {
 TEST(Sampler, TemperatureSharpensAndFlattens) {
   SamplingParams p = Plain(0.25f);  // p^4 renormalized: token 0 gets 0.5^4 / sum ~ 0.88
   p.seed = 8;
-  auto sharp = Histogram(p, 3000);
+  auto sharp = DrawCounts(p, 3000);
   EXPECT_GT(double(sharp[0]) / 3000, 0.8);
   p.temperature = 4;
-  auto flat = Histogram(p, 3000);
+  auto flat = DrawCounts(p, 3000);
   EXPECT_LT(double(flat[0]) / 3000, 0.3);
 }
 

@@ -15,13 +15,14 @@
 #include <vector>
 
 #include "core/mapped_file.h"
+#include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
 namespace atp {
 namespace {
 
 namespace fs = std::filesystem;
-const std::string kJsDir = ATP_SOURCE_DIR "/tests/js";
+using testing::kJsDir;
 
 // Hand-picked edge cases. Left out on purpose, as known differences between regex engines rather
 // than tokenizer bugs: U+0085, U+180E and U+FEFF (PCRE2's \s disagrees with JavaScript's) and

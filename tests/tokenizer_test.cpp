@@ -12,12 +12,13 @@
 #include <string>
 
 #include "core/mapped_file.h"
+#include "test_util.h"
 
 namespace atp {
 namespace {
 
-const std::string kShared = ATP_SOURCE_DIR "/../shared";
-const std::string kRefModel = kShared + "/models/ref-5m";
+using testing::kRefModel;
+using testing::kShared;
 
 std::unique_ptr<Tokenizer> LoadRef() {
   auto tok = Tokenizer::LoadFromDir(kRefModel);

@@ -11,6 +11,7 @@
 #include "core/dtype.h"
 #include "core/quant.h"
 #include "core/tensor.h"
+#include "numeric_test_util.h"
 
 namespace atp {
 namespace {
@@ -25,11 +26,7 @@ float ScalarQ4_0(const uint8_t* blk, int j) {
   return F16ToF32(ScaleBits(blk)) * float(q - 8);
 }
 
-std::vector<uint8_t> Quantize(DType t, const std::vector<float>& x) {
-  std::vector<uint8_t> b(DTypeBytes(t, int64_t(x.size())));
-  FromF32(t, x.data(), b.data(), x.size());
-  return b;
-}
+using testing::Quantize;
 
 TEST(WeightQuant, BlockSizesAndNames) {
   EXPECT_EQ(DTypeBytes(DType::kQ8_0, 32), 34u);
