@@ -3,13 +3,27 @@
 // A query at position i sees block b as principal rows iff (b+1)*B + W <= i, exactly otherwise;
 // exact rows are dropped once no future query can see them exactly. With proj=lowrank the tokens of
 // block b get block b-1's top input directions V_r as their Q basis (InputBases; block 0 stays exact).
+//
+// What mixing destroys (issue 19), two options that change what a compressed block holds:
+// - keep=E: the E tokens of the block that its top-r directions summarize worst (largest residual
+//   energy sum_{c>=r} (U_ic S_c)^2 of the block's SVD, i.e. ||x_i - x_i V_r V_r^T||^2 for basis=input,
+//   of the key row for basis=key) stay exact; the principal rows then summarize the other B-E tokens
+//   alone (a second SVD of their rows, rank min(r, B-E)), so no token is counted twice. keep=B is dense.
+// - residual=CODEC (GEAR): each summarized token's residual K_i - (U_r U_r^T K)_i (and V's) is kept
+//   through a kivi or mx row codec, with U_r's rows; a query then reads every summarized token
+//   reconstructed, (U_r)_i (U_r^T K) + dequantized residual, instead of the r principal rows. Attend
+//   rebuilds those rows for each call in a scratch that it frees (Bytes() counts what is held).
 #include "kv/atp_policy.h"
 
 #include <algorithm>
+#include <numeric>
 
 #include "kv/attend.h"
+#include "kv/composite.h"
 #include "kv/exact_rows.h"
+#include "kv/kivi_codec.h"
 #include "kv/linalg.h"
+#include "kv/mx_codec.h"
 
 namespace atp {
 
@@ -23,6 +37,10 @@ struct AtpParams {
   bool key_basis = false;
   bool proj_lowrank = false;  // hand out Q bases (InputBases)
   DType dtype = DType::kF32;
+  int keep = 0;               // E: exact rows kept per compressed block
+  std::string residual;       // codec name of the summarized tokens' residuals; empty: none
+  std::shared_ptr<const RowCodec> residual_codec;
+  int summarized() const { return block - keep; }  // tokens of a block the principal rows stand for
 };
 
 // The thin SVD X_b = U S V^T of one complete block's layer input, kept while it is needed: U
@@ -32,14 +50,20 @@ struct BlockInput {
   int k = 0, r = 0;         // k = min(B, d_model) singular triplets, r of them kept
   std::vector<float> x;     // (B, d_model) X_b: lets Append reuse an SVD InputBases computed ahead
   std::vector<float> u;     // (B, k) U, the first r columns sign-fixed (basis=input)
+  std::vector<float> s;     // (k) singular values (keep=E chooses by them)
   InputBasis basis;         // V_r^T, rank r (proj=lowrank); sign-free: only V_r V_r^T matters
 };
 
 class AtpPolicy : public KvPolicy {
  public:
   AtpPolicy(const KvShape& s, const AtpParams& p) : s_(s), p_(p), exact_(p.dtype, s.kv_dim()) {
-    for (int h = 0; h < s.n_kv_heads; ++h) principal_.emplace_back(p.dtype, s.head_dim);
+    for (int h = 0; h < s.n_kv_heads; ++h) {
+      principal_.emplace_back(p.dtype, s.head_dim);
+      kept_.emplace_back(p.dtype, s.head_dim);
+      if (p.residual_codec) residual_.push_back(p.residual_codec->NewStore(s.head_dim, s.head_dim));
+    }
     block_rows_.resize(size_t(s.n_kv_heads));
+    coef_.resize(p.residual_codec ? size_t(Groups()) : 0);
   }
 
   Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) override {
@@ -64,6 +88,7 @@ class AtpPolicy : public KvPolicy {
         if (in && p_.proj_lowrank) {  // compressed: only the basis is still needed
           in->x = {};
           in->u = {};
+          in->s = {};
         }
       }
     }
@@ -90,12 +115,23 @@ class AtpPolicy : public KvPolicy {
   }
 
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    const int hd = s_.head_dim;
+    const int hd = s_.head_dim, n = p_.summarized(), e = p_.keep;
+    int64_t newest = 0;
+    for (int32_t p : positions) newest = std::max<int64_t>(newest, p);
+    // residual: the summarized tokens of every block some query here sees compressed, rebuilt per KV head.
+    std::vector<std::vector<float>> rk(residual_.size()), rv(residual_.size());
+    for (size_t h = 0; h < residual_.size(); ++h) Reconstruct(int(h), CompressedBlocks(newest), &rk[h], &rv[h]);
     AttendSegments(s_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const int64_t p = positions[size_t(t)];
       const int64_t nb = CompressedBlocks(p);
-      const int64_t np = nb > 0 ? block_rows_[size_t(kvh)][size_t(nb - 1)] : 0;
-      if (np > 0) out->push_back({principal_[size_t(kvh)].Keys(0, hd, 0, np), principal_[size_t(kvh)].Values(0, hd, 0, np)});
+      const size_t h = size_t(kvh);
+      if (p_.residual_codec && nb * n > 0) {
+        out->push_back({KvRows{DType::kF32, rk[h].data(), hd, nb * n}, KvRows{DType::kF32, rv[h].data(), hd, nb * n}});
+      } else if (!p_.residual_codec) {
+        const int64_t np = nb > 0 ? block_rows_[h][size_t(nb - 1)] : 0;
+        if (np > 0) out->push_back({principal_[h].Keys(0, hd, 0, np), principal_[h].Values(0, hd, 0, np)});
+      }
+      if (nb * e > 0) out->push_back({kept_[h].Keys(0, hd, 0, nb * e), kept_[h].Values(0, hd, 0, nb * e)});
       const int64_t first = nb * p_.block - exact_begin_;  // >= 0: Append only drops what positions[0] sees compressed
       out->push_back({exact_.Keys(kvh, hd, first, p - nb * p_.block + 1), exact_.Values(kvh, hd, first, p - nb * p_.block + 1)});
     });
@@ -104,19 +140,60 @@ class AtpPolicy : public KvPolicy {
 
   size_t Bytes() const override {
     size_t n = exact_.Bytes() + x_fill_.size() * sizeof(float);
-    for (const auto& e : inputs_) n += (e->x.size() + e->u.size() + e->basis.vt.size() + e->basis.projected.size()) * sizeof(float);
+    for (const auto& e : inputs_)
+      n += (e->x.size() + e->u.size() + e->s.size() + e->basis.vt.size() + e->basis.projected.size()) * sizeof(float);
     for (size_t h = 0; h < principal_.size(); ++h)
-      n += principal_[h].Bytes() + block_rows_[h].size() * sizeof(int64_t);
+      n += principal_[h].Bytes() + kept_[h].Bytes() + block_rows_[h].size() * sizeof(int64_t);
+    for (const auto& r : residual_) n += r->Bytes();
+    for (const auto& c : coef_) n += c.size() * sizeof(float);
     return n;
   }
   int64_t Length() const override { return length_; }
 
   Status Update() override {
     DropUnread(length_);
+    for (auto& r : residual_) r->Trim();
     return Status::Ok();
   }
 
  private:
+  // Bases per block: one for basis=input (shared by the KV heads), one per KV head for basis=key.
+  int Groups() const { return p_.key_basis ? s_.n_kv_heads : 1; }
+
+  // KV head h's summarized tokens of blocks [0, nb), rebuilt: K~ = (U_r)_i P_k + residual, V~ likewise,
+  // as (nb * summarized, hd) rows.
+  void Reconstruct(int h, int64_t nb, std::vector<float>* K, std::vector<float>* V) const {
+    const int hd = s_.head_dim, n = p_.summarized();
+    const int64_t rows = nb * n;
+    if (rows == 0) return;
+    K->resize(size_t(rows) * size_t(hd));
+    V->resize(K->size());
+    DecodeRows(*residual_[size_t(h)], 0, rows, hd, hd, K->data(), V->data());
+    const std::vector<float>& coef = coef_[size_t(p_.key_basis ? h : 0)];
+    std::vector<float> pk, pv;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t before = b > 0 ? block_rows_[size_t(h)][size_t(b - 1)] : 0;
+      const int64_t r = block_rows_[size_t(h)][size_t(b)] - before;
+      pk.resize(size_t(r) * size_t(hd));
+      pv.resize(pk.size());
+      const KvRows kr = principal_[size_t(h)].Keys(0, hd, before, r), vr = principal_[size_t(h)].Values(0, hd, before, r);
+      ToF32(kr.dtype, kr.data, pk.data(), pk.size());  // one head's rows: contiguous (stride hd)
+      ToF32(vr.dtype, vr.data, pv.data(), pv.size());
+      const float* u = &coef[size_t(before) * size_t(n)];  // (n, r): this block's U_r
+      for (int i = 0; i < n; ++i) {
+        float* k = &(*K)[(size_t(b) * size_t(n) + size_t(i)) * size_t(hd)];
+        float* v = &(*V)[(size_t(b) * size_t(n) + size_t(i)) * size_t(hd)];
+        for (int64_t c = 0; c < r; ++c) {
+          const float w = u[size_t(i) * size_t(r) + size_t(c)];
+          for (int j = 0; j < hd; ++j) {
+            k[j] += w * pk[size_t(c) * size_t(hd) + size_t(j)];
+            v[j] += w * pv[size_t(c) * size_t(hd) + size_t(j)];
+          }
+        }
+      }
+    }
+  }
+
   // Blocks a query at position p sees compressed: the b with (b+1)*B + W <= p.
   int64_t CompressedBlocks(int64_t p) const { return p >= p_.window ? (p - p_.window) / p_.block : 0; }
 
@@ -158,6 +235,7 @@ class AtpPolicy : public KvPolicy {
     e->k = std::min(B, d);
     e->r = ChooseRank(S, p_.rank, p_.tau);
     FixColumnSigns(e->u.data(), B, e->k, e->r);
+    e->s = std::move(S);
     if (p_.proj_lowrank) {
       e->basis.rank = e->r;
       e->basis.vt.assign(Vt.begin(), Vt.begin() + int64_t(e->r) * d);
@@ -196,36 +274,104 @@ class AtpPolicy : public KvPolicy {
               &vb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], size_t(hd));
       }
     }
-    std::vector<float> key_u, S, Vt;
-    const std::vector<float>* U = nullptr;
-    int k = 0, r = 0;
-    if (!p_.key_basis) U = &in->u, k = in->k, r = in->r;
-    std::vector<float> pk, pv;
-    for (int h = 0; h < s_.n_kv_heads; ++h) {
-      if (p_.key_basis) {  // this head's keys (B, hd)
-        std::vector<float> a(size_t(B) * size_t(hd));
-        for (int i = 0; i < B; ++i) std::copy_n(&kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], hd, &a[size_t(i) * size_t(hd)]);
-        ATP_RETURN_IF_ERROR(BlockSvd(a.data(), B, hd, &key_u, &S, 0, &Vt));
-        U = &key_u, k = std::min(B, hd), r = ChooseRank(S, p_.rank, p_.tau);
-        FixColumnSigns(key_u.data(), B, k, r);
+    const int n = p_.summarized(), e = p_.keep;
+    std::vector<float> pk, pv, rk, rv;
+    std::vector<uint8_t> round;
+    for (int g = 0; g < Groups(); ++g) {
+      // The basis source (B, width): the block's layer input, or KV head g's keys; its SVD U (B, k), S.
+      std::vector<float> head_keys, U, S, Vt;
+      const float* src = nullptr;
+      int width = 0;
+      if (p_.key_basis) {
+        head_keys.resize(size_t(B) * size_t(hd));
+        for (int i = 0; i < B; ++i) std::copy_n(&kb[size_t(i) * size_t(kvd) + size_t(g) * size_t(hd)], hd, &head_keys[size_t(i) * size_t(hd)]);
+        src = head_keys.data(), width = hd;
+        ATP_RETURN_IF_ERROR(BlockSvd(src, B, width, &U, &S, 0, &Vt));
+      } else {
+        src = in->x.data(), width = s_.d_model;
+        U = in->u, S = in->s;
       }
-      // Principal rows U_r^T K_b and U_r^T V_b for this head: (r, hd) each.
-      pk.assign(size_t(r) * size_t(hd), 0.f);
-      pv.assign(size_t(r) * size_t(hd), 0.f);
-      for (int c = 0; c < r; ++c)
-        for (int i = 0; i < B; ++i) {
-          const float u = (*U)[size_t(i) * size_t(k) + size_t(c)];
-          const float* kr = &kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)];
-          const float* vr = &vb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)];
-          for (int j = 0; j < hd; ++j) {
-            pk[size_t(c) * size_t(hd) + size_t(j)] += u * kr[j];
-            pv[size_t(c) * size_t(hd) + size_t(j)] += u * vr[j];
+      int k = std::min(B, width), r = ChooseRank(S, p_.rank, p_.tau);
+      // The rows the principal rows stand for (ascending); keep=E moves the E worst summarized out.
+      std::vector<int> rows(static_cast<size_t>(B)), kept;
+      std::iota(rows.begin(), rows.end(), 0);
+      if (e > 0) {
+        SplitWorstSummarized(U, S, k, r, &rows, &kept);
+        U.clear();
+        r = 0;
+        if (n > 0) {  // the SVD of the remaining rows alone
+          std::vector<float> a(size_t(n) * size_t(width));
+          for (int i = 0; i < n; ++i) std::copy_n(src + size_t(rows[size_t(i)]) * size_t(width), width, &a[size_t(i) * size_t(width)]);
+          ATP_RETURN_IF_ERROR(BlockSvd(a.data(), n, width, &U, &S, 0, &Vt));
+          k = std::min(n, width), r = ChooseRank(S, p_.rank, p_.tau);
+        }
+      }
+      if (p_.key_basis || e > 0) FixColumnSigns(U.data(), n, k, r);  // Input() fixed in->u already
+      if (p_.residual_codec)  // U_r's rows: the summarized tokens' coordinates, (n, r)
+        for (int i = 0; i < n; ++i) coef_[size_t(g)].insert(coef_[size_t(g)].end(), &U[size_t(i) * size_t(k)], &U[size_t(i) * size_t(k)] + r);
+      for (int h = p_.key_basis ? g : 0; h < (p_.key_basis ? g + 1 : s_.n_kv_heads); ++h) {
+        auto key = [&](int i) { return &kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)]; };
+        auto value = [&](int i) { return &vb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)]; };
+        // Principal rows U_r^T K_b and U_r^T V_b over the summarized rows: (r, hd) each.
+        pk.assign(size_t(r) * size_t(hd), 0.f);
+        pv.assign(size_t(r) * size_t(hd), 0.f);
+        for (int c = 0; c < r; ++c)
+          for (int i = 0; i < n; ++i) {
+            const float u = U[size_t(i) * size_t(k) + size_t(c)];
+            const float *kr = key(rows[size_t(i)]), *vr = value(rows[size_t(i)]);
+            for (int j = 0; j < hd; ++j) {
+              pk[size_t(c) * size_t(hd) + size_t(j)] += u * kr[j];
+              pv[size_t(c) * size_t(hd) + size_t(j)] += u * vr[j];
+            }
+          }
+        principal_[size_t(h)].Append(pk.data(), pv.data(), r);
+        block_rows_[size_t(h)].push_back(principal_[size_t(h)].size());
+        for (int i : kept) kept_[size_t(h)].Append(key(i), value(i), 1);
+        if (!p_.residual_codec || n == 0) continue;
+        // Residuals against the principal rows as stored (dtype-rounded), so K~ = U_r P_k + residual holds.
+        for (auto* m : {&pk, &pv}) {
+          round.resize(m->size() * DTypeSize(p_.dtype));
+          FromF32(p_.dtype, m->data(), round.data(), m->size());
+          ToF32(p_.dtype, round.data(), m->data(), m->size());
+        }
+        rk.resize(size_t(n) * size_t(hd));
+        rv.resize(rk.size());
+        for (int i = 0; i < n; ++i) {
+          std::copy_n(key(rows[size_t(i)]), hd, &rk[size_t(i) * size_t(hd)]);
+          std::copy_n(value(rows[size_t(i)]), hd, &rv[size_t(i) * size_t(hd)]);
+          for (int c = 0; c < r; ++c) {
+            const float u = U[size_t(i) * size_t(k) + size_t(c)];
+            for (int j = 0; j < hd; ++j) {
+              rk[size_t(i) * size_t(hd) + size_t(j)] -= u * pk[size_t(c) * size_t(hd) + size_t(j)];
+              rv[size_t(i) * size_t(hd) + size_t(j)] -= u * pv[size_t(c) * size_t(hd) + size_t(j)];
+            }
           }
         }
-      principal_[size_t(h)].Append(pk.data(), pv.data(), r);
-      block_rows_[size_t(h)].push_back(principal_[size_t(h)].size());
+        residual_[size_t(h)]->Append(rk.data(), hd, rv.data(), hd, n);
+      }
     }
     return Status::Ok();
+  }
+
+  // keep=E: splits the block's rows 0..B-1 (in `rows`) into the E whose energy outside the top r
+  // directions, sum_{c>=r} (U_ic S_c)^2, is largest (`kept`, ascending; ties to the earlier row) and
+  // the rest (`rows`, ascending). U (B, k) and S (k) are the block's SVD.
+  void SplitWorstSummarized(const std::vector<float>& U, const std::vector<float>& S, int k, int r, std::vector<int>* rows,
+                            std::vector<int>* kept) const {
+    const int B = p_.block;
+    std::vector<double> lost(size_t(B), 0.0);
+    for (int i = 0; i < B; ++i)
+      for (int c = r; c < k; ++c) {
+        const double x = double(U[size_t(i) * size_t(k) + size_t(c)]) * S[size_t(c)];
+        lost[size_t(i)] += x * x;
+      }
+    std::vector<int> order(static_cast<size_t>(B));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return lost[size_t(a)] > lost[size_t(b)]; });
+    kept->assign(order.begin(), order.begin() + p_.keep);
+    std::sort(kept->begin(), kept->end());
+    rows->assign(order.begin() + p_.keep, order.end());
+    std::sort(rows->begin(), rows->end());
   }
 
   KvShape s_;
@@ -237,6 +383,9 @@ class AtpPolicy : public KvPolicy {
   std::vector<std::unique_ptr<BlockInput>> inputs_;  // the newest complete block's, and any computed ahead
   std::vector<ExactRows> principal_;              // per KV head: principal K/V rows, (rows, hd)
   std::vector<std::vector<int64_t>> block_rows_;  // per KV head: principal rows after block b
+  std::vector<ExactRows> kept_;                   // per KV head: keep=E exact rows, E per compressed block
+  std::vector<std::unique_ptr<RowStore>> residual_;  // per KV head: the summarized tokens' residuals
+  std::vector<std::vector<float>> coef_;          // per basis (Groups()): U_r rows, (summarized, r_b) per block
 };
 
 class AtpFactory : public KvPolicyFactory {
@@ -248,12 +397,38 @@ class AtpFactory : public KvPolicyFactory {
     d += p_.tau > 0 ? ",tau=" + std::to_string(p_.tau) : ",rank=" + std::to_string(p_.rank);
     d += ",window=" + std::to_string(p_.window) + ",basis=" + (p_.key_basis ? "key" : "input");
     d += std::string(",proj=") + (p_.proj_lowrank ? "lowrank" : "dense");
+    if (p_.keep > 0) d += ",keep=" + std::to_string(p_.keep);
+    if (p_.residual_codec) d += ",residual=" + p_.residual;
     return d + ",dtype=" + std::string(DTypeName(p_.dtype));
   }
 
  private:
   AtpParams p_;
 };
+
+// The codec of residual=NAME for blocks of `rows` summarized tokens. KIVI's key groups must not straddle
+// two blocks (a group would then wait for the next block, and a query's form would depend on it), so its
+// group G is the largest divisor of `rows` up to KIVI's 32 (tokens per key group, channels per value group).
+Result<std::shared_ptr<const RowCodec>> ResidualCodec(const std::string& name, int rows) {
+  if (name == "kivi2" || name == "kivi4" || name == "kivi8") {
+    KiviParams k;
+    k.bits = name[4] - '0';
+    k.residual = 0;
+    k.group = 1;
+    for (int g = std::min(rows, 32); g >= 1; --g)
+      if (rows % g == 0) {
+        k.group = g;
+        break;
+      }
+    return MakeKiviCodec(k);
+  }
+  if (name.rfind("mx_", 0) == 0) {
+    Result<MxFormat> f = ParseMxFormat(name.substr(3));
+    if (!f.ok()) return Status::InvalidArgument("kv policy 'atp': residual=" + name + ": " + f.status().message());
+    return MakeMxCodec(*f);
+  }
+  return Status::InvalidArgument("kv policy 'atp': residual=" + name + " is not one of none, kivi2, kivi4, kivi8, mx_FMT (FMT one of mx's fmt)");
+}
 
 }  // namespace
 
@@ -264,7 +439,9 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeAtpFactory(const PolicySpec& spec) 
                                       {"window", "exact window W in tokens, a multiple of block, default 64"},
                                       {"basis", "input (the paper's, from the layer input) or key"},
                                       {"proj", "dense, or lowrank: Q of block b's tokens in rank r on block b-1's input basis"},
-                                      {"dtype", "storage type f32|f16|bf16, default f32"}}));
+                                      {"dtype", "storage type f32|f16|bf16, default f32"},
+                                      {"keep", "exact rows kept per block: the E tokens its principal rows summarize worst, 0..block, default 0"},
+                                      {"residual", "none, kivi2|kivi4|kivi8 or mx_FMT: each summarized token's residual kept in that codec (queries read tokens rebuilt)"}}));
   AtpParams p;
   ATP_ASSIGN_OR_RETURN(p.block, spec.Int("block", 64, 1, 1 << 16));
   ATP_ASSIGN_OR_RETURN(p.rank, spec.Int("rank", 16, 1, 1 << 16));
@@ -280,6 +457,12 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeAtpFactory(const PolicySpec& spec) 
   ATP_ASSIGN_OR_RETURN(std::string proj, spec.Choice("proj", "dense", {"dense", "lowrank"}));
   p.proj_lowrank = proj == "lowrank";
   ATP_ASSIGN_OR_RETURN(p.dtype, spec.Dtype("dtype", DType::kF32));
+  ATP_ASSIGN_OR_RETURN(p.keep, spec.Int("keep", 0, 0, p.block));
+  ATP_ASSIGN_OR_RETURN(std::string residual, spec.String("residual", "none"));
+  if (residual != "none") {
+    ATP_ASSIGN_OR_RETURN(p.residual_codec, ResidualCodec(residual, p.summarized()));
+    p.residual = residual;
+  }
   return std::shared_ptr<KvPolicyFactory>(std::make_shared<AtpFactory>(p));
 }
 

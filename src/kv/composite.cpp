@@ -137,6 +137,23 @@ class CodecPolicyFactory : public KvPolicyFactory {
 
 }  // namespace
 
+void DecodeRows(const RowStore& store, int64_t begin, int64_t end, int k_width, int v_width, float* K, float* V) {
+  std::vector<KvSegment> segs;
+  store.View(begin, end, store.size(), &segs);
+  // One side of a segment: packed rows decode through the kernels' scalar reference, plain ones convert.
+  auto side = [](const PackedRows& packed, const KvRows& plain, int64_t j, int width, float* out) {
+    if (packed.layout != PackedLayout::kNone) return DecodePackedRow(packed, j, out);
+    ToF32(plain.dtype, static_cast<const uint8_t*>(plain.data) + size_t(j * plain.stride) * DTypeSize(plain.dtype), out,
+          size_t(width));
+  };
+  int64_t row = 0;
+  for (const KvSegment& s : segs)
+    for (int64_t j = 0; j < s.count(); ++j, ++row) {
+      side(s.pk, s.k, j, k_width, K + row * k_width);
+      side(s.pv, s.v, j, v_width, V + row * v_width);
+    }
+}
+
 std::shared_ptr<const RowCodec> MakeExactCodec(DType dtype) { return std::make_shared<ExactCodec>(dtype); }
 
 std::shared_ptr<KvPolicyFactory> MakeCodecPolicyFactory(std::shared_ptr<const RowCodec> codec) {

@@ -43,6 +43,12 @@ class RowCodec {
   virtual std::string Describe() const = 0;
 };
 
+// Rows [begin, end) of `store` in f32 as a query with horizon store.size() reads them: K (end-begin,
+// k_width) and V (end-begin, v_width), row-major. For policies that add something to a stored row before
+// attending to it (atp's quantized residual); the stores of MakeExactCodec, kivi and mx hand out rows
+// in the token's own basis, which is all this reads (no q_map / out_map).
+void DecodeRows(const RowStore& store, int64_t begin, int64_t end, int k_width, int v_width, float* K, float* V);
+
 // Exact rows in f32, f16 or bf16 (the codec of `dense:dtype=...` on the right of '+').
 std::shared_ptr<const RowCodec> MakeExactCodec(DType dtype);
 
