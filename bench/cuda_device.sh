@@ -89,14 +89,17 @@ eval_cuda() {
 attn() { timeout 150 /tmp/atp/bin/atp_cuda_attn 2>&1 | tee "$OUT/attn.jsonl"; }
 sdpa() { timeout 120 python3 bench/cuda_sdpa.py 2>&1 | tee "$OUT/sdpa.jsonl"; }
 # The serving benchmark on the llama-3.2-1b shape (bf16 weights), as issue 17 measured it: ~450-token
-# prompts, 128 new tokens, streaming with logprobs 0 (bench/server_bench.py), at SERVE_C concurrencies.
+# prompts (75 words: testgen's tokenizer makes ~6 tokens of a word), 128 new tokens, streaming with
+# logprobs 0 (bench/server_bench.py), at SERVE_C concurrencies.
+# SERVE_ATP: another binary to measure (e.g. a baseline build carried beside the bundle), SERVE_TAG: a
+# suffix for its files.
 serve() {
   [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
-  timeout 500 python3 bench/server_bench.py --atp $atp -m /tmp/l1b --kv ${SERVE_KV:-dense:dtype=bf16} \
-    --concurrency ${SERVE_C:-1,16,64} --repeat 1 --prompt-words 330 --max-tokens 128 --capacity-requests 0 \
+  timeout 500 python3 bench/server_bench.py --atp ${SERVE_ATP:-$atp} -m /tmp/l1b --kv ${SERVE_KV:-dense:dtype=bf16} \
+    --concurrency ${SERVE_C:-1,16,64} --repeat 1 --prompt-words ${SERVE_WORDS:-75} --max-tokens 128 --capacity-requests 0 \
     --server-arg=--device --server-arg=cuda --server-arg=-c --server-arg=2048 --server-arg=--kv-memory \
     --server-arg=40G --server-arg=--max-seqs --server-arg=64 --server-arg=--max-batch-tokens --server-arg=2048 \
-    --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.txt"
+    --json "$OUT/serve${SERVE_TAG:-}.json" 2>&1 | tee "$OUT/serve${SERVE_TAG:-}.txt"
 }
 # Nsight Compute on the decode kernels at 32k: bf16 first, then (after 2 x 16 x 22 launches of each
 # of the two kernels for bf16 and fp8) fp4.
