@@ -14,17 +14,7 @@
 namespace atp {
 namespace {
 
-using kvtest::Inputs;
-using kvtest::kD;
-using kvtest::kH;
-using kvtest::kHd;
-using kvtest::kKV;
-using kvtest::kKvd;
-using kvtest::kQd;
-using kvtest::Make;
-using kvtest::MaxDiff;
-using kvtest::RandomInputs;
-using kvtest::RunChunks;
+using namespace kvtest;  // a directive: kv_policy_test.cpp, built in the same unit, has its own kD...
 
 // Thin SVD of rows (m, n) by sgesvd: U (m, k) row-major with column signs fixed by column sum, S, Vt (k, n).
 void Svd(std::vector<float> a, int m, int n, std::vector<float>* U, std::vector<float>* S, std::vector<float>* Vt) {

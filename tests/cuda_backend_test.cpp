@@ -222,7 +222,7 @@ TEST(CudaKv, RejectsPoliciesWithoutKernels) {
   EXPECT_FALSE(MakeCudaKvFactory("nonsense").ok());
 }
 
-constexpr int kVocab = 4096;
+using testing::kRefVocab;
 
 // ref-5m on the GPU: bf16 weights (as ref-5m-bf16 on the CPU, whose logits move by up to 3.0e-2
 // from the f32 reference, model_reference_test.cpp) plus bf16 rounding of the three GEMM inputs
@@ -235,15 +235,15 @@ void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, c
   ASSERT_EQ(got.size(), want.size()) << what;
   double worst = 0, se = 0, sr = 0;
   int argmax_diff = 0;
-  for (size_t r = 0; r * kVocab < want.size(); ++r) {
-    const float* g = &got[r * kVocab];
-    const float* w = &want[r * kVocab];
-    for (int i = 0; i < kVocab; ++i) {
+  for (size_t r = 0; r * kRefVocab < want.size(); ++r) {
+    const float* g = &got[r * kRefVocab];
+    const float* w = &want[r * kRefVocab];
+    for (int i = 0; i < kRefVocab; ++i) {
       worst = std::max(worst, std::isnan(g[i]) ? INFINITY : std::fabs(double(g[i]) - w[i]));
       se += (double(g[i]) - w[i]) * (double(g[i]) - w[i]);
       sr += double(w[i]) * w[i];
     }
-    const int ag = int(std::max_element(g, g + kVocab) - g), aw = int(std::max_element(w, w + kVocab) - w);
+    const int ag = int(std::max_element(g, g + kRefVocab) - g), aw = int(std::max_element(w, w + kRefVocab) - w);
     if (ag != aw && w[aw] - w[ag] > kGpuTol) ++argmax_diff;
   }
   std::cerr << "[cuda] " << what << ": max abs err " << worst << ", relative L2 err " << std::sqrt(se / sr) << "\n";

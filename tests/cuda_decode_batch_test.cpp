@@ -19,16 +19,11 @@
 #include "engine/sequence.h"
 #include "kv/kv_policy.h"
 #include "model/llama.h"
+#include "cuda_test_util.h"
 #include "test_util.h"
 
 namespace atp {
 namespace {
-
-#define ATP_SKIP_WITHOUT_GPU()                                                    \
-  do {                                                                            \
-    const Status gpu = CudaDeviceStatus();                                        \
-    if (!gpu.ok()) GTEST_SKIP() << "no CUDA GPU here (" << gpu.ToString() << ")"; \
-  } while (0)
 
 using cuda::DeviceArray;
 
@@ -151,7 +146,9 @@ TEST(CudaDecodePlan, TasksAndWorkCoverEveryChunkOnce) {
         return n * a.n_kv;
       };
       EXPECT_TRUE(c == 1024 || blocks_at(c) <= 132 * 16) << c;
-      if (c > 64) EXPECT_GT(blocks_at(c - 32), 132) << c;
+      if (c > 64) {
+        EXPECT_GT(blocks_at(c - 32), 132) << c;
+      }
     }
     // Rows seen: the dense query at L - 1 reads rows [0, L); the ATP-style one its principal rows
     // and positions from the last compressed block's end, as row indices past `first`.
@@ -393,7 +390,7 @@ TEST(CudaModel, BatchedDecodeMatchesPerItemAndAlone) {
     auto f = MakeCudaKvFactory(spec);
     ASSERT_TRUE(f.ok()) << spec;
     Run3 r{std::make_unique<Sequence>(model, **f), std::make_unique<Sequence>(model, **f),
-           std::make_unique<Sequence>(model, **f)};
+           std::make_unique<Sequence>(model, **f), {}, {}, {}};
     for (KvPolicy* p : r.per_item->kv()) r.wrappers.push_back(std::make_unique<PerItem>(p));
     for (auto& w : r.wrappers) r.wrapped.push_back(w.get());
     for (int i = 0; i < len + steps; ++i) r.tokens.push_back(int32_t(rng() % uint32_t(V)));
@@ -430,7 +427,9 @@ TEST(CudaModel, BatchedDecodeMatchesPerItemAndAlone) {
       EXPECT_LE(da, kGpuTol) << what << " against the sequence alone";
       const int ag = int(std::max_element(g.begin(), g.end()) - g.begin());
       const int aa = int(std::max_element(alone.begin(), alone.end()) - alone.begin());
-      if (ag != aa) EXPECT_LE(alone[size_t(aa)] - alone[size_t(ag)], kGpuTol) << what << ": greedy token differs";
+      if (ag != aa) {
+        EXPECT_LE(alone[size_t(aa)] - alone[size_t(ag)], kGpuTol) << what << ": greedy token differs";
+      }
     }
   }
   std::cerr << "[cuda] forward of " << runs.size() << " sequences batched: max abs logit err " << worst_path

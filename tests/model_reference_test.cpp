@@ -28,11 +28,11 @@ using testing::kRefModelBf16;
 using testing::MaxAbsDiff;
 using testing::RefTensor;
 
-constexpr int kVocab = 4096;
+using testing::kRefVocab;
 
 struct RefPrompt {
   std::vector<int32_t> ids;     // with the leading BOS
-  std::vector<float> logits;    // (ids.size(), kVocab)
+  std::vector<float> logits;    // (ids.size(), kRefVocab)
 };
 
 std::vector<RefPrompt> LoadRefPrompts() {
@@ -44,7 +44,7 @@ std::vector<RefPrompt> LoadRefPrompts() {
     RefPrompt r;
     r.ids = t[p + ".ids"].i32;
     r.logits = t[p + ".logits"].f32;
-    EXPECT_EQ(r.logits.size(), r.ids.size() * kVocab) << p;
+    EXPECT_EQ(r.logits.size(), r.ids.size() * kRefVocab) << p;
     out.push_back(std::move(r));
   }
   return out;
@@ -89,8 +89,8 @@ std::vector<float> DecodeLogits(LlamaModel& m, const std::vector<int32_t>& ids) 
 std::string WorstRow(const std::vector<float>& got, const std::vector<float>& want) {
   double worst = -1;
   size_t row = 0;
-  for (size_t r = 0; r * kVocab < want.size(); ++r) {
-    double d = MaxAbsDiff(&got[r * kVocab], &want[r * kVocab], kVocab);
+  for (size_t r = 0; r * kRefVocab < want.size(); ++r) {
+    double d = MaxAbsDiff(&got[r * kRefVocab], &want[r * kRefVocab], kRefVocab);
     if (d > worst) worst = d, row = r;
   }
   return "worst row " + std::to_string(row) + " max abs err " + std::to_string(worst);
@@ -159,10 +159,10 @@ TEST(RefModel, ChunkedPrefillAndBatchedForwardMatchReference) {
     std::vector<float> logits;
     ASSERT_TRUE(m->Forward(items, &logits).ok());
     const size_t n1 = prompts[1].ids.size();
-    ASSERT_EQ(logits.size(), (n1 + 1) * kVocab);
-    EXPECT_LE(MaxAbsDiff(logits.data(), prompts[1].logits.data(), n1 * kVocab), kF32Tol);
-    const float* last2 = prompts[2].logits.data() + (prompts[2].ids.size() - 1) * kVocab;
-    EXPECT_LE(MaxAbsDiff(logits.data() + n1 * kVocab, last2, kVocab), kF32Tol);
+    ASSERT_EQ(logits.size(), (n1 + 1) * kRefVocab);
+    EXPECT_LE(MaxAbsDiff(logits.data(), prompts[1].logits.data(), n1 * kRefVocab), kF32Tol);
+    const float* last2 = prompts[2].logits.data() + (prompts[2].ids.size() - 1) * kRefVocab;
+    EXPECT_LE(MaxAbsDiff(logits.data() + n1 * kRefVocab, last2, kRefVocab), kF32Tol);
   }
 }
 
@@ -385,7 +385,7 @@ TEST(RefModel, Q8_0GreedyFollowsF32UntilANearTie) {
     std::vector<int32_t> ctx = prompt;
     ctx.insert(ctx.end(), want.begin(), want.begin() + long(k));
     auto lg = PrefillLogits(*f32, ctx);
-    std::vector<float> last(lg.end() - kVocab, lg.end());
+    std::vector<float> last(lg.end() - kRefVocab, lg.end());
     std::partial_sort(last.begin(), last.begin() + 2, last.end(), std::greater<float>());
     EXPECT_LE(last[0] - last[1], 2 * kQ8_0Tol)
         << "q8_0 left the f32 continuation at step " << k << " where f32's margin is " << last[0] - last[1]
@@ -494,9 +494,9 @@ TEST(RefModel, Causality) {
     for (size_t j = cut + 1; j < ids.size(); ++j) changed[j] = int32_t((ids[j] * 7 + 13) % 4092);
     const auto got = PrefillLogits(*m, changed);
     // Same row count, same kernels: rows <= cut see identical inputs. 1e-6 allows only reordering noise.
-    EXPECT_LE(MaxAbsDiff(got.data(), base.data(), (cut + 1) * kVocab), 1e-6) << "cut " << cut;
-    EXPECT_GT(MaxAbsDiff(got.data() + (cut + 1) * kVocab, base.data() + (cut + 1) * kVocab,
-                         (ids.size() - cut - 1) * kVocab),
+    EXPECT_LE(MaxAbsDiff(got.data(), base.data(), (cut + 1) * kRefVocab), 1e-6) << "cut " << cut;
+    EXPECT_GT(MaxAbsDiff(got.data() + (cut + 1) * kRefVocab, base.data() + (cut + 1) * kRefVocab,
+                         (ids.size() - cut - 1) * kRefVocab),
               1e-2)
         << "changing tokens after " << cut << " should change later logits";
   }

@@ -28,6 +28,7 @@ inline const std::string kShared = ATP_SOURCE_DIR "/../shared";
 inline const std::string kRefModel = kShared + "/models/ref-5m";
 inline const std::string kRefModelBf16 = kShared + "/models/ref-5m-bf16";
 inline const std::string kValidText = kShared + "/data/valid.txt";
+inline constexpr int kRefVocab = 4096;  // ref-5m's vocabulary
 // The npm test oracles (tests/js/package.json), installed by scripts/setup.sh --test.
 inline const std::string kJsDir = ATP_SOURCE_DIR "/tests/js";
 
