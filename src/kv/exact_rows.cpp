@@ -3,6 +3,7 @@
 namespace atp {
 
 void ExactRows::Append(const float* K, const float* V, int64_t n) {
+  if (n == 0) return;  // nothing to copy, and K, V and the empty buffers may be null (memcpy's contract)
   const size_t es = DTypeSize(dtype_);
   k_.resize(size_t(n_ + n) * size_t(kw_) * es);
   v_.resize(size_t(n_ + n) * size_t(vw_) * es);
