@@ -210,10 +210,11 @@ void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n
   }
   ASSERT_GT(worst, 2 * kv_memory) << "the test must overcommit the pool";
   std::atomic<bool> over{false};
-  std::atomic<size_t> most{0};
+  std::atomic<size_t> most{0}, paged{0};
   const auto batched = RunBatched(sched, reqs, [&] {
     const auto s = sched.stats();
     most = std::max(most.load(), s.running);
+    paged = std::max(paged.load(), s.kv_page_bytes);
     if (s.kv.charged_bytes > s.kv.capacity_bytes) over = true;
   });
   for (int i = 0; i < n; ++i) {
@@ -227,6 +228,11 @@ void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n
   EXPECT_GT(s.recomputed_tokens, 0u);
   EXPECT_GT(most.load(), 1u) << "nothing ran side by side";
   EXPECT_TRUE(WaitFor([&] { return sched.stats().kv.charged_bytes == 0 && sched.stats().preempted == 0; }, 5));
+  // The rows lived in the engine's page store, and every page came back with its sequence (finished
+  // or preempted).
+  EXPECT_GT(paged.load(), 0u);
+  EXPECT_GT(s.kv_page_peak_bytes, 0u);
+  EXPECT_TRUE(WaitFor([&] { return sched.stats().kv_page_bytes == 0; }, 5)) << sched.stats().kv_page_bytes << " bytes still leased";
 }
 
 TEST(Scheduler, PreemptedSequencesGetTheirTokensAlone) {

@@ -20,11 +20,11 @@ std::string MiB(size_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >>
 }  // namespace
 
 struct Scheduler::Running {
-  Running(Waiting w, const LlamaModel& model)
+  Running(Waiting w, const LlamaModel& model, PageStore* pages)
       : id(w.id),
         req(std::move(w.req)),
         footprint(std::move(w.footprint)),
-        seq(model, *req.kv),
+        seq(model, *req.kv, pages),
         history(req.prompt),
         prefill_to(req.prompt.size()) {}
   bool prefilling() const { return fed < prefill_to; }
@@ -143,6 +143,8 @@ Scheduler::Stats Scheduler::stats() const {
     s.preempted = preempted_count_;
   }
   s.kv = pool_.usage();
+  s.kv_page_bytes = pages_.leased_bytes();
+  s.kv_page_peak_bytes = pages_.peak_bytes();
   {
     std::lock_guard<std::mutex> lk(fp_mu_);
     s.footprints = footprints_.size();
@@ -191,7 +193,7 @@ bool Scheduler::Reserve(Running& r, int tokens, size_t keep_free) {
 void Scheduler::Preempt(Running& r) {
   pool_.Release(r.id);
   r.computed = std::max(r.computed, size_t(r.seq.length()));
-  r.seq = Sequence(model_, *r.req.kv);
+  r.seq = Sequence(model_, *r.req.kv, &pages_);
   if (r.generated > 0) {
     // Its KV held everything but the last sampled token, which the next decode step feeds.
     r.prefill_to = r.history.size() - 1;
@@ -226,7 +228,7 @@ void Scheduler::Loop() {
     }
     for (auto& w : dropped)
       if (w.req.on_finish) w.req.on_finish("cancelled", Status::Ok());
-    for (auto& w : admitted) running_.push_back(std::make_unique<Running>(std::move(w), model_));
+    for (auto& w : admitted) running_.push_back(std::make_unique<Running>(std::move(w), model_, &pages_));
     for (auto& r : running_)
       if (cancel_all || cancels.count(r->id)) Finish(*r, "cancelled", Status::Ok());
     std::vector<std::unique_ptr<Running>> finished;

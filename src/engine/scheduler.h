@@ -87,6 +87,7 @@ class Scheduler {
     size_t queued = 0, running = 0;
     size_t preempted = 0;  // sequences waiting to be recomputed after a preemption
     KvPool::Usage kv;
+    size_t kv_page_bytes = 0, kv_page_peak_bytes = 0;  // pages_: leased now, and the most ever
     uint64_t forward_passes = 0, prompt_tokens = 0, generated_tokens = 0;
     // Totals since start: preemptions, and tokens run through the model again after one (prompt_tokens
     // counts each prompt token once).
@@ -120,6 +121,9 @@ class Scheduler {
   const std::vector<int32_t> eos_;
   const SchedulerOptions opt_;
   KvPool pool_;
+  // Where the running sequences' host-side KV rows live (the CPU backend's policies; the GPU's keep
+  // device buffers). Declared before the sequences, so that it outlives them.
+  PageStore pages_;
 
   struct CachedFootprint {
     std::shared_ptr<const KvFootprint> f;

@@ -2,9 +2,11 @@
 
 namespace atp {
 
-Sequence::Sequence(const LlamaModel& model, const KvPolicyFactory& factory) {
+Sequence::Sequence(const LlamaModel& model, const KvPolicyFactory& factory, PageStore* pages) {
   for (int l = 0; l < model.config().num_layers; ++l) {
-    layers_.push_back(factory.Create(model.kv_shape(l)));
+    KvShape shape = model.kv_shape(l);
+    shape.pages = pages;
+    layers_.push_back(factory.Create(shape));
     ptrs_.push_back(layers_.back().get());
   }
 }

@@ -10,7 +10,9 @@ namespace atp {
 
 class Sequence {
  public:
-  Sequence(const LlamaModel& model, const KvPolicyFactory& factory);
+  // The policies lease their host-side pages from `pages` (null: the process's store), which must
+  // outlive the sequence.
+  Sequence(const LlamaModel& model, const KvPolicyFactory& factory, PageStore* pages = nullptr);
 
   std::span<KvPolicy* const> kv() const { return ptrs_; }
   int32_t length() const { return length_; }

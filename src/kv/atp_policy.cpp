@@ -56,10 +56,10 @@ struct BlockInput {
 
 class AtpPolicy : public KvPolicy {
  public:
-  AtpPolicy(const KvShape& s, const AtpParams& p) : s_(s), p_(p), exact_(p.dtype, s.kv_dim()) {
+  AtpPolicy(const KvShape& s, const AtpParams& p) : s_(s), p_(p), exact_(s.store(), p.dtype, s.kv_dim()) {
     for (int h = 0; h < s.n_kv_heads; ++h) {
-      principal_.emplace_back(p.dtype, s.head_dim);
-      kept_.emplace_back(p.dtype, s.head_dim);
+      principal_.emplace_back(s.store(), p.dtype, s.head_dim);
+      kept_.emplace_back(s.store(), p.dtype, s.head_dim);
       if (p.residual_codec) residual_.push_back(p.residual_codec->NewStore(s.head_dim, s.head_dim));
     }
     block_rows_.resize(size_t(s.n_kv_heads));
@@ -129,11 +129,11 @@ class AtpPolicy : public KvPolicy {
         out->push_back({KvRows{DType::kF32, rk[h].data(), hd, nb * n}, KvRows{DType::kF32, rv[h].data(), hd, nb * n}});
       } else if (!p_.residual_codec) {
         const int64_t np = nb > 0 ? block_rows_[h][size_t(nb - 1)] : 0;
-        if (np > 0) out->push_back({principal_[h].Keys(0, hd, 0, np), principal_[h].Values(0, hd, 0, np)});
+        principal_[h].View(0, 0, np, out);
       }
-      if (nb * e > 0) out->push_back({kept_[h].Keys(0, hd, 0, nb * e), kept_[h].Values(0, hd, 0, nb * e)});
+      kept_[h].View(0, 0, nb * e, out);
       const int64_t first = nb * p_.block - exact_begin_;  // >= 0: Append only drops what positions[0] sees compressed
-      out->push_back({exact_.Keys(kvh, hd, first, p - nb * p_.block + 1), exact_.Values(kvh, hd, first, p - nb * p_.block + 1)});
+      exact_.View(kvh * hd, first, p - nb * p_.block + 1, out);
     });
     return Status::Ok();
   }
@@ -176,9 +176,7 @@ class AtpPolicy : public KvPolicy {
       const int64_t r = block_rows_[size_t(h)][size_t(b)] - before;
       pk.resize(size_t(r) * size_t(hd));
       pv.resize(pk.size());
-      const KvRows kr = principal_[size_t(h)].Keys(0, hd, before, r), vr = principal_[size_t(h)].Values(0, hd, before, r);
-      ToF32(kr.dtype, kr.data, pk.data(), pk.size());  // one head's rows: contiguous (stride hd)
-      ToF32(vr.dtype, vr.data, pv.data(), pv.size());
+      principal_[size_t(h)].ToF32(before, r, pk.data(), pv.data());
       const float* u = &coef[size_t(before) * size_t(n)];  // (n, r): this block's U_r
       for (int i = 0; i < n; ++i) {
         float* k = &(*K)[(size_t(b) * size_t(n) + size_t(i)) * size_t(hd)];
@@ -265,15 +263,7 @@ class AtpPolicy : public KvPolicy {
     // The block's exact keys and values in f32: (B, kv_dim).
     std::vector<float> kb(size_t(B) * size_t(kvd)), vb(size_t(B) * size_t(kvd));
     const int64_t first = b * B - exact_begin_;
-    for (int h = 0; h < s_.n_kv_heads; ++h) {
-      KvRows kr = exact_.Keys(h, hd, first, B), vr = exact_.Values(h, hd, first, B);
-      for (int i = 0; i < B; ++i) {
-        ToF32(kr.dtype, static_cast<const uint8_t*>(kr.data) + size_t(i) * size_t(kr.stride) * DTypeSize(kr.dtype),
-              &kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], size_t(hd));
-        ToF32(vr.dtype, static_cast<const uint8_t*>(vr.data) + size_t(i) * size_t(vr.stride) * DTypeSize(vr.dtype),
-              &vb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], size_t(hd));
-      }
-    }
+    exact_.ToF32(first, B, kb.data(), vb.data());
     const int n = p_.summarized(), e = p_.keep;
     std::vector<float> pk, pv, rk, rv;
     std::vector<uint8_t> round;

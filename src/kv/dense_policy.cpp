@@ -9,7 +9,7 @@ namespace {
 
 class DensePolicy : public KvPolicy {
  public:
-  DensePolicy(const KvShape& shape, DType dtype) : shape_(shape), rows_(dtype, shape.kv_dim()) {}
+  DensePolicy(const KvShape& shape, DType dtype) : shape_(shape), rows_(shape.store(), dtype, shape.kv_dim()) {}
 
   Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
     if (!positions.empty() && positions[0] != rows_.size())
@@ -23,7 +23,7 @@ class DensePolicy : public KvPolicy {
     const int hd = shape_.head_dim;
     AttendSegments(shape_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const int64_t n = positions[size_t(t)] + 1;  // causal: keys 0..p
-      out->push_back({rows_.Keys(kvh, hd, 0, n), rows_.Values(kvh, hd, 0, n)});
+      rows_.View(kvh * hd, 0, n, out);
     });
     return Status::Ok();
   }

@@ -3,29 +3,43 @@
 namespace atp {
 
 void ExactRows::Append(const float* K, const float* V, int64_t n) {
-  if (n == 0) return;  // nothing to copy, and K, V and the empty buffers may be null (memcpy's contract)
-  const size_t es = DTypeSize(dtype_);
-  k_.resize(size_t(n_ + n) * size_t(kw_) * es);
-  v_.resize(size_t(n_ + n) * size_t(vw_) * es);
-  FromF32(dtype_, K, k_.data() + size_t(n_) * size_t(kw_) * es, size_t(n) * size_t(kw_));
-  FromF32(dtype_, V, v_.data() + size_t(n_) * size_t(vw_) * es, size_t(n) * size_t(vw_));
-  n_ += n;
+  const int64_t first = size();
+  k_.Grow(n);
+  v_.Grow(n);
+  for (int64_t i = 0; i < n; ++i) {
+    FromF32(dtype_, K + i * kw_, k_.Row(first + i), size_t(kw_));
+    FromF32(dtype_, V + i * vw_, v_.Row(first + i), size_t(vw_));
+  }
 }
 
 void ExactRows::DropFront(int64_t n) {
-  const size_t es = DTypeSize(dtype_);
-  k_.erase(k_.begin(), k_.begin() + std::ptrdiff_t(size_t(n) * size_t(kw_) * es));
-  v_.erase(v_.begin(), v_.begin() + std::ptrdiff_t(size_t(n) * size_t(vw_) * es));
-  n_ -= n;
+  k_.DropFront(n);
+  v_.DropFront(n);
 }
 
-KvRows ExactRows::View(const std::vector<uint8_t>& buf, int width, int offset, int64_t begin, int64_t count) const {
-  KvRows r;
-  r.dtype = dtype_;
-  r.stride = width;
-  r.count = count;
-  r.data = buf.data() + (size_t(begin) * size_t(width) + size_t(offset)) * DTypeSize(dtype_);
-  return r;
+void ExactRows::ToF32(int64_t begin, int64_t count, float* K, float* V) const {
+  for (int64_t i = 0; i < count; ++i) {
+    atp::ToF32(dtype_, k_.Row(begin + i), K + i * kw_, size_t(kw_));
+    atp::ToF32(dtype_, v_.Row(begin + i), V + i * vw_, size_t(vw_));
+  }
+}
+
+void ExactRows::SliceToF32(int offset, int dim, int64_t begin, int64_t count, float* K, float* V) const {
+  const size_t skip = size_t(offset) * DTypeSize(dtype_);
+  for (int64_t i = 0; i < count; ++i) {
+    atp::ToF32(dtype_, k_.Row(begin + i) + skip, K + i * dim, size_t(dim));
+    atp::ToF32(dtype_, v_.Row(begin + i) + skip, V + i * dim, size_t(dim));
+  }
+}
+
+void ExactRows::View(int offset, int64_t begin, int64_t count, std::vector<KvSegment>* out) const {
+  const size_t skip = size_t(offset) * DTypeSize(dtype_);
+  k_.ForEachRun(begin, count, [&](int64_t first, int64_t n, const uint8_t* k) {
+    KvSegment s;
+    s.k = {dtype_, k + skip, kw_, n};
+    s.v = {dtype_, v_.Row(first) + skip, vw_, n};
+    out->push_back(s);
+  });
 }
 
 }  // namespace atp

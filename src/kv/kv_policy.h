@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "kv/page_store.h"
 
 namespace atp {
 
@@ -21,8 +22,11 @@ struct KvShape {
   int n_heads = 0;      // query heads
   int n_kv_heads = 0;   // key/value heads (grouped-query attention)
   int head_dim = 0;
+  // Where the policy's rows live: the engine's store, or null for the process's (PageStore::Process()).
+  PageStore* pages = nullptr;
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
+  PageStore& store() const { return pages ? *pages : PageStore::Process(); }
 };
 
 // A basis for computing a token's Q projection in low rank (docs/design.md section 4, atp proj=lowrank):

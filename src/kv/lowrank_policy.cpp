@@ -48,7 +48,7 @@ void Project(const float* rows, int64_t n, int stride, const std::vector<float>&
 
 class LowRankPolicy : public KvPolicy {
  public:
-  LowRankPolicy(const KvShape& s, const LowRankParams& p) : s_(s), p_(p), exact_(p.dtype, s.kv_dim()) {
+  LowRankPolicy(const KvShape& s, const LowRankParams& p) : s_(s), p_(p), exact_(s.store(), p.dtype, s.kv_dim()) {
     blocks_.resize(size_t(s.n_kv_heads));
     if (!p.online) {
       const int d = s.head_dim;
@@ -105,7 +105,7 @@ class LowRankPolicy : public KvPolicy {
         Coefficients(bb, p_.block, out);
       }
       const int64_t first = nb * p_.block - exact_begin_;  // >= 0: Append only drops what positions[0] sees compressed
-      out->push_back({exact_.Keys(kvh, d, first, p - nb * p_.block + 1), exact_.Values(kvh, d, first, p - nb * p_.block + 1)});
+      exact_.View(kvh * d, first, p - nb * p_.block + 1, out);
     });
     return Status::Ok();
   }
@@ -154,12 +154,7 @@ class LowRankPolicy : public KvPolicy {
     const int B = p_.block, d = s_.head_dim;
     std::vector<float> kb(size_t(B) * size_t(d)), vb(size_t(B) * size_t(d)), U, S, Vt;
     for (int h = 0; h < s_.n_kv_heads; ++h) {
-      KvRows kr = exact_.Keys(h, d, b * B - exact_begin_, B), vr = exact_.Values(h, d, b * B - exact_begin_, B);
-      const size_t es = DTypeSize(kr.dtype);
-      for (int i = 0; i < B; ++i) {
-        ToF32(kr.dtype, static_cast<const uint8_t*>(kr.data) + size_t(i) * size_t(kr.stride) * es, &kb[size_t(i) * size_t(d)], size_t(d));
-        ToF32(vr.dtype, static_cast<const uint8_t*>(vr.data) + size_t(i) * size_t(vr.stride) * es, &vb[size_t(i) * size_t(d)], size_t(d));
-      }
+      exact_.SliceToF32(h * d, d, b * B - exact_begin_, B, kb.data(), vb.data());
       BasisBlock bb(*p_.codec, p_.rk, p_.rv);
       // Right singular vectors V (d x k): principal directions of the rows.
       ATP_RETURN_IF_ERROR(ThinSvd(kb.data(), B, d, &U, &S, &Vt));

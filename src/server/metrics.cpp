@@ -67,6 +67,11 @@ std::string ServerMetrics::Render(const Scheduler::Stats& s) const {
   Metric(&out, "atp_kv_bytes_in_use", "gauge", "KV bytes held by running sequences (measured).", double(s.kv.used_bytes));
   Metric(&out, "atp_kv_bytes_reserved", "gauge", "KV pool pages charged to running sequences (what they hold and the step about to run), in bytes.",
          double(s.kv.charged_bytes));
+  Metric(&out, "atp_kv_page_store_bytes", "gauge",
+         "Bytes of the KV pages running sequences lease from the engine's page store (host-side policies).",
+         double(s.kv_page_bytes));
+  Metric(&out, "atp_kv_page_store_peak_bytes", "gauge", "The most bytes of KV pages leased at once since start.",
+         double(s.kv_page_peak_bytes));
   Metric(&out, "atp_kv_bytes_capacity", "gauge", "KV pool budget in bytes (--kv-memory).", double(s.kv.capacity_bytes));
   Metric(&out, "atp_kv_pages_used", "gauge", "KV pool pages charged to running sequences.", double(s.kv.pages_used()));
   Metric(&out, "atp_kv_pages_free", "gauge", "KV pool pages not charged to anyone.",

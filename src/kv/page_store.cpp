@@ -1,0 +1,105 @@
+#include "kv/page_store.h"
+
+#include <cstdlib>
+#include <new>
+#include <utility>
+
+namespace atp {
+
+void PageStore::Free::operator()(uint8_t* p) const { std::free(p); }
+
+uint8_t* PageStore::Lease(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  uint8_t* page = nullptr;
+  auto it = free_.find(bytes);
+  if (it != free_.end() && !it->second.empty()) {
+    page = it->second.back();
+    it->second.pop_back();
+  } else {
+    page = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (!page) throw std::bad_alloc();
+    owned_.emplace_back(page);
+  }
+  leased_bytes_ += bytes;
+  peak_bytes_ = std::max(peak_bytes_, leased_bytes_);
+  ++leased_pages_;
+  return page;
+}
+
+void PageStore::Return(uint8_t* page, size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  free_[bytes].push_back(page);
+  leased_bytes_ -= bytes;
+  --leased_pages_;
+}
+
+size_t PageStore::leased_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return leased_bytes_;
+}
+
+size_t PageStore::peak_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return peak_bytes_;
+}
+
+size_t PageStore::leased_pages() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return leased_pages_;
+}
+
+PageStore& PageStore::Process() {
+  static PageStore* store = new PageStore();  // never destroyed: policies may outlive static destruction
+  return *store;
+}
+
+PagedRows::PagedRows(PagedRows&& o) noexcept
+    : store_(o.store_), row_bytes_(o.row_bytes_), pages_(std::move(o.pages_)), head_(o.head_), n_(o.n_) {
+  o.pages_.clear();
+  o.head_ = o.n_ = 0;
+}
+
+PagedRows& PagedRows::operator=(PagedRows&& o) noexcept {
+  if (this != &o) {
+    Clear();
+    store_ = o.store_, row_bytes_ = o.row_bytes_, pages_ = std::move(o.pages_), head_ = o.head_, n_ = o.n_;
+    o.pages_.clear();
+    o.head_ = o.n_ = 0;
+  }
+  return *this;
+}
+
+void PagedRows::Grow(int64_t n) {
+  n_ += n;
+  const size_t need = size_t((head_ + n_ + kRowsPerPage - 1) / kRowsPerPage);
+  while (pages_.size() < need) pages_.push_back(store_->Lease(page_bytes()));
+}
+
+void PagedRows::DropFront(int64_t n) {
+  // Row slots keep their alignment to the rows ever appended (slot = (rows dropped + i) mod
+  // kRowsPerPage), also when the rows run out: where runs break then depends on positions alone, not
+  // on when a policy dropped what, so attention sums in the same order however a prompt was chunked.
+  const int64_t before = (head_ + n) / kRowsPerPage;
+  n_ -= n;
+  head_ = (head_ + n) % kRowsPerPage;
+  const size_t empty = n_ == 0 ? pages_.size() : size_t(before);
+  for (size_t i = 0; i < empty; ++i) store_->Return(pages_[i], page_bytes());
+  pages_.erase(pages_.begin(), pages_.begin() + std::ptrdiff_t(empty));
+}
+
+void PagedRows::Truncate(int64_t n) {
+  n_ = n;
+  const size_t need = n_ == 0 ? 0 : size_t((head_ + n_ + kRowsPerPage - 1) / kRowsPerPage);
+  while (pages_.size() > need) {
+    store_->Return(pages_.back(), page_bytes());
+    pages_.pop_back();
+  }
+}
+
+void PagedRows::Clear() {
+  for (uint8_t* p : pages_) store_->Return(p, page_bytes());
+  pages_.clear();
+  head_ = n_ = 0;
+}
+
+}  // namespace atp

@@ -1,0 +1,108 @@
+// KV memory in pages (vLLM's block pool, on the host): every row a CPU policy keeps lives in a page
+// leased from a PageStore, and goes back to it when the policy drops the row (a window slides, a
+// block is compressed, eviction) or dies. The engine owns one store for all its sequences, so what
+// the store has leased is the KV memory the server holds; commands without an engine (eval, bench,
+// tests) use the process's store.
+//
+// A page holds PagedRows::kRowsPerPage rows of one storage form (one width and dtype), so its size
+// is fixed per layer and form; the store keeps a free list per page size and never gives memory back
+// to the system, as a block pool reuses its blocks.
+#pragma once
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+namespace atp {
+
+// Thread-safety: every method may be called from any thread (sequences of one engine run their
+// policies on the pool's workers).
+class PageStore {
+ public:
+  PageStore() = default;
+  PageStore(const PageStore&) = delete;
+  PageStore& operator=(const PageStore&) = delete;
+
+  // A page of `bytes` bytes, 64-byte aligned, contents undefined. Throws std::bad_alloc when the system
+  // has no memory left (as the vectors it replaces did).
+  uint8_t* Lease(size_t bytes);
+  // Gives back a page that Lease(bytes) returned.
+  void Return(uint8_t* page, size_t bytes);
+
+  // Bytes of the pages leased now, and the most ever leased at once.
+  size_t leased_bytes() const;
+  size_t peak_bytes() const;
+  size_t leased_pages() const;
+
+  // The store of policies made without one (KvShape::pages null).
+  static PageStore& Process();
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const;
+  };
+  mutable std::mutex mu_;
+  std::map<size_t, std::vector<uint8_t*>> free_;  // by page size
+  std::vector<std::unique_ptr<uint8_t, Free>> owned_;
+  size_t leased_bytes_ = 0, peak_bytes_ = 0, leased_pages_ = 0;
+};
+
+// A sequence of fixed-size rows (one storage form) in pages of kRowsPerPage rows leased from a store:
+// row i sits at slot (head + i) % kRowsPerPage of page (head + i) / kRowsPerPage, where head counts
+// the slots of the first page already dropped. Rows never straddle pages, so a run of rows within a
+// page is contiguous; readers walk runs (ForEachRun), as attention walks segments.
+// Thread-safety: const methods may run concurrently; the rest is exclusive.
+class PagedRows {
+ public:
+  // Tokens per page: vLLM's GPU blocks hold 16, TensorRT-LLM's 64. The CPU kernels score and sum a run
+  // of contiguous rows per call (32 at a time), so runs of 64 keep their per-call cost small, and a
+  // page of a whole layer's rows (dense bf16 on llama-3.2-1b: 64 x 2 KiB) is still small next to a
+  // sequence.
+  static constexpr int64_t kRowsPerPage = 64;
+
+  PagedRows(PageStore& store, size_t row_bytes) : store_(&store), row_bytes_(row_bytes) {}
+  ~PagedRows() { Clear(); }
+  PagedRows(PagedRows&& o) noexcept;
+  PagedRows& operator=(PagedRows&& o) noexcept;
+  PagedRows(const PagedRows&) = delete;
+  PagedRows& operator=(const PagedRows&) = delete;
+
+  int64_t size() const { return n_; }
+  size_t row_bytes() const { return row_bytes_; }
+  // Appends n rows of undefined contents (the caller writes them through Row).
+  void Grow(int64_t n);
+  uint8_t* Row(int64_t i) { return const_cast<uint8_t*>(std::as_const(*this).Row(i)); }
+  const uint8_t* Row(int64_t i) const {
+    const int64_t s = head_ + i;
+    return pages_[size_t(s / kRowsPerPage)] + size_t(s % kRowsPerPage) * row_bytes_;
+  }
+  // Drops the first n rows, or all but the first n, returning pages left empty.
+  void DropFront(int64_t n);
+  void Truncate(int64_t n);
+  void Clear();
+  // fn(first, count, data) for the maximal runs of rows [begin, begin + count) contiguous in memory,
+  // in order: data holds rows first .. first + count - 1.
+  template <typename Fn>
+  void ForEachRun(int64_t begin, int64_t count, Fn&& fn) const {
+    while (count > 0) {
+      const int64_t in_page = std::min(count, kRowsPerPage - (head_ + begin) % kRowsPerPage);
+      fn(begin, in_page, Row(begin));
+      begin += in_page, count -= in_page;
+    }
+  }
+  // Bytes of the pages this holds (what the store has leased for it).
+  size_t LeasedBytes() const { return pages_.size() * page_bytes(); }
+
+ private:
+  size_t page_bytes() const { return size_t(kRowsPerPage) * row_bytes_; }
+  PageStore* store_;
+  size_t row_bytes_;
+  std::vector<uint8_t*> pages_;
+  int64_t head_ = 0, n_ = 0;
+};
+
+}  // namespace atp
