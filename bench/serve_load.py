@@ -18,7 +18,7 @@ token, atp even when its text is held back; llama.cpp's last chunk carries only 
 it are text released at the end, not tokens). TTFT: to the first arrival; ITL: the gaps between
 arrivals; TPOT: (E2E - TTFT) / (tokens - 1); E2E: to the end of the stream. A request fails on a
 transport error, a status other than 200, an error event, a stream without [DONE] or no token; failures
-are counted, listed and make the exit status 1. One warm-up request runs first, untimed.
+are counted, listed and make the exit status 1. One warm-up request (a prompt of its own) runs first, untimed.
 
   bench/serve_load.py --atp build/atp -m ../shared/models/ref-5m --input-len 128 --output-len 32 \\
       --num-prompts 64 --max-concurrency 8 --json out.json
@@ -404,13 +404,14 @@ def main():
         vocab = args.vocab_size or vocab
         if not vocab:
             sys.exit(f"{base_url}/v1/models does not say the vocabulary size: give --vocab-size")
-        prompts = random_prompts(args.num_prompts, args.input_len, vocab, args.seed)
+        # One prompt more, for the warm-up: a prompt of its own, so that no timed request finds it cached.
+        prompts = random_prompts(args.num_prompts + 1, args.input_len, vocab, args.seed)
         bodies = [completion_body(model, p, args.output_len, args.temperature, args.ignore_eos, args.extra_body)
                   for p in prompts]
-        warm, _ = run_load(base_url, bodies[:1], api_key=args.api_key, timeout=args.timeout)
+        warm, _ = run_load(base_url, bodies[-1:], api_key=args.api_key, timeout=args.timeout)
         if warm[0]["error"]:
             sys.exit(f"the warm-up request failed: {warm[0]['error']}")
-        requests, duration = run_load(base_url, bodies, request_rate=args.request_rate,
+        requests, duration = run_load(base_url, bodies[:-1], request_rate=args.request_rate,
                                       max_concurrency=args.max_concurrency, seed=args.seed,
                                       api_key=args.api_key, timeout=args.timeout)
     finally:
