@@ -107,7 +107,8 @@ def http_json(base_url, method, path, body=None, api_key=None, timeout=30):
 
 
 class Server:
-    """`atp serve -m MODEL EXTRA...` on a free loopback port; stderr goes to a log file whose first line names the port."""
+    """`atp serve -m MODEL EXTRA...` on a free loopback port; stderr goes to a log file whose first line names
+    the port, shown if the server does not start and removed when it stops."""
 
     def __init__(self, atp, model, extra):
         self.log = open(f"/tmp/atp_serve_load_{os.getpid()}.log", "w+")
@@ -117,9 +118,10 @@ class Server:
         self.port = None
         while self.port is None:
             if self.proc.poll() is not None or time.time() > deadline:
+                self.log.seek(0)
+                log = self.log.read()
                 self.stop()
-                with open(self.log.name) as f:
-                    sys.exit(f"atp serve did not start: {f.read()}")
+                sys.exit(f"atp serve did not start: {log}")
             self.log.seek(0)
             m = re.search(r"http://[^:]+:(\d+)", self.log.read())
             self.port = int(m.group(1)) if m else None
@@ -138,6 +140,7 @@ class Server:
             self.proc.terminate()
             self.proc.wait(timeout=120)
         self.log.close()
+        os.remove(self.log.name)
 
 
 def server_model(base_url, api_key=None):
