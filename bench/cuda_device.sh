@@ -88,18 +88,27 @@ eval_cuda() {
 }
 attn() { timeout 150 /tmp/atp/bin/atp_cuda_attn 2>&1 | tee "$OUT/attn.jsonl"; }
 sdpa() { timeout 120 python3 bench/cuda_sdpa.py 2>&1 | tee "$OUT/sdpa.jsonl"; }
-# The serving benchmark on the llama-3.2-1b shape (bf16 weights), as issue 17 measured it: ~450-token
-# prompts (75 words: testgen's tokenizer makes ~6 tokens of a word), 128 new tokens, streaming with
-# logprobs 0 (bench/server_bench.py), at SERVE_C concurrencies.
+# The serving benchmark on the llama-3.2-1b shape (bf16 weights): bench/serve_load.py (the figures of
+# `vllm bench serve`) against one `atp serve --device cuda` on port 18000, random prompts of SERVE_IN token ids
+# (1024) and SERVE_OUT new tokens each (128, ignore_eos), at each concurrency of SERVE_C (1,8,64,256) with
+# SERVE_N x c prompts (4 x c, at least 16). SERVE_KV: the policy; SERVE_CTX (2048), SERVE_KV_MEMORY (40G),
+# SERVE_SEQS (256): the server's -c, --kv-memory, --max-seqs (e.g. SERVE_IN=8192 SERVE_OUT=256 SERVE_CTX=8448).
 # SERVE_ATP: another binary to measure (e.g. a baseline build carried beside the bundle), SERVE_TAG: a
-# suffix for its files.
+# suffix for its files: serve$TAG.txt (the tables), serve${TAG}_c$c.json, serve$TAG.log (the server's).
 serve() {
   [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
-  timeout 500 python3 bench/server_bench.py --atp ${SERVE_ATP:-$atp} -m /tmp/l1b --kv ${SERVE_KV:-dense:dtype=bf16} \
-    --concurrency ${SERVE_C:-1,16,64} --repeat 1 --prompt-words ${SERVE_WORDS:-75} --max-tokens 128 --capacity-requests 0 \
-    --server-arg=--device --server-arg=cuda --server-arg=-c --server-arg=2048 --server-arg=--kv-memory \
-    --server-arg=40G --server-arg=--max-seqs --server-arg=64 --server-arg=--max-batch-tokens --server-arg=2048 \
-    --json "$OUT/serve${SERVE_TAG:-}.json" 2>&1 | tee "$OUT/serve${SERVE_TAG:-}.txt"
+  local tag=${SERVE_TAG:-} kv=${SERVE_KV:-dense:dtype=bf16} cs=${SERVE_C:-1,8,64,256} c n
+  ${SERVE_ATP:-$atp} serve -m /tmp/l1b --port 18000 --device cuda --kv "$kv" -c ${SERVE_CTX:-2048} \
+    --kv-memory ${SERVE_KV_MEMORY:-40G} --max-seqs ${SERVE_SEQS:-256} --max-queue 4096 --max-batch-tokens 2048 \
+    2>"$OUT/serve$tag.log" &
+  local pid=$!
+  for c in ${cs//,/ }; do
+    n=$((c * ${SERVE_N:-4})); [ $n -lt 16 ] && n=16
+    timeout 300 python3 bench/serve_load.py --base-url http://127.0.0.1:18000 --ready-check-timeout-sec 180 \
+      --input-len ${SERVE_IN:-1024} --output-len ${SERVE_OUT:-128} --num-prompts $n --max-concurrency $c \
+      --label "$kv c=$c" --json "$OUT/serve${tag}_c$c.json" 2>&1 | tee -a "$OUT/serve$tag.txt"
+  done
+  kill $pid; wait $pid
 }
 # Nsight Compute on the decode kernels at 32k: bf16 first, then (after 2 x 16 x 22 launches of each
 # of the two kernels for bf16 and fp8) fp4.

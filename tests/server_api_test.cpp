@@ -90,6 +90,90 @@ TEST(ServerApi, StopStringCutsTheText) {
   }
 }
 
+// Issue 17: a stream sends one event per generated token, as vLLM does, even while the token's text is
+// held back (the tiny random model's greedy text has multi-byte characters, whose first bytes are tokens
+// of their own): that event's text is "" (chat: "content": ""), and the text and logprobs follow with
+// the token that completes the character. The text is the whole response's.
+TEST(ServerApi, StreamSendsAnEventPerTokenWhileTextIsHeldBack) {
+  TestServer s({}, nullptr, /*tiny=*/true);
+  constexpr int kTokens = 40;
+  for (const bool chat : {false, true}) {
+    json req = {{"max_tokens", kTokens}, {"temperature", 0}};
+    if (chat) req.update({{"messages", {{{"role", "user"}, {"content", "hello"}}}}, {"logprobs", true}});
+    else req.update({{"prompt", "hello"}, {"logprobs", 0}});
+    const std::string path = chat ? "/v1/chat/completions" : "/v1/completions";
+    auto whole = Http(s.port(), "POST", path, req.dump());
+    ASSERT_EQ(whole->status(), 200) << whole->body();
+    ASSERT_EQ(whole->Json()["choices"][0]["finish_reason"], "length") << "the greedy run met EOS: pick another prompt";
+    req.update({{"stream", true}, {"stream_options", {{"include_usage", true}}}});
+    auto streamed = Http(s.port(), "POST", path, req.dump());
+    ASSERT_EQ(streamed->status(), 200) << streamed->body();
+    int token_events = 0, held = 0, finish_events = 0;
+    size_t logprob_tokens = 0;
+    for (const json& e : SseEvents(streamed->body())) {
+      if (e["choices"].empty()) continue;  // the usage event
+      const json& c = e["choices"][0];
+      if (!c["logprobs"].is_null()) logprob_tokens += chat ? c["logprobs"]["content"].size() : c["logprobs"]["tokens"].size();
+      if (!c["finish_reason"].is_null()) {
+        ++finish_events;
+        continue;
+      }
+      ++token_events;
+      if (chat) {
+        ASSERT_TRUE(c["delta"].contains("content")) << e.dump();
+      }
+      held += (chat ? c["delta"]["content"] : c["text"]).get<std::string>().empty();
+    }
+    const std::string where = chat ? "chat" : "completions";
+    EXPECT_EQ(token_events, kTokens) << where;
+    EXPECT_EQ(finish_events, 1) << where;
+    EXPECT_GT(held, 0) << where << ": no token's text was held back, so the case was not exercised";
+    EXPECT_EQ(logprob_tokens, size_t(kTokens)) << where;
+    EXPECT_EQ(CompletionText(streamed->body(), true), CompletionText(whole->body(), false)) << where;
+    EXPECT_EQ(SseEvents(streamed->body()).back()["usage"]["completion_tokens"], kTokens) << where;
+  }
+}
+
+// ignore_eos (vLLM's and llama.cpp's extension): EOS no longer ends a choice, max_tokens does. The tiny
+// random model samples its EOS now and then at temperature 2: the first seed whose request ends on it
+// early is asked again with ignore_eos, whole and streamed.
+TEST(ServerApi, IgnoreEosRunsToMaxTokens) {
+  TestServer s({}, nullptr, /*tiny=*/true);
+  constexpr int kMax = 60;
+  json req = {{"prompt", "hello"}, {"max_tokens", kMax}, {"temperature", 2}, {"logprobs", 0}};
+  std::vector<std::string> stopped;  // the tokens before EOS
+  bool found = false;
+  for (int seed = 1; seed <= 100 && !found; ++seed) {
+    req["seed"] = seed;
+    auto r = Http(s.port(), "POST", "/v1/completions", req.dump());
+    ASSERT_EQ(r->status(), 200) << r->body();
+    const json c = r->Json()["choices"][0];
+    found = c["finish_reason"] == "stop";
+    if (found && !c["logprobs"].is_null()) stopped = c["logprobs"]["tokens"].get<std::vector<std::string>>();
+  }
+  ASSERT_TRUE(found) << "none of 100 seeds met EOS within " << kMax << " tokens";
+  ASSERT_LT(stopped.size(), size_t(kMax));
+  req["ignore_eos"] = true;
+  for (const bool stream : {false, true}) {
+    req["stream"] = stream;
+    auto r = Http(s.port(), "POST", "/v1/completions", req.dump());
+    ASSERT_EQ(r->status(), 200) << r->body();
+    std::vector<std::string> tokens;
+    std::string finish;
+    for (const json& e : stream ? SseEvents(r->body()) : std::vector<json>{r->Json()}) {
+      if (e["choices"].empty()) continue;
+      const json& c = e["choices"][0];
+      if (!c["logprobs"].is_null())
+        for (const json& t : c["logprobs"]["tokens"]) tokens.push_back(t);
+      if (!c["finish_reason"].is_null()) finish = c["finish_reason"];
+    }
+    EXPECT_EQ(finish, "length") << (stream ? "streamed" : "whole");
+    ASSERT_EQ(tokens.size(), size_t(kMax)) << (stream ? "streamed" : "whole");
+    // The same draws up to EOS, which is now a token of the completion (its text: none, a special token).
+    EXPECT_EQ(std::vector<std::string>(tokens.begin(), tokens.begin() + long(stopped.size())), stopped);
+  }
+}
+
 TEST(ServerApi, LogprobsInBothLayouts) {
   ATP_REQUIRE_REF_MODEL();
   TestServer s;
@@ -181,6 +265,8 @@ TEST(ServerApi, InvalidRequestsGet400WithAnErrorObject) {
       {C, R"({"prompt": "hi", "stop": ""})", "stop"},
       {C, R"({"prompt": "hi", "logprobs": 9})", "logprobs"},
       {C, R"({"prompt": "hi", "stream": "yes"})", "stream"},
+      {C, R"({"prompt": "hi", "ignore_eos": 1})", "ignore_eos"},
+      {H, R"({"messages": [{"role": "user", "content": "x"}], "ignore_eos": "true"})", "ignore_eos"},
       {C, R"({"prompt": "hi", "echo": true})", "echo"},
       {C, R"({"prompt": "hi", "presence_penalty": 1})", "presence_penalty"},
       {C, R"({"prompt": "hi", "logit_bias": {"1": 5}})", "logit_bias"},

@@ -18,7 +18,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "model/testgen.h"
 #include "server/http_server.h"
+#include "test_util.h"
 
 namespace atp::server_test {
 
@@ -51,18 +53,43 @@ inline RefModel& Ref() {
   return m;
 }
 
-// An HttpServer over the reference model (or `model`: another instance of it, e.g. on the GPU) on
-// 127.0.0.1:<free port>, serving on its own thread.
+// model/testgen.h's "tiny" random-weight model (seed 7), written to a temporary directory once per
+// process: its byte-level tokenizer makes multi-byte characters of consecutive tokens, which the
+// reference model never generates, and it needs nothing from ../shared.
+struct TinyModel {
+  TinyModel() {
+    Status w = WriteTestModel("tiny", dir.path(), DType::kF32, 7);
+    auto m = LlamaModel::Load(dir.path());
+    auto t = Tokenizer::LoadFromDir(dir.path());
+    if (!w.ok() || !m.ok() || !t.ok()) {
+      ADD_FAILURE() << "tiny model: " << w.ToString() << m.status().ToString() << t.status().ToString();
+      return;
+    }
+    model = std::move(m).value();
+    tok = std::move(t).value();
+  }
+  testing::TempDir dir{"tiny_server"};
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tok;
+};
+inline TinyModel& Tiny() {
+  static TinyModel m;
+  return m;
+}
+
+// An HttpServer over the reference model (or `model`: another instance of it, e.g. on the GPU; or the
+// tiny model with `tiny`) on 127.0.0.1:<free port>, serving on its own thread.
 class TestServer {
  public:
-  explicit TestServer(ServerOptions opt = {}, LlamaModel* model = nullptr) {
+  explicit TestServer(ServerOptions opt = {}, LlamaModel* model = nullptr, bool tiny = false) {
     opt.host = "127.0.0.1";
     opt.port = 0;
-    if (opt.model_name.empty()) opt.model_name = "ref-5m";
+    if (opt.model_name.empty()) opt.model_name = tiny ? "tiny" : "ref-5m";
     opt.log_format = LogFormat::kOff;  // the access log has a test of its own (server_process_test)
-    auto chat = ChatTemplate::LoadFromDir(kRefModel);
+    auto chat = ChatTemplate::LoadFromDir(tiny ? Tiny().dir.path() : kRefModel);
     EXPECT_TRUE(chat.ok()) << chat.status().ToString();
-    auto s = HttpServer::Create(model ? *model : *Ref().model, *Ref().tok, std::move(chat).value(), opt);
+    auto s = HttpServer::Create(tiny ? *Tiny().model : model ? *model : *Ref().model, tiny ? *Tiny().tok : *Ref().tok,
+                                std::move(chat).value(), opt);
     EXPECT_TRUE(s.ok()) << s.status().ToString();
     server_ = std::move(s).value();
     auto port = server_->Bind();

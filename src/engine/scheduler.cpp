@@ -387,7 +387,7 @@ void Scheduler::Step() {
 // Mirrors Generate's order of checks, so that a request gives the same tokens batched or alone.
 void Scheduler::Emit(Running& r, const TokenChoice& c) {
   const int32_t id = c.id;
-  if (std::find(eos_.begin(), eos_.end(), id) != eos_.end()) {
+  if (!r.req.ignore_eos && std::find(eos_.begin(), eos_.end(), id) != eos_.end()) {
     Finish(r, "stop", Status::Ok());
     return;
   }

@@ -55,9 +55,12 @@ struct SeqRequest {
   int max_tokens = 16;
   std::shared_ptr<const KvPolicyFactory> kv;
   int top_logprobs = -1;  // -1: no logprobs; k >= 0: the sampled token's logprob and the k best
-  // Both run on the scheduler thread and must be quick. on_token sees every sampled token except
-  // EOS and returns false to end the sequence as "stop" (a stop string matched). on_finish is called
-  // exactly once, last, with "stop", "length" or "cancelled", or with an error Status.
+  // EOS as a token like any other: only max_tokens, the context and on_token end the sequence
+  // (vLLM's and llama.cpp's ignore_eos, for benchmarks that need a fixed number of tokens).
+  bool ignore_eos = false;
+  // Both run on the scheduler thread and must be quick. on_token sees every sampled token except EOS
+  // (unless ignore_eos) and returns false to end the sequence as "stop" (a stop string matched).
+  // on_finish is called exactly once, last, with "stop", "length" or "cancelled", or with an error Status.
   std::function<bool(const TokenEvent&)> on_token;
   std::function<void(const std::string& finish_reason, const Status& error)> on_finish;
 };

@@ -223,6 +223,7 @@ std::optional<ApiError> ParseApiRequest(const std::string& body, bool chat, ApiR
     r.seeded = true;
   }
   ParseStop(f, &r);
+  r.ignore_eos = f.Bool("ignore_eos").value_or(false);
   if (chat) {
     const bool lp = f.Bool("logprobs").value_or(false);
     const auto top = f.Integer("top_logprobs", 0, 20);

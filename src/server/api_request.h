@@ -39,6 +39,7 @@ struct ApiRequest {
   int n = 1;                           // choices, 1..kMaxChoices; choice i samples with seed + i
   std::optional<int> max_tokens;
   std::vector<std::string> stop;
+  bool ignore_eos = false;             // extension (vLLM, llama.cpp): EOS does not end the choices
   int logprobs = -1;                   // -1: none; else the number of alternatives per token
   bool stream = false;
   bool include_usage = false;          // stream_options.include_usage

@@ -83,13 +83,13 @@ json ResponseBuilder::Logprobs(const std::vector<const Session::Piece*>& pieces,
   return out;
 }
 
-json ResponseBuilder::Delta(int index, const std::string& text, json logprobs, const json& finish_reason,
+json ResponseBuilder::Delta(int index, const std::string& text, json logprobs, const json& finish_reason, bool token,
                             ChoiceState& c) const {
   json out = {{"index", index}};
   if (chat_) {
     json delta = json::object();
     if (!c.role_sent) delta["role"] = "assistant";
-    if (!text.empty() || !c.role_sent) delta["content"] = text;
+    if (token || !text.empty() || !c.role_sent) delta["content"] = text;
     c.role_sent = true;
     out["delta"] = delta;
   } else {
@@ -139,24 +139,17 @@ json ResponseBuilder::Body() const {
 
 std::string ResponseBuilder::Chunk(const std::vector<Session::Piece>& pieces) {
   std::string out;
-  for (size_t i = 0; i < choices_.size(); ++i) {
-    ChoiceState& c = choices_[i];
-    std::vector<const Session::Piece*> mine;
-    std::string text;
-    const Session::Piece* last = nullptr;
-    for (const Session::Piece& p : pieces) {
-      if (size_t(p.choice) != i) continue;
-      mine.push_back(&p);
-      text += p.text;
-      completion_tokens_ += size_t(p.generated);
-      if (p.last) last = &p;
-    }
-    json lp = Logprobs(mine, c);
-    // A chat stream opens each choice with its role, even before any text; otherwise an event needs text or logprobs.
-    if (!text.empty() || !lp.is_null() || (chat_ && !c.role_sent)) out += Event(Delta(int(i), text, std::move(lp), nullptr, c));
+  for (const Session::Piece& p : pieces) {
+    ChoiceState& c = choices_[size_t(p.choice)];
+    completion_tokens_ += size_t(p.generated);
+    json lp = Logprobs({&p}, c);
     // A choice that was cancelled or failed gets no finish event: the request's error follows instead.
-    if (last && (last->finish_reason == "stop" || last->finish_reason == "length"))
-      out += Event(Delta(int(i), "", nullptr, last->finish_reason, c));
+    const bool ends = p.last && (p.finish_reason == "stop" || p.finish_reason == "length");
+    // Each generated token gets its event, even when its text is held back (as vLLM streams), so a
+    // client sees every token arrive; a chat stream opens each choice with its role, even before any
+    // text; the last piece's event carries what was still held back and the finish reason.
+    if (p.generated > 0 || ends || !p.text.empty() || !lp.is_null() || (chat_ && !c.role_sent))
+      out += Event(Delta(p.choice, p.text, std::move(lp), ends ? json(p.finish_reason) : json(), p.generated > 0, c));
   }
   return out;
 }

@@ -23,8 +23,10 @@ class ResponseBuilder {
   void Add(const std::vector<Session::Piece>& pieces);
   nlohmann::ordered_json Body() const;
 
-  // Streaming: "data: {...}\n\n" events for these pieces, one per choice that has something to send,
-  // and the event with its finish reason for each choice that ended; "" when there is nothing to send.
+  // Streaming: "data: {...}\n\n" events for these pieces: one per generated token, its text "" (and
+  // no logprobs) while that text is held back (an incomplete UTF-8 character, a possible start of a
+  // stop string); then, for each choice that ended, one with its finish reason and the text released
+  // at the end. "" when there is nothing to send.
   std::string Chunk(const std::vector<Session::Piece>& pieces);
   // Once every choice has finished: the usage chunk if asked for, and "data: [DONE]\n\n".
   std::string Final() const;
@@ -46,8 +48,9 @@ class ResponseBuilder {
   // Logprobs of the tokens of `pieces` (all of one choice), in the endpoint's layout; null when not
   // asked for or when they hold no token.
   nlohmann::ordered_json Logprobs(const std::vector<const Session::Piece*>& pieces, ChoiceState& c) const;
+  // `token`: the event of a generated token, which has a content field (chat) even when it is "".
   nlohmann::ordered_json Delta(int index, const std::string& text, nlohmann::ordered_json logprobs,
-                               const nlohmann::ordered_json& finish_reason, ChoiceState& c) const;
+                               const nlohmann::ordered_json& finish_reason, bool token, ChoiceState& c) const;
   std::string Event(nlohmann::ordered_json choice) const;
 
   const Tokenizer& tok_;

@@ -100,7 +100,7 @@ std::optional<ApiError> HttpServer::CheckModel(const std::string& model) const {
 void HttpServer::HandleModels(const httplib::Request& req, httplib::Response& res) {
   const auto card = [this](const std::string& id) {
     return json{{"id", id}, {"object", "model"}, {"created", 0}, {"owned_by", "atp"},
-                {"max_model_len", scheduler_->options().context}};
+                {"max_model_len", scheduler_->options().context}, {"vocab_size", model_.config().vocab_size}};
   };
   if (req.matches.size() > 1) {  // /v1/models/{id}
     const std::string id = req.matches[1];

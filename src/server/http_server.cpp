@@ -172,6 +172,7 @@ std::optional<ApiError> HttpServer::Prepare(const ApiRequest& a, SeqRequest* out
   out->sampling = a.sampling;
   if (!a.seeded) out->sampling.seed = std::random_device()() * 0x9E3779B97F4A7C15ull + std::random_device()();
   out->top_logprobs = a.logprobs;
+  out->ignore_eos = a.ignore_eos;
   auto kv = a.kv ? Policy(*a.kv, /*from_request=*/true) : Policy(opt_.default_kv, false);
   if (!kv.ok()) return ApiError{400, kv.status().message(), "kv"};
   out->kv = *kv;
