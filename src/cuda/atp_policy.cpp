@@ -24,12 +24,6 @@ using cuda::KvFormat;
 
 constexpr int kBlocksPerLaunch = 64;  // bounds the f32 scratch of one basis launch
 
-struct Params {
-  int block = 64, rank = 16, window = 64;
-  double tau = 0;
-  KvFormat fmt = KvFormat::kF32;
-};
-
 // The stream all ATP policies compress on in the background, at the lowest priority, not ordered
 // with the legacy default stream the forward pass runs on (events order the two where needed).
 cudaStream_t SideStream() {
@@ -45,6 +39,11 @@ cudaStream_t SideStream() {
 
 class CudaAtpPolicy : public cuda::DevicePolicy {
  public:
+  struct Params {
+    int block = 64, rank = 16, window = 64;
+    double tau = 0;
+    KvFormat fmt = KvFormat::kF32;
+  };
   CudaAtpPolicy(const KvShape& s, const Params& p)
       : DevicePolicy(s, "atp"), p_(p), exact_(p.fmt, s.head_dim, s.n_kv_heads), pk_(p.fmt, s.head_dim, s.n_kv_heads),
         pv_(p.fmt, s.head_dim, s.n_kv_heads) {
@@ -55,6 +54,12 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     cudaEventSynchronize(compressed_);  // the side stream may still write into this policy's buffers
     cudaEventDestroy(stored_);
     cudaEventDestroy(compressed_);
+  }
+  static Status CheckShape(const KvShape& s, const Params& p) {
+    if (s.d_model < p.block)
+      return Status::Unsupported("cuda atp: block=" + std::to_string(p.block) + " is wider than d_model " +
+                                 std::to_string(s.d_model) + " (the GPU bases need d_model >= block)");
+    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p.fmt);
   }
 
   // As the CPU policy counts: exact rows, the filling block's X (f32), principal rows, and one
@@ -249,23 +254,6 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
   DeviceArray<int32_t> ranks_;
 };
 
-class CudaAtpFactory : public KvPolicyFactory {
- public:
-  CudaAtpFactory(const Params& p, std::string describe) : p_(p), describe_(std::move(describe)) {}
-  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<CudaAtpPolicy>(s, p_); }
-  Status CheckShape(const KvShape& s) const override {
-    if (s.d_model < p_.block)
-      return Status::Unsupported("cuda atp: block=" + std::to_string(p_.block) + " is wider than d_model " +
-                                 std::to_string(s.d_model) + " (the GPU bases need d_model >= block)");
-    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p_.fmt);
-  }
-  std::string Describe() const override { return describe_; }
-
- private:
-  Params p_;
-  std::string describe_;
-};
-
 }  // namespace
 
 Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& canon, const std::string& describe) {
@@ -276,7 +264,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& ca
   ATP_RETURN_IF_ERROR(canon.CheckKeys({{"block", ""}, {"rank", ""}, {"tau", ""}, {"window", ""}, {"basis", ""}, {"proj", ""}, {"dtype", ""}}));
   ATP_ASSIGN_OR_RETURN(std::string basis, canon.Choice("basis", "input", {"input", "key"}));
   ATP_ASSIGN_OR_RETURN(std::string proj, canon.Choice("proj", "dense", {"dense", "lowrank"}));
-  Params p;
+  CudaAtpPolicy::Params p;
   ATP_ASSIGN_OR_RETURN(p.block, canon.Int("block", 64, 1, 1 << 16));
   if (basis != "input" || proj != "dense" || p.block > cuda::kMaxBasisBlock)
     return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels; --device cuda supports atp with "
@@ -286,7 +274,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& ca
   ATP_ASSIGN_OR_RETURN(p.window, canon.Int("window", p.block, 0, 1 << 24));
   ATP_ASSIGN_OR_RETURN(DType dt, canon.Dtype("dtype", DType::kF32));
   p.fmt = cuda::ExactFormat(dt);
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaAtpFactory>(p, describe));
+  return cuda::MakeDevicePolicyFactory<CudaAtpPolicy>(p, describe);
 }
 
 }  // namespace atp

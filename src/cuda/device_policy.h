@@ -1,11 +1,14 @@
 // Pieces every GPU KV policy (cuda/backend.h's MakeCudaKvFactory) is built from: rows of one layer
-// in device memory, the staging that lets tests drive a policy with host buffers, and DevicePolicy,
-// the steps (append, attend, a planned decode step) written once for the policies that keep rows.
+// in device memory, the staging that lets tests drive a policy with host buffers, DevicePolicy, the
+// steps (append, attend, a planned decode step) written once for the policies that keep rows, and
+// the factory every such policy is made by.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
@@ -205,5 +208,25 @@ class DevicePolicy : public KvPolicy, public DecodePlanner {
   DeviceOutput o_out_;
   DeviceArray<float> ws_;  // the attention's decode workspace
 };
+
+// The factory of a DevicePolicy P made as P(shape, params) from its parameters P::Params: CheckShape
+// is P::CheckShape(shape, params), Describe() `describe` (the CPU factory's canonical string).
+template <class P>
+class DevicePolicyFactory final : public KvPolicyFactory {
+ public:
+  DevicePolicyFactory(const typename P::Params& p, std::string describe) : p_(p), describe_(std::move(describe)) {}
+  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<P>(s, p_); }
+  Status CheckShape(const KvShape& s) const override { return P::CheckShape(s, p_); }
+  std::string Describe() const override { return describe_; }
+
+ private:
+  typename P::Params p_;
+  std::string describe_;
+};
+
+template <class P>
+std::shared_ptr<KvPolicyFactory> MakeDevicePolicyFactory(const typename P::Params& p, std::string describe) {
+  return std::make_shared<DevicePolicyFactory<P>>(p, std::move(describe));
+}
 
 }  // namespace atp::cuda

@@ -17,12 +17,6 @@ namespace {
 using cuda::DeviceArray;
 using cuda::KvFormat;
 
-struct Params {
-  int bits = 2, group = 32, residual = 128;
-  KvFormat exact = KvFormat::kF32;
-  KvFormat packed() const { return bits == 2 ? KvFormat::kKivi2 : bits == 4 ? KvFormat::kKivi4 : KvFormat::kKivi8; }
-};
-
 // A byte buffer that grows by doubling and keeps its first `keep` bytes.
 Status GrowKeeping(DeviceArray<uint8_t>* a, size_t bytes, size_t keep) {
   if (bytes <= a->size()) return Status::Ok();
@@ -35,8 +29,19 @@ Status GrowKeeping(DeviceArray<uint8_t>* a, size_t bytes, size_t keep) {
 
 class CudaKiviPolicy : public cuda::DevicePolicy {
  public:
+  struct Params {
+    int bits = 2, group = 32, residual = 128;
+    KvFormat exact = KvFormat::kF32;
+    KvFormat packed() const { return bits == 2 ? KvFormat::kKivi2 : bits == 4 ? KvFormat::kKivi4 : KvFormat::kKivi8; }
+  };
   CudaKiviPolicy(const KvShape& s, const Params& p)
       : DevicePolicy(s, "kivi"), p_(p), exact_(p.exact, s.head_dim, s.n_kv_heads) {}
+  static Status CheckShape(const KvShape& s, const Params& p) {
+    if (p.group % 8 != 0 || s.head_dim % p.group != 0)
+      return Status::Unsupported("cuda kivi: group=" + std::to_string(p.group) +
+                                 " must be a multiple of 8 dividing head_dim " + std::to_string(s.head_dim));
+    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p.exact);
+  }
 
   size_t Bytes() const override {
     return size_t(exact_.Bytes(Length()) + groups_ * (KeyParamBytes() + p_.group * (2 * CodeBytes() + ValueParamBytes())));
@@ -115,27 +120,10 @@ class CudaKiviPolicy : public cuda::DevicePolicy {
   DeviceArray<uint8_t> kcodes_, vcodes_, kparams_, vparams_;
 };
 
-class CudaKiviFactory : public KvPolicyFactory {
- public:
-  CudaKiviFactory(const Params& p, std::string describe) : p_(p), describe_(std::move(describe)) {}
-  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<CudaKiviPolicy>(s, p_); }
-  Status CheckShape(const KvShape& s) const override {
-    if (p_.group % 8 != 0 || s.head_dim % p_.group != 0)
-      return Status::Unsupported("cuda kivi: group=" + std::to_string(p_.group) + " must be a multiple of 8 dividing head_dim " +
-                                 std::to_string(s.head_dim));
-    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p_.exact);
-  }
-  std::string Describe() const override { return describe_; }
-
- private:
-  Params p_;
-  std::string describe_;
-};
-
 }  // namespace
 
 Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKiviFactory(const PolicySpec& canon, const std::string& describe) {
-  Params p;
+  CudaKiviPolicy::Params p;
   ATP_ASSIGN_OR_RETURN(std::string bits, canon.Choice("bits", "2", {"2", "4", "8"}));
   p.bits = std::stoi(bits);
   ATP_ASSIGN_OR_RETURN(p.group, canon.Int("group", 32, 1, 1 << 16));
@@ -145,7 +133,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKiviFactory(const PolicySpec& c
   ATP_ASSIGN_OR_RETURN(p.residual, canon.Int("residual", 128, 0, 1 << 24));
   ATP_ASSIGN_OR_RETURN(DType dt, canon.Dtype("dtype", DType::kF32));
   p.exact = cuda::ExactFormat(dt);
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaKiviFactory>(p, describe));
+  return cuda::MakeDevicePolicyFactory<CudaKiviPolicy>(p, describe);
 }
 
 }  // namespace atp

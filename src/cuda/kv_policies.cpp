@@ -32,8 +32,12 @@ using cuda::RowBuffer;
 
 class CudaRowsPolicy : public cuda::DevicePolicy {
  public:
+  using Params = KvFormat;  // the rows' form
   CudaRowsPolicy(const KvShape& s, KvFormat f)
       : DevicePolicy(s, "kv"), k_(f, s.head_dim, s.n_kv_heads), v_(f, s.head_dim, s.n_kv_heads) {}
+  static Status CheckShape(const KvShape& s, KvFormat f) {
+    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, f);
+  }
 
   size_t Bytes() const override { return size_t(Length() * (k_.TokenBytes() + v_.TokenBytes())); }
   bool ReadsInput() const override { return false; }
@@ -155,20 +159,6 @@ class CudaLowRankFactory : public KvPolicyFactory {
   std::string describe_;
 };
 
-class CudaRowsFactory : public KvPolicyFactory {
- public:
-  CudaRowsFactory(KvFormat f, std::string describe) : f_(f), describe_(std::move(describe)) {}
-  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<CudaRowsPolicy>(s, f_); }
-  Status CheckShape(const KvShape& s) const override {
-    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, f_);
-  }
-  std::string Describe() const override { return describe_; }
-
- private:
-  KvFormat f_;
-  std::string describe_;
-};
-
 // The GPU form of rows kept by a codec alone ("dense:dtype=...", "mx:fmt=..."), or an error
 // naming `whole` (the policy string) and what is supported.
 Result<KvFormat> RowsFormat(const std::string& codec, const std::string& whole, const std::string& supported) {
@@ -221,7 +211,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
   if (!codec.empty() || (ps.name() != "dense" && ps.name() != "mx"))
     return Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels yet; " + supported);
   ATP_ASSIGN_OR_RETURN(KvFormat rows, RowsFormat(canon, canon, supported));
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaRowsFactory>(rows, canon));
+  return cuda::MakeDevicePolicyFactory<CudaRowsPolicy>(rows, canon);
 }
 
 Status CudaDeviceStatus() {

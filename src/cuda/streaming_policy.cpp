@@ -18,9 +18,17 @@ using cuda::KvFormat;
 
 class CudaStreamingPolicy : public cuda::DevicePolicy {
  public:
-  CudaStreamingPolicy(const KvShape& s, int budget, int sinks, KvFormat f)
-      : DevicePolicy(s, "streaming"), sinks_(sinks), window_(budget - sinks), tail_(f, s.head_dim, s.n_kv_heads),
-        sink_k_(f, s.head_dim, s.n_kv_heads), sink_v_(f, s.head_dim, s.n_kv_heads) {}
+  struct Params {
+    int budget, sinks;
+    KvFormat f;  // the rows' form
+  };
+  CudaStreamingPolicy(const KvShape& s, const Params& p)
+      : DevicePolicy(s, "streaming"), sinks_(p.sinks), window_(p.budget - p.sinks),
+        tail_(p.f, s.head_dim, s.n_kv_heads), sink_k_(p.f, s.head_dim, s.n_kv_heads),
+        sink_v_(p.f, s.head_dim, s.n_kv_heads) {}
+  static Status CheckShape(const KvShape& s, const Params& p) {
+    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p.f);
+  }
 
   // What the CPU policy holds: the rows it keeps (sinks, and positions from keep_from_ on) and a
   // position per row and KV head (this policy derives positions from the length instead, so it
@@ -71,31 +79,13 @@ class CudaStreamingPolicy : public cuda::DevicePolicy {
   cuda::RowBuffer sink_k_, sink_v_;  // positions [0, min(Length(), S))
 };
 
-class CudaStreamingFactory : public KvPolicyFactory {
- public:
-  CudaStreamingFactory(int budget, int sinks, KvFormat f, std::string describe)
-      : budget_(budget), sinks_(sinks), f_(f), describe_(std::move(describe)) {}
-  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override {
-    return std::make_unique<CudaStreamingPolicy>(s, budget_, sinks_, f_);
-  }
-  Status CheckShape(const KvShape& s) const override {
-    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, f_);
-  }
-  std::string Describe() const override { return describe_; }
-
- private:
-  int budget_, sinks_;
-  KvFormat f_;
-  std::string describe_;
-};
-
 }  // namespace
 
 Result<std::shared_ptr<KvPolicyFactory>> MakeCudaStreamingFactory(const PolicySpec& policy, KvFormat rows,
                                                                   const std::string& describe) {
   ATP_ASSIGN_OR_RETURN(int budget, policy.Int("budget", 256, 1, 1 << 24));
   ATP_ASSIGN_OR_RETURN(int sinks, policy.Int("sinks", 4, 0, budget - 1));
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaStreamingFactory>(budget, sinks, rows, describe));
+  return cuda::MakeDevicePolicyFactory<CudaStreamingPolicy>({budget, sinks, rows}, describe);
 }
 
 }  // namespace atp
