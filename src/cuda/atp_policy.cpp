@@ -24,12 +24,6 @@ using cuda::KvFormat;
 
 constexpr int kBlocksPerLaunch = 64;  // bounds the f32 scratch of one basis launch
 
-struct Params {
-  int block = 64, rank = 16, window = 64;
-  double tau = 0;
-  KvFormat fmt = KvFormat::kF32;
-};
-
 // The stream all ATP policies compress on in the background, at the lowest priority, not ordered
 // with the legacy default stream the forward pass runs on (events order the two where needed).
 cudaStream_t SideStream() {
@@ -43,10 +37,15 @@ cudaStream_t SideStream() {
   return s;
 }
 
-class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
+class CudaAtpPolicy : public cuda::DevicePolicy {
  public:
+  struct Params {
+    int block = 64, rank = 16, window = 64;
+    double tau = 0;
+    KvFormat fmt = KvFormat::kF32;
+  };
   CudaAtpPolicy(const KvShape& s, const Params& p)
-      : s_(s), p_(p), exact_(p.fmt, s.head_dim, s.n_kv_heads), pk_(p.fmt, s.head_dim, s.n_kv_heads),
+      : DevicePolicy(s, "atp"), p_(p), exact_(p.fmt, s.head_dim, s.n_kv_heads), pk_(p.fmt, s.head_dim, s.n_kv_heads),
         pv_(p.fmt, s.head_dim, s.n_kv_heads) {
     cudaEventCreateWithFlags(&stored_, cudaEventDisableTiming);
     cudaEventCreateWithFlags(&compressed_, cudaEventDisableTiming);
@@ -56,84 +55,64 @@ class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
     cudaEventDestroy(stored_);
     cudaEventDestroy(compressed_);
   }
-
-  Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) override {
-    const int64_t T = int64_t(positions.size());
-    if (T == 0) return Status::Ok();
-    ATP_RETURN_IF_ERROR(cuda::CheckContinues("atp", positions[0], len_));
-    if (!X) return Status::InvalidArgument("atp: the layer input X is needed (the paper's basis)");
-    const int d = s_.d_model, kvd = s_.kv_dim();
-    const float* dk = k_in_.Get(K, size_t(T * kvd));
-    const float* dv = v_in_.Get(V, size_t(T * kvd));
-    const float* dx = x_in_.Get(X, size_t(T * d));
-    if (!dk || !dv || !dx) return Status::ResourceExhausted("cuda atp policy: cannot stage appended rows");
-
-    // No query from positions[0] on sees the blocks below this one exactly (kv/atp_policy.cpp). A
-    // replaced buffer is released after the forward's stream: it waits for background readers first.
-    ATP_RETURN_IF_ERROR(
-        exact_.Append(len_, CompressedBlocks(positions[0]) * p_.block, dk, dv, T, [&] { AwaitCompression(); }));
-    ATP_RETURN_IF_ERROR(GrowInput());
-    return TakeInput(dx, T, false);
-  }
-
-  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    if (positions.empty()) return Status::Ok();
-    return attention_.Run(s_, View(positions.back()), positions, Q, O);
-  }
-
-  // As Append of one token: its K and V rows, and its X into the filling block's buffer (B > 1),
-  // stored by the caller; room for the principal rows of the block it may complete reserved here.
-  Status PlanDecode(int32_t pos, std::vector<cuda::RowStore>* stores, cuda::DecodeQuery* query) override {
-    ATP_RETURN_IF_ERROR(cuda::CheckContinues("atp", pos, len_));
-    const int B = p_.block;
-    ATP_ASSIGN_OR_RETURN(const int64_t row,
-                         exact_.Room(len_, CompressedBlocks(pos) * B, 1, [&] { AwaitCompression(); }));
-    stores->push_back({exact_.k(), exact_.v(), row, 1});
-    ATP_RETURN_IF_ERROR(GrowInput());
-    if (B > 1) {
-      const cuda::DeviceRows x{KvFormat::kF32, reinterpret_cast<uint8_t*>(x_fill_.get()), nullptr, s_.d_model, 1};
-      stores->push_back({x, {}, len_ % B, 1, true});
-    }
-    if ((len_ + 1) % B == 0) ATP_RETURN_IF_ERROR(Reserve(MaxRank(), 1));
-    *query = View(pos);
-    return Status::Ok();
-  }
-  Status FinishDecode(const float* X) override {
-    if (!X) return Status::InvalidArgument("atp: the layer input X is needed (the paper's basis)");
-    return TakeInput(X, 1, p_.block > 1);
+  static Status CheckShape(const KvShape& s, const Params& p) {
+    if (s.d_model < p.block)
+      return Status::Unsupported("cuda atp: block=" + std::to_string(p.block) + " is wider than d_model " +
+                                 std::to_string(s.d_model) + " (the GPU bases need d_model >= block)");
+    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p.fmt);
   }
 
   // As the CPU policy counts: exact rows, the filling block's X (f32), principal rows, and one
   // 8-byte block end per KV head and compressed block.
   size_t Bytes() const override {
-    const int64_t row = pk_.TokenBytes() + pv_.TokenBytes();
-    return size_t(exact_.Bytes(len_) + (len_ % p_.block) * s_.d_model * int64_t(sizeof(float)) + principal_ * row +
-                  int64_t(pre_end_host_.size()) * s_.n_kv_heads * int64_t(sizeof(int64_t)));
+    const int64_t row = pk_.TokenBytes() + pv_.TokenBytes(), len = Length(), d = shape().d_model;
+    return size_t(exact_.Bytes(len) + (len % p_.block) * d * int64_t(sizeof(float)) + principal_ * row +
+                  int64_t(pre_end_host_.size()) * shape().n_kv_heads * int64_t(sizeof(int64_t)));
   }
-  int64_t Length() const override { return len_; }
   Status Update() override {  // as the CPU policy: no later query reads compressed blocks' exact rows
-    exact_.Release(CompressedBlocks(len_) * p_.block);
+    exact_.Release(CompressedBlocks(Length()) * p_.block);
     return Status::Ok();
   }
   bool ReadsInput() const override { return true; }
 
  private:
+  // Room for T tokens from position first (= Length()): their exact rows (no query from first on
+  // sees the blocks below this one exactly, kv/atp_policy.cpp; a replaced buffer is released after
+  // the forward's stream, which waits for background readers first). Planned (one token): its X into
+  // the filling block's buffer (B > 1), and room for the principal rows of the block it may complete.
+  Status Reserve(int64_t first, int64_t T, bool planned, std::vector<cuda::RowStore>* stores) override {
+    const int B = p_.block;
+    ATP_ASSIGN_OR_RETURN(const int64_t row,
+                         exact_.Room(first, CompressedBlocks(first) * B, T, [&] { AwaitCompression(); }));
+    stores->push_back({exact_.k(), exact_.v(), row, T});
+    ATP_RETURN_IF_ERROR(GrowInput());
+    if (!planned) return Status::Ok();  // Finish copies the chunk's X
+    if (B > 1) {
+      const cuda::DeviceRows x{KvFormat::kF32, reinterpret_cast<uint8_t*>(x_fill_.get()), nullptr, shape().d_model, 1};
+      stores->push_back({x, {}, first % B, 1, true});
+    }
+    if ((first + 1) % B == 0) ATP_RETURN_IF_ERROR(ReservePrincipal(MaxRank(), 1));
+    return Status::Ok();
+  }
+
   int64_t CompressedBlocks(int64_t p) const { return cuda::CompressedBlocks(p_.block, p_.window, p); }
   int MaxRank() const { return p_.tau > 0 ? p_.block : std::clamp(p_.rank, 1, p_.block); }
 
   // Both X buffers (one filling, one read by a background compression), allocated up front.
   Status GrowInput() {
-    ATP_RETURN_IF_ERROR(x_fill_.Grow(size_t(p_.block) * size_t(s_.d_model)));
-    return x_fill_next_.Grow(size_t(p_.block) * size_t(s_.d_model));
+    ATP_RETURN_IF_ERROR(x_fill_.Grow(size_t(p_.block) * size_t(shape().d_model)));
+    return x_fill_next_.Grow(size_t(p_.block) * size_t(shape().d_model));
   }
 
   // The second half of appending T tokens (their exact rows stored): their layer input dx (T,
-  // d_model, device) into the filling block, and the blocks they complete compressed. x_stored: one
-  // token whose X row the caller already stored into x_fill_ (PlanDecode).
-  Status TakeInput(const float* dx, int64_t T, bool x_stored) {
-    const int B = p_.block, d = s_.d_model;
+  // d_model, device) into the filling block, and the blocks they complete compressed. A planned
+  // step's X row is in x_fill_ already (B > 1: Reserve's store).
+  Status Finish(int64_t T, const float* dx, bool planned) override {
+    const int B = p_.block, d = shape().d_model;
+    const bool x_stored = planned && B > 1;
+    const int64_t len = Length();
     // X of the blocks this chunk completes: the first may have begun in an earlier call (x_fill_).
-    const int64_t filled = len_ % B, complete = (filled + T) / B;
+    const int64_t filled = len % B, complete = (filled + T) / B;
     const float* first = nullptr;
     const float* rest = dx;
     if (complete > 0 && filled > 0) {
@@ -149,7 +128,7 @@ class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
       const int n = int(std::min<int64_t>(kBlocksPerLaunch, complete - done));
       const float* group_first = done == 0 ? first : nullptr;
       const float* group_rest = rest + (first && done > 0 ? done - 1 : done) * B * d;
-      ATP_RETURN_IF_ERROR(CompressBlocks(len_ / B + done, n, group_first, group_rest, background));
+      ATP_RETURN_IF_ERROR(CompressBlocks(len / B + done, n, group_first, group_rest, background));
     }
     // The rows of the block still filling (into the other X buffer when x_fill_ is being compressed).
     if (background) std::swap(x_fill_, x_fill_next_);
@@ -157,13 +136,12 @@ class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
     if (tail > 0 && T - from > 0 && !x_stored)
       ATP_CUDA_RETURN(cudaMemcpyAsync(x_fill_.get() + at * d, dx + from * d, size_t((T - from) * d) * sizeof(float),
                                       cudaMemcpyDeviceToDevice, nullptr));
-    len_ += T;
     return cuda::LastLaunch("atp append");
   }
 
   // What a query at `last` sees: the principal rows of its compressed blocks, then exact rows
   // (waiting on the device for a background compression of a block it sees compressed).
-  cuda::DecodeQuery View(int64_t last) {
+  cuda::DecodeQuery View(int64_t last) override {
     const int64_t nb = CompressedBlocks(last);
     if (pending_ && nb > pending_block_) AwaitCompression();
     cuda::DecodeQuery q;
@@ -189,7 +167,7 @@ class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
     // principal rows: the forward's stream waits for it before touching those (long done by now:
     // a block takes B decode steps).
     AwaitCompression();
-    const int B = p_.block, kvd = s_.kv_dim();
+    const int B = p_.block, kvd = shape().kv_dim();
     const int max_rank = MaxRank();
     for (auto [buf, count] : {std::pair{&u_, size_t(n) * B * B}, {&kb_, size_t(n) * B * kvd}, {&vb_, size_t(n) * B * kvd},
                               {&ppk_, size_t(n) * max_rank * kvd}, {&ppv_, size_t(n) * max_rank * kvd}})
@@ -211,8 +189,8 @@ class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
   // f32, `rows` principal rows written from principal row `at` on.
   void Launch(int64_t b0, int n, const float* first, const float* rest, int max_rank, int64_t at, int64_t rows,
               bool bases, cudaStream_t s) {
-    const int B = p_.block, kvd = s_.kv_dim();
-    if (bases) cuda::BlockBases(first, rest, n, B, s_.d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
+    const int B = p_.block, kvd = shape().kv_dim();
+    if (bases) cuda::BlockBases(first, rest, n, B, shape().d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
     // The block's rows as the CPU reads them back: f32 of the stored (rounded) values.
     cuda::LoadRowsF32(exact_.k(), b0 * B - exact_.first(), int64_t(n) * B, kb_.get(), s);
     cuda::LoadRowsF32(exact_.v(), b0 * B - exact_.first(), int64_t(n) * B, vb_.get(), s);
@@ -225,7 +203,7 @@ class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
   Status Compress(int64_t b0, int n, const float* first, const float* rest, int max_rank) {
     std::vector<int32_t> ranks(size_t(n), max_rank);
     if (p_.tau > 0) {  // the row counts depend on the bases: compute them, read the ranks, then the rows
-      cuda::BlockBases(first, rest, n, p_.block, s_.d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), nullptr);
+      cuda::BlockBases(first, rest, n, p_.block, shape().d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), nullptr);
       ATP_CUDA_RETURN(cudaMemcpy(ranks.data(), ranks_.get(), size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost));
     }
     const int64_t at = principal_;
@@ -235,8 +213,8 @@ class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
   }
 
   // Room for `rows` more principal rows and `blocks` more block ends (capacities double, so growth
-  // is rare; PlanDecode reserves ahead so that a step's compression moves no buffer its attention reads).
-  Status Reserve(int64_t rows, size_t blocks) {
+  // is rare; a planned step reserves ahead so that its compression moves no buffer its attention reads).
+  Status ReservePrincipal(int64_t rows, size_t blocks) {
     ATP_RETURN_IF_ERROR(pk_.Reserve(principal_ + rows, principal_));
     ATP_RETURN_IF_ERROR(pv_.Reserve(principal_ + rows, principal_));
     const size_t old = pre_end_host_.size();
@@ -254,16 +232,14 @@ class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
   Status Record(const std::vector<int32_t>& ranks) {
     int64_t rows = 0;
     for (int32_t r : ranks) rows += r;
-    ATP_RETURN_IF_ERROR(Reserve(rows, ranks.size()));
+    ATP_RETURN_IF_ERROR(ReservePrincipal(rows, ranks.size()));
     rows = 0;
     for (int32_t r : ranks) pre_end_host_.push_back(int32_t(principal_ + (rows += r)));
     principal_ += rows;
     return Status::Ok();
   }
 
-  KvShape s_;
   Params p_;
-  int64_t len_ = 0;
   cuda::ExactTail exact_;    // from the first position some future query sees exactly
   cuda::RowBuffer pk_, pv_;  // principal rows, all KV heads per row (one U serves every head)
   int64_t principal_ = 0;
@@ -276,25 +252,6 @@ class CudaAtpPolicy : public KvPolicy, public cuda::DecodePlanner {
   int64_t pending_block_ = 0;       // its last block
   DeviceArray<float> u_, kb_, vb_, ppk_, ppv_;  // scratch of compression
   DeviceArray<int32_t> ranks_;
-  cuda::StagedAttention attention_;
-  cuda::DeviceInput k_in_, v_in_, x_in_;
-};
-
-class CudaAtpFactory : public KvPolicyFactory {
- public:
-  CudaAtpFactory(const Params& p, std::string describe) : p_(p), describe_(std::move(describe)) {}
-  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<CudaAtpPolicy>(s, p_); }
-  Status CheckShape(const KvShape& s) const override {
-    if (s.d_model < p_.block)
-      return Status::Unsupported("cuda atp: block=" + std::to_string(p_.block) + " is wider than d_model " +
-                                 std::to_string(s.d_model) + " (the GPU bases need d_model >= block)");
-    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p_.fmt);
-  }
-  std::string Describe() const override { return describe_; }
-
- private:
-  Params p_;
-  std::string describe_;
 };
 
 }  // namespace
@@ -307,7 +264,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& ca
   ATP_RETURN_IF_ERROR(canon.CheckKeys({{"block", ""}, {"rank", ""}, {"tau", ""}, {"window", ""}, {"basis", ""}, {"proj", ""}, {"dtype", ""}}));
   ATP_ASSIGN_OR_RETURN(std::string basis, canon.Choice("basis", "input", {"input", "key"}));
   ATP_ASSIGN_OR_RETURN(std::string proj, canon.Choice("proj", "dense", {"dense", "lowrank"}));
-  Params p;
+  CudaAtpPolicy::Params p;
   ATP_ASSIGN_OR_RETURN(p.block, canon.Int("block", 64, 1, 1 << 16));
   if (basis != "input" || proj != "dense" || p.block > cuda::kMaxBasisBlock)
     return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels; --device cuda supports atp with "
@@ -317,7 +274,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& ca
   ATP_ASSIGN_OR_RETURN(p.window, canon.Int("window", p.block, 0, 1 << 24));
   ATP_ASSIGN_OR_RETURN(DType dt, canon.Dtype("dtype", DType::kF32));
   p.fmt = cuda::ExactFormat(dt);
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaAtpFactory>(p, describe));
+  return cuda::MakeDevicePolicyFactory<CudaAtpPolicy>(p, describe);
 }
 
 }  // namespace atp

@@ -53,6 +53,18 @@ struct DecodeArgs {
   int slot0 = 0;
 };
 
+// The raw rows begin + base + u * step + lane_row (u < U) of one KV head, lanes c, put in flight
+// before any is decoded; rows at or past n stay unloaded. The decode loop's K and V passes.
+template <KvFormat F, int U>
+__device__ __forceinline__ void LoadAhead(Raw8<F> (&raw)[U], const DeviceRows& rows, int64_t begin, int base, int step,
+                                          int lane_row, int n, int kvh, int c) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int jl = base + u * step + lane_row;
+    if (jl < n) raw[u] = LoadRaw8<F>(rows, begin + jl, kvh, c);
+  }
+}
+
 // Block (work unit, kv head): the G query heads of one KV head over one chunk of rows of a task.
 // Lanes work in groups of hd/8, one row per group, each lane owning 8 elements of the row; the
 // same lane keeps the same 8 query elements in registers for the whole kernel. Writes, per head
@@ -98,11 +110,7 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeArgs args, 
   const int step = kDecodeWarps * rpw;
   for (int base = 0; base < n; base += U * step) {
     Raw8<F> raw[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int jl = base + u * step + warp * rpw + sub;
-      if (jl < n) raw[u] = LoadRaw8<F>(K, begin + jl, kvh, c);
-    }
+    LoadAhead<F, U>(raw, K, begin, base, step, warp * rpw + sub, n, kvh, c);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int jl = base + u * step + warp * rpw + sub;
@@ -141,11 +149,7 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeArgs args, 
   float acc[GM][8] = {};
   for (int base = 0; base < n; base += U * step) {
     Raw8<F> raw[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int jl = base + u * step + warp * rpw + sub;
-      if (jl < n) raw[u] = LoadRaw8<F>(V, begin + jl, kvh, c);
-    }
+    LoadAhead<F, U>(raw, V, begin, base, step, warp * rpw + sub, n, kvh, c);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int jl = base + u * step + warp * rpw + sub;

@@ -72,26 +72,57 @@ Result<int64_t> ExactTail::Room(int64_t len, int64_t keep_from, int64_t T, const
   return len - first_;
 }
 
-Status ExactTail::Append(int64_t len, int64_t keep_from, const float* K, const float* V, int64_t T,
-                         const std::function<void()>& before_move) {
-  ATP_ASSIGN_OR_RETURN(const int64_t row, Room(len, keep_from, T, before_move));
-  StoreKv(k_.rows(), v_.rows(), row, K, V, T, nullptr);
-  return LastLaunch("kv append");
+Status DevicePolicy::CheckInput(const float* X) const {
+  if (ReadsInput() && !X) return Status::InvalidArgument(std::string(name_) + ": the layer input X is needed");
+  return Status::Ok();
 }
 
-Status StagedAttention::Run(const KvShape& s, const DecodeQuery& view, std::span<const int32_t> positions,
-                            const float* Q, float* O) {
+Status DevicePolicy::Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) {
   const int64_t T = int64_t(positions.size());
   if (T == 0) return Status::Ok();
-  const size_t nq = size_t(T) * size_t(s.q_dim());
-  const AttnShape a{s.n_heads, s.n_kv_heads, s.head_dim};
-  const float* dq = q_.Get(Q, nq);
-  float* o = o_.Get(O, nq);
+  ATP_RETURN_IF_ERROR(CheckContinues(name_, positions[0], len_));
+  ATP_RETURN_IF_ERROR(CheckInput(X));
+  std::vector<RowStore> stores;
+  ATP_RETURN_IF_ERROR(Reserve(positions[0], T, false, &stores));
+  const size_t n = size_t(T) * size_t(shape_.kv_dim());
+  const float* dk = k_in_.Get(K, n);
+  const float* dv = v_in_.Get(V, n);
+  const float* dx = ReadsInput() ? x_in_.Get(X, size_t(T) * size_t(shape_.d_model)) : nullptr;
+  if (!dk || !dv || (ReadsInput() && !dx))
+    return Status::ResourceExhausted(std::string("cuda ") + name_ + " policy: cannot stage appended rows");
+  ATP_RETURN_IF_ERROR(StoreRows(stores, dk, dv, dx));
+  ATP_RETURN_IF_ERROR(Finish(T, dx, false));
+  len_ += T;
+  return Status::Ok();
+}
+
+Status DevicePolicy::Attend(std::span<const int32_t> positions, const float* Q, float* O) {
+  const int64_t T = int64_t(positions.size());
+  if (T == 0) return Status::Ok();
+  const DecodeQuery view = View(positions.back());
+  const size_t nq = size_t(T) * size_t(shape_.q_dim());
+  const AttnShape a{shape_.n_heads, shape_.n_kv_heads, shape_.head_dim};
+  const float* dq = q_in_.Get(Q, nq);
+  float* o = o_out_.Get(O, nq);
   if (!dq || !o) return Status::ResourceExhausted("GPU attention: staging the queries or the output failed");
   ATP_RETURN_IF_ERROR(ws_.Grow(size_t(AttendWorkspaceFloats(a, RowsSeen(view), SmCount()))));
-  Attend(a, view.k, view.v, view.vis, dq, T, positions[0], o, ws_.get(), SmCount(), nullptr);
+  cuda::Attend(a, view.k, view.v, view.vis, dq, T, positions[0], o, ws_.get(), SmCount(), nullptr);
   ATP_RETURN_IF_ERROR(LastLaunch("attention"));
-  o_.Finish(O, nq);
+  o_out_.Finish(O, nq);
+  return Status::Ok();
+}
+
+Status DevicePolicy::PlanDecode(int32_t pos, std::vector<RowStore>* stores, DecodeQuery* query) {
+  ATP_RETURN_IF_ERROR(CheckContinues(name_, pos, len_));
+  ATP_RETURN_IF_ERROR(Reserve(pos, 1, true, stores));
+  *query = View(pos);
+  return Status::Ok();
+}
+
+Status DevicePolicy::FinishDecode(const float* X) {
+  ATP_RETURN_IF_ERROR(CheckInput(X));
+  ATP_RETURN_IF_ERROR(Finish(1, X, true));
+  ++len_;
   return Status::Ok();
 }
 

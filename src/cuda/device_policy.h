@@ -1,10 +1,14 @@
 // Pieces every GPU KV policy (cuda/backend.h's MakeCudaKvFactory) is built from: rows of one layer
-// in device memory, and the staging that lets tests drive a policy with host buffers.
+// in device memory, the staging that lets tests drive a policy with host buffers, DevicePolicy, the
+// steps (append, attend, a planned decode step) written once for the policies that keep rows, and
+// the factory every such policy is made by.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
@@ -129,11 +133,8 @@ inline int64_t RowsSeen(const DecodeQuery& view) {
 class ExactTail {
  public:
   ExactTail(KvFormat f, int dim, int n_kv) : k_(f, dim, n_kv), v_(f, dim, n_kv) {}
-  // Appends T rows (device K, V (T, n_kv * dim)) at position len, rows before keep_from no longer
-  // needed. before_move runs before a full buffer is replaced (a background reader must be done).
-  Status Append(int64_t len, int64_t keep_from, const float* K, const float* V, int64_t T,
-                const std::function<void()>& before_move);
-  // Append's first half: room for T rows at position len, and the row index they go to.
+  // Room for T rows at position len, rows before keep_from no longer needed, and the row index they
+  // go to. before_move runs before a full buffer is replaced (a background reader must be done).
   Result<int64_t> Room(int64_t len, int64_t keep_from, int64_t T, const std::function<void()>& before_move);
   // Rows before keep_from are no longer needed (KvPolicy::Update): out of Bytes() now, out of the
   // buffer at the next move.
@@ -149,17 +150,83 @@ class ExactTail {
   int64_t first_ = 0, keep_from_ = 0;
 };
 
-// The attention call of a GPU policy: host Q and O staged (tests), the decode workspace sized for
-// the rows the last query sees (`view`: its rows, visibility and position positions.back()), then
-// cuda::Attend. An error when staging, the workspace or the launch fails (O is then not written).
-class StagedAttention {
+// A GPU KV policy whose steps are written here once; a policy supplies only where a step's rows go
+// (Reserve), what a query sees (View) and the rest of an append (Finish), and its Bytes(), Update()
+// and ReadsInput().
+//   Append: positions continue Length() (else an error naming the policy) and X is given when
+//     ReadsInput(); Reserve makes room and lists the stores; host K, V (and X) are staged; StoreRows
+//     stores them; Finish; then Length() counts the tokens.
+//   Attend: host Q and O staged, the decode workspace sized for the rows View(last query) sees, then
+//     cuda::Attend; O is not written when staging, the workspace or the launch fails.
+//   PlanDecode / FinishDecode (DecodePlanner): the same for one token, Reserve's stores run by the
+//     batched path (cuda/decode_batch.h) between the two.
+// Ownership: the policy owns every device buffer it reserves and the staging buffers here; the
+// caller's K, V, X, Q and O (device or host memory) are borrowed for the call. Every copy and launch
+// here runs on the legacy default stream, in call order (a policy's work elsewhere, ATP's background
+// compression, is ordered with it by events). Threads: one sequence's, calls serialized
+// (KvPolicy's rule). After an error the policy is mid-step, as KvPolicy::Append leaves it.
+class DevicePolicy : public KvPolicy, public DecodePlanner {
  public:
-  Status Run(const KvShape& s, const DecodeQuery& view, std::span<const int32_t> positions, const float* Q, float* O);
+  // `name` names the policy in errors (a string literal: "atp" gives "atp: position 5 appended ...").
+  DevicePolicy(const KvShape& s, const char* name) : shape_(s), name_(name) {}
+
+  Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) final;
+  // Positions must be contiguous (p0, p0 + 1, ...), as every ForwardItem's are.
+  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) final;
+  Status PlanDecode(int32_t pos, std::vector<RowStore>* stores, DecodeQuery* query) final;
+  Status FinishDecode(const float* X) final;
+  int64_t Length() const final { return len_; }
+
+ protected:
+  const KvShape& shape() const { return shape_; }
 
  private:
-  DeviceInput q_;
-  DeviceOutput o_;
-  DeviceArray<float> ws_;
+  // Room for T tokens at positions first .. first + T - 1 (first = Length()): settles every buffer
+  // their rows go to and adds those stores to `stores` (source rows 0 .. T - 1 of the step's K and
+  // V). `planned`: a decode step for the batched path (T = 1): also adds the store of the token's X
+  // where the policy keeps it, and settles every buffer Finish writes or the step's attention reads,
+  // so that the rows and pointers given stay valid through FinishDecode and the attention.
+  virtual Status Reserve(int64_t first, int64_t T, bool planned, std::vector<RowStore>* stores) = 0;
+  // What a query at position `last` sees once every position up to it is appended.
+  virtual DecodeQuery View(int64_t last) = 0;
+  // The rest of appending T tokens once their stores ran, Length() not yet counting them (KIVI packs
+  // the groups they complete, ATP keeps their X and compresses the blocks they complete). X: their
+  // layer input (device, (T, d_model) f32), null unless ReadsInput(); `planned` as Reserve's.
+  // Default: nothing more.
+  virtual Status Finish(int64_t T, const float* X, bool planned) {
+    (void)T, (void)X, (void)planned;
+    return Status::Ok();
+  }
+
+  // Ok unless ReadsInput() and X is null.
+  Status CheckInput(const float* X) const;
+
+  KvShape shape_;
+  const char* name_;
+  int64_t len_ = 0;
+  DeviceInput k_in_, v_in_, x_in_, q_in_;
+  DeviceOutput o_out_;
+  DeviceArray<float> ws_;  // the attention's decode workspace
 };
+
+// The factory of a DevicePolicy P made as P(shape, params) from its parameters P::Params: CheckShape
+// is P::CheckShape(shape, params), Describe() `describe` (the CPU factory's canonical string).
+template <class P>
+class DevicePolicyFactory final : public KvPolicyFactory {
+ public:
+  DevicePolicyFactory(const typename P::Params& p, std::string describe) : p_(p), describe_(std::move(describe)) {}
+  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<P>(s, p_); }
+  Status CheckShape(const KvShape& s) const override { return P::CheckShape(s, p_); }
+  std::string Describe() const override { return describe_; }
+
+ private:
+  typename P::Params p_;
+  std::string describe_;
+};
+
+template <class P>
+std::shared_ptr<KvPolicyFactory> MakeDevicePolicyFactory(const typename P::Params& p, std::string describe) {
+  return std::make_shared<DevicePolicyFactory<P>>(p, std::move(describe));
+}
 
 }  // namespace atp::cuda

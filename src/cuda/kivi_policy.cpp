@@ -17,12 +17,6 @@ namespace {
 using cuda::DeviceArray;
 using cuda::KvFormat;
 
-struct Params {
-  int bits = 2, group = 32, residual = 128;
-  KvFormat exact = KvFormat::kF32;
-  KvFormat packed() const { return bits == 2 ? KvFormat::kKivi2 : bits == 4 ? KvFormat::kKivi4 : KvFormat::kKivi8; }
-};
-
 // A byte buffer that grows by doubling and keeps its first `keep` bytes.
 Status GrowKeeping(DeviceArray<uint8_t>* a, size_t bytes, size_t keep) {
   if (bytes <= a->size()) return Status::Ok();
@@ -33,50 +27,25 @@ Status GrowKeeping(DeviceArray<uint8_t>* a, size_t bytes, size_t keep) {
   return Status::Ok();
 }
 
-class CudaKiviPolicy : public KvPolicy, public cuda::DecodePlanner {
+class CudaKiviPolicy : public cuda::DevicePolicy {
  public:
-  CudaKiviPolicy(const KvShape& s, const Params& p) : s_(s), p_(p), exact_(p.exact, s.head_dim, s.n_kv_heads) {}
-
-  Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
-    const int64_t T = int64_t(positions.size());
-    if (T == 0) return Status::Ok();
-    ATP_RETURN_IF_ERROR(cuda::CheckContinues("kivi", positions[0], len_));
-    const int64_t n = T * s_.kv_dim();
-    const float* dk = k_in_.Get(K, size_t(n));
-    const float* dv = v_in_.Get(V, size_t(n));
-    if (!dk || !dv) return Status::ResourceExhausted("cuda kivi policy: cannot stage appended rows");
-    // Rows of groups packed before this call are read packed by every later query.
-    ATP_RETURN_IF_ERROR(exact_.Append(len_, groups_ * p_.group, dk, dv, T, [] {}));
-    ATP_RETURN_IF_ERROR(ReservePacked(len_ + T));
-    len_ += T;
-    Pack();
-    return cuda::LastLaunch("kivi append");
-  }
-
-  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    if (positions.empty()) return Status::Ok();
-    return attention_.Run(s_, View(positions.back()), positions, Q, O);
-  }
-
-  // As Append of one token, its rows stored by the caller between the two halves.
-  Status PlanDecode(int32_t pos, std::vector<cuda::RowStore>* stores, cuda::DecodeQuery* query) override {
-    ATP_RETURN_IF_ERROR(cuda::CheckContinues("kivi", pos, len_));
-    ATP_ASSIGN_OR_RETURN(const int64_t row, exact_.Room(len_, groups_ * p_.group, 1, [] {}));
-    stores->push_back({exact_.k(), exact_.v(), row, 1});
-    ATP_RETURN_IF_ERROR(ReservePacked(len_ + 1));
-    *query = View(pos);
-    return Status::Ok();
-  }
-  Status FinishDecode(const float*) override {
-    ++len_;
-    Pack();
-    return cuda::LastLaunch("kivi append");
+  struct Params {
+    int bits = 2, group = 32, residual = 128;
+    KvFormat exact = KvFormat::kF32;
+    KvFormat packed() const { return bits == 2 ? KvFormat::kKivi2 : bits == 4 ? KvFormat::kKivi4 : KvFormat::kKivi8; }
+  };
+  CudaKiviPolicy(const KvShape& s, const Params& p)
+      : DevicePolicy(s, "kivi"), p_(p), exact_(p.exact, s.head_dim, s.n_kv_heads) {}
+  static Status CheckShape(const KvShape& s, const Params& p) {
+    if (p.group % 8 != 0 || s.head_dim % p.group != 0)
+      return Status::Unsupported("cuda kivi: group=" + std::to_string(p.group) +
+                                 " must be a multiple of 8 dividing head_dim " + std::to_string(s.head_dim));
+    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p.exact);
   }
 
   size_t Bytes() const override {
-    return size_t(exact_.Bytes(len_) + groups_ * (KeyParamBytes() + p_.group * (2 * CodeBytes() + ValueParamBytes())));
+    return size_t(exact_.Bytes(Length()) + groups_ * (KeyParamBytes() + p_.group * (2 * CodeBytes() + ValueParamBytes())));
   }
-  int64_t Length() const override { return len_; }
   Status Update() override {  // as the CPU policy: every later query reads the packed groups packed
     exact_.Release(groups_ * p_.group);
     return Status::Ok();
@@ -84,11 +53,24 @@ class CudaKiviPolicy : public KvPolicy, public cuda::DecodePlanner {
   bool ReadsInput() const override { return false; }
 
  private:
+  // Room for T tokens from position first (= Length()): their exact rows (those of groups packed
+  // before this step are read packed by every later query), and the groups packed once they are in,
+  // so that Finish's packing moves no buffer.
+  Status Reserve(int64_t first, int64_t T, bool, std::vector<cuda::RowStore>* stores) override {
+    ATP_ASSIGN_OR_RETURN(const int64_t row, exact_.Room(first, groups_ * p_.group, T, [] {}));
+    stores->push_back({exact_.k(), exact_.v(), row, T});
+    return ReservePacked(first + T);
+  }
+  Status Finish(int64_t T, const float*, bool) override {
+    Pack(Length() + T);
+    return cuda::LastLaunch("kivi append");
+  }
+
   // Per token (all KV heads): codes of one row; f16 scale and zero per value channel group; per
   // token group: f16 scale and zero per key channel.
-  int64_t CodeBytes() const { return int64_t(s_.kv_dim()) * p_.bits / 8; }
-  int64_t ValueParamBytes() const { return int64_t(s_.n_kv_heads) * (s_.head_dim / p_.group) * 4; }
-  int64_t KeyParamBytes() const { return int64_t(s_.kv_dim()) * 4; }
+  int64_t CodeBytes() const { return int64_t(shape().kv_dim()) * p_.bits / 8; }
+  int64_t ValueParamBytes() const { return int64_t(shape().n_kv_heads) * (shape().head_dim / p_.group) * 4; }
+  int64_t KeyParamBytes() const { return int64_t(shape().kv_dim()) * 4; }
 
   // Token groups packed once len tokens are in: those before the newest R rows.
   int64_t GroupsAt(int64_t len) const { return len >= p_.residual ? (len - p_.residual) / p_.group : 0; }
@@ -104,9 +86,9 @@ class CudaKiviPolicy : public KvPolicy, public cuda::DecodePlanner {
     return GrowKeeping(&vparams_, rows * ValueParamBytes(), had * ValueParamBytes());
   }
 
-  // Packs the groups complete at len_ (their exact rows stored, room reserved).
-  void Pack() {
-    const int64_t want = GroupsAt(len_), G = p_.group;
+  // Packs the groups complete at len tokens (their exact rows stored, room reserved).
+  void Pack(int64_t len) {
+    const int64_t want = GroupsAt(len), G = p_.group;
     if (want <= groups_) return;
     cuda::KiviPack(exact_.k(), exact_.v(), groups_ * G - exact_.first(), int(want - groups_), Packed(true),
                    Packed(false), groups_ * G, nullptr);
@@ -114,7 +96,7 @@ class CudaKiviPolicy : public KvPolicy, public cuda::DecodePlanner {
   }
 
   // What a query at `last` sees: packed groups, then exact rows (block G, window R - 1).
-  cuda::DecodeQuery View(int64_t last) const {
+  cuda::DecodeQuery View(int64_t last) override {
     cuda::DecodeQuery q;
     q.k = exact_.k(), q.v = exact_.v(), q.pos = last;
     cuda::Visibility& vis = q.vis;
@@ -126,41 +108,22 @@ class CudaKiviPolicy : public KvPolicy, public cuda::DecodePlanner {
 
   cuda::DeviceRows Packed(bool keys) const {
     cuda::DeviceRows r;
-    r.fmt = p_.packed(), r.dim = s_.head_dim, r.n_kv = s_.n_kv_heads, r.group = p_.group, r.channel_params = keys;
+    r.fmt = p_.packed(), r.dim = shape().head_dim, r.n_kv = shape().n_kv_heads;
+    r.group = p_.group, r.channel_params = keys;
     r.elems = (keys ? kcodes_ : vcodes_).get(), r.scales = (keys ? kparams_ : vparams_).get();
     return r;
   }
 
-  KvShape s_;
   Params p_;
-  int64_t len_ = 0, groups_ = 0;  // tokens, and token groups packed (positions [0, groups_ * G))
-  cuda::ExactTail exact_;         // from the first position not yet packed
+  int64_t groups_ = 0;     // token groups packed (positions [0, groups_ * G))
+  cuda::ExactTail exact_;  // from the first position not yet packed
   DeviceArray<uint8_t> kcodes_, vcodes_, kparams_, vparams_;
-  cuda::StagedAttention attention_;
-  cuda::DeviceInput k_in_, v_in_;
-};
-
-class CudaKiviFactory : public KvPolicyFactory {
- public:
-  CudaKiviFactory(const Params& p, std::string describe) : p_(p), describe_(std::move(describe)) {}
-  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<CudaKiviPolicy>(s, p_); }
-  Status CheckShape(const KvShape& s) const override {
-    if (p_.group % 8 != 0 || s.head_dim % p_.group != 0)
-      return Status::Unsupported("cuda kivi: group=" + std::to_string(p_.group) + " must be a multiple of 8 dividing head_dim " +
-                                 std::to_string(s.head_dim));
-    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p_.exact);
-  }
-  std::string Describe() const override { return describe_; }
-
- private:
-  Params p_;
-  std::string describe_;
 };
 
 }  // namespace
 
 Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKiviFactory(const PolicySpec& canon, const std::string& describe) {
-  Params p;
+  CudaKiviPolicy::Params p;
   ATP_ASSIGN_OR_RETURN(std::string bits, canon.Choice("bits", "2", {"2", "4", "8"}));
   p.bits = std::stoi(bits);
   ATP_ASSIGN_OR_RETURN(p.group, canon.Int("group", 32, 1, 1 << 16));
@@ -170,7 +133,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKiviFactory(const PolicySpec& c
   ATP_ASSIGN_OR_RETURN(p.residual, canon.Int("residual", 128, 0, 1 << 24));
   ATP_ASSIGN_OR_RETURN(DType dt, canon.Dtype("dtype", DType::kF32));
   p.exact = cuda::ExactFormat(dt);
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaKiviFactory>(p, describe));
+  return cuda::MakeDevicePolicyFactory<CudaKiviPolicy>(p, describe);
 }
 
 }  // namespace atp

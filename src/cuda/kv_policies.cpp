@@ -4,8 +4,8 @@
 // basis; `atp`, `kivi` and `streaming` live in cuda/atp_policy.cpp, cuda/kivi_policy.cpp and
 // cuda/streaming_policy.cpp. They accept device
 // or host pointers; host buffers are staged, which only tests should do. The rows policy (like atp,
-// kivi and streaming) also plans its decode steps for the forward pass to batch (cuda::DecodePlanner);
-// lowrank does not (its queries and outputs change basis per item) and runs per item.
+// kivi and streaming) is a cuda::DevicePolicy, whose decode steps the forward pass batches;
+// lowrank is not (its queries and outputs change basis per item) and runs per item.
 #include <algorithm>
 #include <cmath>
 
@@ -27,69 +27,37 @@ namespace {
 using cuda::DeviceArray;
 using cuda::DeviceInput;
 using cuda::DeviceOutput;
-using cuda::DeviceRows;
 using cuda::KvFormat;
 using cuda::RowBuffer;
 
-class CudaRowsPolicy : public KvPolicy, public cuda::DecodePlanner {
+class CudaRowsPolicy : public cuda::DevicePolicy {
  public:
+  using Params = KvFormat;  // the rows' form
   CudaRowsPolicy(const KvShape& s, KvFormat f)
-      : shape_(s), k_(f, s.head_dim, s.n_kv_heads), v_(f, s.head_dim, s.n_kv_heads) {}
-
-  Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
-    if (positions.empty()) return Status::Ok();
-    const int64_t T = int64_t(positions.size()), n = T * shape_.kv_dim();
-    std::vector<cuda::RowStore> stores;
-    ATP_RETURN_IF_ERROR(Reserve(positions[0], T, &stores));
-    const float* dk = k_in_.Get(K, size_t(n));
-    const float* dv = v_in_.Get(V, size_t(n));
-    if (!dk || !dv) return Status::ResourceExhausted("cuda kv policy: cannot stage appended rows");
-    ATP_RETURN_IF_ERROR(cuda::StoreRows(stores, dk, dv, nullptr));
-    len_ += T;
-    return Status::Ok();
+      : DevicePolicy(s, "kv"), k_(f, s.head_dim, s.n_kv_heads), v_(f, s.head_dim, s.n_kv_heads) {}
+  static Status CheckShape(const KvShape& s, KvFormat f) {
+    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, f);
   }
 
-  // Positions must be contiguous (p0, p0 + 1, ...), as every ForwardItem's are.
-  Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    if (positions.empty()) return Status::Ok();
-    return attention_.Run(shape_, View(positions.back()), positions, Q, O);
-  }
-
-  Status PlanDecode(int32_t pos, std::vector<cuda::RowStore>* stores, cuda::DecodeQuery* query) override {
-    ATP_RETURN_IF_ERROR(Reserve(pos, 1, stores));
-    *query = View(pos);
-    return Status::Ok();
-  }
-  Status FinishDecode(const float*) override {
-    ++len_;
-    return Status::Ok();
-  }
-
-  size_t Bytes() const override { return size_t(len_ * (k_.TokenBytes() + v_.TokenBytes())); }
-  int64_t Length() const override { return len_; }
+  size_t Bytes() const override { return size_t(Length() * (k_.TokenBytes() + v_.TokenBytes())); }
   bool ReadsInput() const override { return false; }
 
  private:
-  // Room for T tokens from position pos (= len_), stored at rows pos .. pos + T - 1.
-  Status Reserve(int32_t pos, int64_t T, std::vector<cuda::RowStore>* stores) {
-    ATP_RETURN_IF_ERROR(cuda::CheckContinues("kv policy", pos, len_));
-    ATP_RETURN_IF_ERROR(k_.Reserve(len_ + T, len_));
-    ATP_RETURN_IF_ERROR(v_.Reserve(len_ + T, len_));
-    stores->push_back({k_.rows(), v_.rows(), len_, T});
+  // Room for T tokens from position first (= Length()), stored at rows first .. first + T - 1.
+  Status Reserve(int64_t first, int64_t T, bool, std::vector<cuda::RowStore>* stores) override {
+    ATP_RETURN_IF_ERROR(k_.Reserve(first + T, first));
+    ATP_RETURN_IF_ERROR(v_.Reserve(first + T, first));
+    stores->push_back({k_.rows(), v_.rows(), first, T});
     return Status::Ok();
   }
   // What a query at `last` sees: every row up to it.
-  cuda::DecodeQuery View(int64_t last) const {
+  cuda::DecodeQuery View(int64_t last) override {
     cuda::DecodeQuery q;
     q.k = k_.rows(), q.v = v_.rows(), q.pos = last;
     return q;
   }
 
-  KvShape shape_;
-  int64_t len_ = 0;
   RowBuffer k_, v_;
-  cuda::StagedAttention attention_;
-  DeviceInput k_in_, v_in_;
 };
 
 // `lowrank:rk=R,rv=R,mode=calib` (kv/lowrank_policy.h): each token keeps c = k P_k and e = v P_v (R per
@@ -191,20 +159,6 @@ class CudaLowRankFactory : public KvPolicyFactory {
   std::string describe_;
 };
 
-class CudaRowsFactory : public KvPolicyFactory {
- public:
-  CudaRowsFactory(KvFormat f, std::string describe) : f_(f), describe_(std::move(describe)) {}
-  std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<CudaRowsPolicy>(s, f_); }
-  Status CheckShape(const KvShape& s) const override {
-    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, f_);
-  }
-  std::string Describe() const override { return describe_; }
-
- private:
-  KvFormat f_;
-  std::string describe_;
-};
-
 // The GPU form of rows kept by a codec alone ("dense:dtype=...", "mx:fmt=..."), or an error
 // naming `whole` (the policy string) and what is supported.
 Result<KvFormat> RowsFormat(const std::string& codec, const std::string& whole, const std::string& supported) {
@@ -257,7 +211,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
   if (!codec.empty() || (ps.name() != "dense" && ps.name() != "mx"))
     return Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels yet; " + supported);
   ATP_ASSIGN_OR_RETURN(KvFormat rows, RowsFormat(canon, canon, supported));
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaRowsFactory>(rows, canon));
+  return cuda::MakeDevicePolicyFactory<CudaRowsPolicy>(rows, canon);
 }
 
 Status CudaDeviceStatus() {
