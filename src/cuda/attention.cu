@@ -1,7 +1,5 @@
 // Kernels behind cuda/attention.h's Attend: split-K decode and tiled prefill over rows in any form
 // (read through cuda/kv_rows.cuh), seen through a Visibility.
-#include <mma.h>
-
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -9,6 +7,7 @@
 
 #include "cuda/attention.h"
 #include "cuda/kv_rows.cuh"
+#include "cuda/mma.cuh"
 #include "cuda/pdl.cuh"
 
 namespace atp::cuda {
@@ -250,153 +249,280 @@ __device__ __forceinline__ int64_t PrincipalSeen(const Visibility& v, int64_t p)
   return v.max_pre >= 0 && n > v.max_pre ? v.max_pre : n;
 }
 
-// --- Prefill: tiled online softmax on tensor cores ---------------------------------------------
+// --- Prefill: FlashAttention-2 on bf16 tensor cores (cuda/mma.cuh) -----------------------------
 
-constexpr int kPrefillThreads = 128;         // 4 warps
-constexpr int kQv = 64;                      // query vectors (row, head) per block, 16 per warp
-constexpr int kBk = 64;                      // keys per tile
-constexpr int kSs = kBk + 4, kPs = kBk + 8;  // row strides of the score (f32) and probability (bf16) tiles
+// Tile sizes. 8 warps, each owning 16 query vectors (FA2's per-warp slice: one m16 row block of
+// mma.m16n8k16, so S and O stay in that warp's registers and the row max and sum need only the 4
+// lanes of a quad). 128 query vectors per block: each key and value tile brought to shared memory
+// feeds 128 rows (twice the old kernel's 64, halving the loads per flop), and a GQA group of 8 still
+// leaves 16 rows per block. 64 keys per tile: per thread S takes 32 f32 registers beside O's HD / 2
+// (64 at head_dim 128) and the next tile's rows in flight, within 255 registers at head_dim 128 (one
+// block of 256 threads per SM) and 128 at head_dim 64 for bf16 rows (two); 128 keys would not fit.
+// Q's fragments are read from shared memory per tile rather than held (HD / 4 registers more).
+// Shared memory: Q and two buffers each of K and V, (128 + 4 * 64) rows of HD + 8 bf16, 102 KB at
+// head_dim 128, 55 KB at 64.
+constexpr int kPrefillWarps = 8;
+constexpr int kPrefillThreads = 32 * kPrefillWarps;
+constexpr int kQv = 16 * kPrefillWarps;  // query vectors (row, head) per block
+constexpr int kBk = 64;                  // keys per tile
 
-// Shared-memory layout of the prefill kernel for head_dim HD (every array 32-byte aligned, as WMMA
-// loads need; row strides padded off multiples of 128 bytes against bank conflicts).
+// Row stride of the bf16 tiles: HD + 8 elements, i.e. 16 bytes past a multiple of 32, so the eight
+// 16-byte rows one ldmatrix matrix reads fall in eight distinct bank quads (row strides of 48, 80,
+// 144 or 272 bytes: odd multiples of 16 modulo 128). Offsets in elements.
 template <int HD>
 struct PrefillSmem {
-  static constexpr int kQk = HD + 8, kO = HD + 4;  // row strides (elements) of Q/K/V (bf16) and O (f32)
-  static constexpr size_t kQ = 0, kK = kQ + 2 * kQv * kQk, kV = kK + 2 * kBk * kQk, kS = kV + 2 * kBk * kQk,
-                          kP = kS + 4 * kQv * kSs, kOut = kP + 2 * kQv * kPs, kBytes = kOut + 4 * kQv * kO;
+  static constexpr int kLd = HD + 8;
+  static constexpr int kTile = kBk * kLd;  // one K or V buffer
+  static constexpr size_t kQ = 0, kK = kQ + size_t(kQv) * kLd, kV = kK + 2 * kTile, kElems = kV + 2 * kTile;
+  static constexpr size_t kBytes = kElems * sizeof(__nv_bfloat16);
 };
 
-// Block (query tile, KV head): query vectors qv = r * G + g for rows tile*BQ + r (BQ = 64 / G) and
-// the G query heads of the KV head; warp w owns qv 16w .. 16w+15. Per key tile: S = Q K^T and
-// O += P V on bf16 tensor cores (WMMA 16x16x16, f32 accumulation); the online softmax between them
-// runs on lane pairs (lanes 2i, 2i+1: row i of the warp, 32 keys each), with O kept in shared memory
-// so that rescaling it needs no fragment layout. Q is pre-scaled by 1/sqrt(hd); Q, K, V and P are
-// rounded to bf16 (as PyTorch's bf16 SDPA computes); decode stays f32.
-// P: the form of the principal rows (F itself for ATP, a KIVI form for KIVI's packed groups).
-template <KvFormat F, KvFormat P, int HD>
-__global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(DeviceRows K, DeviceRows V, Visibility vis, const float* Q,
-                                                                 float* O, int T, int64_t start, int n_heads, float scale) {
-  using namespace nvcuda;
-  using L = PrefillSmem<HD>;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  auto* Qs = reinterpret_cast<__nv_bfloat16*>(smem_raw + L::kQ);  // (kQv, kQk)
-  auto* Ks = reinterpret_cast<__nv_bfloat16*>(smem_raw + L::kK);  // (kBk, kQk)
-  auto* Vs = reinterpret_cast<__nv_bfloat16*>(smem_raw + L::kV);  // (kBk, kQk)
-  auto* Ss = reinterpret_cast<float*>(smem_raw + L::kS);          // (kQv, kSs) scores
-  auto* Ps = reinterpret_cast<__nv_bfloat16*>(smem_raw + L::kP);  // (kQv, kPs) probabilities
-  auto* Os = reinterpret_cast<float*>(smem_raw + L::kOut);        // (kQv, kO) unnormalized output
-  const int G = n_heads / K.n_kv, BQ = kQv / G, kvh = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row0 = blockIdx.x * BQ;
+// The rows one key tile reads: keys kt .. kt + kBk - 1 below `end`, key j in row j + row_of_key of
+// the principal rows (form P) or of the exact rows (form F; row = position - first).
+struct PrefillTile {
+  bool principal;
+  int64_t kt, end, row_of_key;
+};
 
-  for (int i = threadIdx.x; i < kQv * HD; i += kPrefillThreads) {
-    const int v = i / HD, d = i % HD, r = row0 + v / G;
-    const float x = (v < BQ * G && r < T) ? Q[int64_t(r) * n_heads * HD + (kvh * G + v % G) * HD + d] * scale : 0.f;
-    Qs[v * L::kQk + d] = __float2bfloat16_rn(x);
-    Os[v * L::kO + d] = 0.f;
+// Block (query tile, KV head): query vectors qv = r * G + g for rows qb * BQ + r (BQ = kQv / G) and
+// the G query heads of the KV head; warp w owns qv 16w .. 16w+15, lane 4i + t of it rows 16w + i
+// and 16w + i + 8 (the C fragment's rows). Per key tile, all in registers: S = Q K^T, the online
+// softmax (exp2, running max and per-lane partial sums), P repacked as A fragments, O += P V.
+// Q is pre-scaled by 1/sqrt(hd); Q, K, V and P are rounded to bf16 (as PyTorch's bf16 SDPA
+// computes), with f32 accumulation; decode stays f32.
+// Key tiles are double-buffered: while tile t is multiplied, tile t + 1 is on its way. bf16 rows go
+// by cp.async straight to shared memory; other forms' next K (V) tile is loaded into registers
+// (LoadRaw8) before this tile's S (O) product and decoded, rounded and stored after it. With P != F
+// (KIVI's packed groups over exact rows) the registers hold form P, and F's few exact tiles (the
+// residual window) are loaded when stored. f16 rows take the register path too: their bits are not
+// bf16's. Tiles that no query of the block sees are never visited (before the window's lower bound,
+// after the block's last position); a warp skips the tiles none of its rows sees and masks only
+// those some of its rows see in part.
+// P: the form of the principal rows (F itself for ATP, a KIVI form for KIVI's packed groups).
+// Two blocks per SM where 128 registers suffice without spills (ptxas -v): head_dim up to 32, and
+// bf16 rows at 64 (cp.async: no rows in flight in registers); one block, up to 255 registers, else.
+template <KvFormat F, KvFormat P>
+constexpr int PrefillBlocksPerSm(int hd) {
+  return hd <= 32 || (hd == 64 && F == KvFormat::kBF16 && P == F) ? 2 : 1;
+}
+
+template <KvFormat F, KvFormat P, int HD>
+__global__ void __launch_bounds__(kPrefillThreads, PrefillBlocksPerSm<F, P>(HD))
+    PrefillKernel(DeviceRows K, DeviceRows V, Visibility vis, const float* Q, float* O, int T, int64_t start,
+                  int n_heads, float scale) {
+  using L = PrefillSmem<HD>;
+  constexpr int kLd = L::kLd, kCpr = HD / 8;  // 16-byte chunks (8 elements) per row
+  constexpr int kChunks = (kBk * kCpr + kPrefillThreads - 1) / kPrefillThreads;  // of a K or V tile per thread
+  constexpr float kLog2e = 1.4426950408889634f;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  auto* sm = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* Qs = sm + L::kQ;  // (kQv, kLd)
+  const int G = n_heads / K.n_kv, BQ = kQv / G, kvh = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // The last query tiles see the most keys: they start first, so that the short ones fill the tail.
+  const int row0 = (gridDim.x - 1 - blockIdx.x) * BQ;
+
+  for (int i = threadIdx.x; i < kQv * kCpr; i += kPrefillThreads) {
+    const int v = i / kCpr, c = i % kCpr, r = row0 + v / G;
+    float x[8] = {};
+    if (v < BQ * G && r < T) {
+      const float4* q = reinterpret_cast<const float4*>(Q + int64_t(r) * n_heads * HD + (kvh * G + v % G) * HD + c * 8);
+      const float4 a = q[0], b = q[1];
+      x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+    }
+    *reinterpret_cast<uint4*>(Qs + v * kLd + c * 8) =
+        make_uint4(PackBf16(x[0] * scale, x[1] * scale), PackBf16(x[2] * scale, x[3] * scale),
+                   PackBf16(x[4] * scale, x[5] * scale), PackBf16(x[6] * scale, x[7] * scale));
   }
-  // This lane's softmax row (block-local query vector) and half of each key tile.
-  const int qv = warp * 16 + lane / 2, half = lane % 2;
-  const bool valid = qv < BQ * G && row0 + qv / G < T;
-  // Its position p: it sees principal rows [0, pre) and exact positions [lo, p] (Visibility).
-  const int64_t p = start + row0 + qv / G, lo = SeenFrom(vis, p), pre = valid ? PrincipalSeen(vis, p) : 0;
-  // The tile's queries together: principal rows [0, pre_hi), then positions [lo_lo, kv_end).
+
+  // The block's queries together: principal rows [0, pre_hi), then positions [lo_lo, kv_end).
   const int64_t kv_end = start + min(T, row0 + BQ), lo_lo = SeenFrom(vis, start + row0);
+  // This lane's two rows (r = 0, 1: block-local query vector warp * 16 + lane / 4 + 8r) see principal
+  // rows [0, pre[r]) and exact positions [lo[r], p[r]] (Visibility), the positions kept relative to
+  // lo_lo (int: they lie within the block's exact range, less than T + window long; registers are
+  // short at head_dim 128). Vectors past the last row compute as the last row does (never stored;
+  // their own positions could read past pre_end).
+  const int last = T - 1 - row0;
+  const auto pos_of = [&](int qv) { return start + row0 + min(qv / G, last); };
+  int p[2], lo[2], pre[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t pos = pos_of(warp * 16 + lane / 4 + 8 * r);
+    p[r] = int(pos - lo_lo);
+    lo[r] = int(SeenFrom(vis, pos) - lo_lo);
+    pre[r] = int(PrincipalSeen(vis, pos));
+  }
+  // The warp's rows together (the same in every lane): positions [p_lo, p_hi], relative as above.
+  const int64_t pos_lo = pos_of(warp * 16), pos_hi = pos_of(warp * 16 + 15);
+  const int p_lo = int(pos_lo - lo_lo), p_hi = int(pos_hi - lo_lo);
+  const int lo_min = int(SeenFrom(vis, pos_lo) - lo_lo), lo_max = int(SeenFrom(vis, pos_hi) - lo_lo);
+  const int pre_min = int(PrincipalSeen(vis, pos_lo)), pre_max = int(PrincipalSeen(vis, pos_hi));
   const int64_t pre_hi = PrincipalSeen(vis, kv_end - 1), pre_tiles = (pre_hi + kBk - 1) / kBk;
   const int64_t tiles = pre_tiles + (kv_end - lo_lo + kBk - 1) / kBk;
-  float m = -INFINITY, l = 0;
+  const auto tile_of = [&](int64_t t) {
+    const bool principal = t < pre_tiles;
+    return PrefillTile{principal, principal ? t * kBk : lo_lo + (t - pre_tiles) * kBk, principal ? pre_hi : kv_end,
+                       principal ? 0 : -vis.first};
+  };
+
+  // Loading a K (values false) or V tile into buffer dst: fetch issues the loads, store (after some
+  // math) decodes and writes what fetch left in registers. Keys at or past `end` are zeros.
+  Raw8<P> raw[kChunks];
+  const auto by_cp_async = [](const PrefillTile& ti) {
+    return ti.principal ? P == KvFormat::kBF16 : F == KvFormat::kBF16;
+  };
+  const auto fetch = [&](const PrefillTile& ti, bool values, __nv_bfloat16* dst) {
+    const DeviceRows R = ti.principal ? (values ? vis.pv : vis.pk) : (values ? V : K);
+#pragma unroll
+    for (int u = 0; u < kChunks; ++u) {
+      const int i = threadIdx.x + u * kPrefillThreads, jj = i / kCpr, c = i % kCpr;
+      if (i >= kBk * kCpr) break;
+      const bool in = ti.kt + jj < ti.end;
+      const int64_t row = in ? ti.kt + jj + ti.row_of_key : 0;
+      if (by_cp_async(ti)) {
+        CpAsync16(dst + jj * kLd + c * 8, R.elems + ((row * R.n_kv + kvh) * HD + c * 8) * 2, in);
+      } else if (in && (ti.principal || P == F)) {
+        raw[u] = LoadRaw8<P>(R, row, kvh, c);
+      }
+    }
+  };
+  const auto store = [&](const PrefillTile& ti, bool values, __nv_bfloat16* dst) {
+    if (by_cp_async(ti)) return;
+    const DeviceRows R = ti.principal ? (values ? vis.pv : vis.pk) : (values ? V : K);
+#pragma unroll
+    for (int u = 0; u < kChunks; ++u) {
+      const int i = threadIdx.x + u * kPrefillThreads, jj = i / kCpr, c = i % kCpr;
+      if (i >= kBk * kCpr) break;
+      float x[8] = {};
+      if (ti.kt + jj < ti.end) {
+        if (ti.principal || P == F) Decode8<P>(raw[u], x);
+        else Load8<F>(R, ti.kt + jj + ti.row_of_key, kvh, c, x);
+      }
+      *reinterpret_cast<uint4*>(dst + jj * kLd + c * 8) =
+          make_uint4(PackBf16(x[0], x[1]), PackBf16(x[2], x[3]), PackBf16(x[4], x[5]), PackBf16(x[6], x[7]));
+    }
+  };
+
+  const PrefillTile t0 = tile_of(0);  // tiles >= 1: kv_end > lo_lo
+  fetch(t0, false, sm + L::kK);
+  fetch(t0, true, sm + L::kV);
+  store(t0, false, sm + L::kK);
+  store(t0, true, sm + L::kV);
+  CpAsyncWaitAll();
+  __syncthreads();  // Qs and the first tile are written
+
+  float o[HD / 8][4] = {};  // O (16 x HD): C fragments of dims 8n .. 8n + 7
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // per row: running max; this lane's partial sum
 
   for (int64_t t = 0; t < tiles; ++t) {
-    // Keys kt .. kt + kBk - 1 below `end`: principal row indices, or positions (row = position - first).
-    const bool principal = t < pre_tiles;
-    const int64_t kt = principal ? t * kBk : lo_lo + (t - pre_tiles) * kBk, end = principal ? pre_hi : kv_end;
-    const DeviceRows Kt = principal ? vis.pk : K, Vt = principal ? vis.pv : V;
-    const int64_t row_of_key = principal ? 0 : -vis.first;
-    __syncthreads();  // the previous tile is consumed (and, first time, Qs and Os are written)
-    for (int i = threadIdx.x; i < kBk * (HD / 8); i += kPrefillThreads) {
-      const int jj = i / (HD / 8), c = i % (HD / 8);
-      float a[8] = {}, b[8] = {};
-      if (kt + jj < end && principal) {
-        Load8<P>(Kt, kt + jj + row_of_key, kvh, c, a);
-        Load8<P>(Vt, kt + jj + row_of_key, kvh, c, b);
-      } else if (kt + jj < end) {
-        Load8<F>(Kt, kt + jj + row_of_key, kvh, c, a);
-        Load8<F>(Vt, kt + jj + row_of_key, kvh, c, b);
-      }
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        Ks[jj * L::kQk + c * 8 + e] = __float2bfloat16_rn(a[e]);
-        Vs[jj * L::kQk + c * 8 + e] = __float2bfloat16_rn(b[e]);
-      }
-    }
-    __syncthreads();
+    const int b = int(t % 2);
+    const __nv_bfloat16 *Kb = sm + L::kK + b * L::kTile, *Vb = sm + L::kV + b * L::kTile;
+    __nv_bfloat16 *Kn = sm + L::kK + (1 - b) * L::kTile, *Vn = sm + L::kV + (1 - b) * L::kTile;
+    const PrefillTile ti = tile_of(t), nx = tile_of(t + 1);
+    const bool more = t + 1 < tiles;
+    if (more) fetch(nx, false, Kn);
 
-    // S (16 x 64) of this warp = Q (16 x HD) K^T.
-#pragma unroll
-    for (int j = 0; j < kBk / 16; ++j) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.f);
+    // Whether any of this warp's rows sees a key of the tile, and whether all see all of them (kr:
+    // the tile's first key relative to its range's start).
+    const int kr = int(ti.principal ? ti.kt : ti.kt - lo_lo);
+    bool any, full;
+    if (ti.principal) {
+      any = kr < pre_max;
+      full = kr + kBk <= pre_min;
+    } else {
+      any = kr <= p_hi && kr + kBk - 1 >= lo_min;
+      full = kr >= lo_max && kr + kBk - 1 <= p_lo;
+    }
+    uint32_t pa[kBk / 16][4];  // P (16 x kBk) as A fragments, k = 16 keys each
+    if (any) {
+      float s[kBk / 8][4] = {};  // S (16 x kBk): C fragments of keys 8n .. 8n + 7
 #pragma unroll
       for (int k = 0; k < HD / 16; ++k) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kb;  // K^T
-        wmma::load_matrix_sync(qa, Qs + warp * 16 * L::kQk + k * 16, L::kQk);
-        wmma::load_matrix_sync(kb, Ks + j * 16 * L::kQk + k * 16, L::kQk);
-        wmma::mma_sync(acc, qa, kb, acc);
+        uint32_t qa[4];  // reloaded per tile: registers are short at head_dim 128 (+1/8 shared-memory reads)
+        Ldsm4(qa, Qs + LdsmAddrA(warp * 16, k * 16, kLd, lane));
+#pragma unroll
+        for (int n = 0; n < kBk / 16; ++n) {
+          uint32_t kb[4];
+          Ldsm4(kb, Kb + LdsmAddrBn(n * 16, k * 16, kLd, lane));
+          Mma16816(s[2 * n], qa, kb[0], kb[1]);
+          Mma16816(s[2 * n + 1], qa, kb[2], kb[3]);
+        }
       }
-      wmma::store_matrix_sync(Ss + warp * 16 * kSs + j * 16, acc, kSs, wmma::mem_row_major);
-    }
-    __syncwarp();
-
-    // Online softmax of row qv over keys half*32 .. +32 of the tile.
-    float s[kBk / 2];
-    float tmax = -INFINITY;
+      if (!full) {
 #pragma unroll
-    for (int i = 0; i < kBk / 2; ++i) {
-      const int64_t j = kt + half * (kBk / 2) + i;
-      const bool seen = principal ? j < pre : lo <= j && j <= p;
-      s[i] = (valid && seen) ? Ss[qv * kSs + half * (kBk / 2) + i] : -INFINITY;
-      tmax = fmaxf(tmax, s[i]);
-    }
-    tmax = fmaxf(tmax, __shfl_xor_sync(kFull, tmax, 1));
-    const float m_new = fmaxf(m, tmax);
-    // Until a row has seen a key (m_new = -inf) nothing accumulates; exp(-inf) = 0 covers m = -inf.
-    const float corr = m_new == -INFINITY ? 1.f : expf(m - m_new);
-    float ls = 0;
+        for (int n = 0; n < kBk / 8; ++n)
 #pragma unroll
-    for (int i = 0; i < kBk / 2; ++i) {
-      const float e = s[i] == -INFINITY ? 0.f : expf(s[i] - m_new);
-      Ps[qv * kPs + half * (kBk / 2) + i] = __float2bfloat16_rn(e);
-      ls += e;
-    }
-    ls += __shfl_xor_sync(kFull, ls, 1);
-    l = l * corr + ls;
-    m = m_new;
+          for (int e = 0; e < 4; ++e) {
+            const int r = e / 2;
+            const int j = kr + n * 8 + 2 * (lane % 4) + e % 2;
+            const bool seen = ti.principal ? j < pre[r] : lo[r] <= j && j <= p[r];
+            if (!seen) s[n][e] = -INFINITY;
+          }
+      }
 #pragma unroll
-    for (int d = 0; d < HD / 2; ++d) Os[qv * L::kO + half * (HD / 2) + d] *= corr;
-    __syncwarp();
-
-    // O (16 x HD) of this warp += P (16 x 64) V (64 x HD).
+      for (int r = 0; r < 2; ++r) {
+        float mx = -INFINITY;
 #pragma unroll
-    for (int d = 0; d < HD / 16; ++d) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::load_matrix_sync(acc, Os + warp * 16 * L::kO + d * 16, L::kO, wmma::mem_row_major);
+        for (int n = 0; n < kBk / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, 2));
+        const float m_new = fmaxf(m[r], mx);
+        // Until a row has seen a key (m_new = -inf) nothing accumulates: exp2(-inf) = 0 for every
+        // masked score and for the correction of a running max of -inf.
+        const float ms = m_new == -INFINITY ? 0.f : m_new * kLog2e;
+        const float corr = exp2f(m[r] * kLog2e - ms);
+        float sum = 0;
+#pragma unroll
+        for (int n = 0; n < kBk / 8; ++n) {
+          s[n][2 * r] = exp2f(fmaf(s[n][2 * r], kLog2e, -ms));
+          s[n][2 * r + 1] = exp2f(fmaf(s[n][2 * r + 1], kLog2e, -ms));
+          sum += s[n][2 * r] + s[n][2 * r + 1];
+        }
+        l[r] = l[r] * corr + sum;
+        m[r] = m_new;
+#pragma unroll
+        for (int d = 0; d < HD / 8; ++d) o[d][2 * r] *= corr, o[d][2 * r + 1] *= corr;
+      }
+      // The C fragments of keys 16k .. 16k + 15 are, repacked, the A fragment of that k step.
 #pragma unroll
       for (int k = 0; k < kBk / 16; ++k) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vb;
-        wmma::load_matrix_sync(pa, Ps + warp * 16 * kPs + k * 16, kPs);
-        wmma::load_matrix_sync(vb, Vs + k * 16 * L::kQk + d * 16, L::kQk);
-        wmma::mma_sync(acc, pa, vb, acc);
+        pa[k][0] = PackBf16(s[2 * k][0], s[2 * k][1]);
+        pa[k][1] = PackBf16(s[2 * k][2], s[2 * k][3]);
+        pa[k][2] = PackBf16(s[2 * k + 1][0], s[2 * k + 1][1]);
+        pa[k][3] = PackBf16(s[2 * k + 1][2], s[2 * k + 1][3]);
       }
-      wmma::store_matrix_sync(Os + warp * 16 * L::kO + d * 16, acc, L::kO, wmma::mem_row_major);
     }
-    __syncwarp();
-  }
-  if (!valid) return;
-  const int row = row0 + qv / G, h = kvh * G + qv % G;
-  float* out = O + int64_t(row) * n_heads * HD + h * HD + half * (HD / 2);
+    if (more) {
+      store(nx, false, Kn);
+      fetch(nx, true, Vn);
+    }
+    if (any) {
 #pragma unroll
-  for (int d = 0; d < HD / 2; ++d) out[d] = Os[qv * L::kO + half * (HD / 2) + d] / l;
+      for (int k = 0; k < kBk / 16; ++k)
+#pragma unroll
+        for (int d = 0; d < HD / 16; ++d) {
+          uint32_t vb[4];
+          Ldsm4T(vb, Vb + LdsmAddrA(k * 16, d * 16, kLd, lane));
+          Mma16816(o[2 * d], pa[k], vb[0], vb[1]);
+          Mma16816(o[2 * d + 1], pa[k], vb[2], vb[3]);
+        }
+    }
+    if (more) store(nx, true, Vn);
+    CpAsyncWaitAll();
+    __syncthreads();  // tile t + 1 is written; tile t's buffers are free
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = l[r];
+    sum += __shfl_xor_sync(kFull, sum, 1);
+    sum += __shfl_xor_sync(kFull, sum, 2);
+    const int qv = warp * 16 + lane / 4 + 8 * r, row = row0 + qv / G;
+    if (qv >= BQ * G || row >= T) continue;
+    float* out = O + int64_t(row) * n_heads * HD + (kvh * G + qv % G) * HD + 2 * (lane % 4);
+#pragma unroll
+    for (int d = 0; d < HD / 8; ++d)
+      *reinterpret_cast<float2*>(out + 8 * d) = make_float2(o[d][2 * r] / sum, o[d][2 * r + 1] / sum);
+  }
 }
 
 size_t DecodeSmem(const AttnShape& a, int chunk) {

@@ -2,8 +2,8 @@
 // (f32/f16/bf16), OCP MX blocks (fp8 E4M3 and E5M2, int8, fp6 E2M3 and E3M2, fp4 E2M1) and NVFP4 or KIVI codes, dequantized in registers. One loader per
 // form feeds two kernels: split-K decode (one query row per sequence, f32 math; each sequence split
 // across blocks, a batch of sequences in one launch, then a combine) and tiled prefill
-// (FlashAttention-style online softmax over key tiles in shared memory, bf16 tensor cores through
-// WMMA). Which rows a query sees is a Visibility, kept
+// (FlashAttention-2: online softmax with S and O in registers over double-buffered key tiles in
+// shared memory, bf16 mma.sync tensor cores, cuda/mma.cuh). Which rows a query sees is a Visibility, kept
 // apart from the kernels (FlashInfer's attention variants): plain causal, or ATP's principal rows
 // plus an exact window. Launchers and host-side plans only; nothing here allocates device memory.
 #pragma once
