@@ -80,13 +80,13 @@ void BM_AttnGqaGroup(benchmark::State& st) {
   const int64_t T = 4096;
   const int hd = 64, stride = 512, G = 4;
   auto K = Random(size_t(T * stride), 1), V = Random(size_t(T * stride), 2), q = Random(size_t(G * hd), 3);
-  std::vector<float> s(size_t(G * T), 1.0f / float(T)), o(size_t(G * hd));
+  std::vector<float> s(size_t(G * T), 1.0f / float(T)), o(size_t(G * hd)), odd(o.size());
   KvRows k{DType::kF32, K.data(), stride, T}, v{DType::kF32, V.data(), stride, T};
   const bool grouped = st.range(0) != 0;
   for (auto _ : st) {
     if (grouped) {
       AttnScoresGroup(q.data(), G, hd, k, 0.125f, s.data(), T);
-      AttnAccumulateGroup(s.data(), T, G, v, hd, o.data());
+      AttnAccumulateGroup(s.data(), T, G, v, hd, o.data(), odd.data(), 0);
     } else {
       for (int g = 0; g < G; ++g) AttnScores(q.data() + g * hd, hd, k, 0.125f, s.data() + g * T);
       for (int g = 0; g < G; ++g) AttnAccumulate(s.data() + g * T, v, hd, o.data() + g * hd);

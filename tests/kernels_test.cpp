@@ -370,6 +370,52 @@ TEST(Kernels, AttnAccumulateMatchesScalar) {
         }
 }
 
+// Scores and the weighted sum of a query's rows are the same bit for bit however the rows are split
+// into calls (page runs, segments), given each call's index in the whole list: this is what keeps
+// paged KV rows chunk invariant (kv/page_store.h).
+TEST(Kernels, AttentionDoesNotDependOnHowRowsAreSplit) {
+  std::mt19937 rng(11);
+  for (DType dt : kDTypes)
+    for (int dim : {17, 64, 128}) {
+      const int64_t count = 150, ld = count, nq = 4;
+      Rows v = MakeRows(dt, count, dim, dim + 5, rng);
+      auto p = Random(size_t(nq * ld), rng, 0, 1);
+      auto whole = [&](std::vector<int64_t> cuts) {
+        std::vector<float> out(size_t(nq * dim), 0.f), odd(out.size(), 0.f);
+        cuts.push_back(count);
+        int64_t b = 0;
+        for (int64_t e : cuts) {
+          KvRows part = v.view;
+          part.data = static_cast<const uint8_t*>(part.data) + size_t(b * part.stride) * DTypeSize(dt);
+          part.count = e - b;
+          AttnAccumulateGroup(p.data() + b, ld, int(nq), part, dim, out.data(), odd.data(), b);
+          b = e;
+        }
+        for (size_t i = 0; i < out.size(); ++i) out[i] += odd[i];
+        return out;
+      };
+      auto q = Random(size_t(nq * dim), rng);
+      auto scores = [&](std::vector<int64_t> cuts) {
+        std::vector<float> s(size_t(nq * ld));
+        cuts.push_back(count);
+        int64_t b = 0;
+        for (int64_t e : cuts) {
+          KvRows part = v.view;
+          part.data = static_cast<const uint8_t*>(part.data) + size_t(b * part.stride) * DTypeSize(dt);
+          part.count = e - b;
+          AttnScoresGroup(q.data(), int(nq), dim, part, 0.125f, s.data() + b, ld);
+          b = e;
+        }
+        return s;
+      };
+      EXPECT_EQ(scores({}), scores({1, 2, 3, 5, 70})) << DTypeName(dt) << " dim " << dim;
+      const auto once = whole({});
+      EXPECT_EQ(once, whole({1, 2, 3})) << DTypeName(dt) << " dim " << dim;
+      EXPECT_EQ(once, whole({7, 64, 65, 129})) << DTypeName(dt) << " dim " << dim;
+      EXPECT_EQ(once, whole({33, 97})) << DTypeName(dt) << " dim " << dim;
+    }
+}
+
 TEST(Kernels, GroupedAttentionMatchesPerHeadCalls) {
   std::mt19937 rng(9);
   for (DType dt : kDTypes)
@@ -383,7 +429,9 @@ TEST(Kernels, GroupedAttentionMatchesPerHeadCalls) {
           std::vector<float> s(size_t(nq * ld), -1.f), s1(static_cast<size_t>(count));
           AttnScoresGroup(q.data(), nq, dim, k.view, 0.3f, s.data(), ld);
           auto out = Random(size_t(nq * dim), rng), o1 = out;
-          AttnAccumulateGroup(p.data(), ld, nq, v.view, dim, out.data());
+          std::vector<float> odd(out.size(), 0.f);
+          AttnAccumulateGroup(p.data(), ld, nq, v.view, dim, out.data(), odd.data(), 0);
+          for (size_t i = 0; i < out.size(); ++i) out[i] += odd[i];
           for (int g = 0; g < nq; ++g) {
             AttnScores(q.data() + g * dim, dim, k.view, 0.3f, s1.data());
             for (int64_t j = 0; j < count; ++j)

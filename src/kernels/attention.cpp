@@ -1,7 +1,9 @@
 #include "kernels/attention.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <vector>
 
 #include "kernels/simd.h"
 
@@ -17,7 +19,9 @@ inline float LoadScalar(const void* base, DType t, int64_t off) {
 
 #if defined(ATP_SIMD_WIDTH)
 // Four keys per step: the query vector is loaded once per kLanes columns and the four dot products
-// share one horizontal reduction.
+// share one horizontal reduction. A key's score is the same bit for bit whether it came in a group of
+// four or alone (Sum4 reduces each vector in the same order; the tail columns are explicit fused
+// multiply-adds), so scores do not depend on how a query's keys were split into calls.
 template <DType T>
 void ScoresSimd(const float* q, int dim, const KvRows& k, float scale, float* scores) {
   using namespace simd;
@@ -36,7 +40,7 @@ void ScoresSimd(const float* q, int dim, const KvRows& k, float scale, float* sc
     float s[4];
     _mm_storeu_ps(s, Sum4(a0, a1, a2, a3));
     for (int r = 0; r < 4; ++r) {
-      for (int i = dv; i < dim; ++i) s[r] += q[i] * LoadScalar(k.data, T, r0 + r * k.stride + i);
+      for (int i = dv; i < dim; ++i) s[r] = std::fma(q[i], LoadScalar(k.data, T, r0 + r * k.stride + i), s[r]);
       scores[j + r] = s[r] * scale;
     }
   }
@@ -44,23 +48,24 @@ void ScoresSimd(const float* q, int dim, const KvRows& k, float scale, float* sc
     const int64_t row = j * k.stride;
     Vec acc = Zero();
     for (int i = 0; i < dv; i += kLanes) acc = Fma(Load(q + i), LoadAs<T>(k.data, row + i), acc);
-    float s = ReduceAdd(acc);
-    for (int i = dv; i < dim; ++i) s += q[i] * LoadScalar(k.data, T, row + i);
+    float s = _mm_cvtss_f32(Sum4(acc, Zero(), Zero(), Zero()));
+    for (int i = dv; i < dim; ++i) s = std::fma(q[i], LoadScalar(k.data, T, row + i), s);
     scores[j] = s * scale;
   }
 }
 
-// Column tiles of 4 vectors held in registers across all rows (out is read and written once per
-// tile); two rows per step into separate accumulators so consecutive FMAs do not wait on each other.
-// 8 accumulators: half the register file with AVX2, a quarter with AVX-512.
+// Column tiles of 4 vectors held in registers across all rows (the chains are read and written once
+// per tile); two rows per step into the two chains, so that consecutive FMAs do not wait on each other.
+// 8 accumulators: half the register file with AVX2, a quarter with AVX-512. Row 0 goes to `first`.
+// Columns beyond the last tile: one vector at a time, one chain, into `out`.
 template <DType T>
-int AccumulateSimd(const float* p, const KvRows& v, int dim, float* out) {
+int AccumulateSimd(const float* p, const KvRows& v, int dim, float* first, float* second, float* out) {
   using namespace simd;
   constexpr int kTile = 4 * kLanes;
   int i = 0;
   for (; i + kTile <= dim; i += kTile) {
     Vec a[4], b[4];
-    for (int c = 0; c < 4; ++c) a[c] = Load(out + i + kLanes * c), b[c] = Zero();
+    for (int c = 0; c < 4; ++c) a[c] = Load(first + i + kLanes * c), b[c] = Load(second + i + kLanes * c);
     int64_t j = 0;
     for (; j + 2 <= v.count; j += 2) {
       const Vec p0 = Set1(p[j]), p1 = Set1(p[j + 1]);
@@ -74,7 +79,7 @@ int AccumulateSimd(const float* p, const KvRows& v, int dim, float* out) {
       const Vec p0 = Set1(p[j]);
       for (int c = 0; c < 4; ++c) a[c] = Fma(p0, LoadAs<T>(v.data, j * v.stride + i + kLanes * c), a[c]);
     }
-    for (int c = 0; c < 4; ++c) Store(out + i + kLanes * c, Add(a[c], b[c]));
+    for (int c = 0; c < 4; ++c) Store(first + i + kLanes * c, a[c]), Store(second + i + kLanes * c, b[c]);
   }
   for (; i + kLanes <= dim; i += kLanes) {
     Vec a = Load(out + i);
@@ -104,21 +109,35 @@ void AttnScores(const float* q, int dim, const KvRows& k, float scale, float* sc
   }
 }
 
-void AttnAccumulate(const float* p, const KvRows& v, int dim, float* out) {
+namespace {
+// One query head's share of AttnAccumulateGroup: rows j of v with parity + j even into out, odd into
+// odd, in the column tiles; the remaining columns (fewer than a tile) in one chain into out, with
+// explicit fused multiply-adds: left to the compiler, contraction may differ between a loop's main
+// body and its remainder, and the sum would depend on how many rows a call gets.
+void AccumulateRows(const float* p, const KvRows& v, int dim, float* out, float* odd, int64_t parity) {
   int i = 0;
 #if defined(ATP_SIMD_WIDTH)
+  float* first = parity % 2 ? odd : out;
+  float* second = parity % 2 ? out : odd;
   switch (v.dtype) {
-    case DType::kF32: i = AccumulateSimd<DType::kF32>(p, v, dim, out); break;
-    case DType::kBF16: i = AccumulateSimd<DType::kBF16>(p, v, dim, out); break;
-    case DType::kF16: i = AccumulateSimd<DType::kF16>(p, v, dim, out); break;
+    case DType::kF32: i = AccumulateSimd<DType::kF32>(p, v, dim, first, second, out); break;
+    case DType::kBF16: i = AccumulateSimd<DType::kBF16>(p, v, dim, first, second, out); break;
+    case DType::kF16: i = AccumulateSimd<DType::kF16>(p, v, dim, first, second, out); break;
     default: std::abort();  // a bug, as in AttnScores
   }
 #endif
   for (; i < dim; ++i) {
     float a = out[i];
-    for (int64_t j = 0; j < v.count; ++j) a += p[j] * LoadScalar(v.data, v.dtype, j * v.stride + i);
+    for (int64_t j = 0; j < v.count; ++j) a = std::fma(p[j], LoadScalar(v.data, v.dtype, j * v.stride + i), a);
     out[i] = a;
   }
+}
+}  // namespace
+
+void AttnAccumulate(const float* p, const KvRows& v, int dim, float* out) {
+  std::vector<float> odd(size_t(dim), 0.f);
+  AttnAccumulateGroup(p, 0, 1, v, dim, out, odd.data(), 0);
+  for (int i = 0; i < dim; ++i) out[i] += odd[size_t(i)];
 }
 
 namespace {
@@ -139,10 +158,12 @@ void AttnScoresGroup(const float* q, int nq, int dim, const KvRows& k, float sca
   }
 }
 
-void AttnAccumulateGroup(const float* p, int64_t ld, int nq, const KvRows& v, int dim, float* out) {
+void AttnAccumulateGroup(const float* p, int64_t ld, int nq, const KvRows& v, int dim, float* out, float* odd,
+                         int64_t first) {
   for (int64_t j0 = 0; j0 < v.count; j0 += kGroupBlock) {
     const KvRows b = Block(v, j0);
-    for (int g = 0; g < nq; ++g) AttnAccumulate(p + g * ld + j0, b, dim, out + int64_t(g) * dim);
+    for (int g = 0; g < nq; ++g)
+      AccumulateRows(p + g * ld + j0, b, dim, out + int64_t(g) * dim, odd + int64_t(g) * dim, first + j0);
   }
 }
 

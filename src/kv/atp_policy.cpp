@@ -60,7 +60,7 @@ class AtpPolicy : public KvPolicy {
     for (int h = 0; h < s.n_kv_heads; ++h) {
       principal_.emplace_back(s.store(), p.dtype, s.head_dim);
       kept_.emplace_back(s.store(), p.dtype, s.head_dim);
-      if (p.residual_codec) residual_.push_back(p.residual_codec->NewStore(s.head_dim, s.head_dim));
+      if (p.residual_codec) residual_.push_back(p.residual_codec->NewStore(s.store(), s.head_dim, s.head_dim));
     }
     block_rows_.resize(size_t(s.n_kv_heads));
     coef_.resize(p.residual_codec ? size_t(Groups()) : 0);

@@ -28,7 +28,9 @@ void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, c
   // passes would read the cache 4 times, and at long context those bytes are the decode time.
   ThreadPool::Global().ParallelFor(T * shape.n_kv_heads, [&](int64_t b, int64_t e, int thread) {
     std::vector<KvSegment> segs;
-    std::vector<float> scores, qr, orr;  // (group, n), (group, k_dim), (group, v_dim)
+    // (group, n), (group, k_dim), (group, v_dim); ob and orb: the odd-row chains of o and orr
+    // (kernels/attention.h), added in once their rows are all in.
+    std::vector<float> scores, qr, orr, ob(size_t(group * hd)), orb;
     for (int64_t task = b; task < e; ++task) {
       const int64_t t = task / shape.n_kv_heads;
       const int kvh = int(task % shape.n_kv_heads);
@@ -65,12 +67,14 @@ void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, c
         if (weights) weights(t, kvh * group + g, scores.data() + g * n, n, thread);
       }
       std::memset(o, 0, sizeof(float) * size_t(group * hd));
+      std::fill(ob.begin(), ob.end(), 0.f);
       off = 0;
       // Consecutive segments with the same out_map sum into orr, mapped back once per run.
       const float* pending = nullptr;
       int pending_dim = 0;
       auto map_back = [&] {
         if (!pending) return;
+        for (size_t i = 0; i < orr.size(); ++i) orr[i] += orb[i];
         for (int g = 0; g < group; ++g)
           for (int c = 0; c < pending_dim; ++c)
             for (int i = 0; i < hd; ++i)
@@ -78,29 +82,33 @@ void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, c
         pending = nullptr;
       };
       for (auto& s : segs) {
-        // Packed or plain value rows, summed into the group's rows of o (stride hd) or of orr (stride dim).
-        auto accumulate = [&](int dim, float* dst) {
+        // Packed or plain value rows, summed into the group's rows of o (stride hd) or of orr (stride
+        // dim); plain rows in two chains, dst and dst_odd, whose rows alternate by their index `off + j`
+        // in the query's list.
+        auto accumulate = [&](int dim, float* dst, float* dst_odd) {
           if (s.pv.layout != PackedLayout::kNone) {
             for (int g = 0; g < group; ++g) PackedAccumulate(scores.data() + g * n + off, s.pv, dst + g * dim);
           } else {
-            AttnAccumulateGroup(scores.data() + off, n, group, s.v, dim, dst);
+            AttnAccumulateGroup(scores.data() + off, n, group, s.v, dim, dst, dst_odd, off);
           }
         };
         if (s.out_map) {
           if (s.out_map != pending) {
             map_back();
             orr.assign(size_t(group * s.v_dim), 0.f);
+            orb.assign(orr.size(), 0.f);
             pending = s.out_map;
             pending_dim = s.v_dim;
           }
-          accumulate(s.v_dim, orr.data());
+          accumulate(s.v_dim, orr.data(), orb.data());
         } else {
           map_back();  // keep o's summation order: earlier segments first
-          accumulate(hd, o);
+          accumulate(hd, o, ob.data());
         }
         off += s.count();
       }
       map_back();
+      for (int i = 0; i < group * hd; ++i) o[i] += ob[size_t(i)];
     }
   });
 }

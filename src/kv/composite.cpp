@@ -3,78 +3,33 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kv/exact_rows.h"
+
 namespace atp {
-
-void PlainRows::Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n) {
-  const size_t es = DTypeSize(dtype_);
-  k_.resize(size_t(n_ + n) * size_t(kw_) * es);
-  v_.resize(size_t(n_ + n) * size_t(vw_) * es);
-  for (int64_t i = 0; i < n; ++i) {
-    FromF32(dtype_, K + i * k_stride, k_.data() + size_t(n_ + i) * size_t(kw_) * es, size_t(kw_));
-    FromF32(dtype_, V + i * v_stride, v_.data() + size_t(n_ + i) * size_t(vw_) * es, size_t(vw_));
-  }
-  n_ += n;
-}
-
-void PlainRows::DropFront(int64_t n) {
-  const size_t es = DTypeSize(dtype_);
-  k_.erase(k_.begin(), k_.begin() + std::ptrdiff_t(size_t(n) * size_t(kw_) * es));
-  v_.erase(v_.begin(), v_.begin() + std::ptrdiff_t(size_t(n) * size_t(vw_) * es));
-  n_ -= n;
-}
-
-void PlainRows::Retain(const char* keep) {
-  const size_t es = DTypeSize(dtype_), kb = size_t(kw_) * es, vb = size_t(vw_) * es;
-  int64_t w = 0;
-  for (int64_t i = 0; i < n_; ++i) {
-    if (!keep[i]) continue;
-    if (w != i) {
-      std::memmove(k_.data() + size_t(w) * kb, k_.data() + size_t(i) * kb, kb);
-      std::memmove(v_.data() + size_t(w) * vb, v_.data() + size_t(i) * vb, vb);
-    }
-    ++w;
-  }
-  n_ = w;
-  k_.resize(size_t(n_) * kb);
-  v_.resize(size_t(n_) * vb);
-}
-
-void PlainRows::Row(int64_t i, float* k, float* v) const {
-  const size_t es = DTypeSize(dtype_);
-  ToF32(dtype_, k_.data() + size_t(i) * size_t(kw_) * es, k, size_t(kw_));
-  ToF32(dtype_, v_.data() + size_t(i) * size_t(vw_) * es, v, size_t(vw_));
-}
-
-KvRows PlainRows::View(const std::vector<uint8_t>& b, int w, int64_t begin, int64_t count) const {
-  KvRows r;
-  r.dtype = dtype_;
-  r.stride = w;
-  r.count = count;
-  r.data = b.data() + size_t(begin) * size_t(w) * DTypeSize(dtype_);
-  return r;
-}
 
 namespace {
 
 class ExactStore : public RowStore {
  public:
-  ExactStore(DType dt, int kw, int vw) : rows_(dt, kw, vw) {}
+  ExactStore(PageStore& pages, DType dt, int kw, int vw) : rows_(pages, dt, kw, vw) {}
   void Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override { rows_.Append(K, ks, V, vs, n); }
   void Retain(const std::vector<char>& keep) override { rows_.Retain(keep.data()); }
   void View(int64_t begin, int64_t end, int64_t, std::vector<KvSegment>* out) const override {
-    if (end > begin) out->push_back({rows_.Keys(begin, end - begin), rows_.Values(begin, end - begin)});
+    rows_.View(0, begin, end - begin, out);
   }
   int64_t size() const override { return rows_.size(); }
   size_t Bytes() const override { return rows_.Bytes(); }
 
  private:
-  PlainRows rows_;
+  ExactRows rows_;
 };
 
 class ExactCodec : public RowCodec {
  public:
   explicit ExactCodec(DType dt) : dt_(dt) {}
-  std::unique_ptr<RowStore> NewStore(int kw, int vw) const override { return std::make_unique<ExactStore>(dt_, kw, vw); }
+  std::unique_ptr<RowStore> NewStore(PageStore& pages, int kw, int vw) const override {
+    return std::make_unique<ExactStore>(pages, dt_, kw, vw);
+  }
   std::string Describe() const override { return "dense:dtype=" + std::string(DTypeName(dt_)); }
 
  private:
@@ -84,7 +39,7 @@ class ExactCodec : public RowCodec {
 class CodecPolicy : public KvPolicy {
  public:
   CodecPolicy(const KvShape& s, const RowCodec& codec) : s_(s) {
-    for (int h = 0; h < s.n_kv_heads; ++h) heads_.push_back(codec.NewStore(s.head_dim, s.head_dim));
+    for (int h = 0; h < s.n_kv_heads; ++h) heads_.push_back(codec.NewStore(s.store(), s.head_dim, s.head_dim));
   }
 
   Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {

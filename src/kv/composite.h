@@ -37,8 +37,9 @@ class RowStore {
 class RowCodec {
  public:
   virtual ~RowCodec() = default;
-  // A new, empty store for rows of k_width key and v_width value elements.
-  virtual std::unique_ptr<RowStore> NewStore(int k_width, int v_width) const = 0;
+  // A new, empty store for rows of k_width key and v_width value elements, leasing its pages from
+  // `pages` (which must outlive it).
+  virtual std::unique_ptr<RowStore> NewStore(PageStore& pages, int k_width, int v_width) const = 0;
   // The policy string that builds this codec again, e.g. "mx:fmt=fp8_e4m3".
   virtual std::string Describe() const = 0;
 };
@@ -60,27 +61,5 @@ std::shared_ptr<KvPolicyFactory> MakeCodecPolicyFactory(std::shared_ptr<const Ro
 // plain f32 default (null).
 std::string DescribeWithCodec(const std::string& policy, const RowCodec* codec);
 
-// Exact rows of one dtype with arbitrary erasure: the plain store and KIVI's residual.
-class PlainRows {
- public:
-  PlainRows(DType dtype, int k_width, int v_width) : dtype_(dtype), kw_(k_width), vw_(v_width) {}
-  void Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n);
-  void DropFront(int64_t n);
-  // Keeps row i iff keep[i] != 0, for keep[0 .. size()).
-  void Retain(const char* keep);
-  // Row i as f32 (k_width and v_width floats).
-  void Row(int64_t i, float* k, float* v) const;
-  KvRows Keys(int64_t begin, int64_t count) const { return View(k_, kw_, begin, count); }
-  KvRows Values(int64_t begin, int64_t count) const { return View(v_, vw_, begin, count); }
-  int64_t size() const { return n_; }
-  size_t Bytes() const { return size_t(n_) * size_t(kw_ + vw_) * DTypeSize(dtype_); }
-
- private:
-  KvRows View(const std::vector<uint8_t>& b, int w, int64_t begin, int64_t count) const;
-  DType dtype_;
-  int kw_, vw_;
-  int64_t n_ = 0;
-  std::vector<uint8_t> k_, v_;  // (n_, kw_) and (n_, vw_) in dtype_
-};
 
 }  // namespace atp

@@ -26,7 +26,7 @@ struct EvictParams {
 class EvictPolicy : public KvPolicy {
  public:
   EvictPolicy(const KvShape& s, const EvictParams& p) : s_(s), p_(p), heads_(size_t(s.n_kv_heads)) {
-    for (auto& h : heads_) h.rows = p.codec->NewStore(s.head_dim, s.head_dim);
+    for (auto& h : heads_) h.rows = p.codec->NewStore(s.store(), s.head_dim, s.head_dim);
   }
 
   Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {

@@ -1,20 +1,36 @@
 #include "kv/exact_rows.h"
 
+#include <cstring>
+
 namespace atp {
 
-void ExactRows::Append(const float* K, const float* V, int64_t n) {
+void ExactRows::Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n) {
   const int64_t first = size();
   k_.Grow(n);
   v_.Grow(n);
   for (int64_t i = 0; i < n; ++i) {
-    FromF32(dtype_, K + i * kw_, k_.Row(first + i), size_t(kw_));
-    FromF32(dtype_, V + i * vw_, v_.Row(first + i), size_t(vw_));
+    FromF32(dtype_, K + i * k_stride, k_.Row(first + i), size_t(kw_));
+    FromF32(dtype_, V + i * v_stride, v_.Row(first + i), size_t(vw_));
   }
 }
 
 void ExactRows::DropFront(int64_t n) {
   k_.DropFront(n);
   v_.DropFront(n);
+}
+
+void ExactRows::Retain(const char* keep) {
+  int64_t w = 0;
+  for (int64_t i = 0; i < size(); ++i) {
+    if (!keep[i]) continue;
+    if (w != i) {
+      std::memcpy(k_.Row(w), k_.Row(i), k_.row_bytes());
+      std::memcpy(v_.Row(w), v_.Row(i), v_.row_bytes());
+    }
+    ++w;
+  }
+  k_.Truncate(w);
+  v_.Truncate(w);
 }
 
 void ExactRows::ToF32(int64_t begin, int64_t count, float* K, float* V) const {

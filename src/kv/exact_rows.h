@@ -1,11 +1,8 @@
 // Exact K and V rows in one dtype (f32, f16, bf16), in pages leased from a PageStore: the storage of
-// dense, of ATP's window, principal and kept rows, and of lowrank's window. Rows only ever leave from
-// the front, so a row's slot in its page depends on its position alone and attention over a range
-// splits into the same runs however the tokens were chunked (bit-for-bit chunk invariance).
-// Not yet in pages (issue 16): the row stores of kv/composite.h (eviction survivors, KIVI, MX),
-// whose compaction after eviction would move rows across page boundaries depending on when it ran,
-// and with them the float summation order of attention (kernels/attention.h sums a run's rows in two
-// interleaved chains, combined per call).
+// every policy that keeps some tokens exact (dense, ATP's window, principal and kept rows, lowrank's
+// window, KIVI's residual, eviction survivors, `+dense:dtype=...` stores). Where page runs break
+// depends on when rows were dropped or compacted, which may depend on how a prompt was chunked; the
+// attention kernels' sums do not depend on the runs (kernels/attention.h), so outputs do not either.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -23,11 +20,14 @@ class ExactRows {
   ExactRows(PageStore& store, DType dtype, int k_width, int v_width = 0)
       : dtype_(dtype), kw_(k_width), vw_(v_width ? v_width : k_width),
         k_(store, size_t(kw_) * DTypeSize(dtype)), v_(store, size_t(vw_) * DTypeSize(dtype)) {}
-  // Appends n rows of K (n, k_width) and V (n, v_width) f32, converted to the store's dtype (round to
-  // nearest even).
-  void Append(const float* K, const float* V, int64_t n);
+  // Appends n rows: key row i at K + i * k_stride (k_width floats), value row i at V + i * v_stride,
+  // converted to the store's dtype (round to nearest even).
+  void Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n);
+  void Append(const float* K, const float* V, int64_t n) { Append(K, kw_, V, vw_, n); }
   // Drops the first n rows (tokens that moved to a compressed form or out of a window).
   void DropFront(int64_t n);
+  // Keeps row i iff keep[i] != 0, for keep[0 .. size()), in order (eviction).
+  void Retain(const char* keep);
   // Rows [begin, begin + count) as f32: K (count, k_width), V (count, v_width).
   void ToF32(int64_t begin, int64_t count, float* K, float* V) const;
   // Elements [offset, offset + dim) of the same rows (a KV head's slice of rows holding every head;

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "kernels/packed_attention.h"
+#include "kv/exact_rows.h"
 
 namespace atp {
 
@@ -36,9 +37,9 @@ void WriteCode(uint8_t* s, int64_t i, int w, uint32_t code) {
 
 class KiviStore : public RowStore {
  public:
-  KiviStore(const KiviParams& p, int kw, int vw)
+  KiviStore(const KiviParams& p, PageStore& pages, int kw, int vw)
       : p_(p), kw_(kw), vw_(vw), kcb_(KiviCodeBytes(p.bits, kw)), vrb_(KiviTokenRowBytes(p.bits, p.group, vw)),
-        exact_(p.dtype, kw, vw) {}
+        exact_(pages, p.dtype, kw, vw) {}
 
   void Trim() override {
     // No later query has a horizon below size_ + 1: exact copies of rows it reads packed can go.
@@ -112,7 +113,7 @@ class KiviStore : public RowStore {
       out->push_back(s);
     }
     const int64_t lo = std::max(begin, cum_[size_t(k)]);  // >= e0_ by the Append contract
-    if (lo < end) out->push_back({exact_.Keys(lo - e0_, end - lo), exact_.Values(lo - e0_, end - lo)});
+    exact_.View(0, lo - e0_, end - lo, out);
   }
 
   int64_t size() const override { return size_; }
@@ -147,7 +148,7 @@ class KiviStore : public RowStore {
     g.kcodes.assign(size_t(G * kcb_), 0);
     g.vrows.assign(size_t(G * vrb_), 0);
     for (int64_t i = 0; i < G; ++i) {
-      exact_.Row(first + i - e0_, &k[size_t(i * kw_)], v.data());
+      exact_.ToF32(first + i - e0_, 1, &k[size_t(i * kw_)], v.data());
       KiviEncodeValueRow(v.data(), vw_, p_.bits, p_.group, &g.vrows[size_t(i * vrb_)]);
     }
     KiviEncodeKeyGroup(k.data(), kw_, G, kw_, p_.bits, g.scale.data(), g.zero.data(), g.kcodes.data());
@@ -160,14 +161,16 @@ class KiviStore : public RowStore {
   int64_t kcb_, vrb_;           // bytes of one key code row / one packed value row
   std::vector<Group> groups_;   // rows [0, cum_.back())
   std::vector<int64_t> cum_{0}; // cum_[g]: rows before group g
-  PlainRows exact_;             // rows [e0_, size_): the residual and rows not yet grouped
+  ExactRows exact_;             // rows [e0_, size_): the residual and rows not yet grouped
   int64_t e0_ = 0, size_ = 0;
 };
 
 class KiviCodec : public RowCodec {
  public:
   explicit KiviCodec(const KiviParams& p) : p_(p) {}
-  std::unique_ptr<RowStore> NewStore(int kw, int vw) const override { return std::make_unique<KiviStore>(p_, kw, vw); }
+  std::unique_ptr<RowStore> NewStore(PageStore& pages, int kw, int vw) const override {
+    return std::make_unique<KiviStore>(p_, pages, kw, vw);
+  }
   std::string Describe() const override {
     return "kivi:bits=" + std::to_string(p_.bits) + ",group=" + std::to_string(p_.group) +
            ",residual=" + std::to_string(p_.residual) + ",dtype=" + std::string(DTypeName(p_.dtype));

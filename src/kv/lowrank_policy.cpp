@@ -27,7 +27,7 @@ struct BasisBlock {
   std::vector<float> pk;   // (head_dim, rk): q_map
   std::vector<float> pvt;  // (rv, head_dim): out_map = P_v^T
   std::unique_ptr<RowStore> coef;  // (tokens, rk) and (tokens, rv)
-  BasisBlock(const RowCodec& codec, int rk, int rv) : coef(codec.NewStore(rk, rv)) {}
+  BasisBlock(const RowCodec& codec, PageStore& pages, int rk, int rv) : coef(codec.NewStore(pages, rk, rv)) {}
 };
 
 std::vector<float> Transpose(const std::vector<float>& M, int rows, int cols) {
@@ -55,7 +55,7 @@ class LowRankPolicy : public KvPolicy {
       for (int h = 0; h < s.n_kv_heads; ++h) {
         const float* kb = p.basis->k[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
         const float* vb = p.basis->v[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
-        blocks_[size_t(h)].emplace_back(*p.codec, p.rk, p.rv);
+        blocks_[size_t(h)].emplace_back(*p.codec, s.store(), p.rk, p.rv);
         blocks_[size_t(h)][0].pk = FirstBasisColumns(kb, d, p.rk);
         blocks_[size_t(h)][0].pvt = Transpose(FirstBasisColumns(vb, d, p.rv), d, p.rv);
       }
@@ -155,7 +155,7 @@ class LowRankPolicy : public KvPolicy {
     std::vector<float> kb(size_t(B) * size_t(d)), vb(size_t(B) * size_t(d)), U, S, Vt;
     for (int h = 0; h < s_.n_kv_heads; ++h) {
       exact_.SliceToF32(h * d, d, b * B - exact_begin_, B, kb.data(), vb.data());
-      BasisBlock bb(*p_.codec, p_.rk, p_.rv);
+      BasisBlock bb(*p_.codec, s_.store(), p_.rk, p_.rv);
       // Right singular vectors V (d x k): principal directions of the rows.
       ATP_RETURN_IF_ERROR(ThinSvd(kb.data(), B, d, &U, &S, &Vt));
       int k = std::min(B, d);

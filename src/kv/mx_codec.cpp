@@ -145,7 +145,8 @@ class MxStore : public RowStore {
 class MxCodec : public RowCodec {
  public:
   explicit MxCodec(MxFormat f) : f_(f) {}
-  std::unique_ptr<RowStore> NewStore(int kw, int vw) const override { return std::make_unique<MxStore>(f_, kw, vw); }
+  // MX rows keep their own buffer for now (packed rows in pages: issue 16).
+  std::unique_ptr<RowStore> NewStore(PageStore&, int kw, int vw) const override { return std::make_unique<MxStore>(f_, kw, vw); }
   std::string Describe() const override { return std::string("mx:fmt=") + MxFormatName(f_); }
 
  private:
