@@ -21,6 +21,10 @@ struct KvShape {
   int n_heads = 0;      // query heads
   int n_kv_heads = 0;   // key/value heads (grouped-query attention)
   int head_dim = 0;
+  // The model's RoPE inverse frequencies (head_dim/2; rope_scaling and GGUF rope_freqs applied), the
+  // angles at which the keys Append receives were rotated: for policies that keep keys before RoPE
+  // (atp rope=pre). Empty when the caller has none (tests, shape probes).
+  std::vector<float> rope_inv_freq = {};
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
 };
