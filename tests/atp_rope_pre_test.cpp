@@ -54,8 +54,10 @@ std::vector<float> LeftVectors(std::vector<float> a, int m, int n) {
 // head, U_r from the block's input (or the head's pre-RoPE keys), principal rows P = U_r^T K_pre and
 // U_r^T V, residuals through KIVI-8 with group B (what the policy picks for B <= 32), each key rebuilt
 // as U_r P + residual and rotated by ApplyRope at its position. A query sees a block rebuilt iff
-// (b+1)B + W <= t, exactly (as appended) otherwise.
-std::vector<float> BruteForcePre(const Inputs& in, const std::vector<float>& pre, int B, int r, int W, bool key_basis) {
+// (b+1)B + W <= t, exactly (as appended) otherwise. rotate=false: rope=post, the keys as appended (pre
+// is then in.K) compressed and rebuilt with no rotation.
+std::vector<float> BruteForceResidual(const Inputs& in, const std::vector<float>& pre, int B, int r, int W, bool key_basis,
+                                      bool rotate) {
   KiviParams kp;
   kp.bits = 8, kp.group = B, kp.residual = 0;
   auto codec = MakeKiviCodec(kp);
@@ -97,7 +99,7 @@ std::vector<float> BruteForcePre(const Inputs& in, const std::vector<float>& pre
           RV[size_t((b * B + i) * kKvd + h * kHd + j)] = lv[size_t(i * kHd + j)] + rv[size_t(i * kHd + j)];
         }
         const int32_t pos = b * B + i;
-        ApplyRope(key, 1, 1, kHd, &pos, inv.data());
+        if (rotate) ApplyRope(key, 1, 1, kHd, &pos, inv.data());
       }
     }
   std::vector<float> O(size_t(in.T) * kQd);
@@ -117,21 +119,24 @@ std::vector<float> BruteForcePre(const Inputs& in, const std::vector<float>& pre
   return O;
 }
 
+// rope=pre, and rope=post's residual path too (Attend reads both without forming the rows it can leave
+// factored: KvSegment::adds_to).
 TEST(AtpRopePre, MatchesBruteForce) {
   const Inputs base = RandomInputs(100, 31);
   const Inputs in = Rotated(base, base.K);
-  for (auto [B, r, W, key] : {std::tuple{16, 4, 16, false}, {16, 2, 0, true}, {8, 3, 24, false}}) {
+  for (auto [B, r, W, key, pre] : {std::tuple{16, 4, 16, false, true}, {16, 2, 0, true, true}, {8, 3, 24, false, true},
+                                   {16, 4, 16, false, false}, {8, 2, 0, true, false}}) {
     const std::string spec = "atp:block=" + std::to_string(B) + ",rank=" + std::to_string(r) + ",window=" + std::to_string(W) +
-                             ",basis=" + (key ? "key" : "input") + ",residual=kivi8,rope=pre";
+                             ",basis=" + (key ? "key" : "input") + ",residual=kivi8" + (pre ? ",rope=pre" : "");
     auto p = Make(spec, RopeShape());
     ASSERT_TRUE(p);
-    // 5e-3 (measured 1.7e-4, 1.1e-3, 3.2e-4): the two SVD routes (Gram + eigensolver, sgesvd) agree to
+    // 5e-3 (measured 1.7e-4, 1.1e-3, 3.2e-4; rope=post 1.8e-4, 1.3e-4): the two SVD routes (Gram + eigensolver, sgesvd) agree to
     // ~1e-6, which can move a KIVI-8 residual code across a rounding boundary: one quantum (range/255,
     // ~0.03 for these residuals) on one key element moves a score by <= |q_j| 0.03 / 8 (|q_j| <~ 3) and an
     // output by that times the row's weight and |v - o|. The rotations (angle addition in the policy,
     // ApplyRope here) differ by ~1e-5 rad at these positions. A key rotated at a wrong position, or not
     // at all, misses by O(0.1-1).
-    const double d = MaxDiff(RunChunks(*p, in, {1, 7, 30}), BruteForcePre(in, base.K, B, r, W, key));
+    const double d = MaxDiff(RunChunks(*p, in, {1, 7, 30}), BruteForceResidual(in, pre ? base.K : in.K, B, r, W, key, pre));
     EXPECT_LT(d, 5e-3) << spec;
   }
 }

@@ -12,7 +12,9 @@
 // - residual=CODEC (GEAR): each summarized token's residual K_i - (U_r U_r^T K)_i (and V's) is kept
 //   through a kivi or mx row codec, with U_r's rows; a query then reads every summarized token
 //   reconstructed, (U_r)_i (U_r^T K) + dequantized residual, instead of the r principal rows. Attend
-//   rebuilds those rows for each call in a scratch that it frees (Bytes() counts what is held).
+//   reads them without forming them: scores (q P_k^T) . (U_r)_i plus q . residual on the packed rows, values
+//   (sum_i a_i (U_r)_i) P_v plus the packed residuals' weighted sum (Summarize; its f32 copies of the
+//   principal rows are a scratch of the call, freed, so Bytes() counts only what is held).
 // - rope=pre (Palu, ShadowKV; needs residual=): the keys are compressed before RoPE. Append's keys come
 //   rotated at their positions (KvShape::rope_inv_freq gives the angles); CompressBlock turns each back
 //   at its own position, so the SVD (basis=key), the principal rows and the residuals see pre-RoPE keys,
@@ -137,21 +139,19 @@ class AtpPolicy : public KvPolicy {
   }
 
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    const int hd = s_.head_dim, n = p_.summarized(), e = p_.keep;
+    const int hd = s_.head_dim, e = p_.keep;
     int64_t newest = 0;
     for (int32_t p : positions) newest = std::max<int64_t>(newest, p);
-    // residual: the summarized tokens of every block some query here sees compressed, rebuilt per KV head.
-    std::vector<std::vector<float>> rk(residual_.size()), rv(residual_.size());
-    std::optional<BlockRope> rope;
-    if (p_.rope_pre && CompressedBlocks(newest) > 0) rope.emplace(s_.rope_inv_freq, p_.block);
-    for (size_t h = 0; h < residual_.size(); ++h) Reconstruct(int(h), CompressedBlocks(newest), rope ? &*rope : nullptr, &rk[h], &rv[h]);
+    // residual: per KV head, what reads the summarized tokens of the blocks some query here sees compressed.
+    std::vector<Summarized> sum(residual_.size());
+    for (size_t h = 0; h < residual_.size(); ++h) Summarize(int(h), CompressedBlocks(newest), &sum[h]);
     AttendSegments(s_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const int64_t p = positions[size_t(t)];
       const int64_t nb = CompressedBlocks(p);
       const size_t h = size_t(kvh);
-      if (p_.residual_codec && nb * n > 0) {
-        out->push_back({KvRows{DType::kF32, rk[h].data(), hd, nb * n}, KvRows{DType::kF32, rv[h].data(), hd, nb * n}});
-      } else if (!p_.residual_codec) {
+      if (p_.residual_codec) {
+        out->insert(out->end(), sum[h].parts.begin(), sum[h].parts.begin() + sum[h].block_end[size_t(nb)]);
+      } else {
         const int64_t np = nb > 0 ? block_rows_[h][size_t(nb - 1)] : 0;
         if (np > 0) out->push_back({principal_[h].Keys(0, hd, 0, np), principal_[h].Values(0, hd, 0, np)});
       }
@@ -185,41 +185,82 @@ class AtpPolicy : public KvPolicy {
   // Bases per block: one for basis=input (shared by the KV heads), one per KV head for basis=key.
   int Groups() const { return p_.key_basis ? s_.n_kv_heads : 1; }
 
-  // KV head h's summarized tokens of blocks [0, nb), rebuilt: K~ = (U_r)_i P_k + residual, V~ likewise,
-  // as (nb * summarized, hd) rows; with rope=pre (`rope` not null) each key then rotated at its position.
-  void Reconstruct(int h, int64_t nb, const BlockRope* rope, std::vector<float>* K, std::vector<float>* V) const {
+  // How a query reads KV head h's summarized tokens of blocks [0, nb) (residual=): token i of block b is
+  // K~ = (U_r)_i P_k + residual, V~ likewise, read without forming V~ (and, rope=post, K~): per block a
+  // segment of U_r's rows whose scores are (q P_k^T) . u_i and whose values sum to (sum_i a_i u_i) P_v,
+  // then the block's packed residual rows as a part of it (KvSegment::adds_to), scored and summed as
+  // they are stored. With rope=pre each key is formed (its rotation depends on its position) and rotated.
+  struct Summarized {
+    std::vector<float> kt, v;        // per block (hd, r_b) P_k^T and (r_b, hd) P_v, f32
+    std::vector<float> keys;         // rope=pre: (nb * summarized, hd) the rebuilt, rotated keys
+    std::vector<KvSegment> parts;    // block 0's segments, then block 1's, ...
+    std::vector<size_t> block_end;   // block_end[b]: segments of blocks [0, b) (b = 0..nb)
+  };
+  void Summarize(int h, int64_t nb, Summarized* out) const {
     const int hd = s_.head_dim, n = p_.summarized();
-    const int64_t rows = nb * n;
-    if (rows == 0) return;
-    K->resize(size_t(rows) * size_t(hd));
-    V->resize(K->size());
-    DecodeRows(*residual_[size_t(h)], 0, rows, hd, hd, K->data(), V->data());
-    const std::vector<float>& coef = coef_[size_t(p_.key_basis ? h : 0)];
-    std::vector<float> pk, pv;
+    out->block_end.assign(1, 0);
+    if (nb * n == 0) {
+      out->block_end.assign(size_t(nb) + 1, 0);
+      return;
+    }
+    const int64_t rows = nb > 0 ? block_rows_[size_t(h)][size_t(nb - 1)] : 0;  // principal rows of blocks [0, nb)
+    const KvRows kr = principal_[size_t(h)].Keys(0, hd, 0, rows), vr = principal_[size_t(h)].Values(0, hd, 0, rows);
+    std::vector<float> pk(size_t(rows) * size_t(hd));
+    ToF32(kr.dtype, kr.data, pk.data(), pk.size());  // one head's rows: contiguous (stride hd)
+    out->v.resize(pk.size());
+    ToF32(vr.dtype, vr.data, out->v.data(), out->v.size());
+    const float* coef = coef_[size_t(p_.key_basis ? h : 0)].data();
+    std::optional<BlockRope> rope;
+    if (p_.rope_pre) {
+      out->keys.resize(size_t(nb) * size_t(n) * size_t(hd));
+      DecodeRows(*residual_[size_t(h)], 0, nb * n, hd, hd, out->keys.data(), nullptr);
+      rope.emplace(s_.rope_inv_freq, p_.block);
+    } else {
+      out->kt.resize(pk.size());
+    }
+    std::vector<KvSegment> residual;
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t before = b > 0 ? block_rows_[size_t(h)][size_t(b - 1)] : 0;
-      const int64_t r = block_rows_[size_t(h)][size_t(b)] - before;
-      pk.resize(size_t(r) * size_t(hd));
-      pv.resize(pk.size());
-      const KvRows kr = principal_[size_t(h)].Keys(0, hd, before, r), vr = principal_[size_t(h)].Values(0, hd, before, r);
-      ToF32(kr.dtype, kr.data, pk.data(), pk.size());  // one head's rows: contiguous (stride hd)
-      ToF32(vr.dtype, vr.data, pv.data(), pv.size());
-      const float* u = &coef[size_t(before) * size_t(n)];  // (n, r): this block's U_r
-      for (int i = 0; i < n; ++i) {
-        float* k = &(*K)[(size_t(b) * size_t(n) + size_t(i)) * size_t(hd)];
-        float* v = &(*V)[(size_t(b) * size_t(n) + size_t(i)) * size_t(hd)];
-        for (int64_t c = 0; c < r; ++c) {
-          const float w = u[size_t(i) * size_t(r) + size_t(c)];
-          for (int j = 0; j < hd; ++j) {
-            k[j] += w * pk[size_t(c) * size_t(hd) + size_t(j)];
-            v[j] += w * pv[size_t(c) * size_t(hd) + size_t(j)];
+      const int r = int(block_rows_[size_t(h)][size_t(b)] - before);
+      const float* u = coef + before * n;  // (n, r): this block's U_r
+      KvSegment seg;
+      seg.v = KvRows{DType::kF32, u, r, n};
+      seg.out_map = &out->v[size_t(before) * size_t(hd)];
+      seg.v_dim = r;
+      if (p_.rope_pre) {
+        float* k = &out->keys[size_t(b) * size_t(n) * size_t(hd)];
+        for (int i = 0; i < n; ++i)
+          for (int c = 0; c < r; ++c) {
+            const float w = u[size_t(i) * size_t(r) + size_t(c)];
+            const float* pc = &pk[size_t(before + c) * size_t(hd)];
+            for (int j = 0; j < hd; ++j) k[size_t(i) * size_t(hd) + size_t(j)] += w * pc[j];
           }
-        }
-      }
-      if (rope) {
         const int32_t* offsets = offsets_.empty() ? nullptr : &offsets_[size_t(p_.key_basis ? h : 0)][size_t(b) * size_t(n)];
-        rope->Rotate(&(*K)[size_t(b) * size_t(n) * size_t(hd)], n, hd, b * p_.block, offsets);
+        rope->Rotate(k, n, hd, b * p_.block, offsets);
+        seg.k = KvRows{DType::kF32, k, hd, n};
+      } else {
+        float* kt = &out->kt[size_t(before) * size_t(hd)];
+        for (int c = 0; c < r; ++c)
+          for (int j = 0; j < hd; ++j) kt[size_t(j) * size_t(r) + size_t(c)] = pk[size_t(before + c) * size_t(hd) + size_t(j)];
+        seg.k = KvRows{DType::kF32, u, r, n};
+        seg.q_map = kt;
+        seg.k_dim = r;
       }
+      out->parts.push_back(seg);
+      residual.clear();
+      residual_[size_t(h)]->View(b * n, (b + 1) * n, residual_[size_t(h)]->size(), &residual);
+      int64_t at = b * n;
+      for (KvSegment& part : residual) {
+        part.adds_to = at;
+        at += part.count();
+        if (p_.rope_pre) {  // the keys' residuals are in out->keys already: a part of the values only
+          const int64_t c = part.count();
+          part.pk = {};
+          part.k = KvRows{DType::kF32, nullptr, 0, c};
+        }
+        out->parts.push_back(part);
+      }
+      out->block_end.push_back(out->parts.size());
     }
   }
 
