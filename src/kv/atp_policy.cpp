@@ -198,12 +198,12 @@ class AtpPolicy : public KvPolicy {
   };
   void Summarize(int h, int64_t nb, Summarized* out) const {
     const int hd = s_.head_dim, n = p_.summarized();
-    out->block_end.assign(1, 0);
-    if (nb * n == 0) {
+    if (nb * n == 0) {  // no summarized token to read
       out->block_end.assign(size_t(nb) + 1, 0);
       return;
     }
-    const int64_t rows = nb > 0 ? block_rows_[size_t(h)][size_t(nb - 1)] : 0;  // principal rows of blocks [0, nb)
+    out->block_end.assign(1, 0);
+    const int64_t rows = block_rows_[size_t(h)][size_t(nb - 1)];  // principal rows of blocks [0, nb)
     const KvRows kr = principal_[size_t(h)].Keys(0, hd, 0, rows), vr = principal_[size_t(h)].Values(0, hd, 0, rows);
     std::vector<float> pk(size_t(rows) * size_t(hd));
     ToF32(kr.dtype, kr.data, pk.data(), pk.size());  // one head's rows: contiguous (stride hd)
