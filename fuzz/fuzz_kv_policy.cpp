@@ -1,5 +1,6 @@
 // libFuzzer target: a --kv / "kv" policy string through ParseKvPolicy, then the policy it builds run
 // for a short sequence on a small GQA layer, so parameter combinations the parser accepts are used too.
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -11,7 +12,12 @@ namespace {
 
 constexpr int kD = 32, kH = 4, kKV = 2, kHd = 64;  // layer width, query heads, KV heads, head_dim
 constexpr int kPrompt = 37, kTokens = 70;          // a prompt, then single decode steps past one 64-token block
-const atp::KvShape kShape{0, kD, kH, kKV, kHd};
+// With a model's RoPE frequencies (theta 10000), so that atp rope=pre runs rather than being refused.
+const atp::KvShape kShape = [] {
+  atp::KvShape s{0, kD, kH, kKV, kHd};
+  for (int i = 0; i < kHd / 2; ++i) s.rope_inv_freq.push_back(float(std::pow(10000.0, -2.0 * i / kHd)));
+  return s;
+}();
 
 struct Layer {
   std::vector<float> X, K, V, Q;  // (kTokens, kD), (kTokens, kKV*kHd) twice, (kTokens, kH*kHd)

@@ -220,6 +220,10 @@ TEST(CudaKv, RejectsPoliciesWithoutKernels) {
   ASSERT_FALSE(online.ok());
   EXPECT_NE(online.status().ToString().find("no CUDA kernels"), std::string::npos) << online.status().ToString();
   EXPECT_FALSE(MakeCudaKvFactory("nonsense").ok());
+  // Issue 19's CPU-only atp options are refused by name.
+  auto pre = MakeCudaKvFactory("atp:block=32,rank=4,window=64,residual=kivi2,rope=pre");
+  ASSERT_FALSE(pre.ok());
+  EXPECT_NE(pre.status().ToString().find("rope=pre run on the CPU only"), std::string::npos) << pre.status().ToString();
 }
 
 using testing::kRefVocab;

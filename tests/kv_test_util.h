@@ -95,13 +95,14 @@ inline void AttendRef(const float* q, const std::vector<float>& K, const std::ve
 
 // Outputs at positions <= cut must not change when every input after cut changes (same chunking),
 // and must change somewhere after it (or the check is vacuous).
-inline void ExpectCausal(const std::string& spec, const std::vector<int>& chunks, int T = 90, int cut = 50) {
+inline void ExpectCausal(const std::string& spec, const std::vector<int>& chunks, int T = 90, int cut = 50,
+                         const KvShape& shape = kShape) {
   Inputs a = RandomInputs(T, 8), b = a, other = RandomInputs(T, 9);
   for (auto [dst, src] : {std::pair{&b.X, &other.X}, {&b.K, &other.K}, {&b.V, &other.V}, {&b.Q, &other.Q}}) {
     const size_t w = dst->size() / size_t(T);
     std::copy(src->begin() + long(w * size_t(cut + 1)), src->end(), dst->begin() + long(w * size_t(cut + 1)));
   }
-  auto pa = Make(spec), pb = Make(spec);
+  auto pa = Make(spec, shape), pb = Make(spec, shape);
   ASSERT_TRUE(pa && pb);
   std::vector<float> oa = RunChunks(*pa, a, chunks), ob = RunChunks(*pb, b, chunks);
   const long keep = long(size_t(cut + 1) * kQd);

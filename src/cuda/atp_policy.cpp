@@ -257,10 +257,11 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
 }  // namespace
 
 Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& canon, const std::string& describe) {
-  // The CPU parser's canonical keys; keep= and residual= (issue 19) have no GPU kernels, and any key
-  // added to the CPU policy later is refused here until the GPU reads it.
-  if (canon.Has("keep") || canon.Has("residual"))
-    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's keep= and residual= run on the CPU only");
+  // The CPU parser's canonical keys; keep=, residual= and rope=pre (issue 19) have no GPU kernels, and any
+  // key added to the CPU policy later is refused here until the GPU reads it.
+  if (canon.Has("keep") || canon.Has("residual") || canon.Has("rope"))
+    return Status::Unsupported("kv policy '" + describe +
+                               "' has no CUDA kernels: atp's keep=, residual= and rope=pre run on the CPU only");
   ATP_RETURN_IF_ERROR(canon.CheckKeys({{"block", ""}, {"rank", ""}, {"tau", ""}, {"window", ""}, {"basis", ""}, {"proj", ""}, {"dtype", ""}}));
   ATP_ASSIGN_OR_RETURN(std::string basis, canon.Choice("basis", "input", {"input", "key"}));
   ATP_ASSIGN_OR_RETURN(std::string proj, canon.Choice("proj", "dense", {"dense", "lowrank"}));

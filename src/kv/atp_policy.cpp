@@ -12,11 +12,23 @@
 // - residual=CODEC (GEAR): each summarized token's residual K_i - (U_r U_r^T K)_i (and V's) is kept
 //   through a kivi or mx row codec, with U_r's rows; a query then reads every summarized token
 //   reconstructed, (U_r)_i (U_r^T K) + dequantized residual, instead of the r principal rows. Attend
-//   rebuilds those rows for each call in a scratch that it frees (Bytes() counts what is held).
+//   reads them without forming them: scores (q P_k^T) . (U_r)_i plus q . residual on the packed rows, values
+//   (sum_i a_i (U_r)_i) P_v plus the packed residuals' weighted sum (Summarize; its f32 copies of the
+//   principal rows are a scratch of the call, freed, so Bytes() counts only what is held).
+// - rope=pre (Palu, ShadowKV; needs residual=): the keys are compressed before RoPE. Append's keys come
+//   rotated at their positions (KvShape::rope_inv_freq gives the angles); CompressBlock turns each back
+//   at its own position, so the SVD (basis=key), the principal rows and the residuals see pre-RoPE keys,
+//   and a principal key no longer mixes rotations of different positions. Each rebuilt key is rotated
+//   at its own position before a query reads it; a principal row stands for many positions and has no
+//   angle, hence residual=. Values, kept rows (keep=E, stored as appended) and the window are unchanged.
+//   With basis=input this is the paper's own argument made exact: pre-RoPE keys are linear in the input
+//   (K = X W_k), so U_r U_r^T K = (X V_r V_r^T) W_k are the keys of the block's rank-r input; after RoPE
+//   they are not. With basis=key, U_r U_r^T K = K V_r V_r^T: per head, a rank-r key basis of the block.
 #include "kv/atp_policy.h"
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
 
 #include "kv/attend.h"
 #include "kv/composite.h"
@@ -24,6 +36,7 @@
 #include "kv/kivi_codec.h"
 #include "kv/linalg.h"
 #include "kv/mx_codec.h"
+#include "kv/rope_rows.h"
 
 namespace atp {
 
@@ -40,6 +53,7 @@ struct AtpParams {
   int keep = 0;               // E: exact rows kept per compressed block
   std::string residual;       // codec name of the summarized tokens' residuals; empty: none
   std::shared_ptr<const RowCodec> residual_codec;
+  bool rope_pre = false;      // compress keys before RoPE (needs residual_codec)
   int summarized() const { return block - keep; }  // tokens of a block the principal rows stand for
 };
 
@@ -54,6 +68,14 @@ struct BlockInput {
   InputBasis basis;         // V_r^T, rank r (proj=lowrank); sign-free: only V_r V_r^T matters
 };
 
+// rope=pre turns keys back by the model's RoPE angles, so the layer must come with them.
+Status CheckRope(const KvShape& s, const AtpParams& p) {
+  if (!p.rope_pre || s.rope_inv_freq.size() * 2 == size_t(s.head_dim)) return Status::Ok();
+  return Status::InvalidArgument("kv policy 'atp': rope=pre needs the model's RoPE frequencies (head_dim/2 = " +
+                                 std::to_string(s.head_dim / 2) + "), and layer " + std::to_string(s.layer) + " came with " +
+                                 std::to_string(s.rope_inv_freq.size()));
+}
+
 class AtpPolicy : public KvPolicy {
  public:
   AtpPolicy(const KvShape& s, const AtpParams& p) : s_(s), p_(p), exact_(s.store(), p.dtype, s.kv_dim()) {
@@ -64,11 +86,13 @@ class AtpPolicy : public KvPolicy {
     }
     block_rows_.resize(size_t(s.n_kv_heads));
     coef_.resize(p.residual_codec ? size_t(Groups()) : 0);
+    offsets_.resize(p.rope_pre && p.keep > 0 ? size_t(Groups()) : 0);
   }
 
   Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) override {
     if (positions.empty()) return Status::Ok();
     ATP_RETURN_IF_ERROR(CheckContinues(positions[0]));
+    ATP_RETURN_IF_ERROR(CheckRope(s_, p_));
     DropUnread(positions[0]);
     const int64_t T = int64_t(positions.size());
     exact_.Append(K, V, T);
@@ -115,19 +139,19 @@ class AtpPolicy : public KvPolicy {
   }
 
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
-    const int hd = s_.head_dim, n = p_.summarized(), e = p_.keep;
+    const int hd = s_.head_dim, e = p_.keep;
     int64_t newest = 0;
     for (int32_t p : positions) newest = std::max<int64_t>(newest, p);
-    // residual: the summarized tokens of every block some query here sees compressed, rebuilt per KV head.
-    std::vector<std::vector<float>> rk(residual_.size()), rv(residual_.size());
-    for (size_t h = 0; h < residual_.size(); ++h) Reconstruct(int(h), CompressedBlocks(newest), &rk[h], &rv[h]);
+    // residual: per KV head, what reads the summarized tokens of the blocks some query here sees compressed.
+    std::vector<Summarized> sum(residual_.size());
+    for (size_t h = 0; h < residual_.size(); ++h) Summarize(int(h), CompressedBlocks(newest), &sum[h]);
     AttendSegments(s_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const int64_t p = positions[size_t(t)];
       const int64_t nb = CompressedBlocks(p);
       const size_t h = size_t(kvh);
-      if (p_.residual_codec && nb * n > 0) {
-        out->push_back({KvRows{DType::kF32, rk[h].data(), hd, nb * n}, KvRows{DType::kF32, rv[h].data(), hd, nb * n}});
-      } else if (!p_.residual_codec) {
+      if (p_.residual_codec) {
+        out->insert(out->end(), sum[h].parts.begin(), sum[h].parts.begin() + sum[h].block_end[size_t(nb)]);
+      } else {
         const int64_t np = nb > 0 ? block_rows_[h][size_t(nb - 1)] : 0;
         principal_[h].View(0, 0, np, out);
       }
@@ -146,6 +170,7 @@ class AtpPolicy : public KvPolicy {
       n += principal_[h].Bytes() + kept_[h].Bytes() + block_rows_[h].size() * sizeof(int64_t);
     for (const auto& r : residual_) n += r->Bytes();
     for (const auto& c : coef_) n += c.size() * sizeof(float);
+    for (const auto& o : offsets_) n += o.size() * sizeof(int32_t);
     return n;
   }
   int64_t Length() const override { return length_; }
@@ -160,35 +185,80 @@ class AtpPolicy : public KvPolicy {
   // Bases per block: one for basis=input (shared by the KV heads), one per KV head for basis=key.
   int Groups() const { return p_.key_basis ? s_.n_kv_heads : 1; }
 
-  // KV head h's summarized tokens of blocks [0, nb), rebuilt: K~ = (U_r)_i P_k + residual, V~ likewise,
-  // as (nb * summarized, hd) rows.
-  void Reconstruct(int h, int64_t nb, std::vector<float>* K, std::vector<float>* V) const {
+  // How a query reads KV head h's summarized tokens of blocks [0, nb) (residual=): token i of block b is
+  // K~ = (U_r)_i P_k + residual, V~ likewise, read without forming V~ (and, rope=post, K~): per block a
+  // segment of U_r's rows whose scores are (q P_k^T) . u_i and whose values sum to (sum_i a_i u_i) P_v,
+  // then the block's packed residual rows as a part of it (KvSegment::adds_to), scored and summed as
+  // they are stored. With rope=pre each key is formed (its rotation depends on its position) and rotated.
+  struct Summarized {
+    std::vector<float> kt, v;        // per block (hd, r_b) P_k^T and (r_b, hd) P_v, f32
+    std::vector<float> keys;         // rope=pre: (nb * summarized, hd) the rebuilt, rotated keys
+    std::vector<KvSegment> parts;    // block 0's segments, then block 1's, ...
+    std::vector<size_t> block_end;   // block_end[b]: segments of blocks [0, b) (b = 0..nb)
+  };
+  void Summarize(int h, int64_t nb, Summarized* out) const {
     const int hd = s_.head_dim, n = p_.summarized();
-    const int64_t rows = nb * n;
-    if (rows == 0) return;
-    K->resize(size_t(rows) * size_t(hd));
-    V->resize(K->size());
-    DecodeRows(*residual_[size_t(h)], 0, rows, hd, hd, K->data(), V->data());
-    const std::vector<float>& coef = coef_[size_t(p_.key_basis ? h : 0)];
-    std::vector<float> pk, pv;
+    if (nb * n == 0) {  // no summarized token to read
+      out->block_end.assign(size_t(nb) + 1, 0);
+      return;
+    }
+    out->block_end.assign(1, 0);
+    const int64_t rows = block_rows_[size_t(h)][size_t(nb - 1)];  // principal rows of blocks [0, nb)
+    std::vector<float> pk(size_t(rows) * size_t(hd));
+    out->v.resize(pk.size());
+    principal_[size_t(h)].ToF32(0, rows, pk.data(), out->v.data());
+    const float* coef = coef_[size_t(p_.key_basis ? h : 0)].data();
+    std::optional<BlockRope> rope;
+    if (p_.rope_pre) {
+      out->keys.resize(size_t(nb) * size_t(n) * size_t(hd));
+      DecodeRows(*residual_[size_t(h)], 0, nb * n, hd, hd, out->keys.data(), nullptr);
+      rope.emplace(s_.rope_inv_freq, p_.block);
+    } else {
+      out->kt.resize(pk.size());
+    }
+    std::vector<KvSegment> residual;
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t before = b > 0 ? block_rows_[size_t(h)][size_t(b - 1)] : 0;
-      const int64_t r = block_rows_[size_t(h)][size_t(b)] - before;
-      pk.resize(size_t(r) * size_t(hd));
-      pv.resize(pk.size());
-      principal_[size_t(h)].ToF32(before, r, pk.data(), pv.data());
-      const float* u = &coef[size_t(before) * size_t(n)];  // (n, r): this block's U_r
-      for (int i = 0; i < n; ++i) {
-        float* k = &(*K)[(size_t(b) * size_t(n) + size_t(i)) * size_t(hd)];
-        float* v = &(*V)[(size_t(b) * size_t(n) + size_t(i)) * size_t(hd)];
-        for (int64_t c = 0; c < r; ++c) {
-          const float w = u[size_t(i) * size_t(r) + size_t(c)];
-          for (int j = 0; j < hd; ++j) {
-            k[j] += w * pk[size_t(c) * size_t(hd) + size_t(j)];
-            v[j] += w * pv[size_t(c) * size_t(hd) + size_t(j)];
+      const int r = int(block_rows_[size_t(h)][size_t(b)] - before);
+      const float* u = coef + before * n;  // (n, r): this block's U_r
+      KvSegment seg;
+      seg.v = KvRows{DType::kF32, u, r, n};
+      seg.out_map = &out->v[size_t(before) * size_t(hd)];
+      seg.v_dim = r;
+      if (p_.rope_pre) {
+        float* k = &out->keys[size_t(b) * size_t(n) * size_t(hd)];
+        for (int i = 0; i < n; ++i)
+          for (int c = 0; c < r; ++c) {
+            const float w = u[size_t(i) * size_t(r) + size_t(c)];
+            const float* pc = &pk[size_t(before + c) * size_t(hd)];
+            for (int j = 0; j < hd; ++j) k[size_t(i) * size_t(hd) + size_t(j)] += w * pc[j];
           }
-        }
+        const int32_t* offsets = offsets_.empty() ? nullptr : &offsets_[size_t(p_.key_basis ? h : 0)][size_t(b) * size_t(n)];
+        rope->Rotate(k, n, hd, b * p_.block, offsets);
+        seg.k = KvRows{DType::kF32, k, hd, n};
+      } else {
+        float* kt = &out->kt[size_t(before) * size_t(hd)];
+        for (int c = 0; c < r; ++c)
+          for (int j = 0; j < hd; ++j) kt[size_t(j) * size_t(r) + size_t(c)] = pk[size_t(before + c) * size_t(hd) + size_t(j)];
+        seg.k = KvRows{DType::kF32, u, r, n};
+        seg.q_map = kt;
+        seg.k_dim = r;
       }
+      out->parts.push_back(seg);
+      residual.clear();
+      residual_[size_t(h)]->View(b * n, (b + 1) * n, residual_[size_t(h)]->size(), &residual);
+      int64_t at = b * n;
+      for (KvSegment& part : residual) {
+        part.adds_to = at;
+        at += part.count();
+        if (p_.rope_pre) {  // the keys' residuals are in out->keys already: a part of the values only
+          const int64_t c = part.count();
+          part.pk = {};
+          part.k = KvRows{DType::kF32, nullptr, 0, c};
+        }
+        out->parts.push_back(part);
+      }
+      out->block_end.push_back(out->parts.size());
     }
   }
 
@@ -264,6 +334,15 @@ class AtpPolicy : public KvPolicy {
     std::vector<float> kb(size_t(B) * size_t(kvd)), vb(size_t(B) * size_t(kvd));
     const int64_t first = b * B - exact_begin_;
     exact_.ToF32(first, B, kb.data(), vb.data());
+    // rope=pre: the keys the block is compressed from, turned back to before RoPE (kept rows stay as appended).
+    std::vector<float> unrotated;
+    if (p_.rope_pre) {
+      unrotated = kb;
+      std::vector<int32_t> pos(static_cast<size_t>(B));
+      std::iota(pos.begin(), pos.end(), int32_t(b * B));
+      UnapplyRope(unrotated.data(), B, s_.n_kv_heads, hd, pos.data(), s_.rope_inv_freq.data());
+    }
+    const std::vector<float>& kc = p_.rope_pre ? unrotated : kb;
     const int n = p_.summarized(), e = p_.keep;
     std::vector<float> pk, pv, rk, rv;
     std::vector<uint8_t> round;
@@ -274,7 +353,7 @@ class AtpPolicy : public KvPolicy {
       int width = 0;
       if (p_.key_basis) {
         head_keys.resize(size_t(B) * size_t(hd));
-        for (int i = 0; i < B; ++i) std::copy_n(&kb[size_t(i) * size_t(kvd) + size_t(g) * size_t(hd)], hd, &head_keys[size_t(i) * size_t(hd)]);
+        for (int i = 0; i < B; ++i) std::copy_n(&kc[size_t(i) * size_t(kvd) + size_t(g) * size_t(hd)], hd, &head_keys[size_t(i) * size_t(hd)]);
         src = head_keys.data(), width = hd;
         ATP_RETURN_IF_ERROR(BlockSvd(src, B, width, &U, &S, 0, &Vt));
       } else {
@@ -299,8 +378,9 @@ class AtpPolicy : public KvPolicy {
       if (p_.key_basis || e > 0) FixColumnSigns(U.data(), n, k, r);  // Input() fixed in->u already
       if (p_.residual_codec)  // U_r's rows: the summarized tokens' coordinates, (n, r)
         for (int i = 0; i < n; ++i) coef_[size_t(g)].insert(coef_[size_t(g)].end(), &U[size_t(i) * size_t(k)], &U[size_t(i) * size_t(k)] + r);
+      if (!offsets_.empty()) offsets_[size_t(g)].insert(offsets_[size_t(g)].end(), rows.begin(), rows.begin() + n);
       for (int h = p_.key_basis ? g : 0; h < (p_.key_basis ? g + 1 : s_.n_kv_heads); ++h) {
-        auto key = [&](int i) { return &kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)]; };
+        auto key = [&](int i) { return &kc[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)]; };
         auto value = [&](int i) { return &vb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)]; };
         // Principal rows U_r^T K_b and U_r^T V_b over the summarized rows: (r, hd) each.
         pk.assign(size_t(r) * size_t(hd), 0.f);
@@ -316,7 +396,7 @@ class AtpPolicy : public KvPolicy {
           }
         principal_[size_t(h)].Append(pk.data(), pv.data(), r);
         block_rows_[size_t(h)].push_back(principal_[size_t(h)].size());
-        for (int i : kept) kept_[size_t(h)].Append(key(i), value(i), 1);
+        for (int i : kept) kept_[size_t(h)].Append(&kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], value(i), 1);
         if (!p_.residual_codec || n == 0) continue;
         // Residuals against the principal rows as stored (dtype-rounded), so K~ = U_r P_k + residual holds.
         for (auto* m : {&pk, &pv}) {
@@ -376,12 +456,14 @@ class AtpPolicy : public KvPolicy {
   std::vector<ExactRows> kept_;                   // per KV head: keep=E exact rows, E per compressed block
   std::vector<std::unique_ptr<RowStore>> residual_;  // per KV head: the summarized tokens' residuals
   std::vector<std::vector<float>> coef_;          // per basis (Groups()): U_r rows, (summarized, r_b) per block
+  std::vector<std::vector<int32_t>> offsets_;     // rope=pre with keep=E, per basis: the summarized tokens' offsets in their block
 };
 
 class AtpFactory : public KvPolicyFactory {
  public:
   explicit AtpFactory(const AtpParams& p) : p_(p) {}
   std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<AtpPolicy>(s, p_); }
+  Status CheckShape(const KvShape& s) const override { return CheckRope(s, p_); }
   std::string Describe() const override {
     std::string d = "atp:block=" + std::to_string(p_.block);
     d += p_.tau > 0 ? ",tau=" + std::to_string(p_.tau) : ",rank=" + std::to_string(p_.rank);
@@ -389,6 +471,7 @@ class AtpFactory : public KvPolicyFactory {
     d += std::string(",proj=") + (p_.proj_lowrank ? "lowrank" : "dense");
     if (p_.keep > 0) d += ",keep=" + std::to_string(p_.keep);
     if (p_.residual_codec) d += ",residual=" + p_.residual;
+    if (p_.rope_pre) d += ",rope=pre";
     return d + ",dtype=" + std::string(DTypeName(p_.dtype));
   }
 
@@ -431,7 +514,8 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeAtpFactory(const PolicySpec& spec) 
                                       {"proj", "dense, or lowrank: Q of block b's tokens in rank r on block b-1's input basis"},
                                       {"dtype", "storage type f32|f16|bf16, default f32"},
                                       {"keep", "exact rows kept per block: the E tokens its principal rows summarize worst, 0..block, default 0"},
-                                      {"residual", "none, kivi2|kivi4|kivi8 or mx_FMT: each summarized token's residual kept in that codec (queries read tokens rebuilt)"}}));
+                                      {"residual", "none, kivi2|kivi4|kivi8 or mx_FMT: each summarized token's residual kept in that codec (queries read tokens rebuilt)"},
+                                      {"rope", "post (default: compress keys as appended, after RoPE) or pre: compress keys turned back to before RoPE, rotate each rebuilt key at its position (needs residual=)"}}));
   AtpParams p;
   ATP_ASSIGN_OR_RETURN(p.block, spec.Int("block", 64, 1, 1 << 16));
   ATP_ASSIGN_OR_RETURN(p.rank, spec.Int("rank", 16, 1, 1 << 16));
@@ -453,6 +537,12 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeAtpFactory(const PolicySpec& spec) 
     ATP_ASSIGN_OR_RETURN(p.residual_codec, ResidualCodec(residual, p.summarized()));
     p.residual = residual;
   }
+  ATP_ASSIGN_OR_RETURN(std::string rope, spec.Choice("rope", "post", {"post", "pre"}));
+  p.rope_pre = rope == "pre";
+  if (p.rope_pre && !p.residual_codec)
+    return Status::InvalidArgument(
+        "kv policy 'atp': rope=pre needs residual=: a principal row mixes the keys of a block's positions and has no "
+        "single RoPE angle, so only keys rebuilt token by token (residual=) can be rotated at their own positions");
   return std::shared_ptr<KvPolicyFactory>(std::make_shared<AtpFactory>(p));
 }
 

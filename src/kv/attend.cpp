@@ -28,22 +28,24 @@ void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, c
   // passes would read the cache 4 times, and at long context those bytes are the decode time.
   ThreadPool::Global().ParallelFor(T * shape.n_kv_heads, [&](int64_t b, int64_t e, int thread) {
     std::vector<KvSegment> segs;
-    // (group, n), (group, k_dim), (group, v_dim); ob and orb: the odd-row chains of o and orr
-    // (kernels/attention.h), added in once their rows are all in.
-    std::vector<float> scores, qr, orr, ob(size_t(group * hd)), orb;
+    // (group, n), (group, k_dim), (group, v_dim), (group, a part's rows); ob and orb: the odd-row
+    // chains of o and orr (kernels/attention.h), added in once their rows are all in.
+    std::vector<float> scores, qr, orr, part, ob(size_t(group * hd)), orb;
     for (int64_t task = b; task < e; ++task) {
       const int64_t t = task / shape.n_kv_heads;
       const int kvh = int(task % shape.n_kv_heads);
       segs.clear();
       segments(t, kvh, &segs);
       int64_t n = 0;
-      for (auto& s : segs) n += s.count();
+      for (auto& s : segs)
+        if (s.adds_to < 0) n += s.count();
       scores.resize(size_t(group * n));
       const float* q = Q + (t * shape.n_heads + kvh * group) * hd;
       float* o = O + (t * shape.n_heads + kvh * group) * hd;
       int64_t off = 0;
       const float* mapped = nullptr;  // the q_map that qr holds the queries mapped through (segments of one basis share it)
       for (auto& s : segs) {
+        if (!s.has_keys()) continue;
         const float* qq = q;
         int qdim = hd;
         if (s.q_map) {
@@ -55,12 +57,21 @@ void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, c
           qq = qr.data();
           qdim = s.k_dim;
         }
+        // A part's scores go to `part` first, then add to the rows it is part of.
+        const int64_t c = s.count(), ld = s.adds_to >= 0 ? c : n;
+        if (s.adds_to >= 0) part.resize(size_t(group * c));
+        float* dst = s.adds_to >= 0 ? part.data() : scores.data() + off;
         if (s.pk.layout != PackedLayout::kNone) {
-          for (int g = 0; g < group; ++g) PackedScores(qq + g * qdim, s.pk, scale, scores.data() + g * n + off);
+          for (int g = 0; g < group; ++g) PackedScores(qq + g * qdim, s.pk, scale, dst + g * ld);
         } else {
-          AttnScoresGroup(qq, group, qdim, s.k, scale, scores.data() + off, n);
+          AttnScoresGroup(qq, group, qdim, s.k, scale, dst, ld);
         }
-        off += s.count();
+        if (s.adds_to < 0) {
+          off += c;
+          continue;
+        }
+        for (int g = 0; g < group; ++g)
+          for (int64_t j = 0; j < c; ++j) scores[size_t(g * n + s.adds_to + j)] += part[size_t(g * c + j)];
       }
       for (int g = 0; g < group; ++g) {
         Softmax(scores.data() + g * n, n);
@@ -82,14 +93,15 @@ void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, c
         pending = nullptr;
       };
       for (auto& s : segs) {
+        const int64_t at = s.adds_to >= 0 ? s.adds_to : off;  // the weights of this segment's rows
         // Packed or plain value rows, summed into the group's rows of o (stride hd) or of orr (stride
-        // dim); plain rows in two chains, dst and dst_odd, whose rows alternate by their index `off + j`
+        // dim); plain rows in two chains, dst and dst_odd, whose rows alternate by their index `at + j`
         // in the query's list.
         auto accumulate = [&](int dim, float* dst, float* dst_odd) {
           if (s.pv.layout != PackedLayout::kNone) {
-            for (int g = 0; g < group; ++g) PackedAccumulate(scores.data() + g * n + off, s.pv, dst + g * dim);
+            for (int g = 0; g < group; ++g) PackedAccumulate(scores.data() + g * n + at, s.pv, dst + g * dim);
           } else {
-            AttnAccumulateGroup(scores.data() + off, n, group, s.v, dim, dst, dst_odd, off);
+            AttnAccumulateGroup(scores.data() + at, n, group, s.v, dim, dst, dst_odd, at);
           }
         };
         if (s.out_map) {
@@ -105,7 +117,7 @@ void AttendSegments(const KvShape& shape, int64_t T, const float* Q, float* O, c
           map_back();  // keep o's summation order: earlier segments first
           accumulate(hd, o, ob.data());
         }
-        off += s.count();
+        if (s.adds_to < 0) off += s.count();
       }
       map_back();
       for (int i = 0; i < group * hd; ++i) o[i] += ob[size_t(i)];

@@ -25,6 +25,13 @@ struct KvSegment {
   // Packed rows (kernels/packed_attention.h): when a layout is not kNone it replaces k or v, and
   // the kernels dequantize in registers. pk.dim / pv.dim play the role of k_dim / v_dim.
   PackedRows pk{}, pv{};
+  // >= 0: this segment holds a second part of rows already counted, rows [adds_to, adds_to + count())
+  // of the segments without adds_to, in their order: its scores add to theirs and its value rows sum
+  // with their weights (a token kept as a sum of two forms, atp's principal part plus quantized residual,
+  // is read without forming the sum). A part with no key rows (k.data null, pk not packed) adds to the
+  // values only (keys formed some other way).
+  int64_t adds_to = -1;
+  bool has_keys() const { return k.data != nullptr || pk.layout != PackedLayout::kNone; }
   int64_t count() const { return pk.layout != PackedLayout::kNone ? pk.count : k.count; }
 };
 

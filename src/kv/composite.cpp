@@ -105,7 +105,7 @@ void DecodeRows(const RowStore& store, int64_t begin, int64_t end, int k_width, 
   for (const KvSegment& s : segs)
     for (int64_t j = 0; j < s.count(); ++j, ++row) {
       side(s.pk, s.k, j, k_width, K + row * k_width);
-      side(s.pv, s.v, j, v_width, V + row * v_width);
+      if (V) side(s.pv, s.v, j, v_width, V + row * v_width);
     }
 }
 

@@ -45,7 +45,7 @@ class RowCodec {
 };
 
 // Rows [begin, end) of `store` in f32 as a query with horizon store.size() reads them: K (end-begin,
-// k_width) and V (end-begin, v_width), row-major. For policies that add something to a stored row before
+// k_width) and V (end-begin, v_width; null: keys only), row-major. For policies that add something to a stored row before
 // attending to it (atp's quantized residual); the stores of MakeExactCodec, kivi and mx hand out rows
 // in the token's own basis, which is all this reads (no q_map / out_map).
 void DecodeRows(const RowStore& store, int64_t begin, int64_t end, int k_width, int v_width, float* K, float* V);

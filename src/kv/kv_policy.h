@@ -22,6 +22,10 @@ struct KvShape {
   int n_heads = 0;      // query heads
   int n_kv_heads = 0;   // key/value heads (grouped-query attention)
   int head_dim = 0;
+  // The model's RoPE inverse frequencies (head_dim/2; rope_scaling and GGUF rope_freqs applied), the
+  // angles at which the keys Append receives were rotated: for policies that keep keys before RoPE
+  // (atp rope=pre). Empty when the caller has none (tests, shape probes).
+  std::vector<float> rope_inv_freq = {};
   // Where the policy's rows live: the engine's store, or null for the process's (PageStore::Process()).
   PageStore* pages = nullptr;
   int q_dim() const { return n_heads * head_dim; }

@@ -143,7 +143,7 @@ void ProjectQkv(const float* xb, int64_t N, int64_t d, std::span<InputBasis* con
 }  // namespace
 
 KvShape LlamaModel::kv_shape(int layer) const {
-  return {layer, cfg_.hidden_size, cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim};
+  return {layer, cfg_.hidden_size, cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim, inv_freq_};
 }
 
 size_t LlamaModel::weight_bytes() const {
