@@ -403,9 +403,9 @@ __global__ void __launch_bounds__(kPrefillThreads, PrefillBlocksPerSm<F, P>(HD))
   };
 
   const PrefillTile t0 = tile_of(0);  // tiles >= 1: kv_end > lo_lo
-  fetch(t0, false, sm + L::kK);
-  fetch(t0, true, sm + L::kV);
+  fetch(t0, false, sm + L::kK);  // one tile at a time: the register path holds one tile in `raw`
   store(t0, false, sm + L::kK);
+  fetch(t0, true, sm + L::kV);
   store(t0, true, sm + L::kV);
   CpAsyncWaitAll();
   __syncthreads();  // Qs and the first tile are written
