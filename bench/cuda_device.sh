@@ -141,6 +141,51 @@ ncu_sections() {
   grep -E "Gemv|Decode|Duration|Throughput|Occupancy|Registers|Stall|Active Warps|Block Limit|Waves|Bandwidth|Hit" "$OUT/ncu_sections.txt" | head -150
 }
 
+# Where a serving step's time goes: atp serve (SERVE_KV, default dense bf16) on the llama-3.2-1b shape
+# under bench/serve_load.py at concurrency PROFILE_C (default 64), PROFILE_IN-token prompts (default 1024)
+# and 128 new tokens; /metrics before and after each level gives forward passes and the seconds spent in
+# forward passes and in choosing tokens, against the client's wall time. With Nsight Systems where the
+# image has it: the kernel and CUDA API sums of 8 s of the second (longer) level, and of a 1024-token
+# prefill bench.
+profile() {
+  [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
+  local nsys="" port=18123 c=${PROFILE_C:-64} n
+  command -v nsys >/dev/null && nsys="nsys profile -o /tmp/serve -f true --trace cuda,osrt --sample none --cpuctxsw none --delay 20 --duration 8 --kill none"
+  echo "nsys: ${nsys:-absent}"
+  $nsys $atp serve -m /tmp/l1b --device cuda -c 2048 --kv-memory 40G --max-seqs 256 --max-queue 4096 \
+    --max-batch-tokens 2048 --kv ${SERVE_KV:-dense:dtype=bf16} --port $port 2>/tmp/serve.log >/dev/null &
+  local metrics="import sys, json, urllib.request as u; print(json.dumps({l.rsplit(' ', 1)[0]: float(l.rsplit(' ', 1)[1]) for l in u.urlopen('http://127.0.0.1:$port/metrics').read().decode().splitlines() if l.startswith(('atp_forward', 'atp_step', 'atp_generated', 'atp_prompt'))}))"
+  for n in $((4 * c)) $((24 * c)); do
+    timeout 280 python3 bench/serve_load.py --base-url http://127.0.0.1:$port --ready-check-timeout-sec 120 \
+      --input-len ${PROFILE_IN:-1024} --output-len 128 --num-prompts $n --max-concurrency $c --json /tmp/level.json \
+      >/tmp/level.txt 2>&1 || tail -5 /tmp/level.txt
+    python3 - "$(python3 -c "$metrics")" <<'PY' | tee -a "$OUT/profile.txt"
+import json, sys
+m = json.loads(sys.argv[1]); s = json.load(open("/tmp/level.json"))
+prev = json.load(open("/tmp/prev.json")) if __import__("os").path.exists("/tmp/prev.json") else {}
+d = {k: m[k] - prev.get(k, 0) for k in m}
+json.dump(m, open("/tmp/prev.json", "w"))
+steps = max(d.get("atp_forward_passes_total", 0), 1)
+summary = s.get("summary", s)
+print(json.dumps({"completed": summary.get("completed"), "duration_s": summary.get("duration"),
+                  "output_tok_s": summary.get("output_throughput"), "steps": steps,
+                  "ms_per_step": 1e3 * summary.get("duration", 0) / steps,
+                  "forward_ms_per_step": 1e3 * d.get("atp_step_forward_seconds_total", 0) / steps,
+                  "sample_ms_per_step": 1e3 * d.get("atp_step_sample_seconds_total", 0) / steps,
+                  "prompt_tokens_per_step": d.get("atp_prompt_tokens_total", 0) / steps,
+                  "generated_per_step": d.get("atp_generated_tokens_total", 0) / steps}))
+PY
+  done
+  pkill -TERM -f "bin/atp serve"; wait
+  if [ -n "$nsys" ]; then
+    nsys stats --report cuda_gpu_kern_sum --report cuda_api_sum --format csv -o /tmp/serve /tmp/serve.nsys-rep >/dev/null 2>&1
+    timeout 120 nsys profile -o /tmp/prefill -f true --trace cuda --sample none --cpuctxsw none $atp bench -m /tmp/l1b \
+      --device cuda --kv dense:dtype=bf16 --prompt-tokens 1024 --decode-context 1024 --decode-tokens 4 --repeats 3 --json | tail -1
+    nsys stats --report cuda_gpu_kern_sum --format csv -o /tmp/prefill /tmp/prefill.nsys-rep >/dev/null 2>&1
+    for r in /tmp/serve_*.csv /tmp/prefill_*.csv; do echo "== $r"; head -16 "$r" | cut -c1-220; cp "$r" "$OUT/"; done
+  fi
+}
+
 for step in ${@:-tests bench attn sdpa}; do
   echo "== $step"
   $step
