@@ -380,15 +380,18 @@ TEST(Kernels, AttentionDoesNotDependOnHowRowsAreSplit) {
       const int64_t count = 150, ld = count, nq = 4;
       Rows v = MakeRows(dt, count, dim, dim + 5, rng);
       auto p = Random(size_t(nq * ld), rng, 0, 1);
+      const auto rows = [&](int64_t b, int64_t e) {  // rows [b, e) of v
+        KvRows part = v.view;
+        part.data = static_cast<const uint8_t*>(part.data) + size_t(b * part.stride) * DTypeSize(dt);
+        part.count = e - b;
+        return part;
+      };
       auto whole = [&](std::vector<int64_t> cuts) {
         std::vector<float> out(size_t(nq * dim), 0.f), odd(out.size(), 0.f);
         cuts.push_back(count);
         int64_t b = 0;
         for (int64_t e : cuts) {
-          KvRows part = v.view;
-          part.data = static_cast<const uint8_t*>(part.data) + size_t(b * part.stride) * DTypeSize(dt);
-          part.count = e - b;
-          AttnAccumulateGroup(p.data() + b, ld, int(nq), part, dim, out.data(), odd.data(), b);
+          AttnAccumulateGroup(p.data() + b, ld, int(nq), rows(b, e), dim, out.data(), odd.data(), b);
           b = e;
         }
         for (size_t i = 0; i < out.size(); ++i) out[i] += odd[i];
@@ -400,10 +403,7 @@ TEST(Kernels, AttentionDoesNotDependOnHowRowsAreSplit) {
         cuts.push_back(count);
         int64_t b = 0;
         for (int64_t e : cuts) {
-          KvRows part = v.view;
-          part.data = static_cast<const uint8_t*>(part.data) + size_t(b * part.stride) * DTypeSize(dt);
-          part.count = e - b;
-          AttnScoresGroup(q.data(), int(nq), dim, part, 0.125f, s.data() + b, ld);
+          AttnScoresGroup(q.data(), int(nq), dim, rows(b, e), 0.125f, s.data() + b, ld);
           b = e;
         }
         return s;
