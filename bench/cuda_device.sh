@@ -92,14 +92,14 @@ sdpa() { timeout 120 python3 bench/cuda_sdpa.py 2>&1 | tee "$OUT/sdpa.jsonl"; }
 # `vllm bench serve`) against one `atp serve --device cuda` on port 18000, random prompts of SERVE_IN token ids
 # (1024) and SERVE_OUT new tokens each (128, ignore_eos), at each concurrency of SERVE_C (1,8,64,256) with
 # SERVE_N x c prompts (4 x c, at least 16). SERVE_KV: the policy; SERVE_CTX (2048), SERVE_KV_MEMORY (40G),
-# SERVE_SEQS (256): the server's -c, --kv-memory, --max-seqs (e.g. SERVE_IN=8192 SERVE_OUT=256 SERVE_CTX=8448).
+# SERVE_SEQS (256), SERVE_BATCH (2048): the server's -c, --kv-memory, --max-seqs, --max-batch-tokens (e.g. SERVE_IN=8192 SERVE_OUT=256 SERVE_CTX=8448).
 # SERVE_ATP: another binary to measure (e.g. a baseline build carried beside the bundle), SERVE_TAG: a
 # suffix for its files: serve$TAG.txt (the tables), serve${TAG}_c$c.json, serve$TAG.log (the server's).
 serve() {
   [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
   local tag=${SERVE_TAG:-} kv=${SERVE_KV:-dense:dtype=bf16} cs=${SERVE_C:-1,8,64,256} c n
   ${SERVE_ATP:-$atp} serve -m /tmp/l1b --port 18000 --device cuda --kv "$kv" -c ${SERVE_CTX:-2048} \
-    --kv-memory ${SERVE_KV_MEMORY:-40G} --max-seqs ${SERVE_SEQS:-256} --max-queue 4096 --max-batch-tokens 2048 \
+    --kv-memory ${SERVE_KV_MEMORY:-40G} --max-seqs ${SERVE_SEQS:-256} --max-queue 4096 --max-batch-tokens ${SERVE_BATCH:-2048} \
     2>"$OUT/serve$tag.log" &
   local pid=$!
   for c in ${cs//,/ }; do
