@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kv/dense_policy.h"
@@ -114,26 +115,36 @@ TEST(PageStore, ReusesReturnedPagesAndCountsThem) {
 }
 
 // A policy made with an engine's store leases its rows there and gives them all back when it dies;
-// Bytes() (the rows' data) is what its pages hold, up to the partial page at the end.
+// Bytes() (the rows' data) is what its pages hold, up to the partial page at the end. Dense rows hold
+// both KV heads in one row; MX stores keep one store per head, packed.
 TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
-  PageStore store;
-  KvShape s;
-  s.d_model = 64, s.n_heads = 4, s.n_kv_heads = 2, s.head_dim = 16;
-  s.pages = &store;
-  auto f = ParseKvPolicy("dense:dtype=bf16");
-  ASSERT_TRUE(f.ok()) << f.status().message();
-  {
-    auto kv = (*f)->Create(s);
-    const int T = 150;
-    std::vector<float> X(size_t(T) * 64, 0.5f), K(size_t(T) * 32, 0.25f), V(size_t(T) * 32, -1.f);
-    std::vector<int32_t> pos(T);
-    for (int i = 0; i < T; ++i) pos[size_t(i)] = i;
-    ASSERT_TRUE(kv->Append(pos, X.data(), K.data(), V.data()).ok());
-    const size_t row = 32 * 2;  // one token's K (or V) row of both heads in bf16
-    EXPECT_EQ(kv->Bytes(), size_t(T) * 2 * row);
-    EXPECT_EQ(store.leased_bytes(), size_t((T + P - 1) / P) * size_t(P) * 2 * row);
+  for (const char* spec : {"dense:dtype=bf16", "mx:fmt=fp8_e4m3", "streaming:budget=100+mx:fmt=fp4"}) {
+    PageStore store;
+    KvShape s;
+    s.d_model = 64, s.n_heads = 4, s.n_kv_heads = 2, s.head_dim = 32;
+    s.pages = &store;
+    auto f = ParseKvPolicy(spec);
+    ASSERT_TRUE(f.ok()) << f.status().message();
+    {
+      auto kv = (*f)->Create(s);
+      const int T = 150;
+      std::vector<float> X(size_t(T) * 64, 0.5f), K(size_t(T) * 64, 0.25f), V(size_t(T) * 64, -1.f);
+      std::vector<int32_t> pos(T);
+      for (int i = 0; i < T; ++i) pos[size_t(i)] = i;
+      ASSERT_TRUE(kv->Append(pos, X.data(), K.data(), V.data()).ok()) << spec;
+      ASSERT_TRUE(kv->Update().ok()) << spec;
+      EXPECT_GT(kv->Bytes(), 0u) << spec;
+      // Data within the pages: at most one partial page per store (K and V, per head for MX).
+      EXPECT_GE(store.leased_bytes(), kv->Bytes()) << spec;
+      EXPECT_LE(store.leased_bytes(), kv->Bytes() + 4 * size_t(P) * 64 * 2) << spec;
+      if (std::string(spec) == "dense:dtype=bf16") {
+        const size_t row = 64 * 2;  // one token's K (or V) row of both heads in bf16
+        EXPECT_EQ(kv->Bytes(), size_t(T) * 2 * row);
+        EXPECT_EQ(store.leased_bytes(), size_t((T + P - 1) / P) * size_t(P) * 2 * row);
+      }
+    }
+    EXPECT_EQ(store.leased_bytes(), 0u) << spec;
   }
-  EXPECT_EQ(store.leased_bytes(), 0u);
 }
 
 }  // namespace

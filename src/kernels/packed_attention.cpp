@@ -242,7 +242,9 @@ void ForTileRuns(int tiles, Fn&& fn) {
 }
 
 // MX scores, four rows per step: q is loaded once per kLanes columns and the four dot products
-// share one horizontal reduction.
+// share one horizontal reduction. A row's score is the same bit for bit in a group of four or alone
+// (the same reduction, explicit fused multiply-adds in the tail), as for plain rows
+// (kernels/attention.h): scores do not depend on how a query's rows were split into calls.
 template <MxFormat F>
 void MxScores(const float* q, const PackedRows& k, float scale, float* scores) {
   using namespace simd;
@@ -251,8 +253,8 @@ void MxScores(const float* q, const PackedRows& k, float scale, float* scores) {
   const int w = MxElementBits(F);
   const Tables lut = LoadTables<F>();
   float sc[4][kMaxBlocks];
-  auto tail = [&](const uint8_t* row, const float* scl, int i) {
-    return q[i] * scl[i / kBlock<F>] / kFold<F> * MxElementValue(F, ReadCode(row + hdr, i, w));
+  auto tail = [&](const uint8_t* row, const float* scl, int i, float s) {
+    return std::fma(q[i] * scl[i / kBlock<F>] / kFold<F>, MxElementValue(F, ReadCode(row + hdr, i, w)), s);
   };
   int64_t j = 0;
   for (; j + 4 <= k.count; j += 4) {
@@ -273,7 +275,7 @@ void MxScores(const float* q, const PackedRows& k, float scale, float* scores) {
     float s[4];
     _mm_storeu_ps(s, Sum4(a0, a1, a2, a3));
     for (int t = 0; t < 4; ++t) {
-      for (int i = dv; i < dim; ++i) s[t] += tail(r[t], sc[t], i);
+      for (int i = dv; i < dim; ++i) s[t] = tail(r[t], sc[t], i, s[t]);
       scores[j + t] = s[t] * scale;
     }
   }
@@ -283,8 +285,8 @@ void MxScores(const float* q, const PackedRows& k, float scale, float* scores) {
     Vec a = Zero();
     for (int i = 0; i < dv; i += kLanes)
       a = Fma(Mul(Load(q + i), Set1(sc[0][i / kBlock<F>])), Decode<F>(row + hdr, i, lut), a);
-    float s = ReduceAdd(a);
-    for (int i = dv; i < dim; ++i) s += tail(row, sc[0], i);
+    float s = _mm_cvtss_f32(Sum4(a, Zero(), Zero(), Zero()));
+    for (int i = dv; i < dim; ++i) s = tail(row, sc[0], i, s);
     scores[j] = s * scale;
   }
 }

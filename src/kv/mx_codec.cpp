@@ -83,70 +83,73 @@ void EncodeNvFp4(const float* x, int dim, uint8_t* out) {
   }
 }
 
+// Packed MX rows in pages of the engine's store (kv/page_store.h), one PagedRows each for keys and
+// values; a query reads one segment per page run (the packed kernels' scores and sums do not depend on
+// the runs).
 class MxStore : public RowStore {
  public:
-  MxStore(MxFormat f, int kw, int vw) : f_(f), kw_(kw), vw_(vw), kb_(MxRowBytes(f, kw)), vb_(MxRowBytes(f, vw)) {}
+  MxStore(PageStore& pages, MxFormat f, int kw, int vw)
+      : f_(f), kw_(kw), vw_(vw), k_(pages, size_t(MxRowBytes(f, kw))), v_(pages, size_t(MxRowBytes(f, vw))) {}
 
   void Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override {
-    k_.resize(size_t((n_ + n) * kb_));
-    v_.resize(size_t((n_ + n) * vb_));
+    const int64_t first = size();
+    k_.Grow(n);
+    v_.Grow(n);
     for (int64_t i = 0; i < n; ++i) {
-      MxEncodeRow(f_, K + i * ks, kw_, &k_[size_t((n_ + i) * kb_)]);
-      MxEncodeRow(f_, V + i * vs, vw_, &v_[size_t((n_ + i) * vb_)]);
+      MxEncodeRow(f_, K + i * ks, kw_, k_.Row(first + i));
+      MxEncodeRow(f_, V + i * vs, vw_, v_.Row(first + i));
     }
-    n_ += n;
   }
 
   void Retain(const std::vector<char>& keep) override {
     int64_t w = 0;
-    for (int64_t i = 0; i < n_; ++i) {
+    for (int64_t i = 0; i < size(); ++i) {
       if (!keep[size_t(i)]) continue;
       if (w != i) {
-        std::memmove(&k_[size_t(w * kb_)], &k_[size_t(i * kb_)], size_t(kb_));
-        std::memmove(&v_[size_t(w * vb_)], &v_[size_t(i * vb_)], size_t(vb_));
+        std::memcpy(k_.Row(w), k_.Row(i), k_.row_bytes());
+        std::memcpy(v_.Row(w), v_.Row(i), v_.row_bytes());
       }
       ++w;
     }
-    n_ = w;
-    k_.resize(size_t(n_ * kb_));
-    v_.resize(size_t(n_ * vb_));
+    k_.Truncate(w);
+    v_.Truncate(w);
   }
 
   void View(int64_t begin, int64_t end, int64_t, std::vector<KvSegment>* out) const override {
-    if (end <= begin) return;
-    KvSegment s;
-    s.pk = Rows(k_, kw_, kb_, begin, end - begin);
-    s.pv = Rows(v_, vw_, vb_, begin, end - begin);
-    out->push_back(s);
+    k_.ForEachRun(begin, end - begin, [&](int64_t first, int64_t n, const uint8_t* k) {
+      KvSegment s;
+      s.pk = Rows(k, kw_, k_.row_bytes(), n);
+      s.pv = Rows(v_.Row(first), vw_, v_.row_bytes(), n);
+      out->push_back(s);
+    });
   }
 
-  int64_t size() const override { return n_; }
-  size_t Bytes() const override { return size_t(n_ * (kb_ + vb_)); }
+  int64_t size() const override { return k_.size(); }
+  size_t Bytes() const override { return size_t(size()) * (k_.row_bytes() + v_.row_bytes()); }
 
  private:
-  PackedRows Rows(const std::vector<uint8_t>& buf, int dim, int64_t rb, int64_t begin, int64_t count) const {
+  PackedRows Rows(const uint8_t* data, int dim, size_t rb, int64_t count) const {
     PackedRows r;
     r.layout = PackedLayout::kMx;
     r.mx = f_;
     r.dim = dim;
-    r.data = buf.data() + begin * rb;
-    r.stride = rb;
+    r.data = data;
+    r.stride = int64_t(rb);
     r.count = count;
     return r;
   }
 
   MxFormat f_;
   int kw_, vw_;
-  int64_t kb_, vb_;  // bytes per packed key / value row
-  int64_t n_ = 0;
-  std::vector<uint8_t> k_, v_;  // (n_, kb_) and (n_, vb_)
+  PagedRows k_, v_;  // packed key and value rows, MxRowBytes(f_, kw_) and (f_, vw_) bytes each
 };
 
 class MxCodec : public RowCodec {
  public:
   explicit MxCodec(MxFormat f) : f_(f) {}
-  // MX rows keep their own buffer for now (packed rows in pages: issue 16).
-  std::unique_ptr<RowStore> NewStore(PageStore&, int kw, int vw) const override { return std::make_unique<MxStore>(f_, kw, vw); }
+  std::unique_ptr<RowStore> NewStore(PageStore& pages, int kw, int vw) const override {
+    return std::make_unique<MxStore>(pages, f_, kw, vw);
+  }
   std::string Describe() const override { return std::string("mx:fmt=") + MxFormatName(f_); }
 
  private:
