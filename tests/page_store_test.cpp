@@ -47,7 +47,7 @@ void ExpectSame(const PagedRows& r, const std::vector<uint64_t>& ref, const Page
   }
 }
 
-TEST(PagedRows, RandomEditsMatchAVectorOfRows) {
+TEST(PagedRows, RandomEditsMatchAVectorOfRows) {  // appends, drops, truncations, retains
   PageStore store;
   std::mt19937 rng(7);
   PagedRows r(store, 8);
@@ -64,10 +64,17 @@ TEST(PagedRows, RandomEditsMatchAVectorOfRows) {
       r.DropFront(n);
       ref.erase(ref.begin(), ref.begin() + n);
       dropped += uint64_t(n);
-    } else {  // truncate
+    } else if (op < 9) {  // truncate
       const int64_t n = ref.empty() ? 0 : int64_t(rng() % (ref.size() + 1));
       r.Truncate(n);
       ref.resize(size_t(n));
+    } else {  // retain a random subset, in order
+      std::vector<char> keep(ref.size());
+      std::vector<uint64_t> kept;
+      for (size_t i = 0; i < ref.size(); ++i)
+        if ((keep[i] = char(rng() % 3 != 0))) kept.push_back(ref[i]);
+      r.Retain(keep.data());
+      ref = kept;
     }
     ExpectSame(r, ref, store);
     if (HasFatalFailure()) return;

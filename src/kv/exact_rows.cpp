@@ -1,7 +1,5 @@
 #include "kv/exact_rows.h"
 
-#include <cstring>
-
 namespace atp {
 
 void ExactRows::Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n) {
@@ -20,17 +18,8 @@ void ExactRows::DropFront(int64_t n) {
 }
 
 void ExactRows::Retain(const char* keep) {
-  int64_t w = 0;
-  for (int64_t i = 0; i < size(); ++i) {
-    if (!keep[i]) continue;
-    if (w != i) {
-      std::memcpy(k_.Row(w), k_.Row(i), k_.row_bytes());
-      std::memcpy(v_.Row(w), v_.Row(i), v_.row_bytes());
-    }
-    ++w;
-  }
-  k_.Truncate(w);
-  v_.Truncate(w);
+  k_.Retain(keep);
+  v_.Retain(keep);
 }
 
 void ExactRows::ToF32(int64_t begin, int64_t count, float* K, float* V) const {

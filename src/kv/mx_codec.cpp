@@ -102,17 +102,8 @@ class MxStore : public RowStore {
   }
 
   void Retain(const std::vector<char>& keep) override {
-    int64_t w = 0;
-    for (int64_t i = 0; i < size(); ++i) {
-      if (!keep[size_t(i)]) continue;
-      if (w != i) {
-        std::memcpy(k_.Row(w), k_.Row(i), k_.row_bytes());
-        std::memcpy(v_.Row(w), v_.Row(i), v_.row_bytes());
-      }
-      ++w;
-    }
-    k_.Truncate(w);
-    v_.Truncate(w);
+    k_.Retain(keep.data());
+    v_.Retain(keep.data());
   }
 
   void View(int64_t begin, int64_t end, int64_t, std::vector<KvSegment>* out) const override {

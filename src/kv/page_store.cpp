@@ -1,6 +1,7 @@
 #include "kv/page_store.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <utility>
 
@@ -94,6 +95,16 @@ void PagedRows::Truncate(int64_t n) {
     store_->Return(pages_.back(), page_bytes());
     pages_.pop_back();
   }
+}
+
+void PagedRows::Retain(const char* keep) {
+  int64_t w = 0;
+  for (int64_t i = 0; i < n_; ++i) {
+    if (!keep[i]) continue;
+    if (w != i) std::memcpy(Row(w), Row(i), row_bytes_);
+    ++w;
+  }
+  Truncate(w);
 }
 
 void PagedRows::Clear() {

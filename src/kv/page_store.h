@@ -83,6 +83,8 @@ class PagedRows {
   // Drops the first n rows, or all but the first n, returning pages left empty.
   void DropFront(int64_t n);
   void Truncate(int64_t n);
+  // Keeps row i iff keep[i] != 0, for keep[0 .. size()), in order (eviction), returning pages left empty.
+  void Retain(const char* keep);
   void Clear();
   // fn(first, count, data) for the maximal runs of rows [begin, begin + count) contiguous in memory,
   // in order: data holds rows first .. first + count - 1.
