@@ -154,5 +154,71 @@ TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
   }
 }
 
+// Prefix sharing: pages handed out by FullPage and taken by Adopt are read by both holders, written by
+// neither (Grow writes past them, Retain into a private copy), counted once, and free again only when
+// the last holder returns them.
+TEST(PagedRows, SharedPagesAreNeverWrittenAndFreedByTheLastHolder) {
+  PageStore store;
+  constexpr int64_t P = PagedRows::kRowsPerPage;
+  const auto fill = [](PagedRows& r, int64_t from, int64_t n, uint8_t salt) {
+    r.Grow(n);
+    for (int64_t i = from; i < from + n; ++i) std::memset(r.Row(i), int(uint8_t(i * 7 + salt)), r.row_bytes());
+  };
+  const auto holds = [](const PagedRows& r, int64_t i, uint8_t salt) {
+    return r.Row(i)[0] == uint8_t(i * 7 + salt) && r.Row(i)[r.row_bytes() - 1] == uint8_t(i * 7 + salt);
+  };
+  PagedRows a(store, 16);
+  fill(a, 0, 2 * P + 5, 1);
+  std::vector<BlockPages> blocks(2);
+  for (int64_t b = 0; b < 2; ++b) blocks[size_t(b)].push_back(a.FullPage(b));
+  const size_t leased = store.leased_bytes();
+  {
+    PagedRows b(store, 16);
+    b.Adopt(blocks, 0);
+    EXPECT_EQ(b.size(), 2 * P);
+    EXPECT_EQ(store.leased_bytes(), leased) << "a shared page is counted once";
+    fill(b, 2 * P, 9, 2);  // past the shared pages: a page of its own
+    EXPECT_EQ(b.Row(0), a.Row(0));
+    EXPECT_EQ(b.Row(P + 3), a.Row(P + 3));
+    // a evicts rows: its compaction goes to private copies, b still reads what was adopted.
+    std::vector<char> keep(size_t(a.size()), 1);
+    keep[3] = keep[70] = 0;
+    a.Retain(keep.data());
+    EXPECT_NE(a.Row(0), b.Row(0));
+    for (int64_t i = 0; i < 2 * P; ++i) ASSERT_TRUE(holds(b, i, 1)) << i;
+    for (int64_t i = 2 * P; i < 2 * P + 9; ++i) ASSERT_TRUE(holds(b, i, 2)) << i;
+    EXPECT_TRUE(holds(a, 2, 1));
+    EXPECT_EQ(a.Row(3)[0], uint8_t(4 * 7 + 1)) << "a's row 3 is its old row 4";
+    // A truncation into a shared page, then growth: the page is copied before it is written.
+    PagedRows c(store, 16);
+    c.Adopt(blocks, 0);
+    std::vector<char> keep_c(size_t(c.size()), 1);
+    keep_c[size_t(P + 10)] = 0;
+    c.Retain(keep_c.data());
+    fill(c, c.size(), 3, 5);
+    for (int64_t i = 0; i < 2 * P; ++i) ASSERT_TRUE(holds(b, i, 1)) << i;
+  }
+  a.Clear();
+  // a let go of the originals when it copied them, b and c when they died: every page is free.
+  EXPECT_EQ(store.leased_bytes(), 0u);
+  EXPECT_EQ(store.leased_pages(), 0u);
+}
+
+// A holder beyond the first (PageStore::Share) keeps a page leased until it returns it too.
+TEST(PageStore, SharedPagesGoBackWithTheirLastHolder) {
+  PageStore store;
+  uint8_t* a = store.Lease(256);
+  store.Share(a);
+  store.Share(a);
+  EXPECT_EQ(store.leased_bytes(), 256u);
+  store.Return(a, 256);
+  store.Return(a, 256);
+  EXPECT_EQ(store.leased_pages(), 1u);
+  EXPECT_NE(store.Lease(256), a) << "a page with a holder left was reused";
+  store.Return(a, 256);
+  EXPECT_EQ(store.leased_pages(), 1u);  // the second lease
+  EXPECT_EQ(store.Lease(256), a);
+}
+
 }  // namespace
 }  // namespace atp

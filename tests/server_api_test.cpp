@@ -225,6 +225,32 @@ TEST(ServerApi, MetricsArePrometheusText) {
     EXPECT_NE(t.find(line), std::string::npos) << "missing: " << line << "\n" << t;
 }
 
+// `atp serve` caches prefixes by default: a prompt sent again adopts its whole blocks from the cache, the
+// answer is the same, and /metrics counts the tokens looked up and found.
+TEST(ServerApi, RepeatedPromptHitsThePrefixCache) {
+  ATP_REQUIRE_REF_MODEL();
+  ServerOptions opt;
+  opt.scheduler.prefix_caching = true;
+  TestServer s(opt);
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "the cat sat on the mat. ";
+  const std::string req = R"({"prompt": ")" + text + R"(", "max_tokens": 6, "temperature": 0})";
+  auto a = Http(s.port(), "POST", "/v1/completions", req);
+  auto b = Http(s.port(), "POST", "/v1/completions", req);
+  ASSERT_EQ(a->status(), 200);
+  ASSERT_EQ(b->status(), 200);
+  EXPECT_EQ(CompletionText(a->body(), false), CompletionText(b->body(), false));
+  const json usage = json::parse(a->body())["usage"];
+  const int prompt_tokens = usage["prompt_tokens"].get<int>();
+  ASSERT_GT(prompt_tokens, 128);
+  const std::string t = Http(s.port(), "GET", "/metrics")->body();
+  const int64_t hit = (prompt_tokens - 1) / 64 * 64;  // the whole blocks before the last prompt token
+  for (const std::string line : {"atp_prefix_cache_queries_total " + std::to_string(2 * prompt_tokens),
+                                 "atp_prefix_cache_hits_total " + std::to_string(hit)})
+    EXPECT_NE(t.find(line + "\n"), std::string::npos) << "missing: " << line << "\n" << t;
+  EXPECT_EQ(t.find("atp_prefix_cache_blocks 0\n"), std::string::npos) << t;
+}
+
 struct BadRequest {
   const char* path;
   std::string body;

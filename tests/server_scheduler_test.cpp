@@ -175,7 +175,7 @@ TEST(Scheduler, AttentionEvictionGivesTheSameTokensBatchedAsAlone) {
 // preempted when the pages run out, recomputed, and each still gets the tokens it gets alone. The pool
 // is never charged beyond its budget.
 void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n, size_t kv_memory,
-                                 size_t min_preemptions) {
+                                 size_t min_preemptions, bool prefix_caching = false) {
   LlamaModel& m = *Ref().model;
   const Tokenizer& tok = *Ref().tok;
   const auto prompts = Prompts(n);
@@ -201,6 +201,7 @@ void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n
   opt.max_seqs = n;
   opt.max_queue = n;
   opt.max_batch_tokens = 64;
+  opt.prefix_caching = prefix_caching;
   Scheduler sched(m, tok.eos_ids(), opt);
   size_t worst = 0;  // what admission by worst case would have reserved
   std::map<std::string, KvFootprint> footprints;
@@ -210,10 +211,11 @@ void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n
   }
   ASSERT_GT(worst, 2 * kv_memory) << "the test must overcommit the pool";
   std::atomic<bool> over{false};
-  std::atomic<size_t> most{0}, paged{0};
+  std::atomic<size_t> most{0}, paged{0}, most_cached{0};
   const auto batched = RunBatched(sched, reqs, [&] {
     const auto s = sched.stats();
     most = std::max(most.load(), s.running);
+    most_cached = std::max(most_cached.load(), s.prefix_cache_bytes);
     paged = std::max(paged.load(), s.kv_page_bytes);
     if (s.kv.charged_bytes > s.kv.capacity_bytes) over = true;
   });
@@ -227,12 +229,23 @@ void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n
   EXPECT_GE(s.preemptions, min_preemptions);
   EXPECT_GT(s.recomputed_tokens, 0u);
   EXPECT_GT(most.load(), 1u) << "nothing ran side by side";
-  EXPECT_TRUE(WaitFor([&] { return sched.stats().kv.charged_bytes == 0 && sched.stats().preempted == 0; }, 5));
+  // What is left charged and leased is the prefix cache's (none without it).
+  const auto cached = [&] { return sched.stats().prefix_cache_bytes; };
+  EXPECT_TRUE(WaitFor([&] {
+    const auto now = sched.stats();
+    return now.kv.charged_bytes == (now.prefix_cache_bytes + opt.kv_page - 1) / opt.kv_page * opt.kv_page &&
+           now.preempted == 0;
+  }, 5));
   // The rows lived in the engine's page store, and every page came back with its sequence (finished
-  // or preempted).
+  // or preempted), or stayed in the cache.
   EXPECT_GT(paged.load(), 0u);
   EXPECT_GT(s.kv_page_peak_bytes, 0u);
-  EXPECT_TRUE(WaitFor([&] { return sched.stats().kv_page_bytes == 0; }, 5)) << sched.stats().kv_page_bytes << " bytes still leased";
+  EXPECT_TRUE(WaitFor([&] { return sched.stats().kv_page_bytes == cached(); }, 5))
+      << sched.stats().kv_page_bytes << " bytes still leased, " << cached() << " of them cached";
+  if (prefix_caching) {
+    EXPECT_GT(s.prefix_queried_tokens, 0u);
+    EXPECT_GT(most_cached.load(), 0u) << "the cache never held a block";
+  }
 }
 
 TEST(Scheduler, PreemptedSequencesGetTheirTokensAlone) {
@@ -241,6 +254,75 @@ TEST(Scheduler, PreemptedSequencesGetTheirTokensAlone) {
   const size_t per_token = size_t(m.config().num_layers) * 2 * size_t(m.config().kv_dim()) * sizeof(float);
   // Room for 150 tokens: the prompts (2-60 tokens) are admitted, and their growth preempts the youngest.
   ExpectPreemptionKeepsTokens({"dense"}, 8, 150 * per_token, 1);
+}
+
+// Prefix caching in a pool too small for everyone: the cache lives in the free room only and gives it
+// back before a request waits or a sequence is preempted, and the tokens stay what each gets alone.
+TEST(Scheduler, PrefixCacheGivesWayInAnOvercommittedPool) {
+  ATP_REQUIRE_REF_MODEL();
+  const LlamaModel& m = *Ref().model;
+  const size_t per_token = size_t(m.config().num_layers) * 2 * size_t(m.config().kv_dim()) * sizeof(float);
+  ExpectPreemptionKeepsTokens({"dense"}, 8, 150 * per_token, 1, true);
+}
+
+// Prompts sharing their first two blocks (128 tokens): later requests adopt them from the cache (counted
+// as hits, not run), each request still gets the tokens engine Generate gives it alone, under a policy
+// that shares (dense, MX) and one that does not (KIVI, whose groups are compressed together).
+TEST(Scheduler, PrefixCachingSkipsSharedBlocksAndKeepsTokens) {
+  ATP_REQUIRE_REF_MODEL();
+  LlamaModel& m = *Ref().model;
+  const Tokenizer& tok = *Ref().tok;
+  std::vector<int32_t> base;
+  for (const auto& p : Prompts(40)) base.insert(base.end(), p.begin(), p.end());
+  ASSERT_GE(base.size(), 200u);
+  for (const std::string policy : {"dense", "mx:fmt=fp8_e4m3", "kivi:bits=4,group=16,residual=16"}) {
+    SCOPED_TRACE(policy);
+    std::shared_ptr<const KvPolicyFactory> kv = ParseKvPolicy(policy).value();
+    std::vector<SeqRequest> reqs;
+    std::vector<GenerateResult> alone;
+    for (int i = 0; i < 5; ++i) {
+      SeqRequest r;
+      r.prompt.assign(base.begin(), base.begin() + 140 + 11 * i);
+      r.prompt[130] = int32_t(5 + i);  // tails differ after the shared blocks
+      r.sampling = SamplingParams{i % 2 ? 0.8f : 0.0f, 40, 0.95f, 0.0f, 1.0f, uint64_t(5 + i)};
+      r.max_tokens = 12;
+      r.kv = kv;
+      GenerateOptions g;
+      g.sampling = r.sampling;
+      g.max_tokens = r.max_tokens;
+      auto res = Generate(m, tok, *kv, r.prompt, g, nullptr);
+      ASSERT_TRUE(res.ok()) << res.status().ToString();
+      alone.push_back(std::move(res).value());
+      reqs.push_back(std::move(r));
+    }
+    SchedulerOptions opt;
+    opt.max_batch_tokens = 48;
+    opt.prefix_caching = true;
+    Scheduler sched(m, tok.eos_ids(), opt);
+    // The first alone (it fills the cache), then the rest together.
+    auto first = RunBatched(sched, {reqs[0]});
+    auto rest = RunBatched(sched, std::vector<SeqRequest>(reqs.begin() + 1, reqs.end()));
+    rest.insert(rest.begin(), first[0]);
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      ASSERT_TRUE(rest[i].error.ok()) << rest[i].error.ToString();
+      EXPECT_EQ(rest[i].tokens, alone[i].token_ids) << "request " << i;
+    }
+    const auto s = sched.stats();
+    size_t prompts = 0;
+    for (const auto& r : reqs) prompts += r.prompt.size();
+    EXPECT_EQ(s.prompt_tokens, prompts) << "every prompt token counts once, run or adopted";
+    EXPECT_EQ(s.prefix_queried_tokens, prompts);
+    if (policy.starts_with("kivi")) {
+      EXPECT_EQ(s.prefix_hit_tokens, 0u);
+      EXPECT_EQ(s.prefix_cache_blocks, 0u);
+      continue;
+    }
+    EXPECT_EQ(s.prefix_hit_tokens, 4u * 128u) << "requests 1-4 adopt the two shared blocks";
+    // The two shared blocks, and request 4's third: the only sequence to reach 192 tokens (184 + 12 - 1).
+    EXPECT_EQ(s.prefix_cache_blocks, 3u);
+    EXPECT_TRUE(WaitFor([&] { return sched.stats().kv_page_bytes == sched.stats().prefix_cache_bytes; }, 5))
+        << "pages leased beyond what the cache holds";
+  }
 }
 
 // The check: 64 sequences of mixed policies (chunk-invariant ones, and h2o/snapkv whose prompts

@@ -83,6 +83,10 @@ void AddServe(CLI::App& app, Runner* run) {
       ->capture_default_str();
   cmd->add_option("--max-seqs", o->s.scheduler.max_seqs, "sequences running at once")->capture_default_str();
   cmd->add_option("--max-queue", o->s.scheduler.max_queue, "requests waiting for admission before 429")->capture_default_str();
+  o->s.scheduler.prefix_caching = true;
+  cmd->add_flag("!--no-prefix-caching", o->s.scheduler.prefix_caching,
+                "turn off automatic prefix caching (on by default: whole 64-token blocks of KV stay in the pool's "
+                "free room, and prompts that start with them skip their prefill; dense and mx policies on the CPU)");
   cmd->add_option("--name", o->names,
                   "model id reported by /v1/models (default: the directory name); more names, comma-separated or "
                   "repeated, are aliases that requests may use")
@@ -156,6 +160,7 @@ void AddServe(CLI::App& app, Runner* run) {
       banner << "atp serve: http://" << s.host << ":" << *port << " model " << s.model_name << ", kv " << s.default_kv
              << ", context " << so.context << ", kv-memory " << (*bytes >> 20) << " MiB, max-batch-tokens "
              << so.max_batch_tokens << ", max-seqs " << so.max_seqs << ", max-queue " << so.max_queue
+             << (so.prefix_caching ? ", prefix caching" : "")
              << (default_template ? ", default chat template" : "") << (s.api_key.empty() ? "" : ", API key required")
              << "\n";
       std::cerr << banner.str() << std::flush;

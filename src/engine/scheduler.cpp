@@ -25,6 +25,7 @@ struct Scheduler::Running {
         req(std::move(w.req)),
         footprint(std::move(w.footprint)),
         seq(model, *req.kv, pages),
+        policy(req.kv->Describe()),
         history(req.prompt),
         prefill_to(req.prompt.size()) {}
   bool prefilling() const { return fed < prefill_to; }
@@ -33,6 +34,7 @@ struct Scheduler::Running {
   SeqRequest req;
   std::shared_ptr<const KvFootprint> footprint;
   Sequence seq;
+  std::string policy;            // req.kv->Describe(): the prefix cache's key
   std::vector<int32_t> history;  // prompt then generated tokens, for the repetition penalty
   // Prefill runs history[0, prefill_to) through the model: the prompt, or after a preemption everything
   // the sequence had in its KV. fed counts the tokens of it already run.
@@ -41,6 +43,8 @@ struct Scheduler::Running {
   size_t computed = 0;           // most tokens its KV ever held: those below are run again after a preemption
   int generated = 0;             // also the index of its next draw (sampling/rules.h)
   int32_t next = 0;              // the last sampled token: the input of the next decode step
+  int64_t offered = 0;           // whole blocks of its KV offered to the prefix cache
+  bool shares = true;            // false once its policy turned out not to share pages
   bool done = false;
   std::string finish_reason;     // set by Finish; on_finish hears them once r has left the pool
   Status finish_error;
@@ -51,6 +55,7 @@ Scheduler::Scheduler(LlamaModel& model, std::vector<int32_t> eos_ids, SchedulerO
       eos_(std::move(eos_ids)),
       opt_(Normalize(opt, model)),
       pool_(opt_.kv_memory, opt_.kv_page),
+      cache_(opt_.prefix_caching ? std::make_unique<PrefixCache>(pages_) : nullptr),
       thread_([this] { Loop(); }) {}
 
 Scheduler::~Scheduler() {
@@ -154,6 +159,10 @@ Scheduler::Stats Scheduler::stats() const {
   s.generated_tokens = generated_tokens_;
   s.preemptions = preemptions_;
   s.recomputed_tokens = recomputed_tokens_;
+  s.prefix_queried_tokens = prefix_queried_;
+  s.prefix_hit_tokens = prefix_hits_;
+  s.prefix_cache_blocks = cache_blocks_;
+  s.prefix_cache_bytes = cache_bytes_;
   s.forward_seconds = double(forward_ns_) * 1e-9;
   s.sample_seconds = double(sample_ns_) * 1e-9;
   return s;
@@ -169,13 +178,19 @@ void Scheduler::Admit(std::vector<Waiting>* admitted) {
   const auto keep_free = [&] { return running_.empty() && admitted->empty() ? 0 : watermark; };
   while (!preempted_.empty() && room()) {
     Running& r = *preempted_.front();
-    if (!Reserve(r, int(r.prefill_to), keep_free())) break;
+    if (!Reserve(r, int(r.prefill_to), keep_free())) {
+      if (ShrinkCache()) continue;
+      break;
+    }
     running_.push_back(std::move(preempted_.front()));
     preempted_.pop_front();
   }
   while (preempted_.empty() && !queue_.empty() && room()) {
     Waiting& w = queue_.front();
-    if (!pool_.TryReserve(w.id, w.footprint->BytesAt(int(w.req.prompt.size())), keep_free())) break;
+    if (!pool_.TryReserve(w.id, w.footprint->BytesAt(int(w.req.prompt.size())), keep_free())) {
+      if (ShrinkCache()) continue;
+      break;
+    }
     admitted->push_back(std::move(w));
     queue_.pop_front();
   }
@@ -185,6 +200,44 @@ void Scheduler::Admit(std::vector<Waiting>* admitted) {
 
 bool Scheduler::Reserve(Running& r, int tokens, size_t keep_free) {
   return pool_.TryReserve(r.id, r.footprint->BytesAt(tokens), keep_free);
+}
+
+void Scheduler::ChargeCache() {
+  pool_.Release(kCacheId);
+  // The cache only ever grows into free room (OfferPrefix), so this fits but for the rounding to pages.
+  while (cache_->bytes() > 0 && !pool_.TryReserve(kCacheId, cache_->bytes(), 0)) cache_->Shrink(cache_->bytes() / 2);
+  cache_blocks_ = cache_->blocks();
+  cache_bytes_ = cache_->bytes();
+}
+
+bool Scheduler::ShrinkCache() {
+  if (!cache_ || cache_->bytes() == 0) return false;
+  cache_->Shrink(cache_->bytes() / 2);
+  ChargeCache();
+  return true;
+}
+
+// A prompt's first token must run (its logits choose the next one), so at most the blocks before it.
+void Scheduler::AttachPrefix(Running& r) {
+  const auto tokens = std::span<const int32_t>(r.history).first(r.prefill_to);
+  const int64_t got = cache_->Attach(r.policy, tokens, (int64_t(r.prefill_to) - 1) / PrefixCache::kBlock, r.seq);
+  prefix_queried_ += r.prefill_to;
+  prefix_hits_ += uint64_t(got);
+  prompt_tokens_ += uint64_t(got) - std::min(uint64_t(got), uint64_t(r.computed));
+  r.fed = size_t(got);
+  r.offered = got / PrefixCache::kBlock;
+}
+
+// Into the pool's free room beyond the admission watermark: caching never makes anyone wait.
+void Scheduler::OfferPrefix(Running& r) {
+  if (!r.shares || r.seq.length() / PrefixCache::kBlock <= r.offered) return;
+  const KvPool::Usage u = pool_.usage();
+  const size_t watermark = u.pages() * size_t(std::max(opt_.admit_watermark_permille, 0)) / 1000 * u.page_bytes;
+  const size_t free = u.capacity_bytes - std::min(u.capacity_bytes, u.charged_bytes);
+  const size_t room = cache_->bytes() + (free > watermark ? free - watermark : 0);
+  r.shares = cache_->Offer(r.policy, r.history, r.seq, room);
+  r.offered = r.seq.length() / PrefixCache::kBlock;
+  ChargeCache();
 }
 
 // Recompute, not swap: the KV is dropped and rebuilt from the tokens, which every policy can do. A
@@ -287,6 +340,7 @@ void Scheduler::Step() {
       size_t live = 0;
       for (auto& p : running_)
         if (!p->done) victim = p.get(), ++live;  // the most recently admitted
+      if (ShrinkCache()) continue;  // cached blocks give their room back first
       if (live == 1) {
         // Alone and still short: only a policy whose footprint is not monotone in length gets here.
         Finish(r, "", Status::ResourceExhausted("KV memory: the sequence outgrew the whole pool (--kv-memory)"));
@@ -314,6 +368,7 @@ void Scheduler::Step() {
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     Running& r = *running_[i];
     if (!r.prefilling() || r.done) continue;
+    if (cache_ && r.fed == 0 && r.seq.length() == 0) AttachPrefix(r);
     size_t n = std::min(r.prefill_to - r.fed, size_t(budget));
     if (r.req.kv->NeedsWholePrompt()) {
       // Its prompt goes in one piece, as the step's first prompt chunk even where that exceeds the
@@ -369,6 +424,7 @@ void Scheduler::Step() {
     const auto n = int32_t(items[i].tokens.size());
     const size_t again = std::min<size_t>(size_t(n), r.computed - std::min(r.computed, size_t(r.seq.length())));
     r.seq.Advance(n);
+    if (cache_) OfferPrefix(r);
     recomputed_tokens_ += again;
     if (r.prefilling()) {
       r.fed += size_t(n);

@@ -10,6 +10,10 @@
 // recomputed (its prompt and the tokens it had generated are run through the model again, without
 // sampling, then it goes on). A sequence thus costs what it holds, not its worst case, and a request's
 // tokens are the same whether or not it was preempted.
+//
+// With prefix caching, the cache holds its blocks in the pool's free room, charged as one more holder,
+// and gives room back (least recently used blocks first) before a request waits or a sequence is
+// preempted: cached blocks never cost a running request anything.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -25,6 +29,7 @@
 #include <vector>
 
 #include "engine/kv_pool.h"
+#include "engine/prefix_cache.h"
 #include "sampling/params.h"
 #include "engine/sequence.h"
 
@@ -40,6 +45,10 @@ struct SchedulerOptions {
   // Pages (in thousandths of the pool) that admitting a new sequence must leave free, so that the
   // running ones can grow for a few steps before someone is preempted (vLLM's watermark, 1%).
   int admit_watermark_permille = 10;
+  // Automatic prefix caching (engine/prefix_cache.h): whole 64-token blocks of the sequences' KV stay
+  // in the pool's free room after they finish, and a prompt that starts with cached blocks adopts them
+  // instead of running them. Only policies that share their pages take part (KvPolicy::SharePages).
+  bool prefix_caching = false;
 };
 
 struct TokenEvent {
@@ -98,6 +107,10 @@ class Scheduler {
     // Seconds the scheduler thread spent in the model's forward passes and in choosing tokens.
     double forward_seconds = 0, sample_seconds = 0;
     size_t footprints = 0;  // policies whose KV footprint is cached (at most kMaxFootprints)
+    // Prefix caching: prompt tokens looked up and found (totals, as vLLM counts them), and what the
+    // cache holds now.
+    uint64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;
+    size_t prefix_cache_blocks = 0, prefix_cache_bytes = 0;
   };
   Stats stats() const;
   const SchedulerOptions& options() const { return opt_; }
@@ -113,6 +126,12 @@ class Scheduler {
   void Loop();
   void Admit(std::vector<Waiting>* admitted);  // under mu_; resumes preempted_ first
   bool Reserve(Running& r, int tokens, size_t keep_free);  // the pool's pages for r holding `tokens`
+  // Prefix cache: gives half its room back to the pool (false: it held nothing); starts r's prefill from
+  // cached blocks; offers r's whole blocks to it.
+  bool ShrinkCache();
+  void AttachPrefix(Running& r);
+  void OfferPrefix(Running& r);
+  void ChargeCache();  // the pool's charge for the cache (id kCacheId) = what it holds
   void Preempt(Running& r);                                // drops r's KV; it waits in preempted_
   void Step();
   void Emit(Running& r, const TokenChoice& c);  // takes the chosen token, or finishes r
@@ -127,6 +146,8 @@ class Scheduler {
   // Where the running sequences' host-side KV rows live (the CPU backend's policies; the GPU's keep
   // device buffers). Declared before the sequences, so that it outlives them.
   PageStore pages_;
+  std::unique_ptr<PrefixCache> cache_;  // null without prefix caching; scheduler thread only
+  static constexpr uint64_t kCacheId = 0;  // the cache's charge in pool_ (requests count from 1)
 
   struct CachedFootprint {
     std::shared_ptr<const KvFootprint> f;
@@ -153,6 +174,8 @@ class Scheduler {
   std::atomic<uint64_t> forward_passes_{0}, prompt_tokens_{0}, generated_tokens_{0};
   std::atomic<uint64_t> forward_ns_{0}, sample_ns_{0};
   std::atomic<uint64_t> preemptions_{0}, recomputed_tokens_{0};
+  std::atomic<uint64_t> prefix_queried_{0}, prefix_hits_{0};
+  std::atomic<size_t> cache_blocks_{0}, cache_bytes_{0};  // mirrors of cache_ for other threads
   std::thread thread_;
 };
 

@@ -19,6 +19,8 @@ class ExactStore : public RowStore {
   }
   int64_t size() const override { return rows_.size(); }
   size_t Bytes() const override { return rows_.Bytes(); }
+  bool SharePages(int64_t b, BlockPages* out) override { return rows_.SharePages(b, out), true; }
+  size_t Adopt(std::span<const BlockPages> blocks, size_t at) override { return rows_.Adopt(blocks, at); }
 
  private:
   ExactRows rows_;
@@ -73,6 +75,18 @@ class CodecPolicy : public KvPolicy {
     return n;
   }
   int64_t Length() const override { return length_; }
+
+  // A block's pages are its rows' pages in every head's store, when the codec keeps rows as such.
+  bool SharePages(int64_t b, BlockPages* out) override {
+    for (auto& h : heads_)
+      if (!h->SharePages(b, out)) return false;
+    return true;
+  }
+  void AdoptPages(std::span<const BlockPages> blocks) override {
+    size_t at = 0;
+    for (auto& h : heads_) at = h->Adopt(blocks, at);
+    length_ = int64_t(blocks.size()) * PagedRows::kRowsPerPage;
+  }
 
  private:
   KvShape s_;

@@ -32,6 +32,18 @@ class RowStore {
   virtual void View(int64_t begin, int64_t end, int64_t horizon, std::vector<KvSegment>* out) const = 0;
   virtual int64_t size() const = 0;
   virtual size_t Bytes() const = 0;  // data plus per-group metadata actually held
+  // Prefix caching (KvPolicy::SharePages) for stores whose rows each sit in their own page slot, written
+  // once, and were never dropped: appends block b's pages and returns true; false (the default): the
+  // store's form of a block is not its own pages. Adopt takes blocks[i][at ...] on an empty store and
+  // returns the index after what it took.
+  virtual bool SharePages(int64_t b, BlockPages* out) {
+    (void)b, (void)out;
+    return false;
+  }
+  virtual size_t Adopt(std::span<const BlockPages> blocks, size_t at) {
+    (void)blocks;
+    return at;
+  }
 };
 
 class RowCodec {

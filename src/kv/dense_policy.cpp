@@ -30,6 +30,8 @@ class DensePolicy : public KvPolicy {
 
   size_t Bytes() const override { return rows_.Bytes(); }
   int64_t Length() const override { return rows_.size(); }
+  bool SharePages(int64_t b, BlockPages* out) override { return rows_.SharePages(b, out), true; }
+  void AdoptPages(std::span<const BlockPages> blocks) override { rows_.Adopt(blocks, 0); }
 
  private:
   KvShape shape_;

@@ -36,6 +36,14 @@ class ExactRows {
   // Adds to `out` the segments holding rows [begin, begin + count) from element `offset` on (a KV
   // head's slice, or 0), in row order: one per run of rows contiguous in a page.
   void View(int offset, int64_t begin, int64_t count, std::vector<KvSegment>* out) const;
+  // Prefix caching (PagedRows::FullPage): appends the key and value pages of rows [b, b + 1) * 64, and
+  // on empty rows takes blocks[i][at] and [at + 1] as those of block i, returning at + 2. Only for
+  // rows of which none was ever dropped.
+  void SharePages(int64_t b, BlockPages* out) { out->push_back(k_.FullPage(b)), out->push_back(v_.FullPage(b)); }
+  size_t Adopt(std::span<const BlockPages> blocks, size_t at) {
+    k_.Adopt(blocks, at), v_.Adopt(blocks, at + 1);
+    return at + 2;
+  }
   int64_t size() const { return k_.size(); }
   // Data bytes of the rows held; LeasedBytes: of the pages holding them (at most a page per K and V more).
   size_t Bytes() const { return size_t(size()) * size_t(kw_ + vw_) * DTypeSize(dtype_); }

@@ -82,6 +82,20 @@ class KvPolicy {
   // projections normalize their input in registers) forms it only for policies that say yes.
   virtual bool ReadsInput() const { return true; }
 
+  // Prefix caching (engine/prefix_cache.h), for policies whose state after n whole blocks of
+  // PagedRows::kRowsPerPage tokens is those blocks' pages and nothing else, each page written once and
+  // depending on its block's tokens and those before it (dense and MX rows; not windows, blocks
+  // compressed together or eviction). SharePages appends to `out` the pages of block b (b < Length() /
+  // kRowsPerPage), which the caller may then hold and hand to AdoptPages of another sequence's policy,
+  // and returns true; false: this policy does not share (the default).
+  virtual bool SharePages(int64_t block, BlockPages* out) {
+    (void)block, (void)out;
+    return false;
+  }
+  // On an empty policy from the same factory and layer shape: takes the first blocks.size() blocks, as
+  // SharePages of such a policy listed them, as if their tokens had been appended.
+  virtual void AdoptPages(std::span<const BlockPages> blocks) { (void)blocks; }
+
   // Exact bytes held for this sequence and layer (data plus per-block metadata).
   virtual size_t Bytes() const = 0;
   // Number of tokens appended so far.

@@ -117,6 +117,15 @@ class MxStore : public RowStore {
 
   int64_t size() const override { return k_.size(); }
   size_t Bytes() const override { return size_t(size()) * (k_.row_bytes() + v_.row_bytes()); }
+  // A row's code depends on the row alone; the policy above decides whether rows were ever dropped.
+  bool SharePages(int64_t b, BlockPages* out) override {
+    out->push_back(k_.FullPage(b)), out->push_back(v_.FullPage(b));
+    return true;
+  }
+  size_t Adopt(std::span<const BlockPages> blocks, size_t at) override {
+    k_.Adopt(blocks, at), v_.Adopt(blocks, at + 1);
+    return at + 2;
+  }
 
  private:
   PackedRows Rows(const uint8_t* data, int dim, size_t rb, int64_t count) const {

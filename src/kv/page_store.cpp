@@ -1,5 +1,6 @@
 #include "kv/page_store.h"
 
+#include <cassert>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -29,9 +30,18 @@ uint8_t* PageStore::Lease(size_t bytes) {
 
 void PageStore::Return(uint8_t* page, size_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = shares_.find(page); it != shares_.end()) {
+    if (--it->second == 0) shares_.erase(it);
+    return;
+  }
   free_[bytes].push_back(page);
   leased_bytes_ -= bytes;
   --leased_pages_;
+}
+
+void PageStore::Share(uint8_t* page) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++shares_[page];
 }
 
 size_t PageStore::leased_bytes() const {
@@ -55,22 +65,32 @@ PageStore& PageStore::Process() {
 }
 
 PagedRows::PagedRows(PagedRows&& o) noexcept
-    : store_(o.store_), row_bytes_(o.row_bytes_), pages_(std::move(o.pages_)), head_(o.head_), n_(o.n_) {
+    : store_(o.store_), row_bytes_(o.row_bytes_), pages_(std::move(o.pages_)), head_(o.head_), n_(o.n_),
+      shared_(o.shared_) {
   o.pages_.clear();
   o.head_ = o.n_ = 0;
+  o.shared_ = 0;
 }
 
 PagedRows& PagedRows::operator=(PagedRows&& o) noexcept {
   if (this != &o) {
     Clear();
     store_ = o.store_, row_bytes_ = o.row_bytes_, pages_ = std::move(o.pages_), head_ = o.head_, n_ = o.n_;
+    shared_ = o.shared_;
     o.pages_.clear();
     o.head_ = o.n_ = 0;
+    o.shared_ = 0;
   }
   return *this;
 }
 
 void PagedRows::Grow(int64_t n) {
+  // The last page is written from its first empty slot on: a shared one is only ever full (FullPage),
+  // unless Truncate cut into it.
+  if (const size_t last = size_t((head_ + n_) / kRowsPerPage); n > 0 && (head_ + n_) % kRowsPerPage != 0) {
+    MakePrivate(last);
+    shared_ = std::min(shared_, last);
+  }
   n_ += n;
   const size_t need = size_t((head_ + n_ + kRowsPerPage - 1) / kRowsPerPage);
   while (pages_.size() < need) pages_.push_back(store_->Lease(page_bytes()));
@@ -86,6 +106,7 @@ void PagedRows::DropFront(int64_t n) {
   const size_t empty = n_ == 0 ? pages_.size() : size_t(before);
   for (size_t i = 0; i < empty; ++i) store_->Return(pages_[i], page_bytes());
   pages_.erase(pages_.begin(), pages_.begin() + std::ptrdiff_t(empty));
+  shared_ -= std::min(shared_, empty);
 }
 
 void PagedRows::Truncate(int64_t n) {
@@ -95,9 +116,11 @@ void PagedRows::Truncate(int64_t n) {
     store_->Return(pages_.back(), page_bytes());
     pages_.pop_back();
   }
+  shared_ = std::min(shared_, pages_.size());
 }
 
 void PagedRows::Retain(const char* keep) {
+  while (shared_ > 0) MakePrivate(shared_ - 1), --shared_;
   int64_t w = 0;
   for (int64_t i = 0; i < n_; ++i) {
     if (!keep[i]) continue;
@@ -111,6 +134,33 @@ void PagedRows::Clear() {
   for (uint8_t* p : pages_) store_->Return(p, page_bytes());
   pages_.clear();
   head_ = n_ = 0;
+  shared_ = 0;
+}
+
+PageRef PagedRows::FullPage(int64_t b) {
+  assert(head_ == 0 && (b + 1) * kRowsPerPage <= n_);
+  shared_ = std::max(shared_, size_t(b) + 1);
+  return {pages_[size_t(b)], page_bytes()};
+}
+
+void PagedRows::Adopt(std::span<const BlockPages> blocks, size_t at) {
+  assert(n_ == 0 && pages_.empty());
+  for (const BlockPages& block : blocks) {
+    const PageRef& p = block[at];
+    assert(p.bytes == page_bytes());
+    store_->Share(p.data);
+    pages_.push_back(p.data);
+  }
+  n_ = int64_t(blocks.size()) * kRowsPerPage;
+  shared_ = pages_.size();
+}
+
+void PagedRows::MakePrivate(size_t page) {
+  if (page >= shared_) return;
+  uint8_t* copy = store_->Lease(page_bytes());
+  std::memcpy(copy, pages_[page], page_bytes());
+  store_->Return(pages_[page], page_bytes());
+  pages_[page] = copy;
 }
 
 }  // namespace atp

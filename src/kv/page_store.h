@@ -14,10 +14,22 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 namespace atp {
+
+// A leased page and its size, as PageStore::Return wants them.
+struct PageRef {
+  uint8_t* data = nullptr;
+  size_t bytes = 0;
+};
+
+// Prefix caching: the pages holding one block of kRowsPerPage tokens in every PagedRows of a policy, in
+// an order the policy defines (each of its stores takes a fixed index).
+using BlockPages = std::vector<PageRef>;
 
 // Thread-safety: every method may be called from any thread (sequences of one engine run their
 // policies on the pool's workers).
@@ -30,8 +42,12 @@ class PageStore {
   // A page of `bytes` bytes, 64-byte aligned, contents undefined. Throws std::bad_alloc when the system
   // has no memory left (as the vectors it replaces did).
   uint8_t* Lease(size_t bytes);
-  // Gives back a page that Lease(bytes) returned.
+  // Gives back a page that Lease(bytes) returned, or one reference to it after Share: the page is free
+  // again when its last holder returns it.
   void Return(uint8_t* page, size_t bytes);
+  // One more holder of a leased page (prefix caching: a cached block and every sequence that adopted
+  // it hold its pages); each holder returns it once. The store counts its bytes once.
+  void Share(uint8_t* page);
 
   // Bytes of the pages leased now, and the most ever leased at once.
   size_t leased_bytes() const;
@@ -48,6 +64,7 @@ class PageStore {
   mutable std::mutex mu_;
   std::map<size_t, std::vector<uint8_t*>> free_;  // by page size
   std::vector<std::unique_ptr<uint8_t, Free>> owned_;
+  std::unordered_map<uint8_t*, uint32_t> shares_;  // holders beyond the first, of shared pages only
   size_t leased_bytes_ = 0, peak_bytes_ = 0, leased_pages_ = 0;
 };
 
@@ -99,12 +116,24 @@ class PagedRows {
   // Bytes of the pages this holds (what the store has leased for it).
   size_t LeasedBytes() const { return pages_.size() * page_bytes(); }
 
+  // Prefix sharing (engine/prefix_cache.h). Page b holds rows [b, b + 1) * kRowsPerPage when no row was
+  // ever dropped; it is handed out only when full, and from then on this never writes it in place
+  // (Grow writes past it; Retain writes into private copies), so sharers may read it for ever.
+  // Requires no dropped rows and (b + 1) * kRowsPerPage <= size().
+  PageRef FullPage(int64_t b);
+  // On an empty PagedRows of the same row size: blocks[i][at] as rows [i, i + 1) * kRowsPerPage, each
+  // shared (PageStore::Share), as FullPage handed them out.
+  void Adopt(std::span<const BlockPages> blocks, size_t at);
+
  private:
   size_t page_bytes() const { return size_t(kRowsPerPage) * row_bytes_; }
+  void MakePrivate(size_t page);  // page i, if shared, becomes a copy only this holds
   PageStore* store_;
   size_t row_bytes_;
   std::vector<uint8_t*> pages_;
   int64_t head_ = 0, n_ = 0;
+  // Pages [0, shared_) may have other holders: those handed out by FullPage or taken by Adopt.
+  size_t shared_ = 0;
 };
 
 }  // namespace atp

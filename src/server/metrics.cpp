@@ -82,6 +82,15 @@ std::string ServerMetrics::Render(const Scheduler::Stats& s) const {
          double(s.preemptions));
   Metric(&out, "atp_recomputed_tokens_total", "counter", "Tokens run through the model again after a preemption.",
          double(s.recomputed_tokens));
+  Metric(&out, "atp_prefix_cache_queries_total", "counter",
+         "Prompt tokens looked up in the prefix cache (--no-prefix-caching: none).", double(s.prefix_queried_tokens));
+  Metric(&out, "atp_prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache, not run again.",
+         double(s.prefix_hit_tokens));
+  Metric(&out, "atp_prefix_cache_blocks", "gauge", "64-token KV blocks the prefix cache holds.",
+         double(s.prefix_cache_blocks));
+  Metric(&out, "atp_prefix_cache_bytes", "gauge",
+         "Bytes of KV pages the prefix cache holds (charged to the pool; given back before anyone waits).",
+         double(s.prefix_cache_bytes));
   Metric(&out, "atp_step_forward_seconds_total", "counter",
          "Seconds the scheduler spent in the model's forward passes (logits computed, not copied).", s.forward_seconds);
   Metric(&out, "atp_step_sample_seconds_total", "counter",
