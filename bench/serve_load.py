@@ -165,10 +165,12 @@ def wait_ready(base_url, api_key, timeout):
             time.sleep(1)
 
 
-def random_prompts(num, input_len, vocab_size, seed):
-    """`num` prompts of `input_len` token ids drawn uniformly below `vocab_size`."""
+def random_prompts(num, input_len, vocab_size, seed, prefix_len=0):
+    """`num` prompts of `input_len` token ids drawn uniformly below `vocab_size`, after `prefix_len` ids
+    that every prompt shares (vLLM's --random-prefix-len: a system prompt, for prefix caching)."""
     rng = random.Random(seed)
-    return [[rng.randrange(vocab_size) for _ in range(input_len)] for _ in range(num)]
+    prefix = [rng.randrange(vocab_size) for _ in range(prefix_len)]
+    return [prefix + [rng.randrange(vocab_size) for _ in range(input_len)] for _ in range(num)]
 
 
 def completion_body(model, prompt, max_tokens, temperature=0.0, ignore_eos=True, extra=None):
@@ -369,6 +371,8 @@ def main():
     ap.add_argument("--dataset-name", default="random", choices=["random"])
     ap.add_argument("--input-len", "--random-input-len", type=int, default=1024, help="prompt tokens per request")
     ap.add_argument("--output-len", "--random-output-len", type=int, default=128, help="tokens generated per request")
+    ap.add_argument("--prefix-len", "--random-prefix-len", type=int, default=0,
+                    help="random tokens every prompt starts with, before its --input-len own (default 0)")
     ap.add_argument("--vocab-size", type=int, help="prompt ids are drawn below it (default: from /v1/models)")
     ap.add_argument("--num-prompts", type=int, default=1000)
     ap.add_argument("--request-rate", type=float, default=math.inf,
@@ -390,6 +394,8 @@ def main():
         ap.error("give either --base-url or -m/--model-dir")
     if args.input_len < 1 or args.output_len < 1 or args.num_prompts < 1:
         ap.error("--input-len, --output-len and --num-prompts must be positive")
+    if args.prefix_len < 0:
+        ap.error("--prefix-len must be >= 0")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         ap.error("--max-concurrency must be positive")
     if not args.request_rate > 0:
@@ -407,8 +413,9 @@ def main():
         vocab = args.vocab_size or vocab
         if not vocab:
             sys.exit(f"{base_url}/v1/models does not say the vocabulary size: give --vocab-size")
-        # One prompt more, for the warm-up: a prompt of its own, so that no timed request finds it cached.
-        prompts = random_prompts(args.num_prompts + 1, args.input_len, vocab, args.seed)
+        # One prompt more, for the warm-up: a prompt of its own, so that no timed request finds it cached
+        # (only the shared --prefix-len tokens, as a server with prefix caching would after its first request).
+        prompts = random_prompts(args.num_prompts + 1, args.input_len, vocab, args.seed, args.prefix_len)
         bodies = [completion_body(model, p, args.output_len, args.temperature, args.ignore_eos, args.extra_body)
                   for p in prompts]
         warm, _ = run_load(base_url, bodies[-1:], api_key=args.api_key, timeout=args.timeout)
@@ -433,7 +440,8 @@ def main():
         report = dict(env, label=args.label, base_url=None if srv else base_url, model_id=model,
                       server={"atp": args.atp, "model_dir": args.model_dir, "server_args": args.server_arg} if srv else None,
                       max_model_len=max_len, vocab_size=vocab, dataset_name=args.dataset_name,
-                      input_len=args.input_len, output_len=args.output_len, num_prompts=args.num_prompts,
+                      input_len=args.input_len, prefix_len=args.prefix_len, output_len=args.output_len,
+                      num_prompts=args.num_prompts,
                       request_rate=str(args.request_rate), max_concurrency=args.max_concurrency, seed=args.seed,
                       temperature=args.temperature, ignore_eos=args.ignore_eos, extra_body=args.extra_body,
                       wrong_length=short, **s, requests=requests)
