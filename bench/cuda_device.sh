@@ -4,11 +4,12 @@
 #                                         -DATP_NATIVE=OFF, their shared libraries and ../shared's
 #                                         ref-5m into .cudacarry/ (excluded from git; name it in carry)
 #   bench/cuda_device.sh run [STEP...]    (there) tests, bench, attn, sdpa (default: all, in order),
-#                                         ncu_decode, ncu_steps, ncu_sections, eval_cuda, serve (on request);
+#                                         ncu_decode, ncu_steps, ncu_sections, eval_cuda, serve, profile, peer_build, peer_serve (on request);
 #                                         logs and JSON lines in $OUT. PREFILL=1024 bench: decode at
 #                                         every context after a 1024-token prefill only; BENCH_KV:
 #                                         the policies (default dense bf16, mx fp4, mx fp8, dense f32);
 #                                         DECODE: decode steps per run (default 32)
+#   bench/cuda_device.sh pack_peer SRC    (here) llama.cpp's source for the peer_build/peer_serve steps
 #   bench/cuda_device.sh slim | unslim    (here) the `run` tool copies tracked files and refuses a tree
 #                                         and carry over 64 MiB; models/atp-40m's weights (77 MB) alone
 #                                         exceed it. slim drops the embedded models' weights from the index
@@ -50,7 +51,20 @@ if [ "$mode" = pack ]; then
   exit 0
 fi
 
-[ "$mode" = run ] || { echo "usage: $0 pack BUILD_DIR | slim | unslim | run [STEP...]" >&2; exit 2; }
+# pack_peer LLAMA_CPP_SRC: the llama.cpp tree (bench/llama_cpp.sh fetches one) as .peercarry/llama.cpp.tar.xz,
+# without what a CUDA build of llama-server and llama-bench does not read (about 7 MB).
+if [ "$mode" = pack_peer ]; then
+  src=${2:?llama.cpp source dir}
+  exclude=$(git rev-parse --git-path info/exclude)
+  grep -qx "/.peercarry/" "$exclude" 2>/dev/null || echo "/.peercarry/" >>"$exclude"
+  mkdir -p .peercarry
+  tar -C "$src" --exclude=.git --exclude=./docs --exclude=./models --exclude=./tests --exclude=./benches \
+    --exclude=./examples --exclude=./gguf-py --exclude='./ggml/src/ggml-'{vulkan,sycl,opencl,hexagon,metal,et,webgpu,openvino,cann} \
+    -cJf .peercarry/llama.cpp.tar.xz . && du -sh .peercarry/llama.cpp.tar.xz
+  exit 0
+fi
+
+[ "$mode" = run ] || { echo "usage: $0 pack BUILD_DIR | pack_peer LLAMA_CPP_SRC | slim | unslim | run [STEP...]" >&2; exit 2; }
 shift
 : "${OUT:?OUT (the folder that comes back) must be set}"
 mkdir -p /tmp/atp && tar -C /tmp/atp -xJf "$carry/bundle.tar.xz" || exit 1
@@ -184,6 +198,42 @@ PY
     nsys stats --report cuda_gpu_kern_sum --format csv -o /tmp/prefill /tmp/prefill.nsys-rep >/dev/null 2>&1
     for r in /tmp/serve_*.csv /tmp/prefill_*.csv; do echo "== $r"; head -16 "$r" | cut -c1-220; cp "$r" "$OUT/"; done
   fi
+}
+
+# llama.cpp beside atp on the card (issue 17's peer): its source travels as .peercarry/llama.cpp.tar.xz
+# (`pack_peer` here; the GPU machine has no network; name .peercarry in carry too). peer_build configures
+# and builds llama-server and llama-bench with CUDA for this card in the background, so that the steps
+# after it run meanwhile; peer_serve waits for it, writes /tmp/l1b as an f16 GGUF (`atp convert`), runs
+# llama-bench (pp1024, tg128) and then bench/serve_load.py against `llama-server -ngl 99 -fa on` with as
+# many slots as the largest of SERVE_C and SERVE_CTX tokens each, at each concurrency of SERVE_C, with the
+# serve step's prompts (SERVE_IN, SERVE_OUT, SERVE_N): files peer_bench.json, peer_serve.txt, peer_c$c.json.
+peer_build() {
+  mkdir -p /tmp/llama.cpp && tar -C /tmp/llama.cpp -xJf .peercarry/llama.cpp.tar.xz || return
+  (cmake -S /tmp/llama.cpp -B /tmp/llama.cpp/build -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+     -DCMAKE_CUDA_ARCHITECTURES=${PEER_ARCH:-90} -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF \
+     -DLLAMA_USE_PREBUILT_UI=OFF && cmake --build /tmp/llama.cpp/build -j"$(nproc)" --target llama-server llama-bench) \
+    >"$OUT/peer_build.log" 2>&1 &
+  peer_pid=$!
+}
+peer_serve() {
+  local bin=/tmp/llama.cpp/build/bin cs=${SERVE_C:-1,8,64,256} c n np
+  [ -n "${peer_pid:-}" ] && wait $peer_pid
+  [ -x $bin/llama-server ] || { echo "llama.cpp did not build:"; tail -20 "$OUT/peer_build.log"; return; }
+  [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
+  [ -f /tmp/l1b.f16.gguf ] || timeout 300 $atp convert -m /tmp/l1b -o /tmp/l1b.f16.gguf --type f16 2>&1 | tail -1
+  timeout 180 $bin/llama-bench -m /tmp/l1b.f16.gguf -ngl 99 -fa 1 -p 1024 -n 128 -o json >"$OUT/peer_bench.json" 2>"$OUT/peer_bench.err"
+  grep -E '"n_prompt"|"n_gen"|"avg_ts"' "$OUT/peer_bench.json"
+  np=$(echo ${cs//,/ } | tr ' ' '\n' | sort -n | tail -1)
+  $bin/llama-server -m /tmp/l1b.f16.gguf -ngl 99 -fa on -np $np -c $((np * ${SERVE_CTX:-2048})) --port 18001 \
+    2>"$OUT/peer_server.log" >/dev/null &
+  local pid=$!
+  for c in ${cs//,/ }; do
+    n=$((c * ${SERVE_N:-4})); [ $n -lt 16 ] && n=16
+    timeout 300 python3 bench/serve_load.py --base-url http://127.0.0.1:18001 --ready-check-timeout-sec 180 \
+      --input-len ${SERVE_IN:-1024} --output-len ${SERVE_OUT:-128} --num-prompts $n --max-concurrency $c \
+      --label "llama-server c=$c" --json "$OUT/peer_c$c.json" 2>&1 | tee -a "$OUT/peer_serve.txt"
+  done
+  kill $pid; wait $pid
 }
 
 for step in ${@:-tests bench attn sdpa}; do
