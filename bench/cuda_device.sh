@@ -207,6 +207,7 @@ PY
 # llama-bench (pp1024, tg128) and then bench/serve_load.py against `llama-server -ngl 99 -fa on` with as
 # many slots as the largest of SERVE_C and SERVE_CTX tokens each, at each concurrency of SERVE_C, with the
 # serve step's prompts (SERVE_IN, SERVE_OUT, SERVE_N): files peer_bench.json, peer_serve.txt, peer_c$c.json.
+# peer_wait waits for the build (building now where this machine has none).
 peer_build() {
   mkdir -p /tmp/llama.cpp && tar -C /tmp/llama.cpp -xJf .peercarry/llama.cpp.tar.xz || return
   (cmake -S /tmp/llama.cpp -B /tmp/llama.cpp/build -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
@@ -215,9 +216,14 @@ peer_build() {
     >"$OUT/peer_build.log" 2>&1 &
   peer_pid=$!
 }
+peer_wait() {  # the build of peer_build, or one now if this machine has none
+  [ -x /tmp/llama.cpp/build/bin/llama-server ] || [ -n "${peer_pid:-}" ] || peer_build
+  wait $peer_pid 2>/dev/null; peer_pid=""
+  tail -2 "$OUT/peer_build.log" 2>/dev/null
+}
 peer_serve() {
   local bin=/tmp/llama.cpp/build/bin cs=${SERVE_C:-1,8,64,256} c n np
-  [ -n "${peer_pid:-}" ] && wait $peer_pid
+  peer_wait
   [ -x $bin/llama-server ] || { echo "llama.cpp did not build:"; tail -20 "$OUT/peer_build.log"; return; }
   [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
   [ -f /tmp/l1b.f16.gguf ] || timeout 300 $atp convert -m /tmp/l1b -o /tmp/l1b.f16.gguf --type f16 2>&1 | tail -1
