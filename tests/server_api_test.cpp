@@ -245,7 +245,7 @@ TEST(ServerApi, RepeatedPromptHitsThePrefixCache) {
   ASSERT_GT(prompt_tokens, 128);
   const std::string t = Http(s.port(), "GET", "/metrics")->body();
   const int64_t hit = (prompt_tokens - 1) / 64 * 64;  // the whole blocks before the last prompt token
-  for (const std::string line : {"atp_prefix_cache_queries_total " + std::to_string(2 * prompt_tokens),
+  for (const std::string& line : {"atp_prefix_cache_queries_total " + std::to_string(2 * prompt_tokens),
                                  "atp_prefix_cache_hits_total " + std::to_string(hit)})
     EXPECT_NE(t.find(line + "\n"), std::string::npos) << "missing: " << line << "\n" << t;
   EXPECT_EQ(t.find("atp_prefix_cache_blocks 0\n"), std::string::npos) << t;
