@@ -256,6 +256,76 @@ TEST(Scheduler, PreemptedSequencesGetTheirTokensAlone) {
   ExpectPreemptionKeepsTokens({"dense"}, 8, 150 * per_token, 1);
 }
 
+// The cache alone: whole blocks only, found through their parents (a changed token ends the match),
+// keyed by the policy, evicted least recently used leaf first, and a sequence continuing from adopted
+// blocks gives the logits of one that ran them (within float noise: the rows came from another chunk).
+TEST(PrefixCache, AdoptsWholeMatchingBlocksAndEvictsLeastRecentlyUsedLeaves) {
+  ATP_REQUIRE_REF_MODEL();
+  LlamaModel& m = *Ref().model;
+  std::shared_ptr<const KvPolicyFactory> kv = ParseKvPolicy("dense").value();
+  const std::string key = kv->Describe();
+  std::vector<int32_t> a;
+  for (const auto& p : Prompts(40)) a.insert(a.end(), p.begin(), p.end());
+  a.resize(200);
+  std::vector<int32_t> b(a.begin(), a.begin() + 150);  // shares blocks 0 and 1, not 2
+  b[140] = 7;
+  std::vector<int32_t> c(a.rbegin(), a.rbegin() + 130);  // nothing in common
+  PageStore store;
+  PrefixCache cache(store);
+  Sequence sa(m, *kv, &store);
+  ASSERT_TRUE(RunChunk(m, sa, a, false, nullptr).ok());
+  ASSERT_TRUE(cache.Offer(key, a, sa, size_t(1) << 30));
+  EXPECT_EQ(cache.blocks(), 3u);  // 200 tokens: three whole blocks
+
+  std::vector<float> adopted, computed;
+  Sequence sb(m, *kv, &store);
+  EXPECT_EQ(cache.Attach("mx:fmt=fp8_e4m3", b, 10, sb), 0) << "another policy's blocks";
+  EXPECT_EQ(cache.Attach(key, b, 10, sb), 128);
+  EXPECT_EQ(sb.length(), 128);
+  ASSERT_TRUE(RunChunk(m, sb, std::span<const int32_t>(b).subspan(128), false, &adopted).ok());
+  Sequence fresh(m, *kv, &store);
+  ASSERT_TRUE(RunChunk(m, fresh, b, false, &computed).ok());
+  ASSERT_EQ(adopted.size(), computed.size());
+  float worst = 0;
+  for (size_t i = 0; i < adopted.size(); ++i) worst = std::max(worst, std::abs(adopted[i] - computed[i]));
+  EXPECT_LT(worst, 1e-3f) << "logits after adopted blocks";
+  Sequence capped(m, *kv, &store);
+  EXPECT_EQ(cache.Attach(key, a, 1, capped), 64) << "at most max_blocks";
+
+  // Block sizes are equal here: evicting one block's bytes takes the least recently used leaf, a's
+  // third block (b and capped touched the first two since); c's blocks are newer.
+  Sequence sc(m, *kv, &store);
+  ASSERT_TRUE(RunChunk(m, sc, c, false, nullptr).ok());
+  ASSERT_TRUE(cache.Offer(key, c, sc, size_t(1) << 30));
+  EXPECT_EQ(cache.blocks(), 5u);
+  const size_t block = cache.bytes() / 5;
+  cache.Shrink(cache.bytes() - block);
+  EXPECT_EQ(cache.blocks(), 4u);
+  Sequence again(m, *kv, &store);
+  EXPECT_EQ(cache.Attach(key, a, 10, again), 128) << "a's third block went first";
+  // A full budget: a new block replaces the least recently used leaf (c's second block), never the
+  // chain it extends.
+  std::vector<int32_t> d = a;
+  d[150] = 9;
+  Sequence sd(m, *kv, &store);
+  ASSERT_TRUE(RunChunk(m, sd, d, false, nullptr).ok());
+  EXPECT_TRUE(cache.Offer(key, d, sd, cache.bytes()));
+  EXPECT_EQ(cache.blocks(), 4u);
+  Sequence sc2(m, *kv, &store), sd2(m, *kv, &store);
+  EXPECT_EQ(cache.Attach(key, c, 10, sc2), 64);
+  EXPECT_EQ(cache.Attach(key, d, 10, sd2), 192);
+  // Less than a block of room: nothing is cached, nothing evicted.
+  std::vector<int32_t> e = a;
+  e[190] = 11;
+  Sequence se(m, *kv, &store);
+  ASSERT_TRUE(RunChunk(m, se, e, false, nullptr).ok());
+  EXPECT_TRUE(cache.Offer(key, e, se, block - 1));
+  EXPECT_EQ(cache.blocks(), 4u);
+  cache.Shrink(0);
+  EXPECT_EQ(cache.blocks(), 0u);
+  EXPECT_EQ(cache.bytes(), 0u);
+}
+
 // Prefix caching in a pool too small for everyone: the cache lives in the free room only and gives it
 // back before a request waits or a sequence is preempted, and the tokens stay what each gets alone.
 TEST(Scheduler, PrefixCacheGivesWayInAnOvercommittedPool) {

@@ -40,7 +40,7 @@ int64_t PrefixCache::Attach(const std::string& policy, std::span<const int32_t> 
   for (int64_t b = 0; b < max_blocks && (b + 1) * kBlock <= int64_t(tokens.size()); ++b) {
     Block* found = Find(parent, policy, tokens.subspan(size_t(b * kBlock), size_t(kBlock)));
     if (!found) break;
-    found->last_use = ++clock_;
+    Touch(found);
     chain.push_back(found);
     parent = found;
   }
@@ -59,11 +59,13 @@ int64_t PrefixCache::Attach(const std::string& policy, std::span<const int32_t> 
 bool PrefixCache::Offer(const std::string& policy, std::span<const int32_t> tokens, Sequence& seq, size_t max_bytes) {
   const int64_t whole = std::min<int64_t>(seq.length(), int64_t(tokens.size())) / kBlock;
   Block* parent = nullptr;
+  size_t chain = 0;  // bytes of parent and its ancestors
   for (int64_t b = 0; b < whole; ++b) {
     const auto block_tokens = tokens.subspan(size_t(b * kBlock), size_t(kBlock));
     if (Block* found = Find(parent, policy, block_tokens)) {
-      found->last_use = ++clock_;
+      Touch(found);
       parent = found;
+      chain += found->bytes;
       continue;
     }
     auto nb = std::make_unique<Block>();
@@ -74,12 +76,10 @@ bool PrefixCache::Offer(const std::string& policy, std::span<const int32_t> toke
     }
     for (const BlockPages& pages : nb->layers)
       for (const PageRef& p : pages) nb->bytes += p.bytes;
-    // Room: least recently used leaves go first. Only leaves go, and `parent` counts as extended while
-    // room is made, so this chain stays.
-    if (parent) ++parent->children;
-    if (bytes_ + nb->bytes > max_bytes) Shrink(max_bytes - std::min(max_bytes, nb->bytes));
-    if (parent) --parent->children;
-    if (bytes_ + nb->bytes > max_bytes) return true;  // no room: the pages stay the sequence's alone
+    // Room: least recently used leaves go first, never `parent` (its ancestors are not leaves), so this
+    // chain stays; and nothing goes unless the block then fits beside the chain.
+    if (chain + nb->bytes > max_bytes) return true;  // no room: the pages stay the sequence's alone
+    if (bytes_ + nb->bytes > max_bytes) EvictDownTo(max_bytes - nb->bytes, parent);
     for (const BlockPages& pages : nb->layers)
       for (const PageRef& p : pages) store_.Share(p.data);
     nb->parent = parent;
@@ -87,22 +87,29 @@ bool PrefixCache::Offer(const std::string& policy, std::span<const int32_t> toke
     nb->tokens.assign(block_tokens.begin(), block_tokens.end());
     nb->last_use = ++clock_;
     nb->key = Key(parent, policy, block_tokens);
-    if (parent) ++parent->children;
+    if (parent && parent->children++ == 0) leaves_.erase({parent->last_use, parent});
     bytes_ += nb->bytes;
     Block* raw = nb.get();
+    leaves_.insert({raw->last_use, raw});
     blocks_.emplace(raw->key, std::move(nb));
     parent = raw;
+    chain += raw->bytes;
   }
   return true;
 }
 
-void PrefixCache::Shrink(size_t bytes) {
+void PrefixCache::Touch(Block* b) {
+  if (b->children == 0) leaves_.erase({b->last_use, b});
+  b->last_use = ++clock_;
+  if (b->children == 0) leaves_.insert({b->last_use, b});
+}
+
+void PrefixCache::EvictDownTo(size_t bytes, const Block* keep) {
   while (bytes_ > bytes) {
-    Block* victim = nullptr;
-    for (auto& [key, b] : blocks_)
-      if (b->children == 0 && (!victim || b->last_use < victim->last_use)) victim = b.get();
-    if (!victim) return;
-    Evict(victim);
+    auto it = leaves_.begin();
+    if (it != leaves_.end() && it->second == keep) ++it;
+    if (it == leaves_.end()) return;
+    Evict(it->second);
   }
 }
 
@@ -110,7 +117,8 @@ void PrefixCache::Evict(Block* b) {
   for (const BlockPages& pages : b->layers)
     for (const PageRef& p : pages) store_.Return(p.data, p.bytes);
   bytes_ -= b->bytes;
-  if (b->parent) --const_cast<Block*>(b->parent)->children;
+  leaves_.erase({b->last_use, b});
+  if (b->parent && --b->parent->children == 0) leaves_.insert({b->parent->last_use, b->parent});
   auto [lo, hi] = blocks_.equal_range(b->key);
   for (auto it = lo; it != hi; ++it)
     if (it->second.get() == b) {

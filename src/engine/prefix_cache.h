@@ -16,6 +16,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -46,15 +47,16 @@ class PrefixCache {
   // blocks that no other block extends to make room. Returns false when seq's policy does not share.
   bool Offer(const std::string& policy, std::span<const int32_t> tokens, Sequence& seq, size_t max_bytes);
 
-  // Evicts least recently used leaf blocks until the cache holds at most `bytes`.
-  void Shrink(size_t bytes);
+  // Evicts least recently used leaf blocks (those no cached block extends) until the cache holds at
+  // most `bytes`.
+  void Shrink(size_t bytes) { EvictDownTo(bytes, nullptr); }
 
   size_t bytes() const { return bytes_; }    // of the pages the cache holds (shared ones included)
   size_t blocks() const { return blocks_.size(); }
 
  private:
   struct Block {
-    const Block* parent = nullptr;
+    Block* parent = nullptr;
     std::string policy;                 // roots only; children inherit their root's
     std::vector<int32_t> tokens;        // its kBlock tokens
     std::vector<BlockPages> layers;     // its pages, per layer
@@ -65,10 +67,13 @@ class PrefixCache {
   };
   static uint64_t Key(const Block* parent, const std::string& policy, std::span<const int32_t> tokens);
   Block* Find(const Block* parent, const std::string& policy, std::span<const int32_t> tokens) const;
+  void Touch(Block* b);  // most recently used now
+  void EvictDownTo(size_t bytes, const Block* keep);  // Shrink, never evicting `keep`
   void Evict(Block* b);
 
   PageStore& store_;
   std::unordered_multimap<uint64_t, std::unique_ptr<Block>> blocks_;
+  std::set<std::pair<uint64_t, Block*>> leaves_;  // blocks with no children, by last use
   size_t bytes_ = 0;
   uint64_t clock_ = 0;
 };
