@@ -86,7 +86,8 @@ void AddServe(CLI::App& app, Runner* run) {
   o->s.scheduler.prefix_caching = true;
   cmd->add_flag("!--no-prefix-caching", o->s.scheduler.prefix_caching,
                 "turn off automatic prefix caching (on by default: whole 64-token blocks of KV stay in the pool's "
-                "free room, and prompts that start with them skip their prefill; dense and mx policies on the CPU)");
+                "free room, and prompts that start with them skip their prefill; dense and mx policies on the CPU; "
+                "off with --device cuda)");
   cmd->add_option("--name", o->names,
                   "model id reported by /v1/models (default: the directory name); more names, comma-separated or "
                   "repeated, are aliases that requests may use")
@@ -132,6 +133,8 @@ void AddServe(CLI::App& app, Runner* run) {
       s.default_kv = o->f.kv;
       // Requests build their own policies from their kv strings: on the GPU, its policies.
       s.parse_kv = KvParserFor(o->f.device);
+      // The GPU policies' rows are not in pages, so none of them shares: no lookups to count.
+      if (o->f.device != "cpu") s.scheduler.prefix_caching = false;
       s.scheduler.context = o->f.ctx;
       s.scheduler.kv_memory = *bytes;
       s.shutdown_timeout = std::chrono::milliseconds(int64_t(o->shutdown_timeout * 1000));
