@@ -28,6 +28,7 @@ uint64_t Get(const PagedRows& r, int64_t i) {
 }
 
 void ExpectSame(const PagedRows& r, const std::vector<uint64_t>& ref, const PageStore& store) {
+  const int64_t P = r.rows_per_page();
   ASSERT_EQ(r.size(), int64_t(ref.size()));
   for (int64_t i = 0; i < r.size(); ++i) ASSERT_EQ(Get(r, i), ref[size_t(i)]) << "row " << i;
   EXPECT_EQ(store.leased_bytes(), r.LeasedBytes());
@@ -47,10 +48,15 @@ void ExpectSame(const PagedRows& r, const std::vector<uint64_t>& ref, const Page
   }
 }
 
-TEST(PagedRows, RandomEditsMatchAVectorOfRows) {  // appends, drops, truncations, retains
+// Appends, drops, truncations, retains; in pages of the default 64 rows, and of 1 and 3 rows (rows
+// that each hold a group of tokens).
+class PagedRowsEdits : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(PagedRowsEdits, RandomEditsMatchAVectorOfRows) {
   PageStore store;
   std::mt19937 rng(7);
-  PagedRows r(store, 8);
+  PagedRows r(store, 8, GetParam());
+  ASSERT_EQ(r.rows_per_page(), GetParam());
   std::vector<uint64_t> ref;
   uint64_t next_id = 1, dropped = 0;
   for (int step = 0; step < 400; ++step) {
@@ -83,6 +89,16 @@ TEST(PagedRows, RandomEditsMatchAVectorOfRows) {  // appends, drops, truncations
   r.Clear();
   EXPECT_EQ(store.leased_bytes(), 0u);
   EXPECT_GT(store.peak_bytes(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(PagedRows, PagedRowsEdits, ::testing::Values(P, int64_t(1), int64_t(3)));
+
+TEST(PagedRows, RowsPerPageForGroupsOfTokens) {
+  EXPECT_EQ(PagedRows::RowsPerPageFor(1), P);
+  EXPECT_EQ(PagedRows::RowsPerPageFor(32), P / 32);
+  EXPECT_EQ(PagedRows::RowsPerPageFor(24), P / 24);  // rounds down: a page holds at most about P tokens
+  EXPECT_EQ(PagedRows::RowsPerPageFor(P), 1);
+  EXPECT_EQ(PagedRows::RowsPerPageFor(4 * P), 1);  // a group larger than a page still gets a page of its own
 }
 
 // Where a run breaks depends on the rows ever appended, not on when rows were dropped: the same rows
@@ -122,10 +138,20 @@ TEST(PageStore, ReusesReturnedPagesAndCountsThem) {
 }
 
 // A policy made with an engine's store leases its rows there and gives them all back when it dies;
-// Bytes() (the rows' data) is what its pages hold, up to the partial page at the end. Dense rows hold
-// both KV heads in one row; MX stores keep one store per head, packed.
+// Bytes() lies within its pages, and what they hold beyond it does not grow with the length. Dense
+// rows hold both KV heads in one row; MX stores keep one store per head, packed; KIVI a page row per
+// token group beside its exact rows.
 TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
-  for (const char* spec : {"dense:dtype=bf16", "mx:fmt=fp8_e4m3", "streaming:budget=100+mx:fmt=fp4"}) {
+  const int64_t T = 1200;
+  const std::vector<std::string> specs = {
+      "dense:dtype=bf16",
+      "mx:fmt=fp8_e4m3",
+      "streaming:budget=100+mx:fmt=fp4",
+      "kivi:bits=2,group=32,residual=16",
+      "kivi:bits=4,group=8,residual=8,dtype=bf16",
+      "snapkv:budget=100+kivi:bits=2,group=16,residual=16",
+  };
+  for (const std::string& spec : specs) {
     PageStore store;
     KvShape s;
     s.d_model = 64, s.n_heads = 4, s.n_kv_heads = 2, s.head_dim = 32;
@@ -134,17 +160,25 @@ TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
     ASSERT_TRUE(f.ok()) << f.status().message();
     {
       auto kv = (*f)->Create(s);
-      const int T = 150;
-      std::vector<float> X(size_t(T) * 64, 0.5f), K(size_t(T) * 64, 0.25f), V(size_t(T) * 64, -1.f);
-      std::vector<int32_t> pos(T);
-      for (int i = 0; i < T; ++i) pos[size_t(i)] = i;
-      ASSERT_TRUE(kv->Append(pos, X.data(), K.data(), V.data()).ok()) << spec;
-      ASSERT_TRUE(kv->Update().ok()) << spec;
-      EXPECT_GT(kv->Bytes(), 0u) << spec;
-      // Data within the pages: at most one partial page per store (K and V, per head for MX).
-      EXPECT_GE(store.leased_bytes(), kv->Bytes()) << spec;
-      EXPECT_LE(store.leased_bytes(), kv->Bytes() + 4 * size_t(P) * 64 * 2) << spec;
-      if (std::string(spec) == "dense:dtype=bf16") {
+      std::mt19937 rng(5);
+      std::normal_distribution<float> normal;
+      for (int64_t t = 0; t < T; t += T / 8) {  // eight steps, as a prompt in chunks and then more
+        const int n = int(T / 8);
+        std::vector<float> X(size_t(n) * 64), K(size_t(n) * 64), V(size_t(n) * 64);
+        for (auto* v : {&X, &K, &V})
+          for (float& x : *v) x = normal(rng);
+        std::vector<int32_t> pos(static_cast<size_t>(n));
+        for (int i = 0; i < n; ++i) pos[size_t(i)] = int32_t(t + i);
+        ASSERT_TRUE(kv->Append(pos, X.data(), K.data(), V.data()).ok()) << spec;
+        ASSERT_TRUE(kv->Update().ok()) << spec;
+        EXPECT_GT(kv->Bytes(), 0u) << spec;
+        // The data lies within the pages, and the pages beyond it do not grow with the length: at most a
+        // partial page at each end of each paged form, here less than ten of the largest page (16 KiB: 64
+        // f32 rows of both heads).
+        EXPECT_GE(store.leased_bytes(), kv->Bytes()) << spec << " at " << t + n;
+        EXPECT_LE(store.leased_bytes(), kv->Bytes() + 10 * 16384) << spec << " at " << t + n;
+      }
+      if (spec == "dense:dtype=bf16") {
         const size_t row = 64 * 2;  // one token's K (or V) row of both heads in bf16
         EXPECT_EQ(kv->Bytes(), size_t(T) * 2 * row);
         EXPECT_EQ(store.leased_bytes(), size_t((T + P - 1) / P) * size_t(P) * 2 * row);

@@ -55,7 +55,7 @@ PageStore& PageStore::Process() {
 }
 
 PagedRows::PagedRows(PagedRows&& o) noexcept
-    : store_(o.store_), row_bytes_(o.row_bytes_), pages_(std::move(o.pages_)), head_(o.head_), n_(o.n_) {
+    : store_(o.store_), row_bytes_(o.row_bytes_), rows_per_page_(o.rows_per_page_), pages_(std::move(o.pages_)), head_(o.head_), n_(o.n_) {
   o.pages_.clear();
   o.head_ = o.n_ = 0;
 }
@@ -63,7 +63,7 @@ PagedRows::PagedRows(PagedRows&& o) noexcept
 PagedRows& PagedRows::operator=(PagedRows&& o) noexcept {
   if (this != &o) {
     Clear();
-    store_ = o.store_, row_bytes_ = o.row_bytes_, pages_ = std::move(o.pages_), head_ = o.head_, n_ = o.n_;
+    store_ = o.store_, row_bytes_ = o.row_bytes_, rows_per_page_ = o.rows_per_page_, pages_ = std::move(o.pages_), head_ = o.head_, n_ = o.n_;
     o.pages_.clear();
     o.head_ = o.n_ = 0;
   }
@@ -72,17 +72,17 @@ PagedRows& PagedRows::operator=(PagedRows&& o) noexcept {
 
 void PagedRows::Grow(int64_t n) {
   n_ += n;
-  const size_t need = size_t((head_ + n_ + kRowsPerPage - 1) / kRowsPerPage);
+  const size_t need = size_t((head_ + n_ + rows_per_page_ - 1) / rows_per_page_);
   while (pages_.size() < need) pages_.push_back(store_->Lease(page_bytes()));
 }
 
 void PagedRows::DropFront(int64_t n) {
   // Row slots keep their alignment to the rows ever appended (slot = (rows dropped + i) mod
-  // kRowsPerPage), also when the rows run out: where runs break then depends on positions alone, not
+  // rows_per_page_), also when the rows run out: where runs break then depends on positions alone, not
   // on when a policy dropped what, so attention sums in the same order however a prompt was chunked.
-  const int64_t before = (head_ + n) / kRowsPerPage;
+  const int64_t before = (head_ + n) / rows_per_page_;
   n_ -= n;
-  head_ = (head_ + n) % kRowsPerPage;
+  head_ = (head_ + n) % rows_per_page_;
   const size_t empty = n_ == 0 ? pages_.size() : size_t(before);
   for (size_t i = 0; i < empty; ++i) store_->Return(pages_[i], page_bytes());
   pages_.erase(pages_.begin(), pages_.begin() + std::ptrdiff_t(empty));
@@ -90,7 +90,7 @@ void PagedRows::DropFront(int64_t n) {
 
 void PagedRows::Truncate(int64_t n) {
   n_ = n;
-  const size_t need = n_ == 0 ? 0 : size_t((head_ + n_ + kRowsPerPage - 1) / kRowsPerPage);
+  const size_t need = n_ == 0 ? 0 : size_t((head_ + n_ + rows_per_page_ - 1) / rows_per_page_);
   while (pages_.size() > need) {
     store_->Return(pages_.back(), page_bytes());
     pages_.pop_back();

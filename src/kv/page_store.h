@@ -4,8 +4,9 @@
 // the store has leased is the KV memory the server holds; commands without an engine (eval, bench,
 // tests) use the process's store.
 //
-// A page holds PagedRows::kRowsPerPage rows of one storage form (one width and dtype), so its size
-// is fixed per layer and form; the store keeps a free list per page size and never gives memory back
+// A page holds PagedRows::kRowsPerPage rows of one storage form (one width and dtype), or a fixed
+// number of larger rows that each stand for several tokens (a KIVI key group), so its size is fixed
+// per layer and form; the store keeps a free list per page size and never gives memory back
 // to the system, as a block pool reuses its blocks.
 #pragma once
 #include <algorithm>
@@ -51,9 +52,9 @@ class PageStore {
   size_t leased_bytes_ = 0, peak_bytes_ = 0, leased_pages_ = 0;
 };
 
-// A sequence of fixed-size rows (one storage form) in pages of kRowsPerPage rows leased from a store:
-// row i sits at slot (head + i) % kRowsPerPage of page (head + i) / kRowsPerPage, where head counts
-// the slots of the first page already dropped. Rows never straddle pages, so a run of rows within a
+// A sequence of fixed-size rows (one storage form) in pages of rows_per_page rows (kRowsPerPage unless
+// a row stands for several tokens) leased from a store: row i sits at slot (head + i) % rows_per_page
+// of page (head + i) / rows_per_page, where head counts the slots of the first page already dropped. Rows never straddle pages, so a run of rows within a
 // page is contiguous; readers walk runs (ForEachRun), as attention walks segments.
 // Thread-safety: const methods may run concurrently; the rest is exclusive.
 class PagedRows {
@@ -64,7 +65,12 @@ class PagedRows {
   // sequence.
   static constexpr int64_t kRowsPerPage = 64;
 
-  PagedRows(PageStore& store, size_t row_bytes) : store_(&store), row_bytes_(row_bytes) {}
+  // rows_per_page >= 1: a row of one token takes the default; a row that holds a group of G tokens
+  // takes RowsPerPageFor(G), so that a page still holds about kRowsPerPage tokens.
+  PagedRows(PageStore& store, size_t row_bytes, int64_t rows_per_page = kRowsPerPage)
+      : store_(&store), row_bytes_(row_bytes), rows_per_page_(rows_per_page) {}
+  // Rows per page for rows of `tokens` tokens each: kRowsPerPage / tokens, at least 1.
+  static int64_t RowsPerPageFor(int64_t tokens) { return std::max<int64_t>(1, kRowsPerPage / std::max<int64_t>(1, tokens)); }
   ~PagedRows() { Clear(); }
   PagedRows(PagedRows&& o) noexcept;
   PagedRows& operator=(PagedRows&& o) noexcept;
@@ -73,12 +79,13 @@ class PagedRows {
 
   int64_t size() const { return n_; }
   size_t row_bytes() const { return row_bytes_; }
+  int64_t rows_per_page() const { return rows_per_page_; }
   // Appends n rows of undefined contents (the caller writes them through Row).
   void Grow(int64_t n);
   uint8_t* Row(int64_t i) { return const_cast<uint8_t*>(std::as_const(*this).Row(i)); }
   const uint8_t* Row(int64_t i) const {
     const int64_t s = head_ + i;
-    return pages_[size_t(s / kRowsPerPage)] + size_t(s % kRowsPerPage) * row_bytes_;
+    return pages_[size_t(s / rows_per_page_)] + size_t(s % rows_per_page_) * row_bytes_;
   }
   // Drops the first n rows, or all but the first n, returning pages left empty.
   void DropFront(int64_t n);
@@ -91,7 +98,7 @@ class PagedRows {
   template <typename Fn>
   void ForEachRun(int64_t begin, int64_t count, Fn&& fn) const {
     while (count > 0) {
-      const int64_t in_page = std::min(count, kRowsPerPage - (head_ + begin) % kRowsPerPage);
+      const int64_t in_page = std::min(count, rows_per_page_ - (head_ + begin) % rows_per_page_);
       fn(begin, in_page, Row(begin));
       begin += in_page, count -= in_page;
     }
@@ -100,9 +107,10 @@ class PagedRows {
   size_t LeasedBytes() const { return pages_.size() * page_bytes(); }
 
  private:
-  size_t page_bytes() const { return size_t(kRowsPerPage) * row_bytes_; }
+  size_t page_bytes() const { return size_t(rows_per_page_) * row_bytes_; }
   PageStore* store_;
   size_t row_bytes_;
+  int64_t rows_per_page_;
   std::vector<uint8_t*> pages_;
   int64_t head_ = 0, n_ = 0;
 };
