@@ -4,6 +4,7 @@
 // the live PagedRows hold.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
@@ -140,7 +141,9 @@ TEST(PageStore, ReusesReturnedPagesAndCountsThem) {
 // A policy made with an engine's store leases its rows there and gives them all back when it dies;
 // Bytes() lies within its pages, and what they hold beyond it does not grow with the length. Dense
 // rows hold both KV heads in one row; MX stores keep one store per head, packed; KIVI a page row per
-// token group beside its exact rows.
+// token group beside its exact rows; ATP its window, principal and kept rows, each block's U_r and
+// offsets (residual=, rope=pre with keep=), the residual codec's rows and the filling block's layer
+// input.
 TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
   const int64_t T = 1200;
   const std::vector<std::string> specs = {
@@ -150,11 +153,16 @@ TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
       "kivi:bits=2,group=32,residual=16",
       "kivi:bits=4,group=8,residual=8,dtype=bf16",
       "snapkv:budget=100+kivi:bits=2,group=16,residual=16",
+      "atp:block=32,rank=4,window=64,basis=key,residual=kivi2,dtype=bf16,rope=pre",
+      "atp:block=16,rank=3,window=32,proj=lowrank,keep=2,residual=kivi4",
+      "atp:block=16,rank=4,window=16,basis=key,keep=3,residual=mx_fp4,rope=pre",
+      "atp:block=16,rank=4,window=32",
   };
   for (const std::string& spec : specs) {
     PageStore store;
     KvShape s;
     s.d_model = 64, s.n_heads = 4, s.n_kv_heads = 2, s.head_dim = 32;
+    for (int i = 0; i < 16; ++i) s.rope_inv_freq.push_back(std::pow(10000.f, -float(i) / 16));
     s.pages = &store;
     auto f = ParseKvPolicy(spec);
     ASSERT_TRUE(f.ok()) << f.status().message();
@@ -174,7 +182,7 @@ TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
         EXPECT_GT(kv->Bytes(), 0u) << spec;
         // The data lies within the pages, and the pages beyond it do not grow with the length: at most a
         // partial page at each end of each paged form, here less than ten of the largest page (16 KiB: 64
-        // f32 rows of both heads).
+        // f32 rows of both heads; ATP has a dozen forms, most with smaller pages).
         EXPECT_GE(store.leased_bytes(), kv->Bytes()) << spec << " at " << t + n;
         EXPECT_LE(store.leased_bytes(), kv->Bytes() + 10 * 16384) << spec << " at " << t + n;
       }
