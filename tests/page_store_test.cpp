@@ -10,13 +10,17 @@
 #include <string>
 #include <vector>
 
+#include "format/basis_file.h"
 #include "kv/dense_policy.h"
 #include "kv/exact_rows.h"
 #include "kv/page_store.h"
 #include "kv/kv_policy.h"
+#include "test_util.h"
 
 namespace atp {
 namespace {
+
+using testing::TempDir;
 
 constexpr int64_t P = PagedRows::kRowsPerPage;
 
@@ -143,8 +147,16 @@ TEST(PageStore, ReusesReturnedPagesAndCountsThem) {
 // rows hold both KV heads in one row; MX stores keep one store per head, packed; KIVI a page row per
 // token group beside its exact rows; ATP its window, principal and kept rows, each block's U_r and
 // offsets (residual=, rope=pre with keep=), the residual codec's rows and the filling block's layer
-// input.
+// input; lowrank its coefficient rows (the calibrated one here through a KIVI codec) and, online,
+// each block's bases.
 TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
+  TempDir dir("pages");
+  const std::string basis_file = dir / "b.safetensors";
+  KvBasis basis;
+  basis.layers = 1, basis.kv_heads = 2, basis.head_dim = 32;
+  basis.k.assign(1, std::vector<float>(2 * 32 * 32)), basis.v = basis.k;
+  for (size_t i = 0; i < basis.k[0].size(); ++i) basis.k[0][i] = float(i % 7) - 3, basis.v[0][i] = float(i % 5) - 2;
+  ASSERT_TRUE(WriteKvBasis(basis_file, basis).ok());
   const int64_t T = 1200;
   const std::vector<std::string> specs = {
       "dense:dtype=bf16",
@@ -157,6 +169,8 @@ TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
       "atp:block=16,rank=3,window=32,proj=lowrank,keep=2,residual=kivi4",
       "atp:block=16,rank=4,window=16,basis=key,keep=3,residual=mx_fp4,rope=pre",
       "atp:block=16,rank=4,window=32",
+      "lowrank:rk=8,rv=16,mode=online,block=16",
+      "lowrank:rk=8,rv=8,file=" + basis_file + "+kivi:bits=2,group=8,residual=16",
   };
   for (const std::string& spec : specs) {
     PageStore store;
