@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <random>
 #include <string>
 #include <vector>
@@ -140,6 +141,52 @@ TEST(PageStore, ReusesReturnedPagesAndCountsThem) {
   store.Return(b, 512);
   EXPECT_EQ(store.leased_bytes(), 8192u);
   EXPECT_EQ(store.peak_bytes(), 8192u + 512u);
+}
+
+// A bounded store never holds more than its capacity from the system: a page that does not fit is
+// refused with ResourceExhausted and nothing allocated; a free page of the size asked is reused, and
+// free pages of other sizes go back to the system to make room.
+TEST(PageStore, BoundedStoreRefusesWhatDoesNotFit) {
+  PageStore store(3 * 4096);
+  EXPECT_EQ(store.capacity_bytes(), 3u * 4096);
+  std::vector<uint8_t*> pages;
+  for (int i = 0; i < 3; ++i) {
+    auto p = store.TryLease(4096);
+    ASSERT_TRUE(p.ok()) << p.status().message();
+    pages.push_back(*p);
+  }
+  auto over = store.TryLease(4096);
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.status().code(), Status::Code::kResourceExhausted);
+  EXPECT_NE(over.status().message().find("capacity of 12288 bytes"), std::string::npos) << over.status().message();
+  EXPECT_THROW(store.Lease(100), std::bad_alloc);  // Lease's contract: the failure as bad_alloc
+  EXPECT_EQ(store.leased_bytes(), 3u * 4096);
+  EXPECT_EQ(store.held_bytes(), 3u * 4096);
+  store.Return(pages[0], 4096);
+  auto again = store.TryLease(4096);  // the free page, nothing new
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, pages[0]);
+  // Two pages free of 4096: an 8192-byte page fits once they go back to the system; a second does not,
+  // and a refused lease leaves the free pages where they were.
+  store.Return(pages[1], 4096);
+  store.Return(pages[2], 4096);
+  auto big = store.TryLease(8192);
+  ASSERT_TRUE(big.ok()) << big.status().message();
+  EXPECT_EQ(store.held_bytes(), 3u * 4096);
+  EXPECT_FALSE(store.TryLease(8192).ok());
+  store.Return(*again, 4096);
+  EXPECT_FALSE(store.TryLease(8192).ok());
+  EXPECT_EQ(store.held_bytes(), 3u * 4096);
+  EXPECT_TRUE(store.TryLease(4096).ok());  // the one free 4096-byte page is still there
+  // Sizes are counted as allocated, rounded up to 64 bytes: 65 bytes take 128.
+  PageStore small(128);
+  EXPECT_TRUE(small.TryLease(65).ok());
+  EXPECT_FALSE(small.TryLease(1).ok());
+  // Unbounded (the default): no refusal.
+  PageStore unbounded;
+  EXPECT_EQ(unbounded.capacity_bytes(), 0u);
+  for (int i = 0; i < 8; ++i) EXPECT_TRUE(unbounded.TryLease(1 << 20).ok());
+  EXPECT_EQ(unbounded.held_bytes(), 8u << 20);
 }
 
 // A policy made with an engine's store leases its rows there and gives them all back when it dies;

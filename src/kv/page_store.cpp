@@ -2,14 +2,21 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <new>
+#include <string>
+#include <unordered_set>
 #include <utility>
 
 namespace atp {
 
 void PageStore::Free::operator()(uint8_t* p) const { std::free(p); }
 
-uint8_t* PageStore::Lease(size_t bytes) {
+namespace {
+size_t Allocated(size_t bytes) { return (bytes + 63) / 64 * 64; }
+}  // namespace
+
+Result<uint8_t*> PageStore::TryLease(size_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   uint8_t* page = nullptr;
   auto it = free_.find(bytes);
@@ -17,14 +24,43 @@ uint8_t* PageStore::Lease(size_t bytes) {
     page = it->second.back();
     it->second.pop_back();
   } else {
-    page = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (!MakeRoom(Allocated(bytes)))
+      return Status::ResourceExhausted("page store: a page of " + std::to_string(bytes) + " bytes does not fit its capacity of " +
+                                       std::to_string(capacity_) + " bytes (" + std::to_string(leased_bytes_) + " leased in " +
+                                       std::to_string(leased_pages_) + " pages)");
+    page = static_cast<uint8_t*>(std::aligned_alloc(64, Allocated(bytes)));
     if (!page) throw std::bad_alloc();
     owned_.emplace_back(page);
+    held_bytes_ += Allocated(bytes);
   }
   leased_bytes_ += bytes;
   peak_bytes_ = std::max(peak_bytes_, leased_bytes_);
   ++leased_pages_;
   return page;
+}
+
+uint8_t* PageStore::Lease(size_t bytes) {
+  Result<uint8_t*> page = TryLease(bytes);
+  if (!page.ok()) throw std::bad_alloc();
+  return *page;
+}
+
+bool PageStore::MakeRoom(size_t need) {
+  if (capacity_ == 0 || held_bytes_ + need <= capacity_) return true;
+  size_t free_bytes = 0;
+  for (const auto& [size, pages] : free_) free_bytes += Allocated(size) * pages.size();
+  if (held_bytes_ - free_bytes + need > capacity_) return false;  // the leased pages alone leave no room
+  std::unordered_set<uint8_t*> gone;
+  for (auto it = free_.begin(); it != free_.end() && held_bytes_ + need > capacity_;) {
+    while (!it->second.empty() && held_bytes_ + need > capacity_) {
+      gone.insert(it->second.back());
+      it->second.pop_back();
+      held_bytes_ -= Allocated(it->first);
+    }
+    it = it->second.empty() ? free_.erase(it) : std::next(it);
+  }
+  std::erase_if(owned_, [&](const auto& p) { return gone.count(p.get()) > 0; });
+  return true;
 }
 
 void PageStore::Return(uint8_t* page, size_t bytes) {
@@ -42,6 +78,11 @@ size_t PageStore::leased_bytes() const {
 size_t PageStore::peak_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
   return peak_bytes_;
+}
+
+size_t PageStore::held_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return held_bytes_;
 }
 
 size_t PageStore::leased_pages() const {

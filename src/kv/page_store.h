@@ -6,8 +6,8 @@
 //
 // A page holds PagedRows::kRowsPerPage rows of one storage form (one width and dtype), or a fixed
 // number of larger rows that each stand for several tokens (a KIVI key group), so its size is fixed
-// per layer and form; the store keeps a free list per page size and never gives memory back
-// to the system, as a block pool reuses its blocks.
+// per layer and form; the store keeps a free list per page size and gives memory back to the system
+// only when bounded and short of room, as a block pool reuses its blocks.
 #pragma once
 #include <algorithm>
 #include <cstddef>
@@ -18,18 +18,26 @@
 #include <utility>
 #include <vector>
 
+#include "core/status.h"
+
 namespace atp {
 
 // Thread-safety: every method may be called from any thread (sequences of one engine run their
 // policies on the pool's workers).
 class PageStore {
  public:
-  PageStore() = default;
+  // capacity_bytes: the most memory the store may hold from the system, its pages leased and free
+  // (each page counted at its allocation, `bytes` rounded up to 64); 0: unbounded.
+  explicit PageStore(size_t capacity_bytes = 0) : capacity_(capacity_bytes) {}
   PageStore(const PageStore&) = delete;
   PageStore& operator=(const PageStore&) = delete;
 
-  // A page of `bytes` bytes, 64-byte aligned, contents undefined. Throws std::bad_alloc when the system
-  // has no memory left (as the vectors it replaces did).
+  // A page of `bytes` bytes, 64-byte aligned, contents undefined: a free page of that size, else a new
+  // one. A bounded store first gives free pages of other sizes back to the system to make room for a
+  // new one; where the pages leased leave no room, it fails with ResourceExhausted and allocates nothing.
+  Result<uint8_t*> TryLease(size_t bytes);
+  // TryLease, throwing std::bad_alloc where it fails or the system has no memory left (as the vectors
+  // the pages replace did). An unbounded store fails only then.
   uint8_t* Lease(size_t bytes);
   // Gives back a page that Lease(bytes) returned.
   void Return(uint8_t* page, size_t bytes);
@@ -38,6 +46,9 @@ class PageStore {
   size_t leased_bytes() const;
   size_t peak_bytes() const;
   size_t leased_pages() const;
+  // Bytes the store holds from the system (pages leased and free, as allocated), and its bound (0: none).
+  size_t held_bytes() const;
+  size_t capacity_bytes() const { return capacity_; }
 
   // The store of policies made without one (KvShape::pages null).
   static PageStore& Process();
@@ -46,10 +57,14 @@ class PageStore {
   struct Free {
     void operator()(uint8_t* p) const;
   };
+  // Gives free pages back to the system until `need` more bytes fit the capacity; whether they do.
+  bool MakeRoom(size_t need);
+
+  const size_t capacity_;
   mutable std::mutex mu_;
   std::map<size_t, std::vector<uint8_t*>> free_;  // by page size
   std::vector<std::unique_ptr<uint8_t, Free>> owned_;
-  size_t leased_bytes_ = 0, peak_bytes_ = 0, leased_pages_ = 0;
+  size_t leased_bytes_ = 0, peak_bytes_ = 0, leased_pages_ = 0, held_bytes_ = 0;
 };
 
 // A sequence of fixed-size rows (one storage form) in pages of rows_per_page rows (kRowsPerPage unless
