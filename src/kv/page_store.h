@@ -5,8 +5,8 @@
 // tests) use the process's store.
 //
 // A page holds PagedRows::kRowsPerPage rows of one storage form (one width and dtype), or a fixed
-// number of larger rows that each stand for several tokens (a KIVI key group), so its size is fixed
-// per layer and form; the store keeps a free list per page size and gives memory back to the system
+// number of larger rows that each stand for several tokens (a KIVI token group, an ATP or lowrank
+// block's state), so its size is fixed per layer and form; the store keeps a free list per page size and gives memory back to the system
 // only when bounded and short of room, as a block pool reuses its blocks.
 #pragma once
 #include <algorithm>
@@ -67,10 +67,11 @@ class PageStore {
   size_t leased_bytes_ = 0, peak_bytes_ = 0, leased_pages_ = 0, held_bytes_ = 0;
 };
 
-// A sequence of fixed-size rows (one storage form) in pages of rows_per_page rows (kRowsPerPage unless
-// a row stands for several tokens) leased from a store: row i sits at slot (head + i) % rows_per_page
-// of page (head + i) / rows_per_page, where head counts the slots of the first page already dropped. Rows never straddle pages, so a run of rows within a
-// page is contiguous; readers walk runs (ForEachRun), as attention walks segments.
+// A sequence of fixed-size rows (one storage form) in pages of rows_per_page rows (kRowsPerPage by
+// default) leased from a store: row i sits at slot (head + i) % rows_per_page of page
+// (head + i) / rows_per_page, where head counts the slots of the first page already dropped. Rows
+// never straddle pages, so a run of rows within a page is contiguous; readers walk runs (ForEachRun),
+// as attention walks segments.
 // Thread-safety: const methods may run concurrently; the rest is exclusive.
 class PagedRows {
  public:
@@ -80,8 +81,9 @@ class PagedRows {
   // sequence.
   static constexpr int64_t kRowsPerPage = 64;
 
-  // rows_per_page >= 1: a row of one token takes the default; a row that holds a group of G tokens
-  // takes RowsPerPageFor(G), so that a page still holds about kRowsPerPage tokens.
+  // rows_per_page >= 1: a row of one token takes the default (or fewer where the rows never outnumber
+  // a known count: ATP's filling block); a row that stands for G tokens takes RowsPerPageFor(G), so
+  // that a page still holds about kRowsPerPage tokens.
   PagedRows(PageStore& store, size_t row_bytes, int64_t rows_per_page = kRowsPerPage)
       : store_(&store), row_bytes_(row_bytes), rows_per_page_(rows_per_page) {}
   // Rows per page for rows of `tokens` tokens each: kRowsPerPage / tokens, at least 1.
