@@ -4,18 +4,24 @@
 // the live PagedRows hold.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <new>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "format/basis_file.h"
 #include "kv/dense_policy.h"
 #include "kv/exact_rows.h"
 #include "kv/page_store.h"
 #include "kv/kv_policy.h"
+#include "test_util.h"
 
 namespace atp {
 namespace {
+
+using testing::TempDir;
 
 constexpr int64_t P = PagedRows::kRowsPerPage;
 
@@ -28,6 +34,7 @@ uint64_t Get(const PagedRows& r, int64_t i) {
 }
 
 void ExpectSame(const PagedRows& r, const std::vector<uint64_t>& ref, const PageStore& store) {
+  const int64_t P = r.rows_per_page();
   ASSERT_EQ(r.size(), int64_t(ref.size()));
   for (int64_t i = 0; i < r.size(); ++i) ASSERT_EQ(Get(r, i), ref[size_t(i)]) << "row " << i;
   EXPECT_EQ(store.leased_bytes(), r.LeasedBytes());
@@ -47,10 +54,15 @@ void ExpectSame(const PagedRows& r, const std::vector<uint64_t>& ref, const Page
   }
 }
 
-TEST(PagedRows, RandomEditsMatchAVectorOfRows) {  // appends, drops, truncations, retains
+// Appends, drops, truncations, retains; in pages of the default 64 rows, and of 1 and 3 rows (rows
+// that each hold a group of tokens).
+class PagedRowsEdits : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(PagedRowsEdits, RandomEditsMatchAVectorOfRows) {
   PageStore store;
   std::mt19937 rng(7);
-  PagedRows r(store, 8);
+  PagedRows r(store, 8, GetParam());
+  ASSERT_EQ(r.rows_per_page(), GetParam());
   std::vector<uint64_t> ref;
   uint64_t next_id = 1, dropped = 0;
   for (int step = 0; step < 400; ++step) {
@@ -83,6 +95,16 @@ TEST(PagedRows, RandomEditsMatchAVectorOfRows) {  // appends, drops, truncations
   r.Clear();
   EXPECT_EQ(store.leased_bytes(), 0u);
   EXPECT_GT(store.peak_bytes(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(PagedRows, PagedRowsEdits, ::testing::Values(P, int64_t(1), int64_t(3)));
+
+TEST(PagedRows, RowsPerPageForGroupsOfTokens) {
+  EXPECT_EQ(PagedRows::RowsPerPageFor(1), P);
+  EXPECT_EQ(PagedRows::RowsPerPageFor(32), P / 32);
+  EXPECT_EQ(PagedRows::RowsPerPageFor(24), P / 24);  // rounds down: a page holds at most about P tokens
+  EXPECT_EQ(PagedRows::RowsPerPageFor(P), 1);
+  EXPECT_EQ(PagedRows::RowsPerPageFor(4 * P), 1);  // a group larger than a page still gets a page of its own
 }
 
 // Where a run breaks depends on the rows ever appended, not on when rows were dropped: the same rows
@@ -121,30 +143,111 @@ TEST(PageStore, ReusesReturnedPagesAndCountsThem) {
   EXPECT_EQ(store.peak_bytes(), 8192u + 512u);
 }
 
+// A bounded store never holds more than its capacity from the system: a page that does not fit is
+// refused with ResourceExhausted and nothing allocated; a free page of the size asked is reused, and
+// free pages of other sizes go back to the system to make room.
+TEST(PageStore, BoundedStoreRefusesWhatDoesNotFit) {
+  PageStore store(3 * 4096);
+  EXPECT_EQ(store.capacity_bytes(), 3u * 4096);
+  std::vector<uint8_t*> pages;
+  for (int i = 0; i < 3; ++i) {
+    auto p = store.TryLease(4096);
+    ASSERT_TRUE(p.ok()) << p.status().message();
+    pages.push_back(*p);
+  }
+  auto over = store.TryLease(4096);
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.status().code(), Status::Code::kResourceExhausted);
+  EXPECT_NE(over.status().message().find("capacity of 12288 bytes"), std::string::npos) << over.status().message();
+  EXPECT_THROW(store.Lease(100), std::bad_alloc);  // Lease's contract: the failure as bad_alloc
+  EXPECT_EQ(store.leased_bytes(), 3u * 4096);
+  EXPECT_EQ(store.held_bytes(), 3u * 4096);
+  store.Return(pages[0], 4096);
+  auto again = store.TryLease(4096);  // the free page, nothing new
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, pages[0]);
+  // Two pages free of 4096: an 8192-byte page fits once they go back to the system; a second does not,
+  // and a refused lease leaves the free pages where they were.
+  store.Return(pages[1], 4096);
+  store.Return(pages[2], 4096);
+  auto big = store.TryLease(8192);
+  ASSERT_TRUE(big.ok()) << big.status().message();
+  EXPECT_EQ(store.held_bytes(), 3u * 4096);
+  EXPECT_FALSE(store.TryLease(8192).ok());
+  store.Return(*again, 4096);
+  EXPECT_FALSE(store.TryLease(8192).ok());
+  EXPECT_EQ(store.held_bytes(), 3u * 4096);
+  EXPECT_TRUE(store.TryLease(4096).ok());  // the one free 4096-byte page is still there
+  // Sizes are counted as allocated, rounded up to 64 bytes: 65 bytes take 128.
+  PageStore small(128);
+  EXPECT_TRUE(small.TryLease(65).ok());
+  EXPECT_FALSE(small.TryLease(1).ok());
+  // Unbounded (the default): no refusal.
+  PageStore unbounded;
+  EXPECT_EQ(unbounded.capacity_bytes(), 0u);
+  for (int i = 0; i < 8; ++i) EXPECT_TRUE(unbounded.TryLease(1 << 20).ok());
+  EXPECT_EQ(unbounded.held_bytes(), 8u << 20);
+}
+
 // A policy made with an engine's store leases its rows there and gives them all back when it dies;
-// Bytes() (the rows' data) is what its pages hold, up to the partial page at the end. Dense rows hold
-// both KV heads in one row; MX stores keep one store per head, packed.
+// Bytes() lies within its pages, and what they hold beyond it does not grow with the length. Dense
+// rows hold both KV heads in one row; MX stores keep one store per head, packed; KIVI a page row per
+// token group beside its exact rows; ATP its window, principal and kept rows, each block's U_r and
+// offsets (residual=, rope=pre with keep=), the residual codec's rows and the filling block's layer
+// input; lowrank its coefficient rows (the calibrated one here through a KIVI codec) and, online,
+// each block's bases.
 TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
-  for (const char* spec : {"dense:dtype=bf16", "mx:fmt=fp8_e4m3", "streaming:budget=100+mx:fmt=fp4"}) {
+  TempDir dir("pages");
+  const std::string basis_file = dir / "b.safetensors";
+  KvBasis basis;
+  basis.layers = 1, basis.kv_heads = 2, basis.head_dim = 32;
+  basis.k.assign(1, std::vector<float>(2 * 32 * 32)), basis.v = basis.k;
+  for (size_t i = 0; i < basis.k[0].size(); ++i) basis.k[0][i] = float(i % 7) - 3, basis.v[0][i] = float(i % 5) - 2;
+  ASSERT_TRUE(WriteKvBasis(basis_file, basis).ok());
+  const int64_t T = 1200;
+  const std::vector<std::string> specs = {
+      "dense:dtype=bf16",
+      "mx:fmt=fp8_e4m3",
+      "streaming:budget=100+mx:fmt=fp4",
+      "kivi:bits=2,group=32,residual=16",
+      "kivi:bits=4,group=8,residual=8,dtype=bf16",
+      "snapkv:budget=100+kivi:bits=2,group=16,residual=16",
+      "atp:block=32,rank=4,window=64,basis=key,residual=kivi2,dtype=bf16,rope=pre",
+      "atp:block=16,rank=3,window=32,proj=lowrank,keep=2,residual=kivi4",
+      "atp:block=16,rank=4,window=16,basis=key,keep=3,residual=mx_fp4,rope=pre",
+      "atp:block=16,rank=4,window=32",
+      "lowrank:rk=8,rv=16,mode=online,block=16",
+      "lowrank:rk=8,rv=8,file=" + basis_file + "+kivi:bits=2,group=8,residual=16",
+  };
+  for (const std::string& spec : specs) {
     PageStore store;
     KvShape s;
     s.d_model = 64, s.n_heads = 4, s.n_kv_heads = 2, s.head_dim = 32;
+    for (int i = 0; i < 16; ++i) s.rope_inv_freq.push_back(std::pow(10000.f, -float(i) / 16));
     s.pages = &store;
     auto f = ParseKvPolicy(spec);
     ASSERT_TRUE(f.ok()) << f.status().message();
     {
       auto kv = (*f)->Create(s);
-      const int T = 150;
-      std::vector<float> X(size_t(T) * 64, 0.5f), K(size_t(T) * 64, 0.25f), V(size_t(T) * 64, -1.f);
-      std::vector<int32_t> pos(T);
-      for (int i = 0; i < T; ++i) pos[size_t(i)] = i;
-      ASSERT_TRUE(kv->Append(pos, X.data(), K.data(), V.data()).ok()) << spec;
-      ASSERT_TRUE(kv->Update().ok()) << spec;
-      EXPECT_GT(kv->Bytes(), 0u) << spec;
-      // Data within the pages: at most one partial page per store (K and V, per head for MX).
-      EXPECT_GE(store.leased_bytes(), kv->Bytes()) << spec;
-      EXPECT_LE(store.leased_bytes(), kv->Bytes() + 4 * size_t(P) * 64 * 2) << spec;
-      if (std::string(spec) == "dense:dtype=bf16") {
+      std::mt19937 rng(5);
+      std::normal_distribution<float> normal;
+      for (int64_t t = 0; t < T; t += T / 8) {  // eight steps, as a prompt in chunks and then more
+        const int n = int(T / 8);
+        std::vector<float> X(size_t(n) * 64), K(size_t(n) * 64), V(size_t(n) * 64);
+        for (auto* v : {&X, &K, &V})
+          for (float& x : *v) x = normal(rng);
+        std::vector<int32_t> pos(static_cast<size_t>(n));
+        for (int i = 0; i < n; ++i) pos[size_t(i)] = int32_t(t + i);
+        ASSERT_TRUE(kv->Append(pos, X.data(), K.data(), V.data()).ok()) << spec;
+        ASSERT_TRUE(kv->Update().ok()) << spec;
+        EXPECT_GT(kv->Bytes(), 0u) << spec;
+        // The data lies within the pages, and the pages beyond it do not grow with the length: at most a
+        // partial page at each end of each paged form, here less than ten of the largest page (16 KiB: 64
+        // f32 rows of both heads; ATP has a dozen forms, most with smaller pages).
+        EXPECT_GE(store.leased_bytes(), kv->Bytes()) << spec << " at " << t + n;
+        EXPECT_LE(store.leased_bytes(), kv->Bytes() + 10 * 16384) << spec << " at " << t + n;
+      }
+      if (spec == "dense:dtype=bf16") {
         const size_t row = 64 * 2;  // one token's K (or V) row of both heads in bf16
         EXPECT_EQ(kv->Bytes(), size_t(T) * 2 * row);
         EXPECT_EQ(store.leased_bytes(), size_t((T + P - 1) / P) * size_t(P) * 2 * row);

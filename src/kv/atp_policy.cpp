@@ -78,15 +78,23 @@ Status CheckRope(const KvShape& s, const AtpParams& p) {
 
 class AtpPolicy : public KvPolicy {
  public:
-  AtpPolicy(const KvShape& s, const AtpParams& p) : s_(s), p_(p), exact_(s.store(), p.dtype, s.kv_dim()) {
+  AtpPolicy(const KvShape& s, const AtpParams& p)
+      : s_(s), p_(p), exact_(s.store(), p.dtype, s.kv_dim()),
+        x_fill_(s.store(), size_t(s.d_model) * sizeof(float), std::min<int64_t>(PagedRows::kRowsPerPage, p.block)) {
     for (int h = 0; h < s.n_kv_heads; ++h) {
       principal_.emplace_back(s.store(), p.dtype, s.head_dim);
       kept_.emplace_back(s.store(), p.dtype, s.head_dim);
       if (p.residual_codec) residual_.push_back(p.residual_codec->NewStore(s.store(), s.head_dim, s.head_dim));
     }
     block_rows_.resize(size_t(s.n_kv_heads));
-    coef_.resize(p.residual_codec ? size_t(Groups()) : 0);
-    offsets_.resize(p.rope_pre && p.keep > 0 ? size_t(Groups()) : 0);
+    // One page row per compressed block: its U_r, (summarized, r_b) f32 with room for the largest r_b, and
+    // (rope=pre, keep=E) its summarized tokens' offsets.
+    const int n = p.summarized();
+    const int64_t per_page = PagedRows::RowsPerPageFor(p.block);
+    for (int g = 0; p.residual_codec && n > 0 && g < Groups(); ++g) {
+      coef_.emplace_back(s.store(), size_t(n) * size_t(MaxRank()) * sizeof(float), per_page);
+      if (p.rope_pre && p.keep > 0) offsets_.emplace_back(s.store(), size_t(n) * sizeof(int32_t), per_page);
+    }
   }
 
   Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) override {
@@ -97,16 +105,19 @@ class AtpPolicy : public KvPolicy {
     const int64_t T = int64_t(positions.size());
     exact_.Append(K, V, T);
     for (int64_t i = 0; i < T; ++i) {
-      if (KeepsInput()) x_fill_.insert(x_fill_.end(), X + i * s_.d_model, X + (i + 1) * s_.d_model);
+      if (KeepsInput()) {
+        x_fill_.Grow(1);
+        std::copy_n(X + i * s_.d_model, s_.d_model, reinterpret_cast<float*>(x_fill_.Row(x_fill_.size() - 1)));
+      }
       ++length_;
       if (length_ % p_.block == 0) {
         const int64_t b = length_ / p_.block - 1;
         BlockInput* in = nullptr;
         if (KeepsInput()) {
-          ATP_ASSIGN_OR_RETURN(in, Input(b, x_fill_));
+          ATP_ASSIGN_OR_RETURN(in, Input(b, FilledInput(p_.block)));
         }
         ATP_RETURN_IF_ERROR(CompressBlock(b, in));
-        x_fill_.clear();
+        x_fill_.Clear();
         // Keep only block b's Q basis (the filling block's) and what InputBases computed ahead.
         std::erase_if(inputs_, [&](const auto& e) { return e->block < b || (e->block == b && !p_.proj_lowrank); });
         if (in && p_.proj_lowrank) {  // compressed: only the basis is still needed
@@ -163,14 +174,15 @@ class AtpPolicy : public KvPolicy {
   }
 
   size_t Bytes() const override {
-    size_t n = exact_.Bytes() + x_fill_.size() * sizeof(float);
+    size_t n = exact_.Bytes() + size_t(x_fill_.size()) * x_fill_.row_bytes();
     for (const auto& e : inputs_)
       n += (e->x.size() + e->u.size() + e->s.size() + e->basis.vt.size() + e->basis.projected.size()) * sizeof(float);
     for (size_t h = 0; h < principal_.size(); ++h)
       n += principal_[h].Bytes() + kept_[h].Bytes() + block_rows_[h].size() * sizeof(int64_t);
     for (const auto& r : residual_) n += r->Bytes();
-    for (const auto& c : coef_) n += c.size() * sizeof(float);
-    for (const auto& o : offsets_) n += o.size() * sizeof(int32_t);
+    for (size_t g = 0; g < coef_.size(); ++g)  // U_r rows: r_b per summarized token of each block
+      n += size_t(block_rows_[g].empty() ? 0 : block_rows_[g].back()) * size_t(p_.summarized()) * sizeof(float);
+    for (const auto& o : offsets_) n += size_t(o.size()) * o.row_bytes();
     return n;
   }
   int64_t Length() const override { return length_; }
@@ -184,6 +196,18 @@ class AtpPolicy : public KvPolicy {
  private:
   // Bases per block: one for basis=input (shared by the KV heads), one per KV head for basis=key.
   int Groups() const { return p_.key_basis ? s_.n_kv_heads : 1; }
+  // The most principal rows a block can have: r <= k = min(summarized, width of the basis source).
+  int MaxRank() const {
+    const int k = std::min(p_.summarized(), p_.key_basis ? s_.head_dim : s_.d_model);
+    return p_.tau > 0 ? k : std::min(p_.rank, k);
+  }
+  // The first `rows` rows of the filling block's layer input, (rows, d_model).
+  std::vector<float> FilledInput(int64_t rows) const {
+    std::vector<float> xs(size_t(rows) * size_t(s_.d_model));
+    for (int64_t i = 0; i < rows; ++i)
+      std::copy_n(reinterpret_cast<const float*>(x_fill_.Row(i)), s_.d_model, &xs[size_t(i) * size_t(s_.d_model)]);
+    return xs;
+  }
 
   // How a query reads KV head h's summarized tokens of blocks [0, nb) (residual=): token i of block b is
   // K~ = (U_r)_i P_k + residual, V~ likewise, read without forming V~ (and, rope=post, K~): per block a
@@ -207,7 +231,7 @@ class AtpPolicy : public KvPolicy {
     std::vector<float> pk(size_t(rows) * size_t(hd));
     out->v.resize(pk.size());
     principal_[size_t(h)].ToF32(0, rows, pk.data(), out->v.data());
-    const float* coef = coef_[size_t(p_.key_basis ? h : 0)].data();
+    const size_t basis = size_t(p_.key_basis ? h : 0);
     std::optional<BlockRope> rope;
     if (p_.rope_pre) {
       out->keys.resize(size_t(nb) * size_t(n) * size_t(hd));
@@ -220,7 +244,7 @@ class AtpPolicy : public KvPolicy {
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t before = b > 0 ? block_rows_[size_t(h)][size_t(b - 1)] : 0;
       const int r = int(block_rows_[size_t(h)][size_t(b)] - before);
-      const float* u = coef + before * n;  // (n, r): this block's U_r
+      const float* u = reinterpret_cast<const float*>(coef_[basis].Row(b));  // (n, r): this block's U_r
       KvSegment seg;
       seg.v = KvRows{DType::kF32, u, r, n};
       seg.out_map = &out->v[size_t(before) * size_t(hd)];
@@ -233,7 +257,7 @@ class AtpPolicy : public KvPolicy {
             const float* pc = &pk[size_t(before + c) * size_t(hd)];
             for (int j = 0; j < hd; ++j) k[size_t(i) * size_t(hd) + size_t(j)] += w * pc[j];
           }
-        const int32_t* offsets = offsets_.empty() ? nullptr : &offsets_[size_t(p_.key_basis ? h : 0)][size_t(b) * size_t(n)];
+        const int32_t* offsets = offsets_.empty() ? nullptr : reinterpret_cast<const int32_t*>(offsets_[basis].Row(b));
         rope->Rotate(k, n, hd, b * p_.block, offsets);
         seg.k = KvRows{DType::kF32, k, hd, n};
       } else {
@@ -321,7 +345,7 @@ class AtpPolicy : public KvPolicy {
     }
     // Completes inside this chunk: its rows are the filling ones (x_fill_), then X's.
     const int64_t from_fill = std::max<int64_t>(0, length_ - src * B);
-    std::vector<float> xs(x_fill_.begin(), x_fill_.begin() + from_fill * d);  // (B, d_model)
+    std::vector<float> xs = FilledInput(from_fill);  // (B, d_model)
     const float* first = X + (src * B + from_fill - length_) * d;
     xs.insert(xs.end(), first, first + (B - from_fill) * d);
     return Input(src, xs);
@@ -376,9 +400,18 @@ class AtpPolicy : public KvPolicy {
         }
       }
       if (p_.key_basis || e > 0) FixColumnSigns(U.data(), n, k, r);  // Input() fixed in->u already
-      if (p_.residual_codec)  // U_r's rows: the summarized tokens' coordinates, (n, r)
-        for (int i = 0; i < n; ++i) coef_[size_t(g)].insert(coef_[size_t(g)].end(), &U[size_t(i) * size_t(k)], &U[size_t(i) * size_t(k)] + r);
-      if (!offsets_.empty()) offsets_[size_t(g)].insert(offsets_[size_t(g)].end(), rows.begin(), rows.begin() + n);
+      if (!coef_.empty()) {  // U_r's rows: the summarized tokens' coordinates, (n, r)
+        if (r > MaxRank()) return Status::InvalidArgument("atp: internal: rank " + std::to_string(r) + " beyond its page row");
+        PagedRows& c = coef_[size_t(g)];
+        c.Grow(1);
+        float* u = reinterpret_cast<float*>(c.Row(c.size() - 1));
+        for (int i = 0; i < n; ++i) std::copy_n(&U[size_t(i) * size_t(k)], r, u + size_t(i) * size_t(r));
+      }
+      if (!offsets_.empty()) {
+        PagedRows& o = offsets_[size_t(g)];
+        o.Grow(1);
+        std::copy_n(rows.begin(), n, reinterpret_cast<int32_t*>(o.Row(o.size() - 1)));
+      }
       for (int h = p_.key_basis ? g : 0; h < (p_.key_basis ? g + 1 : s_.n_kv_heads); ++h) {
         auto key = [&](int i) { return &kc[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)]; };
         auto value = [&](int i) { return &vb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)]; };
@@ -449,14 +482,15 @@ class AtpPolicy : public KvPolicy {
   int64_t length_ = 0;
   ExactRows exact_;                // positions [exact_begin_, length_), all KV heads
   int64_t exact_begin_ = 0;
-  std::vector<float> x_fill_;      // (tokens of the filling block, d_model): the basis source
+  PagedRows x_fill_;               // (tokens of the filling block, d_model) f32: the basis source; a page
+                                   // holds a whole block up to 64 tokens, as the rows go when the block completes
   std::vector<std::unique_ptr<BlockInput>> inputs_;  // the newest complete block's, and any computed ahead
   std::vector<ExactRows> principal_;              // per KV head: principal K/V rows, (rows, hd)
   std::vector<std::vector<int64_t>> block_rows_;  // per KV head: principal rows after block b
   std::vector<ExactRows> kept_;                   // per KV head: keep=E exact rows, E per compressed block
   std::vector<std::unique_ptr<RowStore>> residual_;  // per KV head: the summarized tokens' residuals
-  std::vector<std::vector<float>> coef_;          // per basis (Groups()): U_r rows, (summarized, r_b) per block
-  std::vector<std::vector<int32_t>> offsets_;     // rope=pre with keep=E, per basis: the summarized tokens' offsets in their block
+  std::vector<PagedRows> coef_;                   // residual=, per basis (Groups()): row b: U_r of block b, (summarized, r_b) f32
+  std::vector<PagedRows> offsets_;                // rope=pre with keep=E, per basis: row b: block b's summarized tokens' offsets
 };
 
 class AtpFactory : public KvPolicyFactory {

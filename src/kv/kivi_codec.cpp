@@ -35,11 +35,14 @@ void WriteCode(uint8_t* s, int64_t i, int w, uint32_t code) {
   s[bit >> 3] |= uint8_t(code << (bit & 7));  // w in {2, 4, 8}: never straddles a byte
 }
 
+// Token groups in pages of the engine's store (kv/page_store.h): one page row per group, holding
+// its per-channel key scales and zeros, its value rows and its key code rows (G of each; fewer after
+// Retain). The exact rows not yet grouped are ExactRows, in pages too.
 class KiviStore : public RowStore {
  public:
   KiviStore(const KiviParams& p, PageStore& pages, int kw, int vw)
       : p_(p), kw_(kw), vw_(vw), kcb_(KiviCodeBytes(p.bits, kw)), vrb_(KiviTokenRowBytes(p.bits, p.group, vw)),
-        exact_(pages, p.dtype, kw, vw) {}
+        groups_(pages, GroupBytes(), PagedRows::RowsPerPageFor(p.group)), exact_(pages, p.dtype, kw, vw) {}
 
   void Trim() override {
     // No later query has a horizon below size_ + 1: exact copies of rows it reads packed can go.
@@ -59,29 +62,30 @@ class KiviStore : public RowStore {
   }
 
   void Retain(const std::vector<char>& keep) override {
-    std::vector<Group> kept;
+    // Each group keeps its scales and zeros and moves its kept rows to the front of its page row;
+    // groups left empty go.
+    std::vector<char> live(size_t(groups_.size()));
     std::vector<int64_t> cum{0};
-    for (size_t g = 0; g < groups_.size(); ++g) {
-      Group& G = groups_[g];
-      Group out;
-      out.scale = std::move(G.scale);
-      out.zero = std::move(G.zero);
-      for (int64_t i = 0; i < G.count; ++i) {
-        if (!keep[size_t(cum_[g] + i)]) continue;
-        out.kcodes.insert(out.kcodes.end(), G.kcodes.begin() + i * kcb_, G.kcodes.begin() + (i + 1) * kcb_);
-        out.vrows.insert(out.vrows.end(), G.vrows.begin() + i * vrb_, G.vrows.begin() + (i + 1) * vrb_);
-        ++out.count;
+    for (int64_t g = 0; g < groups_.size(); ++g) {
+      uint8_t* row = groups_.Row(g);
+      int64_t count = 0;
+      for (int64_t i = 0; i < cum_[size_t(g) + 1] - cum_[size_t(g)]; ++i) {
+        if (!keep[size_t(cum_[size_t(g)] + i)]) continue;
+        if (count != i) {
+          std::memcpy(row + KCodes() + count * kcb_, row + KCodes() + i * kcb_, size_t(kcb_));
+          std::memcpy(row + VRows() + count * vrb_, row + VRows() + i * vrb_, size_t(vrb_));
+        }
+        ++count;
       }
-      if (out.count == 0) continue;
-      cum.push_back(cum.back() + out.count);
-      kept.push_back(std::move(out));
+      live[size_t(g)] = count > 0;
+      if (count > 0) cum.push_back(cum.back() + count);
     }
     int64_t new_e0 = 0;
     for (int64_t i = 0; i < e0_; ++i) new_e0 += keep[size_t(i)] != 0;
     int64_t new_size = new_e0;
     for (int64_t i = e0_; i < size_; ++i) new_size += keep[size_t(i)] != 0;
     exact_.Retain(keep.data() + e0_);
-    groups_ = std::move(kept);
+    groups_.Retain(live.data());
     cum_ = std::move(cum);
     e0_ = new_e0;
     size_ = new_size;
@@ -92,22 +96,22 @@ class KiviStore : public RowStore {
     for (int g = 0; g < k; ++g) {
       const int64_t lo = std::max(begin, cum_[size_t(g)]), hi = std::min(end, cum_[size_t(g) + 1]);
       if (lo >= hi) continue;
-      const Group& G = groups_[size_t(g)];
+      const uint8_t* row = groups_.Row(g);
       const int64_t off = lo - cum_[size_t(g)];
       KvSegment s;
       s.pk.layout = PackedLayout::kKiviChannel;
       s.pk.dim = kw_;
       s.pk.bits = p_.bits;
-      s.pk.data = G.kcodes.data() + off * kcb_;
+      s.pk.data = row + KCodes() + off * kcb_;
       s.pk.stride = kcb_;
       s.pk.count = hi - lo;
-      s.pk.scale = G.scale.data();
-      s.pk.zero = G.zero.data();
+      s.pk.scale = reinterpret_cast<const uint16_t*>(row);
+      s.pk.zero = reinterpret_cast<const uint16_t*>(row) + kw_;
       s.pv.layout = PackedLayout::kKiviToken;
       s.pv.dim = vw_;
       s.pv.bits = p_.bits;
       s.pv.group = p_.group;
-      s.pv.data = G.vrows.data() + off * vrb_;
+      s.pv.data = row + VRows() + off * vrb_;
       s.pv.stride = vrb_;
       s.pv.count = hi - lo;
       out->push_back(s);
@@ -117,19 +121,19 @@ class KiviStore : public RowStore {
   }
 
   int64_t size() const override { return size_; }
+  // The data of the groups' rows held (not the room a group left by Retain keeps) and of their scales
+  // and zeros, plus the exact rows.
   size_t Bytes() const override {
-    size_t n = exact_.Bytes();
-    for (auto& G : groups_) n += (G.scale.size() + G.zero.size()) * 2 + G.kcodes.size() + G.vrows.size();
-    return n;
+    return exact_.Bytes() + size_t(groups_.size()) * size_t(4 * kw_) + size_t(cum_.back()) * size_t(kcb_ + vrb_);
   }
 
  private:
-  struct Group {
-    int64_t count = 0;
-    std::vector<uint16_t> scale, zero;  // (kw) f16 per key channel
-    std::vector<uint8_t> kcodes;        // (count, kcb_)
-    std::vector<uint8_t> vrows;         // (count, vrb_) kKiviToken rows
-  };
+  // A group's page row: (kw) f16 key scales and (kw) f16 key zeros (the kernels read them in place, so
+  // they need 2-byte alignment: the row size is rounded up to 8 bytes and pages are 64-byte aligned),
+  // G value rows of vrb_ bytes (kKiviToken; read bytewise), then G key code rows of kcb_ bytes.
+  int64_t VRows() const { return 4 * int64_t(kw_); }
+  int64_t KCodes() const { return VRows() + int64_t(p_.group) * vrb_; }
+  size_t GroupBytes() const { return size_t((KCodes() + int64_t(p_.group) * kcb_ + 7) / 8 * 8); }
 
   // Groups read packed by a query with horizon n: the most k with cum_[k] + R <= n.
   int PackedGroups(int64_t n) const {
@@ -141,25 +145,22 @@ class KiviStore : public RowStore {
   void FormGroup() {
     const int64_t first = cum_.back(), G = p_.group;
     std::vector<float> k(static_cast<size_t>(G * kw_)), v(static_cast<size_t>(vw_));
-    Group g;
-    g.count = G;
-    g.scale.resize(size_t(kw_));
-    g.zero.resize(size_t(kw_));
-    g.kcodes.assign(size_t(G * kcb_), 0);
-    g.vrows.assign(size_t(G * vrb_), 0);
+    groups_.Grow(1);
+    uint8_t* row = groups_.Row(groups_.size() - 1);
+    std::memset(row, 0, groups_.row_bytes());
+    uint16_t* scale = reinterpret_cast<uint16_t*>(row);
     for (int64_t i = 0; i < G; ++i) {
       exact_.ToF32(first + i - e0_, 1, &k[size_t(i * kw_)], v.data());
-      KiviEncodeValueRow(v.data(), vw_, p_.bits, p_.group, &g.vrows[size_t(i * vrb_)]);
+      KiviEncodeValueRow(v.data(), vw_, p_.bits, p_.group, row + VRows() + i * vrb_);
     }
-    KiviEncodeKeyGroup(k.data(), kw_, G, kw_, p_.bits, g.scale.data(), g.zero.data(), g.kcodes.data());
-    groups_.push_back(std::move(g));
+    KiviEncodeKeyGroup(k.data(), kw_, G, kw_, p_.bits, scale, scale + kw_, row + KCodes());
     cum_.push_back(first + G);
   }
 
   KiviParams p_;
   int kw_, vw_;
   int64_t kcb_, vrb_;           // bytes of one key code row / one packed value row
-  std::vector<Group> groups_;   // rows [0, cum_.back())
+  PagedRows groups_;            // one row per group: rows [0, cum_.back())
   std::vector<int64_t> cum_{0}; // cum_[g]: rows before group g
   ExactRows exact_;             // rows [e0_, size_): the residual and rows not yet grouped
   int64_t e0_ = 0, size_ = 0;

@@ -22,22 +22,23 @@ struct LowRankParams {
   bool default_codec = true;
 };
 
-// One basis and the coefficients of the tokens expressed in it, for one KV head.
+// One basis of one KV head, and where the coefficients of the tokens expressed in it start in the head's
+// store. The basis lives in the policy: a calibrated one in its copy of the model's, an online block's
+// in a page row (LowRankPolicy).
 struct BasisBlock {
-  std::vector<float> pk;   // (head_dim, rk): q_map
-  std::vector<float> pvt;  // (rv, head_dim): out_map = P_v^T
-  std::unique_ptr<RowStore> coef;  // (tokens, rk) and (tokens, rv)
-  BasisBlock(const RowCodec& codec, PageStore& pages, int rk, int rv) : coef(codec.NewStore(pages, rk, rv)) {}
+  const float* pk = nullptr;   // (head_dim, rk): q_map
+  const float* pvt = nullptr;  // (rv, head_dim): out_map = P_v^T
+  int64_t first = 0;           // its first coefficient row
 };
 
-std::vector<float> Transpose(const std::vector<float>& M, int rows, int cols) {
-  std::vector<float> t(M.size());
+std::vector<float> Transpose(const float* M, int rows, int cols) {
+  std::vector<float> t(size_t(rows) * size_t(cols));
   for (int i = 0; i < rows; ++i)
     for (int c = 0; c < cols; ++c) t[size_t(c) * size_t(rows) + size_t(i)] = M[size_t(i) * size_t(cols) + size_t(c)];
   return t;
 }
 // coef (n, r) = rows (n, d; stride) . P (d, r)
-void Project(const float* rows, int64_t n, int stride, const std::vector<float>& P, int d, int r, float* coef) {
+void Project(const float* rows, int64_t n, int stride, const float* P, int d, int r, float* coef) {
   for (int64_t j = 0; j < n; ++j)
     for (int c = 0; c < r; ++c) {
       float s = 0;
@@ -50,15 +51,18 @@ class LowRankPolicy : public KvPolicy {
  public:
   LowRankPolicy(const KvShape& s, const LowRankParams& p) : s_(s), p_(p), exact_(s.store(), p.dtype, s.kv_dim()) {
     blocks_.resize(size_t(s.n_kv_heads));
-    if (!p.online) {
-      const int d = s.head_dim;
-      for (int h = 0; h < s.n_kv_heads; ++h) {
-        const float* kb = p.basis->k[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
-        const float* vb = p.basis->v[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
-        blocks_[size_t(h)].emplace_back(*p.codec, s.store(), p.rk, p.rv);
-        blocks_[size_t(h)][0].pk = FirstBasisColumns(kb, d, p.rk);
-        blocks_[size_t(h)][0].pvt = Transpose(FirstBasisColumns(vb, d, p.rv), d, p.rv);
+    const int d = s.head_dim;
+    for (int h = 0; h < s.n_kv_heads; ++h) {
+      coef_.push_back(p.codec->NewStore(s.store(), p.rk, p.rv));
+      if (p.online) {  // a page row per block: (d, rk) P_k, then (rv, d) P_v^T
+        bases_.emplace_back(s.store(), size_t(d) * size_t(p.rk + p.rv) * sizeof(float), PagedRows::RowsPerPageFor(p.block));
+        continue;
       }
+      const float* kb = p.basis->k[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
+      const float* vb = p.basis->v[size_t(s.layer)].data() + size_t(h) * size_t(d) * size_t(d);
+      calib_.push_back(FirstBasisColumns(kb, d, p.rk));
+      calib_.push_back(Transpose(FirstBasisColumns(vb, d, p.rv).data(), d, p.rv));
+      blocks_[size_t(h)].push_back({calib_[calib_.size() - 2].data(), calib_.back().data(), 0});
     }
   }
 
@@ -74,8 +78,8 @@ class LowRankPolicy : public KvPolicy {
       for (int h = 0; h < s_.n_kv_heads; ++h) {
         BasisBlock& bb = blocks_[size_t(h)][0];
         Project(K + h * d, T, kvd, bb.pk, d, p_.rk, c.data());
-        Project(V + h * d, T, kvd, Transpose(bb.pvt, p_.rv, d), d, p_.rv, e.data());
-        bb.coef->Append(c.data(), p_.rk, e.data(), p_.rv, T);
+        Project(V + h * d, T, kvd, Transpose(bb.pvt, p_.rv, d).data(), d, p_.rv, e.data());
+        coef_[size_t(h)]->Append(c.data(), p_.rk, e.data(), p_.rv, T);
       }
       length_ += T;
       return Status::Ok();
@@ -95,14 +99,12 @@ class LowRankPolicy : public KvPolicy {
     AttendSegments(s_, int64_t(positions.size()), Q, O, [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const int64_t p = positions[size_t(t)];
       if (!p_.online) {  // one basis; every token p' <= p is a coefficient row
-        const BasisBlock& bb = blocks_[size_t(kvh)][0];
-        Coefficients(bb, p + 1, out);
+        Coefficients(kvh, blocks_[size_t(kvh)][0], p + 1, out);
         return;
       }
       const int64_t nb = p / p_.block;  // blocks b with (b+1)*B <= p
       for (int64_t b = 0; b < nb; ++b) {
-        const BasisBlock& bb = blocks_[size_t(kvh)][size_t(b)];
-        Coefficients(bb, p_.block, out);
+        Coefficients(kvh, blocks_[size_t(kvh)][size_t(b)], p_.block, out);
       }
       const int64_t first = nb * p_.block - exact_begin_;  // >= 0: Append only drops what positions[0] sees compressed
       exact_.View(kvh * d, first, p - nb * p_.block + 1, out);
@@ -112,11 +114,8 @@ class LowRankPolicy : public KvPolicy {
 
   size_t Bytes() const override {
     size_t n = exact_.Bytes();
-    for (auto& head : blocks_)
-      for (auto& bb : head) {
-        n += bb.coef->Bytes();
-        if (p_.online) n += (bb.pk.size() + bb.pvt.size()) * sizeof(float);  // calibrated bases belong to the model
-      }
+    for (auto& c : coef_) n += c->Bytes();
+    for (auto& b : bases_) n += size_t(b.size()) * b.row_bytes();  // online; calibrated bases belong to the model
     return n;
   }
   int64_t Length() const override { return length_; }
@@ -136,15 +135,15 @@ class LowRankPolicy : public KvPolicy {
     }
   }
 
-  // Segments of a block's first n coefficient rows (in the codec's form), read through its bases.
-  void Coefficients(const BasisBlock& bb, int64_t n, std::vector<KvSegment>* out) const {
+  // Segments of basis bb's first n coefficient rows (in the codec's form) of KV head h, read through its bases.
+  void Coefficients(int h, const BasisBlock& bb, int64_t n, std::vector<KvSegment>* out) const {
     const size_t first = out->size();
-    bb.coef->View(0, n, n, out);
+    coef_[size_t(h)]->View(bb.first, bb.first + n, bb.first + n, out);
     for (size_t i = first; i < out->size(); ++i) {
       KvSegment& s = (*out)[i];
-      s.q_map = bb.pk.data();
+      s.q_map = bb.pk;
       s.k_dim = p_.rk;
-      s.out_map = bb.pvt.data();
+      s.out_map = bb.pvt;
       s.v_dim = p_.rv;
     }
   }
@@ -155,20 +154,26 @@ class LowRankPolicy : public KvPolicy {
     std::vector<float> kb(size_t(B) * size_t(d)), vb(size_t(B) * size_t(d)), U, S, Vt;
     for (int h = 0; h < s_.n_kv_heads; ++h) {
       exact_.SliceToF32(h * d, d, b * B - exact_begin_, B, kb.data(), vb.data());
-      BasisBlock bb(*p_.codec, s_.store(), p_.rk, p_.rv);
+      PagedRows& bases = bases_[size_t(h)];
+      bases.Grow(1);
+      float* pk = reinterpret_cast<float*>(bases.Row(bases.size() - 1));  // (d, rk)
+      float* pvt = pk + size_t(d) * size_t(p_.rk);                          // (rv, d)
       // Right singular vectors V (d x k): principal directions of the rows.
       ATP_RETURN_IF_ERROR(ThinSvd(kb.data(), B, d, &U, &S, &Vt));
       int k = std::min(B, d);
-      bb.pk = Transpose(std::vector<float>(Vt.begin(), Vt.begin() + size_t(std::min(p_.rk, k)) * size_t(d)), std::min(p_.rk, k), d);
-      bb.pk.resize(size_t(d) * size_t(p_.rk), 0.f);  // rank beyond min(B, d): zero columns
+      // (d, min(rk, k)) P_k, then zeros up to (d, rk). With rk > k (blocks shorter than rk) these read as
+      // (d, rk) are not P_k with zero columns, as meant: its entries land in other columns. Kept as it
+      // was here (paging leaves outputs unchanged); queries and keys go through the same map.
+      const std::vector<float> kt = Transpose(Vt.data(), std::min(p_.rk, k), d);
+      std::fill(std::copy(kt.begin(), kt.end(), pk), pk + size_t(d) * size_t(p_.rk), 0.f);
       ATP_RETURN_IF_ERROR(ThinSvd(vb.data(), B, d, &U, &S, &Vt));
-      bb.pvt.assign(size_t(p_.rv) * size_t(d), 0.f);
-      std::copy(Vt.begin(), Vt.begin() + size_t(std::min(p_.rv, k)) * size_t(d), bb.pvt.begin());
+      std::fill_n(pvt, size_t(p_.rv) * size_t(d), 0.f);
+      std::copy(Vt.begin(), Vt.begin() + size_t(std::min(p_.rv, k)) * size_t(d), pvt);
       std::vector<float> c(size_t(B) * size_t(p_.rk)), e(size_t(B) * size_t(p_.rv));
-      Project(kb.data(), B, d, bb.pk, d, p_.rk, c.data());
-      Project(vb.data(), B, d, Transpose(bb.pvt, p_.rv, d), d, p_.rv, e.data());
-      bb.coef->Append(c.data(), p_.rk, e.data(), p_.rv, B);
-      blocks_[size_t(h)].push_back(std::move(bb));
+      Project(kb.data(), B, d, pk, d, p_.rk, c.data());
+      Project(vb.data(), B, d, Transpose(pvt, p_.rv, d).data(), d, p_.rv, e.data());
+      blocks_[size_t(h)].push_back({pk, pvt, coef_[size_t(h)]->size()});
+      coef_[size_t(h)]->Append(c.data(), p_.rk, e.data(), p_.rv, B);
     }
     return Status::Ok();
   }
@@ -176,7 +181,10 @@ class LowRankPolicy : public KvPolicy {
   KvShape s_;
   LowRankParams p_;
   int64_t length_ = 0;
+  std::vector<std::unique_ptr<RowStore>> coef_;  // per KV head: the coefficient rows of all its bases, in order
   std::vector<std::vector<BasisBlock>> blocks_;  // per KV head: bases in position order
+  std::vector<std::vector<float>> calib_;        // calib: per KV head its P_k, then its P_v^T
+  std::vector<PagedRows> bases_;                 // online: per KV head, row b: block b's P_k and P_v^T
   ExactRows exact_;                              // online: positions [exact_begin_, length_), all heads
   int64_t exact_begin_ = 0;
 };

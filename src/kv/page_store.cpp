@@ -3,14 +3,21 @@
 #include <cassert>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <new>
+#include <string>
+#include <unordered_set>
 #include <utility>
 
 namespace atp {
 
 void PageStore::Free::operator()(uint8_t* p) const { std::free(p); }
 
-uint8_t* PageStore::Lease(size_t bytes) {
+namespace {
+size_t Allocated(size_t bytes) { return (bytes + 63) / 64 * 64; }
+}  // namespace
+
+Result<uint8_t*> PageStore::TryLease(size_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   uint8_t* page = nullptr;
   auto it = free_.find(bytes);
@@ -18,14 +25,43 @@ uint8_t* PageStore::Lease(size_t bytes) {
     page = it->second.back();
     it->second.pop_back();
   } else {
-    page = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (!MakeRoom(Allocated(bytes)))
+      return Status::ResourceExhausted("page store: a page of " + std::to_string(bytes) + " bytes does not fit its capacity of " +
+                                       std::to_string(capacity_) + " bytes (" + std::to_string(leased_bytes_) + " leased in " +
+                                       std::to_string(leased_pages_) + " pages)");
+    page = static_cast<uint8_t*>(std::aligned_alloc(64, Allocated(bytes)));
     if (!page) throw std::bad_alloc();
     owned_.emplace_back(page);
+    held_bytes_ += Allocated(bytes);
   }
   leased_bytes_ += bytes;
   peak_bytes_ = std::max(peak_bytes_, leased_bytes_);
   ++leased_pages_;
   return page;
+}
+
+uint8_t* PageStore::Lease(size_t bytes) {
+  Result<uint8_t*> page = TryLease(bytes);
+  if (!page.ok()) throw std::bad_alloc();
+  return *page;
+}
+
+bool PageStore::MakeRoom(size_t need) {
+  if (capacity_ == 0 || held_bytes_ + need <= capacity_) return true;
+  size_t free_bytes = 0;
+  for (const auto& [size, pages] : free_) free_bytes += Allocated(size) * pages.size();
+  if (held_bytes_ - free_bytes + need > capacity_) return false;  // the leased pages alone leave no room
+  std::unordered_set<uint8_t*> gone;
+  for (auto it = free_.begin(); it != free_.end() && held_bytes_ + need > capacity_;) {
+    while (!it->second.empty() && held_bytes_ + need > capacity_) {
+      gone.insert(it->second.back());
+      it->second.pop_back();
+      held_bytes_ -= Allocated(it->first);
+    }
+    it = it->second.empty() ? free_.erase(it) : std::next(it);
+  }
+  std::erase_if(owned_, [&](const auto& p) { return gone.count(p.get()) > 0; });
+  return true;
 }
 
 void PageStore::Return(uint8_t* page, size_t bytes) {
@@ -54,6 +90,11 @@ size_t PageStore::peak_bytes() const {
   return peak_bytes_;
 }
 
+size_t PageStore::held_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return held_bytes_;
+}
+
 size_t PageStore::leased_pages() const {
   std::lock_guard<std::mutex> lock(mu_);
   return leased_pages_;
@@ -65,8 +106,8 @@ PageStore& PageStore::Process() {
 }
 
 PagedRows::PagedRows(PagedRows&& o) noexcept
-    : store_(o.store_), row_bytes_(o.row_bytes_), pages_(std::move(o.pages_)), head_(o.head_), n_(o.n_),
-      shared_(o.shared_) {
+    : store_(o.store_), row_bytes_(o.row_bytes_), rows_per_page_(o.rows_per_page_), pages_(std::move(o.pages_)),
+      head_(o.head_), n_(o.n_), shared_(o.shared_) {
   o.pages_.clear();
   o.head_ = o.n_ = 0;
   o.shared_ = 0;
@@ -75,7 +116,7 @@ PagedRows::PagedRows(PagedRows&& o) noexcept
 PagedRows& PagedRows::operator=(PagedRows&& o) noexcept {
   if (this != &o) {
     Clear();
-    store_ = o.store_, row_bytes_ = o.row_bytes_, pages_ = std::move(o.pages_), head_ = o.head_, n_ = o.n_;
+    store_ = o.store_, row_bytes_ = o.row_bytes_, rows_per_page_ = o.rows_per_page_, pages_ = std::move(o.pages_), head_ = o.head_, n_ = o.n_;
     shared_ = o.shared_;
     o.pages_.clear();
     o.head_ = o.n_ = 0;
@@ -87,22 +128,22 @@ PagedRows& PagedRows::operator=(PagedRows&& o) noexcept {
 void PagedRows::Grow(int64_t n) {
   // The last page is written from its first empty slot on: a shared one is only ever full (FullPage),
   // unless Truncate cut into it.
-  if (const size_t last = size_t((head_ + n_) / kRowsPerPage); n > 0 && (head_ + n_) % kRowsPerPage != 0) {
+  if (const size_t last = size_t((head_ + n_) / rows_per_page_); n > 0 && (head_ + n_) % rows_per_page_ != 0) {
     MakePrivate(last);
     shared_ = std::min(shared_, last);
   }
   n_ += n;
-  const size_t need = size_t((head_ + n_ + kRowsPerPage - 1) / kRowsPerPage);
+  const size_t need = size_t((head_ + n_ + rows_per_page_ - 1) / rows_per_page_);
   while (pages_.size() < need) pages_.push_back(store_->Lease(page_bytes()));
 }
 
 void PagedRows::DropFront(int64_t n) {
   // Row slots keep their alignment to the rows ever appended (slot = (rows dropped + i) mod
-  // kRowsPerPage), also when the rows run out: where runs break then depends on positions alone, not
+  // rows_per_page_), also when the rows run out: where runs break then depends on positions alone, not
   // on when a policy dropped what, so attention sums in the same order however a prompt was chunked.
-  const int64_t before = (head_ + n) / kRowsPerPage;
+  const int64_t before = (head_ + n) / rows_per_page_;
   n_ -= n;
-  head_ = (head_ + n) % kRowsPerPage;
+  head_ = (head_ + n) % rows_per_page_;
   const size_t empty = n_ == 0 ? pages_.size() : size_t(before);
   for (size_t i = 0; i < empty; ++i) store_->Return(pages_[i], page_bytes());
   pages_.erase(pages_.begin(), pages_.begin() + std::ptrdiff_t(empty));
@@ -111,7 +152,7 @@ void PagedRows::DropFront(int64_t n) {
 
 void PagedRows::Truncate(int64_t n) {
   n_ = n;
-  const size_t need = n_ == 0 ? 0 : size_t((head_ + n_ + kRowsPerPage - 1) / kRowsPerPage);
+  const size_t need = n_ == 0 ? 0 : size_t((head_ + n_ + rows_per_page_ - 1) / rows_per_page_);
   while (pages_.size() > need) {
     store_->Return(pages_.back(), page_bytes());
     pages_.pop_back();
@@ -138,7 +179,7 @@ void PagedRows::Clear() {
 }
 
 PageRef PagedRows::FullPage(int64_t b) {
-  assert(head_ == 0 && (b + 1) * kRowsPerPage <= n_);
+  assert(head_ == 0 && rows_per_page_ == kRowsPerPage && (b + 1) * kRowsPerPage <= n_);
   shared_ = std::max(shared_, size_t(b) + 1);
   return {pages_[size_t(b)], page_bytes()};
 }
@@ -151,6 +192,7 @@ void PagedRows::Adopt(std::span<const BlockPages> blocks, size_t at) {
     store_->Share(p.data);
     pages_.push_back(p.data);
   }
+  assert(rows_per_page_ == kRowsPerPage);
   n_ = int64_t(blocks.size()) * kRowsPerPage;
   shared_ = pages_.size();
 }

@@ -4,9 +4,10 @@
 // the store has leased is the KV memory the server holds; commands without an engine (eval, bench,
 // tests) use the process's store.
 //
-// A page holds PagedRows::kRowsPerPage rows of one storage form (one width and dtype), so its size
-// is fixed per layer and form; the store keeps a free list per page size and never gives memory back
-// to the system, as a block pool reuses its blocks.
+// A page holds PagedRows::kRowsPerPage rows of one storage form (one width and dtype), or a fixed
+// number of larger rows that each stand for several tokens (a KIVI token group, an ATP or lowrank
+// block's state), so its size is fixed per layer and form; the store keeps a free list per page size and gives memory back to the system
+// only when bounded and short of room, as a block pool reuses its blocks.
 #pragma once
 #include <algorithm>
 #include <cstddef>
@@ -18,6 +19,8 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include "core/status.h"
 
 namespace atp {
 
@@ -35,12 +38,18 @@ using BlockPages = std::vector<PageRef>;
 // policies on the pool's workers).
 class PageStore {
  public:
-  PageStore() = default;
+  // capacity_bytes: the most memory the store may hold from the system, its pages leased and free
+  // (each page counted at its allocation, `bytes` rounded up to 64); 0: unbounded.
+  explicit PageStore(size_t capacity_bytes = 0) : capacity_(capacity_bytes) {}
   PageStore(const PageStore&) = delete;
   PageStore& operator=(const PageStore&) = delete;
 
-  // A page of `bytes` bytes, 64-byte aligned, contents undefined. Throws std::bad_alloc when the system
-  // has no memory left (as the vectors it replaces did).
+  // A page of `bytes` bytes, 64-byte aligned, contents undefined: a free page of that size, else a new
+  // one. A bounded store first gives free pages of other sizes back to the system to make room for a
+  // new one; where the pages leased leave no room, it fails with ResourceExhausted and allocates nothing.
+  Result<uint8_t*> TryLease(size_t bytes);
+  // TryLease, throwing std::bad_alloc where it fails or the system has no memory left (as the vectors
+  // the pages replace did). An unbounded store fails only then.
   uint8_t* Lease(size_t bytes);
   // Gives back a page that Lease(bytes) returned, or one reference to it after Share: the page is free
   // again when its last holder returns it.
@@ -53,6 +62,9 @@ class PageStore {
   size_t leased_bytes() const;
   size_t peak_bytes() const;
   size_t leased_pages() const;
+  // Bytes the store holds from the system (pages leased and free, as allocated), and its bound (0: none).
+  size_t held_bytes() const;
+  size_t capacity_bytes() const { return capacity_; }
 
   // The store of policies made without one (KvShape::pages null).
   static PageStore& Process();
@@ -61,17 +73,22 @@ class PageStore {
   struct Free {
     void operator()(uint8_t* p) const;
   };
+  // Gives free pages back to the system until `need` more bytes fit the capacity; whether they do.
+  bool MakeRoom(size_t need);
+
+  const size_t capacity_;
   mutable std::mutex mu_;
   std::map<size_t, std::vector<uint8_t*>> free_;  // by page size
   std::vector<std::unique_ptr<uint8_t, Free>> owned_;
   std::unordered_map<uint8_t*, uint32_t> shares_;  // holders beyond the first, of shared pages only
-  size_t leased_bytes_ = 0, peak_bytes_ = 0, leased_pages_ = 0;
+  size_t leased_bytes_ = 0, peak_bytes_ = 0, leased_pages_ = 0, held_bytes_ = 0;
 };
 
-// A sequence of fixed-size rows (one storage form) in pages of kRowsPerPage rows leased from a store:
-// row i sits at slot (head + i) % kRowsPerPage of page (head + i) / kRowsPerPage, where head counts
-// the slots of the first page already dropped. Rows never straddle pages, so a run of rows within a
-// page is contiguous; readers walk runs (ForEachRun), as attention walks segments.
+// A sequence of fixed-size rows (one storage form) in pages of rows_per_page rows (kRowsPerPage by
+// default) leased from a store: row i sits at slot (head + i) % rows_per_page of page
+// (head + i) / rows_per_page, where head counts the slots of the first page already dropped. Rows
+// never straddle pages, so a run of rows within a page is contiguous; readers walk runs (ForEachRun),
+// as attention walks segments.
 // Thread-safety: const methods may run concurrently; the rest is exclusive.
 class PagedRows {
  public:
@@ -81,7 +98,13 @@ class PagedRows {
   // sequence.
   static constexpr int64_t kRowsPerPage = 64;
 
-  PagedRows(PageStore& store, size_t row_bytes) : store_(&store), row_bytes_(row_bytes) {}
+  // rows_per_page >= 1: a row of one token takes the default (or fewer where the rows never outnumber
+  // a known count: ATP's filling block); a row that stands for G tokens takes RowsPerPageFor(G), so
+  // that a page still holds about kRowsPerPage tokens.
+  PagedRows(PageStore& store, size_t row_bytes, int64_t rows_per_page = kRowsPerPage)
+      : store_(&store), row_bytes_(row_bytes), rows_per_page_(rows_per_page) {}
+  // Rows per page for rows of `tokens` tokens each: kRowsPerPage / tokens, at least 1.
+  static int64_t RowsPerPageFor(int64_t tokens) { return std::max<int64_t>(1, kRowsPerPage / std::max<int64_t>(1, tokens)); }
   ~PagedRows() { Clear(); }
   PagedRows(PagedRows&& o) noexcept;
   PagedRows& operator=(PagedRows&& o) noexcept;
@@ -90,12 +113,13 @@ class PagedRows {
 
   int64_t size() const { return n_; }
   size_t row_bytes() const { return row_bytes_; }
+  int64_t rows_per_page() const { return rows_per_page_; }
   // Appends n rows of undefined contents (the caller writes them through Row).
   void Grow(int64_t n);
   uint8_t* Row(int64_t i) { return const_cast<uint8_t*>(std::as_const(*this).Row(i)); }
   const uint8_t* Row(int64_t i) const {
     const int64_t s = head_ + i;
-    return pages_[size_t(s / kRowsPerPage)] + size_t(s % kRowsPerPage) * row_bytes_;
+    return pages_[size_t(s / rows_per_page_)] + size_t(s % rows_per_page_) * row_bytes_;
   }
   // Drops the first n rows, or all but the first n, returning pages left empty.
   void DropFront(int64_t n);
@@ -108,7 +132,7 @@ class PagedRows {
   template <typename Fn>
   void ForEachRun(int64_t begin, int64_t count, Fn&& fn) const {
     while (count > 0) {
-      const int64_t in_page = std::min(count, kRowsPerPage - (head_ + begin) % kRowsPerPage);
+      const int64_t in_page = std::min(count, rows_per_page_ - (head_ + begin) % rows_per_page_);
       fn(begin, in_page, Row(begin));
       begin += in_page, count -= in_page;
     }
@@ -119,17 +143,18 @@ class PagedRows {
   // Prefix sharing (engine/prefix_cache.h). Page b holds rows [b, b + 1) * kRowsPerPage when no row was
   // ever dropped; it is handed out only when full, and from then on this never writes it in place
   // (Grow writes past it; Retain writes into private copies), so sharers may read it for ever.
-  // Requires no dropped rows and (b + 1) * kRowsPerPage <= size().
+  // Requires pages of kRowsPerPage rows, no dropped rows and (b + 1) * kRowsPerPage <= size().
   PageRef FullPage(int64_t b);
   // On an empty PagedRows of the same row size: blocks[i][at] as rows [i, i + 1) * kRowsPerPage, each
   // shared (PageStore::Share), as FullPage handed them out.
   void Adopt(std::span<const BlockPages> blocks, size_t at);
 
  private:
-  size_t page_bytes() const { return size_t(kRowsPerPage) * row_bytes_; }
+  size_t page_bytes() const { return size_t(rows_per_page_) * row_bytes_; }
   void MakePrivate(size_t page);  // page i, if shared, becomes a copy only this holds
   PageStore* store_;
   size_t row_bytes_;
+  int64_t rows_per_page_;
   std::vector<uint8_t*> pages_;
   int64_t head_ = 0, n_ = 0;
   // Pages [0, shared_) may have other holders: those handed out by FullPage or taken by Adopt.
