@@ -218,7 +218,7 @@ peer_build() {
 }
 peer_wait() {  # the build of peer_build, or one now if this machine has none
   [ -x /tmp/llama.cpp/build/bin/llama-server ] || [ -n "${peer_pid:-}" ] || peer_build
-  wait $peer_pid 2>/dev/null; peer_pid=""
+  [ -n "${peer_pid:-}" ] && wait $peer_pid; peer_pid=""
   tail -2 "$OUT/peer_build.log" 2>/dev/null
 }
 peer_serve() {
