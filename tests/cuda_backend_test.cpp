@@ -208,12 +208,14 @@ TEST(CudaKv, AtpMatchesCpuTwin) {
 // rope=pre turns keys back), so once in a while a residual lies within that rounding of a KIVI
 // rounding boundary (or a group's f16 scale or zero of one) and its code differs by one quantum:
 // that token's element moves by up to range / 3 at 2 bits, and every later output by its attention
-// weight times that. The CPU alone, fed inputs that differ by one ulp, showed this: outputs moved by
-// up to 0.045 (8 seeds x 5 cases each of the specs below; most runs under 1e-3). The GPU also rebuilds
+// weight times that. Measured on the CPU alone over these cases (the three residual specs below and
+// their bf16/f32 siblings, 4-8 seeds each): one-ulp differences of the turned-back keys, U, principal
+// rows and residuals (the GPU's kinds) moved outputs by at most 1.3e-3; one-ulp differences of the
+// inputs K, V, X (which can also move a bf16-stored element) by at most 0.045. The GPU also rebuilds
 // the tokens in the exact rows' form (bf16 for dtype=bf16: <= 2^-9 relative per element, ~1e-3 on
-// outputs), and prefill rounds to bf16 as always. 0.15 bounds a few such flips with margin, while a
-// token rotated at the wrong position, a missing residual, a wrong coefficient row or a block seen
-// at the wrong step moves outputs by ~0.3 to 1. Bytes() must agree exactly as for every policy.
+// outputs), and prefill rounds to bf16 as always. 0.15 bounds that with margin, while a token
+// rotated at the wrong position, a missing residual, a wrong coefficient row or a block seen at the
+// wrong step moves outputs by ~0.3 to 1. Bytes() must agree exactly as for every policy.
 TEST(CudaKv, AtpResidualAndRopePreMatchCpuTwins) {
   ATP_SKIP_WITHOUT_GPU();
   constexpr double kFlipTol = 0.15;
