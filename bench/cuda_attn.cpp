@@ -114,7 +114,7 @@ void AtpRows(const atp::cuda::AttnShape& shape, const std::vector<DeviceRows>& k
     CHECK(cudaMalloc(&u, sizeof(float) * size_t(n) * kBlock * kBlock));
     CHECK(cudaMalloc(&ranks, sizeof(int32_t) * size_t(n)));
     CHECK(cudaMemcpy(x, q, sizeof(float) * size_t(n) * kBlock * kDModel, cudaMemcpyDeviceToDevice));  // Gaussian rows
-    const double ms = TimeMs([&] { atp::cuda::BlockBases(nullptr, x, n, kBlock, kDModel, kRank, 0, u, ranks, nullptr); }, 5);
+    const double ms = TimeMs([&] { atp::cuda::BlockBases(nullptr, x, n, 1, kBlock, kDModel, kDModel, kRank, 0, u, ranks, nullptr); }, 5);
     std::printf("{\"what\":\"block_basis\",\"blocks\":%d,\"block\":%d,\"d_model\":%d,\"ms\":%.3f}\n", n, kBlock, kDModel, ms);
     CHECK(cudaFree(x));
     CHECK(cudaFree(u));

@@ -8,6 +8,7 @@
 
 #include <numeric>
 
+#include "kv/atp_policy.h"
 #include "kv/kv_policy.h"
 #include "kv_test_util.h"
 
@@ -162,6 +163,14 @@ TEST(AtpResidual, EightBitsCloseToDense) {
     ASSERT_TRUE(q);
     EXPECT_LT(MaxDiff(RunChunks(*q, in, {100}), dense), res == "mx_fp8_e4m3" ? without / 10 : without) << res;
   }
+}
+
+// The KIVI group residual=kiviN packs a block's summarized tokens in (the GPU twin packs in the same):
+// the largest divisor of their count up to KIVI's 32, so that no key group straddles two blocks.
+TEST(AtpResidual, GroupIsLargestDivisorUpTo32) {
+  const std::vector<std::pair<int, int>> want = {{0, 1},   {1, 1},   {7, 7},   {14, 14}, {16, 16}, {32, 32},
+                                                 {48, 24}, {64, 32}, {62, 31}, {66, 22}, {97, 1}};
+  for (auto [rows, group] : want) EXPECT_EQ(AtpResidualGroup(rows), group) << rows << " summarized tokens";
 }
 
 TEST(AtpKeepResidual, CausalAndChunkInvariant) {

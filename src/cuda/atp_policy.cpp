@@ -1,19 +1,34 @@
-// The GPU twin of kv/atp_policy.cpp for basis=input, proj=dense: blocks of B tokens, each complete
-// block's principal rows U_r^T K_b and U_r^T V_b from the top left singular vectors of its layer
-// input X_b (cuda/block_basis.h), exact rows for the window. A query sees them through
-// cuda::Visibility, so the same decode and prefill kernels serve dense and ATP. Everything the CPU
-// policy keeps is kept here in the same amounts (Bytes() agrees): exact rows from the first
-// position some future query sees exactly, the filling block's X, principal rows and per-head
-// block ends. The work of a prefill's many blocks is batched: one basis launch per 64 blocks. A
-// block completed by a decode step is compressed on a low-priority side stream: no query needs it
-// before `window` more tokens (Jacobi takes ~1.5 ms on one SM), so decode steps do not wait for it.
+// The GPU twin of kv/atp_policy.cpp for proj=dense: blocks of B tokens, each complete block's
+// principal rows U_r^T K_b and U_r^T V_b from the top left singular vectors of its layer input X_b
+// (basis=input) or of each KV head's keys (basis=key; cuda/block_basis.h), exact rows for the
+// window. A query sees them through cuda::Visibility, so the same decode and prefill kernels serve
+// dense and ATP. Everything the CPU policy keeps is kept here in the same amounts (Bytes() agrees):
+// exact rows from the first position some future query sees exactly, the filling block's X
+// (basis=input), principal rows and per-head block ends. The work of a prefill's many blocks is
+// batched: one basis launch per 64 blocks. A block completed by a decode step is compressed on a
+// low-priority side stream: no query needs it before `window` more tokens (Jacobi takes ~1.5 ms on
+// one SM), so decode steps do not wait for it.
+// residual=kiviN (issue 19, GEAR): each summarized token's residual after projection, K_i - (U_r)_i P_k
+// against the principal rows as stored (and V's), packed in KIVI's groups (cuda::KiviRows, the CPU
+// codec's codes) beside U_r's rows (f32 coefficients, as the CPU keeps them). A query reads every
+// summarized token rebuilt, (U_r)_i P + decoded residual: Prepare rebuilds the tokens of the blocks the
+// call's last query sees compressed into one scratch per thread (cuda/atp_rows.h; rows of the exact
+// form, so the attention kernels read them as principal rows, B per block), and View hands them out.
+// The scratch holds what dense KV in the policy's dtype would hold for those tokens, for one layer at a
+// time (every layer of a thread reuses it; it is not counted in Bytes(), as the CPU's Summarize
+// copies are not). rope=pre: the keys are turned back to before RoPE when a block is compressed, and
+// each rebuilt key is rotated at its own position (the CPU's BlockRope arithmetic). Such a policy's
+// decode steps stay on the per-item path (DecodePlanner::Batches). keep=, residual=mx_*, tau= with
+// basis=key or residual=, and proj=lowrank run on the CPU only.
 #include "cuda/atp_policy.h"
 
 #include <algorithm>
 #include <vector>
 
+#include "cuda/atp_rows.h"
 #include "cuda/block_basis.h"
 #include "cuda/device_policy.h"
+#include "kv/atp_policy.h"
 
 namespace atp {
 
@@ -23,6 +38,18 @@ using cuda::DeviceArray;
 using cuda::KvFormat;
 
 constexpr int kBlocksPerLaunch = 64;  // bounds the f32 scratch of one basis launch
+
+// The rows a residual= policy's queries read, rebuilt (keys, values): one pair per thread, reused by
+// every such policy the thread drives. Rebuilding and the attention that reads the rows are queued
+// in order on the legacy stream by one call (DevicePolicy::Attend), and a buffer that grows is
+// released after the work queued before (DeviceArray), so no call overwrites rows another still reads.
+struct RebuiltRows {
+  DeviceArray<uint8_t> k, v;
+};
+RebuiltRows& Rebuilt() {
+  thread_local RebuiltRows rows;
+  return rows;
+}
 
 // The stream all ATP policies compress on in the background, at the lowest priority, not ordered
 // with the legacy default stream the forward pass runs on (events order the two where needed).
@@ -43,10 +70,14 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     int block = 64, rank = 16, window = 64;
     double tau = 0;
     KvFormat fmt = KvFormat::kF32;
+    bool key_basis = false;  // one basis per KV head from its keys (else from the layer input)
+    int residual_bits = 0;   // residual=kiviN: N; 0: no residual
+    bool rope_pre = false;   // compress keys turned back to before RoPE (needs residual=)
   };
   CudaAtpPolicy(const KvShape& s, const Params& p)
       : DevicePolicy(s, "atp"), p_(p), exact_(p.fmt, s.head_dim, s.n_kv_heads), pk_(p.fmt, s.head_dim, s.n_kv_heads),
-        pv_(p.fmt, s.head_dim, s.n_kv_heads) {
+        pv_(p.fmt, s.head_dim, s.n_kv_heads),
+        residual_(p.residual_bits, AtpResidualGroup(p.block), s.head_dim, s.n_kv_heads) {
     cudaEventCreateWithFlags(&stored_, cudaEventDisableTiming);
     cudaEventCreateWithFlags(&compressed_, cudaEventDisableTiming);
   }
@@ -56,24 +87,44 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     cudaEventDestroy(compressed_);
   }
   static Status CheckShape(const KvShape& s, const Params& p) {
-    if (s.d_model < p.block)
-      return Status::Unsupported("cuda atp: block=" + std::to_string(p.block) + " is wider than d_model " +
-                                 std::to_string(s.d_model) + " (the GPU bases need d_model >= block)");
+    const int width = p.key_basis ? s.head_dim : s.d_model;
+    if (width < p.block)
+      return Status::Unsupported("cuda atp: block=" + std::to_string(p.block) + " is wider than " +
+                                 (p.key_basis ? "head_dim " : "d_model ") + std::to_string(width) +
+                                 " (the GPU bases need rows at least as wide as a block)");
+    const int g = AtpResidualGroup(p.block);
+    if (p.residual_bits > 0 && (g % 8 != 0 || s.head_dim % g != 0))
+      return Status::Unsupported("cuda atp: residual=kivi" + std::to_string(p.residual_bits) + " packs groups of " +
+                                 std::to_string(g) + " (block=" + std::to_string(p.block) +
+                                 "), which must be a multiple of 8 dividing head_dim " + std::to_string(s.head_dim));
+    if (p.rope_pre && s.rope_inv_freq.size() * 2 != size_t(s.head_dim))
+      return Status::InvalidArgument("kv policy 'atp': rope=pre needs the model's RoPE frequencies (head_dim/2 = " +
+                                     std::to_string(s.head_dim / 2) + "), and layer " + std::to_string(s.layer) +
+                                     " came with " + std::to_string(s.rope_inv_freq.size()));
     return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p.fmt);
   }
 
-  // As the CPU policy counts: exact rows, the filling block's X (f32), principal rows, and one
-  // 8-byte block end per KV head and compressed block.
+  // As the CPU policy counts: exact rows, the filling block's X (f32, basis=input), principal rows,
+  // and one 8-byte block end per KV head and compressed block; with residual=, the packed residuals,
+  // the f32 residual rows of the last compressed block that the CPU's KIVI store keeps until its next
+  // Trim (Update), and U_r's rows (f32, per basis: one per block, or one per KV head and block).
   size_t Bytes() const override {
     const int64_t row = pk_.TokenBytes() + pv_.TokenBytes(), len = Length(), d = shape().d_model;
-    return size_t(exact_.Bytes(len) + (len % p_.block) * d * int64_t(sizeof(float)) + principal_ * row +
-                  int64_t(pre_end_host_.size()) * shape().n_kv_heads * int64_t(sizeof(int64_t)));
+    const int64_t blocks = int64_t(pre_end_host_.size()), B = p_.block, kvd = shape().kv_dim();
+    int64_t n = exact_.Bytes(len) + (p_.key_basis ? 0 : (len % B) * d * int64_t(sizeof(float))) + principal_ * row +
+                blocks * shape().n_kv_heads * int64_t(sizeof(int64_t));
+    if (p_.residual_bits > 0)
+      n += residual_.Bytes(blocks * B / AtpResidualGroup(p_.block)) + (untrimmed_ ? B * 2 * kvd * int64_t(sizeof(float)) : 0) +
+           blocks * Bases() * B * MaxRank() * int64_t(sizeof(float));
+    return size_t(n);
   }
   Status Update() override {  // as the CPU policy: no later query reads compressed blocks' exact rows
     exact_.Release(CompressedBlocks(Length()) * p_.block);
+    untrimmed_ = false;  // the CPU's residual stores Trim
     return Status::Ok();
   }
-  bool ReadsInput() const override { return true; }
+  bool ReadsInput() const override { return !p_.key_basis; }
+  bool Batches() const override { return p_.residual_bits == 0; }
 
  private:
   // Room for T tokens from position first (= Length()): their exact rows (no query from first on
@@ -82,12 +133,18 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
   // the filling block's buffer (B > 1), and room for the principal rows of the block it may complete.
   Status Reserve(int64_t first, int64_t T, bool planned, std::vector<cuda::RowStore>* stores) override {
     const int B = p_.block;
+    if (p_.rope_pre && !inv_freq_.get()) {  // the model's RoPE frequencies, for compression and rebuilding
+      const std::vector<float>& f = shape().rope_inv_freq;
+      ATP_RETURN_IF_ERROR(CheckShape(shape(), p_));
+      ATP_RETURN_IF_ERROR(inv_freq_.Grow(f.size()));
+      ATP_CUDA_RETURN(cudaMemcpy(inv_freq_.get(), f.data(), f.size() * sizeof(float), cudaMemcpyHostToDevice));
+    }
     ATP_ASSIGN_OR_RETURN(const int64_t row,
                          exact_.Room(first, CompressedBlocks(first) * B, T, [&] { AwaitCompression(); }));
     stores->push_back({exact_.k(), exact_.v(), row, T});
-    ATP_RETURN_IF_ERROR(GrowInput());
+    if (!p_.key_basis) ATP_RETURN_IF_ERROR(GrowInput());
     if (!planned) return Status::Ok();  // Finish copies the chunk's X
-    if (B > 1) {
+    if (B > 1 && !p_.key_basis) {
       const cuda::DeviceRows x{KvFormat::kF32, reinterpret_cast<uint8_t*>(x_fill_.get()), nullptr, shape().d_model, 1};
       stores->push_back({x, {}, first % B, 1, true});
     }
@@ -97,6 +154,8 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
 
   int64_t CompressedBlocks(int64_t p) const { return cuda::CompressedBlocks(p_.block, p_.window, p); }
   int MaxRank() const { return p_.tau > 0 ? p_.block : std::clamp(p_.rank, 1, p_.block); }
+  // Bases per block: one per KV head (basis=key) or one for all (basis=input).
+  int Bases() const { return p_.key_basis ? shape().n_kv_heads : 1; }
 
   // Both X buffers (one filling, one read by a background compression), allocated up front.
   Status GrowInput() {
@@ -105,17 +164,17 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
   }
 
   // The second half of appending T tokens (their exact rows stored): their layer input dx (T,
-  // d_model, device) into the filling block, and the blocks they complete compressed. A planned
-  // step's X row is in x_fill_ already (B > 1: Reserve's store).
+  // d_model, device; basis=input, else null) into the filling block, and the blocks they complete
+  // compressed. A planned step's X row is in x_fill_ already (B > 1: Reserve's store).
   Status Finish(int64_t T, const float* dx, bool planned) override {
     const int B = p_.block, d = shape().d_model;
-    const bool x_stored = planned && B > 1;
+    const bool x_stored = (planned && B > 1) || p_.key_basis;  // basis=key keeps no X
     const int64_t len = Length();
     // X of the blocks this chunk completes: the first may have begun in an earlier call (x_fill_).
     const int64_t filled = len % B, complete = (filled + T) / B;
     const float* first = nullptr;
     const float* rest = dx;
-    if (complete > 0 && filled > 0) {
+    if (complete > 0 && filled > 0 && !p_.key_basis) {
       if (!x_stored)
         ATP_CUDA_RETURN(cudaMemcpyAsync(x_fill_.get() + filled * d, dx, size_t((B - filled) * d) * sizeof(float),
                                         cudaMemcpyDeviceToDevice, nullptr));
@@ -127,7 +186,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     for (int64_t done = 0; done < complete; done += kBlocksPerLaunch) {
       const int n = int(std::min<int64_t>(kBlocksPerLaunch, complete - done));
       const float* group_first = done == 0 ? first : nullptr;
-      const float* group_rest = rest + (first && done > 0 ? done - 1 : done) * B * d;
+      const float* group_rest = rest ? rest + (first && done > 0 ? done - 1 : done) * B * d : nullptr;
       ATP_RETURN_IF_ERROR(CompressBlocks(len / B + done, n, group_first, group_rest, background));
     }
     // The rows of the block still filling (into the other X buffer when x_fill_ is being compressed).
@@ -139,8 +198,33 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     return cuda::LastLaunch("atp append");
   }
 
-  // What a query at `last` sees: the principal rows of its compressed blocks, then exact rows
-  // (waiting on the device for a background compression of a block it sees compressed).
+  // residual=: the summarized tokens of the blocks a query at `last` sees compressed, rebuilt into the
+  // thread's scratch (after a background compression of one of them).
+  Status Prepare(int64_t last) override {
+    if (p_.residual_bits == 0) return Status::Ok();
+    const int64_t nb = CompressedBlocks(last);
+    if (pending_ && nb > pending_block_) AwaitCompression();
+    const int64_t bytes = nb * p_.block * pk_.TokenBytes();  // pk_'s rows: all KV heads, exact form
+    RebuiltRows& out = Rebuilt();
+    ATP_RETURN_IF_ERROR(out.k.Grow(size_t(std::max<int64_t>(bytes, 1))));
+    ATP_RETURN_IF_ERROR(out.v.Grow(size_t(std::max<int64_t>(bytes, 1))));
+    cuda::RebuildArgs a;
+    a.coefs = reinterpret_cast<const float*>(coefs_.get());
+    a.groups = Bases(), a.B = p_.block, a.r = MaxRank(), a.nb = nb;
+    a.pk = pk_.rows(), a.pv = pv_.rows();
+    a.rk = residual_.rows(true), a.rv = residual_.rows(false);
+    a.inv_freq = p_.rope_pre ? inv_freq_.get() : nullptr;
+    a.out_k = RebuiltView(out.k), a.out_v = RebuiltView(out.v);
+    cuda::RebuildRows(a, nullptr);
+    return cuda::LastLaunch("atp rebuild");
+  }
+  cuda::DeviceRows RebuiltView(const DeviceArray<uint8_t>& a) const {
+    return {p_.fmt, a.get(), nullptr, shape().head_dim, shape().n_kv_heads};
+  }
+
+  // What a query at `last` sees: the principal rows of its compressed blocks (residual=: their
+  // tokens rebuilt by Prepare, B rows per block), then exact rows (waiting on the device for a
+  // background compression of a block it sees compressed).
   cuda::DecodeQuery View(int64_t last) override {
     const int64_t nb = CompressedBlocks(last);
     if (pending_ && nb > pending_block_) AwaitCompression();
@@ -148,6 +232,11 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     q.k = exact_.k(), q.v = exact_.v(), q.pos = last;
     cuda::Visibility& vis = q.vis;
     vis.first = exact_.first(), vis.block = p_.block, vis.window = p_.window;
+    if (p_.residual_bits > 0) {
+      vis.pk = RebuiltView(Rebuilt().k), vis.pv = RebuiltView(Rebuilt().v), vis.rows_per_block = p_.block;
+      vis.last_pre = nb * p_.block;
+      return q;
+    }
     vis.pk = pk_.rows(), vis.pv = pv_.rows(), vis.pre_end = pre_end_.get();
     vis.last_pre = nb > 0 ? pre_end_host_[size_t(nb - 1)] : 0;
     return q;
@@ -169,46 +258,78 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     AwaitCompression();
     const int B = p_.block, kvd = shape().kv_dim();
     const int max_rank = MaxRank();
-    for (auto [buf, count] : {std::pair{&u_, size_t(n) * B * B}, {&kb_, size_t(n) * B * kvd}, {&vb_, size_t(n) * B * kvd},
-                              {&ppk_, size_t(n) * max_rank * kvd}, {&ppv_, size_t(n) * max_rank * kvd}})
+    for (auto [buf, count] : {std::pair{&u_, size_t(n) * Bases() * B * B}, {&kb_, size_t(n) * B * kvd},
+                              {&vb_, size_t(n) * B * kvd}, {&ppk_, size_t(n) * max_rank * kvd},
+                              {&ppv_, size_t(n) * max_rank * kvd}})
       ATP_RETURN_IF_ERROR(buf->Grow(count));
-    ATP_RETURN_IF_ERROR(ranks_.Grow(size_t(n)));
+    ATP_RETURN_IF_ERROR(ranks_.Grow(size_t(n) * Bases()));
+    if (p_.residual_bits > 0) {  // room for the blocks' residuals and coefficients (Record adds the blocks)
+      const int64_t blocks = int64_t(pre_end_host_.size()), G = AtpResidualGroup(B);
+      ATP_RETURN_IF_ERROR(residual_.Reserve((blocks + n) * B / G, blocks * B / G));
+      const size_t per_block = size_t(Bases()) * B * max_rank * sizeof(float);
+      ATP_RETURN_IF_ERROR(cuda::GrowKeeping(&coefs_, size_t(blocks + n) * per_block, size_t(blocks) * per_block));
+      untrimmed_ = true;
+    }
     if (!background) return Compress(b0, n, first, rest, max_rank);
     // Principal rows of a fixed rank: row counts and capacity need no result of the kernels.
     ATP_RETURN_IF_ERROR(Record(std::vector<int32_t>(size_t(n), max_rank)));
     ATP_CUDA_RETURN(cudaEventRecord(stored_, nullptr));  // the block's K, V and X are in place
     ATP_CUDA_RETURN(cudaStreamWaitEvent(SideStream(), stored_, 0));
     const int64_t rows = int64_t(n) * max_rank;
-    Launch(b0, n, first, rest, max_rank, principal_ - rows, rows, true, SideStream());
+    ATP_RETURN_IF_ERROR(Launch(b0, n, first, rest, max_rank, principal_ - rows, rows, true, SideStream()));
     ATP_CUDA_RETURN(cudaEventRecord(compressed_, SideStream()));
     pending_ = true, pending_block_ = b0 + n - 1;
     return cuda::LastLaunch("atp compress");
   }
 
-  // The kernels of CompressBlocks on stream s: bases (unless computed already), the blocks' rows in
-  // f32, `rows` principal rows written from principal row `at` on.
-  void Launch(int64_t b0, int n, const float* first, const float* rest, int max_rank, int64_t at, int64_t rows,
-              bool bases, cudaStream_t s) {
-    const int B = p_.block, kvd = shape().kv_dim();
-    if (bases) cuda::BlockBases(first, rest, n, B, shape().d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
+  // The kernels of CompressBlocks on stream s: the blocks' rows in f32 (rope=pre: their keys turned
+  // back), bases (unless computed already), `rows` principal rows written from principal row `at` on;
+  // residual=: the residuals against the principal rows as stored, packed from residual row b0 * B
+  // on, and U_r's rows kept (the blocks' coefficients, a fixed rank).
+  Status Launch(int64_t b0, int n, const float* first, const float* rest, int max_rank, int64_t at, int64_t rows,
+                bool bases, cudaStream_t s) {
+    const int B = p_.block, kvd = shape().kv_dim(), hd = shape().head_dim, nkv = shape().n_kv_heads;
     // The block's rows as the CPU reads them back: f32 of the stored (rounded) values.
     cuda::LoadRowsF32(exact_.k(), b0 * B - exact_.first(), int64_t(n) * B, kb_.get(), s);
     cuda::LoadRowsF32(exact_.v(), b0 * B - exact_.first(), int64_t(n) * B, vb_.get(), s);
-    cuda::PrincipalRows(u_.get(), ranks_.get(), n, B, max_rank, kb_.get(), vb_.get(), kvd, ppk_.get(), ppv_.get(), at,
-                        pre_end_.get() + (pre_end_host_.size() - size_t(n)), s);
+    if (p_.rope_pre) cuda::UnrotateKeys(kb_.get(), int64_t(n) * B, nkv, hd, b0 * B, inv_freq_.get(), s);
+    if (bases && p_.key_basis) cuda::BlockBases(nullptr, kb_.get(), n, nkv, B, hd, kvd, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
+    if (bases && !p_.key_basis) BasesFromInput(first, rest, n, s);
+    const int width = p_.key_basis ? hd : kvd;  // the columns one basis serves
+    cuda::PrincipalRows(u_.get(), ranks_.get(), n, Bases(), B, max_rank, kb_.get(), vb_.get(), width, kvd, ppk_.get(),
+                        ppv_.get(), at, pre_end_.get() + (pre_end_host_.size() - size_t(n)), s);
     cuda::StoreKv(pk_.rows(), pv_.rows(), at, ppk_.get(), ppv_.get(), rows, s);
+    if (p_.residual_bits == 0) return Status::Ok();
+    cuda::LoadRowsF32(pk_.rows(), at, rows, ppk_.get(), s);  // as stored (dtype-rounded), as the CPU subtracts them
+    cuda::LoadRowsF32(pv_.rows(), at, rows, ppv_.get(), s);
+    cuda::SubtractProjection(u_.get(), n, B, max_rank, width, ppk_.get(), ppv_.get(), kvd, kb_.get(), vb_.get(), s);
+    const cuda::DeviceRows rk{KvFormat::kF32, reinterpret_cast<uint8_t*>(kb_.get()), nullptr, hd, nkv};
+    const cuda::DeviceRows rv{KvFormat::kF32, reinterpret_cast<uint8_t*>(vb_.get()), nullptr, hd, nkv};
+    cuda::KiviPack(rk, rv, 0, n * B / AtpResidualGroup(B), residual_.rows(true), residual_.rows(false), b0 * B, s);
+    // U_r's rows of each basis: (B, max_rank) of every (B, B) U, blocks b0 .. in order.
+    const size_t per_block = size_t(Bases()) * B * max_rank;
+    ATP_CUDA_RETURN(cudaMemcpy2DAsync(reinterpret_cast<float*>(coefs_.get()) + size_t(b0) * per_block,
+                                      size_t(max_rank) * sizeof(float), u_.get(), size_t(B) * sizeof(float),
+                                      size_t(max_rank) * sizeof(float), size_t(n) * Bases() * B, cudaMemcpyDeviceToDevice, s));
+    return Status::Ok();
+  }
+
+  // The bases of blocks from their layer input: block 0 at `first` when not null, the rest from `rest`.
+  void BasesFromInput(const float* first, const float* rest, int n, cudaStream_t s) {
+    const int d = shape().d_model;
+    cuda::BlockBases(first, rest, n, 1, p_.block, d, d, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
   }
 
   // Compression on the forward's stream; ranks from the data (tau) are read back first.
   Status Compress(int64_t b0, int n, const float* first, const float* rest, int max_rank) {
     std::vector<int32_t> ranks(size_t(n), max_rank);
-    if (p_.tau > 0) {  // the row counts depend on the bases: compute them, read the ranks, then the rows
-      cuda::BlockBases(first, rest, n, p_.block, shape().d_model, p_.rank, p_.tau, u_.get(), ranks_.get(), nullptr);
+    if (p_.tau > 0) {  // the row counts depend on the bases (basis=input): compute them, read the ranks, then the rows
+      BasesFromInput(first, rest, n, nullptr);
       ATP_CUDA_RETURN(cudaMemcpy(ranks.data(), ranks_.get(), size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost));
     }
     const int64_t at = principal_;
     ATP_RETURN_IF_ERROR(Record(ranks));
-    Launch(b0, n, first, rest, max_rank, at, principal_ - at, p_.tau <= 0, nullptr);
+    ATP_RETURN_IF_ERROR(Launch(b0, n, first, rest, max_rank, at, principal_ - at, p_.tau <= 0, nullptr));
     return cuda::LastLaunch("atp compress");
   }
 
@@ -241,7 +362,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
 
   Params p_;
   cuda::ExactTail exact_;    // from the first position some future query sees exactly
-  cuda::RowBuffer pk_, pv_;  // principal rows, all KV heads per row (one U serves every head)
+  cuda::RowBuffer pk_, pv_;  // principal rows, all KV heads per row (one U for all heads, or one per head)
   int64_t principal_ = 0;
   std::vector<int32_t> pre_end_host_;  // principal rows standing for blocks 0..b
   DeviceArray<int32_t> pre_end_;
@@ -252,29 +373,45 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
   int64_t pending_block_ = 0;       // its last block
   DeviceArray<float> u_, kb_, vb_, ppk_, ppv_;  // scratch of compression
   DeviceArray<int32_t> ranks_;
+  cuda::KiviRows residual_;          // residual=: the summarized tokens' residuals, B per compressed block
+  DeviceArray<uint8_t> coefs_;       // residual=: f32 U_r rows, (Bases(), B, rank) per compressed block
+  bool untrimmed_ = false;           // residual=: a block compressed since the last Update()
+  DeviceArray<float> inv_freq_;      // rope=pre: the model's RoPE frequencies (head_dim / 2)
 };
 
 }  // namespace
 
 Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& canon, const std::string& describe) {
-  // The CPU parser's canonical keys; keep=, residual= and rope=pre (issue 19) have no GPU kernels, and any
-  // key added to the CPU policy later is refused here until the GPU reads it.
-  if (canon.Has("keep") || canon.Has("residual") || canon.Has("rope"))
-    return Status::Unsupported("kv policy '" + describe +
-                               "' has no CUDA kernels: atp's keep=, residual= and rope=pre run on the CPU only");
-  ATP_RETURN_IF_ERROR(canon.CheckKeys({{"block", ""}, {"rank", ""}, {"tau", ""}, {"window", ""}, {"basis", ""}, {"proj", ""}, {"dtype", ""}}));
+  // The CPU parser's canonical keys; keep= (issue 19) has no GPU kernels, and any key added to the CPU
+  // policy later is refused here until the GPU reads it.
+  if (canon.Has("keep"))
+    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's keep= runs on the CPU only");
+  ATP_RETURN_IF_ERROR(canon.CheckKeys({{"block", ""}, {"rank", ""}, {"tau", ""}, {"window", ""}, {"basis", ""}, {"proj", ""},
+                                       {"dtype", ""}, {"residual", ""}, {"rope", ""}}));
   ATP_ASSIGN_OR_RETURN(std::string basis, canon.Choice("basis", "input", {"input", "key"}));
   ATP_ASSIGN_OR_RETURN(std::string proj, canon.Choice("proj", "dense", {"dense", "lowrank"}));
   CudaAtpPolicy::Params p;
   ATP_ASSIGN_OR_RETURN(p.block, canon.Int("block", 64, 1, 1 << 16));
-  if (basis != "input" || proj != "dense" || p.block > cuda::kMaxBasisBlock)
+  if (proj != "dense" || p.block > cuda::kMaxBasisBlock)
     return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels; --device cuda supports atp with "
-                               "basis=input, proj=dense and block <= " + std::to_string(cuda::kMaxBasisBlock));
+                               "proj=dense and block <= " + std::to_string(cuda::kMaxBasisBlock));
+  p.key_basis = basis == "key";
   ATP_ASSIGN_OR_RETURN(p.rank, canon.Int("rank", 16, 1, 1 << 16));
   ATP_ASSIGN_OR_RETURN(p.tau, canon.Float("tau", 0, 0, 1));
   ATP_ASSIGN_OR_RETURN(p.window, canon.Int("window", p.block, 0, 1 << 24));
   ATP_ASSIGN_OR_RETURN(DType dt, canon.Dtype("dtype", DType::kF32));
   p.fmt = cuda::ExactFormat(dt);
+  ATP_ASSIGN_OR_RETURN(std::string residual, canon.String("residual", "none"));
+  if (residual != "none" && residual != "kivi2" && residual != "kivi4" && residual != "kivi8")
+    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's residual=" + residual +
+                               " runs on the CPU only (--device cuda supports residual=kivi2|kivi4|kivi8)");
+  p.residual_bits = residual == "none" ? 0 : residual[4] - '0';
+  // Ranks from the data differ per KV head (basis=key) and per block (the rebuilt tokens' coefficients).
+  if (p.tau > 0 && (p.key_basis || p.residual_bits > 0))
+    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's tau= with basis=key or residual= "
+                               "runs on the CPU only (give rank=)");
+  ATP_ASSIGN_OR_RETURN(std::string rope, canon.Choice("rope", "post", {"post", "pre"}));
+  p.rope_pre = rope == "pre";
   return cuda::MakeDevicePolicyFactory<CudaAtpPolicy>(p, describe);
 }
 

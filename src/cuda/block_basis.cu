@@ -43,8 +43,8 @@ __device__ void RoundPair(int round, int i, int m, int* p, int* q) {
 // One thread block per matrix: G = X X^T in double, cyclic Jacobi until the off-diagonal mass is
 // below 1e-26 of the total mass (norm 1e-13; at most 40 sweeps), then columns sorted by
 // descending eigenvalue, signs fixed and the rank chosen exactly as kv/linalg.cpp does.
-__global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, const float* rest, int B, int d, int rank,
-                                                         double tau, float* U, int32_t* ranks) {
+__global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, const float* rest, int heads, int B, int d,
+                                                         int64_t ld, int rank, double tau, float* U, int32_t* ranks) {
   extern __shared__ __align__(16) unsigned char smem[];
   double* A = reinterpret_cast<double*>(smem + BasisSmem::kA);
   double* V = reinterpret_cast<double*>(smem + BasisSmem::kV);
@@ -52,8 +52,9 @@ __global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, cons
   double* cs = reinterpret_cast<double*>(smem + BasisSmem::kRot);  // (pairs) cos, then sin
   int* pq = reinterpret_cast<int*>(cs + kMaxBasisBlock);           // (pairs) p, q
   __shared__ double red[kThreads / 32];
-  const int z = blockIdx.x;
-  const float* X = first ? (z == 0 ? first : rest + int64_t(z - 1) * B * d) : rest + int64_t(z) * B * d;
+  const int z = blockIdx.x, zb = z / heads;  // matrix z: slice z % heads of block zb
+  const float* X = (first ? (zb == 0 ? first : rest + int64_t(zb - 1) * B * ld) : rest + int64_t(zb) * B * ld) +
+                   int64_t(z % heads) * d;
 
   // Gram in double: thread t accumulates entries t, t + kThreads, ... of the B x B matrix.
   constexpr int kPer = kMaxBasisBlock * kMaxBasisBlock / kThreads;
@@ -63,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, cons
     __syncthreads();
     for (int e = threadIdx.x; e < B * kXc; e += kThreads) {
       const int i = e / kXc, c = e % kXc;
-      Xs[i * (kXc + 1) + c] = c < w ? X[int64_t(i) * d + c0 + c] : 0.f;
+      Xs[i * (kXc + 1) + c] = c < w ? X[int64_t(i) * ld + c0 + c] : 0.f;
     }
     __syncthreads();
 #pragma unroll
@@ -175,45 +176,46 @@ __global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, cons
   }
 }
 
-// Block (z, c): principal row c of block z, if c < ranks[z]; threads over the row's width.
+// Block (z, c, h): principal row c of block z in slice h, if c < its rank; threads over the slice's width.
 __global__ void PrincipalKernel(const float* U, const int32_t* ranks, int B, const float* K, const float* V, int width,
-                                float* PK, float* PV, int64_t base, int32_t* ends) {
-  const int z = blockIdx.x, c = blockIdx.y;
-  if (c >= ranks[z]) return;
+                                int64_t ld, float* PK, float* PV, int64_t base, int32_t* ends) {
+  const int z = blockIdx.x, c = blockIdx.y, h = blockIdx.z, heads = gridDim.z, m = z * heads + h;
+  if (c >= ranks[m]) return;
   int64_t row = c;
-  for (int y = 0; y < z; ++y) row += ranks[y];
-  if (c == 0 && threadIdx.x == 0) ends[z] = int32_t(base + row + ranks[z]);
-  const float* u = U + int64_t(z) * B * B + c;
-  const float* k = K + int64_t(z) * B * width;
-  const float* v = V + int64_t(z) * B * width;
+  for (int y = 0; y < z; ++y) row += ranks[y * heads];
+  if (c == 0 && h == 0 && threadIdx.x == 0) ends[z] = int32_t(base + row + ranks[m]);
+  const float* u = U + int64_t(m) * B * B + c;
+  const float* k = K + int64_t(z) * B * ld + int64_t(h) * width;
+  const float* v = V + int64_t(z) * B * ld + int64_t(h) * width;
   for (int j = threadIdx.x; j < width; j += blockDim.x) {
     float pk = 0, pv = 0;
     for (int i = 0; i < B; ++i) {
       const float ui = u[int64_t(i) * B];
-      pk = __fadd_rn(pk, __fmul_rn(ui, k[int64_t(i) * width + j]));
-      pv = __fadd_rn(pv, __fmul_rn(ui, v[int64_t(i) * width + j]));
+      pk = __fadd_rn(pk, __fmul_rn(ui, k[int64_t(i) * ld + j]));
+      pv = __fadd_rn(pv, __fmul_rn(ui, v[int64_t(i) * ld + j]));
     }
-    PK[row * width + j] = pk, PV[row * width + j] = pv;
+    PK[row * ld + int64_t(h) * width + j] = pk, PV[row * ld + int64_t(h) * width + j] = pv;
   }
 }
 
 }  // namespace
 
-void BlockBases(const float* first, const float* rest, int n, int B, int d, int rank, double tau, float* U,
-                int32_t* ranks, cudaStream_t s) {
-  if (n <= 0) return;
+void BlockBases(const float* first, const float* rest, int n, int heads, int B, int d, int64_t ld, int rank, double tau,
+                float* U, int32_t* ranks, cudaStream_t s) {
+  if (n <= 0 || heads <= 0) return;
   static const bool opted = [] {
     cudaFuncSetAttribute(BasisKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(BasisSmem::kBytes));
     return true;
   }();
   (void)opted;
-  BasisKernel<<<unsigned(n), kThreads, BasisSmem::kBytes, s>>>(first, rest, B, d, rank, tau, U, ranks);
+  BasisKernel<<<unsigned(n * heads), kThreads, BasisSmem::kBytes, s>>>(first, rest, heads, B, d, ld, rank, tau, U, ranks);
 }
 
-void PrincipalRows(const float* U, const int32_t* ranks, int n, int B, int max_rank, const float* K, const float* V,
-                   int width, float* PK, float* PV, int64_t base, int32_t* ends, cudaStream_t s) {
-  if (n <= 0 || max_rank <= 0) return;
-  PrincipalKernel<<<dim3(unsigned(n), unsigned(max_rank)), 128, 0, s>>>(U, ranks, B, K, V, width, PK, PV, base, ends);
+void PrincipalRows(const float* U, const int32_t* ranks, int n, int heads, int B, int max_rank, const float* K,
+                   const float* V, int width, int64_t ld, float* PK, float* PV, int64_t base, int32_t* ends, cudaStream_t s) {
+  if (n <= 0 || heads <= 0 || max_rank <= 0) return;
+  PrincipalKernel<<<dim3(unsigned(n), unsigned(max_rank), unsigned(heads)), 128, 0, s>>>(U, ranks, B, K, V, width, ld, PK,
+                                                                                         PV, base, ends);
 }
 
 }  // namespace atp::cuda

@@ -13,21 +13,27 @@ namespace atp::cuda {
 // Jacobi keeps a block's Gram matrix and eigenvectors in shared memory: B <= 64 (2 x 33 KB of double).
 constexpr int kMaxBasisBlock = 64;
 
-// For blocks z = 0 .. n-1 of B rows of width d (row-major f32; block 0 at `first` when it is not
-// null, the others back to back from `rest`): U (n, B, B) f32 whose column c is the singular
-// vector of the c-th largest singular value, sign-fixed (entries sum to >= 0), and ranks (n) the
-// rank kept (`rank` when tau <= 0, else the smallest reaching tau of the energy; kv/linalg.h).
+// For blocks z = 0 .. n-1 of B rows (block 0 at `first` when it is not null, the others `B * ld`
+// floats apart from `rest`; row i of a block at i * ld) and `heads` matrices per block: matrix
+// m = z * heads + h is the B x d slice of columns [h * d, (h + 1) * d) (heads = 1, ld = d: a block's
+// whole rows, atp basis=input; heads = n_kv, d = head_dim, ld = kv_dim: each KV head's keys,
+// basis=key). U (n * heads, B, B) f32 whose column c of matrix m is the singular vector of its c-th
+// largest singular value, sign-fixed (entries sum to >= 0), and ranks (n * heads) the rank kept
+// (`rank` when tau <= 0, else the smallest reaching tau of the energy; kv/linalg.h).
 // Requires 1 <= B <= kMaxBasisBlock and d >= B.
-void BlockBases(const float* first, const float* rest, int n, int B, int d, int rank, double tau, float* U,
-                int32_t* ranks, cudaStream_t s);
+void BlockBases(const float* first, const float* rest, int n, int heads, int B, int d, int64_t ld, int rank, double tau,
+                float* U, int32_t* ranks, cudaStream_t s);
 
-// Principal rows of n blocks: for block z, column c < ranks[z] of its U (B, B) and its rows
-// K_z, V_z (B, width) f32 (blocks back to back in K and V), row ranks[0] + .. + ranks[z-1] + c of
-// PK and PV (width) = sum_i U[i][c] K_z[i] (and V), summed in i order with separate roundings like
-// the CPU policy's loop, so both get the same floats from the same U. max_rank bounds ranks[z].
-// Also the blocks' ends for cuda::Visibility: ends[z] = base + ranks[0] + .. + ranks[z], written on
-// the device, so a block needs no host-to-device copy (which would synchronize the host).
-void PrincipalRows(const float* U, const int32_t* ranks, int n, int B, int max_rank, const float* K, const float* V,
-                   int width, float* PK, float* PV, int64_t base, int32_t* ends, cudaStream_t s);
+// Principal rows of n blocks, `heads` slices of `width` columns each (as BlockBases' matrices): for
+// block z and slice h, column c < ranks[z * heads + h] of U_(z, h) (B, B; matrix z * heads + h of U)
+// and the slice's rows of K_z, V_z (block z's B rows, `ld` floats apart; blocks back to back), row
+// ranks[0] + .. + ranks[(z-1) * heads] + c of PK and PV (rows `ld` floats apart, the slice at column
+// h * width) = sum_i U[i][c] K_z[i] (and V), summed in i order with separate roundings like the CPU
+// policy's loop, so both get the same floats from the same U. Every slice of a block has the same
+// rank (heads > 1 only with a fixed rank); max_rank bounds it. Also the blocks' ends for
+// cuda::Visibility: ends[z] = base + ranks[0] + .. + ranks[z * heads], written on the device, so a
+// block needs no host-to-device copy (which would synchronize the host).
+void PrincipalRows(const float* U, const int32_t* ranks, int n, int heads, int B, int max_rank, const float* K,
+                   const float* V, int width, int64_t ld, float* PK, float* PV, int64_t base, int32_t* ends, cudaStream_t s);
 
 }  // namespace atp::cuda

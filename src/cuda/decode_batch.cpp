@@ -41,7 +41,7 @@ Status BatchedDecode::Plan(std::span<const ForwardItem> items, std::span<const i
     for (KvPolicy* kv : items[i].kv) {
       // A cross-cast per policy and step (~50 ns); KvPolicy has no hook for backends to hang it on.
       auto* p = dynamic_cast<DecodePlanner*>(kv);
-      if (!p) break;
+      if (!p || !p->Batches()) break;
       planners[i].push_back(p);
     }
     batched_[i] = planners[i].size() == items[i].kv.size();

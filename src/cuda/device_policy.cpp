@@ -72,6 +72,32 @@ Result<int64_t> ExactTail::Room(int64_t len, int64_t keep_from, int64_t T, const
   return len - first_;
 }
 
+Status GrowKeeping(DeviceArray<uint8_t>* a, size_t bytes, size_t keep) {
+  if (bytes <= a->size()) return Status::Ok();
+  DeviceArray<uint8_t> next;
+  ATP_RETURN_IF_ERROR(next.Grow(std::max(bytes, 2 * a->size())));
+  if (keep > 0) ATP_CUDA_RETURN(cudaMemcpyAsync(next.get(), a->get(), keep, cudaMemcpyDeviceToDevice, nullptr));
+  *a = std::move(next);
+  return Status::Ok();
+}
+
+Status KiviRows::Reserve(int64_t groups, int64_t kept) {
+  const size_t rows = size_t(groups * group_), had = size_t(kept * group_);
+  ATP_RETURN_IF_ERROR(GrowKeeping(&kcodes_, rows * CodeBytes(), had * CodeBytes()));
+  ATP_RETURN_IF_ERROR(GrowKeeping(&vcodes_, rows * CodeBytes(), had * CodeBytes()));
+  ATP_RETURN_IF_ERROR(GrowKeeping(&kparams_, size_t(groups) * KeyParamBytes(), size_t(kept) * KeyParamBytes()));
+  return GrowKeeping(&vparams_, rows * ValueParamBytes(), had * ValueParamBytes());
+}
+
+DeviceRows KiviRows::rows(bool keys) const {
+  DeviceRows r;
+  r.fmt = bits_ == 2 ? KvFormat::kKivi2 : bits_ == 4 ? KvFormat::kKivi4 : KvFormat::kKivi8;
+  r.dim = dim_, r.n_kv = n_kv_;
+  r.group = group_, r.channel_params = keys;
+  r.elems = (keys ? kcodes_ : vcodes_).get(), r.scales = (keys ? kparams_ : vparams_).get();
+  return r;
+}
+
 Status DevicePolicy::CheckInput(const float* X) const {
   if (ReadsInput() && !X) return Status::InvalidArgument(std::string(name_) + ": the layer input X is needed");
   return Status::Ok();
@@ -99,6 +125,7 @@ Status DevicePolicy::Append(std::span<const int32_t> positions, const float* X, 
 Status DevicePolicy::Attend(std::span<const int32_t> positions, const float* Q, float* O) {
   const int64_t T = int64_t(positions.size());
   if (T == 0) return Status::Ok();
+  ATP_RETURN_IF_ERROR(Prepare(positions.back()));
   const DecodeQuery view = View(positions.back());
   const size_t nq = size_t(T) * size_t(shape_.q_dim());
   const AttnShape a{shape_.n_heads, shape_.n_kv_heads, shape_.head_dim};

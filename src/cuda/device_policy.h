@@ -88,6 +88,33 @@ class RowBuffer {
   DeviceArray<uint8_t> buf_;  // (cap_, elem bytes) then (cap_, scale bytes)
 };
 
+// Grows `a` to at least `bytes` bytes (at least doubling), keeping its first `keep` bytes (copied on
+// the legacy stream; work on other streams that touches `a` must be ordered before, as DeviceArray says).
+Status GrowKeeping(DeviceArray<uint8_t>* a, size_t bytes, size_t keep);
+
+// KIVI's packed token groups (kv/kivi_codec.h) in device memory, in cuda::DeviceRows' KIVI layout:
+// per token the b-bit codes of every KV head's key and value row, f16 scale and zero per key channel
+// and token group of `group` rows, per value row and channel group of `group` channels. The packed
+// groups of `kivi` and the quantized residuals of `atp ...,residual=kiviN`; rows are packed into it
+// by cuda::KiviPack.
+class KiviRows {
+ public:
+  KiviRows(int bits, int group, int dim, int n_kv) : bits_(bits), group_(group), dim_(dim), n_kv_(n_kv) {}
+  // Room for `groups` token groups, the first `kept` kept (buffers grow by doubling).
+  Status Reserve(int64_t groups, int64_t kept);
+  // The key rows (channel parameters) or the value rows.
+  DeviceRows rows(bool keys) const;
+  // Bytes of `groups` groups, as the CPU's KIVI store counts them: codes, key and value parameters.
+  int64_t Bytes(int64_t groups) const { return groups * (KeyParamBytes() + group_ * (2 * CodeBytes() + ValueParamBytes())); }
+
+ private:
+  int64_t CodeBytes() const { return int64_t(n_kv_) * dim_ * bits_ / 8; }            // one token's codes
+  int64_t ValueParamBytes() const { return int64_t(n_kv_) * (dim_ / group_) * 4; }   // one token's
+  int64_t KeyParamBytes() const { return int64_t(n_kv_) * dim_ * 4; }                // one group's
+  int bits_, group_, dim_, n_kv_;
+  DeviceArray<uint8_t> kcodes_, vcodes_, kparams_, vparams_;
+};
+
 // Where a policy stores new tokens: rows row .. row + n - 1 of k and v from the first n of the
 // step's K and V rows (n_kv * dim f32 per token), or, with `input`, of k alone from the tokens' layer
 // input X (d_model f32 per token; ATP keeps the filling block's X as such rows, v empty).
@@ -119,6 +146,10 @@ class DecodePlanner {
   // packs a group the token completes, ATP compresses a block). X: the token's layer input (device,
   // d_model f32), null unless the policy ReadsInput(). Length() counts the token from here on.
   virtual Status FinishDecode(const float* X) = 0;
+  // Whether the batched path may plan this policy's steps; false keeps it on the per-item path
+  // (atp residual=: the rows its queries read are rebuilt, per call, into one scratch per thread,
+  // which the items of a batch would share). Default: true.
+  virtual bool Batches() const { return true; }
 };
 
 // Rows a query sees through `view` (principal rows, then its exact rows): the decode workspace's size.
@@ -156,8 +187,8 @@ class ExactTail {
 //   Append: positions continue Length() (else an error naming the policy) and X is given when
 //     ReadsInput(); Reserve makes room and lists the stores; host K, V (and X) are staged; StoreRows
 //     stores them; Finish; then Length() counts the tokens.
-//   Attend: host Q and O staged, the decode workspace sized for the rows View(last query) sees, then
-//     cuda::Attend; O is not written when staging, the workspace or the launch fails.
+//   Attend: Prepare(last query); host Q and O staged, the decode workspace sized for the rows
+//     View(last query) sees, then cuda::Attend; O is not written when staging, the workspace or the launch fails.
 //   PlanDecode / FinishDecode (DecodePlanner): the same for one token, Reserve's stores run by the
 //     batched path (cuda/decode_batch.h) between the two.
 // Ownership: the policy owns every device buffer it reserves and the staging buffers here; the
@@ -195,6 +226,13 @@ class DevicePolicy : public KvPolicy, public DecodePlanner {
   // Default: nothing more.
   virtual Status Finish(int64_t T, const float* X, bool planned) {
     (void)T, (void)X, (void)planned;
+    return Status::Ok();
+  }
+  // Work Attend queues before View describes what a query at `last` sees (atp residual=: the tokens
+  // it reads, rebuilt); the batched path never calls it, so a policy that needs it returns false from
+  // Batches(). Default: nothing.
+  virtual Status Prepare(int64_t last) {
+    (void)last;
     return Status::Ok();
   }
 

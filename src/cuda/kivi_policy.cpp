@@ -6,36 +6,23 @@
 // store holds: the exact rows still read, codes, per-group key and per-row value parameters.
 #include "cuda/kivi_policy.h"
 
-#include <algorithm>
-
 #include "cuda/device_policy.h"
 
 namespace atp {
 
 namespace {
 
-using cuda::DeviceArray;
 using cuda::KvFormat;
-
-// A byte buffer that grows by doubling and keeps its first `keep` bytes.
-Status GrowKeeping(DeviceArray<uint8_t>* a, size_t bytes, size_t keep) {
-  if (bytes <= a->size()) return Status::Ok();
-  DeviceArray<uint8_t> next;
-  ATP_RETURN_IF_ERROR(next.Grow(std::max(bytes, 2 * a->size())));
-  if (keep > 0) ATP_CUDA_RETURN(cudaMemcpyAsync(next.get(), a->get(), keep, cudaMemcpyDeviceToDevice, nullptr));
-  *a = std::move(next);
-  return Status::Ok();
-}
 
 class CudaKiviPolicy : public cuda::DevicePolicy {
  public:
   struct Params {
     int bits = 2, group = 32, residual = 128;
     KvFormat exact = KvFormat::kF32;
-    KvFormat packed() const { return bits == 2 ? KvFormat::kKivi2 : bits == 4 ? KvFormat::kKivi4 : KvFormat::kKivi8; }
   };
   CudaKiviPolicy(const KvShape& s, const Params& p)
-      : DevicePolicy(s, "kivi"), p_(p), exact_(p.exact, s.head_dim, s.n_kv_heads) {}
+      : DevicePolicy(s, "kivi"), p_(p), exact_(p.exact, s.head_dim, s.n_kv_heads),
+        packed_(p.bits, p.group, s.head_dim, s.n_kv_heads) {}
   static Status CheckShape(const KvShape& s, const Params& p) {
     if (p.group % 8 != 0 || s.head_dim % p.group != 0)
       return Status::Unsupported("cuda kivi: group=" + std::to_string(p.group) +
@@ -44,7 +31,7 @@ class CudaKiviPolicy : public cuda::DevicePolicy {
   }
 
   size_t Bytes() const override {
-    return size_t(exact_.Bytes(Length()) + groups_ * (KeyParamBytes() + p_.group * (2 * CodeBytes() + ValueParamBytes())));
+    return size_t(exact_.Bytes(Length()) + packed_.Bytes(groups_));
   }
   Status Update() override {  // as the CPU policy: every later query reads the packed groups packed
     exact_.Release(groups_ * p_.group);
@@ -66,12 +53,6 @@ class CudaKiviPolicy : public cuda::DevicePolicy {
     return cuda::LastLaunch("kivi append");
   }
 
-  // Per token (all KV heads): codes of one row; f16 scale and zero per value channel group; per
-  // token group: f16 scale and zero per key channel.
-  int64_t CodeBytes() const { return int64_t(shape().kv_dim()) * p_.bits / 8; }
-  int64_t ValueParamBytes() const { return int64_t(shape().n_kv_heads) * (shape().head_dim / p_.group) * 4; }
-  int64_t KeyParamBytes() const { return int64_t(shape().kv_dim()) * 4; }
-
   // Token groups packed once len tokens are in: those before the newest R rows.
   int64_t GroupsAt(int64_t len) const { return len >= p_.residual ? (len - p_.residual) / p_.group : 0; }
 
@@ -79,19 +60,15 @@ class CudaKiviPolicy : public cuda::DevicePolicy {
   Status ReservePacked(int64_t len) {
     const int64_t want = GroupsAt(len);
     if (want <= groups_) return Status::Ok();
-    const size_t rows = size_t(want * p_.group), had = size_t(groups_ * p_.group);
-    ATP_RETURN_IF_ERROR(GrowKeeping(&kcodes_, rows * CodeBytes(), had * CodeBytes()));
-    ATP_RETURN_IF_ERROR(GrowKeeping(&vcodes_, rows * CodeBytes(), had * CodeBytes()));
-    ATP_RETURN_IF_ERROR(GrowKeeping(&kparams_, size_t(want) * KeyParamBytes(), size_t(groups_) * KeyParamBytes()));
-    return GrowKeeping(&vparams_, rows * ValueParamBytes(), had * ValueParamBytes());
+    return packed_.Reserve(want, groups_);
   }
 
   // Packs the groups complete at len tokens (their exact rows stored, room reserved).
   void Pack(int64_t len) {
     const int64_t want = GroupsAt(len), G = p_.group;
     if (want <= groups_) return;
-    cuda::KiviPack(exact_.k(), exact_.v(), groups_ * G - exact_.first(), int(want - groups_), Packed(true),
-                   Packed(false), groups_ * G, nullptr);
+    cuda::KiviPack(exact_.k(), exact_.v(), groups_ * G - exact_.first(), int(want - groups_), packed_.rows(true),
+                   packed_.rows(false), groups_ * G, nullptr);
     groups_ = want;
   }
 
@@ -101,23 +78,15 @@ class CudaKiviPolicy : public cuda::DevicePolicy {
     q.k = exact_.k(), q.v = exact_.v(), q.pos = last;
     cuda::Visibility& vis = q.vis;
     vis.first = exact_.first(), vis.block = p_.group, vis.window = p_.residual - 1;
-    vis.pk = Packed(true), vis.pv = Packed(false), vis.rows_per_block = p_.group;
+    vis.pk = packed_.rows(true), vis.pv = packed_.rows(false), vis.rows_per_block = p_.group;
     vis.last_pre = cuda::CompressedBlocks(vis.block, vis.window, last) * vis.rows_per_block;
     return q;
-  }
-
-  cuda::DeviceRows Packed(bool keys) const {
-    cuda::DeviceRows r;
-    r.fmt = p_.packed(), r.dim = shape().head_dim, r.n_kv = shape().n_kv_heads;
-    r.group = p_.group, r.channel_params = keys;
-    r.elems = (keys ? kcodes_ : vcodes_).get(), r.scales = (keys ? kparams_ : vparams_).get();
-    return r;
   }
 
   Params p_;
   int64_t groups_ = 0;     // token groups packed (positions [0, groups_ * G))
   cuda::ExactTail exact_;  // from the first position not yet packed
-  DeviceArray<uint8_t> kcodes_, vcodes_, kparams_, vparams_;
+  cuda::KiviRows packed_;  // groups [0, groups_)
 };
 
 }  // namespace

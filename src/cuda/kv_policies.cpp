@@ -187,8 +187,8 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
   const std::string policy = canon.substr(0, plus), codec = plus == std::string::npos ? "" : canon.substr(plus + 1);
   ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(policy));
   const std::string supported =
-      "--device cuda supports dense:dtype=f32|f16|bf16, mx (every format), atp (basis=input, proj=dense, "
-      "block <= 64), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 16, 32, 64 or 128, f32 coefficients) and "
+      "--device cuda supports dense:dtype=f32|f16|bf16, mx (every format), atp (proj=dense, block <= "
+      "64; residual=kivi2|kivi4|kivi8 and rope=pre too), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 16, 32, 64 or 128, f32 coefficients) and "
       "streaming alone or +dense:dtype=... or +mx:fmt=...";
   if (ps.name() == "atp") return MakeCudaAtpFactory(ps, canon);
   if (ps.name() == "kivi" && codec.empty()) return MakeCudaKiviFactory(ps, canon);

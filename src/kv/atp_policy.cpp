@@ -513,20 +513,13 @@ class AtpFactory : public KvPolicyFactory {
   AtpParams p_;
 };
 
-// The codec of residual=NAME for blocks of `rows` summarized tokens. KIVI's key groups must not straddle
-// two blocks (a group would then wait for the next block, and a query's form would depend on it), so its
-// group G is the largest divisor of `rows` up to KIVI's 32 (tokens per key group, channels per value group).
+// The codec of residual=NAME for blocks of `rows` summarized tokens (KIVI's group: AtpResidualGroup).
 Result<std::shared_ptr<const RowCodec>> ResidualCodec(const std::string& name, int rows) {
   if (name == "kivi2" || name == "kivi4" || name == "kivi8") {
     KiviParams k;
     k.bits = name[4] - '0';
     k.residual = 0;
-    k.group = 1;
-    for (int g = std::min(rows, 32); g >= 1; --g)
-      if (rows % g == 0) {
-        k.group = g;
-        break;
-      }
+    k.group = AtpResidualGroup(rows);
     return MakeKiviCodec(k);
   }
   if (name.rfind("mx_", 0) == 0) {
@@ -538,6 +531,12 @@ Result<std::shared_ptr<const RowCodec>> ResidualCodec(const std::string& name, i
 }
 
 }  // namespace
+
+int AtpResidualGroup(int rows) {
+  for (int g = std::min(rows, 32); g > 1; --g)
+    if (rows % g == 0) return g;
+  return 1;
+}
 
 Result<std::shared_ptr<KvPolicyFactory>> MakeAtpFactory(const PolicySpec& spec) {
   ATP_RETURN_IF_ERROR(spec.CheckKeys({{"block", "block size B in tokens, default 64"},
