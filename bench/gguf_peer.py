@@ -3,13 +3,14 @@
 
 From a model (a directory: `atp convert --type f16` makes the f16 GGUF; or an f16 .gguf) this
   1. writes one file per type with llama.cpp's `llama-quantize` (no imatrix, as a user would);
-  2. checks that atp loads every one of them (`atp generate`, greedy, a few tokens) and scores each
-     with `atp perplexity --chunked` (and `llama-perplexity`, its own protocol, unless --no-llama-ppl);
+  2. checks that atp loads every one of them (`atp generate`, greedy, a few tokens);
   3. compares atp's own `convert --type` output with llama-quantize's from the same f16 values, tensor by
      tensor (type and bytes), for --compare-types;
   4. times prefill of 512 tokens and decode of 128 with `llama-bench -p 512 -n 128` and the matching
      `atp bench`, interleaved (per round, thread count and file: llama.cpp then atp), and reports medians
-     over the rounds and the ratios atp / llama.cpp.
+     over the rounds and the ratios atp / llama.cpp;
+  5. scores each file with `atp perplexity --chunked` and `llama-perplexity` (its own protocol: chunks
+     of 512, the second half of each scored), and compares the two tokenizations of the text.
 Writes everything to --json-out with both commits, the machine and the load average, and prints
 markdown tables. bench/llama_cpp.sh builds llama.cpp; this script never runs in CI.
 
@@ -215,8 +216,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3, help="repetitions inside each llama-bench / atp bench run")
     ap.add_argument("--ppl-file", default="../shared/data/valid.txt", help="text for perplexity ('' to skip)")
-    ap.add_argument("--max-windows", type=int, default=150, help="atp perplexity windows (C=384, S=128)")
-    ap.add_argument("--llama-ppl-chunks", type=int, default=50, help="llama-perplexity chunks of 512 (0: skip)")
+    ap.add_argument("--max-windows", type=int, default=30, help="atp perplexity windows (C=384, S=128)")
+    ap.add_argument("--llama-ppl-chunks", type=int, default=16, help="llama-perplexity chunks of 512 (0: skip)")
     ap.add_argument("--ppl-threads", type=int, default=2)
     ap.add_argument("--json-out", help="write the whole report here")
     a = ap.parse_args()
@@ -240,39 +241,19 @@ def main():
     report["files"] = {t: {"path": p, "bytes": os.path.getsize(p),
                            "types": sorted({x["type_name"] for x in read_gguf(p)[1]})} for t, p in files.items()}
 
-    # 2. atp loads each file; perplexity of each by both.
+    def save():
+        if a.json_out:
+            with open(a.json_out, "w") as f:
+                json.dump(report, f, indent=1)
+
+    # 2. atp loads each file (greedy, a few tokens).
     for t, p in files.items():
         g = subprocess.run([a.atp, "generate", "-m", p, "--temp", "0", "-n", "8", "-t", str(a.ppl_threads), "-p", "And God said"],
                            capture_output=True, text=True)
         report["files"][t]["atp_loads"] = g.returncode == 0
         report["files"][t]["atp_generate"] = g.stdout.strip()[-200:] if g.returncode == 0 else g.stderr.strip()[-400:]
         log(f"atp generate {t}: {'ok' if g.returncode == 0 else 'FAILED'}")
-        if a.ppl_file and g.returncode == 0:
-            j = json.loads(run([a.atp, "perplexity", "-m", p, "-f", a.ppl_file, "--chunked", "--max-windows", str(a.max_windows),
-                                "-t", str(a.ppl_threads), "--json"]).stdout)
-            report["files"][t]["atp_ppl"] = j
-            log(f"atp perplexity {t}: {j['ppl']:.4f}")
-        if a.ppl_file and a.llama_ppl_chunks:
-            q = run([lb("llama-perplexity"), "-m", p, "-f", a.ppl_file, "-c", "512", "--chunks", str(a.llama_ppl_chunks),
-                     "-t", str(a.ppl_threads)])
-            report["files"][t]["llama_ppl"] = parse_llama_ppl(q.stderr + q.stdout)
-            report["files"][t]["llama_ppl_log_tail"] = (q.stderr + q.stdout)[-600:]
-            log(f"llama-perplexity {t}: {report['files'][t]['llama_ppl']}")
-
-    # Tokenization: llama.cpp's (from the f16 file's metadata) against atp's reference BPE (tools/bpe.py,
-    # which atp's C++ tokenizer is tested against) on the perplexity text.
-    if a.ppl_file and os.path.isdir(a.model) and os.path.exists(lb("llama-tokenize")):
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
-        import bpe
-        with open(a.ppl_file, encoding="utf-8") as f:
-            text = f.read()
-        ours = bpe.Tokenizer.from_file(a.model).encode(text)
-        q = run([lb("llama-tokenize"), "-m", f16, "-f", a.ppl_file, "--ids", "--log-disable", "--no-bos", "--no-escape"])
-        theirs = json.loads(q.stdout.strip().splitlines()[-1])
-        first = next((i for i, (x, y) in enumerate(zip(ours, theirs)) if x != y), None)
-        report["tokenization"] = {"atp_tokens": len(ours), "llama_tokens": len(theirs),
-                                  "identical": ours == theirs, "first_difference": first}
-        log(f"tokenization: {report['tokenization']}")
+    save()
 
     # 3. atp convert vs llama-quantize, from the same f16 values: the f16 file read back to a directory.
     if a.compare_types:
@@ -288,6 +269,7 @@ def main():
             report["compare"][t] = [{"tensor": r[0], "atp": r[1], "llama_quantize": r[2], "verdict": r[3]} for r in rows]
             same = sum(r[3] == "identical" for r in rows)
             log(f"compare {t}: {same} of {len(rows)} tensors identical")
+    save()
 
     # 4. Speed, interleaved.
     speed = {}
@@ -311,11 +293,41 @@ def main():
                 log(f"round {rnd} -t {th} {t}: pp512 atp {j['prefill_tok_s']:.0f} llama {lj['pp']:.0f}; "
                     f"tg128 atp {s['atp_tg'][-1]:.0f} llama {lj['tg']:.0f} tok/s (load {s['loadavg'][-1]:.2f})")
     report["speed"] = list(speed.values())
+    save()
+
+    # 5. Perplexity of each file by both (last: the slowest part, and no timing depends on it).
+    for t, p in files.items():
+        if a.ppl_file and report["files"][t]["atp_loads"]:
+            j = json.loads(run([a.atp, "perplexity", "-m", p, "-f", a.ppl_file, "--chunked", "--max-windows", str(a.max_windows),
+                                "-t", str(a.ppl_threads), "--json"]).stdout)
+            report["files"][t]["atp_ppl"] = j
+            log(f"atp perplexity {t}: {j['ppl']:.4f}")
+        if a.ppl_file and a.llama_ppl_chunks:
+            q = run([lb("llama-perplexity"), "-m", p, "-f", a.ppl_file, "-c", "512", "--chunks", str(a.llama_ppl_chunks),
+                     "-t", str(a.ppl_threads)])
+            report["files"][t]["llama_ppl"] = parse_llama_ppl(q.stderr + q.stdout)
+            report["files"][t]["llama_ppl_log_tail"] = (q.stderr + q.stdout)[-600:]
+            log(f"llama-perplexity {t}: {report['files'][t]['llama_ppl']}")
+        save()
+
+    # Tokenization: llama.cpp's (from the f16 file's metadata) against atp's reference BPE (tools/bpe.py,
+    # which atp's C++ tokenizer is tested against) on the perplexity text.
+    if a.ppl_file and os.path.isdir(a.model) and os.path.exists(lb("llama-tokenize")):
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+        import bpe
+        with open(a.ppl_file, encoding="utf-8") as f:
+            text = f.read()
+        ours = bpe.Tokenizer.from_file(a.model).encode(text)
+        q = run([lb("llama-tokenize"), "-m", f16, "-f", a.ppl_file, "--ids", "--log-disable", "--no-bos", "--no-escape"])
+        theirs = json.loads(q.stdout.strip().splitlines()[-1])
+        first = next((i for i, (x, y) in enumerate(zip(ours, theirs)) if x != y), None)
+        report["tokenization"] = {"atp_tokens": len(ours), "llama_tokens": len(theirs),
+                                  "identical": ours == theirs, "first_difference": first}
+        log(f"tokenization: {report['tokenization']}")
+
     report["loadavg_end"] = os.getloadavg()
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    if a.json_out:
-        with open(a.json_out, "w") as f:
-            json.dump(report, f, indent=1)
+    save()
 
     # Tables.
     print(f"atp {report['atp_version']}; llama.cpp {report.get('llama_commit')}; {report['machine']['cpu']}, "
@@ -340,8 +352,9 @@ def main():
         ap_ = r.get("atp_ppl", {}).get("ppl")
         lp = r.get("llama_ppl")
         rel = lambda v, b: f"{100 * (v / b - 1):+.2f}%" if v and b else ""
+        num = lambda v: f"{v:.4f}" if v else ""
         print(f"| {t} | {r['bytes'] / 1e6:.1f} | {' '.join(r['types'])} | {'yes' if r['atp_loads'] else 'NO'} | "
-              f"{ap_ or '':{'.4f' if ap_ else ''}} | {rel(ap_, f16_atp)} | {lp or ''} | {rel(lp, f16_ll)} |")
+              f"{num(ap_)} | {rel(ap_, f16_atp)} | {num(lp)} | {rel(lp, f16_ll)} |")
     for t, rows in report.get("compare", {}).items():
         same = sum(r["verdict"] == "identical" for r in rows)
         print(f"\natp convert --type {t.lower()} vs llama-quantize {t}: {same} of {len(rows)} tensors identical")
