@@ -120,6 +120,21 @@ TEST(WeightQuant, HalvesRoundAsGgml) {
   for (int j = 0; j < 6; ++j) EXPECT_EQ(ScalarQ4_0(b4.data(), j), want4[j]) << j;
 }
 
+// ggml rounds x * (1/d) to f32 before adding 8.5. With d = 0.75, 1/d = 1.33333337f is above 4/3, so
+// x = -5.625 gives x * (1/d) = -7.5 - 2^-22 exactly, a tie that rounds to -7.5: q = trunc(1.0) = 1.
+// Contracted into one fused multiply-add it is trunc(1 - 2^-22) = 0 (as a build with -march=native
+// did: llama-quantize's Q4_0 files of atp-40m then differed from atp's in ~0.02% of the bytes). The
+// other three are the same case one step up; the expected codes are also x / d + 8.5 exactly.
+TEST(WeightQuant, Q4_0CodesRoundTheProductBeforeTheOffset) {
+  std::vector<float> x(32, 0.f);
+  x[0] = -6;  // d = 0.75
+  const float xs[4] = {-5.625f, -4.875f, -4.125f, -3.375f};
+  for (int j = 0; j < 4; ++j) x[size_t(1 + j)] = xs[j];
+  auto b = Quantize(DType::kQ4_0, x);
+  EXPECT_EQ(F16ToF32(ScaleBits(b.data())), 0.75f);
+  for (int j = 0; j < 4; ++j) EXPECT_EQ(ScalarQ4_0(b.data(), 1 + j), 0.75f * float(j + 1 - 8)) << xs[j];
+}
+
 // One huge value sets the scale; small neighbours flush to zero, the outlier itself survives to
 // within f16's rounding of the scale.
 TEST(WeightQuant, OutlierBlock) {

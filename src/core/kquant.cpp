@@ -13,8 +13,8 @@
 
 // The equality with ggml's reference (same bytes from the quantizers, same floats from the
 // dequantizers) holds only without contraction of a * b + c into one rounding.
-#if defined(__FP_FAST_FMAF) && !defined(ATP_KQUANT_CONTRACT_OFF)
-#error "core/kquant.cpp must be compiled with -ffp-contract=off and -DATP_KQUANT_CONTRACT_OFF (see CMakeLists.txt)"
+#if defined(__FP_FAST_FMAF) && !defined(ATP_QUANT_CONTRACT_OFF)
+#error "core/kquant.cpp must be compiled with -ffp-contract=off and -DATP_QUANT_CONTRACT_OFF (see CMakeLists.txt)"
 #endif
 
 namespace atp {

@@ -7,6 +7,12 @@
 #include <cstdio>
 #include <cstdlib>
 
+// Q4_0's codes equal ggml's only without contraction of x * (1 / d) + 8.5 into one rounding: fused,
+// x = -5.625 with d = 0.75 gives q = 0 instead of ggml's 1 (1 / d is not exact; WeightQuant test).
+#if defined(__FP_FAST_FMAF) && !defined(ATP_QUANT_CONTRACT_OFF)
+#error "core/quant.cpp must be compiled with -ffp-contract=off and -DATP_QUANT_CONTRACT_OFF (see CMakeLists.txt)"
+#endif
+
 namespace atp {
 
 namespace {

@@ -1,5 +1,6 @@
 // ggml's Q8_0 and Q4_0 weight blocks, bit for bit (so GGUF files load as they are), and their
-// reference quantizers and dequantizers. Kernels that read blocks in registers live in src/kernels.
+// reference quantizers and dequantizers (same bytes as quantize_row_*_ref: quant.cpp is compiled
+// without fused multiply-adds, as kquant.cpp). Kernels that read blocks in registers live in src/kernels.
 #pragma once
 #include <immintrin.h>
 
