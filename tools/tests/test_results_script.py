@@ -48,6 +48,53 @@ class Render(unittest.TestCase):
         self.assertIn("| `dense` | 30.00 (+0.0%) | 25.00 (+0.0%) | - | 1.000 / 1.000 / - | 30/32 | - | `aaa`, `bbb` |", text)
         self.assertIn("| `snapkv:budget=256` | 30.30 (+1.0%) | 26.00 (+4.0%) | - | 0.755 / 0.377 / - | 29/32 | - |", text)
 
+    def test_sweep_leaves_out_columns_no_row_measured(self):
+        saved = {"table": "t", "runs": {"main": run("ccc", dict(row("dense", 90.6), method="dense", budget="f32"),
+                                                    dict(row("atp:block=64,rank=32,window=64", 104.67, 0.936),
+                                                         method="atp", budget="32"))}}
+        text = R.render_sweep("t", {}, saved)
+        self.assertIn("| method | budget | policy string | perplexity | vs dense | KV bytes/token | relative to dense "
+                      "| commit |", text)
+        self.assertIn("| atp | 32 | `atp:block=64,rank=32,window=64` | 104.67 | +15.5% | 94 | 0.936 | `ccc` |", text)
+
+    def test_checks_print_each_figure_beside_its_reference(self):
+        table = {"runs": {"ppl": "BIN perplexity --json", "retrieval": "BIN eval --json"},
+                 "rows": [{"run": "ppl", "figure": "ppl", "digits": 5, "what": "perplexity", "reference_value": "90.59511"},
+                          {"run": "retrieval", "figure": "retrieval", "what": "retrieval", "reference_value": "113 / 200"}]}
+        ppl = run("ddd")
+        ppl["output"] = {"ppl": 90.595117, "windows": 217, "scored_tokens": 27776}
+        saved = {"table": "t", "runs": {"ppl": ppl, "retrieval": run("eee", row("dense", None, correct=112, cases=200))}}
+        text = R.render_checks("t", table, saved)
+        self.assertIn("| perplexity | **90.59512** (217 windows, 27,776 scored tokens) | 90.59511 | `ddd` |", text)
+        self.assertIn("| retrieval | **112/200** | 113 / 200 | `eee` |", text)
+
+    def test_files_compare_with_the_first_and_state_sizes(self):
+        table = {"runs": {"f16": "", "q8_0": ""}, "files": {"f16": "a.gguf", "q8_0": "b.gguf"}, "targets": {"q8_0": "0.1%"}}
+        runs = {}
+        for name, ppl, size in (("f16", 28.7643, 76.7e6), ("q8_0", 28.7676, 40.9e6)):
+            runs[name] = run("fff")
+            runs[name]["output"] = {"ppl": ppl}
+            runs[name]["work_files"] = {"a.gguf": 76.7e6, "b.gguf": 40.9e6}
+        text = R.render_files("t", table, {"table": "t", "runs": runs})
+        self.assertIn("| f16 | 76.7 MB | 28.7643 |  |  | `fff` |", text)
+        self.assertIn("| q8_0 | 40.9 MB | 28.7676 | **+0.011%** | 0.1% | `fff` |", text)
+
+    def test_measured_tables_say_when_and_how_to_measure_again(self):
+        m = {"commit": "abc1234", "date": "2026-11-23", "machine": "the VM", "load": "load average 6"}
+        text = R.render_measured("speed", {"kind": "measurement", "measured": m,
+                                           "runs": {"b": "BIN bench -m WORK/x --json"}}, None)
+        self.assertIn("measured once at `abc1234` (2026-11-23) on the VM, load average 6", text)
+        self.assertIn("`scripts/results.py run speed`", text)
+        self.assertIn("build/atp bench -m WORK/x --json", text)
+        text = R.render_measured("gpu", {"kind": "device", "measured": m, "runs": {"b": "OUT=out bash bench/cuda_device.sh run bench"}}, None)
+        self.assertIn("GPU figures, measured once at `abc1234`", text)
+        self.assertIn("OUT=out bash bench/cuda_device.sh run bench", text)
+
+    def test_placeholders_are_replaced_whole(self):
+        self.assertEqual(R.argv_of("BIN perplexity -m WORK/a.gguf -o OUT --kv lowrank:file=WORK/b", "/b/atp", "/o", "/w"),
+                         ["/b/atp", "perplexity", "-m", "/w/a.gguf", "-o", "/o", "--kv", "lowrank:file=/w/b"])
+        self.assertEqual(R.argv_of("BIN eval --kv BINARY", "/b/atp", "/o"), ["/b/atp", "eval", "--kv", "BINARY"])
+
     def test_replace_between_markers(self):
         text = "a\n<!-- results:x -->\nold\n<!-- /results:x -->\nb\n"
         self.assertEqual(R.replace_between(text, "x", "new"), "a\n<!-- results:x -->\nnew\n<!-- /results:x -->\nb\n")
