@@ -109,19 +109,25 @@ sdpa() { timeout 120 python3 bench/cuda_sdpa.py 2>&1 | tee "$OUT/sdpa.jsonl"; }
 # SERVE_SEQS (256), SERVE_BATCH (2048): the server's -c, --kv-memory, --max-seqs, --max-batch-tokens (e.g. SERVE_IN=8192 SERVE_OUT=256 SERVE_CTX=8448).
 # SERVE_ATP: another binary to measure (e.g. a baseline build carried beside the bundle), SERVE_TAG: a
 # suffix for its files: serve$TAG.txt (the tables), serve${TAG}_c$c.json, serve$TAG.log (the server's).
+# The load of the serve steps against the server on PORT, at each concurrency of SERVE_C: a run labelled
+# "LABEL c=$c" into $OUT/NAME_c$c.json, the tables appended to $OUT/NAME.txt.
+load_levels() {  # PORT NAME LABEL
+  local c n
+  for c in $(echo ${SERVE_C:-1,8,64,256} | tr , ' '); do
+    n=$((c * ${SERVE_N:-4})); [ $n -lt 16 ] && n=16
+    timeout 300 python3 bench/serve_load.py --base-url http://127.0.0.1:$1 --ready-check-timeout-sec 180 \
+      --input-len ${SERVE_IN:-1024} --output-len ${SERVE_OUT:-128} --num-prompts $n --max-concurrency $c \
+      --label "$3 c=$c" --json "$OUT/$2_c$c.json" 2>&1 | tee -a "$OUT/$2.txt"
+  done
+}
 serve() {
   [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
-  local tag=${SERVE_TAG:-} kv=${SERVE_KV:-dense:dtype=bf16} cs=${SERVE_C:-1,8,64,256} c n
+  local tag=${SERVE_TAG:-} kv=${SERVE_KV:-dense:dtype=bf16}
   ${SERVE_ATP:-$atp} serve -m /tmp/l1b --port 18000 --device cuda --kv "$kv" -c ${SERVE_CTX:-2048} \
     --kv-memory ${SERVE_KV_MEMORY:-40G} --max-seqs ${SERVE_SEQS:-256} --max-queue 4096 --max-batch-tokens ${SERVE_BATCH:-2048} \
     2>"$OUT/serve$tag.log" &
   local pid=$!
-  for c in ${cs//,/ }; do
-    n=$((c * ${SERVE_N:-4})); [ $n -lt 16 ] && n=16
-    timeout 300 python3 bench/serve_load.py --base-url http://127.0.0.1:18000 --ready-check-timeout-sec 180 \
-      --input-len ${SERVE_IN:-1024} --output-len ${SERVE_OUT:-128} --num-prompts $n --max-concurrency $c \
-      --label "$kv c=$c" --json "$OUT/serve${tag}_c$c.json" 2>&1 | tee -a "$OUT/serve$tag.txt"
-  done
+  load_levels 18000 "serve$tag" "$kv"
   kill $pid; wait $pid
 }
 # Nsight Compute on the decode kernels at 32k: bf16 first, then (after 2 x 16 x 22 launches of each
@@ -206,7 +212,7 @@ PY
 # after it run meanwhile; peer_serve waits for it, writes /tmp/l1b as an f16 GGUF (`atp convert`), runs
 # llama-bench (pp1024, tg128) and then bench/serve_load.py against `llama-server -ngl 99 -fa on` with as
 # many slots as the largest of SERVE_C and SERVE_CTX tokens each, at each concurrency of SERVE_C, with the
-# serve step's prompts (SERVE_IN, SERVE_OUT, SERVE_N): files peer_bench.json, peer_serve.txt, peer_c$c.json.
+# serve step's prompts (SERVE_IN, SERVE_OUT, SERVE_N): files peer_bench.json, peer.txt, peer_c$c.json.
 # peer_wait waits for the build (building now where this machine has none).
 peer_build() {
   mkdir -p /tmp/llama.cpp && tar -C /tmp/llama.cpp -xJf .peercarry/llama.cpp.tar.xz || return
@@ -222,23 +228,18 @@ peer_wait() {  # the build of peer_build, or one now if this machine has none
   tail -2 "$OUT/peer_build.log" 2>/dev/null
 }
 peer_serve() {
-  local bin=/tmp/llama.cpp/build/bin cs=${SERVE_C:-1,8,64,256} c n np
+  local bin=/tmp/llama.cpp/build/bin np
   peer_wait
   [ -x $bin/llama-server ] || { echo "llama.cpp did not build:"; tail -20 "$OUT/peer_build.log"; return; }
   [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
   [ -f /tmp/l1b.f16.gguf ] || timeout 300 $atp convert -m /tmp/l1b -o /tmp/l1b.f16.gguf --type f16 2>&1 | tail -1
   timeout 180 $bin/llama-bench -m /tmp/l1b.f16.gguf -ngl 99 -fa 1 -p 1024 -n 128 -o json >"$OUT/peer_bench.json" 2>"$OUT/peer_bench.err"
   grep -E '"n_prompt"|"n_gen"|"avg_ts"' "$OUT/peer_bench.json"
-  np=$(echo ${cs//,/ } | tr ' ' '\n' | sort -n | tail -1)
+  np=$(echo ${SERVE_C:-1,8,64,256} | tr , '\n' | sort -n | tail -1)
   $bin/llama-server -m /tmp/l1b.f16.gguf -ngl 99 -fa on -np $np -c $((np * ${SERVE_CTX:-2048})) --port 18001 \
     2>"$OUT/peer_server.log" >/dev/null &
   local pid=$!
-  for c in ${cs//,/ }; do
-    n=$((c * ${SERVE_N:-4})); [ $n -lt 16 ] && n=16
-    timeout 300 python3 bench/serve_load.py --base-url http://127.0.0.1:18001 --ready-check-timeout-sec 180 \
-      --input-len ${SERVE_IN:-1024} --output-len ${SERVE_OUT:-128} --num-prompts $n --max-concurrency $c \
-      --label "llama-server c=$c" --json "$OUT/peer_c$c.json" 2>&1 | tee -a "$OUT/peer_serve.txt"
-  done
+  load_levels 18001 peer "llama-server"
   kill $pid; wait $pid
 }
 
