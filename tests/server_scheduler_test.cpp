@@ -119,6 +119,16 @@ std::vector<Outcome> RunBatched(Scheduler& sched, const std::vector<SeqRequest>&
   return out;
 }
 
+// What engine Generate gives request r alone: what every scheduler test compares with.
+GenerateResult Alone(const SeqRequest& r) {
+  GenerateOptions g;
+  g.sampling = r.sampling;
+  g.max_tokens = r.max_tokens;
+  auto res = Generate(*Ref().model, *Ref().tok, *r.kv, r.prompt, g, nullptr);
+  EXPECT_TRUE(res.ok()) << res.status().ToString();
+  return res.ok() ? std::move(res).value() : GenerateResult{};
+}
+
 void ExpectBatchedEqualsAlone(float temperature, const std::string& policy = "dense") {
   LlamaModel& m = *Ref().model;
   const Tokenizer& tok = *Ref().tok;
@@ -133,12 +143,7 @@ void ExpectBatchedEqualsAlone(float temperature, const std::string& policy = "de
     r.max_tokens = 8 + int(i * 5) % 33;
     r.kv = kv;
     reqs.push_back(r);
-    GenerateOptions g;
-    g.sampling = r.sampling;
-    g.max_tokens = r.max_tokens;
-    auto res = Generate(m, tok, *kv, r.prompt, g, nullptr);  // before the batch: one model user at a time
-    ASSERT_TRUE(res.ok()) << res.status().ToString();
-    alone.push_back(std::move(res).value());
+    alone.push_back(Alone(r));  // before the batch: one model user at a time
   }
   SchedulerOptions opt;
   opt.max_batch_tokens = 40;  // small: long prompts are prefilled in chunks, mixed with decode steps
@@ -187,12 +192,7 @@ void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n
     r.sampling = SamplingParams{i % 2 ? 0.8f : 0.0f, 40, 0.95f, 0.0f, 1.0f, uint64_t(77 + i)};
     r.max_tokens = 24 + (i * 7) % 17;
     r.kv = ParseKvPolicy(policies[size_t(i) % policies.size()]).value();
-    GenerateOptions g;
-    g.sampling = r.sampling;
-    g.max_tokens = r.max_tokens;
-    auto res = Generate(m, tok, *r.kv, r.prompt, g, nullptr);
-    ASSERT_TRUE(res.ok()) << res.status().ToString();
-    alone.push_back(std::move(res).value());
+    alone.push_back(Alone(r));
     reqs.push_back(std::move(r));
   }
   SchedulerOptions opt;
@@ -357,12 +357,7 @@ TEST(Scheduler, PrefixCachingSkipsSharedBlocksAndKeepsTokens) {
       r.sampling = SamplingParams{i % 2 ? 0.8f : 0.0f, 40, 0.95f, 0.0f, 1.0f, uint64_t(5 + i)};
       r.max_tokens = 12;
       r.kv = kv;
-      GenerateOptions g;
-      g.sampling = r.sampling;
-      g.max_tokens = r.max_tokens;
-      auto res = Generate(m, tok, *kv, r.prompt, g, nullptr);
-      ASSERT_TRUE(res.ok()) << res.status().ToString();
-      alone.push_back(std::move(res).value());
+      alone.push_back(Alone(r));
       reqs.push_back(std::move(r));
     }
     SchedulerOptions opt;
