@@ -17,6 +17,9 @@ SchedulerOptions Normalize(SchedulerOptions o, const LlamaModel& model) {
 
 std::string MiB(size_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB"; }
 
+// The pages admission leaves free for the running sequences to grow into (SchedulerOptions).
+size_t WatermarkPages(const KvPool::Usage& u, int permille) { return u.pages() * size_t(std::max(permille, 0)) / 1000; }
+
 }  // namespace
 
 struct Scheduler::Running {
@@ -173,7 +176,7 @@ Scheduler::Stats Scheduler::stats() const {
 // when the pages its prefill needs are free, leaving the watermark for the running ones to grow into
 // (the first sequence needs no watermark: nobody else grows).
 void Scheduler::Admit(std::vector<Waiting>* admitted) {
-  const size_t watermark = pool_.usage().pages() * size_t(std::max(opt_.admit_watermark_permille, 0)) / 1000;
+  const size_t watermark = WatermarkPages(pool_.usage(), opt_.admit_watermark_permille);
   const auto room = [&] { return running_.size() + admitted->size() < size_t(opt_.max_seqs); };
   const auto keep_free = [&] { return running_.empty() && admitted->empty() ? 0 : watermark; };
   while (!preempted_.empty() && room()) {
@@ -232,7 +235,7 @@ void Scheduler::AttachPrefix(Running& r) {
 void Scheduler::OfferPrefix(Running& r) {
   if (!r.shares || r.seq.length() / PrefixCache::kBlock <= r.offered) return;
   const KvPool::Usage u = pool_.usage();
-  const size_t watermark = u.pages() * size_t(std::max(opt_.admit_watermark_permille, 0)) / 1000 * u.page_bytes;
+  const size_t watermark = WatermarkPages(u, opt_.admit_watermark_permille) * u.page_bytes;
   const size_t free = u.capacity_bytes - std::min(u.capacity_bytes, u.charged_bytes);
   const size_t room = cache_->bytes() + (free > watermark ? free - watermark : 0);
   r.shares = cache_->Offer(r.policy, r.history, r.seq, room);
