@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and running `atp` needs (Debian packages). With --test, also what the test
-# suite, the micro-benchmarks, tools/ and the hardening stage need: GoogleTest, Google Benchmark,
+# suite, the micro-benchmarks, tools/ and the hardening stage need: Ninja, GoogleTest, Google Benchmark,
 # NumPy and PyTorch, clang and its sanitizer runtimes, rsvg-convert (the plot test), Node.js and the
 # npm test oracles. Idempotent; calls sudo for apt-get when not run as root.
 set -euo pipefail
@@ -16,7 +16,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 PKGS="build-essential cmake pkg-config libopenblas-dev liblapacke-dev nlohmann-json3-dev libcpp-httplib-dev
       libpcre2-dev libcli11-dev"
 if [ "$TEST" = 1 ]; then
-  PKGS="$PKGS libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev python3-numpy python3-torch clang
+  PKGS="$PKGS ninja-build libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev python3-numpy python3-torch clang
         libclang-rt-14-dev librsvg2-bin python3-jinja2"
 fi
 missing=$(for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
