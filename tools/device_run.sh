@@ -13,7 +13,7 @@
 # Distillation (issue 19), two calls back to back on the same warm machine (it goes back after 30 s idle):
 #   1. carry .distillcarry and tools/data_cache/eval: `tools/device_run.sh stage_base` unpacks the base to
 #      $W/base (outside the tree: kept while the machine stays warm) and scores it, dense and ATP;
-#   2. carry tools/data_cache/big and tools/data_cache/eval: `CTX=2048 BATCH=16 tools/device_run.sh atp_distill`
+#   2. carry tools/data_cache/big/{train_data.npz.xz,dev_retrieval.jsonl} and tools/data_cache/eval: `CTX=2048 BATCH=16 tools/device_run.sh atp_distill`
 #      fine-tunes $W/base with ATP, distilled from its own dense logits, scores the result dense and ATP,
 #      and returns it xz-compressed in < 16 MiB pieces with summary_$FTAG.json.
 set -euo pipefail

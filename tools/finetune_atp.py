@@ -87,6 +87,8 @@ def main():
         ap.error("--kv must be an atp policy, e.g. atp:block=32,rank=8,window=64")
     if not 0.0 <= a.distill <= 1.0 or not 0.0 <= a.dense_rows < 1.0:
         ap.error("--distill must be in [0, 1] and --dense-rows in [0, 1)")
+    if len(dense_row_index(a.batch, a.dense_rows)) >= a.batch:
+        ap.error(f"--dense-rows {a.dense_rows} leaves no ATP row in a batch of {a.batch}")
     if a.dense_rows and not a.distill:
         ap.error("--dense-rows needs --distill (the dense rows are anchored to the teacher)")
     step = train.cross_entropy_step
