@@ -2,25 +2,59 @@
 # GPU jobs for the default model, run from the repo root on the device machine (the `run` tool),
 # with tools/data_cache/{train_data.npz,tokenizer,dev_retrieval.jsonl,eval} carried over.
 # Results go to $OUT (at most 8 files, 16 MiB each, come back): checkpoints are tarred and split.
-#   tools/device_run.sh smoke | main | all | final | atp | big
+#   tools/device_run.sh smoke | main | all | final | atp | big | stage_base | atp_distill
 #   (all = main, then the ATP fine-tunes; final = continue models/atp-12m, then the fine-tunes;
-#    big = the larger, longer-context model of models/atp-40m on DATA=tools/data_cache/big)
+#    big = the larger, longer-context model of models/atp-40m on DATA=tools/data_cache/big;
+#    stage_base, then atp_distill: a checkpoint adapted to ATP with distillation, below)
+#   tools/device_run.sh pack_base [MODEL_DIR]   (here, not there) MODEL_DIR (default models/atp-40m)
+#       as .distillcarry/base (git-excluded; name it in carry), weights xz-compressed: atp-40m's
+#       77 MB are 54 MB, still too large to travel beside its 16 MB of training data (64 MiB in all)
+#
+# Distillation (issue 19), two calls back to back on the same warm machine (it goes back after 30 s idle):
+#   1. carry .distillcarry and tools/data_cache/eval: `tools/device_run.sh stage_base` unpacks the base to
+#      $W/base (outside the tree: kept while the machine stays warm) and scores it, dense and ATP;
+#   2. carry tools/data_cache/big/{train_data.npz.xz,dev_retrieval.jsonl} and tools/data_cache/eval: `CTX=2048 BATCH=16 tools/device_run.sh atp_distill`
+#      fine-tunes $W/base with ATP, distilled from its own dense logits, scores the result dense and ATP,
+#      and returns it xz-compressed in < 16 MiB pieces with summary_$FTAG.json.
 set -euo pipefail
 MODE=$1
 OUT=${OUT:-/tmp/out}
-PY=python3
+PY=${PY:-python3}
 SHAPE=${SHAPE:-"--layers 8 --d-model 384 --heads 6 --kv-heads 2 --head-dim 64 --ffn 768"}
 BIG_SHAPE="--layers 12 --d-model 512 --heads 8 --kv-heads 2 --head-dim 64 --ffn 1536"
 CTX=${CTX:-1024}; BATCH=${BATCH:-32}   # tokens per step CTX x BATCH
-W=/tmp/work
+W=${W:-/tmp/work}
+
+if [ "$MODE" = pack_base ]; then
+  SRC=${2:-models/atp-40m}; D=.distillcarry/base
+  exclude=$(git rev-parse --git-path info/exclude)
+  grep -qx "/.distillcarry/" "$exclude" 2>/dev/null || echo "/.distillcarry/" >>"$exclude"
+  rm -rf .distillcarry && mkdir -p $D
+  cp $SRC/config.json $SRC/tokenizer.json $SRC/tokenizer_config.json $D/
+  (cd $SRC && sha256sum model.safetensors) >$D/model.safetensors.sha256
+  xz -T0 -6 --block-size=8MiB -c $SRC/model.safetensors >$D/model.safetensors.xz
+  du -b .distillcarry/base/*
+  exit 0
+fi
+
 mkdir -p $W $OUT
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"
 
-EV=tools/data_cache/eval   # copies of /work/shared/data/valid*.{txt,jsonl}: the device has no /work/shared
+EV=${EV:-tools/data_cache/eval}   # copies of /work/shared/data/valid*.{txt,jsonl}: the device has no /work/shared
 
 pack() {  # tar a checkpoint dir into <16 MiB pieces (the per-file limit of what comes back)
   tar -C $W -cf - "$@" | split -b 15M -d - $OUT/$1.tar.
+}
+
+pack_xz() {  # the same, xz-compressed: atp-40m's 77 MB come back in one call (54 MB; 64 MiB per call)
+  tar -C $W -cf - "$@" | xz -T0 -6 --block-size=8MiB | split -b 15M -d - $OUT/$1.tar.xz.
+}
+
+score() {  # score MODEL KV TAG: whole-file perplexity of valid.txt and the first $RCASES retrieval cases
+  timeout ${ETIME:-120} $PY tools/evaluate.py -m $1 --kv $2 --basis eigh -f $EV/valid.txt \
+      --retrieval $EV/valid_retrieval.jsonl --max-cases ${RCASES:-32} --json | tee -a $OUT/eval_$3.jsonl ||
+      { echo "score $1 $2: failed or over ETIME=${ETIME:-120} s" >&2; return 1; }
 }
 
 atp_finetunes() {  # FTAG names the outputs; RET=0 evaluates perplexity only (seconds, not minutes)
@@ -77,6 +111,42 @@ final)
   ;;
 atp)
   atp_finetunes ${BASE:?}
+  ;;
+stage_base)
+  rm -rf $W/base && mkdir -p $W/base
+  cp .distillcarry/base/*.json .distillcarry/base/model.safetensors.sha256 $W/base/
+  xz -dc -T0 .distillcarry/base/model.safetensors.xz >$W/base/model.safetensors
+  (cd $W/base && sha256sum -c model.safetensors.sha256)
+  for KV in dense ${KV:-atp:block=32,rank=8,window=64}; do score $W/base $KV base; done
+  ;;
+atp_distill)
+  # issue 19: adapt $BASE to ATP (r/B = 8/32 = 1/4, the engine's atp:block=32,rank=8,window=64 with
+  # eigh bases: the same subspace as its SVD) with loss (1-W) CE + W KL(dense base || student);
+  # DENSE_ROWS of each batch's rows run densely under the same loss to keep the weights' own dense
+  # quality; 3/4 retrieval rows. ~5.5 min on an H100 with FBUDGET=210 (training) plus scoring.
+  BASE=${BASE:-$W/base}; KV=${KV:-atp:block=32,rank=8,window=64}; TAG=${FTAG:-distill}
+  if [ ! -f $BASE/model.safetensors ]; then
+    echo "no $BASE/model.safetensors: run stage_base in the call just before (same warm machine)" >&2; exit 2
+  fi
+  $PY tools/finetune_atp.py --init $BASE --data ${DATA:-tools/data_cache/big} --out $W/$TAG --kv $KV \
+      --basis eigh --distill ${DISTILL:-0.9} --dense-rows ${DENSE_ROWS:-0.25} --steps ${FSTEPS:-100000} \
+      --time-budget ${FBUDGET:-210} --ctx $CTX --batch $BATCH --lr ${LR:-3e-4} --warmup 50 \
+      --dropout ${DROPOUT:-0} --retrieval-frac ${RFRAC:-0.75} --eval-every ${EVERY:-250} 2>&1 | grep -v '"loss"'
+  pack_xz $TAG
+  for MP in "$BASE dense" "$W/$TAG dense" "$W/$TAG $KV"; do score $MP $TAG; done
+  $PY - $W/$TAG $OUT/eval_$TAG.jsonl >$OUT/summary_$TAG.json <<'PY'
+import json, sys
+ft = json.load(open(sys.argv[1] + "/atp_finetune.json"))
+tr = json.load(open(sys.argv[1] + "/train_summary.json"))
+ev = [json.loads(l) for l in open(sys.argv[2])]
+base, dense, atp = ev[0]["ppl"], ev[1]["ppl"], ev[2]["ppl"]
+print(json.dumps({"finetune": ft, "seconds": tr["seconds"], "tokens_seen": tr["tokens_seen"],
+                  "device": tr["device"], "torch": tr["torch"], "eval": ev,
+                  "dense_vs_base_dense": dense / base - 1, "atp_vs_base_dense": atp / base - 1,
+                  "atp_vs_own_dense": atp / dense - 1, "dense_within_1pct": dense / base - 1 <= 0.01},
+                 indent=1))
+PY
+  grep -E '^ "(seconds|tokens_seen|dense_vs_base_dense|atp_vs_base_dense|atp_vs_own_dense|dense_within_1pct)"' $OUT/summary_$TAG.json
   ;;
 big)
   # models/atp-40m: context 2048, prose + Debian docs/reference text, retrieval docs up to the

@@ -127,25 +127,46 @@ def ret_dev_cases(tok, path, n=100):
 
 
 @torch.no_grad()
-def evaluate(model, dev_x, cases, attn, device, autocast):
-    model.eval()
+def dev_loss(model, dev_x, attn, device, autocast):
     losses = []
     for i in range(0, len(dev_x), 8):
         x = dev_x[i:i + 8].to(device)
         with autocast():
             lg = model(x[:, :-1], attn=attn)
         losses.append(F.cross_entropy(lg.float().reshape(-1, lg.shape[-1]), x[:, 1:].reshape(-1)).item())
-    ok = 0
-    for ids, p in cases:
-        x = torch.tensor([ids], device=device)
-        with autocast():
-            pred = model(x[:, :-1], attn=attn)[0, p - 1:].argmax(-1)
-        ok += bool((pred == x[0, p:]).all())
+    return float(np.mean(losses))
+
+
+@torch.no_grad()
+def evaluate(model, dev_x, cases, attn, device, autocast):
+    """Dev prose loss and teacher-forced dev retrieval accuracy under `attn`; with an ATP `attn`,
+    also the dense dev loss (dev_loss_dense) and retrieval (dev_retrieval_dense) of the same
+    weights: what adapting to ATP costs the model's own dense quality."""
+    model.eval()
+    res = {}
+    for key, fn in ([("", attn)] + ([("_dense", None)] if attn is not None else [])):
+        ok = 0
+        for ids, p in cases:
+            x = torch.tensor([ids], device=device)
+            with autocast():
+                pred = model(x[:, :-1], attn=fn)[0, p - 1:].argmax(-1)
+            ok += bool((pred == x[0, p:]).all())
+        res["dev_loss" + key] = dev_loss(model, dev_x, fn, device, autocast)
+        res["dev_retrieval" + key] = ok / max(1, len(cases))
     model.train()
-    return float(np.mean(losses)), ok / max(1, len(cases))
+    return res
 
 
-def train(a):
+def cross_entropy_step(model, x, y, attn, autocast):
+    """The default training loss: next-token cross-entropy under `attn`. Returns (loss, {})."""
+    with autocast():
+        logits = model(x, attn=attn)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1)), {}
+
+
+def train(a, step_loss=cross_entropy_step):
+    """Trains per `a` (build_parser's flags). step_loss(model, x, y, attn, autocast) -> (loss,
+    {name: float tensor}) is one step's objective; the named parts are logged with the loss."""
     torch.manual_seed(a.seed)
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
@@ -190,6 +211,10 @@ def train(a):
         logf.flush()
         print(json.dumps(rec), flush=True)
 
+    evals = []  # every eval's record; with --init the first (step 0) is the starting weights'
+    if a.init:
+        evals.append(dict({"step": 0}, **evaluate(model, dev_x, cases, attn, device, autocast)))
+        log(evals[-1])
     t0 = time.time()
     snaps = []  # (step, dev_loss, dev_retrieval, state) for --select best
     step, progress, loss_ema = 0, 0.0, None
@@ -204,9 +229,7 @@ def train(a):
             g["lr"] = lr
         x, y = data.next()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast():
-            logits = model(x, attn=attn)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss, parts = step_loss(model, x, y, attn, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
@@ -216,15 +239,17 @@ def train(a):
         if li is not None:
             loss_ema = li if loss_ema is None else 0.9 * loss_ema + 0.1 * li
         if step % 50 == 0 or step == 1:
-            log({"step": step, "loss": li, "loss_ema": loss_ema, "lr": lr, "gnorm": float(gnorm),
-                 "elapsed": round(time.time() - t0, 1)})
+            log(dict({"step": step, "loss": li, "loss_ema": loss_ema, "lr": lr, "gnorm": float(gnorm),
+                      "elapsed": round(time.time() - t0, 1)}, **{k: float(v) for k, v in parts.items()}))
         last = step >= a.steps or (a.time_budget and time.time() - t0 >= a.time_budget)
         if step % a.eval_every == 0 or last:
-            dl, racc = evaluate(model, dev_x, cases, attn, device, autocast)
-            log({"step": step, "dev_loss": dl, "dev_ppl": math.exp(dl), "dev_retrieval": racc,
-                 "elapsed": round(time.time() - t0, 1)})
+            ev = evaluate(model, dev_x, cases, attn, device, autocast)
+            evals.append(dict({"step": step, "dev_ppl": math.exp(ev["dev_loss"]),
+                               "elapsed": round(time.time() - t0, 1)}, **ev))
+            log(evals[-1])
             if a.select == "best":
-                snaps.append((step, dl, racc, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+                snaps.append((step, ev["dev_loss"], ev["dev_retrieval"],
+                              {k: v.detach().clone() for k, v in model.state_dict().items()}))
             if last:
                 break
     selected = step
@@ -239,7 +264,7 @@ def train(a):
     M.save_checkpoint(model, a.out, a.dtype, tokenizer_dir=tok_dir)
     summary = {"command": cmd, "params": n_params, "steps": step, "seconds": round(time.time() - t0, 1),
                "tokens_seen": step * a.batch * a.ctx, "device": device,
-               "selected_step": selected,
+               "selected_step": selected, "evals": evals,
                "torch": torch.__version__, "args": vars(a)}
     with open(os.path.join(a.out, "train_summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
