@@ -4,7 +4,7 @@
 #                                         -DATP_NATIVE=OFF, their shared libraries and ../shared's
 #                                         ref-5m into .cudacarry/ (excluded from git; name it in carry)
 #   bench/cuda_device.sh run [STEP...]    (there) tests, bench, attn, sdpa (default: all, in order),
-#                                         ncu_decode, ncu_steps, ncu_sections, eval_cuda, serve, profile, peer_build, peer_serve (on request);
+#                                         ncu_decode, ncu_steps, ncu_serve, ncu_sections, eval_cuda, serve, profile, peer_build, peer_serve (on request);
 #                                         logs and JSON lines in $OUT. PREFILL=1024 bench: decode at
 #                                         every context after a 1024-token prefill only; BENCH_KV:
 #                                         the policies (default dense bf16, mx fp4, mx fp8, dense f32);
@@ -149,6 +149,25 @@ ncu_steps() {
     --kv ${NCU_KV:-dense:dtype=bf16} --prompt-tokens 1024 --decode-context 1024 --decode-tokens 64 --repeats 1 --json \
     >/tmp/ncu.csv 2>/tmp/ncu.err; tail -2 /tmp/ncu.err
   cp /tmp/ncu.csv "$OUT/" && python3 bench/ncu_steps.py /tmp/ncu.csv | tee "$OUT/ncu_steps.txt"
+}
+# Nsight Compute's kernel durations over serving steps: `atp serve` (SERVE_KV, default dense bf16;
+# --max-batch-tokens SERVE_BATCH, default 2048) under bench/serve_load.py at concurrency PROFILE_C (64) with
+# PROFILE_IN-token prompts (1024) and 128 new tokens, NCU_COUNT launches (default 1500, ~7 steps) after
+# NCU_SKIP (default 60000, ~300 steps in: prompts and decodes mixed as at steady state), cut into steps
+# at the embedding lookup and summed per kernel (bench/ncu_steps.py): what a mixed step's 6 ms are made of.
+ncu_serve() {
+  [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
+  local port=18124 c=${PROFILE_C:-64}
+  timeout 420 ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
+    --launch-skip ${NCU_SKIP:-60000} --launch-count ${NCU_COUNT:-1500} $atp serve -m /tmp/l1b --device cuda -c 2048 \
+    --kv-memory 40G --max-seqs 256 --max-queue 4096 --max-batch-tokens ${SERVE_BATCH:-2048} \
+    --kv ${SERVE_KV:-dense:dtype=bf16} --port $port >/tmp/ncu_serve.csv 2>/tmp/ncu_serve.err &
+  local pid=$!
+  timeout 360 python3 bench/serve_load.py --base-url http://127.0.0.1:$port --ready-check-timeout-sec 180 \
+    --input-len ${PROFILE_IN:-1024} --output-len 128 --num-prompts $((8 * c)) --max-concurrency $c \
+    --json "$OUT/ncu_serve_load.json" >/tmp/ncu_level.txt 2>&1 || tail -5 /tmp/ncu_level.txt
+  kill -TERM $pid; wait $pid; tail -3 /tmp/ncu_serve.err
+  python3 bench/ncu_steps.py /tmp/ncu_serve.csv | tee "$OUT/ncu_serve.txt"
 }
 # Nsight Compute sections for NCU_COUNT launches of NCU_KERNEL (default: the four projections of one
 # layer in decode step 20: qkv, o, gate|up, down) in a bench at context NCU_CONTEXT.

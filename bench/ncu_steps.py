@@ -32,3 +32,15 @@ for n, v in sorted(per.items(), key=lambda kv: -sorted(kv[1])[len(kv[1]) // 2][0
     v.sort()
     t, c = v[len(v) // 2]
     print('%9.1f us  x%-3d %s' % (t, c, n))
+# The same per kernel name over all grid sizes (serving steps vary their grids with the batch).
+byname = defaultdict(list)
+for s in steps:
+    acc = defaultdict(float)
+    for name, grid, t in s:
+        acc[name] += t
+    for n in acc:
+        byname[n].append(acc[n])
+print('per kernel name, all grids (median us per step):')
+for n, v in sorted(byname.items(), key=lambda kv: -sorted(kv[1])[len(kv[1]) // 2]):
+    v.sort()
+    print('%9.1f us  %s' % (v[len(v) // 2], n))
