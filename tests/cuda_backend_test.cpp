@@ -231,14 +231,15 @@ TEST(CudaKv, AtpResidualAndRopePreMatchCpuTwins) {
 // the same string, without a residual (kept rows read beside the principal rows; basis=input and key,
 // an energy threshold, bf16 rows) and with one (the kept rows written over their rebuilt ones), and
 // residual=mx_FMT with and without keep=, rope=pre among them (the summarized tokens rotated at their
-// kept offsets). The GPU chooses the kept tokens from its own bases with the CPU's expression, so
-// both keep the same tokens unless two tokens' energies lie within ~1e-6 of each other (none in these
-// cases, or an output would move by ~1); then without a residual the outputs differ as
-// AtpMatchesCpuTwin's do (kDecodeTol, 1e-2 for bf16 rows). With a residual the bound is
+// kept offsets), and tau= with residual= (ranks from the data, so each block is rebuilt from its own
+// number of principal rows). The GPU chooses the kept tokens from its own bases with the CPU's
+// expression, so both keep the same tokens unless two tokens' energies lie within ~1e-6 of each
+// other (none in these cases, or an output would move by ~1); then without a residual the outputs
+// differ as AtpMatchesCpuTwin's do (kDecodeTol, 1e-2 for bf16 rows). With a residual the bound is
 // AtpResidualAndRopePreMatchCpuTwins' kFlipTol, for its reason: an MX code (or, rarely, an MX block
 // scale) differs by one step where f32 rounding puts a residual on a rounding boundary, and one fp4
 // step near a block's largest element is a third of it, as one 2-bit KIVI step is of its range.
-TEST(CudaKv, AtpKeepAndMxResidualMatchCpuTwins) {
+TEST(CudaKv, AtpKeepMxAndTauResidualMatchCpuTwins) {
   ATP_SKIP_WITHOUT_GPU();
   constexpr double kFlipTol = 0.15;
   const auto decode = [](const std::string& spec) {
@@ -252,7 +253,9 @@ TEST(CudaKv, AtpKeepAndMxResidualMatchCpuTwins) {
                        "atp:block=32,rank=4,window=64,residual=mx_fp4", "atp:block=16,rank=4,window=16,residual=mx_nvfp4",
                        "atp:block=32,rank=4,window=64,keep=4,residual=mx_fp6_e2m3",
                        "atp:block=16,rank=4,window=16,keep=8,residual=kivi4,rope=pre",
-                       "atp:block=32,rank=4,window=64,basis=key,keep=4,residual=mx_fp8_e4m3,dtype=bf16,rope=pre"},
+                       "atp:block=32,rank=4,window=64,basis=key,keep=4,residual=mx_fp8_e4m3,dtype=bf16,rope=pre",
+                       "atp:block=16,tau=0.9,window=16,residual=kivi4",
+                       "atp:block=32,tau=0.8,window=32,keep=4,residual=mx_fp4,rope=pre"},
                       decode, prefill);
 }
 
@@ -276,8 +279,8 @@ TEST(CudaKv, StreamingMatchesCpuTwin) {
 }
 
 TEST(CudaKv, RejectsPoliciesWithoutKernels) {
-  for (const char* spec : {"atp:block=64,tau=0.9,basis=key", "atp:block=32,tau=0.9,residual=kivi2",
-                           "atp:block=32,tau=0.9,residual=mx_fp4", "atp:block=16,rank=4,keep=16",
+  for (const char* spec : {"atp:block=64,tau=0.9,basis=key", "atp:block=32,tau=0.9,basis=key,residual=kivi2",
+                           "atp:block=16,rank=4,keep=16",
                            "atp:block=128,rank=16", "atp:rank=16,proj=lowrank",
                            "h2o:budget=64+kivi", "kivi:group=12", "streaming:budget=64+kivi", "snapkv:budget=64"}) {
     auto f = MakeCudaKvFactory(spec);

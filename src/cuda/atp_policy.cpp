@@ -26,8 +26,9 @@
 // copies are not). rope=pre: the keys are turned back to before RoPE when a block is compressed, and
 // each rebuilt key is rotated at its own position (the CPU's BlockRope arithmetic; with keep=, the
 // summarized tokens' offsets are kept as the CPU keeps them); kept keys stay as appended. Such a
-// policy's decode steps stay on the per-item path (DecodePlanner::Batches). keep=block (every token
-// exact: dense), tau= with basis=key or residual=, and proj=lowrank run on the CPU only.
+// policy's decode steps stay on the per-item path (DecodePlanner::Batches). tau= (ranks from the data)
+// compresses on the forward's stream, reading the ranks back. keep=block (every token exact: dense),
+// tau= with basis=key, and proj=lowrank run on the CPU only.
 #include "cuda/atp_policy.h"
 
 #include <algorithm>
@@ -160,8 +161,9 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
   // keep='s kept rows (principal_ counts both; the CPU keeps them in the same form), and one 8-byte
   // block end per KV head and compressed block; with residual=, the residuals of the summarized tokens,
   // the f32 residual rows of the last compressed block that the CPU's KIVI store keeps until its next
-  // Trim (Update), U_r's rows (f32, per basis: one per block, or one per KV head and block) and, with
-  // rope=pre and keep=, the summarized tokens' offsets (int32, per basis and block).
+  // Trim (Update), U_r's rows (f32, r_b per summarized token and basis: one per block, or one per KV
+  // head and block; held with room for the most) and, with rope=pre and keep=, the summarized tokens'
+  // offsets (int32, per basis and block).
   size_t Bytes() const override {
     const int64_t row = pk_.TokenBytes() + pv_.TokenBytes(), len = Length(), d = shape().d_model;
     const int64_t blocks = int64_t(pre_end_host_.size()), B = p_.block, n = p_.summarized(), kvd = shape().kv_dim();
@@ -170,7 +172,8 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     if (p_.residual)
       bytes += residual_.Bytes(blocks * n) +
                (untrimmed_ && IsKivi(*p_.residual) ? n * 2 * kvd * int64_t(sizeof(float)) : 0) +
-               blocks * Bases() * n * (MaxRank() * int64_t(sizeof(float)) + (Offsets() ? int64_t(sizeof(int32_t)) : 0));
+               Bases() * (principal_ - blocks * p_.keep) * n * int64_t(sizeof(float)) +
+               (Offsets() ? blocks * Bases() * n * int64_t(sizeof(int32_t)) : 0);
     return size_t(bytes);
   }
   Status Update() override {  // as the CPU policy: no later query reads compressed blocks' exact rows
@@ -272,6 +275,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     a.groups = Bases(), a.B = p_.block, a.n = p_.summarized(), a.r = MaxRank(), a.nb = nb;
     a.pk = pk_.rows(), a.pv = pv_.rows();
     a.rk = residual_.rows(true), a.rv = residual_.rows(false);
+    a.ends = p_.tau > 0 ? pre_end_.get() : nullptr;  // ranks from the data: per block
     a.offsets = Offsets() ? reinterpret_cast<const int32_t*>(offsets_.get()) : nullptr;
     a.inv_freq = p_.rope_pre ? inv_freq_.get() : nullptr;
     a.out_k = RebuiltView(out.k), a.out_v = RebuiltView(out.v);
@@ -358,7 +362,8 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
   // summarized rows' own bases for basis=key), `rows` rows written from principal row `at` on (each
   // block's principal rows, then its kept rows, keys as stored); residual=: the summarized tokens'
   // residuals against the principal rows as stored, stored from residual row b0 * summarized on, and
-  // U_r's rows kept (the blocks' coefficients, a fixed rank), with rope=pre and keep= their offsets.
+  // U_r's rows kept (the blocks' coefficients, MaxRank() columns each; with rope=pre and keep=, the
+  // summarized tokens' offsets).
   Status Launch(int64_t b0, int n, const float* first, const float* rest, int max_rank, int64_t at, int64_t rows,
                 bool bases, cudaStream_t s) {
     const int B = p_.block, kvd = shape().kv_dim(), hd = shape().head_dim, nkv = shape().n_kv_heads;
@@ -390,7 +395,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     if (!p_.residual) return Status::Ok();
     cuda::LoadRowsF32(pk_.rows(), at, rows, ppk_.get(), s);  // as stored (dtype-rounded), as the CPU subtracts them
     cuda::LoadRowsF32(pv_.rows(), at, rows, ppv_.get(), s);
-    cuda::SubtractProjection(u_.get(), n, ns, max_rank, max_rank + e, width, ppk_.get(), ppv_.get(), kvd, K, V, s);
+    cuda::SubtractProjection(u_.get(), ranks_.get(), n, ns, e, width, ppk_.get(), ppv_.get(), kvd, K, V, s);
     residual_.Store(K, V, int64_t(n) * ns, b0 * ns, s);
     // U_r's rows of each basis: (ns, max_rank) of every (ns, ns) U, blocks b0 .. in order.
     const size_t per_block = size_t(Bases()) * ns * max_rank;
@@ -514,9 +519,9 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& ca
     return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's residual=" + residual +
                                " (--device cuda supports residual=kivi2|kivi4|kivi8|mx_FMT)");
   }
-  // Ranks from the data differ per KV head (basis=key) and per block (the rebuilt tokens' coefficients).
-  if (p.tau > 0 && (p.key_basis || p.residual))
-    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's tau= with basis=key or residual= "
+  // Ranks from the data would differ per KV head (basis=key), whose rows share the principal rows' buffer.
+  if (p.tau > 0 && p.key_basis)
+    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's tau= with basis=key "
                                "runs on the CPU only (give rank=)");
   ATP_ASSIGN_OR_RETURN(std::string rope, canon.Choice("rope", "post", {"post", "pre"}));
   p.rope_pre = rope == "pre";

@@ -9,7 +9,7 @@
 namespace atp {
 
 // `canon` is the CPU factory's canonical string. Unsupported: proj=lowrank, block > 64, keep=block,
-// tau= with basis=key or residual=.
+// tau= with basis=key.
 Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& canon, const std::string& describe);
 
 }  // namespace atp

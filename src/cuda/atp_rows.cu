@@ -47,16 +47,18 @@ __global__ void UnrotateKernel(float* x, int64_t n, int n_kv, int hd, int64_t po
 }
 
 // Thread (row of the n * B, element e): one element of K and of V.
-__global__ void SubtractKernel(const float* U, int64_t rows, int B, int r, int stride, int span, const float* PK,
-                               const float* PV, int width, float* K, float* V) {
+__global__ void SubtractKernel(const float* U, const int32_t* ranks, int64_t rows, int B, int extra, int span,
+                               const float* PK, const float* PV, int width, float* K, float* V) {
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= rows * width) return;
   const int64_t row = t / width, z = row / B;
-  const int e = int(t % width), i = int(row % B), groups = width / span;
+  const int e = int(t % width), i = int(row % B), groups = width / span, r = ranks[z * groups];
   const float* u = U + ((z * groups + e / span) * B + i) * B;  // row i of U_zg; column c at u[c]
+  int64_t at = 0;  // block z's first principal row
+  for (int64_t y = 0; y < z; ++y) at += ranks[y * groups] + extra;
   float k = K[t], v = V[t];
   for (int c = 0; c < r; ++c) {
-    const int64_t p = (z * stride + c) * width + e;
+    const int64_t p = (at + c) * width + e;
     k -= u[c] * PK[p];
     v -= u[c] * PV[p];
   }
@@ -72,12 +74,14 @@ __global__ void RebuildKernel(RebuildArgs a) {
   if (t >= a.nb * a.B * n_kv * chunks) return;
   const int64_t row = t / (int64_t(n_kv) * chunks), b = row / a.B;
   const int h = int(t / chunks % n_kv), c = int(t % chunks), i = int(row % a.B), g = a.groups > 1 ? h : 0;
-  const int64_t first = b * (a.r + a.B - a.n);  // block b's principal rows, then its kept rows, in pk and pv
+  // Block b's rows in pk and pv: its r_b principal rows from row `first` on, then its kept rows.
+  const int64_t first = a.ends ? (b > 0 ? a.ends[b - 1] : 0) : b * (a.r + a.B - a.n);
+  const int rb = a.ends ? int(a.ends[b] - first) - (a.B - a.n) : a.r;
   float k[2][8], v[2][8], p[8];
   if (i >= a.n) {  // a kept row, as stored
     for (int part = 0; part < 2; ++part) {
-      Load8<F>(a.pk, first + a.r + (i - a.n), h, c + part * chunks, k[part]);
-      Load8<F>(a.pv, first + a.r + (i - a.n), h, c + part * chunks, v[part]);
+      Load8<F>(a.pk, first + rb + (i - a.n), h, c + part * chunks, k[part]);
+      Load8<F>(a.pv, first + rb + (i - a.n), h, c + part * chunks, v[part]);
     }
   } else {
     const int64_t token = b * a.n + i;  // its residual row
@@ -86,7 +90,7 @@ __global__ void RebuildKernel(RebuildArgs a) {
       const int cc = c + part * chunks;
       Load8<R>(a.rk, token, h, cc, k[part]);
       Load8<R>(a.rv, token, h, cc, v[part]);
-      for (int q = 0; q < a.r; ++q) {
+      for (int q = 0; q < rb; ++q) {
         const float w = u[q];
         Load8<F>(a.pk, first + q, h, cc, p);
 #pragma unroll
@@ -132,11 +136,10 @@ void UnrotateKeys(float* x, int64_t n, int n_kv, int head_dim, int64_t pos0, con
   if (threads > 0) UnrotateKernel<<<Blocks(threads), kThreads, 0, s>>>(x, n, n_kv, head_dim, pos0, inv_freq);
 }
 
-void SubtractProjection(const float* U, int n, int B, int r, int stride, int span, const float* PK, const float* PV,
-                        int width, float* K, float* V, cudaStream_t s) {
+void SubtractProjection(const float* U, const int32_t* ranks, int n, int B, int extra, int span, const float* PK,
+                        const float* PV, int width, float* K, float* V, cudaStream_t s) {
   const int64_t rows = int64_t(n) * B;
-  if (rows > 0 && r > 0)
-    SubtractKernel<<<Blocks(rows * width), kThreads, 0, s>>>(U, rows, B, r, stride, span, PK, PV, width, K, V);
+  if (rows > 0) SubtractKernel<<<Blocks(rows * width), kThreads, 0, s>>>(U, ranks, rows, B, extra, span, PK, PV, width, K, V);
 }
 
 void GatherSplit(const float* first, const float* rest, int n, int B, int keep, int width, int span, const int32_t* split,
