@@ -227,6 +227,38 @@ TEST(CudaKv, AtpResidualAndRopePreMatchCpuTwins) {
                       decode, prefill);
 }
 
+// Issue 19's keep=E (the E tokens each block summarizes worst stay exact) against the CPU policy of
+// the same string, without a residual (kept rows read beside the principal rows; basis=input and key,
+// an energy threshold, bf16 rows) and with one (the kept rows written over their rebuilt ones), and
+// residual=mx_FMT with and without keep=, rope=pre among them (the summarized tokens rotated at their
+// kept offsets), and tau= with residual= (ranks from the data, so each block is rebuilt from its own
+// number of principal rows). The GPU chooses the kept tokens from its own bases with the CPU's
+// expression, so both keep the same tokens unless two tokens' energies lie within ~1e-6 of each
+// other (none in these cases, or an output would move by ~1); then without a residual the outputs
+// differ as AtpMatchesCpuTwin's do (kDecodeTol, 1e-2 for bf16 rows). With a residual the bound is
+// AtpResidualAndRopePreMatchCpuTwins' kFlipTol, for its reason: an MX code (or, rarely, an MX block
+// scale) differs by one step where f32 rounding puts a residual on a rounding boundary, and one fp4
+// step near a block's largest element is a third of it, as one 2-bit KIVI step is of its range.
+TEST(CudaKv, AtpKeepMxAndTauResidualMatchCpuTwins) {
+  ATP_SKIP_WITHOUT_GPU();
+  constexpr double kFlipTol = 0.15;
+  const auto decode = [](const std::string& spec) {
+    return spec.find("residual") != std::string::npos ? kFlipTol : spec.find("bf16") != std::string::npos ? 1e-2 : kDecodeTol;
+  };
+  const auto prefill = [](const std::string& spec) {
+    return spec.find("residual") != std::string::npos ? kFlipTol : kPrefillTol;
+  };
+  ExpectSpecsMatchCpu({"atp:block=32,rank=8,window=32,keep=4", "atp:block=16,rank=4,window=16,basis=key,keep=2",
+                       "atp:block=16,tau=0.9,window=0,keep=3", "atp:block=32,rank=4,window=64,keep=8,dtype=bf16",
+                       "atp:block=32,rank=4,window=64,residual=mx_fp4", "atp:block=16,rank=4,window=16,residual=mx_nvfp4",
+                       "atp:block=32,rank=4,window=64,keep=4,residual=mx_fp6_e2m3",
+                       "atp:block=16,rank=4,window=16,keep=8,residual=kivi4,rope=pre",
+                       "atp:block=32,rank=4,window=64,basis=key,keep=4,residual=mx_fp8_e4m3,dtype=bf16,rope=pre",
+                       "atp:block=16,tau=0.9,window=16,residual=kivi4",
+                       "atp:block=32,tau=0.8,window=32,keep=4,residual=mx_fp4,rope=pre"},
+                      decode, prefill);
+}
+
 // KIVI against the CPU codec policy: groups packed inside long chunks and by decode steps, every
 // bit width, exact residual rows in f32 and bf16, and R = 0 (every complete group packed). The GPU
 // packs with the CPU encoders' arithmetic (the same f16 parameters and codes), so decode reads the
@@ -247,8 +279,9 @@ TEST(CudaKv, StreamingMatchesCpuTwin) {
 }
 
 TEST(CudaKv, RejectsPoliciesWithoutKernels) {
-  for (const char* spec : {"atp:block=64,tau=0.9,basis=key", "atp:block=32,tau=0.9,residual=kivi2",
-                           "atp:block=32,rank=4,residual=mx_fp8_e4m3", "atp:block=128,rank=16", "atp:rank=16,proj=lowrank",
+  for (const char* spec : {"atp:block=64,tau=0.9,basis=key", "atp:block=32,tau=0.9,basis=key,residual=kivi2",
+                           "atp:block=16,rank=4,keep=16",
+                           "atp:block=128,rank=16", "atp:rank=16,proj=lowrank",
                            "h2o:budget=64+kivi", "kivi:group=12", "streaming:budget=64+kivi", "snapkv:budget=64"}) {
     auto f = MakeCudaKvFactory(spec);
     ASSERT_FALSE(f.ok()) << spec;
@@ -258,15 +291,19 @@ TEST(CudaKv, RejectsPoliciesWithoutKernels) {
   ASSERT_FALSE(online.ok());
   EXPECT_NE(online.status().ToString().find("no CUDA kernels"), std::string::npos) << online.status().ToString();
   EXPECT_FALSE(MakeCudaKvFactory("nonsense").ok());
-  // Issue 19's CPU-only atp options are refused by name.
-  auto keep = MakeCudaKvFactory("atp:block=32,rank=4,window=64,keep=4,residual=kivi2,rope=pre");
-  ASSERT_FALSE(keep.ok());
-  EXPECT_NE(keep.status().ToString().find("keep= runs on the CPU only"), std::string::npos) << keep.status().ToString();
-  // A layer the GPU's residual groups or bases cannot serve is refused by CheckShape, saying why.
-  auto wide = MakeCudaKvFactory("atp:block=48,rank=4,window=48,residual=kivi2");  // groups of 24 channels
-  ASSERT_TRUE(wide.ok()) << wide.status().ToString();
-  const Status st = (*wide)->CheckShape(Cases()[0].shape);
-  EXPECT_NE(st.ToString().find("multiple of 8 dividing head_dim"), std::string::npos) << st.ToString();
+  // keep=block (every token exact) is refused by name.
+  auto all = MakeCudaKvFactory("atp:block=32,rank=4,window=64,keep=32,residual=kivi2");
+  ASSERT_FALSE(all.ok());
+  EXPECT_NE(all.status().ToString().find("keep=block"), std::string::npos) << all.status().ToString();
+  // A layer the GPU's residual groups or bases cannot serve is refused by CheckShape, saying why: KIVI
+  // groups of 24 tokens (and channels), from 48 summarized tokens per block, with and without keep=.
+  for (const char* spec :
+       {"atp:block=48,rank=4,window=48,residual=kivi2", "atp:block=64,rank=4,window=64,keep=16,residual=kivi2"}) {
+    auto wide = MakeCudaKvFactory(spec);
+    ASSERT_TRUE(wide.ok()) << wide.status().ToString();
+    const Status st = (*wide)->CheckShape(Cases()[0].shape);
+    EXPECT_NE(st.ToString().find("multiple of 8 dividing head_dim"), std::string::npos) << spec << ": " << st.ToString();
+  }
   auto keys = MakeCudaKvFactory("atp:block=64,rank=4,basis=key");
   ASSERT_TRUE(keys.ok()) << keys.status().ToString();
   EXPECT_NE((*keys)->CheckShape(Cases()[4].shape).ToString().find("wider than head_dim"), std::string::npos);

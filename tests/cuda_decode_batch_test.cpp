@@ -228,8 +228,8 @@ TEST(CudaDecodeBatch, KernelsMatchAloneAndAttend) {
 // Policies whose steps are planned: every spec's sequences of kLengths rows (after a prefill of all
 // but the last) in one BatchedDecode, 20 steps, against twins of the same spec fed the same rows
 // through Append/Attend/Update. 20 steps cross block and group ends (ATP block 16: background
-// compressions, seen 16 steps later; basis=input and basis=key; KIVI group 16 and 32, residual 32 and
-// 0) and streaming's window.
+// compressions, seen 16 steps later; basis=input and basis=key, with and without keep='s kept rows;
+// KIVI group 16 and 32, residual 32 and 0) and streaming's window.
 // Outputs agree within kTol each step; afterwards both twins hold the same rows bit for bit: one more
 // step through Append/Attend on each gives identical outputs, and Bytes() and Length() agree.
 TEST(CudaDecodeBatch, PlannedPoliciesMatchPerItemTwins) {
@@ -237,7 +237,9 @@ TEST(CudaDecodeBatch, PlannedPoliciesMatchPerItemTwins) {
   const KvShape shape{0, 256, 4, 2, 64};  // ref-5m's attention
   const std::vector<std::string> specs = {"dense", "dense:dtype=bf16", "mx:fmt=fp8_e4m3", "mx:fmt=nvfp4",
                                           "atp:block=16,rank=4,window=16", "atp:block=16,tau=0.9,window=0",
-                                          "atp:block=16,rank=4,window=16,basis=key", "kivi:bits=4,group=16,residual=32", "kivi:bits=2,group=32,residual=0",
+                                          "atp:block=16,rank=4,window=16,basis=key", "atp:block=16,rank=4,window=16,keep=3",
+                                          "atp:block=16,rank=4,window=16,basis=key,keep=2",
+                                          "kivi:bits=4,group=16,residual=32", "kivi:bits=2,group=32,residual=0",
                                           "streaming:budget=64,sinks=4"};
   const int qd = shape.q_dim(), kvd = shape.kv_dim(), d = shape.d_model, steps = 20;
   struct Seq {

@@ -8,27 +8,38 @@
 // batched: one basis launch per 64 blocks. A block completed by a decode step is compressed on a
 // low-priority side stream: no query needs it before `window` more tokens (Jacobi takes ~1.5 ms on
 // one SM), so decode steps do not wait for it.
-// residual=kiviN (issue 19, GEAR): each summarized token's residual after projection, K_i - (U_r)_i P_k
-// against the principal rows as stored (and V's), packed in KIVI's groups (cuda::KiviRows, the CPU
-// codec's codes) beside U_r's rows (f32 coefficients, as the CPU keeps them). A query reads every
-// summarized token rebuilt, (U_r)_i P + decoded residual: Prepare rebuilds the tokens of the blocks the
-// call's last query sees compressed into one scratch per thread (cuda/atp_rows.h; rows of the exact
-// form, so the attention kernels read them as principal rows, B per block), and View hands them out.
+// keep=E (issue 19): the E tokens of a block its top-r directions summarize worst stay exact, chosen
+// on the device by the basis kernel with the CPU's rule (cuda/block_basis.h); the other B - E tokens
+// are gathered (cuda::GatherSplit) and get their own bases and principal rows, as on the CPU. A
+// block's kept rows follow its principal rows in the same buffer (cuda::PrincipalRows' extra rows),
+// so a query reads them as principal rows, through the same visibility, and they count as the CPU's
+// kept rows do (same form, same number).
+// residual=kiviN|mx_FMT (GEAR): each summarized token's residual after projection, K_i - (U_r)_i P_k
+// against the principal rows as stored (and V's), packed in KIVI's groups (cuda::KiviRows) or stored
+// as MX/NVFP4 rows (the CPU codecs' codes either way) beside U_r's rows (f32 coefficients, as the CPU
+// keeps them). A query reads every summarized token rebuilt, (U_r)_i P + decoded residual: Prepare
+// rebuilds the tokens of the blocks the call's last query sees compressed into one scratch per thread
+// (cuda/atp_rows.h; rows of the exact form, so the attention kernels read them as principal rows, B
+// per block: the summarized tokens, then the kept rows copied as stored), and View hands them out.
 // The scratch holds what dense KV in the policy's dtype would hold for those tokens, for one layer at a
 // time (every layer of a thread reuses it; it is not counted in Bytes(), as the CPU's Summarize
 // copies are not). rope=pre: the keys are turned back to before RoPE when a block is compressed, and
-// each rebuilt key is rotated at its own position (the CPU's BlockRope arithmetic). Such a policy's
-// decode steps stay on the per-item path (DecodePlanner::Batches). keep=, residual=mx_*, tau= with
-// basis=key or residual=, and proj=lowrank run on the CPU only.
+// each rebuilt key is rotated at its own position (the CPU's BlockRope arithmetic; with keep=, the
+// summarized tokens' offsets are kept as the CPU keeps them); kept keys stay as appended. Such a
+// policy's decode steps stay on the per-item path (DecodePlanner::Batches). tau= (ranks from the data)
+// compresses on the forward's stream, reading the ranks back. keep=block (every token exact: dense),
+// tau= with basis=key, and proj=lowrank run on the CPU only.
 #include "cuda/atp_policy.h"
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "cuda/atp_rows.h"
 #include "cuda/block_basis.h"
 #include "cuda/device_policy.h"
 #include "kv/atp_policy.h"
+#include "kv/mx_codec.h"
 
 namespace atp {
 
@@ -64,6 +75,46 @@ cudaStream_t SideStream() {
   return s;
 }
 
+bool IsKivi(KvFormat f) { return f == KvFormat::kKivi2 || f == KvFormat::kKivi4 || f == KvFormat::kKivi8; }
+
+// The summarized tokens' residuals (residual=), n per compressed block, token after token in the
+// form f: KIVI's packed groups of `group` tokens (cuda::KiviRows, packed by cuda::KiviPack) or MX or
+// NVFP4 rows (a RowBuffer pair, stored by cuda::StoreKv), the CPU codecs' codes bit for bit.
+class ResidualRows {
+ public:
+  ResidualRows(KvFormat f, int group, int dim, int n_kv)
+      : f_(f), group_(group), dim_(dim), n_kv_(n_kv),
+        kivi_(f == KvFormat::kKivi2 ? 2 : f == KvFormat::kKivi4 ? 4 : 8, group, dim, n_kv), k_(f, dim, n_kv),
+        v_(f, dim, n_kv) {}
+  // Room for `tokens` tokens, the first `kept` kept (a multiple of the group for KIVI).
+  Status Reserve(int64_t tokens, int64_t kept) {
+    if (IsKivi(f_)) return kivi_.Reserve(tokens / group_, kept / group_);
+    ATP_RETURN_IF_ERROR(k_.Reserve(tokens, kept));
+    return v_.Reserve(tokens, kept);
+  }
+  cuda::DeviceRows rows(bool keys) const { return IsKivi(f_) ? kivi_.rows(keys) : keys ? k_.rows() : v_.rows(); }
+  // Bytes of `tokens` tokens, as the CPU's codec store counts them.
+  int64_t Bytes(int64_t tokens) const {
+    return IsKivi(f_) ? kivi_.Bytes(tokens / group_) : tokens * (k_.TokenBytes() + v_.TokenBytes());
+  }
+  // Tokens [to, to + n) from K and V (n rows of all KV heads, f32 device), on stream s.
+  void Store(const float* K, const float* V, int64_t n, int64_t to, cudaStream_t s) const {
+    if (!IsKivi(f_)) {
+      cuda::StoreKv(k_.rows(), v_.rows(), to, K, V, n, s);
+      return;
+    }
+    const cuda::DeviceRows rk{KvFormat::kF32, reinterpret_cast<uint8_t*>(const_cast<float*>(K)), nullptr, dim_, n_kv_};
+    const cuda::DeviceRows rv{KvFormat::kF32, reinterpret_cast<uint8_t*>(const_cast<float*>(V)), nullptr, dim_, n_kv_};
+    cuda::KiviPack(rk, rv, 0, int(n / group_), kivi_.rows(true), kivi_.rows(false), to, s);
+  }
+
+ private:
+  KvFormat f_;
+  int group_, dim_, n_kv_;
+  cuda::KiviRows kivi_;
+  cuda::RowBuffer k_, v_;
+};
+
 class CudaAtpPolicy : public cuda::DevicePolicy {
  public:
   struct Params {
@@ -71,13 +122,15 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     double tau = 0;
     KvFormat fmt = KvFormat::kF32;
     bool key_basis = false;  // one basis per KV head from its keys (else from the layer input)
-    int residual_bits = 0;   // residual=kiviN: N; 0: no residual
+    int keep = 0;            // keep=E: exact rows kept per compressed block, below block
+    std::optional<KvFormat> residual;  // residual=kiviN (kKiviN) or mx_FMT (its MX form); none: no residual
     bool rope_pre = false;   // compress keys turned back to before RoPE (needs residual=)
+    int summarized() const { return block - keep; }  // tokens of a block the principal rows stand for
   };
   CudaAtpPolicy(const KvShape& s, const Params& p)
       : DevicePolicy(s, "atp"), p_(p), exact_(p.fmt, s.head_dim, s.n_kv_heads), pk_(p.fmt, s.head_dim, s.n_kv_heads),
         pv_(p.fmt, s.head_dim, s.n_kv_heads),
-        residual_(p.residual_bits, AtpResidualGroup(p.block), s.head_dim, s.n_kv_heads) {
+        residual_(p.residual.value_or(KvFormat::kKivi8), AtpResidualGroup(p.summarized()), s.head_dim, s.n_kv_heads) {
     cudaEventCreateWithFlags(&stored_, cudaEventDisableTiming);
     cudaEventCreateWithFlags(&compressed_, cudaEventDisableTiming);
   }
@@ -92,10 +145,10 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
       return Status::Unsupported("cuda atp: block=" + std::to_string(p.block) + " is wider than " +
                                  (p.key_basis ? "head_dim " : "d_model ") + std::to_string(width) +
                                  " (the GPU bases need rows at least as wide as a block)");
-    const int g = AtpResidualGroup(p.block);
-    if (p.residual_bits > 0 && (g % 8 != 0 || s.head_dim % g != 0))
-      return Status::Unsupported("cuda atp: residual=kivi" + std::to_string(p.residual_bits) + " packs groups of " +
-                                 std::to_string(g) + " (block=" + std::to_string(p.block) +
+    const int g = AtpResidualGroup(p.summarized());
+    if (p.residual && IsKivi(*p.residual) && (g % 8 != 0 || s.head_dim % g != 0))
+      return Status::Unsupported("cuda atp: residual=kivi packs groups of " + std::to_string(g) + " tokens (block=" +
+                                 std::to_string(p.block) + ", keep=" + std::to_string(p.keep) +
                                  "), which must be a multiple of 8 dividing head_dim " + std::to_string(s.head_dim));
     if (p.rope_pre && s.rope_inv_freq.size() * 2 != size_t(s.head_dim))
       return Status::InvalidArgument("kv policy 'atp': rope=pre needs the model's RoPE frequencies (head_dim/2 = " +
@@ -104,19 +157,24 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p.fmt);
   }
 
-  // As the CPU policy counts: exact rows, the filling block's X (f32, basis=input), principal rows,
-  // and one 8-byte block end per KV head and compressed block; with residual=, the packed residuals,
+  // As the CPU policy counts: exact rows, the filling block's X (f32, basis=input), principal rows and
+  // keep='s kept rows (principal_ counts both; the CPU keeps them in the same form), and one 8-byte
+  // block end per KV head and compressed block; with residual=, the residuals of the summarized tokens,
   // the f32 residual rows of the last compressed block that the CPU's KIVI store keeps until its next
-  // Trim (Update), and U_r's rows (f32, per basis: one per block, or one per KV head and block).
+  // Trim (Update), U_r's rows (f32, r_b per summarized token and basis: one per block, or one per KV
+  // head and block; held with room for the most) and, with rope=pre and keep=, the summarized tokens'
+  // offsets (int32, per basis and block).
   size_t Bytes() const override {
     const int64_t row = pk_.TokenBytes() + pv_.TokenBytes(), len = Length(), d = shape().d_model;
-    const int64_t blocks = int64_t(pre_end_host_.size()), B = p_.block, kvd = shape().kv_dim();
-    int64_t n = exact_.Bytes(len) + (p_.key_basis ? 0 : (len % B) * d * int64_t(sizeof(float))) + principal_ * row +
-                blocks * shape().n_kv_heads * int64_t(sizeof(int64_t));
-    if (p_.residual_bits > 0)
-      n += residual_.Bytes(blocks * B / AtpResidualGroup(p_.block)) + (untrimmed_ ? B * 2 * kvd * int64_t(sizeof(float)) : 0) +
-           blocks * Bases() * B * MaxRank() * int64_t(sizeof(float));
-    return size_t(n);
+    const int64_t blocks = int64_t(pre_end_host_.size()), B = p_.block, n = p_.summarized(), kvd = shape().kv_dim();
+    int64_t bytes = exact_.Bytes(len) + (p_.key_basis ? 0 : (len % B) * d * int64_t(sizeof(float))) + principal_ * row +
+                    blocks * shape().n_kv_heads * int64_t(sizeof(int64_t));
+    if (p_.residual)
+      bytes += residual_.Bytes(blocks * n) +
+               (untrimmed_ && IsKivi(*p_.residual) ? n * 2 * kvd * int64_t(sizeof(float)) : 0) +
+               Bases() * (principal_ - blocks * p_.keep) * n * int64_t(sizeof(float)) +
+               (Offsets() ? blocks * Bases() * n * int64_t(sizeof(int32_t)) : 0);
+    return size_t(bytes);
   }
   Status Update() override {  // as the CPU policy: no later query reads compressed blocks' exact rows
     exact_.Release(CompressedBlocks(Length()) * p_.block);
@@ -124,7 +182,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     return Status::Ok();
   }
   bool ReadsInput() const override { return !p_.key_basis; }
-  bool Batches() const override { return p_.residual_bits == 0; }
+  bool Batches() const override { return !p_.residual; }
 
  private:
   // Room for T tokens from position first (= Length()): their exact rows (no query from first on
@@ -148,14 +206,18 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
       const cuda::DeviceRows x{KvFormat::kF32, reinterpret_cast<uint8_t*>(x_fill_.get()), nullptr, shape().d_model, 1};
       stores->push_back({x, {}, first % B, 1, true});
     }
-    if ((first + 1) % B == 0) ATP_RETURN_IF_ERROR(ReservePrincipal(MaxRank(), 1));
+    if ((first + 1) % B == 0) ATP_RETURN_IF_ERROR(ReservePrincipal(MaxRank() + p_.keep, 1));
     return Status::Ok();
   }
 
   int64_t CompressedBlocks(int64_t p) const { return cuda::CompressedBlocks(p_.block, p_.window, p); }
-  int MaxRank() const { return p_.tau > 0 ? p_.block : std::clamp(p_.rank, 1, p_.block); }
+  // The most principal rows of a block: its summarized tokens' rank (the GPU's bases are at least as wide).
+  int MaxRank() const { return p_.tau > 0 ? p_.summarized() : std::clamp(p_.rank, 1, p_.summarized()); }
   // Bases per block: one per KV head (basis=key) or one for all (basis=input).
   int Bases() const { return p_.key_basis ? shape().n_kv_heads : 1; }
+  // Whether the summarized tokens' offsets in their block are kept (rope=pre rotates each rebuilt key
+  // at its own position; without keep= token i of a block is at offset i).
+  bool Offsets() const { return p_.rope_pre && p_.keep > 0; }
 
   // Both X buffers (one filling, one read by a background compression), allocated up front.
   Status GrowInput() {
@@ -201,7 +263,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
   // residual=: the summarized tokens of the blocks a query at `last` sees compressed, rebuilt into the
   // thread's scratch (after a background compression of one of them).
   Status Prepare(int64_t last) override {
-    if (p_.residual_bits == 0) return Status::Ok();
+    if (!p_.residual) return Status::Ok();
     const int64_t nb = CompressedBlocks(last);
     if (pending_ && nb > pending_block_) AwaitCompression();
     const int64_t bytes = nb * p_.block * pk_.TokenBytes();  // pk_'s rows: all KV heads, exact form
@@ -210,9 +272,11 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     ATP_RETURN_IF_ERROR(out.v.Grow(size_t(std::max<int64_t>(bytes, 1))));
     cuda::RebuildArgs a;
     a.coefs = reinterpret_cast<const float*>(coefs_.get());
-    a.groups = Bases(), a.B = p_.block, a.r = MaxRank(), a.nb = nb;
+    a.groups = Bases(), a.B = p_.block, a.n = p_.summarized(), a.r = MaxRank(), a.nb = nb;
     a.pk = pk_.rows(), a.pv = pv_.rows();
     a.rk = residual_.rows(true), a.rv = residual_.rows(false);
+    a.ends = p_.tau > 0 ? pre_end_.get() : nullptr;  // ranks from the data: per block
+    a.offsets = Offsets() ? reinterpret_cast<const int32_t*>(offsets_.get()) : nullptr;
     a.inv_freq = p_.rope_pre ? inv_freq_.get() : nullptr;
     a.out_k = RebuiltView(out.k), a.out_v = RebuiltView(out.v);
     cuda::RebuildRows(a, nullptr);
@@ -222,9 +286,9 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     return {p_.fmt, a.get(), nullptr, shape().head_dim, shape().n_kv_heads};
   }
 
-  // What a query at `last` sees: the principal rows of its compressed blocks (residual=: their
-  // tokens rebuilt by Prepare, B rows per block), then exact rows (waiting on the device for a
-  // background compression of a block it sees compressed).
+  // What a query at `last` sees: the principal and kept rows of its compressed blocks (residual=:
+  // their tokens, rebuilt or kept, by Prepare, B rows per block), then exact rows (waiting on the
+  // device for a background compression of a block it sees compressed).
   cuda::DecodeQuery View(int64_t last) override {
     const int64_t nb = CompressedBlocks(last);
     if (pending_ && nb > pending_block_) AwaitCompression();
@@ -232,7 +296,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     q.k = exact_.k(), q.v = exact_.v(), q.pos = last;
     cuda::Visibility& vis = q.vis;
     vis.first = exact_.first(), vis.block = p_.block, vis.window = p_.window;
-    if (p_.residual_bits > 0) {
+    if (p_.residual) {
       vis.pk = RebuiltView(Rebuilt().k), vis.pv = RebuiltView(Rebuilt().v), vis.rows_per_block = p_.block;
       vis.last_pre = nb * p_.block;
       return q;
@@ -256,18 +320,29 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     // principal rows: the forward's stream waits for it before touching those (long done by now:
     // a block takes B decode steps).
     AwaitCompression();
-    const int B = p_.block, kvd = shape().kv_dim();
+    const int B = p_.block, kvd = shape().kv_dim(), e = p_.keep, ns = p_.summarized();
     const int max_rank = MaxRank();
     for (auto [buf, count] : {std::pair{&u_, size_t(n) * Bases() * B * B}, {&kb_, size_t(n) * B * kvd},
-                              {&vb_, size_t(n) * B * kvd}, {&ppk_, size_t(n) * max_rank * kvd},
-                              {&ppv_, size_t(n) * max_rank * kvd}})
+                              {&vb_, size_t(n) * B * kvd}, {&ppk_, size_t(n) * (max_rank + e) * kvd},
+                              {&ppv_, size_t(n) * (max_rank + e) * kvd}})
       ATP_RETURN_IF_ERROR(buf->Grow(count));
     ATP_RETURN_IF_ERROR(ranks_.Grow(size_t(n) * Bases()));
-    if (p_.residual_bits > 0) {  // room for the blocks' residuals and coefficients (Record adds the blocks)
-      const int64_t blocks = int64_t(pre_end_host_.size()), G = AtpResidualGroup(B);
-      ATP_RETURN_IF_ERROR(residual_.Reserve((blocks + n) * B / G, blocks * B / G));
-      const size_t per_block = size_t(Bases()) * B * max_rank * sizeof(float);
+    if (e > 0) {  // keep=: the split, the summarized rows and the kept ones apart
+      ATP_RETURN_IF_ERROR(split_.Grow(size_t(n) * Bases() * B));
+      for (auto [buf, count] : {std::pair{&sum_k_, size_t(n) * ns * kvd}, {&sum_v_, size_t(n) * ns * kvd},
+                                {&kept_k_, size_t(n) * e * kvd}, {&kept_v_, size_t(n) * e * kvd}})
+        ATP_RETURN_IF_ERROR(buf->Grow(count));
+      if (!p_.key_basis) ATP_RETURN_IF_ERROR(sum_x_.Grow(size_t(n) * ns * shape().d_model));
+      if (p_.rope_pre) ATP_RETURN_IF_ERROR(stored_k_.Grow(size_t(n) * B * kvd));
+    }
+    if (p_.residual) {  // room for the blocks' residuals, coefficients and offsets (Record adds the blocks)
+      const int64_t blocks = int64_t(pre_end_host_.size());
+      ATP_RETURN_IF_ERROR(residual_.Reserve((blocks + n) * ns, blocks * ns));
+      const size_t per_block = size_t(Bases()) * ns * max_rank * sizeof(float);
       ATP_RETURN_IF_ERROR(cuda::GrowKeeping(&coefs_, size_t(blocks + n) * per_block, size_t(blocks) * per_block));
+      const size_t offsets = size_t(Bases()) * ns * sizeof(int32_t);
+      if (Offsets())
+        ATP_RETURN_IF_ERROR(cuda::GrowKeeping(&offsets_, size_t(blocks + n) * offsets, size_t(blocks) * offsets));
       untrimmed_ = true;
     }
     if (!background) return Compress(b0, n, first, rest, max_rank);
@@ -275,7 +350,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     ATP_RETURN_IF_ERROR(Record(std::vector<int32_t>(size_t(n), max_rank)));
     ATP_CUDA_RETURN(cudaEventRecord(stored_, nullptr));  // the block's K, V and X are in place
     ATP_CUDA_RETURN(cudaStreamWaitEvent(SideStream(), stored_, 0));
-    const int64_t rows = int64_t(n) * max_rank;
+    const int64_t rows = int64_t(n) * (max_rank + e);
     ATP_RETURN_IF_ERROR(Launch(b0, n, first, rest, max_rank, principal_ - rows, rows, true, SideStream()));
     ATP_CUDA_RETURN(cudaEventRecord(compressed_, SideStream()));
     pending_ = true, pending_block_ = b0 + n - 1;
@@ -283,41 +358,66 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
   }
 
   // The kernels of CompressBlocks on stream s: the blocks' rows in f32 (rope=pre: their keys turned
-  // back), bases (unless computed already), `rows` principal rows written from principal row `at` on;
-  // residual=: the residuals against the principal rows as stored, packed from residual row b0 * B
-  // on, and U_r's rows kept (the blocks' coefficients, a fixed rank).
+  // back), bases (unless computed already), keep=: the rows split (summarized ones gathered, the
+  // summarized rows' own bases for basis=key), `rows` rows written from principal row `at` on (each
+  // block's principal rows, then its kept rows, keys as stored); residual=: the summarized tokens'
+  // residuals against the principal rows as stored, stored from residual row b0 * summarized on, and
+  // U_r's rows kept (the blocks' coefficients, MaxRank() columns each; with rope=pre and keep=, the
+  // summarized tokens' offsets).
   Status Launch(int64_t b0, int n, const float* first, const float* rest, int max_rank, int64_t at, int64_t rows,
                 bool bases, cudaStream_t s) {
     const int B = p_.block, kvd = shape().kv_dim(), hd = shape().head_dim, nkv = shape().n_kv_heads;
+    const int e = p_.keep, ns = p_.summarized();
     // The block's rows as the CPU reads them back: f32 of the stored (rounded) values.
     cuda::LoadRowsF32(exact_.k(), b0 * B - exact_.first(), int64_t(n) * B, kb_.get(), s);
     cuda::LoadRowsF32(exact_.v(), b0 * B - exact_.first(), int64_t(n) * B, vb_.get(), s);
+    if (p_.rope_pre && e > 0)  // kept keys stay as appended
+      cuda::LoadRowsF32(exact_.k(), b0 * B - exact_.first(), int64_t(n) * B, stored_k_.get(), s);
     if (p_.rope_pre) cuda::UnrotateKeys(kb_.get(), int64_t(n) * B, nkv, hd, b0 * B, inv_freq_.get(), s);
-    if (bases && p_.key_basis) cuda::BlockBases(nullptr, kb_.get(), n, nkv, B, hd, kvd, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
+    if (bases && p_.key_basis)
+      cuda::BlockBases(nullptr, kb_.get(), n, nkv, B, hd, kvd, p_.rank, p_.tau, u_.get(), ranks_.get(), s, e, split_.get());
     if (bases && !p_.key_basis) BasesFromInput(first, rest, n, s);
     const int width = p_.key_basis ? hd : kvd;  // the columns one basis serves
-    cuda::PrincipalRows(u_.get(), ranks_.get(), n, Bases(), B, max_rank, kb_.get(), vb_.get(), width, kvd, ppk_.get(),
-                        ppv_.get(), at, pre_end_.get() + (pre_end_host_.size() - size_t(n)), s);
+    float *K = kb_.get(), *V = vb_.get();       // the summarized rows, ns per block
+    if (e > 0) {
+      cuda::GatherSplit(nullptr, kb_.get(), n, B, e, kvd, width, split_.get(), sum_k_.get(),
+                        p_.rope_pre ? nullptr : kept_k_.get(), s);
+      if (p_.rope_pre)
+        cuda::GatherSplit(nullptr, stored_k_.get(), n, B, e, kvd, width, split_.get(), nullptr, kept_k_.get(), s);
+      cuda::GatherSplit(nullptr, vb_.get(), n, B, e, kvd, width, split_.get(), sum_v_.get(), kept_v_.get(), s);
+      K = sum_k_.get(), V = sum_v_.get();
+      if (bases && p_.key_basis)  // the summarized rows' own bases, as the CPU's second SVD
+        cuda::BlockBases(nullptr, K, n, nkv, ns, hd, kvd, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
+    }
+    cuda::PrincipalRows(u_.get(), ranks_.get(), n, Bases(), ns, max_rank, K, V, width, kvd, ppk_.get(), ppv_.get(), at,
+                        pre_end_.get() + (pre_end_host_.size() - size_t(n)), s, e, kept_k_.get(), kept_v_.get());
     cuda::StoreKv(pk_.rows(), pv_.rows(), at, ppk_.get(), ppv_.get(), rows, s);
-    if (p_.residual_bits == 0) return Status::Ok();
+    if (!p_.residual) return Status::Ok();
     cuda::LoadRowsF32(pk_.rows(), at, rows, ppk_.get(), s);  // as stored (dtype-rounded), as the CPU subtracts them
     cuda::LoadRowsF32(pv_.rows(), at, rows, ppv_.get(), s);
-    cuda::SubtractProjection(u_.get(), n, B, max_rank, width, ppk_.get(), ppv_.get(), kvd, kb_.get(), vb_.get(), s);
-    const cuda::DeviceRows rk{KvFormat::kF32, reinterpret_cast<uint8_t*>(kb_.get()), nullptr, hd, nkv};
-    const cuda::DeviceRows rv{KvFormat::kF32, reinterpret_cast<uint8_t*>(vb_.get()), nullptr, hd, nkv};
-    cuda::KiviPack(rk, rv, 0, n * B / AtpResidualGroup(B), residual_.rows(true), residual_.rows(false), b0 * B, s);
-    // U_r's rows of each basis: (B, max_rank) of every (B, B) U, blocks b0 .. in order.
-    const size_t per_block = size_t(Bases()) * B * max_rank;
+    cuda::SubtractProjection(u_.get(), ranks_.get(), n, ns, e, width, ppk_.get(), ppv_.get(), kvd, K, V, s);
+    residual_.Store(K, V, int64_t(n) * ns, b0 * ns, s);
+    // U_r's rows of each basis: (ns, max_rank) of every (ns, ns) U, blocks b0 .. in order.
+    const size_t per_block = size_t(Bases()) * ns * max_rank;
     ATP_CUDA_RETURN(cudaMemcpy2DAsync(reinterpret_cast<float*>(coefs_.get()) + size_t(b0) * per_block,
-                                      size_t(max_rank) * sizeof(float), u_.get(), size_t(B) * sizeof(float),
-                                      size_t(max_rank) * sizeof(float), size_t(n) * Bases() * B, cudaMemcpyDeviceToDevice, s));
+                                      size_t(max_rank) * sizeof(float), u_.get(), size_t(ns) * sizeof(float),
+                                      size_t(max_rank) * sizeof(float), size_t(n) * Bases() * ns, cudaMemcpyDeviceToDevice,
+                                      s));
+    if (Offsets())  // the summarized tokens' offsets: the first ns of each split
+      ATP_CUDA_RETURN(cudaMemcpy2DAsync(reinterpret_cast<int32_t*>(offsets_.get()) + size_t(b0) * Bases() * ns,
+                                        size_t(ns) * sizeof(int32_t), split_.get(), size_t(B) * sizeof(int32_t),
+                                        size_t(ns) * sizeof(int32_t), size_t(n) * Bases(), cudaMemcpyDeviceToDevice, s));
     return Status::Ok();
   }
 
-  // The bases of blocks from their layer input: block 0 at `first` when not null, the rest from `rest`.
+  // The bases of blocks from their layer input: block 0 at `first` when not null, the rest from `rest`;
+  // keep=: the split, then the summarized rows' own bases (the CPU's second SVD).
   void BasesFromInput(const float* first, const float* rest, int n, cudaStream_t s) {
-    const int d = shape().d_model;
-    cuda::BlockBases(first, rest, n, 1, p_.block, d, d, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
+    const int d = shape().d_model, B = p_.block, e = p_.keep, ns = p_.summarized();
+    cuda::BlockBases(first, rest, n, 1, B, d, d, p_.rank, p_.tau, u_.get(), ranks_.get(), s, e, split_.get());
+    if (e == 0) return;
+    cuda::GatherSplit(first, rest, n, B, e, d, d, split_.get(), sum_x_.get(), nullptr, s);
+    cuda::BlockBases(nullptr, sum_x_.get(), n, 1, ns, d, d, p_.rank, p_.tau, u_.get(), ranks_.get(), s);
   }
 
   // Compression on the forward's stream; ranks from the data (tau) are read back first.
@@ -349,22 +449,22 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
   }
 
   // Appends n blocks of the given ranks to the bookkeeping: block ends (the host's; Launch writes the
-  // device's) and room for their principal rows and ends.
+  // device's) and room for their principal and kept rows and ends.
   Status Record(const std::vector<int32_t>& ranks) {
     int64_t rows = 0;
-    for (int32_t r : ranks) rows += r;
+    for (int32_t r : ranks) rows += r + p_.keep;
     ATP_RETURN_IF_ERROR(ReservePrincipal(rows, ranks.size()));
     rows = 0;
-    for (int32_t r : ranks) pre_end_host_.push_back(int32_t(principal_ + (rows += r)));
+    for (int32_t r : ranks) pre_end_host_.push_back(int32_t(principal_ + (rows += r + p_.keep)));
     principal_ += rows;
     return Status::Ok();
   }
 
   Params p_;
   cuda::ExactTail exact_;    // from the first position some future query sees exactly
-  cuda::RowBuffer pk_, pv_;  // principal rows, all KV heads per row (one U for all heads, or one per head)
-  int64_t principal_ = 0;
-  std::vector<int32_t> pre_end_host_;  // principal rows standing for blocks 0..b
+  cuda::RowBuffer pk_, pv_;  // per block its principal rows, then its kept rows (keep=), all KV heads per row
+  int64_t principal_ = 0;    // rows of pk_, pv_ (principal and kept)
+  std::vector<int32_t> pre_end_host_;  // rows of pk_ standing for blocks 0..b
   DeviceArray<int32_t> pre_end_;
   DeviceArray<float> x_fill_;       // (B, d_model): X of the filling block
   DeviceArray<float> x_fill_next_;  // the other buffer: X of a block compressed in the background
@@ -373,8 +473,14 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
   int64_t pending_block_ = 0;       // its last block
   DeviceArray<float> u_, kb_, vb_, ppk_, ppv_;  // scratch of compression
   DeviceArray<int32_t> ranks_;
-  cuda::KiviRows residual_;          // residual=: the summarized tokens' residuals, B per compressed block
-  DeviceArray<uint8_t> coefs_;       // residual=: f32 U_r rows, (Bases(), B, rank) per compressed block
+  // keep='s scratch: per block (and basis) its rows split (summarized, then kept; cuda::BlockBases),
+  // the summarized rows' X, K and V gathered, the kept rows' K (as stored) and V, and with rope=pre
+  // the blocks' keys as stored (kb_ holds them turned back).
+  DeviceArray<int32_t> split_;
+  DeviceArray<float> sum_x_, sum_k_, sum_v_, kept_k_, kept_v_, stored_k_;
+  ResidualRows residual_;            // residual=: the summarized tokens' residuals, summarized() per compressed block
+  DeviceArray<uint8_t> coefs_;       // residual=: f32 U_r rows, (Bases(), summarized(), rank) per compressed block
+  DeviceArray<uint8_t> offsets_;     // rope=pre with keep=: int32 (Bases(), summarized()) per compressed block
   bool untrimmed_ = false;           // residual=: a block compressed since the last Update()
   DeviceArray<float> inv_freq_;      // rope=pre: the model's RoPE frequencies (head_dim / 2)
 };
@@ -382,12 +488,10 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
 }  // namespace
 
 Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& canon, const std::string& describe) {
-  // The CPU parser's canonical keys; keep= (issue 19) has no GPU kernels, and any key added to the CPU
-  // policy later is refused here until the GPU reads it.
-  if (canon.Has("keep"))
-    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's keep= runs on the CPU only");
+  // The CPU parser's canonical keys; any key added to the CPU policy later is refused here until the
+  // GPU reads it.
   ATP_RETURN_IF_ERROR(canon.CheckKeys({{"block", ""}, {"rank", ""}, {"tau", ""}, {"window", ""}, {"basis", ""}, {"proj", ""},
-                                       {"dtype", ""}, {"residual", ""}, {"rope", ""}}));
+                                       {"dtype", ""}, {"keep", ""}, {"residual", ""}, {"rope", ""}}));
   ATP_ASSIGN_OR_RETURN(std::string basis, canon.Choice("basis", "input", {"input", "key"}));
   ATP_ASSIGN_OR_RETURN(std::string proj, canon.Choice("proj", "dense", {"dense", "lowrank"}));
   CudaAtpPolicy::Params p;
@@ -401,14 +505,23 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& ca
   ATP_ASSIGN_OR_RETURN(p.window, canon.Int("window", p.block, 0, 1 << 24));
   ATP_ASSIGN_OR_RETURN(DType dt, canon.Dtype("dtype", DType::kF32));
   p.fmt = cuda::ExactFormat(dt);
+  ATP_ASSIGN_OR_RETURN(p.keep, canon.Int("keep", 0, 0, p.block));
+  if (p.keep == p.block)
+    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's keep=block keeps every token "
+                               "exact, which is dense attention (use dense, or keep= below block)");
   ATP_ASSIGN_OR_RETURN(std::string residual, canon.String("residual", "none"));
-  if (residual != "none" && residual != "kivi2" && residual != "kivi4" && residual != "kivi8")
+  if (residual == "kivi2" || residual == "kivi4" || residual == "kivi8") {
+    p.residual = residual[4] == '2' ? KvFormat::kKivi2 : residual[4] == '4' ? KvFormat::kKivi4 : KvFormat::kKivi8;
+  } else if (residual.rfind("mx_", 0) == 0) {
+    ATP_ASSIGN_OR_RETURN(MxFormat f, ParseMxFormat(residual.substr(3)));  // the CPU parser accepted it
+    p.residual = cuda::MxRowsFormat(f);
+  } else if (residual != "none") {
     return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's residual=" + residual +
-                               " runs on the CPU only (--device cuda supports residual=kivi2|kivi4|kivi8)");
-  p.residual_bits = residual == "none" ? 0 : residual[4] - '0';
-  // Ranks from the data differ per KV head (basis=key) and per block (the rebuilt tokens' coefficients).
-  if (p.tau > 0 && (p.key_basis || p.residual_bits > 0))
-    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's tau= with basis=key or residual= "
+                               " (--device cuda supports residual=kivi2|kivi4|kivi8|mx_FMT)");
+  }
+  // Ranks from the data would differ per KV head (basis=key), whose rows share the principal rows' buffer.
+  if (p.tau > 0 && p.key_basis)
+    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's tau= with basis=key "
                                "runs on the CPU only (give rank=)");
   ATP_ASSIGN_OR_RETURN(std::string rope, canon.Choice("rope", "post", {"post", "pre"}));
   p.rope_pre = rope == "pre";

@@ -13,6 +13,23 @@ constexpr int kThreads = 256;
 
 unsigned Blocks(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
 
+// Thread (block z, row j of the sorted block, element e): one element moved.
+__global__ void GatherKernel(const float* first, const float* rest, int n, int B, int keep, int width, int span,
+                             const int32_t* split, float* sum, float* kept) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= int64_t(n) * B * width) return;
+  const int64_t z = t / (int64_t(B) * width);
+  const int j = int(t / width % B), e = int(t % width), ns = B - keep;
+  const int32_t src = split[(z * (width / span) + e / span) * B + j];
+  const float* block = first ? (z == 0 ? first : rest + (z - 1) * B * width) : rest + z * B * width;
+  const float x = block[int64_t(src) * width + e];
+  if (j < ns) {
+    if (sum) sum[(z * ns + j) * width + e] = x;
+  } else if (kept) {
+    kept[(z * keep + (j - ns)) * width + e] = x;
+  }
+}
+
 // Thread (row, head, pair i): the pair (i, i + head_dim/2) of one row turned by -position * inv_freq[i].
 __global__ void UnrotateKernel(float* x, int64_t n, int n_kv, int hd, int64_t pos0, const float* inv_freq) {
   const int half = hd / 2;
@@ -30,52 +47,66 @@ __global__ void UnrotateKernel(float* x, int64_t n, int n_kv, int hd, int64_t po
 }
 
 // Thread (row of the n * B, element e): one element of K and of V.
-__global__ void SubtractKernel(const float* U, int64_t rows, int B, int r, int span, const float* PK, const float* PV,
-                               int width, float* K, float* V) {
+__global__ void SubtractKernel(const float* U, const int32_t* ranks, int64_t rows, int B, int extra, int span,
+                               const float* PK, const float* PV, int width, float* K, float* V) {
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= rows * width) return;
   const int64_t row = t / width, z = row / B;
-  const int e = int(t % width), i = int(row % B), groups = width / span;
+  const int e = int(t % width), i = int(row % B), groups = width / span, r = ranks[z * groups];
   const float* u = U + ((z * groups + e / span) * B + i) * B;  // row i of U_zg; column c at u[c]
+  int64_t at = 0;  // block z's first principal row
+  for (int64_t y = 0; y < z; ++y) at += ranks[y * groups] + extra;
   float k = K[t], v = V[t];
   for (int c = 0; c < r; ++c) {
-    const int64_t p = (z * r + c) * width + e;
+    const int64_t p = (at + c) * width + e;
     k -= u[c] * PK[p];
     v -= u[c] * PV[p];
   }
   K[t] = k, V[t] = v;
 }
 
-// Thread (row, head, c): elements 8c .. 8c+7 and their RoPE partners 8c + half .. of one rebuilt key
-// and value row (c < head_dim / 16). F: the principal rows' and outputs' form; R: the residuals'.
+// Thread (row, head, c): elements 8c .. 8c+7 and their RoPE partners 8c + half .. of one rebuilt (or
+// kept) key and value row (c < head_dim / 16). F: the principal rows' and outputs' form; R: the residuals'.
 template <KvFormat F, KvFormat R, typename T>
 __global__ void RebuildKernel(RebuildArgs a) {
   const int hd = a.pk.dim, n_kv = a.pk.n_kv, chunks = hd / 16, half = hd / 2;
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= a.nb * a.B * n_kv * chunks) return;
   const int64_t row = t / (int64_t(n_kv) * chunks), b = row / a.B;
-  const int h = int(t / chunks % n_kv), c = int(t % chunks), i = int(row % a.B);
-  const float* u = a.coefs + ((b * a.groups + (a.groups > 1 ? h : 0)) * a.B + i) * a.r;
+  const int h = int(t / chunks % n_kv), c = int(t % chunks), i = int(row % a.B), g = a.groups > 1 ? h : 0;
+  // Block b's rows in pk and pv: its r_b principal rows from row `first` on, then its kept rows.
+  const int64_t first = a.ends ? (b > 0 ? a.ends[b - 1] : 0) : b * (a.r + a.B - a.n);
+  const int rb = a.ends ? int(a.ends[b] - first) - (a.B - a.n) : a.r;
   float k[2][8], v[2][8], p[8];
-  for (int part = 0; part < 2; ++part) {  // elements 8c.. (part 0) and half + 8c.. (part 1)
-    const int cc = c + part * chunks;
-    Load8<R>(a.rk, row, h, cc, k[part]);
-    Load8<R>(a.rv, row, h, cc, v[part]);
-    for (int q = 0; q < a.r; ++q) {
-      const float w = u[q];
-      Load8<F>(a.pk, b * a.r + q, h, cc, p);
+  if (i >= a.n) {  // a kept row, as stored
+    for (int part = 0; part < 2; ++part) {
+      Load8<F>(a.pk, first + rb + (i - a.n), h, c + part * chunks, k[part]);
+      Load8<F>(a.pv, first + rb + (i - a.n), h, c + part * chunks, v[part]);
+    }
+  } else {
+    const int64_t token = b * a.n + i;  // its residual row
+    const float* u = a.coefs + ((b * a.groups + g) * a.n + i) * a.r;
+    for (int part = 0; part < 2; ++part) {  // elements 8c.. (part 0) and half + 8c.. (part 1)
+      const int cc = c + part * chunks;
+      Load8<R>(a.rk, token, h, cc, k[part]);
+      Load8<R>(a.rv, token, h, cc, v[part]);
+      for (int q = 0; q < rb; ++q) {
+        const float w = u[q];
+        Load8<F>(a.pk, first + q, h, cc, p);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) k[part][e] += w * p[e];
-      Load8<F>(a.pv, b * a.r + q, h, cc, p);
+        for (int e = 0; e < 8; ++e) k[part][e] += w * p[e];
+        Load8<F>(a.pv, first + q, h, cc, p);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) v[part][e] += w * p[e];
+        for (int e = 0; e < 8; ++e) v[part][e] += w * p[e];
+      }
     }
   }
-  if (a.inv_freq) {
+  if (a.inv_freq && i < a.n) {
+    const int o = a.offsets ? a.offsets[(b * a.groups + g) * a.n + i] : i;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {  // kv/rope_rows.cpp's BlockRope::Rotate at base b B, offset i
+    for (int e = 0; e < 8; ++e) {  // kv/rope_rows.cpp's BlockRope::Rotate at base b B, offset o
       const float f = a.inv_freq[8 * c + e];
-      const float ab = float(b * a.B) * f, ao = float(i) * f;
+      const float ab = float(b * a.B) * f, ao = float(o) * f;
       const float cb = cosf(ab), sb = sinf(ab), co = cosf(ao), so = sinf(ao);
       const float cs = cb * co - sb * so, sn = sb * co + cb * so;
       const float x0 = k[0][e], x1 = k[1][e];
@@ -105,10 +136,16 @@ void UnrotateKeys(float* x, int64_t n, int n_kv, int head_dim, int64_t pos0, con
   if (threads > 0) UnrotateKernel<<<Blocks(threads), kThreads, 0, s>>>(x, n, n_kv, head_dim, pos0, inv_freq);
 }
 
-void SubtractProjection(const float* U, int n, int B, int r, int span, const float* PK, const float* PV, int width,
-                        float* K, float* V, cudaStream_t s) {
+void SubtractProjection(const float* U, const int32_t* ranks, int n, int B, int extra, int span, const float* PK,
+                        const float* PV, int width, float* K, float* V, cudaStream_t s) {
   const int64_t rows = int64_t(n) * B;
-  if (rows > 0 && r > 0) SubtractKernel<<<Blocks(rows * width), kThreads, 0, s>>>(U, rows, B, r, span, PK, PV, width, K, V);
+  if (rows > 0) SubtractKernel<<<Blocks(rows * width), kThreads, 0, s>>>(U, ranks, rows, B, extra, span, PK, PV, width, K, V);
+}
+
+void GatherSplit(const float* first, const float* rest, int n, int B, int keep, int width, int span, const int32_t* split,
+                 float* sum, float* kept, cudaStream_t s) {
+  const int64_t threads = int64_t(n) * B * width;
+  if (threads > 0) GatherKernel<<<Blocks(threads), kThreads, 0, s>>>(first, rest, n, B, keep, width, span, split, sum, kept);
 }
 
 void RebuildRows(const RebuildArgs& a, cudaStream_t s) {
@@ -119,7 +156,7 @@ void RebuildRows(const RebuildArgs& a, cudaStream_t s) {
     if constexpr (IsExact(F)) {
       WithFormat(a.rk.fmt, [&](auto rf) {
         constexpr KvFormat R = decltype(rf)::value;
-        if constexpr (IsKiviF(R)) LaunchRebuild<F, R>(a, threads, s);
+        if constexpr (!IsExact(R)) LaunchRebuild<F, R>(a, threads, s);
       });
     }
   });

@@ -28,7 +28,7 @@ Result<std::unique_ptr<ForwardBackend>> MakeCudaBackend(const LlamaModel& model)
 // KV policies in device memory for a policy string the CPU registry accepts, with the same
 // canonical Describe() and the same Bytes(). Supported: dense:dtype=f32|f16|bf16,
 // mx (every format, nvfp4 included), for head_dim 32, 64 or 128 and at most 8 query heads per KV head (CheckShape);
-// atp with proj=dense and block <= 64, residual=kiviN and rope=pre too (cuda/atp_policy.h); kivi alone
+// atp with proj=dense and block <= 64, keep= below block, residual= and rope=pre too (cuda/atp_policy.h); kivi alone
 // (cuda/kivi_policy.h);
 // calibrated lowrank:rk=R,rv=R with R = 16, 32, 64 or 128 and f32 coefficients; streaming alone or
 // with those dense or MX rows (cuda/streaming_policy.h); other policies fail naming what is supported.

@@ -44,7 +44,8 @@ __device__ void RoundPair(int round, int i, int m, int* p, int* q) {
 // below 1e-26 of the total mass (norm 1e-13; at most 40 sweeps), then columns sorted by
 // descending eigenvalue, signs fixed and the rank chosen exactly as kv/linalg.cpp does.
 __global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, const float* rest, int heads, int B, int d,
-                                                         int64_t ld, int rank, double tau, float* U, int32_t* ranks) {
+                                                         int64_t ld, int rank, double tau, float* U, int32_t* ranks,
+                                                         int keep, int32_t* split) {
   extern __shared__ __align__(16) unsigned char smem[];
   double* A = reinterpret_cast<double*>(smem + BasisSmem::kA);
   double* V = reinterpret_cast<double*>(smem + BasisSmem::kV);
@@ -52,6 +53,7 @@ __global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, cons
   double* cs = reinterpret_cast<double*>(smem + BasisSmem::kRot);  // (pairs) cos, then sin
   int* pq = reinterpret_cast<int*>(cs + kMaxBasisBlock);           // (pairs) p, q
   __shared__ double red[kThreads / 32];
+  __shared__ int kept_rank;  // the rank chosen, for keep's split
   const int z = blockIdx.x, zb = z / heads;  // matrix z: slice z % heads of block zb
   const float* X = (first ? (zb == 0 ? first : rest + int64_t(zb - 1) * B * ld) : rest + int64_t(zb) * B * ld) +
                    int64_t(z % heads) * d;
@@ -173,17 +175,60 @@ __global__ void __launch_bounds__(kThreads) BasisKernel(const float* first, cons
       }
     }
     ranks[z] = r;
+    kept_rank = r;
+  }
+  if (keep <= 0 || !split) return;
+
+  // keep=E (block_basis.h): row i's energy outside the top r directions, as the CPU sums it, in cs
+  // (free since the rotations); a NaN energy (from NaN inputs) ranks below every number, so that the
+  // order stays total and split a permutation.
+  __syncthreads();
+  double* lost = cs;
+  int* kept = pq + kMaxBasisBlock;  // order holds pq[0 .. B)
+  if (threadIdx.x < B) {
+    double e = 0;
+    for (int c = kept_rank; c < B; ++c) {
+      const int src = order[c];
+      const float s = float(sqrt(fmax(0.0, A[src * kLd + src])));
+      const double x = double(float(V[threadIdx.x * kLd + src])) * s;
+      e += x * x;
+    }
+    lost[threadIdx.x] = isnan(e) ? -1.0 : e;
+  }
+  __syncthreads();
+  if (threadIdx.x < B) {  // row i's place in the CPU's stable descending sort: kept iff among the first E
+    const int i = threadIdx.x;
+    int before = 0;
+    for (int j = 0; j < B; ++j) before += lost[j] > lost[i] || (lost[j] == lost[i] && j < i);
+    kept[i] = before < keep;
+  }
+  __syncthreads();
+  if (threadIdx.x < B) {  // summarized rows first, then kept ones, each ascending
+    const int i = threadIdx.x;
+    int at = kept[i] ? B - keep : 0;
+    for (int j = 0; j < i; ++j) at += kept[j] == kept[i];
+    split[int64_t(z) * B + at] = i;
   }
 }
 
-// Block (z, c, h): principal row c of block z in slice h, if c < its rank; threads over the slice's width.
+// Block (z, c, h): row c of block z in slice h, if c < its rank + extra (c >= the rank: kept row
+// c - rank, copied); threads over the slice's width.
 __global__ void PrincipalKernel(const float* U, const int32_t* ranks, int B, const float* K, const float* V, int width,
-                                int64_t ld, float* PK, float* PV, int64_t base, int32_t* ends) {
-  const int z = blockIdx.x, c = blockIdx.y, h = blockIdx.z, heads = gridDim.z, m = z * heads + h;
-  if (c >= ranks[m]) return;
+                                int64_t ld, float* PK, float* PV, int64_t base, int32_t* ends, int extra, const float* KK,
+                                const float* KV) {
+  const int z = blockIdx.x, c = blockIdx.y, h = blockIdx.z, heads = gridDim.z, m = z * heads + h, r = ranks[m];
+  if (c >= r + extra) return;
   int64_t row = c;
-  for (int y = 0; y < z; ++y) row += ranks[y * heads];
-  if (c == 0 && h == 0 && threadIdx.x == 0) ends[z] = int32_t(base + row + ranks[m]);
+  for (int y = 0; y < z; ++y) row += ranks[y * heads] + extra;
+  if (c == 0 && h == 0 && threadIdx.x == 0) ends[z] = int32_t(base + row + r + extra);
+  if (c >= r) {
+    const int64_t from = (int64_t(z) * extra + (c - r)) * ld + int64_t(h) * width;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) {
+      PK[row * ld + int64_t(h) * width + j] = KK[from + j];
+      PV[row * ld + int64_t(h) * width + j] = KV[from + j];
+    }
+    return;
+  }
   const float* u = U + int64_t(m) * B * B + c;
   const float* k = K + int64_t(z) * B * ld + int64_t(h) * width;
   const float* v = V + int64_t(z) * B * ld + int64_t(h) * width;
@@ -201,21 +246,23 @@ __global__ void PrincipalKernel(const float* U, const int32_t* ranks, int B, con
 }  // namespace
 
 void BlockBases(const float* first, const float* rest, int n, int heads, int B, int d, int64_t ld, int rank, double tau,
-                float* U, int32_t* ranks, cudaStream_t s) {
+                float* U, int32_t* ranks, cudaStream_t s, int keep, int32_t* split) {
   if (n <= 0 || heads <= 0) return;
   static const bool opted = [] {
     cudaFuncSetAttribute(BasisKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(BasisSmem::kBytes));
     return true;
   }();
   (void)opted;
-  BasisKernel<<<unsigned(n * heads), kThreads, BasisSmem::kBytes, s>>>(first, rest, heads, B, d, ld, rank, tau, U, ranks);
+  BasisKernel<<<unsigned(n * heads), kThreads, BasisSmem::kBytes, s>>>(first, rest, heads, B, d, ld, rank, tau, U, ranks,
+                                                                       keep, split);
 }
 
 void PrincipalRows(const float* U, const int32_t* ranks, int n, int heads, int B, int max_rank, const float* K,
-                   const float* V, int width, int64_t ld, float* PK, float* PV, int64_t base, int32_t* ends, cudaStream_t s) {
+                   const float* V, int width, int64_t ld, float* PK, float* PV, int64_t base, int32_t* ends, cudaStream_t s,
+                   int extra, const float* KK, const float* KV) {
   if (n <= 0 || heads <= 0 || max_rank <= 0) return;
-  PrincipalKernel<<<dim3(unsigned(n), unsigned(max_rank), unsigned(heads)), 128, 0, s>>>(U, ranks, B, K, V, width, ld, PK,
-                                                                                         PV, base, ends);
+  PrincipalKernel<<<dim3(unsigned(n), unsigned(max_rank + extra), unsigned(heads)), 128, 0, s>>>(
+      U, ranks, B, K, V, width, ld, PK, PV, base, ends, extra, KK, KV);
 }
 
 }  // namespace atp::cuda

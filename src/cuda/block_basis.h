@@ -21,8 +21,15 @@ constexpr int kMaxBasisBlock = 64;
 // largest singular value, sign-fixed (entries sum to >= 0), and ranks (n * heads) the rank kept
 // (`rank` when tau <= 0, else the smallest reaching tau of the energy; kv/linalg.h).
 // Requires 1 <= B <= kMaxBasisBlock and d >= B.
+// keep > 0 (atp keep=E; split not null): also split (n * heads, B) int32: per matrix its rows
+// 0 .. B-1 ordered as kv/atp_policy.cpp's SplitWorstSummarized splits them, the B - keep it
+// summarizes first (ascending), then the `keep` whose energy outside the top ranks[m] directions,
+// sum_{c >= r} (U_ic S_c)^2, is largest (ascending; ties to the earlier row). The energies are the
+// CPU's expression (float U and S, S_c = float(sqrt(eigenvalue)) as tau's, products and sum in
+// double, c in order) over singular vectors that agree with LAPACK's to ~1e-13, so the choice is the
+// CPU's unless two rows' energies lie within rounding of each other.
 void BlockBases(const float* first, const float* rest, int n, int heads, int B, int d, int64_t ld, int rank, double tau,
-                float* U, int32_t* ranks, cudaStream_t s);
+                float* U, int32_t* ranks, cudaStream_t s, int keep = 0, int32_t* split = nullptr);
 
 // Principal rows of n blocks, `heads` slices of `width` columns each (as BlockBases' matrices): for
 // block z and slice h, column c < ranks[z * heads + h] of U_(z, h) (B, B; matrix z * heads + h of U)
@@ -30,10 +37,14 @@ void BlockBases(const float* first, const float* rest, int n, int heads, int B, 
 // ranks[0] + .. + ranks[(z-1) * heads] + c of PK and PV (rows `ld` floats apart, the slice at column
 // h * width) = sum_i U[i][c] K_z[i] (and V), summed in i order with separate roundings like the CPU
 // policy's loop, so both get the same floats from the same U. Every slice of a block has the same
-// rank (heads > 1 only with a fixed rank); max_rank bounds it. Also the blocks' ends for
-// cuda::Visibility: ends[z] = base + ranks[0] + .. + ranks[z * heads], written on the device, so a
-// block needs no host-to-device copy (which would synchronize the host).
+// rank (heads > 1 only with a fixed rank); max_rank bounds it. extra > 0 (atp keep=E): each block's
+// principal rows are followed by `extra` rows copied from KK and KV (block z's at rows z * extra ..
+// of them, `ld` floats apart, the slice at column h * width): PK row R_z + ranks[z * heads] + j is
+// KK row z * extra + j, where R_z = ranks[0] + .. + ranks[(z-1) * heads] + z * extra is where block
+// z's rows begin. Also the blocks' ends for cuda::Visibility: ends[z] = base + R_(z+1), written on
+// the device, so a block needs no host-to-device copy (which would synchronize the host).
 void PrincipalRows(const float* U, const int32_t* ranks, int n, int heads, int B, int max_rank, const float* K,
-                   const float* V, int width, int64_t ld, float* PK, float* PV, int64_t base, int32_t* ends, cudaStream_t s);
+                   const float* V, int width, int64_t ld, float* PK, float* PV, int64_t base, int32_t* ends, cudaStream_t s,
+                   int extra = 0, const float* KK = nullptr, const float* KV = nullptr);
 
 }  // namespace atp::cuda

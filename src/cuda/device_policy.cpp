@@ -34,6 +34,19 @@ KvFormat ExactFormat(DType dt) {
   return dt == DType::kF32 ? KvFormat::kF32 : dt == DType::kF16 ? KvFormat::kF16 : KvFormat::kBF16;
 }
 
+KvFormat MxRowsFormat(MxFormat f) {
+  switch (f) {
+    case MxFormat::kFp8E4M3: return KvFormat::kMxFp8E4M3;
+    case MxFormat::kFp8E5M2: return KvFormat::kMxFp8E5M2;
+    case MxFormat::kFp6E2M3: return KvFormat::kMxFp6E2M3;
+    case MxFormat::kFp6E3M2: return KvFormat::kMxFp6E3M2;
+    case MxFormat::kFp4E2M1: return KvFormat::kMxFp4;
+    case MxFormat::kInt8: return KvFormat::kMxInt8;
+    case MxFormat::kNvFp4: return KvFormat::kNvFp4;
+  }
+  return KvFormat::kMxFp8E4M3;  // unreachable: every MxFormat is listed
+}
+
 Status CheckContinues(const char* policy, int64_t first, int64_t len) {
   if (first == len) return Status::Ok();
   return Status::InvalidArgument(std::string(policy) + ": position " + std::to_string(first) + " appended after " +

@@ -15,6 +15,7 @@
 #include "core/status.h"
 #include "cuda/attention.h"
 #include "cuda/check.h"
+#include "kernels/packed_attention.h"
 #include "kv/kv_policy.h"
 
 namespace atp::cuda {
@@ -63,6 +64,8 @@ class DeviceOutput {
 
 // The element form of exact rows in dtype f32, f16 or bf16 (the dtypes policy strings allow).
 KvFormat ExactFormat(DType dt);
+// The GPU form of rows the CPU's MX codec (kv/mx_codec.h) keeps in format f: the same codes.
+KvFormat MxRowsFormat(MxFormat f);
 
 // Ok when appended positions continue at `len`, as KvPolicy::Append requires; `policy` names it.
 Status CheckContinues(const char* policy, int64_t first, int64_t len);

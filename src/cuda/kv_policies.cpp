@@ -18,6 +18,7 @@
 #include "cuda/ops.h"
 #include "cuda/streaming_policy.h"
 #include "kv/lowrank_policy.h"
+#include "kv/mx_codec.h"
 #include "kv/policy_spec.h"
 
 namespace atp {
@@ -167,13 +168,11 @@ Result<KvFormat> RowsFormat(const std::string& codec, const std::string& whole, 
     ATP_ASSIGN_OR_RETURN(DType dt, ps.Dtype("dtype", DType::kF32));
     return cuda::ExactFormat(dt);
   }
-  if (codec == "mx:fmt=fp8_e4m3") return KvFormat::kMxFp8E4M3;
-  if (codec == "mx:fmt=fp8_e5m2") return KvFormat::kMxFp8E5M2;
-  if (codec == "mx:fmt=int8") return KvFormat::kMxInt8;
-  if (codec == "mx:fmt=fp6_e2m3") return KvFormat::kMxFp6E2M3;
-  if (codec == "mx:fmt=fp6_e3m2") return KvFormat::kMxFp6E3M2;
-  if (codec == "mx:fmt=fp4") return KvFormat::kMxFp4;
-  if (codec == "mx:fmt=nvfp4") return KvFormat::kNvFp4;
+  if (ps.name() == "mx") {
+    ATP_ASSIGN_OR_RETURN(std::string fmt, ps.String("fmt", "fp8_e4m3"));
+    ATP_ASSIGN_OR_RETURN(MxFormat f, ParseMxFormat(fmt));
+    return cuda::MxRowsFormat(f);
+  }
   return Status::Unsupported("kv policy '" + whole + "' has no CUDA kernels yet; " + supported);
 }
 
@@ -188,7 +187,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& sp
   ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(policy));
   const std::string supported =
       "--device cuda supports dense:dtype=f32|f16|bf16, mx (every format), atp (proj=dense, block <= "
-      "64; residual=kivi2|kivi4|kivi8 and rope=pre too), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 16, 32, 64 or 128, f32 coefficients) and "
+      "64; keep= below block, residual=kivi2|kivi4|kivi8|mx_FMT and rope=pre too), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 16, 32, 64 or 128, f32 coefficients) and "
       "streaming alone or +dense:dtype=... or +mx:fmt=...";
   if (ps.name() == "atp") return MakeCudaAtpFactory(ps, canon);
   if (ps.name() == "kivi" && codec.empty()) return MakeCudaKiviFactory(ps, canon);
