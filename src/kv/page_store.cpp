@@ -18,6 +18,11 @@ size_t Allocated(size_t bytes) { return (bytes + 63) / 64 * 64; }
 }  // namespace
 
 Result<uint8_t*> PageStore::TryLease(size_t bytes) {
+  if (parent_) {
+    Result<uint8_t*> page = parent_->TryLease(bytes);
+    if (page.ok()) Count(bytes, 1);
+    return page;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   uint8_t* page = nullptr;
   auto it = free_.find(bytes);
@@ -38,6 +43,16 @@ Result<uint8_t*> PageStore::TryLease(size_t bytes) {
   peak_bytes_ = std::max(peak_bytes_, leased_bytes_);
   ++leased_pages_;
   return page;
+}
+
+void PageStore::Count(size_t bytes, int pages) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pages > 0) {
+    leased_bytes_ += bytes, ++leased_pages_;
+    peak_bytes_ = std::max(peak_bytes_, leased_bytes_);
+  } else {
+    leased_bytes_ -= bytes, --leased_pages_;
+  }
 }
 
 uint8_t* PageStore::Lease(size_t bytes) {
@@ -65,6 +80,11 @@ bool PageStore::MakeRoom(size_t need) {
 }
 
 void PageStore::Return(uint8_t* page, size_t bytes) {
+  if (parent_) {
+    parent_->Return(page, bytes);
+    Count(bytes, -1);
+    return;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   if (auto it = shares_.find(page); it != shares_.end()) {
     if (--it->second == 0) shares_.erase(it);
@@ -75,7 +95,12 @@ void PageStore::Return(uint8_t* page, size_t bytes) {
   --leased_pages_;
 }
 
-void PageStore::Share(uint8_t* page) {
+void PageStore::Share(uint8_t* page, size_t bytes) {
+  if (parent_) {
+    parent_->Share(page, bytes);
+    Count(bytes, 1);
+    return;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   ++shares_[page];
 }
@@ -189,7 +214,7 @@ void PagedRows::Adopt(std::span<const BlockPages> blocks, size_t at) {
   for (const BlockPages& block : blocks) {
     const PageRef& p = block[at];
     assert(p.bytes == page_bytes());
-    store_->Share(p.data);
+    store_->Share(p.data, p.bytes);
     pages_.push_back(p.data);
   }
   assert(rows_per_page_ == kRowsPerPage);
