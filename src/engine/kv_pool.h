@@ -29,7 +29,8 @@ namespace atp {
 // Each sequence is charged max(its reservation, what it holds) beyond the pages it holds in the store
 // (those are the store's); the total is rounded up to whole pages.
 // Thread-safety: every method may be called from any thread; the numbers are consistent while the
-// store's leases do not change (between the scheduler's steps).
+// store's leases do not change (between the scheduler's steps): while a step runs, the pages it has
+// leased so far are charged both as leased and as reserved, until Update records them.
 class KvPool {
  public:
   // `store` (where the sequences lease their pages) must outlive the pool.

@@ -70,7 +70,8 @@ std::string ServerMetrics::Render(const Scheduler::Stats& s) const {
          double(s.kv.used_bytes));
   Metric(&out, "atp_kv_bytes_reserved", "gauge",
          "KV budget charged, in bytes of whole pages: what atp_kv_bytes_in_use holds plus the growth reserved "
-         "beyond it for the step about to run and for admitted prompts.",
+         "beyond it for the step about to run and for admitted prompts (while a step runs, the pages it has "
+         "leased so far count as both until it ends).",
          double(s.kv.charged_bytes));
   Metric(&out, "atp_kv_page_store_bytes", "gauge",
          "Bytes of the pages leased from the engine's page store now: host policies' KV rows and the prefix cache's blocks.",
