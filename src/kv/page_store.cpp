@@ -20,6 +20,7 @@ size_t Allocated(size_t bytes) { return (bytes + 63) / 64 * 64; }
 Result<uint8_t*> PageStore::TryLease(size_t bytes) {
   if (parent_) {
     Result<uint8_t*> page = parent_->TryLease(bytes);
+    std::lock_guard<std::mutex> lock(mu_);
     if (page.ok()) Count(bytes, 1);
     return page;
   }
@@ -39,14 +40,11 @@ Result<uint8_t*> PageStore::TryLease(size_t bytes) {
     owned_.emplace_back(page);
     held_bytes_ += Allocated(bytes);
   }
-  leased_bytes_ += bytes;
-  peak_bytes_ = std::max(peak_bytes_, leased_bytes_);
-  ++leased_pages_;
+  Count(bytes, 1);
   return page;
 }
 
 void PageStore::Count(size_t bytes, int pages) {
-  std::lock_guard<std::mutex> lock(mu_);
   if (pages > 0) {
     leased_bytes_ += bytes, ++leased_pages_;
     peak_bytes_ = std::max(peak_bytes_, leased_bytes_);
@@ -82,6 +80,7 @@ bool PageStore::MakeRoom(size_t need) {
 void PageStore::Return(uint8_t* page, size_t bytes) {
   if (parent_) {
     parent_->Return(page, bytes);
+    std::lock_guard<std::mutex> lock(mu_);
     Count(bytes, -1);
     return;
   }
@@ -91,13 +90,13 @@ void PageStore::Return(uint8_t* page, size_t bytes) {
     return;
   }
   free_[bytes].push_back(page);
-  leased_bytes_ -= bytes;
-  --leased_pages_;
+  Count(bytes, -1);
 }
 
 void PageStore::Share(uint8_t* page, size_t bytes) {
   if (parent_) {
     parent_->Share(page, bytes);
+    std::lock_guard<std::mutex> lock(mu_);
     Count(bytes, 1);
     return;
   }

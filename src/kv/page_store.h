@@ -82,7 +82,7 @@ class PageStore {
   };
   // Gives free pages back to the system until `need` more bytes fit the capacity; whether they do.
   bool MakeRoom(size_t need);
-  void Count(size_t bytes, int pages);  // an account's tally: one page of `bytes` more (1) or less (-1)
+  void Count(size_t bytes, int pages);  // one page of `bytes` more (1) or less (-1) leased; mu_ held
 
   const size_t capacity_;
   PageStore* const parent_ = nullptr;  // an account's store; null for a store of its own
