@@ -3,7 +3,7 @@
 // each running sequence has reserved beyond what it holds (the step about to run, a prompt admitted and
 // not yet run), counted in pages of page_bytes. The scheduler reserves each step's growth before the
 // step runs and preempts a sequence when the pages are not there (engine/scheduler.h), so the store's
-// leases between steps never exceed the budget.
+// leases between steps stay within the budget while no sequence holds more than its footprint said.
 //
 // The store itself is not bounded: a step's Append may lease rows that its Update then drops (an ATP
 // block's exact rows while its principal rows are formed, a prompt chunk's rows before eviction), which
