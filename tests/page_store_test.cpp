@@ -311,8 +311,8 @@ TEST(PagedRows, SharedPagesAreNeverWrittenAndFreedByTheLastHolder) {
 TEST(PageStore, SharedPagesGoBackWithTheirLastHolder) {
   PageStore store;
   uint8_t* a = store.Lease(256);
-  store.Share(a);
-  store.Share(a);
+  store.Share(a, 256);
+  store.Share(a, 256);
   EXPECT_EQ(store.leased_bytes(), 256u);
   store.Return(a, 256);
   store.Return(a, 256);
@@ -321,6 +321,37 @@ TEST(PageStore, SharedPagesGoBackWithTheirLastHolder) {
   store.Return(a, 256);
   EXPECT_EQ(store.leased_pages(), 1u);  // the second lease
   EXPECT_EQ(store.Lease(256), a);
+}
+
+// An account (a sequence's view of the engine's store) leases through its parent and counts what it
+// holds, shared pages included, while the parent counts every page once and keeps the bound.
+TEST(PageStore, AnAccountCountsWhatItHoldsOfItsParent) {
+  PageStore store;
+  {
+    PageStore a(store), b(store);
+    uint8_t* p = a.Lease(256);
+    uint8_t* q = b.Lease(512);
+    EXPECT_EQ(a.leased_bytes(), 256u);
+    EXPECT_EQ(b.leased_bytes(), 512u);
+    EXPECT_EQ(store.leased_bytes(), 768u);
+    EXPECT_EQ(a.held_bytes(), 0u) << "the parent holds the memory";
+    b.Share(p, 256);
+    EXPECT_EQ(b.leased_bytes(), 768u);
+    EXPECT_EQ(store.leased_bytes(), 768u) << "a shared page is counted once";
+    a.Return(p, 256);
+    EXPECT_EQ(a.leased_bytes(), 0u);
+    EXPECT_EQ(store.leased_bytes(), 768u) << "b still holds p";
+    b.Return(p, 256);
+    b.Return(q, 512);
+    EXPECT_EQ(b.leased_pages(), 0u);
+  }
+  EXPECT_EQ(store.leased_bytes(), 0u);
+  EXPECT_EQ(store.leased_pages(), 0u);
+  PageStore bounded(1024);
+  PageStore account(bounded);
+  Result<uint8_t*> big = account.TryLease(2048);
+  EXPECT_EQ(big.status().code(), Status::Code::kResourceExhausted) << "the parent's bound holds";
+  EXPECT_EQ(account.leased_bytes(), 0u);
 }
 
 }  // namespace

@@ -20,34 +20,49 @@
 namespace atp::server_test {
 namespace {
 
-TEST(KvPool, ChargesTheLargerOfReservationAndUse) {
-  KvPool pool(10 * 4096, 4096);
+// The budget is the store's leases plus each sequence's reservation beyond the pages it holds: a page
+// is charged once, as the store counts it, whether a sequence reserved it or not (the prefix cache's).
+TEST(KvPool, ChargesTheStoresLeasesAndReservationsBeyondThem) {
+  PageStore store;
+  KvPool pool(10 * 4096, 4096, store);
   EXPECT_TRUE(pool.Fits(10 * 4096));
   EXPECT_FALSE(pool.Fits(10 * 4096 + 1));
   EXPECT_TRUE(pool.TryReserve(1, 4 * 4096));       // 4 pages
-  EXPECT_TRUE(pool.TryReserve(2, 3 * 4096 + 1));   // rounds up to 4
+  EXPECT_TRUE(pool.TryReserve(2, 3 * 4096 + 1));   // 7 pages and a byte: 8 charged
   EXPECT_FALSE(pool.TryReserve(3, 3 * 4096));      // 8 + 3 > 10
   EXPECT_EQ(pool.usage().sequences, 2u);           // a refused new id leaves no entry
-  EXPECT_EQ(pool.usage().charged_bytes, 8u * 4096);
   EXPECT_EQ(pool.usage().pages_used(), 8u);
   EXPECT_EQ(pool.usage().pages(), 10u);
-  pool.Update(1, 100);                             // under its reservation: still 4 pages
+  uint8_t* a = store.Lease(3 * 4096);              // sequence 1 leases within its reservation
+  pool.Update(1, 3 * 4096, 3 * 4096);
   EXPECT_EQ(pool.usage().charged_bytes, 8u * 4096);
-  EXPECT_EQ(pool.usage().used_bytes, 100u);
-  pool.Update(1, 7 * 4096);                        // outgrew the estimate: charged what it holds
-  EXPECT_EQ(pool.usage().charged_bytes, 11u * 4096);
+  EXPECT_EQ(pool.usage().used_bytes, 3u * 4096);
+  uint8_t* cached = store.Lease(4096);             // a page nobody reserved: charged as the store holds it
+  EXPECT_EQ(pool.usage().pages_used(), 9u);
+  EXPECT_FALSE(pool.TryReserve(3, 2 * 4096));
+  store.Return(cached, 4096);
+  uint8_t* b = store.Lease(4 * 4096);              // outgrew the estimate: charged what it holds
+  pool.Update(1, 7 * 4096, 7 * 4096);
+  EXPECT_EQ(pool.usage().pages_used(), 11u);
   EXPECT_FALSE(pool.TryReserve(3, 1));             // over budget: nobody else gets in
-  EXPECT_TRUE(pool.TryReserve(1, 5 * 4096));       // within what it is charged already: no growth
+  EXPECT_TRUE(pool.TryReserve(1, 5 * 4096));       // within what it holds already: no growth
   pool.Release(1);
-  EXPECT_EQ(pool.usage().charged_bytes, 4u * 4096);
+  store.Return(a, 3 * 4096);
+  store.Return(b, 4 * 4096);
+  EXPECT_EQ(pool.usage().pages_used(), 4u);
   EXPECT_EQ(pool.usage().used_bytes, 0u);
-  EXPECT_TRUE(pool.TryReserve(3, 6 * 4096));
-  EXPECT_EQ(pool.usage().sequences, 2u);
+  // A device policy's buffers lease no pages: its Bytes() are charged beside the store.
+  pool.Update(2, 5 * 4096, 0);
+  EXPECT_EQ(pool.usage().pages_used(), 5u);
+  EXPECT_EQ(pool.usage().used_bytes, 5u * 4096);
+  pool.Release(2);
+  EXPECT_EQ(pool.usage().charged_bytes, 0u);
 }
 
 // A reservation grows step by step while pages are free, never shrinks, and keep_free holds pages back.
 TEST(KvPool, ReservationsGrowWhilePagesAreFree) {
-  KvPool pool(10 * 4096, 4096);
+  PageStore store;
+  KvPool pool(10 * 4096, 4096, store);
   EXPECT_TRUE(pool.TryReserve(1, 2 * 4096));
   EXPECT_TRUE(pool.TryReserve(1, 5 * 4096));       // grows to 5
   EXPECT_TRUE(pool.TryReserve(1, 3 * 4096));       // never shrinks
@@ -60,17 +75,21 @@ TEST(KvPool, ReservationsGrowWhilePagesAreFree) {
   EXPECT_EQ(pool.usage().pages_used(), 10u);
 }
 
-TEST(KvFootprint, DenseIsExactAndLinear) {
+// Dense rows lease whole pages of 64 rows per layer, K and V: the footprint is that staircase, measured
+// and, past the measured lengths, continued.
+TEST(KvFootprint, DenseIsWholePagesOfRows) {
   ATP_REQUIRE_REF_MODEL();
   auto kv = ParseKvPolicy("dense");
   ASSERT_TRUE(kv.ok());
   const LlamaModel& m = *Ref().model;
   const size_t per_token = size_t(m.config().num_layers) * 2 * size_t(m.config().kv_dim()) * sizeof(float);
+  const auto paged = [](int len) { return size_t((len + 63) / 64 * 64); };
   const KvFootprint f = KvFootprint::Measure(m, **kv, 512);
-  for (int len : {64, 100, 128, 500, 512, 1000}) EXPECT_EQ(f.BytesAt(len), per_token * size_t(len)) << len;
+  for (int len : {1, 64, 65, 100, 128, 500, 512, 513, 1000, 1024, 1025})
+    EXPECT_EQ(f.BytesAt(len), per_token * paged(len)) << len;
   auto half = ParseKvPolicy("dense:dtype=bf16");
   ASSERT_TRUE(half.ok());
-  EXPECT_EQ(KvFootprint::Measure(m, **half, 256).BytesAt(200), per_token * 200 / 2);
+  EXPECT_EQ(KvFootprint::Measure(m, **half, 256).BytesAt(200), per_token * paged(200) / 2);
 }
 
 // Prompts of different lengths cut from one text, so that prefill chunks and decode steps of
@@ -178,7 +197,8 @@ TEST(Scheduler, AttentionEvictionGivesTheSameTokensBatchedAsAlone) {
 
 // Requests whose combined worst case is several times the pool: admitted by what their prompts hold,
 // preempted when the pages run out, recomputed, and each still gets the tokens it gets alone. The pool
-// is never charged beyond its budget.
+// is never charged beyond its budget, the page store never leases more than it between steps (on_token
+// runs between forward passes), and every page comes back.
 void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n, size_t kv_memory,
                                  size_t min_preemptions, bool prefix_caching = false) {
   LlamaModel& m = *Ref().model;
@@ -217,7 +237,7 @@ void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n
     most = std::max(most.load(), s.running);
     most_cached = std::max(most_cached.load(), s.prefix_cache_bytes);
     paged = std::max(paged.load(), s.kv_page_bytes);
-    if (s.kv.charged_bytes > s.kv.capacity_bytes) over = true;
+    if (s.kv.charged_bytes > s.kv.capacity_bytes || s.kv_page_bytes > s.kv.capacity_bytes) over = true;
   });
   for (int i = 0; i < n; ++i) {
     ASSERT_TRUE(batched[size_t(i)].error.ok()) << batched[size_t(i)].error.ToString();
@@ -240,6 +260,8 @@ void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n
   // or preempted), or stayed in the cache.
   EXPECT_GT(paged.load(), 0u);
   EXPECT_GT(s.kv_page_peak_bytes, 0u);
+  std::printf("%zu-byte budget: most leased between steps %zu, within a step %zu bytes; %llu preemptions\n",
+              s.kv.capacity_bytes, paged.load(), s.kv_page_peak_bytes, (unsigned long long)s.preemptions);
   EXPECT_TRUE(WaitFor([&] { return sched.stats().kv_page_bytes == cached(); }, 5))
       << sched.stats().kv_page_bytes << " bytes still leased, " << cached() << " of them cached";
   if (prefix_caching) {

@@ -1,52 +1,54 @@
 #include "engine/kv_pool.h"
 
 #include <algorithm>
-#include <cmath>
 #include <numeric>
 #include <random>
 
 namespace atp {
 
-KvPool::KvPool(size_t capacity_bytes, size_t page_bytes)
-    : page_bytes_(std::max<size_t>(page_bytes, 1)), capacity_pages_(capacity_bytes / page_bytes_) {}
+KvPool::KvPool(size_t capacity_bytes, size_t page_bytes, const PageStore& store)
+    : page_bytes_(std::max<size_t>(page_bytes, 1)), capacity_pages_(capacity_bytes / page_bytes_), store_(store) {}
 
 bool KvPool::TryReserve(uint64_t id, size_t bytes, size_t keep_free) {
   std::lock_guard<std::mutex> lk(mu_);
-  Charge& c = seqs_[id];  // a new id starts with nothing reserved and nothing used
+  Charge& c = seqs_[id];  // a new id starts with nothing reserved and nothing held
   Charge grown = c;
-  grown.reserved_pages = std::max(c.reserved_pages, Pages(bytes));
-  const size_t after = charged_pages_ - c.pages(page_bytes_) + grown.pages(page_bytes_);
-  if (after > charged_pages_ && after + keep_free > capacity_pages_) {
-    if (c.reserved_pages == 0 && c.used_bytes == 0) seqs_.erase(id);
+  grown.reserved = std::max(c.reserved, bytes);
+  const size_t after = Pages(store_.leased_bytes() + beyond_ - c.beyond_store() + grown.beyond_store());
+  if (grown.beyond_store() > c.beyond_store() && after + keep_free > capacity_pages_) {
+    if (c.reserved == 0 && c.held == 0) seqs_.erase(id);
     return false;
   }
+  beyond_ = beyond_ - c.beyond_store() + grown.beyond_store();
   c = grown;
-  charged_pages_ = after;
   return true;
 }
 
-void KvPool::Update(uint64_t id, size_t bytes) {
+void KvPool::Update(uint64_t id, size_t bytes, size_t leased) {
   std::lock_guard<std::mutex> lk(mu_);
   auto it = seqs_.find(id);
   if (it == seqs_.end()) return;
-  charged_pages_ -= it->second.pages(page_bytes_);
-  used_bytes_ = used_bytes_ - it->second.used_bytes + bytes;
-  it->second.used_bytes = bytes;
-  charged_pages_ += it->second.pages(page_bytes_);
+  Charge& c = it->second;
+  beyond_ -= c.beyond_store();
+  unleased_ -= c.held - std::min(c.held, c.leased);
+  c.held = std::max(bytes, leased), c.leased = leased;
+  beyond_ += c.beyond_store();
+  unleased_ += c.held - std::min(c.held, c.leased);
 }
 
 void KvPool::Release(uint64_t id) {
   std::lock_guard<std::mutex> lk(mu_);
   auto it = seqs_.find(id);
   if (it == seqs_.end()) return;
-  charged_pages_ -= it->second.pages(page_bytes_);
-  used_bytes_ -= it->second.used_bytes;
+  beyond_ -= it->second.beyond_store();
+  unleased_ -= it->second.held - std::min(it->second.held, it->second.leased);
   seqs_.erase(it);
 }
 
 KvPool::Usage KvPool::usage() const {
   std::lock_guard<std::mutex> lk(mu_);
-  return {capacity_pages_ * page_bytes_, charged_pages_ * page_bytes_, used_bytes_, seqs_.size(), page_bytes_};
+  const size_t leased = store_.leased_bytes();
+  return {capacity_pages_ * page_bytes_, Pages(leased + beyond_) * page_bytes_, leased + unleased_, seqs_.size(), page_bytes_};
 }
 
 KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory& factory, int max_len) {
@@ -55,6 +57,8 @@ KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory&
   // One probe per distinct layer shape, counted for each layer of that shape: the probe rows are the
   // same for every layer, so layers of one shape hold the same bytes, and a model of 16 equal layers
   // costs one layer's appends.
+  // Each probe leases from a store of its own (declared first: the probes return their pages as they die).
+  std::vector<std::unique_ptr<PageStore>> stores;
   std::vector<std::unique_ptr<KvPolicy>> probe;
   std::vector<size_t> weight;
   std::vector<KvShape> shapes;
@@ -66,7 +70,10 @@ KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory&
       ++i;
     if (i == shapes.size()) {
       shapes.push_back(s);
-      probe.push_back(factory.Create(s));
+      stores.push_back(std::make_unique<PageStore>());
+      KvShape shape = s;
+      shape.pages = stores.back().get();
+      probe.push_back(factory.Create(shape));
       weight.push_back(0);
     }
     ++weight[i];
@@ -90,7 +97,7 @@ KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory&
       (void)probe[i]->Append(std::span<const int32_t>(&pos, 1), &X[row * size_t(s.d_model)], &K[row * size_t(s.kv_dim())],
                              &V[row * size_t(s.kv_dim())]);
       (void)probe[i]->Update();  // as the forward pass ends each step: the compact state
-      bytes += weight[i] * probe[i]->Bytes();
+      bytes += weight[i] * std::max(stores[i]->leased_bytes(), probe[i]->Bytes());
     }
     f.bytes_.push_back(bytes);
   }
@@ -101,10 +108,12 @@ size_t KvFootprint::BytesAt(int len) const {
   if (bytes_.empty()) return 0;
   const size_t n = bytes_.size();
   if (len <= int(n)) return bytes_[size_t(std::max(len, 1)) - 1];
-  // Past the measured range: extend the slope of the last 64 lengths (or of all, when fewer).
+  // Past the measured range: the last `back` lengths (64, or all but the first when fewer) repeated.
   const size_t back = std::min<size_t>(64, n - 1);
-  const double slope = back ? (double(bytes_[n - 1]) - double(bytes_[n - 1 - back])) / double(back) : double(bytes_[0]);
-  return size_t(std::ceil(double(bytes_[n - 1]) + std::max(slope, 0.0) * double(len - int(n))));
+  if (back == 0) return bytes_[0] * size_t(len);
+  const size_t over = size_t(len) - n, reps = (over + back - 1) / back;
+  const size_t step = bytes_[n - 1] - std::min(bytes_[n - 1], bytes_[n - 1 - back]);  // never negative
+  return bytes_[n - 1 + over - reps * back] + reps * step;
 }
 
 }  // namespace atp

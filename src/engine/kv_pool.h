@@ -1,8 +1,17 @@
-// KV memory accounting for the scheduler: a byte budget counted in pages and one charge per running
-// sequence. A sequence is charged for what it holds now and for the step about to run, never for the
-// length it might reach: the scheduler reserves each step's growth before the step runs and preempts a
-// sequence when the pages are not there (engine/scheduler.h). It allocates nothing (each KvPolicy owns
-// its buffers), so the budget bounds what the policies' Bytes() report, not what malloc hands out.
+// The scheduler's KV budget (--kv-memory) over the engine's page store: what the store has leased now
+// (every host policy's rows, the prefix cache's blocks, each page once however many hold it), plus what
+// each running sequence has reserved beyond what it holds (the step about to run, a prompt admitted and
+// not yet run), counted in pages of page_bytes. The scheduler reserves each step's growth before the
+// step runs and preempts a sequence when the pages are not there (engine/scheduler.h), so the store's
+// leases between steps stay within the budget while no sequence holds more than its footprint said.
+//
+// The store itself is not bounded: a step's Append may lease rows that its Update then drops (an ATP
+// block's exact rows while its principal rows are formed, a prompt chunk's rows before eviction), which
+// KvFootprint, measured between steps, does not predict; a bounded store would fail such a lease in the
+// middle of a forward pass. PageStore::peak_bytes shows how far those go.
+//
+// Device policies (--device cuda) keep buffers of their own and lease no pages: a sequence of theirs is
+// charged what its policies' Bytes() report, as before the store existed.
 #pragma once
 #include <algorithm>
 #include <cstddef>
@@ -12,15 +21,20 @@
 #include <vector>
 
 #include "kv/kv_policy.h"
+#include "kv/page_store.h"
 #include "model/llama.h"
 
 namespace atp {
 
-// Each sequence is charged max(its reservation, its measured bytes), rounded up to whole pages.
-// Thread-safety: every method may be called from any thread.
+// Each sequence is charged max(its reservation, what it holds) beyond the pages it holds in the store
+// (those are the store's); the total is rounded up to whole pages.
+// Thread-safety: every method may be called from any thread; the numbers are consistent while the
+// store's leases do not change (between the scheduler's steps): while a step runs, the pages it has
+// leased so far are charged both as leased and as reserved, until Update records them.
 class KvPool {
  public:
-  KvPool(size_t capacity_bytes, size_t page_bytes);
+  // `store` (where the sequences lease their pages) must outlive the pool.
+  KvPool(size_t capacity_bytes, size_t page_bytes, const PageStore& store);
 
   size_t page_bytes() const { return page_bytes_; }
   size_t capacity_bytes() const { return capacity_pages_ * page_bytes_; }
@@ -30,15 +44,17 @@ class KvPool {
   // Raises sequence `id`'s reservation to `bytes` (a new id starts at none), provided that leaves at least
   // `keep_free` pages unreserved; false, and nothing changes, otherwise. A reservation never shrinks.
   bool TryReserve(uint64_t id, size_t bytes, size_t keep_free = 0);
-  // Records the sequence's measured bytes. A sequence that outgrows its reservation is charged the excess
-  // rather than stopped (the pool then runs over budget and reserves nothing until it is back under).
-  void Update(uint64_t id, size_t bytes);
+  // Records what the sequence holds: `bytes` its policies' Bytes(), `leased` the bytes of the store's
+  // pages it holds; it holds the larger, as KvFootprint counts. A sequence that outgrows its reservation
+  // is charged the excess rather than stopped (the pool then runs over budget and reserves nothing until
+  // it is back under).
+  void Update(uint64_t id, size_t bytes, size_t leased);
   void Release(uint64_t id);
 
   struct Usage {
     size_t capacity_bytes = 0;
-    size_t charged_bytes = 0;  // pages charged, in bytes
-    size_t used_bytes = 0;     // measured bytes of all sequences
+    size_t charged_bytes = 0;  // pages charged (the store's leases and the reservations beyond them), in bytes
+    size_t used_bytes = 0;     // held now: the store's leases and device policies' buffers
     size_t sequences = 0;
     size_t page_bytes = 0;
     size_t pages() const { return page_bytes ? capacity_bytes / page_bytes : 0; }
@@ -48,29 +64,35 @@ class KvPool {
 
  private:
   struct Charge {
-    size_t reserved_pages = 0, used_bytes = 0;
-    size_t pages(size_t page) const { return std::max(reserved_pages, (used_bytes + page - 1) / page); }
+    size_t reserved = 0, held = 0, leased = 0;
+    size_t beyond_store() const { return std::max(reserved, held) - std::min(leased, std::max(reserved, held)); }
   };
   size_t Pages(size_t bytes) const { return (bytes + page_bytes_ - 1) / page_bytes_; }
 
   const size_t page_bytes_, capacity_pages_;
+  const PageStore& store_;
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, Charge> seqs_;
-  size_t charged_pages_ = 0, used_bytes_ = 0;
+  size_t beyond_ = 0;  // sum of beyond_store() over seqs_
+  size_t unleased_ = 0;  // sum of held - leased over seqs_ (device policies' buffers)
 };
 
-// Bytes one sequence of a policy holds between steps as a function of its length, measured once by
-// appending pseudo-random rows to a probe sequence one token at a time, each followed by Update
-// (full-rank data, so policies whose size depends on the data show their largest form). Update makes
-// that state a function of the length alone, whatever the chunking, so the scheduler can reserve a
-// step's pages before it runs. Compression by blocks and windows makes the curve a staircase, which
-// is why every length is measured, not sampled.
+// Bytes one sequence of a policy holds between steps as a function of its length: the pages its rows
+// lease from a store (whole pages of rows, as the engine's store counts them), or what Bytes() reports
+// where that is more (device policies lease none; a few host ones keep small per-row metadata beside
+// their pages). Measured once by appending pseudo-random rows to a probe sequence one token at a time,
+// each followed by Update (full-rank data, so policies whose size depends on the data show their
+// largest form). Update makes that state a function of the length alone, whatever the chunking, so the
+// scheduler can reserve a step's pages before it runs. Pages, blocks and windows make the curve a
+// staircase, which is why every length is measured, not sampled.
 class KvFootprint {
  public:
   // Measures every length up to `max_len`. Safe beside a running forward pass: it touches no model
   // state, and its kernels run on the calling thread while the pool's workers are busy.
   static KvFootprint Measure(const LlamaModel& model, const KvPolicyFactory& factory, int max_len);
-  // Bytes at `len` tokens: measured up to max_len; beyond, the slope of the last 64 measured lengths.
+  // Bytes at `len` tokens: measured up to max_len; beyond, the last 64 measured lengths repeated, each
+  // repetition adding what they added (a staircase of 64-row pages, or of blocks that divide 64, goes
+  // on exactly).
   size_t BytesAt(int len) const;
 
  private:

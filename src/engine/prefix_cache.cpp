@@ -81,7 +81,7 @@ bool PrefixCache::Offer(const std::string& policy, std::span<const int32_t> toke
     if (chain + nb->bytes > max_bytes) return true;  // no room: the pages stay the sequence's alone
     if (bytes_ + nb->bytes > max_bytes) EvictDownTo(max_bytes - nb->bytes, parent);
     for (const BlockPages& pages : nb->layers)
-      for (const PageRef& p : pages) store_.Share(p.data);
+      for (const PageRef& p : pages) store_.Share(p.data, p.bytes);
     nb->parent = parent;
     if (!parent) nb->policy = policy;
     nb->tokens.assign(block_tokens.begin(), block_tokens.end());

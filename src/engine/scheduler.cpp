@@ -57,7 +57,7 @@ Scheduler::Scheduler(LlamaModel& model, std::vector<int32_t> eos_ids, SchedulerO
     : model_(model),
       eos_(std::move(eos_ids)),
       opt_(Normalize(opt, model)),
-      pool_(opt_.kv_memory, opt_.kv_page),
+      pool_(opt_.kv_memory, opt_.kv_page, pages_),
       cache_(opt_.prefix_caching ? std::make_unique<PrefixCache>(pages_) : nullptr),
       thread_([this] { Loop(); }) {}
 
@@ -205,18 +205,15 @@ bool Scheduler::Reserve(Running& r, int tokens, size_t keep_free) {
   return pool_.TryReserve(r.id, r.footprint->BytesAt(tokens), keep_free);
 }
 
-void Scheduler::ChargeCache() {
-  pool_.Release(kCacheId);
-  // The cache only ever grows into free room (OfferPrefix), so this fits but for the rounding to pages.
-  while (cache_->bytes() > 0 && !pool_.TryReserve(kCacheId, cache_->bytes(), 0)) cache_->Shrink(cache_->bytes() / 2);
+void Scheduler::MirrorCache() {
   cache_blocks_ = cache_->blocks();
   cache_bytes_ = cache_->bytes();
 }
 
 bool Scheduler::ShrinkCache() {
   if (!cache_ || cache_->bytes() == 0) return false;
-  cache_->Shrink(cache_->bytes() / 2);
-  ChargeCache();
+  cache_->Shrink(cache_->bytes() / 2);  // the store gets back the pages no sequence holds too
+  MirrorCache();
   return true;
 }
 
@@ -229,9 +226,11 @@ void Scheduler::AttachPrefix(Running& r) {
   prompt_tokens_ += uint64_t(got) - std::min(uint64_t(got), uint64_t(r.computed));
   r.fed = size_t(got);
   r.offered = got / PrefixCache::kBlock;
+  pool_.Update(r.id, r.seq.kv_bytes(), r.seq.leased_bytes());  // the adopted pages are the store's already
 }
 
-// Into the pool's free room beyond the admission watermark: caching never makes anyone wait.
+// Into the free room beyond the admission watermark: caching never makes anyone wait. The blocks'
+// pages are r's, held once more: the store counts them once, and they cost room only once r lets go.
 void Scheduler::OfferPrefix(Running& r) {
   if (!r.shares || r.seq.length() / PrefixCache::kBlock <= r.offered) return;
   const KvPool::Usage u = pool_.usage();
@@ -240,7 +239,7 @@ void Scheduler::OfferPrefix(Running& r) {
   const size_t room = cache_->bytes() + (free > watermark ? free - watermark : 0);
   r.shares = cache_->Offer(r.policy, r.history, r.seq, room);
   r.offered = r.seq.length() / PrefixCache::kBlock;
-  ChargeCache();
+  MirrorCache();
 }
 
 // Recompute, not swap: the KV is dropped and rebuilt from the tokens, which every policy can do. A
@@ -397,6 +396,8 @@ void Scheduler::Step() {
   Status st = model_.Forward(items, nullptr);  // the logits stay with the model for ChooseTokens
   forward_ns_ += nanos_since(t0);
   ++forward_passes_;
+  // What each holds now, before anyone hears of a token: the reservations the pass used are its pages.
+  for (Running* r : owners) pool_.Update(r->id, r->seq.kv_bytes(), r->seq.leased_bytes());
   if (!st.ok()) {
     for (Running* r : owners) Finish(*r, "", st);
     return;
@@ -434,12 +435,10 @@ void Scheduler::Step() {
       prompt_tokens_ += uint64_t(n) - again;
       if (!r.prefilling() && r.resumed) {
         r.resumed = false;  // its next token was sampled before the preemption
-        pool_.Update(r.id, r.seq.kv_bytes());
         continue;
       }
     }
     if (emits[i] && st.ok()) Emit(r, choices_[next_choice++]);
-    pool_.Update(r.id, r.seq.kv_bytes());
   }
 }
 

@@ -4,16 +4,19 @@
 // token where the logits are (LlamaModel::ChooseTokens: on a GPU only ids and logprobs come back).
 // It deals in token ids only: text, stop strings and HTTP belong to its callers.
 //
-// KV memory (engine/kv_pool.h): a request is admitted when the pages its prompt needs are free, and each
-// step first reserves the pages its tokens will need. When they are not there, the most recently
-// admitted sequence is preempted: its KV is dropped and it waits, ahead of new requests, to be
+// KV memory (engine/kv_pool.h): the sequences' host policies lease their rows from the scheduler's page
+// store, and the budget is what that store holds plus what is reserved beyond it. A request is admitted
+// when the pages its prompt needs are free, and each step first reserves the pages its tokens will
+// need. When they are not there, the most recently admitted sequence is preempted: its KV is dropped
+// (its pages go back to the store) and it waits, ahead of new requests, to be
 // recomputed (its prompt and the tokens it had generated are run through the model again, without
 // sampling, then it goes on). A sequence thus costs what it holds, not its worst case, and a request's
 // tokens are the same whether or not it was preempted.
 //
-// With prefix caching, the cache holds its blocks in the pool's free room, charged as one more holder,
-// and gives room back (least recently used blocks first) before a request waits or a sequence is
-// preempted: cached blocks never cost a running request anything.
+// With prefix caching, the cache's blocks are pages of the same store (a page a running sequence also
+// holds counts once); the cache grows only into the free room, and gives room back (least recently used
+// blocks first) before a request waits or a sequence is preempted: cached blocks never cost a running
+// request anything.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -40,14 +43,14 @@ struct SchedulerOptions {
   int max_batch_tokens = 256;   // tokens per forward pass: decode steps plus prefill chunks
   int max_seqs = 64;            // sequences running at once (at most max_batch_tokens)
   int max_queue = 64;           // requests waiting for admission; more are refused
-  size_t kv_memory = size_t(1) << 30;  // KV pool budget in bytes
-  size_t kv_page = size_t(64) << 10;   // accounting granularity of the pool
-  // Pages (in thousandths of the pool) that admitting a new sequence must leave free, so that the
+  size_t kv_memory = size_t(1) << 30;  // KV budget in bytes: the page store's leases and the reservations
+  size_t kv_page = size_t(64) << 10;   // accounting granularity of the budget (the store's pages vary in size)
+  // Pages (in thousandths of the budget) that admitting a new sequence must leave free, so that the
   // running ones can grow for a few steps before someone is preempted (vLLM's watermark, 1%).
   int admit_watermark_permille = 10;
   // Automatic prefix caching (engine/prefix_cache.h): whole 64-token blocks of the sequences' KV stay
-  // in the pool's free room after they finish, and a prompt that starts with cached blocks adopts them
-  // instead of running them. Only policies that share their pages take part (KvPolicy::SharePages).
+  // in the page store, within the budget's free room, after they finish, and a prompt that starts with
+  // cached blocks adopts them instead of running them. Only policies that share their pages take part (KvPolicy::SharePages).
   bool prefix_caching = false;
 };
 
@@ -99,7 +102,8 @@ class Scheduler {
     size_t queued = 0, running = 0;
     size_t preempted = 0;  // sequences waiting to be recomputed after a preemption
     KvPool::Usage kv;
-    size_t kv_page_bytes = 0, kv_page_peak_bytes = 0;  // pages_: leased now, and the most ever
+    // pages_: leased now, and the most ever (within a step too: see engine/kv_pool.h)
+    size_t kv_page_bytes = 0, kv_page_peak_bytes = 0;
     uint64_t forward_passes = 0, prompt_tokens = 0, generated_tokens = 0;
     // Totals since start: preemptions, and tokens run through the model again after one (prompt_tokens
     // counts each prompt token once).
@@ -131,7 +135,7 @@ class Scheduler {
   bool ShrinkCache();
   void AttachPrefix(Running& r);
   void OfferPrefix(Running& r);
-  void ChargeCache();  // the pool's charge for the cache (id kCacheId) = what it holds
+  void MirrorCache();  // cache_blocks_, cache_bytes_ = what the cache holds
   void Preempt(Running& r);                                // drops r's KV; it waits in preempted_
   void Step();
   void Emit(Running& r, const TokenChoice& c);  // takes the chosen token, or finishes r
@@ -142,12 +146,13 @@ class Scheduler {
   LlamaModel& model_;
   const std::vector<int32_t> eos_;
   const SchedulerOptions opt_;
-  KvPool pool_;
-  // Where the running sequences' host-side KV rows live (the CPU backend's policies; the GPU's keep
-  // device buffers). Declared before the sequences, so that it outlives them.
+  // Where the running sequences' host-side KV rows and the prefix cache's blocks live (the CPU backend's
+  // policies; the GPU's keep device buffers, which pool_ counts by their Bytes()). pool_ keeps its leases
+  // within --kv-memory between steps; it has no bound of its own (engine/kv_pool.h says why). Declared
+  // before the pool that reads it and the sequences and cache that lease from it, so that it outlives them.
   PageStore pages_;
+  KvPool pool_;
   std::unique_ptr<PrefixCache> cache_;  // null without prefix caching; scheduler thread only
-  static constexpr uint64_t kCacheId = 0;  // the cache's charge in pool_ (requests count from 1)
 
   struct CachedFootprint {
     std::shared_ptr<const KvFootprint> f;

@@ -2,13 +2,24 @@
 
 namespace atp {
 
-Sequence::Sequence(const LlamaModel& model, const KvPolicyFactory& factory, PageStore* pages) {
+Sequence::Sequence(const LlamaModel& model, const KvPolicyFactory& factory, PageStore* pages)
+    : account_(std::make_unique<PageStore>(pages ? *pages : PageStore::Process())) {
   for (int l = 0; l < model.config().num_layers; ++l) {
     KvShape shape = model.kv_shape(l);
-    shape.pages = pages;
+    shape.pages = account_.get();
     layers_.push_back(factory.Create(shape));
     ptrs_.push_back(layers_.back().get());
   }
+}
+
+Sequence& Sequence::operator=(Sequence&& o) noexcept {
+  ptrs_.clear();
+  layers_.clear();
+  account_ = std::move(o.account_);
+  layers_ = std::move(o.layers_);
+  ptrs_ = std::move(o.ptrs_);
+  length_ = o.length_;
+  return *this;
 }
 
 size_t Sequence::kv_bytes() const {

@@ -11,15 +11,21 @@ namespace atp {
 class Sequence {
  public:
   // The policies lease their host-side pages from `pages` (null: the process's store), which must
-  // outlive the sequence.
+  // outlive the sequence, through an account of the sequence's own (leased_bytes).
   Sequence(const LlamaModel& model, const KvPolicyFactory& factory, PageStore* pages = nullptr);
+  Sequence(Sequence&&) = default;
+  Sequence& operator=(Sequence&& o) noexcept;  // the old policies return their pages before their account goes
 
   std::span<KvPolicy* const> kv() const { return ptrs_; }
   int32_t length() const { return length_; }
   void Advance(int32_t n) { length_ += n; }
   size_t kv_bytes() const;  // sum of Bytes() over layers
+  // Bytes of the store's pages the policies hold now, shared ones included (0 for device policies,
+  // which keep buffers of their own).
+  size_t leased_bytes() const { return account_->leased_bytes(); }
 
  private:
+  std::unique_ptr<PageStore> account_;  // declared first: the policies return their pages to it as they die
   std::vector<std::unique_ptr<KvPolicy>> layers_;
   std::vector<KvPolicy*> ptrs_;
   int32_t length_ = 0;

@@ -18,6 +18,12 @@ size_t Allocated(size_t bytes) { return (bytes + 63) / 64 * 64; }
 }  // namespace
 
 Result<uint8_t*> PageStore::TryLease(size_t bytes) {
+  if (parent_) {
+    Result<uint8_t*> page = parent_->TryLease(bytes);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (page.ok()) Count(bytes, 1);
+    return page;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   uint8_t* page = nullptr;
   auto it = free_.find(bytes);
@@ -34,10 +40,17 @@ Result<uint8_t*> PageStore::TryLease(size_t bytes) {
     owned_.emplace_back(page);
     held_bytes_ += Allocated(bytes);
   }
-  leased_bytes_ += bytes;
-  peak_bytes_ = std::max(peak_bytes_, leased_bytes_);
-  ++leased_pages_;
+  Count(bytes, 1);
   return page;
+}
+
+void PageStore::Count(size_t bytes, int pages) {
+  if (pages > 0) {
+    leased_bytes_ += bytes, ++leased_pages_;
+    peak_bytes_ = std::max(peak_bytes_, leased_bytes_);
+  } else {
+    leased_bytes_ -= bytes, --leased_pages_;
+  }
 }
 
 uint8_t* PageStore::Lease(size_t bytes) {
@@ -65,17 +78,28 @@ bool PageStore::MakeRoom(size_t need) {
 }
 
 void PageStore::Return(uint8_t* page, size_t bytes) {
+  if (parent_) {
+    parent_->Return(page, bytes);
+    std::lock_guard<std::mutex> lock(mu_);
+    Count(bytes, -1);
+    return;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   if (auto it = shares_.find(page); it != shares_.end()) {
     if (--it->second == 0) shares_.erase(it);
     return;
   }
   free_[bytes].push_back(page);
-  leased_bytes_ -= bytes;
-  --leased_pages_;
+  Count(bytes, -1);
 }
 
-void PageStore::Share(uint8_t* page) {
+void PageStore::Share(uint8_t* page, size_t bytes) {
+  if (parent_) {
+    parent_->Share(page, bytes);
+    std::lock_guard<std::mutex> lock(mu_);
+    Count(bytes, 1);
+    return;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   ++shares_[page];
 }
@@ -189,7 +213,7 @@ void PagedRows::Adopt(std::span<const BlockPages> blocks, size_t at) {
   for (const BlockPages& block : blocks) {
     const PageRef& p = block[at];
     assert(p.bytes == page_bytes());
-    store_->Share(p.data);
+    store_->Share(p.data, p.bytes);
     pages_.push_back(p.data);
   }
   assert(rows_per_page_ == kRowsPerPage);

@@ -2,7 +2,8 @@
 // leased from a PageStore, and goes back to it when the policy drops the row (a window slides, a
 // block is compressed, eviction) or dies. The engine owns one store for all its sequences, so what
 // the store has leased is the KV memory the server holds; commands without an engine (eval, bench,
-// tests) use the process's store.
+// tests) use the process's store. Each sequence leases through an account of its own (a PageStore over
+// the engine's), which tells what that sequence holds.
 //
 // A page holds PagedRows::kRowsPerPage rows of one storage form (one width and dtype), or a fixed
 // number of larger rows that each stand for several tokens (a KIVI token group, an ATP or lowrank
@@ -41,6 +42,10 @@ class PageStore {
   // capacity_bytes: the most memory the store may hold from the system, its pages leased and free
   // (each page counted at its allocation, `bytes` rounded up to 64); 0: unbounded.
   explicit PageStore(size_t capacity_bytes = 0) : capacity_(capacity_bytes) {}
+  // An account: a store that leases and returns through `parent` (its pages, bound and free lists are
+  // the parent's) and counts what it holds, so that a sequence's share of the engine's store is known.
+  // The parent must outlive it; it holds nothing from the system itself.
+  explicit PageStore(PageStore& parent) : capacity_(0), parent_(&parent) {}
   PageStore(const PageStore&) = delete;
   PageStore& operator=(const PageStore&) = delete;
 
@@ -54,15 +59,17 @@ class PageStore {
   // Gives back a page that Lease(bytes) returned, or one reference to it after Share: the page is free
   // again when its last holder returns it.
   void Return(uint8_t* page, size_t bytes);
-  // One more holder of a leased page (prefix caching: a cached block and every sequence that adopted
-  // it hold its pages); each holder returns it once. The store counts its bytes once.
-  void Share(uint8_t* page);
+  // One more holder of a leased page of `bytes` bytes (prefix caching: a cached block and every
+  // sequence that adopted it hold its pages); each holder returns it once. The store counts its bytes
+  // once; an account counts every page it holds, shared or not.
+  void Share(uint8_t* page, size_t bytes);
 
-  // Bytes of the pages leased now, and the most ever leased at once.
+  // Bytes of the pages leased now, and the most ever leased at once (an account: those it holds).
   size_t leased_bytes() const;
   size_t peak_bytes() const;
   size_t leased_pages() const;
-  // Bytes the store holds from the system (pages leased and free, as allocated), and its bound (0: none).
+  // Bytes the store holds from the system (pages leased and free, as allocated; an account: none), and
+  // its bound (0: none).
   size_t held_bytes() const;
   size_t capacity_bytes() const { return capacity_; }
 
@@ -75,8 +82,10 @@ class PageStore {
   };
   // Gives free pages back to the system until `need` more bytes fit the capacity; whether they do.
   bool MakeRoom(size_t need);
+  void Count(size_t bytes, int pages);  // one page of `bytes` more (1) or less (-1) leased; mu_ held
 
   const size_t capacity_;
+  PageStore* const parent_ = nullptr;  // an account's store; null for a store of its own
   mutable std::mutex mu_;
   std::map<size_t, std::vector<uint8_t*>> free_;  // by page size
   std::vector<std::unique_ptr<uint8_t, Free>> owned_;

@@ -64,21 +64,32 @@ std::string ServerMetrics::Render(const Scheduler::Stats& s) const {
   Metric(&out, "atp_forward_passes_total", "counter", "Batched forward passes.", double(s.forward_passes));
   Metric(&out, "atp_queue_depth", "gauge", "Requests waiting for admission.", double(s.queued));
   Metric(&out, "atp_running_sequences", "gauge", "Sequences in the running batch.", double(s.running));
-  Metric(&out, "atp_kv_bytes_in_use", "gauge", "KV bytes held by running sequences (measured).", double(s.kv.used_bytes));
-  Metric(&out, "atp_kv_bytes_reserved", "gauge", "KV pool pages charged to running sequences (what they hold and the step about to run), in bytes.",
+  Metric(&out, "atp_kv_bytes_in_use", "gauge",
+         "KV bytes held now: the engine's page store's leased pages (prefix cache included, a shared page once), "
+         "plus device policies' buffers.",
+         double(s.kv.used_bytes));
+  Metric(&out, "atp_kv_bytes_reserved", "gauge",
+         "KV budget charged, in bytes of whole pages: what atp_kv_bytes_in_use holds plus the growth reserved "
+         "beyond it for the step about to run and for admitted prompts (while a step runs, the pages it has "
+         "leased so far count as both until it ends).",
          double(s.kv.charged_bytes));
   Metric(&out, "atp_kv_page_store_bytes", "gauge",
-         "Bytes of the KV pages running sequences lease from the engine's page store (host-side policies).",
+         "Bytes of the pages leased from the engine's page store now: host policies' KV rows and the prefix cache's blocks.",
          double(s.kv_page_bytes));
-  Metric(&out, "atp_kv_page_store_peak_bytes", "gauge", "The most bytes of KV pages leased at once since start.",
+  Metric(&out, "atp_kv_page_store_peak_bytes", "gauge",
+         "The most bytes of pages leased at once since start, within a forward pass too (rows a step appends "
+         "before its update drops them may go past the budget there).",
          double(s.kv_page_peak_bytes));
-  Metric(&out, "atp_kv_bytes_capacity", "gauge", "KV pool budget in bytes (--kv-memory).", double(s.kv.capacity_bytes));
-  Metric(&out, "atp_kv_pages_used", "gauge", "KV pool pages charged to running sequences.", double(s.kv.pages_used()));
-  Metric(&out, "atp_kv_pages_free", "gauge", "KV pool pages not charged to anyone.",
+  Metric(&out, "atp_kv_bytes_capacity", "gauge", "KV budget in bytes (--kv-memory).", double(s.kv.capacity_bytes));
+  const std::string page = std::to_string(s.kv.page_bytes);
+  Metric(&out, "atp_kv_pages_used", "gauge",
+         "KV budget used, in pages of " + page + " bytes: the page store's leases plus reservations (atp_kv_bytes_reserved).",
+         double(s.kv.pages_used()));
+  Metric(&out, "atp_kv_pages_free", "gauge", "KV budget free, in pages of " + page + " bytes: what admission and steps can still reserve.",
          double(s.kv.pages() - std::min(s.kv.pages(), s.kv.pages_used())));
   Metric(&out, "atp_preempted_sequences", "gauge", "Sequences preempted for KV memory, waiting to be recomputed.",
          double(s.preempted));
-  Metric(&out, "atp_preemptions_total", "counter", "Sequences preempted because the KV pool ran out of pages.",
+  Metric(&out, "atp_preemptions_total", "counter", "Sequences preempted because the KV budget ran out of pages (their pages went back to the store).",
          double(s.preemptions));
   Metric(&out, "atp_recomputed_tokens_total", "counter", "Tokens run through the model again after a preemption.",
          double(s.recomputed_tokens));
@@ -89,7 +100,7 @@ std::string ServerMetrics::Render(const Scheduler::Stats& s) const {
   Metric(&out, "atp_prefix_cache_blocks", "gauge", "64-token KV blocks the prefix cache holds.",
          double(s.prefix_cache_blocks));
   Metric(&out, "atp_prefix_cache_bytes", "gauge",
-         "Bytes of KV pages the prefix cache holds (charged to the pool; given back before anyone waits).",
+         "Bytes of KV pages the prefix cache holds (pages of the store, some also held by running sequences; given back before anyone waits).",
          double(s.prefix_cache_bytes));
   Metric(&out, "atp_step_forward_seconds_total", "counter",
          "Seconds the scheduler spent in the model's forward passes (logits computed, not copied).", s.forward_seconds);
