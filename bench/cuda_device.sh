@@ -166,7 +166,9 @@ ncu_serve() {
   timeout 360 python3 bench/serve_load.py --base-url http://127.0.0.1:$port --ready-check-timeout-sec 180 \
     --input-len ${PROFILE_IN:-1024} --output-len 128 --num-prompts $((8 * c)) --max-concurrency $c \
     --json "$OUT/ncu_serve_load.json" >/tmp/ncu_level.txt 2>&1 || tail -5 /tmp/ncu_level.txt
-  kill -TERM $pid; wait $pid; tail -3 /tmp/ncu_serve.err
+  # The server itself is stopped (SIGTERM: it drains and exits; the pattern matches its command line, not
+  # ncu's or timeout's, which contain it too), so that ncu outlives it and prints.
+  pkill -TERM -f "^$atp serve"; wait $pid; grep -v "^atp serve: req-" /tmp/ncu_serve.err | tail -5
   python3 bench/ncu_steps.py /tmp/ncu_serve.csv | tee "$OUT/ncu_serve.txt"
 }
 # Nsight Compute sections for NCU_COUNT launches of NCU_KERNEL (default: the four projections of one
