@@ -383,10 +383,12 @@ def render_measured(name, table, saved):
     m = table["measured"]
     commands = "```\n" + "\n".join(c.replace("BIN", "build/atp") for c in table["runs"].values()) + "\n```"
     if kind_of(table) == "device":
+        # "here": what is prepared on this machine first (default: the CUDA build that cuda_device.sh packs).
+        here = table.get("here", "build with `-DATP_CUDA=ON -DATP_NATIVE=OFF` into `build-cuda`, "
+                                 "`bench/cuda_device.sh pack build-cuda`")
         head = ("*GPU figures, measured once at `%s` (%s) on %s; not compared by `results_check`. To measure them "
-                "again: build with `-DATP_CUDA=ON -DATP_NATIVE=OFF` into `build-cuda`, `bench/cuda_device.sh pack build-cuda` "
-                "here, then on the GPU machine (`scripts/results.py run %s` prints these and runs nothing here):*"
-                % (m["commit"], m["date"], m["machine"], name))
+                "again: %s here, then on the GPU machine (`scripts/results.py run %s` prints these and runs nothing "
+                "here):*" % (m["commit"], m["date"], m["machine"], here, name))
     else:
         head = ("*Timings, measured once at `%s` (%s) on %s, %s; not compared by `results_check` (they move with "
                 "the machine's load). Reproducible with `scripts/results.py run %s`, which runs (`WORK`: a scratch "
