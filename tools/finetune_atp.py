@@ -36,7 +36,7 @@ def kl_teacher_student(student_logits, teacher_logits):
 
 def distill_loss(student_logits, teacher_logits, y, weight):
     """(1 - weight) * CE(student, y) + weight * KL(teacher || student); returns (loss, ce, kl)."""
-    ce = F.cross_entropy(student_logits.float().reshape(-1, student_logits.shape[-1]), y.reshape(-1))
+    ce = train.token_ce(student_logits, y)
     kl = kl_teacher_student(student_logits, teacher_logits)
     return (1 - weight) * ce + weight * kl, ce.detach(), kl.detach()
 

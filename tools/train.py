@@ -126,6 +126,11 @@ def ret_dev_cases(tok, path, n=100):
     return cases
 
 
+def token_ce(logits, y):
+    """Mean next-token cross-entropy of logits (..., vocab) against ids y (...), in float32."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
 @torch.no_grad()
 def dev_loss(model, dev_x, attn, device, autocast):
     losses = []
@@ -133,7 +138,7 @@ def dev_loss(model, dev_x, attn, device, autocast):
         x = dev_x[i:i + 8].to(device)
         with autocast():
             lg = model(x[:, :-1], attn=attn)
-        losses.append(F.cross_entropy(lg.float().reshape(-1, lg.shape[-1]), x[:, 1:].reshape(-1)).item())
+        losses.append(token_ce(lg, x[:, 1:]).item())
     return float(np.mean(losses))
 
 
@@ -161,7 +166,7 @@ def cross_entropy_step(model, x, y, attn, autocast):
     """The default training loss: next-token cross-entropy under `attn`. Returns (loss, {})."""
     with autocast():
         logits = model(x, attn=attn)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1)), {}
+    return token_ce(logits, y), {}
 
 
 def train(a, step_loss=cross_entropy_step):
