@@ -75,8 +75,6 @@ cudaStream_t SideStream() {
   return s;
 }
 
-bool IsKivi(KvFormat f) { return f == KvFormat::kKivi2 || f == KvFormat::kKivi4 || f == KvFormat::kKivi8; }
-
 // The summarized tokens' residuals (residual=), n per compressed block, token after token in the
 // form f: KIVI's packed groups of `group` tokens (cuda::KiviRows, packed by cuda::KiviPack) or MX or
 // NVFP4 rows (a RowBuffer pair, stored by cuda::StoreKv), the CPU codecs' codes bit for bit.
@@ -84,22 +82,22 @@ class ResidualRows {
  public:
   ResidualRows(KvFormat f, int group, int dim, int n_kv)
       : f_(f), group_(group), dim_(dim), n_kv_(n_kv),
-        kivi_(f == KvFormat::kKivi2 ? 2 : f == KvFormat::kKivi4 ? 4 : 8, group, dim, n_kv), k_(f, dim, n_kv),
+        kivi_(cuda::KiviBits(f), group, dim, n_kv), k_(f, dim, n_kv),
         v_(f, dim, n_kv) {}
   // Room for `tokens` tokens, the first `kept` kept (a multiple of the group for KIVI).
   Status Reserve(int64_t tokens, int64_t kept) {
-    if (IsKivi(f_)) return kivi_.Reserve(tokens / group_, kept / group_);
+    if (cuda::IsKiviF(f_)) return kivi_.Reserve(tokens / group_, kept / group_);
     ATP_RETURN_IF_ERROR(k_.Reserve(tokens, kept));
     return v_.Reserve(tokens, kept);
   }
-  cuda::DeviceRows rows(bool keys) const { return IsKivi(f_) ? kivi_.rows(keys) : keys ? k_.rows() : v_.rows(); }
+  cuda::DeviceRows rows(bool keys) const { return cuda::IsKiviF(f_) ? kivi_.rows(keys) : keys ? k_.rows() : v_.rows(); }
   // Bytes of `tokens` tokens, as the CPU's codec store counts them.
   int64_t Bytes(int64_t tokens) const {
-    return IsKivi(f_) ? kivi_.Bytes(tokens / group_) : tokens * (k_.TokenBytes() + v_.TokenBytes());
+    return cuda::IsKiviF(f_) ? kivi_.Bytes(tokens / group_) : tokens * (k_.TokenBytes() + v_.TokenBytes());
   }
   // Tokens [to, to + n) from K and V (n rows of all KV heads, f32 device), on stream s.
   void Store(const float* K, const float* V, int64_t n, int64_t to, cudaStream_t s) const {
-    if (!IsKivi(f_)) {
+    if (!cuda::IsKiviF(f_)) {
       cuda::StoreKv(k_.rows(), v_.rows(), to, K, V, n, s);
       return;
     }
@@ -146,7 +144,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
                                  (p.key_basis ? "head_dim " : "d_model ") + std::to_string(width) +
                                  " (the GPU bases need rows at least as wide as a block)");
     const int g = AtpResidualGroup(p.summarized());
-    if (p.residual && IsKivi(*p.residual) && (g % 8 != 0 || s.head_dim % g != 0))
+    if (p.residual && cuda::IsKiviF(*p.residual) && (g % 8 != 0 || s.head_dim % g != 0))
       return Status::Unsupported("cuda atp: residual=kivi packs groups of " + std::to_string(g) + " tokens (block=" +
                                  std::to_string(p.block) + ", keep=" + std::to_string(p.keep) +
                                  "), which must be a multiple of 8 dividing head_dim " + std::to_string(s.head_dim));
@@ -171,7 +169,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
                     blocks * shape().n_kv_heads * int64_t(sizeof(int64_t));
     if (p_.residual)
       bytes += residual_.Bytes(blocks * n) +
-               (untrimmed_ && IsKivi(*p_.residual) ? n * 2 * kvd * int64_t(sizeof(float)) : 0) +
+               (untrimmed_ && cuda::IsKiviF(*p_.residual) ? n * 2 * kvd * int64_t(sizeof(float)) : 0) +
                Bases() * (principal_ - blocks * p_.keep) * n * int64_t(sizeof(float)) +
                (Offsets() ? blocks * Bases() * n * int64_t(sizeof(int32_t)) : 0);
     return size_t(bytes);

@@ -21,6 +21,9 @@ enum class KvFormat : uint8_t {
   kMxFp8E4M3, kMxFp8E5M2, kMxInt8, kMxFp6E2M3, kMxFp6E3M2, kMxFp4, kNvFp4,
   kKivi2, kKivi4, kKivi8
 };
+// KIVI's packed forms and their bits per element (host code and kernels alike).
+__host__ __device__ constexpr bool IsKiviF(KvFormat f) { return f == KvFormat::kKivi2 || f == KvFormat::kKivi4 || f == KvFormat::kKivi8; }
+__host__ __device__ constexpr int KiviBits(KvFormat f) { return f == KvFormat::kKivi2 ? 2 : f == KvFormat::kKivi4 ? 4 : 8; }
 
 // One layer's key (or value) rows for all KV heads. Row (token j, KV head h) holds `dim` elements
 // at elems + (j * n_kv + h) * dim * bits / 8; MX rows also own dim / 32 E8M0 scale bytes at

@@ -42,8 +42,6 @@ __host__ __device__ constexpr bool IsMxE8M0(KvFormat f) {
          f == KvFormat::kMxFp6E2M3 || f == KvFormat::kMxFp6E3M2 || f == KvFormat::kMxFp4;
 }
 __host__ __device__ constexpr bool IsFp6(KvFormat f) { return f == KvFormat::kMxFp6E2M3 || f == KvFormat::kMxFp6E3M2; }
-__host__ __device__ constexpr bool IsKiviF(KvFormat f) { return f == KvFormat::kKivi2 || f == KvFormat::kKivi4 || f == KvFormat::kKivi8; }
-__host__ __device__ constexpr int KiviBits(KvFormat f) { return f == KvFormat::kKivi2 ? 2 : f == KvFormat::kKivi4 ? 4 : 8; }
 
 // Calls fn with std::integral_constant<KvFormat, f>: one instantiation per form.
 template <typename Fn>
