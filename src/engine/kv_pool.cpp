@@ -30,10 +30,10 @@ void KvPool::Update(uint64_t id, size_t bytes, size_t leased) {
   if (it == seqs_.end()) return;
   Charge& c = it->second;
   beyond_ -= c.beyond_store();
-  unleased_ -= c.held - std::min(c.held, c.leased);
+  unleased_ -= c.unleased();
   c.held = std::max(bytes, leased), c.leased = leased;
   beyond_ += c.beyond_store();
-  unleased_ += c.held - std::min(c.held, c.leased);
+  unleased_ += c.unleased();
 }
 
 void KvPool::Release(uint64_t id) {
@@ -41,7 +41,7 @@ void KvPool::Release(uint64_t id) {
   auto it = seqs_.find(id);
   if (it == seqs_.end()) return;
   beyond_ -= it->second.beyond_store();
-  unleased_ -= it->second.held - std::min(it->second.held, it->second.leased);
+  unleased_ -= it->second.unleased();
   seqs_.erase(it);
 }
 

@@ -66,6 +66,7 @@ class KvPool {
   struct Charge {
     size_t reserved = 0, held = 0, leased = 0;
     size_t beyond_store() const { return std::max(reserved, held) - std::min(leased, std::max(reserved, held)); }
+    size_t unleased() const { return held - std::min(held, leased); }  // held outside the store (device buffers)
   };
   size_t Pages(size_t bytes) const { return (bytes + page_bytes_ - 1) / page_bytes_; }
 
@@ -74,7 +75,7 @@ class KvPool {
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, Charge> seqs_;
   size_t beyond_ = 0;  // sum of beyond_store() over seqs_
-  size_t unleased_ = 0;  // sum of held - leased over seqs_ (device policies' buffers)
+  size_t unleased_ = 0;  // sum of unleased() over seqs_
 };
 
 // Bytes one sequence of a policy holds between steps as a function of its length: the pages its rows
