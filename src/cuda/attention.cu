@@ -105,14 +105,21 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeArgs args, 
 
   // U rows per lane group and step, loaded before any is decoded: ~64 bytes in flight per lane
   // whatever the form (a bandwidth-bound loop must cover memory latency; packed rows are shorter).
+  // Both passes are software-pipelined: the next step's U rows are put in flight before this step's
+  // are decoded (and the V pass's first step before the softmax), so a lane waits on memory once per
+  // pass rather than once per step. The arithmetic and its order are unchanged.
   constexpr int U = kRowsInFlight<F>;
-  const int step = kDecodeWarps * rpw;
+  const int step = kDecodeWarps * rpw, row0 = warp * rpw + sub;
+  Raw8<F> raw[U], next[U];
+  LoadAhead<F, U>(next, K, begin, 0, step, row0, n, kvh, c);
   for (int base = 0; base < n; base += U * step) {
-    Raw8<F> raw[U];
-    LoadAhead<F, U>(raw, K, begin, base, step, warp * rpw + sub, n, kvh, c);
+#pragma unroll
+    for (int u = 0; u < U; ++u) raw[u] = next[u];
+    if (base + U * step < n) LoadAhead<F, U>(next, K, begin, base + U * step, step, row0, n, kvh, c);
+    else LoadAhead<F, U>(next, V, begin, 0, step, row0, n, kvh, c);  // the V pass's first step
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int jl = base + u * step + warp * rpw + sub;
+      const int jl = base + u * step + row0;
       float kv[8];
       Decode8<F>(raw[u], kv);  // garbage past n: its scores stay in its own lane group, unstored
       float dot[GM] = {};
@@ -147,11 +154,12 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeArgs args, 
 
   float acc[GM][8] = {};
   for (int base = 0; base < n; base += U * step) {
-    Raw8<F> raw[U];
-    LoadAhead<F, U>(raw, V, begin, base, step, warp * rpw + sub, n, kvh, c);
+#pragma unroll
+    for (int u = 0; u < U; ++u) raw[u] = next[u];
+    if (base + U * step < n) LoadAhead<F, U>(next, V, begin, base + U * step, step, row0, n, kvh, c);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int jl = base + u * step + warp * rpw + sub;
+      const int jl = base + u * step + row0;
       if (jl >= n) continue;
       float vv[8];
       Decode8<F>(raw[u], vv);
