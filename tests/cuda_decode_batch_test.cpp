@@ -80,7 +80,7 @@ void RunBatch(const cuda::DecodeBatch& b) {
 // The plan alone (host code: it needs no GPU, whose occupancy it reads as one block per SM when
 // there is none): queries of three storage forms, dense rows and ATP-, KIVI- and streaming-style
 // visibility, become one batch per form in first-seen order; each task's splits cover its principal
-// and exact rows in chunks of the batch's chunk (a multiple of 32 in [64, 1024]); the work list holds
+// and exact rows in chunks of the batch's chunk (a multiple of 32 in [64, 32768]); the work list holds
 // every (task, split) once, principal ones first; partial results do not overlap and fill ws_floats.
 TEST(CudaDecodePlan, TasksAndWorkCoverEveryChunkOnce) {
   const cuda::AttnShape a{32, 8, 64};
@@ -112,7 +112,7 @@ TEST(CudaDecodePlan, TasksAndWorkCoverEveryChunkOnce) {
     EXPECT_EQ(batches[0].tasks.size(), 2 * kLengths.size());  // dense and ATP-style share a form
     for (const cuda::DecodeBatch& b : batches) {
       const int c = b.chunk;
-      EXPECT_TRUE(forced ? c == forced : c % 32 == 0 && c >= 64 && c <= 1024) << c;
+      EXPECT_TRUE(forced ? c == forced : c % 32 == 0 && c >= 64 && c <= 32768) << c;
       std::vector<std::vector<int>> seen(b.tasks.size());
       for (size_t w = 0; w < b.work.size(); ++w) {
         const cuda::DecodeWork& u = b.work[w];
@@ -145,7 +145,7 @@ TEST(CudaDecodePlan, TasksAndWorkCoverEveryChunkOnce) {
           n += (t.pre_rows + chunk - 1) / chunk + (t.end - t.begin + chunk - 1) / chunk;
         return n * a.n_kv;
       };
-      EXPECT_TRUE(c == 1024 || blocks_at(c) <= 132 * 16) << c;
+      EXPECT_TRUE(c == 32768 || blocks_at(c) <= 132 * 16) << c;
       if (c > 64) {
         EXPECT_GT(blocks_at(c - 32), 132) << c;
       }

@@ -22,16 +22,20 @@ constexpr int kMaxGroup = 8;  // query heads per KV head that one block serves (
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeWarps = kDecodeThreads / 32;
 
-// The decode chunk: the smallest multiple of 32 in [64, 1024] at which `splits(chunk)` splits (of
-// n_kv blocks each) fit `slots`, the blocks the GPU holds at once, so that the grid runs in one wave:
-// with ~8 per SM where registers allow 6, the last 30% of the blocks ran as a second wave after the
-// first (1.3 waves at 32k on the H200, 51 us per layer); 1024 when none fits. Short sequences get
-// fewer blocks. splits(c) does not grow with c, so a bisection finds it; for one range of len rows
-// it is ceil(len / (slots / n_kv)) rounded up to 32, clamped.
+// The longest decode chunk. A chunk costs no shared memory (the kernel streams its rows once), so
+// this only bounds the bisection below: far beyond any split a one-wave grid needs.
+constexpr int kMaxChunk = 32768;
+
+// The decode chunk: the smallest multiple of 32 in [64, kMaxChunk] at which `splits(chunk)` splits
+// (of n_kv blocks each) fit `slots`, the blocks the GPU holds at once, so that the grid runs in one
+// wave: with ~8 per SM where registers allow 6, the last 30% of the blocks ran as a second wave after
+// the first (1.3 waves at 32k on the H200, 51 us per layer); kMaxChunk when none fits. Short
+// sequences get fewer blocks. splits(c) does not grow with c, so a bisection finds it; for one range
+// of len rows it is ceil(len / (slots / n_kv)) rounded up to 32, clamped.
 template <typename Splits>
 int DecodeChunk(const AttnShape& a, int64_t slots, Splits splits) {
   const int64_t target = std::max<int64_t>(1, slots / a.n_kv);
-  int lo = 2, hi = 32;  // in units of 32 rows; hi always fits (by definition)
+  int lo = 2, hi = kMaxChunk / 32;  // in units of 32 rows; hi always fits (by definition)
   while (lo < hi) {
     const int mid = (lo + hi) / 2;
     if (splits(32 * mid) <= target) hi = mid;
@@ -53,7 +57,7 @@ struct DecodeArgs {
 };
 
 // The raw rows begin + base + u * step + lane_row (u < U) of one KV head, lanes c, put in flight
-// before any is decoded; rows at or past n stay unloaded. The decode loop's K and V passes.
+// before any is decoded; rows at or past n stay unloaded. The decode loop's K and V loads.
 template <KvFormat F, int U>
 __device__ __forceinline__ void LoadAhead(Raw8<F> (&raw)[U], const DeviceRows& rows, int64_t begin, int base, int step,
                                           int lane_row, int n, int kvh, int c) {
@@ -64,11 +68,20 @@ __device__ __forceinline__ void LoadAhead(Raw8<F> (&raw)[U], const DeviceRows& r
   }
 }
 
-// Block (work unit, kv head): the G query heads of one KV head over one chunk of rows of a task.
-// Lanes work in groups of hd/8, one row per group, each lane owning 8 elements of the row; the
-// same lane keeps the same 8 query elements in registers for the whole kernel. Writes, per head
-// and split, the running max m, the sum l of exp(s - m) and the unnormalized output (hd), to the
-// task's partial results (two launches of different forms can fill one task's merge).
+// exp(x - m) for a running max m; a max of -inf (nothing seen yet) gives 0 for every x, not NaN:
+// the weight of a state that holds no row, and of a masked score.
+__device__ __forceinline__ float ExpFrom(float x, float m) { return expf(x - (m == -INFINITY ? 0.f : m)); }
+
+// Block (work unit, kv head): the G query heads of one KV head over one chunk of rows of a task,
+// in one pass over the rows (online softmax, as the prefill kernel's). Lanes work in groups of
+// hd/8, one row per group at a time, each lane owning 8 elements of the row; the same lane keeps the
+// same 8 query elements in registers for the whole kernel. Each lane group reads the key and value
+// of its rows together and keeps, per head, a running max m, the sum l of exp(s - m) and its 8
+// elements of the unnormalized output acc (rescaled by exp(m_old - m_new) when the max grows);
+// the lane groups' states then merge, within a warp by shuffles and across warps in shared memory,
+// into the block's (m, l, output) per head, written to the task's partial results, which
+// CombineKernel merges the same way (two launches of different forms can fill one task's merge).
+// An empty chunk (n == 0) writes m = -inf, l = 0: weight 0 in the merge.
 // GM: the group size G rounded up to 1, 2, 4 or 8 (register arrays need a compile-time size;
 // lanes of heads g >= G compute on zeros and are never stored).
 template <KvFormat F, int GM>
@@ -90,9 +103,8 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeArgs args, 
   const int64_t end = pre ? t.pre_rows : t.end;
   const int hd = K.dim, G = n_heads / K.n_kv, kvh = blockIdx.y, split = w.split, splits = t.splits;
   const float* q = t.q;
-  float* ss = smem;                       // (G, chunk) scores, then exp(s - m)
-  float* red = ss + G * chunk;            // (warps, G, hd) per-warp output sums
-  float* ml = red + kDecodeWarps * G * hd;  // (G, 2) max and sum per head
+  float* red = smem;                        // (warps, G, hd) per-warp outputs
+  float* ml = red + kDecodeWarps * G * hd;  // (warps, G, 2) per-warp max and sum
   const int n = end > begin ? int(end - begin < chunk ? end - begin : chunk) : 0;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lpr = hd / 8, rpw = 32 / lpr;
   const int c = lane % lpr, sub = lane / lpr;
@@ -103,85 +115,102 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeArgs args, 
 #pragma unroll
     for (int e = 0; e < 8; ++e) qr[g][e] = g < G ? q[(kvh * G + g) * hd + c * 8 + e] * scale : 0.f;
 
-  // U rows per lane group and step, loaded before any is decoded: ~64 bytes in flight per lane
-  // whatever the form (a bandwidth-bound loop must cover memory latency; packed rows are shorter).
-  constexpr int U = kRowsInFlight<F>;
-  const int step = kDecodeWarps * rpw;
+  // U rows per lane group and step, keys and values both loaded before any is decoded: ~64 bytes
+  // in flight per lane whatever the form (a bandwidth-bound loop must cover memory latency; packed
+  // rows are shorter), at most 4 rows at GM = 8, whose U x GM scores would spill (ptxas -v).
+  // Software-pipelined: the next step's rows are put in flight before this step's are decoded, so a
+  // lane waits on memory once per chunk rather than once per step.
+  constexpr int U = (kRowsInFlight<F> + 1) / 2 < 32 / GM ? (kRowsInFlight<F> + 1) / 2 : 32 / GM;
+  const int step = kDecodeWarps * rpw, row0 = warp * rpw + sub;
+  Raw8<F> rk[U], rv[U], nk[U], nv[U];
+  LoadAhead<F, U>(nk, K, begin, 0, step, row0, n, kvh, c);
+  LoadAhead<F, U>(nv, V, begin, 0, step, row0, n, kvh, c);
+  float m[GM], l[GM] = {}, acc[GM][8] = {};
+#pragma unroll
+  for (int g = 0; g < GM; ++g) m[g] = -INFINITY;
   for (int base = 0; base < n; base += U * step) {
-    Raw8<F> raw[U];
-    LoadAhead<F, U>(raw, K, begin, base, step, warp * rpw + sub, n, kvh, c);
+#pragma unroll
+    for (int u = 0; u < U; ++u) rk[u] = nk[u], rv[u] = nv[u];
+    if (base + U * step < n) {
+      LoadAhead<F, U>(nk, K, begin, base + U * step, step, row0, n, kvh, c);
+      LoadAhead<F, U>(nv, V, begin, base + U * step, step, row0, n, kvh, c);
+    }
+    float s[U][GM];  // scores, -inf past n; then exp(s - m)
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int jl = base + u * step + warp * rpw + sub;
       float kv[8];
-      Decode8<F>(raw[u], kv);  // garbage past n: its scores stay in its own lane group, unstored
-      float dot[GM] = {};
-#pragma unroll
-      for (int g = 0; g < GM; ++g)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dot[g] += qr[g][e] * kv[e];
-#pragma unroll
-      for (int g = 0; g < GM; ++g)
-        for (int o = lpr / 2; o > 0; o >>= 1) dot[g] += __shfl_xor_sync(kFull, dot[g], o);
-      if (jl < n && c == 0)
-#pragma unroll
-        for (int g = 0; g < GM; ++g)  // unrolled: register arrays take constant indices only
-          if (g < G) ss[g * chunk + jl] = dot[g];
-    }
-  }
-  __syncthreads();
-
-  for (int g = warp; g < G; g += kDecodeWarps) {
-    float m = -INFINITY, l = 0;
-    for (int i = lane; i < n; i += 32) m = fmaxf(m, ss[g * chunk + i]);
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(kFull, m, o));
-    for (int i = lane; i < n; i += 32) {
-      const float p = expf(ss[g * chunk + i] - m);
-      ss[g * chunk + i] = p;
-      l += p;
-    }
-    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(kFull, l, o);
-    if (lane == 0) ml[2 * g] = m, ml[2 * g + 1] = l;
-  }
-  __syncthreads();
-
-  float acc[GM][8] = {};
-  for (int base = 0; base < n; base += U * step) {
-    Raw8<F> raw[U];
-    LoadAhead<F, U>(raw, V, begin, base, step, warp * rpw + sub, n, kvh, c);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int jl = base + u * step + warp * rpw + sub;
-      if (jl >= n) continue;
-      float vv[8];
-      Decode8<F>(raw[u], vv);
+      Decode8<F>(rk[u], kv);  // garbage past n: its scores stay in its own lane group, masked below
 #pragma unroll
       for (int g = 0; g < GM; ++g) {
-        const float p = g < G ? ss[g * chunk + jl] : 0.f;
+        float dot = 0;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] += p * vv[e];
+        for (int e = 0; e < 8; ++e) dot += qr[g][e] * kv[e];
+        for (int o = lpr / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(kFull, dot, o);
+        s[u][g] = base + u * step + row0 < n ? dot : -INFINITY;
       }
     }
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
+      const float corr = ExpFrom(m[g], mx);
+      m[g] = mx;
+      l[g] *= corr;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] *= corr;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        s[u][g] = ExpFrom(s[u][g], mx);
+        l[g] += s[u][g];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (base + u * step + row0 >= n) continue;  // garbage times 0 could be NaN
+      float vv[8];
+      Decode8<F>(rv[u], vv);
+#pragma unroll
+      for (int g = 0; g < GM; ++g)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] += s[u][g] * vv[e];
+    }
   }
+  // The warp's lane groups (lanes c, c + lpr, ...) merge: the larger max wins, each side weighted
+  // by exp(its max - the merged max).
+  for (int o = lpr; o < 32; o <<= 1) {
 #pragma unroll
-  for (int g = 0; g < GM; ++g)
+    for (int g = 0; g < GM; ++g) {
+      const float mo = __shfl_xor_sync(kFull, m[g], o), lo = __shfl_xor_sync(kFull, l[g], o);
+      const float mx = fmaxf(m[g], mo), a = ExpFrom(m[g], mx), b = ExpFrom(mo, mx);
+      m[g] = mx;
+      l[g] = l[g] * a + lo * b;
 #pragma unroll
-    for (int e = 0; e < 8; ++e)
-      for (int o = lpr; o < 32; o <<= 1) acc[g][e] += __shfl_xor_sync(kFull, acc[g][e], o);
+      for (int e = 0; e < 8; ++e) acc[g][e] = acc[g][e] * a + __shfl_xor_sync(kFull, acc[g][e], o) * b;
+    }
+  }
   if (sub == 0)
 #pragma unroll
     for (int g = 0; g < GM; ++g)
-      if (g < G)
+      if (g < G) {
 #pragma unroll
         for (int e = 0; e < 8; ++e) red[(warp * G + g) * hd + c * 8 + e] = acc[g][e];
+        if (c == 0) ml[2 * (warp * G + g)] = m[g], ml[2 * (warp * G + g) + 1] = l[g];
+      }
   __syncthreads();
   for (int i = threadIdx.x; i < G * hd; i += kDecodeThreads) {
-    float s = 0;
-    for (int w = 0; w < kDecodeWarps; ++w) s += red[w * G * hd + i];
     const int g = i / hd, d = i % hd;
+    float M = -INFINITY;
+    for (int wi = 0; wi < kDecodeWarps; ++wi) M = fmaxf(M, ml[2 * (wi * G + g)]);
+    float s = 0, L = 0;
+    for (int wi = 0; wi < kDecodeWarps; ++wi) {
+      const float wt = ExpFrom(ml[2 * (wi * G + g)], M);
+      s += wt * red[wi * G * hd + i];
+      L += wt * ml[2 * (wi * G + g) + 1];
+    }
     float* P = part + t.part + (int64_t(kvh * G + g) * splits + split) * (hd + 2);
     P[2 + d] = s;
-    if (d == 0) P[0] = ml[2 * g], P[1] = ml[2 * g + 1];
+    if (d == 0) P[0] = M, P[1] = L;
   }
 }
 
@@ -525,19 +554,21 @@ __global__ void __launch_bounds__(kPrefillThreads, PrefillBlocksPerSm<F, P>(HD))
   }
 }
 
-size_t DecodeSmem(const AttnShape& a, int chunk) {
+// The decode kernel's shared memory: per warp and head, its output and its (max, sum); whatever the
+// chunk, at most 16.6 KB (G = 8, head_dim 128), within the 48 KB a kernel gets without opting in.
+size_t DecodeSmem(const AttnShape& a) {
   const int G = a.n_heads / a.n_kv;
-  return sizeof(float) * (size_t(G) * chunk + size_t(kDecodeWarps) * G * a.head_dim + 2 * G);
+  return sizeof(float) * size_t(kDecodeWarps) * G * (a.head_dim + 2);
 }
 
 constexpr int kMaxResident = 2048 / kDecodeThreads;
-// Blocks of a decode kernel one SM holds at once (registers; shared memory at the longest chunk),
-// asked once per kernel and shape.
+// Blocks of a decode kernel one SM holds at once (registers and shared memory), asked once per
+// kernel and shape.
 template <typename Kernel>
 int Resident(Kernel kernel, const AttnShape& a) {
   static std::mutex mu;
   static std::map<std::pair<const void*, size_t>, int> known;
-  const size_t smem = DecodeSmem(a, 1024);
+  const size_t smem = DecodeSmem(a);
   std::lock_guard<std::mutex> lock(mu);
   auto [it, fresh] = known.try_emplace({reinterpret_cast<const void*>(kernel), smem}, 1);
   if (fresh) {
@@ -557,14 +588,11 @@ auto DecodeKernelFor(int G) {
 }
 
 // Dense, ATP and streaming read rows of one form (P = F); KIVI reads packed groups of a KIVI form P
-// and exact rows of form F. Opts in to more than 48 KB of dynamic shared memory once per kernel
-// (Hopper allows 227 KB).
+// and exact rows of form F. Opts the prefill kernels in to more than 48 KB of dynamic shared memory
+// once per kernel (Hopper allows 227 KB); decode needs less (DecodeSmem).
 template <KvFormat F, KvFormat P>
 void OptIn() {
   static const bool opted = [] {
-    for (auto* kernel : {DecodeKernel<F, 1>, DecodeKernel<F, 2>, DecodeKernel<F, 4>, DecodeKernel<F, 8>,
-                         DecodeKernel<P, 1>, DecodeKernel<P, 2>, DecodeKernel<P, 4>, DecodeKernel<P, 8>})
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
     for (auto* kernel : {PrefillKernel<F, P, 16>, PrefillKernel<F, P, 32>, PrefillKernel<F, P, 64>, PrefillKernel<F, P, 128>})
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
     return true;
@@ -595,11 +623,9 @@ KvFormat PrincipalForm(const DeviceRows& k, const Visibility& vis) {
 }
 
 // Blocks the GPU holds at once for a batch of forms F and P: KIVI's packed rows take a kernel of
-// their own, with more registers, so the grid fits the tighter. (After the opt-in: without it a
-// kernel asking for more than 48 KB, G = 8 at head_dim 128, would count as fitting once per SM.)
+// their own, with more registers, so the grid fits the tighter.
 template <KvFormat F, KvFormat P>
 int64_t DecodeSlots(const AttnShape& a, int sm_count) {
-  OptIn<F, P>();
   const int G = a.n_heads / a.n_kv;
   return int64_t(sm_count) * std::min(Resident(DecodeKernelFor<F>(G), a), Resident(DecodeKernelFor<P>(G), a));
 }
@@ -630,12 +656,11 @@ DecodeTask TaskOf(const DecodeQuery& q, int chunk, int64_t part) {
 template <KvFormat F, KvFormat P>
 void LaunchDecode(const AttnShape& a, int chunk, const DecodeArgs& pre, int pre_blocks, const DecodeArgs& exact,
                   int exact_blocks, const DecodeArgs& combine, int n_tasks, int max_splits, float* ws, cudaStream_t s) {
-  OptIn<F, P>();
   const float scale = 1.0f / std::sqrt(float(a.head_dim));
   const int G = a.n_heads / a.n_kv;
   const auto launch = [&](auto kernel, const DecodeArgs& args, int blocks) {
     if (blocks > 0)
-      LaunchAfter(kernel, dim3(unsigned(blocks), unsigned(a.n_kv)), dim3(kDecodeThreads), DecodeSmem(a, chunk), s, args,
+      LaunchAfter(kernel, dim3(unsigned(blocks), unsigned(a.n_kv)), dim3(kDecodeThreads), DecodeSmem(a), s, args,
                   a.n_heads, chunk, scale, ws);
   };
   if constexpr (P == F) {

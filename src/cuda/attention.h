@@ -1,7 +1,8 @@
 // GPU attention over KV rows in device memory, in every form the CUDA policies keep: exact
 // (f32/f16/bf16), OCP MX blocks (fp8 E4M3 and E5M2, int8, fp6 E2M3 and E3M2, fp4 E2M1) and NVFP4 or KIVI codes, dequantized in registers. One loader per
 // form feeds two kernels: split-K decode (one query row per sequence, f32 math; each sequence split
-// across blocks, a batch of sequences in one launch, then a combine) and tiled prefill
+// across blocks that read their rows once with an online softmax, a batch of sequences in one
+// launch, then a combine) and tiled prefill
 // (FlashAttention-2: online softmax with S and O in registers over double-buffered key tiles in
 // shared memory, bf16 mma.sync tensor cores, cuda/mma.cuh). Which rows a query sees is a Visibility, kept
 // apart from the kernels (FlashInfer's attention variants): plain causal, or ATP's principal rows
@@ -169,9 +170,9 @@ struct DecodeBatch {
 };
 
 // Splits queries (of shape a, CheckAttnShape'd) into one batch per storage form, in first-seen order.
-// The chunk: the smallest multiple of 32 in [64, 1024] at which the batch's blocks (n_kv per split of
-// every query) fit the blocks sm_count SMs hold at once, so that the grid runs in one wave; 1024 when
-// none does. For one query that is the chunk Attend picks. chunk_override > 0 fixes it instead
+// The chunk: the smallest multiple of 32 in [64, 32768] at which the batch's blocks (n_kv per split
+// of every query) fit the blocks sm_count SMs hold at once, so that the grid runs in one wave; 32768
+// when none does. For one query that is the chunk Attend picks. chunk_override > 0 fixes it instead
 // (tests compare a batch with each query alone at the same chunk, bit for bit). A query's output
 // thus depends on its batch only through where its splits fall (f32 summation order, ~1e-6).
 // Why a flat list of (task, split) blocks rather than a grid of (query, most splits) whose surplus
