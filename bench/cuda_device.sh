@@ -155,11 +155,12 @@ ncu_steps() {
 # PROFILE_IN-token prompts (1024) and 128 new tokens, NCU_COUNT launches (default 1500, ~7 steps) after
 # NCU_SKIP (default 60000, ~300 steps in: prompts and decodes mixed as at steady state), cut into steps
 # at the embedding lookup and summed per kernel (bench/ncu_steps.py): what a mixed step's 6 ms are made of.
+# SERVE_ATP profiles another binary, as for serve.
 ncu_serve() {
   [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
   local port=18124 c=${PROFILE_C:-64}
   timeout 420 ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
-    --launch-skip ${NCU_SKIP:-60000} --launch-count ${NCU_COUNT:-1500} $atp serve -m /tmp/l1b --device cuda -c 2048 \
+    --launch-skip ${NCU_SKIP:-60000} --launch-count ${NCU_COUNT:-1500} ${SERVE_ATP:-$atp} serve -m /tmp/l1b --device cuda -c 2048 \
     --kv-memory 40G --max-seqs 256 --max-queue 4096 --max-batch-tokens ${SERVE_BATCH:-2048} \
     --kv ${SERVE_KV:-dense:dtype=bf16} --port $port >/tmp/ncu_serve.csv 2>/tmp/ncu_serve.err &
   local pid=$!
@@ -168,7 +169,7 @@ ncu_serve() {
     --json "$OUT/ncu_serve_load.json" >/tmp/ncu_level.txt 2>&1 || tail -5 /tmp/ncu_level.txt
   # The server itself is stopped (SIGTERM: it drains and exits; the pattern matches its command line, not
   # ncu's or timeout's, which contain it too), so that ncu outlives it and prints.
-  pkill -TERM -f "^$atp serve"; wait $pid; grep -v "^atp serve: req-" /tmp/ncu_serve.err | tail -5
+  pkill -TERM -f "^${SERVE_ATP:-$atp} serve"; wait $pid; grep -v "^atp serve: req-" /tmp/ncu_serve.err | tail -5
   python3 bench/ncu_steps.py /tmp/ncu_serve.csv | tee "$OUT/ncu_serve.txt"
 }
 # Nsight Compute sections for NCU_COUNT launches of NCU_KERNEL (default: the four projections of one
