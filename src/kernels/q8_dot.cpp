@@ -241,6 +241,14 @@ namespace {
 
 inline float HalfInline(const uint8_t* p) { return _cvtsh_ss(uint16_t(p[0] | p[1] << 8)); }  // no call: keeps the accumulators in registers
 inline __m256i Load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+// Asks for the cache lines `bytes` of weights at kPrefetchAhead past p. The kernels read each matrix
+// front to back once per token, mostly from L3 or memory (atp-40m's 23-41 MB files); the hardware
+// prefetcher alone left a single thread's decode 20-30% slower (Q8_0, Q4_K_M, Q6_K, atp bench -t 1;
+// 4 and 8 KiB ahead measured alike, 1 KiB less). Past the end of a matrix it touches nothing harmful.
+constexpr size_t kPrefetchAhead = 4096;
+inline void Prefetch(const uint8_t* p, size_t bytes) {
+  for (size_t l = 0; l < bytes; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAhead + l), _MM_HINT_T0);
+}
 inline float Sum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -306,14 +314,17 @@ inline __m256i Codes32(const uint8_t* p, float* d, float* m) {
   return _mm256_or_si256(Nibbles(p + 8), FifthBits(p + 4));  // Q5_1
 }
 
-// 32-element blocks: W weight rows (row_bytes apart) against R activation rows in one pass, block b
-// of each row in turn, so the W rows' accumulation chains interleave and their horizontal sums share
-// their shuffles (SumW); two chains per row where R = W = 1. The term m of the unsigned types adds
-// m * (d_x * sum q) per block.
+// W weight rows (row_bytes apart) per call, one after the other: each row's bytes are read in order
+// (interleaving the rows block by block ran 10-35% slower end to end, where the weights stream from
+// L3 or memory), and the rows share their horizontal sums (SumW), which at atp-40m's 2-48 blocks per
+// row were a large part of a row's time.
+//
+// 32-element blocks: two accumulation chains per row at one activation row; the term m of the
+// unsigned types adds m * (d_x * sum q) per block.
 // bytes: of one block (DTypeBytes is out of line, so the caller computes it once per matrix).
 template <int R, int W, DType T>
 void Dot32(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8Rows& x, float* y, int64_t out) {
-  constexpr int K = R * W == 1 ? 2 : 1;
+  constexpr int K = R == 1 ? 2 : 1;
   constexpr bool kMin = !kSigned32<T>;
   const int64_t nb = in / 32;
   const __m256i ones = _mm256_set1_epi16(1);
@@ -322,22 +333,24 @@ void Dot32(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < W; ++j)
       for (int k = 0; k < K; ++k) acc[r][j][k] = _mm256_setzero_ps();
-  auto block = [&](int64_t b, int k) {
-    for (int j = 0; j < W; ++j) {
-      float d, m;
-      const __m256i v = Codes32<T>(w + size_t(j) * row_bytes + size_t(b) * bytes, &d, &m);
-      for (int r = 0; r < R; ++r) {
-        const int64_t i = r * x.blocks + b;
-        const __m256i s = _mm256_madd_epi16(Mul<kSigned32<T>>(v, Load32(x.q + 32 * i)), ones);
-        acc[r][j][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * x.d[i]), acc[r][j][k]);
-        if constexpr (kMin) mins[r][j][k] += m * x.sum[i];
-      }
+  auto block = [&](int j, int64_t b, int k) {
+    float d, m;
+    const uint8_t* p = w + size_t(j) * row_bytes + size_t(b) * bytes;
+    Prefetch(p, bytes);
+    const __m256i v = Codes32<T>(p, &d, &m);
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = r * x.blocks + b;
+      const __m256i s = _mm256_madd_epi16(Mul<kSigned32<T>>(v, Load32(x.q + 32 * i)), ones);
+      acc[r][j][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * x.d[i]), acc[r][j][k]);
+      if constexpr (kMin) mins[r][j][k] += m * x.sum[i];
     }
   };
-  int64_t b = 0;
-  for (; b + K <= nb; b += K)
-    for (int k = 0; k < K; ++k) block(b + k, k);
-  for (; b < nb; ++b) block(b, 0);
+  for (int j = 0; j < W; ++j) {
+    int64_t b = 0;
+    for (; b + K <= nb; b += K)
+      for (int k = 0; k < K; ++k) block(j, b + k, k);
+    for (; b < nb; ++b) block(j, b, 0);
+  }
   for (int r = 0; r < R; ++r) {
     __m256 a[W];
     float s[W];
@@ -388,9 +401,7 @@ inline __m256i Pick(__m256i s16, int k) {
 // the block's d once. The min terms of all 8 chunks are one or two vectors of mins against the
 // activation sums (per chunk for Q4_K/Q5_K, per half for Q2_K, and for Q3_K/Q6_K whose offsets
 // 4 and 32 are mins of 4 * scale and 32 * scale).
-// W weight rows (row_bytes apart) per call, one after the other (each row's bytes in order, which
-// measured faster here than Dot32's block-interleaved order): they share the horizontal sums, which
-// at 2-6 super-blocks per row (atp-40m) were a large part of a row's time.
+// W weight rows per call, one after the other, as Dot32.
 template <int R, int W, DType T>
 void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int K = R == 1 ? 2 : 1;
@@ -402,6 +413,7 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
   for (int j = 0; j < W; ++j)
     for (int64_t b = 0; b < nb; ++b) {
       const uint8_t* p = w + size_t(j) * row_bytes + size_t(b) * bytes;
+      Prefetch(p, bytes);
       __m256 sb[R][K];
       for (int r = 0; r < R; ++r)
         for (int k = 0; k < K; ++k) sb[r][k] = _mm256_setzero_ps();
