@@ -328,41 +328,39 @@ void Dot32(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q
   constexpr bool kMin = !kSigned32<T>;
   const int64_t nb = in / 32;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[R][W][K];
-  float mins[R][W][K] = {};
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < W; ++j)
-      for (int k = 0; k < K; ++k) acc[r][j][k] = _mm256_setzero_ps();
-  auto block = [&](int j, int64_t b, int k) {
-    float d, m;
-    const uint8_t* p = w + size_t(j) * row_bytes + size_t(b) * bytes;
-    Prefetch(p, bytes);
-    const __m256i v = Codes32<T>(p, &d, &m);
-    for (int r = 0; r < R; ++r) {
-      const int64_t i = r * x.blocks + b;
-      const __m256i s = _mm256_madd_epi16(Mul<kSigned32<T>>(v, Load32(x.q + 32 * i)), ones);
-      acc[r][j][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * x.d[i]), acc[r][j][k]);
-      if constexpr (kMin) mins[r][j][k] += m * x.sum[i];
-    }
-  };
+  __m256 a[R][W];     // row j's accumulator, kept until the shared sums
+  float mn[R][W] = {};  // and its min terms
   for (int j = 0; j < W; ++j) {
+    __m256 acc[R][K];  // per row: registers, not memory, along the row
+    float mins[R][K] = {};
+    for (int r = 0; r < R; ++r)
+      for (int k = 0; k < K; ++k) acc[r][k] = _mm256_setzero_ps();
+    auto block = [&](int64_t b, int k) {
+      float d, m;
+      const uint8_t* p = w + size_t(j) * row_bytes + size_t(b) * bytes;
+      Prefetch(p, bytes);
+      const __m256i v = Codes32<T>(p, &d, &m);
+      for (int r = 0; r < R; ++r) {
+        const int64_t i = r * x.blocks + b;
+        const __m256i s = _mm256_madd_epi16(Mul<kSigned32<T>>(v, Load32(x.q + 32 * i)), ones);
+        acc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * x.d[i]), acc[r][k]);
+        if constexpr (kMin) mins[r][k] += m * x.sum[i];
+      }
+    };
     int64_t b = 0;
     for (; b + K <= nb; b += K)
-      for (int k = 0; k < K; ++k) block(j, b + k, k);
-    for (; b < nb; ++b) block(j, b, 0);
+      for (int k = 0; k < K; ++k) block(b + k, k);
+    for (; b < nb; ++b) block(b, 0);
+    for (int r = 0; r < R; ++r) {
+      a[r][j] = acc[r][0];
+      for (int k = 1; k < K; ++k) a[r][j] = _mm256_add_ps(a[r][j], acc[r][k]);
+      for (int k = 0; k < K; ++k) mn[r][j] += mins[r][k];
+    }
   }
   for (int r = 0; r < R; ++r) {
-    __m256 a[W];
     float s[W];
-    for (int j = 0; j < W; ++j) {
-      a[j] = acc[r][j][0];
-      for (int k = 1; k < K; ++k) a[j] = _mm256_add_ps(a[j], acc[r][j][k]);
-    }
-    SumW<W>(a, s);
-    for (int j = 0; j < W; ++j) {
-      for (int k = 0; k < K; ++k) s[j] += mins[r][j][k];
-      y[r * out + j] = s[j];
-    }
+    SumW<W>(a[r], s);
+    for (int j = 0; j < W; ++j) y[r * out + j] = s[j] + mn[r][j];
   }
 }
 
@@ -407,10 +405,10 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
   constexpr int K = R == 1 ? 2 : 1;
   const int64_t nb = in / kSuperBlock;
   const __m256i low = _mm256_set1_epi8(0xf), three = _mm256_set1_epi8(3);
-  __m256 acc[R][W], mins[R][W];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < W; ++j) acc[r][j] = mins[r][j] = _mm256_setzero_ps();
-  for (int j = 0; j < W; ++j)
+  __m256 a[R][W];  // row j's sum, kept until the shared sums
+  for (int j = 0; j < W; ++j) {
+    __m256 acc[R], mins[R];  // per row: registers, not memory, along the row
+    for (int r = 0; r < R; ++r) acc[r] = mins[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       const uint8_t* p = w + size_t(j) * row_bytes + size_t(b) * bytes;
       Prefetch(p, bytes);
@@ -427,7 +425,7 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
       };
       // Min terms: m[c] * (d_x * sum q) over the 8 chunks, or m0/m1 against the 16 halves.
       auto chunk_mins = [&](__m256 m) {
-        for (int r = 0; r < R; ++r) mins[r][j] = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.sum + r * x.blocks + 8 * b), mins[r][j]);
+        for (int r = 0; r < R; ++r) mins[r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.sum + r * x.blocks + 8 * b), mins[r]);
       };
       auto half_mins = [&](__m128i m8, float scale) {  // m8: 16 unsigned or signed bytes per kind
         const bool is_signed = T != DType::kQ2_K;
@@ -437,7 +435,7 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
         const __m256 m1 = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(c));
         for (int r = 0; r < R; ++r) {
           const float* h = x.half + 2 * (r * x.blocks + 8 * b);
-          mins[r][j] = _mm256_fmadd_ps(m1, _mm256_loadu_ps(h + 8), _mm256_fmadd_ps(m0, _mm256_loadu_ps(h), mins[r][j]));
+          mins[r] = _mm256_fmadd_ps(m1, _mm256_loadu_ps(h + 8), _mm256_fmadd_ps(m0, _mm256_loadu_ps(h), mins[r]));
         }
       };
       float d;
@@ -507,14 +505,12 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
       }
       for (int r = 0; r < R; ++r) {
         for (int k = 1; k < K; ++k) sb[r][0] = _mm256_add_ps(sb[r][0], sb[r][k]);
-        acc[r][j] = _mm256_fmadd_ps(sb[r][0], _mm256_set1_ps(d), acc[r][j]);
+        acc[r] = _mm256_fmadd_ps(sb[r][0], _mm256_set1_ps(d), acc[r]);
       }
     }
-  for (int r = 0; r < R; ++r) {
-    __m256 a[W];
-    for (int j = 0; j < W; ++j) a[j] = _mm256_sub_ps(acc[r][j], mins[r][j]);
-    SumW<W>(a, y + r * out);
+    for (int r = 0; r < R; ++r) a[r][j] = _mm256_sub_ps(acc[r], mins[r]);
   }
+  for (int r = 0; r < R; ++r) SumW<W>(a[r], y + r * out);
 }
 
 // Rows of W weight rows per pass (W = 4 at one activation row, 2 at two, else 1: about as many
