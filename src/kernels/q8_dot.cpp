@@ -241,13 +241,14 @@ namespace {
 
 inline float HalfInline(const uint8_t* p) { return _cvtsh_ss(uint16_t(p[0] | p[1] << 8)); }  // no call: keeps the accumulators in registers
 inline __m256i Load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-// Asks for the cache lines `bytes` of weights at kPrefetchAhead past p. The kernels read each matrix
-// front to back once per token, mostly from L3 or memory (atp-40m's 23-41 MB files); the hardware
-// prefetcher alone left a single thread's decode 20-30% slower (Q8_0, Q4_K_M, Q6_K, atp bench -t 1;
-// 4 and 8 KiB ahead measured alike, 1 KiB less). Past the end of a matrix it touches nothing harmful.
+// Asks for the Lines cache lines from kPrefetchAhead past p: called once per weight block with Lines *
+// 64 >= the block's bytes, it touches every line of a matrix that is read front to back, as the
+// kernels read each matrix once per token, mostly from L3 or memory (atp-40m's files are 23-41 MB).
+// A fixed count, so the calls unroll. Past the end of a matrix it touches nothing harmful.
 constexpr size_t kPrefetchAhead = 4096;
-inline void Prefetch(const uint8_t* p, size_t bytes) {
-  for (size_t l = 0; l < bytes; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAhead + l), _MM_HINT_T0);
+template <int Lines>
+inline void Prefetch(const uint8_t* p) {
+  for (int l = 0; l < Lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAhead + 64 * l), _MM_HINT_T0);
 }
 inline float Sum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -338,7 +339,7 @@ void Dot32(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q
     auto block = [&](int64_t b, int k) {
       float d, m;
       const uint8_t* p = w + size_t(j) * row_bytes + size_t(b) * bytes;
-      Prefetch(p, bytes);
+      Prefetch<1>(p);  // blocks of 18-34 bytes
       const __m256i v = Codes32<T>(p, &d, &m);
       for (int r = 0; r < R; ++r) {
         const int64_t i = r * x.blocks + b;
@@ -349,7 +350,8 @@ void Dot32(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q
     };
     int64_t b = 0;
     for (; b + K <= nb; b += K)
-      for (int k = 0; k < K; ++k) block(b + k, k);
+#pragma GCC unroll 2
+      for (int k = 0; k < K; ++k) block(b + k, k);  // unrolled, so acc[r][k] stays in a register
     for (; b < nb; ++b) block(b, 0);
     for (int r = 0; r < R; ++r) {
       a[r][j] = acc[r][0];
@@ -411,7 +413,7 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
     for (int r = 0; r < R; ++r) acc[r] = mins[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       const uint8_t* p = w + size_t(j) * row_bytes + size_t(b) * bytes;
-      Prefetch(p, bytes);
+      Prefetch<4>(p);  // super-blocks of 84-210 bytes
       __m256 sb[R][K];
       for (int r = 0; r < R; ++r)
         for (int k = 0; k < K; ++k) sb[r][k] = _mm256_setzero_ps();
