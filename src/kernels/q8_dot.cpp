@@ -271,10 +271,11 @@ inline void SumW(const __m256* a, float* s) {
   }
 }
 // 16 nibbles of 16 bytes -> 32 bytes: element j < 16 the low nibble of byte j, j + 16 its high nibble.
+// The 16 bytes go to both 128-bit lanes in one load, the high lane shifted by 4 (a per-lane shift):
+// three instructions where two half-width shifts and an insert took five.
 inline __m256i Nibbles(const uint8_t* p) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i m = _mm_set1_epi8(0xf);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+  const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0xf));
 }
 
 // Chunk codes times activation codes as 16 int16 pair sums: unsigned codes straight into maddubs
