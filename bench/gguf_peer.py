@@ -206,6 +206,7 @@ def machine():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--atp", required=True, help="atp binary")
+    ap.add_argument("--atp-base", help="an earlier atp binary, timed right after --atp in every round (before/after ratios)")
     ap.add_argument("--llama-bin", required=True, help="llama.cpp's bin directory (llama-bench, llama-quantize, ...)")
     ap.add_argument("-m", "--model", default="models/atp-40m", help="model directory or f16 .gguf")
     ap.add_argument("--work", default="/tmp/gguf_peer", help="where the GGUF files go")
@@ -283,7 +284,13 @@ def main():
                 j = json.loads(run([a.atp, "bench", "-m", p, "-t", str(th), "--prompt-tokens", "512", "--decode-context", "1",
                                     "--decode-tokens", "128", "--repeats", str(a.repeats), "--json"]).stdout)
                 s = speed.setdefault(f"{th}/{t}", {"threads": th, "type": t, "llama_pp": [], "llama_tg": [], "atp_pp": [],
-                                                    "atp_tg": [], "atp_tg_median_step": [], "loadavg": []})
+                                                    "atp_tg": [], "atp_tg_median_step": [], "base_pp": [], "base_tg": [],
+                                                    "loadavg": []})
+                if a.atp_base:
+                    jb = json.loads(run([a.atp_base, "bench", "-m", p, "-t", str(th), "--prompt-tokens", "512", "--decode-context",
+                                         "1", "--decode-tokens", "128", "--repeats", str(a.repeats), "--json"]).stdout)
+                    s["base_pp"].append(jb["prefill_tok_s"])
+                    s["base_tg"].append(1000 / jb["decode_ms_per_token_mean"])
                 s["llama_pp"].append(lj["pp"])
                 s["llama_tg"].append(lj["tg"])
                 s["atp_pp"].append(j["prefill_tok_s"])
@@ -291,7 +298,8 @@ def main():
                 s["atp_tg_median_step"].append(j["decode_tok_s"])
                 s["loadavg"].append(os.getloadavg()[0])
                 log(f"round {rnd} -t {th} {t}: pp512 atp {j['prefill_tok_s']:.0f} llama {lj['pp']:.0f}; "
-                    f"tg128 atp {s['atp_tg'][-1]:.0f} llama {lj['tg']:.0f} tok/s (load {s['loadavg'][-1]:.2f})")
+                    f"tg128 atp {s['atp_tg'][-1]:.0f} llama {lj['tg']:.0f}"
+                    + (f" base {s['base_tg'][-1]:.0f}" if a.atp_base else "") + f" tok/s (load {s['loadavg'][-1]:.2f})")
     report["speed"] = list(speed.values())
     save()
 
@@ -334,12 +342,18 @@ def main():
           f"{report['machine']['cores']} cores; load average {report['loadavg_start'][0]:.2f} at start, "
           f"{report['loadavg_end'][0]:.2f} at end")
     if speed:
-        print("\n| threads | file | pp512 atp | pp512 llama.cpp | atp / llama.cpp | tg128 atp | tg128 llama.cpp | atp / llama.cpp |")
-        print("|---|---|---|---|---|---|---|---|")
+        base = " tg128 atp-base | base / llama.cpp | atp / base |" if a.atp_base else ""
+        print("\n| threads | file | pp512 atp | pp512 llama.cpp | atp / llama.cpp | tg128 atp | tg128 llama.cpp | atp / llama.cpp |"
+              + base)
+        print("|---|---|---|---|---|---|---|---|" + "---|---|---|" * bool(a.atp_base))
         for s in speed.values():
             pa, pl, pr = median_ratio(s["atp_pp"], s["llama_pp"])
             ta, tl, tr = median_ratio(s["atp_tg"], s["llama_tg"])
-            print(f"| {s['threads']} | {s['type']} | {pa:.0f} | {pl:.0f} | {pr:.2f} | {ta:.0f} | {tl:.0f} | {tr:.2f} |")
+            row = f"| {s['threads']} | {s['type']} | {pa:.0f} | {pl:.0f} | {pr:.2f} | {ta:.0f} | {tl:.0f} | {tr:.2f} |"
+            if a.atp_base:
+                tb, _, br = median_ratio(s["base_tg"], s["llama_tg"])
+                row += f" {tb:.0f} | {br:.2f} | {ta / tb:.2f} |"
+            print(row)
     if "tokenization" in report:
         tk = report["tokenization"]
         print(f"\ntokenization of --ppl-file: atp {tk['atp_tokens']} tokens, llama.cpp {tk['llama_tokens']}, "

@@ -192,7 +192,8 @@ TEST(Q8Dot, ReferenceWithinActivationErrorOfExactDot) {
   for (DType t : kQ8Types)
     for (bool random_bytes : {false, true})
       for (int64_t blocks : {1, 3, 8}) {
-        const int64_t in = blocks * DTypeBlockElems(t), out = 3;
+        // 9 weight rows: DotRowQ8 takes them 4 (one activation row) or 2 (two) at a time, and the rest singly.
+        const int64_t in = blocks * DTypeBlockElems(t), out = 9;
         const Weights w = MakeWeights(t, out, in, random_bytes, rng);
         for (int rows = 1; rows <= 8; ++rows) {
           const auto x = RandomFloats(size_t(rows * in), rng);

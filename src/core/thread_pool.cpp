@@ -1,5 +1,6 @@
 #include "core/thread_pool.h"
 
+#include <chrono>
 #include <memory>
 
 namespace atp {
@@ -17,6 +18,18 @@ ThreadPool::~ThreadPool() {
   }
   start_cv_.notify_all();
   for (auto& t : workers_) t.join();
+}
+
+// Polls done() for up to kSpin before the caller sleeps on a condition variable. A decode step runs
+// about 50 short loops (one per matrix product, each well under a millisecond), and a wake-up through
+// the condition variable per loop made two threads decode slower than one; within kSpin the next loop
+// (or the last range) usually arrives. Bounded, so an idle or preempted pool still sleeps.
+constexpr auto kSpin = std::chrono::microseconds(50);
+template <typename Done>
+static void SpinUntil(const Done& done) {
+  const auto end = std::chrono::steady_clock::now() + kSpin;
+  while (!done() && std::chrono::steady_clock::now() < end) {
+  }
 }
 
 static void RangeOf(int64_t n, int parts, int i, int64_t* b, int64_t* e) {
@@ -43,6 +56,7 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_
   int64_t b, e;
   RangeOf(n, parts, 0, &b, &e);
   if (b < e) fn(b, e, 0);
+  SpinUntil([this] { return pending_.load(std::memory_order_acquire) == 0; });
   std::unique_lock<std::mutex> l(mu_);
   done_cv_.wait(l, [this] { return pending_ == 0; });
   job_ = nullptr;
@@ -53,6 +67,7 @@ void ThreadPool::WorkerLoop(int index) {
   for (;;) {
     const std::function<void(int64_t, int64_t, int)>* job;
     int64_t n;
+    SpinUntil([&] { return generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> l(mu_);
       start_cv_.wait(l, [&] { return stop_ || generation_ != seen; });

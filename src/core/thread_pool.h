@@ -2,6 +2,7 @@
 // Thread-safety: any thread may call ParallelFor. One caller at a time gets the workers; a call made
 // while they are busy (another thread's loop, or a loop nested in a task) runs on its caller alone.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -33,8 +34,9 @@ class ThreadPool {
   std::condition_variable start_cv_, done_cv_;
   const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
   int64_t job_n_ = 0;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
+  // Written under mu_; atomic so that a thread may poll them without it (the short spin before a wait).
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
   bool stop_ = false;
 };
 

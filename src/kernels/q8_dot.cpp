@@ -241,16 +241,41 @@ namespace {
 
 inline float HalfInline(const uint8_t* p) { return _cvtsh_ss(uint16_t(p[0] | p[1] << 8)); }  // no call: keeps the accumulators in registers
 inline __m256i Load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+// Asks for the Lines cache lines from kPrefetchAhead past p: called once per weight block with Lines *
+// 64 >= the block's bytes, it touches every line of a matrix that is read front to back, as the
+// kernels read each matrix once per token, mostly from L3 or memory (atp-40m's block files: 15-41 MB).
+// A fixed count, so the calls unroll. Past the end of a matrix it touches nothing harmful.
+constexpr size_t kPrefetchAhead = 4096;
+template <int Lines>
+inline void Prefetch(const uint8_t* p) {
+  for (int l = 0; l < Lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAhead + 64 * l), _MM_HINT_T0);
+}
 inline float Sum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
+// s[j] = the sum of a[j]'s 8 lanes for j < W (1, 2 or 4): W rows' sums share the shuffles.
+template <int W>
+inline void SumW(const __m256* a, float* s) {
+  static_assert(W == 1 || W == 2 || W == 4);
+  if constexpr (W == 1) {
+    s[0] = Sum8(a[0]);
+  } else if constexpr (W == 2) {
+    const __m256 h = _mm256_hadd_ps(a[0], a[1]);  // per 128-bit lane: a0 pairs, a1 pairs
+    const __m128 t = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    _mm_storel_pi(reinterpret_cast<__m64*>(s), _mm_hadd_ps(t, t));
+  } else {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));  // lane j: a[j]'s quarter
+    _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  }
+}
 // 16 nibbles of 16 bytes -> 32 bytes: element j < 16 the low nibble of byte j, j + 16 its high nibble.
+// The 16 bytes go to both 128-bit lanes in one load, the high lane shifted by 4 (a per-lane shift):
+// three instructions where two half-width shifts and an insert took five.
 inline __m256i Nibbles(const uint8_t* p) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i m = _mm_set1_epi8(0xf);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+  const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0xf));
 }
 
 // Chunk codes times activation codes as 16 int16 pair sums: unsigned codes straight into maddubs
@@ -291,36 +316,54 @@ inline __m256i Codes32(const uint8_t* p, float* d, float* m) {
   return _mm256_or_si256(Nibbles(p + 8), FifthBits(p + 4));  // Q5_1
 }
 
-// 32-element blocks: one chunk per block, two accumulation chains per row at one row; the term m of
-// the unsigned types adds m * (d_x * sum q) per block.
+// W weight rows (row_bytes apart) per call, one after the other: each row's bytes are read in order
+// (interleaving the rows block by block decoded at 0.64-0.88x the speed end to end, where the
+// weights stream from L3 or memory), and the rows share their horizontal sums (SumW), which at
+// atp-40m's 2-48 blocks per row were a large part of a row's time.
+//
+// 32-element blocks: two accumulation chains per row at one activation row; the term m of the
+// unsigned types adds m * (d_x * sum q) per block.
 // bytes: of one block (DTypeBytes is out of line, so the caller computes it once per matrix).
-template <int R, DType T>
-void Dot32(const uint8_t* w, size_t bytes, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+template <int R, int W, DType T>
+void Dot32(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int K = R == 1 ? 2 : 1;
   constexpr bool kMin = !kSigned32<T>;
   const int64_t nb = in / 32;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[R][K];
-  float mins[R] = {};
-  for (int r = 0; r < R; ++r)
-    for (int k = 0; k < K; ++k) acc[r][k] = _mm256_setzero_ps();
-  auto block = [&](int64_t b, int k) {
-    float d, m;
-    const __m256i v = Codes32<T>(w + size_t(b) * bytes, &d, &m);
+  __m256 a[R][W];     // row j's accumulator, kept until the shared sums
+  float mn[R][W] = {};  // and its min terms
+  for (int j = 0; j < W; ++j) {
+    __m256 acc[R][K];  // per row: registers, not memory, along the row
+    float mins[R][K] = {};
+    for (int r = 0; r < R; ++r)
+      for (int k = 0; k < K; ++k) acc[r][k] = _mm256_setzero_ps();
+    auto block = [&](int64_t b, int k) {
+      float d, m;
+      const uint8_t* p = w + size_t(j) * row_bytes + size_t(b) * bytes;
+      Prefetch<1>(p);  // blocks of 18-34 bytes
+      const __m256i v = Codes32<T>(p, &d, &m);
+      for (int r = 0; r < R; ++r) {
+        const int64_t i = r * x.blocks + b;
+        const __m256i s = _mm256_madd_epi16(Mul<kSigned32<T>>(v, Load32(x.q + 32 * i)), ones);
+        acc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * x.d[i]), acc[r][k]);
+        if constexpr (kMin) mins[r][k] += m * x.sum[i];
+      }
+    };
+    int64_t b = 0;
+    for (; b + K <= nb; b += K)
+#pragma GCC unroll 2
+      for (int k = 0; k < K; ++k) block(b + k, k);  // unrolled, so acc[r][k] stays in a register
+    for (; b < nb; ++b) block(b, 0);
     for (int r = 0; r < R; ++r) {
-      const int64_t i = r * x.blocks + b;
-      const __m256i s = _mm256_madd_epi16(Mul<kSigned32<T>>(v, Load32(x.q + 32 * i)), ones);
-      acc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * x.d[i]), acc[r][k]);
-      if constexpr (kMin) mins[r] += m * x.sum[i];
+      a[r][j] = acc[r][0];
+      for (int k = 1; k < K; ++k) a[r][j] = _mm256_add_ps(a[r][j], acc[r][k]);
+      for (int k = 0; k < K; ++k) mn[r][j] += mins[r][k];
     }
-  };
-  int64_t b = 0;
-  for (; b + K <= nb; b += K)
-    for (int k = 0; k < K; ++k) block(b + k, k);
-  for (; b < nb; ++b) block(b, 0);
+  }
   for (int r = 0; r < R; ++r) {
-    for (int k = 1; k < K; ++k) acc[r][0] = _mm256_add_ps(acc[r][0], acc[r][k]);
-    y[r * out] = Sum8(acc[r][0]) + mins[r];
+    float s[W];
+    SumW<W>(a[r], s);
+    for (int j = 0; j < W; ++j) y[r * out + j] = s[j] + mn[r][j];
   }
 }
 
@@ -359,133 +402,147 @@ inline __m256i Pick(__m256i s16, int k) {
 // the block's d once. The min terms of all 8 chunks are one or two vectors of mins against the
 // activation sums (per chunk for Q4_K/Q5_K, per half for Q2_K, and for Q3_K/Q6_K whose offsets
 // 4 and 32 are mins of 4 * scale and 32 * scale).
-template <int R, DType T>
-void DotK(const uint8_t* w, size_t bytes, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+// W weight rows per call, one after the other, as Dot32.
+template <int R, int W, DType T>
+void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int K = R == 1 ? 2 : 1;
   const int64_t nb = in / kSuperBlock;
   const __m256i low = _mm256_set1_epi8(0xf), three = _mm256_set1_epi8(3);
-  __m256 acc[R], mins[R];
-  for (int r = 0; r < R; ++r) acc[r] = mins[r] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* p = w + size_t(b) * bytes;
-    __m256 sb[R][K];
-    for (int r = 0; r < R; ++r)
-      for (int k = 0; k < K; ++k) sb[r][k] = _mm256_setzero_ps();
-    // Chunk k's codes v and the int16 multipliers of its 16 pair sums.
-    auto use = [&](int k, __m256i v, __m256i scale) {
+  __m256 a[R][W];  // row j's sum, kept until the shared sums
+  for (int j = 0; j < W; ++j) {
+    __m256 acc[R], mins[R];  // per row: registers, not memory, along the row
+    for (int r = 0; r < R; ++r) acc[r] = mins[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* p = w + size_t(j) * row_bytes + size_t(b) * bytes;
+      Prefetch<4>(p);  // super-blocks of 84-210 bytes
+      __m256 sb[R][K];
+      for (int r = 0; r < R; ++r)
+        for (int k = 0; k < K; ++k) sb[r][k] = _mm256_setzero_ps();
+      // Chunk k's codes v and the int16 multipliers of its 16 pair sums.
+      auto use = [&](int k, __m256i v, __m256i scale) {
+        for (int r = 0; r < R; ++r) {
+          const int64_t i = r * x.blocks + 8 * b + k;
+          const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(Mul<T == DType::kIQ4_XS>(v, Load32(x.q + 32 * i)), scale));
+          sb[r][k % K] = _mm256_fmadd_ps(s, _mm256_broadcast_ss(x.d + i), sb[r][k % K]);
+        }
+      };
+      // Min terms: m[c] * (d_x * sum q) over the 8 chunks, or m0/m1 against the 16 halves.
+      auto chunk_mins = [&](__m256 m) {
+        for (int r = 0; r < R; ++r) mins[r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.sum + r * x.blocks + 8 * b), mins[r]);
+      };
+      auto half_mins = [&](__m128i m8, float scale) {  // m8: 16 unsigned or signed bytes per kind
+        const bool is_signed = T != DType::kQ2_K;
+        const __m256i a = is_signed ? _mm256_cvtepi8_epi32(m8) : _mm256_cvtepu8_epi32(m8);
+        const __m256i c = is_signed ? _mm256_cvtepi8_epi32(_mm_srli_si128(m8, 8)) : _mm256_cvtepu8_epi32(_mm_srli_si128(m8, 8));
+        const __m256 m0 = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(a));
+        const __m256 m1 = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(c));
+        for (int r = 0; r < R; ++r) {
+          const float* h = x.half + 2 * (r * x.blocks + 8 * b);
+          mins[r] = _mm256_fmadd_ps(m1, _mm256_loadu_ps(h + 8), _mm256_fmadd_ps(m0, _mm256_loadu_ps(h), mins[r]));
+        }
+      };
+      float d;
+      if constexpr (T == DType::kQ4_K || T == DType::kQ5_K) {
+        d = HalfInline(p);
+        const __m128i sm = ScalesMinsK4(p + 4);
+        chunk_mins(_mm256_mul_ps(_mm256_set1_ps(HalfInline(p + 2)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))));
+        const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        const uint8_t* qs = p + (T == DType::kQ4_K ? 16 : 48);
+        __m256i qh;
+        if constexpr (T == DType::kQ5_K) qh = Load32(p + 16);
+        for (int c = 0; c < 4; ++c) {
+          const __m256i v = Load32(qs + 32 * c);
+          for (int i = 0; i < 2; ++i) {
+            const int k = 2 * c + i;
+            __m256i u = _mm256_and_si256(i ? _mm256_srli_epi16(v, 4) : v, low);
+            if constexpr (T == DType::kQ5_K)
+              u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, k), _mm256_set1_epi8(1)), 4));
+            use(k, u, _mm256_shuffle_epi8(s16, _mm256_set1_epi16(int16_t((2 * k + 1) << 8 | 2 * k))));
+          }
+        }
+      } else if constexpr (T == DType::kIQ4_XS) {
+        d = HalfInline(p);
+        const int sh = p[2] | p[3] << 8;
+        for (int k = 0; k < 8; ++k) {
+          const int ls = ((p[4 + k / 2] >> (4 * (k % 2))) & 0xf) | ((sh >> (2 * k)) & 3) << 4;
+          use(k, Iq4Values(Nibbles(p + 8 + 16 * k)), _mm256_set1_epi16(int16_t(ls - 32)));
+        }
+      } else if constexpr (T == DType::kQ2_K) {
+        d = HalfInline(p + 80);
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        const __m128i sc = _mm_and_si128(raw, _mm_set1_epi8(0xf));
+        half_mins(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0xf)), HalfInline(p + 82));
+        for (int h = 0; h < 2; ++h) {
+          const __m256i s16 = HalfScales(_mm_cvtepu8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
+          const __m256i qs = Load32(p + 16 + 32 * h);
+          for (int k = 0; k < 4; ++k) use(4 * h + k, _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), three), Pick(s16, k));
+        }
+      } else if constexpr (T == DType::kQ3_K) {
+        d = HalfInline(p + 108);
+        const __m128i sc = ScalesQ3(p + 96);
+        half_mins(sc, 4 * d);
+        const __m256i hm = Load32(p);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i s16 = HalfScales(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
+          const __m256i qs = Load32(p + 32 + 32 * h);
+          for (int k = 0; k < 4; ++k) {
+            const __m256i low2 = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), three);
+            const __m256i bit2 = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + k), _mm256_set1_epi8(1));
+            use(4 * h + k, _mm256_or_si256(low2, _mm256_slli_epi16(bit2, 2)), Pick(s16, k));
+          }
+        }
+      } else {  // Q6_K
+        d = HalfInline(p + 208);
+        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192));  // 16 int8 scales
+        half_mins(sc, 32 * d);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i s16 = HalfScales(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
+          const __m256i ql0 = Load32(p + 64 * h), ql1 = Load32(p + 64 * h + 32), qh = Load32(p + 128 + 32 * h);
+          for (int k = 0; k < 4; ++k) {
+            const __m256i ql = k % 2 ? ql1 : ql0;
+            const __m256i lo = _mm256_and_si256(k < 2 ? ql : _mm256_srli_epi16(ql, 4), low);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), three);
+            use(4 * h + k, _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), Pick(s16, k));
+          }
+        }
+      }
       for (int r = 0; r < R; ++r) {
-        const int64_t i = r * x.blocks + 8 * b + k;
-        const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(Mul<T == DType::kIQ4_XS>(v, Load32(x.q + 32 * i)), scale));
-        sb[r][k % K] = _mm256_fmadd_ps(s, _mm256_broadcast_ss(x.d + i), sb[r][k % K]);
-      }
-    };
-    // Min terms: m[c] * (d_x * sum q) over the 8 chunks, or m0/m1 against the 16 halves.
-    auto chunk_mins = [&](__m256 m) {
-      for (int r = 0; r < R; ++r) mins[r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.sum + r * x.blocks + 8 * b), mins[r]);
-    };
-    auto half_mins = [&](__m128i m8, float scale) {  // m8: 16 unsigned or signed bytes per kind
-      const bool is_signed = T != DType::kQ2_K;
-      const __m256i a = is_signed ? _mm256_cvtepi8_epi32(m8) : _mm256_cvtepu8_epi32(m8);
-      const __m256i c = is_signed ? _mm256_cvtepi8_epi32(_mm_srli_si128(m8, 8)) : _mm256_cvtepu8_epi32(_mm_srli_si128(m8, 8));
-      const __m256 m0 = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(a));
-      const __m256 m1 = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(c));
-      for (int r = 0; r < R; ++r) {
-        const float* h = x.half + 2 * (r * x.blocks + 8 * b);
-        mins[r] = _mm256_fmadd_ps(m1, _mm256_loadu_ps(h + 8), _mm256_fmadd_ps(m0, _mm256_loadu_ps(h), mins[r]));
-      }
-    };
-    float d;
-    if constexpr (T == DType::kQ4_K || T == DType::kQ5_K) {
-      d = HalfInline(p);
-      const __m128i sm = ScalesMinsK4(p + 4);
-      chunk_mins(_mm256_mul_ps(_mm256_set1_ps(HalfInline(p + 2)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))));
-      const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-      const uint8_t* qs = p + (T == DType::kQ4_K ? 16 : 48);
-      __m256i qh;
-      if constexpr (T == DType::kQ5_K) qh = Load32(p + 16);
-      for (int c = 0; c < 4; ++c) {
-        const __m256i v = Load32(qs + 32 * c);
-        for (int i = 0; i < 2; ++i) {
-          const int k = 2 * c + i;
-          __m256i u = _mm256_and_si256(i ? _mm256_srli_epi16(v, 4) : v, low);
-          if constexpr (T == DType::kQ5_K)
-            u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, k), _mm256_set1_epi8(1)), 4));
-          use(k, u, _mm256_shuffle_epi8(s16, _mm256_set1_epi16(int16_t((2 * k + 1) << 8 | 2 * k))));
-        }
-      }
-    } else if constexpr (T == DType::kIQ4_XS) {
-      d = HalfInline(p);
-      const int sh = p[2] | p[3] << 8;
-      for (int k = 0; k < 8; ++k) {
-        const int ls = ((p[4 + k / 2] >> (4 * (k % 2))) & 0xf) | ((sh >> (2 * k)) & 3) << 4;
-        use(k, Iq4Values(Nibbles(p + 8 + 16 * k)), _mm256_set1_epi16(int16_t(ls - 32)));
-      }
-    } else if constexpr (T == DType::kQ2_K) {
-      d = HalfInline(p + 80);
-      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-      const __m128i sc = _mm_and_si128(raw, _mm_set1_epi8(0xf));
-      half_mins(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0xf)), HalfInline(p + 82));
-      for (int h = 0; h < 2; ++h) {
-        const __m256i s16 = HalfScales(_mm_cvtepu8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
-        const __m256i qs = Load32(p + 16 + 32 * h);
-        for (int k = 0; k < 4; ++k) use(4 * h + k, _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), three), Pick(s16, k));
-      }
-    } else if constexpr (T == DType::kQ3_K) {
-      d = HalfInline(p + 108);
-      const __m128i sc = ScalesQ3(p + 96);
-      half_mins(sc, 4 * d);
-      const __m256i hm = Load32(p);
-      for (int h = 0; h < 2; ++h) {
-        const __m256i s16 = HalfScales(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
-        const __m256i qs = Load32(p + 32 + 32 * h);
-        for (int k = 0; k < 4; ++k) {
-          const __m256i low2 = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), three);
-          const __m256i bit2 = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + k), _mm256_set1_epi8(1));
-          use(4 * h + k, _mm256_or_si256(low2, _mm256_slli_epi16(bit2, 2)), Pick(s16, k));
-        }
-      }
-    } else {  // Q6_K
-      d = HalfInline(p + 208);
-      const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192));  // 16 int8 scales
-      half_mins(sc, 32 * d);
-      for (int h = 0; h < 2; ++h) {
-        const __m256i s16 = HalfScales(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc, 8) : sc));
-        const __m256i ql0 = Load32(p + 64 * h), ql1 = Load32(p + 64 * h + 32), qh = Load32(p + 128 + 32 * h);
-        for (int k = 0; k < 4; ++k) {
-          const __m256i ql = k % 2 ? ql1 : ql0;
-          const __m256i lo = _mm256_and_si256(k < 2 ? ql : _mm256_srli_epi16(ql, 4), low);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), three);
-          use(4 * h + k, _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), Pick(s16, k));
-        }
+        for (int k = 1; k < K; ++k) sb[r][0] = _mm256_add_ps(sb[r][0], sb[r][k]);
+        acc[r] = _mm256_fmadd_ps(sb[r][0], _mm256_set1_ps(d), acc[r]);
       }
     }
-    for (int r = 0; r < R; ++r) {
-      for (int k = 1; k < K; ++k) sb[r][0] = _mm256_add_ps(sb[r][0], sb[r][k]);
-      acc[r] = _mm256_fmadd_ps(sb[r][0], _mm256_set1_ps(d), acc[r]);
-    }
+    for (int r = 0; r < R; ++r) a[r][j] = _mm256_sub_ps(acc[r], mins[r]);
   }
-  for (int r = 0; r < R; ++r) y[r * out] = Sum8(_mm256_sub_ps(acc[r], mins[r]));
+  for (int r = 0; r < R; ++r) SumW<W>(a[r], y + r * out);
 }
 
+// Rows of W weight rows per pass (W = 4 at one activation row, 2 at two, else 1: about as many
+// accumulators as registers allow), the rest one at a time.
 template <int R>
 void DotRows(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+  constexpr int W = R == 1 ? 4 : R == 2 ? 2 : 1;
   const size_t rb = DTypeBytes(t, in), bytes = DTypeBytes(t, DTypeBlockElems(t));
-  auto each = [&](auto kernel) {
-    for (int64_t o = 0; o < n_out; ++o) kernel(w + size_t(o) * rb, bytes, in, x, y + o, out);
+  auto each = [&](auto wide, auto one) {
+    int64_t o = 0;
+    for (; o + W <= n_out; o += W) wide(w + size_t(o) * rb, rb, bytes, in, x, y + o, out);
+    for (; o < n_out; ++o) one(w + size_t(o) * rb, rb, bytes, in, x, y + o, out);
   };
   switch (t) {
-    case DType::kQ8_0: return each(Dot32<R, DType::kQ8_0>);
-    case DType::kQ4_0: return each(Dot32<R, DType::kQ4_0>);
-    case DType::kQ4_1: return each(Dot32<R, DType::kQ4_1>);
-    case DType::kQ5_0: return each(Dot32<R, DType::kQ5_0>);
-    case DType::kQ5_1: return each(Dot32<R, DType::kQ5_1>);
-    case DType::kIQ4_NL: return each(Dot32<R, DType::kIQ4_NL>);
-    case DType::kQ2_K: return each(DotK<R, DType::kQ2_K>);
-    case DType::kQ3_K: return each(DotK<R, DType::kQ3_K>);
-    case DType::kQ4_K: return each(DotK<R, DType::kQ4_K>);
-    case DType::kQ5_K: return each(DotK<R, DType::kQ5_K>);
-    case DType::kQ6_K: return each(DotK<R, DType::kQ6_K>);
-    case DType::kIQ4_XS: return each(DotK<R, DType::kIQ4_XS>);
+#define ATP_Q8_CASE(T, KERNEL) \
+    case T: return each(KERNEL<R, W, T>, KERNEL<R, 1, T>);
+    ATP_Q8_CASE(DType::kQ8_0, Dot32)
+    ATP_Q8_CASE(DType::kQ4_0, Dot32)
+    ATP_Q8_CASE(DType::kQ4_1, Dot32)
+    ATP_Q8_CASE(DType::kQ5_0, Dot32)
+    ATP_Q8_CASE(DType::kQ5_1, Dot32)
+    ATP_Q8_CASE(DType::kIQ4_NL, Dot32)
+    ATP_Q8_CASE(DType::kQ2_K, DotK)
+    ATP_Q8_CASE(DType::kQ3_K, DotK)
+    ATP_Q8_CASE(DType::kQ4_K, DotK)
+    ATP_Q8_CASE(DType::kQ5_K, DotK)
+    ATP_Q8_CASE(DType::kQ6_K, DotK)
+    ATP_Q8_CASE(DType::kIQ4_XS, DotK)
+#undef ATP_Q8_CASE
     default: std::abort();  // HasQ8Dot(t) is the caller's contract
   }
 }
