@@ -119,7 +119,7 @@ void ExpectSpecsMatchCpu(std::initializer_list<std::string> specs,
                          double (*prefill_tol)(const std::string&) = [](const std::string&) { return kPrefillTol; }) {
   for (const std::string& spec : specs) {
     auto cpu = ParseKvPolicy(spec);
-    auto gpu = MakeCudaKvFactory(spec);
+    auto gpu = ParseCudaKvPolicy(spec);
     ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
     EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
     for (size_t ci = 0; ci < Cases().size(); ++ci) ExpectTwins(spec, **cpu, **gpu, ci, tol(spec), prefill_tol(spec));
@@ -173,7 +173,7 @@ TEST(CudaKv, LowRankMatchesCpuTwin) {
     for (int r : {d == 32 ? 32 : d / 2, 16}) {
       const std::string spec = "lowrank:rk=" + std::to_string(r) + ",rv=" + std::to_string(r) + ",file=" + file;
       auto cpu = ParseKvPolicy(spec);
-      auto gpu = MakeCudaKvFactory(spec);
+      auto gpu = ParseCudaKvPolicy(spec);
       ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
       EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
       ExpectTwins("lowrank r=" + std::to_string(r), **cpu, **gpu, ci);
@@ -283,28 +283,28 @@ TEST(CudaKv, RejectsPoliciesWithoutKernels) {
                            "atp:block=16,rank=4,keep=16",
                            "atp:block=128,rank=16", "atp:rank=16,proj=lowrank",
                            "h2o:budget=64+kivi", "kivi:group=12", "streaming:budget=64+kivi", "snapkv:budget=64"}) {
-    auto f = MakeCudaKvFactory(spec);
+    auto f = ParseCudaKvPolicy(spec);
     ASSERT_FALSE(f.ok()) << spec;
     EXPECT_NE(f.status().ToString().find("no CUDA kernels"), std::string::npos) << f.status().ToString();
   }
-  auto online = MakeCudaKvFactory("lowrank:rk=32,rv=32,mode=online");
+  auto online = ParseCudaKvPolicy("lowrank:rk=32,rv=32,mode=online");
   ASSERT_FALSE(online.ok());
   EXPECT_NE(online.status().ToString().find("no CUDA kernels"), std::string::npos) << online.status().ToString();
-  EXPECT_FALSE(MakeCudaKvFactory("nonsense").ok());
+  EXPECT_FALSE(ParseCudaKvPolicy("nonsense").ok());
   // keep=block (every token exact) is refused by name.
-  auto all = MakeCudaKvFactory("atp:block=32,rank=4,window=64,keep=32,residual=kivi2");
+  auto all = ParseCudaKvPolicy("atp:block=32,rank=4,window=64,keep=32,residual=kivi2");
   ASSERT_FALSE(all.ok());
   EXPECT_NE(all.status().ToString().find("keep=block"), std::string::npos) << all.status().ToString();
   // A layer the GPU's residual groups or bases cannot serve is refused by CheckShape, saying why: KIVI
   // groups of 24 tokens (and channels), from 48 summarized tokens per block, with and without keep=.
   for (const char* spec :
        {"atp:block=48,rank=4,window=48,residual=kivi2", "atp:block=64,rank=4,window=64,keep=16,residual=kivi2"}) {
-    auto wide = MakeCudaKvFactory(spec);
+    auto wide = ParseCudaKvPolicy(spec);
     ASSERT_TRUE(wide.ok()) << wide.status().ToString();
     const Status st = (*wide)->CheckShape(Cases()[0].shape);
     EXPECT_NE(st.ToString().find("multiple of 8 dividing head_dim"), std::string::npos) << spec << ": " << st.ToString();
   }
-  auto keys = MakeCudaKvFactory("atp:block=64,rank=4,basis=key");
+  auto keys = ParseCudaKvPolicy("atp:block=64,rank=4,basis=key");
   ASSERT_TRUE(keys.ok()) << keys.status().ToString();
   EXPECT_NE((*keys)->CheckShape(Cases()[4].shape).ToString().find("wider than head_dim"), std::string::npos);
 }
@@ -378,7 +378,7 @@ TEST(CudaModel, RefModelLogitsMatchReferenceAndCpu) {
   ASSERT_TRUE(cpu_model.ok() && gpu_model);
   auto cpu_kv = ParseKvPolicy("dense");
   for (const std::string spec : {"dense", "dense:dtype=bf16"}) {
-    auto gpu_kv = MakeCudaKvFactory(spec);
+    auto gpu_kv = ParseCudaKvPolicy(spec);
     ASSERT_TRUE(gpu_kv.ok());
     for (int i = 0; t.count("prompt" + std::to_string(i) + ".ids"); ++i) {
       const std::string p = "prompt" + std::to_string(i);
@@ -402,7 +402,7 @@ TEST(CudaModel, BlockQuantizedWeightsMatchCpu) {
   auto t = testing::ReadRefTensors(testing::kRefModel + "/reference/logits.safetensors");
   const auto& ids = t["prompt0.ids"].i32;
   auto cpu_kv = ParseKvPolicy("dense");
-  auto gpu_kv = MakeCudaKvFactory("dense:dtype=bf16");
+  auto gpu_kv = ParseCudaKvPolicy("dense:dtype=bf16");
   ASSERT_TRUE(cpu_kv.ok() && gpu_kv.ok());
   for (DType dt : {DType::kQ4_K, DType::kQ6_K, DType::kQ5_0, DType::kIQ4_NL}) {
     const LoadOptions opt{.weights_dtype = dt};
@@ -431,7 +431,7 @@ TEST(CudaModel, ForwardThenChooseTokensMatchesCpu) {
   ASSERT_TRUE(cpu_model.ok() && gpu);
   LlamaModel& cpu = **cpu_model;
   auto cpu_kv = ParseKvPolicy("dense");
-  auto gpu_kv = MakeCudaKvFactory("dense");
+  auto gpu_kv = ParseCudaKvPolicy("dense");
   ASSERT_TRUE(cpu_kv.ok() && gpu_kv.ok());
   const auto& ids = t["prompt0.ids"].i32;
   Sequence cs(cpu, **cpu_kv), gs(*gpu, **gpu_kv), gs_kept(*gpu, **gpu_kv);
@@ -483,7 +483,7 @@ TEST(CudaModel, RefModelPerplexityNearReference) {
   auto tok = Tokenizer::LoadFromDir(testing::kRefModel);
   ASSERT_TRUE(tok.ok());
   const auto stream = (*tok)->Encode(testing::Slurp(testing::kValidText), true);
-  auto kv = MakeCudaKvFactory("dense");
+  auto kv = ParseCudaKvPolicy("dense");
   ASSERT_TRUE(kv.ok());
   PerplexityOptions opt;
   opt.chunked = true;
@@ -531,7 +531,7 @@ TEST(CudaModel, RefModelAtpPerplexityNearCpu) {
   ASSERT_TRUE(ref.ok);
   const std::string spec = "atp:block=64,rank=32,window=64";
   auto cpu_kv = ParseKvPolicy(spec);
-  auto gpu_kv = MakeCudaKvFactory(spec);
+  auto gpu_kv = ParseCudaKvPolicy(spec);
   ASSERT_TRUE(cpu_kv.ok() && gpu_kv.ok());
   PerplexityOptions opt;
   opt.chunked = true;
@@ -563,7 +563,7 @@ TEST(CudaEval, SweepOnGpuMatchesCpu) {
   opt.ppl.max_windows = 3;
   opt.run_retrieval = opt.run_speed = false;
   auto want = RunSweep(*ref.cpu, *ref.tok, testing::kRefModel, *entries, ref.stream, {}, opt, nullptr);
-  opt.parse_kv = MakeCudaKvFactory;
+  opt.parse_kv = ParseCudaKvPolicy;
   auto got = RunSweep(*ref.gpu, *ref.tok, testing::kRefModel, *entries, ref.stream, {}, opt, nullptr);
   ASSERT_TRUE(want.ok() && got.ok()) << got.status().ToString();
   ASSERT_EQ(got->size(), want->size());
@@ -590,7 +590,7 @@ TEST(CudaServe, GreedyCompletionsMatchCpuServer) {
   auto gpu_model = LoadOnGpu();
   ASSERT_TRUE(gpu_model);
   ServerOptions opt;
-  opt.parse_kv = MakeCudaKvFactory;
+  opt.parse_kv = ParseCudaKvPolicy;
   server_test::TestServer gpu(opt, gpu_model.get());
   server_test::TestServer cpu;
   const std::vector<std::string> reqs = {

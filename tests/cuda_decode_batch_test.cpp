@@ -250,7 +250,7 @@ TEST(CudaDecodeBatch, PlannedPoliciesMatchPerItemTwins) {
   };
   std::vector<Seq> seqs;
   for (const std::string& spec : specs) {
-    auto f = MakeCudaKvFactory(spec);
+    auto f = ParseCudaKvPolicy(spec);
     ASSERT_TRUE(f.ok()) << spec << ": " << f.status().ToString();
     for (int L : kLengths) {
       Seq s{spec, (*f)->Create(shape), (*f)->Create(shape)};
@@ -392,7 +392,7 @@ TEST(CudaModel, BatchedDecodeMatchesPerItemAndAlone) {
   std::vector<Run3> runs;
   std::mt19937 rng(9);
   for (const auto& [spec, len] : seq_specs) {
-    auto f = MakeCudaKvFactory(spec);
+    auto f = ParseCudaKvPolicy(spec);
     ASSERT_TRUE(f.ok()) << spec;
     Run3 r{std::make_unique<Sequence>(model, **f), std::make_unique<Sequence>(model, **f),
            std::make_unique<Sequence>(model, **f), {}, {}, {}};

@@ -55,7 +55,7 @@ const char kNoCuda[] =
 KvPolicyParser KvParserFor(const std::string& device) {
   if (device != "cuda") return [](const std::string& spec, const std::string& dir) { return ParseKvPolicy(spec, dir); };
 #if defined(ATP_CUDA)
-  return MakeCudaKvFactory;
+  return ParseCudaKvPolicy;
 #else
   return [](const std::string&, const std::string&) -> Result<std::shared_ptr<KvPolicyFactory>> {
     return Status::Unsupported(kNoCuda);

@@ -41,7 +41,7 @@ struct Loaded {
   std::string gguf_tokenizer_config;
 };
 // How `--device` turns policy strings into policies: the CPU registry (ParseKvPolicy) or the GPU's
-// (MakeCudaKvFactory). The one place, with Load, that knows which backends this build has: a build
+// (ParseCudaKvPolicy). The one place, with Load, that knows which backends this build has: a build
 // without CUDA answers "cuda" with a parser that fails saying so.
 KvPolicyParser KvParserFor(const std::string& device);
 

@@ -38,8 +38,7 @@
 #include "cuda/atp_rows.h"
 #include "cuda/block_basis.h"
 #include "cuda/device_policy.h"
-#include "kv/atp_policy.h"
-#include "kv/mx_codec.h"
+#include "kv/policy_config.h"
 
 namespace atp {
 
@@ -485,44 +484,27 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
 
 }  // namespace
 
-Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& canon, const std::string& describe) {
-  // The CPU parser's canonical keys; any key added to the CPU policy later is refused here until the
-  // GPU reads it.
-  ATP_RETURN_IF_ERROR(canon.CheckKeys({{"block", ""}, {"rank", ""}, {"tau", ""}, {"window", ""}, {"basis", ""}, {"proj", ""},
-                                       {"dtype", ""}, {"keep", ""}, {"residual", ""}, {"rope", ""}}));
-  ATP_ASSIGN_OR_RETURN(std::string basis, canon.Choice("basis", "input", {"input", "key"}));
-  ATP_ASSIGN_OR_RETURN(std::string proj, canon.Choice("proj", "dense", {"dense", "lowrank"}));
-  CudaAtpPolicy::Params p;
-  ATP_ASSIGN_OR_RETURN(p.block, canon.Int("block", 64, 1, 1 << 16));
-  if (proj != "dense" || p.block > cuda::kMaxBasisBlock)
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const AtpParams& a, const std::string& describe) {
+  if (a.proj_lowrank || a.block > cuda::kMaxBasisBlock)
     return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels; --device cuda supports atp with "
                                "proj=dense and block <= " + std::to_string(cuda::kMaxBasisBlock));
-  p.key_basis = basis == "key";
-  ATP_ASSIGN_OR_RETURN(p.rank, canon.Int("rank", 16, 1, 1 << 16));
-  ATP_ASSIGN_OR_RETURN(p.tau, canon.Float("tau", 0, 0, 1));
-  ATP_ASSIGN_OR_RETURN(p.window, canon.Int("window", p.block, 0, 1 << 24));
-  ATP_ASSIGN_OR_RETURN(DType dt, canon.Dtype("dtype", DType::kF32));
-  p.fmt = cuda::ExactFormat(dt);
-  ATP_ASSIGN_OR_RETURN(p.keep, canon.Int("keep", 0, 0, p.block));
-  if (p.keep == p.block)
+  if (a.keep == a.block)
     return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's keep=block keeps every token "
                                "exact, which is dense attention (use dense, or keep= below block)");
-  ATP_ASSIGN_OR_RETURN(std::string residual, canon.String("residual", "none"));
-  if (residual == "kivi2" || residual == "kivi4" || residual == "kivi8") {
-    p.residual = residual[4] == '2' ? KvFormat::kKivi2 : residual[4] == '4' ? KvFormat::kKivi4 : KvFormat::kKivi8;
-  } else if (residual.rfind("mx_", 0) == 0) {
-    ATP_ASSIGN_OR_RETURN(MxFormat f, ParseMxFormat(residual.substr(3)));  // the CPU parser accepted it
-    p.residual = cuda::MxRowsFormat(f);
-  } else if (residual != "none") {
-    return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's residual=" + residual +
-                               " (--device cuda supports residual=kivi2|kivi4|kivi8|mx_FMT)");
-  }
   // Ranks from the data would differ per KV head (basis=key), whose rows share the principal rows' buffer.
-  if (p.tau > 0 && p.key_basis)
+  if (a.tau > 0 && a.key_basis)
     return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels: atp's tau= with basis=key "
                                "runs on the CPU only (give rank=)");
-  ATP_ASSIGN_OR_RETURN(std::string rope, canon.Choice("rope", "post", {"post", "pre"}));
-  p.rope_pre = rope == "pre";
+  CudaAtpPolicy::Params p;
+  p.block = a.block, p.rank = a.rank, p.tau = a.tau, p.window = a.window;
+  p.key_basis = a.key_basis, p.keep = a.keep, p.rope_pre = a.rope_pre;
+  p.fmt = cuda::ExactFormat(a.dtype);
+  if (a.residual) {
+    if (auto* k = std::get_if<KiviParams>(&*a.residual))
+      p.residual = k->bits == 2 ? KvFormat::kKivi2 : k->bits == 4 ? KvFormat::kKivi4 : KvFormat::kKivi8;
+    else
+      p.residual = cuda::MxRowsFormat(std::get<MxForm>(*a.residual).fmt);
+  }
   return cuda::MakeDevicePolicyFactory<CudaAtpPolicy>(p, describe);
 }
 

@@ -4,12 +4,12 @@
 #include <memory>
 
 #include "kv/kv_policy.h"
-#include "kv/policy_spec.h"
+#include "kv/policy_config.h"
 
 namespace atp {
 
-// `canon` is the CPU factory's canonical string. Unsupported: proj=lowrank, block > 64, keep=block,
-// tau= with basis=key.
-Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const PolicySpec& canon, const std::string& describe);
+// `describe` is the policy's canonical string (KvPolicyConfig::Describe). Unsupported: proj=lowrank,
+// block > 64, keep=block, tau= with basis=key.
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaAtpFactory(const AtpParams& p, const std::string& describe);
 
 }  // namespace atp

@@ -8,6 +8,7 @@
 
 #include "core/status.h"
 #include "kv/kv_policy.h"
+#include "kv/policy_config.h"
 #include "model/llama.h"
 
 namespace atp {
@@ -25,7 +26,7 @@ Status CudaDeviceStatus();
 // results up to the attention's summation order.
 Result<std::unique_ptr<ForwardBackend>> MakeCudaBackend(const LlamaModel& model);
 
-// KV policies in device memory for a policy string the CPU registry accepts, with the same
+// KV policies in device memory for a parsed policy (the one parser of both backends), with the same
 // canonical Describe() and the same Bytes(). Supported: dense:dtype=f32|f16|bf16,
 // mx (every format, nvfp4 included), for head_dim 32, 64 or 128 and at most 8 query heads per KV head (CheckShape);
 // atp with proj=dense and block <= 64, keep= below block, residual= and rope=pre too (cuda/atp_policy.h); kivi alone
@@ -34,6 +35,8 @@ Result<std::unique_ptr<ForwardBackend>> MakeCudaBackend(const LlamaModel& model)
 // with those dense or MX rows (cuda/streaming_policy.h); other policies fail naming what is supported.
 // Their Append/Attend take device or host pointers (host buffers are staged through the device),
 // so the CPU tests can drive them through the plain KvPolicy interface.
-Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& spec, const std::string& model_dir = "");
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const KvPolicyConfig& config);
+// ParseKvConfig (kv/policy_config.h), then the above: the GPU's KvPolicyParser.
+Result<std::shared_ptr<KvPolicyFactory>> ParseCudaKvPolicy(const std::string& spec, const std::string& model_dir = "");
 
 }  // namespace atp

@@ -91,18 +91,11 @@ class CudaKiviPolicy : public cuda::DevicePolicy {
 
 }  // namespace
 
-Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKiviFactory(const PolicySpec& canon, const std::string& describe) {
-  CudaKiviPolicy::Params p;
-  ATP_ASSIGN_OR_RETURN(std::string bits, canon.Choice("bits", "2", {"2", "4", "8"}));
-  p.bits = std::stoi(bits);
-  ATP_ASSIGN_OR_RETURN(p.group, canon.Int("group", 32, 1, 1 << 16));
-  if (p.group % 8 != 0)
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKiviFactory(const KiviParams& k, const std::string& describe) {
+  if (k.group % 8 != 0)
     return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels; --device cuda supports kivi with group "
                                "a multiple of 8 dividing head_dim");
-  ATP_ASSIGN_OR_RETURN(p.residual, canon.Int("residual", 128, 0, 1 << 24));
-  ATP_ASSIGN_OR_RETURN(DType dt, canon.Dtype("dtype", DType::kF32));
-  p.exact = cuda::ExactFormat(dt);
-  return cuda::MakeDevicePolicyFactory<CudaKiviPolicy>(p, describe);
+  return cuda::MakeDevicePolicyFactory<CudaKiviPolicy>({k.bits, k.group, k.residual, cuda::ExactFormat(k.dtype)}, describe);
 }
 
 }  // namespace atp

@@ -4,11 +4,11 @@
 #include <string>
 
 #include "kv/kv_policy.h"
-#include "kv/policy_spec.h"
+#include "kv/policy_config.h"
 
 namespace atp {
 
-// `canon` is the CPU factory's canonical string; `describe` its text.
-Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKiviFactory(const PolicySpec& canon, const std::string& describe);
+// `p` from the one parser (kv/policy_config.h); `describe` the policy's canonical string.
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKiviFactory(const KiviParams& p, const std::string& describe);
 
 }  // namespace atp

@@ -18,8 +18,7 @@
 #include "cuda/ops.h"
 #include "cuda/streaming_policy.h"
 #include "kv/lowrank_policy.h"
-#include "kv/mx_codec.h"
-#include "kv/policy_spec.h"
+#include "kv/policy_config.h"
 
 namespace atp {
 
@@ -160,57 +159,42 @@ class CudaLowRankFactory : public KvPolicyFactory {
   std::string describe_;
 };
 
-// The GPU form of rows kept by a codec alone ("dense:dtype=...", "mx:fmt=..."), or an error
-// naming `whole` (the policy string) and what is supported.
-Result<KvFormat> RowsFormat(const std::string& codec, const std::string& whole, const std::string& supported) {
-  ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(codec));
-  if (ps.name() == "dense") {
-    ATP_ASSIGN_OR_RETURN(DType dt, ps.Dtype("dtype", DType::kF32));
-    return cuda::ExactFormat(dt);
-  }
-  if (ps.name() == "mx") {
-    ATP_ASSIGN_OR_RETURN(std::string fmt, ps.String("fmt", "fp8_e4m3"));
-    ATP_ASSIGN_OR_RETURN(MxFormat f, ParseMxFormat(fmt));
-    return cuda::MxRowsFormat(f);
-  }
-  return Status::Unsupported("kv policy '" + whole + "' has no CUDA kernels yet; " + supported);
+// The GPU form of exact or MX rows, or an error naming `describe` (the policy string) and what is supported.
+Result<KvFormat> RowsFormat(const RowForm& form, const std::string& describe, const std::string& supported) {
+  if (auto* e = std::get_if<ExactForm>(&form)) return cuda::ExactFormat(e->dtype);
+  if (auto* m = std::get_if<MxForm>(&form)) return cuda::MxRowsFormat(m->fmt);
+  return Status::Unsupported("kv policy '" + describe + "' has no CUDA kernels yet; " + supported);
 }
 
 }  // namespace
 
-Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const std::string& spec, const std::string& model_dir) {
-  // The CPU registry validates the string and gives its canonical form; the GPU reads that form.
-  ATP_ASSIGN_OR_RETURN(auto cpu, ParseKvPolicy(spec, model_dir));
-  const std::string canon = cpu->Describe();
-  const size_t plus = canon.find('+');
-  const std::string policy = canon.substr(0, plus), codec = plus == std::string::npos ? "" : canon.substr(plus + 1);
-  ATP_ASSIGN_OR_RETURN(PolicySpec ps, PolicySpec::Parse(policy));
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const KvPolicyConfig& config) {
+  const std::string canon = config.Describe();
   const std::string supported =
       "--device cuda supports dense:dtype=f32|f16|bf16, mx (every format), atp (proj=dense, block <= "
       "64; keep= below block, residual=kivi2|kivi4|kivi8|mx_FMT and rope=pre too), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 16, 32, 64 or 128, f32 coefficients) and "
       "streaming alone or +dense:dtype=... or +mx:fmt=...";
-  if (ps.name() == "atp") return MakeCudaAtpFactory(ps, canon);
-  if (ps.name() == "kivi" && codec.empty()) return MakeCudaKiviFactory(ps, canon);
-  if (ps.name() == "streaming") {
-    ATP_ASSIGN_OR_RETURN(KvFormat rows, RowsFormat(codec.empty() ? "dense:dtype=f32" : codec, canon, supported));
-    return MakeCudaStreamingFactory(ps, rows, canon);
+  auto unsupported = [&] { return Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels yet; " + supported); };
+  if (auto* p = std::get_if<AtpParams>(&config.params)) return MakeCudaAtpFactory(*p, canon);
+  if (auto* p = std::get_if<RowsParams>(&config.params)) {
+    if (auto* k = std::get_if<KiviParams>(&p->form)) return MakeCudaKiviFactory(*k, canon);
+    ATP_ASSIGN_OR_RETURN(KvFormat rows, RowsFormat(p->form, canon, supported));
+    return cuda::MakeDevicePolicyFactory<CudaRowsPolicy>(rows, canon);
   }
-  if (canon.rfind("lowrank:", 0) == 0) {
-    ATP_ASSIGN_OR_RETURN(PolicySpec given, PolicySpec::Parse(spec));
-    ATP_ASSIGN_OR_RETURN(int rk, ps.Int("rk", 16, 1, 4096));
-    ATP_ASSIGN_OR_RETURN(int rv, ps.Int("rv", 32, 1, 4096));
-    if (canon != "lowrank:rk=" + std::to_string(rk) + ",rv=" + std::to_string(rk) + ",mode=calib,dtype=f32" ||
-        rk != rv || (rk != 16 && rk != 32 && rk != 64 && rk != 128))
-      return Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels; " + supported);
-    ATP_ASSIGN_OR_RETURN(std::string file, given.String("file", DefaultKvBasisPath(model_dir)));
-    ATP_ASSIGN_OR_RETURN(KvBasis b, ReadKvBasis(file));
-    return std::shared_ptr<KvPolicyFactory>(
-        std::make_shared<CudaLowRankFactory>(std::make_shared<const KvBasis>(std::move(b)), rk, canon));
+  if (auto* p = std::get_if<EvictParams>(&config.params)) {
+    if (p->kind != EvictParams::Kind::kStreaming) return unsupported();
+    ATP_ASSIGN_OR_RETURN(KvFormat rows, RowsFormat(p->codec.value_or(ExactForm{}), canon, supported));
+    return MakeCudaStreamingFactory(*p, rows, canon);
   }
-  if (!codec.empty() || (ps.name() != "dense" && ps.name() != "mx"))
-    return Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels yet; " + supported);
-  ATP_ASSIGN_OR_RETURN(KvFormat rows, RowsFormat(canon, canon, supported));
-  return cuda::MakeDevicePolicyFactory<CudaRowsPolicy>(rows, canon);
+  const LowRankParams& p = std::get<LowRankParams>(config.params);
+  if (p.online || p.codec || p.dtype != DType::kF32 || p.rk != p.rv || (p.rk != 16 && p.rk != 32 && p.rk != 64 && p.rk != 128))
+    return Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels; " + supported);
+  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaLowRankFactory>(p.basis, p.rk, canon));
+}
+
+Result<std::shared_ptr<KvPolicyFactory>> ParseCudaKvPolicy(const std::string& spec, const std::string& model_dir) {
+  ATP_ASSIGN_OR_RETURN(KvPolicyConfig config, ParseKvConfig(spec, model_dir));
+  return MakeCudaKvFactory(config);
 }
 
 Status CudaDeviceStatus() {

@@ -81,11 +81,9 @@ class CudaStreamingPolicy : public cuda::DevicePolicy {
 
 }  // namespace
 
-Result<std::shared_ptr<KvPolicyFactory>> MakeCudaStreamingFactory(const PolicySpec& policy, KvFormat rows,
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaStreamingFactory(const EvictParams& p, KvFormat rows,
                                                                   const std::string& describe) {
-  ATP_ASSIGN_OR_RETURN(int budget, policy.Int("budget", 256, 1, 1 << 24));
-  ATP_ASSIGN_OR_RETURN(int sinks, policy.Int("sinks", 4, 0, budget - 1));
-  return cuda::MakeDevicePolicyFactory<CudaStreamingPolicy>({budget, sinks, rows}, describe);
+  return cuda::MakeDevicePolicyFactory<CudaStreamingPolicy>({p.budget, p.sinks, rows}, describe);
 }
 
 }  // namespace atp

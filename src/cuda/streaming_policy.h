@@ -6,13 +6,13 @@
 
 #include "cuda/attention.h"
 #include "kv/kv_policy.h"
-#include "kv/policy_spec.h"
+#include "kv/policy_config.h"
 
 namespace atp {
 
-// `policy` is the left side of the CPU factory's canonical string, `rows` the form of its codec;
-// `describe` the whole canonical string.
-Result<std::shared_ptr<KvPolicyFactory>> MakeCudaStreamingFactory(const PolicySpec& policy, cuda::KvFormat rows,
+// `p` a streaming policy from the one parser (kv/policy_config.h), `rows` the GPU form of its codec;
+// `describe` the policy's canonical string.
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaStreamingFactory(const EvictParams& p, cuda::KvFormat rows,
                                                                   const std::string& describe);
 
 }  // namespace atp

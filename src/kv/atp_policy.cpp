@@ -42,21 +42,6 @@ namespace atp {
 
 namespace {
 
-struct AtpParams {
-  int block = 64;
-  int rank = 16;
-  double tau = 0;       // > 0: rank by energy fraction instead
-  int window = 64;      // exact window W, a multiple of block
-  bool key_basis = false;
-  bool proj_lowrank = false;  // hand out Q bases (InputBases)
-  DType dtype = DType::kF32;
-  int keep = 0;               // E: exact rows kept per compressed block
-  std::string residual;       // codec name of the summarized tokens' residuals; empty: none
-  std::shared_ptr<const RowCodec> residual_codec;
-  bool rope_pre = false;      // compress keys before RoPE (needs residual_codec)
-  int summarized() const { return block - keep; }  // tokens of a block the principal rows stand for
-};
-
 // The thin SVD X_b = U S V^T of one complete block's layer input, kept while it is needed: U
 // compresses the block (basis=input), V_r^T is the Q basis of the next block's tokens (proj=lowrank).
 struct BlockInput {
@@ -81,17 +66,18 @@ class AtpPolicy : public KvPolicy {
   AtpPolicy(const KvShape& s, const AtpParams& p)
       : s_(s), p_(p), exact_(s.store(), p.dtype, s.kv_dim()),
         x_fill_(s.store(), size_t(s.d_model) * sizeof(float), std::min<int64_t>(PagedRows::kRowsPerPage, p.block)) {
+    const std::shared_ptr<const RowCodec> codec = p.residual ? MakeRowCodec(*p.residual) : nullptr;
     for (int h = 0; h < s.n_kv_heads; ++h) {
       principal_.emplace_back(s.store(), p.dtype, s.head_dim);
       kept_.emplace_back(s.store(), p.dtype, s.head_dim);
-      if (p.residual_codec) residual_.push_back(p.residual_codec->NewStore(s.store(), s.head_dim, s.head_dim));
+      if (codec) residual_.push_back(codec->NewStore(s.store(), s.head_dim, s.head_dim));
     }
     block_rows_.resize(size_t(s.n_kv_heads));
     // One page row per compressed block: its U_r, (summarized, r_b) f32 with room for the largest r_b, and
     // (rope=pre, keep=E) its summarized tokens' offsets.
     const int n = p.summarized();
     const int64_t per_page = PagedRows::RowsPerPageFor(p.block);
-    for (int g = 0; p.residual_codec && n > 0 && g < Groups(); ++g) {
+    for (int g = 0; p.residual && n > 0 && g < Groups(); ++g) {
       coef_.emplace_back(s.store(), size_t(n) * size_t(MaxRank()) * sizeof(float), per_page);
       if (p.rope_pre && p.keep > 0) offsets_.emplace_back(s.store(), size_t(n) * sizeof(int32_t), per_page);
     }
@@ -160,7 +146,7 @@ class AtpPolicy : public KvPolicy {
       const int64_t p = positions[size_t(t)];
       const int64_t nb = CompressedBlocks(p);
       const size_t h = size_t(kvh);
-      if (p_.residual_codec) {
+      if (p_.residual) {
         out->insert(out->end(), sum[h].parts.begin(), sum[h].parts.begin() + sum[h].block_end[size_t(nb)]);
       } else {
         const int64_t np = nb > 0 ? block_rows_[h][size_t(nb - 1)] : 0;
@@ -430,7 +416,7 @@ class AtpPolicy : public KvPolicy {
         principal_[size_t(h)].Append(pk.data(), pv.data(), r);
         block_rows_[size_t(h)].push_back(principal_[size_t(h)].size());
         for (int i : kept) kept_[size_t(h)].Append(&kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], value(i), 1);
-        if (!p_.residual_codec || n == 0) continue;
+        if (!p_.residual || n == 0) continue;
         // Residuals against the principal rows as stored (dtype-rounded), so K~ = U_r P_k + residual holds.
         for (auto* m : {&pk, &pv}) {
           round.resize(m->size() * DTypeSize(p_.dtype));
@@ -498,85 +484,14 @@ class AtpFactory : public KvPolicyFactory {
   explicit AtpFactory(const AtpParams& p) : p_(p) {}
   std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<AtpPolicy>(s, p_); }
   Status CheckShape(const KvShape& s) const override { return CheckRope(s, p_); }
-  std::string Describe() const override {
-    std::string d = "atp:block=" + std::to_string(p_.block);
-    d += p_.tau > 0 ? ",tau=" + std::to_string(p_.tau) : ",rank=" + std::to_string(p_.rank);
-    d += ",window=" + std::to_string(p_.window) + ",basis=" + (p_.key_basis ? "key" : "input");
-    d += std::string(",proj=") + (p_.proj_lowrank ? "lowrank" : "dense");
-    if (p_.keep > 0) d += ",keep=" + std::to_string(p_.keep);
-    if (p_.residual_codec) d += ",residual=" + p_.residual;
-    if (p_.rope_pre) d += ",rope=pre";
-    return d + ",dtype=" + std::string(DTypeName(p_.dtype));
-  }
+  std::string Describe() const override { return KvPolicyConfig{p_}.Describe(); }
 
  private:
   AtpParams p_;
 };
 
-// The codec of residual=NAME for blocks of `rows` summarized tokens (KIVI's group: AtpResidualGroup).
-Result<std::shared_ptr<const RowCodec>> ResidualCodec(const std::string& name, int rows) {
-  if (name == "kivi2" || name == "kivi4" || name == "kivi8") {
-    KiviParams k;
-    k.bits = name[4] - '0';
-    k.residual = 0;
-    k.group = AtpResidualGroup(rows);
-    return MakeKiviCodec(k);
-  }
-  if (name.rfind("mx_", 0) == 0) {
-    Result<MxFormat> f = ParseMxFormat(name.substr(3));
-    if (!f.ok()) return Status::InvalidArgument("kv policy 'atp': residual=" + name + ": " + f.status().message());
-    return MakeMxCodec(*f);
-  }
-  return Status::InvalidArgument("kv policy 'atp': residual=" + name + " is not one of none, kivi2, kivi4, kivi8, mx_FMT (FMT one of mx's fmt)");
-}
-
 }  // namespace
 
-int AtpResidualGroup(int rows) {
-  for (int g = std::min(rows, 32); g > 1; --g)
-    if (rows % g == 0) return g;
-  return 1;
-}
-
-Result<std::shared_ptr<KvPolicyFactory>> MakeAtpFactory(const PolicySpec& spec) {
-  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"block", "block size B in tokens, default 64"},
-                                      {"rank", "principal rows r per block, default 16"},
-                                      {"tau", "energy fraction in (0,1]; chooses r per block instead of rank"},
-                                      {"window", "exact window W in tokens, a multiple of block, default 64"},
-                                      {"basis", "input (the paper's, from the layer input) or key"},
-                                      {"proj", "dense, or lowrank: Q of block b's tokens in rank r on block b-1's input basis"},
-                                      {"dtype", "storage type f32|f16|bf16, default f32"},
-                                      {"keep", "exact rows kept per block: the E tokens its principal rows summarize worst, 0..block, default 0"},
-                                      {"residual", "none, kivi2|kivi4|kivi8 or mx_FMT: each summarized token's residual kept in that codec (queries read tokens rebuilt)"},
-                                      {"rope", "post (default: compress keys as appended, after RoPE) or pre: compress keys turned back to before RoPE, rotate each rebuilt key at its position (needs residual=)"}}));
-  AtpParams p;
-  ATP_ASSIGN_OR_RETURN(p.block, spec.Int("block", 64, 1, 1 << 16));
-  ATP_ASSIGN_OR_RETURN(p.rank, spec.Int("rank", 16, 1, 1 << 16));
-  ATP_ASSIGN_OR_RETURN(p.tau, spec.Float("tau", 0, 0, 1));
-  if (spec.Has("tau") && p.tau <= 0) return Status::InvalidArgument("kv policy 'atp': tau must be in (0, 1]");
-  if (spec.Has("tau") && spec.Has("rank")) return Status::InvalidArgument("kv policy 'atp': give rank or tau, not both");
-  ATP_ASSIGN_OR_RETURN(p.window, spec.Int("window", p.block, 0, 1 << 24));
-  if (p.window % p.block != 0)
-    return Status::InvalidArgument("kv policy 'atp': window=" + std::to_string(p.window) + " must be a multiple of block=" +
-                                   std::to_string(p.block));
-  ATP_ASSIGN_OR_RETURN(std::string basis, spec.Choice("basis", "input", {"input", "key"}));
-  p.key_basis = basis == "key";
-  ATP_ASSIGN_OR_RETURN(std::string proj, spec.Choice("proj", "dense", {"dense", "lowrank"}));
-  p.proj_lowrank = proj == "lowrank";
-  ATP_ASSIGN_OR_RETURN(p.dtype, spec.Dtype("dtype", DType::kF32));
-  ATP_ASSIGN_OR_RETURN(p.keep, spec.Int("keep", 0, 0, p.block));
-  ATP_ASSIGN_OR_RETURN(std::string residual, spec.String("residual", "none"));
-  if (residual != "none") {
-    ATP_ASSIGN_OR_RETURN(p.residual_codec, ResidualCodec(residual, p.summarized()));
-    p.residual = residual;
-  }
-  ATP_ASSIGN_OR_RETURN(std::string rope, spec.Choice("rope", "post", {"post", "pre"}));
-  p.rope_pre = rope == "pre";
-  if (p.rope_pre && !p.residual_codec)
-    return Status::InvalidArgument(
-        "kv policy 'atp': rope=pre needs residual=: a principal row mixes the keys of a block's positions and has no "
-        "single RoPE angle, so only keys rebuilt token by token (residual=) can be rotated at their own positions");
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<AtpFactory>(p));
-}
+std::shared_ptr<KvPolicyFactory> MakeAtpFactory(const AtpParams& p) { return std::make_shared<AtpFactory>(p); }
 
 }  // namespace atp

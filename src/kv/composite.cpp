@@ -4,6 +4,8 @@
 #include <cstring>
 
 #include "kv/exact_rows.h"
+#include "kv/kivi_codec.h"
+#include "kv/mx_codec.h"
 
 namespace atp {
 
@@ -32,7 +34,6 @@ class ExactCodec : public RowCodec {
   std::unique_ptr<RowStore> NewStore(PageStore& pages, int kw, int vw) const override {
     return std::make_unique<ExactStore>(pages, dt_, kw, vw);
   }
-  std::string Describe() const override { return "dense:dtype=" + std::string(DTypeName(dt_)); }
 
  private:
   DType dt_;
@@ -96,11 +97,12 @@ class CodecPolicy : public KvPolicy {
 
 class CodecPolicyFactory : public KvPolicyFactory {
  public:
-  explicit CodecPolicyFactory(std::shared_ptr<const RowCodec> c) : codec_(std::move(c)) {}
+  explicit CodecPolicyFactory(const RowForm& f) : form_(f), codec_(MakeRowCodec(f)) {}
   std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<CodecPolicy>(s, *codec_); }
-  std::string Describe() const override { return codec_->Describe(); }
+  std::string Describe() const override { return DescribeRowForm(form_); }
 
  private:
+  RowForm form_;
   std::shared_ptr<const RowCodec> codec_;
 };
 
@@ -125,12 +127,14 @@ void DecodeRows(const RowStore& store, int64_t begin, int64_t end, int k_width, 
 
 std::shared_ptr<const RowCodec> MakeExactCodec(DType dtype) { return std::make_shared<ExactCodec>(dtype); }
 
-std::shared_ptr<KvPolicyFactory> MakeCodecPolicyFactory(std::shared_ptr<const RowCodec> codec) {
-  return std::make_shared<CodecPolicyFactory>(std::move(codec));
+std::shared_ptr<const RowCodec> MakeRowCodec(const RowForm& form) {
+  if (auto* e = std::get_if<ExactForm>(&form)) return MakeExactCodec(e->dtype);
+  if (auto* m = std::get_if<MxForm>(&form)) return MakeMxCodec(m->fmt);
+  return MakeKiviCodec(std::get<KiviParams>(form));
 }
 
-std::string DescribeWithCodec(const std::string& policy, const RowCodec* codec) {
-  return codec ? policy + "+" + codec->Describe() : policy;
+std::shared_ptr<KvPolicyFactory> MakeCodecPolicyFactory(const RowForm& form) {
+  return std::make_shared<CodecPolicyFactory>(form);
 }
 
 }  // namespace atp

@@ -11,6 +11,7 @@
 #include "core/dtype.h"
 #include "kv/attend.h"
 #include "kv/kv_policy.h"
+#include "kv/policy_config.h"
 
 namespace atp {
 
@@ -52,8 +53,6 @@ class RowCodec {
   // A new, empty store for rows of k_width key and v_width value elements, leasing its pages from
   // `pages` (which must outlive it).
   virtual std::unique_ptr<RowStore> NewStore(PageStore& pages, int k_width, int v_width) const = 0;
-  // The policy string that builds this codec again, e.g. "mx:fmt=fp8_e4m3".
-  virtual std::string Describe() const = 0;
 };
 
 // Rows [begin, end) of `store` in f32 as a query with horizon store.size() reads them: K (end-begin,
@@ -65,13 +64,11 @@ void DecodeRows(const RowStore& store, int64_t begin, int64_t end, int k_width, 
 // Exact rows in f32, f16 or bf16 (the codec of `dense:dtype=...` on the right of '+').
 std::shared_ptr<const RowCodec> MakeExactCodec(DType dtype);
 
-// Every token's K and V rows kept through `codec`, one store per KV head (`kivi`, `mx` alone).
+// The host's codec of a row form (kv/policy_config.h): exact, MX or KIVI rows.
+std::shared_ptr<const RowCodec> MakeRowCodec(const RowForm& form);
+
+// Every token's K and V rows kept in `form`, one store per KV head (`kivi`, `mx` alone).
 // Causal, and chunk-invariant when the codec's form depends only on the horizon (all ours do).
-std::shared_ptr<KvPolicyFactory> MakeCodecPolicyFactory(std::shared_ptr<const RowCodec> codec);
-
-// "A+B" canonical text: the policy's own description, then "+codec" unless the codec is the
-// plain f32 default (null).
-std::string DescribeWithCodec(const std::string& policy, const RowCodec* codec);
-
+std::shared_ptr<KvPolicyFactory> MakeCodecPolicyFactory(const RowForm& form);
 
 }  // namespace atp

@@ -2,6 +2,7 @@
 
 #include "kv/attend.h"
 #include "kv/exact_rows.h"
+#include "kv/policy_config.h"
 
 namespace atp {
 
@@ -44,7 +45,7 @@ class DenseFactory : public KvPolicyFactory {
   std::unique_ptr<KvPolicy> Create(const KvShape& shape) const override {
     return std::make_unique<DensePolicy>(shape, dtype_);
   }
-  std::string Describe() const override { return "dense:dtype=" + std::string(DTypeName(dtype_)); }
+  std::string Describe() const override { return DescribeRowForm(ExactForm{dtype_}); }
 
  private:
   DType dtype_;
@@ -52,10 +53,6 @@ class DenseFactory : public KvPolicyFactory {
 
 }  // namespace
 
-Result<std::shared_ptr<KvPolicyFactory>> MakeDenseFactory(const PolicySpec& spec) {
-  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"dtype", "storage type f32|f16|bf16, default f32"}}));
-  ATP_ASSIGN_OR_RETURN(DType dt, spec.Dtype("dtype", DType::kF32));
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<DenseFactory>(dt));
-}
+std::shared_ptr<KvPolicyFactory> MakeDenseFactory(DType dtype) { return std::make_shared<DenseFactory>(dtype); }
 
 }  // namespace atp

@@ -3,10 +3,10 @@
 #include <memory>
 
 #include "kv/kv_policy.h"
-#include "kv/policy_spec.h"
+#include "core/dtype.h"
 
 namespace atp {
 
-Result<std::shared_ptr<KvPolicyFactory>> MakeDenseFactory(const PolicySpec& spec);
+std::shared_ptr<KvPolicyFactory> MakeDenseFactory(DType dtype);
 
 }  // namespace atp

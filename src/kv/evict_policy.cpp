@@ -10,23 +10,13 @@ namespace atp {
 
 namespace {
 
-enum class Kind { kStreaming, kH2o, kSnapKv };
-
-struct EvictParams {
-  Kind kind = Kind::kStreaming;
-  int budget = 256;
-  int sinks = 4;     // streaming
-  int recent = 128;  // h2o
-  int window = 32;   // snapkv observation window
-  int pool = 7;      // snapkv pooling kernel
-  std::shared_ptr<const RowCodec> codec;  // never null here
-  bool default_codec = true;
-};
+using Kind = EvictParams::Kind;
 
 class EvictPolicy : public KvPolicy {
  public:
   EvictPolicy(const KvShape& s, const EvictParams& p) : s_(s), p_(p), heads_(size_t(s.n_kv_heads)) {
-    for (auto& h : heads_) h.rows = p.codec->NewStore(s.store(), s.head_dim, s.head_dim);
+    const std::shared_ptr<const RowCodec> codec = MakeRowCodec(p.codec.value_or(ExactForm{}));
+    for (auto& h : heads_) h.rows = codec->NewStore(s.store(), s.head_dim, s.head_dim);
   }
 
   Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
@@ -196,67 +186,15 @@ class EvictFactory : public KvPolicyFactory {
  public:
   explicit EvictFactory(const EvictParams& p) : p_(p) {}
   std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<EvictPolicy>(s, p_); }
-  bool NeedsWholePrompt() const override { return p_.kind != Kind::kStreaming; }
-  std::string Describe() const override {
-    std::string d;
-    switch (p_.kind) {
-      case Kind::kStreaming: d = "streaming:budget=" + std::to_string(p_.budget) + ",sinks=" + std::to_string(p_.sinks); break;
-      case Kind::kH2o: d = "h2o:budget=" + std::to_string(p_.budget) + ",recent=" + std::to_string(p_.recent); break;
-      case Kind::kSnapKv:
-        d = "snapkv:budget=" + std::to_string(p_.budget) + ",window=" + std::to_string(p_.window) + ",pool=" + std::to_string(p_.pool);
-        break;
-    }
-    return DescribeWithCodec(d, p_.default_codec ? nullptr : p_.codec.get());
-  }
+  bool NeedsWholePrompt() const override { return KvPolicyConfig{p_}.NeedsWholePrompt(); }
+  std::string Describe() const override { return KvPolicyConfig{p_}.Describe(); }
 
  private:
   EvictParams p_;
 };
 
-Result<std::shared_ptr<KvPolicyFactory>> Finish(EvictParams p, std::shared_ptr<const RowCodec> codec) {
-  p.default_codec = codec == nullptr;
-  p.codec = codec ? std::move(codec) : MakeExactCodec(DType::kF32);
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<EvictFactory>(p));
-}
-
 }  // namespace
 
-Result<std::shared_ptr<KvPolicyFactory>> MakeStreamingFactory(const PolicySpec& spec, std::shared_ptr<const RowCodec> codec) {
-  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"budget", "tokens kept per KV head (sinks + window), default 256"},
-                                      {"sinks", "first tokens always kept, default 4"}}));
-  EvictParams p;
-  p.kind = Kind::kStreaming;
-  ATP_ASSIGN_OR_RETURN(p.budget, spec.Int("budget", 256, 1, 1 << 24));
-  ATP_ASSIGN_OR_RETURN(p.sinks, spec.Int("sinks", std::min(4, p.budget - 1), 0, 1 << 24));
-  if (p.sinks >= p.budget)
-    return Status::InvalidArgument("kv policy 'streaming': sinks=" + std::to_string(p.sinks) + " must be below budget=" +
-                                   std::to_string(p.budget));
-  return Finish(p, std::move(codec));
-}
-
-Result<std::shared_ptr<KvPolicyFactory>> MakeH2oFactory(const PolicySpec& spec, std::shared_ptr<const RowCodec> codec) {
-  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"budget", "tokens kept per KV head (heavy hitters + recent), default 256"},
-                                      {"recent", "newest tokens never evicted, default budget/2"}}));
-  EvictParams p;
-  p.kind = Kind::kH2o;
-  ATP_ASSIGN_OR_RETURN(p.budget, spec.Int("budget", 256, 1, 1 << 24));
-  ATP_ASSIGN_OR_RETURN(p.recent, spec.Int("recent", p.budget / 2, 0, p.budget));
-  return Finish(p, std::move(codec));
-}
-
-Result<std::shared_ptr<KvPolicyFactory>> MakeSnapKvFactory(const PolicySpec& spec, std::shared_ptr<const RowCodec> codec) {
-  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"budget", "tokens kept per KV head after a prompt, default 256"},
-                                      {"window", "observation window: last queries of the prompt that vote, default 32"},
-                                      {"pool", "max-pooling kernel over neighbouring votes, default 7 (1: none)"}}));
-  EvictParams p;
-  p.kind = Kind::kSnapKv;
-  ATP_ASSIGN_OR_RETURN(p.budget, spec.Int("budget", 256, 2, 1 << 24));
-  ATP_ASSIGN_OR_RETURN(p.window, spec.Int("window", std::min(32, p.budget - 1), 1, 1 << 24));
-  ATP_ASSIGN_OR_RETURN(p.pool, spec.Int("pool", 7, 1, 1 << 16));
-  if (p.window >= p.budget)
-    return Status::InvalidArgument("kv policy 'snapkv': window=" + std::to_string(p.window) + " must be below budget=" +
-                                   std::to_string(p.budget));
-  return Finish(p, std::move(codec));
-}
+std::shared_ptr<KvPolicyFactory> MakeEvictFactory(const EvictParams& p) { return std::make_shared<EvictFactory>(p); }
 
 }  // namespace atp

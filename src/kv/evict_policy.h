@@ -23,13 +23,11 @@
 #include <string>
 
 #include "kv/composite.h"
-#include "kv/policy_spec.h"
+#include "kv/policy_config.h"
 
 namespace atp {
 
-// `codec` (null: exact f32) stores the surviving rows.
-Result<std::shared_ptr<KvPolicyFactory>> MakeStreamingFactory(const PolicySpec& spec, std::shared_ptr<const RowCodec> codec);
-Result<std::shared_ptr<KvPolicyFactory>> MakeH2oFactory(const PolicySpec& spec, std::shared_ptr<const RowCodec> codec);
-Result<std::shared_ptr<KvPolicyFactory>> MakeSnapKvFactory(const PolicySpec& spec, std::shared_ptr<const RowCodec> codec);
+// The surviving rows are kept in p.codec's form (absent: exact f32).
+std::shared_ptr<KvPolicyFactory> MakeEvictFactory(const EvictParams& p);
 
 }  // namespace atp

@@ -172,11 +172,6 @@ class KiviCodec : public RowCodec {
   std::unique_ptr<RowStore> NewStore(PageStore& pages, int kw, int vw) const override {
     return std::make_unique<KiviStore>(p_, pages, kw, vw);
   }
-  std::string Describe() const override {
-    return "kivi:bits=" + std::to_string(p_.bits) + ",group=" + std::to_string(p_.group) +
-           ",residual=" + std::to_string(p_.residual) + ",dtype=" + std::string(DTypeName(p_.dtype));
-  }
-
  private:
   KiviParams p_;
 };
@@ -241,19 +236,5 @@ void KiviEncodeValueRow(const float* x, int dim, int bits, int group, uint8_t* o
 }
 
 std::shared_ptr<const RowCodec> MakeKiviCodec(const KiviParams& p) { return std::make_shared<KiviCodec>(p); }
-
-Result<std::shared_ptr<const RowCodec>> ParseKiviCodec(const PolicySpec& spec) {
-  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"bits", "bits per element 2|4|8, default 2"},
-                                      {"group", "G: tokens per key group and channels per value group, default 32"},
-                                      {"residual", "R: newest tokens kept exact, default 128"},
-                                      {"dtype", "exact residual rows f32|f16|bf16, default f32"}}));
-  KiviParams p;
-  ATP_ASSIGN_OR_RETURN(std::string bits, spec.Choice("bits", "2", {"2", "4", "8"}));
-  p.bits = std::stoi(bits);
-  ATP_ASSIGN_OR_RETURN(p.group, spec.Int("group", 32, 1, 1 << 16));
-  ATP_ASSIGN_OR_RETURN(p.residual, spec.Int("residual", 128, 0, 1 << 24));
-  ATP_ASSIGN_OR_RETURN(p.dtype, spec.Dtype("dtype", DType::kF32));
-  return MakeKiviCodec(p);
-}
 
 }  // namespace atp

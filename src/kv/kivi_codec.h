@@ -11,16 +11,9 @@
 
 #include "core/dtype.h"
 #include "kv/composite.h"
-#include "kv/policy_spec.h"
+#include "kv/policy_config.h"
 
 namespace atp {
-
-struct KiviParams {
-  int bits = 2;
-  int group = 32;       // G: tokens per key group, channels per value group
-  int residual = 128;   // R: newest rows kept exact
-  DType dtype = DType::kF32;  // of the exact residual rows
-};
 
 // Asymmetric parameters for values in [lo, hi]: zero = f16 of lo rounded down, scale = f16 of
 // (hi - zero) / (2^bits - 1) rounded up, so every code rint((x - zero) / scale) lies in
@@ -38,7 +31,5 @@ void KiviEncodeKeyGroup(const float* rows, int64_t stride, int64_t n, int dim, i
 void KiviEncodeValueRow(const float* x, int dim, int bits, int group, uint8_t* out);
 
 std::shared_ptr<const RowCodec> MakeKiviCodec(const KiviParams& p);
-// From "kivi:bits=..,group=..,residual=..,dtype=..".
-Result<std::shared_ptr<const RowCodec>> ParseKiviCodec(const PolicySpec& spec);
 
 }  // namespace atp

@@ -118,12 +118,16 @@ class KvPolicyFactory {
   virtual bool NeedsWholePrompt() const { return false; }
 };
 
-// Parses a policy string such as "dense", "dense:dtype=bf16" or "A+B". Errors list valid names and keys.
-// `model_dir` lets policies find files stored beside the model (calibrated bases); may be empty.
+struct KvPolicyConfig;
+// The host's factory of a parsed policy (kv/policy_config.h).
+std::shared_ptr<KvPolicyFactory> MakeKvFactory(const KvPolicyConfig& config);
+// ParseKvConfig, then MakeKvFactory: a policy string such as "dense", "dense:dtype=bf16" or "A+B". Errors
+// list valid names and keys. `model_dir` lets policies find files stored beside the model (calibrated
+// bases); may be empty.
 Result<std::shared_ptr<KvPolicyFactory>> ParseKvPolicy(const std::string& spec, const std::string& model_dir = "");
 
 // Where a command gets its policies from a string: ParseKvPolicy, or a backend's own parser (the GPU's
-// MakeCudaKvFactory, whose policies only its forward pass can drive).
+// ParseCudaKvPolicy, whose policies only its forward pass can drive).
 using KvPolicyParser =
     std::function<Result<std::shared_ptr<KvPolicyFactory>>(const std::string& spec, const std::string& model_dir)>;
 

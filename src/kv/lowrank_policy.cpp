@@ -1,7 +1,6 @@
 #include "kv/lowrank_policy.h"
 
 #include <algorithm>
-#include <filesystem>
 
 #include "kv/attend.h"
 #include "kv/composite.h"
@@ -11,16 +10,6 @@
 namespace atp {
 
 namespace {
-
-struct LowRankParams {
-  int rk = 16, rv = 32;
-  bool online = false;
-  int block = 64;  // online mode
-  DType dtype = DType::kF32;
-  std::shared_ptr<const KvBasis> basis;  // calib mode
-  std::shared_ptr<const RowCodec> codec;  // form of the coefficient rows: exact in dtype, or B of `lowrank+B`
-  bool default_codec = true;
-};
 
 // One basis of one KV head, and where the coefficients of the tokens expressed in it start in the head's
 // store. The basis lives in the policy: a calibrated one in its copy of the model's, an online block's
@@ -52,8 +41,9 @@ class LowRankPolicy : public KvPolicy {
   LowRankPolicy(const KvShape& s, const LowRankParams& p) : s_(s), p_(p), exact_(s.store(), p.dtype, s.kv_dim()) {
     blocks_.resize(size_t(s.n_kv_heads));
     const int d = s.head_dim;
+    const std::shared_ptr<const RowCodec> codec = MakeRowCodec(p.codec.value_or(ExactForm{p.dtype}));
     for (int h = 0; h < s.n_kv_heads; ++h) {
-      coef_.push_back(p.codec->NewStore(s.store(), p.rk, p.rv));
+      coef_.push_back(codec->NewStore(s.store(), p.rk, p.rv));
       if (p.online) {  // a page row per block: (d, rk) P_k, then (rv, d) P_v^T
         bases_.emplace_back(s.store(), size_t(d) * size_t(p.rk + p.rv) * sizeof(float), PagedRows::RowsPerPageFor(p.block));
         continue;
@@ -204,11 +194,7 @@ class LowRankFactory : public KvPolicyFactory {
                                      std::to_string(s.layer) + "; recalibrate with atp calibrate)");
     return Status::Ok();
   }
-  std::string Describe() const override {
-    std::string d = "lowrank:rk=" + std::to_string(p_.rk) + ",rv=" + std::to_string(p_.rv);
-    d += p_.online ? ",mode=online,block=" + std::to_string(p_.block) : ",mode=calib";
-    return DescribeWithCodec(d + ",dtype=" + std::string(DTypeName(p_.dtype)), p_.default_codec ? nullptr : p_.codec.get());
-  }
+  std::string Describe() const override { return KvPolicyConfig{p_}.Describe(); }
 
  private:
   LowRankParams p_;
@@ -216,36 +202,7 @@ class LowRankFactory : public KvPolicyFactory {
 
 }  // namespace
 
-Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& spec, const std::string& model_dir,
-                                                            std::shared_ptr<const RowCodec> codec) {
-  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"rk", "key rank r_k, default 16"},
-                                      {"rv", "value rank r_v, default 32"},
-                                      {"mode", "calib (bases from atp calibrate) or online (per block)"},
-                                      {"block", "online mode: block size in tokens, default 64"},
-                                      {"file", "calib mode: basis file, default MODEL/kv_basis.safetensors (MODEL.kv_basis.safetensors for a .gguf)"},
-                                      {"dtype", "coefficient storage f32|f16|bf16, default f32"}}));
-  LowRankParams p;
-  ATP_ASSIGN_OR_RETURN(p.rk, spec.Int("rk", 16, 1, 4096));
-  ATP_ASSIGN_OR_RETURN(p.rv, spec.Int("rv", 32, 1, 4096));
-  ATP_ASSIGN_OR_RETURN(std::string mode, spec.Choice("mode", "calib", {"calib", "online"}));
-  p.online = mode == "online";
-  ATP_ASSIGN_OR_RETURN(p.block, spec.Int("block", 64, 1, 1 << 16));
-  ATP_ASSIGN_OR_RETURN(p.dtype, spec.Dtype("dtype", DType::kF32));
-  if (codec && p.online)  // a KIVI residual would count within each sealed block and never apply
-    return Status::InvalidArgument("kv policy 'lowrank': mode=online takes no codec after '+'; use mode=calib");
-  p.default_codec = codec == nullptr;
-  p.codec = codec ? std::move(codec) : MakeExactCodec(p.dtype);
-  if (!p.online) {
-    ATP_ASSIGN_OR_RETURN(std::string file, spec.String("file", DefaultKvBasisPath(model_dir)));
-    if (!std::filesystem::exists(file))
-      return Status::NotFound("kv policy 'lowrank': no basis file " + file + " (run `atp calibrate -m MODEL -f TEXT --into-model` first, pass file=BASIS, or use mode=online)");
-    ATP_ASSIGN_OR_RETURN(KvBasis b, ReadKvBasis(file));
-    if (p.rk > b.head_dim || p.rv > b.head_dim)
-      return Status::InvalidArgument("kv policy 'lowrank': rk and rv must be <= head_dim " + std::to_string(b.head_dim));
-    p.basis = std::make_shared<const KvBasis>(std::move(b));
-  }
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<LowRankFactory>(p));
-}
+std::shared_ptr<KvPolicyFactory> MakeLowRankFactory(const LowRankParams& p) { return std::make_shared<LowRankFactory>(p); }
 
 std::vector<float> FirstBasisColumns(const float* M, int d, int r) {
   std::vector<float> out(size_t(d) * size_t(r));

@@ -9,16 +9,13 @@
 
 #include "format/basis_file.h"
 #include "kv/kv_policy.h"
-#include "kv/policy_spec.h"
+#include "kv/policy_config.h"
 
 namespace atp {
 
 // The first r columns of one head's (d x d) basis M: (d x r) row-major.
 std::vector<float> FirstBasisColumns(const float* M, int d, int r);
 
-class RowCodec;
-// `codec` (B of `lowrank+B`, calib mode only; null: exact rows in `dtype`) stores the coefficient rows.
-Result<std::shared_ptr<KvPolicyFactory>> MakeLowRankFactory(const PolicySpec& spec, const std::string& model_dir,
-                                                            std::shared_ptr<const RowCodec> codec = nullptr);
+std::shared_ptr<KvPolicyFactory> MakeLowRankFactory(const LowRankParams& p);
 
 }  // namespace atp

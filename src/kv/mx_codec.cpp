@@ -150,14 +150,9 @@ class MxCodec : public RowCodec {
   std::unique_ptr<RowStore> NewStore(PageStore& pages, int kw, int vw) const override {
     return std::make_unique<MxStore>(pages, f_, kw, vw);
   }
-  std::string Describe() const override { return std::string("mx:fmt=") + MxFormatName(f_); }
-
  private:
   MxFormat f_;
 };
-
-const MxFormat kAll[] = {MxFormat::kFp8E4M3, MxFormat::kFp8E5M2, MxFormat::kFp6E2M3, MxFormat::kFp6E3M2,
-                         MxFormat::kFp4E2M1, MxFormat::kInt8, MxFormat::kNvFp4};
 
 }  // namespace
 
@@ -206,35 +201,6 @@ void MxEncodeRow(MxFormat f, const float* x, int dim, uint8_t* out) {
   }
 }
 
-const char* MxFormatName(MxFormat f) {
-  switch (f) {
-    case MxFormat::kFp8E4M3: return "fp8_e4m3";
-    case MxFormat::kFp8E5M2: return "fp8_e5m2";
-    case MxFormat::kFp6E2M3: return "fp6_e2m3";
-    case MxFormat::kFp6E3M2: return "fp6_e3m2";
-    case MxFormat::kFp4E2M1: return "fp4";
-    case MxFormat::kInt8: return "int8";
-    case MxFormat::kNvFp4: return "nvfp4";
-  }
-  return "?";
-}
-
-Result<MxFormat> ParseMxFormat(const std::string& name) {
-  std::string list;
-  for (MxFormat f : kAll) {
-    if (name == MxFormatName(f)) return f;
-    list += (list.empty() ? "" : ", ") + std::string(MxFormatName(f));
-  }
-  return Status::InvalidArgument("kv policy 'mx': fmt=" + name + " is not one of " + list);
-}
-
 std::shared_ptr<const RowCodec> MakeMxCodec(MxFormat f) { return std::make_shared<MxCodec>(f); }
-
-Result<std::shared_ptr<const RowCodec>> ParseMxCodec(const PolicySpec& spec) {
-  ATP_RETURN_IF_ERROR(spec.CheckKeys({{"fmt", "element format fp8_e4m3|fp8_e5m2|fp6_e2m3|fp6_e3m2|fp4|int8|nvfp4, default fp8_e4m3"}}));
-  ATP_ASSIGN_OR_RETURN(std::string name, spec.String("fmt", "fp8_e4m3"));
-  ATP_ASSIGN_OR_RETURN(MxFormat f, ParseMxFormat(name));
-  return MakeMxCodec(f);
-}
 
 }  // namespace atp

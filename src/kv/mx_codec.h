@@ -16,7 +16,7 @@
 
 #include "kernels/packed_attention.h"
 #include "kv/composite.h"
-#include "kv/policy_spec.h"
+#include "kv/policy_config.h"
 
 namespace atp {
 
@@ -33,12 +33,6 @@ uint8_t E4M3Quantize(double x);
 // Encodes dim values into MxRowBytes(f, dim) bytes (layout: kernels/packed_attention.h).
 void MxEncodeRow(MxFormat f, const float* x, int dim, uint8_t* out);
 
-// "fp8_e4m3", ... ; and back.
-const char* MxFormatName(MxFormat f);
-Result<MxFormat> ParseMxFormat(const std::string& name);
-
 std::shared_ptr<const RowCodec> MakeMxCodec(MxFormat f);
-// From "mx:fmt=..." (key fmt; default fp8_e4m3).
-Result<std::shared_ptr<const RowCodec>> ParseMxCodec(const PolicySpec& spec);
 
 }  // namespace atp

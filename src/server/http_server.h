@@ -47,7 +47,7 @@ struct ServerOptions {
   LogFormat log_format = LogFormat::kText;  // the access log on stderr                   // connection caps and the deadline for reading a request
   std::chrono::milliseconds shutdown_timeout{30000};  // for in-flight requests to finish
   // How a request's kv string becomes policies: the CPU registry (ParseKvPolicy) when empty;
-  // `serve --device cuda` passes the GPU's (MakeCudaKvFactory), whose policies the model's backend drives.
+  // `serve --device cuda` passes the GPU's (ParseCudaKvPolicy), whose policies the model's backend drives.
   KvPolicyParser parse_kv;
   KvBases kv_bases;  // basis files requests may select by name (basis=NAME), registered at start-up
 };
