@@ -1,22 +1,20 @@
 #include "kv/evict_policy.h"
 
 #include <algorithm>
-#include <numeric>
 
 #include "core/thread_pool.h"
 #include "kv/attend.h"
+#include "kv/evict_rule.h"
 
 namespace atp {
 
 namespace {
 
-using Kind = EvictParams::Kind;
-
 class EvictPolicy : public KvPolicy {
  public:
-  EvictPolicy(const KvShape& s, const EvictParams& p) : s_(s), p_(p), heads_(size_t(s.n_kv_heads)) {
+  EvictPolicy(const KvShape& s, const EvictParams& p) : s_(s), rule_(p, s.n_kv_heads) {
     const std::shared_ptr<const RowCodec> codec = MakeRowCodec(p.codec.value_or(ExactForm{}));
-    for (auto& h : heads_) h.rows = codec->NewStore(s.store(), s.head_dim, s.head_dim);
+    for (int h = 0; h < s.n_kv_heads; ++h) rows_.push_back(codec->NewStore(s.store(), s.head_dim, s.head_dim));
   }
 
   Status Append(std::span<const int32_t> positions, const float*, const float* K, const float* V) override {
@@ -24,15 +22,12 @@ class EvictPolicy : public KvPolicy {
     if (positions[0] != length_)
       return Status::InvalidArgument("kv policy: position " + std::to_string(positions[0]) + " appended after " +
                                      std::to_string(length_) + " tokens");
-    ApplyVotes();
-    DropUnread(positions[0]);
+    rule_.ApplyVotes(Retain());
+    rule_.DropUnread(positions[0], Retain());
     const int64_t T = int64_t(positions.size()), kvd = s_.kv_dim();
-    for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh) {
-      Head& h = heads_[size_t(kvh)];
-      h.rows->Append(K + kvh * s_.head_dim, kvd, V + kvh * s_.head_dim, kvd, T);
-      h.pos.insert(h.pos.end(), positions.begin(), positions.end());
-      if (p_.kind == Kind::kH2o) h.score.resize(h.pos.size(), 0.f);
-    }
+    for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh)
+      rows_[size_t(kvh)]->Append(K + kvh * s_.head_dim, kvd, V + kvh * s_.head_dim, kvd, T);
+    rule_.Append(positions);
     length_ += T;
     return Status::Ok();
   }
@@ -40,146 +35,66 @@ class EvictPolicy : public KvPolicy {
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     const int64_t T = int64_t(positions.size());
     if (T == 0) return Status::Ok();
-    ApplyVotes();  // a caller that attends twice without Update sees the first call's eviction, as it always did
+    rule_.ApplyVotes(Retain());  // a caller that attends twice without Update sees the first call's eviction
     const int group = s_.n_heads / s_.n_kv_heads;
     auto segments = [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
-      const Head& h = heads_[size_t(kvh)];
-      const int32_t p = positions[size_t(t)];
-      const int64_t hz = std::upper_bound(h.pos.begin(), h.pos.end(), p) - h.pos.begin();  // rows of positions <= p
-      if (p_.kind != Kind::kStreaming) return h.rows->View(0, hz, hz, out);
-      const int64_t nsink = std::min<int64_t>(hz, std::lower_bound(h.pos.begin(), h.pos.end(), p_.sinks) - h.pos.begin());
-      const int32_t wfirst = std::max(p_.sinks, p - (p_.budget - p_.sinks) + 1);
-      const int64_t wlo = std::lower_bound(h.pos.begin(), h.pos.end(), wfirst) - h.pos.begin();
-      // Sinks and window touch: one range. Otherwise two, split by position (not by what happens to
-      // be stored), so every chunking hands the kernels the same segments.
-      if (wfirst == p_.sinks) return h.rows->View(0, hz, hz, out);
-      if (nsink > 0) h.rows->View(0, nsink, hz, out);
-      h.rows->View(wlo, hz, hz, out);
+      EvictRule::Range r[2];
+      const int n = rule_.Visible(kvh, positions[size_t(t)], r);
+      for (int i = 0; i < n; ++i) rows_[size_t(kvh)]->View(r[i].begin, r[i].end, r[n - 1].end, out);
     };
-    // Attention weights fed back: H2O accumulates all queries, SnapKV the chunk's observation window.
-    const bool snap = p_.kind == Kind::kSnapKv && T > 1;
-    const int64_t obs_from = snap ? T - std::min<int64_t>(p_.window, T) : T;
-    if (p_.kind == Kind::kStreaming || (p_.kind == Kind::kSnapKv && !snap)) {
+    // Attention weights fed back: H2O's every query, SnapKV's observation window.
+    const int64_t voters_from = rule_.VotersFrom(T);
+    if (voters_from == T) {
       AttendSegments(s_, T, Q, O, segments);
       return Status::Ok();
     }
     int64_t rows_max = 0;
-    for (auto& h : heads_) rows_max = std::max<int64_t>(rows_max, int64_t(h.pos.size()));
+    for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh) rows_max = std::max(rows_max, rule_.rows(kvh));
     const int threads = ThreadPool::Global().size();
     // acc (threads, n_kv_heads, rows_max): per worker, so tasks never share a sum.
     std::vector<float> acc(size_t(threads) * size_t(s_.n_kv_heads) * size_t(rows_max), 0.f);
     AttendSegments(s_, T, Q, O, segments, [&](int64_t t, int head, const float* w, int64_t n, int thread) {
-      if (t < obs_from && p_.kind == Kind::kSnapKv) return;
+      if (t < voters_from) return;
       float* a = &acc[(size_t(thread) * size_t(s_.n_kv_heads) + size_t(head / group)) * size_t(rows_max)];
       for (int64_t j = 0; j < n; ++j) a[j] += w[j];
     });
     // Kept until Update (or the next Append) evicts by them: Attend changes nothing a query reads.
-    votes_.assign(size_t(s_.n_kv_heads), {});
-    votes_window_ = T - obs_from;
+    std::vector<std::vector<float>> votes(size_t(s_.n_kv_heads));
     for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh) {
-      const int64_t n = int64_t(heads_[size_t(kvh)].pos.size());
-      std::vector<float>& votes = votes_[size_t(kvh)];
-      votes.assign(size_t(n), 0.f);
+      const int64_t n = rule_.rows(kvh);
+      votes[size_t(kvh)].assign(size_t(n), 0.f);
       for (int th = 0; th < threads; ++th) {
         const float* a = &acc[(size_t(th) * size_t(s_.n_kv_heads) + size_t(kvh)) * size_t(rows_max)];
-        for (int64_t j = 0; j < n; ++j) votes[size_t(j)] += a[j];
+        for (int64_t j = 0; j < n; ++j) votes[size_t(kvh)][size_t(j)] += a[j];
       }
     }
+    rule_.SetVotes(std::move(votes), T - voters_from);
     return Status::Ok();
   }
 
   size_t Bytes() const override {
-    size_t n = 0;
-    for (auto& h : heads_) n += h.rows->Bytes() + h.pos.size() * sizeof(int32_t) + h.score.size() * sizeof(float);
+    size_t n = rule_.Bytes();
+    for (auto& r : rows_) n += r->Bytes();
     return n;
   }
   int64_t Length() const override { return length_; }
 
   Status Update() override {
-    ApplyVotes();
-    DropUnread(length_);
-    for (auto& h : heads_) h.rows->Trim();
+    rule_.ApplyVotes(Retain());
+    rule_.DropUnread(length_, Retain());
+    for (auto& r : rows_) r->Trim();
     return Status::Ok();
   }
 
  private:
-  struct Head {
-    std::unique_ptr<RowStore> rows;  // retained rows, ascending positions
-    std::vector<int32_t> pos;        // position of each row
-    std::vector<float> score;        // h2o: accumulated attention of each row
-  };
-
-  // H2O and SnapKV: the attention the last Attend gave each row decides what goes (H2O: the
-  // accumulated score beyond the recent rows; SnapKV: the observation window's votes, max-pooled).
-  void ApplyVotes() {
-    if (votes_.empty()) return;
-    for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh) {
-      Head& h = heads_[size_t(kvh)];
-      const std::vector<float>& votes = votes_[size_t(kvh)];
-      const int64_t n = int64_t(h.pos.size());
-      if (p_.kind == Kind::kH2o) {
-        for (int64_t j = 0; j < n; ++j) h.score[size_t(j)] += votes[size_t(j)];
-        if (n > p_.budget) EvictLowest(h, h.score, n - p_.recent, n - p_.budget);
-      } else if (n > p_.budget) {
-        const int64_t older = n - votes_window_;  // the chunk's last rows are the window
-        std::vector<float> pooled(static_cast<size_t>(older));
-        const int left = (p_.pool - 1) / 2, right = p_.pool / 2;
-        for (int64_t j = 0; j < older; ++j) {
-          float m = votes[size_t(j)];
-          for (int64_t i = std::max<int64_t>(0, j - left); i <= std::min<int64_t>(older - 1, j + right); ++i)
-            m = std::max(m, votes[size_t(i)]);
-          pooled[size_t(j)] = m;
-        }
-        EvictLowest(h, pooled, older, n - p_.budget);  // keeps the budget - w best-voted older rows
-      }
-    }
-    votes_.clear();
-  }
-
-  // Streaming: no query from position `next` on reads a non-sink position older than next - window + 1.
-  void DropUnread(int64_t next) {
-    if (p_.kind != Kind::kStreaming) return;
-    const int64_t lo = next - (p_.budget - p_.sinks) + 1;
-    for (auto& h : heads_) {
-      std::vector<char> keep(h.pos.size());
-      bool any = false;
-      for (size_t i = 0; i < h.pos.size(); ++i) {
-        keep[i] = h.pos[i] < p_.sinks || h.pos[i] >= lo;
-        any |= !keep[i];
-      }
-      if (any) Retain(h, keep);
-    }
-  }
-
-  void Retain(Head& h, const std::vector<char>& keep) {
-    h.rows->Retain(keep);
-    size_t w = 0;
-    for (size_t i = 0; i < keep.size(); ++i)
-      if (keep[i]) {
-        h.pos[w] = h.pos[i];
-        if (!h.score.empty()) h.score[w] = h.score[i];
-        ++w;
-      }
-    h.pos.resize(w);
-    if (!h.score.empty()) h.score.resize(w);
-  }
-
-  // Evicts the `count` rows with the lowest key among rows [0, candidates), older first on ties.
-  void EvictLowest(Head& h, const std::vector<float>& key, int64_t candidates, int64_t count) {
-    std::vector<int64_t> idx(static_cast<size_t>(candidates));
-    std::iota(idx.begin(), idx.end(), 0);
-    std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return key[size_t(a)] < key[size_t(b)]; });
-    std::vector<char> keep(h.pos.size(), 1);
-    for (int64_t i = 0; i < count; ++i) keep[size_t(idx[size_t(i)])] = 0;
-    Retain(h, keep);
+  EvictRule::Retain Retain() {
+    return [this](int kvh, const std::vector<char>& keep) { rows_[size_t(kvh)]->Retain(keep); };
   }
 
   KvShape s_;
-  EvictParams p_;
+  EvictRule rule_;
   int64_t length_ = 0;
-  std::vector<Head> heads_;  // per KV head
-  std::vector<std::vector<float>> votes_;  // per KV head: the last Attend's attention per row; empty once applied
-  int64_t votes_window_ = 0;               // snapkv: rows of that chunk's observation window
+  std::vector<std::unique_ptr<RowStore>> rows_;  // per KV head: the kept rows, ascending positions
 };
 
 class EvictFactory : public KvPolicyFactory {

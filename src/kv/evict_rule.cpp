@@ -1,0 +1,114 @@
+#include "kv/evict_rule.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace atp {
+
+using Kind = EvictParams::Kind;
+
+EvictRule::EvictRule(const EvictParams& p, int n_kv) : p_(p), heads_(size_t(n_kv)) {}
+
+void EvictRule::Append(std::span<const int32_t> positions) {
+  for (Head& h : heads_) {
+    h.pos.insert(h.pos.end(), positions.begin(), positions.end());
+    if (p_.kind == Kind::kH2o) h.score.resize(h.pos.size(), 0.f);
+  }
+}
+
+int EvictRule::Visible(int kv_head, int32_t p, Range out[2]) const {
+  const std::vector<int32_t>& pos = heads_[size_t(kv_head)].pos;
+  const int64_t hz = std::upper_bound(pos.begin(), pos.end(), p) - pos.begin();  // rows of positions <= p
+  const int32_t wfirst = std::max(p_.sinks, p - (p_.budget - p_.sinks) + 1);
+  // Sinks and window touch (or no streaming): one range.
+  if (p_.kind != Kind::kStreaming || wfirst == p_.sinks) return out[0] = {0, hz}, 1;
+  const int64_t nsink = std::min<int64_t>(hz, std::lower_bound(pos.begin(), pos.end(), p_.sinks) - pos.begin());
+  const int64_t wlo = std::lower_bound(pos.begin(), pos.end(), wfirst) - pos.begin();
+  int n = 0;
+  if (nsink > 0) out[n++] = {0, nsink};
+  out[n++] = {wlo, hz};
+  return n;
+}
+
+int64_t EvictRule::VotersFrom(int64_t T) const {
+  if (p_.kind == Kind::kH2o) return 0;
+  if (p_.kind == Kind::kSnapKv && T > 1) return T - std::min<int64_t>(p_.window, T);
+  return T;
+}
+
+void EvictRule::SetVotes(std::vector<std::vector<float>> votes, int64_t voters) {
+  votes_ = std::move(votes);
+  voters_ = voters;
+}
+
+void EvictRule::ApplyVotes(const Retain& retain) {
+  if (votes_.empty()) return;
+  for (int kvh = 0; kvh < int(heads_.size()); ++kvh) {
+    Head& h = heads_[size_t(kvh)];
+    const std::vector<float>& votes = votes_[size_t(kvh)];
+    const int64_t n = int64_t(h.pos.size());
+    if (p_.kind == Kind::kH2o) {
+      for (int64_t j = 0; j < n; ++j) h.score[size_t(j)] += votes[size_t(j)];
+      if (n > p_.budget) EvictLowest(kvh, h.score, n - p_.recent, n - p_.budget, retain);
+    } else if (n > p_.budget) {
+      const int64_t older = n - voters_;  // the chunk's last rows are the window
+      std::vector<float> pooled(static_cast<size_t>(older));
+      const int left = (p_.pool - 1) / 2, right = p_.pool / 2;
+      for (int64_t j = 0; j < older; ++j) {
+        float m = votes[size_t(j)];
+        for (int64_t i = std::max<int64_t>(0, j - left); i <= std::min<int64_t>(older - 1, j + right); ++i)
+          m = std::max(m, votes[size_t(i)]);
+        pooled[size_t(j)] = m;
+      }
+      EvictLowest(kvh, pooled, older, n - p_.budget, retain);  // keeps the budget - w best-voted older rows
+    }
+  }
+  votes_.clear();
+}
+
+void EvictRule::DropUnread(int64_t next, const Retain& retain) {
+  if (p_.kind != Kind::kStreaming) return;
+  const int64_t lo = next - (p_.budget - p_.sinks) + 1;
+  for (int kvh = 0; kvh < int(heads_.size()); ++kvh) {
+    const std::vector<int32_t>& pos = heads_[size_t(kvh)].pos;
+    std::vector<char> keep(pos.size());
+    bool any = false;
+    for (size_t i = 0; i < pos.size(); ++i) {
+      keep[i] = pos[i] < p_.sinks || pos[i] >= lo;
+      any |= !keep[i];
+    }
+    if (any) Keep(kvh, keep, retain);
+  }
+}
+
+size_t EvictRule::Bytes() const {
+  size_t n = 0;
+  for (const Head& h : heads_) n += h.pos.size() * sizeof(int32_t) + h.score.size() * sizeof(float);
+  return n;
+}
+
+void EvictRule::Keep(int kv_head, const std::vector<char>& keep, const Retain& retain) {
+  retain(kv_head, keep);
+  Head& h = heads_[size_t(kv_head)];
+  size_t w = 0;
+  for (size_t i = 0; i < keep.size(); ++i)
+    if (keep[i]) {
+      h.pos[w] = h.pos[i];
+      if (!h.score.empty()) h.score[w] = h.score[i];
+      ++w;
+    }
+  h.pos.resize(w);
+  if (!h.score.empty()) h.score.resize(w);
+}
+
+void EvictRule::EvictLowest(int kv_head, const std::vector<float>& key, int64_t candidates, int64_t count,
+                            const Retain& retain) {
+  std::vector<int64_t> idx(static_cast<size_t>(candidates));
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return key[size_t(a)] < key[size_t(b)]; });
+  std::vector<char> keep(heads_[size_t(kv_head)].pos.size(), 1);
+  for (int64_t i = 0; i < count; ++i) keep[size_t(idx[size_t(i)])] = 0;
+  Keep(kv_head, keep, retain);
+}
+
+}  // namespace atp
