@@ -278,11 +278,24 @@ TEST(CudaKv, StreamingMatchesCpuTwin) {
                        "streaming:budget=300+dense:dtype=bf16", "streaming:budget=48,sinks=8+mx:fmt=fp8_e4m3"});
 }
 
+// H2O and SnapKV against the CPU eviction policy: both evict by kv/evict_rule.h's rule, given votes
+// that each backend computes in f32 (the CPU from its attention kernel's weights, the GPU in its own
+// vote kernels), so they keep the same rows unless two rows' votes lie within ~1e-6 relative of each
+// other at the eviction boundary (then an output moves by ~1: none in these cases). Decode reads the
+// kept rows exactly, so it holds kDecodeTol; prefill runs on bf16 tensor cores as always. Eviction
+// inside long chunks (case 4: 3000 tokens voting at once), by decode steps (h2o every step), with exact,
+// bf16 and MX rows, and SnapKV's pooling and window.
+TEST(CudaKv, H2oAndSnapKvMatchCpuTwins) {
+  ATP_SKIP_WITHOUT_GPU();
+  ExpectSpecsMatchCpu({"h2o:budget=64,recent=16", "h2o:budget=32+dense:dtype=bf16", "h2o:budget=40,recent=8+mx:fmt=fp8_e4m3",
+                       "snapkv:budget=48,window=8,pool=5", "snapkv:budget=40,window=16,pool=1+mx:fmt=nvfp4"});
+}
+
 TEST(CudaKv, RejectsPoliciesWithoutKernels) {
   for (const char* spec : {"atp:block=64,tau=0.9,basis=key", "atp:block=32,tau=0.9,basis=key,residual=kivi2",
                            "atp:block=16,rank=4,keep=16",
                            "atp:block=128,rank=16", "atp:rank=16,proj=lowrank",
-                           "h2o:budget=64+kivi", "kivi:group=12", "streaming:budget=64+kivi", "snapkv:budget=64"}) {
+                           "h2o:budget=64+kivi", "kivi:group=12", "streaming:budget=64+kivi", "snapkv:budget=64+kivi"}) {
     auto f = ParseCudaKvPolicy(spec);
     ASSERT_FALSE(f.ok()) << spec;
     EXPECT_NE(f.status().ToString().find("no CUDA kernels"), std::string::npos) << f.status().ToString();

@@ -240,7 +240,7 @@ TEST(CudaDecodeBatch, PlannedPoliciesMatchPerItemTwins) {
                                           "atp:block=16,rank=4,window=16,basis=key", "atp:block=16,rank=4,window=16,keep=3",
                                           "atp:block=16,rank=4,window=16,basis=key,keep=2",
                                           "kivi:bits=4,group=16,residual=32", "kivi:bits=2,group=32,residual=0",
-                                          "streaming:budget=64,sinks=4"};
+                                          "streaming:budget=64,sinks=4", "snapkv:budget=48,window=8,pool=5"};
   const int qd = shape.q_dim(), kvd = shape.kv_dim(), d = shape.d_model, steps = 20;
   struct Seq {
     std::string spec;

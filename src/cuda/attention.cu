@@ -268,9 +268,12 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(DecodeArgs args
 
 // --- Visibility ----------------------------------------------------------------------------------
 
-// The first position a query at p sees exactly, and the principal rows it sees.
+// The first position a query at p sees exactly (never before `first`: rows before it were dropped;
+// h2o and snapkv keep their rows at positions first, first + 1, ... of this numbering), and the
+// principal rows it sees.
 __host__ __device__ __forceinline__ int64_t SeenFrom(const Visibility& v, int64_t p) {
-  return CompressedBlocks(v.block, v.window, p) * v.block;
+  const int64_t from = CompressedBlocks(v.block, v.window, p) * v.block;
+  return from > v.first ? from : v.first;
 }
 __device__ __forceinline__ int64_t PrincipalSeen(const Visibility& v, int64_t p) {
   const int64_t nb = CompressedBlocks(v.block, v.window, p);

@@ -75,7 +75,8 @@ struct StoreJob {
 void StoreKvBatch(KvFormat f, int dim, const StoreJob* jobs, int n_jobs, int64_t max_elems, cudaStream_t s);
 
 // Which rows the query at position p sees, beyond plain causal attention over rows 0..p (the
-// default). Rows of k and v hold positions first, first + 1, ... (earlier ones were dropped). With
+// default). Rows of k and v hold positions first, first + 1, ... (earlier ones were dropped, and no
+// query sees before first; h2o and snapkv number their kept rows so, cuda/evict_policy.cpp). With
 // block > 0 the blocks b with (b + 1) * block + window <= p, nb(p) of them, are seen only through
 // principal rows 0 .. pre_end[nb(p) - 1] - 1 of pk and pv, and exact rows from position
 // nb(p) * block on: ATP's principal rows (docs/design.md section 4; k's form), or KIVI's packed token

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <string>
 
+#include "cuda/evict_votes.h"
+
 namespace atp::cuda {
 
 bool PointerKind::Query(const void* p) {
@@ -65,6 +67,15 @@ Status RowBuffer::Move(int64_t cap, int64_t from, int64_t keep) {
   }
   buf_ = std::move(next);
   cap_ = cap;
+  return Status::Ok();
+}
+
+Status RowBuffer::Gather(const int32_t* idx, int64_t n, int64_t tokens) {
+  RowBuffer next(f_, dim_, n_kv_);
+  ATP_RETURN_IF_ERROR(next.Reserve(tokens, 0));
+  GatherRows(rows(), next.rows(), idx, n, nullptr);
+  ATP_RETURN_IF_ERROR(LastLaunch("row gather"));
+  *this = std::move(next);
   return Status::Ok();
 }
 
@@ -148,6 +159,7 @@ Status DevicePolicy::Attend(std::span<const int32_t> positions, const float* Q, 
   ATP_RETURN_IF_ERROR(ws_.Grow(size_t(AttendWorkspaceFloats(a, RowsSeen(view), SmCount()))));
   cuda::Attend(a, view.k, view.v, view.vis, dq, T, positions[0], o, ws_.get(), SmCount(), nullptr);
   ATP_RETURN_IF_ERROR(LastLaunch("attention"));
+  ATP_RETURN_IF_ERROR(Observe(dq, T, positions[0]));
   o_out_.Finish(O, nq);
   return Status::Ok();
 }

@@ -79,6 +79,9 @@ class RowBuffer {
   // Rows [from, from + keep) moved to the front of a new buffer with room for `tokens` rows (a
   // policy dropping its oldest rows; the new buffer avoids an overlapping copy).
   Status Compact(int64_t from, int64_t keep, int64_t tokens) { return Move(2 * tokens, from, keep); }
+  // Rows chosen per KV head moved to the front of a new buffer with room for `tokens` rows: row j of
+  // head h becomes row idx[h * n + j] of head h (idx device memory; a policy evicting rows per head).
+  Status Gather(const int32_t* idx, int64_t n, int64_t tokens);
   DeviceRows rows() const;
   int64_t capacity() const { return cap_; }
   int64_t TokenBytes() const { return TokenElemBytes(f_, dim_, n_kv_) + TokenScaleBytes(f_, dim_, n_kv_); }
@@ -238,6 +241,13 @@ class DevicePolicy : public KvPolicy, public DecodePlanner {
     (void)last;
     return Status::Ok();
   }
+  // Work after Attend's launch, given its queries (device, (T, n_heads * head_dim) f32) at positions
+  // start .. start + T - 1: h2o and snapkv compute the votes they evict by. The batched path never
+  // calls it either (Batches(), as for Prepare). Default: nothing.
+  virtual Status Observe(const float* Q, int64_t T, int64_t start) {
+    (void)Q, (void)T, (void)start;
+    return Status::Ok();
+  }
 
   // Ok unless ReadsInput() and X is null.
   Status CheckInput(const float* X) const;
@@ -251,23 +261,28 @@ class DevicePolicy : public KvPolicy, public DecodePlanner {
 };
 
 // The factory of a DevicePolicy P made as P(shape, params) from its parameters P::Params: CheckShape
-// is P::CheckShape(shape, params), Describe() `describe` (the CPU factory's canonical string).
+// is P::CheckShape(shape, params), Describe() `describe` (the policy's canonical string),
+// NeedsWholePrompt() `whole_prompt` (KvPolicyConfig::NeedsWholePrompt).
 template <class P>
 class DevicePolicyFactory final : public KvPolicyFactory {
  public:
-  DevicePolicyFactory(const typename P::Params& p, std::string describe) : p_(p), describe_(std::move(describe)) {}
+  DevicePolicyFactory(const typename P::Params& p, std::string describe, bool whole_prompt)
+      : p_(p), describe_(std::move(describe)), whole_prompt_(whole_prompt) {}
   std::unique_ptr<KvPolicy> Create(const KvShape& s) const override { return std::make_unique<P>(s, p_); }
   Status CheckShape(const KvShape& s) const override { return P::CheckShape(s, p_); }
   std::string Describe() const override { return describe_; }
+  bool NeedsWholePrompt() const override { return whole_prompt_; }
 
  private:
   typename P::Params p_;
   std::string describe_;
+  bool whole_prompt_;
 };
 
 template <class P>
-std::shared_ptr<KvPolicyFactory> MakeDevicePolicyFactory(const typename P::Params& p, std::string describe) {
-  return std::make_shared<DevicePolicyFactory<P>>(p, std::move(describe));
+std::shared_ptr<KvPolicyFactory> MakeDevicePolicyFactory(const typename P::Params& p, std::string describe,
+                                                         bool whole_prompt = false) {
+  return std::make_shared<DevicePolicyFactory<P>>(p, std::move(describe), whole_prompt);
 }
 
 }  // namespace atp::cuda

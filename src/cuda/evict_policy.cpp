@@ -1,0 +1,123 @@
+// H2O and SnapKV with rows in device memory. What is kept, what a query reads and how votes evict is
+// kv/evict_rule.h's rule, the host policy's own; this policy keeps the rows. The rule evicts the same
+// number of rows from every KV head, so all heads hold as many rows, in one buffer pair whose row j of
+// head h is that head's j-th kept row. A query then reads one causal range: the rows kept before its
+// chunk and the chunk's rows up to it, which cuda::Visibility describes by numbering row j as position
+// first + j (first = the last query's position + 1 - rows). An Attend whose queries vote (h2o: all;
+// snapkv: the last window of a prompt chunk) computes the votes in f32 (cuda/evict_votes.h) and hands
+// them to the rule, which applies them at the next Append, Attend or Update; a keep mask is applied by
+// gathering each head's kept rows into a new buffer. h2o votes at every step, so its decode steps stay
+// on the per-item path; snapkv's decode steps do not vote and are batched.
+#include "cuda/evict_policy.h"
+
+#include <numeric>
+#include <vector>
+
+#include "cuda/device_policy.h"
+#include "cuda/evict_votes.h"
+#include "kv/evict_rule.h"
+
+namespace atp {
+
+namespace {
+
+using cuda::DeviceArray;
+using cuda::KvFormat;
+
+class CudaEvictPolicy : public cuda::DevicePolicy {
+ public:
+  struct Params {
+    EvictParams p;
+    KvFormat f;  // the rows' form
+  };
+  CudaEvictPolicy(const KvShape& s, const Params& p)
+      : DevicePolicy(s, p.p.kind == EvictParams::Kind::kH2o ? "h2o" : "snapkv"), rule_(p.p, s.n_kv_heads),
+        h2o_(p.p.kind == EvictParams::Kind::kH2o), k_(p.f, s.head_dim, s.n_kv_heads), v_(p.f, s.head_dim, s.n_kv_heads) {}
+  static Status CheckShape(const KvShape& s, const Params& p) {
+    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p.f);
+  }
+
+  // What the CPU policy holds: the kept rows, and the rule's position (and h2o's score) per row.
+  size_t Bytes() const override { return size_t(rule_.rows(0) * (k_.TokenBytes() + v_.TokenBytes())) + rule_.Bytes(); }
+  Status Update() override { return Evict(); }
+  bool ReadsInput() const override { return false; }
+  bool Batches() const override { return !h2o_; }
+
+ private:
+  Status Reserve(int64_t first, int64_t T, bool, std::vector<cuda::RowStore>* stores) override {
+    ATP_RETURN_IF_ERROR(Evict());
+    const int64_t n = rule_.rows(0);
+    ATP_RETURN_IF_ERROR(k_.Reserve(n + T, n));
+    ATP_RETURN_IF_ERROR(v_.Reserve(n + T, n));
+    std::vector<int32_t> positions(static_cast<size_t>(T));
+    std::iota(positions.begin(), positions.end(), int32_t(first));
+    rule_.Append(positions);
+    stores->push_back({k_.rows(), v_.rows(), n, T});
+    return Status::Ok();
+  }
+  // The query at `last` (the newest appended, or about to be) sees every row: row j at position first + j.
+  cuda::DecodeQuery View(int64_t last) override {
+    cuda::DecodeQuery q;
+    q.k = k_.rows(), q.v = v_.rows(), q.pos = last;
+    q.vis.first = last + 1 - rule_.rows(0);
+    return q;
+  }
+  Status Prepare(int64_t) override { return Evict(); }  // a second Attend sees the first one's eviction, as on the CPU
+  Status Observe(const float* Q, int64_t T, int64_t) override {
+    const int64_t from = rule_.VotersFrom(T);
+    if (from == T) return Status::Ok();
+    const KvShape& s = shape();
+    const int64_t n = rule_.rows(0);
+    ATP_RETURN_IF_ERROR(kf_.Grow(size_t(n * s.kv_dim())));
+    ATP_RETURN_IF_ERROR(lse_.Grow(size_t((T - from) * s.n_heads)));
+    ATP_RETURN_IF_ERROR(votes_.Grow(size_t(n * s.n_kv_heads)));
+    cuda::LoadRowsF32(k_.rows(), 0, n, kf_.get(), nullptr);
+    cuda::AttentionVotes({s.n_heads, s.n_kv_heads, s.head_dim}, kf_.get(), n, Q, T, from, n - T, lse_.get(), votes_.get(),
+                         nullptr);
+    ATP_RETURN_IF_ERROR(cuda::LastLaunch("eviction votes"));
+    std::vector<float> all(size_t(n * s.n_kv_heads));
+    ATP_CUDA_RETURN(cudaMemcpy(all.data(), votes_.get(), all.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    std::vector<std::vector<float>> votes(size_t(s.n_kv_heads));
+    for (int h = 0; h < s.n_kv_heads; ++h) votes[size_t(h)].assign(all.begin() + h * n, all.begin() + (h + 1) * n);
+    rule_.SetVotes(std::move(votes), T - from);
+    return Status::Ok();
+  }
+
+  // Applies the rule's pending votes to the rows.
+  Status Evict() {
+    if (!rule_.HasVotes()) return Status::Ok();
+    const int n_kv = shape().n_kv_heads;
+    const int64_t had = rule_.rows(0);
+    std::vector<std::vector<char>> masks(static_cast<size_t>(n_kv));
+    rule_.ApplyVotes([&](int h, const std::vector<char>& keep) { masks[size_t(h)] = keep; });
+    const int64_t n = rule_.rows(0);
+    if (n == had) return Status::Ok();
+    std::vector<int32_t> idx;
+    idx.reserve(size_t(n * n_kv));
+    for (int h = 0; h < n_kv; ++h) {
+      if (rule_.rows(h) != n || int64_t(masks[size_t(h)].size()) != had)
+        return Status::Corruption("cuda eviction: KV heads would keep different numbers of rows");
+      for (int64_t j = 0; j < had; ++j)
+        if (masks[size_t(h)][size_t(j)]) idx.push_back(int32_t(j));
+    }
+    ATP_RETURN_IF_ERROR(idx_.Grow(idx.size()));
+    ATP_CUDA_RETURN(cudaMemcpy(idx_.get(), idx.data(), idx.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+    ATP_RETURN_IF_ERROR(k_.Gather(idx_.get(), n, n));
+    return v_.Gather(idx_.get(), n, n);
+  }
+
+  EvictRule rule_;
+  bool h2o_;
+  cuda::RowBuffer k_, v_;  // row j of head h: that head's j-th kept row
+  DeviceArray<float> kf_, lse_, votes_;  // Observe's scratch: the keys in f32, the voters' log-sum-exps, the votes
+  DeviceArray<int32_t> idx_;             // Evict's kept rows per head
+};
+
+}  // namespace
+
+Result<std::shared_ptr<KvPolicyFactory>> MakeCudaEvictFactory(const EvictParams& p, KvFormat rows,
+                                                              const std::string& describe) {
+  return cuda::MakeDevicePolicyFactory<CudaEvictPolicy>({p, rows}, describe, KvPolicyConfig{p}.NeedsWholePrompt());
+}
+
+}  // namespace atp
