@@ -1,6 +1,7 @@
-// `kivi` and `mx` as policies (every token through the codec), and `A+B` compositions: causality,
-// chunk invariance, the exact residual of KIVI, closeness to dense at 8 bits, bytes by hand, and
-// the parser's errors for pairs that do not compose.
+// `dense`, `kivi` and `mx` as policies (every token through the codec), and `A+B` compositions: on
+// every backend (tests/kv_backend.h) attention over the rows the codec keeps, causality, chunk
+// invariance and bytes by hand; on the host the exact residual of KIVI, closeness to dense at 8 bits,
+// and the parser's errors for pairs that do not compose.
 #include <gtest/gtest.h>
 
 #include <lapacke.h>
@@ -9,6 +10,8 @@
 
 #include "format/basis_file.h"
 #include "kernels/packed_attention.h"
+#include "kv/policy_config.h"
+#include "kv_backend.h"
 #include "kv_test_util.h"
 
 namespace atp {
@@ -21,17 +24,49 @@ const char* kCodecPolicies[] = {"kivi:bits=2,group=16,residual=16", "kivi:bits=4
                                 "mx:fmt=fp8_e4m3", "mx:fmt=fp8_e5m2", "mx:fmt=fp6_e2m3", "mx:fmt=fp6_e3m2",
                                 "mx:fmt=fp4", "mx:fmt=int8", "mx:fmt=nvfp4"};
 
-TEST(CodecPolicies, CausalAndChunkInvariant) {
+class CodecPolicies : public KvOnBackend {};
+ATP_KV_BACKENDS(CodecPolicies);
+
+TEST_P(CodecPolicies, CausalAndChunkInvariant) {
   Inputs in = RandomInputs(90, 11);
+  int ran = 0;
   for (std::string spec : kCodecPolicies) {
+    if (!Serves(spec)) continue;  // the GPU's KIVI groups must divide head_dim
     ExpectCausal(spec, {90});
     ExpectCausal(spec, {7, 1});
     auto a = Make(spec), b = Make(spec), c = Make(spec);
     std::vector<float> oa = RunChunks(*a, in, {90}), ob = RunChunks(*b, in, {1}), oc = RunChunks(*c, in, {5, 11, 32});
     // A row's form depends only on the query's horizon, so every chunking reads the same bytes.
-    EXPECT_EQ(oa, ob) << spec;
-    EXPECT_EQ(oa, oc) << spec;
+    ExpectChunkInvariant(oa, ob, spec);
+    ExpectChunkInvariant(oa, oc, spec);
+    ++ran;
   }
+  EXPECT_GE(ran, 10);
+}
+
+// Each form's policy against attention in double over what its codec keeps, read as each query reads
+// it (CodecRowsRef: the host codec's rows decoded per horizon). On the host 1e-5 (f32 against double
+// over <= 90 rows of N(0,1) data); the GPU encodes the same codes (MX bit for bit, KIVI's f16
+// parameters and codes, f16/bf16 rounding), so only its arithmetic differs (kv_backend.h's bounds).
+// A code off by one quantum moves an output by ~1e-2 at 8 bits and more below.
+TEST_P(CodecPolicies, MatchAttentionOverTheCodecsRows) {
+  Inputs in = RandomInputs(90, 16);
+  int ran = 0;
+  for (std::string spec : {"dense", "dense:dtype=bf16", "dense:dtype=f16", "mx:fmt=fp8_e4m3", "mx:fmt=fp8_e5m2",
+                           "mx:fmt=fp6_e2m3", "mx:fmt=fp6_e3m2", "mx:fmt=fp4", "mx:fmt=int8", "mx:fmt=nvfp4",
+                           "kivi:bits=2,group=16,residual=16", "kivi:bits=4,group=32,residual=0",
+                           "kivi:bits=8,group=32,residual=40,dtype=bf16"}) {
+    if (!Serves(spec)) continue;
+    auto config = ParseKvConfig(spec);
+    ASSERT_TRUE(config.ok()) << spec;
+    const std::vector<float> want = CodecRowsRef(in, std::get<RowsParams>(config->params).form);
+    for (std::vector<int> chunks : {std::vector<int>{90}, {37, 1}, {1}}) {
+      auto p = Make(spec);
+      ExpectNear(RunChunks(*p, in, chunks), want, chunks, 1e-5, spec + " first chunk " + std::to_string(chunks[0]));
+    }
+    ++ran;
+  }
+  EXPECT_EQ(ran, 13);
 }
 
 TEST(Kivi, NewestResidualRowsStayExact) {
@@ -60,7 +95,7 @@ std::pair<double, double> ErrorVsDense(const std::string& spec, const Inputs& in
   return {mx, std::sqrt(e2 / w2)};
 }
 
-TEST(CodecPolicies, EightBitCloseToDense) {
+TEST(CodecForms, EightBitCloseToDense) {
   Inputs in = RandomInputs(128, 13);
   auto d = Make("dense");
   const std::vector<float> want = RunChunks(*d, in, {128});
@@ -88,7 +123,7 @@ TEST(CodecPolicies, EightBitCloseToDense) {
   EXPECT_GT(r2, 2 * r4);
 }
 
-TEST(CodecPolicies, BytesMatchHandCount) {
+TEST_P(CodecPolicies, BytesMatchHandCount) {
   Inputs in = RandomInputs(100, 14);
   // kivi bits 4, G 32, R 16, decoded token by token: a group forms once 48 rows wait beyond the
   // last group, so after 100 tokens 2 groups (64 rows) are packed. The last Append (position 99)

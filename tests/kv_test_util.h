@@ -7,11 +7,14 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "format/basis_file.h"
+#include "kv/composite.h"
 #include "kv/kv_policy.h"
 
 namespace atp::kvtest {
@@ -93,16 +96,57 @@ inline void AttendRef(const float* q, const std::vector<float>& K, const std::ve
   if (w) *w = s;
 }
 
+// Whether each of T tokens is attended in a chunk of more than one token when appended in `chunks`
+// (as RunChunks splits them).
+inline std::vector<char> PrefillTokens(int T, const std::vector<int>& chunks) {
+  std::vector<char> prefill;
+  for (size_t c = 0; int(prefill.size()) < T; ++c) {
+    const int n = std::min(chunks[std::min(c, chunks.size() - 1)], T - int(prefill.size()));
+    prefill.insert(prefill.end(), size_t(n), n > 1);
+  }
+  return prefill;
+}
+
+// Attention (double) of every query over the rows a policy keeping every token in `form` holds, as that
+// query reads them: for each position p, rows 0..p of a store of the form (one per KV head) fed the
+// same rows, decoded as a query with horizon p + 1 reads them (DecodeRows). A form may depend on the
+// horizon (KIVI's newest rows stay exact) but on nothing else, so this is what any chunking reads.
+inline std::vector<float> CodecRowsRef(const Inputs& in, const RowForm& form) {
+  std::vector<std::unique_ptr<RowStore>> stores;
+  for (int h = 0; h < kKV; ++h) stores.push_back(MakeRowCodec(form)->NewStore(kShape.store(), kHd, kHd));
+  std::vector<float> O(size_t(in.T) * kQd), K, V, k(size_t(in.T) * kHd), v(k.size());
+  for (int p = 0; p < in.T; ++p) {
+    K.assign(size_t(p + 1) * kKvd, 0.f);
+    V.assign(K.size(), 0.f);
+    for (int h = 0; h < kKV; ++h) {
+      stores[size_t(h)]->Append(&in.K[size_t(p) * kKvd + h * kHd], kKvd, &in.V[size_t(p) * kKvd + h * kHd], kKvd, 1);
+      DecodeRows(*stores[size_t(h)], 0, p + 1, kHd, kHd, k.data(), v.data());
+      for (int j = 0; j <= p; ++j)
+        for (int i = 0; i < kHd; ++i) {
+          K[size_t(j) * kKvd + h * kHd + i] = k[size_t(j) * kHd + i];
+          V[size_t(j) * kKvd + h * kHd + i] = v[size_t(j) * kHd + i];
+        }
+    }
+    std::vector<int> idx(size_t(p) + 1);
+    std::iota(idx.begin(), idx.end(), 0);
+    for (int h = 0; h < kH; ++h)
+      AttendRef(&in.Q[size_t(p) * kQd + h * kHd], K, V, h / (kH / kKV), idx, &O[size_t(p) * kQd + h * kHd]);
+  }
+  return O;
+}
+
 // Outputs at positions <= cut must not change when every input after cut changes (same chunking),
-// and must change somewhere after it (or the check is vacuous).
+// and must change somewhere after it (or the check is vacuous). `make` builds the policy (default: the
+// host's, for `shape`).
 inline void ExpectCausal(const std::string& spec, const std::vector<int>& chunks, int T = 90, int cut = 50,
-                         const KvShape& shape = kShape) {
+                         const KvShape& shape = kShape,
+                         const std::function<std::unique_ptr<KvPolicy>(const std::string&)>& make = nullptr) {
   Inputs a = RandomInputs(T, 8), b = a, other = RandomInputs(T, 9);
   for (auto [dst, src] : {std::pair{&b.X, &other.X}, {&b.K, &other.K}, {&b.V, &other.V}, {&b.Q, &other.Q}}) {
     const size_t w = dst->size() / size_t(T);
     std::copy(src->begin() + long(w * size_t(cut + 1)), src->end(), dst->begin() + long(w * size_t(cut + 1)));
   }
-  auto pa = Make(spec, shape), pb = Make(spec, shape);
+  auto pa = make ? make(spec) : Make(spec, shape), pb = make ? make(spec) : Make(spec, shape);
   ASSERT_TRUE(pa && pb);
   std::vector<float> oa = RunChunks(*pa, a, chunks), ob = RunChunks(*pb, b, chunks);
   const long keep = long(size_t(cut + 1) * kQd);
