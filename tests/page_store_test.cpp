@@ -257,6 +257,90 @@ TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
   }
 }
 
+// A policy's step bound (KvPolicy::StepLeaseBytes): what it holds before a step plus the bound is at
+// least the most its store leases at any point of the step (Append, Attend, Update), for every family,
+// at lengths before, at and past page, block and window edges, for a one-token decode, prompt chunks
+// and a whole prompt. Families whose forms do not depend on the data lease exactly the bound; ATP's
+// ranks and the layer input it clears when a block completes leave it above (tau= here well above:
+// random rows need fewer directions than the most a block may have).
+TEST(PageStore, StepLeaseBytesBoundEveryStepsPeak) {
+  TempDir dir("steps");
+  const std::string basis_file = dir / "b.safetensors";
+  KvBasis basis;
+  basis.layers = 1, basis.kv_heads = 2, basis.head_dim = 32;
+  basis.k.assign(1, std::vector<float>(2 * 32 * 32)), basis.v = basis.k;
+  for (size_t i = 0; i < basis.k[0].size(); ++i) basis.k[0][i] = float(i % 7) - 3, basis.v[0][i] = float(i % 5) - 2;
+  ASSERT_TRUE(WriteKvBasis(basis_file, basis).ok());
+  struct Case {
+    std::string spec;
+    bool exact;  // the bound is what the step leases at its peak
+  };
+  const std::vector<Case> cases = {
+      {"dense", true},
+      {"dense:dtype=bf16", true},
+      {"mx:fmt=fp8_e4m3", true},
+      {"kivi:bits=2,group=32,residual=16", true},
+      {"kivi:bits=4,group=8,residual=8,dtype=bf16", true},
+      {"streaming:budget=100", true},
+      {"streaming:budget=100+mx:fmt=fp4", true},
+      {"h2o:budget=40,recent=10", true},
+      {"snapkv:budget=100+kivi:bits=2,group=16,residual=16", true},
+      {"lowrank:rk=8,rv=16,mode=online,block=16", true},
+      {"lowrank:rk=8,rv=8,file=" + basis_file, true},
+      {"lowrank:rk=8,rv=8,file=" + basis_file + "+kivi:bits=2,group=8,residual=16", true},
+      {"atp:block=16,rank=4,window=32", false},
+      {"atp:block=16,tau=0.9,window=16", false},
+      {"atp:block=128,rank=8,window=128,dtype=bf16", false},
+      {"atp:block=32,rank=4,window=64,basis=key,residual=kivi2,dtype=bf16,rope=pre", false},
+      {"atp:block=16,rank=3,window=32,proj=lowrank,keep=2,residual=kivi4", false},
+      {"atp:block=16,rank=4,window=16,basis=key,keep=3,residual=mx_fp4,rope=pre", false},
+      {"atp:block=16,tau=0.8,window=16,keep=16", false},
+  };
+  KvShape s;
+  s.d_model = 64, s.n_heads = 4, s.n_kv_heads = 2, s.head_dim = 32;
+  for (int i = 0; i < 16; ++i) s.rope_inv_freq.push_back(std::pow(10000.f, -float(i) / 16));
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal;
+  // One step of n tokens from position `at`: X and K, V rows of 64 floats, Q of 128.
+  const auto step = [&](KvPolicy& kv, int64_t at, int64_t n) {
+    std::vector<float> X(size_t(n) * 64), K(X.size()), V(X.size()), Q(size_t(n) * 128), O(Q.size());
+    for (auto* v : {&X, &K, &V, &Q})
+      for (float& x : *v) x = normal(rng);
+    std::vector<int32_t> pos(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = int32_t(at + i);
+    std::vector<InputBasis*> bases(pos.size());
+    Status st = kv.InputBases(pos, X.data(), bases);
+    if (st.ok()) st = kv.Append(pos, X.data(), K.data(), V.data());
+    if (st.ok()) st = kv.Attend(pos, Q.data(), O.data());
+    if (st.ok()) st = kv.Update();
+    return st;
+  };
+  for (const Case& c : cases) {
+    auto f = ParseKvPolicy(c.spec);
+    ASSERT_TRUE(f.ok()) << f.status().message();
+    int reached = 0, steps = 0;
+    for (int64_t len : {0, 1, 31, 63, 64, 150, 257}) {
+      for (int64_t T : {1, 5, 64, 100, 300}) {
+        PageStore store;
+        KvShape shape = s;
+        shape.pages = &store;
+        auto kv = (*f)->Create(shape);
+        for (int64_t at = 0; at < len; at += 37) ASSERT_TRUE(step(*kv, at, std::min<int64_t>(37, len - at)).ok()) << c.spec;
+        const size_t bound = store.leased_bytes() + kv->StepLeaseBytes(T);
+        store.ResetPeak();
+        ASSERT_TRUE(step(*kv, len, T).ok()) << c.spec;
+        EXPECT_LE(store.peak_bytes(), bound) << c.spec << ": " << T << " tokens after " << len;
+        if (c.exact) {
+          EXPECT_EQ(store.peak_bytes(), bound) << c.spec << ": " << T << " tokens after " << len;
+        }
+        reached += store.peak_bytes() == bound;
+        ++steps;
+      }
+    }
+    std::printf("%-72s bound reached in %d of %d steps\n", c.spec.c_str(), reached, steps);
+  }
+}
+
 // Prefix sharing: pages handed out by FullPage and taken by Adopt are read by both holders, written by
 // neither (Grow writes past them, Retain into a private copy), counted once, and free again only when
 // the last holder returns them.

@@ -186,6 +186,22 @@ class AtpPolicy : public KvPolicy {
     return n;
   }
   int64_t Length() const override { return length_; }
+  // The exact rows; the filling block's layer input, up to a whole block before it is compressed and
+  // cleared (the most it holds at once); and for each block the step completes, per KV head at most
+  // MaxRank() principal rows (fewer where the data has less energy: the bound then is not reached), E
+  // kept rows and its summarized tokens' residuals, and per basis a page row of U_r and of offsets.
+  size_t StepLeaseBytes(int64_t tokens) const override {
+    const int64_t B = p_.block, blocks = (length_ + tokens) / B - length_ / B, fill = length_ % B;
+    size_t n = exact_.GrowBytes(tokens);
+    if (KeepsInput()) n += x_fill_.GrowBytes(std::min(fill + tokens, B) - fill);
+    for (size_t h = 0; h < principal_.size(); ++h) {
+      n += principal_[h].GrowBytes(blocks * MaxRank()) + kept_[h].GrowBytes(blocks * p_.keep);
+      if (!residual_.empty() && p_.summarized() > 0) n += residual_[h]->AppendBytes(blocks * p_.summarized());
+    }
+    for (const PagedRows& c : coef_) n += c.GrowBytes(blocks);
+    for (const PagedRows& o : offsets_) n += o.GrowBytes(blocks);
+    return n;
+  }
 
   Status Update() override {
     DropUnread(length_);

@@ -19,6 +19,7 @@ class ExactStore : public RowStore {
   }
   int64_t size() const override { return rows_.size(); }
   size_t Bytes() const override { return rows_.Bytes(); }
+  size_t AppendBytes(int64_t n) const override { return rows_.GrowBytes(n); }
   bool SharePages(int64_t b, BlockPages* out) override { return rows_.SharePages(b, out), true; }
   size_t Adopt(std::span<const BlockPages> blocks, size_t at) override { return rows_.Adopt(blocks, at); }
 
@@ -75,6 +76,11 @@ class CodecPolicy : public KvPolicy {
     return n;
   }
   int64_t Length() const override { return length_; }
+  size_t StepLeaseBytes(int64_t tokens) const override {
+    size_t n = 0;
+    for (auto& h : heads_) n += h->AppendBytes(tokens);
+    return n;
+  }
 
   // A block's pages are its rows' pages in every head's store, when the codec keeps rows as such.
   bool SharePages(int64_t b, BlockPages* out) override {

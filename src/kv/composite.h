@@ -32,6 +32,10 @@ class RowStore {
   virtual void View(int64_t begin, int64_t end, int64_t horizon, std::vector<KvSegment>* out) const = 0;
   virtual int64_t size() const = 0;
   virtual size_t Bytes() const = 0;  // data plus per-group metadata actually held
+  // Bytes of the pages appending n rows may lease beyond those held now, counted before anything is
+  // returned, whether the rows come in one Append or several, with Trim between them or not
+  // (KvPolicy::StepLeaseBytes).
+  virtual size_t AppendBytes(int64_t n) const = 0;
   // Prefix caching (KvPolicy::SharePages) for stores whose rows each sit in their own page slot, written
   // once, and were never dropped: appends block b's pages and returns true; false (the default): the
   // store's form of a block is not its own pages. Adopt takes blocks[i][at ...] on an empty store and

@@ -30,6 +30,7 @@ class DensePolicy : public KvPolicy {
 
   size_t Bytes() const override { return rows_.Bytes(); }
   int64_t Length() const override { return rows_.size(); }
+  size_t StepLeaseBytes(int64_t tokens) const override { return rows_.GrowBytes(tokens); }
   bool SharePages(int64_t b, BlockPages* out) override { return rows_.SharePages(b, out), true; }
   void AdoptPages(std::span<const BlockPages> blocks) override { rows_.Adopt(blocks, 0); }
 

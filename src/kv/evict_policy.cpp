@@ -104,6 +104,12 @@ class EvictPolicy : public KvPolicy {
     return n;
   }
   int64_t Length() const override { return length_; }
+  // Every new row lands in each head's store before the step's Update evicts or slides anything.
+  size_t StepLeaseBytes(int64_t tokens) const override {
+    size_t n = 0;
+    for (auto& h : heads_) n += h.rows->AppendBytes(tokens);
+    return n;
+  }
 
   Status Update() override {
     ApplyVotes();

@@ -48,6 +48,9 @@ class ExactRows {
   // Data bytes of the rows held; LeasedBytes: of the pages holding them (at most a page per K and V more).
   size_t Bytes() const { return size_t(size()) * size_t(kw_ + vw_) * DTypeSize(dtype_); }
   size_t LeasedBytes() const { return k_.LeasedBytes() + v_.LeasedBytes(); }
+  // Bytes of the pages appending n rows (at once or in parts, rows dropped between or not) may lease
+  // beyond those held now (PagedRows::GrowBytes).
+  size_t GrowBytes(int64_t n) const { return k_.GrowBytes(n) + v_.GrowBytes(n); }
 
  private:
   DType dtype_;

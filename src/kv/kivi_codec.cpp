@@ -121,6 +121,12 @@ class KiviStore : public RowStore {
   }
 
   int64_t size() const override { return size_; }
+  // The exact rows grow by n (Trim only drops), and the groups by those that n more rows complete: G
+  // rows older than the newest R, whatever the split of the appends.
+  size_t AppendBytes(int64_t n) const override {
+    const int64_t pending = size_ + n - cum_.back(), G = p_.group, R = p_.residual;  // rows in no group yet
+    return exact_.GrowBytes(n) + groups_.GrowBytes(pending >= G + R ? (pending - R) / G : 0);
+  }
   // The data of the groups' rows held (not the room a group left by Retain keeps) and of their scales
   // and zeros, plus the exact rows.
   size_t Bytes() const override {

@@ -96,6 +96,18 @@ class KvPolicy {
   // SharePages of such a policy listed them, as if their tokens had been appended.
   virtual void AdoptPages(std::span<const BlockPages> blocks) { (void)blocks; }
 
+  // The transient of a step, for a store with a bound (engine/kv_pool.h): an upper bound on the bytes of
+  // pages the next step of `tokens` tokens (Append, Attend, then Update) leases beyond those the policy
+  // holds now, counted before anything is returned, so that what it holds now plus this bounds what it
+  // holds at any point of the step, the rows an Update drops included (a prompt chunk's rows before
+  // eviction, an ATP block's exact rows while its principal rows form). For the state an Update left;
+  // exact where the policy's forms do not depend on the data (the size of what a step leases is then
+  // its tokens and the policy's state alone). Default: 0, for policies that lease no pages (the GPU's).
+  virtual size_t StepLeaseBytes(int64_t tokens) const {
+    (void)tokens;
+    return 0;
+  }
+
   // Exact bytes held for this sequence and layer (data plus per-block metadata).
   virtual size_t Bytes() const = 0;
   // Number of tokens appended so far.

@@ -119,6 +119,17 @@ class LowRankPolicy : public KvPolicy {
     return n;
   }
   int64_t Length() const override { return length_; }
+  // Calibrated: a coefficient row per token. Online: the exact rows, and for each block the step
+  // completes a page row of bases and B coefficient rows per KV head.
+  size_t StepLeaseBytes(int64_t tokens) const override {
+    const int64_t blocks = p_.online ? (length_ + tokens) / p_.block - int64_t(blocks_[0].size()) : 0;
+    size_t n = p_.online ? exact_.GrowBytes(tokens) : 0;
+    for (size_t h = 0; h < coef_.size(); ++h) {
+      n += coef_[h]->AppendBytes(p_.online ? blocks * p_.block : tokens);
+      if (p_.online) n += bases_[h].GrowBytes(blocks);
+    }
+    return n;
+  }
 
   Status Update() override {
     if (p_.online) DropUnread(length_);

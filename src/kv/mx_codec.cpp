@@ -117,6 +117,7 @@ class MxStore : public RowStore {
 
   int64_t size() const override { return k_.size(); }
   size_t Bytes() const override { return size_t(size()) * (k_.row_bytes() + v_.row_bytes()); }
+  size_t AppendBytes(int64_t n) const override { return k_.GrowBytes(n) + v_.GrowBytes(n); }
   // A row's code depends on the row alone; the policy above decides whether rows were ever dropped.
   bool SharePages(int64_t b, BlockPages* out) override {
     out->push_back(k_.FullPage(b)), out->push_back(v_.FullPage(b));

@@ -114,6 +114,11 @@ size_t PageStore::peak_bytes() const {
   return peak_bytes_;
 }
 
+void PageStore::ResetPeak() {
+  std::lock_guard<std::mutex> lock(mu_);
+  peak_bytes_ = leased_bytes_;
+}
+
 size_t PageStore::held_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
   return held_bytes_;

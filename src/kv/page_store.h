@@ -68,6 +68,8 @@ class PageStore {
   size_t leased_bytes() const;
   size_t peak_bytes() const;
   size_t leased_pages() const;
+  // Starts peak_bytes() again from what is leased now (to measure one step's peak).
+  void ResetPeak();
   // Bytes the store holds from the system (pages leased and free, as allocated; an account: none), and
   // its bound (0: none).
   size_t held_bytes() const;
@@ -125,6 +127,18 @@ class PagedRows {
   int64_t rows_per_page() const { return rows_per_page_; }
   // Appends n rows of undefined contents (the caller writes them through Row).
   void Grow(int64_t n);
+  // Bytes of the pages Grow(n) would lease now (whole pages, as the store counts them): none while the
+  // last page has room, one more where it is shared (Grow writes into a private copy). Growing by n rows
+  // in several calls, with rows dropped in between or not, never holds more pages than this beyond what
+  // is held now: row slots keep their alignment to the rows ever appended (DropFront) or stay where
+  // they are (Truncate, Retain), so a page boundary is never crossed sooner.
+  size_t GrowBytes(int64_t n) const {
+    if (n <= 0) return 0;
+    const size_t need = size_t((head_ + n_ + n + rows_per_page_ - 1) / rows_per_page_);
+    const size_t last = size_t((head_ + n_) / rows_per_page_);
+    const bool copy = (head_ + n_) % rows_per_page_ != 0 && last < shared_;
+    return (need - pages_.size() + (copy ? 1 : 0)) * page_bytes();
+  }
   uint8_t* Row(int64_t i) { return const_cast<uint8_t*>(std::as_const(*this).Row(i)); }
   const uint8_t* Row(int64_t i) const {
     const int64_t s = head_ + i;
