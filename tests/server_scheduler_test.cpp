@@ -59,7 +59,8 @@ TEST(KvPool, ChargesTheStoresLeasesAndReservationsBeyondThem) {
   EXPECT_EQ(pool.usage().charged_bytes, 0u);
 }
 
-// A reservation grows step by step while pages are free, never shrinks, and keep_free holds pages back.
+// A reservation grows step by step while pages are free, never shrinks but by Settle, and keep_free holds
+// pages back.
 TEST(KvPool, ReservationsGrowWhilePagesAreFree) {
   PageStore store;
   KvPool pool(10 * 4096, 4096, store);
@@ -73,6 +74,13 @@ TEST(KvPool, ReservationsGrowWhilePagesAreFree) {
   EXPECT_EQ(pool.usage().pages_used(), 8u);
   EXPECT_TRUE(pool.TryReserve(1, 7 * 4096));
   EXPECT_EQ(pool.usage().pages_used(), 10u);
+  // After a step its transient goes: Settle lowers a reservation, and never raises one past the budget.
+  pool.Settle(1, 4 * 4096);
+  EXPECT_EQ(pool.usage().pages_used(), 7u);
+  pool.Settle(1, 9 * 4096);
+  EXPECT_EQ(pool.usage().pages_used(), 7u);
+  pool.Settle(99, 4096);  // unknown: ignored
+  EXPECT_EQ(pool.usage().sequences, 2u);
 }
 
 // Dense rows lease whole pages of 64 rows per layer, K and V: the footprint is that staircase, measured
@@ -198,7 +206,8 @@ TEST(Scheduler, AttentionEvictionGivesTheSameTokensBatchedAsAlone) {
 // Requests whose combined worst case is several times the pool: admitted by what their prompts hold,
 // preempted when the pages run out, recomputed, and each still gets the tokens it gets alone. The pool
 // is never charged beyond its budget, the page store never leases more than it between steps (on_token
-// runs between forward passes), and every page comes back.
+// runs between forward passes) nor within one (its peak: each step reserved its bound), and every page
+// comes back.
 void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n, size_t kv_memory,
                                  size_t min_preemptions, bool prefix_caching = false) {
   LlamaModel& m = *Ref().model;
@@ -260,6 +269,7 @@ void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n
   // or preempted), or stayed in the cache.
   EXPECT_GT(paged.load(), 0u);
   EXPECT_GT(s.kv_page_peak_bytes, 0u);
+  EXPECT_LE(s.kv_page_peak_bytes, s.kv.capacity_bytes) << "a step leased past the budget";
   std::printf("%zu-byte budget: most leased between steps %zu, within a step %zu bytes; %llu preemptions\n",
               s.kv.capacity_bytes, paged.load(), s.kv_page_peak_bytes, (unsigned long long)s.preemptions);
   EXPECT_TRUE(WaitFor([&] { return sched.stats().kv_page_bytes == cached(); }, 5))

@@ -181,7 +181,7 @@ void Scheduler::Admit(std::vector<Waiting>* admitted) {
   const auto keep_free = [&] { return running_.empty() && admitted->empty() ? 0 : watermark; };
   while (!preempted_.empty() && room()) {
     Running& r = *preempted_.front();
-    if (!Reserve(r, int(r.prefill_to), keep_free())) {
+    if (!pool_.TryReserve(r.id, AdmitBytes(*r.footprint, r.req, r.prefill_to), keep_free())) {
       if (ShrinkCache()) continue;
       break;
     }
@@ -190,7 +190,7 @@ void Scheduler::Admit(std::vector<Waiting>* admitted) {
   }
   while (preempted_.empty() && !queue_.empty() && room()) {
     Waiting& w = queue_.front();
-    if (!pool_.TryReserve(w.id, w.footprint->BytesAt(int(w.req.prompt.size())), keep_free())) {
+    if (!pool_.TryReserve(w.id, AdmitBytes(*w.footprint, w.req, w.req.prompt.size()), keep_free())) {
       if (ShrinkCache()) continue;
       break;
     }
@@ -201,9 +201,13 @@ void Scheduler::Admit(std::vector<Waiting>* admitted) {
   preempted_count_ = preempted_.size();
 }
 
-bool Scheduler::Reserve(Running& r, int tokens, size_t keep_free) {
-  return pool_.TryReserve(r.id, r.footprint->BytesAt(tokens), keep_free);
+// The first step is a chunk of at most max_batch_tokens, or the whole prompt (Step).
+size_t Scheduler::AdmitBytes(const KvFootprint& f, const SeqRequest& req, size_t prefill) const {
+  const size_t first = req.kv->NeedsWholePrompt() ? req.prompt.size() : std::min(prefill, size_t(opt_.max_batch_tokens));
+  return std::max(f.BytesAt(int(prefill)), f.FirstStepBytes(int(first)));
 }
+
+bool Scheduler::ReserveStep(Running& r, size_t tokens) { return pool_.TryReserve(r.id, StepBytes(r, tokens), 0); }
 
 void Scheduler::MirrorCache() {
   cache_blocks_ = cache_->blocks();
@@ -337,7 +341,7 @@ void Scheduler::Step() {
   std::vector<ForwardItem> items;
   std::vector<Running*> owners;
   const auto take = [&](Running& r, std::span<const int32_t> tokens) {
-    while (!Reserve(r, r.seq.length() + int(tokens.size()), 0)) {
+    while (!ReserveStep(r, tokens.size())) {
       Running* victim = nullptr;
       size_t live = 0;
       for (auto& p : running_)
@@ -440,6 +444,23 @@ void Scheduler::Step() {
     }
     if (emits[i] && st.ok()) Emit(r, choices_[next_choice++]);
   }
+  for (Running* r : owners)
+    if (!r->done) Settle(*r);
+}
+
+size_t Scheduler::StepBytes(const Running& r, size_t tokens) const {
+  return std::max(r.footprint->BytesAt(r.seq.length() + int(tokens)), r.seq.StepLeaseBound(int64_t(tokens)));
+}
+
+// The next step is a decode step, a recomputed token (one per step where the prompt went whole) or a
+// prompt chunk of at most max_batch_tokens.
+void Scheduler::Settle(Running& r) {
+  size_t next = 1, prefill = 0;
+  if (r.prefilling()) {
+    prefill = r.footprint->BytesAt(int(r.prefill_to));
+    if (!r.req.kv->NeedsWholePrompt()) next = std::min(r.prefill_to - r.fed, size_t(opt_.max_batch_tokens));
+  }
+  pool_.Settle(r.id, std::max(prefill, StepBytes(r, next)));
 }
 
 // Mirrors Generate's order of checks, so that a request gives the same tokens batched or alone.

@@ -6,8 +6,8 @@
 //
 // KV memory (engine/kv_pool.h): the sequences' host policies lease their rows from the scheduler's page
 // store, and the budget is what that store holds plus what is reserved beyond it. A request is admitted
-// when the pages its prompt needs are free, and each step first reserves the pages its tokens will
-// need. When they are not there, the most recently admitted sequence is preempted: its KV is dropped
+// when the pages its prompt needs (and its first step, at its peak) are free, and each step first
+// reserves the most its tokens will hold during and after it. When they are not there, the most recently admitted sequence is preempted: its KV is dropped
 // (its pages go back to the store) and it waits, ahead of new requests, to be
 // recomputed (its prompt and the tokens it had generated are run through the model again, without
 // sampling, then it goes on). A sequence thus costs what it holds, not its worst case, and a request's
@@ -129,7 +129,16 @@ class Scheduler {
 
   void Loop();
   void Admit(std::vector<Waiting>* admitted);  // under mu_; resumes preempted_ first
-  bool Reserve(Running& r, int tokens, size_t keep_free);  // the pool's pages for r holding `tokens`
+  // What admitting a request reserves: the pages its prefill of `prefill` tokens holds once run, or the
+  // peak of its first step where that is more.
+  size_t AdmitBytes(const KvFootprint& f, const SeqRequest& req, size_t prefill) const;
+  // The most r holds during a step of `tokens` tokens (Sequence::StepLeaseBound) or after it (its
+  // footprint), whichever is more; ReserveStep reserves that before the step.
+  size_t StepBytes(const Running& r, size_t tokens) const;
+  bool ReserveStep(Running& r, size_t tokens);
+  // After a step: r's reservation becomes what its next step needs (and, while prefilling, what its
+  // whole prefill holds), so that admission leaves the room for it; a larger chunk's transient goes.
+  void Settle(Running& r);
   // Prefix cache: gives half its room back to the pool (false: it held nothing); starts r's prefill from
   // cached blocks; offers r's whole blocks to it.
   bool ShrinkCache();
