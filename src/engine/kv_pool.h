@@ -6,7 +6,8 @@
 // an Append leases and its Update drops: an ATP block's exact rows while its principal rows form, a
 // prompt chunk's rows before eviction) or its footprint after the step, whichever is more; it preempts
 // a sequence when the pages are not there (engine/scheduler.h). So the store's leases stay within the
-// budget within a step too, not only between steps.
+// budget within a step too, and the store is bounded by it (Capacity): a lease past it, which a correct
+// bound never lets happen, fails the step's Append with ResourceExhausted rather than growing the store.
 //
 // Device policies (--device cuda) keep buffers of their own and lease no pages: a sequence of theirs is
 // charged what its policies' Bytes() report, as before the store existed.
@@ -38,6 +39,11 @@ class KvPool {
 
   size_t page_bytes() const { return page_bytes_; }
   size_t capacity_bytes() const { return capacity_pages_ * page_bytes_; }
+  // The budget as the pool counts it: whole pages of page_bytes (at least 1) within capacity_bytes.
+  static size_t Capacity(size_t capacity_bytes, size_t page_bytes) {
+    page_bytes = std::max<size_t>(page_bytes, 1);
+    return capacity_bytes / page_bytes * page_bytes;
+  }
   // Whether a sequence needing `bytes` could be admitted into an empty pool.
   bool Fits(size_t bytes) const { return Pages(bytes) <= capacity_pages_; }
 

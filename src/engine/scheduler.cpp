@@ -57,6 +57,7 @@ Scheduler::Scheduler(LlamaModel& model, std::vector<int32_t> eos_ids, SchedulerO
     : model_(model),
       eos_(std::move(eos_ids)),
       opt_(Normalize(opt, model)),
+      pages_(KvPool::Capacity(opt_.kv_memory, opt_.kv_page)),
       pool_(opt_.kv_memory, opt_.kv_page, pages_),
       cache_(opt_.prefix_caching ? std::make_unique<PrefixCache>(pages_) : nullptr),
       thread_([this] { Loop(); }) {}
@@ -153,6 +154,7 @@ Scheduler::Stats Scheduler::stats() const {
   s.kv = pool_.usage();
   s.kv_page_bytes = pages_.leased_bytes();
   s.kv_page_peak_bytes = pages_.peak_bytes();
+  s.kv_page_capacity_bytes = pages_.capacity_bytes();
   {
     std::lock_guard<std::mutex> lk(fp_mu_);
     s.footprints = footprints_.size();

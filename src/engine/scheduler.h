@@ -102,8 +102,8 @@ class Scheduler {
     size_t queued = 0, running = 0;
     size_t preempted = 0;  // sequences waiting to be recomputed after a preemption
     KvPool::Usage kv;
-    // pages_: leased now, and the most ever (within a step too: see engine/kv_pool.h)
-    size_t kv_page_bytes = 0, kv_page_peak_bytes = 0;
+    // pages_: leased now, the most ever (within a step too), and its bound (kv.capacity_bytes)
+    size_t kv_page_bytes = 0, kv_page_peak_bytes = 0, kv_page_capacity_bytes = 0;
     uint64_t forward_passes = 0, prompt_tokens = 0, generated_tokens = 0;
     // Totals since start: preemptions, and tokens run through the model again after one (prompt_tokens
     // counts each prompt token once).
@@ -156,9 +156,10 @@ class Scheduler {
   const std::vector<int32_t> eos_;
   const SchedulerOptions opt_;
   // Where the running sequences' host-side KV rows and the prefix cache's blocks live (the CPU backend's
-  // policies; the GPU's keep device buffers, which pool_ counts by their Bytes()). pool_ keeps its leases
-  // within --kv-memory between steps; it has no bound of its own (engine/kv_pool.h says why). Declared
-  // before the pool that reads it and the sequences and cache that lease from it, so that it outlives them.
+  // policies; the GPU's keep device buffers, which pool_ counts by their Bytes()). Bounded by the budget:
+  // pool_ reserves each step's bound, so no lease is refused unless a policy's bound is wrong, and then
+  // that step's requests end with the error (engine/kv_pool.h). Declared before the pool that reads it
+  // and the sequences and cache that lease from it, so that it outlives them.
   PageStore pages_;
   KvPool pool_;
   std::unique_ptr<PrefixCache> cache_;  // null without prefix caching; scheduler thread only

@@ -15,8 +15,7 @@ class DensePolicy : public KvPolicy {
     if (!positions.empty() && positions[0] != rows_.size())
       return Status::InvalidArgument("dense: position " + std::to_string(positions[0]) + " appended after " +
                                      std::to_string(rows_.size()) + " tokens");
-    rows_.Append(K, V, int64_t(positions.size()));
-    return Status::Ok();
+    return rows_.Append(K, V, int64_t(positions.size()));
   }
 
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {

@@ -34,12 +34,12 @@ class EvictPolicy : public KvPolicy {
     if (positions[0] != length_)
       return Status::InvalidArgument("kv policy: position " + std::to_string(positions[0]) + " appended after " +
                                      std::to_string(length_) + " tokens");
-    ApplyVotes();
-    DropUnread(positions[0]);
+    ATP_RETURN_IF_ERROR(ApplyVotes());
+    ATP_RETURN_IF_ERROR(DropUnread(positions[0]));
     const int64_t T = int64_t(positions.size()), kvd = s_.kv_dim();
     for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh) {
       Head& h = heads_[size_t(kvh)];
-      h.rows->Append(K + kvh * s_.head_dim, kvd, V + kvh * s_.head_dim, kvd, T);
+      ATP_RETURN_IF_ERROR(h.rows->Append(K + kvh * s_.head_dim, kvd, V + kvh * s_.head_dim, kvd, T));
       h.pos.insert(h.pos.end(), positions.begin(), positions.end());
       if (p_.kind == Kind::kH2o) h.score.resize(h.pos.size(), 0.f);
     }
@@ -50,7 +50,7 @@ class EvictPolicy : public KvPolicy {
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     const int64_t T = int64_t(positions.size());
     if (T == 0) return Status::Ok();
-    ApplyVotes();  // a caller that attends twice without Update sees the first call's eviction, as it always did
+    ATP_RETURN_IF_ERROR(ApplyVotes());  // a caller that attends twice without Update sees the first call's eviction, as it always did
     const int group = s_.n_heads / s_.n_kv_heads;
     auto segments = [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       const Head& h = heads_[size_t(kvh)];
@@ -112,8 +112,8 @@ class EvictPolicy : public KvPolicy {
   }
 
   Status Update() override {
-    ApplyVotes();
-    DropUnread(length_);
+    ATP_RETURN_IF_ERROR(ApplyVotes());
+    ATP_RETURN_IF_ERROR(DropUnread(length_));
     for (auto& h : heads_) h.rows->Trim();
     return Status::Ok();
   }
@@ -127,15 +127,15 @@ class EvictPolicy : public KvPolicy {
 
   // H2O and SnapKV: the attention the last Attend gave each row decides what goes (H2O: the
   // accumulated score beyond the recent rows; SnapKV: the observation window's votes, max-pooled).
-  void ApplyVotes() {
-    if (votes_.empty()) return;
+  Status ApplyVotes() {
+    if (votes_.empty()) return Status::Ok();
     for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh) {
       Head& h = heads_[size_t(kvh)];
       const std::vector<float>& votes = votes_[size_t(kvh)];
       const int64_t n = int64_t(h.pos.size());
       if (p_.kind == Kind::kH2o) {
         for (int64_t j = 0; j < n; ++j) h.score[size_t(j)] += votes[size_t(j)];
-        if (n > p_.budget) EvictLowest(h, h.score, n - p_.recent, n - p_.budget);
+        if (n > p_.budget) ATP_RETURN_IF_ERROR(EvictLowest(h, h.score, n - p_.recent, n - p_.budget));
       } else if (n > p_.budget) {
         const int64_t older = n - votes_window_;  // the chunk's last rows are the window
         std::vector<float> pooled(static_cast<size_t>(older));
@@ -146,15 +146,16 @@ class EvictPolicy : public KvPolicy {
             m = std::max(m, votes[size_t(i)]);
           pooled[size_t(j)] = m;
         }
-        EvictLowest(h, pooled, older, n - p_.budget);  // keeps the budget - w best-voted older rows
+        ATP_RETURN_IF_ERROR(EvictLowest(h, pooled, older, n - p_.budget));  // keeps the budget - w best-voted older rows
       }
     }
     votes_.clear();
+    return Status::Ok();
   }
 
   // Streaming: no query from position `next` on reads a non-sink position older than next - window + 1.
-  void DropUnread(int64_t next) {
-    if (p_.kind != Kind::kStreaming) return;
+  Status DropUnread(int64_t next) {
+    if (p_.kind != Kind::kStreaming) return Status::Ok();
     const int64_t lo = next - (p_.budget - p_.sinks) + 1;
     for (auto& h : heads_) {
       std::vector<char> keep(h.pos.size());
@@ -163,12 +164,13 @@ class EvictPolicy : public KvPolicy {
         keep[i] = h.pos[i] < p_.sinks || h.pos[i] >= lo;
         any |= !keep[i];
       }
-      if (any) Retain(h, keep);
+      if (any) ATP_RETURN_IF_ERROR(Retain(h, keep));
     }
+    return Status::Ok();
   }
 
-  void Retain(Head& h, const std::vector<char>& keep) {
-    h.rows->Retain(keep);
+  Status Retain(Head& h, const std::vector<char>& keep) {
+    ATP_RETURN_IF_ERROR(h.rows->Retain(keep));
     size_t w = 0;
     for (size_t i = 0; i < keep.size(); ++i)
       if (keep[i]) {
@@ -178,16 +180,17 @@ class EvictPolicy : public KvPolicy {
       }
     h.pos.resize(w);
     if (!h.score.empty()) h.score.resize(w);
+    return Status::Ok();
   }
 
   // Evicts the `count` rows with the lowest key among rows [0, candidates), older first on ties.
-  void EvictLowest(Head& h, const std::vector<float>& key, int64_t candidates, int64_t count) {
+  Status EvictLowest(Head& h, const std::vector<float>& key, int64_t candidates, int64_t count) {
     std::vector<int64_t> idx(static_cast<size_t>(candidates));
     std::iota(idx.begin(), idx.end(), 0);
     std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return key[size_t(a)] < key[size_t(b)]; });
     std::vector<char> keep(h.pos.size(), 1);
     for (int64_t i = 0; i < count; ++i) keep[size_t(idx[size_t(i)])] = 0;
-    Retain(h, keep);
+    return Retain(h, keep);
   }
 
   KvShape s_;

@@ -60,7 +60,10 @@ class KvPolicy {
 
   // New tokens at `positions` (ascending, continuing what was appended before):
   // X (T, d_model) the layer input after the input RMSNorm, K and V (T, kv_dim) post-RoPE.
-  // The policy copies what it keeps; the buffers are the caller's.
+  // The policy copies what it keeps; the buffers are the caller's. Where its store refuses a page (a
+  // bounded store that is full: ResourceExhausted, naming the pages), Append returns that error and
+  // the policy holds a state fit only to be destroyed, which returns every page it holds (a scheduler
+  // drops the sequence; it never leases past its bound: StepLeaseBytes).
   virtual Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) = 0;
 
   // O (T, q_dim) = attention of post-RoPE queries Q (T, q_dim), causal: a query at position p

@@ -79,7 +79,7 @@ class LowRankPolicy : public KvPolicy {
         BasisBlock& bb = blocks_[size_t(h)][0];
         Project(K + h * d, T, kvd, bb.pk, d, p_.rk, c.data());
         Project(V + h * d, T, kvd, Transpose(bb.pvt, p_.rv, d).data(), d, p_.rv, e.data());
-        coef_[size_t(h)]->Append(c.data(), p_.rk, e.data(), p_.rv, T);
+        ATP_RETURN_IF_ERROR(coef_[size_t(h)]->Append(c.data(), p_.rk, e.data(), p_.rv, T));
       }
       length_ += T;
       return Status::Ok();
@@ -88,7 +88,7 @@ class LowRankPolicy : public KvPolicy {
     // in its own basis. Queries see a block as coefficients only from position (b+1)*B on, so its
     // exact rows are dropped once positions[0] reaches that point.
     DropUnread(positions[0]);
-    exact_.Append(K, V, T);
+    ATP_RETURN_IF_ERROR(exact_.Append(K, V, T));
     length_ += T;
     while (int64_t(blocks_[0].size()) < length_ / p_.block) ATP_RETURN_IF_ERROR(CompressBlock(int64_t(blocks_[0].size())));
     return Status::Ok();
@@ -166,7 +166,7 @@ class LowRankPolicy : public KvPolicy {
     for (int h = 0; h < s_.n_kv_heads; ++h) {
       exact_.SliceToF32(h * d, d, b * B - exact_begin_, B, kb.data(), vb.data());
       PagedRows& bases = bases_[size_t(h)];
-      bases.Grow(1);
+      ATP_RETURN_IF_ERROR(bases.Grow(1));
       float* pk = reinterpret_cast<float*>(bases.Row(bases.size() - 1));  // (d, rk)
       float* pvt = pk + size_t(d) * size_t(p_.rk);                          // (rv, d)
       // Right singular vectors V (d x k): principal directions of the rows.
@@ -184,7 +184,7 @@ class LowRankPolicy : public KvPolicy {
       Project(kb.data(), B, d, pk, d, p_.rk, c.data());
       Project(vb.data(), B, d, Transpose(pvt, p_.rv, d).data(), d, p_.rv, e.data());
       blocks_[size_t(h)].push_back({pk, pvt, coef_[size_t(h)]->size()});
-      coef_[size_t(h)]->Append(c.data(), p_.rk, e.data(), p_.rv, B);
+      ATP_RETURN_IF_ERROR(coef_[size_t(h)]->Append(c.data(), p_.rk, e.data(), p_.rv, B));
     }
     return Status::Ok();
   }
