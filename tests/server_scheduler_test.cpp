@@ -561,6 +561,24 @@ TEST(Scheduler, SubmitRefusesWhatCanNeverFit) {
   r.prompt.assign(3, Ref().tok->bos_id());
   r.max_tokens = 0;
   EXPECT_EQ(sched.Submit(r).status().code(), Status::Code::kInvalidArgument);
+  // h2o keeps 8 rows (a page of 64 per layer and head) once its prompt has run, but the prompt's one
+  // step holds all 200 rows before eviction: four pages, and the pool has two.
+  const size_t per_token = size_t(Ref().model->config().num_layers) * 2 * size_t(Ref().model->config().kv_dim()) * sizeof(float);
+  SchedulerOptions small = opt;
+  small.kv_page = 4096;
+  small.kv_memory = 128 * per_token;
+  Scheduler tight(*Ref().model, Ref().tok->eos_ids(), small);
+  r.prompt.assign(200, Ref().tok->bos_id());
+  r.max_tokens = 4;
+  r.kv = ParseKvPolicy("h2o:budget=8,recent=4").value();
+  auto whole = tight.Submit(r);
+  EXPECT_EQ(whole.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(whole.status().message().find("KV memory"), std::string::npos) << whole.status().message();
+  r.prompt.resize(100);  // two pages: it fits, and runs
+  std::promise<Status> done;
+  r.on_finish = [&](const std::string&, const Status& st) { done.set_value(st); };
+  ASSERT_TRUE(tight.Submit(r).ok());
+  EXPECT_TRUE(done.get_future().get().ok());
 }
 
 TEST(Scheduler, DrainCancelsWhatOutlivesTheTimeout) {

@@ -109,9 +109,10 @@ Result<uint64_t> Scheduler::Submit(SeqRequest r) {
   ATP_RETURN_IF_ERROR(r.sampling.Validate());
   const int total = int(std::min<int64_t>(opt_.context, int64_t(r.prompt.size()) + r.max_tokens));
   auto footprint = Footprint(*r.kv);
-  // Admission charges only the prompt, but a sequence that could not run to its end alone in the whole
-  // pool would be preempted for ever.
-  const size_t estimate = footprint->BytesAt(total);
+  // Admission charges only the prompt (and its first step's peak), but a sequence that could not run to
+  // its end alone in the whole pool would be preempted for ever, and one whose first step could not would
+  // wait for ever (a whole prompt under h2o or snapkv holds all its rows before eviction).
+  const size_t estimate = std::max(footprint->BytesAt(total), AdmitBytes(*footprint, r, r.prompt.size()));
   if (!pool_.Fits(estimate))
     return Status::InvalidArgument("a sequence of " + std::to_string(total) + " tokens under kv policy " +
                                    r.kv->Describe() + " needs " + MiB(estimate) + " of KV memory; the pool holds " +
