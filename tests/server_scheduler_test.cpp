@@ -208,11 +208,21 @@ TEST(Scheduler, AttentionEvictionGivesTheSameTokensBatchedAsAlone) {
 // is never charged beyond its budget, the page store never leases more than it between steps (on_token
 // runs between forward passes) nor within one (its peak: each step reserved its bound), and every page
 // comes back.
+// Prompts of 100 to 187 tokens cut from Prompts' text run together: several 64-token pages, and prompt
+// chunks that lease rows an update then drops.
+std::vector<std::vector<int32_t>> LongPrompts(int n) {
+  std::vector<int32_t> text;
+  for (const auto& p : Prompts(40)) text.insert(text.end(), p.begin(), p.end());
+  std::vector<std::vector<int32_t>> out;
+  for (int i = 0; i < n; ++i) out.emplace_back(text.begin() + i % 5, text.begin() + i % 5 + 100 + (i * 29) % 88);
+  return out;
+}
+
 void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n, size_t kv_memory,
-                                 size_t min_preemptions, bool prefix_caching = false) {
+                                 size_t min_preemptions, bool prefix_caching = false, bool long_prompts = false) {
   LlamaModel& m = *Ref().model;
   const Tokenizer& tok = *Ref().tok;
-  const auto prompts = Prompts(n);
+  const auto prompts = long_prompts ? LongPrompts(n) : Prompts(n);
   std::vector<SeqRequest> reqs;
   std::vector<GenerateResult> alone;
   for (int i = 0; i < n; ++i) {
@@ -434,6 +444,20 @@ TEST(Scheduler, SixtyFourMixedSequencesInAnOvercommittedPool) {
   ExpectPreemptionKeepsTokens({"dense", "dense:dtype=bf16", "kivi:bits=4,group=16,residual=16",
                                "atp:block=16,rank=4,window=16", "h2o:budget=24,recent=8", "mx:fmt=fp8_e4m3"},
                               64, 6 * 64 * per_token, 4);
+}
+
+// Policies whose steps hold more than their footprint after them (a prompt chunk's rows before
+// streaming's window slides or h2o evicts, an ATP block's exact rows while its principal rows form,
+// KIVI's rows before they are grouped), long prompts in 64-token chunks, a pool a fraction of their
+// worst case: the store, bounded by the budget, never refuses a lease (a refusal would end a request
+// with its error) and its peak within steps stays within the bound, with tokens as alone.
+TEST(Scheduler, StepTransientsStayWithinTheBoundedStore) {
+  ATP_REQUIRE_REF_MODEL();
+  const LlamaModel& m = *Ref().model;
+  const size_t per_token = size_t(m.config().num_layers) * 2 * size_t(m.config().kv_dim()) * sizeof(float);
+  ExpectPreemptionKeepsTokens({"streaming:budget=16", "h2o:budget=16,recent=4", "atp:block=16,rank=4,window=16",
+                               "kivi:bits=2,group=16,residual=16"},
+                              16, 8 * 64 * per_token, 1, false, true);
 }
 
 // Capacity is the bytes ratio: in a fixed pool, as many 4k-token sequences run at once under a policy,
