@@ -351,10 +351,14 @@ void Scheduler::Step() {
         if (!p->done) victim = p.get(), ++live;  // the most recently admitted
       if (ShrinkCache()) continue;  // cached blocks give their room back first
       if (live == 1) {
-        // Alone and still short: only a policy whose footprint is not monotone in length gets here.
-        Finish(r, "", Status::ResourceExhausted("KV memory: the sequence outgrew the whole pool (--kv-memory)"));
+        // Alone and still short: a policy whose footprint is not monotone in length, or a step whose
+        // transient needs more than the whole pool (Submit checks the first step only).
+        Finish(r, "", Status::ResourceExhausted("KV memory: the sequence's next step needs more than the whole pool (--kv-memory)"));
         return false;
       }
+      // The youngest's prompt chunk that does not fit waits a step rather than drop what the sequence
+      // holds: an older sequence that needs the room preempts it then.
+      if (victim == &r && r.prefilling()) return false;
       const auto it = std::find(owners.begin(), owners.end(), victim);
       if (it != owners.end()) items.erase(items.begin() + (it - owners.begin())), owners.erase(it);
       Preempt(*victim);

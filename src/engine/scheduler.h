@@ -7,10 +7,11 @@
 // KV memory (engine/kv_pool.h): the sequences' host policies lease their rows from the scheduler's page
 // store, and the budget is what that store holds plus what is reserved beyond it. A request is admitted
 // when the pages its prompt needs (and its first step, at its peak) are free, and each step first
-// reserves the most its tokens will hold during and after it. When they are not there, the most recently admitted sequence is preempted: its KV is dropped
-// (its pages go back to the store) and it waits, ahead of new requests, to be
-// recomputed (its prompt and the tokens it had generated are run through the model again, without
-// sampling, then it goes on). A sequence thus costs what it holds, not its worst case, and a request's
+// reserves the most its tokens will hold during and after it. When they are not there, the most
+// recently admitted sequence is preempted (or, where the pages are for its own prompt chunk, the chunk
+// waits a step): its KV is dropped (its pages go back to the store) and it waits, ahead of new
+// requests, to be recomputed (its prompt and the tokens it had generated are run through the model
+// again, without sampling, then it goes on). A sequence thus costs what it holds, not its worst case, and a request's
 // tokens are the same whether or not it was preempted.
 //
 // With prefix caching, the cache's blocks are pages of the same store (a page a running sequence also
