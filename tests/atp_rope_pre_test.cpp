@@ -90,7 +90,7 @@ std::vector<float> BruteForceResidual(const Inputs& in, const std::vector<float>
           rk[size_t(i * kHd + j)] = kpre(i, j) - ak, rv[size_t(i * kHd + j)] = v(i, j) - av;
         }
       auto store = codec->NewStore(PageStore::Process(), kHd, kHd);
-      store->Append(rk.data(), kHd, rv.data(), kHd, B);
+      EXPECT_TRUE(store->Append(rk.data(), kHd, rv.data(), kHd, B).ok());
       DecodeRows(*store, 0, B, kHd, kHd, rk.data(), rv.data());
       for (int i = 0; i < B; ++i) {
         float* key = &RK[size_t((b * B + i) * kKvd + h * kHd)];

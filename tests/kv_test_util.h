@@ -119,7 +119,7 @@ inline std::vector<float> CodecRowsRef(const Inputs& in, const RowForm& form) {
     K.assign(size_t(p + 1) * kKvd, 0.f);
     V.assign(K.size(), 0.f);
     for (int h = 0; h < kKV; ++h) {
-      stores[size_t(h)]->Append(&in.K[size_t(p) * kKvd + h * kHd], kKvd, &in.V[size_t(p) * kKvd + h * kHd], kKvd, 1);
+      EXPECT_TRUE(stores[size_t(h)]->Append(&in.K[size_t(p) * kKvd + h * kHd], kKvd, &in.V[size_t(p) * kKvd + h * kHd], kKvd, 1).ok());
       DecodeRows(*stores[size_t(h)], 0, p + 1, kHd, kHd, k.data(), v.data());
       for (int j = 0; j <= p; ++j)
         for (int i = 0; i < kHd; ++i) {

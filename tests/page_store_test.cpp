@@ -6,7 +6,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <new>
 #include <random>
 #include <string>
 #include <vector>
@@ -38,8 +37,9 @@ void ExpectSame(const PagedRows& r, const std::vector<uint64_t>& ref, const Page
   ASSERT_EQ(r.size(), int64_t(ref.size()));
   for (int64_t i = 0; i < r.size(); ++i) ASSERT_EQ(Get(r, i), ref[size_t(i)]) << "row " << i;
   EXPECT_EQ(store.leased_bytes(), r.LeasedBytes());
-  // Pages held: those the rows' slots touch, no more (at most one partial page at each end).
-  EXPECT_LE(r.LeasedBytes(), size_t((r.size() + 2 * P - 2) / P) * size_t(P) * 8);
+  // Pages held: those the rows' slots touch, no more (at most one partial page at each end), each as
+  // allocated (rounded up to 64 bytes).
+  EXPECT_LE(r.LeasedBytes(), size_t((r.size() + 2 * P - 2) / P) * ((size_t(P) * 8 + 63) / 64 * 64));
   // Runs cover every range in order, each within one page.
   for (int64_t b : {int64_t(0), r.size() / 3}) {
     int64_t next = b;
@@ -69,7 +69,7 @@ TEST_P(PagedRowsEdits, RandomEditsMatchAVectorOfRows) {
     const int op = int(rng() % 10);
     if (op < 5) {  // append 0..150 rows
       const int64_t n = int64_t(rng() % 151), first = r.size();
-      r.Grow(n);
+      ASSERT_TRUE(r.Grow(n).ok());
       for (int64_t i = 0; i < n; ++i) Put(r, first + i, next_id), ref.push_back(next_id++);
     } else if (op < 8) {  // drop 0..size rows from the front
       const int64_t n = ref.empty() ? 0 : int64_t(rng() % (ref.size() + 1));
@@ -85,7 +85,7 @@ TEST_P(PagedRowsEdits, RandomEditsMatchAVectorOfRows) {
       std::vector<uint64_t> kept;
       for (size_t i = 0; i < ref.size(); ++i)
         if ((keep[i] = char(rng() % 3 != 0))) kept.push_back(ref[i]);
-      r.Retain(keep.data());
+      ASSERT_TRUE(r.Retain(keep.data()).ok());
       ref = kept;
     }
     ExpectSame(r, ref, store);
@@ -113,9 +113,9 @@ TEST(PagedRows, RunsDependOnPositionsAlone) {
   PageStore store;
   auto runs = [&](const std::vector<int64_t>& drops) {
     PagedRows r(store, 4);
-    r.Grow(100);
+    EXPECT_TRUE(r.Grow(100).ok());
     for (int64_t d : drops) r.DropFront(d);
-    r.Grow(50);
+    EXPECT_TRUE(r.Grow(50).ok());
     std::vector<int64_t> out;
     r.ForEachRun(0, r.size(), [&](int64_t first, int64_t n, const uint8_t*) { out.push_back(first), out.push_back(n); });
     return out;
@@ -130,14 +130,14 @@ TEST(PagedRows, RunsDependOnPositionsAlone) {
 
 TEST(PageStore, ReusesReturnedPagesAndCountsThem) {
   PageStore store;
-  uint8_t* a = store.Lease(4096);
-  uint8_t* b = store.Lease(512);
+  uint8_t* a = store.TryLease(4096).value();
+  uint8_t* b = store.TryLease(512).value();
   EXPECT_EQ(reinterpret_cast<uintptr_t>(a) % 64, 0u);
   EXPECT_EQ(store.leased_bytes(), 4608u);
   EXPECT_EQ(store.leased_pages(), 2u);
   store.Return(a, 4096);
-  EXPECT_EQ(store.Lease(4096), a);  // a free page of that size comes back first
-  EXPECT_NE(store.Lease(4096), a);
+  EXPECT_EQ(store.TryLease(4096).value(), a);  // a free page of that size comes back first
+  EXPECT_NE(store.TryLease(4096).value(), a);
   store.Return(b, 512);
   EXPECT_EQ(store.leased_bytes(), 8192u);
   EXPECT_EQ(store.peak_bytes(), 8192u + 512u);
@@ -159,7 +159,6 @@ TEST(PageStore, BoundedStoreRefusesWhatDoesNotFit) {
   ASSERT_FALSE(over.ok());
   EXPECT_EQ(over.status().code(), Status::Code::kResourceExhausted);
   EXPECT_NE(over.status().message().find("capacity of 12288 bytes"), std::string::npos) << over.status().message();
-  EXPECT_THROW(store.Lease(100), std::bad_alloc);  // Lease's contract: the failure as bad_alloc
   EXPECT_EQ(store.leased_bytes(), 3u * 4096);
   EXPECT_EQ(store.held_bytes(), 3u * 4096);
   store.Return(pages[0], 4096);
@@ -257,6 +256,149 @@ TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
   }
 }
 
+// A policy's step bound (KvPolicy::StepLeaseBytes): what it holds before a step plus the bound is at
+// least the most its store leases at any point of the step (Append, Attend, Update), for every family,
+// at lengths before, at and past page, block and window edges, for a one-token decode, prompt chunks
+// and a whole prompt. Families whose forms do not depend on the data lease exactly the bound; ATP's
+// ranks and the layer input it clears when a block completes leave it above (tau= here well above:
+// random rows need fewer directions than the most a block may have).
+TEST(PageStore, StepLeaseBytesBoundEveryStepsPeak) {
+  TempDir dir("steps");
+  const std::string basis_file = dir / "b.safetensors";
+  KvBasis basis;
+  basis.layers = 1, basis.kv_heads = 2, basis.head_dim = 32;
+  basis.k.assign(1, std::vector<float>(2 * 32 * 32)), basis.v = basis.k;
+  for (size_t i = 0; i < basis.k[0].size(); ++i) basis.k[0][i] = float(i % 7) - 3, basis.v[0][i] = float(i % 5) - 2;
+  ASSERT_TRUE(WriteKvBasis(basis_file, basis).ok());
+  struct Case {
+    std::string spec;
+    bool exact;  // the bound is what the step leases at its peak
+  };
+  const std::vector<Case> cases = {
+      {"dense", true},
+      {"dense:dtype=bf16", true},
+      {"mx:fmt=fp8_e4m3", true},
+      {"kivi:bits=2,group=32,residual=16", true},
+      {"kivi:bits=4,group=8,residual=8,dtype=bf16", true},
+      {"streaming:budget=100", true},
+      {"streaming:budget=100+mx:fmt=fp4", true},
+      {"h2o:budget=40,recent=10", true},
+      {"snapkv:budget=100+kivi:bits=2,group=16,residual=16", true},
+      {"lowrank:rk=8,rv=16,mode=online,block=16", true},
+      {"lowrank:rk=8,rv=8,file=" + basis_file, true},
+      {"lowrank:rk=8,rv=8,file=" + basis_file + "+kivi:bits=2,group=8,residual=16", true},
+      {"atp:block=16,rank=4,window=32", false},
+      {"atp:block=16,tau=0.9,window=16", false},
+      {"atp:block=128,rank=8,window=128,dtype=bf16", false},
+      {"atp:block=32,rank=4,window=64,basis=key,residual=kivi2,dtype=bf16,rope=pre", false},
+      {"atp:block=16,rank=3,window=32,proj=lowrank,keep=2,residual=kivi4", false},
+      {"atp:block=16,rank=4,window=16,basis=key,keep=3,residual=mx_fp4,rope=pre", false},
+      {"atp:block=16,tau=0.8,window=16,keep=16", false},
+  };
+  KvShape s;
+  s.d_model = 64, s.n_heads = 4, s.n_kv_heads = 2, s.head_dim = 32;
+  for (int i = 0; i < 16; ++i) s.rope_inv_freq.push_back(std::pow(10000.f, -float(i) / 16));
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal;
+  // One step of n tokens from position `at`: X and K, V rows of 64 floats, Q of 128.
+  const auto step = [&](KvPolicy& kv, int64_t at, int64_t n) {
+    std::vector<float> X(size_t(n) * 64), K(X.size()), V(X.size()), Q(size_t(n) * 128), O(Q.size());
+    for (auto* v : {&X, &K, &V, &Q})
+      for (float& x : *v) x = normal(rng);
+    std::vector<int32_t> pos(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = int32_t(at + i);
+    std::vector<InputBasis*> bases(pos.size());
+    Status st = kv.InputBases(pos, X.data(), bases);
+    if (st.ok()) st = kv.Append(pos, X.data(), K.data(), V.data());
+    if (st.ok()) st = kv.Attend(pos, Q.data(), O.data());
+    if (st.ok()) st = kv.Update();
+    return st;
+  };
+  for (const Case& c : cases) {
+    auto f = ParseKvPolicy(c.spec);
+    ASSERT_TRUE(f.ok()) << f.status().message();
+    int reached = 0, steps = 0;
+    for (int64_t len : {0, 1, 31, 63, 64, 150, 257}) {
+      for (int64_t T : {1, 5, 64, 100, 300}) {
+        PageStore store;
+        KvShape shape = s;
+        shape.pages = &store;
+        auto kv = (*f)->Create(shape);
+        for (int64_t at = 0; at < len; at += 37) ASSERT_TRUE(step(*kv, at, std::min<int64_t>(37, len - at)).ok()) << c.spec;
+        const size_t bound = store.leased_bytes() + kv->StepLeaseBytes(T);
+        store.ResetPeak();
+        ASSERT_TRUE(step(*kv, len, T).ok()) << c.spec;
+        EXPECT_LE(store.peak_bytes(), bound) << c.spec << ": " << T << " tokens after " << len;
+        if (c.exact) {
+          EXPECT_EQ(store.peak_bytes(), bound) << c.spec << ": " << T << " tokens after " << len;
+        }
+        reached += store.peak_bytes() == bound;
+        ++steps;
+      }
+    }
+    std::printf("%-72s bound reached in %d of %d steps\n", c.spec.c_str(), reached, steps);
+  }
+}
+
+// A bounded store that is full refuses a page: the policy's Append returns ResourceExhausted naming the
+// pages, nothing aborts, and every page comes back when the policy dies (whatever state an error leaves
+// it in is fit for that: KvPolicy::Append). Exact rows change all or nothing: a dense policy refused its
+// next page still holds its tokens and attends to them as before.
+TEST(PageStore, AFullStoreFailsAnAppendWithAStatus) {
+  KvShape s;
+  s.d_model = 64, s.n_heads = 4, s.n_kv_heads = 2, s.head_dim = 32;
+  for (int i = 0; i < 16; ++i) s.rope_inv_freq.push_back(std::pow(10000.f, -float(i) / 16));
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  std::vector<float> X(64 * 64), K(X.size()), V(X.size()), Q(64 * 128), O(Q.size()), again(Q.size());
+  for (auto* v : {&X, &K, &V, &Q})
+    for (float& x : *v) x = normal(rng);
+  const auto positions = [](int64_t at, int64_t n) {
+    std::vector<int32_t> p(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) p[size_t(i)] = int32_t(at + i);
+    return p;
+  };
+  for (const std::string spec : {"dense", "mx:fmt=fp8_e4m3", "kivi:bits=2,group=16,residual=16", "streaming:budget=100",
+                                  "h2o:budget=40,recent=10", "atp:block=16,rank=4,window=16,residual=kivi4",
+                                  "lowrank:rk=8,rv=16,mode=online,block=16"}) {
+    SCOPED_TRACE(spec);
+    // Two pages of 64 f32 rows of both heads (16 KiB each): dense's keys and values for 64 tokens.
+    PageStore store(2 * 16384);
+    KvShape shape = s;
+    shape.pages = &store;
+    auto kv = ParseKvPolicy(spec).value()->Create(shape);
+    Status st;
+    int64_t len = 0;
+    for (; len < 64 * 16 && st.ok(); len += 64) {
+      const auto pos = positions(len, 64);
+      st = kv->Append(pos, X.data(), K.data(), V.data());
+      if (st.ok()) st = kv->Attend(pos, Q.data(), O.data());
+      if (st.ok()) st = kv->Update();
+    }
+    ASSERT_FALSE(st.ok()) << "the store never ran out";
+    EXPECT_EQ(st.code(), Status::Code::kResourceExhausted) << st.ToString();
+    EXPECT_NE(st.message().find("pages of"), std::string::npos) << st.ToString();
+    EXPECT_NE(st.message().find("free"), std::string::npos) << st.ToString();
+    EXPECT_LE(store.peak_bytes(), store.capacity_bytes());
+    kv.reset();
+    EXPECT_EQ(store.leased_bytes(), 0u) << "pages kept after the policy died";
+  }
+  // Dense: the first 64 tokens fill both pages; the 65th needs two more and gets none.
+  PageStore store(2 * 16384);
+  KvShape shape = s;
+  shape.pages = &store;
+  auto dense = ParseKvPolicy("dense").value()->Create(shape);
+  const auto pos = positions(0, 64);
+  ASSERT_TRUE(dense->Append(pos, X.data(), K.data(), V.data()).ok());
+  ASSERT_TRUE(dense->Attend(pos, Q.data(), O.data()).ok());
+  const Status st = dense->Append(positions(64, 1), X.data(), K.data(), V.data());
+  EXPECT_EQ(st.code(), Status::Code::kResourceExhausted) << st.ToString();
+  EXPECT_EQ(dense->Length(), 64);
+  EXPECT_EQ(store.leased_bytes(), 2u * 16384);
+  ASSERT_TRUE(dense->Attend(pos, Q.data(), again.data()).ok());
+  EXPECT_EQ(again, O) << "the refused append changed the rows";
+}
+
 // Prefix sharing: pages handed out by FullPage and taken by Adopt are read by both holders, written by
 // neither (Grow writes past them, Retain into a private copy), counted once, and free again only when
 // the last holder returns them.
@@ -264,7 +406,7 @@ TEST(PagedRows, SharedPagesAreNeverWrittenAndFreedByTheLastHolder) {
   PageStore store;
   constexpr int64_t P = PagedRows::kRowsPerPage;
   const auto fill = [](PagedRows& r, int64_t from, int64_t n, uint8_t salt) {
-    r.Grow(n);
+    ASSERT_TRUE(r.Grow(n).ok());
     for (int64_t i = from; i < from + n; ++i) std::memset(r.Row(i), int(uint8_t(i * 7 + salt)), r.row_bytes());
   };
   const auto holds = [](const PagedRows& r, int64_t i, uint8_t salt) {
@@ -286,7 +428,7 @@ TEST(PagedRows, SharedPagesAreNeverWrittenAndFreedByTheLastHolder) {
     // a evicts rows: its compaction goes to private copies, b still reads what was adopted.
     std::vector<char> keep(size_t(a.size()), 1);
     keep[3] = keep[70] = 0;
-    a.Retain(keep.data());
+    ASSERT_TRUE(a.Retain(keep.data()).ok());
     EXPECT_NE(a.Row(0), b.Row(0));
     for (int64_t i = 0; i < 2 * P; ++i) ASSERT_TRUE(holds(b, i, 1)) << i;
     for (int64_t i = 2 * P; i < 2 * P + 9; ++i) ASSERT_TRUE(holds(b, i, 2)) << i;
@@ -297,7 +439,7 @@ TEST(PagedRows, SharedPagesAreNeverWrittenAndFreedByTheLastHolder) {
     c.Adopt(blocks, 0);
     std::vector<char> keep_c(size_t(c.size()), 1);
     keep_c[size_t(P + 10)] = 0;
-    c.Retain(keep_c.data());
+    ASSERT_TRUE(c.Retain(keep_c.data()).ok());
     fill(c, c.size(), 3, 5);
     for (int64_t i = 0; i < 2 * P; ++i) ASSERT_TRUE(holds(b, i, 1)) << i;
   }
@@ -310,17 +452,17 @@ TEST(PagedRows, SharedPagesAreNeverWrittenAndFreedByTheLastHolder) {
 // A holder beyond the first (PageStore::Share) keeps a page leased until it returns it too.
 TEST(PageStore, SharedPagesGoBackWithTheirLastHolder) {
   PageStore store;
-  uint8_t* a = store.Lease(256);
+  uint8_t* a = store.TryLease(256).value();
   store.Share(a, 256);
   store.Share(a, 256);
   EXPECT_EQ(store.leased_bytes(), 256u);
   store.Return(a, 256);
   store.Return(a, 256);
   EXPECT_EQ(store.leased_pages(), 1u);
-  EXPECT_NE(store.Lease(256), a) << "a page with a holder left was reused";
+  EXPECT_NE(store.TryLease(256).value(), a) << "a page with a holder left was reused";
   store.Return(a, 256);
   EXPECT_EQ(store.leased_pages(), 1u);  // the second lease
-  EXPECT_EQ(store.Lease(256), a);
+  EXPECT_EQ(store.TryLease(256).value(), a);
 }
 
 // An account (a sequence's view of the engine's store) leases through its parent and counts what it
@@ -329,8 +471,8 @@ TEST(PageStore, AnAccountCountsWhatItHoldsOfItsParent) {
   PageStore store;
   {
     PageStore a(store), b(store);
-    uint8_t* p = a.Lease(256);
-    uint8_t* q = b.Lease(512);
+    uint8_t* p = a.TryLease(256).value();
+    uint8_t* q = b.TryLease(512).value();
     EXPECT_EQ(a.leased_bytes(), 256u);
     EXPECT_EQ(b.leased_bytes(), 512u);
     EXPECT_EQ(store.leased_bytes(), 768u);

@@ -219,7 +219,8 @@ TEST(ServerApi, MetricsArePrometheusText) {
   for (const char* line : {"atp_requests_total{endpoint=\"completions\",code=\"200\"} 1",
                            "atp_requests_total{endpoint=\"completions\",code=\"400\"} 1", "atp_generated_tokens_total 4",
                            "atp_queue_depth 0", "atp_running_sequences 0", "atp_kv_bytes_in_use 0",
-                           "atp_kv_bytes_capacity 1073741824", "atp_time_to_first_token_seconds_count 1",
+                           "atp_kv_bytes_capacity 1073741824", "atp_kv_page_store_capacity_bytes 1073741824",
+                           "atp_time_to_first_token_seconds_count 1",
                            "atp_inter_token_latency_seconds_count 3", "atp_time_to_first_token_seconds_bucket{le=\"+Inf\"} 1",
                            "# TYPE atp_inter_token_latency_seconds histogram"})
     EXPECT_NE(t.find(line), std::string::npos) << "missing: " << line << "\n" << t;

@@ -33,15 +33,15 @@ TEST(KvPool, ChargesTheStoresLeasesAndReservationsBeyondThem) {
   EXPECT_EQ(pool.usage().sequences, 2u);           // a refused new id leaves no entry
   EXPECT_EQ(pool.usage().pages_used(), 8u);
   EXPECT_EQ(pool.usage().pages(), 10u);
-  uint8_t* a = store.Lease(3 * 4096);              // sequence 1 leases within its reservation
+  uint8_t* a = store.TryLease(3 * 4096).value();  // sequence 1 leases within its reservation
   pool.Update(1, 3 * 4096, 3 * 4096);
   EXPECT_EQ(pool.usage().charged_bytes, 8u * 4096);
   EXPECT_EQ(pool.usage().used_bytes, 3u * 4096);
-  uint8_t* cached = store.Lease(4096);             // a page nobody reserved: charged as the store holds it
+  uint8_t* cached = store.TryLease(4096).value();  // a page nobody reserved: charged as the store holds it
   EXPECT_EQ(pool.usage().pages_used(), 9u);
   EXPECT_FALSE(pool.TryReserve(3, 2 * 4096));
   store.Return(cached, 4096);
-  uint8_t* b = store.Lease(4 * 4096);              // outgrew the estimate: charged what it holds
+  uint8_t* b = store.TryLease(4 * 4096).value();  // outgrew the estimate: charged what it holds
   pool.Update(1, 7 * 4096, 7 * 4096);
   EXPECT_EQ(pool.usage().pages_used(), 11u);
   EXPECT_FALSE(pool.TryReserve(3, 1));             // over budget: nobody else gets in
@@ -59,7 +59,8 @@ TEST(KvPool, ChargesTheStoresLeasesAndReservationsBeyondThem) {
   EXPECT_EQ(pool.usage().charged_bytes, 0u);
 }
 
-// A reservation grows step by step while pages are free, never shrinks, and keep_free holds pages back.
+// A reservation grows step by step while pages are free, never shrinks but by Settle, and keep_free holds
+// pages back.
 TEST(KvPool, ReservationsGrowWhilePagesAreFree) {
   PageStore store;
   KvPool pool(10 * 4096, 4096, store);
@@ -73,6 +74,13 @@ TEST(KvPool, ReservationsGrowWhilePagesAreFree) {
   EXPECT_EQ(pool.usage().pages_used(), 8u);
   EXPECT_TRUE(pool.TryReserve(1, 7 * 4096));
   EXPECT_EQ(pool.usage().pages_used(), 10u);
+  // After a step its transient goes: Settle lowers a reservation, and never raises one past the budget.
+  pool.Settle(1, 4 * 4096);
+  EXPECT_EQ(pool.usage().pages_used(), 7u);
+  pool.Settle(1, 9 * 4096);
+  EXPECT_EQ(pool.usage().pages_used(), 7u);
+  pool.Settle(99, 4096);  // unknown: ignored
+  EXPECT_EQ(pool.usage().sequences, 2u);
 }
 
 // Dense rows lease whole pages of 64 rows per layer, K and V: the footprint is that staircase, measured
@@ -198,12 +206,23 @@ TEST(Scheduler, AttentionEvictionGivesTheSameTokensBatchedAsAlone) {
 // Requests whose combined worst case is several times the pool: admitted by what their prompts hold,
 // preempted when the pages run out, recomputed, and each still gets the tokens it gets alone. The pool
 // is never charged beyond its budget, the page store never leases more than it between steps (on_token
-// runs between forward passes), and every page comes back.
+// runs between forward passes) nor within one (its peak: each step reserved its bound), and every page
+// comes back.
+// Prompts of 100 to 187 tokens cut from Prompts' text run together: several 64-token pages, and prompt
+// chunks that lease rows an update then drops.
+std::vector<std::vector<int32_t>> LongPrompts(int n) {
+  std::vector<int32_t> text;
+  for (const auto& p : Prompts(40)) text.insert(text.end(), p.begin(), p.end());
+  std::vector<std::vector<int32_t>> out;
+  for (int i = 0; i < n; ++i) out.emplace_back(text.begin() + i % 5, text.begin() + i % 5 + 100 + (i * 29) % 88);
+  return out;
+}
+
 void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n, size_t kv_memory,
-                                 size_t min_preemptions, bool prefix_caching = false) {
+                                 size_t min_preemptions, bool prefix_caching = false, bool long_prompts = false) {
   LlamaModel& m = *Ref().model;
   const Tokenizer& tok = *Ref().tok;
-  const auto prompts = Prompts(n);
+  const auto prompts = long_prompts ? LongPrompts(n) : Prompts(n);
   std::vector<SeqRequest> reqs;
   std::vector<GenerateResult> alone;
   for (int i = 0; i < n; ++i) {
@@ -260,6 +279,10 @@ void ExpectPreemptionKeepsTokens(const std::vector<std::string>& policies, int n
   // or preempted), or stayed in the cache.
   EXPECT_GT(paged.load(), 0u);
   EXPECT_GT(s.kv_page_peak_bytes, 0u);
+  // The store is bounded by the budget: a refused lease would have ended a request with its error
+  // (checked above), and its peak, within steps too, stays within the bound.
+  EXPECT_EQ(s.kv_page_capacity_bytes, s.kv.capacity_bytes);
+  EXPECT_LE(s.kv_page_peak_bytes, s.kv_page_capacity_bytes) << "a step leased past the budget";
   std::printf("%zu-byte budget: most leased between steps %zu, within a step %zu bytes; %llu preemptions\n",
               s.kv.capacity_bytes, paged.load(), s.kv_page_peak_bytes, (unsigned long long)s.preemptions);
   EXPECT_TRUE(WaitFor([&] { return sched.stats().kv_page_bytes == cached(); }, 5))
@@ -423,6 +446,20 @@ TEST(Scheduler, SixtyFourMixedSequencesInAnOvercommittedPool) {
                               64, 6 * 64 * per_token, 4);
 }
 
+// Policies whose steps hold more than their footprint after them (a prompt chunk's rows before
+// streaming's window slides or h2o evicts, an ATP block's exact rows while its principal rows form,
+// KIVI's rows before they are grouped), long prompts in 64-token chunks, a pool a fraction of their
+// worst case: the store, bounded by the budget, never refuses a lease (a refusal would end a request
+// with its error) and its peak within steps stays within the bound, with tokens as alone.
+TEST(Scheduler, StepTransientsStayWithinTheBoundedStore) {
+  ATP_REQUIRE_REF_MODEL();
+  const LlamaModel& m = *Ref().model;
+  const size_t per_token = size_t(m.config().num_layers) * 2 * size_t(m.config().kv_dim()) * sizeof(float);
+  ExpectPreemptionKeepsTokens({"streaming:budget=16", "h2o:budget=16,recent=4", "atp:block=16,rank=4,window=16",
+                               "kivi:bits=2,group=16,residual=16"},
+                              16, 8 * 64 * per_token, 1, false, true);
+}
+
 // Capacity is the bytes ratio: in a fixed pool, as many 4k-token sequences run at once under a policy,
 // relative to dense f32, as the inverse of its bytes per sequence at that length (within 10%: pages, the
 // admission watermark and the footprint estimate may each round against a policy). The bytes are those
@@ -548,6 +585,24 @@ TEST(Scheduler, SubmitRefusesWhatCanNeverFit) {
   r.prompt.assign(3, Ref().tok->bos_id());
   r.max_tokens = 0;
   EXPECT_EQ(sched.Submit(r).status().code(), Status::Code::kInvalidArgument);
+  // h2o keeps 8 rows (a page of 64 per layer and head) once its prompt has run, but the prompt's one
+  // step holds all 200 rows before eviction: four pages, and the pool has two.
+  const size_t per_token = size_t(Ref().model->config().num_layers) * 2 * size_t(Ref().model->config().kv_dim()) * sizeof(float);
+  SchedulerOptions small = opt;
+  small.kv_page = 4096;
+  small.kv_memory = 128 * per_token;
+  Scheduler tight(*Ref().model, Ref().tok->eos_ids(), small);
+  r.prompt.assign(200, Ref().tok->bos_id());
+  r.max_tokens = 4;
+  r.kv = ParseKvPolicy("h2o:budget=8,recent=4").value();
+  auto whole = tight.Submit(r);
+  EXPECT_EQ(whole.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(whole.status().message().find("KV memory"), std::string::npos) << whole.status().message();
+  r.prompt.resize(100);  // two pages: it fits, and runs
+  std::promise<Status> done;
+  r.on_finish = [&](const std::string&, const Status& st) { done.set_value(st); };
+  ASSERT_TRUE(tight.Submit(r).ok());
+  EXPECT_TRUE(done.get_future().get().ok());
 }
 
 TEST(Scheduler, DrainCancelsWhatOutlivesTheTimeout) {

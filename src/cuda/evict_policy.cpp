@@ -89,7 +89,10 @@ class CudaEvictPolicy : public cuda::DevicePolicy {
     const int n_kv = shape().n_kv_heads;
     const int64_t had = rule_.rows(0);
     std::vector<std::vector<char>> masks(static_cast<size_t>(n_kv));
-    rule_.ApplyVotes([&](int h, const std::vector<char>& keep) { masks[size_t(h)] = keep; });
+    ATP_RETURN_IF_ERROR(rule_.ApplyVotes([&](int h, const std::vector<char>& keep) {
+      masks[size_t(h)] = keep;  // applied to every head at once below
+      return Status::Ok();
+    }));
     const int64_t n = rule_.rows(0);
     if (n == had) return Status::Ok();
     std::vector<int32_t> idx;

@@ -24,6 +24,15 @@ bool KvPool::TryReserve(uint64_t id, size_t bytes, size_t keep_free) {
   return true;
 }
 
+void KvPool::Settle(uint64_t id, size_t bytes) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return;
+  beyond_ -= it->second.beyond_store();
+  it->second.reserved = std::min(it->second.reserved, bytes);
+  beyond_ += it->second.beyond_store();
+}
+
 void KvPool::Update(uint64_t id, size_t bytes, size_t leased) {
   std::lock_guard<std::mutex> lk(mu_);
   auto it = seqs_.find(id);
@@ -78,6 +87,7 @@ KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory&
     }
     ++weight[i];
   }
+  for (size_t i = 0; i < shapes.size(); ++i) f.empty_.emplace_back(factory.Create(shapes[i]), weight[i]);
   const KvShape s = model.kv_shape(0);
   std::mt19937 rng(1234);
   std::normal_distribution<float> normal(0.f, 1.f);
@@ -102,6 +112,12 @@ KvFootprint KvFootprint::Measure(const LlamaModel& model, const KvPolicyFactory&
     f.bytes_.push_back(bytes);
   }
   return f;
+}
+
+size_t KvFootprint::FirstStepBytes(int tokens) const {
+  size_t n = 0;
+  for (const auto& [policy, layers] : empty_) n += layers * policy->StepLeaseBytes(tokens);
+  return n;
 }
 
 size_t KvFootprint::BytesAt(int len) const {

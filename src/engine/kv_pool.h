@@ -1,14 +1,13 @@
 // The scheduler's KV budget (--kv-memory) over the engine's page store: what the store has leased now
 // (every host policy's rows, the prefix cache's blocks, each page once however many hold it), plus what
 // each running sequence has reserved beyond what it holds (the step about to run, a prompt admitted and
-// not yet run), counted in pages of page_bytes. The scheduler reserves each step's growth before the
-// step runs and preempts a sequence when the pages are not there (engine/scheduler.h), so the store's
-// leases between steps stay within the budget while no sequence holds more than its footprint said.
-//
-// The store itself is not bounded: a step's Append may lease rows that its Update then drops (an ATP
-// block's exact rows while its principal rows are formed, a prompt chunk's rows before eviction), which
-// KvFootprint, measured between steps, does not predict; a bounded store would fail such a lease in the
-// middle of a forward pass. PageStore::peak_bytes shows how far those go.
+// not yet run), counted in pages of page_bytes. Before a step the scheduler reserves the most each
+// sequence may hold during it: its policies' step bound (KvPolicy::StepLeaseBytes, which counts the rows
+// an Append leases and its Update drops: an ATP block's exact rows while its principal rows form, a
+// prompt chunk's rows before eviction) or its footprint after the step, whichever is more; it preempts
+// a sequence when the pages are not there (engine/scheduler.h). So the store's leases stay within the
+// budget within a step too, and the store is bounded by it (Capacity): a lease past it, which a correct
+// bound never lets happen, fails the step's Append with ResourceExhausted rather than growing the store.
 //
 // Device policies (--device cuda) keep buffers of their own and lease no pages: a sequence of theirs is
 // charged what its policies' Bytes() report, as before the store existed.
@@ -16,8 +15,10 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "kv/kv_policy.h"
@@ -38,12 +39,21 @@ class KvPool {
 
   size_t page_bytes() const { return page_bytes_; }
   size_t capacity_bytes() const { return capacity_pages_ * page_bytes_; }
+  // The budget as the pool counts it: whole pages of page_bytes (at least 1) within capacity_bytes.
+  static size_t Capacity(size_t capacity_bytes, size_t page_bytes) {
+    page_bytes = std::max<size_t>(page_bytes, 1);
+    return capacity_bytes / page_bytes * page_bytes;
+  }
   // Whether a sequence needing `bytes` could be admitted into an empty pool.
   bool Fits(size_t bytes) const { return Pages(bytes) <= capacity_pages_; }
 
   // Raises sequence `id`'s reservation to `bytes` (a new id starts at none), provided that leaves at least
-  // `keep_free` pages unreserved; false, and nothing changes, otherwise. A reservation never shrinks.
+  // `keep_free` pages unreserved; false, and nothing changes, otherwise. A reservation never shrinks here (Settle lowers it).
   bool TryReserve(uint64_t id, size_t bytes, size_t keep_free = 0);
+  // Lowers sequence `id`'s reservation to `bytes` where it is more (never raises it: that is TryReserve's,
+  // within the budget): after a step, to what its next steps still need, so that a large step's
+  // transient is charged only while it runs. Unknown ids are ignored.
+  void Settle(uint64_t id, size_t bytes);
   // Records what the sequence holds: `bytes` its policies' Bytes(), `leased` the bytes of the store's
   // pages it holds; it holds the larger, as KvFootprint counts. A sequence that outgrows its reservation
   // is charged the excess rather than stopped (the pool then runs over budget and reserves nothing until
@@ -95,9 +105,14 @@ class KvFootprint {
   // repetition adding what they added (a staircase of 64-row pages, or of blocks that divide 64, goes
   // on exactly).
   size_t BytesAt(int len) const;
+  // An upper bound on the bytes of pages a sequence leases at any point of its first step, of `tokens`
+  // tokens (KvPolicy::StepLeaseBytes from empty): what admission must find free besides BytesAt.
+  size_t FirstStepBytes(int tokens) const;
 
  private:
   std::vector<size_t> bytes_;  // bytes_[i]: bytes held at length i + 1
+  // An empty policy per distinct layer shape, and the layers of that shape (they lease nothing).
+  std::vector<std::pair<std::shared_ptr<const KvPolicy>, size_t>> empty_;
 };
 
 }  // namespace atp

@@ -57,6 +57,7 @@ Scheduler::Scheduler(LlamaModel& model, std::vector<int32_t> eos_ids, SchedulerO
     : model_(model),
       eos_(std::move(eos_ids)),
       opt_(Normalize(opt, model)),
+      pages_(KvPool::Capacity(opt_.kv_memory, opt_.kv_page)),
       pool_(opt_.kv_memory, opt_.kv_page, pages_),
       cache_(opt_.prefix_caching ? std::make_unique<PrefixCache>(pages_) : nullptr),
       thread_([this] { Loop(); }) {}
@@ -108,9 +109,10 @@ Result<uint64_t> Scheduler::Submit(SeqRequest r) {
   ATP_RETURN_IF_ERROR(r.sampling.Validate());
   const int total = int(std::min<int64_t>(opt_.context, int64_t(r.prompt.size()) + r.max_tokens));
   auto footprint = Footprint(*r.kv);
-  // Admission charges only the prompt, but a sequence that could not run to its end alone in the whole
-  // pool would be preempted for ever.
-  const size_t estimate = footprint->BytesAt(total);
+  // Admission charges only the prompt (and its first step's peak), but a sequence that could not run to
+  // its end alone in the whole pool would be preempted for ever, and one whose first step could not would
+  // wait for ever (a whole prompt under h2o or snapkv holds all its rows before eviction).
+  const size_t estimate = std::max(footprint->BytesAt(total), AdmitBytes(*footprint, r, r.prompt.size()));
   if (!pool_.Fits(estimate))
     return Status::InvalidArgument("a sequence of " + std::to_string(total) + " tokens under kv policy " +
                                    r.kv->Describe() + " needs " + MiB(estimate) + " of KV memory; the pool holds " +
@@ -153,6 +155,7 @@ Scheduler::Stats Scheduler::stats() const {
   s.kv = pool_.usage();
   s.kv_page_bytes = pages_.leased_bytes();
   s.kv_page_peak_bytes = pages_.peak_bytes();
+  s.kv_page_capacity_bytes = pages_.capacity_bytes();
   {
     std::lock_guard<std::mutex> lk(fp_mu_);
     s.footprints = footprints_.size();
@@ -181,7 +184,7 @@ void Scheduler::Admit(std::vector<Waiting>* admitted) {
   const auto keep_free = [&] { return running_.empty() && admitted->empty() ? 0 : watermark; };
   while (!preempted_.empty() && room()) {
     Running& r = *preempted_.front();
-    if (!Reserve(r, int(r.prefill_to), keep_free())) {
+    if (!pool_.TryReserve(r.id, AdmitBytes(*r.footprint, r.req, r.prefill_to), keep_free())) {
       if (ShrinkCache()) continue;
       break;
     }
@@ -190,7 +193,7 @@ void Scheduler::Admit(std::vector<Waiting>* admitted) {
   }
   while (preempted_.empty() && !queue_.empty() && room()) {
     Waiting& w = queue_.front();
-    if (!pool_.TryReserve(w.id, w.footprint->BytesAt(int(w.req.prompt.size())), keep_free())) {
+    if (!pool_.TryReserve(w.id, AdmitBytes(*w.footprint, w.req, w.req.prompt.size()), keep_free())) {
       if (ShrinkCache()) continue;
       break;
     }
@@ -201,9 +204,13 @@ void Scheduler::Admit(std::vector<Waiting>* admitted) {
   preempted_count_ = preempted_.size();
 }
 
-bool Scheduler::Reserve(Running& r, int tokens, size_t keep_free) {
-  return pool_.TryReserve(r.id, r.footprint->BytesAt(tokens), keep_free);
+// The first step is a chunk of at most max_batch_tokens, or the whole prompt (Step).
+size_t Scheduler::AdmitBytes(const KvFootprint& f, const SeqRequest& req, size_t prefill) const {
+  const size_t first = req.kv->NeedsWholePrompt() ? req.prompt.size() : std::min(prefill, size_t(opt_.max_batch_tokens));
+  return std::max(f.BytesAt(int(prefill)), f.FirstStepBytes(int(first)));
 }
+
+bool Scheduler::ReserveStep(Running& r, size_t tokens) { return pool_.TryReserve(r.id, StepBytes(r, tokens), 0); }
 
 void Scheduler::MirrorCache() {
   cache_blocks_ = cache_->blocks();
@@ -337,17 +344,21 @@ void Scheduler::Step() {
   std::vector<ForwardItem> items;
   std::vector<Running*> owners;
   const auto take = [&](Running& r, std::span<const int32_t> tokens) {
-    while (!Reserve(r, r.seq.length() + int(tokens.size()), 0)) {
+    while (!ReserveStep(r, tokens.size())) {
       Running* victim = nullptr;
       size_t live = 0;
       for (auto& p : running_)
         if (!p->done) victim = p.get(), ++live;  // the most recently admitted
       if (ShrinkCache()) continue;  // cached blocks give their room back first
       if (live == 1) {
-        // Alone and still short: only a policy whose footprint is not monotone in length gets here.
-        Finish(r, "", Status::ResourceExhausted("KV memory: the sequence outgrew the whole pool (--kv-memory)"));
+        // Alone and still short: a policy whose footprint is not monotone in length, or a step whose
+        // transient needs more than the whole pool (Submit checks the first step only).
+        Finish(r, "", Status::ResourceExhausted("KV memory: the sequence's next step needs more than the whole pool (--kv-memory)"));
         return false;
       }
+      // The youngest's prompt chunk that does not fit waits a step rather than drop what the sequence
+      // holds: an older sequence that needs the room preempts it then.
+      if (victim == &r && r.prefilling()) return false;
       const auto it = std::find(owners.begin(), owners.end(), victim);
       if (it != owners.end()) items.erase(items.begin() + (it - owners.begin())), owners.erase(it);
       Preempt(*victim);
@@ -440,6 +451,23 @@ void Scheduler::Step() {
     }
     if (emits[i] && st.ok()) Emit(r, choices_[next_choice++]);
   }
+  for (Running* r : owners)
+    if (!r->done) Settle(*r);
+}
+
+size_t Scheduler::StepBytes(const Running& r, size_t tokens) const {
+  return std::max(r.footprint->BytesAt(r.seq.length() + int(tokens)), r.seq.StepLeaseBound(int64_t(tokens)));
+}
+
+// The next step is a decode step, a recomputed token (one per step where the prompt went whole) or a
+// prompt chunk of at most max_batch_tokens.
+void Scheduler::Settle(Running& r) {
+  size_t next = 1, prefill = 0;
+  if (r.prefilling()) {
+    prefill = r.footprint->BytesAt(int(r.prefill_to));
+    if (!r.req.kv->NeedsWholePrompt()) next = std::min(r.prefill_to - r.fed, size_t(opt_.max_batch_tokens));
+  }
+  pool_.Settle(r.id, std::max(prefill, StepBytes(r, next)));
 }
 
 // Mirrors Generate's order of checks, so that a request gives the same tokens batched or alone.

@@ -6,11 +6,12 @@
 //
 // KV memory (engine/kv_pool.h): the sequences' host policies lease their rows from the scheduler's page
 // store, and the budget is what that store holds plus what is reserved beyond it. A request is admitted
-// when the pages its prompt needs are free, and each step first reserves the pages its tokens will
-// need. When they are not there, the most recently admitted sequence is preempted: its KV is dropped
-// (its pages go back to the store) and it waits, ahead of new requests, to be
-// recomputed (its prompt and the tokens it had generated are run through the model again, without
-// sampling, then it goes on). A sequence thus costs what it holds, not its worst case, and a request's
+// when the pages its prompt needs (and its first step, at its peak) are free, and each step first
+// reserves the most its tokens will hold during and after it. When they are not there, the most
+// recently admitted sequence is preempted (or, where the pages are for its own prompt chunk, the chunk
+// waits a step): its KV is dropped (its pages go back to the store) and it waits, ahead of new
+// requests, to be recomputed (its prompt and the tokens it had generated are run through the model
+// again, without sampling, then it goes on). A sequence thus costs what it holds, not its worst case, and a request's
 // tokens are the same whether or not it was preempted.
 //
 // With prefix caching, the cache's blocks are pages of the same store (a page a running sequence also
@@ -102,8 +103,8 @@ class Scheduler {
     size_t queued = 0, running = 0;
     size_t preempted = 0;  // sequences waiting to be recomputed after a preemption
     KvPool::Usage kv;
-    // pages_: leased now, and the most ever (within a step too: see engine/kv_pool.h)
-    size_t kv_page_bytes = 0, kv_page_peak_bytes = 0;
+    // pages_: leased now, the most ever (within a step too), and its bound (kv.capacity_bytes)
+    size_t kv_page_bytes = 0, kv_page_peak_bytes = 0, kv_page_capacity_bytes = 0;
     uint64_t forward_passes = 0, prompt_tokens = 0, generated_tokens = 0;
     // Totals since start: preemptions, and tokens run through the model again after one (prompt_tokens
     // counts each prompt token once).
@@ -129,7 +130,16 @@ class Scheduler {
 
   void Loop();
   void Admit(std::vector<Waiting>* admitted);  // under mu_; resumes preempted_ first
-  bool Reserve(Running& r, int tokens, size_t keep_free);  // the pool's pages for r holding `tokens`
+  // What admitting a request reserves: the pages its prefill of `prefill` tokens holds once run, or the
+  // peak of its first step where that is more.
+  size_t AdmitBytes(const KvFootprint& f, const SeqRequest& req, size_t prefill) const;
+  // The most r holds during a step of `tokens` tokens (Sequence::StepLeaseBound) or after it (its
+  // footprint), whichever is more; ReserveStep reserves that before the step.
+  size_t StepBytes(const Running& r, size_t tokens) const;
+  bool ReserveStep(Running& r, size_t tokens);
+  // After a step: r's reservation becomes what its next step needs (and, while prefilling, what its
+  // whole prefill holds), so that admission leaves the room for it; a larger chunk's transient goes.
+  void Settle(Running& r);
   // Prefix cache: gives half its room back to the pool (false: it held nothing); starts r's prefill from
   // cached blocks; offers r's whole blocks to it.
   bool ShrinkCache();
@@ -147,9 +157,10 @@ class Scheduler {
   const std::vector<int32_t> eos_;
   const SchedulerOptions opt_;
   // Where the running sequences' host-side KV rows and the prefix cache's blocks live (the CPU backend's
-  // policies; the GPU's keep device buffers, which pool_ counts by their Bytes()). pool_ keeps its leases
-  // within --kv-memory between steps; it has no bound of its own (engine/kv_pool.h says why). Declared
-  // before the pool that reads it and the sequences and cache that lease from it, so that it outlives them.
+  // policies; the GPU's keep device buffers, which pool_ counts by their Bytes()). Bounded by the budget:
+  // pool_ reserves each step's bound, so no lease is refused unless a policy's bound is wrong, and then
+  // that step's requests end with the error (engine/kv_pool.h). Declared before the pool that reads it
+  // and the sequences and cache that lease from it, so that it outlives them.
   PageStore pages_;
   KvPool pool_;
   std::unique_ptr<PrefixCache> cache_;  // null without prefix caching; scheduler thread only

@@ -28,6 +28,12 @@ size_t Sequence::kv_bytes() const {
   return n;
 }
 
+size_t Sequence::StepLeaseBound(int64_t tokens) const {
+  size_t n = leased_bytes();
+  for (auto& l : layers_) n += l->StepLeaseBytes(tokens);
+  return n;
+}
+
 Status RunChunk(LlamaModel& model, Sequence& seq, std::span<const int32_t> tokens, bool all_logits,
                 std::vector<float>* logits) {
   ForwardItem item{seq.kv(), tokens, seq.length(), all_logits};

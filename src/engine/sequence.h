@@ -23,6 +23,8 @@ class Sequence {
   // Bytes of the store's pages the policies hold now, shared ones included (0 for device policies,
   // which keep buffers of their own).
   size_t leased_bytes() const { return account_->leased_bytes(); }
+  // An upper bound on leased_bytes() at any point of a step of `tokens` tokens (KvPolicy::StepLeaseBytes).
+  size_t StepLeaseBound(int64_t tokens) const;
 
  private:
   std::unique_ptr<PageStore> account_;  // declared first: the policies return their pages to it as they die

@@ -53,6 +53,7 @@ class TimedPolicy : public KvPolicy {
     return s;
   }
   size_t Bytes() const override { return p_->Bytes(); }
+  size_t StepLeaseBytes(int64_t tokens) const override { return p_->StepLeaseBytes(tokens); }
   int64_t Length() const override { return p_->Length(); }
   bool ReadsInput() const override { return p_->ReadsInput(); }
 

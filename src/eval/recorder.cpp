@@ -19,6 +19,7 @@ class RecordingPolicy : public KvPolicy {
   Status Attend(std::span<const int32_t> pos, const float* Q, float* O) override { return inner_->Attend(pos, Q, O); }
   Status Update() override { return inner_->Update(); }
   size_t Bytes() const override { return inner_->Bytes(); }
+  size_t StepLeaseBytes(int64_t tokens) const override { return inner_->StepLeaseBytes(tokens); }
   int64_t Length() const override { return inner_->Length(); }
 
  private:

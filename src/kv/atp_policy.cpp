@@ -89,10 +89,10 @@ class AtpPolicy : public KvPolicy {
     ATP_RETURN_IF_ERROR(CheckRope(s_, p_));
     DropUnread(positions[0]);
     const int64_t T = int64_t(positions.size());
-    exact_.Append(K, V, T);
+    ATP_RETURN_IF_ERROR(exact_.Append(K, V, T));
     for (int64_t i = 0; i < T; ++i) {
       if (KeepsInput()) {
-        x_fill_.Grow(1);
+        ATP_RETURN_IF_ERROR(x_fill_.Grow(1));
         std::copy_n(X + i * s_.d_model, s_.d_model, reinterpret_cast<float*>(x_fill_.Row(x_fill_.size() - 1)));
       }
       ++length_;
@@ -172,6 +172,22 @@ class AtpPolicy : public KvPolicy {
     return n;
   }
   int64_t Length() const override { return length_; }
+  // The exact rows; the filling block's layer input, up to a whole block before it is compressed and
+  // cleared (the most it holds at once); and for each block the step completes, per KV head at most
+  // MaxRank() principal rows (fewer where the data has less energy: the bound then is not reached), E
+  // kept rows and its summarized tokens' residuals, and per basis a page row of U_r and of offsets.
+  size_t StepLeaseBytes(int64_t tokens) const override {
+    const int64_t B = p_.block, blocks = (length_ + tokens) / B - length_ / B, fill = length_ % B;
+    size_t n = exact_.GrowBytes(tokens);
+    if (KeepsInput()) n += x_fill_.GrowBytes(std::min(fill + tokens, B) - fill);
+    for (size_t h = 0; h < principal_.size(); ++h) {
+      n += principal_[h].GrowBytes(blocks * MaxRank()) + kept_[h].GrowBytes(blocks * p_.keep);
+      if (!residual_.empty() && p_.summarized() > 0) n += residual_[h]->AppendBytes(blocks * p_.summarized());
+    }
+    for (const PagedRows& c : coef_) n += c.GrowBytes(blocks);
+    for (const PagedRows& o : offsets_) n += o.GrowBytes(blocks);
+    return n;
+  }
 
   Status Update() override {
     DropUnread(length_);
@@ -389,13 +405,13 @@ class AtpPolicy : public KvPolicy {
       if (!coef_.empty()) {  // U_r's rows: the summarized tokens' coordinates, (n, r)
         if (r > MaxRank()) return Status::InvalidArgument("atp: internal: rank " + std::to_string(r) + " beyond its page row");
         PagedRows& c = coef_[size_t(g)];
-        c.Grow(1);
+        ATP_RETURN_IF_ERROR(c.Grow(1));
         float* u = reinterpret_cast<float*>(c.Row(c.size() - 1));
         for (int i = 0; i < n; ++i) std::copy_n(&U[size_t(i) * size_t(k)], r, u + size_t(i) * size_t(r));
       }
       if (!offsets_.empty()) {
         PagedRows& o = offsets_[size_t(g)];
-        o.Grow(1);
+        ATP_RETURN_IF_ERROR(o.Grow(1));
         std::copy_n(rows.begin(), n, reinterpret_cast<int32_t*>(o.Row(o.size() - 1)));
       }
       for (int h = p_.key_basis ? g : 0; h < (p_.key_basis ? g + 1 : s_.n_kv_heads); ++h) {
@@ -413,9 +429,9 @@ class AtpPolicy : public KvPolicy {
               pv[size_t(c) * size_t(hd) + size_t(j)] += u * vr[j];
             }
           }
-        principal_[size_t(h)].Append(pk.data(), pv.data(), r);
+        ATP_RETURN_IF_ERROR(principal_[size_t(h)].Append(pk.data(), pv.data(), r));
         block_rows_[size_t(h)].push_back(principal_[size_t(h)].size());
-        for (int i : kept) kept_[size_t(h)].Append(&kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], value(i), 1);
+        for (int i : kept) ATP_RETURN_IF_ERROR(kept_[size_t(h)].Append(&kb[size_t(i) * size_t(kvd) + size_t(h) * size_t(hd)], value(i), 1));
         if (!p_.residual || n == 0) continue;
         // Residuals against the principal rows as stored (dtype-rounded), so K~ = U_r P_k + residual holds.
         for (auto* m : {&pk, &pv}) {
@@ -436,7 +452,7 @@ class AtpPolicy : public KvPolicy {
             }
           }
         }
-        residual_[size_t(h)]->Append(rk.data(), hd, rv.data(), hd, n);
+        ATP_RETURN_IF_ERROR(residual_[size_t(h)]->Append(rk.data(), hd, rv.data(), hd, n));
       }
     }
     return Status::Ok();

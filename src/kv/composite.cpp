@@ -14,13 +14,14 @@ namespace {
 class ExactStore : public RowStore {
  public:
   ExactStore(PageStore& pages, DType dt, int kw, int vw) : rows_(pages, dt, kw, vw) {}
-  void Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override { rows_.Append(K, ks, V, vs, n); }
-  void Retain(const std::vector<char>& keep) override { rows_.Retain(keep.data()); }
+  Status Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override { return rows_.Append(K, ks, V, vs, n); }
+  Status Retain(const std::vector<char>& keep) override { return rows_.Retain(keep.data()); }
   void View(int64_t begin, int64_t end, int64_t, std::vector<KvSegment>* out) const override {
     rows_.View(0, begin, end - begin, out);
   }
   int64_t size() const override { return rows_.size(); }
   size_t Bytes() const override { return rows_.Bytes(); }
+  size_t AppendBytes(int64_t n) const override { return rows_.GrowBytes(n); }
   bool SharePages(int64_t b, BlockPages* out) override { return rows_.SharePages(b, out), true; }
   size_t Adopt(std::span<const BlockPages> blocks, size_t at) override { return rows_.Adopt(blocks, at); }
 
@@ -52,7 +53,7 @@ class CodecPolicy : public KvPolicy {
                                      std::to_string(length_) + " tokens");
     const int64_t T = int64_t(positions.size()), kvd = s_.kv_dim();
     for (int h = 0; h < s_.n_kv_heads; ++h)
-      heads_[size_t(h)]->Append(K + h * s_.head_dim, kvd, V + h * s_.head_dim, kvd, T);
+      ATP_RETURN_IF_ERROR(heads_[size_t(h)]->Append(K + h * s_.head_dim, kvd, V + h * s_.head_dim, kvd, T));
     length_ += T;
     return Status::Ok();
   }
@@ -76,6 +77,11 @@ class CodecPolicy : public KvPolicy {
     return n;
   }
   int64_t Length() const override { return length_; }
+  size_t StepLeaseBytes(int64_t tokens) const override {
+    size_t n = 0;
+    for (auto& h : heads_) n += h->AppendBytes(tokens);
+    return n;
+  }
 
   // A block's pages are its rows' pages in every head's store, when the codec keeps rows as such.
   bool SharePages(int64_t b, BlockPages* out) override {

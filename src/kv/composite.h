@@ -22,17 +22,24 @@ class RowStore {
   virtual ~RowStore() = default;
   // Appends n rows: key row i at K + i*k_stride (k_width floats), value row i at V + i*v_stride
   // (v_width floats). Contract: every query after this call has a horizon > size() before the call.
-  virtual void Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n) = 0;
+  // Where the store refuses a page (ResourceExhausted), the rows are as they were, or (KIVI) appended
+  // with a group not yet formed, which the next Append forms: queries read the same either way.
+  [[nodiscard]] virtual Status Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n) = 0;
   // Drops copies that no query at position size() or later reads (KvPolicy::Update). Default: none.
   virtual void Trim() {}
-  // Keeps row i iff keep[i] != 0 (keep has size() entries), preserving order (eviction).
-  virtual void Retain(const std::vector<char>& keep) = 0;
+  // Keeps row i iff keep[i] != 0 (keep has size() entries), preserving order (eviction). An error (a
+  // shared page's copy refused; no policy that evicts shares pages) leaves the store unusable.
+  [[nodiscard]] virtual Status Retain(const std::vector<char>& keep) = 0;
   // Adds to `out`, in row order, segments holding rows [begin, end) as read by a query whose
   // newest visible row is horizon-1 (begin <= end <= horizon <= size()). Stores with an exact
   // residual choose each row's form from the horizon alone, so prefill and decode agree.
   virtual void View(int64_t begin, int64_t end, int64_t horizon, std::vector<KvSegment>* out) const = 0;
   virtual int64_t size() const = 0;
   virtual size_t Bytes() const = 0;  // data plus per-group metadata actually held
+  // Bytes of the pages appending n rows may lease beyond those held now, counted before anything is
+  // returned, whether the rows come in one Append or several, with Trim between them or not
+  // (KvPolicy::StepLeaseBytes).
+  virtual size_t AppendBytes(int64_t n) const = 0;
   // Prefix caching (KvPolicy::SharePages) for stores whose rows each sit in their own page slot, written
   // once, and were never dropped: appends block b's pages and returns true; false (the default): the
   // store's form of a block is not its own pages. Adopt takes blocks[i][at ...] on an empty store and

@@ -16,8 +16,7 @@ class DensePolicy : public KvPolicy {
     if (!positions.empty() && positions[0] != rows_.size())
       return Status::InvalidArgument("dense: position " + std::to_string(positions[0]) + " appended after " +
                                      std::to_string(rows_.size()) + " tokens");
-    rows_.Append(K, V, int64_t(positions.size()));
-    return Status::Ok();
+    return rows_.Append(K, V, int64_t(positions.size()));
   }
 
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
@@ -31,6 +30,7 @@ class DensePolicy : public KvPolicy {
 
   size_t Bytes() const override { return rows_.Bytes(); }
   int64_t Length() const override { return rows_.size(); }
+  size_t StepLeaseBytes(int64_t tokens) const override { return rows_.GrowBytes(tokens); }
   bool SharePages(int64_t b, BlockPages* out) override { return rows_.SharePages(b, out), true; }
   void AdoptPages(std::span<const BlockPages> blocks) override { rows_.Adopt(blocks, 0); }
 

@@ -22,11 +22,11 @@ class EvictPolicy : public KvPolicy {
     if (positions[0] != length_)
       return Status::InvalidArgument("kv policy: position " + std::to_string(positions[0]) + " appended after " +
                                      std::to_string(length_) + " tokens");
-    rule_.ApplyVotes(Retain());
-    rule_.DropUnread(positions[0], Retain());
+    ATP_RETURN_IF_ERROR(rule_.ApplyVotes(Retain()));
+    ATP_RETURN_IF_ERROR(rule_.DropUnread(positions[0], Retain()));
     const int64_t T = int64_t(positions.size()), kvd = s_.kv_dim();
     for (int kvh = 0; kvh < s_.n_kv_heads; ++kvh)
-      rows_[size_t(kvh)]->Append(K + kvh * s_.head_dim, kvd, V + kvh * s_.head_dim, kvd, T);
+      ATP_RETURN_IF_ERROR(rows_[size_t(kvh)]->Append(K + kvh * s_.head_dim, kvd, V + kvh * s_.head_dim, kvd, T));
     rule_.Append(positions);
     length_ += T;
     return Status::Ok();
@@ -35,7 +35,7 @@ class EvictPolicy : public KvPolicy {
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
     const int64_t T = int64_t(positions.size());
     if (T == 0) return Status::Ok();
-    rule_.ApplyVotes(Retain());  // a caller that attends twice without Update sees the first call's eviction
+    ATP_RETURN_IF_ERROR(rule_.ApplyVotes(Retain()));  // a caller that attends twice without Update sees the first call's eviction
     const int group = s_.n_heads / s_.n_kv_heads;
     auto segments = [&](int64_t t, int kvh, std::vector<KvSegment>* out) {
       EvictRule::Range r[2];
@@ -78,17 +78,23 @@ class EvictPolicy : public KvPolicy {
     return n;
   }
   int64_t Length() const override { return length_; }
+  // Every new row lands in each head's store before the step's Update evicts or slides anything.
+  size_t StepLeaseBytes(int64_t tokens) const override {
+    size_t n = 0;
+    for (auto& r : rows_) n += r->AppendBytes(tokens);
+    return n;
+  }
 
   Status Update() override {
-    rule_.ApplyVotes(Retain());
-    rule_.DropUnread(length_, Retain());
+    ATP_RETURN_IF_ERROR(rule_.ApplyVotes(Retain()));
+    ATP_RETURN_IF_ERROR(rule_.DropUnread(length_, Retain()));
     for (auto& r : rows_) r->Trim();
     return Status::Ok();
   }
 
  private:
   EvictRule::Retain Retain() {
-    return [this](int kvh, const std::vector<char>& keep) { rows_[size_t(kvh)]->Retain(keep); };
+    return [this](int kvh, const std::vector<char>& keep) { return rows_[size_t(kvh)]->Retain(keep); };
   }
 
   KvShape s_;

@@ -41,15 +41,15 @@ void EvictRule::SetVotes(std::vector<std::vector<float>> votes, int64_t voters) 
   voters_ = voters;
 }
 
-void EvictRule::ApplyVotes(const Retain& retain) {
-  if (votes_.empty()) return;
+Status EvictRule::ApplyVotes(const Retain& retain) {
+  if (votes_.empty()) return Status::Ok();
   for (int kvh = 0; kvh < int(heads_.size()); ++kvh) {
     Head& h = heads_[size_t(kvh)];
     const std::vector<float>& votes = votes_[size_t(kvh)];
     const int64_t n = int64_t(h.pos.size());
     if (p_.kind == Kind::kH2o) {
       for (int64_t j = 0; j < n; ++j) h.score[size_t(j)] += votes[size_t(j)];
-      if (n > p_.budget) EvictLowest(kvh, h.score, n - p_.recent, n - p_.budget, retain);
+      if (n > p_.budget) ATP_RETURN_IF_ERROR(EvictLowest(kvh, h.score, n - p_.recent, n - p_.budget, retain));
     } else if (n > p_.budget) {
       const int64_t older = n - voters_;  // the chunk's last rows are the window
       std::vector<float> pooled(static_cast<size_t>(older));
@@ -60,14 +60,15 @@ void EvictRule::ApplyVotes(const Retain& retain) {
           m = std::max(m, votes[size_t(i)]);
         pooled[size_t(j)] = m;
       }
-      EvictLowest(kvh, pooled, older, n - p_.budget, retain);  // keeps the budget - w best-voted older rows
+      ATP_RETURN_IF_ERROR(EvictLowest(kvh, pooled, older, n - p_.budget, retain));  // keeps the budget - w best-voted older rows
     }
   }
   votes_.clear();
+  return Status::Ok();
 }
 
-void EvictRule::DropUnread(int64_t next, const Retain& retain) {
-  if (p_.kind != Kind::kStreaming) return;
+Status EvictRule::DropUnread(int64_t next, const Retain& retain) {
+  if (p_.kind != Kind::kStreaming) return Status::Ok();
   const int64_t lo = next - (p_.budget - p_.sinks) + 1;
   for (int kvh = 0; kvh < int(heads_.size()); ++kvh) {
     const std::vector<int32_t>& pos = heads_[size_t(kvh)].pos;
@@ -77,8 +78,9 @@ void EvictRule::DropUnread(int64_t next, const Retain& retain) {
       keep[i] = pos[i] < p_.sinks || pos[i] >= lo;
       any |= !keep[i];
     }
-    if (any) Keep(kvh, keep, retain);
+    if (any) ATP_RETURN_IF_ERROR(Keep(kvh, keep, retain));
   }
+  return Status::Ok();
 }
 
 size_t EvictRule::Bytes() const {
@@ -87,8 +89,8 @@ size_t EvictRule::Bytes() const {
   return n;
 }
 
-void EvictRule::Keep(int kv_head, const std::vector<char>& keep, const Retain& retain) {
-  retain(kv_head, keep);
+Status EvictRule::Keep(int kv_head, const std::vector<char>& keep, const Retain& retain) {
+  ATP_RETURN_IF_ERROR(retain(kv_head, keep));
   Head& h = heads_[size_t(kv_head)];
   size_t w = 0;
   for (size_t i = 0; i < keep.size(); ++i)
@@ -99,16 +101,17 @@ void EvictRule::Keep(int kv_head, const std::vector<char>& keep, const Retain& r
     }
   h.pos.resize(w);
   if (!h.score.empty()) h.score.resize(w);
+  return Status::Ok();
 }
 
-void EvictRule::EvictLowest(int kv_head, const std::vector<float>& key, int64_t candidates, int64_t count,
+Status EvictRule::EvictLowest(int kv_head, const std::vector<float>& key, int64_t candidates, int64_t count,
                             const Retain& retain) {
   std::vector<int64_t> idx(static_cast<size_t>(candidates));
   std::iota(idx.begin(), idx.end(), 0);
   std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return key[size_t(a)] < key[size_t(b)]; });
   std::vector<char> keep(heads_[size_t(kv_head)].pos.size(), 1);
   for (int64_t i = 0; i < count; ++i) keep[size_t(idx[size_t(i)])] = 0;
-  Keep(kv_head, keep, retain);
+  return Keep(kv_head, keep, retain);
 }
 
 }  // namespace atp

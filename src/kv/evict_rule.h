@@ -18,8 +18,9 @@ namespace atp {
 
 class EvictRule {
  public:
-  // keep[j]: whether row j of KV head `kv_head` stays; rows keep their order.
-  using Retain = std::function<void(int kv_head, const std::vector<char>& keep)>;
+  // keep[j]: whether row j of KV head `kv_head` stays; rows keep their order. An error (the policy's
+  // rows could not be moved) is passed up and leaves the rule as it was for that head.
+  using Retain = std::function<Status(int kv_head, const std::vector<char>& keep)>;
   struct Range {
     int64_t begin = 0, end = 0;  // row indices of one KV head
   };
@@ -48,9 +49,9 @@ class EvictRule {
   // scores outside the `recent` newest rows; SnapKV, beyond the budget, keeps the budget - voters
   // best-voted older rows (votes max-pooled over `pool` neighbours) and the voters' own rows. Ties
   // evict the older row.
-  void ApplyVotes(const Retain& retain);
+  Status ApplyVotes(const Retain& retain);
   // Streaming: drops the rows no query from position `next` on reads (before next - window + 1, not a sink).
-  void DropUnread(int64_t next, const Retain& retain);
+  Status DropUnread(int64_t next, const Retain& retain);
 
   // What the rule holds beside the rows: a position per row, and H2O's score per row.
   size_t Bytes() const;
@@ -60,9 +61,9 @@ class EvictRule {
     std::vector<int32_t> pos;  // position of each row
     std::vector<float> score;  // h2o: accumulated attention of each row
   };
-  void Keep(int kv_head, const std::vector<char>& keep, const Retain& retain);
+  Status Keep(int kv_head, const std::vector<char>& keep, const Retain& retain);
   // Evicts the `count` rows with the lowest key among rows [0, candidates), older first on ties.
-  void EvictLowest(int kv_head, const std::vector<float>& key, int64_t candidates, int64_t count, const Retain& retain);
+  Status EvictLowest(int kv_head, const std::vector<float>& key, int64_t candidates, int64_t count, const Retain& retain);
 
   EvictParams p_;
   std::vector<Head> heads_;                // per KV head

@@ -2,14 +2,18 @@
 
 namespace atp {
 
-void ExactRows::Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n) {
+Status ExactRows::Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n) {
   const int64_t first = size();
-  k_.Grow(n);
-  v_.Grow(n);
+  ATP_RETURN_IF_ERROR(k_.Grow(n));
+  if (Status st = v_.Grow(n); !st.ok()) {
+    k_.Truncate(first);
+    return st;
+  }
   for (int64_t i = 0; i < n; ++i) {
     FromF32(dtype_, K + i * k_stride, k_.Row(first + i), size_t(kw_));
     FromF32(dtype_, V + i * v_stride, v_.Row(first + i), size_t(vw_));
   }
+  return Status::Ok();
 }
 
 void ExactRows::DropFront(int64_t n) {
@@ -17,9 +21,9 @@ void ExactRows::DropFront(int64_t n) {
   v_.DropFront(n);
 }
 
-void ExactRows::Retain(const char* keep) {
-  k_.Retain(keep);
-  v_.Retain(keep);
+Status ExactRows::Retain(const char* keep) {
+  ATP_RETURN_IF_ERROR(k_.Retain(keep));
+  return v_.Retain(keep);
 }
 
 void ExactRows::ToF32(int64_t begin, int64_t count, float* K, float* V) const {

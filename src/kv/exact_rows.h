@@ -21,13 +21,14 @@ class ExactRows {
       : dtype_(dtype), kw_(k_width), vw_(v_width ? v_width : k_width),
         k_(store, size_t(kw_) * DTypeSize(dtype)), v_(store, size_t(vw_) * DTypeSize(dtype)) {}
   // Appends n rows: key row i at K + i * k_stride (k_width floats), value row i at V + i * v_stride,
-  // converted to the store's dtype (round to nearest even).
-  void Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n);
-  void Append(const float* K, const float* V, int64_t n) { Append(K, kw_, V, vw_, n); }
+  // converted to the store's dtype (round to nearest even). Where the store refuses a page, nothing changes.
+  [[nodiscard]] Status Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n);
+  [[nodiscard]] Status Append(const float* K, const float* V, int64_t n) { return Append(K, kw_, V, vw_, n); }
   // Drops the first n rows (tokens that moved to a compressed form or out of a window).
   void DropFront(int64_t n);
-  // Keeps row i iff keep[i] != 0, for keep[0 .. size()), in order (eviction).
-  void Retain(const char* keep);
+  // Keeps row i iff keep[i] != 0, for keep[0 .. size()), in order (eviction). An error (a shared page's
+  // copy refused) may leave the keys retained and the values not: the rows are then unusable.
+  [[nodiscard]] Status Retain(const char* keep);
   // Rows [begin, begin + count) as f32: K (count, k_width), V (count, v_width).
   void ToF32(int64_t begin, int64_t count, float* K, float* V) const;
   // Elements [offset, offset + dim) of the same rows (a KV head's slice of rows holding every head;
@@ -48,6 +49,9 @@ class ExactRows {
   // Data bytes of the rows held; LeasedBytes: of the pages holding them (at most a page per K and V more).
   size_t Bytes() const { return size_t(size()) * size_t(kw_ + vw_) * DTypeSize(dtype_); }
   size_t LeasedBytes() const { return k_.LeasedBytes() + v_.LeasedBytes(); }
+  // Bytes of the pages appending n rows (at once or in parts, rows dropped between or not) may lease
+  // beyond those held now (PagedRows::GrowBytes).
+  size_t GrowBytes(int64_t n) const { return k_.GrowBytes(n) + v_.GrowBytes(n); }
 
  private:
   DType dtype_;

@@ -53,15 +53,17 @@ class KiviStore : public RowStore {
     }
   }
 
-  void Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override {
+  Status Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override {
     Trim();
-    exact_.Append(K, ks, V, vs, n);
+    ATP_RETURN_IF_ERROR(exact_.Append(K, ks, V, vs, n));
     size_ += n;
-    // Quantize a group only once some query may read it packed: G rows older than the newest R.
-    while (size_ - cum_.back() >= int64_t(p_.group) + p_.residual) FormGroup();
+    // Quantize a group only once some query may read it packed: G rows older than the newest R. A group
+    // whose page is refused stays exact rows until an Append forms it (View reads groups formed only).
+    while (size_ - cum_.back() >= int64_t(p_.group) + p_.residual) ATP_RETURN_IF_ERROR(FormGroup());
+    return Status::Ok();
   }
 
-  void Retain(const std::vector<char>& keep) override {
+  Status Retain(const std::vector<char>& keep) override {
     // Each group keeps its scales and zeros and moves its kept rows to the front of its page row;
     // groups left empty go.
     std::vector<char> live(size_t(groups_.size()));
@@ -84,11 +86,12 @@ class KiviStore : public RowStore {
     for (int64_t i = 0; i < e0_; ++i) new_e0 += keep[size_t(i)] != 0;
     int64_t new_size = new_e0;
     for (int64_t i = e0_; i < size_; ++i) new_size += keep[size_t(i)] != 0;
-    exact_.Retain(keep.data() + e0_);
-    groups_.Retain(live.data());
+    ATP_RETURN_IF_ERROR(exact_.Retain(keep.data() + e0_));
+    ATP_RETURN_IF_ERROR(groups_.Retain(live.data()));
     cum_ = std::move(cum);
     e0_ = new_e0;
     size_ = new_size;
+    return Status::Ok();
   }
 
   void View(int64_t begin, int64_t end, int64_t horizon, std::vector<KvSegment>* out) const override {
@@ -121,6 +124,12 @@ class KiviStore : public RowStore {
   }
 
   int64_t size() const override { return size_; }
+  // The exact rows grow by n (Trim only drops), and the groups by those that n more rows complete: G
+  // rows older than the newest R, whatever the split of the appends.
+  size_t AppendBytes(int64_t n) const override {
+    const int64_t pending = size_ + n - cum_.back(), G = p_.group, R = p_.residual;  // rows in no group yet
+    return exact_.GrowBytes(n) + groups_.GrowBytes(pending >= G + R ? (pending - R) / G : 0);
+  }
   // The data of the groups' rows held (not the room a group left by Retain keeps) and of their scales
   // and zeros, plus the exact rows.
   size_t Bytes() const override {
@@ -142,10 +151,10 @@ class KiviStore : public RowStore {
   }
 
   // Quantizes the G oldest rows not yet in a group (all still exact) into a new group.
-  void FormGroup() {
+  Status FormGroup() {
     const int64_t first = cum_.back(), G = p_.group;
     std::vector<float> k(static_cast<size_t>(G * kw_)), v(static_cast<size_t>(vw_));
-    groups_.Grow(1);
+    ATP_RETURN_IF_ERROR(groups_.Grow(1));
     uint8_t* row = groups_.Row(groups_.size() - 1);
     std::memset(row, 0, groups_.row_bytes());
     uint16_t* scale = reinterpret_cast<uint16_t*>(row);
@@ -155,6 +164,7 @@ class KiviStore : public RowStore {
     }
     KiviEncodeKeyGroup(k.data(), kw_, G, kw_, p_.bits, scale, scale + kw_, row + KCodes());
     cum_.push_back(first + G);
+    return Status::Ok();
   }
 
   KiviParams p_;

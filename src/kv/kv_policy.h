@@ -60,7 +60,10 @@ class KvPolicy {
 
   // New tokens at `positions` (ascending, continuing what was appended before):
   // X (T, d_model) the layer input after the input RMSNorm, K and V (T, kv_dim) post-RoPE.
-  // The policy copies what it keeps; the buffers are the caller's.
+  // The policy copies what it keeps; the buffers are the caller's. Where its store refuses a page (a
+  // bounded store that is full: ResourceExhausted, naming the pages), Append returns that error and
+  // the policy holds a state fit only to be destroyed, which returns every page it holds (a scheduler
+  // drops the sequence; it never leases past its bound: StepLeaseBytes).
   virtual Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) = 0;
 
   // O (T, q_dim) = attention of post-RoPE queries Q (T, q_dim), causal: a query at position p
@@ -95,6 +98,18 @@ class KvPolicy {
   // On an empty policy from the same factory and layer shape: takes the first blocks.size() blocks, as
   // SharePages of such a policy listed them, as if their tokens had been appended.
   virtual void AdoptPages(std::span<const BlockPages> blocks) { (void)blocks; }
+
+  // The transient of a step, for a store with a bound (engine/kv_pool.h): an upper bound on the bytes of
+  // pages the next step of `tokens` tokens (Append, Attend, then Update) leases beyond those the policy
+  // holds now, counted before anything is returned, so that what it holds now plus this bounds what it
+  // holds at any point of the step, the rows an Update drops included (a prompt chunk's rows before
+  // eviction, an ATP block's exact rows while its principal rows form). For the state an Update left;
+  // exact where the policy's forms do not depend on the data (the size of what a step leases is then
+  // its tokens and the policy's state alone). Default: 0, for policies that lease no pages (the GPU's).
+  virtual size_t StepLeaseBytes(int64_t tokens) const {
+    (void)tokens;
+    return 0;
+  }
 
   // Exact bytes held for this sequence and layer (data plus per-block metadata).
   virtual size_t Bytes() const = 0;

@@ -69,7 +69,7 @@ class LowRankPolicy : public KvPolicy {
         BasisBlock& bb = blocks_[size_t(h)][0];
         Project(K + h * d, T, kvd, bb.pk, d, p_.rk, c.data());
         Project(V + h * d, T, kvd, Transpose(bb.pvt, p_.rv, d).data(), d, p_.rv, e.data());
-        coef_[size_t(h)]->Append(c.data(), p_.rk, e.data(), p_.rv, T);
+        ATP_RETURN_IF_ERROR(coef_[size_t(h)]->Append(c.data(), p_.rk, e.data(), p_.rv, T));
       }
       length_ += T;
       return Status::Ok();
@@ -78,7 +78,7 @@ class LowRankPolicy : public KvPolicy {
     // in its own basis. Queries see a block as coefficients only from position (b+1)*B on, so its
     // exact rows are dropped once positions[0] reaches that point.
     DropUnread(positions[0]);
-    exact_.Append(K, V, T);
+    ATP_RETURN_IF_ERROR(exact_.Append(K, V, T));
     length_ += T;
     while (int64_t(blocks_[0].size()) < length_ / p_.block) ATP_RETURN_IF_ERROR(CompressBlock(int64_t(blocks_[0].size())));
     return Status::Ok();
@@ -109,6 +109,17 @@ class LowRankPolicy : public KvPolicy {
     return n;
   }
   int64_t Length() const override { return length_; }
+  // Calibrated: a coefficient row per token. Online: the exact rows, and for each block the step
+  // completes a page row of bases and B coefficient rows per KV head.
+  size_t StepLeaseBytes(int64_t tokens) const override {
+    const int64_t blocks = p_.online ? (length_ + tokens) / p_.block - int64_t(blocks_[0].size()) : 0;
+    size_t n = p_.online ? exact_.GrowBytes(tokens) : 0;
+    for (size_t h = 0; h < coef_.size(); ++h) {
+      n += coef_[h]->AppendBytes(p_.online ? blocks * p_.block : tokens);
+      if (p_.online) n += bases_[h].GrowBytes(blocks);
+    }
+    return n;
+  }
 
   Status Update() override {
     if (p_.online) DropUnread(length_);
@@ -145,7 +156,7 @@ class LowRankPolicy : public KvPolicy {
     for (int h = 0; h < s_.n_kv_heads; ++h) {
       exact_.SliceToF32(h * d, d, b * B - exact_begin_, B, kb.data(), vb.data());
       PagedRows& bases = bases_[size_t(h)];
-      bases.Grow(1);
+      ATP_RETURN_IF_ERROR(bases.Grow(1));
       float* pk = reinterpret_cast<float*>(bases.Row(bases.size() - 1));  // (d, rk)
       float* pvt = pk + size_t(d) * size_t(p_.rk);                          // (rv, d)
       // Right singular vectors V (d x k): principal directions of the rows.
@@ -163,7 +174,7 @@ class LowRankPolicy : public KvPolicy {
       Project(kb.data(), B, d, pk, d, p_.rk, c.data());
       Project(vb.data(), B, d, Transpose(pvt, p_.rv, d).data(), d, p_.rv, e.data());
       blocks_[size_t(h)].push_back({pk, pvt, coef_[size_t(h)]->size()});
-      coef_[size_t(h)]->Append(c.data(), p_.rk, e.data(), p_.rv, B);
+      ATP_RETURN_IF_ERROR(coef_[size_t(h)]->Append(c.data(), p_.rk, e.data(), p_.rv, B));
     }
     return Status::Ok();
   }

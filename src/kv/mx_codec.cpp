@@ -91,19 +91,23 @@ class MxStore : public RowStore {
   MxStore(PageStore& pages, MxFormat f, int kw, int vw)
       : f_(f), kw_(kw), vw_(vw), k_(pages, size_t(MxRowBytes(f, kw))), v_(pages, size_t(MxRowBytes(f, vw))) {}
 
-  void Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override {
+  Status Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override {
     const int64_t first = size();
-    k_.Grow(n);
-    v_.Grow(n);
+    ATP_RETURN_IF_ERROR(k_.Grow(n));
+    if (Status st = v_.Grow(n); !st.ok()) {
+      k_.Truncate(first);
+      return st;
+    }
     for (int64_t i = 0; i < n; ++i) {
       MxEncodeRow(f_, K + i * ks, kw_, k_.Row(first + i));
       MxEncodeRow(f_, V + i * vs, vw_, v_.Row(first + i));
     }
+    return Status::Ok();
   }
 
-  void Retain(const std::vector<char>& keep) override {
-    k_.Retain(keep.data());
-    v_.Retain(keep.data());
+  Status Retain(const std::vector<char>& keep) override {
+    ATP_RETURN_IF_ERROR(k_.Retain(keep.data()));
+    return v_.Retain(keep.data());
   }
 
   void View(int64_t begin, int64_t end, int64_t, std::vector<KvSegment>* out) const override {
@@ -117,6 +121,7 @@ class MxStore : public RowStore {
 
   int64_t size() const override { return k_.size(); }
   size_t Bytes() const override { return size_t(size()) * (k_.row_bytes() + v_.row_bytes()); }
+  size_t AppendBytes(int64_t n) const override { return k_.GrowBytes(n) + v_.GrowBytes(n); }
   // A row's code depends on the row alone; the policy above decides whether rows were ever dropped.
   bool SharePages(int64_t b, BlockPages* out) override {
     out->push_back(k_.FullPage(b)), out->push_back(v_.FullPage(b));

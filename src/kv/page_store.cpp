@@ -32,9 +32,10 @@ Result<uint8_t*> PageStore::TryLease(size_t bytes) {
     it->second.pop_back();
   } else {
     if (!MakeRoom(Allocated(bytes)))
-      return Status::ResourceExhausted("page store: a page of " + std::to_string(bytes) + " bytes does not fit its capacity of " +
-                                       std::to_string(capacity_) + " bytes (" + std::to_string(leased_bytes_) + " leased in " +
-                                       std::to_string(leased_pages_) + " pages)");
+      return Status::ResourceExhausted("page store: no room for a page of " + std::to_string(bytes) + " bytes: " +
+                                       std::to_string(leased_pages_) + " pages leased (" + std::to_string(leased_bytes_) +
+                                       " bytes), " + std::to_string(capacity_ - std::min(capacity_, leased_bytes_)) +
+                                       " of its capacity of " + std::to_string(capacity_) + " bytes free");
     page = static_cast<uint8_t*>(std::aligned_alloc(64, Allocated(bytes)));
     if (!page) throw std::bad_alloc();
     owned_.emplace_back(page);
@@ -51,12 +52,6 @@ void PageStore::Count(size_t bytes, int pages) {
   } else {
     leased_bytes_ -= bytes, --leased_pages_;
   }
-}
-
-uint8_t* PageStore::Lease(size_t bytes) {
-  Result<uint8_t*> page = TryLease(bytes);
-  if (!page.ok()) throw std::bad_alloc();
-  return *page;
 }
 
 bool PageStore::MakeRoom(size_t need) {
@@ -114,6 +109,11 @@ size_t PageStore::peak_bytes() const {
   return peak_bytes_;
 }
 
+void PageStore::ResetPeak() {
+  std::lock_guard<std::mutex> lock(mu_);
+  peak_bytes_ = leased_bytes_;
+}
+
 size_t PageStore::held_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
   return held_bytes_;
@@ -149,16 +149,27 @@ PagedRows& PagedRows::operator=(PagedRows&& o) noexcept {
   return *this;
 }
 
-void PagedRows::Grow(int64_t n) {
+Status PagedRows::Grow(int64_t n) {
+  if (n <= 0) return Status::Ok();
   // The last page is written from its first empty slot on: a shared one is only ever full (FullPage),
   // unless Truncate cut into it.
-  if (const size_t last = size_t((head_ + n_) / rows_per_page_); n > 0 && (head_ + n_) % rows_per_page_ != 0) {
-    MakePrivate(last);
+  if (const size_t last = size_t((head_ + n_) / rows_per_page_); (head_ + n_) % rows_per_page_ != 0) {
+    ATP_RETURN_IF_ERROR(MakePrivate(last));
     shared_ = std::min(shared_, last);
   }
+  const size_t had = pages_.size(), need = size_t((head_ + n_ + n + rows_per_page_ - 1) / rows_per_page_);
+  while (pages_.size() < need) {
+    Result<uint8_t*> page = store_->TryLease(page_bytes());
+    if (!page.ok()) {  // all or nothing: the pages of this call go back
+      for (size_t i = had; i < pages_.size(); ++i) store_->Return(pages_[i], page_bytes());
+      pages_.resize(had);
+      return Status::ResourceExhausted(page.status().message() + "; " + std::to_string(need - had) + " pages of " +
+                                       std::to_string(page_bytes()) + " bytes needed for " + std::to_string(n) + " rows");
+    }
+    pages_.push_back(*page);
+  }
   n_ += n;
-  const size_t need = size_t((head_ + n_ + rows_per_page_ - 1) / rows_per_page_);
-  while (pages_.size() < need) pages_.push_back(store_->Lease(page_bytes()));
+  return Status::Ok();
 }
 
 void PagedRows::DropFront(int64_t n) {
@@ -184,8 +195,8 @@ void PagedRows::Truncate(int64_t n) {
   shared_ = std::min(shared_, pages_.size());
 }
 
-void PagedRows::Retain(const char* keep) {
-  while (shared_ > 0) MakePrivate(shared_ - 1), --shared_;
+Status PagedRows::Retain(const char* keep) {
+  for (; shared_ > 0; --shared_) ATP_RETURN_IF_ERROR(MakePrivate(shared_ - 1));
   int64_t w = 0;
   for (int64_t i = 0; i < n_; ++i) {
     if (!keep[i]) continue;
@@ -193,6 +204,7 @@ void PagedRows::Retain(const char* keep) {
     ++w;
   }
   Truncate(w);
+  return Status::Ok();
 }
 
 void PagedRows::Clear() {
@@ -221,12 +233,13 @@ void PagedRows::Adopt(std::span<const BlockPages> blocks, size_t at) {
   shared_ = pages_.size();
 }
 
-void PagedRows::MakePrivate(size_t page) {
-  if (page >= shared_) return;
-  uint8_t* copy = store_->Lease(page_bytes());
+Status PagedRows::MakePrivate(size_t page) {
+  if (page >= shared_) return Status::Ok();
+  ATP_ASSIGN_OR_RETURN(uint8_t* copy, store_->TryLease(page_bytes()));
   std::memcpy(copy, pages_[page], page_bytes());
   store_->Return(pages_[page], page_bytes());
   pages_[page] = copy;
+  return Status::Ok();
 }
 
 }  // namespace atp

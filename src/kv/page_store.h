@@ -5,6 +5,11 @@
 // tests) use the process's store. Each sequence leases through an account of its own (a PageStore over
 // the engine's), which tells what that sequence holds.
 //
+// The engine's store is bounded by its KV budget (engine/kv_pool.h: the scheduler reserves each step's
+// bound, KvPolicy::StepLeaseBytes, so a refusal means a bound was wrong); a lease past the bound fails
+// with ResourceExhausted, which PagedRows and the policies pass up out of Append. The process's store is
+// unbounded.
+//
 // A page holds PagedRows::kRowsPerPage rows of one storage form (one width and dtype), or a fixed
 // number of larger rows that each stand for several tokens (a KIVI token group, an ATP or lowrank
 // block's state), so its size is fixed per layer and form; the store keeps a free list per page size and gives memory back to the system
@@ -53,10 +58,7 @@ class PageStore {
   // one. A bounded store first gives free pages of other sizes back to the system to make room for a
   // new one; where the pages leased leave no room, it fails with ResourceExhausted and allocates nothing.
   Result<uint8_t*> TryLease(size_t bytes);
-  // TryLease, throwing std::bad_alloc where it fails or the system has no memory left (as the vectors
-  // the pages replace did). An unbounded store fails only then.
-  uint8_t* Lease(size_t bytes);
-  // Gives back a page that Lease(bytes) returned, or one reference to it after Share: the page is free
+  // Gives back a page that TryLease(bytes) returned, or one reference to it after Share: the page is free
   // again when its last holder returns it.
   void Return(uint8_t* page, size_t bytes);
   // One more holder of a leased page of `bytes` bytes (prefix caching: a cached block and every
@@ -68,6 +70,8 @@ class PageStore {
   size_t leased_bytes() const;
   size_t peak_bytes() const;
   size_t leased_pages() const;
+  // Starts peak_bytes() again from what is leased now (to measure one step's peak).
+  void ResetPeak();
   // Bytes the store holds from the system (pages leased and free, as allocated; an account: none), and
   // its bound (0: none).
   size_t held_bytes() const;
@@ -123,8 +127,21 @@ class PagedRows {
   int64_t size() const { return n_; }
   size_t row_bytes() const { return row_bytes_; }
   int64_t rows_per_page() const { return rows_per_page_; }
-  // Appends n rows of undefined contents (the caller writes them through Row).
-  void Grow(int64_t n);
+  // Appends n rows of undefined contents (the caller writes them through Row). Where the store refuses
+  // a page (a bounded store that is full: ResourceExhausted), nothing changes.
+  [[nodiscard]] Status Grow(int64_t n);
+  // Bytes of the pages Grow(n) would lease now (whole pages, as the store counts them): none while the
+  // last page has room, one more where it is shared (Grow writes into a private copy). Growing by n rows
+  // in several calls, with rows dropped in between or not, never holds more pages than this beyond what
+  // is held now: row slots keep their alignment to the rows ever appended (DropFront) or stay where
+  // they are (Truncate, Retain), so a page boundary is never crossed sooner.
+  size_t GrowBytes(int64_t n) const {
+    if (n <= 0) return 0;
+    const size_t need = size_t((head_ + n_ + n + rows_per_page_ - 1) / rows_per_page_);
+    const size_t last = size_t((head_ + n_) / rows_per_page_);
+    const bool copy = (head_ + n_) % rows_per_page_ != 0 && last < shared_;
+    return (need - pages_.size() + (copy ? 1 : 0)) * page_bytes();
+  }
   uint8_t* Row(int64_t i) { return const_cast<uint8_t*>(std::as_const(*this).Row(i)); }
   const uint8_t* Row(int64_t i) const {
     const int64_t s = head_ + i;
@@ -134,7 +151,8 @@ class PagedRows {
   void DropFront(int64_t n);
   void Truncate(int64_t n);
   // Keeps row i iff keep[i] != 0, for keep[0 .. size()), in order (eviction), returning pages left empty.
-  void Retain(const char* keep);
+  // Shared pages are copied first; where the store refuses a copy, the rows are left as they were.
+  [[nodiscard]] Status Retain(const char* keep);
   void Clear();
   // fn(first, count, data) for the maximal runs of rows [begin, begin + count) contiguous in memory,
   // in order: data holds rows first .. first + count - 1.
@@ -159,8 +177,10 @@ class PagedRows {
   void Adopt(std::span<const BlockPages> blocks, size_t at);
 
  private:
-  size_t page_bytes() const { return size_t(rows_per_page_) * row_bytes_; }
-  void MakePrivate(size_t page);  // page i, if shared, becomes a copy only this holds
+  // A page as the store allocates it (rounded up to 64 bytes), so that what the store counts as leased is
+  // the memory the pages take and a bound on it holds for both.
+  size_t page_bytes() const { return (size_t(rows_per_page_) * row_bytes_ + 63) / 64 * 64; }
+  Status MakePrivate(size_t page);  // page i, if shared, becomes a copy only this holds
   PageStore* store_;
   size_t row_bytes_;
   int64_t rows_per_page_;

@@ -78,8 +78,11 @@ std::string ServerMetrics::Render(const Scheduler::Stats& s) const {
          double(s.kv_page_bytes));
   Metric(&out, "atp_kv_page_store_peak_bytes", "gauge",
          "The most bytes of pages leased at once since start, within a forward pass too (rows a step appends "
-         "before its update drops them may go past the budget there).",
+         "before its update drops them), at most atp_kv_page_store_capacity_bytes.",
          double(s.kv_page_peak_bytes));
+  Metric(&out, "atp_kv_page_store_capacity_bytes", "gauge",
+         "The page store's bound: the KV budget in whole pages of the pool; a lease past it is refused.",
+         double(s.kv_page_capacity_bytes));
   Metric(&out, "atp_kv_bytes_capacity", "gauge", "KV budget in bytes (--kv-memory).", double(s.kv.capacity_bytes));
   const std::string page = std::to_string(s.kv.page_bytes);
   Metric(&out, "atp_kv_pages_used", "gauge",
