@@ -48,15 +48,16 @@ if [[ " $PARTS " == *" tests "* ]]; then
   # The reference model's perplexity tests (f32, Q8_0/Q4_0, k-quants, 8-bit activations) are numerics
   # over long windows, 30 s to 3 min each under ASan: the forward pass, the quantized matmuls and the
   # integer dot products they run are sanitized by the shorter model, kernel and Q8Dot tests.
-  # More, 15-40 s each under ASan and run by the release suite: 64 sequences through the scheduler (its
-  # admission, preemption and prefix-cache code runs here in the other Scheduler tests, with fewer
-  # sequences); whole-text round trips of 128k-vocabulary GGUF tokenizers (the same encoder is sanitized
+  # More, 15-40 s each under ASan and run by the release suite: 64 sequences through the scheduler, and 16
+  # with long prompts under transient-heavy policies in the bounded store (its admission, step
+  # reservations, preemption and prefix-cache code runs here in the other Scheduler tests, with fewer
+  # sequences, and the store's bound and refusals in PageStore.*); whole-text round trips of 128k-vocabulary GGUF tokenizers (the same encoder is sanitized
   # by the shorter tokenizer tests and fuzzed below); `atp bench`'s timing loops (CliTiny.BenchJson: the
   # engine paths it times run here in the CLI's other tests); `atp eval` drawing its figures
   # (SvgPlot.EvalAndAnalyzeFiguresAreReadable: the SVG writer is sanitized by the other SvgPlot tests,
   # the eval sweep by tests/eval_test.cpp).
   ctest --test-dir build-fuzz --output-on-failure -j"$JOBS" --timeout 1200 \
-        -E '^(python_tools|results_check|Scheduler\.(SequencesRunningAtOnceFollowTheBytesRatio|SixtyFourMixedSequencesInAnOvercommittedPool)|RefModel\.(PerplexityMatchesReference|QuantizedPerplexityNearF32|KQuantPerplexityNearF32|Q8ActivationDecodeNearDequantizedPrefill)|Families/GgufTokenizerRoundTrip\..*|CliTiny\.BenchJson|SvgPlot\.EvalAndAnalyzeFiguresAreReadable)$'
+        -E '^(python_tools|results_check|Scheduler\.(SequencesRunningAtOnceFollowTheBytesRatio|SixtyFourMixedSequencesInAnOvercommittedPool|StepTransientsStayWithinTheBoundedStore)|RefModel\.(PerplexityMatchesReference|QuantizedPerplexityNearF32|KQuantPerplexityNearF32|Q8ActivationDecodeNearDequantizedPrefill)|Families/GgufTokenizerRoundTrip\..*|CliTiny\.BenchJson|SvgPlot\.EvalAndAnalyzeFiguresAreReadable)$'
 fi
 
 if [[ " $PARTS " == *" fuzz "* ]]; then
