@@ -188,6 +188,16 @@ TEST(PageStore, BoundedStoreRefusesWhatDoesNotFit) {
   EXPECT_EQ(unbounded.held_bytes(), 8u << 20);
 }
 
+// A calibrated-lowrank basis for layers of 2 KV heads of head_dim 32 (its values need not be orthonormal:
+// the store tests count pages, not attention).
+KvBasis SmallBasis() {
+  KvBasis basis;
+  basis.layers = 1, basis.kv_heads = 2, basis.head_dim = 32;
+  basis.k.assign(1, std::vector<float>(2 * 32 * 32)), basis.v = basis.k;
+  for (size_t i = 0; i < basis.k[0].size(); ++i) basis.k[0][i] = float(i % 7) - 3, basis.v[0][i] = float(i % 5) - 2;
+  return basis;
+}
+
 // A policy made with an engine's store leases its rows there and gives them all back when it dies;
 // Bytes() lies within its pages, and what they hold beyond it does not grow with the length. Dense
 // rows hold both KV heads in one row; MX stores keep one store per head, packed; KIVI a page row per
@@ -198,11 +208,7 @@ TEST(PageStore, BoundedStoreRefusesWhatDoesNotFit) {
 TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
   TempDir dir("pages");
   const std::string basis_file = dir / "b.safetensors";
-  KvBasis basis;
-  basis.layers = 1, basis.kv_heads = 2, basis.head_dim = 32;
-  basis.k.assign(1, std::vector<float>(2 * 32 * 32)), basis.v = basis.k;
-  for (size_t i = 0; i < basis.k[0].size(); ++i) basis.k[0][i] = float(i % 7) - 3, basis.v[0][i] = float(i % 5) - 2;
-  ASSERT_TRUE(WriteKvBasis(basis_file, basis).ok());
+  ASSERT_TRUE(WriteKvBasis(basis_file, SmallBasis()).ok());
   const int64_t T = 1200;
   const std::vector<std::string> specs = {
       "dense:dtype=bf16",
@@ -265,11 +271,7 @@ TEST(PageStore, PolicyRowsLiveInTheStoreOfItsShape) {
 TEST(PageStore, StepLeaseBytesBoundEveryStepsPeak) {
   TempDir dir("steps");
   const std::string basis_file = dir / "b.safetensors";
-  KvBasis basis;
-  basis.layers = 1, basis.kv_heads = 2, basis.head_dim = 32;
-  basis.k.assign(1, std::vector<float>(2 * 32 * 32)), basis.v = basis.k;
-  for (size_t i = 0; i < basis.k[0].size(); ++i) basis.k[0][i] = float(i % 7) - 3, basis.v[0][i] = float(i % 5) - 2;
-  ASSERT_TRUE(WriteKvBasis(basis_file, basis).ok());
+  ASSERT_TRUE(WriteKvBasis(basis_file, SmallBasis()).ok());
   struct Case {
     std::string spec;
     bool exact;  // the bound is what the step leases at its peak
