@@ -152,27 +152,15 @@ class LowRankPolicy : public KvPolicy {
   // Online mode: SVD of each head's block keys and values gives the block's bases.
   Status CompressBlock(int64_t b) {
     const int B = p_.block, d = s_.head_dim;
-    std::vector<float> kb(size_t(B) * size_t(d)), vb(size_t(B) * size_t(d)), U, S, Vt;
+    std::vector<float> kb(size_t(B) * size_t(d)), vb(size_t(B) * size_t(d));
+    std::vector<float> c(size_t(B) * size_t(p_.rk)), e(size_t(B) * size_t(p_.rv));
     for (int h = 0; h < s_.n_kv_heads; ++h) {
       exact_.SliceToF32(h * d, d, b * B - exact_begin_, B, kb.data(), vb.data());
       PagedRows& bases = bases_[size_t(h)];
       ATP_RETURN_IF_ERROR(bases.Grow(1));
       float* pk = reinterpret_cast<float*>(bases.Row(bases.size() - 1));  // (d, rk)
       float* pvt = pk + size_t(d) * size_t(p_.rk);                          // (rv, d)
-      // Right singular vectors V (d x k): principal directions of the rows.
-      ATP_RETURN_IF_ERROR(ThinSvd(kb.data(), B, d, &U, &S, &Vt));
-      int k = std::min(B, d);
-      // (d, min(rk, k)) P_k, then zeros up to (d, rk). With rk > k (blocks shorter than rk) these read as
-      // (d, rk) are not P_k with zero columns, as meant: its entries land in other columns. Kept as it
-      // was here (paging leaves outputs unchanged); queries and keys go through the same map.
-      const std::vector<float> kt = Transpose(Vt.data(), std::min(p_.rk, k), d);
-      std::fill(std::copy(kt.begin(), kt.end(), pk), pk + size_t(d) * size_t(p_.rk), 0.f);
-      ATP_RETURN_IF_ERROR(ThinSvd(vb.data(), B, d, &U, &S, &Vt));
-      std::fill_n(pvt, size_t(p_.rv) * size_t(d), 0.f);
-      std::copy(Vt.begin(), Vt.begin() + size_t(std::min(p_.rv, k)) * size_t(d), pvt);
-      std::vector<float> c(size_t(B) * size_t(p_.rk)), e(size_t(B) * size_t(p_.rv));
-      Project(kb.data(), B, d, pk, d, p_.rk, c.data());
-      Project(vb.data(), B, d, Transpose(pvt, p_.rv, d).data(), d, p_.rv, e.data());
+      ATP_RETURN_IF_ERROR(OnlineBlockBases(kb.data(), vb.data(), B, d, p_.rk, p_.rv, pk, pvt, c.data(), e.data()));
       blocks_[size_t(h)].push_back({pk, pvt, coef_[size_t(h)]->size()});
       ATP_RETURN_IF_ERROR(coef_[size_t(h)]->Append(c.data(), p_.rk, e.data(), p_.rv, B));
     }
@@ -214,6 +202,24 @@ class LowRankFactory : public KvPolicyFactory {
 }  // namespace
 
 std::shared_ptr<KvPolicyFactory> MakeLowRankFactory(const LowRankParams& p) { return std::make_shared<LowRankFactory>(p); }
+
+Status OnlineBlockBases(const float* K, const float* V, int B, int d, int rk, int rv, float* pk, float* pvt, float* c,
+                        float* e) {
+  std::vector<float> U, S, Vt;
+  const int k = std::min(B, d);
+  // Right singular vectors (d x k): principal directions of the rows. P_k: the first min(rk, k) columns
+  // the top directions of the keys, the rest zeros (a block shorter than rk has only k).
+  ATP_RETURN_IF_ERROR(ThinSvd(K, B, d, &U, &S, &Vt));
+  std::fill_n(pk, size_t(d) * size_t(rk), 0.f);
+  for (int col = 0; col < std::min(rk, k); ++col)
+    for (int i = 0; i < d; ++i) pk[size_t(i) * size_t(rk) + size_t(col)] = Vt[size_t(col) * size_t(d) + size_t(i)];
+  ATP_RETURN_IF_ERROR(ThinSvd(V, B, d, &U, &S, &Vt));
+  std::fill_n(pvt, size_t(rv) * size_t(d), 0.f);
+  std::copy(Vt.begin(), Vt.begin() + size_t(std::min(rv, k)) * size_t(d), pvt);
+  Project(K, B, d, pk, d, rk, c);
+  Project(V, B, d, Transpose(pvt, rv, d).data(), d, rv, e);
+  return Status::Ok();
+}
 
 std::vector<float> FirstBasisColumns(const float* M, int d, int r) {
   std::vector<float> out(size_t(d) * size_t(r));
