@@ -126,55 +126,75 @@ void ExpectSpecsMatchCpu(std::initializer_list<std::string> specs,
   }
 }
 
-// Each family's semantics on the GPU are its tests' on both backends (tests/kv_backend.h: the
-// codec forms, eviction, against double-precision references); this runs the families of whole rows
-// across the model shapes above against the CPU policy of the same string: GQA groups of 2, 3, 4 and
-// 8, head_dim 32, 64 and 128, and case 4's 3000 tokens in one chunk (many prefill tiles, many decode
-// splits, streaming dropping and h2o and snapkv voting and evicting inside one call).
+// A random orthonormal basis per KV head for shape s (a Gaussian matrix orthonormalized by modified
+// Gram-Schmidt in double), written as `atp calibrate` would, for calibrated lowrank. Returns its path.
+std::string WriteBasis(const testing::TempDir& dir, const KvShape& s, uint32_t seed) {
+  const int d = s.head_dim;
+  KvBasis b;
+  b.layers = 1, b.kv_heads = s.n_kv_heads, b.head_dim = d;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  for (auto* m : {&b.k, &b.v}) {
+    std::vector<float> layer;
+    for (int h = 0; h < s.n_kv_heads; ++h) {
+      std::vector<double> a(size_t(d) * d);
+      for (auto& x : a) x = nd(rng);
+      for (int c = 0; c < d; ++c) {
+        for (int p = 0; p < c; ++p) {
+          double dot = 0;
+          for (int i = 0; i < d; ++i) dot += a[size_t(i) * d + p] * a[size_t(i) * d + c];
+          for (int i = 0; i < d; ++i) a[size_t(i) * d + c] -= dot * a[size_t(i) * d + p];
+        }
+        double norm = 0;
+        for (int i = 0; i < d; ++i) norm += a[size_t(i) * d + c] * a[size_t(i) * d + c];
+        for (int i = 0; i < d; ++i) a[size_t(i) * d + c] /= std::sqrt(norm);
+      }
+      layer.insert(layer.end(), a.begin(), a.end());
+    }
+    m->push_back(layer);
+  }
+  const std::string file = dir / ("basis" + std::to_string(seed) + ".safetensors");
+  EXPECT_TRUE(WriteKvBasis(file, b).ok());
+  return file;
+}
+
+// Each family's semantics on the GPU are its tests' on both backends (tests/kv_backend.h: the codec
+// forms, eviction, atp, lowrank, against double-precision references at head_dim 64); this runs every
+// family across the model shapes above against the CPU policy of the same string: GQA groups of 2, 3,
+// 4 and 8, head_dim 32, 64 and 128, and case 4's 3000 tokens in one chunk (many prefill tiles, many
+// decode splits, streaming dropping, h2o and snapkv voting and evicting, atp compressing 93 blocks
+// inside one call: two basis launches). Whole rows and ATP without a residual: kDecodeTol and
+// kPrefillTol. ATP's bases come from Jacobi rotations in double on the GPU, from LAPACK on the CPU: the
+// same singular vectors to ~1e-13, the same floats after rounding; with bf16 rows a principal element
+// within ~1e-7 of a rounding boundary may round the other way (a few among ~1e5 elements), moving a
+// score by ~4e-3 of one term: 1e-2 bounds that and still fails on a wrong block, rank or window by ~1.
+// With a residual both sides quantize residuals that differ by f32 rounding (and CUDA's cosf/sinf
+// against glibc's where rope=pre turns keys back), so once in a while a code differs by one quantum
+// (at 2 bits up to range / 3 of an element, and one FP4 step near a block's largest element a third of
+// it): measured on the CPU alone over such cases, one-ulp differences of the inputs moved outputs by at
+// most 0.045, and the GPU also rebuilds tokens in the exact rows' form (bf16 for dtype=bf16: ~1e-3 on
+// outputs); 0.15 bounds that with margin, while a token rotated at the wrong position, a missing
+// residual, a wrong coefficient row or a block seen at the wrong step moves outputs by ~0.3 to 1.
+// Online lowrank's bases and coefficients are the CPU's floats (the same code on the host); the GPU
+// rebuilds the rows ((c P^T) . q against the CPU's (q P) . c: ~1e-6). Calibrated lowrank at R = head_dim
+// / 2 and R = 16 (its own prefill tiles) from random orthonormal bases: the coefficient rows are the
+// CPU's up to summation order (~1e-7). The dense bounds hold for both.
 TEST(CudaKv, ShapesMatchCpu) {
   ATP_SKIP_WITHOUT_GPU();
   ExpectSpecsMatchCpu({"dense", "dense:dtype=bf16", "mx:fmt=nvfp4", "kivi", "streaming:budget=64,sinks=4",
-                       "h2o:budget=64,recent=16", "snapkv:budget=48,window=8,pool=5+mx:fmt=fp8_e4m3"});
-}
-
-// Calibrated lowrank at R = head_dim / 2 (32 of 64, 64 of 128), R = head_dim (32) and R = 16 (a
-// quarter of 64, an eighth of 128; rows of width 16 take their own prefill tiles): random orthonormal
-// bases (a Gaussian matrix orthonormalized) written as `atp calibrate` would. The GPU's
-// coefficient rows are the CPU's up to summation order in the projections (~1e-7), and its decode
-// reads them in f32, so the decode and prefill bounds above hold as for the dense forms.
-TEST(CudaKv, LowRankMatchesCpuTwin) {
-  ATP_SKIP_WITHOUT_GPU();
+                       "h2o:budget=64,recent=16", "snapkv:budget=48,window=8,pool=5+mx:fmt=fp8_e4m3",
+                       "atp:block=32,rank=8,window=32", "atp:block=16,tau=0.9,window=0,keep=3",
+                       "atp:block=32,rank=8,window=32,basis=key,keep=4", "lowrank:rk=16,rv=32,mode=online,block=32"});
+  ExpectSpecsMatchCpu({"atp:block=64,rank=16,window=64,dtype=bf16"}, [](const std::string&) { return 1e-2; });
+  constexpr double kFlipTol = 0.15;
+  ExpectSpecsMatchCpu({"atp:block=32,rank=4,window=64,residual=kivi2", "atp:block=16,tau=0.9,window=16,residual=kivi4",
+                       "atp:block=32,rank=4,window=64,basis=key,keep=4,residual=mx_fp8_e4m3,dtype=bf16,rope=pre"},
+                      [](const std::string&) { return kFlipTol; }, [](const std::string&) { return kFlipTol; });
   testing::TempDir dir("cuda_lowrank");
   for (size_t ci = 0; ci < Cases().size(); ++ci) {
     const KvShape& s = Cases()[ci].shape;
-    const int d = s.head_dim;
-    KvBasis b;
-    b.layers = 1, b.kv_heads = s.n_kv_heads, b.head_dim = d;
-    std::mt19937 rng(uint32_t(ci) + 3);
-    std::normal_distribution<float> nd;
-    for (auto* m : {&b.k, &b.v}) {
-      std::vector<float> layer;
-      for (int h = 0; h < s.n_kv_heads; ++h) {
-        // Columns of a Gaussian matrix, orthonormalized by modified Gram-Schmidt in double.
-        std::vector<double> a(size_t(d) * d);
-        for (auto& x : a) x = nd(rng);
-        for (int c = 0; c < d; ++c) {
-          for (int p = 0; p < c; ++p) {
-            double dot = 0;
-            for (int i = 0; i < d; ++i) dot += a[size_t(i) * d + p] * a[size_t(i) * d + c];
-            for (int i = 0; i < d; ++i) a[size_t(i) * d + c] -= dot * a[size_t(i) * d + p];
-          }
-          double norm = 0;
-          for (int i = 0; i < d; ++i) norm += a[size_t(i) * d + c] * a[size_t(i) * d + c];
-          for (int i = 0; i < d; ++i) a[size_t(i) * d + c] /= std::sqrt(norm);
-        }
-        layer.insert(layer.end(), a.begin(), a.end());
-      }
-      m->push_back(layer);
-    }
-    const std::string file = dir / ("basis" + std::to_string(ci) + ".safetensors");
-    ASSERT_TRUE(WriteKvBasis(file, b).ok());
-    for (int r : {d == 32 ? 32 : d / 2, 16}) {
+    const std::string file = WriteBasis(dir, s, uint32_t(ci) + 3);
+    for (int r : {s.head_dim == 32 ? 32 : s.head_dim / 2, 16}) {
       const std::string spec = "lowrank:rk=" + std::to_string(r) + ",rv=" + std::to_string(r) + ",file=" + file;
       auto cpu = ParseKvPolicy(spec);
       auto gpu = ParseCudaKvPolicy(spec);
@@ -183,84 +203,6 @@ TEST(CudaKv, LowRankMatchesCpuTwin) {
       ExpectTwins("lowrank r=" + std::to_string(r), **cpu, **gpu, ci);
     }
   }
-}
-
-// ATP (basis=input) against the CPU policy of the same string: blocks completed inside long chunks
-// (case 4 compresses 93 blocks in one call: two basis launches), across chunk boundaries and by
-// decode steps (in the background; block=16 with window=16 has queries see such blocks 16 steps
-// later, in cases 0 and 2); a fixed rank, an energy threshold (ranks from the data), and bf16 rows. The GPU's
-// bases come from Jacobi rotations in double, the CPU's from LAPACK's dsyevd: the same singular
-// vectors to ~1e-13, the same floats after rounding (the CPU sums the principal rows in the same
-// order), so f32 decode holds kDecodeTol. With bf16 rows a principal element within ~1e-7 of a
-// rounding boundary may round the other way (a few among ~1e5 elements), moving a score by ~4e-3 of
-// one term: 1e-2 bounds that and still fails on a wrong block, rank or window by ~1.
-TEST(CudaKv, AtpMatchesCpuTwin) {
-  ATP_SKIP_WITHOUT_GPU();
-  ExpectSpecsMatchCpu({"atp:block=32,rank=8,window=32", "atp:block=16,rank=4,window=16", "atp:block=16,tau=0.9,window=0",
-                       "atp:block=64,rank=16,window=64,dtype=bf16"},
-                      [](const std::string& spec) { return spec.find("bf16") != std::string::npos ? 1e-2 : kDecodeTol; });
-}
-
-// ATP with one basis per KV head from its keys (basis=key), and issue 19's quantized residuals
-// (residual=kiviN: every summarized token rebuilt from U_r's row, the principal rows and its KIVI
-// residual) with keys compressed before RoPE (rope=pre), against the CPU policy of the same string:
-// alone, together, in f32 and bf16 (the recommended string last), blocks compressed inside long
-// chunks and by decode steps (in the background; block=16 with window=16 in cases 0 and 2).
-// basis=key without a residual reads principal rows as the GPU's basis=input does: kDecodeTol.
-// With a residual, both sides quantize residuals that differ by f32 rounding (bases from Jacobi in
-// double against LAPACK, fused or separate multiply-adds, CUDA's cosf/sinf against glibc's when
-// rope=pre turns keys back), so once in a while a residual lies within that rounding of a KIVI
-// rounding boundary (or a group's f16 scale or zero of one) and its code differs by one quantum:
-// that token's element moves by up to range / 3 at 2 bits, and every later output by its attention
-// weight times that. Measured on the CPU alone over these cases (the three residual specs below and
-// their bf16/f32 siblings, 4-8 seeds each): one-ulp differences of the turned-back keys, U, principal
-// rows and residuals (the GPU's kinds) moved outputs by at most 1.3e-3; one-ulp differences of the
-// inputs K, V, X (which can also move a bf16-stored element) by at most 0.045. The GPU also rebuilds
-// the tokens in the exact rows' form (bf16 for dtype=bf16: <= 2^-9 relative per element, ~1e-3 on
-// outputs), and prefill rounds to bf16 as always. 0.15 bounds that with margin, while a token
-// rotated at the wrong position, a missing residual, a wrong coefficient row or a block seen at the
-// wrong step moves outputs by ~0.3 to 1. Bytes() must agree exactly as for every policy.
-TEST(CudaKv, AtpResidualAndRopePreMatchCpuTwins) {
-  ATP_SKIP_WITHOUT_GPU();
-  constexpr double kFlipTol = 0.15;
-  const auto decode = [](const std::string& spec) { return spec.find("residual") != std::string::npos ? kFlipTol : kDecodeTol; };
-  const auto prefill = [](const std::string& spec) { return spec.find("residual") != std::string::npos ? kFlipTol : kPrefillTol; };
-  ExpectSpecsMatchCpu({"atp:block=32,rank=8,window=32,basis=key", "atp:block=32,rank=4,window=64,residual=kivi2",
-                       "atp:block=16,rank=4,window=16,residual=kivi4,rope=pre",
-                       "atp:block=32,rank=4,window=64,basis=key,residual=kivi2,dtype=bf16,rope=pre"},
-                      decode, prefill);
-}
-
-// Issue 19's keep=E (the E tokens each block summarizes worst stay exact) against the CPU policy of
-// the same string, without a residual (kept rows read beside the principal rows; basis=input and key,
-// an energy threshold, bf16 rows) and with one (the kept rows written over their rebuilt ones), and
-// residual=mx_FMT with and without keep=, rope=pre among them (the summarized tokens rotated at their
-// kept offsets), and tau= with residual= (ranks from the data, so each block is rebuilt from its own
-// number of principal rows). The GPU chooses the kept tokens from its own bases with the CPU's
-// expression, so both keep the same tokens unless two tokens' energies lie within ~1e-6 of each
-// other (none in these cases, or an output would move by ~1); then without a residual the outputs
-// differ as AtpMatchesCpuTwin's do (kDecodeTol, 1e-2 for bf16 rows). With a residual the bound is
-// AtpResidualAndRopePreMatchCpuTwins' kFlipTol, for its reason: an MX code (or, rarely, an MX block
-// scale) differs by one step where f32 rounding puts a residual on a rounding boundary, and one fp4
-// step near a block's largest element is a third of it, as one 2-bit KIVI step is of its range.
-TEST(CudaKv, AtpKeepMxAndTauResidualMatchCpuTwins) {
-  ATP_SKIP_WITHOUT_GPU();
-  constexpr double kFlipTol = 0.15;
-  const auto decode = [](const std::string& spec) {
-    return spec.find("residual") != std::string::npos ? kFlipTol : spec.find("bf16") != std::string::npos ? 1e-2 : kDecodeTol;
-  };
-  const auto prefill = [](const std::string& spec) {
-    return spec.find("residual") != std::string::npos ? kFlipTol : kPrefillTol;
-  };
-  ExpectSpecsMatchCpu({"atp:block=32,rank=8,window=32,keep=4", "atp:block=16,rank=4,window=16,basis=key,keep=2",
-                       "atp:block=16,tau=0.9,window=0,keep=3", "atp:block=32,rank=4,window=64,keep=8,dtype=bf16",
-                       "atp:block=32,rank=4,window=64,residual=mx_fp4", "atp:block=16,rank=4,window=16,residual=mx_nvfp4",
-                       "atp:block=32,rank=4,window=64,keep=4,residual=mx_fp6_e2m3",
-                       "atp:block=16,rank=4,window=16,keep=8,residual=kivi4,rope=pre",
-                       "atp:block=32,rank=4,window=64,basis=key,keep=4,residual=mx_fp8_e4m3,dtype=bf16,rope=pre",
-                       "atp:block=16,tau=0.9,window=16,residual=kivi4",
-                       "atp:block=32,tau=0.8,window=32,keep=4,residual=mx_fp4,rope=pre"},
-                      decode, prefill);
 }
 
 TEST(CudaKv, RejectsPoliciesWithoutKernels) {
@@ -272,7 +214,7 @@ TEST(CudaKv, RejectsPoliciesWithoutKernels) {
     ASSERT_FALSE(f.ok()) << spec;
     EXPECT_NE(f.status().ToString().find("no CUDA kernels"), std::string::npos) << f.status().ToString();
   }
-  auto online = ParseCudaKvPolicy("lowrank:rk=32,rv=32,mode=online");
+  auto online = ParseCudaKvPolicy("lowrank:rk=32,rv=32,mode=online,dtype=bf16");
   ASSERT_FALSE(online.ok());
   EXPECT_NE(online.status().ToString().find("no CUDA kernels"), std::string::npos) << online.status().ToString();
   EXPECT_FALSE(ParseCudaKvPolicy("nonsense").ok());

@@ -58,12 +58,12 @@ class KvOnBackend : public ::testing::TestWithParam<std::string> {
     return (*f)->Create(shape);
   }
   std::unique_ptr<KvPolicy> Make(const std::string& spec) const { return Make(spec, kShape); }
-  // Whether this backend serves `spec` on kShape. The host serves every valid string (else the test
+  // Whether this backend serves `spec` on `shape`. The host serves every valid string (else the test
   // fails); another backend may refuse one as Unsupported, a property its factory names, which the
   // caller skips (tests count what ran, so a backend refusing everything fails them).
-  bool Serves(const std::string& spec) const {
+  bool Serves(const std::string& spec, const KvShape& shape = kShape) const {
     auto f = backend_->parse(spec, "");
-    Status s = f.ok() ? (*f)->CheckShape(kShape) : f.status();
+    Status s = f.ok() ? (*f)->CheckShape(shape) : f.status();
     if (s.ok()) return true;
     EXPECT_TRUE(!host() && s.code() == Status::Code::kUnsupported) << spec << " on " << GetParam() << ": " << s.ToString();
     return false;
@@ -112,8 +112,8 @@ class KvOnBackend : public ::testing::TestWithParam<std::string> {
     ExpectNear(got, want, chunks, 0, what);
   }
   // kvtest::ExpectCausal through this backend.
-  void ExpectCausal(const std::string& spec, const std::vector<int>& chunks) const {
-    kvtest::ExpectCausal(spec, chunks, 90, 50, kShape, [this](const std::string& s) { return Make(s); });
+  void ExpectCausal(const std::string& spec, const std::vector<int>& chunks, const KvShape& shape = kShape) const {
+    kvtest::ExpectCausal(spec, chunks, 90, 50, shape, [this, &shape](const std::string& s) { return Make(s, shape); });
   }
 
  private:

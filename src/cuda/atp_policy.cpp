@@ -49,18 +49,6 @@ using cuda::KvFormat;
 
 constexpr int kBlocksPerLaunch = 64;  // bounds the f32 scratch of one basis launch
 
-// The rows a residual= policy's queries read, rebuilt (keys, values): one pair per thread, reused by
-// every such policy the thread drives. Rebuilding and the attention that reads the rows are queued
-// in order on the legacy stream by one call (DevicePolicy::Attend), and a buffer that grows is
-// released after the work queued before (DeviceArray), so no call overwrites rows another still reads.
-struct RebuiltRows {
-  DeviceArray<uint8_t> k, v;
-};
-RebuiltRows& Rebuilt() {
-  thread_local RebuiltRows rows;
-  return rows;
-}
-
 // The stream all ATP policies compress on in the background, at the lowest priority, not ordered
 // with the legacy default stream the forward pass runs on (events order the two where needed).
 cudaStream_t SideStream() {
@@ -264,7 +252,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     const int64_t nb = CompressedBlocks(last);
     if (pending_ && nb > pending_block_) AwaitCompression();
     const int64_t bytes = nb * p_.block * pk_.TokenBytes();  // pk_'s rows: all KV heads, exact form
-    RebuiltRows& out = Rebuilt();
+    cuda::RebuiltRows& out = cuda::ThreadRebuiltRows();
     ATP_RETURN_IF_ERROR(out.k.Grow(size_t(std::max<int64_t>(bytes, 1))));
     ATP_RETURN_IF_ERROR(out.v.Grow(size_t(std::max<int64_t>(bytes, 1))));
     cuda::RebuildArgs a;
@@ -294,7 +282,7 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     cuda::Visibility& vis = q.vis;
     vis.first = exact_.first(), vis.block = p_.block, vis.window = p_.window;
     if (p_.residual) {
-      vis.pk = RebuiltView(Rebuilt().k), vis.pv = RebuiltView(Rebuilt().v), vis.rows_per_block = p_.block;
+      vis.pk = RebuiltView(cuda::ThreadRebuiltRows().k), vis.pv = RebuiltView(cuda::ThreadRebuiltRows().v), vis.rows_per_block = p_.block;
       vis.last_pre = nb * p_.block;
       return q;
     }

@@ -96,6 +96,11 @@ Result<int64_t> ExactTail::Room(int64_t len, int64_t keep_from, int64_t T, const
   return len - first_;
 }
 
+RebuiltRows& ThreadRebuiltRows() {
+  thread_local RebuiltRows rows;
+  return rows;
+}
+
 Status GrowKeeping(DeviceArray<uint8_t>* a, size_t bytes, size_t keep) {
   if (bytes <= a->size()) return Status::Ok();
   DeviceArray<uint8_t> next;

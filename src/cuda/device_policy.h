@@ -98,6 +98,17 @@ class RowBuffer {
 // the legacy stream; work on other streams that touches `a` must be ordered before, as DeviceArray says).
 Status GrowKeeping(DeviceArray<uint8_t>* a, size_t bytes, size_t keep);
 
+// The rows a query reads rebuilt from a compact form (atp residual=, lowrank mode=online), keys and
+// values: one pair per thread, reused by every such policy the thread drives, counted by none (as the
+// CPU policies' per-call copies are not). A policy's Attend rebuilds into it (Prepare) and then queues
+// the attention that reads it, in order on the legacy stream, and a buffer that grows is released
+// after the work queued before (DeviceArray), so no call overwrites rows another still reads; such a
+// policy stays on the per-item path (DecodePlanner::Batches), whose items would share the pair.
+struct RebuiltRows {
+  DeviceArray<uint8_t> k, v;
+};
+RebuiltRows& ThreadRebuiltRows();
+
 // KIVI's packed token groups (kv/kivi_codec.h) in device memory, in cuda::DeviceRows' KIVI layout:
 // per token the b-bit codes of every KV head's key and value row, f16 scale and zero per key channel
 // and token group of `group` rows, per value row and channel group of `group` channels. The packed

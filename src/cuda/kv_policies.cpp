@@ -1,8 +1,8 @@
 // KV policies whose rows live in GPU memory (cuda/backend.h): every token's K and V rows in one
 // form, dense or MX, the GPU twin of `dense` and of `mx` alone (kv/composite.h's codec policy); and
 // calibrated `lowrank`, whose coefficient rows are such rows of width r, between per-head changes of
-// basis; `atp`, `kivi`, `streaming` and `h2o`/`snapkv` live in cuda/atp_policy.cpp, cuda/kivi_policy.cpp,
-// cuda/streaming_policy.cpp and cuda/evict_policy.cpp. They accept device
+// basis; `atp`, `kivi`, `streaming`, `h2o`/`snapkv` and online `lowrank` live in cuda/atp_policy.cpp,
+// cuda/kivi_policy.cpp, cuda/streaming_policy.cpp, cuda/evict_policy.cpp and cuda/lowrank_policy.cpp. They accept device
 // or host pointers; host buffers are staged, which only tests should do. The rows policy (like atp,
 // kivi and streaming) is a cuda::DevicePolicy, whose decode steps the forward pass batches;
 // lowrank is not (its queries and outputs change basis per item) and runs per item.
@@ -14,6 +14,7 @@
 #include "cuda/backend.h"
 #include "cuda/check.h"
 #include "cuda/kivi_policy.h"
+#include "cuda/lowrank_policy.h"
 #include "cuda/device_policy.h"
 #include "cuda/evict_policy.h"
 #include "cuda/ops.h"
@@ -173,7 +174,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const KvPolicyConfig&
   const std::string canon = config.Describe();
   const std::string supported =
       "--device cuda supports dense:dtype=f32|f16|bf16, mx (every format), atp (proj=dense, block <= "
-      "64; keep= below block, residual=kivi2|kivi4|kivi8|mx_FMT and rope=pre too), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 16, 32, 64 or 128, f32 coefficients) and "
+      "64; keep= below block, residual=kivi2|kivi4|kivi8|mx_FMT and rope=pre too), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 16, 32, 64 or 128, f32 coefficients), lowrank mode=online (f32) and "
       "streaming, h2o and snapkv alone or +dense:dtype=... or +mx:fmt=...";
   if (auto* p = std::get_if<AtpParams>(&config.params)) return MakeCudaAtpFactory(*p, canon);
   if (auto* p = std::get_if<RowsParams>(&config.params)) {
@@ -187,7 +188,8 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const KvPolicyConfig&
     return MakeCudaEvictFactory(*p, rows, canon);
   }
   const LowRankParams& p = std::get<LowRankParams>(config.params);
-  if (p.online || p.codec || p.dtype != DType::kF32 || p.rk != p.rv || (p.rk != 16 && p.rk != 32 && p.rk != 64 && p.rk != 128))
+  if (p.online) return MakeCudaOnlineLowRankFactory(p, canon);
+  if (p.codec || p.dtype != DType::kF32 || p.rk != p.rv || (p.rk != 16 && p.rk != 32 && p.rk != 64 && p.rk != 128))
     return Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels; " + supported);
   return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaLowRankFactory>(p.basis, p.rk, canon));
 }
