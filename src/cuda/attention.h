@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "kv/block_visibility.h"
 
 namespace atp::cuda {
 
@@ -93,11 +94,9 @@ struct Visibility {
   int64_t last_pre = 0;              // host: pre_end[nb(p) - 1] for the last query's p (0 when nb(p) = 0)
 };
 
-// nb(p): the blocks a query at position p sees only through principal rows (the CPU's
-// kv/atp_policy.cpp CompressedBlocks); the kernels and the policies that fill a Visibility share it.
-inline __host__ __device__ int64_t CompressedBlocks(int block, int window, int64_t p) {
-  return block > 0 && p >= window ? (p - window) / block : 0;
-}
+// nb(p), the blocks a query at position p sees only through principal rows, is kv/block_visibility.h's
+// CompressedBlocks, which the host's atp, the kernels and the policies that fill a Visibility share.
+using atp::CompressedBlocks;
 
 // Rows [first, first + n) of r (all KV heads) as f32: out (n, n_kv * dim), values as stored.
 void LoadRowsF32(const DeviceRows& r, int64_t first, int64_t n, float* out, cudaStream_t s);

@@ -31,6 +31,7 @@
 #include <optional>
 
 #include "kv/attend.h"
+#include "kv/block_visibility.h"
 #include "kv/composite.h"
 #include "kv/exact_rows.h"
 #include "kv/kivi_codec.h"
@@ -289,7 +290,7 @@ class AtpPolicy : public KvPolicy {
   }
 
   // Blocks a query at position p sees compressed: the b with (b+1)*B + W <= p.
-  int64_t CompressedBlocks(int64_t p) const { return p >= p_.window ? (p - p_.window) / p_.block : 0; }
+  int64_t CompressedBlocks(int64_t p) const { return atp::CompressedBlocks(p_.block, p_.window, p); }
 
   // No query from position `next` on sees blocks below its first uncompressed one exactly: drop their rows.
   void DropUnread(int64_t next) {
