@@ -3,6 +3,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <string>
 #include <utility>
@@ -70,6 +71,38 @@ class DeviceArray {
  private:
   void Free() {
     if (p_) cudaFreeAsync(p_, nullptr);  // after every kernel queued on the legacy stream that reads it
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// Owns count elements of T in page-locked host memory (cudaMallocHost), so that a copy from the device
+// runs asynchronously with the host and is waited for later (an event). Grow() keeps nothing, as
+// DeviceArray's; the caller makes sure no copy into the old buffer is pending when it grows.
+template <typename T>
+class PinnedArray {
+ public:
+  PinnedArray() = default;
+  ~PinnedArray() { Free(); }
+  PinnedArray(const PinnedArray&) = delete;
+  PinnedArray& operator=(const PinnedArray&) = delete;
+
+  Status Grow(size_t count) {
+    if (count <= n_) return Status::Ok();
+    Free();
+    void* p = nullptr;
+    ATP_RETURN_IF_ERROR(FromCuda(cudaMallocHost(&p, std::max<size_t>(count, 64) * sizeof(T)), "cudaMallocHost"));
+    p_ = static_cast<T*>(p);
+    n_ = std::max<size_t>(count, 64);
+    return Status::Ok();
+  }
+  T* get() const { return p_; }
+
+ private:
+  void Free() {
+    if (p_) cudaFreeHost(p_);
     p_ = nullptr;
     n_ = 0;
   }

@@ -4,8 +4,8 @@
 // head h is that head's j-th kept row. A query then reads one causal range: the rows kept before its
 // chunk and the chunk's rows up to it, which cuda::Visibility describes by numbering row j as position
 // first + j (first = the last query's position + 1 - rows). An Attend whose queries vote (h2o: all;
-// snapkv: the last window of a prompt chunk) computes the votes in f32 (cuda/evict_votes.h) and hands
-// them to the rule, which applies them at the next Append, Attend or Update; a keep mask is applied by
+// snapkv: the last window of a prompt chunk) computes the votes in f32 (cuda/evict_votes.h) and copies
+// them to the host without waiting; the rule gets and applies them at the next Append, Attend or Update; a keep mask is applied by
 // gathering each head's kept rows into a new buffer. h2o votes at every step, so its decode steps stay
 // on the per-item path; snapkv's decode steps do not vote and are batched.
 #include "cuda/evict_policy.h"
@@ -32,7 +32,13 @@ class CudaEvictPolicy : public cuda::DevicePolicy {
   };
   CudaEvictPolicy(const KvShape& s, const Params& p)
       : DevicePolicy(s, p.p.kind == EvictParams::Kind::kH2o ? "h2o" : "snapkv"), rule_(p.p, s.n_kv_heads),
-        h2o_(p.p.kind == EvictParams::Kind::kH2o), k_(p.f, s.head_dim, s.n_kv_heads), v_(p.f, s.head_dim, s.n_kv_heads) {}
+        h2o_(p.p.kind == EvictParams::Kind::kH2o), k_(p.f, s.head_dim, s.n_kv_heads), v_(p.f, s.head_dim, s.n_kv_heads) {
+    cudaEventCreateWithFlags(&voted_, cudaEventDisableTiming);
+  }
+  ~CudaEvictPolicy() override {
+    cudaEventSynchronize(voted_);  // the copy into host_votes_ may still run
+    cudaEventDestroy(voted_);
+  }
   static Status CheckShape(const KvShape& s, const Params& p) {
     return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, s.head_dim}, p.f);
   }
@@ -63,6 +69,9 @@ class CudaEvictPolicy : public cuda::DevicePolicy {
     return q;
   }
   Status Prepare(int64_t) override { return Evict(); }  // a second Attend sees the first one's eviction, as on the CPU
+  // The votes are copied to pinned host memory on the forward's stream and handed to the rule when
+  // next needed (Collect): the host waits once per step (at Update, after the whole forward pass is
+  // queued), not once per layer in the middle of it.
   Status Observe(const float* Q, int64_t T, int64_t) override {
     const int64_t from = rule_.VotersFrom(T);
     if (from == T) return Status::Ok();
@@ -71,20 +80,33 @@ class CudaEvictPolicy : public cuda::DevicePolicy {
     ATP_RETURN_IF_ERROR(kf_.Grow(size_t(n * s.kv_dim())));
     ATP_RETURN_IF_ERROR(lse_.Grow(size_t((T - from) * s.n_heads)));
     ATP_RETURN_IF_ERROR(votes_.Grow(size_t(n * s.n_kv_heads)));
+    ATP_RETURN_IF_ERROR(host_votes_.Grow(size_t(n * s.n_kv_heads)));  // no copy pending: Prepare collected it
     cuda::LoadRowsF32(k_.rows(), 0, n, kf_.get(), nullptr);
     cuda::AttentionVotes({s.n_heads, s.n_kv_heads, s.head_dim}, kf_.get(), n, Q, T, from, n - T, lse_.get(), votes_.get(),
                          nullptr);
     ATP_RETURN_IF_ERROR(cuda::LastLaunch("eviction votes"));
-    std::vector<float> all(size_t(n * s.n_kv_heads));
-    ATP_CUDA_RETURN(cudaMemcpy(all.data(), votes_.get(), all.size() * sizeof(float), cudaMemcpyDeviceToHost));
-    std::vector<std::vector<float>> votes(size_t(s.n_kv_heads));
-    for (int h = 0; h < s.n_kv_heads; ++h) votes[size_t(h)].assign(all.begin() + h * n, all.begin() + (h + 1) * n);
-    rule_.SetVotes(std::move(votes), T - from);
+    ATP_CUDA_RETURN(cudaMemcpyAsync(host_votes_.get(), votes_.get(), size_t(n * s.n_kv_heads) * sizeof(float),
+                                    cudaMemcpyDeviceToHost, nullptr));
+    ATP_CUDA_RETURN(cudaEventRecord(voted_, nullptr));
+    pending_rows_ = n, pending_voters_ = T - from;
+    return Status::Ok();
+  }
+
+  // Hands the last Observe's votes, once copied, to the rule.
+  Status Collect() {
+    if (pending_rows_ == 0) return Status::Ok();
+    ATP_CUDA_RETURN(cudaEventSynchronize(voted_));
+    const int64_t n = pending_rows_;
+    std::vector<std::vector<float>> votes(size_t(shape().n_kv_heads));
+    for (size_t h = 0; h < votes.size(); ++h) votes[h].assign(host_votes_.get() + h * size_t(n), host_votes_.get() + (h + 1) * size_t(n));
+    rule_.SetVotes(std::move(votes), pending_voters_);
+    pending_rows_ = 0;
     return Status::Ok();
   }
 
   // Applies the rule's pending votes to the rows.
   Status Evict() {
+    ATP_RETURN_IF_ERROR(Collect());
     if (!rule_.HasVotes()) return Status::Ok();
     const int n_kv = shape().n_kv_heads;
     const int64_t had = rule_.rows(0);
@@ -114,6 +136,9 @@ class CudaEvictPolicy : public cuda::DevicePolicy {
   cuda::RowBuffer k_, v_;  // row j of head h: that head's j-th kept row
   DeviceArray<float> kf_, lse_, votes_;  // Observe's scratch: the keys in f32, the voters' log-sum-exps, the votes
   DeviceArray<int32_t> idx_;             // Evict's kept rows per head
+  cuda::PinnedArray<float> host_votes_;  // the last Observe's votes, (n_kv, rows), copied on the forward's stream
+  cudaEvent_t voted_ = nullptr;          // recorded after that copy
+  int64_t pending_rows_ = 0, pending_voters_ = 0;  // rows > 0: votes copied but not yet handed to the rule
 };
 
 }  // namespace
