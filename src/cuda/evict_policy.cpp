@@ -125,8 +125,12 @@ class CudaEvictPolicy : public cuda::DevicePolicy {
       for (int64_t j = 0; j < had; ++j)
         if (masks[size_t(h)][size_t(j)]) idx.push_back(int32_t(j));
     }
+    // Uploaded without waiting from pinned memory, which the next Evict rewrites only after Collect
+    // waited for an event recorded after this copy.
     ATP_RETURN_IF_ERROR(idx_.Grow(idx.size()));
-    ATP_CUDA_RETURN(cudaMemcpy(idx_.get(), idx.data(), idx.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+    ATP_RETURN_IF_ERROR(host_idx_.Grow(idx.size()));
+    std::copy(idx.begin(), idx.end(), host_idx_.get());
+    ATP_CUDA_RETURN(cudaMemcpyAsync(idx_.get(), host_idx_.get(), idx.size() * sizeof(int32_t), cudaMemcpyHostToDevice, nullptr));
     ATP_RETURN_IF_ERROR(k_.Gather(idx_.get(), n, n));
     return v_.Gather(idx_.get(), n, n);
   }
@@ -137,6 +141,7 @@ class CudaEvictPolicy : public cuda::DevicePolicy {
   DeviceArray<float> kf_, lse_, votes_;  // Observe's scratch: the keys in f32, the voters' log-sum-exps, the votes
   DeviceArray<int32_t> idx_;             // Evict's kept rows per head
   cuda::PinnedArray<float> host_votes_;  // the last Observe's votes, (n_kv, rows), copied on the forward's stream
+  cuda::PinnedArray<int32_t> host_idx_;  // Evict's kept rows, uploaded on the forward's stream
   cudaEvent_t voted_ = nullptr;          // recorded after that copy
   int64_t pending_rows_ = 0, pending_voters_ = 0;  // rows > 0: votes copied but not yet handed to the rule
 };
