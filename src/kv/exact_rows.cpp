@@ -4,11 +4,7 @@ namespace atp {
 
 Status ExactRows::Append(const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t n) {
   const int64_t first = size();
-  ATP_RETURN_IF_ERROR(k_.Grow(n));
-  if (Status st = v_.Grow(n); !st.ok()) {
-    k_.Truncate(first);
-    return st;
-  }
+  ATP_RETURN_IF_ERROR(GrowPair(k_, v_, n));
   for (int64_t i = 0; i < n; ++i) {
     FromF32(dtype_, K + i * k_stride, k_.Row(first + i), size_t(kw_));
     FromF32(dtype_, V + i * v_stride, v_.Row(first + i), size_t(vw_));

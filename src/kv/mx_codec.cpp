@@ -93,11 +93,7 @@ class MxStore : public RowStore {
 
   Status Append(const float* K, int64_t ks, const float* V, int64_t vs, int64_t n) override {
     const int64_t first = size();
-    ATP_RETURN_IF_ERROR(k_.Grow(n));
-    if (Status st = v_.Grow(n); !st.ok()) {
-      k_.Truncate(first);
-      return st;
-    }
+    ATP_RETURN_IF_ERROR(GrowPair(k_, v_, n));
     for (int64_t i = 0; i < n; ++i) {
       MxEncodeRow(f_, K + i * ks, kw_, k_.Row(first + i));
       MxEncodeRow(f_, V + i * vs, vw_, v_.Row(first + i));

@@ -242,4 +242,14 @@ Status PagedRows::MakePrivate(size_t page) {
   return Status::Ok();
 }
 
+Status GrowPair(PagedRows& k, PagedRows& v, int64_t n) {
+  const int64_t had = k.size();
+  ATP_RETURN_IF_ERROR(k.Grow(n));
+  if (Status st = v.Grow(n); !st.ok()) {
+    k.Truncate(had);
+    return st;
+  }
+  return Status::Ok();
+}
+
 }  // namespace atp

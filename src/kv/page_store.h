@@ -190,4 +190,8 @@ class PagedRows {
   size_t shared_ = 0;
 };
 
+// Grows a key and a value PagedRows by n rows together (a row store's two halves stay in step): where
+// the store refuses either, neither grows.
+[[nodiscard]] Status GrowPair(PagedRows& k, PagedRows& v, int64_t n);
+
 }  // namespace atp
