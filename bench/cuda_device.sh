@@ -4,7 +4,7 @@
 #                                         -DATP_NATIVE=OFF, their shared libraries and ../shared's
 #                                         ref-5m into .cudacarry/ (excluded from git; name it in carry)
 #   bench/cuda_device.sh run [STEP...]    (there) tests, bench, attn, sdpa (default: all, in order),
-#                                         ncu_decode, ncu_steps, ncu_serve, ncu_sections, eval_cuda, serve, profile, peer_build, peer_serve (on request);
+#                                         ncu_decode, ncu_steps, ncu_serve, ncu_sections, eval_cuda, serve, profile, peer_build, peer_serve, hf_peer (on request);
 #                                         logs and JSON lines in $OUT. PREFILL=1024 bench: decode at
 #                                         every context after a 1024-token prefill only; BENCH_KV:
 #                                         the policies (default dense bf16, mx fp4, mx fp8, dense f32);
@@ -263,6 +263,14 @@ peer_serve() {
   local pid=$!
   load_levels 18001 peer "llama-server"
   kill $pid; wait $pid
+}
+# Hugging Face transformers' continuous batching (bench/hf_generate_batch.py: generate_batch with paged
+# attention) on the model and prompt sizes of serve: HF_N prompts (256) of SERVE_IN ids, SERVE_OUT new tokens.
+hf_peer() {
+  [ -d /tmp/l1b ] || timeout 120 $atp testgen --shape llama-3.2-1b -o /tmp/l1b 2>&1 | tail -1
+  timeout 500 python3 bench/hf_generate_batch.py -m /tmp/l1b --input-len ${SERVE_IN:-1024} --output-len ${SERVE_OUT:-128} \
+    --num-prompts ${HF_N:-256} --json "$OUT/hf_peer.json" 2>"$OUT/hf_peer.err" | tail -1
+  tail -3 "$OUT/hf_peer.err"
 }
 
 for step in ${@:-tests bench attn sdpa}; do

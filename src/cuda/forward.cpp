@@ -148,7 +148,6 @@ class CudaForward : public ForwardBackend {
         std::span<const int32_t> p(pos.data() + r, items[i].tokens.size());
         ATP_RETURN_IF_ERROR(kv->Append(p, wants_x ? xf_.get() + r * d : nullptr, k_.get() + r * kvd, v_.get() + r * kvd));
         ATP_RETURN_IF_ERROR(kv->Attend(p, q_.get() + r * qd, att_.get() + r * qd));
-        ATP_RETURN_IF_ERROR(kv->Update());
       }
       if (one_row) {
         cuda::Gemv(L.wo.get(), d, qd, {In::kF32, att_.get()}, 1.f, x_.get(), s);
@@ -174,6 +173,12 @@ class CudaForward : public ForwardBackend {
       cuda::RmsNormBf16(x_.get(), d_rows, R, int(d), final_norm_.get(), eps, sel_.get(), s);
       ATP_RETURN_IF_ERROR(Gemm(lm_head, V, d, sel_.get(), R, logits_.get(), 0.f));
     }
+    // The per-item policies' updates once the whole pass is queued: an update that needs the host (h2o's
+    // votes, read back) then waits for work queued long before, while the card runs the rest, instead of
+    // stalling the pass at every layer.
+    for (size_t i = 0; i < items.size(); ++i)
+      for (KvPolicy* kv : items[i].kv)
+        if (!decode_.Batched(i)) ATP_RETURN_IF_ERROR(kv->Update());
     ATP_RETURN_IF_ERROR(cuda::LastLaunch("forward"));
     if (!logits) {
       // Waits for the pass, so that it is timed as the forward pass (the scheduler's step metrics) and
