@@ -240,7 +240,8 @@ TEST(CudaDecodeBatch, PlannedPoliciesMatchPerItemTwins) {
                                           "atp:block=16,rank=4,window=16,basis=key", "atp:block=16,rank=4,window=16,keep=3",
                                           "atp:block=16,rank=4,window=16,basis=key,keep=2",
                                           "kivi:bits=4,group=16,residual=32", "kivi:bits=2,group=32,residual=0",
-                                          "streaming:budget=64,sinks=4", "snapkv:budget=48,window=8,pool=5"};
+                                          "streaming:budget=64,sinks=4", "snapkv:budget=48,window=8,pool=5",
+                                          "h2o:budget=48,recent=16+mx:fmt=fp8_e4m3"};
   const int qd = shape.q_dim(), kvd = shape.kv_dim(), d = shape.d_model, steps = 20;
   struct Seq {
     std::string spec;
@@ -308,6 +309,7 @@ TEST(CudaDecodeBatch, PlannedPoliciesMatchPerItemTwins) {
                              {shape.n_heads, shape.n_kv_heads, shape.head_dim}, 1).ok());
       for (size_t i = 0; i < N; ++i) ASSERT_TRUE(batch.Batched(i)) << seqs[i].spec;
       ASSERT_TRUE(batch.RunLayer(0).ok());
+      for (size_t i = 0; i < N; ++i) ASSERT_TRUE(seqs[i].batched->Update().ok());  // as the forward pass, after it
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       got = Download(dout.get(), N * qd);
     } else {  // the last step through Append/Attend on both: the same rows give the same bits

@@ -70,7 +70,7 @@ Status BatchedDecode::Plan(std::span<const ForwardItem> items, std::span<const i
       }
       q.q = rows.q + r * rows.qd, q.o = rows.o + r * rows.qd;
       queries.push_back(q);
-      L.items.push_back({planners[i][size_t(l)], items[i].kv[size_t(l)], x});
+      L.items.push_back({planners[i][size_t(l)], items[i].kv[size_t(l)], x, q.q});
     }
     // Stores grouped by form (NVFP4 also by row width: its kernel is compiled per width).
     std::vector<bool> done(jobs.size(), false);
@@ -117,7 +117,7 @@ Status BatchedDecode::RunLayer(int l) {
     RunDecodeBatch(g.batch, reinterpret_cast<const DecodeTask*>(desc_.get() + g.tasks),
                    reinterpret_cast<const DecodeWork*>(desc_.get() + g.work), ws_.get(), nullptr);
   ATP_RETURN_IF_ERROR(LastLaunch("batched decode attention"));
-  for (const Item& it : L.items) ATP_RETURN_IF_ERROR(it.kv->Update());
+  for (const Item& it : L.items) ATP_RETURN_IF_ERROR(it.plan->ObserveDecode(it.q));
   return Status::Ok();
 }
 

@@ -3,9 +3,11 @@
 // several per item: one StoreKvBatch per storage form for the new rows, FinishDecode per item (no
 // launch unless a KIVI group or ATP block completes), one RunDecodeBatch per storage form for the
 // attention (split-K over a flat (item, chunk) work list sized for one wave, then one combine;
-// cuda/attention.h), then Update per item. Every layer's descriptors are planned when the step
-// starts and reach the device in one host-to-device copy. Other items (prefill chunks, policies
-// without a plan: lowrank, wrappers such as the bench's timing policy) keep the per-item path.
+// cuda/attention.h), then ObserveDecode per item (h2o's votes; the forward pass runs every policy's
+// Update once the whole pass is queued). Every layer's descriptors are planned when the step starts
+// and reach the device in one host-to-device copy. Other items (prefill chunks, policies without a
+// plan: calibrated lowrank, wrappers such as the bench's timing policy, and those whose Batches() is
+// false) keep the per-item path.
 #pragma once
 #include <cstdint>
 #include <span>
@@ -44,7 +46,8 @@ class BatchedDecode {
               const AttnShape& a, int layers);
   // Whether items[i] of the last Plan runs here (else through the per-item Append/Attend/Update).
   bool Batched(size_t i) const { return i < batched_.size() && batched_[i]; }
-  // Layer l of the planned items, on the legacy stream: stores, FinishDecode, attention, Update.
+  // Layer l of the planned items, on the legacy stream: stores, FinishDecode, attention, ObserveDecode.
+  // The caller runs their Update once the pass is queued.
   Status RunLayer(int l);
 
  private:
@@ -63,6 +66,7 @@ class BatchedDecode {
     DecodePlanner* plan;
     KvPolicy* kv;
     const float* x;  // its layer input row, or null
+    const float* q;  // its query row
   };
   struct Layer {
     std::vector<StoreGroup> stores;

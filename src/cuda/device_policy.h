@@ -163,9 +163,15 @@ class DecodePlanner {
   // packs a group the token completes, ATP compresses a block). X: the token's layer input (device,
   // d_model f32), null unless the policy ReadsInput(). Length() counts the token from here on.
   virtual Status FinishDecode(const float* X) = 0;
+  // After the step's attention: work that reads the token's query q (device, n_heads * head_dim f32),
+  // h2o's votes. Default: nothing.
+  virtual Status ObserveDecode(const float* q) {
+    (void)q;
+    return Status::Ok();
+  }
   // Whether the batched path may plan this policy's steps; false keeps it on the per-item path
-  // (atp residual=: the rows its queries read are rebuilt, per call, into one scratch per thread,
-  // which the items of a batch would share). Default: true.
+  // (atp residual= and online lowrank: the rows their queries read are rebuilt, per call, into one
+  // scratch per thread, which the items of a batch would share). Default: true.
   virtual bool Batches() const { return true; }
 };
 
@@ -223,6 +229,7 @@ class DevicePolicy : public KvPolicy, public DecodePlanner {
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) final;
   Status PlanDecode(int32_t pos, std::vector<RowStore>* stores, DecodeQuery* query) final;
   Status FinishDecode(const float* X) final;
+  Status ObserveDecode(const float* q) final { return Observe(q, 1, len_ - 1); }
   int64_t Length() const final { return len_; }
 
  protected:
@@ -253,8 +260,8 @@ class DevicePolicy : public KvPolicy, public DecodePlanner {
     return Status::Ok();
   }
   // Work after Attend's launch, given its queries (device, (T, n_heads * head_dim) f32) at positions
-  // start .. start + T - 1: h2o and snapkv compute the votes they evict by. The batched path never
-  // calls it either (Batches(), as for Prepare). Default: nothing.
+  // start .. start + T - 1: h2o and snapkv compute the votes they evict by. The batched path calls it
+  // for a step's one token after the layer's attention (ObserveDecode). Default: nothing.
   virtual Status Observe(const float* Q, int64_t T, int64_t start) {
     (void)Q, (void)T, (void)start;
     return Status::Ok();

@@ -6,8 +6,8 @@
 // first + j (first = the last query's position + 1 - rows). An Attend whose queries vote (h2o: all;
 // snapkv: the last window of a prompt chunk) computes the votes in f32 (cuda/evict_votes.h) and copies
 // them to the host without waiting; the rule gets and applies them at the next Append, Attend or Update; a keep mask is applied by
-// gathering each head's kept rows into a new buffer. h2o votes at every step, so its decode steps stay
-// on the per-item path; snapkv's decode steps do not vote and are batched.
+// gathering each head's kept rows into a new buffer. Decode steps are batched with other sequences';
+// h2o's votes then come from its query after the layer's batched attention (ObserveDecode).
 #include "cuda/evict_policy.h"
 
 #include <numeric>
@@ -32,7 +32,7 @@ class CudaEvictPolicy : public cuda::DevicePolicy {
   };
   CudaEvictPolicy(const KvShape& s, const Params& p)
       : DevicePolicy(s, p.p.kind == EvictParams::Kind::kH2o ? "h2o" : "snapkv"), rule_(p.p, s.n_kv_heads),
-        h2o_(p.p.kind == EvictParams::Kind::kH2o), k_(p.f, s.head_dim, s.n_kv_heads), v_(p.f, s.head_dim, s.n_kv_heads) {
+        k_(p.f, s.head_dim, s.n_kv_heads), v_(p.f, s.head_dim, s.n_kv_heads) {
     cudaEventCreateWithFlags(&voted_, cudaEventDisableTiming);
   }
   ~CudaEvictPolicy() override {
@@ -47,7 +47,7 @@ class CudaEvictPolicy : public cuda::DevicePolicy {
   size_t Bytes() const override { return size_t(rule_.rows(0) * (k_.TokenBytes() + v_.TokenBytes())) + rule_.Bytes(); }
   Status Update() override { return Evict(); }
   bool ReadsInput() const override { return false; }
-  bool Batches() const override { return !h2o_; }
+
 
  private:
   Status Reserve(int64_t first, int64_t T, bool, std::vector<cuda::RowStore>* stores) override {
@@ -136,7 +136,6 @@ class CudaEvictPolicy : public cuda::DevicePolicy {
   }
 
   EvictRule rule_;
-  bool h2o_;
   cuda::RowBuffer k_, v_;  // row j of head h: that head's j-th kept row
   DeviceArray<float> kf_, lse_, votes_;  // Observe's scratch: the keys in f32, the voters' log-sum-exps, the votes
   DeviceArray<int32_t> idx_;             // Evict's kept rows per head

@@ -173,12 +173,11 @@ class CudaForward : public ForwardBackend {
       cuda::RmsNormBf16(x_.get(), d_rows, R, int(d), final_norm_.get(), eps, sel_.get(), s);
       ATP_RETURN_IF_ERROR(Gemm(lm_head, V, d, sel_.get(), R, logits_.get(), 0.f));
     }
-    // The per-item policies' updates once the whole pass is queued: an update that needs the host (h2o's
-    // votes, read back) then waits for work queued long before, while the card runs the rest, instead of
-    // stalling the pass at every layer.
-    for (size_t i = 0; i < items.size(); ++i)
-      for (KvPolicy* kv : items[i].kv)
-        if (!decode_.Batched(i)) ATP_RETURN_IF_ERROR(kv->Update());
+    // The policies' updates once the whole pass is queued, batched items' and per-item ones': an update
+    // that needs the host (h2o's votes, read back) then waits for work queued long before, while the card
+    // runs the rest, instead of stalling the pass at every layer.
+    for (const ForwardItem& it : items)
+      for (KvPolicy* kv : it.kv) ATP_RETURN_IF_ERROR(kv->Update());
     ATP_RETURN_IF_ERROR(cuda::LastLaunch("forward"));
     if (!logits) {
       // Waits for the pass, so that it is timed as the forward pass (the scheduler's step metrics) and
