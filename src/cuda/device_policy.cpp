@@ -71,8 +71,10 @@ Status RowBuffer::Move(int64_t cap, int64_t from, int64_t keep) {
 }
 
 Status RowBuffer::Gather(const int32_t* idx, int64_t n, int64_t tokens) {
+  // Room for up to 64 more rows: h2o gathers at every decode step and then appends a row, which into a
+  // buffer of exactly `tokens` rows would move every row again, into one twice the size.
   RowBuffer next(f_, dim_, n_kv_);
-  ATP_RETURN_IF_ERROR(next.Reserve(tokens, 0));
+  ATP_RETURN_IF_ERROR(next.Reserve(tokens + std::min<int64_t>(tokens, 64), 0));
   GatherRows(rows(), next.rows(), idx, n, nullptr);
   ATP_RETURN_IF_ERROR(LastLaunch("row gather"));
   *this = std::move(next);

@@ -79,8 +79,9 @@ class RowBuffer {
   // Rows [from, from + keep) moved to the front of a new buffer with room for `tokens` rows (a
   // policy dropping its oldest rows; the new buffer avoids an overlapping copy).
   Status Compact(int64_t from, int64_t keep, int64_t tokens) { return Move(2 * tokens, from, keep); }
-  // Rows chosen per KV head moved to the front of a new buffer with room for `tokens` rows: row j of
-  // head h becomes row idx[h * n + j] of head h (idx device memory; a policy evicting rows per head).
+  // Rows chosen per KV head moved to the front of a new buffer with room for `tokens` rows and up to 64
+  // more: row j of head h becomes row idx[h * n + j] of head h (idx device memory; a policy evicting rows
+  // per head).
   Status Gather(const int32_t* idx, int64_t n, int64_t tokens);
   DeviceRows rows() const;
   int64_t capacity() const { return cap_; }
