@@ -1,5 +1,6 @@
 #include "kv/page_store.h"
 
+#include <algorithm>
 #include <cassert>
 #include <cstdlib>
 #include <cstring>
@@ -197,11 +198,27 @@ void PagedRows::Truncate(int64_t n) {
 
 Status PagedRows::Retain(const char* keep) {
   for (; shared_ > 0; --shared_) ATP_RETURN_IF_ERROR(MakePrivate(shared_ - 1));
+  // Each run of kept rows moves down as a few memmoves, split where a page ends on either side (rows
+  // move to lower indexes in order, so a row is overwritten only once it has moved).
   int64_t w = 0;
-  for (int64_t i = 0; i < n_; ++i) {
-    if (!keep[i]) continue;
-    if (w != i) std::memcpy(Row(w), Row(i), row_bytes_);
-    ++w;
+  for (int64_t i = 0; i < n_;) {
+    if (!keep[i]) {
+      ++i;
+      continue;
+    }
+    int64_t end = i;
+    while (end < n_ && keep[end]) ++end;
+    if (w == i) {
+      w = i = end;
+      continue;
+    }
+    while (i < end) {
+      const int64_t src_left = rows_per_page_ - (head_ + i) % rows_per_page_;
+      const int64_t dst_left = rows_per_page_ - (head_ + w) % rows_per_page_;
+      const int64_t n = std::min({end - i, src_left, dst_left});
+      std::memmove(Row(w), Row(i), size_t(n) * row_bytes_);
+      i += n, w += n;
+    }
   }
   Truncate(w);
   return Status::Ok();
