@@ -3,6 +3,7 @@
 #pragma once
 #include <gtest/gtest.h>
 #include <lapacke.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -175,7 +176,13 @@ inline std::string WriteRandomBasis(const std::string& name, int kv_heads, int h
     }
     dst->push_back(all);
   }
-  EXPECT_TRUE(WriteKvBasis(path, b).ok());
+  // Written under a name of this process's and renamed into place (atomic): tests that run at once
+  // (ctest -j) write the same file, and one must never read another's half-written copy.
+  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  EXPECT_TRUE(WriteKvBasis(tmp, b).ok());
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  EXPECT_FALSE(ec) << "rename " << tmp << " to " << path << ": " << ec.message();
   return path;
 }
 
