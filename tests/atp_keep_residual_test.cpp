@@ -164,12 +164,7 @@ TEST_P(AtpFamily, MatchesReference) {
                            {16, 4, 0, 16, 2, true}, {8, 0, 0.8, 0, 2, false}, {16, 0, 0.9, 16, 0, true}}) {
     const std::string spec = a.Spec();
     if (!Serves(spec)) continue;  // the GPU takes no energy threshold with basis=key
-    const std::vector<float> want = AtpRef(in, a);
-    for (std::vector<int> chunks : {std::vector<int>{1, 7, 30}, {100}}) {
-      auto p = Make(spec);
-      ASSERT_TRUE(p);
-      ExpectNear(RunChunks(*p, in, chunks), want, chunks, 1e-4, spec + " first chunk " + std::to_string(chunks[0]));
-    }
+    ExpectMatches(spec, in, AtpRef(in, a), {{1, 7, 30}, {100}}, 1e-4, spec);
     ++ran;
   }
   EXPECT_GE(ran, 11);
@@ -198,13 +193,9 @@ TEST_P(AtpFamily, FullRankResidualIsDense) {
   for (std::string spec : {"atp:block=16,rank=16,window=16,residual=kivi2", "atp:block=16,rank=16,window=0,residual=mx_fp4",
                            "atp:block=16,rank=16,window=16,basis=key,keep=2,residual=kivi4"}) {
     if (!Serves(spec)) continue;  // the GPU's KIVI groups (14 tokens here) must be a multiple of 8
-    for (std::vector<int> chunks : {std::vector<int>{5, 40}, {1}}) {
-      auto p = Make(spec);
-      ASSERT_TRUE(p);
-      // 1e-4: the rebuilt rows differ from the exact ones by f32 rounding of U U^T K (|K| ~ 1, 16 terms),
-      // plus the codec's error on a residual of that size.
-      ExpectNear(RunChunks(*p, in, chunks), want, chunks, 1e-4, spec);
-    }
+    // 1e-4: the rebuilt rows differ from the exact ones by f32 rounding of U U^T K (|K| ~ 1, 16 terms),
+    // plus the codec's error on a residual of that size.
+    ExpectMatches(spec, in, want, {{5, 40}, {1}}, 1e-4, spec);
     ++ran;
   }
   EXPECT_GE(ran, 2);
@@ -247,12 +238,7 @@ TEST_P(AtpFamily, CausalAndChunkInvariant) {
                            "atp:block=16,rank=4,window=16,basis=key,keep=2,residual=mx_fp4,dtype=bf16",
                            "atp:block=16,rank=4,window=16,proj=lowrank,keep=1,residual=kivi8"}) {
     if (!Serves(spec)) continue;  // the GPU: no proj=lowrank
-    ExpectCausal(spec, {90});
-    ExpectCausal(spec, {7, 1});
-    Inputs in = RandomInputs(90, 25);
-    auto a = Make(spec), b = Make(spec);
-    ASSERT_TRUE(a && b);
-    ExpectChunkInvariant(RunChunks(*a, in, {90}), RunChunks(*b, in, {1, 5, 11}), spec);
+    ExpectCausalAndChunkInvariant(spec, RandomInputs(90, 25));
     ++ran;
   }
   EXPECT_GE(ran, 4);

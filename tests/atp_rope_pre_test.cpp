@@ -150,11 +150,7 @@ TEST_P(AtpRopePreFamily, MatchesBruteForce) {
     // double, fused multiply-adds, CUDA's cosf/sinf), and a code flips wherever that rounding puts a
     // residual on a boundary: 0.05 bounds a few such flips and still fails a wrong rotation.
     const double tol = !host() ? 0.05 : mx ? 0.02 : 5e-3;
-    for (std::vector<int> chunks : {std::vector<int>{1, 7, 30}, {100}}) {
-      auto p = Make(spec, RopeShape());
-      ASSERT_TRUE(p);
-      ExpectNear(RunChunks(*p, in, chunks), want, chunks, tol, spec + " first chunk " + std::to_string(chunks[0]));
-    }
+    ExpectMatches(spec, in, want, {{1, 7, 30}, {100}}, tol, spec, RopeShape());
     ++ran;
   }
   EXPECT_GE(ran, 7);
@@ -168,12 +164,8 @@ TEST_P(AtpRopePreFamily, FullRankIsDense) {
   const std::vector<float> want = RunChunks(*d, in, {90});
   for (std::string spec : {"atp:block=16,rank=16,window=16,residual=kivi2,rope=pre",
                            "atp:block=16,rank=16,window=0,basis=key,keep=3,residual=mx_fp4,rope=pre"}) {
-    for (std::vector<int> chunks : {std::vector<int>{5, 40}, {1}}) {
-      auto p = Make(spec, RopeShape());
-      ASSERT_TRUE(p);
-      // 1e-4 as AtpFamily.FullRankResidualIsDense, plus two f32 rotations of |k| ~ 8 (~1e-6 each).
-      ExpectNear(RunChunks(*p, in, chunks), want, chunks, 1e-4, spec);
-    }
+    // 1e-4 as AtpFamily.FullRankResidualIsDense, plus two f32 rotations of |k| ~ 8 (~1e-6 each).
+    ExpectMatches(spec, in, want, {{5, 40}, {1}}, 1e-4, spec, RopeShape());
   }
 }
 
@@ -230,12 +222,7 @@ TEST_P(AtpRopePreFamily, CausalAndChunkInvariant) {
                            "atp:block=16,rank=4,window=32,keep=3,residual=mx_fp4,dtype=bf16,rope=pre",
                            "atp:block=16,rank=4,window=16,proj=lowrank,basis=key,keep=2,residual=kivi8,rope=pre"}) {
     if (!Serves(spec, shape)) continue;  // the GPU: no tau= with basis=key, no proj=lowrank
-    ExpectCausal(spec, {90}, shape);
-    ExpectCausal(spec, {7, 1}, shape);
-    Inputs in = RandomInputs(90, 35);
-    auto a = Make(spec, shape), b = Make(spec, shape);
-    ASSERT_TRUE(a && b);
-    ExpectChunkInvariant(RunChunks(*a, in, {90}), RunChunks(*b, in, {1, 5, 11}), spec);
+    ExpectCausalAndChunkInvariant(spec, RandomInputs(90, 35), shape);
     ++ran;
   }
   EXPECT_GE(ran, 2);

@@ -111,6 +111,25 @@ class KvOnBackend : public ::testing::TestWithParam<std::string> {
     }
     ExpectNear(got, want, chunks, 0, what);
   }
+  // `spec`'s outputs on `in`, appended in each of `chunkings` (RunChunks), against `want` (ExpectNear).
+  void ExpectMatches(const std::string& spec, const Inputs& in, const std::vector<float>& want,
+                     std::initializer_list<std::vector<int>> chunkings, double host_tol, const std::string& what,
+                     const KvShape& shape = kShape) const {
+    for (const std::vector<int>& chunks : chunkings) {
+      auto p = Make(spec, shape);
+      ASSERT_TRUE(p) << what;
+      ExpectNear(RunChunks(*p, in, chunks), want, chunks, host_tol, what + " first chunk " + std::to_string(chunks[0]));
+    }
+  }
+  // Causal with a whole prompt and with decode steps (ExpectCausal), and the same outputs on `in` for
+  // one prompt and for chunks of 1, 5 and 11 (ExpectChunkInvariant).
+  void ExpectCausalAndChunkInvariant(const std::string& spec, const Inputs& in, const KvShape& shape = kShape) const {
+    ExpectCausal(spec, {90}, shape);
+    ExpectCausal(spec, {7, 1}, shape);
+    auto a = Make(spec, shape), b = Make(spec, shape);
+    ASSERT_TRUE(a && b) << spec;
+    ExpectChunkInvariant(RunChunks(*a, in, {90}), RunChunks(*b, in, {1, 5, 11}), spec);
+  }
   // kvtest::ExpectCausal through this backend.
   void ExpectCausal(const std::string& spec, const std::vector<int>& chunks, const KvShape& shape = kShape) const {
     kvtest::ExpectCausal(spec, chunks, 90, 50, shape, [this, &shape](const std::string& s) { return Make(s, shape); });
