@@ -282,7 +282,8 @@ class CudaAtpPolicy : public cuda::DevicePolicy {
     cuda::Visibility& vis = q.vis;
     vis.first = exact_.first(), vis.block = p_.block, vis.window = p_.window;
     if (p_.residual) {
-      vis.pk = RebuiltView(cuda::ThreadRebuiltRows().k), vis.pv = RebuiltView(cuda::ThreadRebuiltRows().v), vis.rows_per_block = p_.block;
+      const cuda::RebuiltRows& r = cuda::ThreadRebuiltRows();
+      vis.pk = RebuiltView(r.k), vis.pv = RebuiltView(r.v), vis.rows_per_block = p_.block;
       vis.last_pre = nb * p_.block;
       return q;
     }

@@ -21,7 +21,7 @@ Status CudaDeviceStatus();
 // handed to Forward must carry policies from MakeCudaKvFactory (possibly wrapped, e.g. by the
 // bench's timing wrapper): the backend calls their Append/Attend/Update with device pointers, except
 // for decode items (one token) whose every policy is a cuda::DecodePlanner that Batches()
-// (cuda/device_policy.h: dense, mx, atp, kivi, streaming, snapkv; not h2o, atp residual=, lowrank or a
+// (cuda/device_policy.h: dense, mx, atp, kivi, streaming, h2o, snapkv; not atp residual=, lowrank or a
 // wrapper): those it plans when the step starts
 // and runs per layer in batched launches across sequences (cuda/decode_batch.h), with the same
 // results up to the attention's summation order.
@@ -32,7 +32,8 @@ Result<std::unique_ptr<ForwardBackend>> MakeCudaBackend(const LlamaModel& model)
 // mx (every format, nvfp4 included), for head_dim 32, 64 or 128 and at most 8 query heads per KV head (CheckShape);
 // atp with proj=dense and block <= 64, keep= below block, residual= and rope=pre too (cuda/atp_policy.h); kivi alone
 // (cuda/kivi_policy.h);
-// calibrated lowrank:rk=R,rv=R with R = 16, 32, 64 or 128 and f32 coefficients; streaming, h2o and snapkv
+// calibrated lowrank:rk=R,rv=R with R = 16, 32, 64 or 128 and f32 coefficients, online lowrank in f32
+// (cuda/lowrank_policy.h); streaming, h2o and snapkv
 // alone or with those dense or MX rows (cuda/streaming_policy.h, cuda/evict_policy.h); other policies fail
 // naming what is supported.
 // Their Append/Attend take device or host pointers (host buffers are staged through the device),

@@ -5,8 +5,8 @@
 // chunk and the chunk's rows up to it, which cuda::Visibility describes by numbering row j as position
 // first + j (first = the last query's position + 1 - rows). An Attend whose queries vote (h2o: all;
 // snapkv: the last window of a prompt chunk) computes the votes in f32 (cuda/evict_votes.h) and copies
-// them to the host without waiting; the rule gets and applies them at the next Append, Attend or Update; a keep mask is applied by
-// gathering each head's kept rows into a new buffer. Decode steps are batched with other sequences';
+// them to the host without waiting; the rule gets and applies them at the next Append, Attend or
+// Update, and a keep mask is applied by gathering each head's kept rows into a new buffer. Decode steps are batched with other sequences';
 // h2o's votes then come from its query after the layer's batched attention (ObserveDecode).
 #include "cuda/evict_policy.h"
 
@@ -47,7 +47,6 @@ class CudaEvictPolicy : public cuda::DevicePolicy {
   size_t Bytes() const override { return size_t(rule_.rows(0) * (k_.TokenBytes() + v_.TokenBytes())) + rule_.Bytes(); }
   Status Update() override { return Evict(); }
   bool ReadsInput() const override { return false; }
-
 
  private:
   Status Reserve(int64_t first, int64_t T, bool, std::vector<cuda::RowStore>* stores) override {

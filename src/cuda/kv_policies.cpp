@@ -2,10 +2,11 @@
 // form, dense or MX, the GPU twin of `dense` and of `mx` alone (kv/composite.h's codec policy); and
 // calibrated `lowrank`, whose coefficient rows are such rows of width r, between per-head changes of
 // basis; `atp`, `kivi`, `streaming`, `h2o`/`snapkv` and online `lowrank` live in cuda/atp_policy.cpp,
-// cuda/kivi_policy.cpp, cuda/streaming_policy.cpp, cuda/evict_policy.cpp and cuda/lowrank_policy.cpp. They accept device
-// or host pointers; host buffers are staged, which only tests should do. The rows policy (like atp,
-// kivi and streaming) is a cuda::DevicePolicy, whose decode steps the forward pass batches;
-// lowrank is not (its queries and outputs change basis per item) and runs per item.
+// cuda/kivi_policy.cpp, cuda/streaming_policy.cpp, cuda/evict_policy.cpp and cuda/lowrank_policy.cpp.
+// They accept device or host pointers; host buffers are staged, which only tests should do. The rows
+// policy (like atp, kivi, streaming, h2o and snapkv) is a cuda::DevicePolicy, whose decode steps the
+// forward pass batches; calibrated lowrank is not (its queries and outputs change basis per item) and
+// runs per item.
 #include <algorithm>
 #include <cmath>
 
