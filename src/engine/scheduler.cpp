@@ -308,9 +308,10 @@ void Scheduler::Loop() {
       running_count_ = running_.size();
       preempted_count_ = preempted_.size();
     }
-    // Finished sequences hear so only now, with their KV memory back in the pool and no longer counted
-    // as running: a client that reads /metrics right after its last byte sees its sequence gone.
-    for (auto& r : finished) Notify(*r);
+    // Finished sequences hear so only now, no longer counted as running, their reservations back in the
+    // pool and their pages back in the store: a client that reads /metrics right after its last byte
+    // sees its sequence gone.
+    for (auto& r : finished) Notify(std::move(r));
     std::lock_guard<std::mutex> lk(mu_);
     if (queue_.empty() && running_.empty() && preempted_.empty()) idle_cv_.notify_all();
   }
@@ -331,7 +332,7 @@ void Scheduler::Loop() {
     running_count_ = 0;
     preempted_count_ = 0;
   }
-  for (auto& r : running_) Notify(*r);
+  for (auto& r : running_) Notify(std::move(r));
   running_.clear();
   std::lock_guard<std::mutex> lk(mu_);
   idle_cv_.notify_all();
@@ -503,8 +504,12 @@ void Scheduler::Finish(Running& r, const std::string& reason, const Status& erro
   r.finish_error = error;
 }
 
-void Scheduler::Notify(Running& r) {
-  if (r.req.on_finish) r.req.on_finish(r.finish_reason, r.finish_error);
+void Scheduler::Notify(std::unique_ptr<Running> r) {
+  auto on_finish = std::move(r->req.on_finish);
+  const std::string reason = std::move(r->finish_reason);
+  const Status error = std::move(r->finish_error);
+  r.reset();  // its policies return their pages before the client hears
+  if (on_finish) on_finish(reason, error);
 }
 
 }  // namespace atp

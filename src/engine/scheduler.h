@@ -150,7 +150,9 @@ class Scheduler {
   void Step();
   void Emit(Running& r, const TokenChoice& c);  // takes the chosen token, or finishes r
   void Finish(Running& r, const std::string& reason, const Status& error);  // marks r done
-  static void Notify(Running& r);  // on_finish, once r has left running_ and the pool
+  // Destroys r (its pages go back to the store) and then calls its on_finish: once it has left running_,
+  // the pool and the store.
+  static void Notify(std::unique_ptr<Running> r);
   std::shared_ptr<const KvFootprint> Footprint(const KvPolicyFactory& kv);  // cached, measured when new
 
   LlamaModel& model_;
