@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <span>
 #include <vector>
@@ -14,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "core/dtype.h"
+#include "core/interleave.h"
 #include "core/tensor.h"
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
@@ -142,6 +144,18 @@ void RefMatMul(const std::vector<float>& x, int64_t n, const std::vector<float>&
     }
 }
 
+// A copy of w's matrix with its rows interleaved in groups of 8 (core/interleave.h), one byte off
+// alignment as Store's; view() reads it.
+struct Interleaved {
+  std::vector<uint8_t> bytes;
+  TensorView view;
+  Interleaved(const TensorView& w) : bytes(w.nbytes() + 1), view(w) {
+    InterleaveRows(w.dtype, static_cast<const uint8_t*>(w.data), w.rows(), w.cols(), bytes.data() + 1);
+    view.data = bytes.data() + 1;
+    view.interleaved = true;
+  }
+};
+
 using MatFn = void (*)(const float*, int64_t, const TensorView&, float*);
 
 void CheckMatMul(const char* name, MatFn fn, bool with_bias) {
@@ -149,11 +163,15 @@ void CheckMatMul(const char* name, MatFn fn, bool with_bias) {
   for (DType dt : kWeightDTypes)
     for (int64_t in : Widths(dt))
       for (int64_t out : {1, 5, 33})
-        for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 33}) {
+        for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 33})
+        for (bool interleaved : {false, true}) {  // Q8_0/Q4_0 also with rows in groups of 8 (33 = 4 groups + 1)
+          if (interleaved && !CanInterleave(dt)) continue;
           auto x = Random(size_t(n * in), rng);
           Stored w = Store(dt, Random(size_t(out * in), rng));
           auto bias = Random(size_t(out), rng);
           TensorView tv{dt, {out, in}, w.data};
+          std::optional<Interleaved> inter;
+          if (interleaved) tv = inter.emplace(tv).view;
           std::vector<float> y(size_t(n * out), -777.f);
           if (fn) fn(x.data(), n, tv, y.data());
           else MatMul(x.data(), n, tv, with_bias ? bias.data() : nullptr, y.data());
@@ -164,7 +182,8 @@ void CheckMatMul(const char* name, MatFn fn, bool with_bias) {
           for (size_t i = 0; i < y.size() && bad < 3; ++i)
             if (!(std::abs(y[i] - ref[i]) <= tol[i])) {
               ++bad;
-              ADD_FAILURE() << name << " " << DTypeName(dt) << " n=" << n << " out=" << out << " in=" << in
+              ADD_FAILURE() << name << " " << DTypeName(dt) << (interleaved ? " interleaved" : "") << " n=" << n
+                            << " out=" << out << " in=" << in
                             << " at (" << i / size_t(out) << ", " << i % size_t(out) << "): got " << y[i]
                             << " want " << ref[i] << " tol " << tol[i];
             }
@@ -183,7 +202,9 @@ TEST(Kernels, MatMulSharedMatchesScalar) {
     for (int64_t in : DTypeBlockElems(dt) == 256 ? std::vector<int64_t>{256, 2048}
                       : IsBlockDType(dt)         ? std::vector<int64_t>{32, 288, 2048}
                                                  : std::vector<int64_t>{17, 64, 259})
-      for (int64_t n : {1, 3, 8, 9, 33}) {
+      for (int64_t n : {1, 3, 8, 9, 33})
+      for (bool interleaved : {false, true}) {  // Q8_0/Q4_0 also in groups of 8 rows: the chunks are whole groups
+        if (interleaved && !CanInterleave(dt)) continue;
         const int64_t outs[3] = {5, 33, 700};  // 700 rows of 259 (f32) or 2048 (q4_0): more than one 256 KiB chunk
         auto x = Random(size_t(n * in), rng);
         std::vector<Stored> ws;
@@ -194,7 +215,12 @@ TEST(Kernels, MatMulSharedMatchesScalar) {
           bias.push_back(Random(size_t(out), rng));
           ys.emplace_back(size_t(n * out), -777.f);
         }
-        for (int j = 0; j < 3; ++j) views.push_back(TensorView{dt, {outs[j], in}, ws[size_t(j)].data});
+        std::vector<Interleaved> inter;
+        inter.reserve(3);
+        for (int j = 0; j < 3; ++j) {
+          views.push_back(TensorView{dt, {outs[j], in}, ws[size_t(j)].data});
+          if (interleaved) views.back() = inter.emplace_back(views.back()).view;
+        }
         const MatMulJob jobs[3] = {{&views[0], bias[0].data(), ys[0].data()},
                                    {&views[1], nullptr, ys[1].data()},
                                    {&views[2], bias[2].data(), ys[2].data()}};
@@ -205,7 +231,8 @@ TEST(Kernels, MatMulSharedMatchesScalar) {
                     n <= kGemvMaxRows && HasQ8Dot(dt));
           for (size_t i = 0; i < ref.size(); ++i)
             ASSERT_LE(std::abs(ys[size_t(j)][i] - ref[i]), tol[i])
-                << DTypeName(dt) << " job " << j << " n=" << n << " in=" << in << " at " << i;
+                << DTypeName(dt) << (interleaved ? " interleaved" : "") << " job " << j << " n=" << n << " in=" << in
+                << " at " << i;
         }
       }
 }
@@ -220,12 +247,18 @@ TEST(Kernels, GemmRowsSpansSeveralPanels) {
     const int64_t in = DTypeBlockElems(dt) == 256 ? 16640 : IsBlockDType(dt) ? 16416 : 16411;  // 65 / 513 blocks
     auto x = Random(size_t(n * in), rng);
     Stored w = Store(dt, Random(size_t(out * in), rng));
-    TensorView tv{dt, {out, in}, w.data};
-    std::vector<float> y(size_t(n * out));
-    GemmRows(x.data(), n, tv, y.data());
     std::vector<double> ref, tol;
     RefMatMul(x, n, w.decoded, out, in, nullptr, &ref, &tol);
-    for (size_t i = 0; i < y.size(); ++i) ASSERT_LE(std::abs(y[i] - ref[i]), tol[i]) << DTypeName(dt) << " at " << i;
+    for (bool interleaved : {false, true}) {  // a panel of interleaved rows starts mid-group too
+      if (interleaved && !CanInterleave(dt)) continue;
+      TensorView tv{dt, {out, in}, w.data};
+      std::optional<Interleaved> inter;
+      if (interleaved) tv = inter.emplace(tv).view;
+      std::vector<float> y(size_t(n * out));
+      GemmRows(x.data(), n, tv, y.data());
+      for (size_t i = 0; i < y.size(); ++i)
+        ASSERT_LE(std::abs(y[i] - ref[i]), tol[i]) << DTypeName(dt) << (interleaved ? " interleaved" : "") << " at " << i;
+    }
   }
 }
 

@@ -11,11 +11,13 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "core/interleave.h"
 #include "engine/generate.h"
 #include "engine/sequence.h"
 #include "eval/perplexity.h"
 #include "format/safetensors.h"
 #include "kv/kv_policy.h"
+#include "kernels/matmul.h"
 #include "model/llama.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
@@ -331,6 +333,9 @@ std::unique_ptr<LlamaModel> LoadQuantized(DType t) {
   EXPECT_EQ(w.embed.data, w.lm_head.data);
   EXPECT_EQ(w.layers[0].w_down.dtype, DType::kF32);  // 688 columns are not whole blocks: kept
   EXPECT_EQ(w.final_norm.dtype, DType::kF32);
+  EXPECT_EQ(w.layers[0].wq.interleaved, CanInterleave(t));  // the default layout (LoadOptions)
+  EXPECT_EQ(w.lm_head.interleaved, CanInterleave(t));
+  EXPECT_FALSE(w.layers[0].w_down.interleaved);
   return std::move(m).value();
 }
 
@@ -341,6 +346,30 @@ std::unique_ptr<LlamaModel> LoadQuantized(DType t) {
 // quantizes the activations to 8 bits (kernels/q8_dot.h) (BF16: 3.0e-2). 0.15 keeps >1.5x margin on
 // deterministic errors and fails for any misread block (a wrong nibble order or scale moves logits by > 1).
 constexpr double kQ8_0Tol = 0.15;
+
+// Rows interleaved in groups of 8 (LoadOptions::interleave_rows, the default) against ggml's row
+// order, both Q8_0 and Q4_0. The GEMV (decode, and the prefill of a prompt of at most 8 tokens) forms
+// the same integers per block and sums the floats in another order (kernels/q8_dot.h), which moves
+// logits by f32 rounding only: measured at most 1.2e-4 here; 1e-3 still fails for any misplaced byte
+// (a wrong scale or unit moves logits by > 0.1, as above). Longer prefills convert the same blocks to
+// the same f32 panels: identical.
+TEST(RefModel, InterleavedRowsMatchGgmlRowOrder) {
+  ATP_SKIP_WITHOUT_SHARED();
+  auto prompts = LoadRefPrompts();
+  for (DType t : {DType::kQ8_0, DType::kQ4_0}) {
+    auto grouped = LoadQuantized(t);
+    auto plain = LlamaModel::Load(kRefModel, LoadOptions{.weights_dtype = t, .interleave_rows = false});
+    ASSERT_TRUE(grouped && plain.ok());
+    ASSERT_FALSE((*plain)->weights().layers[0].wq.interleaved);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const auto pa = PrefillLogits(*grouped, prompts[i].ids), pb = PrefillLogits(**plain, prompts[i].ids);
+      if (prompts[i].ids.size() > size_t(kGemvMaxRows)) EXPECT_EQ(pa, pb) << DTypeName(t) << " prompt " << i;
+      else EXPECT_LE(MaxAbsDiff(pa.data(), pb.data(), pa.size()), 1e-3) << DTypeName(t) << " prompt " << i;
+      auto a = DecodeLogits(*grouped, prompts[i].ids), b = DecodeLogits(**plain, prompts[i].ids);
+      EXPECT_LE(MaxAbsDiff(a.data(), b.data(), a.size()), 1e-3) << DTypeName(t) << " prompt " << i;
+    }
+  }
+}
 
 TEST(RefModel, Q8_0WeightsNearF32Reference) {
   ATP_SKIP_WITHOUT_SHARED();

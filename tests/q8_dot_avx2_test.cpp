@@ -14,7 +14,8 @@
 //   of their terms (|a d v q scale| and |b min s|, summed), at most 2 (chunks + 8) u M (recursive
 //   summation of a row's chunks and blocks, Higham's gamma_n, doubled; the integer parts are exact);
 // - DotRowQ8 against DotRowQ8Ref: both form the same integers and round only in the floats, each
-//   within the previous bound of the exact real value of the terms, so within twice that.
+//   within the previous bound of the exact real value of the terms, so within twice that; the same
+//   for DotRowsQ8x8 over the rows interleaved in groups of 8 (Q8_0 and Q4_0).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/interleave.h"
 #include "numeric_test_util.h"
 #include "kernels/q8_dot.h"
 
@@ -192,9 +194,12 @@ TEST(Q8Dot, ReferenceWithinActivationErrorOfExactDot) {
   for (DType t : kQ8Types)
     for (bool random_bytes : {false, true})
       for (int64_t blocks : {1, 3, 8}) {
-        // 9 weight rows: DotRowQ8 takes them 4 (one activation row) or 2 (two) at a time, and the rest singly.
+        // 9 weight rows: DotRowQ8 takes them 4 (one activation row) or 2 (two) at a time, and the rest
+        // singly; interleaved (Q8_0, Q4_0), one group of 8 and a row after it.
         const int64_t in = blocks * DTypeBlockElems(t), out = 9;
         const Weights w = MakeWeights(t, out, in, random_bytes, rng);
+        std::vector<uint8_t> grouped(CanInterleave(t) ? DTypeBytes(t, out * in) + 1 : 0);  // one byte off alignment
+        if (CanInterleave(t)) InterleaveRows(t, w.data, out, in, grouped.data() + 1);
         for (int rows = 1; rows <= 8; ++rows) {
           const auto x = RandomFloats(size_t(rows * in), rng);
           Q8Buffer buf;
@@ -203,6 +208,8 @@ TEST(Q8Dot, ReferenceWithinActivationErrorOfExactDot) {
           std::vector<float> y(size_t(rows * out)), y_fast(size_t(rows * out));
           DotRowQ8Ref(t, w.data, out, in, xq, rows, y.data(), out);
           DotRowQ8(t, w.data, out, in, xq, rows, y_fast.data(), out);
+          std::vector<float> y_group(size_t(rows * out));
+          if (CanInterleave(t)) DotRowsQ8x8(t, grouped.data() + 1, 1, in, xq, rows, y_group.data(), out);
           for (int r = 0; r < rows; ++r)
             for (int64_t o = 0; o < out; ++o) {
               const Expected e = Expect(t, w.data + size_t(o) * row_bytes, w.w.data() + o * in, in, x.data() + r * in,
@@ -214,9 +221,39 @@ TEST(Q8Dot, ReferenceWithinActivationErrorOfExactDot) {
                                         " r=" + std::to_string(r) + " o=" + std::to_string(o);
               ASSERT_LE(std::abs(got - e.dot), e.act_err + e.deq + round) << where << ": ref " << got << " want " << e.dot;
               ASSERT_LE(std::abs(fast - got), 2 * round) << where << ": fast " << fast << " ref " << got;
+              if (CanInterleave(t) && o < kInterleaveRows) {
+                ASSERT_LE(std::abs(y_group[size_t(r * out + o)] - got), 2 * round)
+                    << where << ": interleaved " << y_group[size_t(r * out + o)] << " ref " << got;
+              }
             }
         }
       }
+}
+
+// The interleaved layout holds the same blocks: every row range reads back as ggml's layout decodes
+// it (exactly: the same bytes go to the same dequantizer), the group's bytes have moved, and the
+// rows after the last whole group have not.
+TEST(Interleave, RowsReadBackExactlyAndOnlyWholeGroupsMove) {
+  std::mt19937 rng(4);
+  for (DType t : {DType::kQ8_0, DType::kQ4_0})
+    for (int64_t rows : {8, 13, 24}) {
+      const int64_t in = 96;
+      const Weights w = MakeWeights(t, rows, in, false, rng);
+      const size_t bytes = DTypeBytes(t, rows * in), row_bytes = DTypeBytes(t, in);
+      std::vector<uint8_t> grouped(bytes);
+      InterleaveRows(t, w.data, rows, in, grouped.data());
+      const size_t whole = size_t(rows / kInterleaveRows * kInterleaveRows) * row_bytes;
+      EXPECT_NE(std::memcmp(grouped.data(), w.data, whole), 0) << DTypeName(t);
+      EXPECT_EQ(std::memcmp(grouped.data() + whole, w.data + whole, bytes - whole), 0) << DTypeName(t);
+      const TensorView view{t, {rows, in}, grouped.data(), true};
+      for (int64_t r0 = 0; r0 < rows; r0 += 3)
+        for (int64_t n = 1; r0 + n <= rows; n += 5) {
+          std::vector<float> got(size_t(n * in));
+          RowsToF32(view, r0, n, got.data());
+          for (int64_t i = 0; i < n * in; ++i)
+            ASSERT_EQ(got[size_t(i)], w.w[size_t(r0 * in + i)]) << DTypeName(t) << " rows " << r0 << "+" << n << " at " << i;
+        }
+    }
 }
 
 }  // namespace

@@ -24,6 +24,9 @@ void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv) {
                   "type; default: as stored)")
       ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q2_k", "q3_k",
                              "q4_k", "q5_k", "q6_k", "iq4_xs"}));
+  cmd->add_flag("--no-repack", f->no_repack,
+                "keep Q8_0/Q4_0 matrices in the file's row order instead of groups of 8 interleaved rows (the CPU "
+                "decode's layout; same values, for comparison, as llama.cpp's --no-repack)");
   // Only where --kv builds the policies: the GPU pass drives GPU policies, never a command's own.
   if (with_kv)
     cmd->add_option("--device", f->device, "where the forward pass and KV cache live: cpu, or cuda (GPU 0)")
@@ -70,6 +73,7 @@ Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
   Loaded l;
   ATP_ASSIGN_OR_RETURN(l.kv, ParseKvPolicy(f.kv, f.model));
   LoadOptions opt;
+  opt.interleave_rows = !f.no_repack;
   if (!f.weights.empty()) {
     DType t;
     if (!ParseDType(f.weights, &t)) return Status::InvalidArgument("--weights: unknown dtype '" + f.weights + "'");

@@ -12,6 +12,8 @@ struct TensorView {
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
   const void* data = nullptr;
+  // Rows in groups of 8 interleaved (Q8_0/Q4_0 only; core/interleave.h): read rows with RowsToF32.
+  bool interleaved = false;
 
   int64_t numel() const {
     int64_t n = 1;

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <utility>
 
+#include "core/interleave.h"
 #include "cuda/backend.h"
 #include "cuda/check.h"
 #include "cuda/decode_batch.h"
@@ -248,8 +249,9 @@ class CudaForward : public ForwardBackend {
                       "gemm");
   }
 
-  // The tensors, stacked row-wise, converted to bf16 on the device (one staging copy each). Q8_0/Q4_0
-  // tensors are dequantized to f32 on the host first: the GPU pass computes in bf16 either way.
+  // The tensors, stacked row-wise, converted to bf16 on the device (one staging copy each). Tensors of
+  // block dtypes (Q8_0, Q4_0, the k-quants, ...) are dequantized to f32 on the host first, whatever
+  // their row layout: the GPU pass computes in bf16 either way.
   Status UploadBf16(std::initializer_list<const TensorView*> parts, DeviceArray<bf16>* dst) {
     size_t total = 0, bytes = 0;
     for (auto* t : parts) {  // staging holds one tensor as uploaded: its own bytes, or f32 once dequantized
@@ -265,7 +267,7 @@ class CudaForward : public ForwardBackend {
       const void* src = t->data;
       if (IsBlockDType(dt)) {
         dequantized.resize(size_t(t->numel()));
-        ToF32(dt, src, dequantized.data(), dequantized.size());
+        RowsToF32(*t, 0, t->rows(), dequantized.data());  // any row layout (core/interleave.h)
         dt = DType::kF32, src = dequantized.data();
       }
       ATP_CUDA_RETURN(cudaMemcpy(staging_.get(), src, DTypeBytes(dt, t->numel()), cudaMemcpyHostToDevice));

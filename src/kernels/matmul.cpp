@@ -8,6 +8,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/interleave.h"
 #include "core/thread_pool.h"
 #include "kernels/q8_dot.h"
 #include "kernels/simd.h"
@@ -106,17 +107,23 @@ void GemvDispatch(int rows, const TensorView& w, const float* x, float* y, int64
 }
 
 // Rows [b, e) of y = x W^T for all n rows of x, in groups of kGemvMaxRows. Weights with an integer
-// kernel (HasQ8Dot) read xq, x's rows as 8-bit blocks (kernels/q8_dot.h); the others x.
+// kernel (HasQ8Dot) read xq, x's rows as 8-bit blocks (kernels/q8_dot.h); the others x. An interleaved
+// w's slice starts at a group (GemvJobs' chunks are whole groups).
 void GemvSlice(const float* x, const Q8Rows& xq, int64_t n, const TensorView& w, float* y, int64_t b, int64_t e) {
   const int64_t out = w.rows(), in = w.cols();
   const bool q8 = HasQ8Dot(w.dtype);
   const size_t row_bytes = DTypeBytes(w.dtype, in);
+  // Interleaved: the whole groups in [b, e) (b is a group's first row), then the rows after them.
+  const int64_t grouped = w.interleaved ? std::max(b, std::min(e, w.rows() / kInterleaveRows * kInterleaveRows)) : b;
+  const auto* base = static_cast<const uint8_t*>(w.data);
   for (int64_t r0 = 0; r0 < n; r0 += kGemvMaxRows) {
     const int rows = int(std::min<int64_t>(kGemvMaxRows, n - r0));
-    if (q8)
-      DotRowQ8(w.dtype, static_cast<const uint8_t*>(w.data) + size_t(b) * row_bytes, e - b, in, xq.From(r0), rows,
-               y + r0 * out + b, out);
-    else
+    if (grouped > b)
+      DotRowsQ8x8(w.dtype, base + size_t(b) * row_bytes, (grouped - b) / kInterleaveRows, in, xq.From(r0), rows,
+                  y + r0 * out + b, out);
+    if (q8 && e > grouped)
+      DotRowQ8(w.dtype, base + size_t(grouped) * row_bytes, e - grouped, in, xq.From(r0), rows, y + r0 * out + grouped, out);
+    else if (!q8)
       GemvDispatch(rows, w, x + r0 * in, y + r0 * out, b, e);
   }
 }
@@ -139,7 +146,8 @@ void GemvJobs(const float* x, int64_t n, std::span<const MatMulJob> jobs) {
   int64_t chunks = 0;
   for (const MatMulJob& j : jobs) {
     const int64_t row_bytes = std::max<int64_t>(1, int64_t(DTypeBytes(j.w->dtype, j.w->cols())));
-    const int64_t rows = std::max<int64_t>(1, (int64_t(256) << 10) / row_bytes);
+    int64_t rows = std::max<int64_t>(1, (int64_t(256) << 10) / row_bytes);
+    if (j.w->interleaved) rows = (rows + kInterleaveRows - 1) / kInterleaveRows * kInterleaveRows;  // whole groups
     spans.push_back({&j, rows, chunks});
     chunks += (j.w->rows() + rows - 1) / rows;
   }
@@ -219,7 +227,7 @@ void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
     buf.resize(size_t(std::min(panel, e - b) * in));
     for (int64_t o0 = b; o0 < e; o0 += panel) {
       const int64_t rows = std::min(panel, e - o0);
-      ToF32(w.dtype, static_cast<const uint8_t*>(w.data) + DTypeBytes(w.dtype, o0 * in), buf.data(), size_t(rows * in));
+      RowsToF32(w, o0, rows, buf.data());
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(rows), int(in), 1.0f, x, int(in), buf.data(),
                   int(in), 0.0f, y + o0, int(out));
     }

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/interleave.h"
 #include "core/kquant.h"
 
 namespace atp {
@@ -516,6 +517,62 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
   for (int r = 0; r < R; ++r) SumW<W>(a[r], y + r * out);
 }
 
+// Interleaved groups of 8 rows (core/interleave.h): per block, lane j of a code vector holds 4 codes
+// of row j, and the activation's 4 matching codes are broadcast to every lane, so maddubs + madd
+// leave row j's partial dot in lane j. Q4_0: a 32-byte unit vector holds elements 4u..4u+3 in its
+// low nibbles and 16 + 4u.. in its high ones; the 8 products of a block add up in int16 (each pair
+// at most 2 * 15 * 127, so eight stay below 2^15), and the offset 8 comes off as 8 * d_x * sum q.
+// Q8_0: signed codes (the sign moved onto q, as Mul) and int32 sums per unit.
+// R activation rows (1..4: about as many accumulators as registers allow).
+template <int R, DType T>
+void DotGroups(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+  constexpr bool kQ4 = T == DType::kQ4_0;
+  constexpr int64_t kBlockBytes = 8 * (kQ4 ? 18 : 34);
+  const int64_t nb = in / 32;
+  const __m256i low = _mm256_set1_epi8(0xf), ones = _mm256_set1_epi16(1);
+  auto code4 = [](const int8_t* q) {  // 4 activation codes to every 32-bit lane
+    int32_t c;
+    std::memcpy(&c, q, 4);
+    return _mm256_set1_epi32(c);
+  };
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    const uint8_t* p = w + g * nb * kBlockBytes;
+    for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
+      Prefetch<(kBlockBytes + 63) / 64>(p);
+      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      __m256i s[R];
+      for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
+      if constexpr (kQ4) {
+        for (int u = 0; u < 4; ++u) {
+          const __m256i v = Load32(p + 16 + 32 * u);
+          const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+          for (int r = 0; r < R; ++r) {
+            const int8_t* q = x.q + 32 * (r * x.blocks + b);
+            s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, code4(q + 4 * u)),
+                                                           _mm256_maddubs_epi16(hi, code4(q + 16 + 4 * u))));
+          }
+        }
+      } else {
+        for (int u = 0; u < 8; ++u) {
+          const __m256i v = Load32(p + 16 + 32 * u);
+          for (int r = 0; r < R; ++r)
+            s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(Mul<true>(v, code4(x.q + 32 * (r * x.blocks + b) + 4 * u)), ones));
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const int64_t i = r * x.blocks + b;
+        const __m256 dot = _mm256_cvtepi32_ps(kQ4 ? _mm256_madd_epi16(s[r], ones) : s[r]);
+        // Q4_0: d_w (d_x S - 8 d_x sum q); Q8_0: d_w (d_x S).
+        const __m256 t = _mm256_fmadd_ps(dot, _mm256_set1_ps(x.d[i]), _mm256_set1_ps(kQ4 ? -8 * x.sum[i] : 0.f));
+        acc[r] = _mm256_fmadd_ps(dw, t, acc[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
+  }
+}
+
 // Rows of W weight rows per pass (W = 4 at one activation row, 2 at two, else 1: about as many
 // accumulators as registers allow), the rest one at a time.
 template <int R>
@@ -561,9 +618,41 @@ void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows
     default: return DotRows<8>(t, w, n_out, in, x, y, out);
   }
 }
+
+namespace {
+template <DType T>
+void DotGroupRows(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
+  for (int r0 = 0; r0 < rows; r0 += 4) {  // at most 4 activation rows a pass
+    const Q8Rows xr = x.From(r0);
+    float* yr = y + r0 * out;
+    switch (std::min(4, rows - r0)) {
+      case 1: DotGroups<1, T>(w, groups, in, xr, yr, out); break;
+      case 2: DotGroups<2, T>(w, groups, in, xr, yr, out); break;
+      case 3: DotGroups<3, T>(w, groups, in, xr, yr, out); break;
+      default: DotGroups<4, T>(w, groups, in, xr, yr, out); break;
+    }
+  }
+}
+}  // namespace
+
+void DotRowsQ8x8(DType t, const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
+  if (t == DType::kQ4_0) DotGroupRows<DType::kQ4_0>(w, groups, in, x, rows, y, out);
+  else if (t == DType::kQ8_0) DotGroupRows<DType::kQ8_0>(w, groups, in, x, rows, y, out);
+  else std::abort();  // CanInterleave(t) is the caller's contract
+}
 #else
 void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
   DotRowQ8Ref(t, w, n_out, in, x, rows, y, out);
+}
+// Each group back to 8 rows in ggml's layout, then the scalar reference.
+void DotRowsQ8x8(DType t, const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
+  const size_t row_bytes = DTypeBytes(t, in);
+  std::vector<uint8_t> plain(kInterleaveRows * row_bytes);
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* group = w + size_t(g * kInterleaveRows) * row_bytes;
+    for (int j = 0; j < kInterleaveRows; ++j) PlainRow(t, group, in, j, plain.data() + size_t(j) * row_bytes);
+    DotRowQ8Ref(t, plain.data(), kInterleaveRows, in, x, rows, y + g * kInterleaveRows, out);
+  }
 }
 #endif
 

@@ -73,5 +73,10 @@ void DecodeQ8Terms(DType t, const uint8_t* block, Q8Terms* out);
 // summation error over the chunks' terms.
 void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out);
 void DotRowQ8Ref(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out);
+// DotRowQ8 over rows interleaved in groups of 8 (core/interleave.h; CanInterleave(t)): w points at a
+// group, and the `groups` groups from it give y[r * out + o] for o < 8 * groups. The same integers
+// per block; the floats are summed per row over the blocks (one lane per row), so the results agree
+// with DotRowQ8Ref's to within f32 summation error, as DotRowQ8's do.
+void DotRowsQ8x8(DType t, const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out);
 
 }  // namespace atp

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 
+#include "core/interleave.h"
 #include "core/thread_pool.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
@@ -32,7 +33,7 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir, con
   m->w_ = std::move(w).value();
   m->inv_freq_ = m->cfg_.RopeInvFreq();
   if (opt.resident_weights || opt.weights_dtype)
-    ATP_RETURN_IF_ERROR(m->MakeResident(opt.weights_dtype).WithContext(dir + ": "));
+    ATP_RETURN_IF_ERROR(m->MakeResident(opt.weights_dtype, opt.interleave_rows).WithContext(dir + ": "));
   return m;
 }
 
@@ -40,7 +41,7 @@ LlamaModel::~LlamaModel() {
   if (resident_) ::munmap(resident_, resident_bytes_);
 }
 
-Status LlamaModel::MakeResident(std::optional<DType> matrices) {
+Status LlamaModel::MakeResident(std::optional<DType> matrices, bool interleave_rows) {
   // Every tensor a decode step reads; the input embedding only when it is also the LM head (untied,
   // it is read one row per token and stays in the mapping) or when the matrices change dtype.
   std::vector<TensorView*> views = {&w_.lm_head, &w_.final_norm};
@@ -53,6 +54,7 @@ Status LlamaModel::MakeResident(std::optional<DType> matrices) {
     TensorView from;
     DType to;
     size_t offset;  // in the arena
+    bool interleave;  // rows in groups of 8 for the decode GEMV (LoadOptions::interleave_rows)
   };
   std::map<const void*, Copy> copies;  // by source address: tied tensors are copied once
   size_t total = 0;
@@ -61,7 +63,10 @@ Status LlamaModel::MakeResident(std::optional<DType> matrices) {
     // A matrix whose rows do not fill whole 32-element blocks keeps its dtype (see LoadOptions).
     const bool convert = matrices && t->shape.size() == 2 && CheckDTypeCount(*matrices, t->cols()).ok();
     const DType to = convert ? *matrices : t->dtype;
-    copies[t->data] = {*t, to, total};
+    // Only the matrices MatMul reads (an untied input embedding is read by the row).
+    const bool interleave = interleave_rows && t != &w_.embed && t->shape.size() == 2 && CanInterleave(to) &&
+                            t->rows() >= kInterleaveRows;
+    copies[t->data] = {*t, to, total, interleave};
     total += (DTypeBytes(to, t->numel()) + 63) & ~size_t(63);  // 64-byte aligned rows start
   }
   const size_t kHuge = size_t(2) << 20;
@@ -79,25 +84,34 @@ Status LlamaModel::MakeResident(std::optional<DType> matrices) {
   // Copy (or convert) in parallel: each thread first-touches (and so places) the pages it writes.
   ThreadPool::Global().ParallelFor(int64_t(jobs.size()), [&](int64_t b, int64_t e, int) {
     std::vector<float> row;  // (cols) f32, a conversion's staging row
+    std::vector<uint8_t> staging;  // a converted matrix before it is interleaved
     for (int64_t i = b; i < e; ++i) {
       const Copy& c = *jobs[size_t(i)];
-      if (c.to == c.from.dtype) {
-        std::memcpy(base + c.offset, c.from.data, c.from.nbytes());
+      uint8_t* dst = base + c.offset;
+      if (c.to == c.from.dtype && !c.interleave) {
+        std::memcpy(dst, c.from.data, c.from.nbytes());
         continue;
       }
       const int64_t cols = c.from.cols();
-      row.resize(size_t(cols));
-      for (int64_t r = 0; r < c.from.rows(); ++r) {
-        ToF32(c.from.dtype, static_cast<const uint8_t*>(c.from.data) + DTypeBytes(c.from.dtype, r * cols), row.data(),
-              size_t(cols));
-        FromF32(c.to, row.data(), base + c.offset + DTypeBytes(c.to, r * cols), size_t(cols));
+      const auto* src = static_cast<const uint8_t*>(c.from.data);
+      if (c.to != c.from.dtype) {  // converted rows go straight to dst, or to staging to be interleaved from
+        staging.resize(c.interleave ? DTypeBytes(c.to, c.from.numel()) : 0);
+        uint8_t* to = c.interleave ? staging.data() : dst;
+        row.resize(size_t(cols));
+        for (int64_t r = 0; r < c.from.rows(); ++r) {
+          ToF32(c.from.dtype, src + DTypeBytes(c.from.dtype, r * cols), row.data(), size_t(cols));
+          FromF32(c.to, row.data(), to + DTypeBytes(c.to, r * cols), size_t(cols));
+        }
+        src = to;
       }
+      if (c.interleave) InterleaveRows(c.to, src, c.from.rows(), cols, dst);
     }
   });
   for (TensorView* t : views) {
     const Copy& c = copies.at(t->data);
     t->data = base + c.offset;
     t->dtype = c.to;
+    t->interleaved = c.interleave;
   }
   if (tied) w_.embed = w_.lm_head;
   return Status::Ok();
@@ -191,13 +205,12 @@ Status LlamaModel::Forward(std::span<const ForwardItem> items, std::vector<float
   std::vector<float>& x = S.x;        // (N, d) residual stream
   {
     int64_t r = 0;
-    const size_t row_bytes = DTypeBytes(w_.embed.dtype, d);  // a Q8_0/Q4_0 row is whole blocks (checked at bind)
     for (auto& it : items) {
       for (size_t i = 0; i < it.tokens.size(); ++i, ++r) {
         int32_t tok = it.tokens[i];
         if (tok < 0 || tok >= V) return Status::InvalidArgument("forward: token id " + std::to_string(tok) + " outside vocabulary");
         pos[size_t(r)] = it.start_pos + int32_t(i);
-        ToF32(w_.embed.dtype, static_cast<const uint8_t*>(w_.embed.data) + size_t(tok) * row_bytes, &x[size_t(r * d)], size_t(d));
+        RowsToF32(w_.embed, tok, 1, &x[size_t(r * d)]);  // rows are whole blocks (checked at bind)
       }
     }
   }

@@ -41,6 +41,11 @@ struct LoadOptions {
   // weights().layers[l].w_down.dtype says what happened). The converted weights live in resident
   // memory whatever resident_weights says. Unset: the file's dtypes.
   std::optional<DType> weights_dtype;
+  // Store the resident Q8_0 and Q4_0 matrices (after weights_dtype) with their rows interleaved in
+  // groups of 8 (core/interleave.h), the layout the CPU's decode GEMV multiplies 8 rows at a time:
+  // same bytes, same values; weights().*.interleaved says which. false: ggml's row order (the tests
+  // compare the two).
+  bool interleave_rows = true;
 };
 
 // A device that runs the whole forward pass in place of the CPU code (src/cuda). It reads the
@@ -93,7 +98,7 @@ class LlamaModel {
   // With resident_weights: the anonymous mapping the streamed tensors of w_ point into.
   void* resident_ = nullptr;
   size_t resident_bytes_ = 0;
-  Status MakeResident(std::optional<DType> matrices);
+  Status MakeResident(std::optional<DType> matrices, bool interleave_rows);
 
   // Activations of the last Forward call, kept so decode steps allocate nothing; they grow to the
   // largest batch seen (N rows) and are overwritten by every call.
