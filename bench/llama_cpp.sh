@@ -8,6 +8,11 @@
 #   bench/llama_cpp.sh [all] [--cuda]       fetch, then build
 # Prints the bin directory and the llama.cpp commit. ATP_PEERS: the cache (default ~/.cache/atp-peers);
 # NLC_VERSION: the node-llama-cpp release (default 3.22.1, llama.cpp de3ff815ea7d of 2026-09-28).
+# LLAMA_CMAKE_FLAGS: more CMake flags, after ours. A VM whose CPU lists AMX but does not let a process
+# use its tiles (ggml's AMX GEMM then dies of SIGILL at `tilezero`, as on 2026-12-07's Xeon VM) needs
+#   LLAMA_CMAKE_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+#     -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON"
+# (the native build's instruction sets without AMX).
 # CPU: Release, GGML_NATIVE=ON, no curl, targets llama-bench llama-quantize llama-perplexity llama-tokenize, under
 # `nice` with -j2 (the VM's two cores are shared). --cuda: GGML_CUDA=ON, CMAKE_CUDA_ARCHITECTURES=90
 # (H100/H200), llama-server too, -j$(nproc).
@@ -56,7 +61,7 @@ build() {
     flags+=(-DGGML_CUDA=OFF)
   fi
   cmake -S "$dir" -B "$b" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF "${flags[@]}" >"$b.configure.log" 2>&1 \
+    -DLLAMA_BUILD_EXAMPLES=OFF "${flags[@]}" ${LLAMA_CMAKE_FLAGS:-} >"$b.configure.log" 2>&1 \
     || { tail -20 "$b.configure.log" >&2; exit 1; }
   if [ $cuda = 1 ]; then
     cmake --build "$b" -j"$(nproc)" --target "${targets[@]}"

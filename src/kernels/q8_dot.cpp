@@ -286,6 +286,23 @@ inline __m256i Mul(__m256i v, __m256i q) {
   if constexpr (Signed) return _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(q, v));
   else return _mm256_maddubs_epi16(v, q);
 }
+// Codes times activation codes, summed in fours into 8 int32 lanes added to acc: one AVX512-VNNI
+// vpdpbusd where the build targets it, else maddubs and madd (the pair sums stay below 2^15, see
+// above, so both are exact and give the same integers).
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+constexpr bool kVnni = true;
+#else
+constexpr bool kVnni = false;
+#endif
+template <bool Signed>
+inline __m256i Dot4(__m256i acc, __m256i v, __m256i q) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  if constexpr (Signed) return _mm256_dpbusd_epi32(acc, _mm256_sign_epi8(v, v), _mm256_sign_epi8(q, v));
+  else return _mm256_dpbusd_epi32(acc, v, q);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(Mul<Signed>(v, q), _mm256_set1_epi16(1)));
+#endif
+}
 // Bit j of the 32-bit word at p as byte j: 0x10 where set, else 0 (Q5_0/Q5_1's fifth bits).
 inline __m256i FifthBits(const uint8_t* p) {
   uint32_t h;
@@ -330,7 +347,6 @@ void Dot32(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q
   constexpr int K = R == 1 ? 2 : 1;
   constexpr bool kMin = !kSigned32<T>;
   const int64_t nb = in / 32;
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 a[R][W];     // row j's accumulator, kept until the shared sums
   float mn[R][W] = {};  // and its min terms
   for (int j = 0; j < W; ++j) {
@@ -345,7 +361,7 @@ void Dot32(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q
       const __m256i v = Codes32<T>(p, &d, &m);
       for (int r = 0; r < R; ++r) {
         const int64_t i = r * x.blocks + b;
-        const __m256i s = _mm256_madd_epi16(Mul<kSigned32<T>>(v, Load32(x.q + 32 * i)), ones);
+        const __m256i s = Dot4<kSigned32<T>>(_mm256_setzero_si256(), v, Load32(x.q + 32 * i));
         acc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * x.d[i]), acc[r][k]);
         if constexpr (kMin) mins[r][k] += m * x.sum[i];
       }
@@ -521,7 +537,8 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
 // of row j, and the activation's 4 matching codes are broadcast to every lane, so maddubs + madd
 // leave row j's partial dot in lane j. Q4_0: a 32-byte unit vector holds elements 4u..4u+3 in its
 // low nibbles and 16 + 4u.. in its high ones; the 8 products of a block add up in int16 (each pair
-// at most 2 * 15 * 127, so eight stay below 2^15), and the offset 8 comes off as 8 * d_x * sum q.
+// at most 2 * 15 * 127, so eight stay below 2^15; with VNNI in int32, Dot4), and the offset 8 comes
+// off as 8 * d_x * sum q.
 // Q8_0: signed codes (the sign moved onto q, as Mul) and int32 sums per unit.
 // R activation rows (1..4: about as many accumulators as registers allow).
 template <int R, DType T>
@@ -550,20 +567,23 @@ void DotGroups(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, fl
           const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
           for (int r = 0; r < R; ++r) {
             const int8_t* q = x.q + 32 * (r * x.blocks + b);
-            s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, code4(q + 4 * u)),
-                                                           _mm256_maddubs_epi16(hi, code4(q + 16 + 4 * u))));
+            if constexpr (kVnni)
+              s[r] = Dot4<false>(Dot4<false>(s[r], lo, code4(q + 4 * u)), hi, code4(q + 16 + 4 * u));
+            else
+              s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, code4(q + 4 * u)),
+                                                             _mm256_maddubs_epi16(hi, code4(q + 16 + 4 * u))));
           }
         }
       } else {
         for (int u = 0; u < 8; ++u) {
           const __m256i v = Load32(p + 16 + 32 * u);
           for (int r = 0; r < R; ++r)
-            s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(Mul<true>(v, code4(x.q + 32 * (r * x.blocks + b) + 4 * u)), ones));
+            s[r] = Dot4<true>(s[r], v, code4(x.q + 32 * (r * x.blocks + b) + 4 * u));
         }
       }
       for (int r = 0; r < R; ++r) {
         const int64_t i = r * x.blocks + b;
-        const __m256 dot = _mm256_cvtepi32_ps(kQ4 ? _mm256_madd_epi16(s[r], ones) : s[r]);
+        const __m256 dot = _mm256_cvtepi32_ps(kQ4 && !kVnni ? _mm256_madd_epi16(s[r], ones) : s[r]);
         // Q4_0: d_w (d_x S - 8 d_x sum q); Q8_0: d_w (d_x S).
         const __m256 t = _mm256_fmadd_ps(dot, _mm256_set1_ps(x.d[i]), _mm256_set1_ps(kQ4 ? -8 * x.sum[i] : 0.f));
         acc[r] = _mm256_fmadd_ps(dw, t, acc[r]);
