@@ -348,15 +348,21 @@ std::unique_ptr<LlamaModel> LoadQuantized(DType t) {
 constexpr double kQ8_0Tol = 0.15;
 
 // Rows interleaved in groups of 8 (LoadOptions::interleave_rows, the default) against ggml's row
-// order, both Q8_0 and Q4_0. The GEMV (decode, and the prefill of a prompt of at most 8 tokens) forms
-// the same integers per block and sums the floats in another order (kernels/q8_dot.h), which moves
-// logits by f32 rounding only: measured at most 1.2e-4 here; 1e-3 still fails for any misplaced byte
-// (a wrong scale or unit moves logits by > 0.1, as above). Longer prefills convert the same blocks to
-// the same f32 panels: identical.
+// order, for each type that interleaves (Q8_0, Q4_0, Q4_K, Q6_K). Prefills longer than 8 tokens
+// convert the same blocks to the same f32 panels: identical logits. The GEMV (decode, and the
+// prefill of at most 8 tokens) forms the same integers per block and sums the floats in another
+// order (kernels/q8_dot.h); where that moves an activation across a rounding boundary of its 8-bit
+// code, the next layer sees a code one step off, so the logits move by up to what the activations'
+// quantization moves them (decode against prefill: 0.04-0.07 here). Measured between the two
+// layouts: Q8_0/Q4_0 at most 1.2e-4, Q4_K 0.051, Q6_K 0.028; the scalar reference DotRowQ8Ref
+// against the AVX2 kernel on ggml's order moves them as much (0.051, 0.023), and the AVX2 kernel
+// run on the rows read back from the interleaved layout gives identical logits. 0.1 leaves 2x; a
+// misread field moves logits by far more (Q6_K's kernel taking the other half's scale: 13-20; the
+// kernels' own tests check the layout exactly: Interleave.*, Q8Dot.*).
 TEST(RefModel, InterleavedRowsMatchGgmlRowOrder) {
   ATP_SKIP_WITHOUT_SHARED();
   auto prompts = LoadRefPrompts();
-  for (DType t : {DType::kQ8_0, DType::kQ4_0}) {
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
     auto grouped = LoadQuantized(t);
     auto plain = LlamaModel::Load(kRefModel, LoadOptions{.weights_dtype = t, .interleave_rows = false});
     ASSERT_TRUE(grouped && plain.ok());
@@ -364,9 +370,9 @@ TEST(RefModel, InterleavedRowsMatchGgmlRowOrder) {
     for (size_t i = 0; i < prompts.size(); ++i) {
       const auto pa = PrefillLogits(*grouped, prompts[i].ids), pb = PrefillLogits(**plain, prompts[i].ids);
       if (prompts[i].ids.size() > size_t(kGemvMaxRows)) EXPECT_EQ(pa, pb) << DTypeName(t) << " prompt " << i;
-      else EXPECT_LE(MaxAbsDiff(pa.data(), pb.data(), pa.size()), 1e-3) << DTypeName(t) << " prompt " << i;
+      else EXPECT_LE(MaxAbsDiff(pa.data(), pb.data(), pa.size()), 0.1) << DTypeName(t) << " prompt " << i;
       auto a = DecodeLogits(*grouped, prompts[i].ids), b = DecodeLogits(**plain, prompts[i].ids);
-      EXPECT_LE(MaxAbsDiff(a.data(), b.data(), a.size()), 1e-3) << DTypeName(t) << " prompt " << i;
+      EXPECT_LE(MaxAbsDiff(a.data(), b.data(), a.size()), 0.1) << DTypeName(t) << " prompt " << i;
     }
   }
 }

@@ -15,7 +15,7 @@
 //   summation of a row's chunks and blocks, Higham's gamma_n, doubled; the integer parts are exact);
 // - DotRowQ8 against DotRowQ8Ref: both form the same integers and round only in the floats, each
 //   within the previous bound of the exact real value of the terms, so within twice that; the same
-//   for DotRowsQ8x8 over the rows interleaved in groups of 8 (Q8_0 and Q4_0).
+//   for DotRowsQ8x8 over the rows interleaved in groups of 8 (Q8_0, Q4_0, Q4_K and Q6_K).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -195,7 +195,7 @@ TEST(Q8Dot, ReferenceWithinActivationErrorOfExactDot) {
     for (bool random_bytes : {false, true})
       for (int64_t blocks : {1, 3, 8}) {
         // 9 weight rows: DotRowQ8 takes them 4 (one activation row) or 2 (two) at a time, and the rest
-        // singly; interleaved (Q8_0, Q4_0), one group of 8 and a row after it.
+        // singly; interleaved (CanInterleave), one group of 8 and a row after it.
         const int64_t in = blocks * DTypeBlockElems(t), out = 9;
         const Weights w = MakeWeights(t, out, in, random_bytes, rng);
         std::vector<uint8_t> grouped(CanInterleave(t) ? DTypeBytes(t, out * in) + 1 : 0);  // one byte off alignment
@@ -235,9 +235,10 @@ TEST(Q8Dot, ReferenceWithinActivationErrorOfExactDot) {
 // rows after the last whole group have not.
 TEST(Interleave, RowsReadBackExactlyAndOnlyWholeGroupsMove) {
   std::mt19937 rng(4);
-  for (DType t : {DType::kQ8_0, DType::kQ4_0})
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K})
     for (int64_t rows : {8, 13, 24}) {
-      const int64_t in = 96;
+      ASSERT_TRUE(CanInterleave(t));
+      const int64_t in = 3 * DTypeBlockElems(t);
       const Weights w = MakeWeights(t, rows, in, false, rng);
       const size_t bytes = DTypeBytes(t, rows * in), row_bytes = DTypeBytes(t, in);
       std::vector<uint8_t> grouped(bytes);

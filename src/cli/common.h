@@ -22,7 +22,7 @@ struct CommonFlags {
   int ctx = 0;
   bool json = false;
   std::string weights;          // "": the file's dtypes; else the matrices converted at load (LoadOptions)
-  bool no_repack = false;       // keep Q8_0/Q4_0 rows in ggml's order (LoadOptions::interleave_rows)
+  bool no_repack = false;       // keep block rows in ggml's order (LoadOptions::interleave_rows)
   std::string device = "cpu";  // "cuda": the forward pass and KV policies on the GPU (src/cuda)
 };
 void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv = true);

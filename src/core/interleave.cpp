@@ -8,26 +8,48 @@ namespace atp {
 
 namespace {
 
-constexpr size_t kScaleBytes = 2, kUnit = 4;  // an f16 scale; codes move in 32-bit lanes
+// A block's fields in ggml's order: `units` units of `size` bytes from `offset`. In a group, a field
+// starts at 8 * offset and its unit e of row j sits at (8 e + j) * size from there.
+struct Field {
+  size_t offset, size, units;
+};
+struct Layout {
+  Field fields[4];
+  int count;
+};
+const Layout* LayoutOf(DType t) {
+  static const Layout kQ8_0 = {{{0, 2, 1}, {2, 4, 8}}, 2};                              // d, qs
+  static const Layout kQ4_0 = {{{0, 2, 1}, {2, 4, 4}}, 2};                              // d, qs
+  static const Layout kQ4_K = {{{0, 2, 1}, {2, 2, 1}, {4, 1, 12}, {16, 4, 32}}, 4};  // d, dmin, scales, qs
+  static const Layout kQ6_K = {{{0, 4, 32}, {128, 4, 16}, {192, 1, 16}, {208, 2, 1}}, 4};  // ql, qh, scales, d
+  switch (t) {
+    case DType::kQ8_0: return &kQ8_0;
+    case DType::kQ4_0: return &kQ4_0;
+    case DType::kQ4_K: return &kQ4_K;
+    case DType::kQ6_K: return &kQ6_K;
+    default: return nullptr;
+  }
+}
 
-size_t CodeBytes(DType t) { return DTypeBytes(t, 32) - kScaleBytes; }
-
-// Calls f(offset in the group's block, offset in ggml's block, bytes) for each piece of row j's block.
+// Calls f(offset in the group's block, offset in ggml's block, bytes) for each unit of row j's block.
 template <typename F>
 void ForEachPiece(DType t, int j, F f) {
-  f(kScaleBytes * size_t(j), size_t(0), kScaleBytes);
-  for (size_t u = 0; u < CodeBytes(t) / kUnit; ++u)
-    f(kScaleBytes * kInterleaveRows + kInterleaveRows * kUnit * u + kUnit * size_t(j), kScaleBytes + kUnit * u, kUnit);
+  const Layout& l = *LayoutOf(t);
+  for (int i = 0; i < l.count; ++i) {
+    const Field& fd = l.fields[i];
+    for (size_t e = 0; e < fd.units; ++e)
+      f(kInterleaveRows * fd.offset + (kInterleaveRows * e + size_t(j)) * fd.size, fd.offset + e * fd.size, fd.size);
+  }
 }
 
 }  // namespace
 
-bool CanInterleave(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0; }
+bool CanInterleave(DType t) { return LayoutOf(t) != nullptr; }
 
 void InterleaveRows(DType t, const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst) {
   if (!CanInterleave(t)) std::abort();  // the caller's contract
-  const size_t row_bytes = DTypeBytes(t, cols), block = DTypeBytes(t, 32);
-  const int64_t blocks = cols / 32, groups = rows / kInterleaveRows;
+  const int64_t elems = DTypeBlockElems(t), blocks = cols / elems, groups = rows / kInterleaveRows;
+  const size_t row_bytes = DTypeBytes(t, cols), block = DTypeBytes(t, elems);
   for (int64_t g = 0; g < groups; ++g)
     for (int j = 0; j < kInterleaveRows; ++j) {
       const size_t first = size_t(g * kInterleaveRows) * row_bytes;
@@ -42,8 +64,9 @@ void InterleaveRows(DType t, const uint8_t* src, int64_t rows, int64_t cols, uin
 }
 
 void PlainRow(DType t, const uint8_t* group, int64_t cols, int j, uint8_t* row) {
-  const size_t block = DTypeBytes(t, 32);
-  for (int64_t b = 0; b < cols / 32; ++b) {
+  const int64_t elems = DTypeBlockElems(t);
+  const size_t block = DTypeBytes(t, elems);
+  for (int64_t b = 0; b < cols / elems; ++b) {
     const uint8_t* from = group + kInterleaveRows * block * size_t(b);
     uint8_t* to = row + block * size_t(b);
     ForEachPiece(t, j, [&](size_t in_group, size_t in_row, size_t n) { std::memcpy(to + in_row, from + in_group, n); });

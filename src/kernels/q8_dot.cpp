@@ -639,6 +639,149 @@ void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows
   }
 }
 
+// Q4_K in interleaved groups: per super-block, the 8 rows' d and dmin convert at once; the scale
+// bytes sit as 8-row columns (byte i of every row in 8 bytes), so each of the 8 sub-block scales and
+// mins is a few integer operations on 8 lanes (ggml's get_scale_min_k4, lane by lane); the codes of
+// sub-blocks 2p and 2p + 1 are the low and high nibbles of the same 8 units. A sub-block's integer
+// dot (32 products per lane, at most 32 * 15 * 127 < 2^16; in int16 per pair of maddubs before the
+// AVX2 path's madd: 16 products, below 2^15) times its scale, times the activation's d, sums into a
+// float accumulator per super-block that d scales once; the mins against the activation sums likewise.
+template <int R>
+void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+  constexpr int64_t kBlockBytes = 8 * 144;
+  const int64_t nb = in / kSuperBlock;
+  const __m256i low = _mm256_set1_epi8(0xf), six = _mm256_set1_epi32(63), four = _mm256_set1_epi32(15);
+  auto code4 = [](const int8_t* q) {
+    int32_t c;
+    std::memcpy(&c, q, 4);
+    return _mm256_set1_epi32(c);
+  };
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    const uint8_t* p = w + g * nb * kBlockBytes;
+    for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
+      Prefetch<kBlockBytes / 64>(p);
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+      auto column = [&](int i) {  // scale byte i of the 8 rows, one per lane
+        return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 32 + 8 * i)));
+      };
+      __m256 sb[R], mins[R];
+      for (int r = 0; r < R; ++r) sb[r] = mins[r] = _mm256_setzero_ps();
+      for (int pair = 0; pair < 4; ++pair) {
+        __m256i s[R][2];
+        for (int r = 0; r < R; ++r) s[r][0] = s[r][1] = _mm256_setzero_si256();
+        for (int u = 0; u < 8; ++u) {
+          const __m256i v = Load32(p + 128 + 32 * (8 * pair + u));
+          const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+          for (int r = 0; r < R; ++r) {
+            const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 2 * pair) + 4 * u;
+            if constexpr (kVnni) {
+              s[r][0] = Dot4<false>(s[r][0], lo, code4(q));
+              s[r][1] = Dot4<false>(s[r][1], hi, code4(q + 32));
+            } else {
+              s[r][0] = _mm256_add_epi16(s[r][0], _mm256_maddubs_epi16(lo, code4(q)));
+              s[r][1] = _mm256_add_epi16(s[r][1], _mm256_maddubs_epi16(hi, code4(q + 32)));
+            }
+          }
+        }
+        for (int h = 0; h < 2; ++h) {
+          const int k = 2 * pair + h;
+          __m256i sc, m;
+          if (k < 4) {
+            sc = _mm256_and_si256(column(k), six);
+            m = _mm256_and_si256(column(k + 4), six);
+          } else {
+            const __m256i c = column(k + 4);
+            sc = _mm256_or_si256(_mm256_and_si256(c, four), _mm256_slli_epi32(_mm256_srli_epi32(column(k - 4), 6), 4));
+            m = _mm256_or_si256(_mm256_srli_epi32(c, 4), _mm256_slli_epi32(_mm256_srli_epi32(column(k), 6), 4));
+          }
+          const __m256 scf = _mm256_cvtepi32_ps(sc), mf = _mm256_cvtepi32_ps(m);
+          for (int r = 0; r < R; ++r) {
+            const int64_t i = r * x.blocks + 8 * b + k;
+            const __m256i dot = kVnni ? s[r][h] : _mm256_madd_epi16(s[r][h], _mm256_set1_epi16(1));
+            sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), scf), _mm256_set1_ps(x.d[i]), sb[r]);
+            mins[r] = _mm256_fmadd_ps(mf, _mm256_set1_ps(x.sum[i]), mins[r]);
+          }
+        }
+      }
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fnmadd_ps(dmin, mins[r], _mm256_fmadd_ps(d, sb[r], acc[r]));
+    }
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
+  }
+}
+
+// Q6_K in interleaved groups (ggml's fields: ql, qh, 16 int8 scales, d): element 128 h + 32 k + l
+// (chunk 4 h + k) takes its low 4 bits from nibble k / 2 of ql[64 h + 32 (k % 2) + l] and its top 2
+// from bits 2k of qh[32 h + l], so units u of ql at 16 h + u and 16 h + 8 + u and unit 8 h + u of qh
+// give the codes of all 4 chunks at l = 4u..4u+3. The scale changes every 16 elements, so a chunk's
+// dot is summed per half (units 0..3, 4..7) and scaled per half; the offset 32 is a min of 32 * scale
+// against the half's activation sum. Codes reach 63, so the AVX2 path widens each maddubs to int32
+// (Dot4); a half's 16 products per lane stay below 2^18.
+template <int R>
+void DotGroupsQ6K(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+  constexpr int64_t kBlockBytes = 8 * 210;
+  const int64_t nb = in / kSuperBlock;
+  const __m256i low = _mm256_set1_epi8(0xf), top = _mm256_set1_epi8(0x30);
+  auto code4 = [](const int8_t* q) {
+    int32_t c;
+    std::memcpy(&c, q, 4);
+    return _mm256_set1_epi32(c);
+  };
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    const uint8_t* p = w + g * nb * kBlockBytes;
+    for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
+      Prefetch<kBlockBytes / 64 + 1>(p);
+      const uint8_t *ql = p, *qh = p + 8 * 128, *scales = p + 8 * 192;
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * 208)));
+      __m256 sb[R], mins[R];
+      for (int r = 0; r < R; ++r) sb[r] = mins[r] = _mm256_setzero_ps();
+      for (int h = 0; h < 2; ++h)
+        for (int half = 0; half < 2; ++half) {
+          __m256i s[R][4];
+          for (int r = 0; r < R; ++r)
+            for (int k = 0; k < 4; ++k) s[r][k] = _mm256_setzero_si256();
+          for (int u = 4 * half; u < 4 * half + 4; ++u) {
+            const __m256i l0 = Load32(ql + 32 * (16 * h + u)), l1 = Load32(ql + 32 * (16 * h + 8 + u));
+            const __m256i hb = Load32(qh + 32 * (8 * h + u));
+            const __m256i v[4] = {
+                _mm256_or_si256(_mm256_and_si256(l0, low), _mm256_and_si256(_mm256_slli_epi16(hb, 4), top)),
+                _mm256_or_si256(_mm256_and_si256(l1, low), _mm256_and_si256(_mm256_slli_epi16(hb, 2), top)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), _mm256_and_si256(hb, top)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low), _mm256_and_si256(_mm256_srli_epi16(hb, 2), top))};
+            for (int r = 0; r < R; ++r) {
+              const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 4 * h) + 4 * u;
+              for (int k = 0; k < 4; ++k) s[r][k] = Dot4<false>(s[r][k], v[k], code4(q + 32 * k));
+            }
+          }
+          for (int k = 0; k < 4; ++k) {
+            const int sc = 8 * h + 2 * k + half;  // the scale of these 16 elements
+            const __m256 scf = _mm256_cvtepi32_ps(
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + 8 * sc))));
+            for (int r = 0; r < R; ++r) {
+              const int64_t i = r * x.blocks + 8 * b + 4 * h + k;
+              sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s[r][k]), scf), _mm256_set1_ps(x.d[i]), sb[r]);
+              mins[r] = _mm256_fmadd_ps(scf, _mm256_set1_ps(x.half[2 * i + half]), mins[r]);
+            }
+          }
+        }
+      for (int r = 0; r < R; ++r)
+        acc[r] = _mm256_fmadd_ps(d, _mm256_fnmadd_ps(_mm256_set1_ps(32.f), mins[r], sb[r]), acc[r]);
+    }
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
+  }
+}
+
+template <int R, DType T>
+void DotGroupsOf(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+  if constexpr (T == DType::kQ4_K) DotGroupsK4<R>(w, groups, in, x, y, out);
+  else if constexpr (T == DType::kQ6_K) DotGroupsQ6K<R>(w, groups, in, x, y, out);
+  else DotGroups<R, T>(w, groups, in, x, y, out);
+}
+
 namespace {
 template <DType T>
 void DotGroupRows(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
@@ -646,10 +789,10 @@ void DotGroupRows(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x,
     const Q8Rows xr = x.From(r0);
     float* yr = y + r0 * out;
     switch (std::min(4, rows - r0)) {
-      case 1: DotGroups<1, T>(w, groups, in, xr, yr, out); break;
-      case 2: DotGroups<2, T>(w, groups, in, xr, yr, out); break;
-      case 3: DotGroups<3, T>(w, groups, in, xr, yr, out); break;
-      default: DotGroups<4, T>(w, groups, in, xr, yr, out); break;
+      case 1: DotGroupsOf<1, T>(w, groups, in, xr, yr, out); break;
+      case 2: DotGroupsOf<2, T>(w, groups, in, xr, yr, out); break;
+      case 3: DotGroupsOf<3, T>(w, groups, in, xr, yr, out); break;
+      default: DotGroupsOf<4, T>(w, groups, in, xr, yr, out); break;
     }
   }
 }
@@ -658,6 +801,8 @@ void DotGroupRows(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x,
 void DotRowsQ8x8(DType t, const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
   if (t == DType::kQ4_0) DotGroupRows<DType::kQ4_0>(w, groups, in, x, rows, y, out);
   else if (t == DType::kQ8_0) DotGroupRows<DType::kQ8_0>(w, groups, in, x, rows, y, out);
+  else if (t == DType::kQ4_K) DotGroupRows<DType::kQ4_K>(w, groups, in, x, rows, y, out);
+  else if (t == DType::kQ6_K) DotGroupRows<DType::kQ6_K>(w, groups, in, x, rows, y, out);
   else std::abort();  // CanInterleave(t) is the caller's contract
 }
 #else
