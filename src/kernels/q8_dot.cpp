@@ -242,14 +242,20 @@ namespace {
 
 inline float HalfInline(const uint8_t* p) { return _cvtsh_ss(uint16_t(p[0] | p[1] << 8)); }  // no call: keeps the accumulators in registers
 inline __m256i Load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-// Asks for the Lines cache lines from kPrefetchAhead past p: called once per weight block with Lines *
+// Asks for the Lines cache lines from Ahead past p: called once per weight block with Lines *
 // 64 >= the block's bytes, it touches every line of a matrix that is read front to back, as the
 // kernels read each matrix once per token, mostly from L3 or memory (atp-40m's block files: 15-41 MB).
 // A fixed count, so the calls unroll. Past the end of a matrix it touches nothing harmful.
 constexpr size_t kPrefetchAhead = 4096;
-template <int Lines>
+// The k-quant group kernels (DotGroupsK4, DotGroupsQ6K) read 1152-1680 contiguous bytes a block and
+// ask for the lines 1 KiB ahead: 4 KiB ahead made the llama-3.2-1b shape's decode (weights from
+// memory) 1.4-1.5x slower than 1 KiB (Q4_K_M 83 against 56 ms a token, one thread, 3 alternating
+// rounds; Q6_K 104 against 74), slower even than no software prefetch; the 32-element group kernels
+// are indifferent.
+constexpr size_t kGroupPrefetchAhead = 1024;
+template <int Lines, size_t Ahead = kPrefetchAhead>
 inline void Prefetch(const uint8_t* p) {
-  for (int l = 0; l < Lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAhead + 64 * l), _MM_HINT_T0);
+  for (int l = 0; l < Lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + Ahead + 64 * l), _MM_HINT_T0);
 }
 inline float Sum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -661,7 +667,7 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
     const uint8_t* p = w + g * nb * kBlockBytes;
     for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
-      Prefetch<kBlockBytes / 64>(p);
+      Prefetch<kBlockBytes / 64, kGroupPrefetchAhead>(p);
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
       const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
       auto column = [&](int i) {  // scale byte i of the 8 rows, one per lane
@@ -734,7 +740,7 @@ void DotGroupsQ6K(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x,
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
     const uint8_t* p = w + g * nb * kBlockBytes;
     for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
-      Prefetch<kBlockBytes / 64 + 1>(p);
+      Prefetch<kBlockBytes / 64 + 1, kGroupPrefetchAhead>(p);
       const uint8_t *ql = p, *qh = p + 8 * 128, *scales = p + 8 * 192;
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * 208)));
       __m256 sb[R], mins[R];
