@@ -348,7 +348,7 @@ std::unique_ptr<LlamaModel> LoadQuantized(DType t) {
 constexpr double kQ8_0Tol = 0.15;
 
 // Rows interleaved in groups of 8 (LoadOptions::interleave_rows, the default) against ggml's row
-// order, for each type that interleaves (Q8_0, Q4_0, Q4_K, Q6_K). Prefills longer than 8 tokens
+// order, for each type that interleaves (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K). Prefills longer than 8 tokens
 // convert the same blocks to the same f32 panels: identical logits. The GEMV (decode, and the
 // prefill of at most 8 tokens) forms the same integers per block and sums the floats in another
 // order (kernels/q8_dot.h); where that moves an activation across a rounding boundary of its 8-bit
@@ -362,7 +362,7 @@ constexpr double kQ8_0Tol = 0.15;
 TEST(RefModel, InterleavedRowsMatchGgmlRowOrder) {
   ATP_SKIP_WITHOUT_SHARED();
   auto prompts = LoadRefPrompts();
-  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     auto grouped = LoadQuantized(t);
     auto plain = LlamaModel::Load(kRefModel, LoadOptions{.weights_dtype = t, .interleave_rows = false});
     ASSERT_TRUE(grouped && plain.ok());

@@ -15,7 +15,7 @@
 //   summation of a row's chunks and blocks, Higham's gamma_n, doubled; the integer parts are exact);
 // - DotRowQ8 against DotRowQ8Ref: both form the same integers and round only in the floats, each
 //   within the previous bound of the exact real value of the terms, so within twice that; the same
-//   for DotRowsQ8x8 over the rows interleaved in groups of 8 (Q8_0, Q4_0, Q4_K and Q6_K).
+//   for DotRowsQ8x8 over the rows interleaved in groups of 8 (Q8_0, Q4_0, Q4_K, Q5_K and Q6_K).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -235,7 +235,7 @@ TEST(Q8Dot, ReferenceWithinActivationErrorOfExactDot) {
 // rows after the last whole group have not.
 TEST(Interleave, RowsReadBackExactlyAndOnlyWholeGroupsMove) {
   std::mt19937 rng(4);
-  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K})
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K})
     for (int64_t rows : {8, 13, 24}) {
       ASSERT_TRUE(CanInterleave(t));
       const int64_t in = 3 * DTypeBlockElems(t);

@@ -14,18 +14,20 @@ struct Field {
   size_t offset, size, units;
 };
 struct Layout {
-  Field fields[4];
+  Field fields[5];
   int count;
 };
 const Layout* LayoutOf(DType t) {
   static const Layout kQ8_0 = {{{0, 2, 1}, {2, 4, 8}}, 2};                              // d, qs
   static const Layout kQ4_0 = {{{0, 2, 1}, {2, 4, 4}}, 2};                              // d, qs
   static const Layout kQ4_K = {{{0, 2, 1}, {2, 2, 1}, {4, 1, 12}, {16, 4, 32}}, 4};  // d, dmin, scales, qs
+  static const Layout kQ5_K = {{{0, 2, 1}, {2, 2, 1}, {4, 1, 12}, {16, 4, 8}, {48, 4, 32}}, 5};  // ... qh, qs
   static const Layout kQ6_K = {{{0, 4, 32}, {128, 4, 16}, {192, 1, 16}, {208, 2, 1}}, 4};  // ql, qh, scales, d
   switch (t) {
     case DType::kQ8_0: return &kQ8_0;
     case DType::kQ4_0: return &kQ4_0;
     case DType::kQ4_K: return &kQ4_K;
+    case DType::kQ5_K: return &kQ5_K;
     case DType::kQ6_K: return &kQ6_K;
     default: return nullptr;
   }

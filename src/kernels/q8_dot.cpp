@@ -645,16 +645,19 @@ void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows
   }
 }
 
-// Q4_K in interleaved groups: per super-block, the 8 rows' d and dmin convert at once; the scale
-// bytes sit as 8-row columns (byte i of every row in 8 bytes), so each of the 8 sub-block scales and
-// mins is a few integer operations on 8 lanes (ggml's get_scale_min_k4, lane by lane); the codes of
-// sub-blocks 2p and 2p + 1 are the low and high nibbles of the same 8 units. A sub-block's integer
-// dot (32 products per lane, at most 32 * 15 * 127 < 2^16; in int16 per pair of maddubs before the
-// AVX2 path's madd: 16 products, below 2^15) times its scale, times the activation's d, sums into a
-// float accumulator per super-block that d scales once; the mins against the activation sums likewise.
-template <int R>
+// Q4_K and Q5_K in interleaved groups: per super-block, the 8 rows' d and dmin convert at once; the
+// scale bytes sit as 8-row columns (byte i of every row in 8 bytes), so each of the 8 sub-block scales
+// and mins is a few integer operations on 8 lanes (ggml's get_scale_min_k4, lane by lane); the codes
+// of sub-blocks 2p and 2p + 1 are the low and high nibbles of the same 8 units, and Q5_K's fifth bits
+// are bits 2p and 2p + 1 of the matching qh unit. A sub-block's integer dot (32 products per lane, at
+// most 32 * 31 * 127 < 2^17; Q4_K's AVX2 path sums pairs of maddubs in int16 before its madd, 16
+// products of at most 15 * 127, below 2^15; Q5_K's widens each, Dot4) times its scale, times the
+// activation's d, sums into a float accumulator per super-block that d scales once; the mins
+// against the activation sums likewise.
+template <int R, bool kFive>
 void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
-  constexpr int64_t kBlockBytes = 8 * 144;
+  constexpr int64_t kBlockBytes = 8 * (kFive ? 176 : 144), kCodes = 8 * (kFive ? 48 : 16);
+  constexpr bool kInt32 = kVnni || kFive;  // Q4_K's AVX2 path sums in int16
   const int64_t nb = in / kSuperBlock;
   const __m256i low = _mm256_set1_epi8(0xf), six = _mm256_set1_epi32(63), four = _mm256_set1_epi32(15);
   auto code4 = [](const int8_t* q) {
@@ -679,11 +682,16 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
         __m256i s[R][2];
         for (int r = 0; r < R; ++r) s[r][0] = s[r][1] = _mm256_setzero_si256();
         for (int u = 0; u < 8; ++u) {
-          const __m256i v = Load32(p + 128 + 32 * (8 * pair + u));
-          const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+          const __m256i v = Load32(p + kCodes + 32 * (8 * pair + u));
+          __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+          if constexpr (kFive) {
+            const __m256i qh = Load32(p + 8 * 16 + 32 * u), one = _mm256_set1_epi8(1);
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * pair), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * pair + 1), one), 4));
+          }
           for (int r = 0; r < R; ++r) {
             const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 2 * pair) + 4 * u;
-            if constexpr (kVnni) {
+            if constexpr (kInt32) {
               s[r][0] = Dot4<false>(s[r][0], lo, code4(q));
               s[r][1] = Dot4<false>(s[r][1], hi, code4(q + 32));
             } else {
@@ -706,7 +714,7 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
           const __m256 scf = _mm256_cvtepi32_ps(sc), mf = _mm256_cvtepi32_ps(m);
           for (int r = 0; r < R; ++r) {
             const int64_t i = r * x.blocks + 8 * b + k;
-            const __m256i dot = kVnni ? s[r][h] : _mm256_madd_epi16(s[r][h], _mm256_set1_epi16(1));
+            const __m256i dot = kInt32 ? s[r][h] : _mm256_madd_epi16(s[r][h], _mm256_set1_epi16(1));
             sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), scf), _mm256_set1_ps(x.d[i]), sb[r]);
             mins[r] = _mm256_fmadd_ps(mf, _mm256_set1_ps(x.sum[i]), mins[r]);
           }
@@ -783,7 +791,7 @@ void DotGroupsQ6K(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x,
 
 template <int R, DType T>
 void DotGroupsOf(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
-  if constexpr (T == DType::kQ4_K) DotGroupsK4<R>(w, groups, in, x, y, out);
+  if constexpr (T == DType::kQ4_K || T == DType::kQ5_K) DotGroupsK4<R, T == DType::kQ5_K>(w, groups, in, x, y, out);
   else if constexpr (T == DType::kQ6_K) DotGroupsQ6K<R>(w, groups, in, x, y, out);
   else DotGroups<R, T>(w, groups, in, x, y, out);
 }
@@ -808,6 +816,7 @@ void DotRowsQ8x8(DType t, const uint8_t* w, int64_t groups, int64_t in, const Q8
   if (t == DType::kQ4_0) DotGroupRows<DType::kQ4_0>(w, groups, in, x, rows, y, out);
   else if (t == DType::kQ8_0) DotGroupRows<DType::kQ8_0>(w, groups, in, x, rows, y, out);
   else if (t == DType::kQ4_K) DotGroupRows<DType::kQ4_K>(w, groups, in, x, rows, y, out);
+  else if (t == DType::kQ5_K) DotGroupRows<DType::kQ5_K>(w, groups, in, x, rows, y, out);
   else if (t == DType::kQ6_K) DotGroupRows<DType::kQ6_K>(w, groups, in, x, rows, y, out);
   else std::abort();  // CanInterleave(t) is the caller's contract
 }
