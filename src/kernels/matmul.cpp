@@ -39,14 +39,21 @@ inline simd::Vec LoadW(const T* w, DType t) {
   else return t == DType::kBF16 ? simd::LoadBf16(w) : simd::LoadF16(w);
 }
 
+// Each step asks for the row's lines 1 KiB ahead: on the 2026-12-07 Xeon the llama-3.2-1b shape's f16
+// decode (weights from memory) took 197/194 ms a token at one thread against 209/209 without, and
+// 241/242 with 4 KiB; atp-40m's (in L3) 4.0/3.5 against 4.5/5.5 (2 alternating rounds, noisy).
+constexpr int64_t kRowPrefetchAhead = 1024;
 template <int R, int U, typename T>
 inline void DotRow(const T* w, int64_t in, DType t, const float* x, float* y, int64_t out) {
   using namespace simd;
+  constexpr int kLines = std::max<int>(1, U * kLanes * int(sizeof(T)) / 64);  // a step's bytes, in lines
   Vec acc[R][U];
   for (int r = 0; r < R; ++r)
     for (int u = 0; u < U; ++u) acc[r][u] = Zero();
   int64_t i = 0;
   for (; i + U * kLanes <= in; i += U * kLanes) {
+    for (int l = 0; l < kLines; ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(w + i) + kRowPrefetchAhead + 64 * l, _MM_HINT_T0);
     for (int u = 0; u < U; ++u) {
       const Vec wv = LoadW(w + i + u * kLanes, t);
       for (int r = 0; r < R; ++r) acc[r][u] = Fma(wv, Load(x + r * in + i + u * kLanes), acc[r][u]);
