@@ -242,6 +242,12 @@ namespace {
 
 inline float HalfInline(const uint8_t* p) { return _cvtsh_ss(uint16_t(p[0] | p[1] << 8)); }  // no call: keeps the accumulators in registers
 inline __m256i Load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+// 4 activation codes at q in every 32-bit lane (the interleaved kernels' other operand).
+inline __m256i Code4(const int8_t* q) {
+  int32_t c;
+  std::memcpy(&c, q, 4);
+  return _mm256_set1_epi32(c);
+}
 // Asks for the Lines cache lines from Ahead past p: called once per weight block with Lines *
 // 64 >= the block's bytes, it touches every line of a matrix that is read front to back, as the
 // kernels read each matrix once per token, mostly from L3 or memory (atp-40m's block files: 15-41 MB).
@@ -553,11 +559,6 @@ void DotGroups(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, fl
   constexpr int64_t kBlockBytes = 8 * (kQ4 ? 18 : 34);
   const int64_t nb = in / 32;
   const __m256i low = _mm256_set1_epi8(0xf), ones = _mm256_set1_epi16(1);
-  auto code4 = [](const int8_t* q) {  // 4 activation codes to every 32-bit lane
-    int32_t c;
-    std::memcpy(&c, q, 4);
-    return _mm256_set1_epi32(c);
-  };
   for (int64_t g = 0; g < groups; ++g) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -574,17 +575,17 @@ void DotGroups(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, fl
           for (int r = 0; r < R; ++r) {
             const int8_t* q = x.q + 32 * (r * x.blocks + b);
             if constexpr (kVnni)
-              s[r] = Dot4<false>(Dot4<false>(s[r], lo, code4(q + 4 * u)), hi, code4(q + 16 + 4 * u));
+              s[r] = Dot4<false>(Dot4<false>(s[r], lo, Code4(q + 4 * u)), hi, Code4(q + 16 + 4 * u));
             else
-              s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, code4(q + 4 * u)),
-                                                             _mm256_maddubs_epi16(hi, code4(q + 16 + 4 * u))));
+              s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, Code4(q + 4 * u)),
+                                                             _mm256_maddubs_epi16(hi, Code4(q + 16 + 4 * u))));
           }
         }
       } else {
         for (int u = 0; u < 8; ++u) {
           const __m256i v = Load32(p + 16 + 32 * u);
           for (int r = 0; r < R; ++r)
-            s[r] = Dot4<true>(s[r], v, code4(x.q + 32 * (r * x.blocks + b) + 4 * u));
+            s[r] = Dot4<true>(s[r], v, Code4(x.q + 32 * (r * x.blocks + b) + 4 * u));
         }
       }
       for (int r = 0; r < R; ++r) {
@@ -660,11 +661,6 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
   constexpr bool kInt32 = kVnni || kFive;  // Q4_K's AVX2 path sums in int16
   const int64_t nb = in / kSuperBlock;
   const __m256i low = _mm256_set1_epi8(0xf), six = _mm256_set1_epi32(63), four = _mm256_set1_epi32(15);
-  auto code4 = [](const int8_t* q) {
-    int32_t c;
-    std::memcpy(&c, q, 4);
-    return _mm256_set1_epi32(c);
-  };
   for (int64_t g = 0; g < groups; ++g) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -692,11 +688,11 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
           for (int r = 0; r < R; ++r) {
             const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 2 * pair) + 4 * u;
             if constexpr (kInt32) {
-              s[r][0] = Dot4<false>(s[r][0], lo, code4(q));
-              s[r][1] = Dot4<false>(s[r][1], hi, code4(q + 32));
+              s[r][0] = Dot4<false>(s[r][0], lo, Code4(q));
+              s[r][1] = Dot4<false>(s[r][1], hi, Code4(q + 32));
             } else {
-              s[r][0] = _mm256_add_epi16(s[r][0], _mm256_maddubs_epi16(lo, code4(q)));
-              s[r][1] = _mm256_add_epi16(s[r][1], _mm256_maddubs_epi16(hi, code4(q + 32)));
+              s[r][0] = _mm256_add_epi16(s[r][0], _mm256_maddubs_epi16(lo, Code4(q)));
+              s[r][1] = _mm256_add_epi16(s[r][1], _mm256_maddubs_epi16(hi, Code4(q + 32)));
             }
           }
         }
@@ -738,11 +734,6 @@ void DotGroupsQ6K(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x,
   constexpr int64_t kBlockBytes = 8 * 210;
   const int64_t nb = in / kSuperBlock;
   const __m256i low = _mm256_set1_epi8(0xf), top = _mm256_set1_epi8(0x30);
-  auto code4 = [](const int8_t* q) {
-    int32_t c;
-    std::memcpy(&c, q, 4);
-    return _mm256_set1_epi32(c);
-  };
   for (int64_t g = 0; g < groups; ++g) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -768,7 +759,7 @@ void DotGroupsQ6K(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x,
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low), _mm256_and_si256(_mm256_srli_epi16(hb, 2), top))};
             for (int r = 0; r < R; ++r) {
               const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 4 * h) + 4 * u;
-              for (int k = 0; k < 4; ++k) s[r][k] = Dot4<false>(s[r][k], v[k], code4(q + 32 * k));
+              for (int k = 0; k < 4; ++k) s[r][k] = Dot4<false>(s[r][k], v[k], Code4(q + 32 * k));
             }
           }
           for (int k = 0; k < 4; ++k) {
