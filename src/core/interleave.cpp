@@ -33,15 +33,21 @@ const Layout* LayoutOf(DType t) {
   }
 }
 
-// Calls f(offset in the group's block, offset in ggml's block, bytes) for each unit of row j's block.
+// Calls f(offset in the group, offset in row j, bytes) for each unit of row j (of `cols` elements of
+// t), block by block: where the unit sits interleaved and where in ggml's layout. InterleaveRows and
+// PlainRow walk the same units in opposite directions.
 template <typename F>
-void ForEachPiece(DType t, int j, F f) {
+void ForEachUnit(DType t, int64_t cols, int j, F f) {
   const Layout& l = *LayoutOf(t);
-  for (int i = 0; i < l.count; ++i) {
-    const Field& fd = l.fields[i];
-    for (size_t e = 0; e < fd.units; ++e)
-      f(kInterleaveRows * fd.offset + (kInterleaveRows * e + size_t(j)) * fd.size, fd.offset + e * fd.size, fd.size);
-  }
+  const int64_t elems = DTypeBlockElems(t);
+  const size_t block = DTypeBytes(t, elems);
+  for (int64_t b = 0; b < cols / elems; ++b)
+    for (int i = 0; i < l.count; ++i) {
+      const Field& fd = l.fields[i];
+      for (size_t e = 0; e < fd.units; ++e)
+        f(kInterleaveRows * (block * size_t(b) + fd.offset) + (kInterleaveRows * e + size_t(j)) * fd.size,
+          block * size_t(b) + fd.offset + e * fd.size, fd.size);
+    }
 }
 
 // A unit's bytes (1, 2 or 4): sizes the compiler knows, so each copy is one move, not a call.
@@ -59,29 +65,21 @@ bool CanInterleave(DType t) { return LayoutOf(t) != nullptr; }
 
 void InterleaveRows(DType t, const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst) {
   if (!CanInterleave(t)) std::abort();  // the caller's contract
-  const int64_t elems = DTypeBlockElems(t), blocks = cols / elems, groups = rows / kInterleaveRows;
-  const size_t row_bytes = DTypeBytes(t, cols), block = DTypeBytes(t, elems);
-  for (int64_t g = 0; g < groups; ++g)
+  const int64_t groups = rows / kInterleaveRows;
+  const size_t row_bytes = DTypeBytes(t, cols);
+  for (int64_t g = 0; g < groups; ++g) {
+    uint8_t* group = dst + size_t(g * kInterleaveRows) * row_bytes;
     for (int j = 0; j < kInterleaveRows; ++j) {
-      const size_t first = size_t(g * kInterleaveRows) * row_bytes;
-      for (int64_t b = 0; b < blocks; ++b) {
-        uint8_t* to = dst + first + kInterleaveRows * block * size_t(b);
-        const uint8_t* from = src + first + size_t(j) * row_bytes + block * size_t(b);
-        ForEachPiece(t, j, [&](size_t in_group, size_t in_row, size_t n) { CopyUnit(to + in_group, from + in_row, n); });
-      }
+      const uint8_t* row = src + size_t(g * kInterleaveRows + j) * row_bytes;
+      ForEachUnit(t, cols, j, [&](size_t in_group, size_t in_row, size_t n) { CopyUnit(group + in_group, row + in_row, n); });
     }
+  }
   const size_t done = size_t(groups * kInterleaveRows) * row_bytes;
   std::memcpy(dst + done, src + done, size_t(rows) * row_bytes - done);
 }
 
 void PlainRow(DType t, const uint8_t* group, int64_t cols, int j, uint8_t* row) {
-  const int64_t elems = DTypeBlockElems(t);
-  const size_t block = DTypeBytes(t, elems);
-  for (int64_t b = 0; b < cols / elems; ++b) {
-    const uint8_t* from = group + kInterleaveRows * block * size_t(b);
-    uint8_t* to = row + block * size_t(b);
-    ForEachPiece(t, j, [&](size_t in_group, size_t in_row, size_t n) { CopyUnit(to + in_row, from + in_group, n); });
-  }
+  ForEachUnit(t, cols, j, [&](size_t in_group, size_t in_row, size_t n) { CopyUnit(row + in_row, group + in_group, n); });
 }
 
 void RowsToF32(const TensorView& w, int64_t row0, int64_t n, float* out) {

@@ -631,21 +631,6 @@ void DotRows(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows&
   }
 }
 
-}  // namespace
-
-void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
-  switch (rows) {
-    case 1: return DotRows<1>(t, w, n_out, in, x, y, out);
-    case 2: return DotRows<2>(t, w, n_out, in, x, y, out);
-    case 3: return DotRows<3>(t, w, n_out, in, x, y, out);
-    case 4: return DotRows<4>(t, w, n_out, in, x, y, out);
-    case 5: return DotRows<5>(t, w, n_out, in, x, y, out);
-    case 6: return DotRows<6>(t, w, n_out, in, x, y, out);
-    case 7: return DotRows<7>(t, w, n_out, in, x, y, out);
-    default: return DotRows<8>(t, w, n_out, in, x, y, out);
-  }
-}
-
 // Q4_K and Q5_K in interleaved groups: per super-block, the 8 rows' d and dmin convert at once; the
 // scale bytes sit as 8-row columns (byte i of every row in 8 bytes), so each of the 8 sub-block scales
 // and mins is a few integer operations on 8 lanes (ggml's get_scale_min_k4, lane by lane); the codes
@@ -787,7 +772,6 @@ void DotGroupsOf(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
   else DotGroups<R, T>(w, groups, in, x, y, out);
 }
 
-namespace {
 template <DType T>
 void DotGroupRows(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
   for (int r0 = 0; r0 < rows; r0 += 4) {  // at most 4 activation rows a pass
@@ -801,7 +785,21 @@ void DotGroupRows(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x,
     }
   }
 }
+
 }  // namespace
+
+void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
+  switch (rows) {
+    case 1: return DotRows<1>(t, w, n_out, in, x, y, out);
+    case 2: return DotRows<2>(t, w, n_out, in, x, y, out);
+    case 3: return DotRows<3>(t, w, n_out, in, x, y, out);
+    case 4: return DotRows<4>(t, w, n_out, in, x, y, out);
+    case 5: return DotRows<5>(t, w, n_out, in, x, y, out);
+    case 6: return DotRows<6>(t, w, n_out, in, x, y, out);
+    case 7: return DotRows<7>(t, w, n_out, in, x, y, out);
+    default: return DotRows<8>(t, w, n_out, in, x, y, out);
+  }
+}
 
 void DotRowsQ8x8(DType t, const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
   if (t == DType::kQ4_0) DotGroupRows<DType::kQ4_0>(w, groups, in, x, rows, y, out);
