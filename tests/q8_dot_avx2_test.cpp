@@ -235,9 +235,9 @@ TEST(Q8Dot, ReferenceWithinActivationErrorOfExactDot) {
 // rows after the last whole group have not.
 TEST(Interleave, RowsReadBackExactlyAndOnlyWholeGroupsMove) {
   std::mt19937 rng(4);
-  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K})
+  for (DType t : kQ8Types)
     for (int64_t rows : {8, 13, 24}) {
-      ASSERT_TRUE(CanInterleave(t));
+      ASSERT_TRUE(CanInterleave(t)) << DTypeName(t);
       const int64_t in = 3 * DTypeBlockElems(t);
       const Weights w = MakeWeights(t, rows, in, false, rng);
       const size_t bytes = DTypeBytes(t, rows * in), row_bytes = DTypeBytes(t, in);

@@ -25,7 +25,7 @@ void AddModelFlags(CLI::App* cmd, CommonFlags* f, bool with_kv) {
       ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q2_k", "q3_k",
                              "q4_k", "q5_k", "q6_k", "iq4_xs"}));
   cmd->add_flag("--no-repack", f->no_repack,
-                "keep Q8_0/Q4_0/Q4_K/Q5_K/Q6_K matrices in the file's row order instead of groups of 8 interleaved rows (the CPU "
+                "keep block matrices (Q8_0, Q4_0, the k-quants, ...) in the file's row order instead of groups of 8 interleaved rows (the CPU "
                 "decode's layout; same values, for comparison, as llama.cpp's --no-repack)");
   // Only where --kv builds the policies: the GPU pass drives GPU policies, never a command's own.
   if (with_kv)

@@ -2,8 +2,8 @@
 // Few rows (decode) go through our own threaded AVX-512/AVX2 GEMV, which reads each weight once;
 // for block weights (Q8_0, Q4_0, the k-quants, ...) it quantizes x to 8-bit blocks once per call and
 // takes integer dot products on the packed blocks (kernels/q8_dot.h), so those results carry the
-// activations' quantization error too (as llama.cpp's do); f32/f16/bf16 weights see f32 x. Q8_0, Q4_0,
-// Q4_K, Q5_K and Q6_K weights may be interleaved in groups of 8 rows (TensorView::interleaved, core/interleave.h), which
+// activations' quantization error too (as llama.cpp's do); f32/f16/bf16 weights see f32 x. Block
+// weights may be interleaved in groups of 8 rows (TensorView::interleaved, core/interleave.h), which
 // the GEMV reads 8 rows at a time and the GEMM's panels convert back.
 // many rows (prefill) go through OpenBLAS sgemm on f32 panels converted on the fly.
 // Threads: both paths split output columns over ThreadPool::Global(); OpenBLAS is set to one thread

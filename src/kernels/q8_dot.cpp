@@ -545,18 +545,36 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
   for (int r = 0; r < R; ++r) SumW<W>(a[r], y + r * out);
 }
 
+// Byte k of each 32-bit lane: 0x10 where bit `shift` + k of the lane's byte `byte` is set (shift 0
+// or 4, k < 4): 4 fifth bits of Q5_0/Q5_1 from each row's 32-bit qh (lane j: row j's).
+inline __m256i LaneFifthBits(__m256i qh, int byte, int shift) {
+  const __m256i pick = _mm256_add_epi8(_mm256_set1_epi8(char(byte)),  // byte `byte` of each lane into its 4 bytes
+                                       _mm256_setr_epi32(0, 0x04040404, 0x08080808, 0x0c0c0c0c, 0, 0x04040404,
+                                                         0x08080808, 0x0c0c0c0c));
+  const __m256i bit = _mm256_set1_epi32(int(0x08040201u << shift));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, pick), bit), bit),
+                          _mm256_set1_epi8(0x10));
+}
+
 // Interleaved groups of 8 rows (core/interleave.h): per block, lane j of a code vector holds 4 codes
 // of row j, and the activation's 4 matching codes are broadcast to every lane, so maddubs + madd
-// leave row j's partial dot in lane j. Q4_0: a 32-byte unit vector holds elements 4u..4u+3 in its
-// low nibbles and 16 + 4u.. in its high ones; the 8 products of a block add up in int16 (each pair
-// at most 2 * 15 * 127, so eight stay below 2^15; with VNNI in int32, Dot4), and the offset 8 comes
-// off as 8 * d_x * sum q.
-// Q8_0: signed codes (the sign moved onto q, as Mul) and int32 sums per unit.
+// leave row j's partial dot in lane j. The 4-bit types: a 32-byte unit vector holds elements
+// 4u..4u+3 in its low nibbles and 16 + 4u.. in its high ones; Q5_0/Q5_1 add their fifth bits from
+// the 8 rows' qh words (LaneFifthBits), IQ4_NL maps nibbles to its signed values (Iq4Values). Q4_0's
+// and Q4_1's 8 products of a block add up in int16 on the AVX2 path (each pair at most 2 * 15 * 127,
+// so eight stay below 2^15); the others' codes reach 31 or 127, so each unit widens to int32 (Dot4,
+// as with VNNI). Q8_0: signed codes (the sign moved onto q, as Mul). The offsets 8 (Q4_0) and 16
+// (Q5_0) come off as 8 d_x sum q, the mins of Q4_1/Q5_1 add m_w d_x sum q.
 // R activation rows (1..4: about as many accumulators as registers allow).
 template <int R, DType T>
 void DotGroups(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
-  constexpr bool kQ4 = T == DType::kQ4_0;
-  constexpr int64_t kBlockBytes = 8 * (kQ4 ? 18 : 34);
+  constexpr bool kMin = T == DType::kQ4_1 || T == DType::kQ5_1, kFive = T == DType::kQ5_0 || T == DType::kQ5_1;
+  constexpr bool kInt16 = !kVnni && (T == DType::kQ4_0 || T == DType::kQ4_1);
+  constexpr float kOffset = T == DType::kQ4_0 ? -8.f : T == DType::kQ5_0 ? -16.f : 0.f;
+  // Bytes of one row's block, and where the 8 rows' qh words and codes start in the group's block.
+  constexpr int64_t kRowBlock = T == DType::kQ8_0 ? 34 : T == DType::kQ4_1 ? 20 : T == DType::kQ5_0 ? 22
+                              : T == DType::kQ5_1 ? 24 : 18;
+  constexpr int64_t kBlockBytes = 8 * kRowBlock, kQh = kMin ? 32 : 16, kCodes = 8 * kRowBlock - 128 * (T == DType::kQ8_0 ? 2 : 1);
   const int64_t nb = in / 32;
   const __m256i low = _mm256_set1_epi8(0xf), ones = _mm256_set1_epi16(1);
   for (int64_t g = 0; g < groups; ++g) {
@@ -568,32 +586,40 @@ void DotGroups(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, fl
       const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
       __m256i s[R];
       for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
-      if constexpr (kQ4) {
-        for (int u = 0; u < 4; ++u) {
-          const __m256i v = Load32(p + 16 + 32 * u);
-          const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-          for (int r = 0; r < R; ++r) {
-            const int8_t* q = x.q + 32 * (r * x.blocks + b);
-            if constexpr (kVnni)
-              s[r] = Dot4<false>(Dot4<false>(s[r], lo, Code4(q + 4 * u)), hi, Code4(q + 16 + 4 * u));
-            else
-              s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, Code4(q + 4 * u)),
-                                                             _mm256_maddubs_epi16(hi, Code4(q + 16 + 4 * u))));
-          }
-        }
-      } else {
+      if constexpr (T == DType::kQ8_0) {
         for (int u = 0; u < 8; ++u) {
-          const __m256i v = Load32(p + 16 + 32 * u);
+          const __m256i v = Load32(p + kCodes + 32 * u);
           for (int r = 0; r < R; ++r)
             s[r] = Dot4<true>(s[r], v, Code4(x.q + 32 * (r * x.blocks + b) + 4 * u));
         }
+      } else {
+        for (int u = 0; u < 4; ++u) {
+          const __m256i v = Load32(p + kCodes + 32 * u);
+          __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+          if constexpr (kFive) {
+            const __m256i qh = Load32(p + kQh);  // elements 4u.. in byte u / 2, 16 + 4u.. in byte 2 + u / 2
+            lo = _mm256_or_si256(lo, LaneFifthBits(qh, u / 2, 4 * (u % 2)));
+            hi = _mm256_or_si256(hi, LaneFifthBits(qh, 2 + u / 2, 4 * (u % 2)));
+          }
+          if constexpr (T == DType::kIQ4_NL) lo = Iq4Values(lo), hi = Iq4Values(hi);
+          for (int r = 0; r < R; ++r) {
+            const int8_t* q = x.q + 32 * (r * x.blocks + b);
+            if constexpr (kInt16)
+              s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, Code4(q + 4 * u)),
+                                                             _mm256_maddubs_epi16(hi, Code4(q + 16 + 4 * u))));
+            else
+              s[r] = Dot4<kSigned32<T>>(Dot4<kSigned32<T>>(s[r], lo, Code4(q + 4 * u)), hi, Code4(q + 16 + 4 * u));
+          }
+        }
       }
+      const __m256 mw = kMin ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))) : __m256{};
       for (int r = 0; r < R; ++r) {
         const int64_t i = r * x.blocks + b;
-        const __m256 dot = _mm256_cvtepi32_ps(kQ4 && !kVnni ? _mm256_madd_epi16(s[r], ones) : s[r]);
-        // Q4_0: d_w (d_x S - 8 d_x sum q); Q8_0: d_w (d_x S).
-        const __m256 t = _mm256_fmadd_ps(dot, _mm256_set1_ps(x.d[i]), _mm256_set1_ps(kQ4 ? -8 * x.sum[i] : 0.f));
+        const __m256 dot = _mm256_cvtepi32_ps(kInt16 ? _mm256_madd_epi16(s[r], ones) : s[r]);
+        // d_w (d_x S + offset d_x sum q), + m_w d_x sum q with a min.
+        const __m256 t = _mm256_fmadd_ps(dot, _mm256_set1_ps(x.d[i]), _mm256_set1_ps(kOffset * x.sum[i]));
         acc[r] = _mm256_fmadd_ps(dw, t, acc[r]);
+        if constexpr (kMin) acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.sum[i]), acc[r]);
       }
     }
     for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
@@ -707,26 +733,42 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
   }
 }
 
-// Q6_K in interleaved groups (ggml's fields: ql, qh, 16 int8 scales, d): element 128 h + 32 k + l
-// (chunk 4 h + k) takes its low 4 bits from nibble k / 2 of ql[64 h + 32 (k % 2) + l] and its top 2
-// from bits 2k of qh[32 h + l], so units u of ql at 16 h + u and 16 h + 8 + u and unit 8 h + u of qh
-// give the codes of all 4 chunks at l = 4u..4u+3. The scale changes every 16 elements, so a chunk's
-// dot is summed per half (units 0..3, 4..7) and scaled per half; the offset 32 is a min of 32 * scale
-// against the half's activation sum. Codes reach 63, so the AVX2 path widens each maddubs to int32
-// (Dot4); a half's 16 products per lane stay below 2^18.
-template <int R>
-void DotGroupsQ6K(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
-  constexpr int64_t kBlockBytes = 8 * 210;
+// Q2_K, Q3_K and Q6_K in interleaved groups: element 128 h + 32 k + l of a super-block is chunk 4 h + k,
+// its scale changes every 16 elements (sub-block 8 h + 2 k + l / 16), so each chunk's dot is summed
+// per half (units 0..3 and 4..7 of l = 4u..4u+3) and scaled per half; offsets and mins are mins
+// against the half's activation sum. The codes of all 4 chunks at l = 4u..4u+3 come from the same
+// few units:
+// - Q2_K (scales, qs, d, dmin): 2-bit field k of qs unit 8 h + u; scale byte = scale | min << 4,
+//   x = d scale q - dmin min.
+// - Q3_K (hmask, qs, scales, d): Q2_K's low bits, bit 2 from bit 4 h + k of hmask unit u; 16 6-bit
+//   scales stored + 32 in 12 bytes (core/kquant.h), decoded for the 8 rows in 8 lanes; x = d scale
+//   (q - 4), the offset a min of 4 scale.
+// - Q6_K (ql, qh, scales, d): low 4 bits from nibble k / 2 of ql unit 16 h + 8 (k % 2) + u, top 2
+//   from bits 2k of qh unit 8 h + u; int8 scales, x = d scale (q - 32).
+// Codes reach 3, 7 and 63, so the AVX2 path widens each maddubs to int32 (Dot4); a half's 16
+// products per lane stay below 2^18.
+template <int R, DType T>
+void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+  constexpr bool kQ2 = T == DType::kQ2_K, kQ3 = T == DType::kQ3_K;
+  constexpr int64_t kBlockBytes = 8 * (kQ2 ? 84 : kQ3 ? 110 : 210);
+  // Where the group's fields start (8 times ggml's offsets).
+  constexpr int64_t kQs = kQ2 ? 128 : kQ3 ? 256 : 0, kHigh = kQ3 ? 0 : 8 * 128, kScales = kQ2 ? 0 : kQ3 ? 768 : 8 * 192;
+  constexpr int64_t kD = kQ2 ? 640 : kQ3 ? 864 : 8 * 208;
+  constexpr float kOffset = kQ2 ? 0.f : kQ3 ? 4.f : 32.f;
   const int64_t nb = in / kSuperBlock;
-  const __m256i low = _mm256_set1_epi8(0xf), top = _mm256_set1_epi8(0x30);
+  const __m256i low = _mm256_set1_epi8(0xf), top = _mm256_set1_epi8(0x30), two = _mm256_set1_epi8(3),
+                bit2 = _mm256_set1_epi8(4);
   for (int64_t g = 0; g < groups; ++g) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
     const uint8_t* p = w + g * nb * kBlockBytes;
     for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
       Prefetch<kBlockBytes / 64 + 1, kGroupPrefetchAhead>(p);
-      const uint8_t *ql = p, *qh = p + 8 * 128, *scales = p + 8 * 192;
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * 208)));
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kD)));
+      auto column = [&](int i) {  // scale byte i of the 8 rows, one per lane
+        const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + kScales + 8 * i));
+        return T == DType::kQ6_K ? _mm256_cvtepi8_epi32(c) : _mm256_cvtepu8_epi32(c);
+      };
       __m256 sb[R], mins[R];
       for (int r = 0; r < R; ++r) sb[r] = mins[r] = _mm256_setzero_ps();
       for (int h = 0; h < 2; ++h)
@@ -735,31 +777,109 @@ void DotGroupsQ6K(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x,
           for (int r = 0; r < R; ++r)
             for (int k = 0; k < 4; ++k) s[r][k] = _mm256_setzero_si256();
           for (int u = 4 * half; u < 4 * half + 4; ++u) {
-            const __m256i l0 = Load32(ql + 32 * (16 * h + u)), l1 = Load32(ql + 32 * (16 * h + 8 + u));
-            const __m256i hb = Load32(qh + 32 * (8 * h + u));
-            const __m256i v[4] = {
-                _mm256_or_si256(_mm256_and_si256(l0, low), _mm256_and_si256(_mm256_slli_epi16(hb, 4), top)),
-                _mm256_or_si256(_mm256_and_si256(l1, low), _mm256_and_si256(_mm256_slli_epi16(hb, 2), top)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), _mm256_and_si256(hb, top)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low), _mm256_and_si256(_mm256_srli_epi16(hb, 2), top))};
+            __m256i v[4];
+            if constexpr (T == DType::kQ6_K) {
+              const __m256i l0 = Load32(p + kQs + 32 * (16 * h + u)), l1 = Load32(p + kQs + 32 * (16 * h + 8 + u));
+              const __m256i hb = Load32(p + kHigh + 32 * (8 * h + u));
+              v[0] = _mm256_or_si256(_mm256_and_si256(l0, low), _mm256_and_si256(_mm256_slli_epi16(hb, 4), top));
+              v[1] = _mm256_or_si256(_mm256_and_si256(l1, low), _mm256_and_si256(_mm256_slli_epi16(hb, 2), top));
+              v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), _mm256_and_si256(hb, top));
+              v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
+                                     _mm256_and_si256(_mm256_srli_epi16(hb, 2), top));
+            } else {
+              const __m256i qs = Load32(p + kQs + 32 * (8 * h + u));
+              for (int k = 0; k < 4; ++k) v[k] = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), two);
+              if constexpr (kQ3) {
+                const __m256i hm = Load32(p + kHigh + 32 * u);
+                for (int k = 0; k < 4; ++k) {  // bit 4 h + k of each byte to bit 2
+                  const int sh = 4 * h + k - 2;
+                  const __m256i moved = sh >= 0 ? _mm256_srli_epi16(hm, sh) : _mm256_slli_epi16(hm, -sh);
+                  v[k] = _mm256_or_si256(v[k], _mm256_and_si256(moved, bit2));
+                }
+              }
+            }
             for (int r = 0; r < R; ++r) {
               const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 4 * h) + 4 * u;
               for (int k = 0; k < 4; ++k) s[r][k] = Dot4<false>(s[r][k], v[k], Code4(q + 32 * k));
             }
           }
           for (int k = 0; k < 4; ++k) {
-            const int sc = 8 * h + 2 * k + half;  // the scale of these 16 elements
-            const __m256 scf = _mm256_cvtepi32_ps(
-                _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + 8 * sc))));
+            const int sc = 8 * h + 2 * k + half;  // the sub-block of these 16 elements
+            __m256i scale, min;
+            if constexpr (kQ2) {
+              const __m256i c = column(sc);
+              scale = _mm256_and_si256(c, _mm256_set1_epi32(15)), min = _mm256_srli_epi32(c, 4);
+            } else if constexpr (kQ3) {
+              const __m256i lo4 = _mm256_and_si256(_mm256_srli_epi32(column(sc % 8), 4 * (sc / 8)), _mm256_set1_epi32(15));
+              const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi32(column(8 + sc % 4), 2 * (sc / 4)), _mm256_set1_epi32(3));
+              scale = min = _mm256_sub_epi32(_mm256_or_si256(lo4, _mm256_slli_epi32(hi2, 4)), _mm256_set1_epi32(32));
+            } else {
+              scale = min = column(sc);
+            }
+            const __m256 scf = _mm256_cvtepi32_ps(scale), mf = _mm256_cvtepi32_ps(min);
             for (int r = 0; r < R; ++r) {
               const int64_t i = r * x.blocks + 8 * b + 4 * h + k;
               sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s[r][k]), scf), _mm256_set1_ps(x.d[i]), sb[r]);
-              mins[r] = _mm256_fmadd_ps(scf, _mm256_set1_ps(x.half[2 * i + half]), mins[r]);
+              mins[r] = _mm256_fmadd_ps(mf, _mm256_set1_ps(x.half[2 * i + half]), mins[r]);
             }
           }
         }
-      for (int r = 0; r < R; ++r)
-        acc[r] = _mm256_fmadd_ps(d, _mm256_fnmadd_ps(_mm256_set1_ps(32.f), mins[r], sb[r]), acc[r]);
+      if constexpr (kQ2) {
+        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kD + 16)));
+        for (int r = 0; r < R; ++r) acc[r] = _mm256_fnmadd_ps(dmin, mins[r], _mm256_fmadd_ps(d, sb[r], acc[r]));
+      } else {
+        for (int r = 0; r < R; ++r)
+          acc[r] = _mm256_fmadd_ps(d, _mm256_fnmadd_ps(_mm256_set1_ps(kOffset), mins[r], sb[r]), acc[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
+  }
+}
+
+// IQ4_XS in interleaved groups (ggml's fields: d, scales_h, scales_l[4], qs[128]): sub-block k's codes
+// are the 4 units 4k..4k+3 of qs, as IQ4_NL's 4 units of a block (low nibbles elements 4u.., high
+// 16 + 4u..), mapped to signed values (Iq4Values); its 6-bit scale (stored + 32) is nibble k % 2 of
+// scales_l[k / 2] and bits 2k of scales_h, decoded for 8 rows in 8 lanes. A sub-block's 32 products
+// per lane reach 32 * 127 * 127 < 2^19 (Dot4).
+template <int R>
+void DotGroupsIq4Xs(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
+  constexpr int64_t kBlockBytes = 8 * 136, kCodes = 8 * 8;
+  const int64_t nb = in / kSuperBlock;
+  const __m256i low = _mm256_set1_epi8(0xf), four = _mm256_set1_epi32(15), two = _mm256_set1_epi32(3);
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    const uint8_t* p = w + g * nb * kBlockBytes;
+    for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
+      Prefetch<kBlockBytes / 64 + 1, kGroupPrefetchAhead>(p);
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      const __m256i high = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+      __m256 sb[R];
+      for (int r = 0; r < R; ++r) sb[r] = _mm256_setzero_ps();
+      for (int k = 0; k < 8; ++k) {
+        __m256i s[R];
+        for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
+        for (int u = 0; u < 4; ++u) {
+          const __m256i v = Load32(p + kCodes + 32 * (4 * k + u));
+          const __m256i lo = Iq4Values(_mm256_and_si256(v, low)), hi = Iq4Values(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+          for (int r = 0; r < R; ++r) {
+            const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + k);
+            s[r] = Dot4<true>(Dot4<true>(s[r], lo, Code4(q + 4 * u)), hi, Code4(q + 16 + 4 * u));
+          }
+        }
+        const __m256i lo4 = _mm256_and_si256(
+            _mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 32 + 8 * (k / 2)))),
+                              4 * (k % 2)),
+            four);
+        const __m256i scale = _mm256_sub_epi32(
+            _mm256_or_si256(lo4, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(high, 2 * k), two), 4)),
+            _mm256_set1_epi32(32));
+        const __m256 scf = _mm256_cvtepi32_ps(scale);
+        for (int r = 0; r < R; ++r)
+          sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s[r]), scf), _mm256_set1_ps(x.d[r * x.blocks + 8 * b + k]),
+                                  sb[r]);
+      }
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(d, sb[r], acc[r]);
     }
     for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
   }
@@ -768,7 +888,8 @@ void DotGroupsQ6K(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x,
 template <int R, DType T>
 void DotGroupsOf(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   if constexpr (T == DType::kQ4_K || T == DType::kQ5_K) DotGroupsK4<R, T == DType::kQ5_K>(w, groups, in, x, y, out);
-  else if constexpr (T == DType::kQ6_K) DotGroupsQ6K<R>(w, groups, in, x, y, out);
+  else if constexpr (T == DType::kQ2_K || T == DType::kQ3_K || T == DType::kQ6_K) DotGroupsHalves<R, T>(w, groups, in, x, y, out);
+  else if constexpr (T == DType::kIQ4_XS) DotGroupsIq4Xs<R>(w, groups, in, x, y, out);
   else DotGroups<R, T>(w, groups, in, x, y, out);
 }
 
@@ -802,12 +923,24 @@ void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows
 }
 
 void DotRowsQ8x8(DType t, const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {
-  if (t == DType::kQ4_0) DotGroupRows<DType::kQ4_0>(w, groups, in, x, rows, y, out);
-  else if (t == DType::kQ8_0) DotGroupRows<DType::kQ8_0>(w, groups, in, x, rows, y, out);
-  else if (t == DType::kQ4_K) DotGroupRows<DType::kQ4_K>(w, groups, in, x, rows, y, out);
-  else if (t == DType::kQ5_K) DotGroupRows<DType::kQ5_K>(w, groups, in, x, rows, y, out);
-  else if (t == DType::kQ6_K) DotGroupRows<DType::kQ6_K>(w, groups, in, x, rows, y, out);
-  else std::abort();  // CanInterleave(t) is the caller's contract
+  switch (t) {
+#define ATP_GROUP_CASE(T) \
+    case T: return DotGroupRows<T>(w, groups, in, x, rows, y, out);
+    ATP_GROUP_CASE(DType::kQ8_0)
+    ATP_GROUP_CASE(DType::kQ4_0)
+    ATP_GROUP_CASE(DType::kQ4_1)
+    ATP_GROUP_CASE(DType::kQ5_0)
+    ATP_GROUP_CASE(DType::kQ5_1)
+    ATP_GROUP_CASE(DType::kIQ4_NL)
+    ATP_GROUP_CASE(DType::kQ2_K)
+    ATP_GROUP_CASE(DType::kQ3_K)
+    ATP_GROUP_CASE(DType::kQ4_K)
+    ATP_GROUP_CASE(DType::kQ5_K)
+    ATP_GROUP_CASE(DType::kQ6_K)
+    ATP_GROUP_CASE(DType::kIQ4_XS)
+#undef ATP_GROUP_CASE
+    default: std::abort();  // CanInterleave(t) is the caller's contract
+  }
 }
 #else
 void DotRowQ8(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows& x, int rows, float* y, int64_t out) {

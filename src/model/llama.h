@@ -41,7 +41,7 @@ struct LoadOptions {
   // weights().layers[l].w_down.dtype says what happened). The converted weights live in resident
   // memory whatever resident_weights says. Unset: the file's dtypes.
   std::optional<DType> weights_dtype;
-  // Store the resident Q8_0, Q4_0, Q4_K, Q5_K and Q6_K matrices (after weights_dtype) with their rows interleaved in
+  // Store the resident block matrices (Q8_0, Q4_0, the k-quants, ...; after weights_dtype) with their rows interleaved in
   // groups of 8 (core/interleave.h), the layout the CPU's decode GEMV multiplies 8 rows at a time:
   // same bytes, same values; weights().*.interleaved says which. false: ggml's row order (the tests
   // compare the two).
