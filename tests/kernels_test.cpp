@@ -176,7 +176,7 @@ void CheckMatMul(const char* name, MatFn fn, bool with_bias) {
           if (fn) fn(x.data(), n, tv, y.data());
           else MatMul(x.data(), n, tv, with_bias ? bias.data() : nullptr, y.data());
           std::vector<double> ref, tol;
-          const bool q8x = HasQ8Dot(dt) && (fn == GemvRows || (!fn && n <= kGemvMaxRows));
+          const bool q8x = HasQ8Dot(dt) && fn != GemmRows;  // MatMul takes block weights to the integer GEMV
           RefMatMul(x, n, w.decoded, out, in, with_bias ? bias.data() : nullptr, &ref, &tol, q8x);
           int bad = 0;
           for (size_t i = 0; i < y.size() && bad < 3; ++i)
@@ -228,7 +228,7 @@ TEST(Kernels, MatMulSharedMatchesScalar) {
         for (int j = 0; j < 3; ++j) {
           std::vector<double> ref, tol;
           RefMatMul(x, n, ws[size_t(j)].decoded, outs[j], in, j == 1 ? nullptr : bias[size_t(j)].data(), &ref, &tol,
-                    n <= kGemvMaxRows && HasQ8Dot(dt));
+                    HasQ8Dot(dt));
           for (size_t i = 0; i < ref.size(); ++i)
             ASSERT_LE(std::abs(ys[size_t(j)][i] - ref[i]), tol[i])
                 << DTypeName(dt) << (interleaved ? " interleaved" : "") << " job " << j << " n=" << n << " in=" << in

@@ -153,7 +153,10 @@ void GemvJobs(const float* x, int64_t n, std::span<const MatMulJob> jobs) {
   int64_t chunks = 0;
   for (const MatMulJob& j : jobs) {
     const int64_t row_bytes = std::max<int64_t>(1, int64_t(DTypeBytes(j.w->dtype, j.w->cols())));
-    int64_t rows = std::max<int64_t>(1, (int64_t(256) << 10) / row_bytes);
+    // Many rows of x (a prefill through the integer kernels) make each chunk's work n / 8 passes over
+    // its weights: smaller chunks stay in cache across the passes and balance the threads.
+    const int64_t chunk_bytes = n <= kGemvMaxRows ? int64_t(256) << 10 : int64_t(32) << 10;
+    int64_t rows = std::max<int64_t>(1, chunk_bytes / row_bytes);
     if (j.w->interleaved) rows = (rows + kInterleaveRows - 1) / kInterleaveRows * kInterleaveRows;  // whole groups
     spans.push_back({&j, rows, chunks});
     chunks += (j.w->rows() + rows - 1) / rows;
@@ -226,7 +229,7 @@ void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
                   static_cast<const float*>(w.data) + b * in, int(in), 0.0f, y + b, int(out));
       return;
     }
-    // f16/bf16/block weights: convert a panel of this slice's rows to f32 (about 8 MiB, in cache when
+    // f16/bf16 weights: convert a panel of this slice's rows to f32 (about 8 MiB, in cache when
     // sgemm reads it), then sgemm it into the matching columns of y. Each sgemm call repacks all
     // of x, so panels are made large enough that this costs a few percent at most.
     const int64_t panel = std::max<int64_t>(16, (int64_t(8) << 20) / (in * 4));
@@ -242,7 +245,7 @@ void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
 }
 
 void MatMul(const float* x, int64_t n, const TensorView& w, const float* bias, float* y) {
-  if (n <= kGemvMaxRows) GemvRows(x, n, w, y);
+  if (n <= kGemvMaxRows || HasQ8Dot(w.dtype)) GemvRows(x, n, w, y);
   else GemmRows(x, n, w, y);
   if (bias) AddBias(bias, n, w.rows(), y);
 }
@@ -250,8 +253,13 @@ void MatMul(const float* x, int64_t n, const TensorView& w, const float* bias, f
 void MatMulShared(const float* x, int64_t n, std::span<const MatMulJob> jobs) {
   if (n <= kGemvMaxRows) {
     GemvJobs(x, n, jobs);
-  } else {
-    for (const MatMulJob& j : jobs) GemmRows(x, n, *j.w, j.y);
+  } else {  // block weights through the integer kernels at any row count, the others through sgemm
+    std::vector<MatMulJob> integer;
+    for (const MatMulJob& j : jobs) {
+      if (HasQ8Dot(j.w->dtype)) integer.push_back(j);
+      else GemmRows(x, n, *j.w, j.y);
+    }
+    if (!integer.empty()) GemvJobs(x, n, integer);
   }
   for (const MatMulJob& j : jobs)
     if (j.bias) AddBias(j.bias, n, j.w->rows(), j.y);
