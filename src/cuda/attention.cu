@@ -115,9 +115,9 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeKernel(DecodeArgs args, 
 #pragma unroll
     for (int e = 0; e < 8; ++e) qr[g][e] = g < G ? q[(kvh * G + g) * hd + c * 8 + e] * scale : 0.f;
 
-  // U rows per lane group and step, keys and values both loaded before any is decoded: ~64 bytes
-  // in flight per lane whatever the form (a bandwidth-bound loop must cover memory latency; packed
-  // rows are shorter), at most 4 rows at GM = 8, whose U x GM scores would spill (ptxas -v).
+  // U rows per lane group and step, keys and values both loaded before any is decoded: 32-64 bytes
+  // in flight per lane (kRowsInFlight: a bandwidth-bound loop must cover memory latency; packed rows
+  // are shorter), at most 4 rows at GM = 8, whose U x GM scores would spill (ptxas -v).
   // Software-pipelined: the next step's rows are put in flight before this step's are decoded, so a
   // lane waits on memory once per chunk rather than once per step.
   constexpr int U = (kRowsInFlight<F> + 1) / 2 < 32 / GM ? (kRowsInFlight<F> + 1) / 2 : 32 / GM;
