@@ -348,13 +348,14 @@ std::unique_ptr<LlamaModel> LoadQuantized(DType t) {
 constexpr double kQ8_0Tol = 0.15;
 
 // Rows interleaved in groups of 8 (LoadOptions::interleave_rows, the default) against ggml's row
-// order, for every block type. Both layouts go through the integer GEMV in prefill and decode alike
-// (kernels/matmul.h), which forms the same integers per block and sums the floats in another order
-// (kernels/q8_dot.h); where that moves an activation across a rounding boundary of its 8-bit code,
-// the next layer sees a code one step off, so the logits move by up to what the activations'
-// quantization moves them (decode against prefill: 0.04-0.07 here). Measured between the two
-// layouts, prefill / decode: Q8_0 0.022 / 1.2e-4, Q4_0 0.035 / 4.8e-6, Q3_K 0.029 / 0.066 (the
-// largest), Q4_K 0.045 / 0.051, Q6_K 0.029 / 0.028, the others 1.8e-4 to 0.028. 0.1 leaves 1.5x; a
+// order, for every block type. Both layouts go through the integer GEMV in decode, and in prefill for
+// the types of IntegerPrefill (kernels/matmul.h), which forms the same integers per block and sums the
+// floats in another order (kernels/q8_dot.h); where that moves an activation across a rounding boundary
+// of its 8-bit code, the next layer sees a code one step off, so the logits move by up to what the
+// activations' quantization moves them (decode against prefill: 0.04-0.07 here). Measured between the
+// two layouts, prefill / decode: Q8_0 0.022 / 1.2e-4, Q4_0 0.035 / 4.8e-6, Q4_K 0.045 / 0.051, Q3_K
+// decode 0.066 (the largest), Q6_K decode 0.028, the others 1.8e-4 to 0.028; Q2_K, Q3_K and Q6_K
+// prefill through the same f32 panels either way (0). 0.1 leaves 1.5x; a
 // misread field moves logits by far more (Q6_K's kernel taking the other half's scale: 13-20; the
 // kernels' own tests check the layout exactly: Interleave.*, Q8Dot.*).
 TEST(RefModel, InterleavedRowsMatchGgmlRowOrder) {

@@ -123,7 +123,7 @@ template <>
 struct Raw8<KvFormat::kKivi8> : RawKivi {};
 
 // Rows of a form kept in flight per lane by the decode loops: 64 bytes for f32 and the 16-bit forms,
-// 32 for the packed ones. The packed forms took 64 bytes too (8 MX fp8/fp6 rows, 16 fp4) until the
+// 32 for the packed ones. The packed forms took 64 bytes too (8 rows of MX's 8-bit codes, fp8/fp6/int8; 16 of fp4) until the
 // one-pass decode kernel held its query and accumulator beside them: MX fp8's kernel then took 199
 // registers, 2 blocks per SM instead of 3, and got slower than two passes. Measured on an H100
 // (atp_cuda_attn, llama-3.2-1b's attention, us per layer at 1k / 8k / 32k, 2 rounds): mx fp8 at 8

@@ -229,7 +229,7 @@ void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
                   static_cast<const float*>(w.data) + b * in, int(in), 0.0f, y + b, int(out));
       return;
     }
-    // f16/bf16 weights: convert a panel of this slice's rows to f32 (about 8 MiB, in cache when
+    // f16/bf16/block weights: convert a panel of this slice's rows to f32 (about 8 MiB, in cache when
     // sgemm reads it), then sgemm it into the matching columns of y. Each sgemm call repacks all
     // of x, so panels are made large enough that this costs a few percent at most.
     const int64_t panel = std::max<int64_t>(16, (int64_t(8) << 20) / (in * 4));
@@ -244,8 +244,12 @@ void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
   });
 }
 
+bool IntegerPrefill(DType t) {
+  return HasQ8Dot(t) && t != DType::kQ2_K && t != DType::kQ3_K && t != DType::kQ6_K;
+}
+
 void MatMul(const float* x, int64_t n, const TensorView& w, const float* bias, float* y) {
-  if (n <= kGemvMaxRows || HasQ8Dot(w.dtype)) GemvRows(x, n, w, y);
+  if (n <= kGemvMaxRows || IntegerPrefill(w.dtype)) GemvRows(x, n, w, y);
   else GemmRows(x, n, w, y);
   if (bias) AddBias(bias, n, w.rows(), y);
 }
@@ -253,10 +257,10 @@ void MatMul(const float* x, int64_t n, const TensorView& w, const float* bias, f
 void MatMulShared(const float* x, int64_t n, std::span<const MatMulJob> jobs) {
   if (n <= kGemvMaxRows) {
     GemvJobs(x, n, jobs);
-  } else {  // block weights through the integer kernels at any row count, the others through sgemm
+  } else {  // IntegerPrefill's block weights through the integer kernels, the others through sgemm
     std::vector<MatMulJob> integer;
     for (const MatMulJob& j : jobs) {
-      if (HasQ8Dot(j.w->dtype)) integer.push_back(j);
+      if (IntegerPrefill(j.w->dtype)) integer.push_back(j);
       else GemmRows(x, n, *j.w, j.y);
     }
     if (!integer.empty()) GemvJobs(x, n, integer);

@@ -1,12 +1,12 @@
 // Y = X W^T for weights in their file dtype (f32/f16/bf16 or any block dtype of core/dtype.h), accumulating in f32.
-// Block weights (Q8_0, Q4_0, the k-quants, ...) go through our own threaded integer GEMV at any
-// number of rows: it quantizes x to 8-bit blocks once per call and takes integer dot products on the
-// packed blocks (kernels/q8_dot.h), AVX512-VNNI or AVX2, so those results carry the activations'
-// quantization error too (as llama.cpp's do, in prefill and decode alike). Held interleaved in groups
-// of 8 rows (TensorView::interleaved, core/interleave.h), they are read 8 rows at a time. Prefill
-// through them beat sgemm on f32 panels converted on the fly by 1.1-1.35x (atp-40m, pp512).
-// f32/f16/bf16 weights see f32 x: few rows (decode) through our own AVX-512/AVX2 GEMV, which reads
-// each weight once; many rows (prefill) through OpenBLAS sgemm on f32 panels converted on the fly.
+// Few rows (decode) go through our own threaded AVX-512/AVX2 GEMV, which reads each weight once; for
+// block weights (Q8_0, Q4_0, the k-quants, ...) it quantizes x to 8-bit blocks once per call and takes
+// integer dot products on the packed blocks (kernels/q8_dot.h, AVX512-VNNI or AVX2), so those results
+// carry the activations' quantization error too (as llama.cpp's do); f32/f16/bf16 weights see f32 x.
+// Block weights may be interleaved in groups of 8 rows (TensorView::interleaved, core/interleave.h),
+// which the GEMV reads 8 rows at a time and the GEMM's panels convert back.
+// Many rows (prefill): the block types of IntegerPrefill through the same integer GEMV, the others
+// through OpenBLAS sgemm on f32 panels converted on the fly.
 // Threads: both paths split output columns over ThreadPool::Global(); OpenBLAS is set to one thread
 // on first use (each pool thread runs its own sgemm), so its spinning threads never compete with the pool.
 #pragma once
@@ -17,8 +17,17 @@
 
 namespace atp {
 
-// Rows of X at or below this count take the GEMV path (block weights take it at any count).
+// Rows of X at or below this count take the GEMV path.
 constexpr int kGemvMaxRows = 8;
+
+// Whether block weights of t take the integer GEMV at any number of rows (prefill included): every
+// block type but Q2_K, Q3_K and Q6_K. Measured on atp-40m's llama-quantize files (pp512, 2026-12-07,
+// AVX512-VNNI Xeon), integer GEMV against sgemm on dequantized panels at 1 / 2 threads: Q4_0 1.34 /
+// 1.35, Q4_1 1.32 / 1.36, Q5_0 1.24 / 1.30, Q5_1 1.21 / 1.15, Q4_K_M 1.20 / 1.21, Q8_0 1.12 / 1.12,
+// IQ4_NL 1.07 / 1.07, IQ4_XS 0.97 / 1.12, Q5_K_M 1.01 / 1.00; but Q6_K 0.71 / 0.78, Q3_K_M 0.78 /
+// 0.85, Q2_K 0.79 / 0.82: their scales change every 16 elements, so each chunk's integer sums are
+// scaled in f32 twice per activation row, work that sgemm's f32 panels do once per weight.
+bool IntegerPrefill(DType t);
 
 // x: (n, in) f32 row-major; w: (out, in), in a multiple of the block (32 or 256) for block dtypes; y: (n, out). bias (out) f32 or null.
 void MatMul(const float* x, int64_t n, const TensorView& w, const float* bias, float* y);
