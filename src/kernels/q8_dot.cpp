@@ -545,6 +545,25 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
   for (int r = 0; r < R; ++r) SumW<W>(a[r], y + r * out);
 }
 
+// The loop every interleaved kernel runs: each group of 8 rows in turn, its blocks (or super-blocks)
+// of kBlockBytes front to back, each asked for `Lines` cache lines `Ahead` bytes ahead, and R f32
+// accumulators of 8 lanes (one per activation row, lane j row j) to which block(p, b, acc) adds block
+// b's terms; then the group's 8 outputs per activation row. The lambda inlines (a template argument),
+// so the accumulators stay in registers.
+template <int R, int64_t kBlockBytes, int Lines, size_t Ahead, typename Block>
+inline void ForGroups(const uint8_t* w, int64_t groups, int64_t nb, float* y, int64_t out, Block block) {
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    const uint8_t* p = w + g * nb * kBlockBytes;
+    for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
+      Prefetch<Lines, Ahead>(p);
+      block(p, b, acc);
+    }
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
+  }
+}
+
 // Byte k of each 32-bit lane: 0x10 where bit `shift` + k of the lane's byte `byte` is set (shift 0
 // or 4, k < 4): 4 fifth bits of Q5_0/Q5_1 from each row's 32-bit qh (lane j: row j's).
 inline __m256i LaneFifthBits(__m256i qh, int byte, int shift) {
@@ -577,53 +596,47 @@ void DotGroups(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, fl
   constexpr int64_t kBlockBytes = 8 * kRowBlock, kQh = kMin ? 32 : 16, kCodes = 8 * kRowBlock - 128 * (T == DType::kQ8_0 ? 2 : 1);
   const int64_t nb = in / 32;
   const __m256i low = _mm256_set1_epi8(0xf), ones = _mm256_set1_epi16(1);
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-    const uint8_t* p = w + g * nb * kBlockBytes;
-    for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
-      Prefetch<(kBlockBytes + 63) / 64>(p);
-      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-      __m256i s[R];
-      for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
-      if constexpr (T == DType::kQ8_0) {
-        for (int u = 0; u < 8; ++u) {
-          const __m256i v = Load32(p + kCodes + 32 * u);
-          for (int r = 0; r < R; ++r)
-            s[r] = Dot4<true>(s[r], v, Code4(x.q + 32 * (r * x.blocks + b) + 4 * u));
-        }
-      } else {
-        for (int u = 0; u < 4; ++u) {
-          const __m256i v = Load32(p + kCodes + 32 * u);
-          __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-          if constexpr (kFive) {
-            const __m256i qh = Load32(p + kQh);  // elements 4u.. in byte u / 2, 16 + 4u.. in byte 2 + u / 2
-            lo = _mm256_or_si256(lo, LaneFifthBits(qh, u / 2, 4 * (u % 2)));
-            hi = _mm256_or_si256(hi, LaneFifthBits(qh, 2 + u / 2, 4 * (u % 2)));
-          }
-          if constexpr (T == DType::kIQ4_NL) lo = Iq4Values(lo), hi = Iq4Values(hi);
-          for (int r = 0; r < R; ++r) {
-            const int8_t* q = x.q + 32 * (r * x.blocks + b);
-            if constexpr (kInt16)
-              s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, Code4(q + 4 * u)),
-                                                             _mm256_maddubs_epi16(hi, Code4(q + 16 + 4 * u))));
-            else
-              s[r] = Dot4<kSigned32<T>>(Dot4<kSigned32<T>>(s[r], lo, Code4(q + 4 * u)), hi, Code4(q + 16 + 4 * u));
-          }
-        }
+  auto block = [&](const uint8_t* p, int64_t b, __m256* acc) {  // block b of a group at p
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    __m256i s[R];
+    for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
+    if constexpr (T == DType::kQ8_0) {
+      for (int u = 0; u < 8; ++u) {
+        const __m256i v = Load32(p + kCodes + 32 * u);
+        for (int r = 0; r < R; ++r)
+          s[r] = Dot4<true>(s[r], v, Code4(x.q + 32 * (r * x.blocks + b) + 4 * u));
       }
-      const __m256 mw = kMin ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))) : __m256{};
-      for (int r = 0; r < R; ++r) {
-        const int64_t i = r * x.blocks + b;
-        const __m256 dot = _mm256_cvtepi32_ps(kInt16 ? _mm256_madd_epi16(s[r], ones) : s[r]);
-        // d_w (d_x S + offset d_x sum q), + m_w d_x sum q with a min.
-        const __m256 t = _mm256_fmadd_ps(dot, _mm256_set1_ps(x.d[i]), _mm256_set1_ps(kOffset * x.sum[i]));
-        acc[r] = _mm256_fmadd_ps(dw, t, acc[r]);
-        if constexpr (kMin) acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.sum[i]), acc[r]);
+    } else {
+      for (int u = 0; u < 4; ++u) {
+        const __m256i v = Load32(p + kCodes + 32 * u);
+        __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        if constexpr (kFive) {
+          const __m256i qh = Load32(p + kQh);  // elements 4u.. in byte u / 2, 16 + 4u.. in byte 2 + u / 2
+          lo = _mm256_or_si256(lo, LaneFifthBits(qh, u / 2, 4 * (u % 2)));
+          hi = _mm256_or_si256(hi, LaneFifthBits(qh, 2 + u / 2, 4 * (u % 2)));
+        }
+        if constexpr (T == DType::kIQ4_NL) lo = Iq4Values(lo), hi = Iq4Values(hi);
+        for (int r = 0; r < R; ++r) {
+          const int8_t* q = x.q + 32 * (r * x.blocks + b);
+          if constexpr (kInt16)
+            s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, Code4(q + 4 * u)),
+                                                           _mm256_maddubs_epi16(hi, Code4(q + 16 + 4 * u))));
+          else
+            s[r] = Dot4<kSigned32<T>>(Dot4<kSigned32<T>>(s[r], lo, Code4(q + 4 * u)), hi, Code4(q + 16 + 4 * u));
+        }
       }
     }
-    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
-  }
+    const __m256 mw = kMin ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))) : __m256{};
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = r * x.blocks + b;
+      const __m256 dot = _mm256_cvtepi32_ps(kInt16 ? _mm256_madd_epi16(s[r], ones) : s[r]);
+      // d_w (d_x S + offset d_x sum q), + m_w d_x sum q with a min.
+      const __m256 t = _mm256_fmadd_ps(dot, _mm256_set1_ps(x.d[i]), _mm256_set1_ps(kOffset * x.sum[i]));
+      acc[r] = _mm256_fmadd_ps(dw, t, acc[r]);
+      if constexpr (kMin) acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.sum[i]), acc[r]);
+    }
+  };
+  ForGroups<R, kBlockBytes, (kBlockBytes + 63) / 64, kPrefetchAhead>(w, groups, nb, y, out, block);
 }
 
 // Rows of W weight rows per pass (W = 4 at one activation row, 2 at two, else 1: about as many
@@ -672,65 +685,59 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
   constexpr bool kInt32 = kVnni || kFive;  // Q4_K's AVX2 path sums in int16
   const int64_t nb = in / kSuperBlock;
   const __m256i low = _mm256_set1_epi8(0xf), six = _mm256_set1_epi32(63), four = _mm256_set1_epi32(15);
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-    const uint8_t* p = w + g * nb * kBlockBytes;
-    for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
-      Prefetch<kBlockBytes / 64, kGroupPrefetchAhead>(p);
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-      const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
-      auto column = [&](int i) {  // scale byte i of the 8 rows, one per lane
-        return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 32 + 8 * i)));
-      };
-      __m256 sb[R], mins[R];
-      for (int r = 0; r < R; ++r) sb[r] = mins[r] = _mm256_setzero_ps();
-      for (int pair = 0; pair < 4; ++pair) {
-        __m256i s[R][2];
-        for (int r = 0; r < R; ++r) s[r][0] = s[r][1] = _mm256_setzero_si256();
-        for (int u = 0; u < 8; ++u) {
-          const __m256i v = Load32(p + kCodes + 32 * (8 * pair + u));
-          __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-          if constexpr (kFive) {
-            const __m256i qh = Load32(p + 8 * 16 + 32 * u), one = _mm256_set1_epi8(1);
-            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * pair), one), 4));
-            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * pair + 1), one), 4));
-          }
-          for (int r = 0; r < R; ++r) {
-            const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 2 * pair) + 4 * u;
-            if constexpr (kInt32) {
-              s[r][0] = Dot4<false>(s[r][0], lo, Code4(q));
-              s[r][1] = Dot4<false>(s[r][1], hi, Code4(q + 32));
-            } else {
-              s[r][0] = _mm256_add_epi16(s[r][0], _mm256_maddubs_epi16(lo, Code4(q)));
-              s[r][1] = _mm256_add_epi16(s[r][1], _mm256_maddubs_epi16(hi, Code4(q + 32)));
-            }
-          }
+  auto block = [&](const uint8_t* p, int64_t b, __m256* acc) {  // block b of a group at p
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+    auto column = [&](int i) {  // scale byte i of the 8 rows, one per lane
+      return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 32 + 8 * i)));
+    };
+    __m256 sb[R], mins[R];
+    for (int r = 0; r < R; ++r) sb[r] = mins[r] = _mm256_setzero_ps();
+    for (int pair = 0; pair < 4; ++pair) {
+      __m256i s[R][2];
+      for (int r = 0; r < R; ++r) s[r][0] = s[r][1] = _mm256_setzero_si256();
+      for (int u = 0; u < 8; ++u) {
+        const __m256i v = Load32(p + kCodes + 32 * (8 * pair + u));
+        __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        if constexpr (kFive) {
+          const __m256i qh = Load32(p + 8 * 16 + 32 * u), one = _mm256_set1_epi8(1);
+          lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * pair), one), 4));
+          hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * pair + 1), one), 4));
         }
-        for (int h = 0; h < 2; ++h) {
-          const int k = 2 * pair + h;
-          __m256i sc, m;
-          if (k < 4) {
-            sc = _mm256_and_si256(column(k), six);
-            m = _mm256_and_si256(column(k + 4), six);
+        for (int r = 0; r < R; ++r) {
+          const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 2 * pair) + 4 * u;
+          if constexpr (kInt32) {
+            s[r][0] = Dot4<false>(s[r][0], lo, Code4(q));
+            s[r][1] = Dot4<false>(s[r][1], hi, Code4(q + 32));
           } else {
-            const __m256i c = column(k + 4);
-            sc = _mm256_or_si256(_mm256_and_si256(c, four), _mm256_slli_epi32(_mm256_srli_epi32(column(k - 4), 6), 4));
-            m = _mm256_or_si256(_mm256_srli_epi32(c, 4), _mm256_slli_epi32(_mm256_srli_epi32(column(k), 6), 4));
-          }
-          const __m256 scf = _mm256_cvtepi32_ps(sc), mf = _mm256_cvtepi32_ps(m);
-          for (int r = 0; r < R; ++r) {
-            const int64_t i = r * x.blocks + 8 * b + k;
-            const __m256i dot = kInt32 ? s[r][h] : _mm256_madd_epi16(s[r][h], _mm256_set1_epi16(1));
-            sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), scf), _mm256_set1_ps(x.d[i]), sb[r]);
-            mins[r] = _mm256_fmadd_ps(mf, _mm256_set1_ps(x.sum[i]), mins[r]);
+            s[r][0] = _mm256_add_epi16(s[r][0], _mm256_maddubs_epi16(lo, Code4(q)));
+            s[r][1] = _mm256_add_epi16(s[r][1], _mm256_maddubs_epi16(hi, Code4(q + 32)));
           }
         }
       }
-      for (int r = 0; r < R; ++r) acc[r] = _mm256_fnmadd_ps(dmin, mins[r], _mm256_fmadd_ps(d, sb[r], acc[r]));
+      for (int h = 0; h < 2; ++h) {
+        const int k = 2 * pair + h;
+        __m256i sc, m;
+        if (k < 4) {
+          sc = _mm256_and_si256(column(k), six);
+          m = _mm256_and_si256(column(k + 4), six);
+        } else {
+          const __m256i c = column(k + 4);
+          sc = _mm256_or_si256(_mm256_and_si256(c, four), _mm256_slli_epi32(_mm256_srli_epi32(column(k - 4), 6), 4));
+          m = _mm256_or_si256(_mm256_srli_epi32(c, 4), _mm256_slli_epi32(_mm256_srli_epi32(column(k), 6), 4));
+        }
+        const __m256 scf = _mm256_cvtepi32_ps(sc), mf = _mm256_cvtepi32_ps(m);
+        for (int r = 0; r < R; ++r) {
+          const int64_t i = r * x.blocks + 8 * b + k;
+          const __m256i dot = kInt32 ? s[r][h] : _mm256_madd_epi16(s[r][h], _mm256_set1_epi16(1));
+          sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), scf), _mm256_set1_ps(x.d[i]), sb[r]);
+          mins[r] = _mm256_fmadd_ps(mf, _mm256_set1_ps(x.sum[i]), mins[r]);
+        }
+      }
     }
-    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
-  }
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_fnmadd_ps(dmin, mins[r], _mm256_fmadd_ps(d, sb[r], acc[r]));
+  };
+  ForGroups<R, kBlockBytes, kBlockBytes / 64, kGroupPrefetchAhead>(w, groups, nb, y, out, block);
 }
 
 // Q2_K, Q3_K and Q6_K in interleaved groups: element 128 h + 32 k + l of a super-block is chunk 4 h + k,
@@ -758,82 +765,76 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
   const int64_t nb = in / kSuperBlock;
   const __m256i low = _mm256_set1_epi8(0xf), top = _mm256_set1_epi8(0x30), two = _mm256_set1_epi8(3),
                 bit2 = _mm256_set1_epi8(4);
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-    const uint8_t* p = w + g * nb * kBlockBytes;
-    for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
-      Prefetch<kBlockBytes / 64 + 1, kGroupPrefetchAhead>(p);
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kD)));
-      auto column = [&](int i) {  // scale byte i of the 8 rows, one per lane
-        const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + kScales + 8 * i));
-        return T == DType::kQ6_K ? _mm256_cvtepi8_epi32(c) : _mm256_cvtepu8_epi32(c);
-      };
-      __m256 sb[R], mins[R];
-      for (int r = 0; r < R; ++r) sb[r] = mins[r] = _mm256_setzero_ps();
-      for (int h = 0; h < 2; ++h)
-        for (int half = 0; half < 2; ++half) {
-          __m256i s[R][4];
-          for (int r = 0; r < R; ++r)
-            for (int k = 0; k < 4; ++k) s[r][k] = _mm256_setzero_si256();
-          for (int u = 4 * half; u < 4 * half + 4; ++u) {
-            __m256i v[4];
-            if constexpr (T == DType::kQ6_K) {
-              const __m256i l0 = Load32(p + kQs + 32 * (16 * h + u)), l1 = Load32(p + kQs + 32 * (16 * h + 8 + u));
-              const __m256i hb = Load32(p + kHigh + 32 * (8 * h + u));
-              v[0] = _mm256_or_si256(_mm256_and_si256(l0, low), _mm256_and_si256(_mm256_slli_epi16(hb, 4), top));
-              v[1] = _mm256_or_si256(_mm256_and_si256(l1, low), _mm256_and_si256(_mm256_slli_epi16(hb, 2), top));
-              v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), _mm256_and_si256(hb, top));
-              v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
-                                     _mm256_and_si256(_mm256_srli_epi16(hb, 2), top));
-            } else {
-              const __m256i qs = Load32(p + kQs + 32 * (8 * h + u));
-              for (int k = 0; k < 4; ++k) v[k] = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), two);
-              if constexpr (kQ3) {
-                const __m256i hm = Load32(p + kHigh + 32 * u);
-                for (int k = 0; k < 4; ++k) {  // bit 4 h + k of each byte to bit 2
-                  const int sh = 4 * h + k - 2;
-                  const __m256i moved = sh >= 0 ? _mm256_srli_epi16(hm, sh) : _mm256_slli_epi16(hm, -sh);
-                  v[k] = _mm256_or_si256(v[k], _mm256_and_si256(moved, bit2));
-                }
+  auto block = [&](const uint8_t* p, int64_t b, __m256* acc) {  // block b of a group at p
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kD)));
+    auto column = [&](int i) {  // scale byte i of the 8 rows, one per lane
+      const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + kScales + 8 * i));
+      return T == DType::kQ6_K ? _mm256_cvtepi8_epi32(c) : _mm256_cvtepu8_epi32(c);
+    };
+    __m256 sb[R], mins[R];
+    for (int r = 0; r < R; ++r) sb[r] = mins[r] = _mm256_setzero_ps();
+    for (int h = 0; h < 2; ++h)
+      for (int half = 0; half < 2; ++half) {
+        __m256i s[R][4];
+        for (int r = 0; r < R; ++r)
+          for (int k = 0; k < 4; ++k) s[r][k] = _mm256_setzero_si256();
+        for (int u = 4 * half; u < 4 * half + 4; ++u) {
+          __m256i v[4];
+          if constexpr (T == DType::kQ6_K) {
+            const __m256i l0 = Load32(p + kQs + 32 * (16 * h + u)), l1 = Load32(p + kQs + 32 * (16 * h + 8 + u));
+            const __m256i hb = Load32(p + kHigh + 32 * (8 * h + u));
+            v[0] = _mm256_or_si256(_mm256_and_si256(l0, low), _mm256_and_si256(_mm256_slli_epi16(hb, 4), top));
+            v[1] = _mm256_or_si256(_mm256_and_si256(l1, low), _mm256_and_si256(_mm256_slli_epi16(hb, 2), top));
+            v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), _mm256_and_si256(hb, top));
+            v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
+                                   _mm256_and_si256(_mm256_srli_epi16(hb, 2), top));
+          } else {
+            const __m256i qs = Load32(p + kQs + 32 * (8 * h + u));
+            for (int k = 0; k < 4; ++k) v[k] = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), two);
+            if constexpr (kQ3) {
+              const __m256i hm = Load32(p + kHigh + 32 * u);
+              for (int k = 0; k < 4; ++k) {  // bit 4 h + k of each byte to bit 2
+                const int sh = 4 * h + k - 2;
+                const __m256i moved = sh >= 0 ? _mm256_srli_epi16(hm, sh) : _mm256_slli_epi16(hm, -sh);
+                v[k] = _mm256_or_si256(v[k], _mm256_and_si256(moved, bit2));
               }
             }
-            for (int r = 0; r < R; ++r) {
-              const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 4 * h) + 4 * u;
-              for (int k = 0; k < 4; ++k) s[r][k] = Dot4<false>(s[r][k], v[k], Code4(q + 32 * k));
-            }
           }
-          for (int k = 0; k < 4; ++k) {
-            const int sc = 8 * h + 2 * k + half;  // the sub-block of these 16 elements
-            __m256i scale, min;
-            if constexpr (kQ2) {
-              const __m256i c = column(sc);
-              scale = _mm256_and_si256(c, _mm256_set1_epi32(15)), min = _mm256_srli_epi32(c, 4);
-            } else if constexpr (kQ3) {
-              const __m256i lo4 = _mm256_and_si256(_mm256_srli_epi32(column(sc % 8), 4 * (sc / 8)), _mm256_set1_epi32(15));
-              const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi32(column(8 + sc % 4), 2 * (sc / 4)), _mm256_set1_epi32(3));
-              scale = min = _mm256_sub_epi32(_mm256_or_si256(lo4, _mm256_slli_epi32(hi2, 4)), _mm256_set1_epi32(32));
-            } else {
-              scale = min = column(sc);
-            }
-            const __m256 scf = _mm256_cvtepi32_ps(scale), mf = _mm256_cvtepi32_ps(min);
-            for (int r = 0; r < R; ++r) {
-              const int64_t i = r * x.blocks + 8 * b + 4 * h + k;
-              sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s[r][k]), scf), _mm256_set1_ps(x.d[i]), sb[r]);
-              mins[r] = _mm256_fmadd_ps(mf, _mm256_set1_ps(x.half[2 * i + half]), mins[r]);
-            }
+          for (int r = 0; r < R; ++r) {
+            const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 4 * h) + 4 * u;
+            for (int k = 0; k < 4; ++k) s[r][k] = Dot4<false>(s[r][k], v[k], Code4(q + 32 * k));
           }
         }
-      if constexpr (kQ2) {
-        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kD + 16)));
-        for (int r = 0; r < R; ++r) acc[r] = _mm256_fnmadd_ps(dmin, mins[r], _mm256_fmadd_ps(d, sb[r], acc[r]));
-      } else {
-        for (int r = 0; r < R; ++r)
-          acc[r] = _mm256_fmadd_ps(d, _mm256_fnmadd_ps(_mm256_set1_ps(kOffset), mins[r], sb[r]), acc[r]);
+        for (int k = 0; k < 4; ++k) {
+          const int sc = 8 * h + 2 * k + half;  // the sub-block of these 16 elements
+          __m256i scale, min;
+          if constexpr (kQ2) {
+            const __m256i c = column(sc);
+            scale = _mm256_and_si256(c, _mm256_set1_epi32(15)), min = _mm256_srli_epi32(c, 4);
+          } else if constexpr (kQ3) {
+            const __m256i lo4 = _mm256_and_si256(_mm256_srli_epi32(column(sc % 8), 4 * (sc / 8)), _mm256_set1_epi32(15));
+            const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi32(column(8 + sc % 4), 2 * (sc / 4)), _mm256_set1_epi32(3));
+            scale = min = _mm256_sub_epi32(_mm256_or_si256(lo4, _mm256_slli_epi32(hi2, 4)), _mm256_set1_epi32(32));
+          } else {
+            scale = min = column(sc);
+          }
+          const __m256 scf = _mm256_cvtepi32_ps(scale), mf = _mm256_cvtepi32_ps(min);
+          for (int r = 0; r < R; ++r) {
+            const int64_t i = r * x.blocks + 8 * b + 4 * h + k;
+            sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s[r][k]), scf), _mm256_set1_ps(x.d[i]), sb[r]);
+            mins[r] = _mm256_fmadd_ps(mf, _mm256_set1_ps(x.half[2 * i + half]), mins[r]);
+          }
+        }
       }
+    if constexpr (kQ2) {
+      const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kD + 16)));
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fnmadd_ps(dmin, mins[r], _mm256_fmadd_ps(d, sb[r], acc[r]));
+    } else {
+      for (int r = 0; r < R; ++r)
+        acc[r] = _mm256_fmadd_ps(d, _mm256_fnmadd_ps(_mm256_set1_ps(kOffset), mins[r], sb[r]), acc[r]);
     }
-    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
-  }
+  };
+  ForGroups<R, kBlockBytes, kBlockBytes / 64 + 1, kGroupPrefetchAhead>(w, groups, nb, y, out, block);
 }
 
 // IQ4_XS in interleaved groups (ggml's fields: d, scales_h, scales_l[4], qs[128]): sub-block k's codes
@@ -846,43 +847,37 @@ void DotGroupsIq4Xs(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& 
   constexpr int64_t kBlockBytes = 8 * 136, kCodes = 8 * 8;
   const int64_t nb = in / kSuperBlock;
   const __m256i low = _mm256_set1_epi8(0xf), four = _mm256_set1_epi32(15), two = _mm256_set1_epi32(3);
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-    const uint8_t* p = w + g * nb * kBlockBytes;
-    for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
-      Prefetch<kBlockBytes / 64 + 1, kGroupPrefetchAhead>(p);
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-      const __m256i high = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
-      __m256 sb[R];
-      for (int r = 0; r < R; ++r) sb[r] = _mm256_setzero_ps();
-      for (int k = 0; k < 8; ++k) {
-        __m256i s[R];
-        for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
-        for (int u = 0; u < 4; ++u) {
-          const __m256i v = Load32(p + kCodes + 32 * (4 * k + u));
-          const __m256i lo = Iq4Values(_mm256_and_si256(v, low)), hi = Iq4Values(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-          for (int r = 0; r < R; ++r) {
-            const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + k);
-            s[r] = Dot4<true>(Dot4<true>(s[r], lo, Code4(q + 4 * u)), hi, Code4(q + 16 + 4 * u));
-          }
+  auto block = [&](const uint8_t* p, int64_t b, __m256* acc) {  // block b of a group at p
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i high = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+    __m256 sb[R];
+    for (int r = 0; r < R; ++r) sb[r] = _mm256_setzero_ps();
+    for (int k = 0; k < 8; ++k) {
+      __m256i s[R];
+      for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
+      for (int u = 0; u < 4; ++u) {
+        const __m256i v = Load32(p + kCodes + 32 * (4 * k + u));
+        const __m256i lo = Iq4Values(_mm256_and_si256(v, low)), hi = Iq4Values(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+        for (int r = 0; r < R; ++r) {
+          const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + k);
+          s[r] = Dot4<true>(Dot4<true>(s[r], lo, Code4(q + 4 * u)), hi, Code4(q + 16 + 4 * u));
         }
-        const __m256i lo4 = _mm256_and_si256(
-            _mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 32 + 8 * (k / 2)))),
-                              4 * (k % 2)),
-            four);
-        const __m256i scale = _mm256_sub_epi32(
-            _mm256_or_si256(lo4, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(high, 2 * k), two), 4)),
-            _mm256_set1_epi32(32));
-        const __m256 scf = _mm256_cvtepi32_ps(scale);
-        for (int r = 0; r < R; ++r)
-          sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s[r]), scf), _mm256_set1_ps(x.d[r * x.blocks + 8 * b + k]),
-                                  sb[r]);
       }
-      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(d, sb[r], acc[r]);
+      const __m256i lo4 = _mm256_and_si256(
+          _mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 32 + 8 * (k / 2)))),
+                            4 * (k % 2)),
+          four);
+      const __m256i scale = _mm256_sub_epi32(
+          _mm256_or_si256(lo4, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(high, 2 * k), two), 4)),
+          _mm256_set1_epi32(32));
+      const __m256 scf = _mm256_cvtepi32_ps(scale);
+      for (int r = 0; r < R; ++r)
+        sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s[r]), scf), _mm256_set1_ps(x.d[r * x.blocks + 8 * b + k]),
+                                sb[r]);
     }
-    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
-  }
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(d, sb[r], acc[r]);
+  };
+  ForGroups<R, kBlockBytes, kBlockBytes / 64 + 1, kGroupPrefetchAhead>(w, groups, nb, y, out, block);
 }
 
 template <int R, DType T>
