@@ -24,11 +24,11 @@ const Layout* LayoutOf(DType t) {
   static const Layout kQ5_0 = {{{0, 2, 1}, {2, 4, 1}, {6, 4, 4}}, 3};                   // d, qh, qs
   static const Layout kQ5_1 = {{{0, 2, 1}, {2, 2, 1}, {4, 4, 1}, {8, 4, 4}}, 4};        // d, m, qh, qs
   static const Layout kQ2_K = {{{0, 1, 16}, {16, 4, 16}, {80, 2, 1}, {82, 2, 1}}, 4};   // scales, qs, d, dmin
-  static const Layout kIQ4_XS = {{{0, 2, 1}, {2, 2, 1}, {4, 1, 4}, {8, 4, 32}}, 4};      // d, scales_h, scales_l, qs
   static const Layout kQ3_K = {{{0, 4, 8}, {32, 4, 16}, {96, 1, 12}, {108, 2, 1}}, 4};  // hmask, qs, scales, d
   static const Layout kQ4_K = {{{0, 2, 1}, {2, 2, 1}, {4, 1, 12}, {16, 4, 32}}, 4};  // d, dmin, scales, qs
   static const Layout kQ5_K = {{{0, 2, 1}, {2, 2, 1}, {4, 1, 12}, {16, 4, 8}, {48, 4, 32}}, 5};  // ... qh, qs
   static const Layout kQ6_K = {{{0, 4, 32}, {128, 4, 16}, {192, 1, 16}, {208, 2, 1}}, 4};  // ql, qh, scales, d
+  static const Layout kIQ4_XS = {{{0, 2, 1}, {2, 2, 1}, {4, 1, 4}, {8, 4, 32}}, 4};  // d, scales_h, scales_l, qs
   switch (t) {
     case DType::kQ8_0: return &kQ8_0;
     case DType::kQ4_0:
@@ -38,10 +38,10 @@ const Layout* LayoutOf(DType t) {
     case DType::kQ5_1: return &kQ5_1;
     case DType::kQ2_K: return &kQ2_K;
     case DType::kQ3_K: return &kQ3_K;
-    case DType::kIQ4_XS: return &kIQ4_XS;
     case DType::kQ4_K: return &kQ4_K;
     case DType::kQ5_K: return &kQ5_K;
     case DType::kQ6_K: return &kQ6_K;
+    case DType::kIQ4_XS: return &kIQ4_XS;
     default: return nullptr;
   }
 }

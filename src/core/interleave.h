@@ -9,10 +9,11 @@
 // Group g (rows 8g..8g+7) takes the bytes its 8 rows take in ggml's layout, block by block: block b
 // of the group holds block b of each of the 8 rows, field by field in ggml's order (Q8_0/Q4_0/IQ4_NL:
 // d, codes; Q4_1: d, m, codes; Q5_0/Q5_1 the same with the fifth bits before the codes; Q2_K: the 16
-// scale bytes, codes, d, dmin; IQ4_XS: d, the high scale bits, the 4 low scale bytes, codes; Q3_K: high bits, low codes, the 12 scale bytes, d; Q4_K: d, dmin, the
+// scale bytes, codes, d, dmin; Q3_K: high bits, low codes, the 12 scale bytes, d; Q4_K: d, dmin, the
 // 12 scale bytes, codes; Q5_K the same with the fifth bits before the codes; Q6_K: low codes, high
-// codes, the 16 scales, d). A field of `size`-byte units (f16 scales: 2,
-// scale bytes: 1, codes: 4) at offset o of a ggml block starts at 8 o in the group's block, and its
+// codes, the 16 scales, d; IQ4_XS: d, the high scale bits, the 4 low scale bytes, codes). A field of
+// `size`-byte units (f16 scales: 2, scale bytes: 1, codes: 4) at offset o of a ggml block starts at
+// 8 o in the group's block, and its
 // unit e of row j sits at (8 e + j) * size from there: the 8 rows' d, the 8 rows' first scale byte,
 // the 8 rows' first 4 code bytes, and so on. Rows past the last whole group (rows % 8 of them) keep
 // ggml's layout after the groups.

@@ -12,7 +12,7 @@ struct TensorView {
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
   const void* data = nullptr;
-  // Rows in groups of 8 interleaved (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K; core/interleave.h): read rows with RowsToF32.
+  // Rows in groups of 8 interleaved (block dtypes; core/interleave.h): read rows with RowsToF32.
   bool interleaved = false;
 
   int64_t numel() const {

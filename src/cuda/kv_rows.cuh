@@ -123,17 +123,17 @@ template <>
 struct Raw8<KvFormat::kKivi8> : RawKivi {};
 
 // Rows of a form kept in flight per lane by the decode loops: 64 bytes for f32 and the 16-bit forms,
-// 32 for the packed ones. The packed forms took 64 bytes too (8 rows of MX's 8-bit codes, fp8/fp6/int8; 16 of fp4) until the
-// one-pass decode kernel held its query and accumulator beside them: MX fp8's kernel then took 199
-// registers, 2 blocks per SM instead of 3, and got slower than two passes. Measured on an H100
-// (atp_cuda_attn, llama-3.2-1b's attention, us per layer at 1k / 8k / 32k, 2 rounds): mx fp8 at 8
-// rows 8.9 / 19.1 / 54.6, at 6 10.2 / 19.0 / 47.5, at 4 9.1 / 17.4 / 44.0, at 2 9.2 / 18.2 / 47.9;
-// mx fp4 at 16 rows 12.1 / 21.8 / 65.3, at 8 9.7 / 22.1 / 59.7. NVFP4 follows MX fp4 (not measured).
+// 32 for the packed ones. The packed forms took 64 bytes too (8 rows of MX's 8-bit codes, fp8/fp6/
+// int8; 16 of fp4) until the one-pass decode kernel held its query and accumulator beside them: MX
+// fp8's kernel then took 199 registers, 2 blocks per SM instead of 3, and got slower than two passes.
+// Measured on an H100 (atp_cuda_attn, llama-3.2-1b's attention, us per layer at 1k / 8k / 32k, 2
+// rounds): mx fp8 at 8 rows 8.9 / 19.1 / 54.6, at 6 10.2 / 19.0 / 47.5, at 4 9.1 / 17.4 / 44.0, at 2
+// 9.2 / 18.2 / 47.9; mx fp4 at 16 rows 12.1 / 21.8 / 65.3, at 8 9.7 / 22.1 / 59.7; nvfp4 (atp bench,
+// ms per token at 32k) 2.65 at 16 rows, 2.59 at 8.
 template <KvFormat F>
-constexpr int kRowsInFlight = F == KvFormat::kF32                        ? 2
-                              : std::is_base_of_v<RawMx8, Raw8<F>>      ? 4
+constexpr int kRowsInFlight = F == KvFormat::kF32                             ? 2
                               : F == KvFormat::kMxFp4 || F == KvFormat::kNvFp4 ? 8
-                                                                        : 4;
+                                                                             : 4;
 
 // A KIVI row's 8 parameters of elements 8c .. 8c+7 (see DeviceRows).
 __device__ inline void KiviParams8(const DeviceRows& r, int64_t j, int h, int c, uint4* s, uint4* z) {

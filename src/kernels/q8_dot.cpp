@@ -575,6 +575,43 @@ inline __m256i LaneFifthBits(__m256i qh, int byte, int shift) {
                           _mm256_set1_epi8(0x10));
 }
 
+// Scale byte i of 8 interleaved rows at p (8 consecutive bytes), one per 32-bit lane: the scale
+// columns of Q2_K..Q6_K and IQ4_XS. Signed for Q6_K's int8 scales.
+template <bool Signed = false>
+inline __m256i ByteColumn(const uint8_t* p) {
+  const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return Signed ? _mm256_cvtepi8_epi32(c) : _mm256_cvtepu8_epi32(c);
+}
+
+// The 32 codes of one 32-element block of 8 interleaved rows in 4 nibble units at `codes` (low
+// nibbles elements 4u..4u+3, high ones 16 + 4u..; with T's fifth bits from the rows' qh words at qh,
+// or T's value table) against activation block `blk` of each of R rows, added to s[r] lane by lane.
+// Q4_0's and Q4_1's AVX2 path sums in int16 (see DotGroups), the others in int32 (Dot4).
+template <int R, DType T>
+inline void NibbleDots(const uint8_t* codes, const uint8_t* qh, const Q8Rows& x, int64_t blk, __m256i* s) {
+  constexpr bool kFive = T == DType::kQ5_0 || T == DType::kQ5_1;
+  constexpr bool kInt16 = !kVnni && (T == DType::kQ4_0 || T == DType::kQ4_1);
+  const __m256i low = _mm256_set1_epi8(0xf);
+  for (int u = 0; u < 4; ++u) {
+    const __m256i v = Load32(codes + 32 * u);
+    __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    if constexpr (kFive) {
+      const __m256i h = Load32(qh);  // elements 4u.. in byte u / 2, 16 + 4u.. in byte 2 + u / 2
+      lo = _mm256_or_si256(lo, LaneFifthBits(h, u / 2, 4 * (u % 2)));
+      hi = _mm256_or_si256(hi, LaneFifthBits(h, 2 + u / 2, 4 * (u % 2)));
+    }
+    if constexpr (T == DType::kIQ4_NL) lo = Iq4Values(lo), hi = Iq4Values(hi);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q = x.q + 32 * (r * x.blocks + blk);
+      if constexpr (kInt16)
+        s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, Code4(q + 4 * u)),
+                                                       _mm256_maddubs_epi16(hi, Code4(q + 16 + 4 * u))));
+      else
+        s[r] = Dot4<kSigned32<T>>(Dot4<kSigned32<T>>(s[r], lo, Code4(q + 4 * u)), hi, Code4(q + 16 + 4 * u));
+    }
+  }
+}
+
 // Interleaved groups of 8 rows (core/interleave.h): per block, lane j of a code vector holds 4 codes
 // of row j, and the activation's 4 matching codes are broadcast to every lane, so maddubs + madd
 // leave row j's partial dot in lane j. The 4-bit types: a 32-byte unit vector holds elements
@@ -587,7 +624,7 @@ inline __m256i LaneFifthBits(__m256i qh, int byte, int shift) {
 // R activation rows (1..4: about as many accumulators as registers allow).
 template <int R, DType T>
 void DotGroups(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
-  constexpr bool kMin = T == DType::kQ4_1 || T == DType::kQ5_1, kFive = T == DType::kQ5_0 || T == DType::kQ5_1;
+  constexpr bool kMin = T == DType::kQ4_1 || T == DType::kQ5_1;
   constexpr bool kInt16 = !kVnni && (T == DType::kQ4_0 || T == DType::kQ4_1);
   constexpr float kOffset = T == DType::kQ4_0 ? -8.f : T == DType::kQ5_0 ? -16.f : 0.f;
   // Bytes of one row's block, and where the 8 rows' qh words and codes start in the group's block.
@@ -595,7 +632,7 @@ void DotGroups(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, fl
                               : T == DType::kQ5_1 ? 24 : 18;
   constexpr int64_t kBlockBytes = 8 * kRowBlock, kQh = kMin ? 32 : 16, kCodes = 8 * kRowBlock - 128 * (T == DType::kQ8_0 ? 2 : 1);
   const int64_t nb = in / 32;
-  const __m256i low = _mm256_set1_epi8(0xf), ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1);
   auto block = [&](const uint8_t* p, int64_t b, __m256* acc) {  // block b of a group at p
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     __m256i s[R];
@@ -607,24 +644,7 @@ void DotGroups(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, fl
           s[r] = Dot4<true>(s[r], v, Code4(x.q + 32 * (r * x.blocks + b) + 4 * u));
       }
     } else {
-      for (int u = 0; u < 4; ++u) {
-        const __m256i v = Load32(p + kCodes + 32 * u);
-        __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-        if constexpr (kFive) {
-          const __m256i qh = Load32(p + kQh);  // elements 4u.. in byte u / 2, 16 + 4u.. in byte 2 + u / 2
-          lo = _mm256_or_si256(lo, LaneFifthBits(qh, u / 2, 4 * (u % 2)));
-          hi = _mm256_or_si256(hi, LaneFifthBits(qh, 2 + u / 2, 4 * (u % 2)));
-        }
-        if constexpr (T == DType::kIQ4_NL) lo = Iq4Values(lo), hi = Iq4Values(hi);
-        for (int r = 0; r < R; ++r) {
-          const int8_t* q = x.q + 32 * (r * x.blocks + b);
-          if constexpr (kInt16)
-            s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, Code4(q + 4 * u)),
-                                                           _mm256_maddubs_epi16(hi, Code4(q + 16 + 4 * u))));
-          else
-            s[r] = Dot4<kSigned32<T>>(Dot4<kSigned32<T>>(s[r], lo, Code4(q + 4 * u)), hi, Code4(q + 16 + 4 * u));
-        }
-      }
+      NibbleDots<R, T>(p + kCodes, p + kQh, x, b, s);
     }
     const __m256 mw = kMin ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))) : __m256{};
     for (int r = 0; r < R; ++r) {
@@ -688,9 +708,7 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
   auto block = [&](const uint8_t* p, int64_t b, __m256* acc) {  // block b of a group at p
     const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
-    auto column = [&](int i) {  // scale byte i of the 8 rows, one per lane
-      return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 32 + 8 * i)));
-    };
+    auto column = [&](int i) { return ByteColumn(p + 32 + 8 * i); };  // scale byte i of the 8 rows
     __m256 sb[R], mins[R];
     for (int r = 0; r < R; ++r) sb[r] = mins[r] = _mm256_setzero_ps();
     for (int pair = 0; pair < 4; ++pair) {
@@ -767,10 +785,7 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
                 bit2 = _mm256_set1_epi8(4);
   auto block = [&](const uint8_t* p, int64_t b, __m256* acc) {  // block b of a group at p
     const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kD)));
-    auto column = [&](int i) {  // scale byte i of the 8 rows, one per lane
-      const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + kScales + 8 * i));
-      return T == DType::kQ6_K ? _mm256_cvtepi8_epi32(c) : _mm256_cvtepu8_epi32(c);
-    };
+    auto column = [&](int i) { return ByteColumn<T == DType::kQ6_K>(p + kScales + 8 * i); };  // scale byte i
     __m256 sb[R], mins[R];
     for (int r = 0; r < R; ++r) sb[r] = mins[r] = _mm256_setzero_ps();
     for (int h = 0; h < 2; ++h)
@@ -846,7 +861,7 @@ template <int R>
 void DotGroupsIq4Xs(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int64_t kBlockBytes = 8 * 136, kCodes = 8 * 8;
   const int64_t nb = in / kSuperBlock;
-  const __m256i low = _mm256_set1_epi8(0xf), four = _mm256_set1_epi32(15), two = _mm256_set1_epi32(3);
+  const __m256i four = _mm256_set1_epi32(15), two = _mm256_set1_epi32(3);
   auto block = [&](const uint8_t* p, int64_t b, __m256* acc) {  // block b of a group at p
     const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     const __m256i high = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
@@ -855,18 +870,8 @@ void DotGroupsIq4Xs(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& 
     for (int k = 0; k < 8; ++k) {
       __m256i s[R];
       for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
-      for (int u = 0; u < 4; ++u) {
-        const __m256i v = Load32(p + kCodes + 32 * (4 * k + u));
-        const __m256i lo = Iq4Values(_mm256_and_si256(v, low)), hi = Iq4Values(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-        for (int r = 0; r < R; ++r) {
-          const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + k);
-          s[r] = Dot4<true>(Dot4<true>(s[r], lo, Code4(q + 4 * u)), hi, Code4(q + 16 + 4 * u));
-        }
-      }
-      const __m256i lo4 = _mm256_and_si256(
-          _mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 32 + 8 * (k / 2)))),
-                            4 * (k % 2)),
-          four);
+      NibbleDots<R, DType::kIQ4_NL>(p + kCodes + 128 * k, nullptr, x, 8 * b + k, s);
+      const __m256i lo4 = _mm256_and_si256(_mm256_srli_epi32(ByteColumn(p + 32 + 8 * (k / 2)), 4 * (k % 2)), four);
       const __m256i scale = _mm256_sub_epi32(
           _mm256_or_si256(lo4, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(high, 2 * k), two), 4)),
           _mm256_set1_epi32(32));
