@@ -66,12 +66,26 @@ KvPolicyParser KvParserFor(const std::string& device) {
 #endif
 }
 
+namespace {
+// The backend `device` names attached to the model (the CPU's is the model's own).
+Status AttachBackend(const std::string& device, LlamaModel* model) {
+  if (device != "cuda") return Status::Ok();
+#if defined(ATP_CUDA)
+  ATP_ASSIGN_OR_RETURN(auto backend, MakeCudaBackend(*model));
+  model->SetBackend(std::move(backend));
+  return Status::Ok();
+#else
+  return Status::Unsupported(kNoCuda);
+#endif
+}
+}  // namespace
+
 Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
   if (f.threads < 0) return Status::InvalidArgument("--threads must be >= 0");
   if (f.ctx < 0) return Status::InvalidArgument("--ctx must be >= 0");
   ThreadPool::Configure(f.threads);
   Loaded l;
-  ATP_ASSIGN_OR_RETURN(l.kv, ParseKvPolicy(f.kv, f.model));
+  ATP_ASSIGN_OR_RETURN(l.kv, KvParserFor(f.device)(f.kv, f.model));  // before the model: a bad --kv fails at once
   LoadOptions opt;
   opt.interleave_rows = !f.no_repack;
   if (!f.weights.empty()) {
@@ -80,15 +94,7 @@ Result<Loaded> Load(const CommonFlags& f, bool need_tokenizer) {
     opt.weights_dtype = t;
   }
   ATP_ASSIGN_OR_RETURN(l.model, LlamaModel::Load(f.model, opt));
-  if (f.device == "cuda") {
-#if defined(ATP_CUDA)
-    ATP_ASSIGN_OR_RETURN(l.kv, KvParserFor(f.device)(f.kv, f.model));
-    ATP_ASSIGN_OR_RETURN(auto backend, MakeCudaBackend(*l.model));
-    l.model->SetBackend(std::move(backend));
-#else
-    return Status::Unsupported(kNoCuda);
-#endif
-  }
+  ATP_RETURN_IF_ERROR(AttachBackend(f.device, l.model.get()));
   for (int layer = 0; layer < l.model->config().num_layers; ++layer)
     ATP_RETURN_IF_ERROR(l.kv->CheckShape(l.model->kv_shape(layer)));
   if (gguf::IsGgufFile(f.model)) {

@@ -42,8 +42,8 @@ struct Loaded {
   std::string gguf_tokenizer_config;
 };
 // How `--device` turns policy strings into policies: the CPU registry (ParseKvPolicy) or the GPU's
-// (ParseCudaKvPolicy). The one place, with Load, that knows which backends this build has: a build
-// without CUDA answers "cuda" with a parser that fails saying so.
+// (ParseCudaKvPolicy). The one place, with Load's backend, that knows which backends this build has:
+// a build without CUDA answers "cuda" with a parser that fails saying so.
 KvPolicyParser KvParserFor(const std::string& device);
 
 // Configures threads, loads model, tokenizer (required or not) and the KV policy; with --device cuda
