@@ -176,7 +176,7 @@ void CheckMatMul(const char* name, MatFn fn, bool with_bias) {
           if (fn) fn(x.data(), n, tv, y.data());
           else MatMul(x.data(), n, tv, with_bias ? bias.data() : nullptr, y.data());
           std::vector<double> ref, tol;
-          const bool q8x = HasQ8Dot(dt) && (fn == GemvRows || (!fn && (n <= kGemvMaxRows || IntegerPrefill(dt))));
+          const bool q8x = HasQ8Dot(dt) && (fn == GemvRows || (!fn && (n <= kGemvMaxRows || IntegerPrefill(tv))));
           RefMatMul(x, n, w.decoded, out, in, with_bias ? bias.data() : nullptr, &ref, &tol, q8x);
           int bad = 0;
           for (size_t i = 0; i < y.size() && bad < 3; ++i)
@@ -228,7 +228,7 @@ TEST(Kernels, MatMulSharedMatchesScalar) {
         for (int j = 0; j < 3; ++j) {
           std::vector<double> ref, tol;
           RefMatMul(x, n, ws[size_t(j)].decoded, outs[j], in, j == 1 ? nullptr : bias[size_t(j)].data(), &ref, &tol,
-                    HasQ8Dot(dt) && (n <= kGemvMaxRows || IntegerPrefill(dt)));
+                    HasQ8Dot(dt) && (n <= kGemvMaxRows || IntegerPrefill(views[size_t(j)])));
           for (size_t i = 0; i < ref.size(); ++i)
             ASSERT_LE(std::abs(ys[size_t(j)][i] - ref[i]), tol[i])
                 << DTypeName(dt) << (interleaved ? " interleaved" : "") << " job " << j << " n=" << n << " in=" << in
@@ -237,30 +237,34 @@ TEST(Kernels, MatMulSharedMatchesScalar) {
       }
 }
 
-// One call whose jobs take both prefill paths (a Q4_K_M file's Q4_K and Q6_K matrices, and an f16 one):
-// each job's result is MatMul's on that matrix alone, bit for bit (the same kernel per output either way).
+// One call whose jobs take both prefill paths (a Q3_K_M file's Q4_K and Q3_K matrices with their rows
+// grouped, the same Q4_K matrix in ggml's row order, and an f16 one): each job's result is MatMul's on
+// that matrix alone, bit for bit (the same kernel per output either way).
 TEST(Kernels, MatMulSharedMixesIntegerAndSgemmJobs) {
   std::mt19937 rng(9);
   const int64_t n = 33, in = 512;
-  ASSERT_TRUE(IntegerPrefill(DType::kQ4_K));
-  ASSERT_FALSE(IntegerPrefill(DType::kQ6_K));
-  const DType types[3] = {DType::kQ4_K, DType::kQ6_K, DType::kF16};
-  const int64_t outs[3] = {40, 24, 17};
+  const DType types[4] = {DType::kQ4_K, DType::kQ3_K, DType::kQ4_K, DType::kF16};
+  const bool grouped[4] = {true, true, false, false}, integer[4] = {true, false, false, false};
+  const int64_t outs[4] = {40, 24, 16, 17};
   auto x = Random(size_t(n * in), rng);
   std::vector<Stored> ws;
+  std::vector<Interleaved> inter;
+  inter.reserve(4);
   std::vector<TensorView> views;
   std::vector<std::vector<float>> ys, alone;
-  for (int j = 0; j < 3; ++j) ws.push_back(Store(types[j], Random(size_t(outs[j] * in), rng)));
-  for (int j = 0; j < 3; ++j) {
+  for (int j = 0; j < 4; ++j) ws.push_back(Store(types[j], Random(size_t(outs[j] * in), rng)));
+  for (int j = 0; j < 4; ++j) {
     views.push_back(TensorView{types[j], {outs[j], in}, ws[size_t(j)].data});
+    if (grouped[j]) views.back() = inter.emplace_back(views.back()).view;
+    ASSERT_EQ(IntegerPrefill(views.back()), integer[j]) << j;
     ys.emplace_back(size_t(n * outs[j]), -777.f);
     alone.emplace_back(size_t(n * outs[j]), -777.f);
     MatMul(x.data(), n, views.back(), nullptr, alone.back().data());
   }
-  const MatMulJob jobs[3] = {{&views[0], nullptr, ys[0].data()}, {&views[1], nullptr, ys[1].data()},
-                             {&views[2], nullptr, ys[2].data()}};
+  const MatMulJob jobs[4] = {{&views[0], nullptr, ys[0].data()}, {&views[1], nullptr, ys[1].data()},
+                             {&views[2], nullptr, ys[2].data()}, {&views[3], nullptr, ys[3].data()}};
   MatMulShared(x.data(), n, jobs);
-  for (int j = 0; j < 3; ++j) EXPECT_EQ(ys[size_t(j)], alone[size_t(j)]) << DTypeName(types[j]);
+  for (int j = 0; j < 4; ++j) EXPECT_EQ(ys[size_t(j)], alone[size_t(j)]) << DTypeName(types[j]) << " job " << j;
 }
 
 // More output rows than one converted f32 panel of GemmRows holds (8 MiB / (in * 4) = 127 rows

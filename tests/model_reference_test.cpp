@@ -348,16 +348,16 @@ std::unique_ptr<LlamaModel> LoadQuantized(DType t) {
 constexpr double kQ8_0Tol = 0.15;
 
 // Rows interleaved in groups of 8 (LoadOptions::interleave_rows, the default) against ggml's row
-// order, for every block type. Both layouts go through the integer GEMV in decode, and in prefill for
-// the types of IntegerPrefill (kernels/matmul.h), which forms the same integers per block and sums the
-// floats in another order (kernels/q8_dot.h); where that moves an activation across a rounding boundary
-// of its 8-bit code, the next layer sees a code one step off, so the logits move by up to what the
-// activations' quantization moves them (decode against prefill: 0.04-0.07 here). Measured between the
-// two layouts, prefill / decode: Q8_0 0.022 / 1.2e-4, Q4_0 0.035 / 4.8e-6, Q4_K 0.045 / 0.051, Q3_K
-// decode 0.066 (the largest), Q6_K decode 0.028, the others 1.8e-4 to 0.028; Q2_K, Q3_K and Q6_K
-// prefill through the same f32 panels either way (0). 0.1 leaves 1.5x; a
-// misread field moves logits by far more (Q6_K's kernel taking the other half's scale: 13-20; the
-// kernels' own tests check the layout exactly: Interleave.*, Q8Dot.*).
+// order, for every block type. Decode: both layouts go through the integer GEMV, which forms the same
+// integers per block and sums the floats in another order (kernels/q8_dot.h); where that moves an
+// activation across a rounding boundary of its 8-bit code, the next layer sees a code one step off.
+// Measured between the layouts: Q3_K 0.066 (the largest), Q4_K 0.051, the others 4.8e-6 to 0.028;
+// bound 0.1 (1.5x). Prefill: the grouped rows take the integer GEMV (IntegerPrefill, kernels/matmul.h)
+// and ggml's order sgemm on f32 activations, so the two differ by the activations' 8-bit quantization
+// itself: measured 0.033-0.095 (IQ4_XS the largest; -mavx2 build), Q3_K (sgemm both ways) 0; bound
+// 0.15 (1.6x), as kQ8_0Tol's for the same error. A misread field moves logits by far more (Q6_K's
+// kernel taking the other half's scale: 13-20; the kernels' own tests check the layout exactly:
+// Interleave.*, Q8Dot.*).
 TEST(RefModel, InterleavedRowsMatchGgmlRowOrder) {
   ATP_SKIP_WITHOUT_SHARED();
   auto prompts = LoadRefPrompts();
@@ -369,7 +369,7 @@ TEST(RefModel, InterleavedRowsMatchGgmlRowOrder) {
     ASSERT_FALSE((*plain)->weights().layers[0].wq.interleaved);
     for (size_t i = 0; i < prompts.size(); ++i) {
       const auto pa = PrefillLogits(*grouped, prompts[i].ids), pb = PrefillLogits(**plain, prompts[i].ids);
-      EXPECT_LE(MaxAbsDiff(pa.data(), pb.data(), pa.size()), 0.1) << DTypeName(t) << " prefill prompt " << i;
+      EXPECT_LE(MaxAbsDiff(pa.data(), pb.data(), pa.size()), 0.15) << DTypeName(t) << " prefill prompt " << i;
       auto a = DecodeLogits(*grouped, prompts[i].ids), b = DecodeLogits(**plain, prompts[i].ids);
       EXPECT_LE(MaxAbsDiff(a.data(), b.data(), a.size()), 0.1) << DTypeName(t) << " decode prompt " << i;
     }

@@ -244,12 +244,10 @@ void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
   });
 }
 
-bool IntegerPrefill(DType t) {
-  return HasQ8Dot(t) && t != DType::kQ2_K && t != DType::kQ3_K && t != DType::kQ6_K;
-}
+bool IntegerPrefill(const TensorView& w) { return w.interleaved && HasQ8Dot(w.dtype) && w.dtype != DType::kQ3_K; }
 
 void MatMul(const float* x, int64_t n, const TensorView& w, const float* bias, float* y) {
-  if (n <= kGemvMaxRows || IntegerPrefill(w.dtype)) GemvRows(x, n, w, y);
+  if (n <= kGemvMaxRows || IntegerPrefill(w)) GemvRows(x, n, w, y);
   else GemmRows(x, n, w, y);
   if (bias) AddBias(bias, n, w.rows(), y);
 }
@@ -260,7 +258,7 @@ void MatMulShared(const float* x, int64_t n, std::span<const MatMulJob> jobs) {
   } else {  // IntegerPrefill's block weights through the integer kernels, the others through sgemm
     std::vector<MatMulJob> integer;
     for (const MatMulJob& j : jobs) {
-      if (IntegerPrefill(j.w->dtype)) integer.push_back(j);
+      if (IntegerPrefill(*j.w)) integer.push_back(j);
       else GemmRows(x, n, *j.w, j.y);
     }
     if (!integer.empty()) GemvJobs(x, n, integer);

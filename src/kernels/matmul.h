@@ -5,7 +5,7 @@
 // carry the activations' quantization error too (as llama.cpp's do); f32/f16/bf16 weights see f32 x.
 // Block weights may be interleaved in groups of 8 rows (TensorView::interleaved, core/interleave.h),
 // which the GEMV reads 8 rows at a time and the GEMM's panels convert back.
-// Many rows (prefill): the block types of IntegerPrefill through the same integer GEMV, the others
+// Many rows (prefill): the block weights of IntegerPrefill through the same integer GEMV, the others
 // through OpenBLAS sgemm on f32 panels converted on the fly.
 // Threads: both paths split output columns over ThreadPool::Global(); OpenBLAS is set to one thread
 // on first use (each pool thread runs its own sgemm), so its spinning threads never compete with the pool.
@@ -20,14 +20,18 @@ namespace atp {
 // Rows of X at or below this count take the GEMV path.
 constexpr int kGemvMaxRows = 8;
 
-// Whether block weights of t take the integer GEMV at any number of rows (prefill included): every
-// block type but Q2_K, Q3_K and Q6_K. Measured on atp-40m's llama-quantize files (pp512, 2026-12-07,
-// AVX512-VNNI Xeon), integer GEMV against sgemm on dequantized panels at 1 / 2 threads: Q4_0 1.34 /
-// 1.35, Q4_1 1.32 / 1.36, Q5_0 1.24 / 1.30, Q5_1 1.21 / 1.15, Q4_K_M 1.20 / 1.21, Q8_0 1.12 / 1.12,
-// IQ4_NL 1.07 / 1.07, IQ4_XS 0.97 / 1.12, Q5_K_M 1.01 / 1.00; but Q6_K 0.71 / 0.78, Q3_K_M 0.78 /
-// 0.85, Q2_K 0.79 / 0.82: their scales change every 16 elements, so each chunk's integer sums are
-// scaled in f32 twice per activation row, work that sgemm's f32 panels do once per weight.
-bool IntegerPrefill(DType t);
+// Whether w takes the integer GEMV at any number of rows (prefill included): block weights in groups
+// of 8 interleaved rows (the default layout), of every block type but Q3_K. Measured on atp-40m's
+// llama-quantize files (pp512, 2026-12-07, AVX512-VNNI Xeon), integer GEMV against sgemm on
+// dequantized panels at 1 / 2 threads: Q4_0 1.34 / 1.35, Q4_1 1.32 / 1.36, Q5_0 1.24 / 1.30, Q5_1
+// 1.21 / 1.15, Q4_K_M 1.20 / 1.21, Q8_0 1.12 / 1.12, IQ4_NL 1.07 / 1.07, IQ4_XS 0.97 / 1.12, Q5_K_M
+// 1.01 / 1.00. Q2_K/Q3_K/Q6_K, whose scales change every 16 elements, measured 0.71-0.85 then; with
+// their loops unrolled (q8_dot.cpp, 163505f), the llama-3.2-1b shape's files at one thread, two
+// alternations: Q2_K 72.7/74.1 against 60.8/63.9 tok/s, Q6_K 66.6/70.4 against 62.0/62.4, but
+// Q3_K_M 66.7/68.4 against 72.4/72.1, so Q3_K stays on sgemm. In ggml's row order (--no-repack) the
+// row-by-row kernels prefilled at half sgemm's rate (atp-40m Q4_0, Q4_K_M, Q8_0, one thread: 707-827
+// against 1450-1667 tok/s with the rows grouped), so such weights take sgemm.
+bool IntegerPrefill(const TensorView& w);
 
 // x: (n, in) f32 row-major; w: (out, in), in a multiple of the block (32 or 256) for block dtypes; y: (n, out). bias (out) f32 or null.
 void MatMul(const float* x, int64_t n, const TensorView& w, const float* bias, float* y);
