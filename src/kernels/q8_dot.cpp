@@ -592,10 +592,6 @@ inline __m256i ByteColumn(const uint8_t* p) {
   return Signed ? _mm256_cvtepi8_epi32(c) : _mm256_cvtepu8_epi32(c);
 }
 
-// The 32 codes of one 32-element block of 8 interleaved rows in 4 nibble units at `codes` (low
-// nibbles elements 4u..4u+3, high ones 16 + 4u..; with T's fifth bits from the rows' qh words at qh,
-// or T's value table) against activation block `blk` of each of R rows, added to s[r] lane by lane.
-// Q4_0's and Q4_1's AVX2 path sums in int16 (see DotGroups), the others in int32 (Dot4).
 // The group kernels' signed codes (Q8_0, IQ4_NL and through it IQ4_XS) with AVX512-VNNI: shifted by 128 into
 // unsigned bytes, which vpdpbusd (unsigned x signed) takes as they are, the shift coming off as
 // -128 d_x sum q per activation block (the way Q4_0's offset 8 does), where the sign trick (Mul)
@@ -604,6 +600,10 @@ inline __m256i ByteColumn(const uint8_t* p) {
 template <DType T>
 constexpr int kBias = kVnni && (T == DType::kQ8_0 || T == DType::kIQ4_NL) ? 128 : 0;
 
+// The 32 codes of one 32-element block of 8 interleaved rows in 4 nibble units at `codes` (low
+// nibbles elements 4u..4u+3, high ones 16 + 4u..; with T's fifth bits from the rows' qh words at qh,
+// or T's value table) against activation block `blk` of each of R rows, added to s[r] lane by lane.
+// Q4_0's and Q4_1's AVX2 path sums in int16 (see DotGroups), the others in int32 (Dot4).
 template <int R, DType T>
 inline void NibbleDots(const uint8_t* codes, const uint8_t* qh, const Q8Rows& x, int64_t blk, __m256i* s) {
   constexpr bool kFive = T == DType::kQ5_0 || T == DType::kQ5_1;
@@ -799,7 +799,7 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
 //   from bits 2k of qh unit 8 h + u; int8 scales, x = d scale (q - 32).
 // Codes reach 3, 7 and 63, so the AVX2 path widens each maddubs to int32 (Dot4). The loops unroll
 // fully (the pragmas): rolled, GCC kept the sub-block index in a register and the accumulators moving
-// between registers, and Q3_K's GEMV at 1024 x 2048 (in L2) ran at 10.8 GB/s of weights, unrolled 16.8.
+// between registers, and Q3_K's GEMV at 8192 x 2048 (in L3) ran at 10.8 GB/s of weights, unrolled 16.8.
 template <int R, DType T>
 void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr bool kQ2 = T == DType::kQ2_K, kQ3 = T == DType::kQ3_K;
