@@ -322,7 +322,9 @@ TEST(CudaModel, RefModelLogitsMatchReferenceAndCpu) {
 // CPU's own ToF32 (issue 18: 2 bytes per weight on the card whatever the file holds). ref-5m quantized
 // at load to a k-quant, a legacy type and an i-quant: the GPU's prefill logits against the CPU's f32
 // pass over the same dequantized weights differ by bf16 rounding alone, so the bound is kGpuTol's (a
-// block misread on one side only moves logits by > 1, as the CPU tests of each type measured).
+// block misread on one side only moves logits by > 1, as the CPU tests of each type measured). The
+// CPU model keeps ggml's row order, whose prefill is sgemm on f32 activations (IntegerPrefill,
+// kernels/matmul.h); grouped rows would quantize the activations to 8 bits on the CPU side only.
 TEST(CudaModel, BlockQuantizedWeightsMatchCpu) {
   ATP_SKIP_WITHOUT_GPU();
   ATP_SKIP_WITHOUT_SHARED();
@@ -333,7 +335,7 @@ TEST(CudaModel, BlockQuantizedWeightsMatchCpu) {
   ASSERT_TRUE(cpu_kv.ok() && gpu_kv.ok());
   for (DType dt : {DType::kQ4_K, DType::kQ6_K, DType::kQ5_0, DType::kIQ4_NL}) {
     const LoadOptions opt{.weights_dtype = dt};
-    auto cpu_model = LlamaModel::Load(testing::kRefModel, opt);
+    auto cpu_model = LlamaModel::Load(testing::kRefModel, LoadOptions{.weights_dtype = dt, .interleave_rows = false});
     ASSERT_TRUE(cpu_model.ok()) << DTypeName(dt) << ": " << cpu_model.status().ToString();
     ASSERT_EQ((*cpu_model)->weights().layers[0].wq.dtype, dt);
     auto gpu_model = LoadOnGpu(opt);
