@@ -916,12 +916,9 @@ void DotGroupsIq4Xs(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& 
       const __m256 scf = _mm256_cvtepi32_ps(scale);
       for (int r = 0; r < R; ++r) {
         const int64_t i = r * x.blocks + 8 * b + k;
-        const __m256 dot = _mm256_cvtepi32_ps(s[r]), dx = _mm256_set1_ps(x.d[i]);
-        __m256 t;  // the sub-block's d_x sum v q
-        if constexpr (kBias<DType::kIQ4_NL> != 0)
-          t = _mm256_fmadd_ps(dot, dx, _mm256_set1_ps(-float(kBias<DType::kIQ4_NL>) * x.sum[i]));
-        else
-          t = _mm256_mul_ps(dot, dx);
+        // The sub-block's d_x sum v q, less the bias as DotGroups takes its offsets off (0 without VNNI).
+        const __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r]), _mm256_set1_ps(x.d[i]),
+                                         _mm256_set1_ps(-float(kBias<DType::kIQ4_NL>) * x.sum[i]));
         sb[r] = _mm256_fmadd_ps(t, scf, sb[r]);
       }
     }
