@@ -95,6 +95,8 @@ BENCHMARK(BM_GemvBf16)
 // arithmetic (kernels/q8_dot.h). args: dtype (as DType's enum value), out, in, rows of x, copies,
 // interleaved (1: groups of 8 rows, the decode's layout; 0: ggml's, as with --no-repack). out = 1024
 // with one copy (0.3-1.1 MB) stays in a core's L2: the kernel's arithmetic, not the memory, decides.
+// n = 64 rows of x is prefill through the integer kernels (kernels/matmul.h, IntegerPrefill); its
+// weight_GB/s counts the weights once per call.
 void BM_GemvBlocks(benchmark::State& st) {
   const DType t = DType(st.range(0));
   const int64_t out = st.range(1), in = st.range(2), n = st.range(3);
@@ -117,7 +119,7 @@ BENCHMARK(BM_GemvBlocks)
     ->ArgsProduct({{int(DType::kQ8_0), int(DType::kQ4_0), int(DType::kQ4_1), int(DType::kQ5_0), int(DType::kQ5_1),
                     int(DType::kIQ4_NL), int(DType::kQ2_K), int(DType::kQ3_K), int(DType::kQ4_K), int(DType::kQ5_K),
                     int(DType::kQ6_K), int(DType::kIQ4_XS)},
-                   {8192, 1024}, {2048}, {1}, {1, 8}, {0, 1}})
+                   {8192, 1024}, {2048}, {1, 64}, {1, 8}, {0, 1}})
     ->ArgNames({"dtype", "out", "in", "n", "copies", "interleaved"})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);

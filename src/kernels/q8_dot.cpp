@@ -427,6 +427,21 @@ inline __m128i ScalesQ3(const uint8_t* p) {
   const __m128i high2 = _mm_setr_epi32(int(h & two), int((h >> 2) & two), int((h >> 4) & two), int((h >> 6) & two));
   return _mm_sub_epi8(_mm_or_si128(low4, _mm_slli_epi16(high2, 4)), _mm_set1_epi8(32));
 }
+// ScalesQ3 for 8 interleaved rows (their 12 scale bytes as 12 columns of 8 at p): scale s of row j
+// to out[8 s + j], all 16 at once where decoding each sub-block's from its two columns took ~11
+// instructions a sub-block and row group.
+inline void ScalesQ3x8(const uint8_t* p, int8_t out[128]) {
+  const __m256i a = Load32(p), b = Load32(p + 32), c = Load32(p + 64);  // columns 0..3, 4..7, 8..11
+  const __m256i f = _mm256_set1_epi8(0xf), top = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+  auto put = [&](int i, __m256i low4, __m256i high2) {  // scales 4i..4i+3: low 4 bits, then bits 4-5
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32 * i),
+                        _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(low4, f), _mm256_and_si256(high2, top)), off));
+  };
+  put(0, a, _mm256_slli_epi16(c, 4));  // high bits 2 (s / 4) of column 8 + s % 4, moved to 4
+  put(1, b, _mm256_slli_epi16(c, 2));
+  put(2, _mm256_srli_epi16(a, 4), c);
+  put(3, _mm256_srli_epi16(b, 4), _mm256_srli_epi16(c, 2));
+}
 // Q2_K/Q3_K/Q6_K: sub-block scales of half h (8 int16 per 128-bit lane) and, for chunk k of that
 // half, its two halves' scales picked into the 16 pair sums' multipliers (words 2k and 2k + 1).
 inline __m256i HalfScales(__m128i sc16x8) { return _mm256_broadcastsi128_si256(sc16x8); }
@@ -793,7 +808,7 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
 // - Q2_K (scales, qs, d, dmin): 2-bit field k of qs unit 8 h + u; scale byte = scale | min << 4,
 //   x = d scale q - dmin min.
 // - Q3_K (hmask, qs, scales, d): Q2_K's low bits, bit 2 from bit 4 h + k of hmask unit u; 16 6-bit
-//   scales stored + 32 in 12 bytes (core/kquant.h), decoded for the 8 rows in 8 lanes; x = d scale
+//   scales stored + 32 in 12 bytes (core/kquant.h), all decoded first (ScalesQ3x8); x = d scale
 //   (q - 4), the offset a min of 4 scale.
 // - Q6_K (ql, qh, scales, d): low 4 bits from nibble k / 2 of ql unit 16 h + 8 (k % 2) + u, top 2
 //   from bits 2k of qh unit 8 h + u; int8 scales, x = d scale (q - 32).
@@ -808,11 +823,17 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
   constexpr int64_t kQs = kQ2 ? 128 : kQ3 ? 256 : 0, kHigh = kQ3 ? 0 : 8 * 128, kScales = kQ2 ? 0 : kQ3 ? 768 : 8 * 192;
   constexpr int64_t kD = kQ2 ? 640 : kQ3 ? 864 : 8 * 208;
   const int64_t nb = in / kSuperBlock;
-  const __m256i low = _mm256_set1_epi8(0xf), top = _mm256_set1_epi8(0x30), two = _mm256_set1_epi8(3),
-                bit2 = _mm256_set1_epi8(4), low16 = _mm256_set1_epi32(0xffff);
+  // With VNNI (vpdpbusd takes unsigned bytes up to 255) Q2_K's and Q3_K's field k stays in place, its
+  // codes times 4^e (e = exp(k): Q3_K's codes reach 7, so its field 3 moves to e = 2), which saves a
+  // shift per field and unit; each half's sum comes back down by 4^e before its scale. AVX2's maddubs
+  // would saturate (2 * 192 * 127 > 2^15).
+  auto exp = [](int k) { return !kVnni || !(kQ2 || kQ3) ? 0 : kQ3 && k == 3 ? 2 : k; };
+  const __m256i low = _mm256_set1_epi8(0xf), top = _mm256_set1_epi8(0x30), low16 = _mm256_set1_epi32(0xffff);
   auto block = [&](const uint8_t* p, int64_t b, __m256* acc) {  // block b of a group at p
     const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kD)));
     auto column = [&](int i) { return ByteColumn<T == DType::kQ6_K>(p + kScales + 8 * i); };  // scale byte i
+    alignas(32) int8_t sc3[kQ3 ? 128 : 1];  // Q3_K: the 16 scales of the 8 rows (ScalesQ3x8)
+    if constexpr (kQ3) ScalesQ3x8(p + kScales, sc3);
     __m256 sb[R], mins[R];
     for (int r = 0; r < R; ++r) sb[r] = mins[r] = _mm256_setzero_ps();
 #pragma GCC unroll 2
@@ -836,13 +857,14 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
                                    _mm256_and_si256(_mm256_srli_epi16(hb, 2), top));
           } else {
             const __m256i qs = Load32(p + kQs + 32 * (8 * h + u));
-            for (int k = 0; k < 4; ++k) v[k] = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * k), two);
+            for (int k = 0; k < 4; ++k)  // field k times 4^e: bits 2k, 2k + 1 to 2e, 2e + 1
+              v[k] = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * (k - exp(k))), _mm256_set1_epi8(char(3 << 2 * exp(k))));
             if constexpr (kQ3) {
               const __m256i hm = Load32(p + kHigh + 32 * u);
-              for (int k = 0; k < 4; ++k) {  // bit 4 h + k of each byte to bit 2
-                const int sh = 4 * h + k - 2;
+              for (int k = 0; k < 4; ++k) {  // bit 4 h + k of each byte to bit 2e + 2
+                const int sh = 4 * h + k - 2 * exp(k) - 2;
                 const __m256i moved = sh >= 0 ? _mm256_srli_epi16(hm, sh) : _mm256_slli_epi16(hm, -sh);
-                v[k] = _mm256_or_si256(v[k], _mm256_and_si256(moved, bit2));
+                v[k] = _mm256_or_si256(v[k], _mm256_and_si256(moved, _mm256_set1_epi8(char(4 << 2 * exp(k)))));
               }
             }
           }
@@ -859,9 +881,7 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
             const __m256i c = column(sc);
             scale = _mm256_and_si256(c, _mm256_set1_epi32(15)), min = _mm256_srli_epi32(c, 4);
           } else if constexpr (kQ3) {
-            const __m256i lo4 = _mm256_and_si256(_mm256_srli_epi32(column(sc % 8), 4 * (sc / 8)), _mm256_set1_epi32(15));
-            const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi32(column(8 + sc % 4), 2 * (sc / 4)), _mm256_set1_epi32(3));
-            min = _mm256_sub_epi32(_mm256_or_si256(lo4, _mm256_slli_epi32(hi2, 4)), _mm256_set1_epi32(32));
+            min = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc3 + 8 * sc)));
             scale = _mm256_and_si256(min, low16);  // madd's multiplier: the low int16, a zero high one
           } else {
             scale = min = column(sc);
@@ -869,7 +889,8 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
           const __m256 mf = _mm256_cvtepi32_ps(min);
           for (int r = 0; r < R; ++r) {
             const int64_t i = r * x.blocks + 8 * b + 4 * h + k;
-            const __m256i scaled = T == DType::kQ6_K ? _mm256_mullo_epi32(s[r][k], scale) : _mm256_madd_epi16(s[r][k], scale);
+            const __m256i sum = exp(k) ? _mm256_srai_epi32(s[r][k], 2 * exp(k)) : s[r][k];  // exact: 4^e divides it
+            const __m256i scaled = T == DType::kQ6_K ? _mm256_mullo_epi32(sum, scale) : _mm256_madd_epi16(sum, scale);
             t[r][k] = half == 0 ? scaled : _mm256_add_epi32(t[r][k], scaled);
             mins[r] = _mm256_fmadd_ps(mf, _mm256_set1_ps(x.half[2 * i + half]), mins[r]);
             if (half == 1) sb[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t[r][k]), _mm256_set1_ps(x.d[i]), sb[r]);
