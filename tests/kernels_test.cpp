@@ -238,13 +238,13 @@ TEST(Kernels, MatMulSharedMatchesScalar) {
 }
 
 // One call whose jobs take both prefill paths (a Q3_K_M file's Q4_K and Q3_K matrices with their rows
-// grouped, the same Q4_K matrix in ggml's row order, and an f16 one): each job's result is MatMul's on
-// that matrix alone, bit for bit (the same kernel per output either way).
+// grouped, integer; the same Q4_K matrix in ggml's row order and an f16 one, sgemm): each job's result
+// is MatMul's on that matrix alone, bit for bit (the same kernel per output either way).
 TEST(Kernels, MatMulSharedMixesIntegerAndSgemmJobs) {
   std::mt19937 rng(9);
   const int64_t n = 33, in = 512;
   const DType types[4] = {DType::kQ4_K, DType::kQ3_K, DType::kQ4_K, DType::kF16};
-  const bool grouped[4] = {true, true, false, false}, integer[4] = {true, false, false, false};
+  const bool grouped[4] = {true, true, false, false}, integer[4] = {true, true, false, false};
   const int64_t outs[4] = {40, 24, 16, 17};
   auto x = Random(size_t(n * in), rng);
   std::vector<Stored> ws;

@@ -244,7 +244,7 @@ void GemmRows(const float* x, int64_t n, const TensorView& w, float* y) {
   });
 }
 
-bool IntegerPrefill(const TensorView& w) { return w.interleaved && HasQ8Dot(w.dtype) && w.dtype != DType::kQ3_K; }
+bool IntegerPrefill(const TensorView& w) { return w.interleaved && HasQ8Dot(w.dtype); }
 
 void MatMul(const float* x, int64_t n, const TensorView& w, const float* bias, float* y) {
   if (n <= kGemvMaxRows || IntegerPrefill(w)) GemvRows(x, n, w, y);

@@ -21,14 +21,16 @@ namespace atp {
 constexpr int kGemvMaxRows = 8;
 
 // Whether w takes the integer GEMV at any number of rows (prefill included): block weights in groups
-// of 8 interleaved rows (the default layout), of every block type but Q3_K. Measured on atp-40m's
+// of 8 interleaved rows (the default layout), of every block type. Measured on atp-40m's
 // llama-quantize files (pp512, 2026-12-07, AVX512-VNNI Xeon), integer GEMV against sgemm on
 // dequantized panels at 1 / 2 threads: Q4_0 1.34 / 1.35, Q4_1 1.32 / 1.36, Q5_0 1.24 / 1.30, Q5_1
 // 1.21 / 1.15, Q4_K_M 1.20 / 1.21, Q8_0 1.12 / 1.12, IQ4_NL 1.07 / 1.07, IQ4_XS 0.97 / 1.12, Q5_K_M
 // 1.01 / 1.00. Q2_K/Q3_K/Q6_K, whose scales change every 16 elements, measured 0.71-0.85 then; with
 // their loops unrolled (q8_dot.cpp, 163505f), the llama-3.2-1b shape's files at one thread, two
 // alternations: Q2_K 72.7/74.1 against 60.8/63.9 tok/s, Q6_K 66.6/70.4 against 62.0/62.4, but
-// Q3_K_M 66.7/68.4 against 72.4/72.1, so Q3_K stays on sgemm. In ggml's row order (--no-repack) the
+// Q3_K_M 66.7/68.4 against 72.4/72.1, so Q3_K stayed on sgemm until its group kernel's scales were
+// decoded at once (839c63a): Q3_K_M 74.5/73.6/74.3 against 74.5/71.1/72.6 (three alternations), and
+// the Q2_K file (20% Q3_K) 75.6/78.9/82.0 against 72.7/77.8/77.9. In ggml's row order (--no-repack) the
 // row-by-row kernels prefilled at half sgemm's rate (atp-40m Q4_0, Q4_K_M, Q8_0, one thread: 707-827
 // against 1450-1667 tok/s with the rows grouped), so such weights take sgemm.
 bool IntegerPrefill(const TensorView& w);
