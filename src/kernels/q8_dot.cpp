@@ -258,8 +258,14 @@ constexpr size_t kPrefetchAhead = 4096;
 // ask for the lines 1 KiB ahead: 4 KiB ahead made the llama-3.2-1b shape's decode (weights from
 // memory) 1.4-1.5x slower than 1 KiB (Q4_K_M 83 against 56 ms a token, one thread, 3 alternating
 // rounds; Q6_K 104 against 74), slower even than no software prefetch; the 32-element group kernels
-// are indifferent.
+// are indifferent. Q2_K's and Q3_K's blocks (672 and 880 bytes in a group) ask 2 KiB ahead: their
+// files' decode at 1 / 2 threads (two alternations, 3014a1a) reached 0.83-0.84 / 0.80 of the read
+// bandwidth (Q2_K) and 0.86 / 0.80-0.82 (Q3_K_M) against 0.82 / 0.76-0.78 and 0.84 / 0.79 at 1 KiB;
+// 3 KiB was between, 4 KiB fell to 0.66-0.67 (Q2_K); 512 bytes 0.79-0.80 / 0.75. 2 KiB (and 1.5) lost
+// for Q6_K, Q4_K and IQ4_XS (0.86 against 0.89-0.91 at one thread for Q6_K).
 constexpr size_t kGroupPrefetchAhead = 1024;
+template <DType T>
+constexpr size_t kGroupAhead = T == DType::kQ2_K || T == DType::kQ3_K ? 2048 : kGroupPrefetchAhead;
 template <int Lines, size_t Ahead = kPrefetchAhead>
 inline void Prefetch(const uint8_t* p) {
   for (int l = 0; l < Lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + Ahead + 64 * l), _MM_HINT_T0);
@@ -906,7 +912,7 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
       for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(d, _mm256_fnmadd_ps(offset, mins[r], sb[r]), acc[r]);
     }
   };
-  ForGroups<R, kBlockBytes, kBlockBytes / 64 + 1, kGroupPrefetchAhead>(w, groups, nb, y, out, block);
+  ForGroups<R, kBlockBytes, kBlockBytes / 64 + 1, kGroupAhead<T>>(w, groups, nb, y, out, block);
 }
 
 // IQ4_XS in interleaved groups (ggml's fields: d, scales_h, scales_l[4], qs[128]): sub-block k's codes
