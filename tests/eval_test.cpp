@@ -3,6 +3,7 @@
 // method names and retrieval file errors.
 #include <gtest/gtest.h>
 
+#include "eval/bench.h"
 #include "eval/retrieval.h"
 #include "eval/sweep.h"
 #include "test_util.h"
@@ -12,6 +13,20 @@ namespace {
 
 using testing::RunAtp;
 using testing::TempDir;
+
+// The bandwidth probe's two loops read every float: small integers sum exactly in f32.
+TEST(Bench, ProbeSumsReadEveryFloat) {
+  std::vector<float> x(128 * 37);
+  int64_t want = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = float(int64_t(i % 7) - 3 + (i == 4000 ? 1000 : 0));
+    want += int64_t(x[i]);
+  }
+  for (bool paced : {false, true}) {
+    EXPECT_EQ(ProbeSum(x.data(), int64_t(x.size()), paced), float(want)) << paced;
+    EXPECT_EQ(ProbeSum(x.data(), 128, paced), -5.f) << paced;  // 18 whole cycles of 7 sum to 0, then -3, -2
+  }
+}
 
 TEST(Retrieval, ExactMatchStripsAndTakesPrefix) {
   EXPECT_TRUE(RetrievalMatch(" 17602. Remember", "17602"));

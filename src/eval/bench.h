@@ -13,8 +13,12 @@ namespace atp {
 // Read bandwidth (bytes/s) of all pool threads streaming a buffer much larger than the caches (on
 // huge pages, like resident weights); the best of runs: a limit is what the machine can reach.
 double MeasureReadBandwidth(size_t bytes = size_t(512) << 20, int runs = 8);
-// The rate (bytes/s) of each of `runs` passes of the same measurement.
+// The rate (bytes/s) of each of `runs` runs of the same measurement, each the faster of two read
+// loops over the buffer (ProbeSum's).
 std::vector<double> ReadBandwidthRuns(size_t bytes, int runs);
+// The probe's read loops: the sum of n floats at p (n a multiple of 128), its vector sums in
+// registers, or `paced` in memory (bench.cpp says why both). Exposed for its test.
+float ProbeSum(const float* p, int64_t n, bool paced);
 // sgemm throughput (FLOP/s) at an (m x k) . (k x n) shape through OpenBLAS threaded over the pool's
 // cores; the best of runs, for the same reason.
 double MeasureSgemm(int m, int n, int k, int runs = 3);
