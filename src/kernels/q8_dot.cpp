@@ -266,16 +266,19 @@ constexpr size_t kPrefetchAhead = 4096;
 constexpr size_t kGroupPrefetchAhead = 1024;
 template <DType T>
 constexpr size_t kGroupAhead = T == DType::kQ2_K || T == DType::kQ3_K ? 2048 : kGroupPrefetchAhead;
-// The 32-element group kernels (DotGroups) ask 4 KiB ahead into L2 only (T1): the llama-3.2-1b shape's
+// The 32-element group kernels (DotGroups) ask 4 KiB ahead into L2 only (prefetcht1): the llama-3.2-1b shape's
 // decode (6505292, one thread, two alternations) took 84.1/84.3 ms a token for Q8_0 against 90.8/88.5
 // into L1, Q4_0 51.6/50.8 against 61.1/55.7 (two threads 44.7/44.0 against 46.7/47.6, 27.8/28.5
 // against 29.2/29.5). The k-quant group kernels lost with T1 (Q2_K 46.9/48.1 against 45.0/44.2,
 // Q4_K_M 61.6/62.7 against 60.0/58.9 ms), and more with T1 4 KiB ahead; the row-by-row kernels
 // (--no-repack) keep T0, not measured.
-constexpr int kGroupHint32 = _MM_HINT_T1;
-template <int Lines, size_t Ahead = kPrefetchAhead, int Hint = _MM_HINT_T0>
+// Hints as __builtin_prefetch's locality (GCC and Clang alike; Clang has no _mm_hint type): 3 is
+// prefetcht0 (into L1), 2 prefetcht1 (into L2).
+constexpr int kIntoL1 = 3, kIntoL2 = 2;
+constexpr int kGroupHint32 = kIntoL2;
+template <int Lines, size_t Ahead = kPrefetchAhead, int Hint = kIntoL1>
 inline void Prefetch(const uint8_t* p) {
-  for (int l = 0; l < Lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + Ahead + 64 * l), _mm_hint(Hint));
+  for (int l = 0; l < Lines; ++l) __builtin_prefetch(p + Ahead + 64 * l, 0, Hint);
 }
 inline float Sum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -587,7 +590,7 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
 // cache level Hint), and R f32 accumulators of 8 lanes (one per activation row, lane j row j) to
 // which block(p, b, acc) adds block b's terms; then the group's 8 outputs per activation row. The
 // lambda inlines (a template argument), so the accumulators stay in registers.
-template <int R, int64_t kBlockBytes, int Lines, size_t Ahead, int Hint = _MM_HINT_T0, typename Block>
+template <int R, int64_t kBlockBytes, int Lines, size_t Ahead, int Hint = kIntoL1, typename Block>
 inline void ForGroups(const uint8_t* w, int64_t groups, int64_t nb, float* y, int64_t out, Block block) {
   for (int64_t g = 0; g < groups; ++g) {
     __m256 acc[R];
