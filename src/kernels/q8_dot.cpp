@@ -260,18 +260,19 @@ constexpr size_t kPrefetchAhead = 4096;
 // rounds; Q6_K 104 against 74), slower even than no software prefetch; the 32-element group kernels
 // are indifferent. Q2_K's and Q3_K's blocks (672 and 880 bytes in a group) ask 2 KiB ahead: their
 // files' decode at 1 / 2 threads (two alternations, 3014a1a) reached 0.83-0.84 / 0.80 of the read
-// bandwidth (Q2_K) and 0.86 / 0.80-0.82 (Q3_K_M) against 0.82 / 0.76-0.78 and 0.84 / 0.79 at 1 KiB;
-// 3 KiB was between, 4 KiB fell to 0.66-0.67 (Q2_K); 512 bytes 0.79-0.80 / 0.75. 2 KiB (and 1.5) lost
-// for Q6_K, Q4_K and IQ4_XS (0.86 against 0.89-0.91 at one thread for Q6_K).
+// bandwidth as the probe measured it before 6505292 (Q2_K) and 0.86 / 0.80-0.82 (Q3_K_M), against
+// 0.82 / 0.76-0.78 and 0.84 / 0.79 at 1 KiB; 3 KiB was between, 4 KiB fell to 0.66-0.67 (Q2_K),
+// 512 bytes 0.79-0.80 / 0.75. 2 KiB (and 1.5) lost for Q6_K, Q4_K and IQ4_XS (0.86 against
+// 0.89-0.91 at one thread for Q6_K).
 constexpr size_t kGroupPrefetchAhead = 1024;
 template <DType T>
 constexpr size_t kGroupAhead = T == DType::kQ2_K || T == DType::kQ3_K ? 2048 : kGroupPrefetchAhead;
-// The 32-element group kernels (DotGroups) ask 4 KiB ahead into L2 only (prefetcht1): the llama-3.2-1b shape's
-// decode (6505292, one thread, two alternations) took 84.1/84.3 ms a token for Q8_0 against 90.8/88.5
-// into L1, Q4_0 51.6/50.8 against 61.1/55.7 (two threads 44.7/44.0 against 46.7/47.6, 27.8/28.5
-// against 29.2/29.5). The k-quant group kernels lost with T1 (Q2_K 46.9/48.1 against 45.0/44.2,
-// Q4_K_M 61.6/62.7 against 60.0/58.9 ms), and more with T1 4 KiB ahead; the row-by-row kernels
-// (--no-repack) keep T0, not measured.
+// The 32-element group kernels (DotGroups) ask 4 KiB ahead into L2 only (prefetcht1): the
+// llama-3.2-1b shape's decode (6505292, one thread, two alternations) took 84.1/84.3 ms a token for
+// Q8_0 against 90.8/88.5 into L1, Q4_0 51.6/50.8 against 61.1/55.7 (two threads 44.7/44.0 against
+// 46.7/47.6, 27.8/28.5 against 29.2/29.5). The k-quant group kernels lost with T1 (Q2_K 46.9/48.1
+// against 45.0/44.2, Q4_K_M 61.6/62.7 against 60.0/58.9 ms), and more with T1 4 KiB ahead; the
+// row-by-row kernels (--no-repack) keep T0, not measured.
 // Hints as __builtin_prefetch's locality (GCC and Clang alike; Clang has no _mm_hint type): 3 is
 // prefetcht0 (into L1), 2 prefetcht1 (into L2).
 constexpr int kIntoL1 = 3, kIntoL2 = 2;
