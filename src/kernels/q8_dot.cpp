@@ -254,29 +254,31 @@ inline __m256i Code4(const int8_t* q) {
 // kernels read each matrix once per token, mostly from L3 or memory (atp-40m's block files: 15-41 MB).
 // A fixed count, so the calls unroll. Past the end of a matrix it touches nothing harmful.
 constexpr size_t kPrefetchAhead = 4096;
-// The k-quant group kernels (DotGroupsK4, DotGroupsQ6K) read 1152-1680 contiguous bytes a block and
-// ask for the lines 1 KiB ahead: 4 KiB ahead made the llama-3.2-1b shape's decode (weights from
-// memory) 1.4-1.5x slower than 1 KiB (Q4_K_M 83 against 56 ms a token, one thread, 3 alternating
-// rounds; Q6_K 104 against 74), slower even than no software prefetch; the 32-element group kernels
-// are indifferent. Q2_K's and Q3_K's blocks (672 and 880 bytes in a group) ask 2 KiB ahead: their
-// files' decode at 1 / 2 threads (two alternations, 3014a1a) reached 0.83-0.84 / 0.80 of the read
-// bandwidth as the probe measured it before 6505292 (Q2_K) and 0.86 / 0.80-0.82 (Q3_K_M), against
-// 0.82 / 0.76-0.78 and 0.84 / 0.79 at 1 KiB; 3 KiB was between, 4 KiB fell to 0.66-0.67 (Q2_K),
-// 512 bytes 0.79-0.80 / 0.75. 2 KiB (and 1.5) lost for Q6_K, Q4_K and IQ4_XS (0.86 against
-// 0.89-0.91 at one thread for Q6_K).
-constexpr size_t kGroupPrefetchAhead = 1024;
-template <DType T>
-constexpr size_t kGroupAhead = T == DType::kQ2_K || T == DType::kQ3_K ? 2048 : kGroupPrefetchAhead;
-// The 32-element group kernels (DotGroups) ask 4 KiB ahead into L2 only (prefetcht1): the
-// llama-3.2-1b shape's decode (6505292, one thread, two alternations) took 84.1/84.3 ms a token for
-// Q8_0 against 90.8/88.5 into L1, Q4_0 51.6/50.8 against 61.1/55.7 (two threads 44.7/44.0 against
-// 46.7/47.6, 27.8/28.5 against 29.2/29.5). The k-quant group kernels lost with T1 (Q2_K 46.9/48.1
-// against 45.0/44.2, Q4_K_M 61.6/62.7 against 60.0/58.9 ms), and more with T1 4 KiB ahead; the
-// row-by-row kernels (--no-repack) keep T0, not measured.
 // Hints as __builtin_prefetch's locality (GCC and Clang alike; Clang has no _mm_hint type): 3 is
 // prefetcht0 (into L1), 2 prefetcht1 (into L2).
 constexpr int kIntoL1 = 3, kIntoL2 = 2;
-constexpr int kGroupHint32 = kIntoL2;
+// How far ahead, and into which level, the group kernel of T asks for its lines (ForGroups), each
+// measured on the llama-3.2-1b shape's decode (weights from memory, one thread unless said,
+// alternated runs):
+// - Q4_K, Q5_K, Q6_K and IQ4_XS (1088-1680 bytes a group block): 1 KiB into L1. 4 KiB made decode
+//   1.4-1.5x slower (Q4_K_M 83 against 56 ms a token, Q6_K 104 against 74), slower even than no
+//   software prefetch; 1.5 and 2 KiB lost too (Q6_K 0.86 against 0.89-0.91 of the read bandwidth
+//   as the probe measured it before 6505292), and so did L2 (Q4_K_M 61.6/62.7 against 60.0/58.9 ms).
+// - Q2_K and Q3_K (672 and 880 bytes): 2 KiB into L1, 0.83-0.84 / 0.80 of that probe at 1 / 2
+//   threads (Q2_K) and 0.86 / 0.80-0.82 (Q3_K_M) against 0.82 / 0.76-0.78 and 0.84 / 0.79 at 1 KiB;
+//   3 KiB was between, 4 KiB fell to 0.66-0.67 (Q2_K), 512 bytes 0.79-0.80 / 0.75; L2 lost (Q2_K
+//   46.9/48.1 against 45.0/44.2 ms).
+// - The 32-element types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL; 144-272 bytes): 4 KiB into L2: Q8_0
+//   84.1/84.3 ms against 90.8/88.5 into L1, Q4_0 51.6/50.8 against 61.1/55.7 (two threads 44.7/44.0
+//   against 46.7/47.6, 27.8/28.5 against 29.2/29.5).
+// The row-by-row kernels (--no-repack) ask kPrefetchAhead into L1, not measured against these.
+template <DType T>
+constexpr bool kBlocks32 = T == DType::kQ8_0 || T == DType::kQ4_0 || T == DType::kQ4_1 || T == DType::kQ5_0 ||
+                           T == DType::kQ5_1 || T == DType::kIQ4_NL;
+template <DType T>
+constexpr size_t kGroupAhead = kBlocks32<T> ? 4096 : T == DType::kQ2_K || T == DType::kQ3_K ? 2048 : 1024;
+template <DType T>
+constexpr int kGroupHint = kBlocks32<T> ? kIntoL2 : kIntoL1;
 template <int Lines, size_t Ahead = kPrefetchAhead, int Hint = kIntoL1>
 inline void Prefetch(const uint8_t* p) {
   for (int l = 0; l < Lines; ++l) __builtin_prefetch(p + Ahead + 64 * l, 0, Hint);
@@ -587,18 +589,18 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
 }
 
 // The loop every interleaved kernel runs: each group of 8 rows in turn, its blocks (or super-blocks)
-// of kBlockBytes front to back, each asked for `Lines` cache lines `Ahead` bytes ahead (into the
-// cache level Hint), and R f32 accumulators of 8 lanes (one per activation row, lane j row j) to
-// which block(p, b, acc) adds block b's terms; then the group's 8 outputs per activation row. The
-// lambda inlines (a template argument), so the accumulators stay in registers.
-template <int R, int64_t kBlockBytes, int Lines, size_t Ahead, int Hint = kIntoL1, typename Block>
+// of kBlockBytes front to back, each asked for `Lines` cache lines kGroupAhead<T> bytes ahead (into
+// the cache level kGroupHint<T>), and R f32 accumulators of 8 lanes (one per activation row, lane j
+// row j) to which block(p, b, acc) adds block b's terms; then the group's 8 outputs per activation
+// row. The lambda inlines (a template argument), so the accumulators stay in registers.
+template <int R, DType T, int64_t kBlockBytes, int Lines, typename Block>
 inline void ForGroups(const uint8_t* w, int64_t groups, int64_t nb, float* y, int64_t out, Block block) {
   for (int64_t g = 0; g < groups; ++g) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
     const uint8_t* p = w + g * nb * kBlockBytes;
     for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
-      Prefetch<Lines, Ahead, Hint>(p);
+      Prefetch<Lines, kGroupAhead<T>, kGroupHint<T>>(p);
       block(p, b, acc);
     }
     for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
@@ -710,7 +712,7 @@ void DotGroups(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, fl
       if constexpr (kMin) acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.sum[i]), acc[r]);
     }
   };
-  ForGroups<R, kBlockBytes, (kBlockBytes + 63) / 64, kPrefetchAhead, kGroupHint32>(w, groups, nb, y, out, block);
+  ForGroups<R, T, kBlockBytes, (kBlockBytes + 63) / 64>(w, groups, nb, y, out, block);
 }
 
 // Rows of W weight rows per pass (W = 4 at one activation row, 2 at two, else 1: about as many
@@ -812,7 +814,7 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
     }
     for (int r = 0; r < R; ++r) acc[r] = _mm256_fnmadd_ps(dmin, mins[r], _mm256_fmadd_ps(d, sb[r], acc[r]));
   };
-  ForGroups<R, kBlockBytes, kBlockBytes / 64, kGroupPrefetchAhead>(w, groups, nb, y, out, block);
+  ForGroups<R, kFive ? DType::kQ5_K : DType::kQ4_K, kBlockBytes, kBlockBytes / 64>(w, groups, nb, y, out, block);
 }
 
 // Q2_K, Q3_K and Q6_K in interleaved groups: element 128 h + 32 k + l of a super-block is chunk 4 h + k,
@@ -923,7 +925,7 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
       for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(d, _mm256_fnmadd_ps(offset, mins[r], sb[r]), acc[r]);
     }
   };
-  ForGroups<R, kBlockBytes, kBlockBytes / 64 + 1, kGroupAhead<T>>(w, groups, nb, y, out, block);
+  ForGroups<R, T, kBlockBytes, kBlockBytes / 64 + 1>(w, groups, nb, y, out, block);
 }
 
 // IQ4_XS in interleaved groups (ggml's fields: d, scales_h, scales_l[4], qs[128]): sub-block k's codes
@@ -962,7 +964,7 @@ void DotGroupsIq4Xs(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& 
     }
     for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(d, sb[r], acc[r]);
   };
-  ForGroups<R, kBlockBytes, kBlockBytes / 64 + 1, kGroupPrefetchAhead>(w, groups, nb, y, out, block);
+  ForGroups<R, DType::kIQ4_XS, kBlockBytes, kBlockBytes / 64 + 1>(w, groups, nb, y, out, block);
 }
 
 template <int R, DType T>
