@@ -354,8 +354,9 @@ constexpr double kQ8_0Tol = 0.15;
 // Measured between the layouts: Q3_K 0.066 (the largest), Q4_K 0.051, the others 4.8e-6 to 0.028;
 // bound 0.1 (1.5x). Prefill: the grouped rows take the integer GEMV (IntegerPrefill, kernels/matmul.h)
 // and ggml's order sgemm on f32 activations, so the two differ by the activations' 8-bit quantization
-// itself: measured 0.033-0.095 (IQ4_XS the largest; -mavx2 build), Q3_K (sgemm both ways) 0; bound
-// 0.15 (1.6x), as kQ8_0Tol's for the same error. A misread field moves logits by far more (Q6_K's
+// itself: measured 0.033-0.095 (IQ4_XS the largest; -mavx2 build) while Q3_K took sgemm both ways
+// (0; it prefills in integers too since 3014a1a, not measured apart, within the bound); bound 0.15
+// (1.6x), as kQ8_0Tol's for the same error. A misread field moves logits by far more (Q6_K's
 // kernel taking the other half's scale: 13-20; the kernels' own tests check the layout exactly:
 // Interleave.*, Q8Dot.*).
 TEST(RefModel, InterleavedRowsMatchGgmlRowOrder) {
