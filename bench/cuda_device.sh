@@ -75,7 +75,7 @@ mkdir -p /work/main && { [ -e /work/shared ] || ln -s "$(readlink -f $carry/shar
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv | tee "$OUT/gpu.txt"
 
 tests() {
-  timeout 300 /tmp/atp/bin/atp_tests --gtest_filter='Cuda*' 2>&1 | tee "$OUT/tests.log" |
+  timeout 300 /tmp/atp/bin/atp_tests --gtest_filter='Cuda*:*/cuda' 2>&1 | tee "$OUT/tests.log" |
     grep -E 'OK \]|FAILED|PASSED|Failure|error|Expected|Which|worst' | head -60
   echo "== generate on ref-5m (greedy; compare ../shared/models/ref-5m/reference/greedy.json)"
   timeout 60 $atp generate -m $carry/shared/models/ref-5m --device cuda --temp 0 -n 24 -p "Once upon a time" --json 2>&1 |

@@ -178,7 +178,10 @@ std::string WriteBasis(const testing::TempDir& dir, const KvShape& s, uint32_t s
 // Online lowrank's bases and coefficients are the CPU's floats (the same code on the host); the GPU
 // rebuilds the rows ((c P^T) . q against the CPU's (q P) . c: ~1e-6). Calibrated lowrank at R = head_dim
 // / 2 and R = 16 (its own prefill tiles) from random orthonormal bases: the coefficient rows are the
-// CPU's up to summation order (~1e-7). The dense bounds hold for both.
+// CPU's up to summation order (~1e-7). The dense bounds hold for both in f32. Its coefficient rows in
+// the other forms are rounded (bf16) or coded (fp8 MX, 4-bit KIVI) from those coefficients, so one near
+// a boundary may land on the other side: bf16 as atp's bf16 rows above (1e-2), codes as the residuals
+// (kFlipTol); a wrong form, scale or group still moves outputs by ~0.3 to 1.
 TEST(CudaKv, ShapesMatchCpu) {
   ATP_SKIP_WITHOUT_GPU();
   ExpectSpecsMatchCpu({"dense", "dense:dtype=bf16", "mx:fmt=nvfp4", "kivi", "streaming:budget=64,sinks=4",
@@ -195,12 +198,16 @@ TEST(CudaKv, ShapesMatchCpu) {
     const KvShape& s = Cases()[ci].shape;
     const std::string file = WriteBasis(dir, s, uint32_t(ci) + 3);
     for (int r : {s.head_dim == 32 ? 32 : s.head_dim / 2, 16}) {
-      const std::string spec = "lowrank:rk=" + std::to_string(r) + ",rv=" + std::to_string(r) + ",file=" + file;
-      auto cpu = ParseKvPolicy(spec);
-      auto gpu = ParseCudaKvPolicy(spec);
-      ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
-      EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
-      ExpectTwins("lowrank r=" + std::to_string(r), **cpu, **gpu, ci);
+      for (auto [form, tol] : {std::pair<std::string, double>{"", kDecodeTol}, {",dtype=bf16", 1e-2},
+                               {"+mx:fmt=fp8_e4m3", kFlipTol}, {"+kivi:bits=4,residual=32", kFlipTol}}) {
+        if (form[0] == '+' && r < 32) continue;  // MX blocks and KIVI's default groups hold 32 elements
+        const std::string spec = "lowrank:rk=" + std::to_string(r) + ",rv=" + std::to_string(r) + ",file=" + file + form;
+        auto cpu = ParseKvPolicy(spec);
+        auto gpu = ParseCudaKvPolicy(spec);
+        ASSERT_TRUE(cpu.ok() && gpu.ok()) << spec << ": " << gpu.status().ToString();
+        EXPECT_EQ((*gpu)->Describe(), (*cpu)->Describe());
+        ExpectTwins("lowrank r=" + std::to_string(r) + form, **cpu, **gpu, ci, tol, form[0] == '+' ? kFlipTol : kPrefillTol);
+      }
     }
   }
 }
@@ -234,6 +241,18 @@ TEST(CudaKv, RejectsPoliciesWithoutKernels) {
   auto keys = ParseCudaKvPolicy("atp:block=64,rank=4,basis=key");
   ASSERT_TRUE(keys.ok()) << keys.status().ToString();
   EXPECT_NE((*keys)->CheckShape(Cases()[4].shape).ToString().find("wider than head_dim"), std::string::npos);
+  // Calibrated lowrank hands its coefficient rows to the GPU policy of their form as a layer of head_dim
+  // R, whose CheckShape speaks: MX blocks of 32 elements do not fit R = 16. Keys and values at different
+  // ranks are refused at parse time.
+  testing::TempDir dir("cuda_lowrank_refused");
+  const std::string file = WriteBasis(dir, Cases()[0].shape, 5);
+  auto narrow = ParseCudaKvPolicy("lowrank:rk=16,rv=16,file=" + file + "+mx:fmt=fp8_e4m3");
+  ASSERT_TRUE(narrow.ok()) << narrow.status().ToString();
+  const Status st = (*narrow)->CheckShape(Cases()[0].shape);
+  EXPECT_NE(st.ToString().find("head_dim 16"), std::string::npos) << st.ToString();
+  auto uneven = ParseCudaKvPolicy("lowrank:rk=16,rv=32,file=" + file);
+  ASSERT_FALSE(uneven.ok());
+  EXPECT_NE(uneven.status().ToString().find("no CUDA kernels"), std::string::npos) << uneven.status().ToString();
 }
 
 using testing::kRefVocab;

@@ -32,7 +32,8 @@ Result<std::unique_ptr<ForwardBackend>> MakeCudaBackend(const LlamaModel& model)
 // mx (every format, nvfp4 included), for head_dim 32, 64 or 128 and at most 8 query heads per KV head (CheckShape);
 // atp with proj=dense and block <= 64, keep= below block, residual= and rope=pre too (cuda/atp_policy.h); kivi alone
 // (cuda/kivi_policy.h);
-// calibrated lowrank:rk=R,rv=R with R = 16, 32, 64 or 128 and f32 coefficients, online lowrank in f32
+// calibrated lowrank:rk=R,rv=R with R = 16, 32, 64 or 128, its coefficient rows in any of those forms or
+// kivi's (as the layer of head_dim R they make allows), online lowrank in f32
 // (cuda/lowrank_policy.h); streaming, h2o and snapkv
 // alone or with those dense or MX rows (cuda/streaming_policy.h, cuda/evict_policy.h); other policies fail
 // naming what is supported.

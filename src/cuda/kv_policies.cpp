@@ -1,7 +1,7 @@
 // KV policies whose rows live in GPU memory (cuda/backend.h): every token's K and V rows in one
 // form, dense or MX, the GPU twin of `dense` and of `mx` alone (kv/composite.h's codec policy); and
-// calibrated `lowrank`, whose coefficient rows are such rows of width r, between per-head changes of
-// basis; `atp`, `kivi`, `streaming`, `h2o`/`snapkv` and online `lowrank` live in cuda/atp_policy.cpp,
+// calibrated `lowrank`, whose coefficient rows are rows of width r in any of those forms (or KIVI's),
+// between per-head changes of basis; `atp`, `kivi`, `streaming`, `h2o`/`snapkv` and online `lowrank` live in cuda/atp_policy.cpp,
 // cuda/kivi_policy.cpp, cuda/streaming_policy.cpp, cuda/evict_policy.cpp and cuda/lowrank_policy.cpp.
 // They accept device or host pointers; host buffers are staged, which only tests should do. The rows
 // policy (like atp, kivi, streaming, h2o and snapkv) is a cuda::DevicePolicy, whose decode steps the
@@ -64,15 +64,17 @@ class CudaRowsPolicy : public cuda::DevicePolicy {
 };
 
 // `lowrank:rk=R,rv=R,mode=calib` (kv/lowrank_policy.h): each token keeps c = k P_k and e = v P_v (R per
-// KV head) as f32 rows of an inner rows policy of head_dim R; a query becomes q P_k, scaled by
-// sqrt(R / head_dim) because the inner kernels divide scores by sqrt(R) where the model means
-// sqrt(head_dim), and the output (sum_j a_j e_j) P_v^T is reconstructed once per query head.
+// KV head) as rows of an inner rows policy of head_dim R, in the form the CPU keeps them (dtype=, or
+// the codec of `lowrank+B`: mx, nvfp4 or kivi), the GPU's policy of that form (`inner`); a query
+// becomes q P_k, scaled by sqrt(R / head_dim) because the inner kernels divide scores by sqrt(R) where
+// the model means sqrt(head_dim), and the output (sum_j a_j e_j) P_v^T is reconstructed once per
+// query head.
 class CudaLowRankPolicy : public KvPolicy {
  public:
-  // pk, pv: this layer's bases (n_kv, head_dim, R) row-major, uploaded at the first Append.
-  CudaLowRankPolicy(const KvShape& s, int r, std::vector<float> pk, std::vector<float> pv)
-      : s_(s), r_(r), pk_host_(std::move(pk)), pv_host_(std::move(pv)),
-        inner_({s.layer, s.d_model, s.n_heads, s.n_kv_heads, r}, KvFormat::kF32) {}
+  // pk, pv: this layer's bases (n_kv, head_dim, R) row-major, uploaded at the first Append; inner: the
+  // coefficient rows' policy, for layers of head_dim R.
+  CudaLowRankPolicy(const KvShape& s, int r, std::vector<float> pk, std::vector<float> pv, std::unique_ptr<KvPolicy> inner)
+      : s_(s), r_(r), pk_host_(std::move(pk)), pv_host_(std::move(pv)), inner_(std::move(inner)) {}
 
   Status Append(std::span<const int32_t> positions, const float* X, const float* K, const float* V) override {
     const int64_t T = int64_t(positions.size());
@@ -92,7 +94,7 @@ class CudaLowRankPolicy : public KvPolicy {
     cuda::ProjectHeads(dk, T, s_.n_kv_heads, hd, pk_.get(), 1, r_, r_, 1, 1.f, c_.get(), nullptr);
     cuda::ProjectHeads(dv, T, s_.n_kv_heads, hd, pv_.get(), 1, r_, r_, 1, 1.f, e_.get(), nullptr);
     ATP_RETURN_IF_ERROR(cuda::LastLaunch("lowrank append"));
-    return inner_.Append(positions, X, c_.get(), e_.get());
+    return inner_->Append(positions, X, c_.get(), e_.get());
   }
 
   Status Attend(std::span<const int32_t> positions, const float* Q, float* O) override {
@@ -107,15 +109,16 @@ class CudaLowRankPolicy : public KvPolicy {
     ATP_RETURN_IF_ERROR(or_.Grow(nr));
     cuda::ProjectHeads(dq, T, s_.n_heads, hd, pk_.get(), group, r_, r_, 1, std::sqrt(float(r_) / float(hd)), qr_.get(),
                        nullptr);
-    ATP_RETURN_IF_ERROR(inner_.Attend(positions, qr_.get(), or_.get()));
+    ATP_RETURN_IF_ERROR(inner_->Attend(positions, qr_.get(), or_.get()));
     cuda::ProjectHeads(or_.get(), T, s_.n_heads, r_, pv_.get(), group, hd, 1, r_, 1.f, o, nullptr);
     ATP_RETURN_IF_ERROR(cuda::LastLaunch("lowrank attention"));
     o_out_.Finish(O, nq);
     return Status::Ok();
   }
 
-  size_t Bytes() const override { return inner_.Bytes(); }  // calibrated bases belong to the model, as on the CPU
-  int64_t Length() const override { return inner_.Length(); }
+  Status Update() override { return inner_->Update(); }
+  size_t Bytes() const override { return inner_->Bytes(); }  // calibrated bases belong to the model, as on the CPU
+  int64_t Length() const override { return inner_->Length(); }
   bool ReadsInput() const override { return false; }
 
  private:
@@ -123,7 +126,7 @@ class CudaLowRankPolicy : public KvPolicy {
   int r_;
   std::vector<float> pk_host_, pv_host_;
   DeviceArray<float> pk_, pv_;
-  CudaRowsPolicy inner_;
+  std::unique_ptr<KvPolicy> inner_;
   DeviceArray<float> c_, e_, qr_, or_;  // coefficients, reduced queries and outputs
   DeviceInput k_in_, v_in_, q_in_;
   DeviceOutput o_out_;
@@ -131,22 +134,29 @@ class CudaLowRankPolicy : public KvPolicy {
 
 class CudaLowRankFactory : public KvPolicyFactory {
  public:
-  CudaLowRankFactory(std::shared_ptr<const KvBasis> basis, int r, std::string describe)
-      : basis_(std::move(basis)), r_(r), describe_(std::move(describe)) {}
+  // rows: the GPU's policy of the coefficient rows' form.
+  CudaLowRankFactory(std::shared_ptr<const KvBasis> basis, int r, std::shared_ptr<KvPolicyFactory> rows,
+                     std::string describe)
+      : basis_(std::move(basis)), r_(r), rows_(std::move(rows)), describe_(std::move(describe)) {}
   std::unique_ptr<KvPolicy> Create(const KvShape& s) const override {
     return std::make_unique<CudaLowRankPolicy>(s, r_, Columns(basis_->k[size_t(s.layer)], s),
-                                               Columns(basis_->v[size_t(s.layer)], s));
+                                               Columns(basis_->v[size_t(s.layer)], s), rows_->Create(Inner(s)));
   }
   Status CheckShape(const KvShape& s) const override {
     if (s.layer >= basis_->layers || s.n_kv_heads != basis_->kv_heads || s.head_dim != basis_->head_dim)
       return Status::InvalidArgument("cuda lowrank: the basis file does not match layer " + std::to_string(s.layer) +
                                      " (" + std::to_string(s.n_kv_heads) + " KV heads x head_dim " +
                                      std::to_string(s.head_dim) + ")");
-    return cuda::CheckAttnShape({s.n_heads, s.n_kv_heads, r_}, KvFormat::kF32);
+    return rows_->CheckShape(Inner(s));
   }
   std::string Describe() const override { return describe_; }
 
  private:
+  // The coefficient rows' layer: head_dim R.
+  KvShape Inner(KvShape s) const {
+    s.head_dim = r_;
+    return s;
+  }
   // The first r_ columns of each KV head's (head_dim x head_dim) basis: (n_kv, head_dim, r_).
   std::vector<float> Columns(const std::vector<float>& full, const KvShape& s) const {
     const size_t d = size_t(s.head_dim);
@@ -159,6 +169,7 @@ class CudaLowRankFactory : public KvPolicyFactory {
   }
   std::shared_ptr<const KvBasis> basis_;
   int r_;
+  std::shared_ptr<KvPolicyFactory> rows_;
   std::string describe_;
 };
 
@@ -175,7 +186,7 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const KvPolicyConfig&
   const std::string canon = config.Describe();
   const std::string supported =
       "--device cuda supports dense:dtype=f32|f16|bf16, mx (every format), atp (proj=dense, block <= "
-      "64; keep= below block, residual=kivi2|kivi4|kivi8|mx_FMT and rope=pre too), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 16, 32, 64 or 128, f32 coefficients), lowrank mode=online (f32) and "
+      "64; keep= below block, residual=kivi2|kivi4|kivi8|mx_FMT and rope=pre too), kivi alone, lowrank:rk=R,rv=R (calibrated, R = 16, 32, 64 or 128; coefficients in any dtype, +mx or +kivi), lowrank mode=online (f32) and "
       "streaming, h2o and snapkv alone or +dense:dtype=... or +mx:fmt=...";
   if (auto* p = std::get_if<AtpParams>(&config.params)) return MakeCudaAtpFactory(*p, canon);
   if (auto* p = std::get_if<RowsParams>(&config.params)) {
@@ -190,9 +201,12 @@ Result<std::shared_ptr<KvPolicyFactory>> MakeCudaKvFactory(const KvPolicyConfig&
   }
   const LowRankParams& p = std::get<LowRankParams>(config.params);
   if (p.online) return MakeCudaOnlineLowRankFactory(p, canon);
-  if (p.codec || p.dtype != DType::kF32 || p.rk != p.rv || (p.rk != 16 && p.rk != 32 && p.rk != 64 && p.rk != 128))
+  if (p.rk != p.rv || (p.rk != 16 && p.rk != 32 && p.rk != 64 && p.rk != 128))
     return Status::Unsupported("kv policy '" + canon + "' has no CUDA kernels; " + supported);
-  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaLowRankFactory>(p.basis, p.rk, canon));
+  KvPolicyConfig rows;
+  rows.params = RowsParams{p.codec.value_or(ExactForm{p.dtype})};
+  ATP_ASSIGN_OR_RETURN(std::shared_ptr<KvPolicyFactory> inner, MakeCudaKvFactory(rows));
+  return std::shared_ptr<KvPolicyFactory>(std::make_shared<CudaLowRankFactory>(p.basis, p.rk, std::move(inner), canon));
 }
 
 Result<std::shared_ptr<KvPolicyFactory>> ParseCudaKvPolicy(const std::string& spec, const std::string& model_dir) {
