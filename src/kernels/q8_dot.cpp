@@ -257,28 +257,27 @@ constexpr size_t kPrefetchAhead = 4096;
 // Hints as __builtin_prefetch's locality (GCC and Clang alike; Clang has no _mm_hint type): 3 is
 // prefetcht0 (into L1), 2 prefetcht1 (into L2).
 constexpr int kIntoL1 = 3, kIntoL2 = 2;
-// How far ahead, and into which level, the group kernel of T asks for its lines (ForGroups), each
-// measured on the llama-3.2-1b shape's decode (weights from memory, one thread unless said,
-// alternated runs):
-// - Q4_K, Q5_K, Q6_K and IQ4_XS (1088-1680 bytes a group block): 1 KiB into L1. 4 KiB made decode
-//   1.4-1.5x slower (Q4_K_M 83 against 56 ms a token, Q6_K 104 against 74), slower even than no
-//   software prefetch; 1.5 and 2 KiB lost too (Q6_K 0.86 against 0.89-0.91 of the read bandwidth
-//   as the probe measured it before 6505292), and so did L2 (Q4_K_M 61.6/62.7 against 60.0/58.9 ms).
-// - Q2_K and Q3_K (672 and 880 bytes): 2 KiB into L1, 0.83-0.84 / 0.80 of that probe at 1 / 2
-//   threads (Q2_K) and 0.86 / 0.80-0.82 (Q3_K_M) against 0.82 / 0.76-0.78 and 0.84 / 0.79 at 1 KiB;
-//   3 KiB was between, 4 KiB fell to 0.66-0.67 (Q2_K), 512 bytes 0.79-0.80 / 0.75; L2 lost (Q2_K
-//   46.9/48.1 against 45.0/44.2 ms).
-// - The 32-element types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL; 144-272 bytes): 4 KiB into L2: Q8_0
-//   84.1/84.3 ms against 90.8/88.5 into L1, Q4_0 51.6/50.8 against 61.1/55.7 (two threads 44.7/44.0
-//   against 46.7/47.6, 27.8/28.5 against 29.2/29.5).
+// How far ahead the group kernel of T asks for its lines (ForGroups): into L1 at a distance per type,
+// and into L2 4 KiB ahead for every type (each level alone lost to the pair). Measured on the
+// llama-3.2-1b shape's decode (llama-quantize files, weights from memory, alternated runs of two
+// rounds, ms per token at one thread, then two):
+// - L1: 1 KiB for Q4_K, Q5_K, Q6_K and IQ4_XS (1088-1680 bytes a group block; 4 KiB into L1 made
+//   decode 1.4-1.5x slower, Q4_K_M 83 against 56 ms, 1.5 and 2 KiB lost too), 2 KiB for Q2_K and Q3_K
+//   (672 and 880 bytes; 1 and 3 KiB lost, 4 KiB fell to 0.66-0.67 of the read bandwidth for Q2_K), 1
+//   KiB for the 32-element types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL; 144-272 bytes).
+// - L2 besides, at 4 KiB: Q4_K_M 59.3/57.0 against 63.4/61.6 (L1 alone), 31.7/31.7 against 34.7/34.3;
+//   Q5_K_M 67.7/63.7 against 70.8/68.7, 36.0/35.4 against 38.8/39.6; Q6_K 71.5/68.0 against
+//   78.6/75.8, 37.7/36.8 against 41.9/41.3; IQ4_XS 56.8/54.2 against 60.7/60.4, 28.8/29.2 against
+//   31.5/29.6; Q2_K 45.4/44.7 against 49.9/45.5, 23.6/23.4 against 25.9/25.2; Q3_K_M 54.2/53.1
+//   against 57.3/55.1, 27.9/28.5 against 30.0/31.2. 3 KiB was level (Q4_K_M 58.1/57.6, Q6_K
+//   72.1/71.0), 2 KiB between, 6 KiB level for Q2_K and Q3_K, 6 and 8 KiB back near L1 alone for
+//   Q4_K_M. The 32-element types took L2 alone before (Q8_0 84.1/84.3 against 90.8/88.5 into L1
+//   alone, Q4_0 51.6/50.8 against 61.1/55.7); L1 besides: Q4_0 52.3/54.8 against 54.8/57.1, 28.8/29.4
+//   against 29.6/30.9; Q8_0 85.2/86.2 against 89.5/94.0, 46.7/47.1 against 48.1/48.8.
 // The row-by-row kernels (--no-repack) ask kPrefetchAhead into L1, not measured against these.
 template <DType T>
-constexpr bool kBlocks32 = T == DType::kQ8_0 || T == DType::kQ4_0 || T == DType::kQ4_1 || T == DType::kQ5_0 ||
-                           T == DType::kQ5_1 || T == DType::kIQ4_NL;
-template <DType T>
-constexpr size_t kGroupAhead = kBlocks32<T> ? 4096 : T == DType::kQ2_K || T == DType::kQ3_K ? 2048 : 1024;
-template <DType T>
-constexpr int kGroupHint = kBlocks32<T> ? kIntoL2 : kIntoL1;
+constexpr size_t kGroupAheadL1 = T == DType::kQ2_K || T == DType::kQ3_K ? 2048 : 1024;
+constexpr size_t kGroupAheadL2 = 4096;
 template <int Lines, size_t Ahead = kPrefetchAhead, int Hint = kIntoL1>
 inline void Prefetch(const uint8_t* p) {
   for (int l = 0; l < Lines; ++l) __builtin_prefetch(p + Ahead + 64 * l, 0, Hint);
@@ -589,10 +588,10 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
 }
 
 // The loop every interleaved kernel runs: each group of 8 rows in turn, its blocks (or super-blocks)
-// of kBlockBytes front to back, each asked for `Lines` cache lines kGroupAhead<T> bytes ahead (into
-// the cache level kGroupHint<T>), and R f32 accumulators of 8 lanes (one per activation row, lane j
-// row j) to which block(p, b, acc) adds block b's terms; then the group's 8 outputs per activation
-// row. The lambda inlines (a template argument), so the accumulators stay in registers.
+// of kBlockBytes front to back, each asked for `Lines` cache lines kGroupAheadL1<T> bytes ahead into
+// L1 and kGroupAheadL2 bytes ahead into L2, and R f32 accumulators of 8 lanes (one per activation
+// row, lane j row j) to which block(p, b, acc) adds block b's terms; then the group's 8 outputs per
+// activation row. The lambda inlines (a template argument), so the accumulators stay in registers.
 template <int R, DType T, int64_t kBlockBytes, int Lines, typename Block>
 inline void ForGroups(const uint8_t* w, int64_t groups, int64_t nb, float* y, int64_t out, Block block) {
   for (int64_t g = 0; g < groups; ++g) {
@@ -600,7 +599,8 @@ inline void ForGroups(const uint8_t* w, int64_t groups, int64_t nb, float* y, in
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
     const uint8_t* p = w + g * nb * kBlockBytes;
     for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
-      Prefetch<Lines, kGroupAhead<T>, kGroupHint<T>>(p);
+      Prefetch<Lines, kGroupAheadL1<T>, kIntoL1>(p);
+      Prefetch<Lines, kGroupAheadL2, kIntoL2>(p);
       block(p, b, acc);
     }
     for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
