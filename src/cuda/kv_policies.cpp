@@ -1,12 +1,12 @@
 // KV policies whose rows live in GPU memory (cuda/backend.h): every token's K and V rows in one
 // form, dense or MX, the GPU twin of `dense` and of `mx` alone (kv/composite.h's codec policy); and
 // calibrated `lowrank`, whose coefficient rows are rows of width r in any of those forms (or KIVI's),
-// between per-head changes of basis; `atp`, `kivi`, `streaming`, `h2o`/`snapkv` and online `lowrank` live in cuda/atp_policy.cpp,
-// cuda/kivi_policy.cpp, cuda/streaming_policy.cpp, cuda/evict_policy.cpp and cuda/lowrank_policy.cpp.
-// They accept device or host pointers; host buffers are staged, which only tests should do. The rows
-// policy (like atp, kivi, streaming, h2o and snapkv) is a cuda::DevicePolicy, whose decode steps the
-// forward pass batches; calibrated lowrank is not (its queries and outputs change basis per item) and
-// runs per item.
+// between per-head changes of basis; `atp`, `kivi`, `streaming`, `h2o`/`snapkv` and online `lowrank`
+// live in cuda/atp_policy.cpp, cuda/kivi_policy.cpp, cuda/streaming_policy.cpp, cuda/evict_policy.cpp
+// and cuda/lowrank_policy.cpp. They accept device or host pointers; host buffers are staged, which
+// only tests should do. The rows policy (like atp, kivi, streaming, h2o and snapkv) is a
+// cuda::DevicePolicy, whose decode steps the forward pass batches; calibrated lowrank is not (its
+// queries and outputs change basis per item) and runs per item.
 #include <algorithm>
 #include <cmath>
 
@@ -116,7 +116,9 @@ class CudaLowRankPolicy : public KvPolicy {
     return Status::Ok();
   }
 
-  Status Update() override { return inner_->Update(); }
+  // No Update: the CPU's calibrated lowrank trims its coefficient rows (KIVI's exact copies of packed
+  // groups) only at its next Append, and the inner policy's Reserve releases the same rows then, so
+  // Bytes() agrees at every point; forwarding Update would release them a step sooner than the CPU.
   size_t Bytes() const override { return inner_->Bytes(); }  // calibrated bases belong to the model, as on the CPU
   int64_t Length() const override { return inner_->Length(); }
   bool ReadsInput() const override { return false; }
