@@ -257,8 +257,11 @@ constexpr size_t kPrefetchAhead = 4096;
 // Hints as __builtin_prefetch's locality (GCC and Clang alike; Clang has no _mm_hint type): 3 is
 // prefetcht0 (into L1), 2 prefetcht1 (into L2).
 constexpr int kIntoL1 = 3, kIntoL2 = 2;
-// How far ahead the group kernel of T asks for its lines (ForGroups): into L1 at a distance per type,
-// and into L2 4 KiB ahead for every type (each level alone lost to the pair). Measured on the
+// How far ahead the group kernels ask for their lines (ForGroups), which depends on the machine: the
+// plan is chosen once per process (GroupPrefetch) from the CPU's vendor, measured on the two machines
+// this project has run on.
+// - On the Xeon (AVX-512 VNNI): into L1 at a distance per type, and into L2 4 KiB ahead for every type
+// (each level alone lost to the pair). Measured on the
 // llama-3.2-1b shape's decode (llama-quantize files, weights from memory, alternated runs of two
 // rounds, ms per token at one thread, then two):
 // - L1: 1 KiB for Q4_K, Q5_K, Q6_K and IQ4_XS (1088-1680 bytes a group block; 4 KiB into L1 made
@@ -274,10 +277,26 @@ constexpr int kIntoL1 = 3, kIntoL2 = 2;
 //   Q4_K_M. The 32-element types took L2 alone before (Q8_0 84.1/84.3 against 90.8/88.5 into L1
 //   alone, Q4_0 51.6/50.8 against 61.1/55.7); L1 besides: Q4_0 52.3/54.8 against 54.8/57.1, 28.8/29.4
 //   against 29.6/30.9; Q8_0 85.2/86.2 against 89.5/94.0, 46.7/47.1 against 48.1/48.8.
+// - On the AMD EPYC (Zen 3 as GCC names it; AVX2, AVX-512 hidden by its hypervisor) the L1 requests
+//   cost a third: the same shape's files written by `atp convert`, ms per token at one thread (the
+//   Xeon's plan / L2 alone at 8 KiB / at 16 KiB / no prefetch): Q8_0 75.2 / 53.1 / 53.0 / 46.8, Q4_0
+//   37.9 / 26.2 / 30.0 / 26.4, Q4_K_M 52.4 / 38.3 / 38.9 / 78.6, Q6_K 63.0 / 48.0 / 49.8 / 159, Q5_K_M
+//   67.1 / 54.5 / 52.2, IQ4_XS 50.8 / 44.8 / 45.6 / 44.4, Q2_K 32.0 / 33.5 / 34.0 / 31.6 (bound by
+//   its arithmetic); at two threads Q8_0 44.7 / 42.3 / 43.2, Q4_0 21.7 / 21.8 / 17.6, Q4_K_M 32.2 /
+//   26.8 / 25.8, Q6_K 37.5 / 33.5 / 31.0, Q5_K_M 37.3 / 30.9 / 29.5, IQ4_XS 29.1 / 26.0 / 24.7. 2 KiB
+//   into L2 alone lost (Q4_0 51.4), 32 KiB was level with 16; so L2 alone, 8 KiB ahead (level with
+//   16 KiB over both thread counts, and nearer the Xeon's distance).
 // The row-by-row kernels (--no-repack) ask kPrefetchAhead into L1, not measured against these.
 template <DType T>
 constexpr size_t kGroupAheadL1 = T == DType::kQ2_K || T == DType::kQ3_K ? 2048 : 1024;
-constexpr size_t kGroupAheadL2 = 4096;
+struct GroupPrefetch {
+  bool l1;          // also into L1, kGroupAheadL1<T> ahead
+  size_t l2_ahead;  // bytes ahead into L2
+};
+inline GroupPrefetch GroupPrefetchPlan() {
+  static const GroupPrefetch plan = __builtin_cpu_is("amd") ? GroupPrefetch{false, 8192} : GroupPrefetch{true, 4096};
+  return plan;
+}
 template <int Lines, size_t Ahead = kPrefetchAhead, int Hint = kIntoL1>
 inline void Prefetch(const uint8_t* p) {
   for (int l = 0; l < Lines; ++l) __builtin_prefetch(p + Ahead + 64 * l, 0, Hint);
@@ -588,19 +607,20 @@ void DotK(const uint8_t* w, size_t row_bytes, size_t bytes, int64_t in, const Q8
 }
 
 // The loop every interleaved kernel runs: each group of 8 rows in turn, its blocks (or super-blocks)
-// of kBlockBytes front to back, each asked for `Lines` cache lines kGroupAheadL1<T> bytes ahead into
-// L1 and kGroupAheadL2 bytes ahead into L2, and R f32 accumulators of 8 lanes (one per activation
+// of kBlockBytes front to back, each asked for `Lines` cache lines as the machine's GroupPrefetchPlan
+// says (kGroupAheadL1<T> bytes ahead into L1, l2_ahead into L2), and R f32 accumulators of 8 lanes (one per activation
 // row, lane j row j) to which block(p, b, acc) adds block b's terms; then the group's 8 outputs per
 // activation row. The lambda inlines (a template argument), so the accumulators stay in registers.
 template <int R, DType T, int64_t kBlockBytes, int Lines, typename Block>
 inline void ForGroups(const uint8_t* w, int64_t groups, int64_t nb, float* y, int64_t out, Block block) {
+  const GroupPrefetch plan = GroupPrefetchPlan();
   for (int64_t g = 0; g < groups; ++g) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
     const uint8_t* p = w + g * nb * kBlockBytes;
     for (int64_t b = 0; b < nb; ++b, p += kBlockBytes) {
-      Prefetch<Lines, kGroupAheadL1<T>, kIntoL1>(p);
-      Prefetch<Lines, kGroupAheadL2, kIntoL2>(p);
+      if (plan.l1) Prefetch<Lines, kGroupAheadL1<T>, kIntoL1>(p);
+      Prefetch<Lines, 0, kIntoL2>(p + plan.l2_ahead);
       block(p, b, acc);
     }
     for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + r * out + 8 * g, acc[r]);
