@@ -851,7 +851,10 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
 //   (q - 4), the offset a min of 4 scale.
 // - Q6_K (ql, qh, scales, d): low 4 bits from nibble k / 2 of ql unit 16 h + 8 (k % 2) + u, top 2
 //   from bits 2k of qh unit 8 h + u; int8 scales, x = d scale (q - 32).
-// Codes reach 3, 7 and 63, so the AVX2 path widens each maddubs to int32 (Dot4). The loops unroll
+// Codes reach 3, 7 and 63. The AVX2 path sums Q2_K's and Q3_K's maddubs of a half in int16 (each pair
+// sum at most 2 * 7 * 127, four units' 7112 < 2^15) and multiplies by the scale in the same madd that
+// widens them (the scale in both int16 halves of its lane); Q6_K's pairs reach 2 * 63 * 127, so it
+// widens each maddubs to int32 (Dot4). The loops unroll
 // fully (the pragmas): rolled, GCC kept the sub-block index in a register and the accumulators moving
 // between registers, and Q3_K's GEMV at 8192 x 2048 (in L3) ran at 10.8 GB/s of weights, unrolled 16.8.
 template <int R, DType T>
@@ -867,6 +870,7 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
   // shift per field and unit; each half's sum comes back down by 4^e before its scale. AVX2's maddubs
   // would saturate (2 * 192 * 127 > 2^15).
   auto exp = [](int k) { return !kVnni || !(kQ2 || kQ3) ? 0 : kQ3 && k == 3 ? 2 : k; };
+  constexpr bool kInt16 = !kVnni && (kQ2 || kQ3);
   const __m256i low = _mm256_set1_epi8(0xf), top = _mm256_set1_epi8(0x30), low16 = _mm256_set1_epi32(0xffff);
   auto block = [&](const uint8_t* p, int64_t b, __m256* acc) {  // block b of a group at p
     const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + kD)));
@@ -909,7 +913,9 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
           }
           for (int r = 0; r < R; ++r) {
             const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 4 * h) + 4 * u;
-            for (int k = 0; k < 4; ++k) s[r][k] = Dot4<false>(s[r][k], v[k], Code4(q + 32 * k));
+            for (int k = 0; k < 4; ++k)
+              s[r][k] = kInt16 ? _mm256_add_epi16(s[r][k], _mm256_maddubs_epi16(v[k], Code4(q + 32 * k)))
+                               : Dot4<false>(s[r][k], v[k], Code4(q + 32 * k));
           }
         }
 #pragma GCC unroll 4
@@ -926,6 +932,8 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
             scale = min = column(sc);
           }
           const __m256 mf = _mm256_cvtepi32_ps(min);
+          // int16 sums (kInt16): both halves of a lane times the scale.
+          if constexpr (kInt16) scale = _mm256_or_si256(_mm256_and_si256(scale, low16), _mm256_slli_epi32(scale, 16));
           for (int r = 0; r < R; ++r) {
             const int64_t i = r * x.blocks + 8 * b + 4 * h + k;
             const __m256i sum = exp(k) ? _mm256_srai_epi32(s[r][k], 2 * exp(k)) : s[r][k];  // exact: 4^e divides it
