@@ -771,14 +771,15 @@ void DotRows(DType t, const uint8_t* w, int64_t n_out, int64_t in, const Q8Rows&
 // and mins is a few integer operations on 8 lanes (ggml's get_scale_min_k4, lane by lane); the codes
 // of sub-blocks 2p and 2p + 1 are the low and high nibbles of the same 8 units, and Q5_K's fifth bits
 // are bits 2p and 2p + 1 of the matching qh unit. A sub-block's integer dot (32 products per lane, at
-// most 32 * 31 * 127 < 2^17; Q4_K's AVX2 path sums pairs of maddubs in int16 before its madd, 16
-// products of at most 15 * 127, below 2^15; Q5_K's widens each, Dot4) times its scale, times the
+// most 32 * 31 * 127 < 2^17; the AVX2 path sums maddubs pair sums in int16 before a madd widens
+// them: Q4_K's eight units, 16 products of at most 15 * 127, below 2^15; Q5_K's four at a time, 8
+// of at most 31 * 127 = 31496) times its scale, times the
 // activation's d, sums into a float accumulator per super-block that d scales once; the mins
 // against the activation sums likewise.
 template <int R, bool kFive>
 void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, float* y, int64_t out) {
   constexpr int64_t kBlockBytes = 8 * (kFive ? 176 : 144), kCodes = 8 * (kFive ? 48 : 16);
-  constexpr bool kInt32 = kVnni || kFive;  // Q4_K's AVX2 path sums in int16
+  constexpr int kFold = kFive ? 4 : 8;  // AVX2: units summed in int16 before they widen to int32
   const int64_t nb = in / kSuperBlock;
   const __m256i low = _mm256_set1_epi8(0xf), six = _mm256_set1_epi32(63), four = _mm256_set1_epi32(15);
   auto block = [&](const uint8_t* p, int64_t b, __m256* acc) {  // block b of a group at p
@@ -789,7 +790,7 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
     for (int r = 0; r < R; ++r) sb[r] = mins[r] = _mm256_setzero_ps();
 #pragma GCC unroll 4
     for (int pair = 0; pair < 4; ++pair) {
-      __m256i s[R][2];
+      __m256i s[R][2], s16[R][2];  // int32 sums; AVX2: int16 sums of the units since the last fold
       for (int r = 0; r < R; ++r) s[r][0] = s[r][1] = _mm256_setzero_si256();
 #pragma GCC unroll 8
       for (int u = 0; u < 8; ++u) {
@@ -802,12 +803,15 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
         }
         for (int r = 0; r < R; ++r) {
           const int8_t* q = x.q + 32 * (r * x.blocks + 8 * b + 2 * pair) + 4 * u;
-          if constexpr (kInt32) {
+          if constexpr (kVnni) {
             s[r][0] = Dot4<false>(s[r][0], lo, Code4(q));
             s[r][1] = Dot4<false>(s[r][1], hi, Code4(q + 32));
           } else {
-            s[r][0] = _mm256_add_epi16(s[r][0], _mm256_maddubs_epi16(lo, Code4(q)));
-            s[r][1] = _mm256_add_epi16(s[r][1], _mm256_maddubs_epi16(hi, Code4(q + 32)));
+            const __m256i a = _mm256_maddubs_epi16(lo, Code4(q)), c = _mm256_maddubs_epi16(hi, Code4(q + 32));
+            s16[r][0] = u % kFold == 0 ? a : _mm256_add_epi16(s16[r][0], a);
+            s16[r][1] = u % kFold == 0 ? c : _mm256_add_epi16(s16[r][1], c);
+            if (u % kFold == kFold - 1)
+              for (int h = 0; h < 2; ++h) s[r][h] = _mm256_add_epi32(s[r][h], _mm256_madd_epi16(s16[r][h], _mm256_set1_epi16(1)));
           }
         }
       }
@@ -826,8 +830,7 @@ void DotGroupsK4(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows& x, 
         const __m256 scf = _mm256_cvtepi32_ps(sc), mf = _mm256_cvtepi32_ps(m);
         for (int r = 0; r < R; ++r) {
           const int64_t i = r * x.blocks + 8 * b + k;
-          const __m256i dot = kInt32 ? s[r][h] : _mm256_madd_epi16(s[r][h], _mm256_set1_epi16(1));
-          sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), scf), _mm256_set1_ps(x.d[i]), sb[r]);
+          sb[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s[r][h]), scf), _mm256_set1_ps(x.d[i]), sb[r]);
           mins[r] = _mm256_fmadd_ps(mf, _mm256_set1_ps(x.sum[i]), mins[r]);
         }
       }
