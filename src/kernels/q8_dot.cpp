@@ -935,8 +935,8 @@ void DotGroupsHalves(const uint8_t* w, int64_t groups, int64_t in, const Q8Rows&
             scale = min = column(sc);
           }
           const __m256 mf = _mm256_cvtepi32_ps(min);
-          // int16 sums (kInt16): both halves of a lane times the scale.
-          if constexpr (kInt16) scale = _mm256_or_si256(_mm256_and_si256(scale, low16), _mm256_slli_epi32(scale, 16));
+          // int16 sums (kInt16): both halves of a lane times the scale (its high half is 0 so far).
+          if constexpr (kInt16) scale = _mm256_or_si256(scale, _mm256_slli_epi32(scale, 16));
           for (int r = 0; r < R; ++r) {
             const int64_t i = r * x.blocks + 8 * b + 4 * h + k;
             const __m256i sum = exp(k) ? _mm256_srai_epi32(s[r][k], 2 * exp(k)) : s[r][k];  // exact: 4^e divides it
